@@ -1,0 +1,101 @@
+//! Map keys and values shared by the eBPF programs and the agent.
+//!
+//! Every type is `#[repr(C)]` with explicit padding so the kernel and userspace agree byte for byte.
+//! IPv4 addresses are stored in network byte order exactly as the kernel hands them to sock_addr and
+//! sock_ops programs; ports are stored in host byte order (the programs convert), so userspace never
+//! has to guess.
+#![no_std]
+
+/// Port the node proxy listens on inside every enrolled pod's network namespace (like Istio's 15001).
+pub const PROXY_OUTBOUND_PORT: u16 = 15001;
+/// 127.0.0.1 in network byte order, as a sock_addr program writes it into `user_ip4`.
+pub const LOOPBACK_V4_BE: u32 = u32::from_be_bytes([127, 0, 0, 1]).to_be();
+
+pub const MAP_ENROLLED: &str = "MESH_ENROLLED";
+pub const MAP_SERVICES: &str = "MESH_SERVICES";
+pub const MAP_ORIG_BY_COOKIE: &str = "MESH_ORIG_BY_COOKIE";
+pub const MAP_ORIG_BY_TUPLE: &str = "MESH_ORIG_BY_TUPLE";
+pub const MAP_STATS: &str = "MESH_STATS";
+
+pub const PROG_CONNECT4: &str = "mesh_connect4";
+pub const PROG_SOCK_OPS: &str = "mesh_sock_ops";
+
+/// Capacity of the per-connection maps; LRU so a burst of connections that the proxy never reads
+/// (a client that connects and dies) cannot exhaust them.
+pub const MAX_CONNECTIONS: u32 = 65536;
+pub const MAX_WORKLOADS: u32 = 4096;
+pub const MAX_SERVICES: u32 = 65536;
+
+/// Value of the enrollment map, keyed by the pod's cgroup v2 id (`u64`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Enrollment {
+    /// Agent-assigned workload id, echoed into [`OriginalDst`] so the proxy can cross-check identity.
+    pub workload_id: u32,
+    /// Port (host order) of the proxy listener in this workload's network namespace.
+    pub proxy_port: u16,
+    pub _pad: u16,
+}
+
+/// Key of the service map: a ClusterIP (VIP) and port that the mesh captures.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    /// Network byte order.
+    pub ip4: u32,
+    /// Host byte order.
+    pub port: u16,
+    pub _pad: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceValue {
+    pub service_id: u32,
+}
+
+/// The destination the application asked for before connect4 rewrote it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OriginalDst {
+    /// Network byte order.
+    pub ip4: u32,
+    /// Host byte order.
+    pub port: u16,
+    pub _pad: u16,
+    pub workload_id: u32,
+    pub service_id: u32,
+}
+
+/// Key under which sock_ops publishes an [`OriginalDst`] for the proxy: the client side of the
+/// redirected connection as the proxy sees it from `accept()` (peer address) plus the network
+/// namespace, because every pod uses 127.0.0.1 and the same ports can exist in many pods.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TupleKey {
+    pub netns_cookie: u64,
+    /// Client address, network byte order.
+    pub src_ip4: u32,
+    /// Client port, host byte order.
+    pub src_port: u16,
+    pub _pad: u16,
+}
+
+/// Indexes of the per-CPU counters in the stats array map.
+pub mod stats {
+    pub const CONNECT_SEEN: u32 = 0;
+    pub const CONNECT_REDIRECTED: u32 = 1;
+    pub const ESTABLISHED_INDEXED: u32 = 2;
+    pub const COUNT: u32 = 3;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C), Copy, contain no pointers and have explicit padding fields.
+    unsafe impl aya::Pod for Enrollment {}
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceValue {}
+    unsafe impl aya::Pod for OriginalDst {}
+    unsafe impl aya::Pod for TupleKey {}
+}

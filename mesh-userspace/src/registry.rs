@@ -1,0 +1,464 @@
+//! The service registry: which services exist (VIPs, ports, selectors) and which workloads (pods)
+//! back them. It is plain state, built either from Kubernetes YAML files (standalone mode) or from
+//! the API server; the routing engine only ever sees this type, so it cannot tell the difference.
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// Annotation naming the network namespace of a pod on a bare node (a path such as
+/// `/var/run/netns/reviews-v1`). On Kubernetes the agent finds it through the CRI instead.
+pub const ANNOTATION_NETNS: &str = "mesh/netns";
+/// Annotation naming the pod's cgroup v2 directory on a bare node.
+pub const ANNOTATION_CGROUP: &str = "mesh/cgroup";
+/// Per-pod opt-out, like Istio's `sidecar.istio.io/inject: "false"`.
+pub const ANNOTATION_ENROLL: &str = "mesh/enroll";
+
+pub const CLUSTER_DOMAIN: &str = "svc.cluster.local";
+
+/// How the mesh treats a service port, decided like Istio does: `appProtocol` first, then the
+/// port name prefix (`http`, `http-web`, `tcp-db`, `grpc`...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppProtocol {
+    Http,
+    Http2,
+    Tcp,
+    /// Neither named nor declared: the proxy sniffs the first bytes.
+    Unknown,
+}
+
+impl AppProtocol {
+    pub fn from_port(name: Option<&str>, app_protocol: Option<&str>) -> Self {
+        let classify = |s: &str| {
+            let s = s.to_ascii_lowercase();
+            let head = s.split('-').next().unwrap_or("");
+            match head {
+                "http" => Some(AppProtocol::Http),
+                "http2" | "grpc" | "grpc-web" | "h2c" => Some(AppProtocol::Http2),
+                "tcp" | "tls" | "https" | "mongo" | "mysql" | "redis" => Some(AppProtocol::Tcp),
+                _ => None,
+            }
+        };
+        app_protocol
+            .and_then(classify)
+            .or_else(|| name.and_then(classify))
+            .unwrap_or(AppProtocol::Unknown)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetPort {
+    Number(u16),
+    Name(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    pub name: Option<String>,
+    pub port: u16,
+    pub target_port: TargetPort,
+    pub node_port: Option<u16>,
+    pub protocol: AppProtocol,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    pub namespace: String,
+    pub cluster_ip: Option<Ipv4Addr>,
+    pub ports: Vec<ServicePort>,
+    pub selector: BTreeMap<String, String>,
+}
+
+impl Service {
+    /// `name.namespace.svc.cluster.local`, the key Istio uses for a service host.
+    pub fn fqdn(&self) -> String {
+        format!("{}.{}.{}", self.name, self.namespace, CLUSTER_DOMAIN)
+    }
+
+    pub fn port(&self, port: u16) -> Option<&ServicePort> {
+        self.ports.iter().find(|p| p.port == port)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerPort {
+    pub name: Option<String>,
+    pub port: u16,
+}
+
+/// A pod: the unit of identity (source workload) and the thing endpoints point at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Workload {
+    pub name: String,
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    pub ip: Option<Ipv4Addr>,
+    pub container_ports: Vec<ContainerPort>,
+    pub netns: Option<PathBuf>,
+    pub cgroup: Option<PathBuf>,
+    /// False when the pod opted out with `mesh/enroll: "false"`.
+    pub enroll: bool,
+}
+
+impl Workload {
+    pub fn matches(&self, selector: &BTreeMap<String, String>) -> bool {
+        !selector.is_empty() && selector.iter().all(|(k, v)| self.labels.get(k) == Some(v))
+    }
+}
+
+/// One backend of a service port: a pod and the address its container listens on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub workload: Arc<Workload>,
+    pub addr: SocketAddr,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Registry {
+    pub services: Vec<Arc<Service>>,
+    pub workloads: Vec<Arc<Workload>>,
+}
+
+impl Registry {
+    /// Resolves a host as Istio does for a client in `client_ns`: a short name is looked up in
+    /// the client's namespace, `name.ns` and `name.ns.svc` and the FQDN name their namespace. A
+    /// VIP literal (`10.96.0.20`) also resolves.
+    pub fn service_by_host(&self, host: &str, client_ns: &str) -> Option<&Arc<Service>> {
+        let host = host.trim_end_matches('.');
+        let host = host.rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok()).map_or(host, |(h, _)| h);
+        if let Ok(ip) = host.parse::<Ipv4Addr>() {
+            return self.services.iter().find(|s| s.cluster_ip == Some(ip));
+        }
+        let (name, ns) = split_host(host, client_ns)?;
+        self.services.iter().find(|s| s.name == name && s.namespace == ns)
+    }
+
+    pub fn service_by_vip(&self, ip: Ipv4Addr, port: u16) -> Option<&Arc<Service>> {
+        self.services.iter().find(|s| s.cluster_ip == Some(ip) && s.port(port).is_some())
+    }
+
+    pub fn workload_by_name(&self, namespace: &str, name: &str) -> Option<&Arc<Workload>> {
+        self.workloads.iter().find(|w| w.name == name && w.namespace == namespace)
+    }
+
+    /// Endpoints of `service`'s `port`, like an EndpointSlice: pods in the service's namespace
+    /// whose labels match the selector and that have an IP, with the target port resolved.
+    pub fn endpoints(&self, service: &Service, port: u16) -> Vec<Endpoint> {
+        let Some(sp) = service.port(port) else { return Vec::new() };
+        self.workloads
+            .iter()
+            .filter(|w| w.namespace == service.namespace && w.matches(&service.selector))
+            .filter_map(|w| {
+                let ip = w.ip?;
+                let target = match &sp.target_port {
+                    TargetPort::Number(n) => *n,
+                    TargetPort::Name(name) => {
+                        w.container_ports.iter().find(|c| c.name.as_deref() == Some(name))?.port
+                    }
+                };
+                Some(Endpoint { workload: w.clone(), addr: SocketAddr::V4(SocketAddrV4::new(ip, target)) })
+            })
+            .collect()
+    }
+
+    /// Loads every `v1 Service` and `v1 Pod` (and the pod template of `apps/v1 Deployment`s is
+    /// ignored: on a bare node pods are given explicitly) from multi-document YAML files.
+    pub fn from_yaml_files(paths: &[PathBuf]) -> Result<Registry, RegistryError> {
+        let mut reg = Registry::default();
+        for path in paths {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| RegistryError::Io { path: path.clone(), source: e })?;
+            reg.add_yaml(path, &text)?;
+        }
+        Ok(reg)
+    }
+
+    pub fn add_yaml(&mut self, path: &Path, text: &str) -> Result<(), RegistryError> {
+        for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+            let value = serde_yaml::Value::deserialize(doc).map_err(|e| RegistryError::Yaml {
+                path: path.to_path_buf(),
+                document: index,
+                message: e.to_string(),
+            })?;
+            if value.is_null() {
+                continue;
+            }
+            let at = |message: String| RegistryError::Yaml { path: path.to_path_buf(), document: index, message };
+            let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+            match kind {
+                "Service" => {
+                    let svc: k8s::Service = serde_yaml::from_value(value).map_err(|e| at(e.to_string()))?;
+                    self.services.push(Arc::new(svc.into_service().map_err(at)?));
+                }
+                "Pod" => {
+                    let pod: k8s::Pod = serde_yaml::from_value(value).map_err(|e| at(e.to_string()))?;
+                    self.workloads.push(Arc::new(pod.into_workload().map_err(at)?));
+                }
+                "List" => {
+                    let items = value.get("items").and_then(|i| i.as_sequence()).cloned().unwrap_or_default();
+                    for item in items {
+                        let text = serde_yaml::to_string(&item).map_err(|e| at(e.to_string()))?;
+                        self.add_yaml(path, &text)?;
+                    }
+                }
+                // Deployments, Namespaces, ServiceAccounts... are valid in the same files; the
+                // standalone registry needs only Services and Pods.
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Splits an Istio host into (service name, namespace).
+pub fn split_host<'a>(host: &'a str, client_ns: &'a str) -> Option<(&'a str, &'a str)> {
+    let host = host.strip_suffix(&format!(".{CLUSTER_DOMAIN}")).map(|h| &host[..h.len()]).unwrap_or(host);
+    let host = host.strip_suffix(".svc").unwrap_or(host);
+    let mut parts = host.split('.');
+    let name = parts.next().filter(|n| !n.is_empty())?;
+    match (parts.next(), parts.next()) {
+        (None, _) => Some((name, client_ns)),
+        (Some(ns), None) => Some((name, ns)),
+        _ => None,
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum RegistryError {
+    #[error("cannot read registry file {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: YAML document {document}: {message}")]
+    Yaml { path: PathBuf, document: usize, message: String },
+}
+
+/// The subset of Kubernetes objects the standalone registry reads. Unknown fields are allowed:
+/// these are ordinary manifests full of things (containers, probes) the mesh does not need.
+mod k8s {
+    use super::*;
+
+    #[derive(Deserialize)]
+    pub struct Meta {
+        pub name: String,
+        #[serde(default)]
+        pub namespace: Option<String>,
+        #[serde(default)]
+        pub labels: BTreeMap<String, String>,
+        #[serde(default)]
+        pub annotations: BTreeMap<String, String>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Service {
+        pub metadata: Meta,
+        pub spec: ServiceSpec,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct ServiceSpec {
+        #[serde(default)]
+        pub cluster_ip: Option<String>,
+        #[serde(default)]
+        pub ports: Vec<Port>,
+        #[serde(default)]
+        pub selector: BTreeMap<String, String>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Port {
+        #[serde(default)]
+        pub name: Option<String>,
+        pub port: u16,
+        #[serde(default)]
+        pub target_port: Option<serde_yaml::Value>,
+        #[serde(default)]
+        pub node_port: Option<u16>,
+        #[serde(default)]
+        pub app_protocol: Option<String>,
+    }
+
+    impl Service {
+        pub fn into_service(self) -> Result<super::Service, String> {
+            let cluster_ip = match self.spec.cluster_ip.as_deref() {
+                None | Some("") | Some("None") => None,
+                Some(ip) => Some(ip.parse::<Ipv4Addr>().map_err(|_| {
+                    format!("Service {}: spec.clusterIP {ip:?} is not an IPv4 address", self.metadata.name)
+                })?),
+            };
+            let ports = self
+                .spec
+                .ports
+                .into_iter()
+                .map(|p| {
+                    let target_port = match p.target_port {
+                        None => TargetPort::Number(p.port),
+                        Some(serde_yaml::Value::Number(n)) => TargetPort::Number(
+                            n.as_u64().and_then(|n| u16::try_from(n).ok()).ok_or_else(|| {
+                                format!("Service {}: targetPort {n} is not a port number", self.metadata.name)
+                            })?,
+                        ),
+                        Some(serde_yaml::Value::String(s)) => match s.parse::<u16>() {
+                            Ok(n) => TargetPort::Number(n),
+                            Err(_) => TargetPort::Name(s),
+                        },
+                        Some(other) => {
+                            return Err(format!(
+                                "Service {}: targetPort must be a number or a port name, got {other:?}",
+                                self.metadata.name
+                            ))
+                        }
+                    };
+                    Ok(ServicePort {
+                        protocol: AppProtocol::from_port(p.name.as_deref(), p.app_protocol.as_deref()),
+                        name: p.name,
+                        port: p.port,
+                        target_port,
+                        node_port: p.node_port,
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            Ok(super::Service {
+                name: self.metadata.name,
+                namespace: self.metadata.namespace.unwrap_or_else(|| "default".into()),
+                cluster_ip,
+                ports,
+                selector: self.spec.selector,
+            })
+        }
+    }
+
+    #[derive(Deserialize)]
+    pub struct Pod {
+        pub metadata: Meta,
+        #[serde(default)]
+        pub spec: Option<PodSpec>,
+        #[serde(default)]
+        pub status: Option<PodStatus>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct PodSpec {
+        #[serde(default)]
+        pub containers: Vec<Container>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Container {
+        #[serde(default)]
+        pub ports: Vec<CPort>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct CPort {
+        #[serde(default)]
+        pub name: Option<String>,
+        pub container_port: u16,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct PodStatus {
+        #[serde(default, rename = "podIP")]
+        pub pod_ip: Option<String>,
+    }
+
+    impl Pod {
+        pub fn into_workload(self) -> Result<Workload, String> {
+            let ip = match self.status.and_then(|s| s.pod_ip) {
+                None => None,
+                Some(ip) => Some(ip.parse::<Ipv4Addr>().map_err(|_| {
+                    format!("Pod {}: status.podIP {ip:?} is not an IPv4 address", self.metadata.name)
+                })?),
+            };
+            let ann = &self.metadata.annotations;
+            Ok(Workload {
+                container_ports: self
+                    .spec
+                    .map(|s| s.containers)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .flat_map(|c| c.ports)
+                    .map(|p| ContainerPort { name: p.name, port: p.container_port })
+                    .collect(),
+                netns: ann.get(ANNOTATION_NETNS).map(PathBuf::from),
+                cgroup: ann.get(ANNOTATION_CGROUP).map(PathBuf::from),
+                enroll: ann.get(ANNOTATION_ENROLL).map(|v| v != "false").unwrap_or(true),
+                name: self.metadata.name,
+                namespace: self.metadata.namespace.unwrap_or_else(|| "default".into()),
+                labels: self.metadata.labels,
+                ip,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const YAML: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: default}
+spec:
+  clusterIP: 10.96.0.20
+  selector: {app: reviews}
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: reviews-v1
+  labels: {app: reviews, version: v1}
+  annotations: {mesh/netns: /var/run/netns/reviews-v1}
+status: {podIP: 10.244.0.11}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: ratings-v1
+  labels: {app: ratings, version: v1}
+status: {podIP: 10.244.0.12}
+"#;
+
+    #[test]
+    fn endpoints_follow_selector_and_namespace() {
+        let mut reg = Registry::default();
+        reg.add_yaml(Path::new("t.yaml"), YAML).unwrap();
+        let svc = reg.service_by_host("reviews", "default").unwrap().clone();
+        assert_eq!(svc.ports[0].protocol, AppProtocol::Http);
+        let eps = reg.endpoints(&svc, 9080);
+        assert_eq!(eps.len(), 1);
+        assert_eq!(eps[0].addr, "10.244.0.11:9080".parse().unwrap());
+        assert_eq!(eps[0].workload.netns.as_deref(), Some(Path::new("/var/run/netns/reviews-v1")));
+        assert!(reg.endpoints(&svc, 9999).is_empty());
+    }
+
+    #[test]
+    fn hosts_resolve_like_istio() {
+        let mut reg = Registry::default();
+        reg.add_yaml(Path::new("t.yaml"), YAML).unwrap();
+        for host in ["reviews", "reviews.default", "reviews.default.svc", "reviews.default.svc.cluster.local", "10.96.0.20", "reviews:9080"] {
+            assert!(reg.service_by_host(host, "default").is_some(), "{host}");
+        }
+        assert!(reg.service_by_host("reviews", "other").is_none());
+        assert!(reg.service_by_host("reviews.other", "default").is_none());
+    }
+
+    #[test]
+    fn bad_cluster_ip_is_reported_with_file() {
+        let mut reg = Registry::default();
+        let err = reg
+            .add_yaml(Path::new("bad.yaml"), "kind: Service\nmetadata: {name: x}\nspec: {clusterIP: nope}\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("bad.yaml") && err.to_string().contains("clusterIP"), "{err}");
+    }
+}

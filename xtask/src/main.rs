@@ -1,0 +1,175 @@
+//! Project automation: `cargo xtask build-ebpf | test | demo`.
+//!
+//! Everything a fresh machine lacks (rust-src for nightly, bpf-linker, Debian packages the tests
+//! use) is installed here, idempotently, so the README's two commands work on a clean clone.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Build, test and demo the mesh")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the eBPF object (installs nightly rust-src and bpf-linker when missing).
+    BuildEbpf,
+    /// Install what the tests need, build everything (eBPF included) and run every test.
+    Test {
+        /// Extra arguments passed to `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Build everything and run the Bookinfo walkthrough on a local node.
+    Demo {
+        /// Arguments passed to `mesh demo` (e.g. `--step all-v1`, `--keep`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::BuildEbpf => build_ebpf().map(|p| println!("eBPF object: {}", p.display())),
+        Cmd::Test { args } => test(&args),
+        Cmd::Demo { args } => demo(&args),
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn succeeds(cmd: &mut Command) -> bool {
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn cargo_bin(name: &str) -> PathBuf {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"));
+    home.join("bin").join(name)
+}
+
+fn nightly_sysroot() -> Result<PathBuf> {
+    let out = Command::new("rustc").args(["+nightly", "--print", "sysroot"]).output()
+        .context("running `rustc +nightly --print sysroot`; is rustup's nightly toolchain installed?")?;
+    if !out.status.success() {
+        bail!("no nightly toolchain: run `rustup toolchain install nightly`");
+    }
+    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
+}
+
+/// bpf-linker has no reachable prebuilt binary here; build it against the nightly toolchain's own LLVM.
+fn ensure_bpf_linker() -> Result<()> {
+    if succeeds(Command::new(cargo_bin("bpf-linker")).arg("--version")) {
+        return Ok(());
+    }
+    let sysroot = nightly_sysroot()?;
+    let lib = std::fs::read_dir(sysroot.join("lib"))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libLLVM.so.")))
+        .context("nightly sysroot has no libLLVM.so.*; cannot build bpf-linker")?;
+    let prefix = root().join("target/llvm-prefix");
+    std::fs::create_dir_all(prefix.join("lib"))?;
+    let link = prefix.join("lib/libLLVM.so");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&lib, &link)?;
+    let major = lib.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("libLLVM.so."))
+        .and_then(|v| v.split('.').next()).context("cannot read LLVM version")?.to_string();
+    eprintln!("xtask: building bpf-linker against {} (once, about a minute)", lib.display());
+    run(Command::new("cargo")
+        .args(["install", "bpf-linker", "--no-default-features", "--features", &format!("llvm-{major}")])
+        .env("LLVM_PREFIX", &prefix))
+}
+
+fn build_ebpf() -> Result<PathBuf> {
+    if !succeeds(Command::new("rustup").args(["+nightly", "component", "list", "--installed"]).arg("--quiet"))
+        || !String::from_utf8_lossy(&Command::new("rustup").args(["+nightly", "component", "list", "--installed"]).output()?.stdout).contains("rust-src")
+    {
+        run(Command::new("rustup").args(["+nightly", "component", "add", "rust-src"]))?;
+    }
+    ensure_bpf_linker()?;
+    let root = root();
+    let target_dir = root.join("target/ebpf");
+    // PATH gets ~/.cargo/bin so rustc finds the bpf-linker we may just have installed.
+    let path = format!("{}:{}", cargo_bin("").display(), std::env::var("PATH").unwrap_or_default());
+    run(Command::new("cargo")
+        .current_dir(root.join("mesh-ebpf"))
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTC")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env("PATH", path)
+        .args(["+nightly", "build", "--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .arg("--target-dir").arg(&target_dir))?;
+    let built = target_dir.join("bpfel-unknown-none/release/mesh-ebpf");
+    let dest = root.join("target/mesh-ebpf.o");
+    std::fs::copy(&built, &dest).with_context(|| format!("copy {} to {}", built.display(), dest.display()))?;
+    Ok(dest)
+}
+
+/// Debian packages the end-to-end tests and the demo use. Installed only when missing.
+const APT_PACKAGES: &[(&str, &str)] = &[("ip", "iproute2"), ("bpftool", "bpftool"), ("curl", "curl"), ("iptables-save", "iptables"), ("nft", "nftables")];
+
+fn ensure_packages() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .filter(|(bin, _)| !succeeds(Command::new("sh").arg("-c").arg(format!("command -v {bin}"))))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    run(Command::new("apt-get").args(["install", "-y", "-qq", "--no-install-recommends"]).args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn build_userspace() -> Result<()> {
+    run(Command::new("cargo").current_dir(root()).args(["build", "--release", "--workspace", "--bins"]))
+}
+
+fn test(args: &[String]) -> Result<()> {
+    ensure_packages()?;
+    build_ebpf()?;
+    build_userspace()?;
+    run(Command::new("cargo").current_dir(root()).args(["test", "--release", "--workspace"]).args(args)
+        // e2e tests create network namespaces and cgroups; running them concurrently would only
+        // make failures harder to read on a 2-core machine.
+        .env("RUST_TEST_THREADS", "1")
+        .env("MESH_EBPF_OBJECT", root().join("target/mesh-ebpf.o")))
+}
+
+fn demo(args: &[String]) -> Result<()> {
+    ensure_packages()?;
+    build_ebpf()?;
+    build_userspace()?;
+    let mesh = root().join("target/release/mesh");
+    run(Command::new(mesh).arg("demo").args(args)
+        .env("MESH_EBPF_OBJECT", root().join("target/mesh-ebpf.o"))
+        .env("MESH_BOOKINFO_BIN", root().join("target/release/bookinfo"))
+        .current_dir(root()))
+}
