@@ -1,6 +1,12 @@
-//! The node agent of a sidecarless service mesh: eBPF loader and enrollment (`ebpf`, `agent`),
-//! the node proxy (`proxy`), the pure routing engine (`routing`) compiled from Istio YAML
-//! (`config`) and a service registry (`registry`).
-pub mod registry;
+//! The node agent of a sidecarless service mesh: eBPF loader and enrollment (`ebpf`, `inpod`,
+//! `agent`), the node proxy (`proxy`), the pure routing engine (`routing`) compiled from Istio
+//! YAML (`config`) and a service registry (`registry`).
+pub mod agent;
+pub mod cli_routing;
 pub mod config;
+pub mod ebpf;
+pub mod inpod;
+pub mod metrics;
+pub mod proxy;
+pub mod registry;
 pub mod routing;

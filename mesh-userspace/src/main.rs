@@ -1,1 +1,61 @@
-fn main() {}
+//! `mesh`: the node agent and its tools.
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "mesh",
+    version,
+    about = "Sidecarless service mesh: eBPF redirect into one node-level L7 proxy, configured by Istio YAML",
+    after_help = "Examples:
+  mesh agent --registry deploy/bookinfo/local-registry.yaml --config deploy/bookinfo/networking
+  mesh validate deploy/bookinfo/networking --registry deploy/bookinfo/local-registry.yaml
+  mesh explain --config deploy/bookinfo/networking --registry deploy/bookinfo/local-registry.yaml \\
+       --from productpage-v1 --url http://reviews:9080/reviews/0 -H 'end-user: jason'
+
+Logs: RUST_LOG=debug (default info)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the node agent: load eBPF, enroll pods, run the proxy (needs root or CAP_BPF+CAP_NET_ADMIN+CAP_SYS_ADMIN).
+    #[command(after_help = "Example:\n  mesh agent --registry node.yaml --config /etc/mesh/routing --ingress-bind 127.0.0.1")]
+    Agent(mesh::agent::AgentArgs),
+    /// Check Istio routing YAML (VirtualService, DestinationRule, Gateway) like `istioctl analyze`.
+    #[command(after_help = "Example:\n  mesh validate deploy/bookinfo/networking/ --registry deploy/bookinfo/local-registry.yaml")]
+    Validate(mesh::cli_routing::ValidateArgs),
+    /// Show how a request from a pod would be routed, offline, and why.
+    #[command(after_help = "Example:\n  mesh explain --config deploy/bookinfo/networking --registry deploy/bookinfo/local-registry.yaml \\\n       --from productpage-v1 --url http://reviews:9080/reviews/0 -H 'end-user: jason'")]
+    Explain(mesh::cli_routing::ExplainArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match Cli::parse().cmd {
+        Cmd::Agent(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(mesh::agent::run(args)))
+            .map(|()| ExitCode::SUCCESS),
+        Cmd::Validate(args) => mesh::cli_routing::validate(args),
+        Cmd::Explain(args) => mesh::cli_routing::explain(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -262,7 +262,8 @@ mod k8s {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     pub struct ServiceSpec {
-        #[serde(default)]
+        // Kubernetes spells it clusterIP, which camelCase would not produce.
+        #[serde(default, rename = "clusterIP")]
         pub cluster_ip: Option<String>,
         #[serde(default)]
         pub ports: Vec<Port>,

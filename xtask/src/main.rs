@@ -29,7 +29,7 @@ enum Cmd {
     },
     /// Build everything and run the Bookinfo walkthrough on a local node.
     Demo {
-        /// Arguments passed to `mesh demo` (e.g. `--step all-v1`, `--keep`).
+        /// Arguments passed to the demo (e.g. `--step all-v1`, `--keep`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -167,9 +167,7 @@ fn demo(args: &[String]) -> Result<()> {
     ensure_packages()?;
     build_ebpf()?;
     build_userspace()?;
-    let mesh = root().join("target/release/mesh");
-    run(Command::new(mesh).arg("demo").args(args)
+    run(Command::new(root().join("target/release/bookinfo-demo")).args(args)
         .env("MESH_EBPF_OBJECT", root().join("target/mesh-ebpf.o"))
-        .env("MESH_BOOKINFO_BIN", root().join("target/release/bookinfo"))
         .current_dir(root()))
 }

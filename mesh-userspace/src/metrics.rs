@@ -1,0 +1,71 @@
+//! Prometheus counters for the proxy and agent. Deliberately tiny: a few labelled counters
+//! rendered as text on the admin port; no registry crate needed.
+use std::{collections::BTreeMap, fmt::Write, sync::Mutex};
+
+#[derive(Default)]
+pub struct Metrics {
+    counters: Mutex<BTreeMap<(&'static str, String), u64>>,
+}
+
+impl Metrics {
+    /// Adds `n` to counter `name` with `labels` (pairs rendered in the given order).
+    pub fn add(&self, name: &'static str, labels: &[(&str, &str)], n: u64) {
+        let mut key = String::new();
+        for (i, (k, v)) in labels.iter().enumerate() {
+            if i > 0 {
+                key.push(',');
+            }
+            let _ = write!(key, "{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""));
+        }
+        let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        *c.entry((name, key)).or_default() += n;
+    }
+
+    pub fn inc(&self, name: &'static str, labels: &[(&str, &str)]) {
+        self.add(name, labels, 1);
+    }
+
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        let c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        c.iter()
+            .filter(|((n, k), _)| *n == name && labels.iter().all(|(lk, lv)| k.contains(&format!("{lk}=\"{lv}\""))))
+            .map(|(_, v)| *v)
+            .sum()
+    }
+
+    /// Prometheus text exposition format.
+    pub fn render(&self, extra: &[(&str, u64)]) -> String {
+        let c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = String::new();
+        let mut last = "";
+        for ((name, labels), v) in c.iter() {
+            if *name != last {
+                let _ = writeln!(out, "# TYPE {name} counter");
+                last = name;
+            }
+            let _ = writeln!(out, "{name}{{{labels}}} {v}");
+        }
+        for (name, v) in extra {
+            let _ = writeln!(out, "# TYPE {name} counter\n{name} {v}");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_renders_with_escaping() {
+        let m = Metrics::default();
+        m.inc("mesh_requests_total", &[("dst", "reviews"), ("code", "200")]);
+        m.inc("mesh_requests_total", &[("dst", "reviews"), ("code", "200")]);
+        m.inc("mesh_requests_total", &[("dst", "a\"b"), ("code", "503")]);
+        assert_eq!(m.get("mesh_requests_total", &[("dst", "reviews")]), 2);
+        let text = m.render(&[("mesh_kernel_redirects_total", 7)]);
+        assert!(text.contains("mesh_requests_total{dst=\"reviews\",code=\"200\"} 2"), "{text}");
+        assert!(text.contains("dst=\"a\\\"b\""), "{text}");
+        assert!(text.contains("mesh_kernel_redirects_total 7"));
+    }
+}

@@ -1,0 +1,376 @@
+//! L7 request handling: route, fault, retries/timeouts, header rules, mirroring, forwarding.
+use std::{
+    convert::Infallible,
+    hash::{Hash, Hasher},
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
+use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
+use hyper::body::{Body as _, Incoming};
+use rand::Rng;
+
+use super::{ProxyState, Source};
+use crate::routing::{Context, Decision, Forward, HashOn, LbPolicy, RequestInfo};
+
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// Request bodies up to this size are buffered so they can be retried and mirrored; larger ones
+/// stream through once (no retry) rather than being held in memory.
+const MAX_BUFFERED_BODY: u64 = 1 << 20;
+
+pub fn full(body: impl Into<Bytes>) -> ProxyBody {
+    Full::new(body.into()).map_err(|never: Infallible| match never {}).boxed()
+}
+
+pub fn empty() -> ProxyBody {
+    Empty::new().map_err(|never: Infallible| match never {}).boxed()
+}
+
+/// A response the proxy itself produces, with a body that says what happened and what to do.
+pub fn local_reply(status: StatusCode, body: impl Into<String>) -> Response<ProxyBody> {
+    let mut body = body.into();
+    body.push('\n');
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    resp.headers_mut().insert("server", HeaderValue::from_static("mesh"));
+    resp
+}
+
+/// Hop-by-hop headers never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in listed {
+        headers.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        headers.remove(*n);
+    }
+}
+
+fn new_request_id() -> HeaderValue {
+    let b: [u8; 16] = rand::thread_rng().gen();
+    let s = format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+        u16::from_be_bytes([b[4], b[5]]),
+        u16::from_be_bytes([b[6], b[7]]) & 0x0fff,
+        (u16::from_be_bytes([b[8], b[9]]) & 0x3fff) | 0x8000,
+        u64::from_be_bytes([0, 0, b[10], b[11], b[12], b[13], b[14], b[15]])
+    );
+    HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("00000000-0000-4000-8000-000000000000"))
+}
+
+/// Where a request entered the mesh: a pod's outbound listener (service known from the original
+/// destination) or an ingress listener (NodePort service, or an Istio Gateway).
+#[derive(Clone)]
+pub enum Entry {
+    Service { service: Arc<crate::registry::Service>, port: u16 },
+    Gateway { name: String, namespace: String, port: u16 },
+}
+
+pub async fn handle(
+    state: Arc<ProxyState>,
+    source: Source,
+    entry: Entry,
+    mut req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    if !req.headers().contains_key("x-request-id") {
+        req.headers_mut().insert("x-request-id", new_request_id());
+    }
+    // The table is pinned for the whole request: a reload while it runs does not change its route.
+    let table = state.routes.load_full();
+    let authority = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()));
+    let context = match &entry {
+        Entry::Service { service, port } => Context::Mesh { service, port: *port },
+        Entry::Gateway { name, namespace, port } => Context::Gateway { name, namespace, port: *port },
+    };
+    let decision = {
+        let info = RequestInfo {
+            context,
+            source: source.workload.as_deref(),
+            method: req.method(),
+            uri: req.uri(),
+            authority: authority.as_deref(),
+            scheme: "http",
+            headers: req.headers(),
+        };
+        table.route(&info, &mut rand::thread_rng())
+    };
+    let src_name = source.workload.as_ref().map(|w| w.name.as_str()).unwrap_or("ingress").to_owned();
+    let (resp, dst, subset) = match decision {
+        Decision::NoRoute { reason } => {
+            (local_reply(StatusCode::NOT_FOUND, format!("no route: {reason}")), String::from("-"), String::from("-"))
+        }
+        Decision::Redirect { status, location } => {
+            let mut r = local_reply(StatusCode::from_u16(status).unwrap_or(StatusCode::MOVED_PERMANENTLY), "");
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            (r, String::from("-"), String::from("-"))
+        }
+        Decision::Forward(fwd) => {
+            let dst = fwd.cluster.service.name.clone();
+            let subset = fwd.cluster.subset.clone().unwrap_or_else(|| "-".into());
+            let resp = forward(&state, &source, fwd, req).await;
+            (resp, dst, subset)
+        }
+    };
+    let code = resp.status().as_u16().to_string();
+    state.metrics.inc(
+        "mesh_requests_total",
+        &[("source_workload", &src_name), ("destination_service", &dst), ("destination_subset", &subset), ("response_code", &code)],
+    );
+    tracing::info!(src = %src_name, dst = %dst, subset = %subset, status = %code, ms = started.elapsed().as_millis() as u64, "request");
+    Ok(resp)
+}
+
+enum ReqBody {
+    Buffered(Bytes),
+    Streaming(Incoming),
+}
+
+async fn forward(state: &ProxyState, source: &Source, fwd: Forward, req: Request<Incoming>) -> Response<ProxyBody> {
+    if let Some(delay) = fwd.fault.delay {
+        tokio::time::sleep(delay).await;
+    }
+    if let Some(status) = fwd.fault.abort {
+        return local_reply(StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE), "fault filter abort");
+    }
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    fwd.request_headers.apply(&mut parts.headers);
+
+    let mut path_and_query = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
+    if let Some(rw) = &fwd.rewrite {
+        if let Some(p) = rw.apply_path(parts.uri.path()) {
+            let query = parts.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+            path_and_query = format!("{p}{query}");
+        }
+        if let Some(a) = &rw.authority {
+            if let Ok(v) = HeaderValue::from_str(a) {
+                parts.headers.insert(header::HOST, v);
+            }
+        }
+    }
+
+    let body = if body.is_end_stream() {
+        ReqBody::Buffered(Bytes::new())
+    } else if body.size_hint().upper().is_some_and(|n| n <= MAX_BUFFERED_BODY) {
+        match body.collect().await {
+            Ok(c) => ReqBody::Buffered(c.to_bytes()),
+            Err(e) => return local_reply(StatusCode::BAD_REQUEST, format!("reading request body: {e}")),
+        }
+    } else {
+        ReqBody::Streaming(body)
+    };
+
+    if let (Some(mirror), ReqBody::Buffered(bytes)) = (&fwd.mirror, &body) {
+        spawn_mirror(state, mirror.clone(), &parts, &path_and_query, bytes.clone());
+    }
+
+    let hash = hash_key(&fwd.cluster.lb, &parts.headers, source.peer);
+    let deadline = fwd.timeout.map(|t| Instant::now() + t);
+    let max_attempts = match body {
+        ReqBody::Buffered(_) => 1 + fwd.retries.attempts,
+        ReqBody::Streaming(_) => 1,
+    };
+    let mut body = Some(body);
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let last = attempt >= max_attempts;
+        let Some(picked) = state.lb.pick(&fwd.cluster, hash, &tried) else {
+            return local_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("no healthy upstream: {} has no endpoints (does any pod match its selector and subset labels?)", fwd.cluster.name),
+            );
+        };
+        tried.push(picked.endpoint.addr);
+        let upstream_body = match body.as_mut() {
+            Some(ReqBody::Buffered(b)) => full(b.clone()),
+            Some(ReqBody::Streaming(_)) => match body.take() {
+                Some(ReqBody::Streaming(s)) => s.boxed(),
+                _ => empty(),
+            },
+            None => empty(),
+        };
+        let uri: Uri = match format!("http://{}{}", picked.endpoint.addr, path_and_query).parse() {
+            Ok(u) => u,
+            Err(e) => return local_reply(StatusCode::BAD_REQUEST, format!("invalid request path: {e}")),
+        };
+        let mut up = Request::new(upstream_body);
+        *up.method_mut() = parts.method.clone();
+        *up.uri_mut() = uri;
+        *up.headers_mut() = parts.headers.clone();
+
+        let now = Instant::now();
+        let remaining = deadline.map(|d| d.saturating_duration_since(now));
+        let try_timeout = match (fwd.retries.per_try_timeout, remaining) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let result = match try_timeout {
+            Some(t) => match tokio::time::timeout(t, state.client.request(up)).await {
+                Ok(r) => r.map_err(Failure::from_client),
+                Err(_) => Err(Failure::Timeout),
+            },
+            None => state.client.request(up).await.map_err(Failure::from_client),
+        };
+        let deadline_passed = deadline.is_some_and(|d| Instant::now() >= d);
+        match result {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                state.lb.report(&fwd.cluster, &picked, Some(status));
+                if !last && !deadline_passed && fwd.retries.retry_on.status(status) {
+                    tracing::debug!(status, attempt, "retrying");
+                    backoff(attempt).await;
+                    continue;
+                }
+                let (mut rparts, rbody) = resp.into_parts();
+                strip_hop_by_hop(&mut rparts.headers);
+                fwd.response_headers.apply(&mut rparts.headers);
+                return Response::from_parts(rparts, rbody.boxed());
+            }
+            Err(failure) => {
+                state.lb.report(&fwd.cluster, &picked, None);
+                if !last && !deadline_passed && failure.retriable(&fwd) {
+                    tracing::debug!(?failure, attempt, "retrying");
+                    backoff(attempt).await;
+                    continue;
+                }
+                return failure.reply(deadline_passed);
+            }
+        }
+    }
+}
+
+/// Envoy's default retry back-off: 25 ms base, jittered, exponential.
+async fn backoff(attempt: u32) {
+    let cap = 25u64 << attempt.min(4);
+    let ms = rand::thread_rng().gen_range(0..=cap);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+#[derive(Debug)]
+enum Failure {
+    Connect(String),
+    Reset(String),
+    Timeout,
+}
+
+impl Failure {
+    fn from_client(e: hyper_util::client::legacy::Error) -> Self {
+        if e.is_connect() {
+            Failure::Connect(format!("{e:?}"))
+        } else {
+            Failure::Reset(format!("{e:?}"))
+        }
+    }
+
+    fn retriable(&self, fwd: &Forward) -> bool {
+        let on = &fwd.retries.retry_on;
+        match self {
+            Failure::Connect(_) => on.connect_failure || on.reset || on.gateway_error || on.five_xx,
+            Failure::Reset(_) => on.reset || on.five_xx,
+            Failure::Timeout => on.five_xx || on.gateway_error,
+        }
+    }
+
+    fn reply(self, deadline_passed: bool) -> Response<ProxyBody> {
+        match self {
+            Failure::Timeout if deadline_passed => local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
+            Failure::Timeout => local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream per-try timeout"),
+            Failure::Connect(e) => local_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("upstream connect error or disconnect/reset before headers. reset reason: connection failure: {e}"),
+            ),
+            Failure::Reset(e) => local_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("upstream connect error or disconnect/reset before headers. reset reason: connection termination: {e}"),
+            ),
+        }
+    }
+}
+
+fn hash_key(lb: &LbPolicy, headers: &HeaderMap, peer: Option<SocketAddr>) -> Option<u64> {
+    let LbPolicy::ConsistentHash(on) = lb else { return None };
+    let mut s = std::collections::hash_map::DefaultHasher::new();
+    match on {
+        HashOn::Header(name) => headers.get(name.as_str())?.as_bytes().hash(&mut s),
+        HashOn::Cookie { name, .. } => {
+            let cookie = headers
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|kv| kv.trim().split_once('='))
+                .find(|(k, _)| k == name)?;
+            cookie.1.hash(&mut s)
+        }
+        HashOn::SourceIp => peer?.ip().hash(&mut s),
+    }
+    Some(s.finish())
+}
+
+fn spawn_mirror(
+    state: &ProxyState,
+    cluster: Arc<crate::routing::Cluster>,
+    parts: &http::request::Parts,
+    path_and_query: &str,
+    body: Bytes,
+) {
+    let Some(picked) = state.lb.pick(&cluster, None, &[]) else { return };
+    let Ok(uri) = format!("http://{}{}", picked.endpoint.addr, path_and_query).parse::<Uri>() else { return };
+    let mut req = Request::new(full(body));
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = uri;
+    *req.headers_mut() = parts.headers.clone();
+    // Istio appends "-shadow" to the authority of mirrored requests so backends can tell.
+    if let Some(host) = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+        let (h, port) = host.rsplit_once(':').map_or((host, None), |(h, p)| (h, Some(p)));
+        let shadow = match port {
+            Some(p) => format!("{h}-shadow:{p}"),
+            None => format!("{h}-shadow"),
+        };
+        if let Ok(v) = HeaderValue::from_str(&shadow) {
+            req.headers_mut().insert(header::HOST, v);
+        }
+    }
+    let client = state.client.clone();
+    tokio::spawn(async move {
+        let _picked = picked;
+        if let Ok(resp) = client.request(req).await {
+            let _ = resp.into_body().collect().await;
+        }
+    });
+}

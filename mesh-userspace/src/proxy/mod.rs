@@ -1,0 +1,208 @@
+//! The node proxy: accepts redirected connections on in-pod listeners and ingress connections on
+//! the node, recovers the original destination, and serves them at L7 (HTTP) or L4 (TCP).
+pub mod http;
+pub mod lb;
+
+use std::{
+    net::{SocketAddr, SocketAddrV4},
+    sync::Arc,
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::{TokioExecutor, TokioIo},
+};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::Instrument;
+
+use crate::{
+    metrics::Metrics,
+    registry::{AppProtocol, Registry, Service, Workload},
+    routing::RouteTable,
+};
+use self::http::{Entry, ProxyBody};
+
+/// Where the proxy learns the original destination of a redirected connection (the eBPF maps in
+/// production; a fixed table in unit tests).
+pub trait OriginalDst: Send + Sync + 'static {
+    fn take(&self, netns_cookie: u64, peer: SocketAddrV4) -> Option<SocketAddrV4>;
+}
+
+impl OriginalDst for crate::ebpf::MeshEbpf {
+    fn take(&self, netns_cookie: u64, peer: SocketAddrV4) -> Option<SocketAddrV4> {
+        self.take_original_dst(netns_cookie, peer).map(|(a, _)| a)
+    }
+}
+
+/// Who is calling: the enrolled pod whose listener accepted, or nobody (ingress).
+#[derive(Clone)]
+pub struct Source {
+    pub workload: Option<Arc<Workload>>,
+    pub peer: Option<SocketAddr>,
+}
+
+pub struct ProxyState {
+    pub routes: ArcSwap<RouteTable>,
+    pub registry: ArcSwap<Registry>,
+    pub client: Client<HttpConnector, ProxyBody>,
+    pub lb: lb::LoadBalancer,
+    pub metrics: Metrics,
+    pub original_dst: Arc<dyn OriginalDst>,
+}
+
+impl ProxyState {
+    pub fn new(registry: Registry, routes: RouteTable, original_dst: Arc<dyn OriginalDst>) -> Arc<Self> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        // Envoy's default cluster connect timeout.
+        connector.set_connect_timeout(Some(Duration::from_secs(10)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Arc::new(ProxyState {
+            routes: ArcSwap::from_pointee(routes),
+            registry: ArcSwap::from_pointee(registry),
+            client,
+            lb: lb::LoadBalancer::default(),
+            metrics: Metrics::default(),
+            original_dst,
+        })
+    }
+}
+
+/// Accepts on the outbound listener inside `workload`'s network namespace until the listener fails.
+pub async fn serve_pod_listener(state: Arc<ProxyState>, workload: Arc<Workload>, listener: TcpListener, netns_cookie: u64) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(pod = %workload.name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let span = tracing::info_span!("conn", src = %workload.name, peer = %peer);
+        let state = state.clone();
+        let workload = workload.clone();
+        tokio::spawn(
+            async move {
+                let SocketAddr::V4(peer4) = peer else {
+                    tracing::warn!("IPv6 client on an IPv4 listener; dropping");
+                    return;
+                };
+                let Some(orig) = state.original_dst.take(netns_cookie, peer4) else {
+                    // Only connections connect4 rewrote have an entry; anything else dialled
+                    // 127.0.0.1:15001 directly and has no meaningful destination.
+                    tracing::warn!("no original destination recorded for this connection; closing");
+                    state.metrics.inc("mesh_connections_rejected_total", &[("reason", "no_original_dst")]);
+                    return;
+                };
+                let service = state.registry.load().service_by_vip(*orig.ip(), orig.port()).cloned();
+                let Some(service) = service else {
+                    tracing::warn!(dst = %orig, "original destination is no longer a mesh service; closing");
+                    state.metrics.inc("mesh_connections_rejected_total", &[("reason", "unknown_service")]);
+                    return;
+                };
+                let source = Source { workload: Some(workload), peer: Some(peer) };
+                serve_service_conn(state, source, service, orig.port(), stream).await;
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Serves one connection bound for `service:port`, at L7 or L4 depending on the port's protocol.
+pub async fn serve_service_conn(state: Arc<ProxyState>, source: Source, service: Arc<Service>, port: u16, stream: TcpStream) {
+    let protocol = service.port(port).map(|p| p.protocol).unwrap_or(AppProtocol::Unknown);
+    let http = match protocol {
+        AppProtocol::Http | AppProtocol::Http2 => true,
+        AppProtocol::Tcp => false,
+        AppProtocol::Unknown => sniff_http(&stream).await,
+    };
+    if http {
+        serve_http(state, source, Entry::Service { service, port }, stream).await;
+    } else {
+        serve_tcp(state, source, service, port, stream).await;
+    }
+}
+
+/// Istio-style protocol sniffing for ports that declare nothing: an HTTP/1 request line or the
+/// HTTP/2 preface within a short window means HTTP, anything else (or silence: server-first
+/// protocols) means opaque TCP.
+async fn sniff_http(stream: &TcpStream) -> bool {
+    let mut buf = [0u8; 16];
+    let peek = tokio::time::timeout(Duration::from_millis(200), stream.peek(&mut buf)).await;
+    let n = match peek {
+        Ok(Ok(n)) => n,
+        _ => return false,
+    };
+    let head = &buf[..n];
+    const METHODS: &[&[u8]] = &[b"GET ", b"POST ", b"PUT ", b"DELETE ", b"HEAD ", b"OPTIONS ", b"PATCH ", b"PRI * ", b"CONNECT ", b"TRACE "];
+    METHODS.iter().any(|m| head.starts_with(m) || (head.len() < m.len() && m.starts_with(head) && !head.is_empty()))
+}
+
+pub async fn serve_http(state: Arc<ProxyState>, source: Source, entry: Entry, stream: TcpStream) {
+    let io = TokioIo::new(stream);
+    let svc = hyper::service::service_fn(move |req| http::handle(state.clone(), source.clone(), entry.clone(), req));
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    if let Err(e) = builder.serve_connection(io, svc).await {
+        tracing::debug!(error = %e, "http connection ended with error");
+    }
+}
+
+async fn serve_tcp(state: Arc<ProxyState>, source: Source, service: Arc<Service>, port: u16, mut stream: TcpStream) {
+    let cluster = {
+        let table = state.routes.load();
+        table.route_tcp(source.workload.as_deref(), &service, port, &mut rand::thread_rng())
+    };
+    let src = source.workload.as_ref().map(|w| w.name.clone()).unwrap_or_else(|| "ingress".into());
+    let Some(cluster) = cluster else {
+        tracing::warn!(service = %service.name, port, "no TCP route; closing");
+        return;
+    };
+    let Some(picked) = state.lb.pick(&cluster, None, &[]) else {
+        tracing::warn!(cluster = %cluster.name, "no healthy upstream for TCP connection; closing");
+        state.metrics.inc("mesh_tcp_connections_total", &[("source_workload", &src), ("destination_service", &service.name), ("result", "no_endpoint")]);
+        return;
+    };
+    let mut upstream = match TcpStream::connect(picked.endpoint.addr).await {
+        Ok(s) => s,
+        Err(e) => {
+            state.lb.report(&cluster, &picked, None);
+            tracing::warn!(endpoint = %picked.endpoint.addr, error = %e, "TCP upstream connect failed");
+            state.metrics.inc("mesh_tcp_connections_total", &[("source_workload", &src), ("destination_service", &service.name), ("result", "connect_failure")]);
+            return;
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    state.metrics.inc("mesh_tcp_connections_total", &[("source_workload", &src), ("destination_service", &service.name), ("result", "ok")]);
+    match tokio::io::copy_bidirectional(&mut stream, &mut upstream).await {
+        Ok((up, down)) => tracing::info!(endpoint = %picked.endpoint.addr, bytes_up = up, bytes_down = down, "tcp connection closed"),
+        Err(e) => tracing::debug!(error = %e, "tcp connection ended with error"),
+    }
+}
+
+/// Ingress listener for a NodePort service: no source workload, destination fixed.
+pub async fn serve_nodeport(state: Arc<ProxyState>, listener: TcpListener, service: Arc<Service>, port: u16) {
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else { continue };
+        let state = state.clone();
+        let service = service.clone();
+        let span = tracing::info_span!("ingress", nodeport_service = %service.name, peer = %peer);
+        tokio::spawn(serve_service_conn(state, Source { workload: None, peer: Some(peer) }, service, port, stream).instrument(span));
+    }
+}
+
+/// Ingress listener for an Istio Gateway server port.
+pub async fn serve_gateway(state: Arc<ProxyState>, listener: TcpListener, name: String, namespace: String, port: u16) {
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else { continue };
+        let state = state.clone();
+        let entry = Entry::Gateway { name: name.clone(), namespace: namespace.clone(), port };
+        let span = tracing::info_span!("gateway", gateway = %name, peer = %peer);
+        tokio::spawn(serve_http(state, Source { workload: None, peer: Some(peer) }, entry, stream).instrument(span));
+    }
+}

@@ -1,0 +1,271 @@
+//! The Bookinfo walkthrough on a local node: shared by `cargo xtask demo` and the e2e test.
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::*;
+
+pub const NODEPORT: u16 = 30080;
+pub const GATEWAY_PORT: u16 = 80;
+pub const ADMIN: &str = "127.0.0.1:15020";
+
+/// (pod, service, version, host octet)
+pub const PODS: &[(&str, &str, &str, u8)] = &[
+    ("details-v1", "details", "v1", 10),
+    ("ratings-v1", "ratings", "v1", 11),
+    ("reviews-v1", "reviews", "v1", 12),
+    ("reviews-v2", "reviews", "v2", 13),
+    ("reviews-v3", "reviews", "v3", 14),
+    ("productpage-v1", "productpage", "v1", 15),
+];
+
+pub const SERVICES: &[(&str, Ipv4Addr)] = &[
+    ("details", Ipv4Addr::new(10, 96, 0, 10)),
+    ("ratings", Ipv4Addr::new(10, 96, 0, 11)),
+    ("reviews", Ipv4Addr::new(10, 96, 0, 12)),
+    ("productpage", Ipv4Addr::new(10, 96, 0, 13)),
+];
+
+/// One step of the seed walkthrough: the routing files live in the ConfigMap after it.
+pub struct Step {
+    pub name: &'static str,
+    pub title: &'static str,
+    pub files: &'static [&'static str],
+    /// Loads as an anonymous user and as jason.
+    pub anonymous: usize,
+    pub jason: usize,
+}
+
+pub const STEPS: &[Step] = &[
+    Step { name: "no-rules", title: "1. App deployed, namespace enrolled, no rules: plain Kubernetes balancing", files: &[], anonymous: 60, jason: 0 },
+    Step { name: "gateway", title: "2. Ingress: bookinfo-gateway (Gateway on port 80 + VirtualService)", files: &["bookinfo-gateway.yaml"], anonymous: 30, jason: 0 },
+    Step { name: "destination-rules", title: "3. destination-rule-all.yaml: subsets by version (no routing change yet)", files: &["bookinfo-gateway.yaml", "destination-rule-all.yaml"], anonymous: 60, jason: 0 },
+    Step { name: "all-v1", title: "4. virtual-service-all-v1.yaml: every service to v1", files: &["bookinfo-gateway.yaml", "destination-rule-all.yaml", "virtual-service-all-v1.yaml"], anonymous: 40, jason: 20 },
+    Step { name: "jason-v2", title: "5. virtual-service-reviews-test-v2.yaml: end-user jason to v2, others v1", files: &["bookinfo-gateway.yaml", "destination-rule-all.yaml", "virtual-service-all-v1.yaml", "virtual-service-reviews-test-v2.yaml"], anonymous: 40, jason: 40 },
+    Step { name: "jason-delay", title: "6. virtual-service-reviews-test-delay.yaml: jason gets a 7 s delay on reviews, others v3", files: &["bookinfo-gateway.yaml", "destination-rule-all.yaml", "virtual-service-all-v1.yaml", "virtual-service-reviews-test-delay.yaml"], anonymous: 40, jason: 4 },
+    Step { name: "back-to-v1", title: "7. Back to all-v1", files: &["bookinfo-gateway.yaml", "destination-rule-all.yaml", "virtual-service-all-v1.yaml"], anonymous: 40, jason: 10 },
+    Step { name: "50-v3", title: "8. virtual-service-reviews-50-v3.yaml: v1 50% / v3 50%", files: &["bookinfo-gateway.yaml", "destination-rule-all.yaml", "virtual-service-all-v1.yaml", "virtual-service-reviews-50-v3.yaml"], anonymous: 400, jason: 0 },
+    Step { name: "v3", title: "9. virtual-service-reviews-v3.yaml: 100% v3", files: &["bookinfo-gateway.yaml", "destination-rule-all.yaml", "virtual-service-all-v1.yaml", "virtual-service-reviews-v3.yaml"], anonymous: 60, jason: 0 },
+];
+
+/// What one page load showed.
+#[derive(Clone, Debug)]
+pub struct PageLoad {
+    pub status: u16,
+    pub reviews: String,
+    pub stars: String,
+    pub latency: Duration,
+}
+
+#[derive(Default, Debug)]
+pub struct Tally {
+    pub loads: Vec<PageLoad>,
+}
+
+impl Tally {
+    pub fn count_reviews(&self, v: &str) -> usize {
+        self.loads.iter().filter(|l| l.reviews == v).count()
+    }
+    pub fn errors(&self) -> usize {
+        self.loads.iter().filter(|l| l.status != 200).count()
+    }
+    pub fn by_reviews(&self) -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for l in &self.loads {
+            *m.entry(l.reviews.clone()).or_default() += 1;
+        }
+        m
+    }
+    fn percentile(&self, p: f64) -> Duration {
+        let mut v: Vec<Duration> = self.loads.iter().map(|l| l.latency).collect();
+        v.sort();
+        if v.is_empty() {
+            return Duration::ZERO;
+        }
+        v[((v.len() - 1) as f64 * p).round() as usize]
+    }
+    /// `v1 49%  v3 51%  (n=400)  stars: red 204  p50 3 ms  max 9 ms  errors 0`
+    pub fn summary(&self) -> String {
+        let n = self.loads.len().max(1);
+        let versions: Vec<String> = self.by_reviews().iter().map(|(k, c)| format!("{k} {}%", (c * 100 + n / 2) / n)).collect();
+        let mut stars = BTreeMap::<&str, usize>::new();
+        for l in &self.loads {
+            *stars.entry(l.stars.as_str()).or_default() += 1;
+        }
+        let stars: Vec<String> = stars.iter().map(|(k, c)| format!("{k} {c}")).collect();
+        format!(
+            "reviews: {}  (n={})   stars: {}   p50 {} ms  max {} ms   errors {}",
+            versions.join("  "),
+            self.loads.len(),
+            stars.join(", "),
+            self.percentile(0.5).as_millis(),
+            self.percentile(1.0).as_millis(),
+            self.errors()
+        )
+    }
+}
+
+/// A running Bookinfo node: pods, app servers and the mesh agent.
+pub struct Bookinfo {
+    pub node: Node,
+    pub config_dir: PathBuf,
+    networking: PathBuf,
+    generation: u32,
+}
+
+impl Bookinfo {
+    /// Starts the node. `networking` holds the routing YAML files the steps apply.
+    pub fn start(networking: &Path) -> Result<Bookinfo> {
+        let mut node = Node::new("bk", 0)?;
+        for (pod, _, _, octet) in PODS {
+            node.add_pod(pod, *octet, SERVICES)?;
+        }
+        let app = bin("bookinfo");
+        let app = app.to_str().context("bookinfo binary path")?.to_owned();
+        for (pod, svc, version, _) in PODS {
+            let mut args = vec![app.as_str(), svc, "--listen", "0.0.0.0:9080", "--pod-name", pod];
+            if *svc == "reviews" {
+                args.extend(["--version", version]);
+            }
+            node.spawn(pod, pod, &args)?;
+        }
+        let registry = workspace().join("deploy/bookinfo/local-registry.yaml");
+        let config_dir = node.dir.join("routing");
+        fs::create_dir_all(&config_dir)?;
+        let mut bk = Bookinfo { node, config_dir, networking: networking.to_path_buf(), generation: 0 };
+        bk.apply(&[])?;
+        bk.node.spawn_host(
+            "agent",
+            Command::new(bin("mesh"))
+                .args(["agent", "--registry"])
+                .arg(&registry)
+                .arg("--config")
+                .arg(&bk.config_dir)
+                .args(["--admin", ADMIN, "--ingress-bind", "127.0.0.1"])
+                .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())),
+        )?;
+        let admin: SocketAddr = ADMIN.parse()?;
+        wait_for_port(admin, Duration::from_secs(30)).map_err(|e| anyhow::anyhow!("{e}\nagent log:\n{}", bk.node.log("agent")))?;
+        for (pod, ..) in PODS {
+            let ip = bk.node.pod(pod)?.ip;
+            wait_for_port(SocketAddr::from((ip, 9080)), Duration::from_secs(10))
+                .map_err(|e| anyhow::anyhow!("{e}\n{pod} log:\n{}", bk.node.log(pod)))?;
+        }
+        Ok(bk)
+    }
+
+    fn reloads(&self) -> u64 {
+        http_get(ADMIN.parse().expect("admin addr"), "/metrics")
+            .map(|m| metric(&m, "mesh_config_reloads_total", &[("result", "applied")]))
+            .unwrap_or(0)
+    }
+
+    /// Puts exactly `files` in the watched ConfigMap directory the way the kubelet does: a new
+    /// timestamped dir, then an atomic rename of the `..data` symlink, then top-level links.
+    pub fn apply(&mut self, files: &[&str]) -> Result<()> {
+        let before = self.reloads();
+        self.generation += 1;
+        let gen_dir = self.config_dir.join(format!("..gen{}", self.generation));
+        fs::create_dir_all(&gen_dir)?;
+        for f in files {
+            fs::copy(self.networking.join(f), gen_dir.join(f)).with_context(|| format!("copy {f}"))?;
+        }
+        let tmp = self.config_dir.join("..data_tmp");
+        let _ = fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(format!("..gen{}", self.generation), &tmp)?;
+        fs::rename(&tmp, self.config_dir.join("..data"))?;
+        for entry in fs::read_dir(&self.config_dir)?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("..") && !files.contains(&name.as_str()) {
+                fs::remove_file(entry.path())?;
+            }
+        }
+        for f in files {
+            let link = self.config_dir.join(f);
+            if fs::symlink_metadata(&link).is_err() {
+                std::os::unix::fs::symlink(format!("..data/{f}"), &link)?;
+            }
+        }
+        if self.generation > 1 {
+            let old = self.config_dir.join(format!("..gen{}", self.generation - 1));
+            let _ = fs::remove_dir_all(old);
+        }
+        // Readiness, not a sleep: the agent counts each applied reload.
+        if self.generation > 1 {
+            wait_until("the agent to apply the new routing config", Duration::from_secs(10), || self.reloads() > before)
+                .map_err(|e| anyhow::anyhow!("{e}\nagent log:\n{}", self.node.log("agent")))?;
+        }
+        Ok(())
+    }
+
+    /// Loads the product page `n` times through the NodePort (or the gateway), as `user`.
+    pub fn load_pages(&self, n: usize, user: Option<&str>, via_gateway: bool, progress: &mut dyn FnMut(usize)) -> Result<Tally> {
+        let port = if via_gateway { GATEWAY_PORT } else { NODEPORT };
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let workers = 4.min(n.max(1));
+        let per = n.div_ceil(workers);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut handles = Vec::new();
+        for w in 0..workers {
+            let count = per.min(n.saturating_sub(w * per));
+            let tx = tx.clone();
+            let user = user.map(str::to_owned);
+            handles.push(std::thread::spawn(move || {
+                for _ in 0..count {
+                    let _ = tx.send(page_load(addr, user.as_deref()));
+                }
+            }));
+        }
+        drop(tx);
+        let mut tally = Tally::default();
+        for r in rx {
+            tally.loads.push(r?);
+            progress(tally.loads.len());
+        }
+        for h in handles {
+            let _ = h.join();
+        }
+        Ok(tally)
+    }
+}
+
+/// One `GET /productpage` (a logged-in user carries the session cookie, as after `/login`).
+pub fn page_load(addr: SocketAddr, user: Option<&str>) -> Result<PageLoad> {
+    let started = Instant::now();
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let cookie = user.map(|u| format!("cookie: session={u}\r\n")).unwrap_or_default();
+    write!(s, "GET /productpage HTTP/1.1\r\nhost: bookinfo.local\r\n{cookie}connection: close\r\n\r\n")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let marker = text.split("<!-- bookinfo:").nth(1).and_then(|r| r.split("-->").next()).unwrap_or("");
+    let field = |k: &str| {
+        marker.split_whitespace().find_map(|kv| kv.strip_prefix(&format!("{k}="))).unwrap_or("none").to_owned()
+    };
+    let (reviews, stars) = if status == 200 { (field("reviews"), field("stars")) } else { (format!("http-{status}"), "-".into()) };
+    Ok(PageLoad { status, reviews, stars, latency: started.elapsed() })
+}
+
+/// Two-sided binomial bound: is `k` of `n` consistent with probability `p` at ~99.9% (z=3.29)?
+pub fn within_binomial(k: usize, n: usize, p: f64) -> bool {
+    let mean = n as f64 * p;
+    let sd = (n as f64 * p * (1.0 - p)).sqrt();
+    (k as f64 - mean).abs() <= 3.29 * sd + 0.5
+}
+
+pub fn fail_if(cond: bool, msg: impl FnOnce() -> String) -> Result<()> {
+    if cond {
+        bail!(msg());
+    }
+    Ok(())
+}

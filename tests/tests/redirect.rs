@@ -1,0 +1,148 @@
+//! The vertical slice on the real kernel: a pod's connect() to a service VIP that exists nowhere
+//! but in the mesh's maps is rewritten by connect4, lands on the node proxy's listener in the
+//! pod's netns, and is answered by a backend pod; un-enrolled pods are not redirected; TCP passes
+//! through at L4; the agent's exit leaves nothing attached; no iptables/nft rule ever exists.
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    process::Command,
+    time::Duration,
+};
+
+use mesh_e2e::*;
+
+const WEB_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
+const BANNER_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 21);
+
+fn attached_mesh_programs() -> String {
+    let out = sh(&format!("bpftool cgroup tree {CGROUP2_ROOT} 2>&1")).map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    out.unwrap_or_default().lines().filter(|l| l.contains("mesh_")).collect::<Vec<_>>().join("\n")
+}
+
+fn no_netfilter_rules() -> anyhow::Result<()> {
+    let ipt = sh("iptables-save 2>/dev/null")?;
+    let rules: Vec<String> =
+        String::from_utf8_lossy(&ipt.stdout).lines().filter(|l| l.starts_with("-A")).map(str::to_owned).collect();
+    assert!(rules.is_empty(), "iptables rules exist: {rules:?}");
+    let nft = sh("nft list ruleset 2>/dev/null")?;
+    let text = String::from_utf8_lossy(&nft.stdout);
+    assert!(!text.contains("rule") && !text.contains("redirect") && !text.contains("dnat"), "nft ruleset is not empty:\n{text}");
+    Ok(())
+}
+
+#[test]
+fn vip_connect_is_redirected_through_the_node_proxy() -> anyhow::Result<()> {
+    if !require_ebpf("vip_connect_is_redirected_through_the_node_proxy") {
+        return Ok(());
+    }
+    let hosts = [("web", WEB_VIP), ("banner", BANNER_VIP)];
+    let mut node = Node::new("rd", 201)?;
+    node.add_pod("client", 10, &hosts)?;
+    node.add_pod("outsider", 11, &hosts)?;
+    node.add_pod("web-a", 20, &hosts)?;
+    node.add_pod("banner-a", 21, &hosts)?;
+
+    let backend = bin("e2e-backend");
+    let backend = backend.to_str().unwrap_or_default();
+    node.spawn("web-a", "web-a", &[backend, "http", "web-a", "0.0.0.0:8080"])?;
+    node.spawn("banner-a", "banner-a", &[backend, "banner", "banner-a", "0.0.0.0:7000"])?;
+
+    let mut registry = service_yaml("web", WEB_VIP, 9080, "http", &[("app", "web")]);
+    registry += &service_yaml("banner", BANNER_VIP, 7000, "tcp-banner", &[("app", "banner")]);
+    // Target port 8080 differs from the service port: the proxy must resolve it, like kube-proxy.
+    registry = registry.replacen("    port: 9080\n", "    port: 9080\n    targetPort: 8080\n", 1);
+    registry += &node.pod_yaml("client", &[("app", "client")], 1, true)?;
+    registry += &node.pod_yaml("outsider", &[("app", "outsider")], 1, false)?;
+    registry += &node.pod_yaml("web-a", &[("app", "web"), ("version", "v1")], 8080, true)?;
+    registry += &node.pod_yaml("banner-a", &[("app", "banner")], 7000, true)?;
+    let reg_file = node.dir.join("registry.yaml");
+    std::fs::write(&reg_file, registry)?;
+
+    let admin: SocketAddr = "127.0.0.1:15121".parse()?;
+    node.spawn_host(
+        "agent",
+        Command::new(bin("mesh"))
+            .args(["agent", "--registry"])
+            .arg(&reg_file)
+            .args(["--admin", &admin.to_string(), "--ingress-bind", "127.0.0.1"])
+            .env("RUST_LOG", "info"),
+    )?;
+    wait_for_port(admin, Duration::from_secs(20)).map_err(|e| anyhow::anyhow!("{e}\nagent log:\n{}", node.log("agent")))?;
+    wait_for_port(SocketAddr::from((node.pod("web-a")?.ip, 8080)), Duration::from_secs(10))?;
+    wait_for_port(SocketAddr::from((node.pod("banner-a")?.ip, 7000)), Duration::from_secs(10))?;
+
+    assert!(attached_mesh_programs().contains("mesh_connect4"), "connect4 not attached:\n{}", sh("bpftool cgroup tree")?.stdout.len());
+
+    // 1. An enrolled pod reaches the VIP through the proxy; the backend sees the original Host.
+    let n = 5;
+    for i in 0..n {
+        let out = node.exec("client", &["curl", "-sS", "--max-time", "5", "-H", "end-user: jason", &format!("http://web:9080/hello/{i}")])?;
+        let body = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "curl via VIP failed: {}\nmetrics:\n{}\nagent log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            http_get(admin, "/metrics").unwrap_or_default(),
+            node.log("agent")
+        );
+        assert!(body.contains("backend=web-a") && body.contains(&format!("path=/hello/{i}")), "unexpected body: {body}");
+        assert!(body.contains("end-user=jason") && body.contains("host=web:9080"), "headers not passed through: {body}");
+    }
+    let metrics = http_get(admin, "/metrics")?;
+    assert_eq!(
+        metric(&metrics, "mesh_requests_total", &[("source_workload", "client"), ("destination_service", "web"), ("response_code", "200")]),
+        n,
+        "proxy did not count the requests as client → web:\n{metrics}"
+    );
+    // Exactly the client's connects were redirected: the proxy's own upstream connects were not.
+    assert_eq!(metric(&metrics, "mesh_kernel_connects_redirected_total", &[]), n, "{metrics}");
+
+    // 2. An un-enrolled pod is not redirected: its connect hits the blackhole route and fails locally.
+    let out = node.exec("outsider", &["curl", "-sS", "--max-time", "3", "http://web:9080/"])?;
+    assert!(!out.status.success(), "un-enrolled pod reached the VIP: {}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(metric(&http_get(admin, "/metrics")?, "mesh_kernel_connects_redirected_total", &[]), n);
+
+    // 3. Non-HTTP (server-first) TCP passes through at L4.
+    let out = node.exec("client", &[backend, "tcp-client", &format!("{BANNER_VIP}:7000"), "ping"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("BANNER banner-a") && text.contains("ECHO ping"), "TCP passthrough failed: {text} {}", String::from_utf8_lossy(&out.stderr));
+    let metrics = http_get(admin, "/metrics")?;
+    assert_eq!(metric(&metrics, "mesh_tcp_connections_total", &[("destination_service", "banner"), ("result", "ok")]), 1, "{metrics}");
+
+    // 4. Nothing in netfilter at any point.
+    no_netfilter_rules()?;
+
+    // 5. A clean exit detaches everything; the VIP is unreachable again.
+    let status = node.stop("agent")?;
+    assert!(status.success(), "agent exited with {status}:\n{}", node.log("agent"));
+    let left = attached_mesh_programs();
+    assert!(left.is_empty(), "programs still attached after agent exit:\n{left}");
+    let out = node.exec("client", &["curl", "-sS", "--max-time", "3", "http://web:9080/"])?;
+    assert!(!out.status.success(), "VIP still reachable after agent exit");
+    no_netfilter_rules()?;
+    Ok(())
+}
+
+#[test]
+fn killed_agent_leaves_nothing_attached() -> anyhow::Result<()> {
+    if !require_ebpf("killed_agent_leaves_nothing_attached") {
+        return Ok(());
+    }
+    let mut node = Node::new("kl", 202)?;
+    node.add_pod("client", 10, &[])?;
+    let reg_file = node.dir.join("registry.yaml");
+    std::fs::write(&reg_file, node.pod_yaml("client", &[("app", "client")], 1, true)? + &service_yaml("web", WEB_VIP, 80, "http", &[("app", "web")]))?;
+    let admin: SocketAddr = "127.0.0.1:15122".parse()?;
+    let mut child = Command::new(bin("mesh"))
+        .args(["agent", "--registry"])
+        .arg(&reg_file)
+        .args(["--admin", &admin.to_string()])
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    wait_for_port(admin, Duration::from_secs(20))?;
+    assert!(attached_mesh_programs().contains("mesh_connect4"));
+    // SIGKILL: no chance to clean up. BPF links die with the process's file descriptors.
+    child.kill()?;
+    child.wait()?;
+    wait_until("kernel to release the links", Duration::from_secs(5), || attached_mesh_programs().is_empty())?;
+    Ok(())
+}
