@@ -18,6 +18,7 @@ pub const MAP_ORIG_BY_TUPLE: &str = "MESH_ORIG_BY_TUPLE";
 pub const MAP_STATS: &str = "MESH_STATS";
 
 pub const PROG_CONNECT4: &str = "mesh_connect4";
+pub const PROG_CONNECT6: &str = "mesh_connect6";
 pub const PROG_SOCK_OPS: &str = "mesh_sock_ops";
 
 /// Capacity of the per-connection maps; LRU so a burst of connections that the proxy never reads

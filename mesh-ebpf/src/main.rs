@@ -3,6 +3,7 @@
 //! * `mesh_connect4` (cgroup/connect4): when an enrolled workload connects to a mesh service VIP,
 //!   rewrite the destination to the node proxy's listener inside the workload's own network
 //!   namespace (127.0.0.1:15001) and remember where it really wanted to go, keyed by socket cookie.
+//!   `mesh_connect6` does the same for IPv4-mapped IPv6 destinations (dual-stack sockets).
 //! * `mesh_sock_ops` (sock_ops): when that connection is established its local port is known; move
 //!   the record to a key the proxy can compute from `accept()`: (netns cookie, client ip, client port).
 //!
@@ -52,6 +53,7 @@ fn count(idx: u32) {
 }
 
 const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
 
 #[cgroup_sock_addr(connect4)]
 pub fn mesh_connect4(ctx: SockAddrContext) -> i32 {
@@ -60,24 +62,60 @@ pub fn mesh_connect4(ctx: SockAddrContext) -> i32 {
     1
 }
 
+/// Dual-stack sockets (Java, some Node.js setups) reach IPv4 VIPs as `::ffff:a.b.c.d`; those are
+/// redirected to `::ffff:127.0.0.1`, which the kernel hands to the proxy's IPv4 listener.
+/// Native IPv6 service VIPs are not captured.
+#[cgroup_sock_addr(connect6)]
+pub fn mesh_connect6(ctx: SockAddrContext) -> i32 {
+    let _ = try_connect6(&ctx);
+    1
+}
+
+#[inline(always)]
+fn try_connect6(ctx: &SockAddrContext) -> Result<(), ()> {
+    let sa = unsafe { &mut *ctx.sock_addr };
+    if sa.user_family != AF_INET6 {
+        return Ok(());
+    }
+    let (w0, w1, w2, w3) = (sa.user_ip6[0], sa.user_ip6[1], sa.user_ip6[2], sa.user_ip6[3]);
+    if w0 != 0 || w1 != 0 || w2 != 0xffffu32.to_be() {
+        return Ok(());
+    }
+    if let Some(port) = redirect(ctx, w3, sa.user_port)? {
+        sa.user_ip6[3] = LOOPBACK_V4_BE;
+        sa.user_port = port;
+    }
+    Ok(())
+}
+
 #[inline(always)]
 fn try_connect4(ctx: &SockAddrContext) -> Result<(), ()> {
     let sa = unsafe { &mut *ctx.sock_addr };
     if sa.user_family != AF_INET {
         return Ok(());
     }
+    if let Some(port) = redirect(ctx, sa.user_ip4, sa.user_port)? {
+        sa.user_ip4 = LOOPBACK_V4_BE;
+        sa.user_port = port;
+    }
+    Ok(())
+}
+
+/// Decides whether this connect is an enrolled workload calling a mesh service; if so records
+/// the original destination and returns the proxy port (as `user_port` wants it, network order).
+#[inline(always)]
+fn redirect(ctx: &SockAddrContext, dst_ip: u32, user_port: u32) -> Result<Option<u32>, ()> {
     count(stats::CONNECT_SEEN);
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     let enrollment = match unsafe { MESH_ENROLLED.get(&cgroup_id) } {
         Some(e) => *e,
-        None => return Ok(()),
+        None => return Ok(None),
     };
-    let dst_ip = sa.user_ip4;
-    let dst_port = u16::from_be(sa.user_port as u16);
+    let dst_port = u16::from_be(user_port as u16);
     let key = ServiceKey { ip4: dst_ip, port: dst_port, _pad: 0 };
     let service = match unsafe { MESH_SERVICES.get(&key) } {
         Some(s) => *s,
-        None => return Ok(()),
+        None => return Ok(None),
     };
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut _) };
     let orig = OriginalDst {
@@ -88,10 +126,8 @@ fn try_connect4(ctx: &SockAddrContext) -> Result<(), ()> {
         service_id: service.service_id,
     };
     MESH_ORIG_BY_COOKIE.insert(&cookie, &orig, 0).map_err(|_| ())?;
-    sa.user_ip4 = LOOPBACK_V4_BE;
-    sa.user_port = (enrollment.proxy_port.to_be()) as u32;
     count(stats::CONNECT_REDIRECTED);
-    Ok(())
+    Ok(Some(enrollment.proxy_port.to_be() as u32))
 }
 
 #[sock_ops]
@@ -107,7 +143,8 @@ pub fn mesh_sock_ops(ctx: SockOpsContext) -> u32 {
 
 #[inline(always)]
 fn try_established(ctx: &SockOpsContext) -> Result<(), ()> {
-    if ctx.family() != AF_INET {
+    // AF_INET6 too: a v4-mapped connection reports its IPv4 addresses in local_ip4.
+    if ctx.family() != AF_INET && ctx.family() != AF_INET6 {
         return Ok(());
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops as *mut _) };

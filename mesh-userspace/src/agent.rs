@@ -85,19 +85,17 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             tokio::spawn(proxy::serve_nodeport(state.clone(), l, service.clone(), port.port));
         }
     }
-    for gw in state.routes.load().gateways() {
-        let addr = SocketAddr::new(args.ingress_bind, gw.port);
-        let l = TcpListener::bind(addr).await.with_context(|| format!("Gateway {} port {addr}", gw.name))?;
-        tracing::info!(gateway = %gw.name, %addr, "Gateway listening");
-        tokio::spawn(proxy::serve_gateway(state.clone(), l, gw.name.clone(), gw.namespace.clone(), gw.port));
-    }
+    let mut gateways = GatewayListeners { bind: args.ingress_bind, running: HashMap::new() };
+    gateways.reconcile(&state).await;
 
     if let Some(dir) = args.config.clone() {
         let mut updates = crate::config::watch::spawn_watcher(dir.clone())?;
         let state = state.clone();
         tokio::spawn(async move {
             while let Some(update) = updates.recv().await {
-                apply_config(&state, update);
+                if apply_config(&state, update) {
+                    gateways.reconcile(&state).await;
+                }
             }
         });
     }
@@ -129,17 +127,58 @@ fn initial_routes(args: &AgentArgs, registry: &Registry) -> RouteTable {
     }
 }
 
-fn apply_config(state: &ProxyState, update: Result<Config, crate::config::ConfigErrors>) {
+/// Compiles and swaps in a new config; returns whether it was applied.
+fn apply_config(state: &ProxyState, update: Result<Config, crate::config::ConfigErrors>) -> bool {
     let compiled = update.and_then(|c| RouteTable::compile(&c, &state.registry.load()));
     match compiled {
         Ok(table) => {
             state.routes.store(Arc::new(table));
             state.metrics.inc("mesh_config_reloads_total", &[("result", "applied")]);
             tracing::info!("routing config reloaded");
+            true
         }
         Err(errors) => {
             state.metrics.inc("mesh_config_reloads_total", &[("result", "rejected")]);
             tracing::error!("routing config rejected, the previous config stays live:\n{errors}");
+            false
+        }
+    }
+}
+
+/// Ingress listeners for the ports of the Gateways in the live config, opened and closed as
+/// Gateways come and go with config reloads.
+struct GatewayListeners {
+    bind: IpAddr,
+    running: HashMap<u16, (String, String, tokio::task::JoinHandle<()>)>,
+}
+
+impl GatewayListeners {
+    async fn reconcile(&mut self, state: &Arc<ProxyState>) {
+        let wanted = state.routes.load().gateways();
+        let keep = |port: u16, name: &str, ns: &str| wanted.iter().any(|g| g.port == port && g.name == name && g.namespace == ns);
+        let stale: Vec<u16> = self.running.iter().filter(|(p, (n, ns, _))| !keep(**p, n, ns)).map(|(p, _)| *p).collect();
+        for port in stale {
+            if let Some((name, _, task)) = self.running.remove(&port) {
+                task.abort();
+                tracing::info!(gateway = %name, port, "Gateway listener closed");
+            }
+        }
+        for gw in wanted {
+            if let Some((other, _, _)) = self.running.get(&gw.port) {
+                if *other != gw.name {
+                    tracing::warn!(gateway = %gw.name, port = gw.port, serving = %other, "port already served by another Gateway");
+                }
+                continue;
+            }
+            let addr = SocketAddr::new(self.bind, gw.port);
+            match TcpListener::bind(addr).await {
+                Ok(l) => {
+                    tracing::info!(gateway = %gw.name, %addr, "Gateway listening");
+                    let task = tokio::spawn(proxy::serve_gateway(state.clone(), l, gw.name.clone(), gw.namespace.clone(), gw.port));
+                    self.running.insert(gw.port, (gw.name.clone(), gw.namespace.clone(), task));
+                }
+                Err(e) => tracing::error!(gateway = %gw.name, %addr, error = %e, "cannot listen for Gateway"),
+            }
         }
     }
 }

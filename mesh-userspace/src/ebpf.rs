@@ -18,7 +18,7 @@ use aya::{
 };
 use mesh_common::{
     Enrollment, OriginalDst, ServiceKey, ServiceValue, TupleKey, MAP_ENROLLED, MAP_ORIG_BY_TUPLE, MAP_SERVICES,
-    MAP_STATS, PROG_CONNECT4, PROG_SOCK_OPS,
+    MAP_STATS, PROG_CONNECT4, PROG_CONNECT6, PROG_SOCK_OPS,
 };
 use thiserror::Error;
 
@@ -101,18 +101,18 @@ impl MeshEbpf {
         let cgroup = File::open(cgroup_root)
             .map_err(|source| EbpfError::Cgroup { path: cgroup_root.to_path_buf(), source })?;
 
-        let connect4: &mut CgroupSockAddr = bpf
-            .program_mut(PROG_CONNECT4)
-            .ok_or(EbpfError::NoProgram(PROG_CONNECT4))?
-            .try_into()
-            .map_err(|source| EbpfError::Program { name: PROG_CONNECT4, source })?;
-        connect4.load().map_err(|source| EbpfError::Program { name: PROG_CONNECT4, source })?;
-        // On kernels >= 5.7 aya attaches with bpf_link_create, whose cgroup links always coexist
-        // with other programs (a CNI's own connect4); the kernel rejects BPF_F_ALLOW_MULTI there,
-        // so "Single" (flags 0) is the mode that means "a link, alongside others".
-        connect4
-            .attach(&cgroup, CgroupAttachMode::Single)
-            .map_err(|source| EbpfError::Program { name: PROG_CONNECT4, source })?;
+        for name in [PROG_CONNECT4, PROG_CONNECT6] {
+            let prog: &mut CgroupSockAddr = bpf
+                .program_mut(name)
+                .ok_or(EbpfError::NoProgram(name))?
+                .try_into()
+                .map_err(|source| EbpfError::Program { name, source })?;
+            prog.load().map_err(|source| EbpfError::Program { name, source })?;
+            // On kernels >= 5.7 aya attaches with bpf_link_create, whose cgroup links always
+            // coexist with other programs (a CNI's own connect4); the kernel rejects
+            // BPF_F_ALLOW_MULTI there, so "Single" (flags 0) is the mode that means "a link".
+            prog.attach(&cgroup, CgroupAttachMode::Single).map_err(|source| EbpfError::Program { name, source })?;
+        }
 
         let sock_ops: &mut SockOps = bpf
             .program_mut(PROG_SOCK_OPS)

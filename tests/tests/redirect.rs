@@ -96,6 +96,12 @@ fn vip_connect_is_redirected_through_the_node_proxy() -> anyhow::Result<()> {
     // Exactly the client's connects were redirected: the proxy's own upstream connects were not.
     assert_eq!(metric(&metrics, "mesh_kernel_connects_redirected_total", &[]), n, "{metrics}");
 
+    // 1b. A dual-stack socket reaching the VIP as an IPv4-mapped IPv6 address is redirected too.
+    let out = node.exec("client", &["curl", "-sS", "--max-time", "5", "-g", "http://[::ffff:10.96.0.20]:9080/mapped"])?;
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(body.contains("backend=web-a path=/mapped"), "v4-mapped VIP not redirected: {body} {}", String::from_utf8_lossy(&out.stderr));
+    let n = n + 1;
+
     // 2. An un-enrolled pod is not redirected: its connect hits the blackhole route and fails locally.
     let out = node.exec("outsider", &["curl", "-sS", "--max-time", "3", "http://web:9080/"])?;
     assert!(!out.status.success(), "un-enrolled pod reached the VIP: {}", String::from_utf8_lossy(&out.stdout));

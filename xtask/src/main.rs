@@ -82,10 +82,13 @@ fn nightly_sysroot() -> Result<PathBuf> {
 
 /// bpf-linker has no reachable prebuilt binary here; build it against the nightly toolchain's own LLVM.
 fn ensure_bpf_linker() -> Result<()> {
-    if succeeds(Command::new(cargo_bin("bpf-linker")).arg("--version")) {
+    let sysroot = nightly_sysroot()?;
+    // bpf-linker links the nightly's libLLVM dynamically; rustup puts the sysroot on the library
+    // path when rustc runs it, so probe it the same way.
+    let linker = cargo_bin("bpf-linker");
+    if succeeds(Command::new(&linker).arg("--version").env("LD_LIBRARY_PATH", sysroot.join("lib"))) {
         return Ok(());
     }
-    let sysroot = nightly_sysroot()?;
     let lib = std::fs::read_dir(sysroot.join("lib"))?
         .filter_map(|e| e.ok())
         .map(|e| e.path())
@@ -99,8 +102,9 @@ fn ensure_bpf_linker() -> Result<()> {
     let major = lib.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("libLLVM.so."))
         .and_then(|v| v.split('.').next()).context("cannot read LLVM version")?.to_string();
     eprintln!("xtask: building bpf-linker against {} (once, about a minute)", lib.display());
+    // --force: a bpf-linker built against an older nightly's LLVM is present but cannot start.
     run(Command::new("cargo")
-        .args(["install", "bpf-linker", "--no-default-features", "--features", &format!("llvm-{major}")])
+        .args(["install", "--force", "bpf-linker", "--no-default-features", "--features", &format!("llvm-{major}")])
         .env("LLVM_PREFIX", &prefix))
 }
 
