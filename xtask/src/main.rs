@@ -157,14 +157,42 @@ fn build_userspace() -> Result<()> {
 }
 
 fn test(args: &[String]) -> Result<()> {
+    use std::io::{BufRead, BufReader};
     ensure_packages()?;
     build_ebpf()?;
     build_userspace()?;
-    run(Command::new("cargo").current_dir(root()).args(["test", "--release", "--workspace"]).args(args)
+    let mut child = Command::new("cargo")
+        .current_dir(root())
+        // --lib --bins --tests: every unit and integration test; the crates have no doc tests.
+        .args(["test", "--release", "--workspace", "--lib", "--bins", "--tests"])
+        .args(args)
         // e2e tests create network namespaces and cgroups; running them concurrently would only
         // make failures harder to read on a 2-core machine.
         .env("RUST_TEST_THREADS", "1")
-        .env("MESH_EBPF_OBJECT", root().join("target/mesh-ebpf.o")))
+        .env("MESH_EBPF_OBJECT", root().join("target/mesh-ebpf.o"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines() {
+            let line = line?;
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                let num = |key: &str| {
+                    rest.split(';').find_map(|part| part.trim().strip_suffix(key)?.split_whitespace().last()?.parse::<u64>().ok()).unwrap_or(0)
+                };
+                passed += num("passed");
+                failed += num("failed");
+                ignored += num("ignored");
+            }
+        }
+    }
+    let status = child.wait()?;
+    println!("\ntests: {passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() {
+        bail!("cargo test failed with {status}");
+    }
+    Ok(())
 }
 
 fn demo(args: &[String]) -> Result<()> {
