@@ -197,7 +197,7 @@ async fn forward(state: &ProxyState, source: &Source, fwd: Forward, req: Request
         spawn_mirror(state, mirror.clone(), &parts, &path_and_query, bytes.clone());
     }
 
-    let hash = hash_key(&fwd.cluster.lb, &parts.headers, source.peer);
+    let hash = hash_key(&fwd.cluster.lb, &parts.headers, parts.uri.query(), source.peer);
     let deadline = fwd.timeout.map(|t| Instant::now() + t);
     let max_attempts = match body {
         ReqBody::Buffered(_) => 1 + fwd.retries.attempts,
@@ -322,7 +322,7 @@ impl Failure {
     }
 }
 
-fn hash_key(lb: &LbPolicy, headers: &HeaderMap, peer: Option<SocketAddr>) -> Option<u64> {
+fn hash_key(lb: &LbPolicy, headers: &HeaderMap, query: Option<&str>, peer: Option<SocketAddr>) -> Option<u64> {
     let LbPolicy::ConsistentHash(on) = lb else { return None };
     let mut s = std::collections::hash_map::DefaultHasher::new();
     match on {
@@ -338,6 +338,9 @@ fn hash_key(lb: &LbPolicy, headers: &HeaderMap, peer: Option<SocketAddr>) -> Opt
             cookie.1.hash(&mut s)
         }
         HashOn::SourceIp => peer?.ip().hash(&mut s),
+        HashOn::QueryParameter(name) => {
+            query?.split('&').find_map(|kv| kv.split_once('=').filter(|(k, _)| k == name))?.1.hash(&mut s)
+        }
     }
     Some(s.finish())
 }

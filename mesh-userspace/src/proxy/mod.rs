@@ -206,3 +206,6 @@ pub async fn serve_gateway(state: Arc<ProxyState>, listener: TcpListener, name: 
         tokio::spawn(serve_http(state, Source { workload: None, peer: Some(peer) }, entry, stream).instrument(span));
     }
 }
+
+#[cfg(test)]
+mod tests;

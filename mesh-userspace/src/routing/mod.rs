@@ -1,36 +1,444 @@
-use std::{sync::Arc, time::Duration};
-use crate::registry::{Endpoint, Registry, Service, Workload};
-use crate::config::Config;
-pub struct RouteTable(Registry);
-pub struct GatewayListener { pub name: String, pub namespace: String, pub port: u16 }
-impl RouteTable {
-    pub fn compile(_c: &Config, _r: &Registry) -> Result<RouteTable, crate::config::ConfigErrors> { Ok(RouteTable(_r.clone())) }
-    pub fn kubernetes_only(_r: &Registry) -> RouteTable { RouteTable(_r.clone()) }
-    pub fn route<R: rand::Rng + ?Sized>(&self, req: &RequestInfo<'_>, _rng: &mut R) -> Decision {
-        let Context::Mesh { service, port } = req.context else { return Decision::NoRoute { reason: "gw".into() } };
-        let svc = self.0.services.iter().find(|s| s.name == service.name).unwrap().clone();
-        let c = Cluster { name: svc.name.clone(), endpoints: self.0.endpoints(&svc, port), service: svc, subset: None, port, lb: LbPolicy::RoundRobin, outlier_detection: None };
-        Decision::Forward(Forward { virtual_service: None, rule: None, cluster: Arc::new(c), fault: Fault { delay: None, abort: None }, timeout: None, retries: RetryPolicy { attempts: 2, per_try_timeout: None, retry_on: RetryOn { five_xx: false, gateway_error: false, connect_failure: true, reset: false } }, rewrite: None, request_headers: HeaderOps, response_headers: HeaderOps, mirror: None })
-    }
-    pub fn route_tcp<R: rand::Rng + ?Sized>(&self, _s: Option<&Workload>, svc: &Service, port: u16, _rng: &mut R) -> Option<Arc<Cluster>> {
-        let svc = self.0.services.iter().find(|s| s.name == svc.name).unwrap().clone();
-        Some(Arc::new(Cluster { name: svc.name.clone(), endpoints: self.0.endpoints(&svc, port), service: svc, subset: None, port, lb: LbPolicy::RoundRobin, outlier_detection: None }))
-    }
-    pub fn gateways(&self) -> Vec<GatewayListener> { vec![] }
+//! The pure routing engine: a route table compiled once from (Istio config, service registry)
+//! that answers (source workload, request) → (destination cluster, fault, policies). No IO, no
+//! clock, no global randomness (the caller passes the RNG), so it is testable to the last weight.
+mod build;
+pub mod explain;
+pub mod matcher;
+mod policy;
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use rand::Rng;
+
+pub use self::explain::Explanation;
+use self::matcher::MatchRequest;
+pub use self::policy::*;
+use crate::{
+    config::{Config, ConfigErrors},
+    registry::{Endpoint, Registry, Service, Workload},
+};
+
+/// Where a request entered: a pod's outbound connection to a service, or an ingress Gateway.
+#[derive(Clone, Copy, Debug)]
+pub enum Context<'a> {
+    Mesh { service: &'a Service, port: u16 },
+    Gateway { name: &'a str, namespace: &'a str, port: u16 },
 }
-pub enum Context<'a> { Mesh { service: &'a Service, port: u16 }, Gateway { name: &'a str, namespace: &'a str, port: u16 } }
-pub struct RequestInfo<'a> { pub context: Context<'a>, pub source: Option<&'a Workload>, pub method: &'a http::Method, pub uri: &'a http::Uri, pub authority: Option<&'a str>, pub scheme: &'a str, pub headers: &'a http::HeaderMap }
-pub enum Decision { Forward(Forward), Redirect { status: u16, location: String }, NoRoute { reason: String } }
-pub struct Fault { pub delay: Option<Duration>, pub abort: Option<u16> }
-pub struct RetryOn { pub five_xx: bool, pub gateway_error: bool, pub connect_failure: bool, pub reset: bool }
-impl RetryOn { pub fn status(&self, _s: u16) -> bool { false } }
-pub struct RetryPolicy { pub attempts: u32, pub per_try_timeout: Option<Duration>, pub retry_on: RetryOn }
-pub struct Rewrite { pub authority: Option<String> }
-impl Rewrite { pub fn apply_path(&self, _p: &str) -> Option<String> { None } }
-pub struct HeaderOps;
-impl HeaderOps { pub fn apply(&self, _h: &mut http::HeaderMap) {} }
-pub struct Forward { pub virtual_service: Option<Arc<str>>, pub rule: Option<usize>, pub cluster: Arc<Cluster>, pub fault: Fault, pub timeout: Option<Duration>, pub retries: RetryPolicy, pub rewrite: Option<Rewrite>, pub request_headers: HeaderOps, pub response_headers: HeaderOps, pub mirror: Option<Arc<Cluster>> }
-pub enum HashOn { Header(String), Cookie { name: String }, SourceIp }
-pub enum LbPolicy { RoundRobin, LeastRequest, Random, Passthrough, ConsistentHash(HashOn) }
-pub struct OutlierDetection { pub consecutive_5xx_errors: Option<u32>, pub consecutive_gateway_errors: Option<u32>, pub base_ejection_time: Duration, pub max_ejection_percent: u32 }
-pub struct Cluster { pub name: String, pub service: Arc<Service>, pub subset: Option<String>, pub port: u16, pub endpoints: Vec<Endpoint>, pub lb: LbPolicy, pub outlier_detection: Option<OutlierDetection> }
+
+pub struct RequestInfo<'a> {
+    pub context: Context<'a>,
+    pub source: Option<&'a Workload>,
+    pub method: &'a http::Method,
+    pub uri: &'a http::Uri,
+    pub authority: Option<&'a str>,
+    pub scheme: &'a str,
+    pub headers: &'a HeaderMap,
+}
+
+impl RequestInfo<'_> {
+    pub fn port(&self) -> u16 {
+        match self.context {
+            Context::Mesh { port, .. } | Context::Gateway { port, .. } => port,
+        }
+    }
+
+    /// (name, namespace) of the Gateway the request came through.
+    pub fn gateway(&self) -> Option<(&str, &str)> {
+        match self.context {
+            Context::Gateway { name, namespace, .. } => Some((name, namespace)),
+            Context::Mesh { .. } => None,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Decision {
+    Forward(Forward),
+    Redirect { status: u16, location: String },
+    NoRoute { reason: String },
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Fault {
+    pub delay: Option<Duration>,
+    pub abort: Option<u16>,
+}
+
+#[derive(Debug)]
+pub struct Forward {
+    /// `name.namespace` of the VirtualService, None for plain Kubernetes routing.
+    pub virtual_service: Option<Arc<str>>,
+    /// Index in the VirtualService's `http[]`.
+    pub rule: Option<usize>,
+    pub cluster: Arc<Cluster>,
+    pub fault: Fault,
+    pub timeout: Option<Duration>,
+    pub retries: RetryPolicy,
+    pub rewrite: Option<Rewrite>,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+    pub mirror: Option<Arc<Cluster>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Rewrite {
+    pub uri: Option<String>,
+    /// The prefix the matching condition matched: `rewrite.uri` replaces just that part.
+    pub matched_prefix: Option<String>,
+    pub authority: Option<String>,
+}
+
+impl Rewrite {
+    pub fn apply_path(&self, path: &str) -> Option<String> {
+        let uri = self.uri.as_ref()?;
+        Some(match &self.matched_prefix {
+            Some(p) if path.starts_with(p.as_str()) => format!("{uri}{}", &path[p.len()..]),
+            _ => uri.clone(),
+        })
+    }
+}
+
+/// Request or response header edits, applied remove → set → add as Envoy does.
+#[derive(Clone, Debug, Default)]
+pub struct HeaderOps {
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub add: Vec<(HeaderName, HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderOps {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for n in &self.remove {
+            headers.remove(n);
+        }
+        for (n, v) in &self.set {
+            headers.insert(n.clone(), v.clone());
+        }
+        for (n, v) in &self.add {
+            headers.append(n.clone(), v.clone());
+        }
+    }
+
+    fn merged(&self, other: &HeaderOps) -> HeaderOps {
+        let mut m = self.clone();
+        m.set.extend(other.set.iter().cloned());
+        m.add.extend(other.add.iter().cloned());
+        m.remove.extend(other.remove.iter().cloned());
+        m
+    }
+}
+
+/// An upstream: a service port, optionally narrowed to a subset, with its endpoints and the
+/// DestinationRule policy that applies to it. Built once per compile and shared.
+#[derive(Debug)]
+pub struct Cluster {
+    /// Envoy style: `outbound|9080|v1|reviews.default.svc.cluster.local`.
+    pub name: String,
+    pub service: Arc<Service>,
+    pub subset: Option<String>,
+    pub port: u16,
+    pub endpoints: Vec<Endpoint>,
+    pub lb: LbPolicy,
+    pub connection_pool: ConnectionPool,
+    pub outlier_detection: Option<OutlierDetection>,
+}
+
+/// A destination of a route: the cluster for an explicit port, or one per service port when the
+/// rule leaves the port to the request (`destination: {host: reviews}`).
+#[derive(Clone, Debug)]
+pub(crate) struct DestClusters {
+    pub host: String,
+    pub subset: Option<String>,
+    pub by_port: Vec<(u16, Arc<Cluster>)>,
+    pub explicit_port: bool,
+}
+
+impl DestClusters {
+    fn pick(&self, port: u16) -> Option<&Arc<Cluster>> {
+        if self.explicit_port || self.by_port.len() == 1 {
+            return self.by_port.first().map(|(_, c)| c);
+        }
+        self.by_port.iter().find(|(p, _)| *p == port).or(self.by_port.first()).map(|(_, c)| c)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct WeightedDest {
+    pub dest: DestClusters,
+    pub weight: u32,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Redirect {
+    pub uri: Option<String>,
+    pub authority: Option<String>,
+    pub port: Option<u16>,
+    pub scheme: Option<String>,
+    pub code: u16,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum Action {
+    Route(Vec<WeightedDest>),
+    Redirect(Redirect),
+}
+
+#[derive(Clone, Debug, Default)]
+pub(crate) struct FaultSpec {
+    pub delay: Option<(Duration, f64)>,
+    pub abort: Option<(u16, f64)>,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct HttpRule {
+    pub name: Option<String>,
+    pub matches: Vec<MatchRequest>,
+    pub action: Action,
+    pub fault: FaultSpec,
+    pub timeout: Option<Duration>,
+    pub retries: RetryPolicy,
+    pub rewrite_uri: Option<String>,
+    pub rewrite_authority: Option<String>,
+    pub request_headers: HeaderOps,
+    pub response_headers: HeaderOps,
+    pub mirror: Option<(DestClusters, f64)>,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct TcpRule {
+    pub port: Option<u16>,
+    pub source_labels: std::collections::BTreeMap<String, String>,
+    pub route: Vec<WeightedDest>,
+}
+
+#[derive(Debug)]
+pub(crate) struct CompiledVs {
+    pub key: Arc<str>,
+    pub origin: String,
+    /// Hosts as written, and whether each is a wildcard (`*`, `*.example.com`).
+    pub hosts: Vec<String>,
+    pub http: Vec<HttpRule>,
+    pub tcp: Vec<TcpRule>,
+    /// Gateways (namespace, name) this VS is bound to, plus `mesh`.
+    pub gateways: Vec<(String, String)>,
+    pub mesh: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayListener {
+    pub name: String,
+    pub namespace: String,
+    pub port: u16,
+    pub hosts: Vec<String>,
+}
+
+/// The compiled routing state. Immutable; swapped whole on reload.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    /// (namespace, service) → the VirtualService that applies inside the mesh.
+    pub(crate) mesh_vs: HashMap<(String, String), Arc<CompiledVs>>,
+    /// VirtualServices whose hosts are wildcards, for services with no exact match.
+    pub(crate) mesh_wildcard_vs: Vec<Arc<CompiledVs>>,
+    /// VirtualServices bound to Gateways.
+    pub(crate) gateway_vs: Vec<Arc<CompiledVs>>,
+    /// Plain Kubernetes clusters: (namespace, service, port) → all endpoints, round robin.
+    pub(crate) defaults: HashMap<(String, String, u16), Arc<Cluster>>,
+    pub(crate) gateways: Vec<GatewayListener>,
+    /// Things `mesh validate` reports that do not stop the config from applying.
+    pub warnings: Vec<String>,
+}
+
+impl RouteTable {
+    /// Compiles `config` against `registry`; all semantic errors are reported together.
+    pub fn compile(config: &Config, registry: &Registry) -> Result<RouteTable, ConfigErrors> {
+        build::compile(config, registry)
+    }
+
+    /// Plain Kubernetes routing: every service port to all its endpoints.
+    pub fn kubernetes_only(registry: &Registry) -> RouteTable {
+        build::compile(&Config::empty(), registry).unwrap_or_default()
+    }
+
+    pub fn gateways(&self) -> Vec<GatewayListener> {
+        self.gateways.clone()
+    }
+
+    pub fn gateway_ports(&self) -> Vec<u16> {
+        self.gateways.iter().map(|g| g.port).collect()
+    }
+
+    /// The VirtualService that applies to this request's destination, if any.
+    pub(crate) fn virtual_service(&self, req: &RequestInfo<'_>) -> Option<&Arc<CompiledVs>> {
+        match req.context {
+            Context::Mesh { service, .. } => self
+                .mesh_vs
+                .get(&(service.namespace.clone(), service.name.clone()))
+                .or_else(|| self.mesh_wildcard_vs.iter().find(|vs| vs.hosts.iter().any(|h| host_matches(h, &service.fqdn())))),
+            Context::Gateway { name, namespace, .. } => {
+                let host = req.authority.map(|a| a.rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok()).map_or(a, |(h, _)| h));
+                self.gateway_vs.iter().find(|vs| {
+                    vs.gateways.iter().any(|(ns, n)| n == name && ns == namespace)
+                        && vs.hosts.iter().any(|h| host.is_some_and(|host| host_matches(h, host)) || h == "*")
+                })
+            }
+        }
+    }
+
+    pub(crate) fn default_cluster(&self, service: &Service, port: u16) -> Option<&Arc<Cluster>> {
+        self.defaults.get(&(service.namespace.clone(), service.name.clone(), port))
+    }
+
+    pub fn route<R: Rng + ?Sized>(&self, req: &RequestInfo<'_>, rng: &mut R) -> Decision {
+        let Some(vs) = self.virtual_service(req) else {
+            return match req.context {
+                Context::Mesh { service, port } => match self.default_cluster(service, port) {
+                    Some(c) => Decision::Forward(Forward {
+                        virtual_service: None,
+                        rule: None,
+                        cluster: c.clone(),
+                        fault: Fault::default(),
+                        timeout: None,
+                        retries: RetryPolicy::istio_default(),
+                        rewrite: None,
+                        request_headers: HeaderOps::default(),
+                        response_headers: HeaderOps::default(),
+                        mirror: None,
+                    }),
+                    None => Decision::NoRoute { reason: format!("service {} has no port {port}", service.name) },
+                },
+                Context::Gateway { name, .. } => Decision::NoRoute {
+                    reason: format!("no VirtualService bound to Gateway {name} matches host {:?}", req.authority.unwrap_or("")),
+                },
+            };
+        };
+        let Some((index, rule, matched)) = vs.http.iter().enumerate().find_map(|(i, r)| rule_matches(r, req).map(|m| (i, r, m))) else {
+            return Decision::NoRoute { reason: format!("no http route of VirtualService {} matched", vs.key) };
+        };
+        self.decide(vs, index, rule, matched, req, rng)
+    }
+
+    fn decide<R: Rng + ?Sized>(
+        &self,
+        vs: &CompiledVs,
+        index: usize,
+        rule: &HttpRule,
+        matched: Option<&MatchRequest>,
+        req: &RequestInfo<'_>,
+        rng: &mut R,
+    ) -> Decision {
+        let dests = match &rule.action {
+            Action::Redirect(r) => return Decision::Redirect { status: r.code, location: r.location(req) },
+            Action::Route(d) => d,
+        };
+        let Some(dest) = pick_weighted(dests, rng) else {
+            return Decision::NoRoute { reason: format!("VirtualService {} http[{index}] has no destination", vs.key) };
+        };
+        let Some(cluster) = dest.dest.pick(req.port()) else {
+            return Decision::NoRoute { reason: format!("destination {} has no port", dest.dest.host) };
+        };
+        let roll = |pct: f64, rng: &mut R| pct >= 100.0 || (pct > 0.0 && rng.gen::<f64>() * 100.0 < pct);
+        let fault = Fault {
+            delay: rule.fault.delay.and_then(|(d, pct)| roll(pct, rng).then_some(d)),
+            abort: rule.fault.abort.and_then(|(s, pct)| roll(pct, rng).then_some(s)),
+        };
+        let mirror = rule.mirror.as_ref().and_then(|(d, pct)| roll(*pct, rng).then(|| d.pick(req.port()).cloned()).flatten());
+        let rewrite = (rule.rewrite_uri.is_some() || rule.rewrite_authority.is_some()).then(|| Rewrite {
+            uri: rule.rewrite_uri.clone(),
+            matched_prefix: matched.and_then(|m| m.uri_prefix()).map(str::to_owned),
+            authority: rule.rewrite_authority.clone(),
+        });
+        Decision::Forward(Forward {
+            virtual_service: Some(vs.key.clone()),
+            rule: Some(index),
+            cluster: cluster.clone(),
+            fault,
+            timeout: rule.timeout,
+            retries: rule.retries.clone(),
+            rewrite,
+            request_headers: if dest.request_headers.is_empty() { rule.request_headers.clone() } else { rule.request_headers.merged(&dest.request_headers) },
+            response_headers: if dest.response_headers.is_empty() { rule.response_headers.clone() } else { rule.response_headers.merged(&dest.response_headers) },
+            mirror,
+        })
+    }
+
+    pub fn route_tcp<R: Rng + ?Sized>(&self, source: Option<&Workload>, service: &Service, port: u16, rng: &mut R) -> Option<Arc<Cluster>> {
+        let vs = self.mesh_vs.get(&(service.namespace.clone(), service.name.clone()));
+        if let Some(vs) = vs.filter(|vs| !vs.tcp.is_empty()) {
+            let rule = vs.tcp.iter().find(|r| {
+                r.port.is_none_or(|p| p == port)
+                    && (r.source_labels.is_empty()
+                        || source.is_some_and(|w| r.source_labels.iter().all(|(k, v)| w.labels.get(k) == Some(v))))
+            })?;
+            let dest = pick_weighted(&rule.route, rng)?;
+            return dest.dest.pick(port).cloned();
+        }
+        self.default_cluster(service, port).cloned()
+    }
+
+    pub fn explain(&self, req: &RequestInfo<'_>) -> Explanation {
+        explain::explain(self, req)
+    }
+}
+
+/// Whether `rule` matches; Some(the matching condition set) (None inside = no `match`).
+fn rule_matches<'r>(rule: &'r HttpRule, req: &RequestInfo<'_>) -> Option<Option<&'r MatchRequest>> {
+    if rule.matches.is_empty() {
+        return Some(None);
+    }
+    rule.matches.iter().find(|m| m.test(req)).map(Some)
+}
+
+fn pick_weighted<'d, R: Rng + ?Sized>(dests: &'d [WeightedDest], rng: &mut R) -> Option<&'d WeightedDest> {
+    if dests.len() <= 1 {
+        return dests.first();
+    }
+    let total: u32 = dests.iter().map(|d| d.weight).sum();
+    if total == 0 {
+        return dests.first();
+    }
+    let mut x = rng.gen_range(0..total);
+    for d in dests {
+        if x < d.weight {
+            return Some(d);
+        }
+        x -= d.weight;
+    }
+    dests.last()
+}
+
+/// Istio host matching: exact, or a `*.suffix` / `*` wildcard.
+pub fn host_matches(pattern: &str, host: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    match pattern.strip_prefix('*') {
+        Some(suffix) => host.ends_with(suffix),
+        None => pattern.eq_ignore_ascii_case(host),
+    }
+}
+
+impl Redirect {
+    fn location(&self, req: &RequestInfo<'_>) -> String {
+        let scheme = self.scheme.as_deref().unwrap_or(req.scheme);
+        let authority = self.authority.as_deref().or(req.authority).unwrap_or("");
+        let authority = match self.port {
+            Some(p) => format!("{}:{p}", authority.rsplit_once(':').map_or(authority, |(h, _)| h)),
+            None => authority.to_owned(),
+        };
+        let uri = match &self.uri {
+            Some(u) => u.clone(),
+            None => req.uri.path_and_query().map_or("/".to_owned(), |p| p.as_str().to_owned()),
+        };
+        format!("{scheme}://{authority}{uri}")
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,224 @@
+//! Proxy behaviour over real loopback sockets with a fixed original-destination table: routing
+//! by subset, fault injection, retries, no-endpoint replies, and config reloads racing requests.
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+use super::*;
+use crate::{
+    config::Config,
+    registry::{AppProtocol, ContainerPort, ServicePort, TargetPort},
+};
+
+struct NoOriginalDst;
+impl OriginalDst for NoOriginalDst {
+    fn take(&self, _: u64, _: SocketAddrV4) -> Option<SocketAddrV4> {
+        None
+    }
+}
+
+/// A backend answering every request with its name; counts requests, can fail the first `fail` ones.
+async fn backend(name: &'static str, fail: usize) -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+    let addr = l.local_addr().expect("addr");
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: ::http::Request<hyper::body::Incoming>| {
+                    let n = counter.fetch_add(1, Ordering::SeqCst);
+                    let user = req.headers().get("end-user").and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
+                    async move {
+                        let mut r = ::http::Response::new(crate::proxy::http::full(format!("{name} end-user={user}")));
+                        if n < fail {
+                            *r.status_mut() = ::http::StatusCode::SERVICE_UNAVAILABLE;
+                        }
+                        Ok::<_, std::convert::Infallible>(r)
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(s), svc).await;
+            });
+        }
+    });
+    (addr, hits)
+}
+
+fn workload(name: &str, labels: &[(&str, &str)], port: u16) -> Arc<Workload> {
+    Arc::new(Workload {
+        name: name.into(),
+        namespace: "default".into(),
+        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+        ip: Some(Ipv4Addr::LOCALHOST),
+        container_ports: vec![ContainerPort { name: Some("http".into()), port }],
+        netns: None,
+        cgroup: None,
+        enroll: true,
+    })
+}
+
+/// reviews (v1, v2 on their own loopback ports, selected through the named target port) and a
+/// productpage client pod.
+async fn setup(fail_v1: usize) -> (Registry, Arc<Service>, Arc<Workload>, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let (a1, h1) = backend("reviews-v1", fail_v1).await;
+    let (a2, h2) = backend("reviews-v2", 0).await;
+    let reviews = Arc::new(Service {
+        name: "reviews".into(),
+        namespace: "default".into(),
+        cluster_ip: Some(Ipv4Addr::new(10, 96, 0, 12)),
+        ports: vec![ServicePort { name: Some("http".into()), port: 9080, target_port: TargetPort::Name("http".into()), node_port: None, protocol: AppProtocol::Http }],
+        selector: [("app".to_string(), "reviews".to_string())].into_iter().collect(),
+    });
+    let client = workload("productpage-v1", &[("app", "productpage"), ("version", "v1")], 9080);
+    let registry = Registry {
+        services: vec![reviews.clone()],
+        workloads: vec![
+            workload("reviews-v1", &[("app", "reviews"), ("version", "v1")], a1.port()),
+            workload("reviews-v2", &[("app", "reviews"), ("version", "v2")], a2.port()),
+            client.clone(),
+        ],
+    };
+    (registry, reviews, client, h1, h2)
+}
+
+/// A listener that hands every connection to the proxy as if connect4 had redirected it from `client` to reviews:9080.
+async fn front(state: Arc<ProxyState>, reviews: Arc<Service>, client: Arc<Workload>) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind front");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, peer)) = l.accept().await else { return };
+            let source = Source { workload: Some(client.clone()), peer: Some(peer) };
+            tokio::spawn(serve_service_conn(state.clone(), source, reviews.clone(), 9080, s));
+        }
+    });
+    addr
+}
+
+async fn get(addr: SocketAddr, headers: &[(&str, &str)]) -> (u16, String, Duration) {
+    let started = Instant::now();
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+    tokio::spawn(conn);
+    let mut req = ::http::Request::builder().uri("/reviews/0").header("host", "reviews:9080");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = sender.send_request(req.body(Empty::<Bytes>::new()).expect("request")).await.expect("response");
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned(), started.elapsed())
+}
+
+const DR: &str = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+";
+
+fn vs(subset: &str) -> String {
+    format!("{DR}---\napiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {{name: reviews}}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {{host: reviews, subset: {subset}}}\n")
+}
+
+fn table(yaml: &str, registry: &Registry) -> RouteTable {
+    let config = Config::parse_str("test.yaml", yaml).unwrap_or_else(|e| panic!("config: {e}"));
+    RouteTable::compile(&config, registry).unwrap_or_else(|e| panic!("compile: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_route_and_delay_fault_apply_to_jason_only() {
+    let (registry, reviews, client, _, _) = setup(0).await;
+    let yaml = format!(
+        "{DR}---\napiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {{name: reviews}}\nspec:\n  hosts: [reviews]\n  http:\n  - match:\n    - headers:\n        end-user:\n          exact: jason\n    fault:\n      delay:\n        percentage:\n          value: 100.0\n        fixedDelay: 300ms\n    route:\n    - destination: {{host: reviews, subset: v2}}\n  - route:\n    - destination: {{host: reviews, subset: v1}}\n"
+    );
+    let routes = table(&yaml, &registry);
+    let state = ProxyState::new(registry, routes, Arc::new(NoOriginalDst));
+    let addr = front(state.clone(), reviews, client).await;
+    let (s, body, took) = get(addr, &[("end-user", "jason")]).await;
+    assert_eq!(s, 200);
+    assert!(body.starts_with("reviews-v2 end-user=jason"), "{body}");
+    assert!(took >= Duration::from_millis(300), "delay not applied: {took:?}");
+    let (s, body, took) = get(addr, &[]).await;
+    assert_eq!(s, 200);
+    assert!(body.starts_with("reviews-v1"), "{body}");
+    assert!(took < Duration::from_millis(300), "delay applied to anonymous user: {took:?}");
+    assert_eq!(state.metrics.get("mesh_requests_total", &[("destination_subset", "v2"), ("response_code", "200")]), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_on_5xx_reach_a_healthy_endpoint() {
+    // v1 fails its first request with 503; retryOn 5xx moves the retry to the next endpoint.
+    let (registry, reviews, client, h1, h2) = setup(1).await;
+    let yaml = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews}\n    retries: {attempts: 2, retryOn: 5xx}\n";
+    let state = ProxyState::new(registry.clone(), table(yaml, &registry), Arc::new(NoOriginalDst));
+    let addr = front(state, reviews, client).await;
+    for _ in 0..4 {
+        let (s, body, _) = get(addr, &[]).await;
+        assert_eq!(s, 200, "{body}");
+    }
+    assert_eq!(h1.load(Ordering::SeqCst) + h2.load(Ordering::SeqCst), 5, "one retry expected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subset_without_endpoints_is_a_503_naming_it() {
+    let (registry, reviews, client, _, _) = setup(0).await;
+    let yaml = format!("{}  - {{name: v3, labels: {{version: v3}}}}\n", DR) + &vs("v3")[DR.len()..];
+    let state = ProxyState::new(registry.clone(), table(&yaml, &registry), Arc::new(NoOriginalDst));
+    let addr = front(state, reviews, client).await;
+    let (s, body, _) = get(addr, &[]).await;
+    assert_eq!(s, 503);
+    assert!(body.contains("no healthy upstream") && body.contains("v3"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_race_loses_no_request() {
+    let (registry, reviews, client, _, _) = setup(0).await;
+    let (t1, t2) = (Arc::new(table(&vs("v1"), &registry)), Arc::new(table(&vs("v2"), &registry)));
+    let state = ProxyState::new(registry, RouteTable::kubernetes_only(&Registry::default()), Arc::new(NoOriginalDst));
+    state.routes.store(t1.clone());
+    let addr = front(state.clone(), reviews, client).await;
+    let reloader = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            for i in 0..100 {
+                state.routes.store(if i % 2 == 0 { t2.clone() } else { t1.clone() });
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(tokio::spawn(async move {
+            let mut bad = Vec::new();
+            for _ in 0..60 {
+                let (s, body, _) = get(addr, &[]).await;
+                if s != 200 || !(body.starts_with("reviews-v1") || body.starts_with("reviews-v2")) {
+                    bad.push((s, body));
+                }
+            }
+            bad
+        }));
+    }
+    reloader.await.expect("reloader");
+    for c in clients {
+        let bad = c.await.expect("client");
+        assert!(bad.is_empty(), "requests failed during reloads: {bad:?}");
+    }
+}

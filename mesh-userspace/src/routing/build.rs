@@ -1,0 +1,625 @@
+//! Compiling (config, registry) into a [`RouteTable`]: resolve hosts like Istio, build each
+//! cluster once, check what Istio's validation checks, and collect every error with its place.
+use std::{collections::HashMap, sync::Arc};
+
+use http::{HeaderName, HeaderValue};
+
+use super::{matcher::*, *};
+use crate::{
+    config::{self, parse_duration, ConfigError, DestinationRuleSpec, HeaderOperations, Locator, Sourced, TrafficPolicy},
+    registry::{split_host, Service, CLUSTER_DOMAIN},
+};
+
+type Key = (String, String);
+
+struct Builder<'a> {
+    registry: &'a Registry,
+    rules: HashMap<Key, &'a Sourced<DestinationRuleSpec>>,
+    clusters: HashMap<(Key, Option<String>, u16), Arc<Cluster>>,
+    errors: Vec<ConfigError>,
+    warnings: Vec<String>,
+}
+
+/// (name, namespace) of a host as Istio resolves it relative to `ns`; FQDNs outside the cluster
+/// domain and wildcards have none.
+fn service_key(host: &str, ns: &str) -> Option<Key> {
+    if host.contains('*') {
+        return None;
+    }
+    let bare = host.strip_suffix(&format!(".{CLUSTER_DOMAIN}")).unwrap_or(host);
+    let dots = bare.matches('.').count();
+    if dots > 1 && !bare.ends_with(".svc") {
+        return None; // an external name such as api.example.com
+    }
+    split_host(host, ns).map(|(n, s)| (s.to_owned(), n.to_owned()))
+}
+
+pub fn compile(config: &config::Config, registry: &Registry) -> Result<RouteTable, config::ConfigErrors> {
+    let mut b = Builder { registry, rules: HashMap::new(), clusters: HashMap::new(), errors: Vec::new(), warnings: Vec::new() };
+    for dr in &config.destination_rules {
+        match service_key(&dr.spec.host, &dr.namespace) {
+            Some(key) => {
+                if let Some(prev) = b.rules.get(&key) {
+                    b.warnings.push(format!(
+                        "DestinationRules {} and {} both configure host {}; using {} (like Istio, the first one)",
+                        prev.key(), dr.key(), dr.spec.host, prev.key()
+                    ));
+                } else {
+                    b.rules.insert(key, dr);
+                }
+            }
+            None => b.warnings.push(format!("DestinationRule {}: host {:?} is not a cluster service; ignored", dr.key(), dr.spec.host)),
+        }
+        b.check_destination_rule(dr);
+    }
+
+    let mut table = RouteTable::default();
+    for svc in &registry.services {
+        for p in &svc.ports {
+            if let Some(c) = b.cluster(svc, None, p.port, &dr_path_none()) {
+                table.defaults.insert((svc.namespace.clone(), svc.name.clone(), p.port), c);
+            }
+        }
+    }
+
+    for gw in &config.gateways {
+        for (i, server) in gw.spec.servers.iter().enumerate() {
+            match u16::try_from(server.port.number) {
+                Ok(port) if port > 0 => table.gateways.push(GatewayListener {
+                    name: gw.name.clone(),
+                    namespace: gw.namespace.clone(),
+                    port,
+                    hosts: server.hosts.clone(),
+                }),
+                _ => b.errors.push(gw.at.error(format!("spec.servers[{i}].port.number"), format!("{} is not a port number", server.port.number))),
+            }
+            if server.tls.is_some() {
+                b.warnings.push(format!("Gateway {}: servers[{i}].tls is not supported; the port is served as plain HTTP", gw.key()));
+            }
+        }
+    }
+
+    for vs in &config.virtual_services {
+        let Some(compiled) = b.virtual_service(vs) else { continue };
+        let compiled = Arc::new(compiled);
+        if compiled.mesh {
+            for (i, host) in vs.spec.hosts.iter().enumerate() {
+                match service_key(host, &vs.namespace) {
+                    Some(key) => {
+                        if registry.services.iter().all(|s| (s.namespace.as_str(), s.name.as_str()) != (key.0.as_str(), key.1.as_str())) {
+                            b.warnings.push(format!("VirtualService {}: host {host:?} is not a service in the registry", vs.key()));
+                        }
+                        if let Some(prev) = table.mesh_vs.get(&key) {
+                            b.warnings.push(format!(
+                                "VirtualServices {} and {} both route host {host}; {} applies (first loaded)",
+                                prev.key, compiled.key, prev.key
+                            ));
+                        } else {
+                            table.mesh_vs.insert(key, compiled.clone());
+                        }
+                    }
+                    None if host.contains('*') => table.mesh_wildcard_vs.push(compiled.clone()),
+                    None => {
+                        let _ = i;
+                        b.warnings.push(format!("VirtualService {}: host {host:?} is outside the cluster; no ServiceEntry support", vs.key()))
+                    }
+                }
+            }
+        }
+        if !compiled.gateways.is_empty() {
+            for (ns, name) in &compiled.gateways {
+                if !config.gateways.iter().any(|g| &g.name == name && &g.namespace == ns) {
+                    b.warnings.push(format!("VirtualService {}: Gateway {ns}/{name} is not defined", vs.key()));
+                }
+            }
+            table.gateway_vs.push(compiled);
+        }
+    }
+    if !b.errors.is_empty() {
+        return Err(config::ConfigErrors(b.errors));
+    }
+    table.warnings = b.warnings;
+    Ok(table)
+}
+
+fn dr_path_none() -> (Arc<Locator>, String) {
+    (Arc::new(Locator::default()), String::new())
+}
+
+impl Builder<'_> {
+    fn check_destination_rule(&mut self, dr: &Sourced<DestinationRuleSpec>) {
+        let mut seen = std::collections::HashSet::new();
+        for (i, s) in dr.spec.subsets.iter().enumerate() {
+            if !seen.insert(s.name.as_str()) {
+                self.errors.push(dr.at.error(format!("spec.subsets[{i}].name"), format!("subset {:?} is defined twice", s.name)));
+            }
+        }
+        let mut check = |path: String, p: &Option<TrafficPolicy>| {
+            if let Some(p) = p {
+                if let Err((field, msg)) = resolve_policy(Some(p), None, 0) {
+                    self.errors.push(dr.at.error(format!("{path}.{field}"), msg));
+                }
+            }
+        };
+        check("spec.trafficPolicy".into(), &dr.spec.traffic_policy);
+        for (i, s) in dr.spec.subsets.iter().enumerate() {
+            check(format!("spec.subsets[{i}].trafficPolicy"), &s.traffic_policy);
+        }
+    }
+
+    /// The cluster for (service, subset, port), built once. `at` is where the reference was
+    /// written, for the error when the subset does not exist.
+    fn cluster(&mut self, svc: &Arc<Service>, subset: Option<&str>, port: u16, at: &(Arc<Locator>, String)) -> Option<Arc<Cluster>> {
+        let key: Key = (svc.namespace.clone(), svc.name.clone());
+        let cache_key = (key.clone(), subset.map(str::to_owned), port);
+        if let Some(c) = self.clusters.get(&cache_key) {
+            return Some(c.clone());
+        }
+        let dr = self.rules.get(&key).copied();
+        let subset_spec = match subset {
+            None => None,
+            Some(name) => match dr.and_then(|d| d.spec.subsets.iter().find(|s| s.name == name)) {
+                Some(s) => Some(s),
+                None => {
+                    let msg = match dr {
+                        Some(d) => format!(
+                            "subset {name:?} is not defined in DestinationRule {} for host {} (it defines: {})",
+                            d.key(),
+                            svc.fqdn(),
+                            d.spec.subsets.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+                        ),
+                        None => format!("subset {name:?} is not defined in any DestinationRule for host {}", svc.fqdn()),
+                    };
+                    self.errors.push(at.0.error(at.1.clone(), msg));
+                    return None;
+                }
+            },
+        };
+        let policy = resolve_policy(dr.and_then(|d| d.spec.traffic_policy.as_ref()), subset_spec.and_then(|s| s.traffic_policy.as_ref()), port);
+        let (lb, connection_pool, outlier_detection) = match policy {
+            Ok(p) => p,
+            // Reported once by check_destination_rule with its exact place.
+            Err(_) => (LbPolicy::RoundRobin, ConnectionPool::default(), None),
+        };
+        let mut endpoints = self.registry.endpoints(svc, port);
+        if let Some(s) = subset_spec {
+            endpoints.retain(|e| s.labels.iter().all(|(k, v)| e.workload.labels.get(k) == Some(v)));
+        }
+        let cluster = Arc::new(Cluster {
+            name: format!("outbound|{port}|{}|{}", subset.unwrap_or(""), svc.fqdn()),
+            service: svc.clone(),
+            subset: subset.map(str::to_owned),
+            port,
+            endpoints,
+            lb,
+            connection_pool,
+            outlier_detection,
+        });
+        self.clusters.insert(cache_key, cluster.clone());
+        Some(cluster)
+    }
+
+    fn destination(&mut self, d: &config::Destination, ns: &str, at: &Arc<Locator>, path: &str) -> Option<DestClusters> {
+        let explicit = match &d.port {
+            Some(p) => match u16::try_from(p.number) {
+                Ok(n) if n > 0 => Some(n),
+                _ => {
+                    self.errors.push(at.error(format!("{path}.port.number"), format!("{} is not a port number", p.number)));
+                    return None;
+                }
+            },
+            None => None,
+        };
+        let svc = match service_key(&d.host, ns) {
+            Some((sns, name)) => self
+                .registry
+                .services
+                .iter()
+                .find(|s| s.namespace == sns && s.name == name)
+                .cloned()
+                // Unknown to the registry: keep the reference (it may appear later) with no
+                // endpoints, so traffic gets "no healthy upstream" rather than a wrong backend.
+                .unwrap_or_else(|| Arc::new(Service { name, namespace: sns, cluster_ip: None, ports: Vec::new(), selector: Default::default() })),
+            None => {
+                self.warnings.push(format!("{}: {path}: host {:?} is outside the cluster; requests get 503", at.file, d.host));
+                Arc::new(Service { name: d.host.clone(), namespace: ns.to_owned(), cluster_ip: None, ports: Vec::new(), selector: Default::default() })
+            }
+        };
+        let ports: Vec<u16> = match explicit {
+            Some(p) => vec![p],
+            None if svc.ports.is_empty() => vec![0],
+            None => svc.ports.iter().map(|p| p.port).collect(),
+        };
+        let subset_at = (at.clone(), format!("{path}.subset"));
+        let mut by_port = Vec::new();
+        for p in ports {
+            by_port.push((p, self.cluster(&svc, d.subset.as_deref(), p, &subset_at)?));
+        }
+        Some(DestClusters { host: d.host.clone(), subset: d.subset.clone(), by_port, explicit_port: explicit.is_some() })
+    }
+
+    fn weighted<'d>(
+        &mut self,
+        dests: impl Iterator<Item = (&'d config::Destination, Option<i64>, Option<&'d config::Headers>)>,
+        ns: &str,
+        at: &Arc<Locator>,
+        path: &str,
+    ) -> Vec<WeightedDest> {
+        let dests: Vec<_> = dests.collect();
+        let mut out = Vec::new();
+        let mut sum: i64 = 0;
+        for (i, (d, w, h)) in dests.iter().enumerate() {
+            let p = format!("{path}[{i}]");
+            let w = match w {
+                Some(w) if !(0..=100).contains(w) => {
+                    self.errors.push(at.error(format!("{p}.weight"), format!("weight {w} is outside 0..100")));
+                    0
+                }
+                Some(w) => *w,
+                None if dests.len() == 1 => 100,
+                None => 0,
+            };
+            sum += w;
+            let (rq, rs) = h.map(|h| self.header_ops(h, at, &format!("{p}.headers"))).unwrap_or_default();
+            if let Some(dc) = self.destination(d, ns, at, &format!("{p}.destination")) {
+                out.push(WeightedDest { dest: dc, weight: w as u32, request_headers: rq, response_headers: rs });
+            }
+        }
+        if dests.len() > 1 && sum != 100 {
+            self.errors.push(at.error(format!("{path}[0].weight"), format!("weights of {path} sum to {sum}; they must sum to 100")));
+        }
+        out
+    }
+
+    fn header_ops(&mut self, h: &config::Headers, at: &Arc<Locator>, path: &str) -> (HeaderOps, HeaderOps) {
+        let mut one = |ops: &Option<HeaderOperations>, which: &str| {
+            let mut out = HeaderOps::default();
+            let Some(ops) = ops else { return out };
+            let mut pair = |k: &String, v: &String, field: &str| -> Option<(HeaderName, HeaderValue)> {
+                let name = HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes());
+                let value = HeaderValue::from_str(v);
+                match (name, value) {
+                    (Ok(n), Ok(v)) => Some((n, v)),
+                    _ => {
+                        self.errors.push(at.error(format!("{path}.{which}.{field}.{k}"), format!("invalid header {k:?}: {v:?}")));
+                        None
+                    }
+                }
+            };
+            out.set = ops.set.iter().filter_map(|(k, v)| pair(k, v, "set")).collect();
+            out.add = ops.add.iter().filter_map(|(k, v)| pair(k, v, "add")).collect();
+            for (i, k) in ops.remove.iter().enumerate() {
+                match HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()) {
+                    Ok(n) => out.remove.push(n),
+                    Err(_) => self.errors.push(at.error(format!("{path}.{which}.remove[{i}]"), format!("invalid header name {k:?}"))),
+                }
+            }
+            out
+        };
+        (one(&h.request, "request"), one(&h.response, "response"))
+    }
+
+    fn duration(&mut self, v: &Option<String>, at: &Locator, path: String) -> Option<Duration> {
+        match v.as_deref().map(parse_duration) {
+            Some(Ok(d)) if d.is_zero() => None,
+            Some(Ok(d)) => Some(d),
+            Some(Err(e)) => {
+                self.errors.push(at.error(path, e));
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn percent(&mut self, p: Option<f64>, at: &Locator, path: String) -> f64 {
+        match p {
+            Some(v) if (0.0..=100.0).contains(&v) => v,
+            Some(v) => {
+                self.errors.push(at.error(path, format!("{v} is not a percentage (0-100)")));
+                0.0
+            }
+            None => 0.0,
+        }
+    }
+
+    fn virtual_service(&mut self, vs: &Sourced<config::VirtualServiceSpec>) -> Option<CompiledVs> {
+        let at = &vs.at;
+        let errors_before = self.errors.len();
+        if vs.spec.hosts.is_empty() {
+            self.errors.push(at.error("spec.hosts", "a VirtualService needs at least one host"));
+        }
+        let mut mesh = vs.spec.gateways.is_empty();
+        let mut gateways = Vec::new();
+        for g in &vs.spec.gateways {
+            if g == "mesh" {
+                mesh = true;
+            } else {
+                let (ns, name) = g.split_once('/').unwrap_or((vs.namespace.as_str(), g.as_str()));
+                gateways.push((ns.to_owned(), name.to_owned()));
+            }
+        }
+        let mut http = Vec::new();
+        for (i, r) in vs.spec.http.iter().enumerate() {
+            let path = format!("spec.http[{i}]");
+            if let Some(rule) = self.http_rule(r, vs, &path) {
+                http.push(rule);
+            }
+        }
+        let mut tcp = Vec::new();
+        for (i, r) in vs.spec.tcp.iter().enumerate() {
+            let path = format!("spec.tcp[{i}]");
+            let route = self.weighted(r.route.iter().map(|d| (&d.destination, d.weight, None)), &vs.namespace, at, &format!("{path}.route"));
+            let m = r.matches.first();
+            if r.matches.len() > 1 {
+                self.warnings.push(format!("VirtualService {}: {path}: only the first tcp match is used", vs.key()));
+            }
+            tcp.push(TcpRule {
+                port: m.and_then(|m| m.port).and_then(|p| u16::try_from(p).ok()),
+                source_labels: m.map(|m| m.source_labels.clone()).unwrap_or_default(),
+                route,
+            });
+        }
+        if !vs.spec.tls.is_empty() {
+            self.warnings.push(format!("VirtualService {}: tls routes are not supported; ignored", vs.key()));
+        }
+        if self.errors.len() > errors_before {
+            return None;
+        }
+        Some(CompiledVs {
+            key: Arc::from(vs.key()),
+            origin: format!("{}:{}", at.file, at.at("metadata").0),
+            hosts: vs.spec.hosts.clone(),
+            http,
+            tcp,
+            gateways,
+            mesh,
+        })
+    }
+
+    fn http_rule(&mut self, r: &config::HttpRoute, vs: &Sourced<config::VirtualServiceSpec>, path: &str) -> Option<HttpRule> {
+        let at = &vs.at;
+        let mut matches = Vec::new();
+        for (j, m) in r.matches.iter().enumerate() {
+            matches.push(self.match_request(m, vs, &format!("{path}.match[{j}]")));
+        }
+        let action = match (&r.redirect, r.route.is_empty()) {
+            (Some(_), false) => {
+                self.errors.push(at.error(format!("{path}.redirect"), "a rule has either route or redirect, not both"));
+                return None;
+            }
+            (Some(rd), true) => Action::Redirect(Redirect {
+                uri: rd.uri.clone(),
+                authority: rd.authority.clone(),
+                port: rd.port.and_then(|p| u16::try_from(p).ok()),
+                scheme: rd.scheme.clone(),
+                code: match rd.redirect_code {
+                    None => 301,
+                    Some(c @ (301 | 302 | 303 | 307 | 308)) => c as u16,
+                    Some(c) => {
+                        self.errors.push(at.error(format!("{path}.redirect.redirectCode"), format!("{c} is not a redirect status (301, 302, 303, 307, 308)")));
+                        301
+                    }
+                },
+            }),
+            (None, true) if r.direct_response.is_some() => {
+                self.errors.push(at.error(format!("{path}.directResponse"), "directResponse is not supported yet"));
+                return None;
+            }
+            (None, true) => {
+                self.errors.push(at.error(path.to_owned(), "a rule needs a route (or a redirect)"));
+                return None;
+            }
+            (None, false) => Action::Route(self.weighted(
+                r.route.iter().map(|d| (&d.destination, d.weight, d.headers.as_ref())),
+                &vs.namespace,
+                at,
+                &format!("{path}.route"),
+            )),
+        };
+        let mut fault = FaultSpec::default();
+        if let Some(f) = &r.fault {
+            if let Some(d) = &f.delay {
+                let fp = format!("{path}.fault.delay");
+                let pct = match (&d.percentage, d.percent) {
+                    (Some(p), _) => self.percent(Some(p.value), at, format!("{fp}.percentage.value")),
+                    (None, Some(p)) => self.percent(Some(p as f64), at, format!("{fp}.percent")),
+                    (None, None) => {
+                        self.warnings.push(format!("VirtualService {}: {fp} has no percentage: Istio injects it into 0% of requests", vs.key()));
+                        0.0
+                    }
+                };
+                match (&d.fixed_delay, &d.exponential_delay) {
+                    (Some(fd), _) => match parse_duration(fd) {
+                        Ok(dur) => fault.delay = Some((dur, pct)),
+                        Err(e) => self.errors.push(at.error(format!("{fp}.fixedDelay"), e)),
+                    },
+                    (None, Some(_)) => self.errors.push(at.error(format!("{fp}.exponentialDelay"), "exponentialDelay is not supported by Istio; use fixedDelay")),
+                    (None, None) => self.errors.push(at.error(fp.clone(), "fault.delay needs fixedDelay")),
+                }
+            }
+            if let Some(a) = &f.abort {
+                let fp = format!("{path}.fault.abort");
+                let pct = match &a.percentage {
+                    Some(p) => self.percent(Some(p.value), at, format!("{fp}.percentage.value")),
+                    None => {
+                        self.warnings.push(format!("VirtualService {}: {fp} has no percentage: Istio injects it into 0% of requests", vs.key()));
+                        0.0
+                    }
+                };
+                match (a.http_status, &a.grpc_status) {
+                    (Some(s), _) if (200..=599).contains(&s) => fault.abort = Some((s as u16, pct)),
+                    (Some(s), _) => self.errors.push(at.error(format!("{fp}.httpStatus"), format!("{s} is not an HTTP status (200-599)"))),
+                    (None, Some(_)) => self.errors.push(at.error(format!("{fp}.grpcStatus"), "grpcStatus aborts are not supported; use httpStatus")),
+                    (None, None) => self.errors.push(at.error(fp.clone(), "fault.abort needs httpStatus")),
+                }
+            }
+        }
+        let timeout = self.duration(&r.timeout, at, format!("{path}.timeout"));
+        let retries = match &r.retries {
+            None => RetryPolicy::istio_default(),
+            Some(rt) => {
+                if rt.attempts < 0 {
+                    self.errors.push(at.error(format!("{path}.retries.attempts"), "attempts must be >= 0"));
+                }
+                let retry_on = match RetryOn::parse(rt.retry_on.as_deref().unwrap_or(ISTIO_DEFAULT_RETRY_ON)) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        self.errors.push(at.error(format!("{path}.retries.retryOn"), e));
+                        RetryOn::default()
+                    }
+                };
+                RetryPolicy {
+                    attempts: rt.attempts.max(0) as u32,
+                    per_try_timeout: self.duration(&rt.per_try_timeout, at, format!("{path}.retries.perTryTimeout")),
+                    retry_on,
+                }
+            }
+        };
+        let (request_headers, response_headers) = r.headers.as_ref().map(|h| self.header_ops(h, at, &format!("{path}.headers"))).unwrap_or_default();
+        let mirror = match &r.mirror {
+            Some(m) => {
+                let pct = match (&r.mirror_percentage, r.mirror_percent) {
+                    (Some(p), _) => self.percent(Some(p.value), at, format!("{path}.mirrorPercentage.value")),
+                    (None, Some(p)) => self.percent(Some(p as f64), at, format!("{path}.mirrorPercent")),
+                    (None, None) => 100.0,
+                };
+                self.destination(m, &vs.namespace, at, &format!("{path}.mirror")).map(|d| (d, pct))
+            }
+            None => None,
+        };
+        if r.cors_policy.is_some() {
+            self.warnings.push(format!("VirtualService {}: {path}.corsPolicy is not enforced by the node proxy", vs.key()));
+        }
+        Some(HttpRule {
+            name: r.name.clone(),
+            matches,
+            action,
+            fault,
+            timeout,
+            retries,
+            rewrite_uri: r.rewrite.as_ref().and_then(|rw| rw.uri.clone()),
+            rewrite_authority: r.rewrite.as_ref().and_then(|rw| rw.authority.clone()),
+            request_headers,
+            response_headers,
+            mirror,
+        })
+    }
+
+    fn match_request(&mut self, m: &config::HttpMatchRequest, vs: &Sourced<config::VirtualServiceSpec>, path: &str) -> MatchRequest {
+        let at = &vs.at;
+        let mut conds = Vec::new();
+        let strm = |this: &mut Self, sm: &config::StringMatch, ic: bool, field: String| -> Option<StrMatch> {
+            match StrMatch::compile(sm, ic) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    this.errors.push(at.error(field, e));
+                    None
+                }
+            }
+        };
+        if let Some(u) = &m.uri {
+            if let Some(c) = strm(self, u, m.ignore_uri_case, format!("{path}.uri")) {
+                conds.push(Cond::Uri(c, m.ignore_uri_case));
+            }
+        }
+        for (field, v, mk) in [
+            ("scheme", &m.scheme, Cond::Scheme as fn(StrMatch) -> Cond),
+            ("method", &m.method, Cond::Method),
+            ("authority", &m.authority, Cond::Authority),
+        ] {
+            if let Some(v) = v {
+                if let Some(c) = strm(self, v, false, format!("{path}.{field}")) {
+                    conds.push(mk(c));
+                }
+            }
+        }
+        for (field, map, without) in [("headers", &m.headers, false), ("withoutHeaders", &m.without_headers, true)] {
+            for (name, v) in map {
+                let Ok(hn) = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) else {
+                    self.errors.push(at.error(format!("{path}.{field}.{name}"), format!("invalid header name {name:?}")));
+                    continue;
+                };
+                if let Some(c) = strm(self, v, false, format!("{path}.{field}.{name}")) {
+                    conds.push(if without { Cond::WithoutHeader(hn, c) } else { Cond::Header(hn, c) });
+                }
+            }
+        }
+        for (name, v) in &m.query_params {
+            if let Some(c) = strm(self, v, false, format!("{path}.queryParams.{name}")) {
+                conds.push(Cond::Query(name.clone(), c));
+            }
+        }
+        if let Some(p) = m.port {
+            match u16::try_from(p) {
+                Ok(p) if p > 0 => conds.push(Cond::Port(p)),
+                _ => self.errors.push(at.error(format!("{path}.port"), format!("{p} is not a port number"))),
+            }
+        }
+        if !m.source_labels.is_empty() {
+            conds.push(Cond::SourceLabels(m.source_labels.clone()));
+        }
+        if let Some(ns) = &m.source_namespace {
+            conds.push(Cond::SourceNamespace(ns.clone()));
+        }
+        if !m.gateways.is_empty() {
+            let gws = m
+                .gateways
+                .iter()
+                .map(|g| match g.split_once('/') {
+                    Some((ns, n)) => (ns.to_owned(), n.to_owned()),
+                    None if g == "mesh" => (String::new(), g.clone()),
+                    None => (vs.namespace.clone(), g.clone()),
+                })
+                .collect();
+            conds.push(Cond::Gateways(gws));
+        }
+        MatchRequest { name: m.name.clone(), conds }
+    }
+}
+
+type Policy = (LbPolicy, ConnectionPool, Option<OutlierDetection>);
+
+/// Istio's merge: top-level policy, overridden by its port-level settings for this port, then by
+/// the subset's policy (and its port-level settings), field by field.
+fn resolve_policy(top: Option<&TrafficPolicy>, subset: Option<&TrafficPolicy>, port: u16) -> Result<Policy, (String, String)> {
+    let mut lb = None;
+    let mut pool = None;
+    let mut od = None;
+    for (prefix, tp) in [("", top), ("", subset)] {
+        let Some(tp) = tp else { continue };
+        let _ = prefix;
+        if tp.load_balancer.is_some() {
+            lb = tp.load_balancer.clone();
+        }
+        if tp.connection_pool.is_some() {
+            pool = tp.connection_pool.clone();
+        }
+        if tp.outlier_detection.is_some() {
+            od = tp.outlier_detection.clone();
+        }
+        if let Some(pl) = tp.port_level_settings.iter().find(|p| p.port.as_ref().is_some_and(|p| p.number == u32::from(port))) {
+            if pl.load_balancer.is_some() {
+                lb = pl.load_balancer.clone();
+            }
+            if pl.connection_pool.is_some() {
+                pool = pl.connection_pool.clone();
+            }
+            if pl.outlier_detection.is_some() {
+                od = pl.outlier_detection.clone();
+            }
+        }
+    }
+    let lb = match &lb {
+        Some(l) => LbPolicy::from_settings(l).map_err(|(f, m)| (format!("loadBalancer.{f}"), m))?,
+        None => LbPolicy::RoundRobin,
+    };
+    let pool = match &pool {
+        Some(p) => ConnectionPool::from_settings(p).map_err(|(f, m)| (format!("connectionPool.{f}"), m))?,
+        None => ConnectionPool::default(),
+    };
+    let od = match &od {
+        Some(o) => Some(OutlierDetection::from_settings(o).map_err(|(f, m)| (format!("outlierDetection.{f}"), m))?),
+        None => None,
+    };
+    Ok((lb, pool, od))
+}

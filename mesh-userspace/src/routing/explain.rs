@@ -1,0 +1,165 @@
+//! `mesh explain`: how a request would be routed and why, evaluated on the same compiled table
+//! the proxy uses.
+use std::fmt::{self, Write};
+
+use super::{matcher::fmt_labels, *};
+
+pub struct Explanation {
+    pub text: String,
+    /// The VirtualService and rule that matched, if any.
+    pub matched: Option<(String, usize)>,
+}
+
+impl fmt::Display for Explanation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+fn cluster_line(out: &mut String, indent: &str, c: &Cluster) {
+    let _ = writeln!(out, "{indent}cluster {}  (lb {:?})", c.name, c.lb);
+    if c.endpoints.is_empty() {
+        let _ = writeln!(out, "{indent}  endpoints: NONE → the proxy answers 503 \"no healthy upstream\"");
+    }
+    for e in &c.endpoints {
+        let _ = writeln!(out, "{indent}  endpoint {} {} {}", e.workload.name, e.addr, fmt_labels(&e.workload.labels));
+    }
+    if let Some(od) = &c.outlier_detection {
+        let _ = writeln!(out, "{indent}  outlierDetection: {od:?}");
+    }
+    if c.connection_pool != ConnectionPool::default() {
+        let _ = writeln!(out, "{indent}  connectionPool: {:?}", c.connection_pool);
+    }
+}
+
+fn dest_lines(out: &mut String, dests: &[WeightedDest], port: u16) {
+    for d in dests {
+        let _ = writeln!(
+            out,
+            "    → {:>3}%  host {} subset {}",
+            d.weight,
+            d.dest.host,
+            d.dest.subset.as_deref().unwrap_or("(all endpoints)")
+        );
+        if let Some(c) = d.dest.pick(port) {
+            cluster_line(out, "           ", c);
+        }
+    }
+}
+
+fn retries_line(r: &RetryPolicy) -> String {
+    let mut on = Vec::new();
+    for (flag, name) in [
+        (r.retry_on.five_xx, "5xx"),
+        (r.retry_on.gateway_error, "gateway-error"),
+        (r.retry_on.connect_failure, "connect-failure"),
+        (r.retry_on.reset, "reset"),
+        (r.retry_on.refused_stream, "refused-stream"),
+        (r.retry_on.retriable_4xx, "retriable-4xx"),
+    ] {
+        if flag {
+            on.push(name.to_string());
+        }
+    }
+    on.extend(r.retry_on.status_codes.iter().map(|c| c.to_string()));
+    on.extend(r.retry_on.other.iter().cloned());
+    format!(
+        "{} retries on [{}]{}",
+        r.attempts,
+        on.join(","),
+        r.per_try_timeout.map(|t| format!(", perTryTimeout {t:?}")).unwrap_or_default()
+    )
+}
+
+pub fn explain(table: &RouteTable, req: &RequestInfo<'_>) -> Explanation {
+    let mut out = String::new();
+    let src = req.source.map_or("(ingress: no source workload)".to_string(), |w| format!("{}/{} {}", w.namespace, w.name, fmt_labels(&w.labels)));
+    let _ = writeln!(out, "request:  {} {}{}  authority {:?}", req.method, req.uri.path(), req.uri.query().map(|q| format!("?{q}")).unwrap_or_default(), req.authority.unwrap_or(""));
+    let _ = writeln!(out, "from:     {src}");
+    match req.context {
+        Context::Mesh { service, port } => {
+            let _ = writeln!(out, "to:       service {} port {port} (VIP {})", service.fqdn(), service.cluster_ip.map_or("none".into(), |ip| ip.to_string()));
+        }
+        Context::Gateway { name, namespace, port } => {
+            let _ = writeln!(out, "via:      Gateway {namespace}/{name} port {port}");
+        }
+    }
+    let Some(vs) = table.virtual_service(req) else {
+        match req.context {
+            Context::Mesh { service, port } => {
+                let _ = writeln!(out, "\nNo VirtualService applies to {}: plain Kubernetes routing (all endpoints, round robin).", service.fqdn());
+                if let Some(c) = table.default_cluster(service, port) {
+                    cluster_line(&mut out, "  ", c);
+                }
+                let _ = writeln!(out, "  retries: {} (Istio's default)", retries_line(&RetryPolicy::istio_default()));
+            }
+            Context::Gateway { .. } => {
+                let _ = writeln!(out, "\nNo VirtualService bound to this Gateway matches the host: 404.");
+            }
+        }
+        return Explanation { text: out, matched: None };
+    };
+    let _ = writeln!(out, "\nVirtualService {} ({}) hosts {:?}", vs.key, vs.origin, vs.hosts);
+    let mut matched = None;
+    for (i, rule) in vs.http.iter().enumerate() {
+        let label = rule.name.as_ref().map(|n| format!(" \"{n}\"")).unwrap_or_default();
+        if rule.matches.is_empty() {
+            let _ = writeln!(out, "  http[{i}]{label}: MATCHES (no match conditions: catches everything)");
+            matched = Some((i, None));
+            break;
+        }
+        if let Some(m) = rule.matches.iter().find(|m| m.test(req)) {
+            let _ = writeln!(out, "  http[{i}]{label}: MATCHES ({} condition(s) hold)", m.conds.len());
+            matched = Some((i, Some(m)));
+            break;
+        }
+        let _ = writeln!(out, "  http[{i}]{label}: no match");
+        for (j, m) in rule.matches.iter().enumerate() {
+            if let Some(why) = m.why_not(req) {
+                let _ = writeln!(out, "      match[{j}]: {why}");
+            }
+        }
+    }
+    let Some((i, _m)) = matched else {
+        let _ = writeln!(out, "\nNo http rule matched: the proxy answers 404 (route not found).");
+        return Explanation { text: out, matched: None };
+    };
+    let rule = &vs.http[i];
+    match &rule.action {
+        Action::Redirect(r) => {
+            let _ = writeln!(out, "\n  redirect {} to {}", r.code, r.location(req));
+        }
+        Action::Route(dests) => {
+            let _ = writeln!(out, "\n  destinations (weighted pick per request):");
+            dest_lines(&mut out, dests, req.port());
+        }
+    }
+    let f = &rule.fault;
+    let fault = match (f.delay, f.abort) {
+        (None, None) => "none".to_string(),
+        (d, a) => [
+            d.map(|(d, p)| format!("delay {d:?} on {p}% of requests")),
+            a.map(|(s, p)| format!("abort with HTTP {s} on {p}% of requests")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(", "),
+    };
+    let _ = writeln!(out, "  fault:   {fault}");
+    let _ = writeln!(out, "  timeout: {}", rule.timeout.map_or("none (Istio default: disabled)".into(), |t| format!("{t:?}")));
+    let _ = writeln!(out, "  retries: {}", retries_line(&rule.retries));
+    if let Some(u) = &rule.rewrite_uri {
+        let _ = writeln!(out, "  rewrite uri → {u}");
+    }
+    if let Some(a) = &rule.rewrite_authority {
+        let _ = writeln!(out, "  rewrite authority → {a}");
+    }
+    if !rule.request_headers.is_empty() || !rule.response_headers.is_empty() {
+        let _ = writeln!(out, "  headers: request {:?} response {:?}", rule.request_headers, rule.response_headers);
+    }
+    if let Some((m, pct)) = &rule.mirror {
+        let _ = writeln!(out, "  mirror:  {pct}% to {} subset {}", m.host, m.subset.as_deref().unwrap_or("-"));
+    }
+    Explanation { text: out, matched: Some((vs.key.to_string(), i)) }
+}

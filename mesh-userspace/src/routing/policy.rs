@@ -1,0 +1,179 @@
+//! Per-route and per-cluster policies (retries, load balancing, connection pool, outlier
+//! detection) resolved from the YAML with Istio's defaults made explicit.
+use std::time::Duration;
+
+use crate::config::{parse_duration, ConnectionPoolSettings, LoadBalancerSettings, OutlierDetectionSettings};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RetryOn {
+    pub five_xx: bool,
+    pub gateway_error: bool,
+    pub connect_failure: bool,
+    pub reset: bool,
+    pub refused_stream: bool,
+    pub retriable_4xx: bool,
+    /// `retriable-status-codes` plus any numeric codes listed.
+    pub status_codes: Vec<u16>,
+    /// Names we accept but that only mean something for gRPC/HTTP/2 (cancelled, unavailable...).
+    pub other: Vec<String>,
+}
+
+impl RetryOn {
+    pub fn parse(s: &str) -> Result<RetryOn, String> {
+        let mut r = RetryOn::default();
+        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            match item {
+                "5xx" => r.five_xx = true,
+                "gateway-error" => r.gateway_error = true,
+                "connect-failure" => r.connect_failure = true,
+                "reset" | "reset-before-request" => r.reset = true,
+                "refused-stream" => r.refused_stream = true,
+                "retriable-4xx" => r.retriable_4xx = true,
+                "retriable-status-codes" => {
+                    if !r.status_codes.contains(&503) {
+                        r.status_codes.push(503)
+                    }
+                }
+                "cancelled" | "deadline-exceeded" | "internal" | "resource-exhausted" | "unavailable" | "envoy-ratelimited"
+                | "retriable-headers" | "http3-post-connect-failure" => r.other.push(item.to_owned()),
+                code => match code.parse::<u16>() {
+                    Ok(c) if (100..=599).contains(&c) => r.status_codes.push(c),
+                    _ => return Err(format!("unknown retryOn condition {code:?}: expected 5xx, gateway-error, connect-failure, reset, refused-stream, retriable-4xx, retriable-status-codes or an HTTP status code")),
+                },
+            }
+        }
+        Ok(r)
+    }
+
+    /// Whether an upstream response with `status` should be retried.
+    pub fn status(&self, status: u16) -> bool {
+        (self.five_xx && status >= 500)
+            || (self.gateway_error && (502..=504).contains(&status))
+            || (self.retriable_4xx && status == 409)
+            || self.status_codes.contains(&status)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries after the first try (Istio's `attempts`).
+    pub attempts: u32,
+    pub per_try_timeout: Option<Duration>,
+    pub retry_on: RetryOn,
+}
+
+/// What Istio configures when a route says nothing about retries.
+pub const ISTIO_DEFAULT_RETRY_ON: &str = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes";
+
+impl RetryPolicy {
+    pub fn istio_default() -> RetryPolicy {
+        RetryPolicy { attempts: 2, per_try_timeout: None, retry_on: RetryOn::parse(ISTIO_DEFAULT_RETRY_ON).unwrap_or_default() }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HashOn {
+    Header(String),
+    Cookie { name: String, ttl: Option<Duration> },
+    SourceIp,
+    QueryParameter(String),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum LbPolicy {
+    #[default]
+    RoundRobin,
+    LeastRequest,
+    Random,
+    Passthrough,
+    ConsistentHash(HashOn),
+}
+
+impl LbPolicy {
+    pub fn from_settings(s: &LoadBalancerSettings) -> Result<LbPolicy, (String, String)> {
+        if let Some(simple) = &s.simple {
+            return match simple.as_str() {
+                "ROUND_ROBIN" | "UNSPECIFIED" => Ok(LbPolicy::RoundRobin),
+                "LEAST_REQUEST" | "LEAST_CONN" => Ok(LbPolicy::LeastRequest),
+                "RANDOM" => Ok(LbPolicy::Random),
+                "PASSTHROUGH" => Ok(LbPolicy::Passthrough),
+                other => Err((
+                    "simple".into(),
+                    format!("unknown load balancer {other:?}: expected ROUND_ROBIN, LEAST_REQUEST, RANDOM or PASSTHROUGH"),
+                )),
+            };
+        }
+        if let Some(ch) = &s.consistent_hash {
+            if let Some(h) = &ch.http_header_name {
+                return Ok(LbPolicy::ConsistentHash(HashOn::Header(h.to_ascii_lowercase())));
+            }
+            if let Some(c) = &ch.http_cookie {
+                let ttl = c.ttl.as_deref().map(parse_duration).transpose().map_err(|e| ("consistentHash.httpCookie.ttl".to_string(), e))?;
+                return Ok(LbPolicy::ConsistentHash(HashOn::Cookie { name: c.name.clone(), ttl }));
+            }
+            if ch.use_source_ip == Some(true) {
+                return Ok(LbPolicy::ConsistentHash(HashOn::SourceIp));
+            }
+            if let Some(q) = &ch.http_query_parameter_name {
+                return Ok(LbPolicy::ConsistentHash(HashOn::QueryParameter(q.clone())));
+            }
+            return Err(("consistentHash".into(), "set one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName".into()));
+        }
+        Ok(LbPolicy::RoundRobin)
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConnectionPool {
+    pub max_connections: Option<u32>,
+    pub connect_timeout: Option<Duration>,
+    pub http1_max_pending_requests: Option<u32>,
+    pub http2_max_requests: Option<u32>,
+    pub max_requests_per_connection: Option<u32>,
+    pub max_retries: Option<u32>,
+    pub idle_timeout: Option<Duration>,
+}
+
+impl ConnectionPool {
+    pub fn from_settings(s: &ConnectionPoolSettings) -> Result<ConnectionPool, (String, String)> {
+        let dur = |field: &str, v: &Option<String>| v.as_deref().map(parse_duration).transpose().map_err(|e| (field.to_string(), e));
+        Ok(ConnectionPool {
+            max_connections: s.tcp.as_ref().and_then(|t| t.max_connections),
+            connect_timeout: dur("tcp.connectTimeout", &s.tcp.as_ref().and_then(|t| t.connect_timeout.clone()))?,
+            http1_max_pending_requests: s.http.as_ref().and_then(|h| h.http1_max_pending_requests),
+            http2_max_requests: s.http.as_ref().and_then(|h| h.http2_max_requests),
+            max_requests_per_connection: s.http.as_ref().and_then(|h| h.max_requests_per_connection),
+            max_retries: s.http.as_ref().and_then(|h| h.max_retries),
+            idle_timeout: dur("http.idleTimeout", &s.http.as_ref().and_then(|h| h.idle_timeout.clone()))?,
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutlierDetection {
+    pub consecutive_5xx_errors: Option<u32>,
+    pub consecutive_gateway_errors: Option<u32>,
+    pub interval: Duration,
+    pub base_ejection_time: Duration,
+    pub max_ejection_percent: u32,
+}
+
+impl OutlierDetection {
+    /// Envoy's defaults where Istio leaves a field out (5 consecutive 5xx, 10 s, 30 s, 10%).
+    pub fn from_settings(s: &OutlierDetectionSettings) -> Result<OutlierDetection, (String, String)> {
+        let dur = |field: &str, v: &Option<String>, d: u64| {
+            v.as_deref().map(parse_duration).transpose().map(|o| o.unwrap_or(Duration::from_secs(d))).map_err(|e| (field.to_string(), e))
+        };
+        let max = s.max_ejection_percent.unwrap_or(10);
+        if max > 100 {
+            return Err(("maxEjectionPercent".into(), format!("{max} is not a percentage (0-100)")));
+        }
+        Ok(OutlierDetection {
+            consecutive_5xx_errors: s.consecutive_5xx_errors.or(s.consecutive_errors).or(Some(5)),
+            consecutive_gateway_errors: s.consecutive_gateway_errors,
+            interval: dur("interval", &s.interval, 10)?,
+            base_ejection_time: dur("baseEjectionTime", &s.base_ejection_time, 30)?,
+            max_ejection_percent: max,
+        })
+    }
+}
