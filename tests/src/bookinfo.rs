@@ -162,16 +162,25 @@ impl Bookinfo {
         Ok(bk)
     }
 
-    fn reloads(&self) -> u64 {
+    fn reloads(&self, result: &str) -> u64 {
         http_get(ADMIN.parse().expect("admin addr"), "/metrics")
-            .map(|m| metric(&m, "mesh_config_reloads_total", &[("result", "applied")]))
+            .map(|m| metric(&m, "mesh_config_reloads_total", &[("result", result)]))
             .unwrap_or(0)
+    }
+
+    /// Like [`apply`](Self::apply) for a config the agent must reject (waits for the rejection).
+    pub fn apply_rejected(&mut self, files: &[&str]) -> Result<()> {
+        self.swap(files, "rejected")
     }
 
     /// Puts exactly `files` in the watched ConfigMap directory the way the kubelet does: a new
     /// timestamped dir, then an atomic rename of the `..data` symlink, then top-level links.
     pub fn apply(&mut self, files: &[&str]) -> Result<()> {
-        let before = self.reloads();
+        self.swap(files, "applied")
+    }
+
+    fn swap(&mut self, files: &[&str], expect: &str) -> Result<()> {
+        let before = self.reloads(expect);
         self.generation += 1;
         let gen_dir = self.config_dir.join(format!("..gen{}", self.generation));
         fs::create_dir_all(&gen_dir)?;
@@ -200,7 +209,7 @@ impl Bookinfo {
         }
         // Readiness, not a sleep: the agent counts each applied reload.
         if self.generation > 1 {
-            wait_until("the agent to apply the new routing config", Duration::from_secs(10), || self.reloads() > before)
+            wait_until(&format!("the agent to report the new routing config {expect}"), Duration::from_secs(10), || self.reloads(expect) > before)
                 .map_err(|e| anyhow::anyhow!("{e}\nagent log:\n{}", self.node.log("agent")))?;
         }
         Ok(())

@@ -1,7 +1,10 @@
 //! `cargo xtask demo`: Istio's Bookinfo traffic-management walkthrough on a local node.
 //!
 //! Usage: bookinfo-demo [--step NAME] [--keep] [--loads-scale F]
-use std::{io::Write, time::Duration};
+use std::{
+    io::{IsTerminal, Write},
+    time::Duration,
+};
 
 use anyhow::{bail, Result};
 use mesh_e2e::{bookinfo::*, workspace};
@@ -50,12 +53,21 @@ fn main() -> Result<()> {
                 continue;
             }
             let who = user.unwrap_or("anonymous");
+            // Live progress on a terminal; in a log (CI, a pipe) every 25% only.
+            let tty = std::io::stdout().is_terminal();
             let mut progress = |done: usize| {
-                print!("\r   {who:>9}: {done}/{n} loads");
-                let _ = std::io::stdout().flush();
+                if tty {
+                    print!("\r   {who:>9}: {done}/{n} loads");
+                    let _ = std::io::stdout().flush();
+                } else if n >= 20 && done % (n / 4) == 0 && done < n {
+                    println!("   {who:>9}: {done}/{n} loads...");
+                }
             };
             let tally = bk.load_pages(n, user, via_gateway, &mut progress)?;
-            println!("\r   {who:>9}: {}", tally.summary());
+            if tty {
+                print!("\r");
+            }
+            println!("   {who:>9}: {}", tally.summary());
         }
         if step.name == "jason-delay" {
             println!("   What really happens: the 7 s delay exceeds productpage's 3 s timeout to reviews, which it tries twice;");
