@@ -292,8 +292,11 @@ fn yaml_error(at: &Locator, line_offset: usize, e: serde_yaml::Error, path: &str
     if let Some(i) = message.find(" at line ") {
         message.truncate(i);
     }
-    if let Some(rest) = message.strip_prefix(&format!("{path}: ")) {
-        message = rest.to_owned();
+    // serde prefixes the message with the path of the map it was in; the path is printed already.
+    if let Some((head, rest)) = message.split_once(": ") {
+        if !head.contains(' ') && (path.starts_with(head) || head == ".") {
+            message = rest.to_owned();
+        }
     }
     ConfigError { file: at.file.to_string(), line, column, path: path.to_owned(), message }
 }
