@@ -2,7 +2,7 @@
 //! back them. It is plain state, built either from Kubernetes YAML files (standalone mode) or from
 //! the API server; the routing engine only ever sees this type, so it cannot tell the difference.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     path::{Path, PathBuf},
     sync::Arc,
@@ -150,9 +150,27 @@ impl Registry {
     /// Endpoints of `service`'s `port`, like an EndpointSlice: pods in the service's namespace
     /// whose labels match the selector and that have an IP, with the target port resolved.
     pub fn endpoints(&self, service: &Service, port: u16) -> Vec<Endpoint> {
-        let Some(sp) = service.port(port) else { return Vec::new() };
-        self.workloads
-            .iter()
+        endpoints_among(self.workloads.iter(), service, port)
+    }
+
+    /// Workloads by (namespace, label key, label value), so selecting a service's pods looks at
+    /// the pods carrying its first selector label rather than every pod of the cluster.
+    pub fn label_index(&self) -> HashMap<(&str, &str, &str), Vec<&Arc<Workload>>> {
+        let mut index: HashMap<(&str, &str, &str), Vec<&Arc<Workload>>> = HashMap::new();
+        for w in &self.workloads {
+            for (k, v) in &w.labels {
+                index.entry((w.namespace.as_str(), k.as_str(), v.as_str())).or_default().push(w);
+            }
+        }
+        index
+    }
+}
+
+/// [`Registry::endpoints`] over a candidate set of workloads (all of them, or an index hit).
+pub fn endpoints_among<'a>(candidates: impl Iterator<Item = &'a Arc<Workload>>, service: &Service, port: u16) -> Vec<Endpoint> {
+    let Some(sp) = service.port(port) else { return Vec::new() };
+    {
+        candidates
             .filter(|w| w.namespace == service.namespace && w.matches(&service.selector))
             .filter_map(|w| {
                 let ip = w.ip?;
@@ -166,6 +184,9 @@ impl Registry {
             })
             .collect()
     }
+}
+
+impl Registry {
 
     /// Loads every `v1 Service` and `v1 Pod` (and the pod template of `apps/v1 Deployment`s is
     /// ignored: on a bare node pods are given explicitly) from multi-document YAML files.

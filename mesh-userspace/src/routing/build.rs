@@ -6,6 +6,7 @@ use http::{HeaderName, HeaderValue};
 
 use super::{matcher::*, *};
 use crate::{
+    registry::Workload,
     config::{self, parse_duration, ConfigError, DestinationRuleSpec, HeaderOperations, Locator, Sourced, TrafficPolicy},
     registry::{split_host, Service, CLUSTER_DOMAIN},
 };
@@ -13,11 +14,16 @@ use crate::{
 type Key = (String, String);
 
 struct Builder<'a> {
-    registry: &'a Registry,
+    /// (namespace, name) → service: resolving a destination must not scan the registry.
+    services: HashMap<(&'a str, &'a str), &'a Arc<Service>>,
+    pods_by_label: HashMap<(&'a str, &'a str, &'a str), Vec<&'a Arc<Workload>>>,
     rules: HashMap<Key, &'a Sourced<DestinationRuleSpec>>,
-    clusters: HashMap<(Key, Option<String>, u16), Arc<Cluster>>,
+    /// Keyed by the service's address in the registry (one Arc per service), subset and port:
+    /// hashing two names per destination was most of the compile time.
+    clusters: HashMap<(usize, Option<String>, u16), Arc<Cluster>>,
     errors: Vec<ConfigError>,
     warnings: Vec<String>,
+    default_retries: Arc<RetryPolicy>,
 }
 
 /// (name, namespace) of a host as Istio resolves it relative to `ns`; FQDNs outside the cluster
@@ -35,7 +41,8 @@ fn service_key(host: &str, ns: &str) -> Option<Key> {
 }
 
 pub fn compile(config: &config::Config, registry: &Registry) -> Result<RouteTable, config::ConfigErrors> {
-    let mut b = Builder { registry, rules: HashMap::new(), clusters: HashMap::new(), errors: Vec::new(), warnings: Vec::new() };
+    let services = registry.services.iter().map(|s| ((s.namespace.as_str(), s.name.as_str()), s)).collect();
+    let mut b = Builder { services, pods_by_label: registry.label_index(), rules: HashMap::new(), clusters: HashMap::new(), errors: Vec::new(), warnings: Vec::new(), default_retries: Arc::new(RetryPolicy::istio_default()) };
     for dr in &config.destination_rules {
         match service_key(&dr.spec.host, &dr.namespace) {
             Some(key) => {
@@ -53,11 +60,11 @@ pub fn compile(config: &config::Config, registry: &Registry) -> Result<RouteTabl
         b.check_destination_rule(dr);
     }
 
-    let mut table = RouteTable::default();
+    let mut table = RouteTable { default_retries: b.default_retries.clone(), ..RouteTable::default() };
     for svc in &registry.services {
         for p in &svc.ports {
             if let Some(c) = b.cluster(svc, None, p.port, &dr_path_none()) {
-                table.defaults.insert((svc.namespace.clone(), svc.name.clone(), p.port), c);
+                table.defaults.entry(svc.namespace.clone()).or_default().entry(svc.name.clone()).or_default().push((p.port, c));
             }
         }
     }
@@ -86,16 +93,16 @@ pub fn compile(config: &config::Config, registry: &Registry) -> Result<RouteTabl
             for (i, host) in vs.spec.hosts.iter().enumerate() {
                 match service_key(host, &vs.namespace) {
                     Some(key) => {
-                        if registry.services.iter().all(|s| (s.namespace.as_str(), s.name.as_str()) != (key.0.as_str(), key.1.as_str())) {
+                        if !b.services.contains_key(&(key.0.as_str(), key.1.as_str())) {
                             b.warnings.push(format!("VirtualService {}: host {host:?} is not a service in the registry", vs.key()));
                         }
-                        if let Some(prev) = table.mesh_vs.get(&key) {
+                        if let Some(prev) = table.mesh_vs.get(&key.0).and_then(|m| m.get(&key.1)) {
                             b.warnings.push(format!(
                                 "VirtualServices {} and {} both route host {host}; {} applies (first loaded)",
                                 prev.key, compiled.key, prev.key
                             ));
                         } else {
-                            table.mesh_vs.insert(key, compiled.clone());
+                            table.mesh_vs.entry(key.0).or_default().insert(key.1, compiled.clone());
                         }
                     }
                     None if host.contains('*') => table.mesh_wildcard_vs.push(compiled.clone()),
@@ -150,12 +157,11 @@ impl Builder<'_> {
     /// The cluster for (service, subset, port), built once. `at` is where the reference was
     /// written, for the error when the subset does not exist.
     fn cluster(&mut self, svc: &Arc<Service>, subset: Option<&str>, port: u16, at: &(Arc<Locator>, String)) -> Option<Arc<Cluster>> {
-        let key: Key = (svc.namespace.clone(), svc.name.clone());
-        let cache_key = (key.clone(), subset.map(str::to_owned), port);
+        let cache_key = (Arc::as_ptr(svc) as usize, subset.map(str::to_owned), port);
         if let Some(c) = self.clusters.get(&cache_key) {
             return Some(c.clone());
         }
-        let dr = self.rules.get(&key).copied();
+        let dr = self.rules.get(&(svc.namespace.clone(), svc.name.clone())).copied();
         let subset_spec = match subset {
             None => None,
             Some(name) => match dr.and_then(|d| d.spec.subsets.iter().find(|s| s.name == name)) {
@@ -181,7 +187,13 @@ impl Builder<'_> {
             // Reported once by check_destination_rule with its exact place.
             Err(_) => (LbPolicy::RoundRobin, ConnectionPool::default(), None),
         };
-        let mut endpoints = self.registry.endpoints(svc, port);
+        let mut endpoints = match svc.selector.iter().next() {
+            Some((k, v)) => match self.pods_by_label.get(&(svc.namespace.as_str(), k.as_str(), v.as_str())) {
+                Some(pods) => crate::registry::endpoints_among(pods.iter().copied(), svc, port),
+                None => Vec::new(),
+            },
+            None => Vec::new(),
+        };
         if let Some(s) = subset_spec {
             endpoints.retain(|e| s.labels.iter().all(|(k, v)| e.workload.labels.get(k) == Some(v)));
         }
@@ -212,11 +224,9 @@ impl Builder<'_> {
         };
         let svc = match service_key(&d.host, ns) {
             Some((sns, name)) => self
-                .registry
                 .services
-                .iter()
-                .find(|s| s.namespace == sns && s.name == name)
-                .cloned()
+                .get(&(sns.as_str(), name.as_str()))
+                .map(|s| (*s).clone())
                 // Unknown to the registry: keep the reference (it may appear later) with no
                 // endpoints, so traffic gets "no healthy upstream" rather than a wrong backend.
                 .unwrap_or_else(|| Arc::new(Service { name, namespace: sns, cluster_ip: None, ports: Vec::new(), selector: Default::default() })),
@@ -456,7 +466,7 @@ impl Builder<'_> {
         }
         let timeout = self.duration(&r.timeout, at, format!("{path}.timeout"));
         let retries = match &r.retries {
-            None => RetryPolicy::istio_default(),
+            None => self.default_retries.clone(),
             Some(rt) => {
                 if rt.attempts < 0 {
                     self.errors.push(at.error(format!("{path}.retries.attempts"), "attempts must be >= 0"));
@@ -468,11 +478,11 @@ impl Builder<'_> {
                         RetryOn::default()
                     }
                 };
-                RetryPolicy {
+                Arc::new(RetryPolicy {
                     attempts: rt.attempts.max(0) as u32,
                     per_try_timeout: self.duration(&rt.per_try_timeout, at, format!("{path}.retries.perTryTimeout")),
                     retry_on,
-                }
+                })
             }
         };
         let (request_headers, response_headers) = r.headers.as_ref().map(|h| self.header_ops(h, at, &format!("{path}.headers"))).unwrap_or_default();

@@ -74,7 +74,7 @@ pub struct Forward {
     pub cluster: Arc<Cluster>,
     pub fault: Fault,
     pub timeout: Option<Duration>,
-    pub retries: RetryPolicy,
+    pub retries: Arc<RetryPolicy>,
     pub rewrite: Option<Rewrite>,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
@@ -203,7 +203,7 @@ pub(crate) struct HttpRule {
     pub action: Action,
     pub fault: FaultSpec,
     pub timeout: Option<Duration>,
-    pub retries: RetryPolicy,
+    pub retries: Arc<RetryPolicy>,
     pub rewrite_uri: Option<String>,
     pub rewrite_authority: Option<String>,
     pub request_headers: HeaderOps,
@@ -242,14 +242,16 @@ pub struct GatewayListener {
 /// The compiled routing state. Immutable; swapped whole on reload.
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    /// (namespace, service) → the VirtualService that applies inside the mesh.
-    pub(crate) mesh_vs: HashMap<(String, String), Arc<CompiledVs>>,
+    /// namespace → service → the VirtualService that applies inside the mesh (nested so a
+    /// lookup borrows the request's names instead of building a key).
+    pub(crate) mesh_vs: HashMap<String, HashMap<String, Arc<CompiledVs>>>,
     /// VirtualServices whose hosts are wildcards, for services with no exact match.
     pub(crate) mesh_wildcard_vs: Vec<Arc<CompiledVs>>,
     /// VirtualServices bound to Gateways.
     pub(crate) gateway_vs: Vec<Arc<CompiledVs>>,
-    /// Plain Kubernetes clusters: (namespace, service, port) → all endpoints, round robin.
-    pub(crate) defaults: HashMap<(String, String, u16), Arc<Cluster>>,
+    /// Plain Kubernetes clusters: namespace → service → (port, all endpoints round robin).
+    pub(crate) defaults: HashMap<String, HashMap<String, Vec<(u16, Arc<Cluster>)>>>,
+    pub(crate) default_retries: Arc<RetryPolicy>,
     pub(crate) gateways: Vec<GatewayListener>,
     /// Things `mesh validate` reports that do not stop the config from applying.
     pub warnings: Vec<String>,
@@ -277,10 +279,13 @@ impl RouteTable {
     /// The VirtualService that applies to this request's destination, if any.
     pub(crate) fn virtual_service(&self, req: &RequestInfo<'_>) -> Option<&Arc<CompiledVs>> {
         match req.context {
-            Context::Mesh { service, .. } => self
-                .mesh_vs
-                .get(&(service.namespace.clone(), service.name.clone()))
-                .or_else(|| self.mesh_wildcard_vs.iter().find(|vs| vs.hosts.iter().any(|h| host_matches(h, &service.fqdn())))),
+            Context::Mesh { service, .. } => self.mesh_vs_for(service).or_else(|| {
+                if self.mesh_wildcard_vs.is_empty() {
+                    return None;
+                }
+                let fqdn = service.fqdn();
+                self.mesh_wildcard_vs.iter().find(|vs| vs.hosts.iter().any(|h| host_matches(h, &fqdn)))
+            }),
             Context::Gateway { name, namespace, .. } => {
                 let host = req.authority.map(|a| a.rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok()).map_or(a, |(h, _)| h));
                 self.gateway_vs.iter().find(|vs| {
@@ -291,8 +296,13 @@ impl RouteTable {
         }
     }
 
+    pub(crate) fn mesh_vs_for(&self, service: &Service) -> Option<&Arc<CompiledVs>> {
+        self.mesh_vs.get(service.namespace.as_str())?.get(service.name.as_str())
+    }
+
     pub(crate) fn default_cluster(&self, service: &Service, port: u16) -> Option<&Arc<Cluster>> {
-        self.defaults.get(&(service.namespace.clone(), service.name.clone(), port))
+        let ports = self.defaults.get(service.namespace.as_str())?.get(service.name.as_str())?;
+        ports.iter().find(|(p, _)| *p == port).map(|(_, c)| c)
     }
 
     pub fn route<R: Rng + ?Sized>(&self, req: &RequestInfo<'_>, rng: &mut R) -> Decision {
@@ -305,7 +315,7 @@ impl RouteTable {
                         cluster: c.clone(),
                         fault: Fault::default(),
                         timeout: None,
-                        retries: RetryPolicy::istio_default(),
+                        retries: self.default_retries.clone(),
                         rewrite: None,
                         request_headers: HeaderOps::default(),
                         response_headers: HeaderOps::default(),
@@ -369,7 +379,7 @@ impl RouteTable {
     }
 
     pub fn route_tcp<R: Rng + ?Sized>(&self, source: Option<&Workload>, service: &Service, port: u16, rng: &mut R) -> Option<Arc<Cluster>> {
-        let vs = self.mesh_vs.get(&(service.namespace.clone(), service.name.clone()));
+        let vs = self.mesh_vs_for(service);
         if let Some(vs) = vs.filter(|vs| !vs.tcp.is_empty()) {
             let rule = vs.tcp.iter().find(|r| {
                 r.port.is_none_or(|p| p == port)

@@ -65,6 +65,12 @@ pub struct RetryPolicy {
 /// What Istio configures when a route says nothing about retries.
 pub const ISTIO_DEFAULT_RETRY_ON: &str = "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes";
 
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy::istio_default()
+    }
+}
+
 impl RetryPolicy {
     pub fn istio_default() -> RetryPolicy {
         RetryPolicy { attempts: 2, per_try_timeout: None, retry_on: RetryOn::parse(ISTIO_DEFAULT_RETRY_ON).unwrap_or_default() }

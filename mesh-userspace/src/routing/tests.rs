@@ -310,7 +310,7 @@ fn fault_percentages_are_honoured() {
 fn default_retries_are_istios() {
     let t = table(&vs("  - route:\n    - destination: {host: reviews, subset: v1}\n"));
     let f = forward(&t, &req("/", &[]));
-    assert_eq!(f.retries, RetryPolicy::istio_default());
+    assert_eq!(*f.retries, RetryPolicy::istio_default());
     assert_eq!(f.retries.attempts, 2);
     assert!(f.retries.retry_on.connect_failure && f.retries.retry_on.status(503) && !f.retries.retry_on.status(500));
     assert_eq!(f.timeout, None);
@@ -457,5 +457,5 @@ fn compiles_ten_thousand_virtual_services() {
     }
     let c = Config::parse_str("big.yaml", &yaml).unwrap();
     let t = RouteTable::compile(&c, &reg).unwrap();
-    assert_eq!(t.mesh_vs.len(), 10_000);
+    assert_eq!(t.mesh_vs.values().map(|m| m.len()).sum::<usize>(), 10_000);
 }
