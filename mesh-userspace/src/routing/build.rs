@@ -592,31 +592,22 @@ type Policy = (LbPolicy, ConnectionPool, Option<OutlierDetection>);
 /// Istio's merge: top-level policy, overridden by its port-level settings for this port, then by
 /// the subset's policy (and its port-level settings), field by field.
 fn resolve_policy(top: Option<&TrafficPolicy>, subset: Option<&TrafficPolicy>, port: u16) -> Result<Policy, (String, String)> {
-    let mut lb = None;
-    let mut pool = None;
-    let mut od = None;
-    for (prefix, tp) in [("", top), ("", subset)] {
-        let Some(tp) = tp else { continue };
-        let _ = prefix;
-        if tp.load_balancer.is_some() {
-            lb = tp.load_balancer.clone();
+    let (mut lb, mut pool, mut od) = (None, None, None);
+    let mut overlay = |l: &Option<config::LoadBalancerSettings>, p: &Option<config::ConnectionPoolSettings>, o: &Option<config::OutlierDetectionSettings>| {
+        if l.is_some() {
+            lb = l.clone();
         }
-        if tp.connection_pool.is_some() {
-            pool = tp.connection_pool.clone();
+        if p.is_some() {
+            pool = p.clone();
         }
-        if tp.outlier_detection.is_some() {
-            od = tp.outlier_detection.clone();
+        if o.is_some() {
+            od = o.clone();
         }
+    };
+    for tp in [top, subset].into_iter().flatten() {
+        overlay(&tp.load_balancer, &tp.connection_pool, &tp.outlier_detection);
         if let Some(pl) = tp.port_level_settings.iter().find(|p| p.port.as_ref().is_some_and(|p| p.number == u32::from(port))) {
-            if pl.load_balancer.is_some() {
-                lb = pl.load_balancer.clone();
-            }
-            if pl.connection_pool.is_some() {
-                pool = pl.connection_pool.clone();
-            }
-            if pl.outlier_detection.is_some() {
-                od = pl.outlier_detection.clone();
-            }
+            overlay(&pl.load_balancer, &pl.connection_pool, &pl.outlier_detection);
         }
     }
     let lb = match &lb {
