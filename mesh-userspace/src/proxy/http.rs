@@ -165,6 +165,15 @@ async fn forward(state: &ProxyState, source: &Source, fwd: Forward, req: Request
     if let Some(status) = fwd.fault.abort {
         return local_reply(StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE), "fault filter abort");
     }
+    let Some(_admitted) = state.lb.admit(&fwd.cluster) else {
+        state.metrics.inc("mesh_overflow_total", &[("cluster", &fwd.cluster.name)]);
+        let mut r = local_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("upstream connect error or disconnect/reset before headers. reset reason: overflow ({} connection pool is full)", fwd.cluster.name),
+        );
+        r.headers_mut().insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+        return r;
+    };
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     fwd.request_headers.apply(&mut parts.headers);

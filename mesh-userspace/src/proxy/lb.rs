@@ -36,6 +36,8 @@ struct EndpointState {
 #[derive(Default)]
 pub struct LoadBalancer {
     rr: Mutex<HashMap<String, Arc<AtomicUsize>>>,
+    /// Requests in flight per cluster, for the connection-pool limits (circuit breaking).
+    active: Mutex<HashMap<String, Arc<AtomicU64>>>,
     endpoints: Mutex<HashMap<SocketAddr, Arc<EndpointState>>>,
 }
 
@@ -51,7 +53,39 @@ impl Drop for Picked {
     }
 }
 
+/// A request admitted by the cluster's connection pool; dropping it frees the slot.
+pub struct Admitted(Arc<AtomicU64>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl LoadBalancer {
+    /// Envoy's circuit breaker as Istio configures it: with HTTP/1.1 upstreams a request holds a
+    /// connection, so at most `maxConnections` run and `http1MaxPendingRequests` more may wait;
+    /// `http2MaxRequests` caps concurrent requests. Past that the request is refused (503) rather
+    /// than queued without bound. None means the request overflowed.
+    pub fn admit(&self, cluster: &Cluster) -> Option<Admitted> {
+        let pool = &cluster.connection_pool;
+        let by_connections = pool.max_connections.map(|c| u64::from(c) + u64::from(pool.http1_max_pending_requests.unwrap_or(0)));
+        let limit = match (by_connections, pool.http2_max_requests.map(u64::from)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let counter = {
+            let mut m = self.active.lock().unwrap_or_else(|e| e.into_inner());
+            m.entry(cluster.name.clone()).or_default().clone()
+        };
+        let now = counter.fetch_add(1, Ordering::AcqRel);
+        if limit.is_some_and(|l| now >= l) {
+            counter.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Admitted(counter))
+    }
+
     fn state(&self, addr: SocketAddr) -> Arc<EndpointState> {
         let mut m = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
         m.entry(addr).or_default().clone()

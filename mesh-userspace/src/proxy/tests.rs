@@ -42,7 +42,11 @@ async fn backend(name: &'static str, fail: usize) -> (SocketAddr, Arc<AtomicUsiz
                 let svc = hyper::service::service_fn(move |req: ::http::Request<hyper::body::Incoming>| {
                     let n = counter.fetch_add(1, Ordering::SeqCst);
                     let user = req.headers().get("end-user").and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
+                    let slow = req.headers().contains_key("x-slow");
                     async move {
+                        if slow {
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                        }
                         let mut r = ::http::Response::new(crate::proxy::http::full(format!("{name} end-user={user}")));
                         if n < fail {
                             *r.status_mut() = ::http::StatusCode::SERVICE_UNAVAILABLE;
@@ -221,4 +225,24 @@ async fn reload_race_loses_no_request() {
         let bad = c.await.expect("client");
         assert!(bad.is_empty(), "requests failed during reloads: {bad:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_pool_limits_overflow_with_503() {
+    let (registry, reviews, client, _, _) = setup(0).await;
+    // The backend takes 300 ms (x-slow) so the requests overlap; the pool admits 1 + 1 pending.
+    let yaml = format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: reviews}}\nspec:\n  host: reviews\n  trafficPolicy:\n    connectionPool:\n      tcp: {{maxConnections: 1}}\n      http: {{http1MaxPendingRequests: 1}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews}}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {{host: reviews}}\n"
+    );
+    let state = ProxyState::new(registry.clone(), table(&yaml, &registry), Arc::new(NoOriginalDst));
+    let addr = front(state.clone(), reviews, client).await;
+    let calls: Vec<_> = (0..5).map(|_| tokio::spawn(get(addr, &[("x-slow", "1")]))).collect();
+    let mut codes = Vec::new();
+    for c in calls {
+        codes.push(c.await.expect("call").0);
+    }
+    codes.sort();
+    assert_eq!(codes, vec![200, 200, 503, 503, 503], "2 admitted (1 + 1 pending), 3 overflow");
+    // Slots are released: a later request goes through.
+    assert_eq!(get(addr, &[]).await.0, 200);
 }
