@@ -32,7 +32,7 @@ fn service_key(host: &str, ns: &str) -> Option<Key> {
     if host.contains('*') {
         return None;
     }
-    let bare = host.strip_suffix(&format!(".{CLUSTER_DOMAIN}")).unwrap_or(host);
+    let bare = host.strip_suffix(CLUSTER_DOMAIN).and_then(|h| h.strip_suffix('.')).unwrap_or(host);
     let dots = bare.matches('.').count();
     if dots > 1 && !bare.ends_with(".svc") {
         return None; // an external name such as api.example.com
@@ -129,8 +129,8 @@ pub fn compile(config: &config::Config, registry: &Registry) -> Result<RouteTabl
     Ok(table)
 }
 
-fn dr_path_none() -> (Arc<Locator>, String) {
-    (Arc::new(Locator::default()), String::new())
+fn dr_path_none() -> (Arc<Locator>, &'static dyn Fn() -> String) {
+    (Arc::new(Locator::default()), &String::new)
 }
 
 impl Builder<'_> {
@@ -156,7 +156,8 @@ impl Builder<'_> {
 
     /// The cluster for (service, subset, port), built once. `at` is where the reference was
     /// written, for the error when the subset does not exist.
-    fn cluster(&mut self, svc: &Arc<Service>, subset: Option<&str>, port: u16, at: &(Arc<Locator>, String)) -> Option<Arc<Cluster>> {
+    /// `at` says where the reference was written; its path is built only for an error.
+    fn cluster(&mut self, svc: &Arc<Service>, subset: Option<&str>, port: u16, at: &(Arc<Locator>, &dyn Fn() -> String)) -> Option<Arc<Cluster>> {
         let cache_key = (Arc::as_ptr(svc) as usize, subset.map(str::to_owned), port);
         if let Some(c) = self.clusters.get(&cache_key) {
             return Some(c.clone());
@@ -176,7 +177,7 @@ impl Builder<'_> {
                         ),
                         None => format!("subset {name:?} is not defined in any DestinationRule for host {}", svc.fqdn()),
                     };
-                    self.errors.push(at.0.error(at.1.clone(), msg));
+                    self.errors.push(at.0.error((at.1)(), msg));
                     return None;
                 }
             },
@@ -211,12 +212,22 @@ impl Builder<'_> {
         Some(cluster)
     }
 
-    fn destination(&mut self, d: &config::Destination, ns: &str, at: &Arc<Locator>, path: &str) -> Option<DestClusters> {
+    /// `path` is the route entry (`...route[0]`) or the mirror; fields below it are `.destination.*`
+    /// except for a mirror, which is itself a destination.
+    fn destination(&mut self, d: &config::Destination, ns: &str, at: &Arc<Locator>, entry: &str) -> Option<DestClusters> {
+        // Paths are only needed for errors: build them then, not for every destination.
+        let field = |suffix: &str| {
+            if entry.ends_with(".mirror") {
+                format!("{entry}{suffix}")
+            } else {
+                format!("{entry}.destination{suffix}")
+            }
+        };
         let explicit = match &d.port {
             Some(p) => match u16::try_from(p.number) {
                 Ok(n) if n > 0 => Some(n),
                 _ => {
-                    self.errors.push(at.error(format!("{path}.port.number"), format!("{} is not a port number", p.number)));
+                    self.errors.push(at.error(field(".port.number"), format!("{} is not a port number", p.number)));
                     return None;
                 }
             },
@@ -231,7 +242,7 @@ impl Builder<'_> {
                 // endpoints, so traffic gets "no healthy upstream" rather than a wrong backend.
                 .unwrap_or_else(|| Arc::new(Service { name, namespace: sns, cluster_ip: None, ports: Vec::new(), selector: Default::default() })),
             None => {
-                self.warnings.push(format!("{}: {path}: host {:?} is outside the cluster; requests get 503", at.file, d.host));
+                self.warnings.push(format!("{}: {}: host {:?} is outside the cluster; requests get 503", at.file, field(""), d.host));
                 Arc::new(Service { name: d.host.clone(), namespace: ns.to_owned(), cluster_ip: None, ports: Vec::new(), selector: Default::default() })
             }
         };
@@ -240,7 +251,7 @@ impl Builder<'_> {
             None if svc.ports.is_empty() => vec![0],
             None => svc.ports.iter().map(|p| p.port).collect(),
         };
-        let subset_at = (at.clone(), format!("{path}.subset"));
+        let subset_at: (Arc<Locator>, &dyn Fn() -> String) = (at.clone(), &|| field(".subset"));
         let mut by_port = Vec::new();
         for p in ports {
             by_port.push((p, self.cluster(&svc, d.subset.as_deref(), p, &subset_at)?));
@@ -271,7 +282,7 @@ impl Builder<'_> {
             };
             sum += w;
             let (rq, rs) = h.map(|h| self.header_ops(h, at, &format!("{p}.headers"))).unwrap_or_default();
-            if let Some(dc) = self.destination(d, ns, at, &format!("{p}.destination")) {
+            if let Some(dc) = self.destination(d, ns, at, &p) {
                 out.push(WeightedDest { dest: dc, weight: w as u32, request_headers: rq, response_headers: rs });
             }
         }
@@ -309,15 +320,25 @@ impl Builder<'_> {
         (one(&h.request, "request"), one(&h.response, "response"))
     }
 
-    fn duration(&mut self, v: &Option<String>, at: &Locator, path: String) -> Option<Duration> {
+    fn duration(&mut self, v: &Option<String>, at: &Locator, path: impl FnOnce() -> String) -> Option<Duration> {
         match v.as_deref().map(parse_duration) {
             Some(Ok(d)) if d.is_zero() => None,
             Some(Ok(d)) => Some(d),
             Some(Err(e)) => {
-                self.errors.push(at.error(path, e));
+                self.errors.push(at.error(path(), e));
                 None
             }
             None => None,
+        }
+    }
+
+    fn string_match(&mut self, at: &Locator, sm: &config::StringMatch, ignore_case: bool, field: impl FnOnce() -> String) -> Option<StrMatch> {
+        match StrMatch::compile(sm, ignore_case) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                self.errors.push(at.error(field(), e));
+                None
+            }
         }
     }
 
@@ -464,7 +485,7 @@ impl Builder<'_> {
                 }
             }
         }
-        let timeout = self.duration(&r.timeout, at, format!("{path}.timeout"));
+        let timeout = self.duration(&r.timeout, at, || format!("{path}.timeout"));
         let retries = match &r.retries {
             None => self.default_retries.clone(),
             Some(rt) => {
@@ -480,7 +501,7 @@ impl Builder<'_> {
                 };
                 Arc::new(RetryPolicy {
                     attempts: rt.attempts.max(0) as u32,
-                    per_try_timeout: self.duration(&rt.per_try_timeout, at, format!("{path}.retries.perTryTimeout")),
+                    per_try_timeout: self.duration(&rt.per_try_timeout, at, || format!("{path}.retries.perTryTimeout")),
                     retry_on,
                 })
             }
@@ -518,17 +539,8 @@ impl Builder<'_> {
     fn match_request(&mut self, m: &config::HttpMatchRequest, vs: &Sourced<config::VirtualServiceSpec>, path: &str) -> MatchRequest {
         let at = &vs.at;
         let mut conds = Vec::new();
-        let strm = |this: &mut Self, sm: &config::StringMatch, ic: bool, field: String| -> Option<StrMatch> {
-            match StrMatch::compile(sm, ic) {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    this.errors.push(at.error(field, e));
-                    None
-                }
-            }
-        };
         if let Some(u) = &m.uri {
-            if let Some(c) = strm(self, u, m.ignore_uri_case, format!("{path}.uri")) {
+            if let Some(c) = self.string_match(at, u, m.ignore_uri_case, || format!("{path}.uri")) {
                 conds.push(Cond::Uri(c, m.ignore_uri_case));
             }
         }
@@ -538,7 +550,7 @@ impl Builder<'_> {
             ("authority", &m.authority, Cond::Authority),
         ] {
             if let Some(v) = v {
-                if let Some(c) = strm(self, v, false, format!("{path}.{field}")) {
+                if let Some(c) = self.string_match(at, v, false, || format!("{path}.{field}")) {
                     conds.push(mk(c));
                 }
             }
@@ -549,13 +561,13 @@ impl Builder<'_> {
                     self.errors.push(at.error(format!("{path}.{field}.{name}"), format!("invalid header name {name:?}")));
                     continue;
                 };
-                if let Some(c) = strm(self, v, false, format!("{path}.{field}.{name}")) {
+                if let Some(c) = self.string_match(at, v, false, || format!("{path}.{field}.{name}")) {
                     conds.push(if without { Cond::WithoutHeader(hn, c) } else { Cond::Header(hn, c) });
                 }
             }
         }
         for (name, v) in &m.query_params {
-            if let Some(c) = strm(self, v, false, format!("{path}.queryParams.{name}")) {
+            if let Some(c) = self.string_match(at, v, false, || format!("{path}.queryParams.{name}")) {
                 conds.push(Cond::Query(name.clone(), c));
             }
         }
