@@ -17,7 +17,8 @@ struct Builder<'a> {
     /// (namespace, name) → service: resolving a destination must not scan the registry.
     services: HashMap<(&'a str, &'a str), &'a Arc<Service>>,
     pods_by_label: HashMap<(&'a str, &'a str, &'a str), Vec<&'a Arc<Workload>>>,
-    rules: HashMap<Key, &'a Sourced<DestinationRuleSpec>>,
+    /// namespace → host name → the DestinationRule (nested: looked up by borrowed names).
+    rules: HashMap<String, HashMap<String, &'a Sourced<DestinationRuleSpec>>>,
     /// Keyed by the service's address in the registry (one Arc per service), subset and port:
     /// hashing two names per destination was most of the compile time.
     clusters: HashMap<(usize, Option<String>, u16), Arc<Cluster>>,
@@ -46,13 +47,13 @@ pub fn compile(config: &config::Config, registry: &Registry) -> Result<RouteTabl
     for dr in &config.destination_rules {
         match service_key(&dr.spec.host, &dr.namespace) {
             Some(key) => {
-                if let Some(prev) = b.rules.get(&key) {
+                if let Some(prev) = b.rules.get(&key.0).and_then(|m| m.get(&key.1)) {
                     b.warnings.push(format!(
                         "DestinationRules {} and {} both configure host {}; using {} (like Istio, the first one)",
                         prev.key(), dr.key(), dr.spec.host, prev.key()
                     ));
                 } else {
-                    b.rules.insert(key, dr);
+                    b.rules.entry(key.0).or_default().insert(key.1, dr);
                 }
             }
             None => b.warnings.push(format!("DestinationRule {}: host {:?} is not a cluster service; ignored", dr.key(), dr.spec.host)),
@@ -162,7 +163,7 @@ impl Builder<'_> {
         if let Some(c) = self.clusters.get(&cache_key) {
             return Some(c.clone());
         }
-        let dr = self.rules.get(&(svc.namespace.clone(), svc.name.clone())).copied();
+        let dr = self.rules.get(svc.namespace.as_str()).and_then(|m| m.get(svc.name.as_str())).copied();
         let subset_spec = match subset {
             None => None,
             Some(name) => match dr.and_then(|d| d.spec.subsets.iter().find(|s| s.name == name)) {
@@ -199,7 +200,7 @@ impl Builder<'_> {
             endpoints.retain(|e| s.labels.iter().all(|(k, v)| e.workload.labels.get(k) == Some(v)));
         }
         let cluster = Arc::new(Cluster {
-            name: format!("outbound|{port}|{}|{}", subset.unwrap_or(""), svc.fqdn()),
+            name: format!("outbound|{port}|{}|{}.{}.{CLUSTER_DOMAIN}", subset.unwrap_or(""), svc.name, svc.namespace),
             service: svc.clone(),
             subset: subset.map(str::to_owned),
             port,
@@ -212,17 +213,10 @@ impl Builder<'_> {
         Some(cluster)
     }
 
-    /// `path` is the route entry (`...route[0]`) or the mirror; fields below it are `.destination.*`
-    /// except for a mirror, which is itself a destination.
-    fn destination(&mut self, d: &config::Destination, ns: &str, at: &Arc<Locator>, entry: &str) -> Option<DestClusters> {
-        // Paths are only needed for errors: build them then, not for every destination.
-        let field = |suffix: &str| {
-            if entry.ends_with(".mirror") {
-                format!("{entry}{suffix}")
-            } else {
-                format!("{entry}.destination{suffix}")
-            }
-        };
+    /// `base` gives the destination's field path; paths are only needed for errors, so they are
+    /// built then, not for every destination.
+    fn destination(&mut self, d: &config::Destination, ns: &str, at: &Arc<Locator>, base: &dyn Fn() -> String) -> Option<DestClusters> {
+        let field = |suffix: &str| format!("{}{suffix}", base());
         let explicit = match &d.port {
             Some(p) => match u16::try_from(p.number) {
                 Ok(n) if n > 0 => Some(n),
@@ -270,10 +264,9 @@ impl Builder<'_> {
         let mut out = Vec::new();
         let mut sum: i64 = 0;
         for (i, (d, w, h)) in dests.iter().enumerate() {
-            let p = format!("{path}[{i}]");
             let w = match w {
                 Some(w) if !(0..=100).contains(w) => {
-                    self.errors.push(at.error(format!("{p}.weight"), format!("weight {w} is outside 0..100")));
+                    self.errors.push(at.error(format!("{path}[{i}].weight"), format!("weight {w} is outside 0..100")));
                     0
                 }
                 Some(w) => *w,
@@ -281,8 +274,8 @@ impl Builder<'_> {
                 None => 0,
             };
             sum += w;
-            let (rq, rs) = h.map(|h| self.header_ops(h, at, &format!("{p}.headers"))).unwrap_or_default();
-            if let Some(dc) = self.destination(d, ns, at, &p) {
+            let (rq, rs) = h.map(|h| self.header_ops(h, at, &format!("{path}[{i}].headers"))).unwrap_or_default();
+            if let Some(dc) = self.destination(d, ns, at, &|| format!("{path}[{i}].destination")) {
                 out.push(WeightedDest { dest: dc, weight: w as u32, request_headers: rq, response_headers: rs });
             }
         }
@@ -411,7 +404,7 @@ impl Builder<'_> {
         let at = &vs.at;
         let mut matches = Vec::new();
         for (j, m) in r.matches.iter().enumerate() {
-            matches.push(self.match_request(m, vs, &format!("{path}.match[{j}]")));
+            matches.push(self.match_request(m, vs, &|| format!("{path}.match[{j}]")));
         }
         let action = match (&r.redirect, r.route.is_empty()) {
             (Some(_), false) => {
@@ -514,7 +507,7 @@ impl Builder<'_> {
                     (None, Some(p)) => self.percent(Some(p as f64), at, format!("{path}.mirrorPercent")),
                     (None, None) => 100.0,
                 };
-                self.destination(m, &vs.namespace, at, &format!("{path}.mirror")).map(|d| (d, pct))
+                self.destination(m, &vs.namespace, at, &|| format!("{path}.mirror")).map(|d| (d, pct))
             }
             None => None,
         };
@@ -536,11 +529,11 @@ impl Builder<'_> {
         })
     }
 
-    fn match_request(&mut self, m: &config::HttpMatchRequest, vs: &Sourced<config::VirtualServiceSpec>, path: &str) -> MatchRequest {
+    fn match_request(&mut self, m: &config::HttpMatchRequest, vs: &Sourced<config::VirtualServiceSpec>, path: &dyn Fn() -> String) -> MatchRequest {
         let at = &vs.at;
         let mut conds = Vec::new();
         if let Some(u) = &m.uri {
-            if let Some(c) = self.string_match(at, u, m.ignore_uri_case, || format!("{path}.uri")) {
+            if let Some(c) = self.string_match(at, u, m.ignore_uri_case, || format!("{}.uri", path())) {
                 conds.push(Cond::Uri(c, m.ignore_uri_case));
             }
         }
@@ -550,7 +543,7 @@ impl Builder<'_> {
             ("authority", &m.authority, Cond::Authority),
         ] {
             if let Some(v) = v {
-                if let Some(c) = self.string_match(at, v, false, || format!("{path}.{field}")) {
+                if let Some(c) = self.string_match(at, v, false, || format!("{}.{field}", path())) {
                     conds.push(mk(c));
                 }
             }
@@ -558,23 +551,23 @@ impl Builder<'_> {
         for (field, map, without) in [("headers", &m.headers, false), ("withoutHeaders", &m.without_headers, true)] {
             for (name, v) in map {
                 let Ok(hn) = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) else {
-                    self.errors.push(at.error(format!("{path}.{field}.{name}"), format!("invalid header name {name:?}")));
+                    self.errors.push(at.error(format!("{}.{field}.{name}", path()), format!("invalid header name {name:?}")));
                     continue;
                 };
-                if let Some(c) = self.string_match(at, v, false, || format!("{path}.{field}.{name}")) {
+                if let Some(c) = self.string_match(at, v, false, || format!("{}.{field}.{name}", path())) {
                     conds.push(if without { Cond::WithoutHeader(hn, c) } else { Cond::Header(hn, c) });
                 }
             }
         }
         for (name, v) in &m.query_params {
-            if let Some(c) = self.string_match(at, v, false, || format!("{path}.queryParams.{name}")) {
+            if let Some(c) = self.string_match(at, v, false, || format!("{}.queryParams.{name}", path())) {
                 conds.push(Cond::Query(name.clone(), c));
             }
         }
         if let Some(p) = m.port {
             match u16::try_from(p) {
                 Ok(p) if p > 0 => conds.push(Cond::Port(p)),
-                _ => self.errors.push(at.error(format!("{path}.port"), format!("{p} is not a port number"))),
+                _ => self.errors.push(at.error(format!("{}.port", path()), format!("{p} is not a port number"))),
             }
         }
         if !m.source_labels.is_empty() {
