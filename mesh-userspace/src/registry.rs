@@ -239,7 +239,7 @@ impl Registry {
 
 /// Splits an Istio host into (service name, namespace).
 pub fn split_host<'a>(host: &'a str, client_ns: &'a str) -> Option<(&'a str, &'a str)> {
-    let host = host.strip_suffix(&format!(".{CLUSTER_DOMAIN}")).map(|h| &host[..h.len()]).unwrap_or(host);
+    let host = host.strip_suffix(CLUSTER_DOMAIN).and_then(|h| h.strip_suffix('.')).unwrap_or(host);
     let host = host.strip_suffix(".svc").unwrap_or(host);
     let mut parts = host.split('.');
     let name = parts.next().filter(|n| !n.is_empty())?;

@@ -11,14 +11,13 @@ use crate::{
     registry::{split_host, Service, CLUSTER_DOMAIN},
 };
 
-type Key = (String, String);
 
 struct Builder<'a> {
     /// (namespace, name) → service: resolving a destination must not scan the registry.
     services: HashMap<(&'a str, &'a str), &'a Arc<Service>>,
     pods_by_label: HashMap<(&'a str, &'a str, &'a str), Vec<&'a Arc<Workload>>>,
     /// namespace → host name → the DestinationRule (nested: looked up by borrowed names).
-    rules: HashMap<String, HashMap<String, &'a Sourced<DestinationRuleSpec>>>,
+    rules: HashMap<&'a str, HashMap<&'a str, &'a Sourced<DestinationRuleSpec>>>,
     /// Keyed by the service's address in the registry (one Arc per service), subset and port:
     /// hashing two names per destination was most of the compile time.
     clusters: HashMap<(usize, Option<String>, u16), Arc<Cluster>>,
@@ -29,7 +28,7 @@ struct Builder<'a> {
 
 /// (name, namespace) of a host as Istio resolves it relative to `ns`; FQDNs outside the cluster
 /// domain and wildcards have none.
-fn service_key(host: &str, ns: &str) -> Option<Key> {
+fn service_key<'h>(host: &'h str, ns: &'h str) -> Option<(&'h str, &'h str)> {
     if host.contains('*') {
         return None;
     }
@@ -38,7 +37,7 @@ fn service_key(host: &str, ns: &str) -> Option<Key> {
     if dots > 1 && !bare.ends_with(".svc") {
         return None; // an external name such as api.example.com
     }
-    split_host(host, ns).map(|(n, s)| (s.to_owned(), n.to_owned()))
+    split_host(host, ns).map(|(n, s)| (s, n))
 }
 
 pub fn compile(config: &config::Config, registry: &Registry) -> Result<RouteTable, config::ConfigErrors> {
@@ -47,7 +46,7 @@ pub fn compile(config: &config::Config, registry: &Registry) -> Result<RouteTabl
     for dr in &config.destination_rules {
         match service_key(&dr.spec.host, &dr.namespace) {
             Some(key) => {
-                if let Some(prev) = b.rules.get(&key.0).and_then(|m| m.get(&key.1)) {
+                if let Some(prev) = b.rules.get(key.0).and_then(|m| m.get(key.1)) {
                     b.warnings.push(format!(
                         "DestinationRules {} and {} both configure host {}; using {} (like Istio, the first one)",
                         prev.key(), dr.key(), dr.spec.host, prev.key()
@@ -94,16 +93,16 @@ pub fn compile(config: &config::Config, registry: &Registry) -> Result<RouteTabl
             for (i, host) in vs.spec.hosts.iter().enumerate() {
                 match service_key(host, &vs.namespace) {
                     Some(key) => {
-                        if !b.services.contains_key(&(key.0.as_str(), key.1.as_str())) {
+                        if !b.services.contains_key(&key) {
                             b.warnings.push(format!("VirtualService {}: host {host:?} is not a service in the registry", vs.key()));
                         }
-                        if let Some(prev) = table.mesh_vs.get(&key.0).and_then(|m| m.get(&key.1)) {
+                        if let Some(prev) = table.mesh_vs.get(key.0).and_then(|m| m.get(key.1)) {
                             b.warnings.push(format!(
                                 "VirtualServices {} and {} both route host {host}; {} applies (first loaded)",
                                 prev.key, compiled.key, prev.key
                             ));
                         } else {
-                            table.mesh_vs.entry(key.0).or_default().insert(key.1, compiled.clone());
+                            table.mesh_vs.entry(key.0.to_owned()).or_default().insert(key.1.to_owned(), compiled.clone());
                         }
                     }
                     None if host.contains('*') => table.mesh_wildcard_vs.push(compiled.clone()),
@@ -230,11 +229,11 @@ impl Builder<'_> {
         let svc = match service_key(&d.host, ns) {
             Some((sns, name)) => self
                 .services
-                .get(&(sns.as_str(), name.as_str()))
+                .get(&(sns, name))
                 .map(|s| (*s).clone())
                 // Unknown to the registry: keep the reference (it may appear later) with no
                 // endpoints, so traffic gets "no healthy upstream" rather than a wrong backend.
-                .unwrap_or_else(|| Arc::new(Service { name, namespace: sns, cluster_ip: None, ports: Vec::new(), selector: Default::default() })),
+                .unwrap_or_else(|| Arc::new(Service { name: name.to_owned(), namespace: sns.to_owned(), cluster_ip: None, ports: Vec::new(), selector: Default::default() })),
             None => {
                 self.warnings.push(format!("{}: {}: host {:?} is outside the cluster; requests get 503", at.file, field(""), d.host));
                 Arc::new(Service { name: d.host.clone(), namespace: ns.to_owned(), cluster_ip: None, ports: Vec::new(), selector: Default::default() })
