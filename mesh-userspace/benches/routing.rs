@@ -34,6 +34,7 @@ fn bench(c: &mut Criterion) {
     let (reg, config) = setup(10_000);
     // iter_with_large_drop: freeing the previous table is not part of compiling it.
     c.bench_function("compile 10k VirtualServices", |b| b.iter_with_large_drop(|| RouteTable::compile(&config, &reg).expect("compile")));
+    c.bench_function("compile 10k services, no VirtualService", |b| b.iter_with_large_drop(|| RouteTable::compile(&Config::empty(), &reg).expect("compile")));
     let table = RouteTable::compile(&config, &reg).expect("compile");
     let svc = reg.services[5_000].clone();
     let method = http::Method::GET;

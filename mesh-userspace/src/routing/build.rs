@@ -239,47 +239,48 @@ impl Builder<'_> {
                 Arc::new(Service { name: d.host.clone(), namespace: ns.to_owned(), cluster_ip: None, ports: Vec::new(), selector: Default::default() })
             }
         };
-        let ports: Vec<u16> = match explicit {
-            Some(p) => vec![p],
-            None if svc.ports.is_empty() => vec![0],
-            None => svc.ports.iter().map(|p| p.port).collect(),
-        };
         let subset_at: (Arc<Locator>, &dyn Fn() -> String) = (at.clone(), &|| field(".subset"));
-        let mut by_port = Vec::new();
-        for p in ports {
-            by_port.push((p, self.cluster(&svc, d.subset.as_deref(), p, &subset_at)?));
+        let mut by_port = Vec::with_capacity(svc.ports.len().max(1));
+        match explicit {
+            Some(p) => by_port.push((p, self.cluster(&svc, d.subset.as_deref(), p, &subset_at)?)),
+            None if svc.ports.is_empty() => by_port.push((0, self.cluster(&svc, d.subset.as_deref(), 0, &subset_at)?)),
+            None => {
+                for p in svc.ports.iter().map(|p| p.port) {
+                    by_port.push((p, self.cluster(&svc, d.subset.as_deref(), p, &subset_at)?));
+                }
+            }
         }
         Some(DestClusters { host: d.host.clone(), subset: d.subset.clone(), by_port, explicit_port: explicit.is_some() })
     }
 
     fn weighted<'d>(
         &mut self,
-        dests: impl Iterator<Item = (&'d config::Destination, Option<i64>, Option<&'d config::Headers>)>,
+        dests: impl ExactSizeIterator<Item = (&'d config::Destination, Option<i64>, Option<&'d config::Headers>)>,
         ns: &str,
         at: &Arc<Locator>,
-        path: &str,
+        path: &dyn Fn() -> String,
     ) -> Vec<WeightedDest> {
-        let dests: Vec<_> = dests.collect();
-        let mut out = Vec::new();
+        let count = dests.len();
+        let mut out = Vec::with_capacity(count);
         let mut sum: i64 = 0;
-        for (i, (d, w, h)) in dests.iter().enumerate() {
+        for (i, (d, w, h)) in dests.enumerate() {
             let w = match w {
-                Some(w) if !(0..=100).contains(w) => {
-                    self.errors.push(at.error(format!("{path}[{i}].weight"), format!("weight {w} is outside 0..100")));
+                Some(w) if !(0..=100).contains(&w) => {
+                    self.errors.push(at.error(format!("{}[{i}].weight", path()), format!("weight {w} is outside 0..100")));
                     0
                 }
-                Some(w) => *w,
-                None if dests.len() == 1 => 100,
+                Some(w) => w,
+                None if count == 1 => 100,
                 None => 0,
             };
             sum += w;
-            let (rq, rs) = h.map(|h| self.header_ops(h, at, &format!("{path}[{i}].headers"))).unwrap_or_default();
-            if let Some(dc) = self.destination(d, ns, at, &|| format!("{path}[{i}].destination")) {
+            let (rq, rs) = h.map(|h| self.header_ops(h, at, &format!("{}[{i}].headers", path()))).unwrap_or_default();
+            if let Some(dc) = self.destination(d, ns, at, &|| format!("{}[{i}].destination", path())) {
                 out.push(WeightedDest { dest: dc, weight: w as u32, request_headers: rq, response_headers: rs });
             }
         }
-        if dests.len() > 1 && sum != 100 {
-            self.errors.push(at.error(format!("{path}[0].weight"), format!("weights of {path} sum to {sum}; they must sum to 100")));
+        if count > 1 && sum != 100 {
+            self.errors.push(at.error(format!("{}[0].weight", path()), format!("weights of {} sum to {sum}; they must sum to 100", path())));
         }
         out
     }
@@ -363,15 +364,14 @@ impl Builder<'_> {
         }
         let mut http = Vec::new();
         for (i, r) in vs.spec.http.iter().enumerate() {
-            let path = format!("spec.http[{i}]");
-            if let Some(rule) = self.http_rule(r, vs, &path) {
+            if let Some(rule) = self.http_rule(r, vs, i) {
                 http.push(rule);
             }
         }
         let mut tcp = Vec::new();
         for (i, r) in vs.spec.tcp.iter().enumerate() {
             let path = format!("spec.tcp[{i}]");
-            let route = self.weighted(r.route.iter().map(|d| (&d.destination, d.weight, None)), &vs.namespace, at, &format!("{path}.route"));
+            let route = self.weighted(r.route.iter().map(|d| (&d.destination, d.weight, None)), &vs.namespace, at, &|| format!("{path}.route"));
             let m = r.matches.first();
             if r.matches.len() > 1 {
                 self.warnings.push(format!("VirtualService {}: {path}: only the first tcp match is used", vs.key()));
@@ -399,15 +399,18 @@ impl Builder<'_> {
         })
     }
 
-    fn http_rule(&mut self, r: &config::HttpRoute, vs: &Sourced<config::VirtualServiceSpec>, path: &str) -> Option<HttpRule> {
+    fn http_rule(&mut self, r: &config::HttpRoute, vs: &Sourced<config::VirtualServiceSpec>, index: usize) -> Option<HttpRule> {
         let at = &vs.at;
+        // The rule's path is only needed for errors; build it once, then.
+        let cell = std::cell::OnceCell::new();
+        let path = || cell.get_or_init(|| format!("spec.http[{index}]")).as_str();
         let mut matches = Vec::new();
         for (j, m) in r.matches.iter().enumerate() {
-            matches.push(self.match_request(m, vs, &|| format!("{path}.match[{j}]")));
+            matches.push(self.match_request(m, vs, &|| format!("{}.match[{j}]", path())));
         }
         let action = match (&r.redirect, r.route.is_empty()) {
             (Some(_), false) => {
-                self.errors.push(at.error(format!("{path}.redirect"), "a rule has either route or redirect, not both"));
+                self.errors.push(at.error(format!("{}.redirect", path()), "a rule has either route or redirect, not both"));
                 return None;
             }
             (Some(rd), true) => Action::Redirect(Redirect {
@@ -419,30 +422,30 @@ impl Builder<'_> {
                     None => 301,
                     Some(c @ (301 | 302 | 303 | 307 | 308)) => c as u16,
                     Some(c) => {
-                        self.errors.push(at.error(format!("{path}.redirect.redirectCode"), format!("{c} is not a redirect status (301, 302, 303, 307, 308)")));
+                        self.errors.push(at.error(format!("{}.redirect.redirectCode", path()), format!("{c} is not a redirect status (301, 302, 303, 307, 308)")));
                         301
                     }
                 },
             }),
             (None, true) if r.direct_response.is_some() => {
-                self.errors.push(at.error(format!("{path}.directResponse"), "directResponse is not supported yet"));
+                self.errors.push(at.error(format!("{}.directResponse", path()), "directResponse is not supported yet"));
                 return None;
             }
             (None, true) => {
-                self.errors.push(at.error(path.to_owned(), "a rule needs a route (or a redirect)"));
+                self.errors.push(at.error(path().to_owned(), "a rule needs a route (or a redirect)"));
                 return None;
             }
             (None, false) => Action::Route(self.weighted(
                 r.route.iter().map(|d| (&d.destination, d.weight, d.headers.as_ref())),
                 &vs.namespace,
                 at,
-                &format!("{path}.route"),
+                &|| format!("{}.route", path()),
             )),
         };
         let mut fault = FaultSpec::default();
         if let Some(f) = &r.fault {
             if let Some(d) = &f.delay {
-                let fp = format!("{path}.fault.delay");
+                let fp = format!("{}.fault.delay", path());
                 let pct = match (&d.percentage, d.percent) {
                     (Some(p), _) => self.percent(Some(p.value), at, format!("{fp}.percentage.value")),
                     (None, Some(p)) => self.percent(Some(p as f64), at, format!("{fp}.percent")),
@@ -461,7 +464,7 @@ impl Builder<'_> {
                 }
             }
             if let Some(a) = &f.abort {
-                let fp = format!("{path}.fault.abort");
+                let fp = format!("{}.fault.abort", path());
                 let pct = match &a.percentage {
                     Some(p) => self.percent(Some(p.value), at, format!("{fp}.percentage.value")),
                     None => {
@@ -477,41 +480,41 @@ impl Builder<'_> {
                 }
             }
         }
-        let timeout = self.duration(&r.timeout, at, || format!("{path}.timeout"));
+        let timeout = self.duration(&r.timeout, at, || format!("{}.timeout", path()));
         let retries = match &r.retries {
             None => self.default_retries.clone(),
             Some(rt) => {
                 if rt.attempts < 0 {
-                    self.errors.push(at.error(format!("{path}.retries.attempts"), "attempts must be >= 0"));
+                    self.errors.push(at.error(format!("{}.retries.attempts", path()), "attempts must be >= 0"));
                 }
                 let retry_on = match RetryOn::parse(rt.retry_on.as_deref().unwrap_or(ISTIO_DEFAULT_RETRY_ON)) {
                     Ok(r) => r,
                     Err(e) => {
-                        self.errors.push(at.error(format!("{path}.retries.retryOn"), e));
+                        self.errors.push(at.error(format!("{}.retries.retryOn", path()), e));
                         RetryOn::default()
                     }
                 };
                 Arc::new(RetryPolicy {
                     attempts: rt.attempts.max(0) as u32,
-                    per_try_timeout: self.duration(&rt.per_try_timeout, at, || format!("{path}.retries.perTryTimeout")),
+                    per_try_timeout: self.duration(&rt.per_try_timeout, at, || format!("{}.retries.perTryTimeout", path())),
                     retry_on,
                 })
             }
         };
-        let (request_headers, response_headers) = r.headers.as_ref().map(|h| self.header_ops(h, at, &format!("{path}.headers"))).unwrap_or_default();
+        let (request_headers, response_headers) = r.headers.as_ref().map(|h| self.header_ops(h, at, &format!("{}.headers", path()))).unwrap_or_default();
         let mirror = match &r.mirror {
             Some(m) => {
                 let pct = match (&r.mirror_percentage, r.mirror_percent) {
-                    (Some(p), _) => self.percent(Some(p.value), at, format!("{path}.mirrorPercentage.value")),
-                    (None, Some(p)) => self.percent(Some(p as f64), at, format!("{path}.mirrorPercent")),
+                    (Some(p), _) => self.percent(Some(p.value), at, format!("{}.mirrorPercentage.value", path())),
+                    (None, Some(p)) => self.percent(Some(p as f64), at, format!("{}.mirrorPercent", path())),
                     (None, None) => 100.0,
                 };
-                self.destination(m, &vs.namespace, at, &|| format!("{path}.mirror")).map(|d| (d, pct))
+                self.destination(m, &vs.namespace, at, &|| format!("{}.mirror", path())).map(|d| (d, pct))
             }
             None => None,
         };
         if r.cors_policy.is_some() {
-            self.warnings.push(format!("VirtualService {}: {path}.corsPolicy is not enforced by the node proxy", vs.key()));
+            self.warnings.push(format!("VirtualService {}: {}.corsPolicy is not enforced by the node proxy", vs.key(), path()));
         }
         Some(HttpRule {
             name: r.name.clone(),
@@ -549,7 +552,7 @@ impl Builder<'_> {
         }
         for (field, map, without) in [("headers", &m.headers, false), ("withoutHeaders", &m.without_headers, true)] {
             for (name, v) in map {
-                let Ok(hn) = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) else {
+                let Ok(hn) = HeaderName::from_bytes(name.as_bytes()) else {
                     self.errors.push(at.error(format!("{}.{field}.{name}", path()), format!("invalid header name {name:?}")));
                     continue;
                 };
