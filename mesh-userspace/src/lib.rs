@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod cli_routing;
 pub mod config;
+pub mod discovery;
 pub mod ebpf;
 pub mod inpod;
 pub mod metrics;

@@ -2,7 +2,7 @@
 //! back them. It is plain state, built either from Kubernetes YAML files (standalone mode) or from
 //! the API server; the routing engine only ever sees this type, so it cannot tell the difference.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     path::{Path, PathBuf},
     sync::Arc,
@@ -73,6 +73,11 @@ pub struct Service {
     pub cluster_ip: Option<Ipv4Addr>,
     pub ports: Vec<ServicePort>,
     pub selector: BTreeMap<String, String>,
+    /// The addresses Kubernetes' EndpointSlices mark ready for this service (Kubernetes mode):
+    /// a selected pod outside this set (starting, failing its readiness probe, terminating) is
+    /// not an endpoint, exactly as for kube-proxy. `None` in standalone mode: every selected
+    /// pod with an IP is an endpoint.
+    pub ready_ips: Option<BTreeSet<Ipv4Addr>>,
 }
 
 impl Service {
@@ -174,6 +179,9 @@ pub fn endpoints_among<'a>(candidates: impl Iterator<Item = &'a Arc<Workload>>, 
             .filter(|w| w.namespace == service.namespace && w.matches(&service.selector))
             .filter_map(|w| {
                 let ip = w.ip?;
+                if service.ready_ips.as_ref().is_some_and(|ready| !ready.contains(&ip)) {
+                    return None;
+                }
                 let target = match &sp.target_port {
                     TargetPort::Number(n) => *n,
                     TargetPort::Name(name) => {
@@ -352,6 +360,7 @@ mod k8s {
                 cluster_ip,
                 ports,
                 selector: self.spec.selector,
+                ready_ips: None,
             })
         }
     }

@@ -84,6 +84,7 @@ async fn setup(fail_v1: usize) -> (Registry, Arc<Service>, Arc<Workload>, Arc<At
         namespace: "default".into(),
         cluster_ip: Some(Ipv4Addr::new(10, 96, 0, 12)),
         ports: vec![ServicePort { name: Some("http".into()), port: 9080, target_port: TargetPort::Name("http".into()), node_port: None, protocol: AppProtocol::Http }],
+        ready_ips: None,
         selector: [("app".to_string(), "reviews".to_string())].into_iter().collect(),
     });
     let client = workload("productpage-v1", &[("app", "productpage"), ("version", "v1")], 9080);

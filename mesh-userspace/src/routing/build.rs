@@ -233,10 +233,10 @@ impl Builder<'_> {
                 .map(|s| (*s).clone())
                 // Unknown to the registry: keep the reference (it may appear later) with no
                 // endpoints, so traffic gets "no healthy upstream" rather than a wrong backend.
-                .unwrap_or_else(|| Arc::new(Service { name: name.to_owned(), namespace: sns.to_owned(), cluster_ip: None, ports: Vec::new(), selector: Default::default() })),
+                .unwrap_or_else(|| Arc::new(Service { name: name.to_owned(), namespace: sns.to_owned(), cluster_ip: None, ports: Vec::new(), selector: Default::default(), ready_ips: None })),
             None => {
                 self.warnings.push(format!("{}: {}: host {:?} is outside the cluster; requests get 503", at.file, field(""), d.host));
-                Arc::new(Service { name: d.host.clone(), namespace: ns.to_owned(), cluster_ip: None, ports: Vec::new(), selector: Default::default() })
+                Arc::new(Service { name: d.host.clone(), namespace: ns.to_owned(), cluster_ip: None, ports: Vec::new(), selector: Default::default(), ready_ips: None })
             }
         };
         let subset_at: (Arc<Locator>, &dyn Fn() -> String) = (at.clone(), &|| field(".subset"));

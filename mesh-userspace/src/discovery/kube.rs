@@ -1,0 +1,420 @@
+//! Discovery from the Kubernetes API server: Services, EndpointSlices, Pods and Namespaces are
+//! watched (kube-rs watchers: list, then watch from the list's resourceVersion, bookmarks, and a
+//! fresh list after `410 Gone`), kept as slim copies, and turned into the same [`Registry`] the
+//! standalone YAML mode builds — the routing engine cannot tell the two apart.
+//!
+//! The turning-into is [`build_registry`], a pure function of the watched state and the node
+//! name; the only IO after it is locating this node's enrolled pods' cgroups and netns.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Debug,
+    net::Ipv4Addr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures_util::StreamExt as _;
+use k8s_openapi::{
+    api::{
+        core::v1::{Namespace, Pod, Service as K8sService},
+        discovery::v1::EndpointSlice,
+    },
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+use kube::{
+    runtime::{watcher, WatchStreamExt as _},
+    Api, Client, Resource, ResourceExt as _,
+};
+use serde::de::DeserializeOwned;
+use tokio::sync::{watch, Notify};
+
+use super::sandbox::{LocateError, PodLocator};
+use crate::registry::{
+    AppProtocol, ContainerPort, Registry, Service, ServicePort, TargetPort, Workload, ANNOTATION_ENROLL,
+};
+
+/// Namespace label that enrolls every pod of the namespace (`enabled`) or keeps it out even
+/// when `istio-injection=enabled` is also set (`disabled`).
+pub const LABEL_MESH_INJECTION: &str = "mesh-injection";
+/// Istio's label, honoured so a namespace already set up for Istio joins the mesh unchanged.
+pub const LABEL_ISTIO_INJECTION: &str = "istio-injection";
+/// Istio's per-pod opt-out (label in current Istio, annotation in older releases).
+pub const ISTIO_INJECT: &str = "sidecar.istio.io/inject";
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+type Key = (String, String);
+
+/// One resource kind's objects, with a resync buffer: a re-list (first start, `410 Gone`)
+/// replaces the whole set at once when it completes, so objects deleted while the watch was
+/// down disappear and nothing is half-listed.
+#[derive(Debug)]
+pub struct Store<T> {
+    live: BTreeMap<Key, Arc<T>>,
+    resync: Option<BTreeMap<Key, Arc<T>>>,
+    synced: bool,
+}
+
+impl<T> Default for Store<T> {
+    fn default() -> Self {
+        Store { live: BTreeMap::new(), resync: None, synced: false }
+    }
+}
+
+impl<T> Clone for Store<T> {
+    fn clone(&self) -> Self {
+        Store { live: self.live.clone(), resync: None, synced: self.synced }
+    }
+}
+
+impl<T> Store<T> {
+    pub fn values(&self) -> impl Iterator<Item = &Arc<T>> {
+        self.live.values()
+    }
+
+    fn get(&self, key: &Key) -> Option<&Arc<T>> {
+        self.live.get(key)
+    }
+
+    /// Test and fixture helper: puts an object in the live set directly.
+    pub fn insert(&mut self, key: (&str, &str), value: T) {
+        self.live.insert((key.0.to_owned(), key.1.to_owned()), Arc::new(value));
+    }
+}
+
+/// A Pod as the mesh needs it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PodInfo {
+    pub uid: String,
+    pub node: Option<String>,
+    pub qos_class: Option<String>,
+    pub host_network: bool,
+    /// Per-pod opt-out (`mesh/enroll: "false"` or `sidecar.istio.io/inject: "false"`).
+    pub opted_out: bool,
+    pub workload: Workload,
+}
+
+/// The ready addresses of one EndpointSlice.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SliceInfo {
+    pub service: String,
+    pub ready: Vec<Ipv4Addr>,
+}
+
+/// A Namespace's enrollment decision from its labels.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NamespaceInfo {
+    pub enrolled: bool,
+}
+
+/// Everything watched, as slim copies.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterState {
+    pub services: Store<Service>,
+    pub slices: Store<SliceInfo>,
+    pub pods: Store<PodInfo>,
+    pub namespaces: Store<NamespaceInfo>,
+}
+
+impl ClusterState {
+    /// Every watcher has completed its first list: before that a registry would be missing
+    /// objects and routing would answer 503 for services that exist.
+    pub fn synced(&self) -> bool {
+        self.services.synced && self.slices.synced && self.pods.synced && self.namespaces.synced
+    }
+}
+
+/// A pod of this node that should be enrolled, waiting for its sandbox to be located.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalPod {
+    pub index: usize,
+    pub uid: String,
+    pub qos_class: Option<String>,
+}
+
+/// The registry the cluster state describes, as seen from `node`: all services (with the
+/// EndpointSlices' ready addresses) and all running pods, and the pods of this node that the
+/// mesh should enroll (their sandbox paths are filled in by [`attach_sandboxes`]).
+pub fn build_registry(state: &ClusterState, node: &str) -> (Registry, Vec<LocalPod>) {
+    let mut ready: BTreeMap<(&str, &str), BTreeSet<Ipv4Addr>> = BTreeMap::new();
+    for ((ns, _), slice) in &state.slices.live {
+        ready.entry((ns.as_str(), slice.service.as_str())).or_default().extend(slice.ready.iter().copied());
+    }
+    let services = state
+        .services
+        .values()
+        .map(|orig| {
+            let mut s = Service::clone(orig);
+            s.ready_ips = Some(ready.remove(&(orig.namespace.as_str(), orig.name.as_str())).unwrap_or_default());
+            Arc::new(s)
+        })
+        .collect();
+    let mut workloads = Vec::new();
+    let mut local = Vec::new();
+    for pod in state.pods.values() {
+        let ns_enrolled = state.namespaces.get(&(String::new(), pod.workload.namespace.clone())).is_some_and(|n| n.enrolled);
+        let mut w = pod.workload.clone();
+        w.enroll = ns_enrolled && !pod.opted_out && !pod.host_network;
+        if w.enroll && w.ip.is_some() && pod.node.as_deref() == Some(node) {
+            local.push(LocalPod { index: workloads.len(), uid: pod.uid.clone(), qos_class: pod.qos_class.clone() });
+        }
+        workloads.push(Arc::new(w));
+    }
+    (Registry { services, workloads }, local)
+}
+
+/// Fills in the cgroup and netns of this node's pods to enroll; returns those that could not be
+/// located yet (sandbox still starting), to retry.
+pub fn attach_sandboxes(registry: &mut Registry, local: &[LocalPod], locator: &dyn PodLocator) -> Vec<(String, LocateError)> {
+    let mut pending = Vec::new();
+    for pod in local {
+        let Some(w) = registry.workloads.get_mut(pod.index) else { continue };
+        match locator.locate(&pod.uid, pod.qos_class.as_deref()) {
+            Ok(sandbox) => {
+                let w = Arc::make_mut(w);
+                w.cgroup = Some(sandbox.cgroup);
+                w.netns = Some(sandbox.netns);
+            }
+            Err(e) => pending.push((format!("{}/{}", w.namespace, w.name), e)),
+        }
+    }
+    pending
+}
+
+// ---- conversions from the API objects (nothing here trusts a field to be present) ----
+
+pub fn namespace_info(ns: &Namespace) -> NamespaceInfo {
+    let labels = ns.metadata.labels.as_ref();
+    let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+    let enrolled = match label(LABEL_MESH_INJECTION) {
+        Some("enabled") => true,
+        Some("disabled") => false,
+        _ => label(LABEL_ISTIO_INJECTION) == Some("enabled"),
+    };
+    NamespaceInfo { enrolled }
+}
+
+pub fn service_info(svc: &K8sService) -> Option<Service> {
+    let spec = svc.spec.as_ref()?;
+    // ExternalName services have no VIP and no endpoints: nothing for the mesh to capture.
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return None;
+    }
+    let name = svc.metadata.name.clone()?;
+    let cluster_ip = spec.cluster_ip.as_deref().and_then(|ip| ip.parse::<Ipv4Addr>().ok());
+    let ports = spec
+        .ports
+        .iter()
+        .flatten()
+        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+        .filter_map(|p| {
+            let port = u16::try_from(p.port).ok()?;
+            let target_port = match &p.target_port {
+                None => TargetPort::Number(port),
+                Some(IntOrString::Int(n)) => TargetPort::Number(u16::try_from(*n).ok()?),
+                Some(IntOrString::String(s)) => match s.parse::<u16>() {
+                    Ok(n) => TargetPort::Number(n),
+                    Err(_) => TargetPort::Name(s.clone()),
+                },
+            };
+            Some(ServicePort {
+                protocol: AppProtocol::from_port(p.name.as_deref(), p.app_protocol.as_deref()),
+                name: p.name.clone(),
+                port,
+                target_port,
+                node_port: p.node_port.and_then(|n| u16::try_from(n).ok()),
+            })
+        })
+        .collect();
+    Some(Service {
+        name,
+        namespace: svc.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+        cluster_ip,
+        ports,
+        selector: spec.selector.clone().unwrap_or_default(),
+        ready_ips: None,
+    })
+}
+
+pub fn slice_info(slice: &EndpointSlice) -> Option<SliceInfo> {
+    let service = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?.clone();
+    if slice.address_type != "IPv4" {
+        return None;
+    }
+    let ready = slice
+        .endpoints
+        .iter()
+        .flatten()
+        // Kubernetes: a missing `ready` condition means ready.
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
+        .flat_map(|e| e.addresses.iter())
+        .filter_map(|a| a.parse::<Ipv4Addr>().ok())
+        .collect();
+    Some(SliceInfo { service, ready })
+}
+
+pub fn pod_info(pod: &Pod) -> Option<PodInfo> {
+    let status = pod.status.as_ref();
+    // Finished pods keep their object (and sometimes their IP, reused by a new pod): not workloads.
+    if matches!(status.and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")) {
+        return None;
+    }
+    let meta = &pod.metadata;
+    let spec = pod.spec.as_ref();
+    let annotations = meta.annotations.as_ref();
+    let labels = meta.labels.clone().unwrap_or_default();
+    let is_false = |v: Option<&String>| v.is_some_and(|v| v.eq_ignore_ascii_case("false"));
+    let opted_out = is_false(annotations.and_then(|a| a.get(ANNOTATION_ENROLL)))
+        || is_false(annotations.and_then(|a| a.get(ISTIO_INJECT)))
+        || is_false(labels.get(ISTIO_INJECT));
+    let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
+    let container_ports = spec
+        .map(|s| s.containers.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| Some(ContainerPort { name: p.name.clone(), port: u16::try_from(p.container_port).ok()? }))
+        .collect();
+    // A hostNetwork pod's IP is the node's: it is never an endpoint the mesh should dial as a pod.
+    let ip = if host_network { None } else { status.and_then(|s| s.pod_ip.as_deref()).and_then(|ip| ip.parse().ok()) };
+    Some(PodInfo {
+        uid: meta.uid.clone()?,
+        node: spec.and_then(|s| s.node_name.clone()),
+        qos_class: status.and_then(|s| s.qos_class.clone()),
+        host_network,
+        opted_out,
+        workload: Workload {
+            name: meta.name.clone()?,
+            namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
+            labels,
+            ip,
+            container_ports,
+            netns: None,
+            cgroup: None,
+            enroll: false,
+        },
+    })
+}
+
+// ---- the watchers ----
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<ClusterState>,
+    changed: Notify,
+}
+
+impl Shared {
+    fn with<R>(&self, f: impl FnOnce(&mut ClusterState) -> R) -> R {
+        // A panic while holding the lock cannot leave a Store half-updated in a way that matters
+        // more than stopping discovery would: keep going with the data.
+        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+}
+
+/// Options of the Kubernetes discovery.
+#[derive(Clone)]
+pub struct KubeOptions {
+    /// This node's name (the DaemonSet passes `spec.nodeName` as `NODE_NAME`).
+    pub node: String,
+    /// How often pods of this node whose sandbox was not found yet are looked for again.
+    pub retry: Duration,
+}
+
+/// Starts the watchers; the receiver sees `None` until every kind has been listed once, then
+/// each distinct registry. Runs until the client's runtime stops.
+pub fn spawn(client: Client, options: KubeOptions, locator: Arc<dyn PodLocator>) -> watch::Receiver<Option<Arc<Registry>>> {
+    let shared = Arc::new(Shared::default());
+    tokio::spawn(watch_kind(Api::<K8sService>::all(client.clone()), shared.clone(), |s| &mut s.services, |o| service_info(o)));
+    tokio::spawn(watch_kind(Api::<EndpointSlice>::all(client.clone()), shared.clone(), |s| &mut s.slices, |o| slice_info(o)));
+    tokio::spawn(watch_kind(Api::<Pod>::all(client.clone()), shared.clone(), |s| &mut s.pods, |o| pod_info(o)));
+    tokio::spawn(watch_kind(Api::<Namespace>::all(client), shared.clone(), |s| &mut s.namespaces, |o| Some(namespace_info(o))));
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(publish(shared, options, locator, tx));
+    rx
+}
+
+async fn watch_kind<K, T>(
+    api: Api<K>,
+    shared: Arc<Shared>,
+    slot: fn(&mut ClusterState) -> &mut Store<T>,
+    convert: fn(&K) -> Option<T>,
+) where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    let kind = K::kind(&());
+    let key = |o: &K| (o.namespace().unwrap_or_default(), o.name_any());
+    let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
+    while let Some(event) = events.next().await {
+        let changed = match event {
+            Ok(watcher::Event::Init) => shared.with(|s| {
+                slot(s).resync = Some(BTreeMap::new());
+                false
+            }),
+            Ok(watcher::Event::InitApply(o)) => shared.with(|s| {
+                let store = slot(s);
+                if let (Some(buf), Some(v)) = (store.resync.as_mut(), convert(&o)) {
+                    buf.insert(key(&o), Arc::new(v));
+                }
+                false
+            }),
+            Ok(watcher::Event::InitDone) => shared.with(|s| {
+                let store = slot(s);
+                store.live = store.resync.take().unwrap_or_default();
+                store.synced = true;
+                tracing::info!(%kind, objects = store.live.len(), "listed");
+                true
+            }),
+            Ok(watcher::Event::Apply(o)) => shared.with(|s| {
+                let store = slot(s);
+                match convert(&o) {
+                    Some(v) => store.live.insert(key(&o), Arc::new(v)),
+                    // An object that stopped being relevant (a pod that finished) is a deletion.
+                    None => store.live.remove(&key(&o)),
+                };
+                true
+            }),
+            Ok(watcher::Event::Delete(o)) => shared.with(|s| slot(s).live.remove(&key(&o)).is_some()),
+            Err(e) => {
+                // The watcher retries with backoff and re-lists after 410 Gone by itself; the
+                // last known objects stay in use meanwhile.
+                tracing::warn!(%kind, error = %e, "Kubernetes watch error; retrying");
+                false
+            }
+        };
+        if changed {
+            shared.changed.notify_one();
+        }
+    }
+}
+
+async fn publish(shared: Arc<Shared>, options: KubeOptions, locator: Arc<dyn PodLocator>, tx: watch::Sender<Option<Arc<Registry>>>) {
+    let mut last_pending: Vec<(String, LocateError)> = Vec::new();
+    loop {
+        if last_pending.is_empty() {
+            shared.changed.notified().await;
+        } else {
+            tokio::select! {
+                _ = shared.changed.notified() => {}
+                _ = tokio::time::sleep(options.retry) => {}
+            }
+        }
+        let snapshot = shared.with(|s| s.synced().then(|| s.clone()));
+        let Some(snapshot) = snapshot else { continue };
+        let (mut registry, local) = build_registry(&snapshot, &options.node);
+        let pending = attach_sandboxes(&mut registry, &local, locator.as_ref());
+        for (pod, why) in &pending {
+            if !last_pending.iter().any(|(p, w)| p == pod && w == why) {
+                tracing::info!(%pod, reason = %why, "pod not enrolled yet; will retry");
+            }
+        }
+        last_pending = pending;
+        let unchanged = tx.borrow().as_deref() == Some(&registry);
+        if !unchanged && tx.send(Some(Arc::new(registry))).is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
