@@ -6,8 +6,12 @@ use std::{
     collections::HashMap,
     convert::Infallible,
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    path::PathBuf,
-    sync::Arc,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result};
@@ -15,22 +19,38 @@ use clap::Args;
 use http::{Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_common::{Enrollment, ServiceKey, ServiceValue, PROXY_OUTBOUND_PORT};
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 use crate::{
     config::Config,
+    discovery::{self, kube::KubeOptions, sandbox::KubeletLayout},
     ebpf::{self, MeshEbpf},
     inpod,
     proxy::{self, http::full, ProxyState},
-    registry::Registry,
+    registry::{Registry, Service, Workload},
     routing::RouteTable,
 };
 
 #[derive(Args, Debug, Clone)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["registry", "kubernetes"])))]
 pub struct AgentArgs {
     /// Kubernetes YAML with the node's Services and Pods (standalone mode). Repeatable.
-    #[arg(long, required = true)]
+    #[arg(long)]
     pub registry: Vec<PathBuf>,
+    /// Discover Services, EndpointSlices, Pods and Namespaces from the Kubernetes API server
+    /// (in-cluster service account, or $KUBECONFIG / ~/.kube/config) and enroll this node's pods
+    /// in namespaces labelled mesh-injection=enabled or istio-injection=enabled.
+    #[arg(long, conflicts_with = "registry")]
+    pub kubernetes: bool,
+    /// This node's name, to pick its pods (the DaemonSet sets NODE_NAME from spec.nodeName).
+    #[arg(long, env = "NODE_NAME", required_if_eq("kubernetes", "true"))]
+    pub node_name: Option<String>,
+    /// The cgroup v2 hierarchy holding the kubelet's pod cgroups (default: --cgroup-root).
+    #[arg(long)]
+    pub kubelet_cgroup_root: Option<PathBuf>,
+    /// The host's /proc (pods' network namespaces are found as /proc/<pid>/ns/net; needs hostPID).
+    #[arg(long, default_value = "/proc")]
+    pub proc_root: PathBuf,
     /// Directory of Istio routing YAML (a mounted ConfigMap); watched and hot reloaded.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -48,99 +68,291 @@ pub struct AgentArgs {
     pub ingress_bind: IpAddr,
 }
 
+/// How often enrollments that failed (a pod's netns vanished between discovery and setns, say)
+/// are tried again.
+const ENROLL_RETRY: Duration = Duration::from_millis(250);
+
 pub async fn run(args: AgentArgs) -> Result<()> {
-    let registry = Registry::from_yaml_files(&args.registry)?;
-    let routes = initial_routes(&args, &registry);
     let object = ebpf::find_object(args.ebpf_object.as_deref())?;
     let bpf = Arc::new(MeshEbpf::load_and_attach(&object, &args.cgroup_root)?);
-    let state = ProxyState::new(registry.clone(), routes, bpf.clone());
+    let mut registries = registry_source(&args).await?;
+    let mut config = initial_config(&args);
+    let state = ProxyState::new(Registry::default(), RouteTable::kubernetes_only(&Registry::default()), bpf.clone());
+    let ready = Arc::new(AtomicBool::new(false));
 
-    let mut enrolled = Vec::new();
-    for (index, workload) in registry.workloads.iter().enumerate() {
-        let (Some(netns), Some(cgroup)) = (&workload.netns, &workload.cgroup) else {
-            tracing::debug!(pod = %workload.name, "no netns/cgroup annotation: not on this node");
-            continue;
-        };
-        if !workload.enroll {
-            tracing::info!(pod = %workload.name, "opted out of the mesh");
-            continue;
-        }
-        let listener = inpod::listen_in_netns(netns, SocketAddr::from((Ipv4Addr::LOCALHOST, PROXY_OUTBOUND_PORT)))?;
-        let cookie = ebpf::netns_cookie_of(&listener).context("reading the pod netns cookie (needs Linux >= 5.14)")?;
-        let listener = TcpListener::from_std(listener)?;
-        tokio::spawn(proxy::serve_pod_listener(state.clone(), workload.clone(), listener, cookie));
-        let id = ebpf::cgroup_id(cgroup).with_context(|| format!("pod {}: cgroup {}", workload.name, cgroup.display()))?;
-        bpf.enroll(id, Enrollment { workload_id: index as u32, proxy_port: PROXY_OUTBOUND_PORT, _pad: 0 })?;
-        tracing::info!(pod = %workload.name, cgroup_id = id, netns = %netns.display(), "pod enrolled");
-        enrolled.push(id);
+    // Probes answer from the start: live as soon as the programs are attached, ready once the
+    // node has been reconciled to a complete registry.
+    let admin = TcpListener::bind(args.admin).await.with_context(|| format!("admin address {}", args.admin))?;
+    tokio::spawn(serve_admin(state.clone(), bpf.clone(), ready.clone(), admin));
+
+    let mut updates = match args.config.clone() {
+        Some(dir) => Some(crate::config::watch::spawn_watcher(dir)?),
+        None => None,
+    };
+    let mut node = NodeReconciler::new(state.clone(), bpf.clone(), args.ingress_bind);
+    let initial = registries.borrow_and_update().clone();
+    if let Some(registry) = initial {
+        node.apply_registry(registry, config.as_ref()).await;
+        ready.store(true, Ordering::Relaxed);
+    } else {
+        tracing::info!("waiting for the first complete list of Services, EndpointSlices, Pods and Namespaces");
     }
-    bpf.sync_services(&service_map(&registry))?;
-
-    for service in &registry.services {
-        for port in &service.ports {
-            let Some(node_port) = port.node_port else { continue };
-            let addr = SocketAddr::new(args.ingress_bind, node_port);
-            let l = TcpListener::bind(addr).await.with_context(|| format!("NodePort {addr} for {}", service.name))?;
-            tracing::info!(service = %service.name, %addr, "NodePort listening");
-            tokio::spawn(proxy::serve_nodeport(state.clone(), l, service.clone(), port.port));
-        }
-    }
-    let mut gateways = GatewayListeners { bind: args.ingress_bind, running: HashMap::new() };
-    gateways.reconcile(&state).await;
-
-    if let Some(dir) = args.config.clone() {
-        let mut updates = crate::config::watch::spawn_watcher(dir.clone())?;
-        let state = state.clone();
-        tokio::spawn(async move {
-            while let Some(update) = updates.recv().await {
-                if apply_config(&state, update) {
-                    gateways.reconcile(&state).await;
+    let mut registry_open = true;
+    let mut retry = tokio::time::interval(ENROLL_RETRY);
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            changed = registries.changed(), if registry_open => {
+                if changed.is_err() {
+                    // Standalone mode: the one registry has been applied; nothing more will come.
+                    registry_open = false;
+                    continue;
+                }
+                let registry = registries.borrow_and_update().clone();
+                if let Some(registry) = registry {
+                    node.apply_registry(registry, config.as_ref()).await;
+                    ready.store(true, Ordering::Relaxed);
                 }
             }
-        });
+            Some(update) = async { match updates.as_mut() { Some(u) => u.recv().await, None => std::future::pending().await } } => {
+                if let Some(applied) = node.apply_config(update).await {
+                    config = Some(applied);
+                }
+            }
+            _ = retry.tick(), if node.has_failed_enrollments() => node.reconcile_enrollment(),
+            _ = &mut shutdown => break,
+        }
     }
-
-    let admin = TcpListener::bind(args.admin).await.with_context(|| format!("admin address {}", args.admin))?;
-    tokio::spawn(serve_admin(state.clone(), bpf.clone(), admin));
-    tracing::info!(admin = %args.admin, pods = enrolled.len(), services = registry.services.len(), "mesh agent ready");
-
-    shutdown_signal().await;
     tracing::info!("shutting down: unenrolling pods and detaching eBPF programs");
-    for id in enrolled {
-        let _ = bpf.unenroll(id);
-    }
+    node.unenroll_all();
+    drop(node);
     drop(state);
     // The proxy tasks hold clones of the Arc; the programs are detached when the last goes,
     // which is at the latest when the runtime is dropped as the process returns from main.
     Ok(())
 }
 
-fn initial_routes(args: &AgentArgs, registry: &Registry) -> RouteTable {
-    let Some(dir) = &args.config else { return RouteTable::kubernetes_only(registry) };
-    match Config::load_dir(dir).and_then(|c| RouteTable::compile(&c, registry)) {
-        Ok(t) => t,
+/// The registry snapshots the node is reconciled to: the YAML files once, or the API server's
+/// view as it changes.
+async fn registry_source(args: &AgentArgs) -> Result<watch::Receiver<Option<Arc<Registry>>>> {
+    if !args.kubernetes {
+        let registry = Registry::from_yaml_files(&args.registry)?;
+        let (_tx, rx) = watch::channel(Some(Arc::new(registry)));
+        return Ok(rx);
+    }
+    let node = args.node_name.clone().context("--node-name (or NODE_NAME) is required with --kubernetes")?;
+    let client = kube::Client::try_default().await.context(
+        "cannot build a Kubernetes client: run in a pod with a service account, or set KUBECONFIG",
+    )?;
+    let layout = KubeletLayout {
+        cgroup_root: args.kubelet_cgroup_root.clone().unwrap_or_else(|| args.cgroup_root.clone()),
+        proc_root: args.proc_root.clone(),
+    };
+    tracing::info!(%node, kubelet_cgroup_root = %layout.cgroup_root.display(), "discovering from the Kubernetes API server");
+    let options = KubeOptions { node, retry: Duration::from_millis(250) };
+    Ok(discovery::kube::spawn(client, options, Arc::new(layout)))
+}
+
+fn initial_config(args: &AgentArgs) -> Option<Config> {
+    let dir = args.config.as_ref()?;
+    match Config::load_dir(dir) {
+        Ok(c) => Some(c),
         Err(errors) => {
             // No last good config exists yet: serve plain Kubernetes routing rather than nothing.
             tracing::error!(dir = %dir.display(), "routing config rejected at start, serving plain Kubernetes routing:\n{errors}");
-            RouteTable::kubernetes_only(registry)
+            None
         }
     }
 }
 
-/// Compiles and swaps in a new config; returns whether it was applied.
-fn apply_config(state: &ProxyState, update: Result<Config, crate::config::ConfigErrors>) -> bool {
-    let compiled = update.and_then(|c| RouteTable::compile(&c, &state.registry.load()));
-    match compiled {
-        Ok(table) => {
-            state.routes.store(Arc::new(table));
-            state.metrics.inc("mesh_config_reloads_total", &[("result", "applied")]);
-            tracing::info!("routing config reloaded");
-            true
+/// A pod this agent has enrolled: its listener task and the map entry to remove.
+struct EnrolledPod {
+    netns: PathBuf,
+    cgroup: PathBuf,
+    cgroup_id: u64,
+    listener: JoinHandle<()>,
+}
+
+/// Makes the node match a registry and a routing config: routes compiled, service VIPs in the
+/// kernel, this node's pods enrolled (and no others), NodePort and Gateway listeners open.
+struct NodeReconciler {
+    state: Arc<ProxyState>,
+    bpf: Arc<MeshEbpf>,
+    enrolled: HashMap<(String, String), EnrolledPod>,
+    failed: usize,
+    next_workload_id: u32,
+    nodeports: HashMap<u16, (Arc<Service>, u16, JoinHandle<()>)>,
+    gateways: GatewayListeners,
+}
+
+impl NodeReconciler {
+    fn new(state: Arc<ProxyState>, bpf: Arc<MeshEbpf>, ingress_bind: IpAddr) -> Self {
+        NodeReconciler {
+            state,
+            bpf,
+            enrolled: HashMap::new(),
+            failed: 0,
+            next_workload_id: 0,
+            nodeports: HashMap::new(),
+            gateways: GatewayListeners { bind: ingress_bind, running: HashMap::new() },
         }
-        Err(errors) => {
-            state.metrics.inc("mesh_config_reloads_total", &[("result", "rejected")]);
-            tracing::error!("routing config rejected, the previous config stays live:\n{errors}");
-            false
+    }
+
+    async fn apply_registry(&mut self, registry: Arc<Registry>, config: Option<&Config>) {
+        let table = match config {
+            None => Ok(RouteTable::kubernetes_only(&registry)),
+            Some(c) => RouteTable::compile(c, &registry),
+        };
+        self.state.registry.store(registry.clone());
+        match table {
+            Ok(t) => self.state.routes.store(Arc::new(t)),
+            Err(errors) => {
+                // Cannot happen with a config that compiled before unless the registry changed
+                // what it refers to; keep serving the previous table rather than nothing.
+                tracing::error!("routing config does not compile against the new registry; keeping the previous routes:\n{errors}");
+            }
+        }
+        if let Err(e) = self.bpf.sync_services(&service_map(&registry)) {
+            tracing::error!(error = %e, "cannot update the service VIP map");
+        }
+        self.reconcile_enrollment();
+        self.reconcile_nodeports(&registry, self.gateways.bind).await;
+        self.gateways.reconcile(&self.state).await;
+        tracing::info!(pods = self.enrolled.len(), services = registry.services.len(), workloads = registry.workloads.len(), "node reconciled");
+    }
+
+    /// Compiles and swaps in a new routing config; returns it when applied.
+    async fn apply_config(&mut self, update: Result<Config, crate::config::ConfigErrors>) -> Option<Config> {
+        let compiled = update.and_then(|c| RouteTable::compile(&c, &self.state.registry.load()).map(|t| (c, t)));
+        match compiled {
+            Ok((config, table)) => {
+                self.state.routes.store(Arc::new(table));
+                self.state.metrics.inc("mesh_config_reloads_total", &[("result", "applied")]);
+                tracing::info!("routing config reloaded");
+                self.gateways.reconcile(&self.state).await;
+                Some(config)
+            }
+            Err(errors) => {
+                self.state.metrics.inc("mesh_config_reloads_total", &[("result", "rejected")]);
+                tracing::error!("routing config rejected, the previous config stays live:\n{errors}");
+                None
+            }
+        }
+    }
+
+    fn has_failed_enrollments(&self) -> bool {
+        self.failed > 0
+    }
+
+    /// Enrolls the registry's pods of this node that are not enrolled yet (listener in the pod
+    /// netns first, then the cgroup in the map, so a redirect never lands on nothing) and
+    /// unenrolls the ones that left (map entry first, then the listener).
+    fn reconcile_enrollment(&mut self) {
+        let registry = self.state.registry.load_full();
+        let wanted: HashMap<(String, String), (&Arc<Workload>, &Path, &Path)> = registry
+            .workloads
+            .iter()
+            .filter(|w| w.enroll)
+            .filter_map(|w| Some(((w.namespace.clone(), w.name.clone()), (w, w.netns.as_deref()?, w.cgroup.as_deref()?))))
+            .collect();
+        let stale: Vec<(String, String)> = self
+            .enrolled
+            .iter()
+            .filter(|(k, e)| wanted.get(*k).is_none_or(|(_, netns, cgroup)| e.netns != *netns || e.cgroup != *cgroup))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in stale {
+            self.unenroll(&key);
+        }
+        self.failed = 0;
+        for (key, (workload, netns, cgroup)) in wanted {
+            if self.enrolled.contains_key(&key) {
+                continue;
+            }
+            match self.enroll(workload, netns, cgroup) {
+                Ok(pod) => {
+                    tracing::info!(pod = %workload.name, namespace = %workload.namespace, cgroup_id = pod.cgroup_id, netns = %netns.display(), "pod enrolled");
+                    self.state.metrics.inc("mesh_pod_enrollments_total", &[("result", "enrolled")]);
+                    self.enrolled.insert(key, pod);
+                }
+                Err(e) => {
+                    tracing::warn!(pod = %workload.name, namespace = %workload.namespace, error = format!("{e:#}"), "cannot enroll pod yet; retrying");
+                    self.state.metrics.inc("mesh_pod_enrollments_total", &[("result", "failed")]);
+                    self.failed += 1;
+                }
+            }
+        }
+    }
+
+    fn enroll(&mut self, workload: &Arc<Workload>, netns: &Path, cgroup: &Path) -> Result<EnrolledPod> {
+        let listener = inpod::listen_in_netns(netns, SocketAddr::from((Ipv4Addr::LOCALHOST, PROXY_OUTBOUND_PORT)))?;
+        let cookie = ebpf::netns_cookie_of(&listener).context("reading the pod netns cookie (needs Linux >= 5.14)")?;
+        let cgroup_id = ebpf::cgroup_id(cgroup).with_context(|| format!("cgroup {}", cgroup.display()))?;
+        listener.set_nonblocking(true)?;
+        let listener = TcpListener::from_std(listener)?;
+        let task = tokio::spawn(proxy::serve_pod_listener(self.state.clone(), workload.clone(), listener, cookie));
+        self.next_workload_id = self.next_workload_id.wrapping_add(1);
+        let enrollment = Enrollment { workload_id: self.next_workload_id, proxy_port: PROXY_OUTBOUND_PORT, _pad: 0 };
+        if let Err(e) = self.bpf.enroll(cgroup_id, enrollment) {
+            task.abort();
+            return Err(e.into());
+        }
+        Ok(EnrolledPod { netns: netns.to_owned(), cgroup: cgroup.to_owned(), cgroup_id, listener: task })
+    }
+
+    fn unenroll(&mut self, key: &(String, String)) {
+        let Some(pod) = self.enrolled.remove(key) else { return };
+        if let Err(e) = self.bpf.unenroll(pod.cgroup_id) {
+            tracing::error!(pod = %key.1, namespace = %key.0, error = %e, "cannot remove pod from the enrollment map");
+        }
+        // Connections already accepted keep running in their own tasks; only accepting stops.
+        pod.listener.abort();
+        self.state.metrics.inc("mesh_pod_enrollments_total", &[("result", "removed")]);
+        tracing::info!(pod = %key.1, namespace = %key.0, "pod unenrolled");
+    }
+
+    fn unenroll_all(&mut self) {
+        let keys: Vec<_> = self.enrolled.keys().cloned().collect();
+        for key in keys {
+            self.unenroll(&key);
+        }
+    }
+
+    /// One ingress listener per NodePort, rebound when the service behind it changes.
+    async fn reconcile_nodeports(&mut self, registry: &Registry, bind: IpAddr) {
+        let wanted: HashMap<u16, (&Arc<Service>, u16)> = registry
+            .services
+            .iter()
+            .flat_map(|s| s.ports.iter().filter_map(move |p| Some((p.node_port?, (s, p.port)))))
+            .collect();
+        let stale: Vec<u16> = self
+            .nodeports
+            .iter()
+            .filter(|(np, (svc, port, _))| wanted.get(*np).is_none_or(|(s, p)| s.as_ref() != svc.as_ref() || p != port))
+            .map(|(np, _)| *np)
+            .collect();
+        for np in stale {
+            if let Some((svc, _, task)) = self.nodeports.remove(&np) {
+                task.abort();
+                // Wait for the listener to be dropped so the port can be bound again at once.
+                let _ = task.await;
+                tracing::info!(service = %svc.name, node_port = np, "NodePort closed");
+            }
+        }
+        for (np, (svc, port)) in wanted {
+            if self.nodeports.contains_key(&np) {
+                continue;
+            }
+            let addr = SocketAddr::new(bind, np);
+            match TcpListener::bind(addr).await {
+                Ok(l) => {
+                    tracing::info!(service = %svc.name, %addr, "NodePort listening");
+                    let task = tokio::spawn(proxy::serve_nodeport(self.state.clone(), l, svc.clone(), port));
+                    self.nodeports.insert(np, (svc.clone(), port, task));
+                }
+                Err(e) => tracing::error!(service = %svc.name, %addr, error = %e, "cannot listen on NodePort"),
+            }
         }
     }
 }
@@ -195,18 +407,26 @@ pub fn service_map(registry: &Registry) -> HashMap<ServiceKey, ServiceValue> {
     m
 }
 
-async fn serve_admin(state: Arc<ProxyState>, bpf: Arc<MeshEbpf>, listener: TcpListener) {
+async fn serve_admin(state: Arc<ProxyState>, bpf: Arc<MeshEbpf>, ready: Arc<AtomicBool>, listener: TcpListener) {
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let state = state.clone();
         let bpf = bpf.clone();
+        let ready = ready.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let state = state.clone();
                 let bpf = bpf.clone();
+                let ready = ready.load(Ordering::Relaxed);
                 async move {
                     let resp = match req.uri().path() {
-                        "/healthz" | "/ready" => Response::new(full("ok\n")),
+                        "/healthz" => Response::new(full("ok\n")),
+                        "/ready" if ready => Response::new(full("ok\n")),
+                        "/ready" => {
+                            let mut r = Response::new(full("not ready: waiting for the first complete registry (Kubernetes discovery still listing?)\n"));
+                            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                            r
+                        }
                         "/metrics" => {
                             let k = bpf.stats();
                             Response::new(full(state.metrics.render(&[

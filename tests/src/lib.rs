@@ -5,6 +5,8 @@
 //! directory its processes run in. Service names resolve to VIPs through `/etc/netns/<ns>/hosts`,
 //! which `ip netns exec` bind-mounts over `/etc/hosts`. Nothing here ever routes a packet off the
 //! machine: pods have no default route and the host only gains a route to the node's pod subnet.
+pub mod apiserver;
+
 use std::{
     fs,
     io::Read,
@@ -127,6 +129,12 @@ impl Node {
 
     /// Creates a pod with IP 10.244.<subnet>.<host> and `/etc/hosts` entries for `hosts`.
     pub fn add_pod(&mut self, name: &str, host: u8, hosts: &[(&str, Ipv4Addr)]) -> Result<&Pod> {
+        self.add_pod_in_cgroup(name, host, hosts, name)
+    }
+
+    /// [`Node::add_pod`] with the pod's cgroup at `<CGROUP2_ROOT>/mesh-<prefix>/<cgroup>`, for
+    /// kubelet-style paths (`kubepods/besteffort/pod<uid>`).
+    pub fn add_pod_in_cgroup(&mut self, name: &str, host: u8, hosts: &[(&str, Ipv4Addr)], cgroup: &str) -> Result<&Pod> {
         let netns = format!("{}-{name}", self.prefix);
         let ip = Ipv4Addr::new(10, 244, self.subnet, host);
         let idx = self.pods.len();
@@ -146,7 +154,7 @@ impl Node {
             text.push_str(&format!("{vip} {h} {h}.default {h}.default.svc {h}.default.svc.cluster.local\n"));
         }
         fs::write(etc.join("hosts"), text)?;
-        let cgroup = Path::new(CGROUP2_ROOT).join(format!("mesh-{}", self.prefix)).join(name);
+        let cgroup = Path::new(CGROUP2_ROOT).join(format!("mesh-{}", self.prefix)).join(cgroup);
         fs::create_dir_all(&cgroup)?;
         self.pods.push(Pod { name: name.into(), netns, ip, cgroup });
         Ok(&self.pods[idx])
@@ -288,16 +296,7 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
 /// cgroups, hosts files). Safe to call when nothing exists.
 pub fn cleanup(prefix: &str) {
     let cg = Path::new(CGROUP2_ROOT).join(format!("mesh-{prefix}"));
-    if let Ok(entries) = fs::read_dir(&cg) {
-        for e in entries.flatten().filter(|e| e.path().is_dir()) {
-            if let Ok(procs) = fs::read_to_string(e.path().join("cgroup.procs")) {
-                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                    // SAFETY: kill(2) on pids of processes in our own test cgroup.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
-            }
-        }
-    }
+    kill_cgroup_tree(&cg);
     if let Ok(out) = sh("ip netns list") {
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let ns = line.split_whitespace().next().unwrap_or("");
@@ -308,16 +307,35 @@ pub fn cleanup(prefix: &str) {
         }
     }
     let _ = sh(&format!("ip link del br-{prefix} 2>/dev/null"));
-    if let Ok(entries) = fs::read_dir(&cg) {
-        for e in entries.flatten().filter(|e| e.path().is_dir()) {
-            // A cgroup can only be removed once its last process is reaped; give them a moment.
-            let _ = wait_until("cgroup to empty", Duration::from_secs(2), || {
-                fs::read_to_string(e.path().join("cgroup.procs")).map(|s| s.trim().is_empty()).unwrap_or(true)
-            });
-            let _ = fs::remove_dir(e.path());
+    remove_cgroup_tree(&cg);
+}
+
+fn kill_cgroup_tree(dir: &Path) {
+    if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            // SAFETY: kill(2) on pids of processes in our own test cgroup.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
-    let _ = fs::remove_dir(&cg);
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten().filter(|e| e.path().is_dir()) {
+            kill_cgroup_tree(&e.path());
+        }
+    }
+}
+
+/// Removes a cgroup and its children, deepest first (rmdir only works on an empty cgroup).
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten().filter(|e| e.path().is_dir()) {
+            remove_cgroup_tree(&e.path());
+        }
+    }
+    // A cgroup can only be removed once its last process is reaped; give them a moment.
+    let _ = wait_until("cgroup to empty", Duration::from_secs(2), || {
+        fs::read_to_string(dir.join("cgroup.procs")).map(|s| s.trim().is_empty()).unwrap_or(true)
+    });
+    let _ = fs::remove_dir(dir);
 }
 
 impl Drop for Node {

@@ -106,7 +106,9 @@ pub async fn serve_pod_listener(state: Arc<ProxyState>, workload: Arc<Workload>,
                     state.metrics.inc("mesh_connections_rejected_total", &[("reason", "unknown_service")]);
                     return;
                 };
-                let source = Source { workload: Some(workload), peer: Some(peer) };
+                // The pod's labels may have changed since it was enrolled (sourceLabels match on them).
+                let current = state.registry.load().workload_by_name(&workload.namespace, &workload.name).cloned();
+                let source = Source { workload: Some(current.unwrap_or(workload)), peer: Some(peer) };
                 serve_service_conn(state, source, service, orig.port(), stream).await;
             }
             .instrument(span),

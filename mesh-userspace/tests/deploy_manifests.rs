@@ -1,0 +1,162 @@
+//! Every manifest under `deploy/` is checked against the Kubernetes API types (k8s-openapi, the
+//! types generated from the Kubernetes OpenAPI schema): each document must deserialize as its
+//! kind, and must carry no field the schema does not know (a typo such as `readinessprobe` is
+//! silently dropped by the API server on a lenient apply, so it is caught here). Istio routing
+//! documents go through the mesh's own strict parser. The kustomization must name existing files.
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{DaemonSet, Deployment},
+        core::v1::{ConfigMap, Namespace, Pod, Service, ServiceAccount},
+        rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
+    },
+};
+use serde::{de::DeserializeOwned, Serialize};
+use serde_json::Value;
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir).expect("deploy/ readable").flatten().map(|e| e.path()).collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            yaml_files(&p, out);
+        } else if p.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            out.push(p);
+        }
+    }
+}
+
+/// Fields of `original` that are not in `typed` (the typed round trip), as JSON paths.
+fn unknown_fields(original: &Value, typed: &Value, path: &str, out: &mut Vec<String>) {
+    match (original, typed) {
+        (Value::Object(o), Value::Object(t)) => {
+            for (k, v) in o {
+                let p = format!("{path}.{k}");
+                match t.get(k) {
+                    Some(tv) => unknown_fields(v, tv, &p, out),
+                    // null / empty values are legitimately dropped by the typed form.
+                    None if v.is_null() || v == &Value::Object(Default::default()) || v == &Value::Array(vec![]) => {}
+                    None => out.push(p),
+                }
+            }
+        }
+        (Value::Array(o), Value::Array(t)) => {
+            for (i, (ov, tv)) in o.iter().zip(t).enumerate() {
+                unknown_fields(ov, tv, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn check_typed<T: DeserializeOwned + Serialize>(doc: &Value) -> Result<(), String> {
+    let typed: T = serde_path_to_error::deserialize(doc.clone()).map_err(|e| format!("at {}: {}", e.path(), e.inner()))?;
+    let back = serde_json::to_value(&typed).map_err(|e| e.to_string())?;
+    let mut unknown = Vec::new();
+    unknown_fields(doc, &back, "", &mut unknown);
+    if unknown.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("fields not in the Kubernetes schema: {}", unknown.join(", ")))
+    }
+}
+
+fn check_document(file: &Path, text: &str, doc: &Value) -> Result<&'static str, String> {
+    let api_version = doc["apiVersion"].as_str().unwrap_or("");
+    let kind = doc["kind"].as_str().unwrap_or("");
+    match (api_version, kind) {
+        ("v1", "Namespace") => check_typed::<Namespace>(doc).map(|_| "Namespace"),
+        ("v1", "ServiceAccount") => check_typed::<ServiceAccount>(doc).map(|_| "ServiceAccount"),
+        ("v1", "ConfigMap") => {
+            check_typed::<ConfigMap>(doc)?;
+            // The routing ConfigMap's files are what the agent will load: they must parse too.
+            for (key, value) in doc["data"].as_object().into_iter().flatten() {
+                let body = value.as_str().unwrap_or("");
+                mesh::config::Config::parse_str(key, body).map_err(|e| format!("data[{key}] is not valid routing YAML:\n{e}"))?;
+            }
+            Ok("ConfigMap")
+        }
+        ("v1", "Service") => check_typed::<Service>(doc).map(|_| "Service"),
+        ("v1", "Pod") => check_typed::<Pod>(doc).map(|_| "Pod"),
+        ("apps/v1", "DaemonSet") => check_typed::<DaemonSet>(doc).map(|_| "DaemonSet"),
+        ("apps/v1", "Deployment") => check_typed::<Deployment>(doc).map(|_| "Deployment"),
+        ("rbac.authorization.k8s.io/v1", "ClusterRole") => check_typed::<ClusterRole>(doc).map(|_| "ClusterRole"),
+        ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => check_typed::<ClusterRoleBinding>(doc).map(|_| "ClusterRoleBinding"),
+        ("rbac.authorization.k8s.io/v1", "Role") => check_typed::<Role>(doc).map(|_| "Role"),
+        ("rbac.authorization.k8s.io/v1", "RoleBinding") => check_typed::<RoleBinding>(doc).map(|_| "RoleBinding"),
+        (v, "VirtualService" | "DestinationRule" | "Gateway") if v.starts_with("networking.istio.io/") => {
+            // Checked once per file below with positions; nothing more to do per document.
+            let _ = (file, text);
+            Ok("istio")
+        }
+        ("kustomize.config.k8s.io/v1beta1", "Kustomization") => {
+            let dir = file.parent().unwrap_or(Path::new("."));
+            for r in doc["resources"].as_array().into_iter().flatten() {
+                let r = r.as_str().ok_or("resources entries must be strings")?;
+                if !dir.join(r).exists() {
+                    return Err(format!("resource {r} does not exist"));
+                }
+            }
+            Ok("Kustomization")
+        }
+        _ => Err(format!("unexpected kind {kind:?} (apiVersion {api_version:?}): add it to this test with its schema type")),
+    }
+}
+
+#[test]
+fn every_deploy_manifest_matches_the_kubernetes_schema() {
+    let mut files = Vec::new();
+    yaml_files(&deploy_dir(), &mut files);
+    assert!(files.len() >= 8, "expected the deploy/ manifests, found {files:?}");
+    let mut errors = Vec::new();
+    let mut seen = std::collections::BTreeMap::<&str, usize>::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).expect("readable manifest");
+        let mut has_istio = false;
+        for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+            let value: Value = match serde::Deserialize::deserialize(doc) {
+                Ok(v) => v,
+                Err(e) => {
+                    errors.push(format!("{}: document {i}: not YAML: {e}", file.display()));
+                    continue;
+                }
+            };
+            if value.is_null() {
+                continue;
+            }
+            match check_document(file, &text, &value) {
+                Ok(kind) => {
+                    has_istio |= kind == "istio";
+                    *seen.entry(kind).or_default() += 1;
+                }
+                Err(e) => errors.push(format!("{}: document {i} ({}): {e}", file.display(), value["metadata"]["name"])),
+            }
+        }
+        if has_istio {
+            if let Err(e) = mesh::config::Config::parse_str(&file.display().to_string(), &text) {
+                errors.push(format!("{e}"));
+            }
+        }
+    }
+    assert!(errors.is_empty(), "invalid manifests:\n{}", errors.join("\n"));
+    for kind in ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet", "Kustomization", "Service", "Deployment", "istio"] {
+        assert!(seen.contains_key(kind), "no {kind} checked; seen {seen:?}");
+    }
+}
+
+#[test]
+fn the_checker_catches_a_misspelt_field() {
+    let doc: Value = serde_yaml::from_str(
+        "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: x}\nspec:\n  selector: {matchLabels: {a: b}}\n  template:\n    metadata: {labels: {a: b}}\n    spec:\n      containers:\n      - name: c\n        image: i\n        readinessprobe: {httpGet: {path: /ready, port: 15020}}\n",
+    )
+    .unwrap();
+    let err = check_document(Path::new("x.yaml"), "", &doc).unwrap_err();
+    assert!(err.contains(".spec.template.spec.containers[0].readinessprobe"), "{err}");
+    let doc: Value = serde_yaml::from_str("apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec: {ports: [{port: notanumber}]}\n").unwrap();
+    assert!(check_document(Path::new("x.yaml"), "", &doc).is_err());
+}

@@ -1,0 +1,117 @@
+//! `mesh agent --kubernetes` on the real kernel: the agent discovers from an API server (a local
+//! stand-in speaking list/watch), finds pods' cgroups in kubelet's layout and their netns through
+//! /proc, enrolls a pod created after it started within a second, follows EndpointSlice
+//! readiness, and unenrolls a deleted pod.
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use mesh_e2e::{apiserver::*, *};
+use serde_json::json;
+
+const WEB_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 30);
+const WEB_UID: &str = "7a1b2c3d-0000-4000-8000-00000000000a";
+const CLIENT_UID: &str = "7a1b2c3d-0000-4000-8000-00000000000c";
+const NODE: &str = "k8-node";
+
+fn pod(name: &str, uid: &str, app: &str, ip: Ipv4Addr, qos: &str) -> serde_json::Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "namespace": "default", "uid": uid, "labels": {"app": app}},
+           "spec": {"nodeName": NODE, "containers": [{"name": "app", "image": "app", "ports": [{"name": "http", "containerPort": 8080}]}]},
+           "status": {"phase": "Running", "podIP": ip.to_string(), "qosClass": qos}})
+}
+
+fn web_slice(ip: Ipv4Addr, ready: bool) -> serde_json::Value {
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+           "metadata": {"name": "web-x1", "namespace": "default", "labels": {"kubernetes.io/service-name": "web"}},
+           "addressType": "IPv4",
+           "endpoints": [{"addresses": [ip.to_string()], "conditions": {"ready": ready}}],
+           "ports": [{"name": "http", "port": 8080}]})
+}
+
+#[test]
+fn kubernetes_mode_enrolls_pods_as_the_api_server_reports_them() -> anyhow::Result<()> {
+    if !require_ebpf("kubernetes_mode_enrolls_pods_as_the_api_server_reports_them") {
+        return Ok(());
+    }
+    let api = FakeApiServer::start()?;
+    let mut node = Node::new("k8", 203)?;
+    let hosts = [("web", WEB_VIP)];
+    // The two kubelet cgroup drivers' layouts, one pod each.
+    let client_cgroup = format!(
+        "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice",
+        CLIENT_UID.replace('-', "_")
+    );
+    node.add_pod_in_cgroup("web-a", 20, &hosts, &format!("kubepods/besteffort/pod{WEB_UID}"))?;
+    node.add_pod_in_cgroup("client", 10, &hosts, &client_cgroup)?;
+    let (web_ip, client_ip) = (node.pod("web-a")?.ip, node.pod("client")?.ip);
+    let backend = bin("e2e-backend");
+    let backend = backend.to_str().unwrap_or_default();
+    node.spawn("web-a", "web-a", &[backend, "http", "web-a", "0.0.0.0:8080"])?;
+
+    api.apply(NAMESPACES, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default", "labels": {"istio-injection": "enabled"}}}));
+    api.apply(SERVICES, json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"clusterIP": WEB_VIP.to_string(), "selector": {"app": "web"}, "ports": [{"name": "http", "port": 9080, "targetPort": "http", "protocol": "TCP"}]}}));
+    api.apply(SLICES, web_slice(web_ip, true));
+    api.apply(PODS, pod("web-a", WEB_UID, "web", web_ip, "BestEffort"));
+
+    let admin: SocketAddr = "127.0.0.1:15123".parse()?;
+    let kubeconfig = api.kubeconfig(&node.dir)?;
+    node.spawn_host(
+        "agent",
+        Command::new(bin("mesh"))
+            .args(["agent", "--kubernetes", "--node-name", NODE, "--kubelet-cgroup-root"])
+            .arg(format!("{CGROUP2_ROOT}/mesh-k8"))
+            .args(["--admin", &admin.to_string(), "--ingress-bind", "127.0.0.1"])
+            .env("KUBECONFIG", &kubeconfig)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env("RUST_LOG", "info"),
+    )?;
+    let agent_log = |node: &Node| format!("agent log:\n{}", node.log("agent"));
+    wait_until("agent /ready", Duration::from_secs(20), || http_get(admin, "/ready").is_ok_and(|r| r.starts_with("HTTP/1.1 200")))
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", agent_log(&node)))?;
+    wait_for_port(SocketAddr::from((web_ip, 8080)), Duration::from_secs(10))?;
+    let enrollments = |result: &str| metric(&http_get(admin, "/metrics").unwrap_or_default(), "mesh_pod_enrollments_total", &[("result", result)]);
+    assert_eq!(enrollments("enrolled"), 1, "web-a (cgroupfs layout) enrolled at start\n{}", agent_log(&node));
+
+    // A pod created after the agent: its sandbox process starts, then the API server reports it.
+    node.spawn("client", "client-sandbox", &["sleep", "600"])?;
+    wait_until("client sandbox in its cgroup", Duration::from_secs(5), || {
+        std::fs::read_to_string(node.pod("client").map(|p| p.cgroup.join("cgroup.procs")).unwrap_or_default()).is_ok_and(|s| !s.trim().is_empty())
+    })?;
+    wait_until("agent watching pods", Duration::from_secs(5), || api.watchers(PODS) > 0)?;
+    let created = Instant::now();
+    api.apply(PODS, pod("client", CLIENT_UID, "client", client_ip, "Burstable"));
+    wait_until("client enrolled", Duration::from_secs(5), || enrollments("enrolled") == 2).map_err(|e| anyhow::anyhow!("{e}\n{}", agent_log(&node)))?;
+    let took = created.elapsed();
+    eprintln!("client pod enrolled {took:?} after the API server reported it");
+    assert!(took < Duration::from_secs(1), "pod enrolled {took:?} after the API server reported it (want < 1 s)");
+
+    let curl = |path: &str| node.exec("client", &["curl", "-sS", "--max-time", "5", &format!("http://web:9080{path}")]);
+    let out = curl("/k8s")?;
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(body.contains("backend=web-a path=/k8s"), "VIP not served through the mesh: {body} {}\n{}", String::from_utf8_lossy(&out.stderr), agent_log(&node));
+
+    // EndpointSlice readiness is the truth for endpoints: not ready → no healthy upstream.
+    api.apply(SLICES, web_slice(web_ip, false));
+    wait_until("web-a out of the endpoints", Duration::from_secs(5), || {
+        curl("/probe").is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("no healthy upstream"))
+    })?;
+    api.apply(SLICES, web_slice(web_ip, true));
+    wait_until("web-a back", Duration::from_secs(5), || curl("/probe").is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("backend=web-a")))?;
+
+    // Deleted from the API: unenrolled, so its connects to the VIP are no longer redirected.
+    api.delete(PODS, "default", "client");
+    wait_until("client unenrolled", Duration::from_secs(1), || enrollments("removed") == 1).map_err(|e| anyhow::anyhow!("{e}\n{}", agent_log(&node)))?;
+    let out = curl("/after-delete")?;
+    assert!(!out.status.success(), "a deleted pod is still redirected: {}", String::from_utf8_lossy(&out.stdout));
+
+    let status = node.stop("agent")?;
+    assert!(status.success(), "agent exited with {status}\n{}", agent_log(&node));
+    let attached = sh(&format!("bpftool cgroup tree {CGROUP2_ROOT} 2>&1"))?;
+    let attached = String::from_utf8_lossy(&attached.stdout);
+    assert!(!attached.contains("mesh_"), "programs still attached after exit:\n{attached}");
+    Ok(())
+}
