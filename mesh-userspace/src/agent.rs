@@ -51,6 +51,11 @@ pub struct AgentArgs {
     /// The host's /proc (pods' network namespaces are found as /proc/<pid>/ns/net; needs hostPID).
     #[arg(long, default_value = "/proc")]
     pub proc_root: PathBuf,
+    /// Also read VirtualService / DestinationRule / Gateway objects from the API server (when the
+    /// Istio CRDs are installed); they are merged after the --config files, an object replacing a
+    /// file's document of the same kind, name and namespace.
+    #[arg(long, requires = "kubernetes")]
+    pub istio_crds: bool,
     /// Directory of Istio routing YAML (a mounted ConfigMap); watched and hot reloaded.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -75,8 +80,25 @@ const ENROLL_RETRY: Duration = Duration::from_millis(250);
 pub async fn run(args: AgentArgs) -> Result<()> {
     let object = ebpf::find_object(args.ebpf_object.as_deref())?;
     let bpf = Arc::new(MeshEbpf::load_and_attach(&object, &args.cgroup_root)?);
-    let mut registries = registry_source(&args).await?;
-    let mut config = initial_config(&args);
+    let client = match args.kubernetes {
+        true => Some(kube::Client::try_default().await.context(
+            "cannot build a Kubernetes client: run in a pod with a service account, or set KUBECONFIG",
+        )?),
+        false => None,
+    };
+    let mut registries = registry_source(&args, client.clone())?;
+    let mut crds = match (&client, args.istio_crds) {
+        (Some(client), true) => match discovery::istio::spawn(client.clone()).await {
+            Ok(rx) => Some(rx),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch Istio routing objects (are the networking.istio.io CRDs installed?); using --config only");
+                None
+            }
+        },
+        _ => None,
+    };
+    let mut sources = ConfigSources { dir: initial_config(&args), crds: Arc::default() };
+    let mut config = sources.dir.clone();
     let state = ProxyState::new(Registry::default(), RouteTable::kubernetes_only(&Registry::default()), bpf.clone());
     let ready = Arc::new(AtomicBool::new(false));
 
@@ -102,6 +124,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
+        // A config change is applied only if the whole result (files + API objects) compiles.
+        let mut candidate: Option<ConfigSources> = None;
         tokio::select! {
             changed = registries.changed(), if registry_open => {
                 if changed.is_err() {
@@ -116,12 +140,28 @@ pub async fn run(args: AgentArgs) -> Result<()> {
                 }
             }
             Some(update) = async { match updates.as_mut() { Some(u) => u.recv().await, None => std::future::pending().await } } => {
-                if let Some(applied) = node.apply_config(update).await {
-                    config = Some(applied);
+                match update {
+                    Ok(dir) => candidate = Some(ConfigSources { dir: Some(dir), crds: sources.crds.clone() }),
+                    Err(errors) => { node.apply_config(Err(errors)).await; }
+                }
+            }
+            changed = async { match crds.as_mut() { Some(rx) => rx.changed().await, None => std::future::pending().await } } => {
+                let docs = match (changed, crds.as_mut()) {
+                    (Ok(()), Some(rx)) => rx.borrow_and_update().clone(),
+                    _ => { crds = None; None }
+                };
+                if let Some(docs) = docs {
+                    candidate = Some(ConfigSources { dir: sources.dir.clone(), crds: docs });
                 }
             }
             _ = retry.tick(), if node.has_failed_enrollments() => node.reconcile_enrollment(),
             _ = &mut shutdown => break,
+        }
+        if let Some(candidate) = candidate {
+            if let Some(applied) = node.apply_config(candidate.merged()).await {
+                sources = candidate;
+                config = Some(applied);
+            }
         }
     }
     tracing::info!("shutting down: unenrolling pods and detaching eBPF programs");
@@ -135,16 +175,13 @@ pub async fn run(args: AgentArgs) -> Result<()> {
 
 /// The registry snapshots the node is reconciled to: the YAML files once, or the API server's
 /// view as it changes.
-async fn registry_source(args: &AgentArgs) -> Result<watch::Receiver<Option<Arc<Registry>>>> {
-    if !args.kubernetes {
+fn registry_source(args: &AgentArgs, client: Option<kube::Client>) -> Result<watch::Receiver<Option<Arc<Registry>>>> {
+    let Some(client) = client else {
         let registry = Registry::from_yaml_files(&args.registry)?;
         let (_tx, rx) = watch::channel(Some(Arc::new(registry)));
         return Ok(rx);
-    }
+    };
     let node = args.node_name.clone().context("--node-name (or NODE_NAME) is required with --kubernetes")?;
-    let client = kube::Client::try_default().await.context(
-        "cannot build a Kubernetes client: run in a pod with a service account, or set KUBECONFIG",
-    )?;
     let layout = KubeletLayout {
         cgroup_root: args.kubelet_cgroup_root.clone().unwrap_or_else(|| args.cgroup_root.clone()),
         proc_root: args.proc_root.clone(),
@@ -152,6 +189,31 @@ async fn registry_source(args: &AgentArgs) -> Result<watch::Receiver<Option<Arc<
     tracing::info!(%node, kubelet_cgroup_root = %layout.cgroup_root.display(), "discovering from the Kubernetes API server");
     let options = KubeOptions { node, retry: Duration::from_millis(250) };
     Ok(discovery::kube::spawn(client, options, Arc::new(layout)))
+}
+
+/// Where routing config comes from: the last good --config directory and the Istio objects
+/// from the API server.
+#[derive(Clone)]
+struct ConfigSources {
+    dir: Option<Config>,
+    crds: discovery::istio::Documents,
+}
+
+impl ConfigSources {
+    fn merged(&self) -> Result<Config, crate::config::ConfigErrors> {
+        let mut config = self.dir.clone().unwrap_or_default();
+        let mut errors = Vec::new();
+        for (source, text) in self.crds.iter() {
+            if let Err(e) = config.add_str(source, text) {
+                errors.extend(e.0);
+            }
+        }
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(crate::config::ConfigErrors(errors))
+        }
+    }
 }
 
 fn initial_config(args: &AgentArgs) -> Option<Config> {

@@ -18,6 +18,10 @@ pub const SERVICES: &str = "/api/v1/services";
 pub const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
 pub const PODS: &str = "/api/v1/pods";
 pub const NAMESPACES: &str = "/api/v1/namespaces";
+pub const VIRTUAL_SERVICES: &str = "/apis/networking.istio.io/v1/virtualservices";
+pub const DESTINATION_RULES: &str = "/apis/networking.istio.io/v1/destinationrules";
+pub const GATEWAYS: &str = "/apis/networking.istio.io/v1/gateways";
+const COLLECTIONS: [&str; 7] = [SERVICES, SLICES, PODS, NAMESPACES, VIRTUAL_SERVICES, DESTINATION_RULES, GATEWAYS];
 
 #[derive(Default)]
 struct Collection {
@@ -145,12 +149,20 @@ impl FakeApiServer {
                 }
                 return;
             }
-            let body = {
+            let body = if path == "/apis" {
+                json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [{"name": "networking.istio.io",
+                    "versions": [{"groupVersion": "networking.istio.io/v1", "version": "v1"}],
+                    "preferredVersion": {"groupVersion": "networking.istio.io/v1", "version": "v1"}}]})
+            } else if path == "/apis/networking.istio.io/v1" {
+                let r = |plural: &str, kind: &str| json!({"name": plural, "singularName": "", "namespaced": true, "kind": kind, "verbs": ["get", "list", "watch"]});
+                json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "networking.istio.io/v1",
+                    "resources": [r("virtualservices", "VirtualService"), r("destinationrules", "DestinationRule"), r("gateways", "Gateway")]})
+            } else {
                 let mut inner = self.lock();
                 let rv = inner.rv.to_string();
                 match inner.collections.get_mut(path) {
                     Some(c) => json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": rv}, "items": c.items}),
-                    None if [SERVICES, SLICES, PODS, NAMESPACES].contains(&path) => {
+                    None if COLLECTIONS.contains(&path) => {
                         json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": rv}, "items": []})
                     }
                     None => json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound", "message": path}),

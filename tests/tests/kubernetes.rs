@@ -64,7 +64,7 @@ fn kubernetes_mode_enrolls_pods_as_the_api_server_reports_them() -> anyhow::Resu
         Command::new(bin("mesh"))
             .args(["agent", "--kubernetes", "--node-name", NODE, "--kubelet-cgroup-root"])
             .arg(format!("{CGROUP2_ROOT}/mesh-k8"))
-            .args(["--admin", &admin.to_string(), "--ingress-bind", "127.0.0.1"])
+            .args(["--istio-crds", "--admin", &admin.to_string(), "--ingress-bind", "127.0.0.1"])
             .env("KUBECONFIG", &kubeconfig)
             .env_remove("KUBERNETES_SERVICE_HOST")
             .env("RUST_LOG", "info"),
@@ -93,6 +93,24 @@ fn kubernetes_mode_enrolls_pods_as_the_api_server_reports_them() -> anyhow::Resu
     let out = curl("/k8s")?;
     let body = String::from_utf8_lossy(&out.stdout);
     assert!(body.contains("backend=web-a path=/k8s"), "VIP not served through the mesh: {body} {}\n{}", String::from_utf8_lossy(&out.stderr), agent_log(&node));
+
+    // Istio objects applied to the API server route traffic (--istio-crds), and changes apply live.
+    let fault = |status: u16| json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"hosts": ["web"], "http": [
+            {"match": [{"headers": {"x-chaos": {"exact": "on"}}}], "fault": {"abort": {"httpStatus": status, "percentage": {"value": 100}}},
+             "route": [{"destination": {"host": "web"}}]},
+            {"route": [{"destination": {"host": "web"}}]}]}});
+    let chaos = || node.exec("client", &["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", "-H", "x-chaos: on", "http://web:9080/chaos"]);
+    let code = |o: anyhow::Result<std::process::Output>| o.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    api.apply(VIRTUAL_SERVICES, fault(418));
+    wait_until("VirtualService from the API server applied", Duration::from_secs(5), || code(chaos()) == "418")
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", agent_log(&node)))?;
+    assert!(curl("/calm")?.stdout.starts_with(b"backend=web-a"), "requests without the header are routed normally");
+    api.apply(VIRTUAL_SERVICES, fault(419));
+    wait_until("VirtualService change applied", Duration::from_secs(5), || code(chaos()) == "419")?;
+    api.delete(VIRTUAL_SERVICES, "default", "web");
+    wait_until("VirtualService deletion applied", Duration::from_secs(5), || code(chaos()) == "200")?;
 
     // EndpointSlice readiness is the truth for endpoints: not ready → no healthy upstream.
     api.apply(SLICES, web_slice(web_ip, false));

@@ -67,6 +67,10 @@ impl<T> Clone for Store<T> {
 }
 
 impl<T> Store<T> {
+    pub fn synced(&self) -> bool {
+        self.synced
+    }
+
     pub fn values(&self) -> impl Iterator<Item = &Arc<T>> {
         self.live.values()
     }
@@ -303,13 +307,11 @@ struct Shared {
     changed: Notify,
 }
 
-impl Shared {
-    fn with<R>(&self, f: impl FnOnce(&mut ClusterState) -> R) -> R {
-        // A panic while holding the lock cannot leave a Store half-updated in a way that matters
-        // more than stopping discovery would: keep going with the data.
-        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut guard)
-    }
+/// Runs `f` on state behind a mutex. A panic while holding the lock cannot leave a Store
+/// half-updated in a way that matters more than stopping discovery would: keep going.
+pub(super) fn locked<S, R>(m: &Mutex<S>, f: impl FnOnce(&mut S) -> R) -> R {
+    let mut guard = m.lock().unwrap_or_else(|p| p.into_inner());
+    f(&mut guard)
 }
 
 /// Options of the Kubernetes discovery.
@@ -325,56 +327,63 @@ pub struct KubeOptions {
 /// each distinct registry. Runs until the client's runtime stops.
 pub fn spawn(client: Client, options: KubeOptions, locator: Arc<dyn PodLocator>) -> watch::Receiver<Option<Arc<Registry>>> {
     let shared = Arc::new(Shared::default());
-    tokio::spawn(watch_kind(Api::<K8sService>::all(client.clone()), shared.clone(), |s| &mut s.services, |o| service_info(o)));
-    tokio::spawn(watch_kind(Api::<EndpointSlice>::all(client.clone()), shared.clone(), |s| &mut s.slices, |o| slice_info(o)));
-    tokio::spawn(watch_kind(Api::<Pod>::all(client.clone()), shared.clone(), |s| &mut s.pods, |o| pod_info(o)));
-    tokio::spawn(watch_kind(Api::<Namespace>::all(client), shared.clone(), |s| &mut s.namespaces, |o| Some(namespace_info(o))));
+    let w = |s: &Arc<Shared>| (s.clone(), s.clone());
+    let (a, b) = w(&shared);
+    tokio::spawn(watch_into(Api::<K8sService>::all(client.clone()), (), move |f| locked(&a.state, |s| f(&mut s.services)), move || b.changed.notify_one(), service_info));
+    let (a, b) = w(&shared);
+    tokio::spawn(watch_into(Api::<EndpointSlice>::all(client.clone()), (), move |f| locked(&a.state, |s| f(&mut s.slices)), move || b.changed.notify_one(), slice_info));
+    let (a, b) = w(&shared);
+    tokio::spawn(watch_into(Api::<Pod>::all(client.clone()), (), move |f| locked(&a.state, |s| f(&mut s.pods)), move || b.changed.notify_one(), pod_info));
+    let (a, b) = w(&shared);
+    tokio::spawn(watch_into(Api::<Namespace>::all(client), (), move |f| locked(&a.state, |s| f(&mut s.namespaces)), move || b.changed.notify_one(), |o| Some(namespace_info(o))));
     let (tx, rx) = watch::channel(None);
     tokio::spawn(publish(shared, options, locator, tx));
     rx
 }
 
-async fn watch_kind<K, T>(
+/// Keeps one [`Store`] equal to the API server's objects of one kind: `with_store` runs a change
+/// on the store (under whatever lock holds it), `changed` is called after each change that
+/// matters, `convert` keeps what the mesh needs of an object (`None`: not relevant, as if absent).
+pub(super) async fn watch_into<K, T>(
     api: Api<K>,
-    shared: Arc<Shared>,
-    slot: fn(&mut ClusterState) -> &mut Store<T>,
-    convert: fn(&K) -> Option<T>,
+    dynamic: K::DynamicType,
+    with_store: impl Fn(&mut dyn FnMut(&mut Store<T>) -> bool) -> bool,
+    changed: impl Fn(),
+    convert: impl Fn(&K) -> Option<T>,
 ) where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    K::DynamicType: Clone + Eq + std::hash::Hash,
 {
-    let kind = K::kind(&());
+    let kind = K::kind(&dynamic).into_owned();
     let key = |o: &K| (o.namespace().unwrap_or_default(), o.name_any());
     let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
     while let Some(event) = events.next().await {
-        let changed = match event {
-            Ok(watcher::Event::Init) => shared.with(|s| {
-                slot(s).resync = Some(BTreeMap::new());
+        let mut apply = |store: &mut Store<T>| match &event {
+            Ok(watcher::Event::Init) => {
+                store.resync = Some(BTreeMap::new());
                 false
-            }),
-            Ok(watcher::Event::InitApply(o)) => shared.with(|s| {
-                let store = slot(s);
-                if let (Some(buf), Some(v)) = (store.resync.as_mut(), convert(&o)) {
-                    buf.insert(key(&o), Arc::new(v));
+            }
+            Ok(watcher::Event::InitApply(o)) => {
+                if let (Some(buf), Some(v)) = (store.resync.as_mut(), convert(o)) {
+                    buf.insert(key(o), Arc::new(v));
                 }
                 false
-            }),
-            Ok(watcher::Event::InitDone) => shared.with(|s| {
-                let store = slot(s);
+            }
+            Ok(watcher::Event::InitDone) => {
                 store.live = store.resync.take().unwrap_or_default();
                 store.synced = true;
                 tracing::info!(%kind, objects = store.live.len(), "listed");
                 true
-            }),
-            Ok(watcher::Event::Apply(o)) => shared.with(|s| {
-                let store = slot(s);
-                match convert(&o) {
-                    Some(v) => store.live.insert(key(&o), Arc::new(v)),
+            }
+            Ok(watcher::Event::Apply(o)) => {
+                match convert(o) {
+                    Some(v) => store.live.insert(key(o), Arc::new(v)),
                     // An object that stopped being relevant (a pod that finished) is a deletion.
-                    None => store.live.remove(&key(&o)),
+                    None => store.live.remove(&key(o)),
                 };
                 true
-            }),
-            Ok(watcher::Event::Delete(o)) => shared.with(|s| slot(s).live.remove(&key(&o)).is_some()),
+            }
+            Ok(watcher::Event::Delete(o)) => store.live.remove(&key(o)).is_some(),
             Err(e) => {
                 // The watcher retries with backoff and re-lists after 410 Gone by itself; the
                 // last known objects stay in use meanwhile.
@@ -382,8 +391,8 @@ async fn watch_kind<K, T>(
                 false
             }
         };
-        if changed {
-            shared.changed.notify_one();
+        if with_store(&mut apply) {
+            changed();
         }
     }
 }
@@ -399,7 +408,7 @@ async fn publish(shared: Arc<Shared>, options: KubeOptions, locator: Arc<dyn Pod
                 _ = tokio::time::sleep(options.retry) => {}
             }
         }
-        let snapshot = shared.with(|s| s.synced().then(|| s.clone()));
+        let snapshot = locked(&shared.state, |s| s.synced().then(|| s.clone()));
         let Some(snapshot) = snapshot else { continue };
         let (mut registry, local) = build_registry(&snapshot, &options.node);
         let pending = attach_sandboxes(&mut registry, &local, locator.as_ref());

@@ -25,6 +25,10 @@ const SERVICES: &str = "/api/v1/services";
 const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
 const PODS: &str = "/api/v1/pods";
 const NAMESPACES: &str = "/api/v1/namespaces";
+const VIRTUAL_SERVICES: &str = "/apis/networking.istio.io/v1/virtualservices";
+const DESTINATION_RULES: &str = "/apis/networking.istio.io/v1/destinationrules";
+const GATEWAYS: &str = "/apis/networking.istio.io/v1/gateways";
+const COLLECTIONS: [&str; 7] = [SERVICES, SLICES, PODS, NAMESPACES, VIRTUAL_SERVICES, DESTINATION_RULES, GATEWAYS];
 
 #[derive(Default)]
 struct Kind {
@@ -40,6 +44,8 @@ struct ApiState {
     log: Vec<String>,
     /// Paths whose next list answers 500 (the watcher must back off and retry).
     fail_next_list: Vec<&'static str>,
+    /// Whether the Istio CRDs are "installed" (served in API discovery).
+    istio: bool,
 }
 
 /// The scripted API server. Objects live in `kinds`; changes made through it are sent to the
@@ -128,7 +134,22 @@ impl FakeApi {
             .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
             .collect();
         let mut s = self.state();
-        let Some(kind_path) = [SERVICES, SLICES, PODS, NAMESPACES].into_iter().find(|p| *p == path) else {
+        if path == "/apis" {
+            let groups = if s.istio {
+                json!([{"name": "networking.istio.io",
+                        "versions": [{"groupVersion": "networking.istio.io/v1", "version": "v1"}],
+                        "preferredVersion": {"groupVersion": "networking.istio.io/v1", "version": "v1"}}])
+            } else {
+                json!([])
+            };
+            return Response::new(full(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})));
+        }
+        if path == "/apis/networking.istio.io/v1" && s.istio {
+            let r = |plural: &str, kind: &str| json!({"name": plural, "singularName": "", "namespaced": true, "kind": kind, "verbs": ["get", "list", "watch"]});
+            return Response::new(full(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "networking.istio.io/v1",
+                "resources": [r("virtualservices", "VirtualService"), r("destinationrules", "DestinationRule"), r("gateways", "Gateway")]})));
+        }
+        let Some(kind_path) = COLLECTIONS.into_iter().find(|p| *p == path) else {
             return status(StatusCode::NOT_FOUND, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound", "message": path}));
         };
         if query.get("watch").map(String::as_str) == Some("true") {
@@ -428,4 +449,67 @@ async fn wait_for(mut cond: impl FnMut() -> bool) {
         assert!(tokio::time::Instant::now() < deadline, "condition not met within 5 s");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+fn virtual_service(user: &str, subset: &str) -> Value {
+    json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+           "metadata": {"name": "reviews", "namespace": "default", "generation": 3, "managedFields": [{"manager": "kubectl"}]},
+           "spec": {"hosts": ["reviews"], "http": [
+               {"match": [{"headers": {"end-user": {"exact": user}}}], "route": [{"destination": {"host": "reviews", "subset": subset}}]},
+               {"route": [{"destination": {"host": "reviews", "subset": "v1"}}]}]},
+           "status": {"observedGeneration": 3}})
+}
+
+#[tokio::test]
+async fn istio_objects_are_read_from_the_api_server_as_routing_documents() {
+    let api = FakeApi::default();
+    api.state().istio = true;
+    api.seed(VIRTUAL_SERVICES, virtual_service("jason", "v2"));
+    api.seed(DESTINATION_RULES, json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+        "metadata": {"name": "reviews", "namespace": "default"},
+        "spec": {"host": "reviews", "subsets": [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}]}}));
+    let mut rx = crate::discovery::istio::spawn(client(api.clone())).await.expect("group discovered");
+
+    let docs = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Some(d) = rx.borrow_and_update().clone() {
+                return d;
+            }
+            rx.changed().await.expect("istio discovery running");
+        }
+    })
+    .await
+    .expect("documents within 5 s");
+    let names: Vec<&str> = docs.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["k8s:DestinationRule/default/reviews", "k8s:VirtualService/default/reviews"]);
+    // The documents go through the strict parser: status and managedFields are not carried over.
+    let mut config = crate::config::Config::default();
+    for (source, text) in docs.iter() {
+        config.add_str(source, text).unwrap_or_else(|e| panic!("{source}:\n{text}\n{e}"));
+    }
+    assert_eq!(config.virtual_services.len(), 1);
+    assert_eq!(config.destination_rules[0].spec.subsets.len(), 2);
+
+    // kubectl apply of a changed object reaches the agent as a new document set.
+    wait_for(|| api.count(&format!("WATCH {VIRTUAL_SERVICES}")) >= 1).await;
+    api.apply(VIRTUAL_SERVICES, virtual_service("kim", "v2"), true);
+    let docs = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            rx.changed().await.expect("istio discovery running");
+            let d = rx.borrow_and_update().clone().expect("synced");
+            if d.iter().any(|(_, t)| t.contains("kim")) {
+                return d;
+            }
+        }
+    })
+    .await
+    .expect("updated VirtualService within 5 s");
+    assert_eq!(docs.len(), 2);
+}
+
+#[tokio::test]
+async fn missing_istio_crds_are_reported() {
+    let api = FakeApi::default();
+    let err = crate::discovery::istio::spawn(client(api)).await.err().expect("no networking.istio.io group");
+    assert!(err.to_string().contains("networking.istio.io"), "{err}");
 }

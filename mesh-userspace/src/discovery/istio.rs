@@ -1,0 +1,86 @@
+//! Istio's routing objects read from the API server (`--istio-crds`), for clusters where the
+//! Istio CRDs are installed and users `kubectl apply` VirtualServices rather than editing the
+//! ConfigMap. The served version (v1, v1beta1 or v1alpha3) is discovered; each object is turned
+//! back into the YAML document a user would have written and handed to the same strict parser
+//! as the ConfigMap's files, under a source name such as `k8s:VirtualService/default/reviews`.
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+};
+
+use kube::{
+    api::{ApiResource, DynamicObject},
+    Api, Client, ResourceExt as _,
+};
+use serde_json::json;
+use tokio::sync::{watch, Notify};
+
+use super::kube::{locked, watch_into, Store};
+
+pub const GROUP: &str = "networking.istio.io";
+pub const KINDS: [&str; 3] = ["VirtualService", "DestinationRule", "Gateway"];
+
+/// Routing documents from the API server: (source name, YAML text), in a stable order.
+pub type Documents = Arc<Vec<(String, String)>>;
+
+#[derive(Default)]
+struct Shared {
+    stores: Mutex<BTreeMap<&'static str, Store<(String, String)>>>,
+    changed: Notify,
+}
+
+/// Discovers the Istio networking group and watches its routing kinds. Fails when the group is
+/// not served (the CRDs are not installed): the caller says so and runs with the ConfigMap only.
+pub async fn spawn(client: Client) -> Result<watch::Receiver<Option<Documents>>, kube::Error> {
+    let group = kube::discovery::group(&client, GROUP).await?;
+    let shared = Arc::new(Shared::default());
+    let mut kinds = Vec::new();
+    for kind in KINDS {
+        let Some((resource, _caps)) = group.recommended_kind(kind) else {
+            tracing::warn!(%kind, group = GROUP, "kind not served by the API server; skipped");
+            continue;
+        };
+        tracing::info!(%kind, api_version = %resource.api_version, "watching Istio routing objects");
+        locked(&shared.stores, |s| s.insert(kind, Store::default()));
+        kinds.push(kind);
+        let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
+        let (a, b) = (shared.clone(), shared.clone());
+        let ar = resource.clone();
+        tokio::spawn(watch_into(
+            api,
+            resource,
+            move |f| locked(&a.stores, |s| s.get_mut(kind).map(|store| f(store)).unwrap_or(false)),
+            move || b.changed.notify_one(),
+            move |o| Some(document(&ar, o)),
+        ));
+    }
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(async move {
+        loop {
+            shared.changed.notified().await;
+            let docs = locked(&shared.stores, |stores| {
+                stores.values().all(|s| s.synced()).then(|| stores.values().flat_map(|s| s.values().map(|d| (**d).clone())).collect::<Vec<_>>())
+            });
+            let Some(docs) = docs else { continue };
+            if tx.borrow().as_deref() != Some(&docs) && tx.send(Some(Arc::new(docs))).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// The object as the YAML a user applies: apiVersion, kind, name, namespace and spec (status,
+/// managedFields and the like are the API server's, not routing input).
+pub fn document(resource: &ApiResource, o: &DynamicObject) -> (String, String) {
+    let namespace = o.namespace().unwrap_or_else(|| "default".into());
+    let name = o.name_any();
+    let doc = json!({
+        "apiVersion": resource.api_version,
+        "kind": resource.kind,
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": o.data.get("spec").cloned().unwrap_or(json!({})),
+    });
+    let text = serde_yaml::to_string(&doc).unwrap_or_default();
+    (format!("k8s:{}/{namespace}/{name}", resource.kind), text)
+}
