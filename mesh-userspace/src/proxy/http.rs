@@ -215,6 +215,9 @@ async fn forward(state: &ProxyState, source: &Source, fwd: Forward, req: Request
     let mut body = Some(body);
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut attempt = 0;
+    // The retry slot held while a retry is outstanding (connectionPool.http.maxRetries).
+    let mut _retry_slot = None;
+    let client = state.client_for(&fwd.cluster.connection_pool);
     loop {
         attempt += 1;
         let last = attempt >= max_attempts;
@@ -241,6 +244,10 @@ async fn forward(state: &ProxyState, source: &Source, fwd: Forward, req: Request
         *up.method_mut() = parts.method.clone();
         *up.uri_mut() = uri;
         *up.headers_mut() = parts.headers.clone();
+        if fwd.cluster.connection_pool.max_requests_per_connection == Some(1) {
+            // Istio's way of turning upstream keep-alive off.
+            up.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+        }
 
         let now = Instant::now();
         let remaining = deadline.map(|d| d.saturating_duration_since(now));
@@ -249,18 +256,18 @@ async fn forward(state: &ProxyState, source: &Source, fwd: Forward, req: Request
             (a, b) => a.or(b),
         };
         let result = match try_timeout {
-            Some(t) => match tokio::time::timeout(t, state.client.request(up)).await {
+            Some(t) => match tokio::time::timeout(t, client.request(up)).await {
                 Ok(r) => r.map_err(Failure::from_client),
                 Err(_) => Err(Failure::Timeout),
             },
-            None => state.client.request(up).await.map_err(Failure::from_client),
+            None => client.request(up).await.map_err(Failure::from_client),
         };
         let deadline_passed = deadline.is_some_and(|d| Instant::now() >= d);
         match result {
             Ok(resp) => {
                 let status = resp.status().as_u16();
                 state.lb.report(&fwd.cluster, &picked, Some(status));
-                if !last && !deadline_passed && fwd.retries.retry_on.status(status) {
+                if !last && !deadline_passed && fwd.retries.retry_on.status(status) && retry_admitted(&state, &fwd, &mut _retry_slot) {
                     tracing::debug!(status, attempt, "retrying");
                     backoff(attempt).await;
                     continue;
@@ -272,13 +279,29 @@ async fn forward(state: &ProxyState, source: &Source, fwd: Forward, req: Request
             }
             Err(failure) => {
                 state.lb.report(&fwd.cluster, &picked, None);
-                if !last && !deadline_passed && failure.retriable(&fwd) {
+                if !last && !deadline_passed && failure.retriable(&fwd) && retry_admitted(&state, &fwd, &mut _retry_slot) {
                     tracing::debug!(?failure, attempt, "retrying");
                     backoff(attempt).await;
                     continue;
                 }
                 return failure.reply(deadline_passed);
             }
+        }
+    }
+}
+
+/// Takes a retry slot of the cluster (replacing the one the previous retry held); counts and
+/// refuses the retry when `maxRetries` are already outstanding.
+fn retry_admitted(state: &ProxyState, fwd: &Forward, slot: &mut Option<super::lb::Admitted>) -> bool {
+    *slot = None;
+    match state.lb.admit_retry(&fwd.cluster) {
+        Some(s) => {
+            *slot = Some(s);
+            true
+        }
+        None => {
+            state.metrics.inc("mesh_retry_overflow_total", &[("cluster", &fwd.cluster.name)]);
+            false
         }
     }
 }

@@ -38,6 +38,8 @@ pub struct LoadBalancer {
     rr: Mutex<HashMap<String, Arc<AtomicUsize>>>,
     /// Requests in flight per cluster, for the connection-pool limits (circuit breaking).
     active: Mutex<HashMap<String, Arc<AtomicU64>>>,
+    /// Retries in flight per cluster, for `connectionPool.http.maxRetries`.
+    retrying: Mutex<HashMap<String, Arc<AtomicU64>>>,
     endpoints: Mutex<HashMap<SocketAddr, Arc<EndpointState>>>,
 }
 
@@ -80,6 +82,22 @@ impl LoadBalancer {
         };
         let now = counter.fetch_add(1, Ordering::AcqRel);
         if limit.is_some_and(|l| now >= l) {
+            counter.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Admitted(counter))
+    }
+
+    /// Envoy's retry circuit breaker (`maxRetries`): at most that many retries of requests to the
+    /// cluster may be outstanding at once, so a failing upstream is not hit by a retry storm.
+    /// None: the retry must not be made (the caller returns the response it has).
+    pub fn admit_retry(&self, cluster: &Cluster) -> Option<Admitted> {
+        let counter = {
+            let mut m = self.retrying.lock().unwrap_or_else(|e| e.into_inner());
+            m.entry(cluster.name.clone()).or_default().clone()
+        };
+        let now = counter.fetch_add(1, Ordering::AcqRel);
+        if cluster.connection_pool.max_retries.is_some_and(|l| now >= u64::from(l)) {
             counter.fetch_sub(1, Ordering::AcqRel);
             return None;
         }

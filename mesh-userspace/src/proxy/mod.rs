@@ -47,6 +47,9 @@ pub struct ProxyState {
     pub routes: ArcSwap<RouteTable>,
     pub registry: ArcSwap<Registry>,
     pub client: Client<HttpConnector, ProxyBody>,
+    /// Upstream clients for clusters whose DestinationRule sets `connectionPool.http.idleTimeout`
+    /// or `tcp.connectTimeout` (hyper has one of each per client), by (idle, connect) timeout.
+    pool_clients: std::sync::Mutex<std::collections::HashMap<(Duration, Duration), Client<HttpConnector, ProxyBody>>>,
     pub lb: lb::LoadBalancer,
     pub metrics: Metrics,
     pub original_dst: Arc<dyn OriginalDst>,
@@ -54,23 +57,43 @@ pub struct ProxyState {
 
 impl ProxyState {
     pub fn new(registry: Registry, routes: RouteTable, original_dst: Arc<dyn OriginalDst>) -> Arc<Self> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        // Envoy's default cluster connect timeout.
-        connector.set_connect_timeout(Some(Duration::from_secs(10)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(connector);
         Arc::new(ProxyState {
             routes: ArcSwap::from_pointee(routes),
             registry: ArcSwap::from_pointee(registry),
-            client,
+            client: upstream_client(DEFAULT_IDLE_TIMEOUT, DEFAULT_CONNECT_TIMEOUT),
+            pool_clients: Default::default(),
             lb: lb::LoadBalancer::default(),
             metrics: Metrics::default(),
             original_dst,
         })
     }
+}
+
+impl ProxyState {
+    /// The upstream client for a cluster's connection pool settings.
+    pub fn client_for(&self, pool: &crate::routing::ConnectionPool) -> Client<HttpConnector, ProxyBody> {
+        if pool.idle_timeout.is_none() && pool.connect_timeout.is_none() {
+            return self.client.clone();
+        }
+        let key = (pool.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT), pool.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT));
+        let mut clients = self.pool_clients.lock().unwrap_or_else(|e| e.into_inner());
+        clients.entry(key).or_insert_with(|| upstream_client(key.0, key.1)).clone()
+    }
+}
+
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Envoy's default cluster connect timeout.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn upstream_client(idle_timeout: Duration, connect_timeout: Duration) -> Client<HttpConnector, ProxyBody> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(connect_timeout));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(idle_timeout)
+        .pool_max_idle_per_host(256)
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .build(connector)
 }
 
 /// Accepts on the outbound listener inside `workload`'s network namespace until the listener fails.
