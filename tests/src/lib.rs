@@ -273,6 +273,29 @@ pub fn wait_until(what: &str, within: Duration, mut check: impl FnMut() -> bool)
 }
 
 /// A plain HTTP GET from the host side (admin endpoint), std only.
+/// IDs of the mesh programs attached to the cgroup v2 root right now. Tests compare sets taken
+/// before and while their agent runs, so an agent another process runs on the machine (a
+/// benchmark, a developer's) cannot make them pass or fail.
+pub fn attached_mesh_program_ids() -> std::collections::BTreeSet<u32> {
+    let out = sh(&format!("bpftool cgroup tree {CGROUP2_ROOT} 2>&1")).map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    out.unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("mesh_"))
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+/// Waits until the programs an agent attached (those in `while_running` but not in `before`) are
+/// attached, and returns them.
+pub fn programs_attached_by_agent(before: &std::collections::BTreeSet<u32>) -> Result<std::collections::BTreeSet<u32>> {
+    let mut ours = std::collections::BTreeSet::new();
+    wait_until("the agent's programs to be attached", Duration::from_secs(20), || {
+        ours = attached_mesh_program_ids().difference(before).copied().collect();
+        ours.len() >= 3
+    })?;
+    Ok(ours)
+}
+
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
     use std::io::Write;
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;

@@ -59,6 +59,7 @@ fn kubernetes_mode_enrolls_pods_as_the_api_server_reports_them() -> anyhow::Resu
 
     let admin: SocketAddr = "127.0.0.1:15123".parse()?;
     let kubeconfig = api.kubeconfig(&node.dir)?;
+    let before = attached_mesh_program_ids();
     node.spawn_host(
         "agent",
         Command::new(bin("mesh"))
@@ -73,6 +74,7 @@ fn kubernetes_mode_enrolls_pods_as_the_api_server_reports_them() -> anyhow::Resu
     wait_until("agent /ready", Duration::from_secs(20), || http_get(admin, "/ready").is_ok_and(|r| r.starts_with("HTTP/1.1 200")))
         .map_err(|e| anyhow::anyhow!("{e}\n{}", agent_log(&node)))?;
     wait_for_port(SocketAddr::from((web_ip, 8080)), Duration::from_secs(10))?;
+    let ours = programs_attached_by_agent(&before)?;
     let enrollments = |result: &str| metric(&http_get(admin, "/metrics").unwrap_or_default(), "mesh_pod_enrollments_total", &[("result", result)]);
     assert_eq!(enrollments("enrolled"), 1, "web-a (cgroupfs layout) enrolled at start\n{}", agent_log(&node));
 
@@ -128,8 +130,7 @@ fn kubernetes_mode_enrolls_pods_as_the_api_server_reports_them() -> anyhow::Resu
 
     let status = node.stop("agent")?;
     assert!(status.success(), "agent exited with {status}\n{}", agent_log(&node));
-    let attached = sh(&format!("bpftool cgroup tree {CGROUP2_ROOT} 2>&1"))?;
-    let attached = String::from_utf8_lossy(&attached.stdout);
-    assert!(!attached.contains("mesh_"), "programs still attached after exit:\n{attached}");
+    let left: Vec<u32> = attached_mesh_program_ids().intersection(&ours).copied().collect();
+    assert!(left.is_empty(), "programs {left:?} still attached after the agent exited");
     Ok(())
 }

@@ -13,10 +13,6 @@ use mesh_e2e::*;
 const WEB_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
 const BANNER_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 21);
 
-fn attached_mesh_programs() -> String {
-    let out = sh(&format!("bpftool cgroup tree {CGROUP2_ROOT} 2>&1")).map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-    out.unwrap_or_default().lines().filter(|l| l.contains("mesh_")).collect::<Vec<_>>().join("\n")
-}
 
 fn no_netfilter_rules() -> anyhow::Result<()> {
     let ipt = sh("iptables-save 2>/dev/null")?;
@@ -58,6 +54,7 @@ fn vip_connect_is_redirected_through_the_node_proxy() -> anyhow::Result<()> {
     std::fs::write(&reg_file, registry)?;
 
     let admin: SocketAddr = "127.0.0.1:15121".parse()?;
+    let before = attached_mesh_program_ids();
     node.spawn_host(
         "agent",
         Command::new(bin("mesh"))
@@ -70,7 +67,7 @@ fn vip_connect_is_redirected_through_the_node_proxy() -> anyhow::Result<()> {
     wait_for_port(SocketAddr::from((node.pod("web-a")?.ip, 8080)), Duration::from_secs(10))?;
     wait_for_port(SocketAddr::from((node.pod("banner-a")?.ip, 7000)), Duration::from_secs(10))?;
 
-    assert!(attached_mesh_programs().contains("mesh_connect4"), "connect4 not attached:\n{}", sh("bpftool cgroup tree")?.stdout.len());
+    let ours = programs_attached_by_agent(&before)?;
 
     // 1. An enrolled pod reaches the VIP through the proxy; the backend sees the original Host.
     let n = 5;
@@ -120,8 +117,8 @@ fn vip_connect_is_redirected_through_the_node_proxy() -> anyhow::Result<()> {
     // 5. A clean exit detaches everything; the VIP is unreachable again.
     let status = node.stop("agent")?;
     assert!(status.success(), "agent exited with {status}:\n{}", node.log("agent"));
-    let left = attached_mesh_programs();
-    assert!(left.is_empty(), "programs still attached after agent exit:\n{left}");
+    let left: Vec<u32> = attached_mesh_program_ids().intersection(&ours).copied().collect();
+    assert!(left.is_empty(), "programs {left:?} still attached after agent exit");
     let out = node.exec("client", &["curl", "-sS", "--max-time", "3", "http://web:9080/"])?;
     assert!(!out.status.success(), "VIP still reachable after agent exit");
     no_netfilter_rules()?;
@@ -138,6 +135,7 @@ fn killed_agent_leaves_nothing_attached() -> anyhow::Result<()> {
     let reg_file = node.dir.join("registry.yaml");
     std::fs::write(&reg_file, node.pod_yaml("client", &[("app", "client")], 1, true)? + &service_yaml("web", WEB_VIP, 80, "http", &[("app", "web")]))?;
     let admin: SocketAddr = "127.0.0.1:15122".parse()?;
+    let before = attached_mesh_program_ids();
     let mut child = Command::new(bin("mesh"))
         .args(["agent", "--registry"])
         .arg(&reg_file)
@@ -145,10 +143,10 @@ fn killed_agent_leaves_nothing_attached() -> anyhow::Result<()> {
         .stderr(std::process::Stdio::null())
         .spawn()?;
     wait_for_port(admin, Duration::from_secs(20))?;
-    assert!(attached_mesh_programs().contains("mesh_connect4"));
+    let ours = programs_attached_by_agent(&before)?;
     // SIGKILL: no chance to clean up. BPF links die with the process's file descriptors.
     child.kill()?;
     child.wait()?;
-    wait_until("kernel to release the links", Duration::from_secs(5), || attached_mesh_programs().is_empty())?;
+    wait_until("kernel to release the links", Duration::from_secs(5), || attached_mesh_program_ids().is_disjoint(&ours))?;
     Ok(())
 }

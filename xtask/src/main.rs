@@ -164,7 +164,8 @@ fn test(args: &[String]) -> Result<()> {
     let mut child = Command::new("cargo")
         .current_dir(root())
         // --lib --bins --tests: every unit and integration test; the crates have no doc tests.
-        .args(["test", "--release", "--workspace", "--lib", "--bins", "--tests"])
+        // --no-fail-fast: one failing test binary must not hide the results of the others.
+        .args(["test", "--release", "--workspace", "--lib", "--bins", "--tests", "--no-fail-fast"])
         .args(args)
         // e2e tests create network namespaces and cgroups; running them concurrently would only
         // make failures harder to read on a 2-core machine.
