@@ -15,6 +15,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use arc_swap::ArcSwap;
 use clap::Args;
 use http::{Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -230,6 +231,8 @@ fn initial_config(args: &AgentArgs) -> Option<Config> {
 
 /// A pod this agent has enrolled: its listener task and the map entry to remove.
 struct EnrolledPod {
+    /// What the listener reports as the source workload; refreshed when the pod's labels change.
+    workload: Arc<ArcSwap<Workload>>,
     netns: PathBuf,
     cgroup: PathBuf,
     cgroup_id: u64,
@@ -329,7 +332,10 @@ impl NodeReconciler {
         }
         self.failed = 0;
         for (key, (workload, netns, cgroup)) in wanted {
-            if self.enrolled.contains_key(&key) {
+            if let Some(pod) = self.enrolled.get(&key) {
+                if **pod.workload.load() != **workload {
+                    pod.workload.store(workload.clone());
+                }
                 continue;
             }
             match self.enroll(workload, netns, cgroup) {
@@ -353,14 +359,15 @@ impl NodeReconciler {
         let cgroup_id = ebpf::cgroup_id(cgroup).with_context(|| format!("cgroup {}", cgroup.display()))?;
         listener.set_nonblocking(true)?;
         let listener = TcpListener::from_std(listener)?;
-        let task = tokio::spawn(proxy::serve_pod_listener(self.state.clone(), workload.clone(), listener, cookie));
+        let current = Arc::new(ArcSwap::new(workload.clone()));
+        let task = tokio::spawn(proxy::serve_pod_listener(self.state.clone(), current.clone(), listener, cookie));
         self.next_workload_id = self.next_workload_id.wrapping_add(1);
         let enrollment = Enrollment { workload_id: self.next_workload_id, proxy_port: PROXY_OUTBOUND_PORT, _pad: 0 };
         if let Err(e) = self.bpf.enroll(cgroup_id, enrollment) {
             task.abort();
             return Err(e.into());
         }
-        Ok(EnrolledPod { netns: netns.to_owned(), cgroup: cgroup.to_owned(), cgroup_id, listener: task })
+        Ok(EnrolledPod { workload: current, netns: netns.to_owned(), cgroup: cgroup.to_owned(), cgroup_id, listener: task })
     }
 
     fn unenroll(&mut self, key: &(String, String)) {

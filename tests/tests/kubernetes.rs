@@ -111,6 +111,23 @@ fn kubernetes_mode_enrolls_pods_as_the_api_server_reports_them() -> anyhow::Resu
     assert!(curl("/calm")?.stdout.starts_with(b"backend=web-a"), "requests without the header are routed normally");
     api.apply(VIRTUAL_SERVICES, fault(419));
     wait_until("VirtualService change applied", Duration::from_secs(5), || code(chaos()) == "419")?;
+    // sourceLabels follow the pod's labels as the API server changes them (no re-enrollment).
+    api.apply(VIRTUAL_SERVICES, json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"hosts": ["web"], "http": [
+            {"match": [{"sourceLabels": {"track": "canary"}}], "fault": {"abort": {"httpStatus": 420, "percentage": {"value": 100}}},
+             "route": [{"destination": {"host": "web"}}]},
+            {"route": [{"destination": {"host": "web"}}]}]}}));
+    let plain = || node.exec("client", &["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", "http://web:9080/plain"]);
+    // The new VirtualService has replaced the 419 one; the client is not a canary yet.
+    wait_until("sourceLabels VirtualService applied", Duration::from_secs(5), || code(chaos()) == "200")?;
+    assert_eq!(code(plain()), "200", "sourceLabels must not match a pod without the label");
+    let mut canary = pod("client", CLIENT_UID, "client", client_ip, "Burstable");
+    canary["metadata"]["labels"]["track"] = json!("canary");
+    api.apply(PODS, canary);
+    wait_until("relabelled client matched by sourceLabels", Duration::from_secs(5), || code(plain()) == "420")
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", agent_log(&node)))?;
+    assert_eq!(enrollments("enrolled"), 2, "a label change must not re-enroll the pod");
     api.delete(VIRTUAL_SERVICES, "default", "web");
     wait_until("VirtualService deletion applied", Duration::from_secs(5), || code(chaos()) == "200")?;
 

@@ -97,19 +97,20 @@ fn upstream_client(idle_timeout: Duration, connect_timeout: Duration) -> Client<
 }
 
 /// Accepts on the outbound listener inside `workload`'s network namespace until the listener fails.
-pub async fn serve_pod_listener(state: Arc<ProxyState>, workload: Arc<Workload>, listener: TcpListener, netns_cookie: u64) {
+/// `workload` is updated by the agent when the pod changes (its labels feed `sourceLabels`).
+pub async fn serve_pod_listener(state: Arc<ProxyState>, workload: Arc<ArcSwap<Workload>>, listener: TcpListener, netns_cookie: u64) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(pod = %workload.name, error = %e, "accept failed");
+                tracing::warn!(pod = %workload.load().name, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
+        let workload = workload.load_full();
         let span = tracing::info_span!("conn", src = %workload.name, peer = %peer);
         let state = state.clone();
-        let workload = workload.clone();
         tokio::spawn(
             async move {
                 let SocketAddr::V4(peer4) = peer else {
@@ -129,9 +130,7 @@ pub async fn serve_pod_listener(state: Arc<ProxyState>, workload: Arc<Workload>,
                     state.metrics.inc("mesh_connections_rejected_total", &[("reason", "unknown_service")]);
                     return;
                 };
-                // The pod's labels may have changed since it was enrolled (sourceLabels match on them).
-                let current = state.registry.load().workload_by_name(&workload.namespace, &workload.name).cloned();
-                let source = Source { workload: Some(current.unwrap_or(workload)), peer: Some(peer) };
+                let source = Source { workload: Some(workload), peer: Some(peer) };
                 serve_service_conn(state, source, service, orig.port(), stream).await;
             }
             .instrument(span),
