@@ -51,11 +51,14 @@ struct Opts {
     repeats: usize,
     rate: u32,
     profile: bool,
+    /// Contenders to start (all by default); the mesh is always there.
+    only: Option<Vec<String>>,
+    redirect: bool,
 }
 
 fn parse_args() -> Result<Opts> {
-    let mut o = Opts { quick: false, out: workspace().join("target/bench"), duration: 5, repeats: 3, rate: 4000, profile: true };
-    let (mut duration, mut repeats) = (None, None);
+    let mut o = Opts { quick: false, out: workspace().join("target/bench"), duration: 5, repeats: 3, rate: 4000, profile: true, only: None, redirect: true };
+    let (mut duration, mut repeats, mut profile) = (None, None, None);
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -66,9 +69,12 @@ fn parse_args() -> Result<Opts> {
             "--duration" => duration = Some(val("--duration")?.parse().context("--duration SECS")?),
             "--repeats" => repeats = Some(val("--repeats")?.parse().context("--repeats N")?),
             "--rate" => o.rate = val("--rate")?.parse().context("--rate RPS")?,
-            "--no-profile" => o.profile = false,
+            "--no-profile" => profile = Some(false),
+            "--profile" => profile = Some(true),
+            "--no-redirect" => o.redirect = false,
+            "--contenders" => o.only = Some(val("--contenders")?.split(',').map(str::to_owned).collect()),
             "-h" | "--help" => {
-                println!("mesh-bench [--quick] [--out DIR] [--duration SECS] [--repeats N] [--rate RPS] [--no-profile]");
+                println!("mesh-bench [--quick] [--out DIR] [--duration SECS] [--repeats N] [--rate RPS] [--profile|--no-profile] [--no-redirect] [--contenders direct,mesh,envoy,nginx,haproxy]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (try --help)"),
@@ -81,6 +87,7 @@ fn parse_args() -> Result<Opts> {
     }
     o.duration = duration.unwrap_or(o.duration).max(1);
     o.repeats = repeats.unwrap_or(o.repeats).max(1);
+    o.profile = profile.unwrap_or(o.profile);
     Ok(o)
 }
 
@@ -113,6 +120,8 @@ struct Sample {
     p99_us: f64,
     p999_us: f64,
     cpu_s: Option<f64>,
+    /// The kernel's share of cpu_s (stime).
+    sys_s: Option<f64>,
 }
 
 impl Sample {
@@ -148,6 +157,7 @@ fn main() -> Result<()> {
     let run_dir = node.dir.clone();
     setup_pods(&mut node)?;
     start_backends(&mut node)?;
+    let wanted = |name: &str| o.only.as_ref().is_none_or(|l| l.iter().any(|w| w == name));
     let mut contenders = vec![Contender {
         name: "direct",
         proc_label: None,
@@ -155,14 +165,17 @@ fn main() -> Result<()> {
         url_h2: None,
         idle_rss_kb: 0,
     }];
+    if !wanted("direct") {
+        contenders.clear();
+    }
     contenders.push(start_mesh(&mut node, &run_dir)?);
-    if let Some(envoy) = &tools.envoy {
+    if let Some(envoy) = tools.envoy.as_ref().filter(|_| wanted("envoy")) {
         contenders.push(start_envoy(&mut node, &run_dir, envoy)?);
     }
-    if tools.nginx {
+    if tools.nginx && wanted("nginx") {
         contenders.push(start_nginx(&mut node, &run_dir)?);
     }
-    if tools.haproxy {
+    if tools.haproxy && wanted("haproxy") {
         contenders.push(start_haproxy(&mut node, &run_dir)?);
     }
     let names: Vec<&'static str> = contenders.iter().map(|c| c.name).collect();
@@ -211,7 +224,7 @@ fn main() -> Result<()> {
                     s.p50_us / 1e3,
                     s.p99_us / 1e3,
                     s.p999_us / 1e3,
-                    s.cpu_per_1k().map(|v| format!("  cpu {v:.3} s/1k req")).unwrap_or_default(),
+                    s.cpu_per_1k().map(|v| format!("  cpu {v:.3} s/1k req ({:.0}% sys)", 100.0 * s.sys_s.unwrap_or(0.0) / s.cpu_s.unwrap_or(1.0).max(1e-9))).unwrap_or_default(),
                     if s.errors + s.non2xx > 0 { format!("  errors {} non-2xx {}", s.errors, s.non2xx) } else { String::new() }
                 );
                 results.entry((cell.key, c.name)).or_default().push(s);
@@ -221,8 +234,11 @@ fn main() -> Result<()> {
 
     // Redirect mechanism alone: a new connection per request through the same node proxy,
     // redirected by connect4 (client pod) or by iptables REDIRECT (ipt pod, not enrolled cgroup).
-    println!("== redirect mechanism: new connection per request ==");
-    let redirect = redirect_comparison(&mut node, &contenders[1], &o, &lua, &run_dir)?;
+    if o.redirect {
+        println!("== redirect mechanism: new connection per request ==");
+    }
+    let mesh = contenders.iter().find(|c| c.name == "mesh").context("no mesh")?;
+    let redirect = if o.redirect { Some(redirect_comparison(&mut node, mesh, &o, &lua, &run_dir)?) } else { None };
 
     let mut peaks = BTreeMap::new();
     for c in &contenders {
@@ -232,7 +248,17 @@ fn main() -> Result<()> {
         }
     }
 
-    let profile = if o.profile { profile_mesh(&node, &contenders[1], &lua, &run_dir).ok() } else { None };
+    let profile = if o.profile {
+        match profile_mesh(&node, mesh, &lua, &run_dir) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("mesh-bench: no profile: {e:#}");
+                None
+            }
+        }
+    } else {
+        None
+    };
 
     let report = Report {
         opts: &o,
@@ -241,7 +267,7 @@ fn main() -> Result<()> {
         cells: &cells,
         contenders: &contenders,
         results: &results,
-        redirect: &redirect,
+        redirect: redirect.as_ref(),
         peaks: &peaks,
         routing: &routing,
         profile: profile.as_deref(),
@@ -779,6 +805,7 @@ fn parse_wrk(out: &str) -> Result<Sample> {
         p99_us: f[5],
         p999_us: f[6],
         cpu_s: None,
+        sys_s: None,
     })
 }
 
@@ -806,7 +833,7 @@ fn parse_h2load(out: &str, log: &Path, secs: u32) -> Result<Sample> {
         .unwrap_or(0);
     lat.sort_by(f64::total_cmp);
     let pct = |p: f64| if lat.is_empty() { 0.0 } else { lat[((lat.len() as f64 * p / 100.0).ceil() as usize).clamp(1, lat.len()) - 1] };
-    Ok(Sample { requests: ok + bad, secs: secs as f64, errors: failed + errored, non2xx: bad, p50_us: pct(50.0), p99_us: pct(99.0), p999_us: pct(99.9), cpu_s: None })
+    Ok(Sample { requests: ok + bad, secs: secs as f64, errors: failed + errored, non2xx: bad, p50_us: pct(50.0), p99_us: pct(99.0), p999_us: pct(99.9), cpu_s: None, sys_s: None })
 }
 
 /// One measured run: the load plus the proxy's CPU time over it.
@@ -815,8 +842,10 @@ fn measure(node: &Node, pod: &str, cgroup: Option<&Path>, c: &Contender, load: &
     let pid = c.proc_label.and_then(|l| node.pid(l));
     let before = pid.map(proc_tree_cpu);
     let mut s = run_load(node, pod, cgroup, c, load, secs, lua, rate, dir)?;
-    if let (Some(pid), Some(before)) = (pid, before) {
-        s.cpu_s = Some(proc_tree_cpu(pid) - before);
+    if let (Some(pid), Some((user, sys))) = (pid, before) {
+        let (u, y) = proc_tree_cpu(pid);
+        s.cpu_s = Some(u - user + y - sys);
+        s.sys_s = Some(y - sys);
     }
     Ok(s)
 }
@@ -845,8 +874,8 @@ fn proc_tree(root: u32) -> Vec<u32> {
     tree
 }
 
-/// utime + stime of the process tree, in seconds.
-fn proc_tree_cpu(root: u32) -> f64 {
+/// (utime, stime) of the process tree, in seconds.
+fn proc_tree_cpu(root: u32) -> (f64, f64) {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     proc_tree(root)
@@ -856,10 +885,9 @@ fn proc_tree_cpu(root: u32) -> f64 {
             let rest = s.rsplit_once(')')?.1.to_string();
             let f: Vec<&str> = rest.split_whitespace().collect();
             // rest[0] is field 3 (state); utime is field 14, stime field 15.
-            Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
+            Some((f.get(11)?.parse::<f64>().ok()? / hz, f.get(12)?.parse::<f64>().ok()? / hz))
         })
-        .sum::<f64>()
-        / hz
+        .fold((0.0, 0.0), |(u, s), (a, b)| (u + a, s + b))
 }
 
 /// Sum over the process tree of a kB field of /proc/<pid>/status (VmRSS:, VmHWM:).
@@ -963,7 +991,7 @@ struct Report<'a> {
     cells: &'a [Cell],
     contenders: &'a [Contender],
     results: &'a BTreeMap<(&'static str, &'static str), Vec<Sample>>,
-    redirect: &'a RedirectResult,
+    redirect: Option<&'a RedirectResult>,
     peaks: &'a BTreeMap<&'static str, u64>,
     routing: &'a RoutingCheck,
     profile: Option<&'a str>,
@@ -1080,7 +1108,8 @@ impl Report<'_> {
                 numbers: format!("mesh {:.1} MB, envoy {:.1} MB ({:.2}×)", *m as f64 / 1024.0, *e as f64 / 1024.0, *m as f64 / *e as f64),
             });
         }
-        let (e, i): (Vec<f64>, Vec<f64>) = (self.redirect.ebpf.iter().map(Sample::rps).collect(), self.redirect.iptables.iter().map(Sample::rps).collect());
+        let Some(redirect) = self.redirect else { return t };
+        let (e, i): (Vec<f64>, Vec<f64>) = (redirect.ebpf.iter().map(Sample::rps).collect(), redirect.iptables.iter().map(Sample::rps).collect());
         let r: Vec<f64> = e.iter().zip(&i).map(|(a, b)| a / b).collect();
         t.push(Target {
             what: "eBPF redirect connection rate ≥ iptables REDIRECT's".into(),
@@ -1191,7 +1220,7 @@ impl Report<'_> {
                 self.peaks.get(c.name).copied().unwrap_or(0) as f64 / 1024.0
             );
         }
-        let r = self.redirect;
+        if let Some(r) = self.redirect {
         let _ = writeln!(m, "\n## Redirect mechanism alone: eBPF connect4 vs iptables REDIRECT\n");
         let _ = writeln!(
             m,
@@ -1212,6 +1241,7 @@ impl Report<'_> {
                 fmt_ms(&f(|s| s.p999_us)),
                 v.iter().map(|s| s.errors + s.non2xx).sum::<u64>()
             );
+        }
         }
         let _ = writeln!(
             m,
@@ -1284,14 +1314,14 @@ impl Report<'_> {
         for ((cell, who), v) in self.results {
             let arr: Vec<serde_json::Value> = v
                 .iter()
-                .map(|s| serde_json::json!({"rps": s.rps(), "requests": s.requests, "secs": s.secs, "errors": s.errors, "non2xx": s.non2xx, "p50_us": s.p50_us, "p99_us": s.p99_us, "p999_us": s.p999_us, "cpu_s": s.cpu_s}))
+                .map(|s| serde_json::json!({"rps": s.rps(), "requests": s.requests, "secs": s.secs, "errors": s.errors, "non2xx": s.non2xx, "p50_us": s.p50_us, "p99_us": s.p99_us, "p999_us": s.p999_us, "cpu_s": s.cpu_s, "sys_s": s.sys_s}))
                 .collect();
             cells.entry(cell.to_string()).or_insert_with(|| serde_json::json!({})).as_object_mut().map(|o| o.insert(who.to_string(), arr.into()));
         }
-        let redirect = serde_json::json!({
-            "ebpf_conn_per_s": self.redirect.ebpf.iter().map(Sample::rps).collect::<Vec<_>>(),
-            "iptables_conn_per_s": self.redirect.iptables.iter().map(Sample::rps).collect::<Vec<_>>(),
-        });
+        let redirect = self.redirect.map(|r| serde_json::json!({
+            "ebpf_conn_per_s": r.ebpf.iter().map(Sample::rps).collect::<Vec<_>>(),
+            "iptables_conn_per_s": r.iptables.iter().map(Sample::rps).collect::<Vec<_>>(),
+        }));
         let mem: serde_json::Map<String, serde_json::Value> = self
             .contenders
             .iter()
