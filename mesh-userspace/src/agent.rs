@@ -53,6 +53,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let routes = initial_routes(&args, &registry);
     let object = ebpf::find_object(args.ebpf_object.as_deref())?;
     let bpf = Arc::new(MeshEbpf::load_and_attach(&object, &args.cgroup_root)?);
+    // SAFETY: malloc_trim has no preconditions. Loading parsed the kernel's BTF (megabytes, now freed); return it.
+    unsafe { libc::malloc_trim(0) };
     let state = ProxyState::new(registry.clone(), routes, bpf.clone());
 
     let mut enrolled = Vec::new();
