@@ -1081,7 +1081,13 @@ impl Report<'_> {
             for c in &sat_cells {
                 let r = self.ratios(c, "mesh", peer, Sample::rps);
                 met &= median(&r) >= factor;
-                nums.push(format!("{c}: {}", fmt_ratio(&r)));
+                let needed = factor * median(&self.series(c, peer, Sample::rps));
+                let direct = median(&self.series(c, "direct", Sample::rps));
+                let mut n = format!("{c}: {}", fmt_ratio(&r));
+                if needed > direct {
+                    let _ = write!(n, " — needs {needed:.0} req/s, above direct's {direct:.0} (no proxy at all)");
+                }
+                nums.push(n);
             }
             t.push(Target { what, met: Some(met), numbers: nums.join("; ") });
         }
@@ -1219,6 +1225,18 @@ impl Report<'_> {
             let _ = writeln!(m);
         }
         let _ = writeln!(m, "![requests per second](rps.svg)\n");
+        let cpu_cell = if self.samples("c256", "mesh").is_some() { "c256" } else { "c32" };
+        let _ = writeln!(
+            m,
+            "## Where the proxy CPU goes ({cpu_cell})\n\nMicroseconds of proxy CPU per request, split into user space and kernel (`utime` / `stime`; the kernel part is the TCP/IP work of the proxy's own recv/writev calls, including the loopback and veth delivery done in its context).\n\n| proxy | user µs / req | kernel µs / req | total µs / req |\n|---|---|---|---|"
+        );
+        for c in self.contenders.iter().filter(|c| c.proc_label.is_some()) {
+            let Some(v) = self.samples(cpu_cell, c.name) else { continue };
+            let tot = median(&v.iter().filter_map(|s| Some(s.cpu_s? * 1e6 / s.requests.max(1) as f64)).collect::<Vec<_>>());
+            let sys = median(&v.iter().filter_map(|s| Some(s.sys_s? * 1e6 / s.requests.max(1) as f64)).collect::<Vec<_>>());
+            let _ = writeln!(m, "| {} | {:.1} | {:.1} | {:.1} |", c.name, tot - sys, sys, tot);
+        }
+        let _ = writeln!(m);
         let _ = writeln!(m, "## Memory\n\n| proxy | idle RSS MB | peak RSS MB under load (VmHWM since start-up) |\n|---|---|---|");
         for c in self.contenders.iter().filter(|c| c.proc_label.is_some()) {
             let _ = writeln!(
