@@ -81,6 +81,8 @@ const ENROLL_RETRY: Duration = Duration::from_millis(250);
 pub async fn run(args: AgentArgs) -> Result<()> {
     let object = ebpf::find_object(args.ebpf_object.as_deref())?;
     let bpf = Arc::new(MeshEbpf::load_and_attach(&object, &args.cgroup_root)?);
+    // SAFETY: malloc_trim has no preconditions. Loading parsed the kernel's BTF (megabytes, now freed); return it.
+    unsafe { libc::malloc_trim(0) };
     let client = match args.kubernetes {
         true => Some(kube::Client::try_default().await.context(
             "cannot build a Kubernetes client: run in a pod with a service account, or set KUBECONFIG",

@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
   mesh explain --config deploy/bookinfo/networking --registry deploy/bookinfo/local-registry.yaml \\
        --from productpage-v1 --url http://reviews:9080/reviews/0 -H 'end-user: jason'
 
-Logs: RUST_LOG=debug (default info)."
+Logs: RUST_LOG=debug (default info). Proxy worker threads: MESH_WORKER_THREADS=N (default one per core)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -34,6 +34,21 @@ enum Cmd {
     Explain(mesh::cli_routing::ExplainArgs),
 }
 
+/// The agent's runtime: multi-threaded, one worker per core unless `MESH_WORKER_THREADS` says
+/// otherwise (benchmarks give every proxy one worker).
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Ok(v) = std::env::var("MESH_WORKER_THREADS") {
+        match v.trim().parse::<usize>() {
+            Ok(n) if n > 0 => {
+                b.worker_threads(n);
+            }
+            _ => return Err(format!("MESH_WORKER_THREADS={v:?}: expected a positive number of threads")),
+        }
+    }
+    b.enable_all().build().map_err(|e| e.to_string())
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -42,10 +57,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match Cli::parse().cmd {
-        Cmd::Agent(args) => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
+        Cmd::Agent(args) => runtime()
+            .map_err(anyhow::Error::msg)
             .and_then(|rt| rt.block_on(mesh::agent::run(args)))
             .map(|()| ExitCode::SUCCESS),
         Cmd::Validate(args) => mesh::cli_routing::validate(args),

@@ -10,12 +10,20 @@ pub struct Metrics {
 impl Metrics {
     /// Adds `n` to counter `name` with `labels` (pairs rendered in the given order).
     pub fn add(&self, name: &'static str, labels: &[(&str, &str)], n: u64) {
-        let mut key = String::new();
+        let mut key = String::with_capacity(labels.iter().map(|(k, v)| k.len() + v.len() + 4).sum());
         for (i, (k, v)) in labels.iter().enumerate() {
             if i > 0 {
                 key.push(',');
             }
-            let _ = write!(key, "{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""));
+            if v.contains(['\\', '"']) {
+                let _ = write!(key, "{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""));
+            } else {
+                // The common case, once per request: no escaping copies.
+                key.push_str(k);
+                key.push_str("=\"");
+                key.push_str(v);
+                key.push('"');
+            }
         }
         let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
         *c.entry((name, key)).or_default() += n;

@@ -202,6 +202,11 @@ impl Node {
         Ok(())
     }
 
+    /// The pid of the process started as `label` (the command itself: the pod prefix execs into it).
+    pub fn pid(&self, label: &str) -> Option<u32> {
+        self.children.iter().find(|(l, _)| l == label).map(|(_, c)| c.id())
+    }
+
     pub fn log(&self, label: &str) -> String {
         fs::read_to_string(self.dir.join(format!("{label}.log"))).unwrap_or_default()
     }

