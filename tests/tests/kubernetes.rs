@@ -68,6 +68,9 @@ fn kubernetes_mode_enrolls_pods_as_the_api_server_reports_them() -> anyhow::Resu
             .args(["--istio-crds", "--admin", &admin.to_string(), "--ingress-bind", "127.0.0.1"])
             .env("KUBECONFIG", &kubeconfig)
             .env_remove("KUBERNETES_SERVICE_HOST")
+            // One worker = the single-threaded runtime (the benchmark's setting); the other e2e
+            // tests run the default multi-threaded one.
+            .env("MESH_WORKER_THREADS", "1")
             .env("RUST_LOG", "info"),
     )?;
     let agent_log = |node: &Node| format!("agent log:\n{}", node.log("agent"));

@@ -191,6 +191,9 @@ async fn sniff_http(stream: &TcpStream) -> bool {
 }
 
 pub async fn serve_http(state: Arc<ProxyState>, source: Source, entry: Entry, stream: TcpStream) {
+    // Responses are written whole; Nagle would only hold the next one back behind the client's
+    // delayed ACK of the previous (Envoy and nginx set it too).
+    let _ = stream.set_nodelay(true);
     let io = TokioIo::new(stream);
     let svc = hyper::service::service_fn(move |req| http::handle(state.clone(), source.clone(), entry.clone(), req));
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
