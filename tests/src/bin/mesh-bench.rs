@@ -987,7 +987,9 @@ fn profile_mesh(node: &Node, mesh: &Contender, lua: &Path, dir: &Path) -> Result
         .arg(&data)
         .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    Ok(text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).take(40).collect::<Vec<_>>().join("\n"))
+    // perf pads each line to the terminal-less default width and appends empty "-  -" columns.
+    let tidy = |l: &str| l.trim_end().trim_end_matches(['-', ' ']).to_owned();
+    Ok(text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).take(40).map(tidy).collect::<Vec<_>>().join("\n"))
 }
 
 // ---------------------------------------------------------------------------------------------
