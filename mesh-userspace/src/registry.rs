@@ -36,6 +36,13 @@ impl AppProtocol {
     pub fn from_port(name: Option<&str>, app_protocol: Option<&str>) -> Self {
         let classify = |s: &str| {
             let s = s.to_ascii_lowercase();
+            // gRPC-Web is HTTP/1.1 on the wire (Istio: GRPC-Web is HTTP); the Kubernetes standard
+            // application protocol for cleartext HTTP/2 is `kubernetes.io/h2c`.
+            match s.as_str() {
+                "grpc-web" => return Some(AppProtocol::Http),
+                "kubernetes.io/h2c" => return Some(AppProtocol::Http2),
+                _ => {}
+            }
             let head = s.split('-').next().unwrap_or("");
             match head {
                 "http" => Some(AppProtocol::Http),
@@ -471,6 +478,32 @@ status: {podIP: 10.244.0.12}
         assert_eq!(eps[0].addr, "10.244.0.11:9080".parse().unwrap());
         assert_eq!(eps[0].workload.netns.as_deref(), Some(Path::new("/var/run/netns/reviews-v1")));
         assert!(reg.endpoints(&svc, 9999).is_empty());
+    }
+
+    #[test]
+    fn port_protocol_is_classified_like_istio() {
+        use AppProtocol::*;
+        let cases = [
+            (Some("http"), None, Http),
+            (Some("http-web"), None, Http),
+            (Some("grpc"), None, Http2),
+            (Some("grpc-greeter"), None, Http2),
+            (Some("grpc-web"), None, Http),
+            (Some("http2"), None, Http2),
+            (Some("h2c-api"), None, Http2),
+            (Some("tcp-db"), None, Tcp),
+            (Some("mysql"), None, Tcp),
+            (Some("web"), None, Unknown),
+            (None, None, Unknown),
+            // appProtocol wins over the name.
+            (Some("http"), Some("grpc"), Http2),
+            (Some("grpc"), Some("kubernetes.io/h2c"), Http2),
+            (Some("web"), Some("HTTP"), Http),
+            (Some("grpc"), Some("tcp"), Tcp),
+        ];
+        for (name, app, want) in cases {
+            assert_eq!(AppProtocol::from_port(name, app), want, "name {name:?} appProtocol {app:?}");
+        }
     }
 
     #[test]

@@ -8,13 +8,13 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 use hyper::body::{Body as _, Incoming};
 use rand::Rng;
 
 use super::{ProxyState, Source};
-use crate::routing::{Context, Decision, Forward, HashOn, LbPolicy, RequestInfo};
+use crate::routing::{Context, Decision, Forward, HashOn, LbPolicy, RequestInfo, UpstreamProtocol};
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
@@ -70,8 +70,14 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(n);
         }
     }
+    // `te: trailers` is the one TE an HTTP/2 peer may send, and gRPC requires it end to end
+    // (Envoy keeps it too); every other TE is hop-by-hop.
+    let trailers = headers.get_all(header::TE).iter().any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))));
     for n in &HOP_BY_HOP {
         headers.remove(n);
+    }
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 }
 
@@ -231,7 +237,8 @@ async fn forward(state: &ProxyState, source: &Source, fwd: Forward, req: Request
     let mut attempt = 0;
     // The retry slot held while a retry is outstanding (connectionPool.http.maxRetries).
     let mut _retry_slot = None;
-    let client = state.client_for(&fwd.cluster.connection_pool);
+    let protocol = fwd.cluster.upstream_protocol(parts.version == Version::HTTP_2);
+    let client = state.client_for(&fwd.cluster.connection_pool, protocol);
     loop {
         attempt += 1;
         let last = attempt >= max_attempts;
@@ -258,7 +265,8 @@ async fn forward(state: &ProxyState, source: &Source, fwd: Forward, req: Request
         *up.method_mut() = parts.method.clone();
         *up.uri_mut() = uri;
         *up.headers_mut() = parts.headers.clone();
-        if fwd.cluster.connection_pool.max_requests_per_connection == Some(1) {
+        *up.version_mut() = protocol.version();
+        if protocol == UpstreamProtocol::Http1 && fwd.cluster.connection_pool.max_requests_per_connection == Some(1) {
             // Istio's way of turning upstream keep-alive off.
             up.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
         }
@@ -415,7 +423,9 @@ fn spawn_mirror(
             req.headers_mut().insert(header::HOST, v);
         }
     }
-    let client = state.client.clone();
+    let protocol = cluster.upstream_protocol(parts.version == Version::HTTP_2);
+    *req.version_mut() = protocol.version();
+    let client = state.client_for(&cluster.connection_pool, protocol);
     tokio::spawn(async move {
         let _picked = picked;
         if let Ok(resp) = client.request(req).await {

@@ -20,7 +20,7 @@ use tracing::Instrument;
 use crate::{
     metrics::Metrics,
     registry::{AppProtocol, Registry, Service, Workload},
-    routing::RouteTable,
+    routing::{RouteTable, UpstreamProtocol},
 };
 use self::http::{Entry, ProxyBody};
 
@@ -47,9 +47,10 @@ pub struct ProxyState {
     pub routes: ArcSwap<RouteTable>,
     pub registry: ArcSwap<Registry>,
     pub client: Client<HttpConnector, ProxyBody>,
+    client_h2: Client<HttpConnector, ProxyBody>,
     /// Upstream clients for clusters whose DestinationRule sets `connectionPool.http.idleTimeout`
-    /// or `tcp.connectTimeout` (hyper has one of each per client), by (idle, connect) timeout.
-    pool_clients: std::sync::Mutex<std::collections::HashMap<(Duration, Duration), Client<HttpConnector, ProxyBody>>>,
+    /// or `tcp.connectTimeout`.
+    pool_clients: std::sync::Mutex<std::collections::HashMap<UpstreamKey, Client<HttpConnector, ProxyBody>>>,
     pub lb: lb::LoadBalancer,
     pub metrics: Metrics,
     pub original_dst: Arc<dyn OriginalDst>,
@@ -60,7 +61,8 @@ impl ProxyState {
         Arc::new(ProxyState {
             routes: ArcSwap::from_pointee(routes),
             registry: ArcSwap::from_pointee(registry),
-            client: upstream_client(DEFAULT_IDLE_TIMEOUT, DEFAULT_CONNECT_TIMEOUT),
+            client: upstream_client(UpstreamKey::default_for(UpstreamProtocol::Http1)),
+            client_h2: upstream_client(UpstreamKey::default_for(UpstreamProtocol::Http2)),
             pool_clients: Default::default(),
             lb: lb::LoadBalancer::default(),
             metrics: Metrics::default(),
@@ -70,14 +72,21 @@ impl ProxyState {
 }
 
 impl ProxyState {
-    /// The upstream client for a cluster's connection pool settings.
-    pub fn client_for(&self, pool: &crate::routing::ConnectionPool) -> Client<HttpConnector, ProxyBody> {
+    /// The upstream client for a cluster's connection pool settings and upstream protocol.
+    pub fn client_for(&self, pool: &crate::routing::ConnectionPool, protocol: UpstreamProtocol) -> Client<HttpConnector, ProxyBody> {
         if pool.idle_timeout.is_none() && pool.connect_timeout.is_none() {
-            return self.client.clone();
+            return match protocol {
+                UpstreamProtocol::Http1 => self.client.clone(),
+                UpstreamProtocol::Http2 => self.client_h2.clone(),
+            };
         }
-        let key = (pool.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT), pool.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT));
+        let key = UpstreamKey {
+            idle_timeout: pool.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
+            connect_timeout: pool.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            protocol,
+        };
         let mut clients = self.pool_clients.lock().unwrap_or_else(|e| e.into_inner());
-        clients.entry(key).or_insert_with(|| upstream_client(key.0, key.1)).clone()
+        clients.entry(key).or_insert_with(|| upstream_client(key)).clone()
     }
 }
 
@@ -85,15 +94,32 @@ const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Envoy's default cluster connect timeout.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn upstream_client(idle_timeout: Duration, connect_timeout: Duration) -> Client<HttpConnector, ProxyBody> {
+/// What distinguishes one upstream client (hyper has one pool, idle timeout, connect timeout and
+/// protocol per client).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct UpstreamKey {
+    idle_timeout: Duration,
+    connect_timeout: Duration,
+    protocol: UpstreamProtocol,
+}
+
+impl UpstreamKey {
+    const fn default_for(protocol: UpstreamProtocol) -> Self {
+        UpstreamKey { idle_timeout: DEFAULT_IDLE_TIMEOUT, connect_timeout: DEFAULT_CONNECT_TIMEOUT, protocol }
+    }
+}
+
+fn upstream_client(key: UpstreamKey) -> Client<HttpConnector, ProxyBody> {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(connect_timeout));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(idle_timeout)
-        .pool_max_idle_per_host(256)
-        .pool_timer(hyper_util::rt::TokioTimer::new())
-        .build(connector)
+    connector.set_connect_timeout(Some(key.connect_timeout));
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder.pool_idle_timeout(key.idle_timeout).pool_max_idle_per_host(256).pool_timer(hyper_util::rt::TokioTimer::new());
+    if key.protocol == UpstreamProtocol::Http2 {
+        // One multiplexed connection per endpoint, as Envoy keeps for HTTP/2 clusters.
+        builder.http2_only(true).timer(hyper_util::rt::TokioTimer::new());
+    }
+    builder.build(connector)
 }
 
 /// Accepts on the outbound listener inside `workload`'s network namespace until the listener fails.

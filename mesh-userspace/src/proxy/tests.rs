@@ -320,3 +320,111 @@ async fn idle_timeout_and_max_requests_per_connection_shape_upstream_connections
     assert_eq!(get(addr, &[]).await.0, 200);
     assert_eq!(connections().lock().unwrap()[&v1_addr(&registry)], 2, "the idle connection was closed");
 }
+
+/// A backend that answers with the HTTP version and `te` it was sent, plus a gRPC-style trailer.
+async fn protocol_backend() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|req: ::http::Request<hyper::body::Incoming>| async move {
+                    let te = req.headers().get("te").and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
+                    let mut trailers = ::http::HeaderMap::new();
+                    trailers.insert("grpc-status", ::http::HeaderValue::from_static("0"));
+                    let body = http_body_util::Full::new(Bytes::from(format!("{:?} te={te}", req.version())))
+                        .with_trailers(async move { Some(Ok::<_, std::convert::Infallible>(trailers)) });
+                    Ok::<_, std::convert::Infallible>(::http::Response::new(body))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(s), svc).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A proxy in front of one `greeter` service whose port 50051 is declared as `protocol`, with
+/// `pool` as the DestinationRule's `connectionPool.http`.
+async fn greeter_proxy(protocol: AppProtocol, pool: &str) -> SocketAddr {
+    let backend = protocol_backend().await;
+    let greeter = Arc::new(Service {
+        name: "greeter".into(),
+        namespace: "default".into(),
+        cluster_ip: Some(Ipv4Addr::new(10, 96, 0, 50)),
+        ports: vec![ServicePort { name: None, port: 50051, target_port: TargetPort::Number(backend.port()), node_port: None, protocol }],
+        ready_ips: None,
+        selector: [("app".to_string(), "greeter".to_string())].into_iter().collect(),
+    });
+    let client = workload("client", &[("app", "client")], 80);
+    let registry = Registry { services: vec![greeter.clone()], workloads: vec![workload("greeter-1", &[("app", "greeter")], backend.port()), client.clone()] };
+    let dr = format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: greeter}}\nspec:\n  host: greeter\n  trafficPolicy:\n    connectionPool:\n      http: {pool}\n");
+    let state = ProxyState::new(registry.clone(), table(&dr, &registry), Arc::new(NoOriginalDst));
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind front");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, peer)) = l.accept().await else { return };
+            let source = Source { workload: Some(client.clone()), peer: Some(peer) };
+            tokio::spawn(serve_service_conn(state.clone(), source, greeter.clone(), 50051, s));
+        }
+    });
+    addr
+}
+
+/// One request over HTTP/2 (prior knowledge) or HTTP/1.1 with `te: trailers`; returns the body
+/// (the version and `te` the backend saw) and the `grpc-status` trailer if it came through.
+async fn call(addr: SocketAddr, http2: bool) -> (String, Option<String>) {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = ::http::Request::builder()
+        .method("POST")
+        .uri(format!("http://greeter:50051/helloworld.Greeter/SayHello"))
+        .header("host", "greeter:50051")
+        .header("te", "trailers")
+        .header("content-type", "application/grpc")
+        .body(http_body_util::Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+        .expect("request");
+    let resp = if http2 {
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.expect("h2 handshake");
+        tokio::spawn(conn);
+        sender.send_request(req).await.expect("response")
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+        tokio::spawn(conn);
+        sender.send_request(req).await.expect("response")
+    };
+    assert_eq!(resp.status(), 200);
+    let collected = resp.into_body().collect().await.expect("body");
+    let status = collected.trailers().and_then(|t| t.get("grpc-status")).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    (String::from_utf8_lossy(&collected.to_bytes()).into_owned(), status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_protocol_follows_port_declaration_and_destination_rule() {
+    // A port declared gRPC / HTTP/2 is HTTP/2 upstream whatever the client spoke; te: trailers
+    // and the grpc-status trailer pass through.
+    let grpc = greeter_proxy(AppProtocol::Http2, "{}").await;
+    assert_eq!(call(grpc, true).await, ("HTTP/2.0 te=trailers".into(), Some("0".into())));
+    assert_eq!(call(grpc, false).await.0, "HTTP/2.0 te=trailers");
+    // A port declared http stays HTTP/1.1 upstream even for HTTP/2 clients (Istio's default) ...
+    let http = greeter_proxy(AppProtocol::Http, "{}").await;
+    assert_eq!(call(http, true).await.0, "HTTP/1.1 te=trailers");
+    // ... unless the DestinationRule upgrades it, or asks for the client's protocol.
+    let upgraded = greeter_proxy(AppProtocol::Http, "{h2UpgradePolicy: UPGRADE}").await;
+    assert_eq!(call(upgraded, false).await.0, "HTTP/2.0 te=trailers");
+    let follow = greeter_proxy(AppProtocol::Http, "{useClientProtocol: true}").await;
+    assert_eq!(call(follow, true).await.0, "HTTP/2.0 te=trailers");
+    assert_eq!(call(follow, false).await.0, "HTTP/1.1 te=trailers");
+    // A port that declares nothing is sniffed, and the upstream gets the client's protocol.
+    let sniffed = greeter_proxy(AppProtocol::Unknown, "{}").await;
+    assert_eq!(call(sniffed, true).await, ("HTTP/2.0 te=trailers".into(), Some("0".into())));
+    assert_eq!(call(sniffed, false).await.0, "HTTP/1.1 te=trailers");
+}
+
+#[test]
+fn unknown_h2_upgrade_policy_is_rejected_with_its_path() {
+    let yaml = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec:\n  host: reviews\n  trafficPolicy:\n    connectionPool:\n      http: {h2UpgradePolicy: ALWAYS}\n";
+    let config = Config::parse_str("dr.yaml", yaml).expect("parses");
+    let err = RouteTable::compile(&config, &Registry::default()).err().expect("rejected").to_string();
+    assert!(err.contains("h2UpgradePolicy") && err.contains("UPGRADE"), "{err}");
+}

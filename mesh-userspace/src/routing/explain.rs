@@ -17,7 +17,11 @@ impl fmt::Display for Explanation {
 }
 
 fn cluster_line(out: &mut String, indent: &str, c: &Cluster) {
-    let _ = writeln!(out, "{indent}cluster {}  (lb {:?})", c.name, c.lb);
+    let upstream = match c.upstream_protocol(false) {
+        super::UpstreamProtocol::Http1 => "HTTP/1.1",
+        super::UpstreamProtocol::Http2 => "HTTP/2",
+    };
+    let _ = writeln!(out, "{indent}cluster {}  (lb {:?}, upstream {upstream} for an HTTP/1.1 client)", c.name, c.lb);
     if c.endpoints.is_empty() {
         let _ = writeln!(out, "{indent}  endpoints: NONE → the proxy answers 503 \"no healthy upstream\"");
     }

@@ -148,6 +148,15 @@ pub struct Cluster {
     pub outlier_detection: Option<OutlierDetection>,
 }
 
+impl Cluster {
+    /// The HTTP version to speak to this cluster's endpoints for a request the client sent over
+    /// HTTP/2 or not (see [`UpstreamProtocol::choose`]).
+    pub fn upstream_protocol(&self, client_http2: bool) -> UpstreamProtocol {
+        let port = self.service.port(self.port).map_or(crate::registry::AppProtocol::Unknown, |p| p.protocol);
+        UpstreamProtocol::choose(port, &self.connection_pool, client_http2)
+    }
+}
+
 /// A destination of a route: the cluster for an explicit port, or one per service port when the
 /// rule leaves the port to the request (`destination: {host: reviews}`).
 #[derive(Clone, Debug)]

@@ -138,6 +138,43 @@ pub struct ConnectionPool {
     pub max_requests_per_connection: Option<u32>,
     pub max_retries: Option<u32>,
     pub idle_timeout: Option<Duration>,
+    /// `http.h2UpgradePolicy: UPGRADE`: HTTP/1.1 ports are served to the upstream over HTTP/2.
+    pub h2_upgrade: bool,
+    /// `http.useClientProtocol`: the upstream gets the protocol the client used.
+    pub use_client_protocol: bool,
+}
+
+/// The HTTP version the proxy speaks to a cluster's endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UpstreamProtocol {
+    Http1,
+    /// Cleartext HTTP/2 with prior knowledge (h2c), as Envoy does inside the mesh without TLS.
+    Http2,
+}
+
+impl UpstreamProtocol {
+    pub fn version(self) -> http::Version {
+        match self {
+            UpstreamProtocol::Http1 => http::Version::HTTP_11,
+            UpstreamProtocol::Http2 => http::Version::HTTP_2,
+        }
+    }
+
+    /// Istio's choice: a port declared HTTP/2 or gRPC (`grpc`, `http2`, `h2c`, `appProtocol`) is
+    /// always HTTP/2 upstream; `useClientProtocol` follows the client; `h2UpgradePolicy: UPGRADE`
+    /// upgrades; a port that declares nothing (sniffed) uses the client's protocol, as Istio's
+    /// auto-detection does; a port declared `http` stays HTTP/1.1 even for HTTP/2 clients.
+    pub fn choose(port: crate::registry::AppProtocol, pool: &ConnectionPool, client_http2: bool) -> UpstreamProtocol {
+        use crate::registry::AppProtocol;
+        let client = if client_http2 { UpstreamProtocol::Http2 } else { UpstreamProtocol::Http1 };
+        match port {
+            AppProtocol::Http2 => UpstreamProtocol::Http2,
+            _ if pool.use_client_protocol => client,
+            _ if pool.h2_upgrade => UpstreamProtocol::Http2,
+            AppProtocol::Unknown => client,
+            AppProtocol::Http | AppProtocol::Tcp => UpstreamProtocol::Http1,
+        }
+    }
 }
 
 impl ConnectionPool {
@@ -151,6 +188,14 @@ impl ConnectionPool {
             max_requests_per_connection: s.http.as_ref().and_then(|h| h.max_requests_per_connection),
             max_retries: s.http.as_ref().and_then(|h| h.max_retries),
             idle_timeout: dur("http.idleTimeout", &s.http.as_ref().and_then(|h| h.idle_timeout.clone()))?,
+            h2_upgrade: match s.http.as_ref().and_then(|h| h.h2_upgrade_policy.as_deref()) {
+                None | Some("DEFAULT") | Some("DO_NOT_UPGRADE") => false,
+                Some("UPGRADE") => true,
+                Some(other) => {
+                    return Err(("http.h2UpgradePolicy".into(), format!("{other:?} is not one of DEFAULT, DO_NOT_UPGRADE, UPGRADE")))
+                }
+            },
+            use_client_protocol: s.http.as_ref().and_then(|h| h.use_client_protocol).unwrap_or(false),
         })
     }
 }
