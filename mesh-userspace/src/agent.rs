@@ -471,6 +471,12 @@ pub fn service_map(registry: &Registry) -> HashMap<ServiceKey, ServiceValue> {
     let mut m = HashMap::new();
     for (i, s) in registry.services.iter().enumerate() {
         let Some(ip) = s.cluster_ip else { continue };
+        // A selectorless service's endpoints come only from EndpointSlices, which a standalone
+        // registry file does not have: capturing its VIP would turn a working kube-proxy path
+        // into a dead end, so it is left alone.
+        if s.selector.is_empty() && s.ready_ips.is_none() {
+            continue;
+        }
         for p in &s.ports {
             m.insert(ServiceKey { ip4: u32::from(ip).to_be(), port: p.port, _pad: 0 }, ServiceValue { service_id: i as u32 });
         }
@@ -531,5 +537,37 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {},
         _ = int.recv() => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::{AppProtocol, Service, ServicePort, TargetPort};
+
+    fn service(name: &str, vip: [u8; 4], selector: &[(&str, &str)], ready_ips: Option<std::collections::BTreeSet<Ipv4Addr>>) -> Arc<Service> {
+        Arc::new(Service {
+            name: name.into(),
+            namespace: "default".into(),
+            cluster_ip: Some(Ipv4Addr::from(vip)),
+            ports: vec![ServicePort { name: None, port: 443, target_port: TargetPort::Number(6443), node_port: None, protocol: AppProtocol::Tcp }],
+            selector: selector.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ready_ips,
+            slice_endpoints: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn selectorless_vips_are_captured_only_when_endpoint_slices_say_where_they_go() {
+        let key = |vip: [u8; 4]| ServiceKey { ip4: u32::from(Ipv4Addr::from(vip)).to_be(), port: 443, _pad: 0 };
+        let standalone = Registry {
+            services: vec![service("web", [10, 96, 0, 5], &[("app", "web")], None), service("kubernetes", [10, 96, 0, 1], &[], None)],
+            workloads: Vec::new(),
+        };
+        let m = service_map(&standalone);
+        assert!(m.contains_key(&key([10, 96, 0, 5])));
+        assert!(!m.contains_key(&key([10, 96, 0, 1])), "no EndpointSlices in a registry file: leave the VIP to kube-proxy");
+        let kubernetes_mode = Registry { services: vec![service("kubernetes", [10, 96, 0, 1], &[], Some(Default::default()))], workloads: Vec::new() };
+        assert!(service_map(&kubernetes_mode).contains_key(&key([10, 96, 0, 1])));
     }
 }

@@ -85,6 +85,10 @@ pub struct Service {
     /// not an endpoint, exactly as for kube-proxy. `None` in standalone mode: every selected
     /// pod with an IP is an endpoint.
     pub ready_ips: Option<BTreeSet<Ipv4Addr>>,
+    /// For a service without a selector (the API server's `kubernetes`, or addresses outside
+    /// the cluster managed by hand), the ready endpoints its EndpointSlices list, by the name of
+    /// the port they serve (Kubernetes pairs service and endpoint ports by name).
+    pub slice_endpoints: Vec<(Option<String>, SocketAddrV4)>,
 }
 
 impl Service {
@@ -119,6 +123,21 @@ pub struct Workload {
 }
 
 impl Workload {
+    /// An endpoint address that is not a pod the registry knows (a selectorless service's
+    /// EndpointSlice entry): no labels, so no subset selects it, and never enrolled.
+    pub fn external(ip: Ipv4Addr, namespace: &str) -> Workload {
+        Workload {
+            name: ip.to_string(),
+            namespace: namespace.to_owned(),
+            labels: BTreeMap::new(),
+            ip: Some(ip),
+            container_ports: Vec::new(),
+            netns: None,
+            cgroup: None,
+            enroll: false,
+        }
+    }
+
     pub fn matches(&self, selector: &BTreeMap<String, String>) -> bool {
         !selector.is_empty() && selector.iter().all(|(k, v)| self.labels.get(k) == Some(v))
     }
@@ -181,6 +200,14 @@ impl Registry {
 /// [`Registry::endpoints`] over a candidate set of workloads (all of them, or an index hit).
 pub fn endpoints_among<'a>(candidates: impl Iterator<Item = &'a Arc<Workload>>, service: &Service, port: u16) -> Vec<Endpoint> {
     let Some(sp) = service.port(port) else { return Vec::new() };
+    if service.selector.is_empty() {
+        return service
+            .slice_endpoints
+            .iter()
+            .filter(|(name, _)| *name == sp.name)
+            .map(|(_, addr)| Endpoint { workload: Arc::new(Workload::external(*addr.ip(), &service.namespace)), addr: SocketAddr::V4(*addr) })
+            .collect();
+    }
     {
         candidates
             .filter(|w| w.namespace == service.namespace && w.matches(&service.selector))
@@ -367,7 +394,7 @@ mod k8s {
                 cluster_ip,
                 ports,
                 selector: self.spec.selector,
-                ready_ips: None,
+                ready_ips: None, slice_endpoints: Vec::new(),
             })
         }
     }

@@ -8,7 +8,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Debug,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddrV4},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -102,6 +102,8 @@ pub struct PodInfo {
 pub struct SliceInfo {
     pub service: String,
     pub ready: Vec<Ipv4Addr>,
+    /// The slice's TCP ports by name (what a selectorless service's ports are paired with).
+    pub ports: Vec<(Option<String>, u16)>,
 }
 
 /// A Namespace's enrollment decision from its labels.
@@ -140,15 +142,28 @@ pub struct LocalPod {
 /// mesh should enroll (their sandbox paths are filled in by [`attach_sandboxes`]).
 pub fn build_registry(state: &ClusterState, node: &str) -> (Registry, Vec<LocalPod>) {
     let mut ready: BTreeMap<(&str, &str), BTreeSet<Ipv4Addr>> = BTreeMap::new();
+    let mut by_service: BTreeMap<(&str, &str), Vec<&SliceInfo>> = BTreeMap::new();
     for ((ns, _), slice) in &state.slices.live {
         ready.entry((ns.as_str(), slice.service.as_str())).or_default().extend(slice.ready.iter().copied());
+        by_service.entry((ns.as_str(), slice.service.as_str())).or_default().push(slice);
     }
     let services = state
         .services
         .values()
         .map(|orig| {
+            let key = (orig.namespace.as_str(), orig.name.as_str());
             let mut s = Service::clone(orig);
-            s.ready_ips = Some(ready.remove(&(orig.namespace.as_str(), orig.name.as_str())).unwrap_or_default());
+            s.ready_ips = Some(ready.remove(&key).unwrap_or_default());
+            if s.selector.is_empty() {
+                s.slice_endpoints = by_service
+                    .get(&key)
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|slice| slice.ready.iter().flat_map(|ip| slice.ports.iter().map(|(name, port)| (name.clone(), SocketAddrV4::new(*ip, *port)))))
+                    .collect();
+                s.slice_endpoints.sort();
+                s.slice_endpoints.dedup();
+            }
             Arc::new(s)
         })
         .collect();
@@ -235,7 +250,7 @@ pub fn service_info(svc: &K8sService) -> Option<Service> {
         cluster_ip,
         ports,
         selector: spec.selector.clone().unwrap_or_default(),
-        ready_ips: None,
+        ready_ips: None, slice_endpoints: Vec::new(),
     })
 }
 
@@ -253,7 +268,14 @@ pub fn slice_info(slice: &EndpointSlice) -> Option<SliceInfo> {
         .flat_map(|e| e.addresses.iter())
         .filter_map(|a| a.parse::<Ipv4Addr>().ok())
         .collect();
-    Some(SliceInfo { service, ready })
+    let ports = slice
+        .ports
+        .iter()
+        .flatten()
+        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+        .filter_map(|p| Some((p.name.clone().filter(|n| !n.is_empty()), u16::try_from(p.port?).ok()?)))
+        .collect();
+    Some(SliceInfo { service, ready, ports })
 }
 
 pub fn pod_info(pod: &Pod) -> Option<PodInfo> {

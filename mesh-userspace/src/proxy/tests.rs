@@ -91,7 +91,7 @@ async fn setup(fail_v1: usize) -> (Registry, Arc<Service>, Arc<Workload>, Arc<At
         namespace: "default".into(),
         cluster_ip: Some(Ipv4Addr::new(10, 96, 0, 12)),
         ports: vec![ServicePort { name: Some("http".into()), port: 9080, target_port: TargetPort::Name("http".into()), node_port: None, protocol: AppProtocol::Http }],
-        ready_ips: None,
+        ready_ips: None, slice_endpoints: Vec::new(),
         selector: [("app".to_string(), "reviews".to_string())].into_iter().collect(),
     });
     let client = workload("productpage-v1", &[("app", "productpage"), ("version", "v1")], 9080);
@@ -353,7 +353,7 @@ async fn greeter_proxy(protocol: AppProtocol, pool: &str) -> SocketAddr {
         namespace: "default".into(),
         cluster_ip: Some(Ipv4Addr::new(10, 96, 0, 50)),
         ports: vec![ServicePort { name: None, port: 50051, target_port: TargetPort::Number(backend.port()), node_port: None, protocol }],
-        ready_ips: None,
+        ready_ips: None, slice_endpoints: Vec::new(),
         selector: [("app".to_string(), "greeter".to_string())].into_iter().collect(),
     });
     let client = workload("client", &[("app", "client")], 80);

@@ -193,7 +193,8 @@ impl Builder<'_> {
                 Some(pods) => crate::registry::endpoints_among(pods.iter().copied(), svc, port),
                 None => Vec::new(),
             },
-            None => Vec::new(),
+            // No selector: the EndpointSlices' addresses, if any.
+            None => crate::registry::endpoints_among(std::iter::empty(), svc, port),
         };
         if let Some(s) = subset_spec {
             endpoints.retain(|e| s.labels.iter().all(|(k, v)| e.workload.labels.get(k) == Some(v)));
@@ -233,10 +234,10 @@ impl Builder<'_> {
                 .map(|s| (*s).clone())
                 // Unknown to the registry: keep the reference (it may appear later) with no
                 // endpoints, so traffic gets "no healthy upstream" rather than a wrong backend.
-                .unwrap_or_else(|| Arc::new(Service { name: name.to_owned(), namespace: sns.to_owned(), cluster_ip: None, ports: Vec::new(), selector: Default::default(), ready_ips: None })),
+                .unwrap_or_else(|| Arc::new(Service { name: name.to_owned(), namespace: sns.to_owned(), cluster_ip: None, ports: Vec::new(), selector: Default::default(), ready_ips: None, slice_endpoints: Vec::new() })),
             None => {
                 self.warnings.push(format!("{}: {}: host {:?} is outside the cluster; requests get 503", at.file, field(""), d.host));
-                Arc::new(Service { name: d.host.clone(), namespace: ns.to_owned(), cluster_ip: None, ports: Vec::new(), selector: Default::default(), ready_ips: None })
+                Arc::new(Service { name: d.host.clone(), namespace: ns.to_owned(), cluster_ip: None, ports: Vec::new(), selector: Default::default(), ready_ips: None, slice_endpoints: Vec::new() })
             }
         };
         let subset_at: (Arc<Locator>, &dyn Fn() -> String) = (at.clone(), &|| field(".subset"));

@@ -451,7 +451,7 @@ fn compiles_ten_thousand_virtual_services() {
             namespace: "default".into(),
             cluster_ip: Some(Ipv4Addr::from(0x0a60_0000 + i + 100)),
             ports: vec![crate::registry::ServicePort { name: Some("http".into()), port: 80, target_port: crate::registry::TargetPort::Number(80), node_port: None, protocol: crate::registry::AppProtocol::Http }],
-            ready_ips: None,
+            ready_ips: None, slice_endpoints: Vec::new(),
         selector: BTreeMap::from([("app".to_string(), name.clone())]),
         }));
         yaml += &format!("---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}}}\nspec:\n  hosts: [{name}]\n  http:\n  - match:\n    - headers: {{end-user: {{exact: jason}}}}\n    route:\n    - destination: {{host: {name}}}\n");

@@ -513,3 +513,36 @@ async fn missing_istio_crds_are_reported() {
     let err = crate::discovery::istio::spawn(client(api)).await.err().expect("no networking.istio.io group");
     assert!(err.to_string().contains("networking.istio.io"), "{err}");
 }
+
+/// A service without a selector — the API server's own `kubernetes` service, which every
+/// in-cluster client reaches through its VIP — has the endpoints its EndpointSlices list, paired
+/// by port name; adding an address reaches the registry like any other change.
+#[tokio::test]
+async fn selectorless_services_take_their_endpoints_from_endpoint_slices() {
+    let (api, locator) = seeded();
+    api.seed(SERVICES, json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "kubernetes", "namespace": "default"},
+        "spec": {"clusterIP": "10.96.0.1", "ports": [{"name": "https", "port": 443, "targetPort": 6443, "protocol": "TCP"}]}}));
+    let apiserver_slice = |addrs: &[&str]| {
+        let eps: Vec<Value> = addrs.iter().map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}})).collect();
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+               "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"kubernetes.io/service-name": "kubernetes"}},
+               "addressType": "IPv4", "endpoints": eps, "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}]})
+    };
+    api.seed(SLICES, apiserver_slice(&["192.0.2.10"]));
+    let mut rx = start(&api, &locator);
+    let addrs = |r: &Registry| {
+        let svc = r.service_by_host("kubernetes", "default").expect("kubernetes service").clone();
+        r.endpoints(&svc, 443).iter().map(|e| e.addr.to_string()).collect::<Vec<_>>()
+    };
+    let r = registry_where(&mut rx, "the API server endpoint", |r| addrs(r) == ["192.0.2.10:6443"]).await;
+    // The routing engine sees the same endpoints (plain Kubernetes behaviour, no VirtualService).
+    let table = crate::routing::RouteTable::kubernetes_only(&r);
+    let svc = r.service_by_host("kubernetes", "default").unwrap().clone();
+    let cluster = table.route_tcp(None, &svc, 443, &mut rand::thread_rng()).expect("a TCP route");
+    assert_eq!(cluster.endpoints.iter().map(|e| e.addr.to_string()).collect::<Vec<_>>(), ["192.0.2.10:6443"]);
+    // No pod became an endpoint, and none of these addresses is a workload to enroll.
+    assert!(r.workloads.iter().all(|w| w.ip != Some("192.0.2.10".parse().unwrap())));
+
+    api.apply(SLICES, apiserver_slice(&["192.0.2.10", "192.0.2.11"]), true);
+    registry_where(&mut rx, "a second API server", |r| addrs(r) == ["192.0.2.10:6443", "192.0.2.11:6443"]).await;
+}
