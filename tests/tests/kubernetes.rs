@@ -12,6 +12,8 @@ use mesh_e2e::{apiserver::*, *};
 use serde_json::json;
 
 const WEB_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 30);
+/// A selectorless service standing in for the API server's `kubernetes` service.
+const APISERVER_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 31);
 const WEB_UID: &str = "7a1b2c3d-0000-4000-8000-00000000000a";
 const CLIENT_UID: &str = "7a1b2c3d-0000-4000-8000-00000000000c";
 const NODE: &str = "k8-node";
@@ -38,7 +40,7 @@ fn kubernetes_mode_enrolls_pods_as_the_api_server_reports_them() -> anyhow::Resu
     }
     let api = FakeApiServer::start()?;
     let mut node = Node::new("k8", 203)?;
-    let hosts = [("web", WEB_VIP)];
+    let hosts = [("web", WEB_VIP), ("apiserver", APISERVER_VIP)];
     // The two kubelet cgroup drivers' layouts, one pod each.
     let client_cgroup = format!(
         "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice",
@@ -98,6 +100,19 @@ fn kubernetes_mode_enrolls_pods_as_the_api_server_reports_them() -> anyhow::Resu
     let out = curl("/k8s")?;
     let body = String::from_utf8_lossy(&out.stdout);
     assert!(body.contains("backend=web-a path=/k8s"), "VIP not served through the mesh: {body} {}\n{}", String::from_utf8_lossy(&out.stderr), agent_log(&node));
+
+    // A selectorless service reaches the addresses its EndpointSlice lists (here web-a's, on the
+    // slice's port), through the mesh: TCP passthrough for a port named https.
+    api.apply(SERVICES, json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "apiserver", "namespace": "default"},
+        "spec": {"clusterIP": APISERVER_VIP.to_string(), "ports": [{"name": "https", "port": 443, "targetPort": 6443, "protocol": "TCP"}]}}));
+    api.apply(SLICES, json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "apiserver", "namespace": "default", "labels": {"kubernetes.io/service-name": "apiserver"}},
+        "addressType": "IPv4", "endpoints": [{"addresses": [web_ip.to_string()], "conditions": {"ready": true}}],
+        "ports": [{"name": "https", "port": 8080, "protocol": "TCP"}]}));
+    wait_until("selectorless service served from its EndpointSlice", Duration::from_secs(5), || {
+        node.exec("client", &["curl", "-sS", "--max-time", "2", "http://apiserver:443/api"]).is_ok_and(|o| o.stdout.starts_with(b"backend=web-a path=/api"))
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", agent_log(&node)))?;
 
     // Istio objects applied to the API server route traffic (--istio-crds), and changes apply live.
     let fault = |status: u16| json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
