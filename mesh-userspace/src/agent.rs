@@ -486,7 +486,7 @@ pub fn service_map(registry: &Registry) -> HashMap<ServiceKey, ServiceValue> {
 
 async fn serve_admin(state: Arc<ProxyState>, bpf: Arc<MeshEbpf>, ready: Arc<AtomicBool>, listener: TcpListener) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let (stream, _) = proxy::accept(&listener, "admin").await;
         let state = state.clone();
         let bpf = bpf.clone();
         let ready = ready.clone();

@@ -122,18 +122,30 @@ fn upstream_client(key: UpstreamKey) -> Client<HttpConnector, ProxyBody> {
     builder.build(connector)
 }
 
+/// The next connection on `listener`. Accept errors (the agent out of file descriptors, or
+/// memory for socket buffers) are logged and retried after a pause rather than spun on, and
+/// never end the listener: the condition is usually transient.
+pub async fn accept(listener: &TcpListener, listener_of: &str) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(c) => return c,
+            Err(e) => {
+                let hint = match e.raw_os_error() {
+                    Some(libc::EMFILE) | Some(libc::ENFILE) => " (out of file descriptors: raise the agent's limit, e.g. LimitNOFILE or ulimit -n)",
+                    _ => "",
+                };
+                tracing::warn!(listener = %listener_of, error = %e, "accept failed{hint}; retrying in 50 ms");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// Accepts on the outbound listener inside `workload`'s network namespace until the listener fails.
 /// `workload` is updated by the agent when the pod changes (its labels feed `sourceLabels`).
 pub async fn serve_pod_listener(state: Arc<ProxyState>, workload: Arc<ArcSwap<Workload>>, listener: TcpListener, netns_cookie: u64) {
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(pod = %workload.load().name, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (stream, peer) = accept(&listener, &workload.load().name).await;
         let workload = workload.load_full();
         let span = tracing::info_span!("conn", src = %workload.name, peer = %peer);
         let state = state.clone();
@@ -263,7 +275,7 @@ async fn serve_tcp(state: Arc<ProxyState>, source: Source, service: Arc<Service>
 /// Ingress listener for a NodePort service: no source workload, destination fixed.
 pub async fn serve_nodeport(state: Arc<ProxyState>, listener: TcpListener, service: Arc<Service>, port: u16) {
     loop {
-        let Ok((stream, peer)) = listener.accept().await else { continue };
+        let (stream, peer) = accept(&listener, &service.name).await;
         let state = state.clone();
         let service = service.clone();
         let span = tracing::info_span!("ingress", nodeport_service = %service.name, peer = %peer);
@@ -274,7 +286,7 @@ pub async fn serve_nodeport(state: Arc<ProxyState>, listener: TcpListener, servi
 /// Ingress listener for an Istio Gateway server port.
 pub async fn serve_gateway(state: Arc<ProxyState>, listener: TcpListener, name: String, namespace: String, port: u16) {
     loop {
-        let Ok((stream, peer)) = listener.accept().await else { continue };
+        let (stream, peer) = accept(&listener, &name).await;
         let state = state.clone();
         let entry = Entry::Gateway { name: name.clone(), namespace: namespace.clone(), port };
         let span = tracing::info_span!("gateway", gateway = %name, peer = %peer);
