@@ -122,7 +122,13 @@ pub fn end_user(headers: &HeaderMap) -> Option<String> {
 }
 
 /// GET `url` forwarding the propagated headers of `incoming` (and `end-user`), with a timeout.
-async fn call(ctx: &Ctx, url: &str, incoming: &HeaderMap, user: Option<&str>, timeout: Duration) -> Result<(StatusCode, Bytes)> {
+async fn call(
+    ctx: &Ctx,
+    url: &str,
+    incoming: &HeaderMap,
+    user: Option<&str>,
+    timeout: Duration,
+) -> Result<(StatusCode, Bytes)> {
     let mut req = Request::get(url).body(Empty::new())?;
     for name in PROPAGATED {
         if let Some(v) = incoming.get(*name) {
@@ -147,7 +153,9 @@ fn details_json(path: &str) -> Value {
 }
 
 async fn reviews(ctx: &Ctx, req: &Request<Incoming>) -> Response<Body> {
-    let Role::Reviews { version, color, ratings, ratings_timeout } = &ctx.role else { return text(StatusCode::NOT_FOUND, "not found") };
+    let Role::Reviews { version, color, ratings, ratings_timeout } = &ctx.role else {
+        return text(StatusCode::NOT_FOUND, "not found");
+    };
     let id = req.uri().path().trim_start_matches("/reviews/").to_owned();
     let mut r1 = json!({"reviewer": "Reviewer1", "text": "An extremely entertaining play by Shakespeare. The slapstick humour is refreshing!"});
     let mut r2 = json!({"reviewer": "Reviewer2", "text": "Absolutely fun and entertaining. The play lacks thematic depth when compared to other plays by Shakespeare."});
@@ -194,7 +202,8 @@ async fn productpage(ctx: &Ctx, req: &Request<Incoming>) -> Response<Body> {
     match path {
         "/" => return redirect("/productpage", None),
         "/login" => {
-            let name = req.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("user="))).unwrap_or("jason");
+            let name =
+                req.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("user="))).unwrap_or("jason");
             return redirect("/productpage", Some(format!("session={name}; Path=/")));
         }
         "/logout" => return redirect("/productpage", Some("session=; Path=/; Max-Age=0".into())),
@@ -204,7 +213,10 @@ async fn productpage(ctx: &Ctx, req: &Request<Incoming>) -> Response<Body> {
     let wants_details = matches!(api, Some("/0")) || path == "/productpage";
     let wants_reviews = matches!(api, Some("/0/reviews") | Some("/0/ratings")) || path == "/productpage";
     if api == Some("") {
-        return json_response(StatusCode::OK, json!([{"id": 0, "title": "The Comedy of Errors", "descriptionHtml": "<a href=\"https://en.wikipedia.org/wiki/The_Comedy_of_Errors\">Wikipedia Summary</a>: The Comedy of Errors is one of William Shakespeare's early plays."}]));
+        return json_response(
+            StatusCode::OK,
+            json!([{"id": 0, "title": "The Comedy of Errors", "descriptionHtml": "<a href=\"https://en.wikipedia.org/wiki/The_Comedy_of_Errors\">Wikipedia Summary</a>: The Comedy of Errors is one of William Shakespeare's early plays."}]),
+        );
     }
     if !wants_details && !wants_reviews {
         return text(StatusCode::NOT_FOUND, "not found");
@@ -221,7 +233,9 @@ async fn productpage(ctx: &Ctx, req: &Request<Incoming>) -> Response<Body> {
     if wants_reviews {
         // Like the real productpage: 3 s timeout, one retry, then give up.
         for _ in 0..2 {
-            if let Ok((s, b)) = call(ctx, &format!("{reviews}/reviews/0"), req.headers(), user.as_deref(), Duration::from_secs(3)).await {
+            if let Ok((s, b)) =
+                call(ctx, &format!("{reviews}/reviews/0"), req.headers(), user.as_deref(), Duration::from_secs(3)).await
+            {
                 if s.is_success() {
                     reviews_v = serde_json::from_slice::<Value>(&b).ok();
                     break;
@@ -230,11 +244,23 @@ async fn productpage(ctx: &Ctx, req: &Request<Incoming>) -> Response<Body> {
         }
     }
     match api {
-        Some("/0") => details_v.map_or_else(|| json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"error": DETAILS_UNAVAILABLE})), |v| json_response(StatusCode::OK, v)),
-        Some("/0/reviews") | Some("/0/ratings") => reviews_v.map_or_else(|| json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"error": REVIEWS_UNAVAILABLE})), |v| json_response(StatusCode::OK, v)),
+        Some("/0") => details_v.map_or_else(
+            || json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"error": DETAILS_UNAVAILABLE})),
+            |v| json_response(StatusCode::OK, v),
+        ),
+        Some("/0/reviews") | Some("/0/ratings") => reviews_v.map_or_else(
+            || json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"error": REVIEWS_UNAVAILABLE})),
+            |v| json_response(StatusCode::OK, v),
+        ),
         _ => {
             let (version, stars) = summarize_reviews(reviews_v.as_ref());
-            let mut r = Response::new(Full::new(Bytes::from(page_html(user.as_deref(), details_v.as_ref(), reviews_v.as_ref(), &version, &stars))));
+            let mut r = Response::new(Full::new(Bytes::from(page_html(
+                user.as_deref(),
+                details_v.as_ref(),
+                reviews_v.as_ref(),
+                &version,
+                &stars,
+            ))));
             r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
             for (k, v) in [("x-bookinfo-reviews", &version), ("x-bookinfo-stars", &stars)] {
                 if let Ok(v) = HeaderValue::from_str(v) {
@@ -259,9 +285,18 @@ fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
-pub fn page_html(user: Option<&str>, details: Option<&Value>, reviews: Option<&Value>, version: &str, stars: &str) -> String {
+pub fn page_html(
+    user: Option<&str>,
+    details: Option<&Value>,
+    reviews: Option<&Value>,
+    version: &str,
+    stars: &str,
+) -> String {
     let mut h = String::from("<!DOCTYPE html>\n<html><head><title>Simple Bookstore App</title></head><body>\n");
-    h += &format!("<!-- bookinfo: reviews={version} stars={stars}{} -->\n", user.map(|u| format!(" user={}", escape(u))).unwrap_or_default());
+    h += &format!(
+        "<!-- bookinfo: reviews={version} stars={stars}{} -->\n",
+        user.map(|u| format!(" user={}", escape(u))).unwrap_or_default()
+    );
     match user {
         Some(u) => h += &format!("<p>signed in as <b>{}</b> <a href=\"/logout\">sign out</a></p>\n", escape(u)),
         None => h += "<p><a href=\"/login?user=jason\">sign in</a></p>\n",
@@ -280,15 +315,25 @@ pub fn page_html(user: Option<&str>, details: Option<&Value>, reviews: Option<&V
     match reviews.and_then(|r| r["reviews"].as_array()) {
         Some(rs) => {
             for r in rs {
-                h += &format!("<blockquote><p>{}</p><small>{}</small>", escape(r["text"].as_str().unwrap_or("")), escape(r["reviewer"].as_str().unwrap_or("")));
+                h += &format!(
+                    "<blockquote><p>{}</p><small>{}</small>",
+                    escape(r["text"].as_str().unwrap_or("")),
+                    escape(r["reviewer"].as_str().unwrap_or(""))
+                );
                 if let Some(rating) = r.get("rating") {
                     match (rating["stars"].as_u64(), rating["color"].as_str()) {
                         (Some(n), Some(color)) => {
                             let full: String = "<span class=\"glyphicon glyphicon-star\"></span>".repeat(n as usize);
-                            let empty: String = "<span class=\"glyphicon glyphicon-star-empty\"></span>".repeat(5usize.saturating_sub(n as usize));
+                            let empty: String = "<span class=\"glyphicon glyphicon-star-empty\"></span>"
+                                .repeat(5usize.saturating_sub(n as usize));
                             h += &format!("<font color=\"{color}\">{full}{empty}</font>");
                         }
-                        _ => h += &format!("<p><i>{}</i></p>", escape(rating["error"].as_str().unwrap_or("Ratings service is currently unavailable"))),
+                        _ => {
+                            h += &format!(
+                                "<p><i>{}</i></p>",
+                                escape(rating["error"].as_str().unwrap_or("Ratings service is currently unavailable"))
+                            )
+                        }
                     }
                 }
                 h += "</blockquote>\n";

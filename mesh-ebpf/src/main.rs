@@ -20,8 +20,8 @@ use aya_ebpf::{
     programs::{SockAddrContext, SockOpsContext},
 };
 use mesh_common::{
-    stats, Enrollment, OriginalDst, ServiceKey, ServiceValue, TupleKey, LOOPBACK_V4_BE,
-    MAX_CONNECTIONS, MAX_SERVICES, MAX_WORKLOADS,
+    stats, Enrollment, OriginalDst, ServiceKey, ServiceValue, TupleKey, LOOPBACK_V4_BE, MAX_CONNECTIONS, MAX_SERVICES,
+    MAX_WORKLOADS,
 };
 
 /// cgroup v2 id of an enrolled pod → its enrollment. Owned by the agent.
@@ -30,16 +30,13 @@ static MESH_ENROLLED: HashMap<u64, Enrollment> = HashMap::with_max_entries(MAX_W
 
 /// Service VIP:port → service. Owned by the agent.
 #[map(name = "MESH_SERVICES")]
-static MESH_SERVICES: HashMap<ServiceKey, ServiceValue> =
-    HashMap::with_max_entries(MAX_SERVICES, 0);
+static MESH_SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(MAX_SERVICES, 0);
 
 #[map(name = "MESH_ORIG_BY_COOKIE")]
-static MESH_ORIG_BY_COOKIE: LruHashMap<u64, OriginalDst> =
-    LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
+static MESH_ORIG_BY_COOKIE: LruHashMap<u64, OriginalDst> = LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
 
 #[map(name = "MESH_ORIG_BY_TUPLE")]
-static MESH_ORIG_BY_TUPLE: LruHashMap<TupleKey, OriginalDst> =
-    LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
+static MESH_ORIG_BY_TUPLE: LruHashMap<TupleKey, OriginalDst> = LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
 
 #[map(name = "MESH_STATS")]
 static MESH_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT, 0);
@@ -153,12 +150,7 @@ fn try_established(ctx: &SockOpsContext) -> Result<(), ()> {
         None => return Ok(()),
     };
     let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.ops as *mut _) };
-    let key = TupleKey {
-        netns_cookie,
-        src_ip4: ctx.local_ip4(),
-        src_port: ctx.local_port() as u16,
-        _pad: 0,
-    };
+    let key = TupleKey { netns_cookie, src_ip4: ctx.local_ip4(), src_port: ctx.local_port() as u16, _pad: 0 };
     MESH_ORIG_BY_TUPLE.insert(&key, &orig, 0).map_err(|_| ())?;
     let _ = MESH_ORIG_BY_COOKIE.remove(&cookie);
     count(stats::ESTABLISHED_INDEXED);

@@ -19,9 +19,15 @@ fn setup(n: u32) -> (Registry, Config) {
             name: name.clone(),
             namespace: "default".into(),
             cluster_ip: Some(Ipv4Addr::from(0x0a60_0000 + i + 100)),
-            ports: vec![ServicePort { name: Some("http".into()), port: 80, target_port: TargetPort::Number(80), node_port: None, protocol: AppProtocol::Http }],
-            ready_ips: None,
-        selector: BTreeMap::from([("app".to_string(), name.clone())]),
+            ports: vec![ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                target_port: TargetPort::Number(80),
+                node_port: None,
+                protocol: AppProtocol::Http,
+            }],
+            selector: BTreeMap::from([("app".to_string(), name.clone())]),
+            ..Default::default()
         }));
         yaml += &format!(
             "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}}}\nspec:\n  hosts: [{name}]\n  http:\n  - match:\n    - headers: {{end-user: {{exact: jason}}}}\n    route:\n    - destination: {{host: {name}}}\n  - match:\n    - uri: {{prefix: /api}}\n    route:\n    - destination: {{host: {name}}}\n      weight: 50\n    - destination: {{host: {name}}}\n      weight: 50\n"
@@ -34,8 +40,12 @@ fn setup(n: u32) -> (Registry, Config) {
 fn bench(c: &mut Criterion) {
     let (reg, config) = setup(10_000);
     // iter_with_large_drop: freeing the previous table is not part of compiling it.
-    c.bench_function("compile 10k VirtualServices", |b| b.iter_with_large_drop(|| RouteTable::compile(&config, &reg).expect("compile")));
-    c.bench_function("compile 10k services, no VirtualService", |b| b.iter_with_large_drop(|| RouteTable::compile(&Config::empty(), &reg).expect("compile")));
+    c.bench_function("compile 10k VirtualServices", |b| {
+        b.iter_with_large_drop(|| RouteTable::compile(&config, &reg).expect("compile"))
+    });
+    c.bench_function("compile 10k services, no VirtualService", |b| {
+        b.iter_with_large_drop(|| RouteTable::compile(&Config::empty(), &reg).expect("compile"))
+    });
     let table = RouteTable::compile(&config, &reg).expect("compile");
     let svc = reg.services[5_000].clone();
     let method = http::Method::GET;
@@ -44,7 +54,9 @@ fn bench(c: &mut Criterion) {
     jason.insert("end-user", http::HeaderValue::from_static("jason"));
     let anon = http::HeaderMap::new();
     let mut rng = StdRng::seed_from_u64(1);
-    for (label, headers) in [("route: exact header match, 10k VS loaded", &jason), ("route: prefix uri + weighted, 10k VS loaded", &anon)] {
+    for (label, headers) in
+        [("route: exact header match, 10k VS loaded", &jason), ("route: prefix uri + weighted, 10k VS loaded", &anon)]
+    {
         c.bench_function(label, |b| {
             b.iter(|| {
                 let info = RequestInfo {

@@ -84,9 +84,11 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     // SAFETY: malloc_trim has no preconditions. Loading parsed the kernel's BTF (megabytes, now freed); return it.
     unsafe { libc::malloc_trim(0) };
     let client = match args.kubernetes {
-        true => Some(kube::Client::try_default().await.context(
-            "cannot build a Kubernetes client: run in a pod with a service account, or set KUBECONFIG",
-        )?),
+        true => Some(
+            kube::Client::try_default()
+                .await
+                .context("cannot build a Kubernetes client: run in a pod with a service account, or set KUBECONFIG")?,
+        ),
         false => None,
     };
     let mut registries = registry_source(&args, client.clone())?;
@@ -277,16 +279,23 @@ impl NodeReconciler {
             Err(errors) => {
                 // Cannot happen with a config that compiled before unless the registry changed
                 // what it refers to; keep serving the previous table rather than nothing.
-                tracing::error!("routing config does not compile against the new registry; keeping the previous routes:\n{errors}");
+                tracing::error!(
+                    "routing config does not compile against the new registry; keeping the previous routes:\n{errors}"
+                );
             }
         }
         if let Err(e) = self.bpf.sync_services(&service_map(&registry)) {
             tracing::error!(error = %e, "cannot update the service VIP map");
         }
         self.reconcile_enrollment();
-        self.reconcile_nodeports(&registry, self.gateways.bind).await;
+        self.reconcile_nodeports(&registry).await;
         self.gateways.reconcile(&self.state).await;
-        tracing::info!(pods = self.enrolled.len(), services = registry.services.len(), workloads = registry.workloads.len(), "node reconciled");
+        tracing::info!(
+            pods = self.enrolled.len(),
+            services = registry.services.len(),
+            workloads = registry.workloads.len(),
+            "node reconciled"
+        );
     }
 
     /// Compiles and swaps in a new routing config; returns it when applied.
@@ -321,7 +330,9 @@ impl NodeReconciler {
             .workloads
             .iter()
             .filter(|w| w.enroll)
-            .filter_map(|w| Some(((w.namespace.clone(), w.name.clone()), (w, w.netns.as_deref()?, w.cgroup.as_deref()?))))
+            .filter_map(|w| {
+                Some(((w.namespace.clone(), w.name.clone()), (w, w.netns.as_deref()?, w.cgroup.as_deref()?)))
+            })
             .collect();
         let stale: Vec<(String, String)> = self
             .enrolled
@@ -369,7 +380,13 @@ impl NodeReconciler {
             task.abort();
             return Err(e.into());
         }
-        Ok(EnrolledPod { workload: current, netns: netns.to_owned(), cgroup: cgroup.to_owned(), cgroup_id, listener: task })
+        Ok(EnrolledPod {
+            workload: current,
+            netns: netns.to_owned(),
+            cgroup: cgroup.to_owned(),
+            cgroup_id,
+            listener: task,
+        })
     }
 
     fn unenroll(&mut self, key: &(String, String)) {
@@ -391,7 +408,8 @@ impl NodeReconciler {
     }
 
     /// One ingress listener per NodePort, rebound when the service behind it changes.
-    async fn reconcile_nodeports(&mut self, registry: &Registry, bind: IpAddr) {
+    async fn reconcile_nodeports(&mut self, registry: &Registry) {
+        let bind = self.gateways.bind;
         let wanted: HashMap<u16, (&Arc<Service>, u16)> = registry
             .services
             .iter()
@@ -438,8 +456,11 @@ struct GatewayListeners {
 impl GatewayListeners {
     async fn reconcile(&mut self, state: &Arc<ProxyState>) {
         let wanted = state.routes.load().gateways();
-        let keep = |port: u16, name: &str, ns: &str| wanted.iter().any(|g| g.port == port && g.name == name && g.namespace == ns);
-        let stale: Vec<u16> = self.running.iter().filter(|(p, (n, ns, _))| !keep(**p, n, ns)).map(|(p, _)| *p).collect();
+        let keep = |port: u16, name: &str, ns: &str| {
+            wanted.iter().any(|g| g.port == port && g.name == name && g.namespace == ns)
+        };
+        let stale: Vec<u16> =
+            self.running.iter().filter(|(p, (n, ns, _))| !keep(**p, n, ns)).map(|(p, _)| *p).collect();
         for port in stale {
             if let Some((name, _, task)) = self.running.remove(&port) {
                 task.abort();
@@ -457,7 +478,13 @@ impl GatewayListeners {
             match TcpListener::bind(addr).await {
                 Ok(l) => {
                     tracing::info!(gateway = %gw.name, %addr, "Gateway listening");
-                    let task = tokio::spawn(proxy::serve_gateway(state.clone(), l, gw.name.clone(), gw.namespace.clone(), gw.port));
+                    let task = tokio::spawn(proxy::serve_gateway(
+                        state.clone(),
+                        l,
+                        gw.name.clone(),
+                        gw.namespace.clone(),
+                        gw.port,
+                    ));
                     self.running.insert(gw.port, (gw.name.clone(), gw.namespace.clone(), task));
                 }
                 Err(e) => tracing::error!(gateway = %gw.name, %addr, error = %e, "cannot listen for Gateway"),
@@ -478,7 +505,10 @@ pub fn service_map(registry: &Registry) -> HashMap<ServiceKey, ServiceValue> {
             continue;
         }
         for p in &s.ports {
-            m.insert(ServiceKey { ip4: u32::from(ip).to_be(), port: p.port, _pad: 0 }, ServiceValue { service_id: i as u32 });
+            m.insert(
+                ServiceKey { ip4: u32::from(ip).to_be(), port: p.port, _pad: 0 },
+                ServiceValue { service_id: i as u32 },
+            );
         }
     }
     m
@@ -545,15 +575,26 @@ mod tests {
     use super::*;
     use crate::registry::{AppProtocol, Service, ServicePort, TargetPort};
 
-    fn service(name: &str, vip: [u8; 4], selector: &[(&str, &str)], ready_ips: Option<std::collections::BTreeSet<Ipv4Addr>>) -> Arc<Service> {
+    fn service(
+        name: &str,
+        vip: [u8; 4],
+        selector: &[(&str, &str)],
+        ready_ips: Option<std::collections::BTreeSet<Ipv4Addr>>,
+    ) -> Arc<Service> {
         Arc::new(Service {
             name: name.into(),
             namespace: "default".into(),
             cluster_ip: Some(Ipv4Addr::from(vip)),
-            ports: vec![ServicePort { name: None, port: 443, target_port: TargetPort::Number(6443), node_port: None, protocol: AppProtocol::Tcp }],
+            ports: vec![ServicePort {
+                name: None,
+                port: 443,
+                target_port: TargetPort::Number(6443),
+                node_port: None,
+                protocol: AppProtocol::Tcp,
+            }],
             selector: selector.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             ready_ips,
-            slice_endpoints: Vec::new(),
+            ..Default::default()
         })
     }
 
@@ -561,13 +602,22 @@ mod tests {
     fn selectorless_vips_are_captured_only_when_endpoint_slices_say_where_they_go() {
         let key = |vip: [u8; 4]| ServiceKey { ip4: u32::from(Ipv4Addr::from(vip)).to_be(), port: 443, _pad: 0 };
         let standalone = Registry {
-            services: vec![service("web", [10, 96, 0, 5], &[("app", "web")], None), service("kubernetes", [10, 96, 0, 1], &[], None)],
+            services: vec![
+                service("web", [10, 96, 0, 5], &[("app", "web")], None),
+                service("kubernetes", [10, 96, 0, 1], &[], None),
+            ],
             workloads: Vec::new(),
         };
         let m = service_map(&standalone);
         assert!(m.contains_key(&key([10, 96, 0, 5])));
-        assert!(!m.contains_key(&key([10, 96, 0, 1])), "no EndpointSlices in a registry file: leave the VIP to kube-proxy");
-        let kubernetes_mode = Registry { services: vec![service("kubernetes", [10, 96, 0, 1], &[], Some(Default::default()))], workloads: Vec::new() };
+        assert!(
+            !m.contains_key(&key([10, 96, 0, 1])),
+            "no EndpointSlices in a registry file: leave the VIP to kube-proxy"
+        );
+        let kubernetes_mode = Registry {
+            services: vec![service("kubernetes", [10, 96, 0, 1], &[], Some(Default::default()))],
+            workloads: Vec::new(),
+        };
         assert!(service_map(&kubernetes_mode).contains_key(&key([10, 96, 0, 1])));
     }
 }

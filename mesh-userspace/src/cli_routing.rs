@@ -59,14 +59,19 @@ pub fn validate(args: ValidateArgs) -> Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    let registry = if args.registry.is_empty() { Registry::default() } else { Registry::from_yaml_files(&args.registry)? };
+    let registry =
+        if args.registry.is_empty() { Registry::default() } else { Registry::from_yaml_files(&args.registry)? };
     for s in &config.skipped {
         eprintln!("note: {s}");
     }
     match RouteTable::compile(&config, &registry) {
         Ok(table) => {
             // Without a registry every host is "unknown"; only say so when asked to check hosts.
-            for w in table.warnings.iter().filter(|w| !args.registry.is_empty() || !w.contains("not a service in the registry")) {
+            for w in table
+                .warnings
+                .iter()
+                .filter(|w| !args.registry.is_empty() || !w.contains("not a service in the registry"))
+            {
                 eprintln!("warning: {w}");
             }
             if !args.registry.is_empty() {
@@ -75,15 +80,26 @@ pub fn validate(args: ValidateArgs) -> Result<ExitCode> {
                         for (j, d) in r.route.iter().enumerate() {
                             if d.destination.subset.is_some() {
                                 let host = &d.destination.host;
-                                let (name, ns) = crate::registry::split_host(host, &vs.namespace).unwrap_or((host, &vs.namespace));
-                                if let Some(svc) = registry.services.iter().find(|s| s.name == name && s.namespace == ns) {
+                                let (name, ns) =
+                                    crate::registry::split_host(host, &vs.namespace).unwrap_or((host, &vs.namespace));
+                                if let Some(svc) =
+                                    registry.services.iter().find(|s| s.name == name && s.namespace == ns)
+                                {
                                     let subset = d.destination.subset.as_deref().unwrap_or("");
-                                    let selects = config.destination_rules.iter().flat_map(|dr| dr.spec.subsets.iter()).find(|s| s.name == subset);
+                                    let selects = config
+                                        .destination_rules
+                                        .iter()
+                                        .flat_map(|dr| dr.spec.subsets.iter())
+                                        .find(|s| s.name == subset);
                                     let count = registry
                                         .workloads
                                         .iter()
                                         .filter(|w| w.matches(&svc.selector))
-                                        .filter(|w| selects.is_some_and(|s| s.labels.iter().all(|(k, v)| w.labels.get(k) == Some(v))))
+                                        .filter(|w| {
+                                            selects.is_some_and(|s| {
+                                                s.labels.iter().all(|(k, v)| w.labels.get(k) == Some(v))
+                                            })
+                                        })
                                         .count();
                                     if count == 0 {
                                         eprintln!("warning: VirtualService {}: http[{i}].route[{j}]: subset {subset} of {host} selects no pod", vs.key());
@@ -137,8 +153,13 @@ pub struct ExplainArgs {
 
 pub fn explain(args: ExplainArgs) -> Result<ExitCode> {
     let registry = Registry::from_yaml_files(&args.registry)?;
-    let config = if args.config.is_empty() { Config::empty() } else { load(&args.config).map_err(|e| anyhow::anyhow!("{e}"))? };
-    let table = RouteTable::compile(&config, &registry).map_err(|e| anyhow::anyhow!("the routing config does not compile:\n{e}"))?;
+    let config = if args.config.is_empty() {
+        Config::empty()
+    } else {
+        load(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?
+    };
+    let table = RouteTable::compile(&config, &registry)
+        .map_err(|e| anyhow::anyhow!("the routing config does not compile:\n{e}"))?;
     let uri: http::Uri = args.url.parse().with_context(|| format!("invalid --url {:?}", args.url))?;
     let host = uri.host().context("--url needs a host, e.g. http://reviews:9080/")?.to_owned();
     let port = uri.port_u16().unwrap_or(80);
@@ -153,7 +174,12 @@ pub fn explain(args: ExplainArgs) -> Result<ExitCode> {
         None => None,
         Some(f) => {
             let (ns, name) = f.split_once('/').unwrap_or(("default", f.as_str()));
-            Some(registry.workload_by_name(ns, name).with_context(|| format!("no pod {ns}/{name} in the registry"))?.clone())
+            Some(
+                registry
+                    .workload_by_name(ns, name)
+                    .with_context(|| format!("no pod {ns}/{name} in the registry"))?
+                    .clone(),
+            )
         }
     };
     let client_ns = source.as_ref().map_or("default".to_string(), |w| w.namespace.clone());
@@ -169,7 +195,10 @@ pub fn explain(args: ExplainArgs) -> Result<ExitCode> {
         None => {
             service = registry.service_by_host(&host, &client_ns).cloned();
             let Some(svc) = service.as_deref() else {
-                bail!("{host} is not a service in the registry (known: {})", registry.services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "));
+                bail!(
+                    "{host} is not a service in the registry (known: {})",
+                    registry.services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+                );
             };
             Context::Mesh { service: svc, port }
         }

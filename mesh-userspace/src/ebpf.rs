@@ -58,13 +58,9 @@ pub fn find_object(explicit: Option<&Path>) -> Result<PathBuf, EbpfError> {
         candidates.push(dir.join("../mesh-ebpf.o"));
     }
     candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/mesh-ebpf.o"));
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .ok_or_else(|| EbpfError::ObjectMissing {
-            looked: candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
-        })
+    candidates.iter().find(|p| p.is_file()).cloned().ok_or_else(|| EbpfError::ObjectMissing {
+        looked: candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+    })
 }
 
 /// The cgroup v2 id the kernel reports for a cgroup directory (`bpf_get_current_cgroup_id`) is
@@ -98,8 +94,8 @@ impl MeshEbpf {
     pub fn load_and_attach(object: &Path, cgroup_root: &Path) -> Result<MeshEbpf, EbpfError> {
         let mut bpf =
             Ebpf::load_file(object).map_err(|source| EbpfError::Load { path: object.to_path_buf(), source })?;
-        let cgroup = File::open(cgroup_root)
-            .map_err(|source| EbpfError::Cgroup { path: cgroup_root.to_path_buf(), source })?;
+        let cgroup =
+            File::open(cgroup_root).map_err(|source| EbpfError::Cgroup { path: cgroup_root.to_path_buf(), source })?;
 
         for name in [PROG_CONNECT4, PROG_CONNECT6] {
             let prog: &mut CgroupSockAddr = bpf
@@ -171,12 +167,7 @@ impl MeshEbpf {
     /// Where a redirected connection was really going, looked up by what the proxy sees on
     /// `accept()`. The entry is consumed: each connection is read once.
     pub fn take_original_dst(&self, netns_cookie: u64, peer: SocketAddrV4) -> Option<(SocketAddrV4, OriginalDst)> {
-        let key = TupleKey {
-            netns_cookie,
-            src_ip4: u32::from(*peer.ip()).to_be(),
-            src_port: peer.port(),
-            _pad: 0,
-        };
+        let key = TupleKey { netns_cookie, src_ip4: u32::from(*peer.ip()).to_be(), src_port: peer.port(), _pad: 0 };
         let mut map = lock(&self.orig_by_tuple);
         let orig = map.get(&key, 0).ok()?;
         let _ = map.remove(&key);
@@ -204,7 +195,10 @@ impl MeshEbpf {
     }
 }
 
-fn take_hash<K: aya::Pod, V: aya::Pod>(bpf: &mut Ebpf, name: &'static str) -> Result<BpfHashMap<MapData, K, V>, EbpfError> {
+fn take_hash<K: aya::Pod, V: aya::Pod>(
+    bpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<BpfHashMap<MapData, K, V>, EbpfError> {
     let map = bpf.take_map(name).ok_or(EbpfError::NoMap(name))?;
     BpfHashMap::try_from(map).map_err(|source| EbpfError::Map { name, source })
 }
@@ -221,13 +215,7 @@ pub fn netns_cookie_of(fd: &impl AsRawFd) -> std::io::Result<u64> {
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
     // SAFETY: valid fd, pointer and length for an 8-byte option.
     let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
-            (&mut cookie as *mut u64).cast(),
-            &mut len,
-        )
+        libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, SO_NETNS_COOKIE, (&mut cookie as *mut u64).cast(), &mut len)
     };
     if rc != 0 {
         return Err(std::io::Error::last_os_error());

@@ -19,7 +19,9 @@ use thiserror::Error;
 pub enum InPodError {
     #[error("cannot open network namespace {path}: {source}")]
     OpenNetns { path: PathBuf, source: std::io::Error },
-    #[error("cannot enter network namespace {path}: {source}; the agent needs CAP_SYS_ADMIN (and hostPID on Kubernetes)")]
+    #[error(
+        "cannot enter network namespace {path}: {source}; the agent needs CAP_SYS_ADMIN (and hostPID on Kubernetes)"
+    )]
     Setns { path: PathBuf, source: nix::Error },
     #[error("cannot listen on {addr} in network namespace {path}: {source}")]
     Bind { path: PathBuf, addr: SocketAddr, source: std::io::Error },

@@ -24,13 +24,19 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the node agent: load eBPF, enroll pods, run the proxy (needs root or CAP_BPF+CAP_NET_ADMIN+CAP_SYS_ADMIN).
-    #[command(after_help = "Example:\n  mesh agent --registry node.yaml --config /etc/mesh/routing --ingress-bind 127.0.0.1")]
+    #[command(
+        after_help = "Example:\n  mesh agent --registry node.yaml --config /etc/mesh/routing --ingress-bind 127.0.0.1"
+    )]
     Agent(mesh::agent::AgentArgs),
     /// Check Istio routing YAML (VirtualService, DestinationRule, Gateway) like `istioctl analyze`.
-    #[command(after_help = "Example:\n  mesh validate deploy/bookinfo/networking/ --registry deploy/bookinfo/local-registry.yaml")]
+    #[command(
+        after_help = "Example:\n  mesh validate deploy/bookinfo/networking/ --registry deploy/bookinfo/local-registry.yaml"
+    )]
     Validate(mesh::cli_routing::ValidateArgs),
     /// Show how a request from a pod would be routed, offline, and why.
-    #[command(after_help = "Example:\n  mesh explain --config deploy/bookinfo/networking --registry deploy/bookinfo/local-registry.yaml \\\n       --from productpage-v1 --url http://reviews:9080/reviews/0 -H 'end-user: jason'")]
+    #[command(
+        after_help = "Example:\n  mesh explain --config deploy/bookinfo/networking --registry deploy/bookinfo/local-registry.yaml \\\n       --from productpage-v1 --url http://reviews:9080/reviews/0 -H 'end-user: jason'"
+    )]
     Explain(mesh::cli_routing::ExplainArgs),
 }
 
@@ -56,7 +62,8 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -51,10 +51,7 @@ impl AppProtocol {
                 _ => None,
             }
         };
-        app_protocol
-            .and_then(classify)
-            .or_else(|| name.and_then(classify))
-            .unwrap_or(AppProtocol::Unknown)
+        app_protocol.and_then(classify).or_else(|| name.and_then(classify)).unwrap_or(AppProtocol::Unknown)
     }
 }
 
@@ -73,7 +70,7 @@ pub struct ServicePort {
     pub protocol: AppProtocol,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Service {
     pub name: String,
     pub namespace: String,
@@ -198,14 +195,21 @@ impl Registry {
 }
 
 /// [`Registry::endpoints`] over a candidate set of workloads (all of them, or an index hit).
-pub fn endpoints_among<'a>(candidates: impl Iterator<Item = &'a Arc<Workload>>, service: &Service, port: u16) -> Vec<Endpoint> {
+pub fn endpoints_among<'a>(
+    candidates: impl Iterator<Item = &'a Arc<Workload>>,
+    service: &Service,
+    port: u16,
+) -> Vec<Endpoint> {
     let Some(sp) = service.port(port) else { return Vec::new() };
     if service.selector.is_empty() {
         return service
             .slice_endpoints
             .iter()
             .filter(|(name, _)| *name == sp.name)
-            .map(|(_, addr)| Endpoint { workload: Arc::new(Workload::external(*addr.ip(), &service.namespace)), addr: SocketAddr::V4(*addr) })
+            .map(|(_, addr)| Endpoint {
+                workload: Arc::new(Workload::external(*addr.ip(), &service.namespace)),
+                addr: SocketAddr::V4(*addr),
+            })
             .collect();
     }
     {
@@ -218,9 +222,7 @@ pub fn endpoints_among<'a>(candidates: impl Iterator<Item = &'a Arc<Workload>>, 
                 }
                 let target = match &sp.target_port {
                     TargetPort::Number(n) => *n,
-                    TargetPort::Name(name) => {
-                        w.container_ports.iter().find(|c| c.name.as_deref() == Some(name))?.port
-                    }
+                    TargetPort::Name(name) => w.container_ports.iter().find(|c| c.name.as_deref() == Some(name))?.port,
                 };
                 Some(Endpoint { workload: w.clone(), addr: SocketAddr::V4(SocketAddrV4::new(ip, target)) })
             })
@@ -229,14 +231,13 @@ pub fn endpoints_among<'a>(candidates: impl Iterator<Item = &'a Arc<Workload>>, 
 }
 
 impl Registry {
-
     /// Loads every `v1 Service` and `v1 Pod` (and the pod template of `apps/v1 Deployment`s is
     /// ignored: on a bare node pods are given explicitly) from multi-document YAML files.
     pub fn from_yaml_files(paths: &[PathBuf]) -> Result<Registry, RegistryError> {
         let mut reg = Registry::default();
         for path in paths {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| RegistryError::Io { path: path.clone(), source: e })?;
+            let text =
+                std::fs::read_to_string(path).map_err(|e| RegistryError::Io { path: path.clone(), source: e })?;
             reg.add_yaml(path, &text)?;
         }
         Ok(reg)
@@ -363,11 +364,11 @@ mod k8s {
                 .map(|p| {
                     let target_port = match p.target_port {
                         None => TargetPort::Number(p.port),
-                        Some(serde_yaml::Value::Number(n)) => TargetPort::Number(
-                            n.as_u64().and_then(|n| u16::try_from(n).ok()).ok_or_else(|| {
+                        Some(serde_yaml::Value::Number(n)) => {
+                            TargetPort::Number(n.as_u64().and_then(|n| u16::try_from(n).ok()).ok_or_else(|| {
                                 format!("Service {}: targetPort {n} is not a port number", self.metadata.name)
-                            })?,
-                        ),
+                            })?)
+                        }
                         Some(serde_yaml::Value::String(s)) => match s.parse::<u16>() {
                             Ok(n) => TargetPort::Number(n),
                             Err(_) => TargetPort::Name(s),
@@ -394,7 +395,7 @@ mod k8s {
                 cluster_ip,
                 ports,
                 selector: self.spec.selector,
-                ready_ips: None, slice_endpoints: Vec::new(),
+                ..Default::default()
             })
         }
     }
@@ -437,12 +438,13 @@ mod k8s {
 
     impl Pod {
         pub fn into_workload(self) -> Result<Workload, String> {
-            let ip = match self.status.and_then(|s| s.pod_ip) {
-                None => None,
-                Some(ip) => Some(ip.parse::<Ipv4Addr>().map_err(|_| {
-                    format!("Pod {}: status.podIP {ip:?} is not an IPv4 address", self.metadata.name)
-                })?),
-            };
+            let ip =
+                match self.status.and_then(|s| s.pod_ip) {
+                    None => None,
+                    Some(ip) => Some(ip.parse::<Ipv4Addr>().map_err(|_| {
+                        format!("Pod {}: status.podIP {ip:?} is not an IPv4 address", self.metadata.name)
+                    })?),
+                };
             let ann = &self.metadata.annotations;
             Ok(Workload {
                 container_ports: self
@@ -537,7 +539,14 @@ status: {podIP: 10.244.0.12}
     fn hosts_resolve_like_istio() {
         let mut reg = Registry::default();
         reg.add_yaml(Path::new("t.yaml"), YAML).unwrap();
-        for host in ["reviews", "reviews.default", "reviews.default.svc", "reviews.default.svc.cluster.local", "10.96.0.20", "reviews:9080"] {
+        for host in [
+            "reviews",
+            "reviews.default",
+            "reviews.default.svc",
+            "reviews.default.svc.cluster.local",
+            "10.96.0.20",
+            "reviews:9080",
+        ] {
             assert!(reg.service_by_host(host, "default").is_some(), "{host}");
         }
         assert!(reg.service_by_host("reviews", "other").is_none());

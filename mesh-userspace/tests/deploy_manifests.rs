@@ -5,12 +5,10 @@
 //! documents go through the mesh's own strict parser. The kustomization must name existing files.
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::{
-    api::{
-        apps::v1::{DaemonSet, Deployment},
-        core::v1::{ConfigMap, Namespace, Pod, Service, ServiceAccount},
-        rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
-    },
+use k8s_openapi::api::{
+    apps::v1::{DaemonSet, Deployment},
+    core::v1::{ConfigMap, Namespace, Pod, Service, ServiceAccount},
+    rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
 };
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::Value;
@@ -20,7 +18,8 @@ fn deploy_dir() -> PathBuf {
 }
 
 fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir).expect("deploy/ readable").flatten().map(|e| e.path()).collect();
+    let mut entries: Vec<PathBuf> =
+        std::fs::read_dir(dir).expect("deploy/ readable").flatten().map(|e| e.path()).collect();
     entries.sort();
     for p in entries {
         if p.is_dir() {
@@ -55,7 +54,8 @@ fn unknown_fields(original: &Value, typed: &Value, path: &str, out: &mut Vec<Str
 }
 
 fn check_typed<T: DeserializeOwned + Serialize>(doc: &Value) -> Result<(), String> {
-    let typed: T = serde_path_to_error::deserialize(doc.clone()).map_err(|e| format!("at {}: {}", e.path(), e.inner()))?;
+    let typed: T =
+        serde_path_to_error::deserialize(doc.clone()).map_err(|e| format!("at {}: {}", e.path(), e.inner()))?;
     let back = serde_json::to_value(&typed).map_err(|e| e.to_string())?;
     let mut unknown = Vec::new();
     unknown_fields(doc, &back, "", &mut unknown);
@@ -77,7 +77,8 @@ fn check_document(file: &Path, text: &str, doc: &Value) -> Result<&'static str, 
             // The routing ConfigMap's files are what the agent will load: they must parse too.
             for (key, value) in doc["data"].as_object().into_iter().flatten() {
                 let body = value.as_str().unwrap_or("");
-                mesh::config::Config::parse_str(key, body).map_err(|e| format!("data[{key}] is not valid routing YAML:\n{e}"))?;
+                mesh::config::Config::parse_str(key, body)
+                    .map_err(|e| format!("data[{key}] is not valid routing YAML:\n{e}"))?;
             }
             Ok("ConfigMap")
         }
@@ -86,7 +87,9 @@ fn check_document(file: &Path, text: &str, doc: &Value) -> Result<&'static str, 
         ("apps/v1", "DaemonSet") => check_typed::<DaemonSet>(doc).map(|_| "DaemonSet"),
         ("apps/v1", "Deployment") => check_typed::<Deployment>(doc).map(|_| "Deployment"),
         ("rbac.authorization.k8s.io/v1", "ClusterRole") => check_typed::<ClusterRole>(doc).map(|_| "ClusterRole"),
-        ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => check_typed::<ClusterRoleBinding>(doc).map(|_| "ClusterRoleBinding"),
+        ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
+            check_typed::<ClusterRoleBinding>(doc).map(|_| "ClusterRoleBinding")
+        }
         ("rbac.authorization.k8s.io/v1", "Role") => check_typed::<Role>(doc).map(|_| "Role"),
         ("rbac.authorization.k8s.io/v1", "RoleBinding") => check_typed::<RoleBinding>(doc).map(|_| "RoleBinding"),
         (v, "VirtualService" | "DestinationRule" | "Gateway") if v.starts_with("networking.istio.io/") => {
@@ -104,7 +107,9 @@ fn check_document(file: &Path, text: &str, doc: &Value) -> Result<&'static str, 
             }
             Ok("Kustomization")
         }
-        _ => Err(format!("unexpected kind {kind:?} (apiVersion {api_version:?}): add it to this test with its schema type")),
+        _ => Err(format!(
+            "unexpected kind {kind:?} (apiVersion {api_version:?}): add it to this test with its schema type"
+        )),
     }
 }
 
@@ -144,7 +149,18 @@ fn every_deploy_manifest_matches_the_kubernetes_schema() {
         }
     }
     assert!(errors.is_empty(), "invalid manifests:\n{}", errors.join("\n"));
-    for kind in ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "DaemonSet", "Kustomization", "Service", "Deployment", "istio"] {
+    for kind in [
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ConfigMap",
+        "DaemonSet",
+        "Kustomization",
+        "Service",
+        "Deployment",
+        "istio",
+    ] {
         assert!(seen.contains_key(kind), "no {kind} checked; seen {seen:?}");
     }
 }
@@ -157,6 +173,9 @@ fn the_checker_catches_a_misspelt_field() {
     .unwrap();
     let err = check_document(Path::new("x.yaml"), "", &doc).unwrap_err();
     assert!(err.contains(".spec.template.spec.containers[0].readinessprobe"), "{err}");
-    let doc: Value = serde_yaml::from_str("apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec: {ports: [{port: notanumber}]}\n").unwrap();
+    let doc: Value = serde_yaml::from_str(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec: {ports: [{port: notanumber}]}\n",
+    )
+    .unwrap();
     assert!(check_document(Path::new("x.yaml"), "", &doc).is_err());
 }

@@ -161,16 +161,23 @@ impl FakeApiServer {
                 let mut inner = self.lock();
                 let rv = inner.rv.to_string();
                 match inner.collections.get_mut(path) {
-                    Some(c) => json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": rv}, "items": c.items}),
+                    Some(c) => {
+                        json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": rv}, "items": c.items})
+                    }
                     None if COLLECTIONS.contains(&path) => {
                         json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": rv}, "items": []})
                     }
-                    None => json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound", "message": path}),
+                    None => {
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound", "message": path})
+                    }
                 }
             };
             let status = if body["kind"] == "Status" { "404 Not Found" } else { "200 OK" };
             let body = body.to_string();
-            let resp = format!("HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
             if out.write_all(resp.as_bytes()).is_err() {
                 return;
             }

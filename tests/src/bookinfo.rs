@@ -45,15 +45,89 @@ pub struct Step {
 }
 
 pub const STEPS: &[Step] = &[
-    Step { name: "no-rules", title: "1. App deployed, namespace enrolled, no rules: plain Kubernetes balancing", files: &[], anonymous: 60, jason: 0 },
-    Step { name: "gateway", title: "2. Ingress: bookinfo-gateway (Gateway on port 80 + VirtualService)", files: &["bookinfo-gateway.yaml"], anonymous: 30, jason: 0 },
-    Step { name: "destination-rules", title: "3. destination-rule-all.yaml: subsets by version (no routing change yet)", files: &["bookinfo-gateway.yaml", "destination-rule-all.yaml"], anonymous: 60, jason: 0 },
-    Step { name: "all-v1", title: "4. virtual-service-all-v1.yaml: every service to v1", files: &["bookinfo-gateway.yaml", "destination-rule-all.yaml", "virtual-service-all-v1.yaml"], anonymous: 40, jason: 20 },
-    Step { name: "jason-v2", title: "5. virtual-service-reviews-test-v2.yaml: end-user jason to v2, others v1", files: &["bookinfo-gateway.yaml", "destination-rule-all.yaml", "virtual-service-all-v1.yaml", "virtual-service-reviews-test-v2.yaml"], anonymous: 40, jason: 40 },
-    Step { name: "jason-delay", title: "6. virtual-service-reviews-test-delay.yaml: jason gets a 7 s delay on reviews, others v3", files: &["bookinfo-gateway.yaml", "destination-rule-all.yaml", "virtual-service-all-v1.yaml", "virtual-service-reviews-test-delay.yaml"], anonymous: 40, jason: 4 },
-    Step { name: "back-to-v1", title: "7. Back to all-v1", files: &["bookinfo-gateway.yaml", "destination-rule-all.yaml", "virtual-service-all-v1.yaml"], anonymous: 40, jason: 10 },
-    Step { name: "50-v3", title: "8. virtual-service-reviews-50-v3.yaml: v1 50% / v3 50%", files: &["bookinfo-gateway.yaml", "destination-rule-all.yaml", "virtual-service-all-v1.yaml", "virtual-service-reviews-50-v3.yaml"], anonymous: 400, jason: 0 },
-    Step { name: "v3", title: "9. virtual-service-reviews-v3.yaml: 100% v3", files: &["bookinfo-gateway.yaml", "destination-rule-all.yaml", "virtual-service-all-v1.yaml", "virtual-service-reviews-v3.yaml"], anonymous: 60, jason: 0 },
+    Step {
+        name: "no-rules",
+        title: "1. App deployed, namespace enrolled, no rules: plain Kubernetes balancing",
+        files: &[],
+        anonymous: 60,
+        jason: 0,
+    },
+    Step {
+        name: "gateway",
+        title: "2. Ingress: bookinfo-gateway (Gateway on port 80 + VirtualService)",
+        files: &["bookinfo-gateway.yaml"],
+        anonymous: 30,
+        jason: 0,
+    },
+    Step {
+        name: "destination-rules",
+        title: "3. destination-rule-all.yaml: subsets by version (no routing change yet)",
+        files: &["bookinfo-gateway.yaml", "destination-rule-all.yaml"],
+        anonymous: 60,
+        jason: 0,
+    },
+    Step {
+        name: "all-v1",
+        title: "4. virtual-service-all-v1.yaml: every service to v1",
+        files: &["bookinfo-gateway.yaml", "destination-rule-all.yaml", "virtual-service-all-v1.yaml"],
+        anonymous: 40,
+        jason: 20,
+    },
+    Step {
+        name: "jason-v2",
+        title: "5. virtual-service-reviews-test-v2.yaml: end-user jason to v2, others v1",
+        files: &[
+            "bookinfo-gateway.yaml",
+            "destination-rule-all.yaml",
+            "virtual-service-all-v1.yaml",
+            "virtual-service-reviews-test-v2.yaml",
+        ],
+        anonymous: 40,
+        jason: 40,
+    },
+    Step {
+        name: "jason-delay",
+        title: "6. virtual-service-reviews-test-delay.yaml: jason gets a 7 s delay on reviews, others v3",
+        files: &[
+            "bookinfo-gateway.yaml",
+            "destination-rule-all.yaml",
+            "virtual-service-all-v1.yaml",
+            "virtual-service-reviews-test-delay.yaml",
+        ],
+        anonymous: 40,
+        jason: 4,
+    },
+    Step {
+        name: "back-to-v1",
+        title: "7. Back to all-v1",
+        files: &["bookinfo-gateway.yaml", "destination-rule-all.yaml", "virtual-service-all-v1.yaml"],
+        anonymous: 40,
+        jason: 10,
+    },
+    Step {
+        name: "50-v3",
+        title: "8. virtual-service-reviews-50-v3.yaml: v1 50% / v3 50%",
+        files: &[
+            "bookinfo-gateway.yaml",
+            "destination-rule-all.yaml",
+            "virtual-service-all-v1.yaml",
+            "virtual-service-reviews-50-v3.yaml",
+        ],
+        anonymous: 400,
+        jason: 0,
+    },
+    Step {
+        name: "v3",
+        title: "9. virtual-service-reviews-v3.yaml: 100% v3",
+        files: &[
+            "bookinfo-gateway.yaml",
+            "destination-rule-all.yaml",
+            "virtual-service-all-v1.yaml",
+            "virtual-service-reviews-v3.yaml",
+        ],
+        anonymous: 60,
+        jason: 0,
+    },
 ];
 
 /// What one page load showed.
@@ -95,7 +169,8 @@ impl Tally {
     /// `v1 49%  v3 51%  (n=400)  stars: red 204  p50 3 ms  max 9 ms  errors 0`
     pub fn summary(&self) -> String {
         let n = self.loads.len().max(1);
-        let versions: Vec<String> = self.by_reviews().iter().map(|(k, c)| format!("{k} {}%", (c * 100 + n / 2) / n)).collect();
+        let versions: Vec<String> =
+            self.by_reviews().iter().map(|(k, c)| format!("{k} {}%", (c * 100 + n / 2) / n)).collect();
         let mut stars = BTreeMap::<&str, usize>::new();
         for l in &self.loads {
             *stars.entry(l.stars.as_str()).or_default() += 1;
@@ -153,7 +228,8 @@ impl Bookinfo {
                 .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())),
         )?;
         let admin: SocketAddr = ADMIN.parse()?;
-        wait_for_port(admin, Duration::from_secs(30)).map_err(|e| anyhow::anyhow!("{e}\nagent log:\n{}", bk.node.log("agent")))?;
+        wait_for_port(admin, Duration::from_secs(30))
+            .map_err(|e| anyhow::anyhow!("{e}\nagent log:\n{}", bk.node.log("agent")))?;
         for (pod, ..) in PODS {
             let ip = bk.node.pod(pod)?.ip;
             wait_for_port(SocketAddr::from((ip, 9080)), Duration::from_secs(10))
@@ -209,14 +285,24 @@ impl Bookinfo {
         }
         // Readiness, not a sleep: the agent counts each applied reload.
         if self.generation > 1 {
-            wait_until(&format!("the agent to report the new routing config {expect}"), Duration::from_secs(10), || self.reloads(expect) > before)
-                .map_err(|e| anyhow::anyhow!("{e}\nagent log:\n{}", self.node.log("agent")))?;
+            wait_until(
+                &format!("the agent to report the new routing config {expect}"),
+                Duration::from_secs(10),
+                || self.reloads(expect) > before,
+            )
+            .map_err(|e| anyhow::anyhow!("{e}\nagent log:\n{}", self.node.log("agent")))?;
         }
         Ok(())
     }
 
     /// Loads the product page `n` times through the NodePort (or the gateway), as `user`.
-    pub fn load_pages(&self, n: usize, user: Option<&str>, via_gateway: bool, progress: &mut dyn FnMut(usize)) -> Result<Tally> {
+    pub fn load_pages(
+        &self,
+        n: usize,
+        user: Option<&str>,
+        via_gateway: bool,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Tally> {
         let port = if via_gateway { GATEWAY_PORT } else { NODEPORT };
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let workers = 4.min(n.max(1));
@@ -261,7 +347,8 @@ pub fn page_load(addr: SocketAddr, user: Option<&str>) -> Result<PageLoad> {
     let field = |k: &str| {
         marker.split_whitespace().find_map(|kv| kv.strip_prefix(&format!("{k}="))).unwrap_or("none").to_owned()
     };
-    let (reviews, stars) = if status == 200 { (field("reviews"), field("stars")) } else { (format!("http-{status}"), "-".into()) };
+    let (reviews, stars) =
+        if status == 200 { (field("reviews"), field("stars")) } else { (format!("http-{status}"), "-".into()) };
     Ok(PageLoad { status, reviews, stars, latency: started.elapsed() })
 }
 

@@ -67,7 +67,9 @@ pub fn ebpf_unavailable() -> Option<String> {
     if !bin("mesh").is_file() {
         return Some(format!("{} is not built: run `cargo xtask test`", bin("mesh").display()));
     }
-    let obj = std::env::var_os("MESH_EBPF_OBJECT").map(PathBuf::from).unwrap_or_else(|| workspace().join("target/mesh-ebpf.o"));
+    let obj = std::env::var_os("MESH_EBPF_OBJECT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/mesh-ebpf.o"));
     if !obj.is_file() {
         return Some(format!("{} is not built: run `cargo xtask build-ebpf`", obj.display()));
     }
@@ -134,7 +136,13 @@ impl Node {
 
     /// [`Node::add_pod`] with the pod's cgroup at `<CGROUP2_ROOT>/mesh-<prefix>/<cgroup>`, for
     /// kubelet-style paths (`kubepods/besteffort/pod<uid>`).
-    pub fn add_pod_in_cgroup(&mut self, name: &str, host: u8, hosts: &[(&str, Ipv4Addr)], cgroup: &str) -> Result<&Pod> {
+    pub fn add_pod_in_cgroup(
+        &mut self,
+        name: &str,
+        host: u8,
+        hosts: &[(&str, Ipv4Addr)],
+        cgroup: &str,
+    ) -> Result<&Pod> {
         let netns = format!("{}-{name}", self.prefix);
         let ip = Ipv4Addr::new(10, 244, self.subnet, host);
         let idx = self.pods.len();
@@ -282,7 +290,8 @@ pub fn wait_until(what: &str, within: Duration, mut check: impl FnMut() -> bool)
 /// before and while their agent runs, so an agent another process runs on the machine (a
 /// benchmark, a developer's) cannot make them pass or fail.
 pub fn attached_mesh_program_ids() -> std::collections::BTreeSet<u32> {
-    let out = sh(&format!("bpftool cgroup tree {CGROUP2_ROOT} 2>&1")).map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    let out = sh(&format!("bpftool cgroup tree {CGROUP2_ROOT} 2>&1"))
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
     out.unwrap_or_default()
         .lines()
         .filter(|l| l.contains("mesh_"))

@@ -25,7 +25,21 @@ fn bookinfo_walkthrough() -> anyhow::Result<()> {
     }
     let mut bk = Bookinfo::start(&networking)?;
     let mut quiet = |_: usize| {};
-    let log = |bk: &Bookinfo| format!("\nagent log (tail):\n{}", bk.node.log("agent").lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"));
+    let log = |bk: &Bookinfo| {
+        format!(
+            "\nagent log (tail):\n{}",
+            bk.node
+                .log("agent")
+                .lines()
+                .rev()
+                .take(30)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    };
 
     // 1. No rules: round robin over v1, v2, v3 (exactly even with round robin).
     bk.apply(step("no-rules").files)?;
@@ -60,7 +74,11 @@ fn bookinfo_walkthrough() -> anyhow::Result<()> {
     let t = bk.load_pages(3, Some("jason"), true, &mut quiet)?;
     assert_eq!(t.count_reviews("v2"), 3, "{}", t.summary());
     for l in &t.loads {
-        assert!(l.latency >= Duration::from_secs(1) && l.latency < Duration::from_millis(2500), "jason latency {:?}", l.latency);
+        assert!(
+            l.latency >= Duration::from_secs(1) && l.latency < Duration::from_millis(2500),
+            "jason latency {:?}",
+            l.latency
+        );
     }
     let t = bk.load_pages(20, None, true, &mut quiet)?;
     assert_eq!(t.count_reviews("v3"), 20, "{}", t.summary());

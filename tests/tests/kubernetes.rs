@@ -42,10 +42,8 @@ fn kubernetes_mode_enrolls_pods_as_the_api_server_reports_them() -> anyhow::Resu
     let mut node = Node::new("k8", 203)?;
     let hosts = [("web", WEB_VIP), ("apiserver", APISERVER_VIP)];
     // The two kubelet cgroup drivers' layouts, one pod each.
-    let client_cgroup = format!(
-        "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice",
-        CLIENT_UID.replace('-', "_")
-    );
+    let client_cgroup =
+        format!("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice", CLIENT_UID.replace('-', "_"));
     node.add_pod_in_cgroup("web-a", 20, &hosts, &format!("kubepods/besteffort/pod{WEB_UID}"))?;
     node.add_pod_in_cgroup("client", 10, &hosts, &client_cgroup)?;
     let (web_ip, client_ip) = (node.pod("web-a")?.ip, node.pod("client")?.ip);
@@ -76,22 +74,28 @@ fn kubernetes_mode_enrolls_pods_as_the_api_server_reports_them() -> anyhow::Resu
             .env("RUST_LOG", "info"),
     )?;
     let agent_log = |node: &Node| format!("agent log:\n{}", node.log("agent"));
-    wait_until("agent /ready", Duration::from_secs(20), || http_get(admin, "/ready").is_ok_and(|r| r.starts_with("HTTP/1.1 200")))
-        .map_err(|e| anyhow::anyhow!("{e}\n{}", agent_log(&node)))?;
+    wait_until("agent /ready", Duration::from_secs(20), || {
+        http_get(admin, "/ready").is_ok_and(|r| r.starts_with("HTTP/1.1 200"))
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", agent_log(&node)))?;
     wait_for_port(SocketAddr::from((web_ip, 8080)), Duration::from_secs(10))?;
     let ours = programs_attached_by_agent(&before)?;
-    let enrollments = |result: &str| metric(&http_get(admin, "/metrics").unwrap_or_default(), "mesh_pod_enrollments_total", &[("result", result)]);
+    let enrollments = |result: &str| {
+        metric(&http_get(admin, "/metrics").unwrap_or_default(), "mesh_pod_enrollments_total", &[("result", result)])
+    };
     assert_eq!(enrollments("enrolled"), 1, "web-a (cgroupfs layout) enrolled at start\n{}", agent_log(&node));
 
     // A pod created after the agent: its sandbox process starts, then the API server reports it.
     node.spawn("client", "client-sandbox", &["sleep", "600"])?;
     wait_until("client sandbox in its cgroup", Duration::from_secs(5), || {
-        std::fs::read_to_string(node.pod("client").map(|p| p.cgroup.join("cgroup.procs")).unwrap_or_default()).is_ok_and(|s| !s.trim().is_empty())
+        std::fs::read_to_string(node.pod("client").map(|p| p.cgroup.join("cgroup.procs")).unwrap_or_default())
+            .is_ok_and(|s| !s.trim().is_empty())
     })?;
     wait_until("agent watching pods", Duration::from_secs(5), || api.watchers(PODS) > 0)?;
     let created = Instant::now();
     api.apply(PODS, pod("client", CLIENT_UID, "client", client_ip, "Burstable"));
-    wait_until("client enrolled", Duration::from_secs(5), || enrollments("enrolled") == 2).map_err(|e| anyhow::anyhow!("{e}\n{}", agent_log(&node)))?;
+    wait_until("client enrolled", Duration::from_secs(5), || enrollments("enrolled") == 2)
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", agent_log(&node)))?;
     let took = created.elapsed();
     eprintln!("client pod enrolled {took:?} after the API server reported it");
     assert!(took < Duration::from_secs(1), "pod enrolled {took:?} after the API server reported it (want < 1 s)");
@@ -99,7 +103,12 @@ fn kubernetes_mode_enrolls_pods_as_the_api_server_reports_them() -> anyhow::Resu
     let curl = |path: &str| node.exec("client", &["curl", "-sS", "--max-time", "5", &format!("http://web:9080{path}")]);
     let out = curl("/k8s")?;
     let body = String::from_utf8_lossy(&out.stdout);
-    assert!(body.contains("backend=web-a path=/k8s"), "VIP not served through the mesh: {body} {}\n{}", String::from_utf8_lossy(&out.stderr), agent_log(&node));
+    assert!(
+        body.contains("backend=web-a path=/k8s"),
+        "VIP not served through the mesh: {body} {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        agent_log(&node)
+    );
 
     // A selectorless service reaches the addresses its EndpointSlice lists (here web-a's, on the
     // slice's port), through the mesh: TCP passthrough for a port named https.
@@ -110,19 +119,41 @@ fn kubernetes_mode_enrolls_pods_as_the_api_server_reports_them() -> anyhow::Resu
         "addressType": "IPv4", "endpoints": [{"addresses": [web_ip.to_string()], "conditions": {"ready": true}}],
         "ports": [{"name": "https", "port": 8080, "protocol": "TCP"}]}));
     wait_until("selectorless service served from its EndpointSlice", Duration::from_secs(5), || {
-        node.exec("client", &["curl", "-sS", "--max-time", "2", "http://apiserver:443/api"]).is_ok_and(|o| o.stdout.starts_with(b"backend=web-a path=/api"))
+        node.exec("client", &["curl", "-sS", "--max-time", "2", "http://apiserver:443/api"])
+            .is_ok_and(|o| o.stdout.starts_with(b"backend=web-a path=/api"))
     })
     .map_err(|e| anyhow::anyhow!("{e}\n{}", agent_log(&node)))?;
 
     // Istio objects applied to the API server route traffic (--istio-crds), and changes apply live.
-    let fault = |status: u16| json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+    let fault = |status: u16| {
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
         "metadata": {"name": "web", "namespace": "default"},
         "spec": {"hosts": ["web"], "http": [
             {"match": [{"headers": {"x-chaos": {"exact": "on"}}}], "fault": {"abort": {"httpStatus": status, "percentage": {"value": 100}}},
              "route": [{"destination": {"host": "web"}}]},
-            {"route": [{"destination": {"host": "web"}}]}]}});
-    let chaos = || node.exec("client", &["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", "-H", "x-chaos: on", "http://web:9080/chaos"]);
-    let code = |o: anyhow::Result<std::process::Output>| o.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+            {"route": [{"destination": {"host": "web"}}]}]}})
+    };
+    let chaos = || {
+        node.exec(
+            "client",
+            &[
+                "curl",
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "5",
+                "-H",
+                "x-chaos: on",
+                "http://web:9080/chaos",
+            ],
+        )
+    };
+    let code = |o: anyhow::Result<std::process::Output>| {
+        o.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+    };
     api.apply(VIRTUAL_SERVICES, fault(418));
     wait_until("VirtualService from the API server applied", Duration::from_secs(5), || code(chaos()) == "418")
         .map_err(|e| anyhow::anyhow!("{e}\n{}", agent_log(&node)))?;
@@ -136,7 +167,12 @@ fn kubernetes_mode_enrolls_pods_as_the_api_server_reports_them() -> anyhow::Resu
             {"match": [{"sourceLabels": {"track": "canary"}}], "fault": {"abort": {"httpStatus": 420, "percentage": {"value": 100}}},
              "route": [{"destination": {"host": "web"}}]},
             {"route": [{"destination": {"host": "web"}}]}]}}));
-    let plain = || node.exec("client", &["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", "http://web:9080/plain"]);
+    let plain = || {
+        node.exec(
+            "client",
+            &["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", "http://web:9080/plain"],
+        )
+    };
     // The new VirtualService has replaced the 419 one; the client is not a canary yet.
     wait_until("sourceLabels VirtualService applied", Duration::from_secs(5), || code(chaos()) == "200")?;
     assert_eq!(code(plain()), "200", "sourceLabels must not match a pod without the label");
@@ -155,11 +191,14 @@ fn kubernetes_mode_enrolls_pods_as_the_api_server_reports_them() -> anyhow::Resu
         curl("/probe").is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("no healthy upstream"))
     })?;
     api.apply(SLICES, web_slice(web_ip, true));
-    wait_until("web-a back", Duration::from_secs(5), || curl("/probe").is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("backend=web-a")))?;
+    wait_until("web-a back", Duration::from_secs(5), || {
+        curl("/probe").is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("backend=web-a"))
+    })?;
 
     // Deleted from the API: unenrolled, so its connects to the VIP are no longer redirected.
     api.delete(PODS, "default", "client");
-    wait_until("client unenrolled", Duration::from_secs(1), || enrollments("removed") == 1).map_err(|e| anyhow::anyhow!("{e}\n{}", agent_log(&node)))?;
+    wait_until("client unenrolled", Duration::from_secs(1), || enrollments("removed") == 1)
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", agent_log(&node)))?;
     let out = curl("/after-delete")?;
     assert!(!out.status.success(), "a deleted pod is still redirected: {}", String::from_utf8_lossy(&out.stdout));
 

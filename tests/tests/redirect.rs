@@ -13,7 +13,6 @@ use mesh_e2e::*;
 const WEB_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
 const BANNER_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 21);
 
-
 fn no_netfilter_rules() -> anyhow::Result<()> {
     let ipt = sh("iptables-save 2>/dev/null")?;
     let rules: Vec<String> =
@@ -21,7 +20,10 @@ fn no_netfilter_rules() -> anyhow::Result<()> {
     assert!(rules.is_empty(), "iptables rules exist: {rules:?}");
     let nft = sh("nft list ruleset 2>/dev/null")?;
     let text = String::from_utf8_lossy(&nft.stdout);
-    assert!(!text.contains("rule") && !text.contains("redirect") && !text.contains("dnat"), "nft ruleset is not empty:\n{text}");
+    assert!(
+        !text.contains("rule") && !text.contains("redirect") && !text.contains("dnat"),
+        "nft ruleset is not empty:\n{text}"
+    );
     Ok(())
 }
 
@@ -63,7 +65,8 @@ fn vip_connect_is_redirected_through_the_node_proxy() -> anyhow::Result<()> {
             .args(["--admin", &admin.to_string(), "--ingress-bind", "127.0.0.1"])
             .env("RUST_LOG", "info"),
     )?;
-    wait_for_port(admin, Duration::from_secs(20)).map_err(|e| anyhow::anyhow!("{e}\nagent log:\n{}", node.log("agent")))?;
+    wait_for_port(admin, Duration::from_secs(20))
+        .map_err(|e| anyhow::anyhow!("{e}\nagent log:\n{}", node.log("agent")))?;
     wait_for_port(SocketAddr::from((node.pod("web-a")?.ip, 8080)), Duration::from_secs(10))?;
     wait_for_port(SocketAddr::from((node.pod("banner-a")?.ip, 7000)), Duration::from_secs(10))?;
 
@@ -72,7 +75,10 @@ fn vip_connect_is_redirected_through_the_node_proxy() -> anyhow::Result<()> {
     // 1. An enrolled pod reaches the VIP through the proxy; the backend sees the original Host.
     let n = 5;
     for i in 0..n {
-        let out = node.exec("client", &["curl", "-sS", "--max-time", "5", "-H", "end-user: jason", &format!("http://web:9080/hello/{i}")])?;
+        let out = node.exec(
+            "client",
+            &["curl", "-sS", "--max-time", "5", "-H", "end-user: jason", &format!("http://web:9080/hello/{i}")],
+        )?;
         let body = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
@@ -81,12 +87,22 @@ fn vip_connect_is_redirected_through_the_node_proxy() -> anyhow::Result<()> {
             http_get(admin, "/metrics").unwrap_or_default(),
             node.log("agent")
         );
-        assert!(body.contains("backend=web-a") && body.contains(&format!("path=/hello/{i}")), "unexpected body: {body}");
-        assert!(body.contains("end-user=jason") && body.contains("host=web:9080"), "headers not passed through: {body}");
+        assert!(
+            body.contains("backend=web-a") && body.contains(&format!("path=/hello/{i}")),
+            "unexpected body: {body}"
+        );
+        assert!(
+            body.contains("end-user=jason") && body.contains("host=web:9080"),
+            "headers not passed through: {body}"
+        );
     }
     let metrics = http_get(admin, "/metrics")?;
     assert_eq!(
-        metric(&metrics, "mesh_requests_total", &[("source_workload", "client"), ("destination_service", "web"), ("response_code", "200")]),
+        metric(
+            &metrics,
+            "mesh_requests_total",
+            &[("source_workload", "client"), ("destination_service", "web"), ("response_code", "200")]
+        ),
         n,
         "proxy did not count the requests as client → web:\n{metrics}"
     );
@@ -94,9 +110,14 @@ fn vip_connect_is_redirected_through_the_node_proxy() -> anyhow::Result<()> {
     assert_eq!(metric(&metrics, "mesh_kernel_connects_redirected_total", &[]), n, "{metrics}");
 
     // 1b. A dual-stack socket reaching the VIP as an IPv4-mapped IPv6 address is redirected too.
-    let out = node.exec("client", &["curl", "-sS", "--max-time", "5", "-g", "http://[::ffff:10.96.0.20]:9080/mapped"])?;
+    let out =
+        node.exec("client", &["curl", "-sS", "--max-time", "5", "-g", "http://[::ffff:10.96.0.20]:9080/mapped"])?;
     let body = String::from_utf8_lossy(&out.stdout);
-    assert!(body.contains("backend=web-a path=/mapped"), "v4-mapped VIP not redirected: {body} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        body.contains("backend=web-a path=/mapped"),
+        "v4-mapped VIP not redirected: {body} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let n = n + 1;
 
     // 2. An un-enrolled pod is not redirected: its connect hits the blackhole route and fails locally.
@@ -107,9 +128,17 @@ fn vip_connect_is_redirected_through_the_node_proxy() -> anyhow::Result<()> {
     // 3. Non-HTTP (server-first) TCP passes through at L4.
     let out = node.exec("client", &[backend, "tcp-client", &format!("{BANNER_VIP}:7000"), "ping"])?;
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("BANNER banner-a") && text.contains("ECHO ping"), "TCP passthrough failed: {text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        text.contains("BANNER banner-a") && text.contains("ECHO ping"),
+        "TCP passthrough failed: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let metrics = http_get(admin, "/metrics")?;
-    assert_eq!(metric(&metrics, "mesh_tcp_connections_total", &[("destination_service", "banner"), ("result", "ok")]), 1, "{metrics}");
+    assert_eq!(
+        metric(&metrics, "mesh_tcp_connections_total", &[("destination_service", "banner"), ("result", "ok")]),
+        1,
+        "{metrics}"
+    );
 
     // 4. Nothing in netfilter at any point.
     no_netfilter_rules()?;
@@ -133,7 +162,11 @@ fn killed_agent_leaves_nothing_attached() -> anyhow::Result<()> {
     let mut node = Node::new("kl", 202)?;
     node.add_pod("client", 10, &[])?;
     let reg_file = node.dir.join("registry.yaml");
-    std::fs::write(&reg_file, node.pod_yaml("client", &[("app", "client")], 1, true)? + &service_yaml("web", WEB_VIP, 80, "http", &[("app", "web")]))?;
+    std::fs::write(
+        &reg_file,
+        node.pod_yaml("client", &[("app", "client")], 1, true)?
+            + &service_yaml("web", WEB_VIP, 80, "http", &[("app", "web")]),
+    )?;
     let admin: SocketAddr = "127.0.0.1:15122".parse()?;
     let before = attached_mesh_program_ids();
     let mut child = Command::new(bin("mesh"))
@@ -147,6 +180,8 @@ fn killed_agent_leaves_nothing_attached() -> anyhow::Result<()> {
     // SIGKILL: no chance to clean up. BPF links die with the process's file descriptors.
     child.kill()?;
     child.wait()?;
-    wait_until("kernel to release the links", Duration::from_secs(5), || attached_mesh_program_ids().is_disjoint(&ours))?;
+    wait_until("kernel to release the links", Duration::from_secs(5), || {
+        attached_mesh_program_ids().is_disjoint(&ours)
+    })?;
     Ok(())
 }

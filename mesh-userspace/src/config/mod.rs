@@ -65,7 +65,13 @@ impl std::error::Error for ConfigErrors {}
 
 impl ConfigErrors {
     pub fn single(file: &str, message: impl Into<String>) -> Self {
-        ConfigErrors(vec![ConfigError { file: file.into(), line: 1, column: 1, path: String::new(), message: message.into() }])
+        ConfigErrors(vec![ConfigError {
+            file: file.into(),
+            line: 1,
+            column: 1,
+            path: String::new(),
+            message: message.into(),
+        }])
     }
 }
 
@@ -135,7 +141,8 @@ impl Config {
     /// `..data` and timestamped directories themselves.
     pub fn load_dir(dir: &Path) -> Result<Config, ConfigErrors> {
         let shown = dir.display().to_string();
-        let entries = std::fs::read_dir(dir).map_err(|e| ConfigErrors::single(&shown, format!("cannot read config directory: {e}")))?;
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| ConfigErrors::single(&shown, format!("cannot read config directory: {e}")))?;
         let mut files: Vec<PathBuf> = entries
             .filter_map(|e| e.ok())
             .map(|e| e.path())
@@ -197,7 +204,8 @@ impl Config {
 
     fn add_document(&mut self, file: &Arc<str>, doc: Document) -> Result<(), ConfigError> {
         let at = Arc::new(doc.locator);
-        let value: serde_yaml::Value = serde_yaml::from_str(&doc.text).map_err(|e| yaml_error(&at, doc.line_offset, e, ""))?;
+        let value: serde_yaml::Value =
+            serde_yaml::from_str(&doc.text).map_err(|e| yaml_error(&at, doc.line_offset, e, ""))?;
         if value.is_null() {
             return Ok(());
         }
@@ -219,7 +227,10 @@ impl Config {
         }
         let version = api_version.split('/').nth(1).unwrap_or("");
         if !API_VERSIONS.contains(&version) {
-            return Err(at.error("apiVersion", format!("unsupported apiVersion {api_version:?}: expected {API_GROUP}/v1alpha3, v1beta1 or v1")));
+            return Err(at.error(
+                "apiVersion",
+                format!("unsupported apiVersion {api_version:?}: expected {API_GROUP}/v1alpha3, v1beta1 or v1"),
+            ));
         }
         if name.is_empty() {
             return Err(at.error("metadata.name", "missing metadata.name"));
@@ -247,7 +258,12 @@ impl Config {
 fn upsert<S>(list: &mut Vec<Sourced<S>>, new: Sourced<S>, kind: &str, notes: &mut Vec<String>) {
     match list.iter_mut().find(|o| o.name == new.name && o.namespace == new.namespace) {
         Some(old) => {
-            notes.push(format!("{kind} {} from {} replaces the one from {} (same name, like kubectl apply)", new.key(), new.at.file, old.at.file));
+            notes.push(format!(
+                "{kind} {} from {} replaces the one from {} (same name, like kubectl apply)",
+                new.key(),
+                new.at.file,
+                old.at.file
+            ));
             *old = new;
         }
         None => list.push(new),
@@ -326,7 +342,8 @@ fn split_documents(file: &Arc<str>, text: &str) -> Result<Vec<Document>, ConfigE
     // Documents are cut on the lines where the parser saw them start (line-based, so a
     // multi-byte character can never split a slice).
     let line_starts: Vec<usize> = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();
-    let offset_of_line = |line: usize| line_starts.get(line.saturating_sub(1)).copied().unwrap_or(text.len()).min(text.len());
+    let offset_of_line =
+        |line: usize| line_starts.get(line.saturating_sub(1)).copied().unwrap_or(text.len()).min(text.len());
     let starts: Vec<usize> = rx.docs.iter().map(|d| d.start.0).collect();
     let mut out = Vec::new();
     for (i, doc) in rx.docs.into_iter().enumerate() {
@@ -406,7 +423,10 @@ impl MarkedEventReceiver for Positions {
                 let is_map = matches!(ev, Event::MappingStart(..));
                 let path = if self.stack.is_empty() { Some(String::new()) } else { self.enter_node(mark) };
                 let path = path.unwrap_or_default();
-                self.stack.push((path, if is_map { Frame::Map { key: None, awaiting_key: true } } else { Frame::Seq { index: 0 } }));
+                self.stack.push((
+                    path,
+                    if is_map { Frame::Map { key: None, awaiting_key: true } } else { Frame::Seq { index: 0 } },
+                ));
             }
             Event::MappingEnd | Event::SequenceEnd => {
                 self.stack.pop();
@@ -440,7 +460,9 @@ impl MarkedEventReceiver for Positions {
 
 /// Istio durations: Go/protobuf style, e.g. `7s`, `0.5s`, `100ms`, `1m30s`, `1h`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let expected = || format!("invalid duration {s:?}: expected a number with a unit (ns, us, ms, s, m, h), e.g. \"7s\", \"0.5s\", \"100ms\"");
+    let expected = || {
+        format!("invalid duration {s:?}: expected a number with a unit (ns, us, ms, s, m, h), e.g. \"7s\", \"0.5s\", \"100ms\"")
+    };
     let t = s.trim();
     if t.is_empty() {
         return Err(expected());

@@ -3,10 +3,22 @@ use super::*;
 const SEEDS: &[(&str, &str)] = &[
     ("destination-rule-all.yaml", include_str!("../../../deploy/bookinfo/networking/destination-rule-all.yaml")),
     ("virtual-service-all-v1.yaml", include_str!("../../../deploy/bookinfo/networking/virtual-service-all-v1.yaml")),
-    ("virtual-service-reviews-test-v2.yaml", include_str!("../../../deploy/bookinfo/networking/virtual-service-reviews-test-v2.yaml")),
-    ("virtual-service-reviews-test-delay.yaml", include_str!("../../../deploy/bookinfo/networking/virtual-service-reviews-test-delay.yaml")),
-    ("virtual-service-reviews-50-v3.yaml", include_str!("../../../deploy/bookinfo/networking/virtual-service-reviews-50-v3.yaml")),
-    ("virtual-service-reviews-v3.yaml", include_str!("../../../deploy/bookinfo/networking/virtual-service-reviews-v3.yaml")),
+    (
+        "virtual-service-reviews-test-v2.yaml",
+        include_str!("../../../deploy/bookinfo/networking/virtual-service-reviews-test-v2.yaml"),
+    ),
+    (
+        "virtual-service-reviews-test-delay.yaml",
+        include_str!("../../../deploy/bookinfo/networking/virtual-service-reviews-test-delay.yaml"),
+    ),
+    (
+        "virtual-service-reviews-50-v3.yaml",
+        include_str!("../../../deploy/bookinfo/networking/virtual-service-reviews-50-v3.yaml"),
+    ),
+    (
+        "virtual-service-reviews-v3.yaml",
+        include_str!("../../../deploy/bookinfo/networking/virtual-service-reviews-v3.yaml"),
+    ),
     ("bookinfo-gateway.yaml", include_str!("../../../deploy/bookinfo/networking/bookinfo-gateway.yaml")),
 ];
 
@@ -22,10 +34,16 @@ fn every_seed_file_loads_verbatim() {
 #[test]
 fn all_api_versions_are_accepted_and_others_rejected() {
     for v in ["v1alpha3", "v1beta1", "v1"] {
-        let y = format!("apiVersion: networking.istio.io/{v}\nkind: VirtualService\nmetadata: {{name: r}}\nspec: {{hosts: [r]}}\n");
+        let y = format!(
+            "apiVersion: networking.istio.io/{v}\nkind: VirtualService\nmetadata: {{name: r}}\nspec: {{hosts: [r]}}\n"
+        );
         Config::parse_str("v.yaml", &y).unwrap_or_else(|e| panic!("{v}: {e}"));
     }
-    let e = Config::parse_str("v.yaml", "apiVersion: networking.istio.io/v2\nkind: VirtualService\nmetadata: {name: r}\nspec: {hosts: [r]}\n").unwrap_err();
+    let e = Config::parse_str(
+        "v.yaml",
+        "apiVersion: networking.istio.io/v2\nkind: VirtualService\nmetadata: {name: r}\nspec: {hosts: [r]}\n",
+    )
+    .unwrap_err();
     assert_eq!((e.0[0].line, e.0[0].path.as_str()), (1, "apiVersion"), "{e}");
     assert!(e.0[0].message.contains("v1alpha3"), "{e}");
 }
@@ -89,7 +107,15 @@ fn locator_finds_fields_in_block_and_flow_style() {
 
 #[test]
 fn durations_parse_like_istio() {
-    for (s, ms) in [("7s", 7000), ("0.5s", 500), ("100ms", 100), ("1m", 60_000), ("1h", 3_600_000), ("1m30s", 90_000), ("1.5s", 1500)] {
+    for (s, ms) in [
+        ("7s", 7000),
+        ("0.5s", 500),
+        ("100ms", 100),
+        ("1m", 60_000),
+        ("1h", 3_600_000),
+        ("1m30s", 90_000),
+        ("1.5s", 1500),
+    ] {
         assert_eq!(parse_duration(s).unwrap().as_millis(), ms, "{s}");
     }
     for bad in ["", "7", "7x", "s", "-1s", "1.2.3s"] {
@@ -126,7 +152,11 @@ async fn watcher_delivers_configmap_swaps_and_errors() {
     std::os::unix::fs::symlink("..data/vs.yaml", dir.path().join("vs.yaml")).unwrap();
     let got = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
     assert_eq!(got.unwrap().virtual_services.len(), 1);
-    std::fs::write(dir.path().join("broken.yaml"), "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x}\nspec: {hostz: []}\n").unwrap();
+    std::fs::write(
+        dir.path().join("broken.yaml"),
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x}\nspec: {hostz: []}\n",
+    )
+    .unwrap();
     let got = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
     let e = got.unwrap_err();
     assert!(e.to_string().contains("broken.yaml:4:") && e.to_string().contains("hostz"), "{e}");

@@ -18,12 +18,10 @@ pub type Update = Result<Config, ConfigErrors>;
 
 pub fn spawn_watcher(dir: PathBuf) -> anyhow::Result<mpsc::Receiver<Update>> {
     let (raw_tx, mut raw_rx) = mpsc::unbounded_channel::<()>();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        match event {
-            Ok(ev) if matches!(ev.kind, notify::EventKind::Access(_)) => {}
-            _ => {
-                let _ = raw_tx.send(());
-            }
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+        Ok(ev) if matches!(ev.kind, notify::EventKind::Access(_)) => {}
+        _ => {
+            let _ = raw_tx.send(());
         }
     })?;
     watcher

@@ -59,7 +59,10 @@ pub async fn spawn(client: Client) -> Result<watch::Receiver<Option<Documents>>,
         loop {
             shared.changed.notified().await;
             let docs = locked(&shared.stores, |stores| {
-                stores.values().all(|s| s.synced()).then(|| stores.values().flat_map(|s| s.values().map(|d| (**d).clone())).collect::<Vec<_>>())
+                stores
+                    .values()
+                    .all(|s| s.synced())
+                    .then(|| stores.values().flat_map(|s| s.values().map(|d| (**d).clone())).collect::<Vec<_>>())
             });
             let Some(docs) = docs else { continue };
             if tx.borrow().as_deref() != Some(&docs) && tx.send(Some(Arc::new(docs))).is_err() {

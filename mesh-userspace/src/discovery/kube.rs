@@ -159,7 +159,11 @@ pub fn build_registry(state: &ClusterState, node: &str) -> (Registry, Vec<LocalP
                     .get(&key)
                     .into_iter()
                     .flatten()
-                    .flat_map(|slice| slice.ready.iter().flat_map(|ip| slice.ports.iter().map(|(name, port)| (name.clone(), SocketAddrV4::new(*ip, *port)))))
+                    .flat_map(|slice| {
+                        slice.ready.iter().flat_map(|ip| {
+                            slice.ports.iter().map(|(name, port)| (name.clone(), SocketAddrV4::new(*ip, *port)))
+                        })
+                    })
                     .collect();
                 s.slice_endpoints.sort();
                 s.slice_endpoints.dedup();
@@ -170,7 +174,8 @@ pub fn build_registry(state: &ClusterState, node: &str) -> (Registry, Vec<LocalP
     let mut workloads = Vec::new();
     let mut local = Vec::new();
     for pod in state.pods.values() {
-        let ns_enrolled = state.namespaces.get(&(String::new(), pod.workload.namespace.clone())).is_some_and(|n| n.enrolled);
+        let ns_enrolled =
+            state.namespaces.get(&(String::new(), pod.workload.namespace.clone())).is_some_and(|n| n.enrolled);
         let mut w = pod.workload.clone();
         w.enroll = ns_enrolled && !pod.opted_out && !pod.host_network;
         if w.enroll && w.ip.is_some() && pod.node.as_deref() == Some(node) {
@@ -183,7 +188,11 @@ pub fn build_registry(state: &ClusterState, node: &str) -> (Registry, Vec<LocalP
 
 /// Fills in the cgroup and netns of this node's pods to enroll; returns those that could not be
 /// located yet (sandbox still starting), to retry.
-pub fn attach_sandboxes(registry: &mut Registry, local: &[LocalPod], locator: &dyn PodLocator) -> Vec<(String, LocateError)> {
+pub fn attach_sandboxes(
+    registry: &mut Registry,
+    local: &[LocalPod],
+    locator: &dyn PodLocator,
+) -> Vec<(String, LocateError)> {
     let mut pending = Vec::new();
     for pod in local {
         let Some(w) = registry.workloads.get_mut(pod.index) else { continue };
@@ -250,7 +259,7 @@ pub fn service_info(svc: &K8sService) -> Option<Service> {
         cluster_ip,
         ports,
         selector: spec.selector.clone().unwrap_or_default(),
-        ready_ips: None, slice_endpoints: Vec::new(),
+        ..Default::default()
     })
 }
 
@@ -347,17 +356,45 @@ pub struct KubeOptions {
 
 /// Starts the watchers; the receiver sees `None` until every kind has been listed once, then
 /// each distinct registry. Runs until the client's runtime stops.
-pub fn spawn(client: Client, options: KubeOptions, locator: Arc<dyn PodLocator>) -> watch::Receiver<Option<Arc<Registry>>> {
+pub fn spawn(
+    client: Client,
+    options: KubeOptions,
+    locator: Arc<dyn PodLocator>,
+) -> watch::Receiver<Option<Arc<Registry>>> {
     let shared = Arc::new(Shared::default());
     let w = |s: &Arc<Shared>| (s.clone(), s.clone());
     let (a, b) = w(&shared);
-    tokio::spawn(watch_into(Api::<K8sService>::all(client.clone()), (), move |f| locked(&a.state, |s| f(&mut s.services)), move || b.changed.notify_one(), service_info));
+    tokio::spawn(watch_into(
+        Api::<K8sService>::all(client.clone()),
+        (),
+        move |f| locked(&a.state, |s| f(&mut s.services)),
+        move || b.changed.notify_one(),
+        service_info,
+    ));
     let (a, b) = w(&shared);
-    tokio::spawn(watch_into(Api::<EndpointSlice>::all(client.clone()), (), move |f| locked(&a.state, |s| f(&mut s.slices)), move || b.changed.notify_one(), slice_info));
+    tokio::spawn(watch_into(
+        Api::<EndpointSlice>::all(client.clone()),
+        (),
+        move |f| locked(&a.state, |s| f(&mut s.slices)),
+        move || b.changed.notify_one(),
+        slice_info,
+    ));
     let (a, b) = w(&shared);
-    tokio::spawn(watch_into(Api::<Pod>::all(client.clone()), (), move |f| locked(&a.state, |s| f(&mut s.pods)), move || b.changed.notify_one(), pod_info));
+    tokio::spawn(watch_into(
+        Api::<Pod>::all(client.clone()),
+        (),
+        move |f| locked(&a.state, |s| f(&mut s.pods)),
+        move || b.changed.notify_one(),
+        pod_info,
+    ));
     let (a, b) = w(&shared);
-    tokio::spawn(watch_into(Api::<Namespace>::all(client), (), move |f| locked(&a.state, |s| f(&mut s.namespaces)), move || b.changed.notify_one(), |o| Some(namespace_info(o))));
+    tokio::spawn(watch_into(
+        Api::<Namespace>::all(client),
+        (),
+        move |f| locked(&a.state, |s| f(&mut s.namespaces)),
+        move || b.changed.notify_one(),
+        |o| Some(namespace_info(o)),
+    ));
     let (tx, rx) = watch::channel(None);
     tokio::spawn(publish(shared, options, locator, tx));
     rx
@@ -419,7 +456,12 @@ pub(super) async fn watch_into<K, T>(
     }
 }
 
-async fn publish(shared: Arc<Shared>, options: KubeOptions, locator: Arc<dyn PodLocator>, tx: watch::Sender<Option<Arc<Registry>>>) {
+async fn publish(
+    shared: Arc<Shared>,
+    options: KubeOptions,
+    locator: Arc<dyn PodLocator>,
+    tx: watch::Sender<Option<Arc<Registry>>>,
+) {
     let mut last_pending: Vec<(String, LocateError)> = Vec::new();
     loop {
         if last_pending.is_empty() {

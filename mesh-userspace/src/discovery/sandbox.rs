@@ -94,7 +94,10 @@ impl KubeletLayout {
         }
         for tier in tiers {
             let (cgroupfs, systemd) = if tier == "guaranteed" {
-                (root.join(format!("kubepods/pod{uid}")), root.join(format!("kubepods.slice/kubepods-pod{systemd_uid}.slice")))
+                (
+                    root.join(format!("kubepods/pod{uid}")),
+                    root.join(format!("kubepods.slice/kubepods-pod{systemd_uid}.slice")),
+                )
             } else {
                 (
                     root.join(format!("kubepods/{tier}/pod{uid}")),
@@ -128,7 +131,8 @@ fn search(root: &Path, cgroupfs_name: &str, systemd_suffix: &str, max_depth: usi
                 if name == cgroupfs_name || name.ends_with(systemd_suffix) {
                     return Some(entry.path());
                 }
-                if name.contains("kubepods") || name.contains("kubelet") || name == "burstable" || name == "besteffort" {
+                if name.contains("kubepods") || name.contains("kubelet") || name == "burstable" || name == "besteffort"
+                {
                     next.push(entry.path());
                 }
             }
@@ -204,7 +208,10 @@ mod tests {
     fn systemd_driver_layouts() {
         let u = UID.replace('-', "_");
         check_layout(&format!("kubepods.slice/kubepods-pod{u}.slice"), Some("Guaranteed"));
-        check_layout(&format!("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice"), Some("Burstable"));
+        check_layout(
+            &format!("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice"),
+            Some("Burstable"),
+        );
         check_layout(&format!("kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{u}.slice"), None);
     }
 

@@ -8,7 +8,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 use hyper::body::{Body as _, Incoming};
 use rand::Rng;
@@ -72,7 +72,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     // `te: trailers` is the one TE an HTTP/2 peer may send, and gRPC requires it end to end
     // (Envoy keeps it too); every other TE is hop-by-hop.
-    let trailers = headers.get_all(header::TE).iter().any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))));
+    let trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))));
     for n in &HOP_BY_HOP {
         headers.remove(n);
     }
@@ -164,7 +167,12 @@ pub async fn handle(
     let code = code.as_str();
     state.metrics.inc(
         "mesh_requests_total",
-        &[("source_workload", src_name), ("destination_service", dst), ("destination_subset", subset), ("response_code", code)],
+        &[
+            ("source_workload", src_name),
+            ("destination_service", dst),
+            ("destination_subset", subset),
+            ("response_code", code),
+        ],
     );
     // The access log is opt-in (RUST_LOG=mesh=debug), as Envoy's is: at info it was one formatted
     // write(2) to stderr per request, ~30% of the proxy's CPU per request; the counters above
@@ -183,7 +191,10 @@ async fn forward(state: &ProxyState, source: &Source, fwd: Forward, req: Request
         tokio::time::sleep(delay).await;
     }
     if let Some(status) = fwd.fault.abort {
-        return local_reply(StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE), "fault filter abort");
+        return local_reply(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            "fault filter abort",
+        );
     }
     let Some(_admitted) = state.lb.admit(&fwd.cluster) else {
         state.metrics.inc("mesh_overflow_total", &[("cluster", &fwd.cluster.name)]);
@@ -236,16 +247,18 @@ async fn forward(state: &ProxyState, source: &Source, fwd: Forward, req: Request
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut attempt = 0;
     // The retry slot held while a retry is outstanding (connectionPool.http.maxRetries).
-    let mut _retry_slot = None;
-    let protocol = fwd.cluster.upstream_protocol(parts.version == Version::HTTP_2);
-    let client = state.client_for(&fwd.cluster.connection_pool, protocol);
+    let mut retry_slot = None;
+    let (protocol, client) = state.upstream(&fwd.cluster, parts.version);
     loop {
         attempt += 1;
         let last = attempt >= max_attempts;
         let Some(picked) = state.lb.pick(&fwd.cluster, hash, &tried) else {
             return local_reply(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("no healthy upstream: {} has no endpoints (does any pod match its selector and subset labels?)", fwd.cluster.name),
+                format!(
+                    "no healthy upstream: {} has no endpoints (does any pod match its selector and subset labels?)",
+                    fwd.cluster.name
+                ),
             );
         };
         tried.push(picked.endpoint.addr);
@@ -289,7 +302,11 @@ async fn forward(state: &ProxyState, source: &Source, fwd: Forward, req: Request
             Ok(resp) => {
                 let status = resp.status().as_u16();
                 state.lb.report(&fwd.cluster, &picked, Some(status));
-                if !last && !deadline_passed && fwd.retries.retry_on.status(status) && retry_admitted(&state, &fwd, &mut _retry_slot) {
+                if !last
+                    && !deadline_passed
+                    && fwd.retries.retry_on.status(status)
+                    && retry_admitted(state, &fwd, &mut retry_slot)
+                {
                     tracing::debug!(status, attempt, "retrying");
                     backoff(attempt).await;
                     continue;
@@ -301,7 +318,8 @@ async fn forward(state: &ProxyState, source: &Source, fwd: Forward, req: Request
             }
             Err(failure) => {
                 state.lb.report(&fwd.cluster, &picked, None);
-                if !last && !deadline_passed && failure.retriable(&fwd) && retry_admitted(&state, &fwd, &mut _retry_slot) {
+                if !last && !deadline_passed && failure.retriable(&fwd) && retry_admitted(state, &fwd, &mut retry_slot)
+                {
                     tracing::debug!(?failure, attempt, "retrying");
                     backoff(attempt).await;
                     continue;
@@ -423,9 +441,8 @@ fn spawn_mirror(
             req.headers_mut().insert(header::HOST, v);
         }
     }
-    let protocol = cluster.upstream_protocol(parts.version == Version::HTTP_2);
+    let (protocol, client) = state.upstream(&cluster, parts.version);
     *req.version_mut() = protocol.version();
-    let client = state.client_for(&cluster.connection_pool, protocol);
     tokio::spawn(async move {
         let _picked = picked;
         if let Ok(resp) = client.request(req).await {

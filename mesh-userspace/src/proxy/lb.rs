@@ -73,6 +73,16 @@ fn counter_for<T: Default>(map: &Mutex<HashMap<String, Arc<T>>>, cluster: &str) 
     m.entry(cluster.to_owned()).or_default().clone()
 }
 
+/// One more in flight on `counter`, unless `limit` are already: the slot is held until dropped.
+fn take_slot(counter: Arc<AtomicU64>, limit: Option<u64>) -> Option<Admitted> {
+    let now = counter.fetch_add(1, Ordering::AcqRel);
+    if limit.is_some_and(|l| now >= l) {
+        counter.fetch_sub(1, Ordering::AcqRel);
+        return None;
+    }
+    Some(Admitted(counter))
+}
+
 impl LoadBalancer {
     /// Envoy's circuit breaker as Istio configures it: with HTTP/1.1 upstreams a request holds a
     /// connection, so at most `maxConnections` run and `http1MaxPendingRequests` more may wait;
@@ -80,34 +90,20 @@ impl LoadBalancer {
     /// than queued without bound. None means the request overflowed.
     pub fn admit(&self, cluster: &Cluster) -> Option<Admitted> {
         let pool = &cluster.connection_pool;
-        let by_connections = pool.max_connections.map(|c| u64::from(c) + u64::from(pool.http1_max_pending_requests.unwrap_or(0)));
+        let by_connections =
+            pool.max_connections.map(|c| u64::from(c) + u64::from(pool.http1_max_pending_requests.unwrap_or(0)));
         let limit = match (by_connections, pool.http2_max_requests.map(u64::from)) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let counter = counter_for(&self.active, &cluster.name);
-        let now = counter.fetch_add(1, Ordering::AcqRel);
-        if limit.is_some_and(|l| now >= l) {
-            counter.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(Admitted(counter))
+        take_slot(counter_for(&self.active, &cluster.name), limit)
     }
 
     /// Envoy's retry circuit breaker (`maxRetries`): at most that many retries of requests to the
     /// cluster may be outstanding at once, so a failing upstream is not hit by a retry storm.
     /// None: the retry must not be made (the caller returns the response it has).
     pub fn admit_retry(&self, cluster: &Cluster) -> Option<Admitted> {
-        let counter = {
-            let mut m = self.retrying.lock().unwrap_or_else(|e| e.into_inner());
-            m.entry(cluster.name.clone()).or_default().clone()
-        };
-        let now = counter.fetch_add(1, Ordering::AcqRel);
-        if cluster.connection_pool.max_retries.is_some_and(|l| now >= u64::from(l)) {
-            counter.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(Admitted(counter))
+        take_slot(counter_for(&self.retrying, &cluster.name), cluster.connection_pool.max_retries.map(u64::from))
     }
 
     fn state(&self, addr: SocketAddr) -> Arc<EndpointState> {

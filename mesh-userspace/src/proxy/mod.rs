@@ -17,12 +17,12 @@ use hyper_util::{
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
+use self::http::{Entry, ProxyBody};
 use crate::{
     metrics::Metrics,
     registry::{AppProtocol, Registry, Service, Workload},
     routing::{RouteTable, UpstreamProtocol},
 };
-use self::http::{Entry, ProxyBody};
 
 /// Where the proxy learns the original destination of a redirected connection (the eBPF maps in
 /// production; a fixed table in unit tests).
@@ -46,7 +46,7 @@ pub struct Source {
 pub struct ProxyState {
     pub routes: ArcSwap<RouteTable>,
     pub registry: ArcSwap<Registry>,
-    pub client: Client<HttpConnector, ProxyBody>,
+    client: Client<HttpConnector, ProxyBody>,
     client_h2: Client<HttpConnector, ProxyBody>,
     /// Upstream clients for clusters whose DestinationRule sets `connectionPool.http.idleTimeout`
     /// or `tcp.connectTimeout`.
@@ -72,8 +72,23 @@ impl ProxyState {
 }
 
 impl ProxyState {
+    /// How to send a request the client made over `client_version` to `cluster`: the upstream
+    /// protocol Istio would pick and the client (pool) for it.
+    pub fn upstream(
+        &self,
+        cluster: &crate::routing::Cluster,
+        client_version: ::http::Version,
+    ) -> (UpstreamProtocol, Client<HttpConnector, ProxyBody>) {
+        let protocol = cluster.upstream_protocol(client_version == ::http::Version::HTTP_2);
+        (protocol, self.client_for(&cluster.connection_pool, protocol))
+    }
+
     /// The upstream client for a cluster's connection pool settings and upstream protocol.
-    pub fn client_for(&self, pool: &crate::routing::ConnectionPool, protocol: UpstreamProtocol) -> Client<HttpConnector, ProxyBody> {
+    fn client_for(
+        &self,
+        pool: &crate::routing::ConnectionPool,
+        protocol: UpstreamProtocol,
+    ) -> Client<HttpConnector, ProxyBody> {
         if pool.idle_timeout.is_none() && pool.connect_timeout.is_none() {
             return match protocol {
                 UpstreamProtocol::Http1 => self.client.clone(),
@@ -114,7 +129,10 @@ fn upstream_client(key: UpstreamKey) -> Client<HttpConnector, ProxyBody> {
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(key.connect_timeout));
     let mut builder = Client::builder(TokioExecutor::new());
-    builder.pool_idle_timeout(key.idle_timeout).pool_max_idle_per_host(256).pool_timer(hyper_util::rt::TokioTimer::new());
+    builder
+        .pool_idle_timeout(key.idle_timeout)
+        .pool_max_idle_per_host(256)
+        .pool_timer(hyper_util::rt::TokioTimer::new());
     if key.protocol == UpstreamProtocol::Http2 {
         // One multiplexed connection per endpoint, as Envoy keeps for HTTP/2 clusters.
         builder.http2_only(true).timer(hyper_util::rt::TokioTimer::new());
@@ -131,7 +149,9 @@ pub async fn accept(listener: &TcpListener, listener_of: &str) -> (TcpStream, So
             Ok(c) => return c,
             Err(e) => {
                 let hint = match e.raw_os_error() {
-                    Some(libc::EMFILE) | Some(libc::ENFILE) => " (out of file descriptors: raise the agent's limit, e.g. LimitNOFILE or ulimit -n)",
+                    Some(libc::EMFILE) | Some(libc::ENFILE) => {
+                        " (out of file descriptors: raise the agent's limit, e.g. LimitNOFILE or ulimit -n)"
+                    }
                     _ => "",
                 };
                 tracing::warn!(listener = %listener_of, error = %e, "accept failed{hint}; retrying in 50 ms");
@@ -143,7 +163,12 @@ pub async fn accept(listener: &TcpListener, listener_of: &str) -> (TcpStream, So
 
 /// Accepts on the outbound listener inside `workload`'s network namespace until the listener fails.
 /// `workload` is updated by the agent when the pod changes (its labels feed `sourceLabels`).
-pub async fn serve_pod_listener(state: Arc<ProxyState>, workload: Arc<ArcSwap<Workload>>, listener: TcpListener, netns_cookie: u64) {
+pub async fn serve_pod_listener(
+    state: Arc<ProxyState>,
+    workload: Arc<ArcSwap<Workload>>,
+    listener: TcpListener,
+    netns_cookie: u64,
+) {
     loop {
         let (stream, peer) = accept(&listener, &workload.load().name).await;
         let workload = workload.load_full();
@@ -158,7 +183,9 @@ pub async fn serve_pod_listener(state: Arc<ProxyState>, workload: Arc<ArcSwap<Wo
                 // connect4 records the original destination of what it rewrote; a connection an
                 // iptables REDIRECT rule in the pod sent here (Istio's iptables mode, and the
                 // benchmark's comparison) has it in conntrack instead.
-                let Some(orig) = state.original_dst.take(netns_cookie, peer4).or_else(|| conntrack_original_dst(&stream)) else {
+                let Some(orig) =
+                    state.original_dst.take(netns_cookie, peer4).or_else(|| conntrack_original_dst(&stream))
+                else {
                     // Anything else dialled 127.0.0.1:15001 directly and has no meaningful destination.
                     tracing::warn!("no original destination recorded for this connection; closing");
                     state.metrics.inc("mesh_connections_rejected_total", &[("reason", "no_original_dst")]);
@@ -188,7 +215,13 @@ fn conntrack_original_dst(stream: &TcpStream) -> Option<SocketAddrV4> {
     // SAFETY: getsockopt writes at most `len` bytes into `addr`, which is that large; the fd is
     // a live socket owned by `stream`.
     let rc = unsafe {
-        libc::getsockopt(stream.as_raw_fd(), libc::SOL_IP, libc::SO_ORIGINAL_DST, (&mut addr as *mut libc::sockaddr_in).cast(), &mut len)
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_IP,
+            libc::SO_ORIGINAL_DST,
+            (&mut addr as *mut libc::sockaddr_in).cast(),
+            &mut len,
+        )
     };
     if rc != 0 || addr.sin_family != libc::AF_INET as libc::sa_family_t {
         return None;
@@ -199,7 +232,13 @@ fn conntrack_original_dst(stream: &TcpStream) -> Option<SocketAddrV4> {
 }
 
 /// Serves one connection bound for `service:port`, at L7 or L4 depending on the port's protocol.
-pub async fn serve_service_conn(state: Arc<ProxyState>, source: Source, service: Arc<Service>, port: u16, stream: TcpStream) {
+pub async fn serve_service_conn(
+    state: Arc<ProxyState>,
+    source: Source,
+    service: Arc<Service>,
+    port: u16,
+    stream: TcpStream,
+) {
     let protocol = service.port(port).map(|p| p.protocol).unwrap_or(AppProtocol::Unknown);
     let http = match protocol {
         AppProtocol::Http | AppProtocol::Http2 => true,
@@ -224,7 +263,8 @@ async fn sniff_http(stream: &TcpStream) -> bool {
         _ => return false,
     };
     let head = &buf[..n];
-    const METHODS: &[&[u8]] = &[b"GET ", b"POST ", b"PUT ", b"DELETE ", b"HEAD ", b"OPTIONS ", b"PATCH ", b"PRI * ", b"CONNECT ", b"TRACE "];
+    const METHODS: &[&[u8]] =
+        &[b"GET ", b"POST ", b"PUT ", b"DELETE ", b"HEAD ", b"OPTIONS ", b"PATCH ", b"PRI * ", b"CONNECT ", b"TRACE "];
     METHODS.iter().any(|m| head.starts_with(m) || (head.len() < m.len() && m.starts_with(head) && !head.is_empty()))
 }
 
@@ -252,7 +292,10 @@ async fn serve_tcp(state: Arc<ProxyState>, source: Source, service: Arc<Service>
     };
     let Some(picked) = state.lb.pick(&cluster, None, &[]) else {
         tracing::warn!(cluster = %cluster.name, "no healthy upstream for TCP connection; closing");
-        state.metrics.inc("mesh_tcp_connections_total", &[("source_workload", &src), ("destination_service", &service.name), ("result", "no_endpoint")]);
+        state.metrics.inc(
+            "mesh_tcp_connections_total",
+            &[("source_workload", &src), ("destination_service", &service.name), ("result", "no_endpoint")],
+        );
         return;
     };
     let mut upstream = match TcpStream::connect(picked.endpoint.addr).await {
@@ -260,14 +303,22 @@ async fn serve_tcp(state: Arc<ProxyState>, source: Source, service: Arc<Service>
         Err(e) => {
             state.lb.report(&cluster, &picked, None);
             tracing::warn!(endpoint = %picked.endpoint.addr, error = %e, "TCP upstream connect failed");
-            state.metrics.inc("mesh_tcp_connections_total", &[("source_workload", &src), ("destination_service", &service.name), ("result", "connect_failure")]);
+            state.metrics.inc(
+                "mesh_tcp_connections_total",
+                &[("source_workload", &src), ("destination_service", &service.name), ("result", "connect_failure")],
+            );
             return;
         }
     };
     let _ = upstream.set_nodelay(true);
-    state.metrics.inc("mesh_tcp_connections_total", &[("source_workload", &src), ("destination_service", &service.name), ("result", "ok")]);
+    state.metrics.inc(
+        "mesh_tcp_connections_total",
+        &[("source_workload", &src), ("destination_service", &service.name), ("result", "ok")],
+    );
     match tokio::io::copy_bidirectional(&mut stream, &mut upstream).await {
-        Ok((up, down)) => tracing::info!(endpoint = %picked.endpoint.addr, bytes_up = up, bytes_down = down, "tcp connection closed"),
+        Ok((up, down)) => {
+            tracing::info!(endpoint = %picked.endpoint.addr, bytes_up = up, bytes_down = down, "tcp connection closed")
+        }
         Err(e) => tracing::debug!(error = %e, "tcp connection ended with error"),
     }
 }
@@ -279,7 +330,10 @@ pub async fn serve_nodeport(state: Arc<ProxyState>, listener: TcpListener, servi
         let state = state.clone();
         let service = service.clone();
         let span = tracing::info_span!("ingress", nodeport_service = %service.name, peer = %peer);
-        tokio::spawn(serve_service_conn(state, Source { workload: None, peer: Some(peer) }, service, port, stream).instrument(span));
+        tokio::spawn(
+            serve_service_conn(state, Source { workload: None, peer: Some(peer) }, service, port, stream)
+                .instrument(span),
+        );
     }
 }
 

@@ -55,7 +55,9 @@ async fn backend(name: &'static str, fail: usize) -> (SocketAddr, Arc<AtomicUsiz
                         Ok::<_, std::convert::Infallible>(r)
                     }
                 });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(s), svc).await;
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
             });
         }
     });
@@ -64,7 +66,8 @@ async fn backend(name: &'static str, fail: usize) -> (SocketAddr, Arc<AtomicUsiz
 
 /// Connections each test backend accepted, by its address.
 fn connections() -> &'static std::sync::Mutex<std::collections::HashMap<SocketAddr, usize>> {
-    static CONNS: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<SocketAddr, usize>>> = std::sync::OnceLock::new();
+    static CONNS: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<SocketAddr, usize>>> =
+        std::sync::OnceLock::new();
     CONNS.get_or_init(Default::default)
 }
 
@@ -90,9 +93,15 @@ async fn setup(fail_v1: usize) -> (Registry, Arc<Service>, Arc<Workload>, Arc<At
         name: "reviews".into(),
         namespace: "default".into(),
         cluster_ip: Some(Ipv4Addr::new(10, 96, 0, 12)),
-        ports: vec![ServicePort { name: Some("http".into()), port: 9080, target_port: TargetPort::Name("http".into()), node_port: None, protocol: AppProtocol::Http }],
-        ready_ips: None, slice_endpoints: Vec::new(),
+        ports: vec![ServicePort {
+            name: Some("http".into()),
+            port: 9080,
+            target_port: TargetPort::Name("http".into()),
+            node_port: None,
+            protocol: AppProtocol::Http,
+        }],
         selector: [("app".to_string(), "reviews".to_string())].into_iter().collect(),
+        ..Default::default()
     });
     let client = workload("productpage-v1", &[("app", "productpage"), ("version", "v1")], 9080);
     let registry = Registry {
@@ -262,7 +271,8 @@ fn reviews_v1_with_pool(pool: &str) -> String {
 }
 
 fn v1_addr(registry: &Registry) -> SocketAddr {
-    let w = registry.workloads.iter().find(|w| w.labels.get("version").map(String::as_str) == Some("v1")).expect("v1 pod");
+    let w =
+        registry.workloads.iter().find(|w| w.labels.get("version").map(String::as_str) == Some("v1")).expect("v1 pod");
     SocketAddr::from((w.ip.expect("ip"), w.container_ports[0].port))
 }
 
@@ -271,7 +281,11 @@ async fn max_retries_caps_outstanding_retries() {
     // v1 always fails. With maxRetries: 0 the retry circuit breaker refuses every retry (Envoy
     // semantics), so each request reaches the backend once and the 503 is returned as is.
     let (registry, reviews, client, h1, _) = setup(usize::MAX).await;
-    let state = ProxyState::new(registry.clone(), table(&reviews_v1_with_pool("{maxRetries: 0}"), &registry), Arc::new(NoOriginalDst));
+    let state = ProxyState::new(
+        registry.clone(),
+        table(&reviews_v1_with_pool("{maxRetries: 0}"), &registry),
+        Arc::new(NoOriginalDst),
+    );
     let addr = front(state.clone(), reviews.clone(), client.clone()).await;
     for _ in 0..3 {
         assert_eq!(get(addr, &[]).await.0, 503);
@@ -281,7 +295,11 @@ async fn max_retries_caps_outstanding_retries() {
 
     // Without the limit the same route retries 3 times per request.
     let (registry, reviews, client, h1, _) = setup(usize::MAX).await;
-    let state = ProxyState::new(registry.clone(), table(&reviews_v1_with_pool("{maxRetries: 10}"), &registry), Arc::new(NoOriginalDst));
+    let state = ProxyState::new(
+        registry.clone(),
+        table(&reviews_v1_with_pool("{maxRetries: 10}"), &registry),
+        Arc::new(NoOriginalDst),
+    );
     let addr = front(state.clone(), reviews, client).await;
     assert_eq!(get(addr, &[]).await.0, 503);
     assert_eq!(h1.load(Ordering::SeqCst), 4, "1 try + 3 retries");
@@ -292,7 +310,8 @@ async fn max_retries_caps_outstanding_retries() {
 async fn idle_timeout_and_max_requests_per_connection_shape_upstream_connections() {
     // Default pool: keep-alive, one connection for sequential requests.
     let (registry, reviews, client, _, _) = setup(0).await;
-    let state = ProxyState::new(registry.clone(), table(&reviews_v1_with_pool("{}"), &registry), Arc::new(NoOriginalDst));
+    let state =
+        ProxyState::new(registry.clone(), table(&reviews_v1_with_pool("{}"), &registry), Arc::new(NoOriginalDst));
     let addr = front(state, reviews, client).await;
     for _ in 0..3 {
         assert_eq!(get(addr, &[]).await.0, 200);
@@ -301,7 +320,11 @@ async fn idle_timeout_and_max_requests_per_connection_shape_upstream_connections
 
     // maxRequestsPerConnection: 1 turns keep-alive off.
     let (registry, reviews, client, _, _) = setup(0).await;
-    let state = ProxyState::new(registry.clone(), table(&reviews_v1_with_pool("{maxRequestsPerConnection: 1}"), &registry), Arc::new(NoOriginalDst));
+    let state = ProxyState::new(
+        registry.clone(),
+        table(&reviews_v1_with_pool("{maxRequestsPerConnection: 1}"), &registry),
+        Arc::new(NoOriginalDst),
+    );
     let addr = front(state, reviews, client).await;
     for _ in 0..3 {
         assert_eq!(get(addr, &[]).await.0, 200);
@@ -310,7 +333,11 @@ async fn idle_timeout_and_max_requests_per_connection_shape_upstream_connections
 
     // idleTimeout: a connection idle longer than that is closed and not reused.
     let (registry, reviews, client, _, _) = setup(0).await;
-    let state = ProxyState::new(registry.clone(), table(&reviews_v1_with_pool("{idleTimeout: 100ms}"), &registry), Arc::new(NoOriginalDst));
+    let state = ProxyState::new(
+        registry.clone(),
+        table(&reviews_v1_with_pool("{idleTimeout: 100ms}"), &registry),
+        Arc::new(NoOriginalDst),
+    );
     let addr = front(state, reviews, client).await;
     assert_eq!(get(addr, &[]).await.0, 200);
     assert_eq!(get(addr, &[]).await.0, 200);
@@ -337,7 +364,9 @@ async fn protocol_backend() -> SocketAddr {
                         .with_trailers(async move { Some(Ok::<_, std::convert::Infallible>(trailers)) });
                     Ok::<_, std::convert::Infallible>(::http::Response::new(body))
                 });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(s), svc).await;
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
             });
         }
     });
@@ -352,12 +381,21 @@ async fn greeter_proxy(protocol: AppProtocol, pool: &str) -> SocketAddr {
         name: "greeter".into(),
         namespace: "default".into(),
         cluster_ip: Some(Ipv4Addr::new(10, 96, 0, 50)),
-        ports: vec![ServicePort { name: None, port: 50051, target_port: TargetPort::Number(backend.port()), node_port: None, protocol }],
-        ready_ips: None, slice_endpoints: Vec::new(),
+        ports: vec![ServicePort {
+            name: None,
+            port: 50051,
+            target_port: TargetPort::Number(backend.port()),
+            node_port: None,
+            protocol,
+        }],
         selector: [("app".to_string(), "greeter".to_string())].into_iter().collect(),
+        ..Default::default()
     });
     let client = workload("client", &[("app", "client")], 80);
-    let registry = Registry { services: vec![greeter.clone()], workloads: vec![workload("greeter-1", &[("app", "greeter")], backend.port()), client.clone()] };
+    let registry = Registry {
+        services: vec![greeter.clone()],
+        workloads: vec![workload("greeter-1", &[("app", "greeter")], backend.port()), client.clone()],
+    };
     let dr = format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: greeter}}\nspec:\n  host: greeter\n  trafficPolicy:\n    connectionPool:\n      http: {pool}\n");
     let state = ProxyState::new(registry.clone(), table(&dr, &registry), Arc::new(NoOriginalDst));
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind front");
@@ -385,7 +423,9 @@ async fn call(addr: SocketAddr, http2: bool) -> (String, Option<String>) {
         .body(http_body_util::Full::new(Bytes::from_static(b"\0\0\0\0\0")))
         .expect("request");
     let resp = if http2 {
-        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.expect("h2 handshake");
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
         tokio::spawn(conn);
         sender.send_request(req).await.expect("response")
     } else {
@@ -395,7 +435,8 @@ async fn call(addr: SocketAddr, http2: bool) -> (String, Option<String>) {
     };
     assert_eq!(resp.status(), 200);
     let collected = resp.into_body().collect().await.expect("body");
-    let status = collected.trailers().and_then(|t| t.get("grpc-status")).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let status =
+        collected.trailers().and_then(|t| t.get("grpc-status")).and_then(|v| v.to_str().ok()).map(str::to_owned);
     (String::from_utf8_lossy(&collected.to_bytes()).into_owned(), status)
 }
 

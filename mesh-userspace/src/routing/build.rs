@@ -6,11 +6,12 @@ use http::{HeaderName, HeaderValue};
 
 use super::{matcher::*, *};
 use crate::{
+    config::{
+        self, parse_duration, ConfigError, DestinationRuleSpec, HeaderOperations, Locator, Sourced, TrafficPolicy,
+    },
     registry::Workload,
-    config::{self, parse_duration, ConfigError, DestinationRuleSpec, HeaderOperations, Locator, Sourced, TrafficPolicy},
     registry::{split_host, Service, CLUSTER_DOMAIN},
 };
-
 
 struct Builder<'a> {
     /// (namespace, name) → service: resolving a destination must not scan the registry.
@@ -42,20 +43,35 @@ fn service_key<'h>(host: &'h str, ns: &'h str) -> Option<(&'h str, &'h str)> {
 
 pub fn compile(config: &config::Config, registry: &Registry) -> Result<RouteTable, config::ConfigErrors> {
     let services = registry.services.iter().map(|s| ((s.namespace.as_str(), s.name.as_str()), s)).collect();
-    let mut b = Builder { services, pods_by_label: registry.label_index(), rules: HashMap::new(), clusters: HashMap::new(), errors: Vec::new(), warnings: Vec::new(), default_retries: Arc::new(RetryPolicy::istio_default()) };
+    let mut b = Builder {
+        services,
+        pods_by_label: registry.label_index(),
+        rules: HashMap::new(),
+        clusters: HashMap::new(),
+        errors: Vec::new(),
+        warnings: Vec::new(),
+        default_retries: Arc::new(RetryPolicy::istio_default()),
+    };
     for dr in &config.destination_rules {
         match service_key(&dr.spec.host, &dr.namespace) {
             Some(key) => {
                 if let Some(prev) = b.rules.get(key.0).and_then(|m| m.get(key.1)) {
                     b.warnings.push(format!(
                         "DestinationRules {} and {} both configure host {}; using {} (like Istio, the first one)",
-                        prev.key(), dr.key(), dr.spec.host, prev.key()
+                        prev.key(),
+                        dr.key(),
+                        dr.spec.host,
+                        prev.key()
                     ));
                 } else {
                     b.rules.entry(key.0).or_default().insert(key.1, dr);
                 }
             }
-            None => b.warnings.push(format!("DestinationRule {}: host {:?} is not a cluster service; ignored", dr.key(), dr.spec.host)),
+            None => b.warnings.push(format!(
+                "DestinationRule {}: host {:?} is not a cluster service; ignored",
+                dr.key(),
+                dr.spec.host
+            )),
         }
         b.check_destination_rule(dr);
     }
@@ -64,7 +80,13 @@ pub fn compile(config: &config::Config, registry: &Registry) -> Result<RouteTabl
     for svc in &registry.services {
         for p in &svc.ports {
             if let Some(c) = b.cluster(svc, None, p.port, &dr_path_none()) {
-                table.defaults.entry(svc.namespace.clone()).or_default().entry(svc.name.clone()).or_default().push((p.port, c));
+                table
+                    .defaults
+                    .entry(svc.namespace.clone())
+                    .or_default()
+                    .entry(svc.name.clone())
+                    .or_default()
+                    .push((p.port, c));
             }
         }
     }
@@ -78,10 +100,16 @@ pub fn compile(config: &config::Config, registry: &Registry) -> Result<RouteTabl
                     port,
                     hosts: server.hosts.clone(),
                 }),
-                _ => b.errors.push(gw.at.error(format!("spec.servers[{i}].port.number"), format!("{} is not a port number", server.port.number))),
+                _ => b.errors.push(gw.at.error(
+                    format!("spec.servers[{i}].port.number"),
+                    format!("{} is not a port number", server.port.number),
+                )),
             }
             if server.tls.is_some() {
-                b.warnings.push(format!("Gateway {}: servers[{i}].tls is not supported; the port is served as plain HTTP", gw.key()));
+                b.warnings.push(format!(
+                    "Gateway {}: servers[{i}].tls is not supported; the port is served as plain HTTP",
+                    gw.key()
+                ));
             }
         }
     }
@@ -94,7 +122,10 @@ pub fn compile(config: &config::Config, registry: &Registry) -> Result<RouteTabl
                 match service_key(host, &vs.namespace) {
                     Some(key) => {
                         if !b.services.contains_key(&key) {
-                            b.warnings.push(format!("VirtualService {}: host {host:?} is not a service in the registry", vs.key()));
+                            b.warnings.push(format!(
+                                "VirtualService {}: host {host:?} is not a service in the registry",
+                                vs.key()
+                            ));
                         }
                         if let Some(prev) = table.mesh_vs.get(key.0).and_then(|m| m.get(key.1)) {
                             b.warnings.push(format!(
@@ -102,13 +133,20 @@ pub fn compile(config: &config::Config, registry: &Registry) -> Result<RouteTabl
                                 prev.key, compiled.key, prev.key
                             ));
                         } else {
-                            table.mesh_vs.entry(key.0.to_owned()).or_default().insert(key.1.to_owned(), compiled.clone());
+                            table
+                                .mesh_vs
+                                .entry(key.0.to_owned())
+                                .or_default()
+                                .insert(key.1.to_owned(), compiled.clone());
                         }
                     }
                     None if host.contains('*') => table.mesh_wildcard_vs.push(compiled.clone()),
                     None => {
                         let _ = i;
-                        b.warnings.push(format!("VirtualService {}: host {host:?} is outside the cluster; no ServiceEntry support", vs.key()))
+                        b.warnings.push(format!(
+                            "VirtualService {}: host {host:?} is outside the cluster; no ServiceEntry support",
+                            vs.key()
+                        ))
                     }
                 }
             }
@@ -138,7 +176,9 @@ impl Builder<'_> {
         let mut seen = std::collections::HashSet::new();
         for (i, s) in dr.spec.subsets.iter().enumerate() {
             if !seen.insert(s.name.as_str()) {
-                self.errors.push(dr.at.error(format!("spec.subsets[{i}].name"), format!("subset {:?} is defined twice", s.name)));
+                self.errors.push(
+                    dr.at.error(format!("spec.subsets[{i}].name"), format!("subset {:?} is defined twice", s.name)),
+                );
             }
         }
         let mut check = |path: String, p: &Option<TrafficPolicy>| {
@@ -157,7 +197,13 @@ impl Builder<'_> {
     /// The cluster for (service, subset, port), built once. `at` is where the reference was
     /// written, for the error when the subset does not exist.
     /// `at` says where the reference was written; its path is built only for an error.
-    fn cluster(&mut self, svc: &Arc<Service>, subset: Option<&str>, port: u16, at: &(Arc<Locator>, &dyn Fn() -> String)) -> Option<Arc<Cluster>> {
+    fn cluster(
+        &mut self,
+        svc: &Arc<Service>,
+        subset: Option<&str>,
+        port: u16,
+        at: &(Arc<Locator>, &dyn Fn() -> String),
+    ) -> Option<Arc<Cluster>> {
         let cache_key = (Arc::as_ptr(svc) as usize, subset.map(str::to_owned), port);
         if let Some(c) = self.clusters.get(&cache_key) {
             return Some(c.clone());
@@ -175,14 +221,20 @@ impl Builder<'_> {
                             svc.fqdn(),
                             d.spec.subsets.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
                         ),
-                        None => format!("subset {name:?} is not defined in any DestinationRule for host {}", svc.fqdn()),
+                        None => {
+                            format!("subset {name:?} is not defined in any DestinationRule for host {}", svc.fqdn())
+                        }
                     };
                     self.errors.push(at.0.error((at.1)(), msg));
                     return None;
                 }
             },
         };
-        let policy = resolve_policy(dr.and_then(|d| d.spec.traffic_policy.as_ref()), subset_spec.and_then(|s| s.traffic_policy.as_ref()), port);
+        let policy = resolve_policy(
+            dr.and_then(|d| d.spec.traffic_policy.as_ref()),
+            subset_spec.and_then(|s| s.traffic_policy.as_ref()),
+            port,
+        );
         let (lb, connection_pool, outlier_detection) = match policy {
             Ok(p) => p,
             // Reported once by check_destination_rule with its exact place.
@@ -215,7 +267,13 @@ impl Builder<'_> {
 
     /// `base` gives the destination's field path; paths are only needed for errors, so they are
     /// built then, not for every destination.
-    fn destination(&mut self, d: &config::Destination, ns: &str, at: &Arc<Locator>, base: &dyn Fn() -> String) -> Option<DestClusters> {
+    fn destination(
+        &mut self,
+        d: &config::Destination,
+        ns: &str,
+        at: &Arc<Locator>,
+        base: &dyn Fn() -> String,
+    ) -> Option<DestClusters> {
         let field = |suffix: &str| format!("{}{suffix}", base());
         let explicit = match &d.port {
             Some(p) => match u16::try_from(p.number) {
@@ -234,10 +292,17 @@ impl Builder<'_> {
                 .map(|s| (*s).clone())
                 // Unknown to the registry: keep the reference (it may appear later) with no
                 // endpoints, so traffic gets "no healthy upstream" rather than a wrong backend.
-                .unwrap_or_else(|| Arc::new(Service { name: name.to_owned(), namespace: sns.to_owned(), cluster_ip: None, ports: Vec::new(), selector: Default::default(), ready_ips: None, slice_endpoints: Vec::new() })),
+                .unwrap_or_else(|| {
+                    Arc::new(Service { name: name.to_owned(), namespace: sns.to_owned(), ..Default::default() })
+                }),
             None => {
-                self.warnings.push(format!("{}: {}: host {:?} is outside the cluster; requests get 503", at.file, field(""), d.host));
-                Arc::new(Service { name: d.host.clone(), namespace: ns.to_owned(), cluster_ip: None, ports: Vec::new(), selector: Default::default(), ready_ips: None, slice_endpoints: Vec::new() })
+                self.warnings.push(format!(
+                    "{}: {}: host {:?} is outside the cluster; requests get 503",
+                    at.file,
+                    field(""),
+                    d.host
+                ));
+                Arc::new(Service { name: d.host.clone(), namespace: ns.to_owned(), ..Default::default() })
             }
         };
         let subset_at: (Arc<Locator>, &dyn Fn() -> String) = (at.clone(), &|| field(".subset"));
@@ -251,7 +316,12 @@ impl Builder<'_> {
                 }
             }
         }
-        Some(DestClusters { host: d.host.clone(), subset: d.subset.clone(), by_port, explicit_port: explicit.is_some() })
+        Some(DestClusters {
+            host: d.host.clone(),
+            subset: d.subset.clone(),
+            by_port,
+            explicit_port: explicit.is_some(),
+        })
     }
 
     fn weighted<'d>(
@@ -267,7 +337,8 @@ impl Builder<'_> {
         for (i, (d, w, h)) in dests.enumerate() {
             let w = match w {
                 Some(w) if !(0..=100).contains(&w) => {
-                    self.errors.push(at.error(format!("{}[{i}].weight", path()), format!("weight {w} is outside 0..100")));
+                    self.errors
+                        .push(at.error(format!("{}[{i}].weight", path()), format!("weight {w} is outside 0..100")));
                     0
                 }
                 Some(w) => w,
@@ -281,7 +352,10 @@ impl Builder<'_> {
             }
         }
         if count > 1 && sum != 100 {
-            self.errors.push(at.error(format!("{}[0].weight", path()), format!("weights of {} sum to {sum}; they must sum to 100", path())));
+            self.errors.push(at.error(
+                format!("{}[0].weight", path()),
+                format!("weights of {} sum to {sum}; they must sum to 100", path()),
+            ));
         }
         out
     }
@@ -296,7 +370,9 @@ impl Builder<'_> {
                 match (name, value) {
                     (Ok(n), Ok(v)) => Some((n, v)),
                     _ => {
-                        self.errors.push(at.error(format!("{path}.{which}.{field}.{k}"), format!("invalid header {k:?}: {v:?}")));
+                        self.errors.push(
+                            at.error(format!("{path}.{which}.{field}.{k}"), format!("invalid header {k:?}: {v:?}")),
+                        );
                         None
                     }
                 }
@@ -306,7 +382,9 @@ impl Builder<'_> {
             for (i, k) in ops.remove.iter().enumerate() {
                 match HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()) {
                     Ok(n) => out.remove.push(n),
-                    Err(_) => self.errors.push(at.error(format!("{path}.{which}.remove[{i}]"), format!("invalid header name {k:?}"))),
+                    Err(_) => self
+                        .errors
+                        .push(at.error(format!("{path}.{which}.remove[{i}]"), format!("invalid header name {k:?}"))),
                 }
             }
             out
@@ -326,7 +404,13 @@ impl Builder<'_> {
         }
     }
 
-    fn string_match(&mut self, at: &Locator, sm: &config::StringMatch, ignore_case: bool, field: impl FnOnce() -> String) -> Option<StrMatch> {
+    fn string_match(
+        &mut self,
+        at: &Locator,
+        sm: &config::StringMatch,
+        ignore_case: bool,
+        field: impl FnOnce() -> String,
+    ) -> Option<StrMatch> {
         match StrMatch::compile(sm, ignore_case) {
             Ok(c) => Some(c),
             Err(e) => {
@@ -372,7 +456,10 @@ impl Builder<'_> {
         let mut tcp = Vec::new();
         for (i, r) in vs.spec.tcp.iter().enumerate() {
             let path = format!("spec.tcp[{i}]");
-            let route = self.weighted(r.route.iter().map(|d| (&d.destination, d.weight, None)), &vs.namespace, at, &|| format!("{path}.route"));
+            let route =
+                self.weighted(r.route.iter().map(|d| (&d.destination, d.weight, None)), &vs.namespace, at, &|| {
+                    format!("{path}.route")
+                });
             let m = r.matches.first();
             if r.matches.len() > 1 {
                 self.warnings.push(format!("VirtualService {}: {path}: only the first tcp match is used", vs.key()));
@@ -400,7 +487,12 @@ impl Builder<'_> {
         })
     }
 
-    fn http_rule(&mut self, r: &config::HttpRoute, vs: &Sourced<config::VirtualServiceSpec>, index: usize) -> Option<HttpRule> {
+    fn http_rule(
+        &mut self,
+        r: &config::HttpRoute,
+        vs: &Sourced<config::VirtualServiceSpec>,
+        index: usize,
+    ) -> Option<HttpRule> {
         let at = &vs.at;
         // The rule's path is only needed for errors; build it once, then.
         let cell = std::cell::OnceCell::new();
@@ -411,7 +503,8 @@ impl Builder<'_> {
         }
         let action = match (&r.redirect, r.route.is_empty()) {
             (Some(_), false) => {
-                self.errors.push(at.error(format!("{}.redirect", path()), "a rule has either route or redirect, not both"));
+                self.errors
+                    .push(at.error(format!("{}.redirect", path()), "a rule has either route or redirect, not both"));
                 return None;
             }
             (Some(rd), true) => Action::Redirect(Redirect {
@@ -423,7 +516,10 @@ impl Builder<'_> {
                     None => 301,
                     Some(c @ (301 | 302 | 303 | 307 | 308)) => c as u16,
                     Some(c) => {
-                        self.errors.push(at.error(format!("{}.redirect.redirectCode", path()), format!("{c} is not a redirect status (301, 302, 303, 307, 308)")));
+                        self.errors.push(at.error(
+                            format!("{}.redirect.redirectCode", path()),
+                            format!("{c} is not a redirect status (301, 302, 303, 307, 308)"),
+                        ));
                         301
                     }
                 },
@@ -451,7 +547,10 @@ impl Builder<'_> {
                     (Some(p), _) => self.percent(Some(p.value), at, format!("{fp}.percentage.value")),
                     (None, Some(p)) => self.percent(Some(p as f64), at, format!("{fp}.percent")),
                     (None, None) => {
-                        self.warnings.push(format!("VirtualService {}: {fp} has no percentage: Istio injects it into 0% of requests", vs.key()));
+                        self.warnings.push(format!(
+                            "VirtualService {}: {fp} has no percentage: Istio injects it into 0% of requests",
+                            vs.key()
+                        ));
                         0.0
                     }
                 };
@@ -460,7 +559,10 @@ impl Builder<'_> {
                         Ok(dur) => fault.delay = Some((dur, pct)),
                         Err(e) => self.errors.push(at.error(format!("{fp}.fixedDelay"), e)),
                     },
-                    (None, Some(_)) => self.errors.push(at.error(format!("{fp}.exponentialDelay"), "exponentialDelay is not supported by Istio; use fixedDelay")),
+                    (None, Some(_)) => self.errors.push(at.error(
+                        format!("{fp}.exponentialDelay"),
+                        "exponentialDelay is not supported by Istio; use fixedDelay",
+                    )),
                     (None, None) => self.errors.push(at.error(fp.clone(), "fault.delay needs fixedDelay")),
                 }
             }
@@ -469,14 +571,21 @@ impl Builder<'_> {
                 let pct = match &a.percentage {
                     Some(p) => self.percent(Some(p.value), at, format!("{fp}.percentage.value")),
                     None => {
-                        self.warnings.push(format!("VirtualService {}: {fp} has no percentage: Istio injects it into 0% of requests", vs.key()));
+                        self.warnings.push(format!(
+                            "VirtualService {}: {fp} has no percentage: Istio injects it into 0% of requests",
+                            vs.key()
+                        ));
                         0.0
                     }
                 };
                 match (a.http_status, &a.grpc_status) {
                     (Some(s), _) if (200..=599).contains(&s) => fault.abort = Some((s as u16, pct)),
-                    (Some(s), _) => self.errors.push(at.error(format!("{fp}.httpStatus"), format!("{s} is not an HTTP status (200-599)"))),
-                    (None, Some(_)) => self.errors.push(at.error(format!("{fp}.grpcStatus"), "grpcStatus aborts are not supported; use httpStatus")),
+                    (Some(s), _) => self
+                        .errors
+                        .push(at.error(format!("{fp}.httpStatus"), format!("{s} is not an HTTP status (200-599)"))),
+                    (None, Some(_)) => self.errors.push(
+                        at.error(format!("{fp}.grpcStatus"), "grpcStatus aborts are not supported; use httpStatus"),
+                    ),
                     (None, None) => self.errors.push(at.error(fp.clone(), "fault.abort needs httpStatus")),
                 }
             }
@@ -497,12 +606,14 @@ impl Builder<'_> {
                 };
                 Arc::new(RetryPolicy {
                     attempts: rt.attempts.max(0) as u32,
-                    per_try_timeout: self.duration(&rt.per_try_timeout, at, || format!("{}.retries.perTryTimeout", path())),
+                    per_try_timeout: self
+                        .duration(&rt.per_try_timeout, at, || format!("{}.retries.perTryTimeout", path())),
                     retry_on,
                 })
             }
         };
-        let (request_headers, response_headers) = r.headers.as_ref().map(|h| self.header_ops(h, at, &format!("{}.headers", path()))).unwrap_or_default();
+        let (request_headers, response_headers) =
+            r.headers.as_ref().map(|h| self.header_ops(h, at, &format!("{}.headers", path()))).unwrap_or_default();
         let mirror = match &r.mirror {
             Some(m) => {
                 let pct = match (&r.mirror_percentage, r.mirror_percent) {
@@ -515,7 +626,11 @@ impl Builder<'_> {
             None => None,
         };
         if r.cors_policy.is_some() {
-            self.warnings.push(format!("VirtualService {}: {}.corsPolicy is not enforced by the node proxy", vs.key(), path()));
+            self.warnings.push(format!(
+                "VirtualService {}: {}.corsPolicy is not enforced by the node proxy",
+                vs.key(),
+                path()
+            ));
         }
         Some(HttpRule {
             name: r.name.clone(),
@@ -532,7 +647,12 @@ impl Builder<'_> {
         })
     }
 
-    fn match_request(&mut self, m: &config::HttpMatchRequest, vs: &Sourced<config::VirtualServiceSpec>, path: &dyn Fn() -> String) -> MatchRequest {
+    fn match_request(
+        &mut self,
+        m: &config::HttpMatchRequest,
+        vs: &Sourced<config::VirtualServiceSpec>,
+        path: &dyn Fn() -> String,
+    ) -> MatchRequest {
         let at = &vs.at;
         let mut conds = Vec::new();
         if let Some(u) = &m.uri {
@@ -554,7 +674,8 @@ impl Builder<'_> {
         for (field, map, without) in [("headers", &m.headers, false), ("withoutHeaders", &m.without_headers, true)] {
             for (name, v) in map {
                 let Ok(hn) = HeaderName::from_bytes(name.as_bytes()) else {
-                    self.errors.push(at.error(format!("{}.{field}.{name}", path()), format!("invalid header name {name:?}")));
+                    self.errors
+                        .push(at.error(format!("{}.{field}.{name}", path()), format!("invalid header name {name:?}")));
                     continue;
                 };
                 if let Some(c) = self.string_match(at, v, false, || format!("{}.{field}.{name}", path())) {
@@ -599,9 +720,15 @@ type Policy = (LbPolicy, ConnectionPool, Option<OutlierDetection>);
 
 /// Istio's merge: top-level policy, overridden by its port-level settings for this port, then by
 /// the subset's policy (and its port-level settings), field by field.
-fn resolve_policy(top: Option<&TrafficPolicy>, subset: Option<&TrafficPolicy>, port: u16) -> Result<Policy, (String, String)> {
+fn resolve_policy(
+    top: Option<&TrafficPolicy>,
+    subset: Option<&TrafficPolicy>,
+    port: u16,
+) -> Result<Policy, (String, String)> {
     let (mut lb, mut pool, mut od) = (None, None, None);
-    let mut overlay = |l: &Option<config::LoadBalancerSettings>, p: &Option<config::ConnectionPoolSettings>, o: &Option<config::OutlierDetectionSettings>| {
+    let mut overlay = |l: &Option<config::LoadBalancerSettings>,
+                       p: &Option<config::ConnectionPoolSettings>,
+                       o: &Option<config::OutlierDetectionSettings>| {
         if l.is_some() {
             lb = l.clone();
         }
@@ -614,7 +741,9 @@ fn resolve_policy(top: Option<&TrafficPolicy>, subset: Option<&TrafficPolicy>, p
     };
     for tp in [top, subset].into_iter().flatten() {
         overlay(&tp.load_balancer, &tp.connection_pool, &tp.outlier_detection);
-        if let Some(pl) = tp.port_level_settings.iter().find(|p| p.port.as_ref().is_some_and(|p| p.number == u32::from(port))) {
+        if let Some(pl) =
+            tp.port_level_settings.iter().find(|p| p.port.as_ref().is_some_and(|p| p.number == u32::from(port)))
+        {
             overlay(&pl.load_balancer, &pl.connection_pool, &pl.outlier_detection);
         }
     }

@@ -77,12 +77,26 @@ fn retries_line(r: &RetryPolicy) -> String {
 
 pub fn explain(table: &RouteTable, req: &RequestInfo<'_>) -> Explanation {
     let mut out = String::new();
-    let src = req.source.map_or("(ingress: no source workload)".to_string(), |w| format!("{}/{} {}", w.namespace, w.name, fmt_labels(&w.labels)));
-    let _ = writeln!(out, "request:  {} {}{}  authority {:?}", req.method, req.uri.path(), req.uri.query().map(|q| format!("?{q}")).unwrap_or_default(), req.authority.unwrap_or(""));
+    let src = req.source.map_or("(ingress: no source workload)".to_string(), |w| {
+        format!("{}/{} {}", w.namespace, w.name, fmt_labels(&w.labels))
+    });
+    let _ = writeln!(
+        out,
+        "request:  {} {}{}  authority {:?}",
+        req.method,
+        req.uri.path(),
+        req.uri.query().map(|q| format!("?{q}")).unwrap_or_default(),
+        req.authority.unwrap_or("")
+    );
     let _ = writeln!(out, "from:     {src}");
     match req.context {
         Context::Mesh { service, port } => {
-            let _ = writeln!(out, "to:       service {} port {port} (VIP {})", service.fqdn(), service.cluster_ip.map_or("none".into(), |ip| ip.to_string()));
+            let _ = writeln!(
+                out,
+                "to:       service {} port {port} (VIP {})",
+                service.fqdn(),
+                service.cluster_ip.map_or("none".into(), |ip| ip.to_string())
+            );
         }
         Context::Gateway { name, namespace, port } => {
             let _ = writeln!(out, "via:      Gateway {namespace}/{name} port {port}");
@@ -91,7 +105,11 @@ pub fn explain(table: &RouteTable, req: &RequestInfo<'_>) -> Explanation {
     let Some(vs) = table.virtual_service(req) else {
         match req.context {
             Context::Mesh { service, port } => {
-                let _ = writeln!(out, "\nNo VirtualService applies to {}: plain Kubernetes routing (all endpoints, round robin).", service.fqdn());
+                let _ = writeln!(
+                    out,
+                    "\nNo VirtualService applies to {}: plain Kubernetes routing (all endpoints, round robin).",
+                    service.fqdn()
+                );
                 if let Some(c) = table.default_cluster(service, port) {
                     cluster_line(&mut out, "  ", c);
                 }
@@ -151,7 +169,11 @@ pub fn explain(table: &RouteTable, req: &RequestInfo<'_>) -> Explanation {
         .join(", "),
     };
     let _ = writeln!(out, "  fault:   {fault}");
-    let _ = writeln!(out, "  timeout: {}", rule.timeout.map_or("none (Istio default: disabled)".into(), |t| format!("{t:?}")));
+    let _ = writeln!(
+        out,
+        "  timeout: {}",
+        rule.timeout.map_or("none (Istio default: disabled)".into(), |t| format!("{t:?}"))
+    );
     let _ = writeln!(out, "  retries: {}", retries_line(&rule.retries));
     if let Some(u) = &rule.rewrite_uri {
         let _ = writeln!(out, "  rewrite uri → {u}");

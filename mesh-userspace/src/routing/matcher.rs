@@ -50,7 +50,11 @@ impl StrMatch {
             }
             StrMatch::Prefix(p) => {
                 value.len() >= p.len()
-                    && if ignore_case { value.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes()) } else { value.starts_with(p.as_str()) }
+                    && if ignore_case {
+                        value.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
+                    } else {
+                        value.starts_with(p.as_str())
+                    }
             }
             StrMatch::Regex(r) => r.is_match(value),
             StrMatch::Present => true,
@@ -135,8 +139,12 @@ impl Cond {
             Cond::Scheme(m) => m.test(req.scheme, false),
             Cond::Method(m) => m.test(req.method.as_str(), false),
             Cond::Authority(m) => req.authority.is_some_and(|a| m.test(a, false)),
-            Cond::Header(name, m) => req.headers.get(name).and_then(|v| v.to_str().ok()).is_some_and(|v| m.test(v, false)),
-            Cond::WithoutHeader(name, m) => !req.headers.get(name).and_then(|v| v.to_str().ok()).is_some_and(|v| m.test(v, false)),
+            Cond::Header(name, m) => {
+                req.headers.get(name).and_then(|v| v.to_str().ok()).is_some_and(|v| m.test(v, false))
+            }
+            Cond::WithoutHeader(name, m) => {
+                !req.headers.get(name).and_then(|v| v.to_str().ok()).is_some_and(|v| m.test(v, false))
+            }
             Cond::Query(name, m) => query_param(req.uri.query(), name).is_some_and(|v| m.test(v, false)),
             Cond::Port(p) => req.port() == *p,
             Cond::SourceLabels(labels) => {
@@ -161,14 +169,18 @@ impl Cond {
             Cond::Authority(m) => format!("authority {m} ≠ {:?}", req.authority.unwrap_or("")),
             Cond::Header(n, m) => format!("header {n} {m} ≠ {}", header(n)),
             Cond::WithoutHeader(n, m) => format!("withoutHeaders {n} {m} but request has {}", header(n)),
-            Cond::Query(n, m) => format!("query param {n} {m} ≠ {:?}", query_param(req.uri.query(), n).unwrap_or("absent")),
+            Cond::Query(n, m) => {
+                format!("query param {n} {m} ≠ {:?}", query_param(req.uri.query(), n).unwrap_or("absent"))
+            }
             Cond::Port(p) => format!("port {p} ≠ {}", req.port()),
             Cond::SourceLabels(l) => format!(
                 "sourceLabels {} ⊄ {}",
                 fmt_labels(l),
                 req.source.map_or("(no source workload)".to_string(), |w| fmt_labels(&w.labels))
             ),
-            Cond::SourceNamespace(ns) => format!("sourceNamespace {ns:?} ≠ {:?}", req.source.map_or("", |w| w.namespace.as_str())),
+            Cond::SourceNamespace(ns) => {
+                format!("sourceNamespace {ns:?} ≠ {:?}", req.source.map_or("", |w| w.namespace.as_str()))
+            }
             Cond::Gateways(g) => format!(
                 "gateways {:?} do not include {}",
                 g.iter().map(|(ns, n)| format!("{ns}/{n}")).collect::<Vec<_>>(),

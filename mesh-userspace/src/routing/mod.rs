@@ -296,7 +296,9 @@ impl RouteTable {
                 self.mesh_wildcard_vs.iter().find(|vs| vs.hosts.iter().any(|h| host_matches(h, &fqdn)))
             }),
             Context::Gateway { name, namespace, .. } => {
-                let host = req.authority.map(|a| a.rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok()).map_or(a, |(h, _)| h));
+                let host = req
+                    .authority
+                    .map(|a| a.rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok()).map_or(a, |(h, _)| h));
                 self.gateway_vs.iter().find(|vs| {
                     vs.gateways.iter().any(|(ns, n)| n == name && ns == namespace)
                         && vs.hosts.iter().any(|h| host.is_some_and(|host| host_matches(h, host)) || h == "*")
@@ -333,11 +335,16 @@ impl RouteTable {
                     None => Decision::NoRoute { reason: format!("service {} has no port {port}", service.name) },
                 },
                 Context::Gateway { name, .. } => Decision::NoRoute {
-                    reason: format!("no VirtualService bound to Gateway {name} matches host {:?}", req.authority.unwrap_or("")),
+                    reason: format!(
+                        "no VirtualService bound to Gateway {name} matches host {:?}",
+                        req.authority.unwrap_or("")
+                    ),
                 },
             };
         };
-        let Some((index, rule, matched)) = vs.http.iter().enumerate().find_map(|(i, r)| rule_matches(r, req).map(|m| (i, r, m))) else {
+        let Some((index, rule, matched)) =
+            vs.http.iter().enumerate().find_map(|(i, r)| rule_matches(r, req).map(|m| (i, r, m)))
+        else {
             return Decision::NoRoute { reason: format!("no http route of VirtualService {} matched", vs.key) };
         };
         self.decide(vs, index, rule, matched, req, rng)
@@ -367,7 +374,8 @@ impl RouteTable {
             delay: rule.fault.delay.and_then(|(d, pct)| roll(pct, rng).then_some(d)),
             abort: rule.fault.abort.and_then(|(s, pct)| roll(pct, rng).then_some(s)),
         };
-        let mirror = rule.mirror.as_ref().and_then(|(d, pct)| roll(*pct, rng).then(|| d.pick(req.port()).cloned()).flatten());
+        let mirror =
+            rule.mirror.as_ref().and_then(|(d, pct)| roll(*pct, rng).then(|| d.pick(req.port()).cloned()).flatten());
         let rewrite = (rule.rewrite_uri.is_some() || rule.rewrite_authority.is_some()).then(|| Rewrite {
             uri: rule.rewrite_uri.clone(),
             matched_prefix: matched.and_then(|m| m.uri_prefix()).map(str::to_owned),
@@ -381,13 +389,27 @@ impl RouteTable {
             timeout: rule.timeout,
             retries: rule.retries.clone(),
             rewrite,
-            request_headers: if dest.request_headers.is_empty() { rule.request_headers.clone() } else { rule.request_headers.merged(&dest.request_headers) },
-            response_headers: if dest.response_headers.is_empty() { rule.response_headers.clone() } else { rule.response_headers.merged(&dest.response_headers) },
+            request_headers: if dest.request_headers.is_empty() {
+                rule.request_headers.clone()
+            } else {
+                rule.request_headers.merged(&dest.request_headers)
+            },
+            response_headers: if dest.response_headers.is_empty() {
+                rule.response_headers.clone()
+            } else {
+                rule.response_headers.merged(&dest.response_headers)
+            },
             mirror,
         })
     }
 
-    pub fn route_tcp<R: Rng + ?Sized>(&self, source: Option<&Workload>, service: &Service, port: u16, rng: &mut R) -> Option<Arc<Cluster>> {
+    pub fn route_tcp<R: Rng + ?Sized>(
+        &self,
+        source: Option<&Workload>,
+        service: &Service,
+        port: u16,
+        rng: &mut R,
+    ) -> Option<Arc<Cluster>> {
         let vs = self.mesh_vs_for(service);
         if let Some(vs) = vs.filter(|vs| !vs.tcp.is_empty()) {
             let rule = vs.tcp.iter().find(|r| {

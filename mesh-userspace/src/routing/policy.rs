@@ -73,7 +73,11 @@ impl Default for RetryPolicy {
 
 impl RetryPolicy {
     pub fn istio_default() -> RetryPolicy {
-        RetryPolicy { attempts: 2, per_try_timeout: None, retry_on: RetryOn::parse(ISTIO_DEFAULT_RETRY_ON).unwrap_or_default() }
+        RetryPolicy {
+            attempts: 2,
+            per_try_timeout: None,
+            retry_on: RetryOn::parse(ISTIO_DEFAULT_RETRY_ON).unwrap_or_default(),
+        }
     }
 }
 
@@ -105,7 +109,9 @@ impl LbPolicy {
                 "PASSTHROUGH" => Ok(LbPolicy::Passthrough),
                 other => Err((
                     "simple".into(),
-                    format!("unknown load balancer {other:?}: expected ROUND_ROBIN, LEAST_REQUEST, RANDOM or PASSTHROUGH"),
+                    format!(
+                        "unknown load balancer {other:?}: expected ROUND_ROBIN, LEAST_REQUEST, RANDOM or PASSTHROUGH"
+                    ),
                 )),
             };
         }
@@ -114,7 +120,12 @@ impl LbPolicy {
                 return Ok(LbPolicy::ConsistentHash(HashOn::Header(h.to_ascii_lowercase())));
             }
             if let Some(c) = &ch.http_cookie {
-                let ttl = c.ttl.as_deref().map(parse_duration).transpose().map_err(|e| ("consistentHash.httpCookie.ttl".to_string(), e))?;
+                let ttl = c
+                    .ttl
+                    .as_deref()
+                    .map(parse_duration)
+                    .transpose()
+                    .map_err(|e| ("consistentHash.httpCookie.ttl".to_string(), e))?;
                 return Ok(LbPolicy::ConsistentHash(HashOn::Cookie { name: c.name.clone(), ttl }));
             }
             if ch.use_source_ip == Some(true) {
@@ -123,7 +134,10 @@ impl LbPolicy {
             if let Some(q) = &ch.http_query_parameter_name {
                 return Ok(LbPolicy::ConsistentHash(HashOn::QueryParameter(q.clone())));
             }
-            return Err(("consistentHash".into(), "set one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName".into()));
+            return Err((
+                "consistentHash".into(),
+                "set one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName".into(),
+            ));
         }
         Ok(LbPolicy::RoundRobin)
     }
@@ -179,7 +193,9 @@ impl UpstreamProtocol {
 
 impl ConnectionPool {
     pub fn from_settings(s: &ConnectionPoolSettings) -> Result<ConnectionPool, (String, String)> {
-        let dur = |field: &str, v: &Option<String>| v.as_deref().map(parse_duration).transpose().map_err(|e| (field.to_string(), e));
+        let dur = |field: &str, v: &Option<String>| {
+            v.as_deref().map(parse_duration).transpose().map_err(|e| (field.to_string(), e))
+        };
         Ok(ConnectionPool {
             max_connections: s.tcp.as_ref().and_then(|t| t.max_connections),
             connect_timeout: dur("tcp.connectTimeout", &s.tcp.as_ref().and_then(|t| t.connect_timeout.clone()))?,
@@ -192,7 +208,10 @@ impl ConnectionPool {
                 None | Some("DEFAULT") | Some("DO_NOT_UPGRADE") => false,
                 Some("UPGRADE") => true,
                 Some(other) => {
-                    return Err(("http.h2UpgradePolicy".into(), format!("{other:?} is not one of DEFAULT, DO_NOT_UPGRADE, UPGRADE")))
+                    return Err((
+                        "http.h2UpgradePolicy".into(),
+                        format!("{other:?} is not one of DEFAULT, DO_NOT_UPGRADE, UPGRADE"),
+                    ))
                 }
             },
             use_client_protocol: s.http.as_ref().and_then(|h| h.use_client_protocol).unwrap_or(false),
@@ -213,7 +232,11 @@ impl OutlierDetection {
     /// Envoy's defaults where Istio leaves a field out (5 consecutive 5xx, 10 s, 30 s, 10%).
     pub fn from_settings(s: &OutlierDetectionSettings) -> Result<OutlierDetection, (String, String)> {
         let dur = |field: &str, v: &Option<String>, d: u64| {
-            v.as_deref().map(parse_duration).transpose().map(|o| o.unwrap_or(Duration::from_secs(d))).map_err(|e| (field.to_string(), e))
+            v.as_deref()
+                .map(parse_duration)
+                .transpose()
+                .map(|o| o.unwrap_or(Duration::from_secs(d)))
+                .map_err(|e| (field.to_string(), e))
         };
         let max = s.max_ejection_percent.unwrap_or(10);
         if max > 100 {

