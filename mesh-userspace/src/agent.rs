@@ -23,6 +23,7 @@ use mesh_common::{Enrollment, ServiceKey, ServiceValue, PROXY_OUTBOUND_PORT};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 use crate::{
+    admission::Admission,
     config::Config,
     discovery::{self, kube::KubeOptions, sandbox::KubeletLayout},
     ebpf::{self, MeshEbpf},
@@ -103,7 +104,6 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         _ => None,
     };
     let mut sources = ConfigSources { dir: initial_config(&args), crds: Arc::default() };
-    let mut config = sources.dir.clone();
     let state = ProxyState::new(Registry::default(), RouteTable::kubernetes_only(&Registry::default()), bpf.clone());
     let ready = Arc::new(AtomicBool::new(false));
 
@@ -117,9 +117,11 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         None => None,
     };
     let mut node = NodeReconciler::new(state.clone(), bpf.clone(), args.ingress_bind);
+    // The files as found at start; a bad object among them is rejected, the rest served.
+    node.admission_candidate = Some(sources.merged());
     let initial = registries.borrow_and_update().clone();
     if let Some(registry) = initial {
-        node.apply_registry(registry, config.as_ref()).await;
+        node.apply_registry(registry).await;
         ready.store(true, Ordering::Relaxed);
     } else {
         tracing::info!("waiting for the first complete list of Services, EndpointSlices, Pods and Namespaces");
@@ -129,8 +131,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
-        // A config change is applied only if the whole result (files + API objects) compiles.
-        let mut candidate: Option<ConfigSources> = None;
+        // Every change of the files or the API objects is admitted object by object.
+        let mut candidate = false;
         tokio::select! {
             changed = registries.changed(), if registry_open => {
                 if changed.is_err() {
@@ -140,14 +142,14 @@ pub async fn run(args: AgentArgs) -> Result<()> {
                 }
                 let registry = registries.borrow_and_update().clone();
                 if let Some(registry) = registry {
-                    node.apply_registry(registry, config.as_ref()).await;
+                    node.apply_registry(registry).await;
                     ready.store(true, Ordering::Relaxed);
                 }
             }
             Some(update) = async { match updates.as_mut() { Some(u) => u.recv().await, None => std::future::pending().await } } => {
                 match update {
-                    Ok(dir) => candidate = Some(ConfigSources { dir: Some(dir), crds: sources.crds.clone() }),
-                    Err(errors) => { node.apply_config(Err(errors)).await; }
+                    Ok(dir) => { sources.dir = dir; candidate = true; }
+                    Err(errors) => node.config_unreadable(&errors),
                 }
             }
             changed = async { match crds.as_mut() { Some(rx) => rx.changed().await, None => std::future::pending().await } } => {
@@ -156,17 +158,15 @@ pub async fn run(args: AgentArgs) -> Result<()> {
                     _ => { crds = None; None }
                 };
                 if let Some(docs) = docs {
-                    candidate = Some(ConfigSources { dir: sources.dir.clone(), crds: docs });
+                    sources.crds = docs;
+                    candidate = true;
                 }
             }
             _ = retry.tick(), if node.has_failed_enrollments() => node.reconcile_enrollment(),
             _ = &mut shutdown => break,
         }
-        if let Some(candidate) = candidate {
-            if let Some(applied) = node.apply_config(candidate.merged()).await {
-                sources = candidate;
-                config = Some(applied);
-            }
+        if candidate {
+            node.apply_config(sources.merged()).await;
         }
     }
     tracing::info!("shutting down: unenrolling pods and detaching eBPF programs");
@@ -196,39 +196,34 @@ fn registry_source(args: &AgentArgs, client: Option<kube::Client>) -> Result<wat
     Ok(discovery::kube::spawn(client, options, Arc::new(layout)))
 }
 
-/// Where routing config comes from: the last good --config directory and the Istio objects
-/// from the API server.
-#[derive(Clone)]
+/// Where routing config comes from: the --config directory as last read (bad documents
+/// included, as rejects) and the Istio objects from the API server.
 struct ConfigSources {
-    dir: Option<Config>,
+    dir: Config,
     crds: discovery::istio::Documents,
 }
 
 impl ConfigSources {
-    fn merged(&self) -> Result<Config, crate::config::ConfigErrors> {
-        let mut config = self.dir.clone().unwrap_or_default();
-        let mut errors = Vec::new();
+    /// The files, then the API objects (an object replaces a file document of the same name).
+    fn merged(&self) -> Config {
+        let mut config = self.dir.clone();
         for (source, text) in self.crds.iter() {
-            if let Err(e) = config.add_str(source, text) {
-                errors.extend(e.0);
-            }
+            // A bad object is recorded in `config.rejected`; admission decides what to keep.
+            let _ = config.add_str(source, text);
         }
-        if errors.is_empty() {
-            Ok(config)
-        } else {
-            Err(crate::config::ConfigErrors(errors))
-        }
+        config
     }
 }
 
-fn initial_config(args: &AgentArgs) -> Option<Config> {
-    let dir = args.config.as_ref()?;
-    match Config::load_dir(dir) {
-        Ok(c) => Some(c),
+fn initial_config(args: &AgentArgs) -> Config {
+    let Some(dir) = args.config.as_ref() else { return Config::default() };
+    match Config::load_dir_all(dir) {
+        Ok(c) => c,
         Err(errors) => {
-            // No last good config exists yet: serve plain Kubernetes routing rather than nothing.
-            tracing::error!(dir = %dir.display(), "routing config rejected at start, serving plain Kubernetes routing:\n{errors}");
-            None
+            // Nothing to fall back on yet: serve plain Kubernetes routing until the directory
+            // can be read (the watcher delivers it then).
+            tracing::error!(dir = %dir.display(), "cannot read the routing config directory; serving plain Kubernetes routing:\n{errors}");
+            Config::default()
         }
     }
 }
@@ -253,6 +248,10 @@ struct NodeReconciler {
     next_workload_id: u32,
     nodeports: HashMap<u16, (Arc<Service>, u16, JoinHandle<()>)>,
     gateways: GatewayListeners,
+    /// Routing objects admitted one by one; a rejected object keeps its last good version.
+    admission: Admission,
+    /// A config that arrived before the first registry, admitted with it.
+    admission_candidate: Option<Config>,
 }
 
 impl NodeReconciler {
@@ -265,25 +264,17 @@ impl NodeReconciler {
             next_workload_id: 0,
             nodeports: HashMap::new(),
             gateways: GatewayListeners { bind: ingress_bind, running: HashMap::new() },
+            admission: Admission::default(),
+            admission_candidate: None,
         }
     }
 
-    async fn apply_registry(&mut self, registry: Arc<Registry>, config: Option<&Config>) {
-        let table = match config {
-            None => Ok(RouteTable::kubernetes_only(&registry)),
-            Some(c) => RouteTable::compile(c, &registry),
-        };
+    async fn apply_registry(&mut self, registry: Arc<Registry>) {
         self.state.registry.store(registry.clone());
-        match table {
-            Ok(t) => self.state.routes.store(Arc::new(t)),
-            Err(errors) => {
-                // Cannot happen with a config that compiled before unless the registry changed
-                // what it refers to; keep serving the previous table rather than nothing.
-                tracing::error!(
-                    "routing config does not compile against the new registry; keeping the previous routes:\n{errors}"
-                );
-            }
-        }
+        // The first registry also brings the config read at start; later ones recompile the
+        // objects live now against the new services and pods.
+        let candidate = self.admission_candidate.take().unwrap_or_else(|| self.admission.live().clone());
+        self.admit(candidate, &registry);
         if let Err(e) = self.bpf.sync_services(&service_map(&registry)) {
             tracing::error!(error = %e, "cannot update the service VIP map");
         }
@@ -298,23 +289,67 @@ impl NodeReconciler {
         );
     }
 
-    /// Compiles and swaps in a new routing config; returns it when applied.
-    async fn apply_config(&mut self, update: Result<Config, crate::config::ConfigErrors>) -> Option<Config> {
-        let compiled = update.and_then(|c| RouteTable::compile(&c, &self.state.registry.load()).map(|t| (c, t)));
-        match compiled {
-            Ok((config, table)) => {
-                self.state.routes.store(Arc::new(table));
-                self.state.metrics.inc("mesh_config_reloads_total", &[("result", "applied")]);
-                tracing::info!("routing config reloaded");
-                self.gateways.reconcile(&self.state).await;
-                Some(config)
+    /// Admits a new routing config object by object and swaps in the resulting table.
+    async fn apply_config(&mut self, candidate: Config) {
+        if self.admission_candidate.is_some() {
+            // No registry yet: the newest files wait for it.
+            self.admission_candidate = Some(candidate);
+            return;
+        }
+        let registry = self.state.registry.load_full();
+        self.admit(candidate, &registry);
+        self.gateways.reconcile(&self.state).await;
+    }
+
+    fn admit(&mut self, candidate: Config, registry: &Registry) {
+        let metrics = &self.state.metrics;
+        match self.admission.admit(candidate, registry) {
+            Ok(admitted) => {
+                self.state.routes.store(Arc::new(admitted.table));
+                for r in &admitted.rejected {
+                    let errors = crate::config::ConfigErrors(r.errors.clone());
+                    let kept =
+                        if r.kept_previous { "its last good version stays live" } else { "it had no good version" };
+                    match &r.object {
+                        Some(o) => {
+                            metrics.inc(
+                                "mesh_config_objects_rejected_total",
+                                &[("kind", o.kind), ("namespace", &o.namespace), ("name", &o.name)],
+                            );
+                            tracing::error!(object = %o, "routing object rejected; {kept}:\n{errors}");
+                        }
+                        None => {
+                            metrics.inc(
+                                "mesh_config_objects_rejected_total",
+                                &[("kind", ""), ("namespace", ""), ("name", "")],
+                            );
+                            tracing::error!(file = %r.file, "routing file rejected; {kept}:\n{errors}");
+                        }
+                    }
+                }
+                let result = if admitted.rejected.is_empty() { "applied" } else { "partial" };
+                metrics.inc("mesh_config_reloads_total", &[("result", result)]);
+                metrics.inc("mesh_config_generation", &[]);
+                tracing::info!(
+                    virtual_services = admitted.config.virtual_services.len(),
+                    destination_rules = admitted.config.destination_rules.len(),
+                    gateways = admitted.config.gateways.len(),
+                    rejected = admitted.rejected.len(),
+                    "routing config admitted"
+                );
             }
-            Err(errors) => {
-                self.state.metrics.inc("mesh_config_reloads_total", &[("result", "rejected")]);
-                tracing::error!("routing config rejected, the previous config stays live:\n{errors}");
-                None
+            Err(e) => {
+                metrics.inc("mesh_config_reloads_total", &[("result", "failed")]);
+                metrics.inc("mesh_config_compile_panics_total", &[]);
+                tracing::error!(panic = %e.0, "compiling the routing config panicked; nothing of this reload applied, the previous routes stay live");
             }
         }
+    }
+
+    /// The config directory could not be read at all: nothing changes.
+    fn config_unreadable(&self, errors: &crate::config::ConfigErrors) {
+        self.state.metrics.inc("mesh_config_reloads_total", &[("result", "failed")]);
+        tracing::error!("cannot read the routing config directory; the live config stays:\n{errors}");
     }
 
     fn has_failed_enrollments(&self) -> bool {

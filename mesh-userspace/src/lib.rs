@@ -1,6 +1,7 @@
 //! The node agent of a sidecarless service mesh: eBPF loader and enrollment (`ebpf`, `inpod`,
 //! `agent`), the node proxy (`proxy`), the pure routing engine (`routing`) compiled from Istio
 //! YAML (`config`) and a service registry (`registry`).
+pub mod admission;
 pub mod agent;
 pub mod cli_routing;
 pub mod config;

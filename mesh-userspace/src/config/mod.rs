@@ -4,6 +4,7 @@
 //! reported as `file:line:col: field.path: what was expected`; positions of fields are kept (a
 //! [`Locator`]) so errors found later, when the route table is compiled, point at the field too.
 pub mod types;
+pub mod validate;
 pub mod watch;
 
 use std::{
@@ -24,6 +25,14 @@ pub use types::*;
 
 pub const API_GROUP: &str = "networking.istio.io";
 pub const API_VERSIONS: &[&str] = &["v1alpha3", "v1beta1", "v1"];
+/// The kinds this mesh acts on.
+pub const KINDS: &[&str] = &["VirtualService", "DestinationRule", "Gateway"];
+/// Other kinds of `networking.istio.io`: valid Istio, not acted on here (reported, not errors).
+const OTHER_ISTIO_KINDS: &[&str] =
+    &["ServiceEntry", "Sidecar", "EnvoyFilter", "WorkloadEntry", "WorkloadGroup", "ProxyConfig"];
+/// The largest document accepted: etcd refuses objects over 1.5 MiB, so no API server could
+/// have served a bigger one, and a bigger one in a ConfigMap is a mistake or an attack.
+pub const MAX_DOCUMENT_BYTES: usize = 1536 * 1024;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError {
@@ -105,6 +114,30 @@ impl Locator {
     }
 }
 
+/// Which object a document is, as the API server names it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+/// A document that was not accepted, on its own: the rest of its file and of the config is.
+#[derive(Clone, Debug)]
+pub struct Rejected {
+    /// None when the document could not be told apart (the file is not YAML, or the document
+    /// names no kind we act on): then every object last loaded from `file` is kept.
+    pub object: Option<ObjectKey>,
+    pub file: Arc<str>,
+    pub errors: Vec<ConfigError>,
+}
+
 /// A parsed resource and where it came from.
 #[derive(Clone, Debug)]
 pub struct Sourced<S> {
@@ -129,6 +162,10 @@ pub struct Config {
     pub gateways: Vec<Sourced<GatewaySpec>>,
     /// Documents of other kinds (a Service, a ConfigMap...) found in the files: skipped, reported.
     pub skipped: Vec<String>,
+    /// Documents rejected one by one (see [`Config::load_dir_all`]).
+    pub rejected: Vec<Rejected>,
+    /// What Istio's validation warns about in accepted objects, with `file:line:col`.
+    pub warnings: Vec<String>,
 }
 
 impl Config {
@@ -140,6 +177,85 @@ impl Config {
     /// a Kubernetes ConfigMap volume shows each key as a symlink into `..data/`, and also has the
     /// `..data` and timestamped directories themselves.
     pub fn load_dir(dir: &Path) -> Result<Config, ConfigErrors> {
+        Config::load_dir_all(dir)?.strict()
+    }
+
+    /// Like [`Config::load_dir`], but a bad document is recorded in `rejected` and everything
+    /// else is kept: what the agent admits object by object. Err only when the directory itself
+    /// cannot be read.
+    pub fn load_dir_all(dir: &Path) -> Result<Config, ConfigErrors> {
+        let files = Config::list_dir(dir)?;
+        Ok(Config::read_files(&files))
+    }
+
+    /// All or nothing: the config if no document was rejected, else every error.
+    pub fn strict(self) -> Result<Config, ConfigErrors> {
+        if self.rejected.is_empty() {
+            Ok(self)
+        } else {
+            Err(ConfigErrors(self.rejected.into_iter().flat_map(|r| r.errors).collect()))
+        }
+    }
+
+    /// The objects of `kind`, `namespace`, `name` this config holds (0 or 1).
+    pub fn has(&self, key: &ObjectKey) -> bool {
+        let same = |n: &str, ns: &str| n == key.name && ns == key.namespace;
+        match key.kind {
+            "VirtualService" => self.virtual_services.iter().any(|o| same(&o.name, &o.namespace)),
+            "DestinationRule" => self.destination_rules.iter().any(|o| same(&o.name, &o.namespace)),
+            _ => self.gateways.iter().any(|o| same(&o.name, &o.namespace)),
+        }
+    }
+
+    /// Removes the object named by `key`, if present.
+    pub fn remove(&mut self, key: &ObjectKey) {
+        let keep = |n: &str, ns: &str| !(n == key.name && ns == key.namespace);
+        match key.kind {
+            "VirtualService" => self.virtual_services.retain(|o| keep(&o.name, &o.namespace)),
+            "DestinationRule" => self.destination_rules.retain(|o| keep(&o.name, &o.namespace)),
+            _ => self.gateways.retain(|o| keep(&o.name, &o.namespace)),
+        }
+    }
+
+    /// Copies the object named by `key` from `other` into this config (replacing any version here).
+    pub fn take_from(&mut self, other: &Config, key: &ObjectKey) -> bool {
+        self.remove(key);
+        let same = |n: &str, ns: &str| n == key.name && ns == key.namespace;
+        match key.kind {
+            "VirtualService" => other
+                .virtual_services
+                .iter()
+                .find(|o| same(&o.name, &o.namespace))
+                .cloned()
+                .map(|o| self.virtual_services.push(o)),
+            "DestinationRule" => other
+                .destination_rules
+                .iter()
+                .find(|o| same(&o.name, &o.namespace))
+                .cloned()
+                .map(|o| self.destination_rules.push(o)),
+            _ => other.gateways.iter().find(|o| same(&o.name, &o.namespace)).cloned().map(|o| self.gateways.push(o)),
+        }
+        .is_some()
+    }
+
+    /// Every object's key, with the file it came from.
+    pub fn objects(&self) -> impl Iterator<Item = (ObjectKey, &Arc<str>)> {
+        let key = |kind: &'static str, name: &str, ns: &str| ObjectKey {
+            kind,
+            namespace: ns.to_owned(),
+            name: name.to_owned(),
+        };
+        self.virtual_services
+            .iter()
+            .map(move |o| (key("VirtualService", &o.name, &o.namespace), &o.at.file))
+            .chain(
+                self.destination_rules.iter().map(move |o| (key("DestinationRule", &o.name, &o.namespace), &o.at.file)),
+            )
+            .chain(self.gateways.iter().map(move |o| (key("Gateway", &o.name, &o.namespace), &o.at.file)))
+    }
+
+    fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, ConfigErrors> {
         let shown = dir.display().to_string();
         let entries = std::fs::read_dir(dir)
             .map_err(|e| ConfigErrors::single(&shown, format!("cannot read config directory: {e}")))?;
@@ -152,28 +268,30 @@ impl Config {
             })
             .collect();
         files.sort();
-        Config::load_files(&files)
+        Ok(files)
     }
 
     pub fn load_files(paths: &[PathBuf]) -> Result<Config, ConfigErrors> {
+        Config::read_files(paths).strict()
+    }
+
+    /// Reads every file; a file or document that fails is recorded in `rejected`.
+    pub fn read_files(paths: &[PathBuf]) -> Config {
         let mut config = Config::default();
-        let mut errors = Vec::new();
         for path in paths {
             let shown = path.display().to_string();
             match std::fs::read_to_string(path) {
                 Ok(text) => {
-                    if let Err(e) = config.add_str(&shown, &text) {
-                        errors.extend(e.0);
-                    }
+                    let _ = config.add_str(&shown, &text);
                 }
-                Err(e) => errors.push(ConfigErrors::single(&shown, format!("cannot read: {e}")).0.remove(0)),
+                Err(e) => config.rejected.push(Rejected {
+                    object: None,
+                    file: Arc::from(shown.as_str()),
+                    errors: ConfigErrors::single(&shown, format!("cannot read: {e}")).0,
+                }),
             }
         }
-        if errors.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigErrors(errors))
-        }
+        config
     }
 
     pub fn parse_str(file: &str, text: &str) -> Result<Config, ConfigErrors> {
@@ -182,17 +300,23 @@ impl Config {
         Ok(config)
     }
 
-    /// Adds every document of one file; all errors of the file are collected.
+    /// Adds every document of one file. A document that fails is recorded in `rejected` and
+    /// the others are still added; the errors are also returned, for callers that want all or
+    /// nothing.
     pub fn add_str(&mut self, file: &str, text: &str) -> Result<(), ConfigErrors> {
         let file: Arc<str> = Arc::from(file);
         let docs = match split_documents(&file, text) {
             Ok(d) => d,
-            Err(e) => return Err(ConfigErrors(vec![e])),
+            Err(e) => {
+                self.rejected.push(Rejected { object: None, file: file.clone(), errors: vec![e.clone()] });
+                return Err(ConfigErrors(vec![e]));
+            }
         };
         let mut errors = Vec::new();
         for doc in docs {
-            if let Err(e) = self.add_document(&file, doc) {
-                errors.push(e);
+            if let Err((object, e)) = self.add_document(&file, doc) {
+                errors.extend(e.iter().cloned());
+                self.rejected.push(Rejected { object, file: file.clone(), errors: e });
             }
         }
         if errors.is_empty() {
@@ -202,54 +326,138 @@ impl Config {
         }
     }
 
-    fn add_document(&mut self, file: &Arc<str>, doc: Document) -> Result<(), ConfigError> {
+    fn add_document(&mut self, file: &Arc<str>, doc: Document) -> Result<(), (Option<ObjectKey>, Vec<ConfigError>)> {
         let at = Arc::new(doc.locator);
+        if doc.text.len() > MAX_DOCUMENT_BYTES {
+            let msg = format!(
+                "document of {} bytes is larger than any Kubernetes object can be ({MAX_DOCUMENT_BYTES} bytes)",
+                doc.text.len()
+            );
+            return Err((None, vec![at.error("", msg)]));
+        }
         let value: serde_yaml::Value =
-            serde_yaml::from_str(&doc.text).map_err(|e| yaml_error(&at, doc.line_offset, e, ""))?;
+            serde_yaml::from_str(&doc.text).map_err(|e| (None, vec![yaml_error(&at, doc.line_offset, e, "")]))?;
         if value.is_null() {
             return Ok(());
         }
-        let api_version = value.get("apiVersion").and_then(|v| v.as_str()).unwrap_or("").to_owned();
-        let kind = value.get("kind").and_then(|v| v.as_str()).unwrap_or("").to_owned();
-        let name = value.get("metadata").and_then(|m| m.get("name")).and_then(|n| n.as_str()).unwrap_or("").to_owned();
-        let is_istio = api_version.split('/').next() == Some(API_GROUP);
-        if !is_istio || !matches!(kind.as_str(), "VirtualService" | "DestinationRule" | "Gateway") {
-            if kind.is_empty() {
-                return Err(at.error("kind", "missing `kind`: expected VirtualService, DestinationRule or Gateway"));
+        let field = |v: &serde_yaml::Value, k: &str| v.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
+        let api_version = field(&value, "apiVersion");
+        let kind = field(&value, "kind");
+        let meta = value.get("metadata").cloned().unwrap_or_default();
+        let name = field(&meta, "name");
+        let namespace = match field(&meta, "namespace") {
+            ns if ns.is_empty() => "default".to_owned(),
+            ns => ns,
+        };
+        let group = api_version.split_once('/').map_or("", |(g, _)| g);
+        let ours = KINDS.iter().find(|k| **k == kind).copied();
+        // The kind as the user most likely meant it, for a document that names it in the wrong case.
+        let miscased = KINDS.iter().chain(OTHER_ISTIO_KINDS).find(|k| k.eq_ignore_ascii_case(&kind) && **k != kind);
+        let key = ours.map(|kind| ObjectKey { kind, namespace: namespace.clone(), name: name.clone() });
+        let reject = |path: &str, msg: String| Err((key.clone(), vec![at.error(path, msg)]));
+        if kind.is_empty() {
+            return reject("kind", "missing `kind`: expected VirtualService, DestinationRule or Gateway".into());
+        }
+        if let Some(k) = miscased {
+            return reject(
+                "kind",
+                format!("unknown kind {:?}: kinds are case-sensitive; did you mean {k}?", cut(&kind, 40)),
+            );
+        }
+        if api_version.is_empty() {
+            return reject("apiVersion", format!("missing `apiVersion`: {kind} is {API_GROUP}/v1"));
+        }
+        if group != API_GROUP {
+            if ours.is_some() && !group.ends_with("k8s.io") {
+                // A misspelt group would otherwise make a routing rule silently not exist.
+                return reject(
+                    "apiVersion",
+                    format!("apiVersion {:?} is not Istio's: {kind} is {API_GROUP}/v1", cut(&api_version, 60)),
+                );
             }
-            if is_istio {
-                // ServiceEntry, Sidecar, EnvoyFilter...: valid Istio, not something this mesh acts on.
-                self.skipped.push(format!("{file}: {kind} {name} (not supported; ignored)"));
-            } else {
-                self.skipped.push(format!("{file}: {api_version} {kind} {name} (not Istio networking; ignored)"));
-            }
+            self.skipped.push(format!(
+                "{file}: {} {} {} (not Istio networking; ignored)",
+                cut(&api_version, 60),
+                cut(&kind, 40),
+                cut(&name, 60)
+            ));
             return Ok(());
         }
         let version = api_version.split('/').nth(1).unwrap_or("");
         if !API_VERSIONS.contains(&version) {
-            return Err(at.error(
+            return reject(
                 "apiVersion",
-                format!("unsupported apiVersion {api_version:?}: expected {API_GROUP}/v1alpha3, v1beta1 or v1"),
-            ));
+                format!(
+                    "unsupported apiVersion {:?}: expected {API_GROUP}/v1, v1beta1 or v1alpha3",
+                    cut(&api_version, 60)
+                ),
+            );
+        }
+        if ours.is_none() {
+            if OTHER_ISTIO_KINDS.contains(&kind.as_str()) {
+                // ServiceEntry, Sidecar, EnvoyFilter...: valid Istio, not something this mesh acts on.
+                self.skipped.push(format!("{file}: {kind} {} (not supported; ignored)", cut(&name, 60)));
+                return Ok(());
+            }
+            return reject("kind", format!("unknown kind {:?} in {API_GROUP}", cut(&kind, 40)));
         }
         if name.is_empty() {
-            return Err(at.error("metadata.name", "missing metadata.name"));
+            return reject("metadata.name", "missing metadata.name".into());
         }
+        if let Err(e) = check_object_name(&name).and_then(|()| check_object_name(&namespace)) {
+            return reject("metadata", e);
+        }
+        let typed_err = |e| (key.clone(), vec![e]);
+        // Istio's own validation of the object alone (its webhook and CRD rules): errors reject
+        // the object, warnings are reported with it.
+        let checked = |v: validate::Validation, at: &Arc<Locator>, warnings: &mut Vec<String>| {
+            warnings.extend(v.warnings.into_iter().map(|(p, m)| at.error(p, m).to_string()));
+            if v.errors.is_empty() {
+                Ok(())
+            } else {
+                Err((key.clone(), v.errors.into_iter().map(|(p, m)| at.error(p, m)).collect::<Vec<_>>()))
+            }
+        };
         match kind.as_str() {
             "VirtualService" => {
-                let r: Resource<VirtualServiceSpec> = typed(&doc.text, &at, doc.line_offset)?;
-                upsert(&mut self.virtual_services, sourced(r, at), &kind, &mut self.skipped);
+                let r: Resource<VirtualServiceSpec> = typed(&doc.text, &at, doc.line_offset).map_err(typed_err)?;
+                let o = sourced(r, at);
+                checked(validate::virtual_service(&o), &o.at, &mut self.warnings)?;
+                upsert(&mut self.virtual_services, o, &kind, &mut self.skipped);
             }
             "DestinationRule" => {
-                let r: Resource<DestinationRuleSpec> = typed(&doc.text, &at, doc.line_offset)?;
-                upsert(&mut self.destination_rules, sourced(r, at), &kind, &mut self.skipped);
+                let r: Resource<DestinationRuleSpec> = typed(&doc.text, &at, doc.line_offset).map_err(typed_err)?;
+                let o = sourced(r, at);
+                checked(validate::destination_rule(&o), &o.at, &mut self.warnings)?;
+                upsert(&mut self.destination_rules, o, &kind, &mut self.skipped);
             }
             _ => {
-                let r: Resource<GatewaySpec> = typed(&doc.text, &at, doc.line_offset)?;
-                upsert(&mut self.gateways, sourced(r, at), &kind, &mut self.skipped);
+                let r: Resource<GatewaySpec> = typed(&doc.text, &at, doc.line_offset).map_err(typed_err)?;
+                let o = sourced(r, at);
+                checked(validate::gateway(&o), &o.at, &mut self.warnings)?;
+                upsert(&mut self.gateways, o, &kind, &mut self.skipped);
             }
         }
         Ok(())
+    }
+}
+
+/// Kubernetes object and namespace names (RFC 1123 subdomain for names, as the API server checks).
+fn check_object_name(name: &str) -> Result<(), String> {
+    let ok = name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{:?} is not a valid Kubernetes name (lower case letters, digits, '-' and '.', at most 253 characters)",
+            cut(name, 60)
+        ))
     }
 }
 
@@ -314,6 +522,8 @@ fn yaml_error(at: &Locator, line_offset: usize, e: serde_yaml::Error, path: &str
             message = rest.to_owned();
         }
     }
+    // serde quotes the offending value whole; a 10 MB value must not make a 10 MB error line.
+    let message = cut(&message, 300).into_owned();
     ConfigError { file: at.file.to_string(), line, column, path: path.to_owned(), message }
 }
 
@@ -458,38 +668,90 @@ impl MarkedEventReceiver for Positions {
     }
 }
 
-/// Istio durations: Go/protobuf style, e.g. `7s`, `0.5s`, `100ms`, `1m30s`, `1h`.
+/// The longest duration anything accepts: Go's `time.Duration` (what Istio's CRD rules and
+/// `istioctl` parse into) holds at most 2^63 - 1 ns, about 292 years. Bounding here is what keeps
+/// every later `Instant + duration` and `duration * n` in range.
+pub const MAX_DURATION: Duration = Duration::from_nanos(i64::MAX as u64);
+
+/// Istio durations, Go style: `7s`, `0.5s`, `100ms`, `1m30s`, `1h` (units ns, us/µs, ms, s, m, h).
+/// Parsed in integer nanoseconds with checked arithmetic: a value longer than [`MAX_DURATION`] is
+/// an error, never a panic or a silently wrapped number.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let shown = cut(s.trim(), 40);
     let expected = || {
-        format!("invalid duration {s:?}: expected a number with a unit (ns, us, ms, s, m, h), e.g. \"7s\", \"0.5s\", \"100ms\"")
+        format!("invalid duration {shown:?}: expected a number with a unit (ns, us, ms, s, m, h), e.g. \"7s\", \"0.5s\", \"100ms\"")
     };
+    let too_long = || format!("duration {shown:?} is out of range (at most 2562047h, about 292 years)");
     let t = s.trim();
     if t.is_empty() {
         return Err(expected());
     }
-    let mut total = 0f64;
+    let mut total: u128 = 0;
     let mut rest = t;
     while !rest.is_empty() {
-        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
-        if num_end == 0 {
+        let int_end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let (int_part, after) = rest.split_at(int_end);
+        let (frac_part, after) = match after.strip_prefix('.') {
+            Some(a) => {
+                let end = a.find(|c: char| !c.is_ascii_digit()).unwrap_or(a.len());
+                a.split_at(end)
+            }
+            None => ("", after),
+        };
+        if int_part.is_empty() && frac_part.is_empty() {
             return Err(expected());
         }
-        let n: f64 = rest[..num_end].parse().map_err(|_| expected())?;
-        rest = &rest[num_end..];
-        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
-        let secs = match &rest[..unit_end] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
+        let unit_end = after.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(after.len());
+        let unit_ns: u128 = match &after[..unit_end] {
+            "ns" => 1,
+            "us" | "µs" | "μs" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
             _ => return Err(expected()),
         };
-        total += n * secs;
-        rest = &rest[unit_end..];
+        rest = &after[unit_end..];
+        // Leading zeros are harmless; more digits than fit in a u128 are not a duration anyone means.
+        let int_digits = int_part.trim_start_matches('0');
+        if int_digits.len() > 30 {
+            return Err(too_long());
+        }
+        let whole: u128 = if int_digits.is_empty() { 0 } else { int_digits.parse().map_err(|_| expected())? };
+        let mut ns = whole.checked_mul(unit_ns).ok_or_else(too_long)?;
+        // Fractions below a nanosecond are dropped, as Go does; 20 digits are more than enough.
+        let mut scale = unit_ns;
+        for d in frac_part.bytes().take(20) {
+            scale /= 10;
+            ns = ns.checked_add(u128::from(d - b'0') * scale).ok_or_else(too_long)?;
+        }
+        total = total.checked_add(ns).ok_or_else(too_long)?;
+        if total > MAX_DURATION.as_nanos() {
+            return Err(too_long());
+        }
     }
-    Ok(Duration::from_secs_f64(total))
+    let nanos = u64::try_from(total).map_err(|_| too_long())?;
+    Ok(Duration::from_nanos(nanos))
+}
+
+/// Istio's rule for most duration fields (`agent.ValidateDuration`): at least 1 ms, in whole ms.
+pub fn check_istio_duration(d: Duration) -> Result<(), String> {
+    if d < Duration::from_millis(1) {
+        return Err("duration must be greater than 1ms".into());
+    }
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        return Err("only durations to ms precision are supported".into());
+    }
+    Ok(())
+}
+
+/// A user's value shown in a message: at most `max` characters, so a 10 MB value does not make a
+/// 10 MB log line.
+pub fn cut(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match s.char_indices().nth(max) {
+        None => std::borrow::Cow::Borrowed(s),
+        Some((i, _)) => std::borrow::Cow::Owned(format!("{}…({} bytes)", &s[..i], s.len())),
+    }
 }
 
 #[cfg(test)]

@@ -118,8 +118,43 @@ fn durations_parse_like_istio() {
     ] {
         assert_eq!(parse_duration(s).unwrap().as_millis(), ms, "{s}");
     }
-    for bad in ["", "7", "7x", "s", "-1s", "1.2.3s"] {
+    for bad in ["", "7", "7x", "s", "-1s", "1.2.3s", ".s", "1..2s"] {
         assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
+    }
+    // Exact, not floating point: 0.1s + 0.2s is 300 ms to the nanosecond.
+    assert_eq!(parse_duration("0.1s200ms").unwrap(), std::time::Duration::from_millis(300));
+    assert_eq!(parse_duration("1.000000001s").unwrap(), std::time::Duration::new(1, 1));
+    assert_eq!(parse_duration("2562047h").unwrap().as_secs(), 2_562_047 * 3600);
+}
+
+#[test]
+fn out_of_range_durations_are_errors_not_panics() {
+    for huge in [
+        "99999999999999999999s",
+        "3000000000000000h",
+        "2562048h",
+        "9223372036854775808ns",
+        "340282366920938463463374607431768211456s",
+        "1e30s",
+    ] {
+        let r = parse_duration(huge);
+        assert!(r.is_err(), "{huge:?} should be rejected, got {r:?}");
+    }
+    assert_eq!(parse_duration("9223372036854775807ns").unwrap(), crate::config::MAX_DURATION);
+    assert_eq!(parse_duration("0000000000000000000000000000000000000000001s").unwrap().as_secs(), 1);
+    let long = "9".repeat(100_000) + "s";
+    let msg = parse_duration(&long).unwrap_err();
+    assert!(msg.len() < 200, "the message repeats the whole value: {} bytes", msg.len());
+}
+
+#[test]
+fn istio_duration_rule() {
+    use crate::config::check_istio_duration;
+    for ok in ["1ms", "1s", "0.5s", "1h"] {
+        assert!(check_istio_duration(parse_duration(ok).unwrap()).is_ok(), "{ok}");
+    }
+    for bad in ["0s", "999us", "1500us", "1.0001s"] {
+        assert!(check_istio_duration(parse_duration(bad).unwrap()).is_err(), "{bad}");
     }
 }
 
@@ -157,7 +192,11 @@ async fn watcher_delivers_configmap_swaps_and_errors() {
         "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: x}\nspec: {hostz: []}\n",
     )
     .unwrap();
-    let got = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
-    let e = got.unwrap_err();
-    assert!(e.to_string().contains("broken.yaml:4:") && e.to_string().contains("hostz"), "{e}");
+    // The whole directory is delivered; the bad document is a reject beside the good one.
+    let got = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv()).await.unwrap().unwrap().unwrap();
+    assert_eq!(got.virtual_services.len(), 1);
+    assert_eq!(got.rejected.len(), 1);
+    let e = crate::config::ConfigErrors(got.rejected[0].errors.clone()).to_string();
+    assert!(e.contains("broken.yaml:4:") && e.contains("hostz"), "{e}");
+    assert_eq!(got.rejected[0].object.as_ref().map(|o| o.name.as_str()), Some("x"));
 }

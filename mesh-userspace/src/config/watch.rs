@@ -4,7 +4,8 @@
 //! renaming the `..data` symlink onto it; users editing files by hand write or rename files in
 //! place. Both show up as inotify events on the directory. Events are debounced (a ConfigMap
 //! update is several events) and then the whole directory is read again, so a half-written
-//! state is never delivered as a partial config: it either parses completely or is an error.
+//! state is never delivered: each delivery is the whole directory, bad documents included as
+//! rejects (the agent admits it object by object).
 use std::{path::PathBuf, time::Duration};
 
 use notify::{RecursiveMode, Watcher};
@@ -41,7 +42,7 @@ pub fn spawn_watcher(dir: PathBuf) -> anyhow::Result<mpsc::Receiver<Update>> {
                 }
             }
             let dir = dir.clone();
-            let update = tokio::task::spawn_blocking(move || Config::load_dir(&dir))
+            let update = tokio::task::spawn_blocking(move || Config::load_dir_all(&dir))
                 .await
                 .unwrap_or_else(|e| Err(ConfigErrors::single("config watcher", format!("reload task failed: {e}"))));
             if tx.send(update).await.is_err() {

@@ -41,7 +41,7 @@ fn service_key<'h>(host: &'h str, ns: &'h str) -> Option<(&'h str, &'h str)> {
     split_host(host, ns).map(|(n, s)| (s, n))
 }
 
-pub fn compile(config: &config::Config, registry: &Registry) -> Result<RouteTable, config::ConfigErrors> {
+pub fn compile(config: &config::Config, registry: &Registry) -> (RouteTable, Vec<config::Rejected>) {
     let services = registry.services.iter().map(|s| ((s.namespace.as_str(), s.name.as_str()), s)).collect();
     let mut b = Builder {
         services,
@@ -52,7 +52,23 @@ pub fn compile(config: &config::Config, registry: &Registry) -> Result<RouteTabl
         warnings: Vec::new(),
         default_retries: Arc::new(RetryPolicy::istio_default()),
     };
+    let mut rejected = Vec::new();
+    // The errors pushed since `before` belong to one object: it is rejected, the others go on.
+    let mut take = |b: &mut Builder, before: usize, kind: &'static str, name: &str, ns: &str, file: &Arc<str>| {
+        if b.errors.len() == before {
+            return false;
+        }
+        let errors = b.errors.split_off(before);
+        let object = Some(config::ObjectKey { kind, namespace: ns.to_owned(), name: name.to_owned() });
+        rejected.push(config::Rejected { object, file: file.clone(), errors });
+        true
+    };
     for dr in &config.destination_rules {
+        let before = b.errors.len();
+        b.check_destination_rule(dr);
+        if take(&mut b, before, "DestinationRule", &dr.name, &dr.namespace, &dr.at.file) {
+            continue;
+        }
         match service_key(&dr.spec.host, &dr.namespace) {
             Some(key) => {
                 if let Some(prev) = b.rules.get(key.0).and_then(|m| m.get(key.1)) {
@@ -70,10 +86,9 @@ pub fn compile(config: &config::Config, registry: &Registry) -> Result<RouteTabl
             None => b.warnings.push(format!(
                 "DestinationRule {}: host {:?} is not a cluster service; ignored",
                 dr.key(),
-                dr.spec.host
+                config::cut(&dr.spec.host, 80)
             )),
         }
-        b.check_destination_rule(dr);
     }
 
     let mut table = RouteTable { default_retries: b.default_retries.clone(), ..RouteTable::default() };
@@ -92,9 +107,11 @@ pub fn compile(config: &config::Config, registry: &Registry) -> Result<RouteTabl
     }
 
     for gw in &config.gateways {
+        let before = b.errors.len();
+        let mut listeners = Vec::new();
         for (i, server) in gw.spec.servers.iter().enumerate() {
             match u16::try_from(server.port.number) {
-                Ok(port) if port > 0 => table.gateways.push(GatewayListener {
+                Ok(port) if port > 0 => listeners.push(GatewayListener {
                     name: gw.name.clone(),
                     namespace: gw.namespace.clone(),
                     port,
@@ -112,13 +129,21 @@ pub fn compile(config: &config::Config, registry: &Registry) -> Result<RouteTabl
                 ));
             }
         }
+        if !take(&mut b, before, "Gateway", &gw.name, &gw.namespace, &gw.at.file) {
+            table.gateways.extend(listeners);
+        }
     }
 
     for vs in &config.virtual_services {
-        let Some(compiled) = b.virtual_service(vs) else { continue };
+        let before = b.errors.len();
+        let compiled = b.virtual_service(vs);
+        if take(&mut b, before, "VirtualService", &vs.name, &vs.namespace, &vs.at.file) {
+            continue;
+        }
+        let Some(compiled) = compiled else { continue };
         let compiled = Arc::new(compiled);
         if compiled.mesh {
-            for (i, host) in vs.spec.hosts.iter().enumerate() {
+            for host in &vs.spec.hosts {
                 match service_key(host, &vs.namespace) {
                     Some(key) => {
                         if !b.services.contains_key(&key) {
@@ -141,13 +166,11 @@ pub fn compile(config: &config::Config, registry: &Registry) -> Result<RouteTabl
                         }
                     }
                     None if host.contains('*') => table.mesh_wildcard_vs.push(compiled.clone()),
-                    None => {
-                        let _ = i;
-                        b.warnings.push(format!(
-                            "VirtualService {}: host {host:?} is outside the cluster; no ServiceEntry support",
-                            vs.key()
-                        ))
-                    }
+                    None => b.warnings.push(format!(
+                        "VirtualService {}: host {:?} is outside the cluster; no ServiceEntry support",
+                        vs.key(),
+                        config::cut(host, 80)
+                    )),
                 }
             }
         }
@@ -160,11 +183,13 @@ pub fn compile(config: &config::Config, registry: &Registry) -> Result<RouteTabl
             table.gateway_vs.push(compiled);
         }
     }
+    // Anything left was not attributed to an object (cannot happen today); never drop it silently.
     if !b.errors.is_empty() {
-        return Err(config::ConfigErrors(b.errors));
+        let file: Arc<str> = Arc::from("config");
+        rejected.push(config::Rejected { object: None, file, errors: std::mem::take(&mut b.errors) });
     }
     table.warnings = b.warnings;
-    Ok(table)
+    (table, rejected)
 }
 
 fn dr_path_none() -> (Arc<Locator>, &'static dyn Fn() -> String) {
@@ -209,6 +234,9 @@ impl Builder<'_> {
             return Some(c.clone());
         }
         let dr = self.rules.get(svc.namespace.as_str()).and_then(|m| m.get(svc.name.as_str())).copied();
+        // A subset no DestinationRule defines (yet) is a warning, as in `istioctl analyze`: the
+        // cluster exists with no endpoints, so the route answers 503 until the rule arrives.
+        let mut undefined_subset = false;
         let subset_spec = match subset {
             None => None,
             Some(name) => match dr.and_then(|d| d.spec.subsets.iter().find(|s| s.name == name)) {
@@ -216,17 +244,21 @@ impl Builder<'_> {
                 None => {
                     let msg = match dr {
                         Some(d) => format!(
-                            "subset {name:?} is not defined in DestinationRule {} for host {} (it defines: {})",
+                            "subset {:?} is not defined in DestinationRule {} for host {} (it defines: {}); requests get 503",
+                            config::cut(name, 60),
                             d.key(),
                             svc.fqdn(),
                             d.spec.subsets.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
                         ),
-                        None => {
-                            format!("subset {name:?} is not defined in any DestinationRule for host {}", svc.fqdn())
-                        }
+                        None => format!(
+                            "subset {:?} is not defined in any DestinationRule for host {}; requests get 503",
+                            config::cut(name, 60),
+                            svc.fqdn()
+                        ),
                     };
-                    self.errors.push(at.0.error((at.1)(), msg));
-                    return None;
+                    self.warnings.push(at.0.error((at.1)(), msg).to_string());
+                    undefined_subset = true;
+                    None
                 }
             },
         };
@@ -238,7 +270,7 @@ impl Builder<'_> {
         let (lb, connection_pool, outlier_detection) = match policy {
             Ok(p) => p,
             // Reported once by check_destination_rule with its exact place.
-            Err(_) => (LbPolicy::RoundRobin, ConnectionPool::default(), None),
+            Err(_) => (LbPolicy::DEFAULT, ConnectionPool::default(), None),
         };
         let mut endpoints = match svc.selector.iter().next() {
             Some((k, v)) => match self.pods_by_label.get(&(svc.namespace.as_str(), k.as_str(), v.as_str())) {
@@ -248,6 +280,9 @@ impl Builder<'_> {
             // No selector: the EndpointSlices' addresses, if any.
             None => crate::registry::endpoints_among(std::iter::empty(), svc, port),
         };
+        if undefined_subset {
+            endpoints.clear();
+        }
         if let Some(s) = subset_spec {
             endpoints.retain(|e| s.labels.iter().all(|(k, v)| e.workload.labels.get(k) == Some(v)));
         }
@@ -749,7 +784,7 @@ fn resolve_policy(
     }
     let lb = match &lb {
         Some(l) => LbPolicy::from_settings(l).map_err(|(f, m)| (format!("loadBalancer.{f}"), m))?,
-        None => LbPolicy::RoundRobin,
+        None => LbPolicy::DEFAULT,
     };
     let pool = match &pool {
         Some(p) => ConnectionPool::from_settings(p).map_err(|(f, m)| (format!("connectionPool.{f}"), m))?,

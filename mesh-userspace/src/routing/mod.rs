@@ -267,14 +267,28 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// Compiles `config` against `registry`; all semantic errors are reported together.
+    /// Compiles `config` against `registry`, all or nothing: every semantic error is reported
+    /// together (what `mesh validate` and tests want).
     pub fn compile(config: &Config, registry: &Registry) -> Result<RouteTable, ConfigErrors> {
+        let (table, rejected) = build::compile(config, registry);
+        if rejected.is_empty() {
+            Ok(table)
+        } else {
+            Err(ConfigErrors(rejected.into_iter().flat_map(|r| r.errors).collect()))
+        }
+    }
+
+    /// Compiles `config` object by object: an object with a semantic error is left out of the
+    /// table and returned with its errors; every other object is in the table. References
+    /// between objects (a subset, a host, a Gateway) never reject anything: what they name may
+    /// arrive later, and until then the route answers 503 (Istio's behaviour).
+    pub fn compile_admitting(config: &Config, registry: &Registry) -> (RouteTable, Vec<crate::config::Rejected>) {
         build::compile(config, registry)
     }
 
     /// Plain Kubernetes routing: every service port to all its endpoints.
     pub fn kubernetes_only(registry: &Registry) -> RouteTable {
-        build::compile(&Config::empty(), registry).unwrap_or_default()
+        build::compile(&Config::empty(), registry).0
     }
 
     pub fn gateways(&self) -> Vec<GatewayListener> {
@@ -482,4 +496,4 @@ impl Redirect {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -29,11 +29,9 @@ impl RetryOn {
                 "reset" | "reset-before-request" => r.reset = true,
                 "refused-stream" => r.refused_stream = true,
                 "retriable-4xx" => r.retriable_4xx = true,
-                "retriable-status-codes" => {
-                    if !r.status_codes.contains(&503) {
-                        r.status_codes.push(503)
-                    }
-                }
+                // Retries the codes listed beside it (Envoy's retriable_status_codes); alone, as in
+                // Istio's default since 1.24, it retries no status at all.
+                "retriable-status-codes" => {}
                 "cancelled" | "deadline-exceeded" | "internal" | "resource-exhausted" | "unavailable" | "envoy-ratelimited"
                 | "retriable-headers" | "http3-post-connect-failure" => r.other.push(item.to_owned()),
                 code => match code.parse::<u16>() {
@@ -103,8 +101,9 @@ impl LbPolicy {
     pub fn from_settings(s: &LoadBalancerSettings) -> Result<LbPolicy, (String, String)> {
         if let Some(simple) = &s.simple {
             return match simple.as_str() {
-                "ROUND_ROBIN" | "UNSPECIFIED" => Ok(LbPolicy::RoundRobin),
-                "LEAST_REQUEST" | "LEAST_CONN" => Ok(LbPolicy::LeastRequest),
+                "ROUND_ROBIN" => Ok(LbPolicy::RoundRobin),
+                // UNSPECIFIED is Istio's default, which is LEAST_REQUEST since Istio 1.14.
+                "LEAST_REQUEST" | "LEAST_CONN" | "UNSPECIFIED" => Ok(LbPolicy::LeastRequest),
                 "RANDOM" => Ok(LbPolicy::Random),
                 "PASSTHROUGH" => Ok(LbPolicy::Passthrough),
                 other => Err((
@@ -139,8 +138,11 @@ impl LbPolicy {
                 "set one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName".into(),
             ));
         }
-        Ok(LbPolicy::RoundRobin)
+        Ok(LbPolicy::DEFAULT)
     }
+
+    /// What Istio configures when a DestinationRule says nothing: LEAST_REQUEST.
+    pub const DEFAULT: LbPolicy = LbPolicy::LeastRequest;
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -7,13 +7,13 @@ use crate::config::Config;
 
 const REGISTRY: &str = include_str!("../../../deploy/bookinfo/local-registry.yaml");
 
-fn registry() -> Registry {
+pub(crate) fn registry() -> Registry {
     let mut r = Registry::default();
     r.add_yaml(Path::new("local-registry.yaml"), REGISTRY).expect("registry");
     r
 }
 
-const DR: &str = "apiVersion: networking.istio.io/v1
+pub(crate) const DR: &str = "apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: reviews}
 spec:
@@ -39,7 +39,7 @@ fn vs(http: &str) -> String {
     format!("{DR}---\napiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {{name: reviews}}\nspec:\n  hosts: [reviews]\n  http:\n{http}")
 }
 
-struct Req {
+pub(crate) struct Req {
     method: http::Method,
     uri: http::Uri,
     headers: http::HeaderMap,
@@ -47,7 +47,7 @@ struct Req {
     from: &'static str,
 }
 
-fn req(uri: &str, headers: &[(&str, &str)]) -> Req {
+pub(crate) fn req(uri: &str, headers: &[(&str, &str)]) -> Req {
     let mut h = http::HeaderMap::new();
     for (k, v) in headers {
         h.append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), http::HeaderValue::from_str(v).unwrap());
@@ -61,8 +61,28 @@ fn req(uri: &str, headers: &[(&str, &str)]) -> Req {
     }
 }
 
+/// How many endpoints the cluster `r` is routed to has (0 for no route).
+pub(crate) fn cluster_endpoints(t: &RouteTable, r: &Req) -> usize {
+    let reg = registry();
+    let svc = reg.service_by_host("reviews", "default").unwrap().clone();
+    let src = reg.workload_by_name("default", r.from).cloned();
+    let info = RequestInfo {
+        context: Context::Mesh { service: &svc, port: 9080 },
+        source: src.as_deref(),
+        method: &r.method,
+        uri: &r.uri,
+        authority: Some(&r.authority),
+        scheme: "http",
+        headers: &r.headers,
+    };
+    match t.route(&info, &mut StdRng::seed_from_u64(7)) {
+        Decision::Forward(f) => f.cluster.endpoints.len(),
+        _ => 0,
+    }
+}
+
 /// Routes `r` to reviews:9080 and returns the chosen subset (or "404"/"redirect").
-fn subset_of(t: &RouteTable, r: &Req) -> String {
+pub(crate) fn subset_of(t: &RouteTable, r: &Req) -> String {
     let reg = registry();
     let svc = reg.service_by_host("reviews", "default").unwrap().clone();
     let src = reg.workload_by_name("default", r.from).cloned();
@@ -240,7 +260,6 @@ fn semantic_errors_carry_place_path_and_expectation() {
     let base_lines = vs("").lines().count();
     let cases = [
         ("  - route:\n    - destination: {host: reviews, subset: v1}\n      weight: 60\n    - destination: {host: reviews, subset: v2}\n      weight: 30\n", base_lines + 3, "spec.http[0].route[0].weight", "sum to 90"),
-        ("  - route:\n    - destination: {host: reviews, subset: v9}\n", base_lines + 2, "spec.http[0].route[0].destination.subset", "subset \"v9\" is not defined in DestinationRule reviews.default"),
         ("  - match:\n    - uri: {regex: '(unclosed'}\n    route:\n    - destination: {host: reviews}\n", base_lines + 2, "spec.http[0].match[0].uri", "invalid regex"),
         ("  - timeout: 3x\n    route:\n    - destination: {host: reviews}\n", base_lines + 1, "spec.http[0].timeout", "invalid duration \"3x\""),
         ("  - fault: {delay: {fixedDelay: 7s, percentage: {value: 120}}}\n    route:\n    - destination: {host: reviews}\n", base_lines + 1, "spec.http[0].fault.delay.percentage.value", "not a percentage"),
@@ -256,9 +275,23 @@ fn semantic_errors_carry_place_path_and_expectation() {
         assert!(err.message.contains(fragment), "{e}");
         assert_eq!(err.file, "t.yaml");
     }
+}
+
+#[test]
+fn undefined_subsets_are_warnings_with_their_place_and_routes_answer_503() {
+    let t = table(&vs("  - route:\n    - destination: {host: reviews, subset: v9}\n"));
+    let line = vs("").lines().count() + 2;
+    let w = t.warnings.iter().find(|w| w.contains("subset \"v9\"")).expect("a warning");
+    assert!(w.starts_with(&format!("t.yaml:{line}:")) && w.contains("spec.http[0].route[0].destination.subset"), "{w}");
+    assert!(w.contains("is not defined in DestinationRule reviews.default"), "{w}");
+    assert_eq!(cluster_endpoints(&t, &req("/", &[])), 0);
     // A subset referenced with no DestinationRule at all.
-    let e = compile_err("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: ratings}\nspec:\n  hosts: [ratings]\n  http:\n  - route:\n    - destination: {host: ratings, subset: v1}\n");
-    assert!(e.to_string().contains("t.yaml:8:") && e.to_string().contains("not defined in any DestinationRule"), "{e}");
+    let t = table("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: ratings}\nspec:\n  hosts: [ratings]\n  http:\n  - route:\n    - destination: {host: ratings, subset: v1}\n");
+    assert!(
+        t.warnings.iter().any(|w| w.starts_with("t.yaml:8:") && w.contains("not defined in any DestinationRule")),
+        "{:?}",
+        t.warnings
+    );
 }
 
 #[test]
@@ -270,7 +303,7 @@ fn no_virtual_service_is_plain_kubernetes_round_robin() {
     let svc = reg.service_by_host("reviews", "default").unwrap();
     let c = t.default_cluster(svc, 9080).unwrap();
     assert_eq!(c.endpoints.len(), 3);
-    assert_eq!(c.lb, LbPolicy::RoundRobin);
+    assert_eq!(c.lb, LbPolicy::LeastRequest, "Istio's default load balancer");
     assert_eq!(c.name, "outbound|9080||reviews.default.svc.cluster.local");
 }
 
@@ -352,7 +385,12 @@ fn default_retries_are_istios() {
     let f = forward(&t, &req("/", &[]));
     assert_eq!(*f.retries, RetryPolicy::istio_default());
     assert_eq!(f.retries.attempts, 2);
-    assert!(f.retries.retry_on.connect_failure && f.retries.retry_on.status(503) && !f.retries.retry_on.status(500));
+    // Istio >= 1.24: connect-failure, refused-stream, unavailable, cancelled and
+    // retriable-status-codes with no codes, so no HTTP status is retried by default.
+    assert!(f.retries.retry_on.connect_failure && f.retries.retry_on.refused_stream);
+    assert!(!f.retries.retry_on.status(503) && !f.retries.retry_on.status(500));
+    let t = table(&vs("  - retries: {attempts: 1, retryOn: \"503,retriable-status-codes\"}\n    route:\n    - destination: {host: reviews, subset: v1}\n"));
+    assert!(forward(&t, &req("/", &[])).retries.retry_on.status(503));
     assert_eq!(f.timeout, None);
 }
 
