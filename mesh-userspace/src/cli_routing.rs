@@ -20,108 +20,102 @@ pub struct ValidateArgs {
     pub registry: Vec<PathBuf>,
 }
 
-fn load(paths: &[PathBuf]) -> Result<Config, crate::config::ConfigErrors> {
+/// Every file given, and every `*.yaml`/`*.yml` of every directory given, read as the agent
+/// reads its directory; bad documents are recorded in `rejected`.
+fn load_all(paths: &[PathBuf]) -> Result<Config> {
     let mut files = Vec::new();
     for p in paths {
         if p.is_dir() {
-            let mut c = Config::load_dir(p)?;
-            // load_dir reads a directory as the agent does; merge it in.
-            let mut all = Config::empty();
-            all.virtual_services.append(&mut c.virtual_services);
-            all.destination_rules.append(&mut c.destination_rules);
-            all.gateways.append(&mut c.gateways);
-            all.skipped.append(&mut c.skipped);
-            return merge(all, &paths[1..]);
+            let entries = std::fs::read_dir(p).with_context(|| format!("cannot read {}", p.display()))?;
+            let mut in_dir: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|f| {
+                    let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                    !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml")) && f.is_file()
+                })
+                .collect();
+            in_dir.sort();
+            files.extend(in_dir);
+        } else {
+            files.push(p.clone());
         }
-        files.push(p.clone());
     }
-    Config::load_files(&files)
+    Ok(Config::read_files(&files))
 }
 
-fn merge(mut acc: Config, rest: &[PathBuf]) -> Result<Config, crate::config::ConfigErrors> {
-    if rest.is_empty() {
-        return Ok(acc);
-    }
-    let mut more = load(rest)?;
-    acc.virtual_services.append(&mut more.virtual_services);
-    acc.destination_rules.append(&mut more.destination_rules);
-    acc.gateways.append(&mut more.gateways);
-    acc.skipped.append(&mut more.skipped);
-    Ok(acc)
+fn load(paths: &[PathBuf]) -> Result<Config, crate::config::ConfigErrors> {
+    load_all(paths).map_err(|e| crate::config::ConfigErrors::single("config", e.to_string()))?.strict()
 }
 
+/// Checks routing YAML as the agent would admit it: every object on its own (Istio's verdicts),
+/// then references between objects (warnings, as `istioctl analyze`). Exit status 1 when any
+/// object would be rejected; the agent would still serve all the others.
 pub fn validate(args: ValidateArgs) -> Result<ExitCode> {
-    let config = match load(&args.paths) {
-        Ok(c) => c,
-        Err(errors) => {
-            eprintln!("{errors}");
-            eprintln!("{} error(s)", errors.0.len());
-            return Ok(ExitCode::FAILURE);
-        }
-    };
+    let mut config = load_all(&args.paths)?;
     let registry =
         if args.registry.is_empty() { Registry::default() } else { Registry::from_yaml_files(&args.registry)? };
     for s in &config.skipped {
         eprintln!("note: {s}");
     }
-    match RouteTable::compile(&config, &registry) {
-        Ok(table) => {
-            // Without a registry every host is "unknown"; only say so when asked to check hosts.
-            for w in table
-                .warnings
-                .iter()
-                .filter(|w| !args.registry.is_empty() || !w.contains("not a service in the registry"))
-            {
-                eprintln!("warning: {w}");
-            }
-            if !args.registry.is_empty() {
-                for vs in &config.virtual_services {
-                    for (i, r) in vs.spec.http.iter().enumerate() {
-                        for (j, d) in r.route.iter().enumerate() {
-                            if d.destination.subset.is_some() {
-                                let host = &d.destination.host;
-                                let (name, ns) =
-                                    crate::registry::split_host(host, &vs.namespace).unwrap_or((host, &vs.namespace));
-                                if let Some(svc) =
-                                    registry.services.iter().find(|s| s.name == name && s.namespace == ns)
-                                {
-                                    let subset = d.destination.subset.as_deref().unwrap_or("");
-                                    let selects = config
-                                        .destination_rules
-                                        .iter()
-                                        .flat_map(|dr| dr.spec.subsets.iter())
-                                        .find(|s| s.name == subset);
-                                    let count = registry
-                                        .workloads
-                                        .iter()
-                                        .filter(|w| w.matches(&svc.selector))
-                                        .filter(|w| {
-                                            selects.is_some_and(|s| {
-                                                s.labels.iter().all(|(k, v)| w.labels.get(k) == Some(v))
-                                            })
-                                        })
-                                        .count();
-                                    if count == 0 {
-                                        eprintln!("warning: VirtualService {}: http[{i}].route[{j}]: subset {subset} of {host} selects no pod", vs.key());
-                                    }
-                                }
-                            }
-                        }
-                    }
+    for w in &config.warnings {
+        eprintln!("warning: {w}");
+    }
+    let mut rejected = std::mem::take(&mut config.rejected);
+    let (table, compile_rejects) = RouteTable::compile_admitting(&config, &registry);
+    rejected.extend(compile_rejects);
+    // Without a registry every host is "unknown"; only say so when asked to check hosts.
+    for w in table.warnings.iter().filter(|w| !args.registry.is_empty() || !w.contains("not a service in the registry"))
+    {
+        eprintln!("warning: {w}");
+    }
+    if !args.registry.is_empty() {
+        warn_empty_subsets(&config, &registry);
+    }
+    for r in &rejected {
+        let what = r.object.as_ref().map_or_else(|| format!("{} (whole file)", r.file), |o| o.to_string());
+        eprintln!("rejected: {what}");
+        for e in &r.errors {
+            eprintln!("  {e}");
+        }
+    }
+    let objects = config.virtual_services.len() + config.destination_rules.len() + config.gateways.len();
+    let accepted = objects.saturating_sub(rejected.iter().filter(|r| r.object.is_some()).count());
+    println!(
+        "{} VirtualServices, {} DestinationRules, {} Gateways: {accepted} accepted, {} rejected",
+        config.virtual_services.len(),
+        config.destination_rules.len(),
+        config.gateways.len(),
+        rejected.len()
+    );
+    Ok(if rejected.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn warn_empty_subsets(config: &Config, registry: &Registry) {
+    for vs in &config.virtual_services {
+        for (i, r) in vs.spec.http.iter().enumerate() {
+            for (j, d) in r.route.iter().enumerate() {
+                let Some(subset) = d.destination.subset.as_deref() else { continue };
+                let host = &d.destination.host;
+                let (name, ns) = crate::registry::split_host(host, &vs.namespace).unwrap_or((host, &vs.namespace));
+                let Some(svc) = registry.services.iter().find(|s| s.name == name && s.namespace == ns) else {
+                    continue;
+                };
+                let selects =
+                    config.destination_rules.iter().flat_map(|dr| dr.spec.subsets.iter()).find(|s| s.name == subset);
+                let count = registry
+                    .workloads
+                    .iter()
+                    .filter(|w| w.matches(&svc.selector))
+                    .filter(|w| selects.is_some_and(|s| s.labels.iter().all(|(k, v)| w.labels.get(k) == Some(v))))
+                    .count();
+                if count == 0 {
+                    eprintln!(
+                        "warning: VirtualService {}: http[{i}].route[{j}]: subset {subset} of {host} selects no pod",
+                        vs.key()
+                    );
                 }
             }
-            println!(
-                "{} VirtualServices, {} DestinationRules, {} Gateways: ok",
-                config.virtual_services.len(),
-                config.destination_rules.len(),
-                config.gateways.len()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(errors) => {
-            eprintln!("{errors}");
-            eprintln!("{} error(s)", errors.0.len());
-            Ok(ExitCode::FAILURE)
         }
     }
 }
@@ -190,6 +184,17 @@ pub fn explain(args: ExplainArgs) -> Result<ExitCode> {
         Some(g) => {
             let (ns, n) = g.split_once('/').unwrap_or(("default", g.as_str()));
             (gw_name, gw_ns) = (n.to_owned(), ns.to_owned());
+            let ports: Vec<u16> =
+                table.gateways().iter().filter(|l| l.name == n && l.namespace == ns).map(|l| l.port).collect();
+            if ports.is_empty() {
+                bail!("no Gateway {ns}/{n} in the config");
+            }
+            if !ports.contains(&port) {
+                bail!(
+                    "Gateway {ns}/{n} does not listen on port {port} (its servers: {}); put the port in --url",
+                    ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ")
+                );
+            }
             Context::Gateway { name: &gw_name, namespace: &gw_ns, port }
         }
         None => {
@@ -214,4 +219,31 @@ pub fn explain(args: ExplainArgs) -> Result<ExitCode> {
     };
     print!("{}", table.explain(&req));
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_and_directories_are_each_read_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let vs = |name: &str| {
+            format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}}}\nspec:\n  hosts: [{name}]\n  http:\n  - route:\n    - destination: {{host: {name}}}\n")
+        };
+        let single = dir.path().join("a.yaml");
+        std::fs::write(&single, vs("a")).unwrap();
+        let sub = dir.path().join("dir");
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::write(sub.join("b.yaml"), vs("b")).unwrap();
+        std::fs::write(sub.join("c.yml"), vs("c")).unwrap();
+        // `mesh validate a.yaml dir/` once dropped a.yaml and read dir/ twice.
+        let c = load_all(&[single.clone(), sub.clone()]).unwrap();
+        let mut names: Vec<&str> = c.virtual_services.iter().map(|v| v.name.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["a", "b", "c"]);
+        assert!(c.skipped.is_empty(), "no document replaced another: {:?}", c.skipped);
+        let c = load_all(&[sub, single]).unwrap();
+        assert_eq!(c.virtual_services.len(), 3);
+    }
 }

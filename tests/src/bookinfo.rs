@@ -199,6 +199,11 @@ pub struct Bookinfo {
 impl Bookinfo {
     /// Starts the node. `networking` holds the routing YAML files the steps apply.
     pub fn start(networking: &Path) -> Result<Bookinfo> {
+        Bookinfo::start_with(networking, &[])
+    }
+
+    /// Starts the node with `files` already in the watched directory when the agent starts.
+    pub fn start_with(networking: &Path, files: &[&str]) -> Result<Bookinfo> {
         let mut node = Node::new("bk", 0)?;
         for (pod, _, _, octet) in PODS {
             node.add_pod(pod, *octet, SERVICES)?;
@@ -216,7 +221,7 @@ impl Bookinfo {
         let config_dir = node.dir.join("routing");
         fs::create_dir_all(&config_dir)?;
         let mut bk = Bookinfo { node, config_dir, networking: networking.to_path_buf(), generation: 0 };
-        bk.apply(&[])?;
+        bk.apply(files)?;
         bk.node.spawn_host(
             "agent",
             Command::new(bin("mesh"))
@@ -238,15 +243,17 @@ impl Bookinfo {
         Ok(bk)
     }
 
-    fn reloads(&self, result: &str) -> u64 {
+    /// The agent's `mesh_config_reloads_total{result}`.
+    pub fn reloads(&self, result: &str) -> u64 {
         http_get(ADMIN.parse().expect("admin addr"), "/metrics")
             .map(|m| metric(&m, "mesh_config_reloads_total", &[("result", result)]))
             .unwrap_or(0)
     }
 
-    /// Like [`apply`](Self::apply) for a config the agent must reject (waits for the rejection).
+    /// Like [`apply`](Self::apply) for a config with an object the agent must reject (waits for
+    /// the reload that rejected it; everything else in it is applied).
     pub fn apply_rejected(&mut self, files: &[&str]) -> Result<()> {
-        self.swap(files, "rejected")
+        self.swap(files, "partial")
     }
 
     /// Puts exactly `files` in the watched ConfigMap directory the way the kubelet does: a new

@@ -34,6 +34,14 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Fuzz routing config parsing + validation + compiling (cargo fuzz, nightly), seeded with every
+    /// YAML in the repository; a crash is copied to mesh-userspace/fuzz/regressions/ (a test
+    /// replays that directory) and fails the run.
+    Fuzz {
+        /// How long to fuzz.
+        #[arg(long, default_value_t = 120)]
+        seconds: u64,
+    },
     /// Build everything and run the Bookinfo walkthrough on a local node.
     Demo {
         /// Arguments passed to the demo (e.g. `--step all-v1`, `--keep`).
@@ -48,6 +56,7 @@ fn main() -> Result<()> {
         Cmd::Test { args } => test(&args),
         Cmd::Demo { args } => demo(&args),
         Cmd::Bench { args } => bench(&args),
+        Cmd::Fuzz { seconds } => fuzz(seconds),
     }
 }
 
@@ -286,4 +295,71 @@ fn bench(args: &[String]) -> Result<()> {
         .args(args)
         .env("MESH_EBPF_OBJECT", root().join("target/mesh-ebpf.o"))
         .current_dir(root()))
+}
+
+fn fuzz(seconds: u64) -> Result<()> {
+    if !succeeds(Command::new(cargo_bin("cargo-fuzz")).arg("--version")) {
+        eprintln!("xtask: installing cargo-fuzz (once)");
+        run(Command::new("cargo").args(["install", "--locked", "cargo-fuzz"]))?;
+    }
+    let root = root();
+    let corpus = root.join("target/fuzz-corpus/config");
+    std::fs::create_dir_all(&corpus)?;
+    let mut seeds = 0;
+    let mut add = |name: String, text: &str| -> Result<()> {
+        std::fs::write(corpus.join(name), text)?;
+        seeds += 1;
+        Ok(())
+    };
+    for dir in ["deploy", "deploy/bookinfo", "deploy/bookinfo/networking", "mesh-userspace/tests/istio_verdicts"] {
+        let Ok(entries) = std::fs::read_dir(root.join(dir)) else { continue };
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+                let text = std::fs::read_to_string(&path)?;
+                let stem = format!("{}-{}", dir.replace('/', "_"), e.file_name().to_string_lossy());
+                // The verdict tables hold one document per case under `yaml: |`: each is a seed.
+                for (i, doc) in text.split("  yaml: |\n").skip(1).enumerate() {
+                    let body: String = doc
+                        .lines()
+                        .take_while(|l| l.starts_with("    ") || l.is_empty())
+                        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+                        .collect();
+                    add(format!("{stem}-{i}"), &body)?;
+                }
+                add(stem, &text)?;
+            }
+        }
+    }
+    eprintln!("xtask: {seeds} seeds; fuzzing for {seconds} s");
+    let fuzz_dir = root.join("mesh-userspace");
+    let status = Command::new("cargo")
+        .current_dir(&fuzz_dir)
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .args(["+nightly", "fuzz", "run", "config"])
+        .arg(&corpus)
+        .arg(root.join("mesh-userspace/fuzz/regressions"))
+        .args([
+            "--",
+            &format!("-max_total_time={seconds}"),
+            "-rss_limit_mb=1024",
+            "-malloc_limit_mb=1024",
+            "-timeout=10",
+            "-max_len=65536",
+            "-print_final_stats=1",
+        ])
+        .status()
+        .context("running cargo fuzz")?;
+    if !status.success() {
+        let artifacts = fuzz_dir.join("fuzz/artifacts/config");
+        for e in std::fs::read_dir(&artifacts).into_iter().flatten().flatten() {
+            let dest = root.join("mesh-userspace/fuzz/regressions").join(e.file_name());
+            std::fs::copy(e.path(), &dest)?;
+            eprintln!("xtask: kept {} as a regression case", dest.display());
+        }
+        bail!("the fuzzer found a crash, hang or excessive allocation (see above)");
+    }
+    Ok(())
 }

@@ -335,17 +335,17 @@ impl Config {
             );
             return Err((None, vec![at.error("", msg)]));
         }
-        let value: serde_yaml::Value =
+        // Only the head (apiVersion, kind, metadata names) first: the document is typed once it
+        // is known to be ours, and building a whole `Value` tree per document was a third parse.
+        let head: Option<Head> =
             serde_yaml::from_str(&doc.text).map_err(|e| (None, vec![yaml_error(&at, doc.line_offset, e, "")]))?;
-        if value.is_null() {
-            return Ok(());
-        }
-        let field = |v: &serde_yaml::Value, k: &str| v.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
-        let api_version = field(&value, "apiVersion");
-        let kind = field(&value, "kind");
-        let meta = value.get("metadata").cloned().unwrap_or_default();
-        let name = field(&meta, "name");
-        let namespace = match field(&meta, "namespace") {
+        let Some(head) = head else { return Ok(()) };
+        let text = |v: &Option<serde_yaml::Value>| v.as_ref().and_then(|v| v.as_str()).unwrap_or("").to_owned();
+        let api_version = text(&head.api_version);
+        let kind = text(&head.kind);
+        let meta = head.metadata.unwrap_or_default();
+        let name = text(&meta.name);
+        let namespace = match text(&meta.namespace) {
             ns if ns.is_empty() => "default".to_owned(),
             ns => ns,
         };
@@ -440,6 +440,26 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// What identifies a document; everything else in it is skipped unread.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Head {
+    #[serde(default)]
+    api_version: Option<serde_yaml::Value>,
+    #[serde(default)]
+    kind: Option<serde_yaml::Value>,
+    #[serde(default)]
+    metadata: Option<HeadMeta>,
+}
+
+#[derive(Default, serde::Deserialize)]
+struct HeadMeta {
+    #[serde(default)]
+    name: Option<serde_yaml::Value>,
+    #[serde(default)]
+    namespace: Option<serde_yaml::Value>,
 }
 
 /// Kubernetes object and namespace names (RFC 1123 subdomain for names, as the API server checks).

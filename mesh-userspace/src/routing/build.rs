@@ -512,6 +512,7 @@ impl Builder<'_> {
             return None;
         }
         Some(CompiledVs {
+            namespace: vs.namespace.clone(),
             key: Arc::from(vs.key()),
             origin: format!("{}:{}", at.file, at.at("metadata").0),
             hosts: vs.spec.hosts.clone(),

@@ -229,6 +229,8 @@ pub(crate) struct TcpRule {
 
 #[derive(Debug)]
 pub(crate) struct CompiledVs {
+    /// Its namespace: a Gateway server's `ns/host` entries admit only VirtualServices of `ns`.
+    pub namespace: String,
     pub key: Arc<str>,
     pub origin: String,
     /// Hosts as written, and whether each is a wildcard (`*`, `*.example.com`).
@@ -309,13 +311,26 @@ impl RouteTable {
                 let fqdn = service.fqdn();
                 self.mesh_wildcard_vs.iter().find(|vs| vs.hosts.iter().any(|h| host_matches(h, &fqdn)))
             }),
-            Context::Gateway { name, namespace, .. } => {
+            Context::Gateway { name, namespace, port } => {
                 let host = req
                     .authority
                     .map(|a| a.rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok()).map_or(a, |(h, _)| h));
+                // Istio serves on a Gateway port only the hosts its servers admit there (the
+                // virtual host is the intersection of the server's and the VirtualService's
+                // hosts); any other host gets 404, whatever the VirtualService says.
+                let servers: Vec<&GatewayListener> = self
+                    .gateways
+                    .iter()
+                    .filter(|g| g.name == name && g.namespace == namespace && g.port == port)
+                    .collect();
                 self.gateway_vs.iter().find(|vs| {
                     vs.gateways.iter().any(|(ns, n)| n == name && ns == namespace)
                         && vs.hosts.iter().any(|h| host.is_some_and(|host| host_matches(h, host)) || h == "*")
+                        && servers.iter().any(|g| {
+                            g.hosts
+                                .iter()
+                                .any(|sh| server_host_admits(sh, namespace, &vs.namespace, host.unwrap_or("")))
+                        })
                 })
             }
         }
@@ -469,6 +484,18 @@ fn pick_weighted<'d, R: Rng + ?Sized>(dests: &'d [WeightedDest], rng: &mut R) ->
 }
 
 /// Istio host matching: exact, or a `*.suffix` / `*` wildcard.
+/// A Gateway server's `hosts` entry (`[namespace/]host`, `*` wildcards, `.` for the Gateway's
+/// own namespace) admits `host` routed by a VirtualService of `vs_namespace`.
+pub fn server_host_admits(entry: &str, gateway_namespace: &str, vs_namespace: &str, host: &str) -> bool {
+    let (ns, pattern) = entry.split_once('/').unwrap_or(("*", entry));
+    let ns_ok = match ns {
+        "*" => true,
+        "." => vs_namespace == gateway_namespace,
+        ns => ns == vs_namespace,
+    };
+    ns_ok && host_matches(pattern, host)
+}
+
 pub fn host_matches(pattern: &str, host: &str) -> bool {
     if pattern == "*" {
         return true;

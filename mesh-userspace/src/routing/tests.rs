@@ -29,9 +29,13 @@ fn table(yaml: &str) -> RouteTable {
     RouteTable::compile(&c, &registry()).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The errors of a config Istio rejects, whether found validating each object (at parse time)
+/// or compiling the table.
 fn compile_err(yaml: &str) -> crate::config::ConfigErrors {
-    let c = Config::parse_str("t.yaml", yaml).unwrap_or_else(|e| panic!("parse: {e}"));
-    RouteTable::compile(&c, &registry()).expect_err("must not compile")
+    match Config::parse_str("t.yaml", yaml) {
+        Err(e) => e,
+        Ok(c) => RouteTable::compile(&c, &registry()).expect_err("must not compile"),
+    }
 }
 
 /// A VirtualService for reviews with the given `http:` body (indented 2).
@@ -516,6 +520,57 @@ fn gateway_bound_virtual_service_applies_only_at_the_gateway() {
     assert_eq!(gw("/admin"), "404");
     // Inside the mesh the gateway VS does not apply: reviews keeps plain routing.
     assert_eq!(subset_of(&t, &req("/productpage", &[])), "all");
+}
+
+#[test]
+fn gateway_server_hosts_are_enforced() {
+    let t = table(
+        "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: httpbin-gateway}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [httpbin.example.com, \"other-ns/admin.example.com\"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: everything}
+spec:
+  hosts: [\"*\"]
+  gateways: [httpbin-gateway]
+  http:
+  - route:
+    - destination: {host: reviews}
+",
+    );
+    let headers = http::HeaderMap::new();
+    let uri: http::Uri = "/".parse().unwrap();
+    let route = |host: &str, port: u16| {
+        let info = RequestInfo {
+            context: Context::Gateway { name: "httpbin-gateway", namespace: "default", port },
+            source: None,
+            method: &http::Method::GET,
+            uri: &uri,
+            authority: Some(host),
+            scheme: "http",
+            headers: &headers,
+        };
+        match t.route(&info, &mut StdRng::seed_from_u64(1)) {
+            Decision::Forward(f) => f.cluster.service.name.clone(),
+            Decision::NoRoute { .. } => "404".into(),
+            Decision::Redirect { .. } => "redirect".into(),
+        }
+    };
+    assert_eq!(route("httpbin.example.com", 80), "reviews");
+    assert_eq!(route("httpbin.example.com:80", 80), "reviews");
+    // A host no server admits is 404 even though the VirtualService says "*" (Istio).
+    assert_eq!(route("other.example.com", 80), "404");
+    // `other-ns/admin.example.com` admits only VirtualServices of other-ns.
+    assert_eq!(route("admin.example.com", 80), "404");
+    // No server on that port.
+    assert_eq!(route("httpbin.example.com", 8080), "404");
 }
 
 #[test]
