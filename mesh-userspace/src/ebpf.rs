@@ -33,7 +33,8 @@ pub enum EbpfError {
     )]
     ObjectMissing { looked: String },
     #[error("cannot load eBPF object {path}: {source}; the kernel needs CONFIG_BPF_SYSCALL and CONFIG_CGROUP_BPF, and the agent CAP_BPF + CAP_NET_ADMIN (or root)")]
-    Load { path: PathBuf, source: aya::EbpfError },
+    // Boxed: aya 0.14's EbpfError is 128 bytes and would make every Result here that large.
+    Load { path: PathBuf, source: Box<aya::EbpfError> },
     #[error("eBPF object has no program {0}; rebuild it with `cargo xtask build-ebpf`")]
     NoProgram(&'static str),
     #[error("eBPF object has no map {0}; rebuild it with `cargo xtask build-ebpf`")]
@@ -108,8 +109,8 @@ impl MeshEbpf {
     /// Loads the object and attaches connect4 and sock_ops to `cgroup_root` (normally the root
     /// of the cgroup v2 hierarchy, so every pod below it is seen; only enrolled cgroups are acted on).
     pub fn load_and_attach(object: &Path, cgroup_root: &Path) -> Result<MeshEbpf, EbpfError> {
-        let mut bpf =
-            Ebpf::load_file(object).map_err(|source| EbpfError::Load { path: object.to_path_buf(), source })?;
+        let mut bpf = Ebpf::load_file(object)
+            .map_err(|source| EbpfError::Load { path: object.to_path_buf(), source: Box::new(source) })?;
         let cgroup =
             File::open(cgroup_root).map_err(|source| EbpfError::Cgroup { path: cgroup_root.to_path_buf(), source })?;
 
@@ -206,10 +207,13 @@ impl MeshEbpf {
         enrollment: Enrollment,
         name: String,
     ) -> Result<(), EbpfError> {
+        // The name first: the kernel may log for this cgroup as soon as it is in the map.
         lock(&self.names).insert(cgroup_id, netns_cookie, name);
-        lock(&self.enrolled)
-            .insert(cgroup_id, enrollment, 0)
-            .map_err(|source| EbpfError::Map { name: MAP_ENROLLED, source })
+        let inserted = lock(&self.enrolled).insert(cgroup_id, enrollment, 0);
+        inserted.map_err(|source| {
+            lock(&self.names).remove(cgroup_id);
+            EbpfError::Map { name: MAP_ENROLLED, source }
+        })
     }
 
     pub fn unenroll(&self, cgroup_id: u64) -> Result<(), EbpfError> {
