@@ -210,10 +210,9 @@ fn deny() -> Result<()> {
             .arg("deny")
             .arg("--manifest-path")
             .arg(&manifest)
-            .arg("--workspace")
-            .args(["check", "--config"])
+            .args(["--workspace", "--locked", "--config"])
             .arg(root.join("deny.toml"))
-            .args(["licenses", "bans", "sources"]))?;
+            .args(["check", "--hide-inclusion-graph", "licenses", "bans", "sources"]))?;
     }
     Ok(())
 }
