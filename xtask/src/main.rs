@@ -170,18 +170,36 @@ fn build_ebpf() -> Result<PathBuf> {
 /// (stable) and for the eBPF crate (nightly, BPF target; it is not a workspace member).
 fn lint() -> Result<()> {
     let root = root();
-    run(Command::new("cargo").current_dir(&root).args(["fmt", "--all", "--", "--check"]))?;
-    run(Command::new("cargo").current_dir(&root).args([
-        "clippy",
-        "--release",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
-    run(Command::new("cargo").current_dir(root.join("mesh-ebpf")).args(["+nightly", "fmt", "--", "--check"]))?;
-    run(ebpf_cargo("clippy")?.args(["--", "-D", "warnings"]))
+    // Every gate runs, so one report lists every failure.
+    let mut failed = Vec::new();
+    let mut gate = |name: &str, result: Result<()>| {
+        if let Err(e) = result {
+            eprintln!("xtask lint: {name} failed: {e}");
+            failed.push(name.to_string());
+        }
+    };
+    gate("workspace rustfmt", run(Command::new("cargo").current_dir(&root).args(["fmt", "--all", "--", "--check"])));
+    gate(
+        "workspace clippy",
+        run(Command::new("cargo").current_dir(&root).args([
+            "clippy",
+            "--release",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])),
+    );
+    gate(
+        "mesh-ebpf rustfmt",
+        run(Command::new("cargo").current_dir(root.join("mesh-ebpf")).args(["+nightly", "fmt", "--", "--check"])),
+    );
+    gate("mesh-ebpf clippy", ebpf_cargo("clippy").and_then(|mut c| run(c.args(["--", "-D", "warnings"]))));
+    if !failed.is_empty() {
+        bail!("lint failed: {}", failed.join(", "));
+    }
+    Ok(())
 }
 
 /// cargo-deny, pinned so every machine runs the same checks; installed once from crates.io.
