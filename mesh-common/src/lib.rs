@@ -16,6 +16,8 @@ pub const MAP_SERVICES: &str = "MESH_SERVICES";
 pub const MAP_ORIG_BY_COOKIE: &str = "MESH_ORIG_BY_COOKIE";
 pub const MAP_ORIG_BY_TUPLE: &str = "MESH_ORIG_BY_TUPLE";
 pub const MAP_STATS: &str = "MESH_STATS";
+pub const MAP_EVENT_STATS: &str = "MESH_EVENT_STATS";
+pub const MAP_LOG_LEVEL: &str = "MESH_LOG_LEVEL";
 
 pub const PROG_CONNECT4: &str = "mesh_connect4";
 pub const PROG_CONNECT6: &str = "mesh_connect6";
@@ -88,6 +90,32 @@ pub mod stats {
     pub const CONNECT_REDIRECTED: u32 = 1;
     pub const ESTABLISHED_INDEXED: u32 = 2;
     pub const COUNT: u32 = 3;
+}
+
+/// Indexes of the per-CPU counters in the event stats array map: one beside each kernel log
+/// event, counted whether or not logging is on. A separate map so `MESH_STATS` keeps its layout.
+pub mod events {
+    /// An enrolled pod connected to an address:port with no service entry (not redirected).
+    pub const CONNECT_NO_SERVICE: u32 = 0;
+    /// sock_ops saw an established connection to the proxy port with no original-destination
+    /// record (an iptables REDIRECT, a direct connect to 127.0.0.1:15001, or a record lost).
+    pub const ORIG_DST_MISSING: u32 = 1;
+    /// Inserting into an original-destination map failed (map full, out of memory).
+    pub const MAP_INSERT_FAILED: u32 = 2;
+    /// Any other helper or map failure that ended a program run early.
+    pub const PROGRAM_ERROR: u32 = 3;
+    pub const COUNT: u32 = 4;
+}
+
+/// The level the kernel programs log at, in `MESH_LOG_LEVEL[0]` (an array map the agent writes at
+/// run time). Same numbering as aya-log's `Level`; 0 means off, which is the map's initial value.
+pub mod log_level {
+    pub const OFF: u32 = 0;
+    pub const ERROR: u32 = 1;
+    pub const WARN: u32 = 2;
+    pub const INFO: u32 = 3;
+    pub const DEBUG: u32 = 4;
+    pub const TRACE: u32 = 5;
 }
 
 #[cfg(feature = "user")]

@@ -9,6 +9,11 @@
 //!
 //! Why not a `cgroup/getsockopt` SO_ORIGINAL_DST emulation: the proxy is ours, so it can read the
 //! map directly; one program less in the kernel and no per-getsockopt hook on every process of the node.
+//!
+//! Events an operator needs when a redirect does not happen are logged with aya-log (forwarded by
+//! the agent into its `tracing` output under `mesh::ebpf`) behind a run-time level the agent
+//! writes into `MESH_LOG_LEVEL`, and each is counted in `MESH_EVENT_STATS` whether logged or not.
+//! Messages end in `key=value` words (`cgroup=`, `netns=`) the agent replaces with the pod's name.
 #![no_std]
 #![no_main]
 
@@ -16,12 +21,13 @@ use aya_ebpf::{
     bindings::{BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_TCP_CONNECT_CB},
     helpers::{bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::{cgroup_sock_addr, map, sock_ops},
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::{SockAddrContext, SockOpsContext},
 };
+use aya_log_ebpf::debug;
 use mesh_common::{
-    stats, Enrollment, OriginalDst, ServiceKey, ServiceValue, TupleKey, LOOPBACK_V4_BE, MAX_CONNECTIONS, MAX_SERVICES,
-    MAX_WORKLOADS,
+    events, log_level, stats, Enrollment, OriginalDst, ServiceKey, ServiceValue, TupleKey, LOOPBACK_V4_BE,
+    MAX_CONNECTIONS, MAX_SERVICES, MAX_WORKLOADS, PROXY_OUTBOUND_PORT,
 };
 
 /// cgroup v2 id of an enrolled pod → its enrollment. Owned by the agent.
@@ -41,12 +47,40 @@ static MESH_ORIG_BY_TUPLE: LruHashMap<TupleKey, OriginalDst> = LruHashMap::with_
 #[map(name = "MESH_STATS")]
 static MESH_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT, 0);
 
+#[map(name = "MESH_EVENT_STATS")]
+static MESH_EVENT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(events::COUNT, 0);
+
+/// Entry 0: the level the programs log at (`mesh_common::log_level`), written by the agent at run
+/// time. aya-log's own `AYA_LOG_LEVEL` is a read-only global fixed at load time, so it cannot be
+/// the switch; an array lookup is what the verifier inlines into a few instructions.
+#[map(name = "MESH_LOG_LEVEL")]
+static MESH_LOG_LEVEL: Array<u32> = Array::with_max_entries(1, 0);
+
 #[inline(always)]
-fn count(idx: u32) {
-    if let Some(slot) = MESH_STATS.get_ptr_mut(idx) {
-        // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
+fn bump(map: &PerCpuArray<u64>, idx: u32) {
+    if let Some(slot) = map.get_ptr_mut(idx) {
+        // SAFETY: the pointer is to this CPU's slot of a per-CPU array, valid for the whole run
+        // (the map outlives the program). Only programs on this CPU write it; a sock_ops run in
+        // softirq interrupting this increment can at worst lose one count, never corrupt memory.
         unsafe { *slot += 1 };
     }
+}
+
+#[inline(always)]
+fn count(idx: u32) {
+    bump(&MESH_STATS, idx)
+}
+
+#[inline(always)]
+fn event(idx: u32) {
+    bump(&MESH_EVENT_STATS, idx)
+}
+
+/// Whether log statements at `level` run. With logging off this lookup and one branch is the
+/// whole cost; the aya-log code behind it is never reached.
+#[inline(always)]
+fn log_on(level: u32) -> bool {
+    MESH_LOG_LEVEL.get(0).is_some_and(|l| *l >= level)
 }
 
 const AF_INET: u32 = 2;
@@ -70,6 +104,7 @@ pub fn mesh_connect6(ctx: SockAddrContext) -> i32 {
 
 #[inline(always)]
 fn try_connect6(ctx: &SockAddrContext) -> Result<(), ()> {
+    // SAFETY: the kernel passes a valid, exclusively owned bpf_sock_addr for the program's run.
     let sa = unsafe { &mut *ctx.sock_addr };
     if sa.user_family != AF_INET6 {
         return Ok(());
@@ -87,6 +122,7 @@ fn try_connect6(ctx: &SockAddrContext) -> Result<(), ()> {
 
 #[inline(always)]
 fn try_connect4(ctx: &SockAddrContext) -> Result<(), ()> {
+    // SAFETY: the kernel passes a valid, exclusively owned bpf_sock_addr for the program's run.
     let sa = unsafe { &mut *ctx.sock_addr };
     if sa.user_family != AF_INET {
         return Ok(());
@@ -103,17 +139,34 @@ fn try_connect4(ctx: &SockAddrContext) -> Result<(), ()> {
 #[inline(always)]
 fn redirect(ctx: &SockAddrContext, dst_ip: u32, user_port: u32) -> Result<Option<u32>, ()> {
     count(stats::CONNECT_SEEN);
+    // SAFETY: helper without arguments, allowed for cgroup sock_addr programs.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let enrollment = match unsafe { MESH_ENROLLED.get(&cgroup_id) } {
+    // SAFETY: the value is copied out at once; a concurrent delete cannot free it while this
+    // program runs (RCU).
+    let enrollment = match unsafe { MESH_ENROLLED.get(cgroup_id) } {
         Some(e) => *e,
         None => return Ok(None),
     };
     let dst_port = u16::from_be(user_port as u16);
     let key = ServiceKey { ip4: dst_ip, port: dst_port, _pad: 0 };
-    let service = match unsafe { MESH_SERVICES.get(&key) } {
+    // SAFETY: as above, copied out at once under RCU.
+    let service = match unsafe { MESH_SERVICES.get(key) } {
         Some(s) => *s,
-        None => return Ok(None),
+        None => {
+            event(events::CONNECT_NO_SERVICE);
+            if log_on(log_level::DEBUG) {
+                debug!(
+                    ctx,
+                    "connect not redirected: no service entry for {:i}:{} cgroup={}",
+                    u32::from_be(dst_ip),
+                    dst_port,
+                    cgroup_id
+                );
+            }
+            return Ok(None);
+        }
     };
+    // SAFETY: ctx.sock_addr is the program's valid context pointer, which this helper takes.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut _) };
     let orig = OriginalDst {
         ip4: dst_ip,
@@ -122,8 +175,32 @@ fn redirect(ctx: &SockAddrContext, dst_ip: u32, user_port: u32) -> Result<Option
         workload_id: enrollment.workload_id,
         service_id: service.service_id,
     };
-    MESH_ORIG_BY_COOKIE.insert(&cookie, &orig, 0).map_err(|_| ())?;
+    if let Err(err) = MESH_ORIG_BY_COOKIE.insert(cookie, orig, 0) {
+        // Not redirecting is the safe failure: the connect goes where it was going.
+        event(events::MAP_INSERT_FAILED);
+        if log_on(log_level::DEBUG) {
+            debug!(
+                ctx,
+                "connect not redirected: MESH_ORIG_BY_COOKIE insert failed (errno {}) for {:i}:{} cgroup={}",
+                -(err as i64),
+                u32::from_be(dst_ip),
+                dst_port,
+                cgroup_id
+            );
+        }
+        return Err(());
+    }
     count(stats::CONNECT_REDIRECTED);
+    if log_on(log_level::DEBUG) {
+        debug!(
+            ctx,
+            "connect redirected to the node proxy: {:i}:{} service_id={} cgroup={}",
+            u32::from_be(dst_ip),
+            dst_port,
+            service.service_id,
+            cgroup_id
+        );
+    }
     Ok(Some(enrollment.proxy_port.to_be() as u32))
 }
 
@@ -144,17 +221,70 @@ fn try_established(ctx: &SockOpsContext) -> Result<(), ()> {
     if ctx.family() != AF_INET && ctx.family() != AF_INET6 {
         return Ok(());
     }
+    // SAFETY: ctx.ops is the program's valid context pointer, which this helper takes.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops as *mut _) };
-    let orig = match unsafe { MESH_ORIG_BY_COOKIE.get(&cookie) } {
+    // SAFETY: the value is copied out at once; a concurrent delete cannot free it while this
+    // program runs (RCU).
+    let orig = match unsafe { MESH_ORIG_BY_COOKIE.get(cookie) } {
         Some(o) => *o,
-        None => return Ok(()),
+        None => {
+            orig_missing(ctx);
+            return Ok(());
+        }
     };
+    // SAFETY: ctx.ops is the program's valid context pointer, which this helper takes.
     let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.ops as *mut _) };
     let key = TupleKey { netns_cookie, src_ip4: ctx.local_ip4(), src_port: ctx.local_port() as u16, _pad: 0 };
-    MESH_ORIG_BY_TUPLE.insert(&key, &orig, 0).map_err(|_| ())?;
-    let _ = MESH_ORIG_BY_COOKIE.remove(&cookie);
+    if let Err(err) = MESH_ORIG_BY_TUPLE.insert(key, orig, 0) {
+        // The proxy will find no record and fall back to SO_ORIGINAL_DST, which fails for a
+        // connect4 redirect: this connection cannot be routed, so say why.
+        event(events::MAP_INSERT_FAILED);
+        if log_on(log_level::DEBUG) {
+            debug!(
+                ctx,
+                "original destination {:i}:{} lost: MESH_ORIG_BY_TUPLE insert failed (errno {}) netns={}",
+                u32::from_be(orig.ip4),
+                orig.port,
+                -(err as i64),
+                netns_cookie
+            );
+        }
+        return Err(());
+    }
+    if let Err(err) = MESH_ORIG_BY_COOKIE.remove(cookie) {
+        // Harmless (the LRU map evicts it) but unexpected right after a successful lookup.
+        event(events::PROGRAM_ERROR);
+        if log_on(log_level::DEBUG) {
+            debug!(ctx, "MESH_ORIG_BY_COOKIE remove failed (errno {}) netns={}", -(err as i64), netns_cookie);
+        }
+    }
     count(stats::ESTABLISHED_INDEXED);
     Ok(())
+}
+
+/// An established connection to the proxy's in-pod listener with no record: connect4 did not
+/// record it (a direct connect to 127.0.0.1:15001, an iptables REDIRECT) or the record was lost
+/// (evicted from the LRU map before the handshake completed).
+#[inline(always)]
+fn orig_missing(ctx: &SockOpsContext) {
+    // remote_port holds the port in network order in its upper 16 bits (the kernel loads the
+    // 16-bit dport and shifts it on little-endian hosts); remote_ip4 is network order.
+    let remote_port = u16::from_be((ctx.remote_port() >> 16) as u16);
+    if ctx.remote_ip4() != LOOPBACK_V4_BE || remote_port != PROXY_OUTBOUND_PORT {
+        return;
+    }
+    event(events::ORIG_DST_MISSING);
+    if log_on(log_level::DEBUG) {
+        // SAFETY: ctx.ops is the program's valid context pointer, which this helper takes.
+        let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.ops as *mut _) };
+        debug!(
+            ctx,
+            "no original-destination record for connection 127.0.0.1:{} -> 127.0.0.1:{} netns={}",
+            ctx.local_port(),
+            remote_port,
+            netns_cookie
+        );
+    }
 }
 
 #[cfg(not(test))]
@@ -163,6 +293,8 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
+/// Cargo.toml says `Apache-2.0 OR GPL-2.0-only`. The kernel only reads whether the string is one of
+/// its GPL-compatible names (it has no Apache dual-licence entry); "GPL v2" is the GPL-2.0 side.
 #[link_section = "license"]
 #[no_mangle]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+static LICENSE: [u8; 7] = *b"GPL v2\0";

@@ -82,6 +82,12 @@ const ENROLL_RETRY: Duration = Duration::from_millis(250);
 pub async fn run(args: AgentArgs) -> Result<()> {
     let object = ebpf::find_object(args.ebpf_object.as_deref())?;
     let bpf = Arc::new(MeshEbpf::load_and_attach(&object, &args.cgroup_root)?);
+    // The kernel logs at the level RUST_LOG gives `mesh::ebpf` (off unless asked for: the
+    // default filter "info" is below the kernel's debug events).
+    bpf.forward_kernel_logs().context("forwarding kernel log records")?;
+    let kernel_level = crate::ebpf_log::level_from_tracing();
+    bpf.set_log_level(kernel_level)?;
+    tracing::debug!(level = kernel_level, "eBPF log level set");
     // SAFETY: malloc_trim has no preconditions. Loading parsed the kernel's BTF (megabytes, now freed); return it.
     unsafe { libc::malloc_trim(0) };
     let client = match args.kubernetes {
@@ -411,7 +417,8 @@ impl NodeReconciler {
         let task = tokio::spawn(proxy::serve_pod_listener(self.state.clone(), current.clone(), listener, cookie));
         self.next_workload_id = self.next_workload_id.wrapping_add(1);
         let enrollment = Enrollment { workload_id: self.next_workload_id, proxy_port: PROXY_OUTBOUND_PORT, _pad: 0 };
-        if let Err(e) = self.bpf.enroll(cgroup_id, enrollment) {
+        let name = format!("{}/{}", workload.namespace, workload.name);
+        if let Err(e) = self.bpf.enroll(cgroup_id, cookie, enrollment, name) {
             task.abort();
             return Err(e.into());
         }
@@ -575,6 +582,10 @@ async fn serve_admin(state: Arc<ProxyState>, bpf: Arc<MeshEbpf>, ready: Arc<Atom
                                 ("mesh_kernel_connects_seen_total", k.connects_seen),
                                 ("mesh_kernel_connects_redirected_total", k.connects_redirected),
                                 ("mesh_kernel_connections_indexed_total", k.established_indexed),
+                                ("mesh_kernel_connects_no_service_total", k.connects_no_service),
+                                ("mesh_kernel_orig_dst_missing_total", k.orig_dst_missing),
+                                ("mesh_kernel_map_insert_failures_total", k.map_insert_failures),
+                                ("mesh_kernel_program_errors_total", k.program_errors),
                             ])))
                         }
                         _ => {

@@ -8,19 +8,22 @@ use std::{
     net::{Ipv4Addr, SocketAddrV4},
     os::fd::AsRawFd,
     path::{Path, PathBuf},
-    sync::Mutex,
+    sync::{Arc, Mutex},
 };
 
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
     programs::{CgroupAttachMode, CgroupSockAddr, SockOps},
     Ebpf,
 };
+use aya_log::EbpfLogger;
 use mesh_common::{
-    Enrollment, OriginalDst, ServiceKey, ServiceValue, TupleKey, MAP_ENROLLED, MAP_ORIG_BY_TUPLE, MAP_SERVICES,
-    MAP_STATS, PROG_CONNECT4, PROG_CONNECT6, PROG_SOCK_OPS,
+    Enrollment, OriginalDst, ServiceKey, ServiceValue, TupleKey, MAP_ENROLLED, MAP_EVENT_STATS, MAP_LOG_LEVEL,
+    MAP_ORIG_BY_TUPLE, MAP_SERVICES, MAP_STATS, PROG_CONNECT4, PROG_CONNECT6, PROG_SOCK_OPS,
 };
 use thiserror::Error;
+
+use crate::ebpf_log::{Forwarder, PodNames};
 
 #[derive(Debug, Error)]
 pub enum EbpfError {
@@ -30,7 +33,8 @@ pub enum EbpfError {
     )]
     ObjectMissing { looked: String },
     #[error("cannot load eBPF object {path}: {source}; the kernel needs CONFIG_BPF_SYSCALL and CONFIG_CGROUP_BPF, and the agent CAP_BPF + CAP_NET_ADMIN (or root)")]
-    Load { path: PathBuf, source: aya::EbpfError },
+    // Boxed: aya 0.14's EbpfError is 128 bytes and would make every Result here that large.
+    Load { path: PathBuf, source: Box<aya::EbpfError> },
     #[error("eBPF object has no program {0}; rebuild it with `cargo xtask build-ebpf`")]
     NoProgram(&'static str),
     #[error("eBPF object has no map {0}; rebuild it with `cargo xtask build-ebpf`")]
@@ -41,6 +45,8 @@ pub enum EbpfError {
     Map { name: &'static str, source: aya::maps::MapError },
     #[error("cannot open cgroup {path}: {source}; is cgroup v2 mounted there? (hybrid layouts mount it at /sys/fs/cgroup/unified)")]
     Cgroup { path: PathBuf, source: std::io::Error },
+    #[error("eBPF object has no aya-log ring buffer; rebuild it with `cargo xtask build-ebpf`: {0}")]
+    Log(#[from] aya_log::Error),
 }
 
 /// Where to find the compiled eBPF object: explicit path, `MESH_EBPF_OBJECT`, next to the
@@ -76,6 +82,12 @@ pub struct KernelStats {
     pub connects_seen: u64,
     pub connects_redirected: u64,
     pub established_indexed: u64,
+    /// Enrolled pods' connects to an address:port with no service entry (not redirected).
+    pub connects_no_service: u64,
+    /// Established connections to the proxy port with no original-destination record.
+    pub orig_dst_missing: u64,
+    pub map_insert_failures: u64,
+    pub program_errors: u64,
 }
 
 pub struct MeshEbpf {
@@ -85,6 +97,11 @@ pub struct MeshEbpf {
     services: Mutex<BpfHashMap<MapData, ServiceKey, ServiceValue>>,
     orig_by_tuple: Mutex<BpfHashMap<MapData, TupleKey, OriginalDst>>,
     stats: PerCpuArray<MapData, u64>,
+    event_stats: PerCpuArray<MapData, u64>,
+    log_level: Mutex<Array<MapData, u32>>,
+    /// Taken by [`MeshEbpf::forward_kernel_logs`].
+    logger: Mutex<Option<EbpfLogger<Forwarder>>>,
+    names: Arc<Mutex<PodNames>>,
     cgroup_root: PathBuf,
 }
 
@@ -92,8 +109,8 @@ impl MeshEbpf {
     /// Loads the object and attaches connect4 and sock_ops to `cgroup_root` (normally the root
     /// of the cgroup v2 hierarchy, so every pod below it is seen; only enrolled cgroups are acted on).
     pub fn load_and_attach(object: &Path, cgroup_root: &Path) -> Result<MeshEbpf, EbpfError> {
-        let mut bpf =
-            Ebpf::load_file(object).map_err(|source| EbpfError::Load { path: object.to_path_buf(), source })?;
+        let mut bpf = Ebpf::load_file(object)
+            .map_err(|source| EbpfError::Load { path: object.to_path_buf(), source: Box::new(source) })?;
         let cgroup =
             File::open(cgroup_root).map_err(|source| EbpfError::Cgroup { path: cgroup_root.to_path_buf(), source })?;
 
@@ -107,6 +124,8 @@ impl MeshEbpf {
             // On kernels >= 5.7 aya attaches with bpf_link_create, whose cgroup links always
             // coexist with other programs (a CNI's own connect4); the kernel rejects
             // BPF_F_ALLOW_MULTI there, so "Single" (flags 0) is the mode that means "a link".
+            // Still so with aya 0.14 (it passes the mode as link_create flags): AllowMultiple
+            // fails with EINVAL on kernel 6.18.
             prog.attach(&cgroup, CgroupAttachMode::Single).map_err(|source| EbpfError::Program { name, source })?;
         }
 
@@ -123,8 +142,12 @@ impl MeshEbpf {
         let enrolled = take_hash(&mut bpf, MAP_ENROLLED)?;
         let services = take_hash(&mut bpf, MAP_SERVICES)?;
         let orig_by_tuple = take_hash(&mut bpf, MAP_ORIG_BY_TUPLE)?;
-        let stats = PerCpuArray::try_from(bpf.take_map(MAP_STATS).ok_or(EbpfError::NoMap(MAP_STATS))?)
-            .map_err(|source| EbpfError::Map { name: MAP_STATS, source })?;
+        let stats = take_per_cpu(&mut bpf, MAP_STATS)?;
+        let event_stats = take_per_cpu(&mut bpf, MAP_EVENT_STATS)?;
+        let log_level = Array::try_from(bpf.take_map(MAP_LOG_LEVEL).ok_or(EbpfError::NoMap(MAP_LOG_LEVEL))?)
+            .map_err(|source| EbpfError::Map { name: MAP_LOG_LEVEL, source })?;
+        let names = Arc::new(Mutex::new(PodNames::default()));
+        let logger = EbpfLogger::init_with_logger(&mut bpf, Forwarder { names: names.clone() })?;
         tracing::info!(object = %object.display(), cgroup = %cgroup_root.display(), "eBPF programs attached");
         Ok(MeshEbpf {
             bpf,
@@ -132,17 +155,69 @@ impl MeshEbpf {
             services: Mutex::new(services),
             orig_by_tuple: Mutex::new(orig_by_tuple),
             stats,
+            event_stats,
+            log_level: Mutex::new(log_level),
+            logger: Mutex::new(Some(logger)),
+            names,
             cgroup_root: cgroup_root.to_path_buf(),
         })
     }
 
-    pub fn enroll(&self, cgroup_id: u64, enrollment: Enrollment) -> Result<(), EbpfError> {
-        lock(&self.enrolled)
-            .insert(cgroup_id, enrollment, 0)
-            .map_err(|source| EbpfError::Map { name: MAP_ENROLLED, source })
+    /// Sets the level the kernel programs log at (`mesh_common::log_level`); takes effect on the
+    /// next program run, nothing is reloaded.
+    pub fn set_log_level(&self, level: u32) -> Result<(), EbpfError> {
+        lock(&self.log_level).set(0, level, 0).map_err(|source| EbpfError::Map { name: MAP_LOG_LEVEL, source })
+    }
+
+    /// Starts the task that forwards the kernel's log records into `tracing` (see
+    /// [`crate::ebpf_log`]). Only the first call starts one.
+    pub fn forward_kernel_logs(&self) -> std::io::Result<()> {
+        let Some(logger) = lock(&self.logger).take() else { return Ok(()) };
+        // SAFETY: the fd is the ring buffer map's, owned by `logger`, which the AsyncFd owns for
+        // its whole life; EbpfLogger::as_raw_fd always returns that same fd.
+        let mut logger =
+            unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
+                .map_err(|e| e.into_parts().1)?;
+        tokio::spawn(async move {
+            loop {
+                let mut guard = match logger.readable_mut().await {
+                    Ok(g) => g,
+                    Err(e) => {
+                        tracing::error!(error = %e, "kernel log ring buffer cannot be polled; kernel events are no longer forwarded");
+                        return;
+                    }
+                };
+                // aya-log's flush unwraps its decoder's result; a malformed record must not take
+                // the agent down. The record is consumed either way, so the next flush goes on.
+                let flushed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| guard.get_inner_mut().flush()));
+                if flushed.is_err() {
+                    tracing::warn!(target: "mesh::ebpf", "dropped a kernel log record aya-log could not decode");
+                }
+                guard.clear_ready();
+            }
+        });
+        Ok(())
+    }
+
+    /// Enrolls a pod: its cgroup id into the kernel map, and its name for the kernel's log events.
+    pub fn enroll(
+        &self,
+        cgroup_id: u64,
+        netns_cookie: u64,
+        enrollment: Enrollment,
+        name: String,
+    ) -> Result<(), EbpfError> {
+        // The name first: the kernel may log for this cgroup as soon as it is in the map.
+        lock(&self.names).insert(cgroup_id, netns_cookie, name);
+        let inserted = lock(&self.enrolled).insert(cgroup_id, enrollment, 0);
+        inserted.map_err(|source| {
+            lock(&self.names).remove(cgroup_id);
+            EbpfError::Map { name: MAP_ENROLLED, source }
+        })
     }
 
     pub fn unenroll(&self, cgroup_id: u64) -> Result<(), EbpfError> {
+        lock(&self.names).remove(cgroup_id);
         match lock(&self.enrolled).remove(&cgroup_id) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(source) => Err(EbpfError::Map { name: MAP_ENROLLED, source }),
@@ -176,11 +251,18 @@ impl MeshEbpf {
     }
 
     pub fn stats(&self) -> KernelStats {
-        let sum = |idx: u32| self.stats.get(&idx, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
+        let sum = |map: &PerCpuArray<MapData, u64>, idx: u32| {
+            map.get(&idx, 0).map(|v| v.iter().fold(0u64, |a, b| a.wrapping_add(*b))).unwrap_or(0)
+        };
+        use mesh_common::{events, stats};
         KernelStats {
-            connects_seen: sum(mesh_common::stats::CONNECT_SEEN),
-            connects_redirected: sum(mesh_common::stats::CONNECT_REDIRECTED),
-            established_indexed: sum(mesh_common::stats::ESTABLISHED_INDEXED),
+            connects_seen: sum(&self.stats, stats::CONNECT_SEEN),
+            connects_redirected: sum(&self.stats, stats::CONNECT_REDIRECTED),
+            established_indexed: sum(&self.stats, stats::ESTABLISHED_INDEXED),
+            connects_no_service: sum(&self.event_stats, events::CONNECT_NO_SERVICE),
+            orig_dst_missing: sum(&self.event_stats, events::ORIG_DST_MISSING),
+            map_insert_failures: sum(&self.event_stats, events::MAP_INSERT_FAILED),
+            program_errors: sum(&self.event_stats, events::PROGRAM_ERROR),
         }
     }
 
@@ -201,6 +283,11 @@ fn take_hash<K: aya::Pod, V: aya::Pod>(
 ) -> Result<BpfHashMap<MapData, K, V>, EbpfError> {
     let map = bpf.take_map(name).ok_or(EbpfError::NoMap(name))?;
     BpfHashMap::try_from(map).map_err(|source| EbpfError::Map { name, source })
+}
+
+fn take_per_cpu(bpf: &mut Ebpf, name: &'static str) -> Result<PerCpuArray<MapData, u64>, EbpfError> {
+    let map = bpf.take_map(name).ok_or(EbpfError::NoMap(name))?;
+    PerCpuArray::try_from(map).map_err(|source| EbpfError::Map { name, source })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -7,6 +7,7 @@ pub mod cli_routing;
 pub mod config;
 pub mod discovery;
 pub mod ebpf;
+pub mod ebpf_log;
 pub mod inpod;
 pub mod metrics;
 pub mod proxy;

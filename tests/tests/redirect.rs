@@ -27,6 +27,36 @@ fn no_netfilter_rules() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits for one line of the agent's log from target `mesh::ebpf` containing every one of `needles`.
+fn wait_for_kernel_event(node: &Node, needles: &[&str]) -> anyhow::Result<()> {
+    let found = || {
+        strip_ansi(&node.log("agent"))
+            .lines()
+            .any(|l| l.contains("mesh::ebpf") && needles.iter().all(|n| l.contains(n)))
+    };
+    wait_until(&format!("kernel event {needles:?} in the agent log"), Duration::from_secs(5), found)
+        .map_err(|e| anyhow::anyhow!("{e}\nagent log:\n{}", strip_ansi(&node.log("agent"))))
+}
+
+/// The agent's log may carry colour escapes; matching is on the text.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters final-byte (a letter).
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 #[test]
 fn vip_connect_is_redirected_through_the_node_proxy() -> anyhow::Result<()> {
     if !require_ebpf("vip_connect_is_redirected_through_the_node_proxy") {
@@ -63,7 +93,8 @@ fn vip_connect_is_redirected_through_the_node_proxy() -> anyhow::Result<()> {
             .args(["agent", "--registry"])
             .arg(&reg_file)
             .args(["--admin", &admin.to_string(), "--ingress-bind", "127.0.0.1"])
-            .env("RUST_LOG", "info"),
+            // The kernel programs' debug events on, through the agent's tracing filter.
+            .env("RUST_LOG", "info,mesh::ebpf=debug"),
     )?;
     wait_for_port(admin, Duration::from_secs(20))
         .map_err(|e| anyhow::anyhow!("{e}\nagent log:\n{}", node.log("agent")))?;
@@ -108,8 +139,25 @@ fn vip_connect_is_redirected_through_the_node_proxy() -> anyhow::Result<()> {
     );
     // Exactly the client's connects were redirected: the proxy's own upstream connects were not.
     assert_eq!(metric(&metrics, "mesh_kernel_connects_redirected_total", &[]), n, "{metrics}");
+    // The kernel said so, naming the pod and the VIP.
+    wait_for_kernel_event(&node, &["connect redirected to the node proxy: 10.96.0.20:9080", "pod=default/client"])?;
 
-    // 1b. A dual-stack socket reaching the VIP as an IPv4-mapped IPv6 address is redirected too.
+    // 1a. An enrolled pod's connect to a VIP:port no service has is not redirected (it fails on the
+    // pod's blackhole route), is counted, and the kernel's debug event names pod and address.
+    let out = node.exec("client", &["curl", "-sS", "--max-time", "3", "http://10.96.0.99:8080/"])?;
+    assert!(!out.status.success(), "unknown VIP reached: {}", String::from_utf8_lossy(&out.stdout));
+    wait_for_kernel_event(
+        &node,
+        &["connect not redirected: no service entry for 10.96.0.99:8080", "pod=default/client"],
+    )?;
+    assert_eq!(metric(&http_get(admin, "/metrics")?, "mesh_kernel_connects_no_service_total", &[]), 1);
+
+    // 1b. A connection to the proxy port that connect4 did not record: sock_ops reports it.
+    let _ = node.exec("client", &["curl", "-sS", "--max-time", "3", "http://127.0.0.1:15001/"])?;
+    wait_for_kernel_event(&node, &["no original-destination record for connection", "pod=default/client"])?;
+    assert_eq!(metric(&http_get(admin, "/metrics")?, "mesh_kernel_orig_dst_missing_total", &[]), 1);
+
+    // 1c. A dual-stack socket reaching the VIP as an IPv4-mapped IPv6 address is redirected too.
     let out =
         node.exec("client", &["curl", "-sS", "--max-time", "5", "-g", "http://[::ffff:10.96.0.20]:9080/mapped"])?;
     let body = String::from_utf8_lossy(&out.stdout);

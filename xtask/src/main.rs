@@ -1,4 +1,4 @@
-//! Project automation: `cargo xtask build-ebpf | test | demo | bench`.
+//! Project automation: `cargo xtask build-ebpf | lint | test | demo | bench`.
 //!
 //! Everything a fresh machine lacks (rust-src for nightly, bpf-linker, Debian packages the tests
 //! use) is installed here, idempotently, so the README's two commands work on a clean clone.
@@ -21,6 +21,10 @@ struct Cli {
 enum Cmd {
     /// Build the eBPF object (installs nightly rust-src and bpf-linker when missing).
     BuildEbpf,
+    /// rustfmt --check and clippy -D warnings for the workspace and for mesh-ebpf (nightly, BPF target).
+    Lint,
+    /// cargo-deny: licences, bans and sources of the workspace and mesh-ebpf (installs cargo-deny).
+    Deny,
     /// Install what the tests need, build everything (eBPF included) and run every test.
     Test {
         /// Extra arguments passed to `cargo test` (e.g. a test name filter).
@@ -53,6 +57,8 @@ enum Cmd {
 fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::BuildEbpf => build_ebpf().map(|p| println!("eBPF object: {}", p.display())),
+        Cmd::Lint => lint(),
+        Cmd::Deny => deny(),
         Cmd::Test { args } => test(&args),
         Cmd::Demo { args } => demo(&args),
         Cmd::Bench { args } => bench(&args),
@@ -132,7 +138,8 @@ fn ensure_bpf_linker() -> Result<()> {
         .env("LLVM_PREFIX", &prefix))
 }
 
-fn build_ebpf() -> Result<PathBuf> {
+/// `cargo +nightly <subcommand>` in mesh-ebpf/ for the BPF target, with what it needs installed.
+fn ebpf_cargo(subcommand: &str) -> Result<Command> {
     if !succeeds(Command::new("rustup").args(["+nightly", "component", "list", "--installed"]).arg("--quiet"))
         || !String::from_utf8_lossy(
             &Command::new("rustup").args(["+nightly", "component", "list", "--installed"]).output()?.stdout,
@@ -143,23 +150,98 @@ fn build_ebpf() -> Result<PathBuf> {
     }
     ensure_bpf_linker()?;
     let root = root();
-    let target_dir = root.join("target/ebpf");
     // PATH gets ~/.cargo/bin so rustc finds the bpf-linker we may just have installed.
     let path = format!("{}:{}", cargo_bin("").display(), std::env::var("PATH").unwrap_or_default());
-    run(Command::new("cargo")
-        .current_dir(root.join("mesh-ebpf"))
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root.join("mesh-ebpf"))
         .env_remove("RUSTUP_TOOLCHAIN")
         .env_remove("RUSTC")
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env("PATH", path)
-        .args(["+nightly", "build", "--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args(["+nightly", subcommand, "--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core"])
         .arg("--target-dir")
-        .arg(&target_dir))?;
+        .arg(root.join("target/ebpf"));
+    Ok(cmd)
+}
+
+fn build_ebpf() -> Result<PathBuf> {
+    run(&mut ebpf_cargo("build")?)?;
+    let root = root();
+    let target_dir = root.join("target/ebpf");
     let built = target_dir.join("bpfel-unknown-none/release/mesh-ebpf");
     let dest = root.join("target/mesh-ebpf.o");
     std::fs::copy(&built, &dest).with_context(|| format!("copy {} to {}", built.display(), dest.display()))?;
     Ok(dest)
+}
+
+/// The gates every change passes: formatting and clippy with warnings denied, for the workspace
+/// (stable) and for the eBPF crate (nightly, BPF target; it is not a workspace member).
+fn lint() -> Result<()> {
+    let root = root();
+    // Every gate runs, so one report lists every failure.
+    let mut failed = Vec::new();
+    let mut gate = |name: &str, result: Result<()>| {
+        if let Err(e) = result {
+            eprintln!("xtask lint: {name} failed: {e}");
+            failed.push(name.to_string());
+        }
+    };
+    gate("workspace rustfmt", run(Command::new("cargo").current_dir(&root).args(["fmt", "--all", "--", "--check"])));
+    gate(
+        "workspace clippy",
+        run(Command::new("cargo").current_dir(&root).args([
+            "clippy",
+            "--release",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])),
+    );
+    gate(
+        "mesh-ebpf rustfmt",
+        run(Command::new("cargo").current_dir(root.join("mesh-ebpf")).args(["+nightly", "fmt", "--", "--check"])),
+    );
+    gate("mesh-ebpf clippy", ebpf_cargo("clippy").and_then(|mut c| run(c.args(["--", "-D", "warnings"]))));
+    if !failed.is_empty() {
+        bail!("lint failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// cargo-deny, pinned so every machine runs the same checks; installed once from crates.io.
+const CARGO_DENY_VERSION: &str = "0.20.2";
+
+fn ensure_cargo_deny() -> Result<()> {
+    let out = Command::new(cargo_bin("cargo-deny")).arg("--version").output();
+    if out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(CARGO_DENY_VERSION)) {
+        return Ok(());
+    }
+    eprintln!("xtask: installing cargo-deny {CARGO_DENY_VERSION} (once, a few minutes)");
+    run(Command::new("cargo").args(["install", "--locked", "--force", "cargo-deny", "--version", CARGO_DENY_VERSION]))
+}
+
+/// Licences, banned/duplicate crates and crate sources against deny.toml. Advisories are left
+/// out: they need the advisory database from the network, the other checks read only Cargo.lock.
+fn deny() -> Result<()> {
+    ensure_cargo_deny()?;
+    let path = format!("{}:{}", cargo_bin("").display(), std::env::var("PATH").unwrap_or_default());
+    let root = root();
+    // mesh-ebpf is its own workspace (BPF target), so it is checked on its own, same rules.
+    for manifest in [root.join("Cargo.toml"), root.join("mesh-ebpf/Cargo.toml")] {
+        run(Command::new("cargo")
+            .current_dir(&root)
+            .env("PATH", &path)
+            .arg("deny")
+            .arg("--manifest-path")
+            .arg(&manifest)
+            .args(["--workspace", "--locked", "--config"])
+            .arg(root.join("deny.toml"))
+            .args(["check", "--hide-inclusion-graph", "licenses", "bans", "sources"]))?;
+    }
+    Ok(())
 }
 
 /// Debian packages the end-to-end tests and the demo use. Installed only when missing.
@@ -237,6 +319,7 @@ fn build_userspace() -> Result<()> {
 fn test(args: &[String]) -> Result<()> {
     use std::io::{BufRead, BufReader};
     ensure_packages()?;
+    deny()?;
     build_ebpf()?;
     build_userspace()?;
     let mut child = Command::new("cargo")
