@@ -144,6 +144,8 @@ pub struct Sourced<S> {
     pub name: String,
     pub namespace: String,
     pub api_version: String,
+    /// `metadata.annotations` (Istio's validation looks at `istio.io/dry-run`).
+    pub annotations: std::collections::BTreeMap<String, String>,
     pub spec: S,
     pub at: Arc<Locator>,
 }
@@ -503,6 +505,7 @@ fn sourced<S>(r: Resource<S>, at: Arc<Locator>) -> Sourced<S> {
         name: r.metadata.name,
         namespace: r.metadata.namespace.unwrap_or_else(|| "default".into()),
         api_version: r.api_version,
+        annotations: r.metadata.annotations,
         spec: r.spec,
         at,
     }

@@ -35,7 +35,7 @@ fn every_seed_file_loads_verbatim() {
 fn all_api_versions_are_accepted_and_others_rejected() {
     for v in ["v1alpha3", "v1beta1", "v1"] {
         let y = format!(
-            "apiVersion: networking.istio.io/{v}\nkind: VirtualService\nmetadata: {{name: r}}\nspec: {{hosts: [r]}}\n"
+            "apiVersion: networking.istio.io/{v}\nkind: VirtualService\nmetadata: {{name: r}}\nspec: {{hosts: [r], http: [{{route: [{{destination: {{host: r}}}}]}}]}}\n"
         );
         Config::parse_str("v.yaml", &y).unwrap_or_else(|e| panic!("{v}: {e}"));
     }

@@ -43,7 +43,7 @@ pub struct VirtualServiceSpec {
     #[serde(default)]
     pub tcp: Vec<TcpRoute>,
     #[serde(default)]
-    pub tls: Vec<serde_yaml::Value>,
+    pub tls: Vec<TlsRoute>,
     #[serde(default)]
     pub export_to: Vec<String>,
 }
@@ -60,7 +60,7 @@ pub struct HttpRoute {
     #[serde(default)]
     pub redirect: Option<HttpRedirect>,
     #[serde(default)]
-    pub direct_response: Option<serde_yaml::Value>,
+    pub direct_response: Option<DirectResponse>,
     #[serde(default)]
     pub delegate: Option<serde_yaml::Value>,
     #[serde(default)]
@@ -74,15 +74,67 @@ pub struct HttpRoute {
     #[serde(default)]
     pub mirror: Option<Destination>,
     #[serde(default)]
-    pub mirrors: Vec<serde_yaml::Value>,
+    pub mirrors: Vec<MirrorPolicy>,
     #[serde(default)]
     pub mirror_percentage: Option<Percent>,
-    #[serde(default)]
+    /// Deprecated integer form; the v1 CRD also spells it `mirror_percent`.
+    #[serde(default, alias = "mirror_percent")]
     pub mirror_percent: Option<u32>,
     #[serde(default)]
-    pub cors_policy: Option<serde_yaml::Value>,
+    pub cors_policy: Option<CorsPolicy>,
     #[serde(default)]
     pub headers: Option<Headers>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectResponse {
+    /// Required by the CRD; 0 when left out, which Istio's range check rejects.
+    #[serde(default)]
+    pub status: u32,
+    #[serde(default)]
+    pub body: Option<HttpBody>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpBody {
+    #[serde(default)]
+    pub string: Option<String>,
+    /// Base64, as the CRD's `format: byte`.
+    #[serde(default)]
+    pub bytes: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorPolicy {
+    #[serde(default)]
+    pub destination: Option<Destination>,
+    #[serde(default)]
+    pub percentage: Option<Percent>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CorsPolicy {
+    #[serde(default)]
+    pub allow_origins: Vec<StringMatch>,
+    /// Deprecated list of exact origins.
+    #[serde(default)]
+    pub allow_origin: Vec<String>,
+    #[serde(default)]
+    pub allow_methods: Vec<String>,
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    #[serde(default)]
+    pub max_age: Option<String>,
+    #[serde(default)]
+    pub allow_credentials: Option<bool>,
+    #[serde(default)]
+    pub unmatched_preflights: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -171,6 +223,9 @@ pub struct HttpRedirect {
     pub redirect_code: Option<u32>,
     #[serde(default)]
     pub derive_port: Option<String>,
+    /// Replaces the matched prefix of the path in the redirect's Location.
+    #[serde(default)]
+    pub prefix_rewrite: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -181,7 +236,16 @@ pub struct HttpRewrite {
     #[serde(default)]
     pub authority: Option<String>,
     #[serde(default)]
-    pub uri_regex_rewrite: Option<serde_yaml::Value>,
+    pub uri_regex_rewrite: Option<RegexRewrite>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegexRewrite {
+    #[serde(default, rename = "match")]
+    pub matches: Option<String>,
+    #[serde(default)]
+    pub rewrite: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -195,6 +259,10 @@ pub struct HttpRetry {
     pub retry_on: Option<String>,
     #[serde(default)]
     pub retry_remote_localities: Option<bool>,
+    #[serde(default)]
+    pub backoff: Option<String>,
+    #[serde(default)]
+    pub retry_ignore_previous_hosts: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -227,6 +295,8 @@ pub struct FaultAbort {
     pub http_status: Option<i64>,
     #[serde(default)]
     pub grpc_status: Option<String>,
+    #[serde(default)]
+    pub http2_error: Option<String>,
     #[serde(default)]
     pub percentage: Option<Percent>,
 }
@@ -279,6 +349,35 @@ pub struct L4Match {
     pub source_namespace: Option<String>,
     #[serde(default)]
     pub gateways: Vec<String>,
+    #[serde(default)]
+    pub source_subnet: Option<String>,
+}
+
+/// A `tls[]` route of a VirtualService: validated as Istio does, not served by the node proxy.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsRoute {
+    #[serde(default, rename = "match")]
+    pub matches: Vec<TlsMatch>,
+    #[serde(default)]
+    pub route: Vec<RouteDestination>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsMatch {
+    #[serde(default)]
+    pub sni_hosts: Vec<String>,
+    #[serde(default)]
+    pub destination_subnets: Vec<String>,
+    #[serde(default)]
+    pub port: Option<u32>,
+    #[serde(default)]
+    pub source_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub source_namespace: Option<String>,
+    #[serde(default)]
+    pub gateways: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -300,7 +399,14 @@ pub struct DestinationRuleSpec {
     #[serde(default)]
     pub export_to: Vec<String>,
     #[serde(default)]
-    pub workload_selector: Option<serde_yaml::Value>,
+    pub workload_selector: Option<WorkloadSelector>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadSelector {
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -323,13 +429,68 @@ pub struct TrafficPolicy {
     #[serde(default)]
     pub outlier_detection: Option<OutlierDetectionSettings>,
     #[serde(default)]
-    pub tls: Option<serde_yaml::Value>,
+    pub tls: Option<ClientTlsSettings>,
     #[serde(default)]
     pub port_level_settings: Vec<PortTrafficPolicy>,
     #[serde(default)]
-    pub tunnel: Option<serde_yaml::Value>,
+    pub tunnel: Option<TunnelSettings>,
     #[serde(default)]
-    pub proxy_protocol: Option<serde_yaml::Value>,
+    pub proxy_protocol: Option<ProxyProtocol>,
+    #[serde(default)]
+    pub retry_budget: Option<RetryBudget>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientTlsSettings {
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub client_certificate: Option<String>,
+    #[serde(default)]
+    pub private_key: Option<String>,
+    #[serde(default)]
+    pub ca_certificates: Option<String>,
+    #[serde(default)]
+    pub credential_name: Option<String>,
+    #[serde(default)]
+    pub subject_alt_names: Option<Vec<String>>,
+    #[serde(default)]
+    pub sni: Option<String>,
+    #[serde(default)]
+    pub insecure_skip_verify: Option<bool>,
+    #[serde(default)]
+    pub ca_crl: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TunnelSettings {
+    #[serde(default)]
+    pub protocol: Option<String>,
+    #[serde(default)]
+    pub target_host: String,
+    #[serde(default)]
+    pub target_port: u32,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyProtocol {
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryBudget {
+    /// A plain double in the v1 CRD (not a `{value}` Percent).
+    #[serde(default)]
+    pub percent: Option<f64>,
+    #[serde(default)]
+    pub min_retry_concurrency: Option<u32>,
+    #[serde(default)]
+    pub budget_interval: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -344,7 +505,7 @@ pub struct PortTrafficPolicy {
     #[serde(default)]
     pub outlier_detection: Option<OutlierDetectionSettings>,
     #[serde(default)]
-    pub tls: Option<serde_yaml::Value>,
+    pub tls: Option<ClientTlsSettings>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -355,9 +516,61 @@ pub struct LoadBalancerSettings {
     #[serde(default)]
     pub consistent_hash: Option<ConsistentHash>,
     #[serde(default)]
-    pub locality_lb_setting: Option<serde_yaml::Value>,
+    pub locality_lb_setting: Option<LocalityLbSetting>,
     #[serde(default)]
-    pub warmup_duration_secs: Option<serde_yaml::Value>,
+    pub zone_aware_lb_setting: Option<LocalityLbSetting>,
+    #[serde(default)]
+    pub warmup_duration_secs: Option<String>,
+    #[serde(default)]
+    pub warmup: Option<Warmup>,
+    #[serde(default)]
+    pub backend_utilization: Option<serde_yaml::Value>,
+}
+
+/// `localityLbSetting` and `zoneAwareLbSetting` (the latter has no `distribute` but a
+/// `minClusterSize`; one struct keeps the checks shared).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalityLbSetting {
+    #[serde(default)]
+    pub distribute: Vec<LocalityDistribute>,
+    #[serde(default)]
+    pub failover: Vec<LocalityFailover>,
+    #[serde(default)]
+    pub failover_priority: Vec<String>,
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    #[serde(default)]
+    pub min_cluster_size: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalityDistribute {
+    #[serde(default)]
+    pub from: String,
+    #[serde(default)]
+    pub to: BTreeMap<String, i64>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalityFailover {
+    #[serde(default)]
+    pub from: String,
+    #[serde(default)]
+    pub to: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Warmup {
+    #[serde(default)]
+    pub duration: Option<String>,
+    #[serde(default)]
+    pub minimum_percent: Option<f64>,
+    #[serde(default)]
+    pub aggression: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -374,19 +587,46 @@ pub struct ConsistentHash {
     #[serde(default)]
     pub minimum_ring_size: Option<u64>,
     #[serde(default)]
-    pub ring_hash: Option<serde_yaml::Value>,
+    pub ring_hash: Option<RingHash>,
     #[serde(default)]
-    pub maglev: Option<serde_yaml::Value>,
+    pub maglev: Option<Maglev>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RingHash {
+    #[serde(default)]
+    pub minimum_ring_size: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Maglev {
+    #[serde(default)]
+    pub table_size: u64,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpCookie {
+    /// Required; empty when left out, which Istio rejects with its own message.
+    #[serde(default)]
     pub name: String,
     #[serde(default)]
     pub path: Option<String>,
     #[serde(default)]
     pub ttl: Option<String>,
+    #[serde(default)]
+    pub attributes: Vec<CookieAttribute>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CookieAttribute {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub value: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -402,11 +642,11 @@ pub struct ConnectionPoolSettings {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TcpSettings {
     #[serde(default)]
-    pub max_connections: Option<u32>,
+    pub max_connections: Option<i64>,
     #[serde(default)]
     pub connect_timeout: Option<String>,
     #[serde(default)]
-    pub tcp_keepalive: Option<serde_yaml::Value>,
+    pub tcp_keepalive: Option<TcpKeepalive>,
     #[serde(default)]
     pub max_connection_duration: Option<String>,
     #[serde(default)]
@@ -417,13 +657,13 @@ pub struct TcpSettings {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpSettings {
     #[serde(default, rename = "http1MaxPendingRequests")]
-    pub http1_max_pending_requests: Option<u32>,
+    pub http1_max_pending_requests: Option<i64>,
     #[serde(default, rename = "http2MaxRequests")]
-    pub http2_max_requests: Option<u32>,
+    pub http2_max_requests: Option<i64>,
     #[serde(default)]
-    pub max_requests_per_connection: Option<u32>,
+    pub max_requests_per_connection: Option<i64>,
     #[serde(default)]
-    pub max_retries: Option<u32>,
+    pub max_retries: Option<i64>,
     #[serde(default)]
     pub idle_timeout: Option<String>,
     #[serde(default)]
@@ -431,7 +671,29 @@ pub struct HttpSettings {
     #[serde(default)]
     pub use_client_protocol: Option<bool>,
     #[serde(default)]
-    pub max_concurrent_streams: Option<u32>,
+    pub max_concurrent_streams: Option<i64>,
+    #[serde(default, rename = "http2KeepAlive")]
+    pub http2_keep_alive: Option<Http2KeepAlive>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http2KeepAlive {
+    #[serde(default)]
+    pub interval: Option<String>,
+    #[serde(default)]
+    pub timeout: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpKeepalive {
+    #[serde(default)]
+    pub probes: Option<u32>,
+    #[serde(default)]
+    pub time: Option<String>,
+    #[serde(default)]
+    pub interval: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -452,9 +714,11 @@ pub struct OutlierDetectionSettings {
     #[serde(default)]
     pub base_ejection_time: Option<String>,
     #[serde(default)]
-    pub max_ejection_percent: Option<u32>,
+    pub max_ejection_percent: Option<i64>,
     #[serde(default)]
-    pub min_health_percent: Option<u32>,
+    pub min_health_percent: Option<i64>,
+    #[serde(default)]
+    pub outlier_detection_http_error_codes: Vec<u32>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -473,7 +737,7 @@ pub struct Server {
     #[serde(default)]
     pub hosts: Vec<String>,
     #[serde(default)]
-    pub tls: Option<serde_yaml::Value>,
+    pub tls: Option<ServerTlsSettings>,
     #[serde(default)]
     pub bind: Option<String>,
     #[serde(default)]
@@ -485,6 +749,8 @@ pub struct Server {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GatewayPort {
+    /// Required; 0 when left out (valid only on a unix socket, as Istio says).
+    #[serde(default)]
     pub number: u32,
     #[serde(default)]
     pub name: Option<String>,
@@ -492,4 +758,56 @@ pub struct GatewayPort {
     pub protocol: Option<String>,
     #[serde(default)]
     pub target_port: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServerTlsSettings {
+    #[serde(default)]
+    pub https_redirect: Option<bool>,
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub server_certificate: Option<String>,
+    #[serde(default)]
+    pub private_key: Option<String>,
+    #[serde(default)]
+    pub ca_certificates: Option<String>,
+    #[serde(default)]
+    pub ca_crl: Option<String>,
+    #[serde(default)]
+    pub credential_name: Option<String>,
+    #[serde(default)]
+    pub credential_names: Vec<String>,
+    #[serde(default)]
+    pub ca_cert_credential_name: Option<String>,
+    #[serde(default)]
+    pub tls_certificates: Vec<TlsCertificate>,
+    #[serde(default)]
+    pub subject_alt_names: Vec<String>,
+    #[serde(default)]
+    pub verify_certificate_spki: Vec<String>,
+    #[serde(default)]
+    pub verify_certificate_hash: Vec<String>,
+    #[serde(default)]
+    pub min_protocol_version: Option<String>,
+    #[serde(default)]
+    pub max_protocol_version: Option<String>,
+    #[serde(default)]
+    pub cipher_suites: Vec<String>,
+    #[serde(default)]
+    pub ecdh_curves: Vec<String>,
+    #[serde(default)]
+    pub insecure_skip_verify: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsCertificate {
+    #[serde(default)]
+    pub server_certificate: Option<String>,
+    #[serde(default)]
+    pub private_key: Option<String>,
+    #[serde(default)]
+    pub ca_certificates: Option<String>,
 }

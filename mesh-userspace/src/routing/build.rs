@@ -110,6 +110,12 @@ pub fn compile(config: &config::Config, registry: &Registry) -> (RouteTable, Vec
         let before = b.errors.len();
         let mut listeners = Vec::new();
         for (i, server) in gw.spec.servers.iter().enumerate() {
+            // Port 0 on a unix socket is valid Istio (validate checks it); the node has no such
+            // listener to open.
+            if server.port.number == 0 && server.bind.as_deref().is_some_and(|b| b.starts_with("unix://")) {
+                b.warnings.push(format!("Gateway {}: servers[{i}] binds a unix socket; not served", gw.key()));
+                continue;
+            }
             match u16::try_from(server.port.number) {
                 Ok(port) if port > 0 => listeners.push(GatewayListener {
                     name: gw.name.clone(),
@@ -368,29 +374,18 @@ impl Builder<'_> {
     ) -> Vec<WeightedDest> {
         let count = dests.len();
         let mut out = Vec::with_capacity(count);
-        let mut sum: i64 = 0;
         for (i, (d, w, h)) in dests.enumerate() {
+            // Istio's only weight rules (checked in config::validate): no negative weight, not all
+            // zero; Envoy splits by weight / total, so the sum need not be 100.
             let w = match w {
-                Some(w) if !(0..=100).contains(&w) => {
-                    self.errors
-                        .push(at.error(format!("{}[{i}].weight", path()), format!("weight {w} is outside 0..100")));
-                    0
-                }
-                Some(w) => w,
+                Some(w) => u32::try_from(w).unwrap_or(0),
                 None if count == 1 => 100,
                 None => 0,
             };
-            sum += w;
             let (rq, rs) = h.map(|h| self.header_ops(h, at, &format!("{}[{i}].headers", path()))).unwrap_or_default();
             if let Some(dc) = self.destination(d, ns, at, &|| format!("{}[{i}].destination", path())) {
-                out.push(WeightedDest { dest: dc, weight: w as u32, request_headers: rq, response_headers: rs });
+                out.push(WeightedDest { dest: dc, weight: w, request_headers: rq, response_headers: rs });
             }
-        }
-        if count > 1 && sum != 100 {
-            self.errors.push(at.error(
-                format!("{}[0].weight", path()),
-                format!("weights of {} sum to {sum}; they must sum to 100", path()),
-            ));
         }
         out
     }
@@ -400,13 +395,25 @@ impl Builder<'_> {
             let mut out = HeaderOps::default();
             let Some(ops) = ops else { return out };
             let mut pair = |k: &String, v: &String, field: &str| -> Option<(HeaderName, HeaderValue)> {
-                let name = HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes());
-                let value = HeaderValue::from_str(v);
+                // Setting `:authority` (or `Host`) on a request is Istio's authority rewrite; on
+                // HTTP/1.1 upstreams that is the Host header.
+                let lower = k.to_ascii_lowercase();
+                let lower = if which == "request" && lower == ":authority" { "host".to_owned() } else { lower };
+                let name = HeaderName::from_bytes(lower.as_bytes());
+                let value = HeaderValue::from_bytes(v.as_bytes());
                 match (name, value) {
                     (Ok(n), Ok(v)) => Some((n, v)),
+                    // Istio accepted it (config::validate); HTTP cannot carry it: skipped, said so.
                     _ => {
-                        self.errors.push(
-                            at.error(format!("{path}.{which}.{field}.{k}"), format!("invalid header {k:?}: {v:?}")),
+                        self.warnings.push(
+                            at.error(
+                                format!("{path}.{which}.{field}.{k}"),
+                                format!(
+                                    "header {:?} cannot be sent over HTTP; this operation is skipped",
+                                    config::cut(k, 60)
+                                ),
+                            )
+                            .to_string(),
                         );
                         None
                     }
@@ -417,9 +424,13 @@ impl Builder<'_> {
             for (i, k) in ops.remove.iter().enumerate() {
                 match HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()) {
                     Ok(n) => out.remove.push(n),
-                    Err(_) => self
-                        .errors
-                        .push(at.error(format!("{path}.{which}.remove[{i}]"), format!("invalid header name {k:?}"))),
+                    Err(_) => self.warnings.push(
+                        at.error(
+                            format!("{path}.{which}.remove[{i}]"),
+                            format!("header {:?} cannot be sent over HTTP; nothing to remove", config::cut(k, 60)),
+                        )
+                        .to_string(),
+                    ),
                 }
             }
             out
@@ -470,7 +481,8 @@ impl Builder<'_> {
         let at = &vs.at;
         let errors_before = self.errors.len();
         if vs.spec.hosts.is_empty() {
-            self.errors.push(at.error("spec.hosts", "a VirtualService needs at least one host"));
+            // A delegate: valid Istio, reported by config::validate; it routes nothing here.
+            return None;
         }
         let mut mesh = vs.spec.gateways.is_empty();
         let mut gateways = Vec::new();
@@ -505,9 +517,6 @@ impl Builder<'_> {
                 route,
             });
         }
-        if !vs.spec.tls.is_empty() {
-            self.warnings.push(format!("VirtualService {}: tls routes are not supported; ignored", vs.key()));
-        }
         if self.errors.len() > errors_before {
             return None;
         }
@@ -537,6 +546,11 @@ impl Builder<'_> {
         for (j, m) in r.matches.iter().enumerate() {
             matches.push(self.match_request(m, vs, &|| format!("{}.match[{j}]", path())));
         }
+        if r.delegate.is_some() {
+            // A root rule delegating to another VirtualService: not supported, reported by
+            // config::validate; the rule routes nothing.
+            return None;
+        }
         let action = match (&r.redirect, r.route.is_empty()) {
             (Some(_), false) => {
                 self.errors
@@ -548,21 +562,34 @@ impl Builder<'_> {
                 authority: rd.authority.clone(),
                 port: rd.port.and_then(|p| u16::try_from(p).ok()),
                 scheme: rd.scheme.clone(),
+                // 0 is unset (Istio); any 3xx is Istio's range.
                 code: match rd.redirect_code {
-                    None => 301,
-                    Some(c @ (301 | 302 | 303 | 307 | 308)) => c as u16,
+                    None | Some(0) => 301,
+                    Some(c @ 300..=399) => c as u16,
                     Some(c) => {
                         self.errors.push(at.error(
                             format!("{}.redirect.redirectCode", path()),
-                            format!("{c} is not a redirect status (301, 302, 303, 307, 308)"),
+                            format!("{c} is not a valid redirect code, must be 3xx"),
                         ));
                         301
                     }
                 },
+                prefix_rewrite: rd.prefix_rewrite.clone().filter(|p| !p.is_empty()),
             }),
             (None, true) if r.direct_response.is_some() => {
-                self.errors.push(at.error(format!("{}.directResponse", path()), "directResponse is not supported yet"));
-                return None;
+                let d = r.direct_response.as_ref();
+                let status = d.map_or(0, |d| d.status);
+                self.warnings.push(
+                    at.error(
+                        format!("{}.directResponse", path()),
+                        "directResponse is accepted as Istio does, but the node proxy answers 404 instead",
+                    )
+                    .to_string(),
+                );
+                Action::DirectResponse {
+                    status: u16::try_from(status).unwrap_or(0),
+                    body: d.and_then(|d| d.body.as_ref()).and_then(|b| b.string.clone()),
+                }
             }
             (None, true) => {
                 self.errors.push(at.error(path().to_owned(), "a rule needs a route (or a redirect)"));
@@ -599,7 +626,8 @@ impl Builder<'_> {
                         format!("{fp}.exponentialDelay"),
                         "exponentialDelay is not supported by Istio; use fixedDelay",
                     )),
-                    (None, None) => self.errors.push(at.error(fp.clone(), "fault.delay needs fixedDelay")),
+                    // Valid Istio (a warning from config::validate): nothing to delay.
+                    (None, None) => {}
                 }
             }
             if let Some(a) = &f.abort {
@@ -614,15 +642,15 @@ impl Builder<'_> {
                         0.0
                     }
                 };
-                match (a.http_status, &a.grpc_status) {
-                    (Some(s), _) if (200..=599).contains(&s) => fault.abort = Some((s as u16, pct)),
-                    (Some(s), _) => self
-                        .errors
-                        .push(at.error(format!("{fp}.httpStatus"), format!("{s} is not an HTTP status (200-599)"))),
-                    (None, Some(_)) => self.errors.push(
-                        at.error(format!("{fp}.grpcStatus"), "grpcStatus aborts are not supported; use httpStatus"),
-                    ),
-                    (None, None) => self.errors.push(at.error(fp.clone(), "fault.abort needs httpStatus")),
+                // gRPC-status aborts and an abort with no error type are valid Istio; they are
+                // reported by config::validate and inject nothing here.
+                if let Some(s) = a.http_status {
+                    match u16::try_from(s) {
+                        Ok(s) if (200..=600).contains(&s) => fault.abort = Some((s, pct)),
+                        _ => self.errors.push(
+                            at.error(format!("{fp}.httpStatus"), format!("HTTP status {s} is not in range 200-599")),
+                        ),
+                    }
                 }
             }
         }
@@ -661,13 +689,6 @@ impl Builder<'_> {
             }
             None => None,
         };
-        if r.cors_policy.is_some() {
-            self.warnings.push(format!(
-                "VirtualService {}: {}.corsPolicy is not enforced by the node proxy",
-                vs.key(),
-                path()
-            ));
-        }
         Some(HttpRule {
             name: r.name.clone(),
             matches,
@@ -709,9 +730,46 @@ impl Builder<'_> {
         }
         for (field, map, without) in [("headers", &m.headers, false), ("withoutHeaders", &m.without_headers, true)] {
             for (name, v) in map {
+                // `regex: "*"` in withoutHeaders is Istio's "present": the header must be absent.
+                let star = config::StringMatch { regex: None, ..v.clone() };
+                let v = if without && v.regex.as_deref() == Some("*") { &star } else { v };
+                if config::validate::is_jwt_claim(name) {
+                    // No JWT is authenticated by the node proxy, so no claim is ever present.
+                    if !without {
+                        conds.push(Cond::Never(format!(
+                            "JWT claim {} (the node proxy authenticates no JWT)",
+                            config::cut(name, 60)
+                        )));
+                    }
+                    continue;
+                }
+                if name.starts_with(':') {
+                    let Some(c) = self.string_match(at, v, false, || format!("{}.{field}.{name}", path())) else {
+                        continue;
+                    };
+                    match (name.as_str(), without) {
+                        (":authority", false) => conds.push(Cond::Authority(c)),
+                        (":method", false) => conds.push(Cond::Method(c)),
+                        (":scheme", false) => conds.push(Cond::Scheme(c)),
+                        (":path", false) => conds.push(Cond::Uri(c, false)),
+                        // A request has no :status, so it never matches and is always "without" it.
+                        (":status", false) => conds.push(Cond::Never(format!("{name} (requests have no status)"))),
+                        (":status", true) => {}
+                        // Every request has :authority, :method, :scheme and :path; negating a
+                        // value on them is not supported, so such a rule never matches (and
+                        // `mesh explain` says why) rather than matching too much.
+                        (_, true) => {
+                            conds.push(Cond::Never(format!("withoutHeaders {name} (not supported on a pseudo header)")))
+                        }
+                        _ => conds.push(Cond::Never(format!("unknown pseudo header {name}"))),
+                    }
+                    continue;
+                }
                 let Ok(hn) = HeaderName::from_bytes(name.as_bytes()) else {
-                    self.errors
-                        .push(at.error(format!("{}.{field}.{name}", path()), format!("invalid header name {name:?}")));
+                    self.errors.push(at.error(
+                        format!("{}.{field}.{name}", path()),
+                        format!("header name {} is not a valid header name", config::cut(name, 60)),
+                    ));
                     continue;
                 };
                 if let Some(c) = self.string_match(at, v, false, || format!("{}.{field}.{name}", path())) {

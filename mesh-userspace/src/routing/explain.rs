@@ -155,6 +155,13 @@ pub fn explain(table: &RouteTable, req: &RequestInfo<'_>) -> Explanation {
             let _ = writeln!(out, "\n  destinations (weighted pick per request):");
             dest_lines(&mut out, dests, req.port());
         }
+        Action::DirectResponse { status, body } => {
+            let _ = writeln!(
+                out,
+                "\n  directResponse {status} ({} bytes of body): not served by the node proxy, which answers 404 (route not found)",
+                body.as_ref().map_or(0, String::len)
+            );
+        }
     }
     let f = &rule.fault;
     let fault = match (f.delay, f.abort) {

@@ -98,6 +98,9 @@ pub enum Cond {
     SourceLabels(BTreeMap<String, String>),
     SourceNamespace(String),
     Gateways(Vec<(String, String)>),
+    /// A condition no request can meet here: a JWT claim (the node proxy authenticates no JWT,
+    /// so the claim is never present) or the `:status` pseudo header of a request.
+    Never(String),
 }
 
 /// One `match[]` entry: all conditions must hold.
@@ -155,6 +158,7 @@ impl Cond {
                 Some((name, ns)) => gws.iter().any(|(gns, gname)| gname == name && gns == ns),
                 None => gws.iter().any(|(_, g)| g == "mesh"),
             },
+            Cond::Never(_) => false,
         }
     }
 
@@ -186,6 +190,7 @@ impl Cond {
                 g.iter().map(|(ns, n)| format!("{ns}/{n}")).collect::<Vec<_>>(),
                 req.gateway().map_or("mesh".to_string(), |(n, ns)| format!("{ns}/{n}"))
             ),
+            Cond::Never(why) => why.clone(),
         }
     }
 }

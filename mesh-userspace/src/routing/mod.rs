@@ -191,12 +191,20 @@ pub(crate) struct Redirect {
     pub port: Option<u16>,
     pub scheme: Option<String>,
     pub code: u16,
+    /// `prefixRewrite`: replaces the prefix the matching `uri.prefix` matched.
+    pub prefix_rewrite: Option<String>,
 }
 
 #[derive(Clone, Debug)]
 pub(crate) enum Action {
     Route(Vec<WeightedDest>),
     Redirect(Redirect),
+    /// Accepted as Istio does; the proxy has no way yet to answer it (no `Decision` for it), so a
+    /// request that matches the rule gets 404 with the reason.
+    DirectResponse {
+        status: u16,
+        body: Option<String>,
+    },
 }
 
 #[derive(Clone, Debug, Default)]
@@ -389,7 +397,16 @@ impl RouteTable {
         rng: &mut R,
     ) -> Decision {
         let dests = match &rule.action {
-            Action::Redirect(r) => return Decision::Redirect { status: r.code, location: r.location(req) },
+            Action::Redirect(r) => {
+                let location = r.location_after(req, matched.and_then(|m| m.uri_prefix()));
+                return Decision::Redirect { status: r.code, location };
+            }
+            Action::DirectResponse { status, .. } => return Decision::NoRoute {
+                reason: format!(
+                    "VirtualService {} http[{index}] has directResponse {status}, which the node proxy does not serve",
+                    vs.key
+                ),
+            },
             Action::Route(d) => d,
         };
         let Some(dest) = pick_weighted(dests, rng) else {
@@ -469,16 +486,19 @@ fn pick_weighted<'d, R: Rng + ?Sized>(dests: &'d [WeightedDest], rng: &mut R) ->
     if dests.len() <= 1 {
         return dests.first();
     }
-    let total: u32 = dests.iter().map(|d| d.weight).sum();
+    // Envoy splits by weight / total; weights are any non-negative int32 (Istio does not ask
+    // them to sum to 100), so the total is summed in u64.
+    let total: u64 = dests.iter().map(|d| u64::from(d.weight)).sum();
     if total == 0 {
         return dests.first();
     }
     let mut x = rng.gen_range(0..total);
     for d in dests {
-        if x < d.weight {
+        let w = u64::from(d.weight);
+        if x < w {
             return Some(d);
         }
-        x -= d.weight;
+        x -= w;
     }
     dests.last()
 }
@@ -508,15 +528,27 @@ pub fn host_matches(pattern: &str, host: &str) -> bool {
 
 impl Redirect {
     fn location(&self, req: &RequestInfo<'_>) -> String {
+        self.location_after(req, None)
+    }
+
+    /// The Location header; `matched_prefix` is what the rule's `uri.prefix` matched, for
+    /// `prefixRewrite` (without one, the rewrite replaces the whole path, as Envoy does for `/`).
+    fn location_after(&self, req: &RequestInfo<'_>, matched_prefix: Option<&str>) -> String {
         let scheme = self.scheme.as_deref().unwrap_or(req.scheme);
         let authority = self.authority.as_deref().or(req.authority).unwrap_or("");
         let authority = match self.port {
             Some(p) => format!("{}:{p}", authority.rsplit_once(':').map_or(authority, |(h, _)| h)),
             None => authority.to_owned(),
         };
-        let uri = match &self.uri {
-            Some(u) => u.clone(),
-            None => req.uri.path_and_query().map_or("/".to_owned(), |p| p.as_str().to_owned()),
+        let uri = match (&self.uri, &self.prefix_rewrite) {
+            (Some(u), _) => u.clone(),
+            (None, Some(p)) => {
+                let path = req.uri.path();
+                let rest = path.strip_prefix(matched_prefix.unwrap_or("/")).unwrap_or(path);
+                let query = req.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+                format!("{p}{rest}{query}")
+            }
+            (None, None) => req.uri.path_and_query().map_or("/".to_owned(), |p| p.as_str().to_owned()),
         };
         format!("{scheme}://{authority}{uri}")
     }

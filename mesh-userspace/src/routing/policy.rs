@@ -133,10 +133,9 @@ impl LbPolicy {
             if let Some(q) = &ch.http_query_parameter_name {
                 return Ok(LbPolicy::ConsistentHash(HashOn::QueryParameter(q.clone())));
             }
-            return Err((
-                "consistentHash".into(),
-                "set one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName".into(),
-            ));
+            // No hash key is valid Istio (config::validate warns): Envoy hashes nothing, so
+            // requests spread as at random.
+            return Ok(LbPolicy::Random);
         }
         Ok(LbPolicy::DEFAULT)
     }
@@ -198,21 +197,27 @@ impl ConnectionPool {
         let dur = |field: &str, v: &Option<String>| {
             v.as_deref().map(parse_duration).transpose().map_err(|e| (field.to_string(), e))
         };
+        // Counts are int32 in Istio's API, negative ones rejected by config::validate.
+        let count = |n: Option<i64>| n.and_then(|n| u32::try_from(n).ok());
         Ok(ConnectionPool {
-            max_connections: s.tcp.as_ref().and_then(|t| t.max_connections),
+            max_connections: count(s.tcp.as_ref().and_then(|t| t.max_connections)),
             connect_timeout: dur("tcp.connectTimeout", &s.tcp.as_ref().and_then(|t| t.connect_timeout.clone()))?,
-            http1_max_pending_requests: s.http.as_ref().and_then(|h| h.http1_max_pending_requests),
-            http2_max_requests: s.http.as_ref().and_then(|h| h.http2_max_requests),
-            max_requests_per_connection: s.http.as_ref().and_then(|h| h.max_requests_per_connection),
-            max_retries: s.http.as_ref().and_then(|h| h.max_retries),
+            http1_max_pending_requests: count(s.http.as_ref().and_then(|h| h.http1_max_pending_requests)),
+            http2_max_requests: count(s.http.as_ref().and_then(|h| h.http2_max_requests)),
+            max_requests_per_connection: count(s.http.as_ref().and_then(|h| h.max_requests_per_connection)),
+            max_retries: count(s.http.as_ref().and_then(|h| h.max_retries)),
             idle_timeout: dur("http.idleTimeout", &s.http.as_ref().and_then(|h| h.idle_timeout.clone()))?,
             h2_upgrade: match s.http.as_ref().and_then(|h| h.h2_upgrade_policy.as_deref()) {
                 None | Some("DEFAULT") | Some("DO_NOT_UPGRADE") => false,
                 Some("UPGRADE") => true,
+                // The CRD's enum, with the API server's words.
                 Some(other) => {
                     return Err((
                         "http.h2UpgradePolicy".into(),
-                        format!("{other:?} is not one of DEFAULT, DO_NOT_UPGRADE, UPGRADE"),
+                        format!(
+                            "Unsupported value: {:?}: supported values: \"DEFAULT\", \"DO_NOT_UPGRADE\", \"UPGRADE\"",
+                            crate::config::cut(other, 60)
+                        ),
                     ))
                 }
             },
@@ -241,9 +246,10 @@ impl OutlierDetection {
                 .map_err(|e| (field.to_string(), e))
         };
         let max = s.max_ejection_percent.unwrap_or(10);
-        if max > 100 {
-            return Err(("maxEjectionPercent".into(), format!("{max} is not a percentage (0-100)")));
-        }
+        let max = match u32::try_from(max) {
+            Ok(m) if m <= 100 => m,
+            _ => return Err(("maxEjectionPercent".into(), format!("percentage {max} is not in range 0..100"))),
+        };
         Ok(OutlierDetection {
             consecutive_5xx_errors: s.consecutive_5xx_errors.or(s.consecutive_errors).or(Some(5)),
             consecutive_gateway_errors: s.consecutive_gateway_errors,
