@@ -164,7 +164,10 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     };
     let mut node = NodeReconciler::new(state.clone(), bpf.clone(), args.ingress_bind, inherited);
     let mut server: Option<handover::Server> = None;
-    let (handed_over_tx, mut handed_over) = tokio::sync::mpsc::channel::<()>(1);
+    // Outcome of a handover in progress: true once the successor is ready.
+    let (handed_over_tx, mut handed_over) = tokio::sync::mpsc::channel::<bool>(1);
+    let mut handovers_pending = 0usize;
+    let mut stop_requested = false;
     let initial = registries.borrow_and_update().clone();
     if let Some(registry) = initial {
         node.apply_registry(registry, config.as_ref()).await;
@@ -197,11 +200,23 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             }
             conn = async { match &server { Some(s) => s.accept().await, None => std::future::pending().await } } => {
                 match conn.and_then(|c| Ok((c, offer(&node, &bpf, &admin_fd)?))) {
-                    Ok((stream, offer)) => hand_over(stream, offer, handed_over_tx.clone()),
+                    Ok((stream, offer)) => {
+                        handovers_pending += 1;
+                        hand_over(stream, offer, handed_over_tx.clone());
+                    }
                     Err(e) => tracing::warn!(error = %e, "handover request failed"),
                 }
             }
-            Some(()) = handed_over.recv() => { successor = true; break }
+            Some(ready) = handed_over.recv() => {
+                handovers_pending = handovers_pending.saturating_sub(1);
+                if ready {
+                    successor = true;
+                    break;
+                }
+                if stop_requested && handovers_pending == 0 {
+                    break;
+                }
+            }
             Some(update) = async { match updates.as_mut() { Some(u) => u.recv().await, None => std::future::pending().await } } => {
                 match update {
                     Ok(dir) => candidate = Some(ConfigSources { dir: Some(dir), crds: sources.crds.clone() }),
@@ -218,7 +233,16 @@ pub async fn run(args: AgentArgs) -> Result<()> {
                 }
             }
             _ = retry.tick(), if node.has_failed_enrollments() => node.reconcile_enrollment(),
-            _ = &mut shutdown => break,
+            _ = &mut shutdown, if !stop_requested => {
+                // A successor holding our maps may be about to say ready: unenrolling now would
+                // unenroll its pods too. Wait for the outcome (the kubelet's SIGTERM to the old
+                // pod can race the new pod's readiness, which either agent may answer).
+                if handovers_pending == 0 {
+                    break;
+                }
+                tracing::info!("SIGTERM during a handover: waiting for the new agent before draining");
+                stop_requested = true;
+            }
         }
         if let Some(candidate) = candidate {
             if let Some(applied) = node.apply_config(candidate.merged()).await {
@@ -663,20 +687,29 @@ fn offer(node: &NodeReconciler, bpf: &MeshEbpf, admin: &OwnedFd) -> std::io::Res
 
 /// Sends the offer and waits (in the background: this agent keeps serving) for the successor
 /// to say it is ready; then the main loop is told to drain.
-fn hand_over(stream: std::os::unix::net::UnixStream, offer: handover::Offer, done: tokio::sync::mpsc::Sender<()>) {
+fn hand_over(stream: std::os::unix::net::UnixStream, offer: handover::Offer, done: tokio::sync::mpsc::Sender<bool>) {
     tokio::spawn(async move {
         let descriptors = offer.items.len();
         let sent = tokio::task::spawn_blocking(move || handover::send(&stream, &offer).map(|()| stream)).await;
         let stream = match sent {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return tracing::warn!(error = %e, "handover to a new agent failed; carrying on"),
-            Err(e) => return tracing::warn!(error = %e, "handover thread failed; carrying on"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "handover to a new agent failed; carrying on");
+                let _ = done.send(false).await;
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "handover thread failed; carrying on");
+                let _ = done.send(false).await;
+                return;
+            }
         };
         tracing::info!(descriptors, "handed listeners and eBPF objects to a new agent; serving until it is ready");
         if handover::wait_ready(stream).await {
-            let _ = done.send(()).await;
+            let _ = done.send(true).await;
         } else {
             tracing::warn!("the new agent went away before it was ready; carrying on");
+            let _ = done.send(false).await;
         }
     });
 }
