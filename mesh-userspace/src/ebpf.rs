@@ -36,21 +36,21 @@ pub enum EbpfError {
     )]
     ObjectMissing { looked: String },
     #[error("cannot load eBPF object {path}: {source}; the kernel needs CONFIG_BPF_SYSCALL and CONFIG_CGROUP_BPF, and the agent CAP_BPF + CAP_NET_ADMIN (or root)")]
-    Load { path: PathBuf, source: aya::EbpfError },
+    Load { path: PathBuf, source: Box<aya::EbpfError> },
     #[error("eBPF object has no program {0}; rebuild it with `cargo xtask build-ebpf`")]
     NoProgram(&'static str),
     #[error("eBPF object has no map {0}; rebuild it with `cargo xtask build-ebpf`")]
     NoMap(&'static str),
     #[error("loading/attaching program {name}: {source}")]
-    Program { name: &'static str, source: aya::programs::ProgramError },
+    Program { name: &'static str, source: Box<aya::programs::ProgramError> },
     #[error("map {name}: {source}")]
-    Map { name: &'static str, source: aya::maps::MapError },
+    Map { name: &'static str, source: Box<aya::maps::MapError> },
     #[error("cannot open cgroup {path}: {source}; is cgroup v2 mounted there? (hybrid layouts mount it at /sys/fs/cgroup/unified)")]
     Cgroup { path: PathBuf, source: std::io::Error },
     #[error("attaching program {name} (BPF_LINK_CREATE, Linux >= 5.7): {source}")]
     Link { name: &'static str, source: std::io::Error },
     #[error("handed-over map {name}: {source}")]
-    Adopt { name: &'static str, source: aya::maps::MapError },
+    Adopt { name: &'static str, source: Box<aya::maps::MapError> },
     #[error("the predecessor handed over no map {0}")]
     AdoptMissing(&'static str),
     #[error("duplicating a descriptor for the handover: {0}")]
@@ -159,8 +159,8 @@ impl MeshEbpf {
     /// Loads the object and attaches connect4 and sock_ops to `cgroup_root` (normally the root
     /// of the cgroup v2 hierarchy, so every pod below it is seen; only enrolled cgroups are acted on).
     pub fn load_and_attach(object: &Path, cgroup_root: &Path) -> Result<MeshEbpf, EbpfError> {
-        let mut bpf =
-            Ebpf::load_file(object).map_err(|source| EbpfError::Load { path: object.to_path_buf(), source })?;
+        let mut bpf = Ebpf::load_file(object)
+            .map_err(|source| EbpfError::Load { path: object.to_path_buf(), source: source.into() })?;
         let cgroup =
             File::open(cgroup_root).map_err(|source| EbpfError::Cgroup { path: cgroup_root.to_path_buf(), source })?;
 
@@ -168,26 +168,24 @@ impl MeshEbpf {
         for (name, attach_type) in
             [(PROG_CONNECT4, BPF_CGROUP_INET4_CONNECT), (PROG_CONNECT6, BPF_CGROUP_INET6_CONNECT)]
         {
-            let prog: &mut CgroupSockAddr = bpf
-                .program_mut(name)
-                .ok_or(EbpfError::NoProgram(name))?
-                .try_into()
-                .map_err(|source| EbpfError::Program { name, source })?;
-            prog.load().map_err(|source| EbpfError::Program { name, source })?;
+            let prog: &mut CgroupSockAddr =
+                bpf.program_mut(name).ok_or(EbpfError::NoProgram(name))?.try_into().map_err(
+                    |source: aya::programs::ProgramError| EbpfError::Program { name, source: source.into() },
+                )?;
+            prog.load().map_err(|source| EbpfError::Program { name, source: source.into() })?;
             // A cgroup link always coexists with other programs on the same hook (a CNI's own
             // connect4); flags 0 is the only mode the kernel accepts for links.
-            let fd = prog.fd().map_err(|source| EbpfError::Program { name, source })?;
+            let fd = prog.fd().map_err(|source| EbpfError::Program { name, source: source.into() })?;
             let link = link_create(fd, &cgroup, attach_type).map_err(|source| EbpfError::Link { name, source })?;
             links.push((name.to_owned(), link));
         }
 
-        let sock_ops: &mut SockOps = bpf
-            .program_mut(PROG_SOCK_OPS)
-            .ok_or(EbpfError::NoProgram(PROG_SOCK_OPS))?
-            .try_into()
-            .map_err(|source| EbpfError::Program { name: PROG_SOCK_OPS, source })?;
-        sock_ops.load().map_err(|source| EbpfError::Program { name: PROG_SOCK_OPS, source })?;
-        let fd = sock_ops.fd().map_err(|source| EbpfError::Program { name: PROG_SOCK_OPS, source })?;
+        let sock_ops: &mut SockOps =
+            bpf.program_mut(PROG_SOCK_OPS).ok_or(EbpfError::NoProgram(PROG_SOCK_OPS))?.try_into().map_err(
+                |source: aya::programs::ProgramError| EbpfError::Program { name: PROG_SOCK_OPS, source: source.into() },
+            )?;
+        sock_ops.load().map_err(|source| EbpfError::Program { name: PROG_SOCK_OPS, source: source.into() })?;
+        let fd = sock_ops.fd().map_err(|source| EbpfError::Program { name: PROG_SOCK_OPS, source: source.into() })?;
         let link = link_create(fd, &cgroup, BPF_CGROUP_SOCK_OPS)
             .map_err(|source| EbpfError::Link { name: PROG_SOCK_OPS, source })?;
         links.push((PROG_SOCK_OPS.to_owned(), link));
@@ -212,7 +210,7 @@ impl MeshEbpf {
         let mut typed = HashMap::new();
         for name in USER_MAPS {
             let fd = maps.remove(name).ok_or(EbpfError::AdoptMissing(name))?;
-            let data = MapData::from_fd(fd).map_err(|source| EbpfError::Adopt { name, source })?;
+            let data = MapData::from_fd(fd).map_err(|source| EbpfError::Adopt { name, source: source.into() })?;
             let map = match name {
                 MAP_ORIG_BY_TUPLE => Map::LruHashMap(data),
                 MAP_STATS => Map::PerCpuArray(data),
@@ -241,8 +239,8 @@ impl MeshEbpf {
         let enrolled = hash(MAP_ENROLLED, take(MAP_ENROLLED)?)?;
         let services = hash(MAP_SERVICES, take(MAP_SERVICES)?)?;
         let orig_by_tuple = hash(MAP_ORIG_BY_TUPLE, take(MAP_ORIG_BY_TUPLE)?)?;
-        let stats =
-            PerCpuArray::try_from(take(MAP_STATS)?).map_err(|source| EbpfError::Map { name: MAP_STATS, source })?;
+        let stats = PerCpuArray::try_from(take(MAP_STATS)?)
+            .map_err(|source| EbpfError::Map { name: MAP_STATS, source: source.into() })?;
         Ok(MeshEbpf {
             bpf: None,
             links,
@@ -272,13 +270,13 @@ impl MeshEbpf {
     pub fn enroll(&self, cgroup_id: u64, enrollment: Enrollment) -> Result<(), EbpfError> {
         lock(&self.enrolled)
             .insert(cgroup_id, enrollment, 0)
-            .map_err(|source| EbpfError::Map { name: MAP_ENROLLED, source })
+            .map_err(|source| EbpfError::Map { name: MAP_ENROLLED, source: source.into() })
     }
 
     pub fn unenroll(&self, cgroup_id: u64) -> Result<(), EbpfError> {
         match lock(&self.enrolled).remove(&cgroup_id) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(EbpfError::Map { name: MAP_ENROLLED, source }),
+            Err(source) => Err(EbpfError::Map { name: MAP_ENROLLED, source: source.into() }),
         }
     }
 
@@ -286,7 +284,7 @@ impl MeshEbpf {
     /// live VIP is never briefly absent.
     pub fn sync_services(&self, wanted: &std::collections::HashMap<ServiceKey, ServiceValue>) -> Result<(), EbpfError> {
         let mut map = lock(&self.services);
-        let err = |source| EbpfError::Map { name: MAP_SERVICES, source };
+        let err = |source: aya::maps::MapError| EbpfError::Map { name: MAP_SERVICES, source: source.into() };
         for (k, v) in wanted {
             map.insert(k, v, 0).map_err(err)?;
         }
@@ -329,7 +327,7 @@ impl MeshEbpf {
 }
 
 fn hash<K: aya::Pod, V: aya::Pod>(name: &'static str, map: Map) -> Result<BpfHashMap<MapData, K, V>, EbpfError> {
-    BpfHashMap::try_from(map).map_err(|source| EbpfError::Map { name, source })
+    BpfHashMap::try_from(map).map_err(|source| EbpfError::Map { name, source: source.into() })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
