@@ -6,6 +6,7 @@ use std::{
     collections::HashMap,
     convert::Infallible,
     net::{IpAddr, Ipv4Addr, SocketAddr},
+    os::fd::{AsFd, OwnedFd},
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -27,6 +28,7 @@ use crate::{
     config::Config,
     discovery::{self, kube::KubeOptions, sandbox::KubeletLayout},
     ebpf::{self, MeshEbpf},
+    handover::{self, Inherited, Role},
     inpod,
     proxy::{self, http::full, ProxyState},
     registry::{Registry, Service, Workload},
@@ -73,6 +75,16 @@ pub struct AgentArgs {
     /// Address the node-level ingress listeners (NodePorts, Gateway ports) bind to.
     #[arg(long, default_value = "0.0.0.0")]
     pub ingress_bind: IpAddr,
+    /// How long in-flight requests and TCP streams may run after SIGTERM (or after a successor
+    /// took over): listeners stop accepting at once, then the agent exits when its last
+    /// connection ends or at this deadline. Keep it below the pod's terminationGracePeriodSeconds.
+    #[arg(long, default_value = "30s", value_parser = crate::drain::parse_duration)]
+    pub drain_timeout: Duration,
+    /// Unix socket for hitless restarts. A starting agent that finds a running one here takes
+    /// over its listening sockets and eBPF maps and links, and tells it to drain once ready;
+    /// then it listens here itself for its own successor.
+    #[arg(long, default_value = handover::DEFAULT_SOCKET)]
+    pub handover_socket: PathBuf,
 }
 
 /// How often enrollments that failed (a pod's netns vanished between discovery and setns, say)
@@ -80,8 +92,38 @@ pub struct AgentArgs {
 const ENROLL_RETRY: Duration = Duration::from_millis(250);
 
 pub async fn run(args: AgentArgs) -> Result<()> {
-    let object = ebpf::find_object(args.ebpf_object.as_deref())?;
-    let bpf = Arc::new(MeshEbpf::load_and_attach(&object, &args.cgroup_root)?);
+    // A running agent hands over its sockets and kernel objects; otherwise start cold.
+    let socket = args.handover_socket.clone();
+    let received = tokio::task::spawn_blocking(move || handover::take_over(&socket))
+        .await
+        .context("handover thread")?
+        .with_context(|| format!("taking over from the agent at {}", args.handover_socket.display()))?;
+    let (bpf, mut inherited, mut predecessor) = match received {
+        Some(r) => {
+            tracing::info!(pid = r.predecessor_pid, descriptors = r.items.len(), "taking over from the running agent");
+            let mut inherited = Inherited::new(r.items);
+            let maps = std::mem::take(&mut inherited.maps);
+            let links = std::mem::take(&mut inherited.links);
+            let bpf = if r.map_layout == ebpf::MAP_LAYOUT {
+                MeshEbpf::adopt(maps, links, &args.cgroup_root)?
+            } else {
+                // Its maps mean something else to this version: run our own next to its
+                // programs, which detach when it exits. Not hitless for in-pod connections
+                // redirected by its programs meanwhile (their original destination is in its maps).
+                tracing::warn!(
+                    theirs = r.map_layout,
+                    ours = ebpf::MAP_LAYOUT,
+                    "eBPF map layout changed: loading fresh programs and maps"
+                );
+                MeshEbpf::load_and_attach(&ebpf::find_object(args.ebpf_object.as_deref())?, &args.cgroup_root)?
+            };
+            (Arc::new(bpf), inherited, Some(r.predecessor))
+        }
+        None => {
+            let object = ebpf::find_object(args.ebpf_object.as_deref())?;
+            (Arc::new(MeshEbpf::load_and_attach(&object, &args.cgroup_root)?), Inherited::default(), None)
+        }
+    };
     // The kernel logs at the level RUST_LOG gives `mesh::ebpf` (off unless asked for: the
     // default filter "info" is below the kernel's debug events).
     bpf.forward_kernel_logs().context("forwarding kernel log records")?;
@@ -115,24 +157,35 @@ pub async fn run(args: AgentArgs) -> Result<()> {
 
     // Probes answer from the start: live as soon as the programs are attached, ready once the
     // node has been reconciled to a complete registry.
-    let admin = TcpListener::bind(args.admin).await.with_context(|| format!("admin address {}", args.admin))?;
+    let admin = match inherited.admin.take() {
+        Some(fd) => Inherited::listener(fd).context("admin listener handed over")?,
+        None => TcpListener::bind(args.admin).await.with_context(|| format!("admin address {}", args.admin))?,
+    };
+    let admin_fd = admin.as_fd().try_clone_to_owned().context("admin listener")?;
     tokio::spawn(serve_admin(state.clone(), bpf.clone(), ready.clone(), admin));
 
     let mut updates = match args.config.clone() {
         Some(dir) => Some(crate::config::watch::spawn_watcher(dir)?),
         None => None,
     };
-    let mut node = NodeReconciler::new(state.clone(), bpf.clone(), args.ingress_bind);
+    let mut node = NodeReconciler::new(state.clone(), bpf.clone(), args.ingress_bind, inherited);
+    let mut server: Option<handover::Server> = None;
+    // Outcome of a handover in progress: true once the successor is ready.
+    let (handed_over_tx, mut handed_over) = tokio::sync::mpsc::channel::<bool>(1);
+    let mut handovers_pending = 0usize;
+    let mut stop_requested = false;
     // The files as found at start; a bad object among them is rejected, the rest served.
     node.admission_candidate = Some(sources.merged());
     let initial = registries.borrow_and_update().clone();
     if let Some(registry) = initial {
         node.apply_registry(registry).await;
         ready.store(true, Ordering::Relaxed);
+        became_ready(&args, &mut node, &mut predecessor, &mut server);
     } else {
         tracing::info!("waiting for the first complete list of Services, EndpointSlices, Pods and Namespaces");
     }
     let mut registry_open = true;
+    let mut successor = false;
     let mut retry = tokio::time::interval(ENROLL_RETRY);
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -150,6 +203,26 @@ pub async fn run(args: AgentArgs) -> Result<()> {
                 if let Some(registry) = registry {
                     node.apply_registry(registry).await;
                     ready.store(true, Ordering::Relaxed);
+                    became_ready(&args, &mut node, &mut predecessor, &mut server);
+                }
+            }
+            conn = async { match &server { Some(s) => s.accept().await, None => std::future::pending().await } } => {
+                match conn.and_then(|c| Ok((c, offer(&node, &bpf, &admin_fd)?))) {
+                    Ok((stream, offer)) => {
+                        handovers_pending += 1;
+                        hand_over(stream, offer, handed_over_tx.clone());
+                    }
+                    Err(e) => tracing::warn!(error = %e, "handover request failed"),
+                }
+            }
+            Some(ready) = handed_over.recv() => {
+                handovers_pending = handovers_pending.saturating_sub(1);
+                if ready {
+                    successor = true;
+                    break;
+                }
+                if stop_requested && handovers_pending == 0 {
+                    break;
                 }
             }
             Some(update) = async { match updates.as_mut() { Some(u) => u.recv().await, None => std::future::pending().await } } => {
@@ -169,15 +242,39 @@ pub async fn run(args: AgentArgs) -> Result<()> {
                 }
             }
             _ = retry.tick(), if node.has_failed_enrollments() => node.reconcile_enrollment(),
-            _ = &mut shutdown => break,
+            _ = &mut shutdown, if !stop_requested => {
+                // A successor holding our maps may be about to say ready: unenrolling now would
+                // unenroll its pods too. Wait for the outcome (the kubelet's SIGTERM to the old
+                // pod can race the new pod's readiness, which either agent may answer).
+                if handovers_pending == 0 {
+                    break;
+                }
+                tracing::info!("SIGTERM during a handover: waiting for the new agent before draining");
+                stop_requested = true;
+            }
         }
         if candidate {
             node.apply_config(sources.merged()).await;
         }
     }
-    tracing::info!("shutting down: unenrolling pods and detaching eBPF programs");
-    node.unenroll_all();
-    drop(node);
+    if successor {
+        // The maps, links and listening sockets are the successor's now (it holds duplicates):
+        // leave the enrollments alone, just stop accepting and finish what is in flight.
+        tracing::info!("the new agent is ready: stopping accepting, draining");
+        if let Some(s) = server.take() {
+            s.leave_file();
+        }
+        drop(node);
+    } else {
+        // No successor: pods' connects must stop landing here first (unenrolled, they go to
+        // their original destination), then every listener stops accepting and connections drain.
+        tracing::info!("shutting down: unenrolling pods, draining connections");
+        drop(server);
+        node.unenroll_all();
+        drop(node);
+    }
+    drain(&state, args.drain_timeout).await;
+    tracing::info!("exiting; eBPF programs are detached unless a successor holds them");
     drop(state);
     // The proxy tasks hold clones of the Arc; the programs are detached when the last goes,
     // which is at the latest when the runtime is dropped as the process returns from main.
@@ -242,6 +339,8 @@ struct EnrolledPod {
     cgroup: PathBuf,
     cgroup_id: u64,
     listener: JoinHandle<()>,
+    /// A duplicate of the listening socket, for a successor.
+    fd: OwnedFd,
 }
 
 /// Makes the node match a registry and a routing config: routes compiled, service VIPs in the
@@ -252,27 +351,65 @@ struct NodeReconciler {
     enrolled: HashMap<(String, String), EnrolledPod>,
     failed: usize,
     next_workload_id: u32,
-    nodeports: HashMap<u16, (Arc<Service>, u16, JoinHandle<()>)>,
+    nodeports: HashMap<u16, (Arc<Service>, u16, JoinHandle<()>, OwnedFd)>,
     gateways: GatewayListeners,
     /// Routing objects admitted one by one; a rejected object keeps its last good version.
     admission: Admission,
     /// A config that arrived before the first registry, admitted with it.
     admission_candidate: Option<Config>,
+    /// Listening sockets handed over by a predecessor, claimed as the node is reconciled.
+    inherited: Inherited,
 }
 
 impl NodeReconciler {
-    fn new(state: Arc<ProxyState>, bpf: Arc<MeshEbpf>, ingress_bind: IpAddr) -> Self {
+    fn new(state: Arc<ProxyState>, bpf: Arc<MeshEbpf>, ingress_bind: IpAddr, mut inherited: Inherited) -> Self {
         NodeReconciler {
+            gateways: GatewayListeners {
+                bind: ingress_bind,
+                running: HashMap::new(),
+                inherited: std::mem::take(&mut inherited.gateways),
+            },
+            inherited,
             state,
             bpf,
             enrolled: HashMap::new(),
             failed: 0,
             next_workload_id: 0,
             nodeports: HashMap::new(),
-            gateways: GatewayListeners { bind: ingress_bind, running: HashMap::new() },
             admission: Admission::default(),
             admission_candidate: None,
         }
+    }
+
+    /// Closes handed-over sockets nothing claimed (pods, ports the new registry or config no
+    /// longer has); the predecessor closes its copies when it drains.
+    fn inherited_done(&mut self) {
+        self.inherited = Inherited::default();
+        self.gateways.inherited.clear();
+    }
+
+    /// Duplicates of every listening socket, with what it is.
+    fn export(&self) -> std::io::Result<Vec<(Role, OwnedFd)>> {
+        let mut out = Vec::new();
+        for ((namespace, name), pod) in &self.enrolled {
+            let role = Role::Pod {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                netns: pod.netns.clone(),
+                cgroup: pod.cgroup.clone(),
+            };
+            out.push((role, pod.fd.try_clone()?));
+        }
+        for (port, (_, _, _, fd)) in &self.nodeports {
+            out.push((Role::NodePort { port: *port }, fd.try_clone()?));
+        }
+        for (port, (name, namespace, _, fd)) in &self.gateways.running {
+            out.push((
+                Role::Gateway { port: *port, namespace: namespace.clone(), name: name.clone() },
+                fd.try_clone()?,
+            ));
+        }
+        Ok(out)
     }
 
     async fn apply_registry(&mut self, registry: Arc<Registry>) {
@@ -408,7 +545,14 @@ impl NodeReconciler {
     }
 
     fn enroll(&mut self, workload: &Arc<Workload>, netns: &Path, cgroup: &Path) -> Result<EnrolledPod> {
-        let listener = inpod::listen_in_netns(netns, SocketAddr::from((Ipv4Addr::LOCALHOST, PROXY_OUTBOUND_PORT)))?;
+        // The predecessor's listener in this pod, if it had one for the same netns and cgroup:
+        // connections queued on it are served by whichever agent accepts first, none refused.
+        let key = (workload.namespace.clone(), workload.name.clone());
+        let listener = match self.inherited.pods.remove(&key) {
+            Some((n, c, fd)) if n == netns && c == cgroup => std::net::TcpListener::from(fd),
+            _ => inpod::listen_in_netns(netns, SocketAddr::from((Ipv4Addr::LOCALHOST, PROXY_OUTBOUND_PORT)))?,
+        };
+        let fd = listener.as_fd().try_clone_to_owned()?;
         let cookie = ebpf::netns_cookie_of(&listener).context("reading the pod netns cookie (needs Linux >= 5.14)")?;
         let cgroup_id = ebpf::cgroup_id(cgroup).with_context(|| format!("cgroup {}", cgroup.display()))?;
         listener.set_nonblocking(true)?;
@@ -428,6 +572,7 @@ impl NodeReconciler {
             cgroup: cgroup.to_owned(),
             cgroup_id,
             listener: task,
+            fd,
         })
     }
 
@@ -460,11 +605,13 @@ impl NodeReconciler {
         let stale: Vec<u16> = self
             .nodeports
             .iter()
-            .filter(|(np, (svc, port, _))| wanted.get(*np).is_none_or(|(s, p)| s.as_ref() != svc.as_ref() || p != port))
+            .filter(|(np, (svc, port, _, _))| {
+                wanted.get(*np).is_none_or(|(s, p)| s.as_ref() != svc.as_ref() || p != port)
+            })
             .map(|(np, _)| *np)
             .collect();
         for np in stale {
-            if let Some((svc, _, task)) = self.nodeports.remove(&np) {
+            if let Some((svc, _, task, _)) = self.nodeports.remove(&np) {
                 task.abort();
                 // Wait for the listener to be dropped so the port can be bound again at once.
                 let _ = task.await;
@@ -476,11 +623,15 @@ impl NodeReconciler {
                 continue;
             }
             let addr = SocketAddr::new(bind, np);
-            match TcpListener::bind(addr).await {
-                Ok(l) => {
+            let listener = match self.inherited.nodeports.remove(&np) {
+                Some(fd) => Inherited::listener(fd),
+                None => TcpListener::bind(addr).await,
+            };
+            match listener.and_then(|l| Ok((l.as_fd().try_clone_to_owned()?, l))) {
+                Ok((fd, l)) => {
                     tracing::info!(service = %svc.name, %addr, "NodePort listening");
                     let task = tokio::spawn(proxy::serve_nodeport(self.state.clone(), l, svc.clone(), port));
-                    self.nodeports.insert(np, (svc.clone(), port, task));
+                    self.nodeports.insert(np, (svc.clone(), port, task, fd));
                 }
                 Err(e) => tracing::error!(service = %svc.name, %addr, error = %e, "cannot listen on NodePort"),
             }
@@ -492,7 +643,9 @@ impl NodeReconciler {
 /// Gateways come and go with config reloads.
 struct GatewayListeners {
     bind: IpAddr,
-    running: HashMap<u16, (String, String, tokio::task::JoinHandle<()>)>,
+    running: HashMap<u16, (String, String, tokio::task::JoinHandle<()>, OwnedFd)>,
+    /// Handed over by a predecessor: (namespace, name, socket) by port.
+    inherited: HashMap<u16, (String, String, OwnedFd)>,
 }
 
 impl GatewayListeners {
@@ -502,23 +655,27 @@ impl GatewayListeners {
             wanted.iter().any(|g| g.port == port && g.name == name && g.namespace == ns)
         };
         let stale: Vec<u16> =
-            self.running.iter().filter(|(p, (n, ns, _))| !keep(**p, n, ns)).map(|(p, _)| *p).collect();
+            self.running.iter().filter(|(p, (n, ns, _, _))| !keep(**p, n, ns)).map(|(p, _)| *p).collect();
         for port in stale {
-            if let Some((name, _, task)) = self.running.remove(&port) {
+            if let Some((name, _, task, _)) = self.running.remove(&port) {
                 task.abort();
                 tracing::info!(gateway = %name, port, "Gateway listener closed");
             }
         }
         for gw in wanted {
-            if let Some((other, _, _)) = self.running.get(&gw.port) {
+            if let Some((other, _, _, _)) = self.running.get(&gw.port) {
                 if *other != gw.name {
                     tracing::warn!(gateway = %gw.name, port = gw.port, serving = %other, "port already served by another Gateway");
                 }
                 continue;
             }
             let addr = SocketAddr::new(self.bind, gw.port);
-            match TcpListener::bind(addr).await {
-                Ok(l) => {
+            let listener = match self.inherited.remove(&gw.port) {
+                Some((_, _, fd)) => Inherited::listener(fd),
+                None => TcpListener::bind(addr).await,
+            };
+            match listener.and_then(|l| Ok((l.as_fd().try_clone_to_owned()?, l))) {
+                Ok((fd, l)) => {
                     tracing::info!(gateway = %gw.name, %addr, "Gateway listening");
                     let task = tokio::spawn(proxy::serve_gateway(
                         state.clone(),
@@ -527,12 +684,76 @@ impl GatewayListeners {
                         gw.namespace.clone(),
                         gw.port,
                     ));
-                    self.running.insert(gw.port, (gw.name.clone(), gw.namespace.clone(), task));
+                    self.running.insert(gw.port, (gw.name.clone(), gw.namespace.clone(), task, fd));
                 }
                 Err(e) => tracing::error!(gateway = %gw.name, %addr, error = %e, "cannot listen for Gateway"),
             }
         }
     }
+}
+
+/// Once the node is reconciled for the first time: inherited descriptors nobody claimed are
+/// closed, the predecessor (if any) is told to drain, and this agent listens for its own successor.
+fn became_ready(
+    args: &AgentArgs,
+    node: &mut NodeReconciler,
+    predecessor: &mut Option<handover::Predecessor>,
+    server: &mut Option<handover::Server>,
+) {
+    if server.is_some() {
+        return;
+    }
+    node.inherited_done();
+    if let Some(p) = predecessor.take() {
+        match p.ready() {
+            Ok(()) => tracing::info!("took over from the previous agent; it is draining"),
+            Err(e) => tracing::warn!(error = %e, "cannot tell the previous agent to drain (gone already?)"),
+        }
+    }
+    match handover::Server::bind(&args.handover_socket) {
+        Ok(s) => {
+            tracing::info!(socket = %s.path().display(), "ready to hand over to a successor");
+            *server = Some(s);
+        }
+        Err(e) => tracing::warn!(error = %e, "no hitless handover possible: cannot listen for a successor"),
+    }
+}
+
+/// Everything a successor needs: every listening socket, and the eBPF maps and links.
+fn offer(node: &NodeReconciler, bpf: &MeshEbpf, admin: &OwnedFd) -> std::io::Result<handover::Offer> {
+    let mut items = node.export()?;
+    items.push((Role::Admin, admin.try_clone()?));
+    items.extend(bpf.export().map_err(std::io::Error::other)?);
+    Ok(handover::Offer { map_layout: ebpf::MAP_LAYOUT, items })
+}
+
+/// Sends the offer and waits (in the background: this agent keeps serving) for the successor
+/// to say it is ready; then the main loop is told to drain.
+fn hand_over(stream: std::os::unix::net::UnixStream, offer: handover::Offer, done: tokio::sync::mpsc::Sender<bool>) {
+    tokio::spawn(async move {
+        let descriptors = offer.items.len();
+        let sent = tokio::task::spawn_blocking(move || handover::send(&stream, &offer).map(|()| stream)).await;
+        let stream = match sent {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "handover to a new agent failed; carrying on");
+                let _ = done.send(false).await;
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "handover thread failed; carrying on");
+                let _ = done.send(false).await;
+                return;
+            }
+        };
+        tracing::info!(descriptors, "handed listeners and eBPF objects to a new agent; serving until it is ready");
+        if handover::wait_ready(stream).await {
+            let _ = done.send(true).await;
+        } else {
+            tracing::warn!("the new agent went away before it was ready; carrying on");
+            let _ = done.send(false).await;
+        }
+    });
 }
 
 /// Every ClusterIP:port the kernel must capture.
@@ -556,9 +777,24 @@ pub fn service_map(registry: &Registry) -> HashMap<ServiceKey, ServiceValue> {
     m
 }
 
+/// Stops every listener and waits for in-flight connections, at most `deadline`.
+async fn drain(state: &ProxyState, deadline: Duration) {
+    state.drain.start();
+    let active = state.drain.active();
+    if active > 0 {
+        tracing::info!(connections = active, deadline = ?deadline, "draining in-flight connections");
+    }
+    let left = state.drain.wait_idle(deadline).await;
+    if left > 0 {
+        tracing::warn!(connections = left, "drain deadline reached; closing the remaining connections");
+    } else {
+        tracing::info!("drained");
+    }
+}
+
 async fn serve_admin(state: Arc<ProxyState>, bpf: Arc<MeshEbpf>, ready: Arc<AtomicBool>, listener: TcpListener) {
-    loop {
-        let (stream, _) = proxy::accept(&listener, "admin").await;
+    let st = state.clone();
+    proxy::accept_until_drain(listener, "admin", &st.drain, |stream, _| {
         let state = state.clone();
         let bpf = bpf.clone();
         let ready = ready.clone();
@@ -601,7 +837,8 @@ async fn serve_admin(state: Arc<ProxyState>, bpf: Arc<MeshEbpf>, ready: Arc<Atom
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
-    }
+    })
+    .await;
 }
 
 async fn shutdown_signal() {

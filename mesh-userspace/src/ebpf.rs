@@ -3,17 +3,23 @@
 //! Programs are attached with BPF links (not legacy `BPF_PROG_ATTACH`) and never pinned: the
 //! kernel detaches them when the last link fd closes, so an agent that crashes or is killed
 //! leaves nothing attached. `Drop` detaches explicitly on a clean exit as well.
+//!
+//! A successor agent takes the link and map descriptors over (see `handover`): the same links
+//! stay attached and the same maps keep the enrollments, VIPs and original destinations, so the
+//! kernel side never changes during a handover. The links are created here with
+//! `BPF_LINK_CREATE` directly because aya does not give out a link's descriptor.
 use std::{
+    collections::HashMap,
     fs::File,
     net::{Ipv4Addr, SocketAddrV4},
-    os::fd::AsRawFd,
+    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
 
 use aya::{
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
-    programs::{CgroupAttachMode, CgroupSockAddr, SockOps},
+    maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray},
+    programs::{CgroupSockAddr, SockOps},
     Ebpf,
 };
 use aya_log::EbpfLogger;
@@ -40,13 +46,70 @@ pub enum EbpfError {
     #[error("eBPF object has no map {0}; rebuild it with `cargo xtask build-ebpf`")]
     NoMap(&'static str),
     #[error("loading/attaching program {name}: {source}")]
-    Program { name: &'static str, source: aya::programs::ProgramError },
+    Program { name: &'static str, source: Box<aya::programs::ProgramError> },
     #[error("map {name}: {source}")]
-    Map { name: &'static str, source: aya::maps::MapError },
+    Map { name: &'static str, source: Box<aya::maps::MapError> },
     #[error("cannot open cgroup {path}: {source}; is cgroup v2 mounted there? (hybrid layouts mount it at /sys/fs/cgroup/unified)")]
     Cgroup { path: PathBuf, source: std::io::Error },
     #[error("eBPF object has no aya-log ring buffer; rebuild it with `cargo xtask build-ebpf`: {0}")]
     Log(#[from] aya_log::Error),
+    #[error("attaching program {name} (BPF_LINK_CREATE, Linux >= 5.7): {source}")]
+    Link { name: &'static str, source: std::io::Error },
+    #[error("handed-over map {name}: {source}")]
+    Adopt { name: &'static str, source: Box<aya::maps::MapError> },
+    #[error("the predecessor handed over no map {0}")]
+    AdoptMissing(&'static str),
+    #[error("duplicating a descriptor for the handover: {0}")]
+    Dup(std::io::Error),
+}
+
+/// Version of the maps' names and key/value layouts (mesh-common). A successor adopts the
+/// predecessor's maps and links only when this matches; bump it whenever a map changes.
+pub const MAP_LAYOUT: u32 = 1;
+
+/// The maps the agent reads and writes (the programs hold the others).
+const USER_MAPS: [&str; 6] = [MAP_ENROLLED, MAP_SERVICES, MAP_ORIG_BY_TUPLE, MAP_STATS, MAP_EVENT_STATS, MAP_LOG_LEVEL];
+
+// enum bpf_attach_type (include/uapi/linux/bpf.h).
+const BPF_CGROUP_SOCK_OPS: u32 = 3;
+const BPF_CGROUP_INET4_CONNECT: u32 = 10;
+const BPF_CGROUP_INET6_CONNECT: u32 = 11;
+const BPF_LINK_CREATE: libc::c_long = 28;
+
+/// `union bpf_attr` as BPF_LINK_CREATE reads it; the tail must be zero.
+#[repr(C)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    target_fd: u32,
+    attach_type: u32,
+    flags: u32,
+    _rest: [u64; 8],
+}
+
+/// Attaches `prog` to the cgroup with a BPF link; the program stays attached while the returned
+/// descriptor (or a duplicate of it, in this or another process) is open.
+fn link_create(prog: impl AsFd, cgroup: &File, attach_type: u32) -> std::io::Result<OwnedFd> {
+    let attr = LinkCreateAttr {
+        prog_fd: prog.as_fd().as_raw_fd() as u32,
+        target_fd: cgroup.as_raw_fd() as u32,
+        attach_type,
+        flags: 0,
+        _rest: [0; 8],
+    };
+    // SAFETY: bpf(2) reads `size` bytes of a properly initialised attr; the fds are live.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_CREATE,
+            &attr as *const LinkCreateAttr,
+            std::mem::size_of::<LinkCreateAttr>() as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this new descriptor to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Where to find the compiled eBPF object: explicit path, `MESH_EBPF_OBJECT`, next to the
@@ -91,8 +154,12 @@ pub struct KernelStats {
 }
 
 pub struct MeshEbpf {
-    // Held for the links: dropping `Ebpf` drops the programs, which detaches them.
-    bpf: Ebpf,
+    /// The loaded object (None when the maps and links were handed over by a predecessor).
+    bpf: Option<Ebpf>,
+    /// The attachments: closing the last descriptor of a link (ours, or a successor's) detaches it.
+    links: Vec<(String, OwnedFd)>,
+    /// Duplicates of the user-space maps' descriptors, to hand over.
+    map_fds: Vec<(String, OwnedFd)>,
     enrolled: Mutex<BpfHashMap<MapData, u64, Enrollment>>,
     services: Mutex<BpfHashMap<MapData, ServiceKey, ServiceValue>>,
     orig_by_tuple: Mutex<BpfHashMap<MapData, TupleKey, OriginalDst>>,
@@ -110,63 +177,135 @@ impl MeshEbpf {
     /// of the cgroup v2 hierarchy, so every pod below it is seen; only enrolled cgroups are acted on).
     pub fn load_and_attach(object: &Path, cgroup_root: &Path) -> Result<MeshEbpf, EbpfError> {
         let mut bpf = Ebpf::load_file(object)
-            .map_err(|source| EbpfError::Load { path: object.to_path_buf(), source: Box::new(source) })?;
+            .map_err(|source| EbpfError::Load { path: object.to_path_buf(), source: source.into() })?;
         let cgroup =
             File::open(cgroup_root).map_err(|source| EbpfError::Cgroup { path: cgroup_root.to_path_buf(), source })?;
 
-        for name in [PROG_CONNECT4, PROG_CONNECT6] {
-            let prog: &mut CgroupSockAddr = bpf
-                .program_mut(name)
-                .ok_or(EbpfError::NoProgram(name))?
-                .try_into()
-                .map_err(|source| EbpfError::Program { name, source })?;
-            prog.load().map_err(|source| EbpfError::Program { name, source })?;
-            // On kernels >= 5.7 aya attaches with bpf_link_create, whose cgroup links always
-            // coexist with other programs (a CNI's own connect4); the kernel rejects
-            // BPF_F_ALLOW_MULTI there, so "Single" (flags 0) is the mode that means "a link".
-            // Still so with aya 0.14 (it passes the mode as link_create flags): AllowMultiple
-            // fails with EINVAL on kernel 6.18.
-            prog.attach(&cgroup, CgroupAttachMode::Single).map_err(|source| EbpfError::Program { name, source })?;
+        let mut links = Vec::new();
+        for (name, attach_type) in
+            [(PROG_CONNECT4, BPF_CGROUP_INET4_CONNECT), (PROG_CONNECT6, BPF_CGROUP_INET6_CONNECT)]
+        {
+            let prog: &mut CgroupSockAddr =
+                bpf.program_mut(name).ok_or(EbpfError::NoProgram(name))?.try_into().map_err(
+                    |source: aya::programs::ProgramError| EbpfError::Program { name, source: source.into() },
+                )?;
+            prog.load().map_err(|source| EbpfError::Program { name, source: source.into() })?;
+            // A cgroup link always coexists with other programs on the same hook (a CNI's own
+            // connect4); flags 0 is the only mode the kernel accepts for links (BPF_F_ALLOW_MULTI
+            // is EINVAL for links on kernel 6.18, still so through aya 0.14's attach).
+            let fd = prog.fd().map_err(|source| EbpfError::Program { name, source: source.into() })?;
+            let link = link_create(fd, &cgroup, attach_type).map_err(|source| EbpfError::Link { name, source })?;
+            links.push((name.to_owned(), link));
         }
 
-        let sock_ops: &mut SockOps = bpf
-            .program_mut(PROG_SOCK_OPS)
-            .ok_or(EbpfError::NoProgram(PROG_SOCK_OPS))?
-            .try_into()
-            .map_err(|source| EbpfError::Program { name: PROG_SOCK_OPS, source })?;
-        sock_ops.load().map_err(|source| EbpfError::Program { name: PROG_SOCK_OPS, source })?;
-        sock_ops
-            .attach(&cgroup, CgroupAttachMode::Single)
-            .map_err(|source| EbpfError::Program { name: PROG_SOCK_OPS, source })?;
+        let sock_ops: &mut SockOps =
+            bpf.program_mut(PROG_SOCK_OPS).ok_or(EbpfError::NoProgram(PROG_SOCK_OPS))?.try_into().map_err(
+                |source: aya::programs::ProgramError| EbpfError::Program { name: PROG_SOCK_OPS, source: source.into() },
+            )?;
+        sock_ops.load().map_err(|source| EbpfError::Program { name: PROG_SOCK_OPS, source: source.into() })?;
+        let fd = sock_ops.fd().map_err(|source| EbpfError::Program { name: PROG_SOCK_OPS, source: source.into() })?;
+        let link = link_create(fd, &cgroup, BPF_CGROUP_SOCK_OPS)
+            .map_err(|source| EbpfError::Link { name: PROG_SOCK_OPS, source })?;
+        links.push((PROG_SOCK_OPS.to_owned(), link));
 
-        let enrolled = take_hash(&mut bpf, MAP_ENROLLED)?;
-        let services = take_hash(&mut bpf, MAP_SERVICES)?;
-        let orig_by_tuple = take_hash(&mut bpf, MAP_ORIG_BY_TUPLE)?;
-        let stats = take_per_cpu(&mut bpf, MAP_STATS)?;
-        let event_stats = take_per_cpu(&mut bpf, MAP_EVENT_STATS)?;
-        let log_level = Array::try_from(bpf.take_map(MAP_LOG_LEVEL).ok_or(EbpfError::NoMap(MAP_LOG_LEVEL))?)
-            .map_err(|source| EbpfError::Map { name: MAP_LOG_LEVEL, source })?;
+        let mut maps = HashMap::new();
+        for name in USER_MAPS {
+            maps.insert(name, bpf.take_map(name).ok_or(EbpfError::NoMap(name))?);
+        }
         let names = Arc::new(Mutex::new(PodNames::default()));
         let logger = EbpfLogger::init_with_logger(&mut bpf, Forwarder { names: names.clone() })?;
+        let mut me = Self::from_maps(maps, links, cgroup_root, names, Some(logger))?;
+        me.bpf = Some(bpf);
         tracing::info!(object = %object.display(), cgroup = %cgroup_root.display(), "eBPF programs attached");
+        Ok(me)
+    }
+
+    /// Takes over a predecessor's maps and links (descriptors received in a handover): nothing
+    /// is loaded or attached, the kernel keeps running the same programs on the same maps.
+    pub fn adopt(
+        mut maps: HashMap<String, OwnedFd>,
+        links: Vec<(String, OwnedFd)>,
+        cgroup_root: &Path,
+    ) -> Result<MeshEbpf, EbpfError> {
+        let mut typed = HashMap::new();
+        for name in USER_MAPS {
+            let fd = maps.remove(name).ok_or(EbpfError::AdoptMissing(name))?;
+            let data = MapData::from_fd(fd).map_err(|source| EbpfError::Adopt { name, source: source.into() })?;
+            let map = match name {
+                MAP_ORIG_BY_TUPLE => Map::LruHashMap(data),
+                MAP_STATS | MAP_EVENT_STATS => Map::PerCpuArray(data),
+                MAP_LOG_LEVEL => Map::Array(data),
+                _ => Map::HashMap(data),
+            };
+            typed.insert(name, map);
+        }
+        tracing::info!(links = links.len(), "eBPF maps and links taken over from the previous agent");
+        // The kernel log ring buffer stays with the programs' loader: after a handover the
+        // events are counted (MAP_EVENT_STATS) but not forwarded as log lines.
+        Self::from_maps(typed, links, cgroup_root, Arc::new(Mutex::new(PodNames::default())), None)
+    }
+
+    fn from_maps(
+        mut maps: HashMap<&'static str, Map>,
+        links: Vec<(String, OwnedFd)>,
+        cgroup_root: &Path,
+        names: Arc<Mutex<PodNames>>,
+        logger: Option<EbpfLogger<Forwarder>>,
+    ) -> Result<MeshEbpf, EbpfError> {
+        let mut map_fds = Vec::new();
+        for (name, map) in &maps {
+            let data = match map {
+                Map::HashMap(d) | Map::LruHashMap(d) | Map::PerCpuArray(d) | Map::Array(d) => d,
+                _ => return Err(EbpfError::NoMap(name)),
+            };
+            map_fds.push((name.to_string(), data.fd().as_fd().try_clone_to_owned().map_err(EbpfError::Dup)?));
+        }
+        let mut take = |name: &'static str| maps.remove(name).ok_or(EbpfError::NoMap(name));
+        let enrolled = hash(MAP_ENROLLED, take(MAP_ENROLLED)?)?;
+        let services = hash(MAP_SERVICES, take(MAP_SERVICES)?)?;
+        let orig_by_tuple = hash(MAP_ORIG_BY_TUPLE, take(MAP_ORIG_BY_TUPLE)?)?;
+        let stats = PerCpuArray::try_from(take(MAP_STATS)?)
+            .map_err(|source| EbpfError::Map { name: MAP_STATS, source: source.into() })?;
+        let event_stats = PerCpuArray::try_from(take(MAP_EVENT_STATS)?)
+            .map_err(|source| EbpfError::Map { name: MAP_EVENT_STATS, source: source.into() })?;
+        let log_level = Array::try_from(take(MAP_LOG_LEVEL)?)
+            .map_err(|source| EbpfError::Map { name: MAP_LOG_LEVEL, source: source.into() })?;
         Ok(MeshEbpf {
-            bpf,
+            bpf: None,
+            links,
+            map_fds,
             enrolled: Mutex::new(enrolled),
             services: Mutex::new(services),
             orig_by_tuple: Mutex::new(orig_by_tuple),
             stats,
             event_stats,
             log_level: Mutex::new(log_level),
-            logger: Mutex::new(Some(logger)),
+            logger: Mutex::new(logger),
             names,
             cgroup_root: cgroup_root.to_path_buf(),
         })
     }
 
+    /// Duplicates of every map and link descriptor, with their roles, for a successor. Ours stay
+    /// open: until the successor is ready, this agent keeps the programs attached itself.
+    pub fn export(&self) -> Result<Vec<(crate::handover::Role, OwnedFd)>, EbpfError> {
+        use crate::handover::Role;
+        let mut out = Vec::new();
+        for (name, fd) in &self.map_fds {
+            out.push((Role::BpfMap { name: name.clone() }, fd.try_clone().map_err(EbpfError::Dup)?));
+        }
+        for (program, fd) in &self.links {
+            out.push((Role::BpfLink { program: program.clone() }, fd.try_clone().map_err(EbpfError::Dup)?));
+        }
+        Ok(out)
+    }
+
     /// Sets the level the kernel programs log at (`mesh_common::log_level`); takes effect on the
     /// next program run, nothing is reloaded.
     pub fn set_log_level(&self, level: u32) -> Result<(), EbpfError> {
-        lock(&self.log_level).set(0, level, 0).map_err(|source| EbpfError::Map { name: MAP_LOG_LEVEL, source })
+        lock(&self.log_level)
+            .set(0, level, 0)
+            .map_err(|source| EbpfError::Map { name: MAP_LOG_LEVEL, source: source.into() })
     }
 
     /// Starts the task that forwards the kernel's log records into `tracing` (see
@@ -212,7 +351,7 @@ impl MeshEbpf {
         let inserted = lock(&self.enrolled).insert(cgroup_id, enrollment, 0);
         inserted.map_err(|source| {
             lock(&self.names).remove(cgroup_id);
-            EbpfError::Map { name: MAP_ENROLLED, source }
+            EbpfError::Map { name: MAP_ENROLLED, source: source.into() }
         })
     }
 
@@ -220,7 +359,7 @@ impl MeshEbpf {
         lock(&self.names).remove(cgroup_id);
         match lock(&self.enrolled).remove(&cgroup_id) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(EbpfError::Map { name: MAP_ENROLLED, source }),
+            Err(source) => Err(EbpfError::Map { name: MAP_ENROLLED, source: source.into() }),
         }
     }
 
@@ -228,7 +367,7 @@ impl MeshEbpf {
     /// live VIP is never briefly absent.
     pub fn sync_services(&self, wanted: &std::collections::HashMap<ServiceKey, ServiceValue>) -> Result<(), EbpfError> {
         let mut map = lock(&self.services);
-        let err = |source| EbpfError::Map { name: MAP_SERVICES, source };
+        let err = |source: aya::maps::MapError| EbpfError::Map { name: MAP_SERVICES, source: source.into() };
         for (k, v) in wanted {
             map.insert(k, v, 0).map_err(err)?;
         }
@@ -270,24 +409,15 @@ impl MeshEbpf {
         &self.cgroup_root
     }
 
-    /// Detaches both programs now (also happens on drop).
+    /// Detaches the programs now (also happens on drop), unless a successor holds the links.
     pub fn detach(self) {
-        drop(self.bpf);
+        drop(self);
         tracing::info!("eBPF programs detached");
     }
 }
 
-fn take_hash<K: aya::Pod, V: aya::Pod>(
-    bpf: &mut Ebpf,
-    name: &'static str,
-) -> Result<BpfHashMap<MapData, K, V>, EbpfError> {
-    let map = bpf.take_map(name).ok_or(EbpfError::NoMap(name))?;
-    BpfHashMap::try_from(map).map_err(|source| EbpfError::Map { name, source })
-}
-
-fn take_per_cpu(bpf: &mut Ebpf, name: &'static str) -> Result<PerCpuArray<MapData, u64>, EbpfError> {
-    let map = bpf.take_map(name).ok_or(EbpfError::NoMap(name))?;
-    PerCpuArray::try_from(map).map_err(|source| EbpfError::Map { name, source })
+fn hash<K: aya::Pod, V: aya::Pod>(name: &'static str, map: Map) -> Result<BpfHashMap<MapData, K, V>, EbpfError> {
+    BpfHashMap::try_from(map).map_err(|source| EbpfError::Map { name, source: source.into() })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -179,3 +179,39 @@ fn the_checker_catches_a_misspelt_field() {
     .unwrap();
     assert!(check_document(Path::new("x.yaml"), "", &doc).is_err());
 }
+
+/// The DaemonSet rolls hitlessly: a surge pod per node next to the old one (so no hostPort,
+/// KEP-1591), never a node without an agent, a grace period above the drain deadline, and the
+/// handover socket on a hostPath both pods see.
+#[test]
+fn daemonset_rolls_with_a_surge_pod_and_hands_over() {
+    let text = std::fs::read_to_string(deploy_dir().join("daemonset.yaml")).expect("daemonset.yaml");
+    let ds: DaemonSet = serde_yaml::from_str(&text).expect("DaemonSet");
+    let spec = ds.spec.expect("spec");
+    let rolling = spec.update_strategy.and_then(|s| s.rolling_update).expect("rollingUpdate");
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    assert_eq!(rolling.max_surge, Some(IntOrString::Int(1)));
+    assert_eq!(rolling.max_unavailable, Some(IntOrString::Int(0)));
+    let pod = spec.template.spec.expect("pod spec");
+    let agent = &pod.containers[0];
+    let args = agent.args.clone().unwrap_or_default();
+    let drain = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--drain-timeout="))
+        .map(|d| mesh::drain::parse_duration(d).expect("drain timeout parses"))
+        .expect("--drain-timeout set");
+    let grace = pod.termination_grace_period_seconds.expect("terminationGracePeriodSeconds");
+    assert!(grace as u64 > drain.as_secs(), "grace {grace}s must exceed the drain deadline {drain:?}");
+    let hostports: Vec<_> = pod
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter(|p| pod.host_network == Some(true) || p.host_port.is_some())
+        .collect();
+    assert!(hostports.is_empty(), "a (host) port blocks the surge pod on the same node: {hostports:?}");
+    let socket = args.iter().find_map(|a| a.strip_prefix("--handover-socket=")).expect("--handover-socket");
+    let mounted = agent.volume_mounts.iter().flatten().find(|m| socket.starts_with(&format!("{}/", m.mount_path)));
+    let mount = mounted.expect("the handover socket's directory is mounted");
+    let volume = pod.volumes.iter().flatten().find(|v| v.name == mount.name).expect("volume");
+    assert_eq!(volume.host_path.as_ref().map(|h| h.path.as_str()), Some("/run/mesh"), "a hostPath both pods see");
+}

@@ -238,6 +238,22 @@ impl Node {
         }
     }
 
+    /// Waits (bounded) for the process `label` to exit by itself.
+    pub fn wait(&mut self, label: &str, within: Duration) -> Result<std::process::ExitStatus> {
+        let i = self.children.iter().position(|(l, _)| l == label).with_context(|| format!("no process {label}"))?;
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(st) = self.children[i].1.try_wait()? {
+                self.children.remove(i);
+                return Ok(st);
+            }
+            if Instant::now() > deadline {
+                bail!("{label} still running after {within:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// A YAML registry (Services + Pods with netns/cgroup annotations) for the agent.
     pub fn pod_yaml(&self, pod: &str, labels: &[(&str, &str)], port: u16, enroll: bool) -> Result<String> {
         let p = self.pod(pod)?;

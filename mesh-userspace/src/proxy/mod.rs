@@ -54,6 +54,8 @@ pub struct ProxyState {
     pub lb: lb::LoadBalancer,
     pub metrics: Metrics,
     pub original_dst: Arc<dyn OriginalDst>,
+    /// Stop accepting / finish in-flight connections (SIGTERM, or a successor took over).
+    pub drain: crate::drain::Drain,
 }
 
 impl ProxyState {
@@ -67,6 +69,7 @@ impl ProxyState {
             lb: lb::LoadBalancer::default(),
             metrics: Metrics::default(),
             original_dst,
+            drain: Default::default(),
         })
     }
 }
@@ -161,6 +164,30 @@ pub async fn accept(listener: &TcpListener, listener_of: &str) -> (TcpStream, So
     }
 }
 
+/// Accepts on `listener` and hands each connection to `handle` until the drain starts; then
+/// serves what the kernel had already queued (closing the listener would reset those) and
+/// returns, dropping this task's handle on the socket. A successor holding the same socket keeps
+/// accepting on it.
+pub async fn accept_until_drain(
+    listener: TcpListener,
+    listener_of: &str,
+    drain: &crate::drain::Drain,
+    mut handle: impl FnMut(TcpStream, SocketAddr),
+) {
+    use futures_util::FutureExt as _;
+    loop {
+        tokio::select! {
+            biased;
+            _ = drain.signaled() => break,
+            (stream, peer) = accept(&listener, listener_of) => handle(stream, peer),
+        }
+    }
+    while let Some(Ok((stream, peer))) = listener.accept().now_or_never() {
+        handle(stream, peer);
+    }
+    tracing::debug!(listener = %listener_of, "stopped accepting (draining)");
+}
+
 /// Accepts on the outbound listener inside `workload`'s network namespace until the listener fails.
 /// `workload` is updated by the agent when the pod changes (its labels feed `sourceLabels`).
 pub async fn serve_pod_listener(
@@ -169,8 +196,9 @@ pub async fn serve_pod_listener(
     listener: TcpListener,
     netns_cookie: u64,
 ) {
-    loop {
-        let (stream, peer) = accept(&listener, &workload.load().name).await;
+    let name = workload.load().name.clone();
+    let st = state.clone();
+    accept_until_drain(listener, &name, &st.drain, |stream, peer| {
         let workload = workload.load_full();
         let span = tracing::info_span!("conn", src = %workload.name, peer = %peer);
         let state = state.clone();
@@ -202,7 +230,8 @@ pub async fn serve_pod_listener(
             }
             .instrument(span),
         );
-    }
+    })
+    .await;
 }
 
 /// The pre-NAT destination of a connection redirected by netfilter (`SO_ORIGINAL_DST`); None when
@@ -272,15 +301,31 @@ pub async fn serve_http(state: Arc<ProxyState>, source: Source, entry: Entry, st
     // Responses are written whole; Nagle would only hold the next one back behind the client's
     // delayed ACK of the previous (Envoy and nginx set it too).
     let _ = stream.set_nodelay(true);
+    let st = state.clone();
+    let _in_flight = st.drain.track();
     let io = TokioIo::new(stream);
     let svc = hyper::service::service_fn(move |req| http::handle(state.clone(), source.clone(), entry.clone(), req));
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    if let Err(e) = builder.serve_connection(io, svc).await {
+    let conn = builder.serve_connection(io, svc);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = st.drain.signaled() => {
+            // HTTP/1: closes the connection if idle, else answers the request in flight with
+            // `Connection: close` and then closes; HTTP/2: GOAWAY, streams in flight finish.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!(error = %e, "http connection ended with error");
     }
 }
 
 async fn serve_tcp(state: Arc<ProxyState>, source: Source, service: Arc<Service>, port: u16, mut stream: TcpStream) {
+    // A byte stream has no message boundary to stop at: it runs until it ends or the drain
+    // deadline ends the process.
+    let _in_flight = state.drain.track();
     let cluster = {
         let table = state.routes.load();
         table.route_tcp(source.workload.as_deref(), &service, port, &mut rand::thread_rng())
@@ -325,8 +370,9 @@ async fn serve_tcp(state: Arc<ProxyState>, source: Source, service: Arc<Service>
 
 /// Ingress listener for a NodePort service: no source workload, destination fixed.
 pub async fn serve_nodeport(state: Arc<ProxyState>, listener: TcpListener, service: Arc<Service>, port: u16) {
-    loop {
-        let (stream, peer) = accept(&listener, &service.name).await;
+    let st = state.clone();
+    let name = service.name.clone();
+    accept_until_drain(listener, &name, &st.drain, |stream, peer| {
         let state = state.clone();
         let service = service.clone();
         let span = tracing::info_span!("ingress", nodeport_service = %service.name, peer = %peer);
@@ -334,18 +380,20 @@ pub async fn serve_nodeport(state: Arc<ProxyState>, listener: TcpListener, servi
             serve_service_conn(state, Source { workload: None, peer: Some(peer) }, service, port, stream)
                 .instrument(span),
         );
-    }
+    })
+    .await;
 }
 
 /// Ingress listener for an Istio Gateway server port.
 pub async fn serve_gateway(state: Arc<ProxyState>, listener: TcpListener, name: String, namespace: String, port: u16) {
-    loop {
-        let (stream, peer) = accept(&listener, &name).await;
+    let st = state.clone();
+    accept_until_drain(listener, &name, &st.drain, |stream, peer| {
         let state = state.clone();
         let entry = Entry::Gateway { name: name.clone(), namespace: namespace.clone(), port };
         let span = tracing::info_span!("gateway", gateway = %name, peer = %peer);
         tokio::spawn(serve_http(state, Source { workload: None, peer: Some(peer) }, entry, stream).instrument(span));
-    }
+    })
+    .await;
 }
 
 #[cfg(test)]

@@ -3,10 +3,12 @@
 //! e2e-backend http NAME ADDR     HTTP/1.1 server answering `backend=NAME path=P end-user=U`
 //! e2e-backend banner NAME ADDR   server-first TCP: sends `BANNER NAME\n`, then echoes lines
 //! e2e-backend tcp-client ADDR MSG  connects, prints the banner line, sends MSG, prints the echo
+//! e2e-backend load HOST:PORT RATE SECONDS keepalive|close
+//!                                fixed-rate HTTP/1.1 GETs, prints `ok=N failed=M` and the errors
 use std::{
     io::{BufRead, BufReader, Read, Write},
-    net::{TcpListener, TcpStream},
-    time::Duration,
+    net::{TcpListener, TcpStream, ToSocketAddrs},
+    time::{Duration, Instant},
 };
 
 fn main() {
@@ -15,7 +17,9 @@ fn main() {
         Some("http") if args.len() == 4 => serve(&args[3], &args[2], handle_http),
         Some("banner") if args.len() == 4 => serve(&args[3], &args[2], handle_banner),
         Some("tcp-client") if args.len() == 4 => tcp_client(&args[2], &args[3]),
-        _ => Err("usage: e2e-backend http|banner NAME ADDR | tcp-client ADDR MSG".to_string()),
+        Some("load") if args.len() == 6 => load(&args[2], &args[3], &args[4], &args[5]),
+        _ => Err("usage: e2e-backend http|banner NAME ADDR | tcp-client ADDR MSG | load HOST:PORT RATE SECONDS keepalive|close"
+            .to_string()),
     };
     if let Err(e) = result {
         eprintln!("e2e-backend: {e}");
@@ -103,5 +107,126 @@ fn tcp_client(addr: &str, msg: &str) -> Result<(), String> {
     let mut echo = String::new();
     r.read_line(&mut echo).map_err(|e| format!("reading echo: {e}"))?;
     print!("{echo}");
+    Ok(())
+}
+
+/// Why one request failed; `Stale` means a reused keep-alive connection was closed before any
+/// byte of the response came back, which an HTTP/1 client retries on a new connection (as
+/// browsers, curl and hyper's client do): the server closed it while idle.
+enum Failure {
+    Stale(String),
+    Failed(String),
+}
+
+type Conn = (BufReader<TcpStream>, TcpStream);
+
+fn load(host: &str, rate: &str, secs: &str, mode: &str) -> Result<(), String> {
+    let rate: f64 = rate.parse().map_err(|_| format!("rate {rate:?}"))?;
+    let secs: f64 = secs.parse().map_err(|_| format!("seconds {secs:?}"))?;
+    let keepalive = match mode {
+        "keepalive" => true,
+        "close" => false,
+        _ => return Err(format!("mode {mode:?}: keepalive or close")),
+    };
+    let addr = host.to_socket_addrs().map_err(|e| format!("{host}: {e}"))?.next().ok_or("no address")?;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let (start, run) = (Instant::now(), Duration::from_secs_f64(secs));
+    let (mut ok, mut failed, mut retried, mut connections) = (0u64, 0u64, 0u64, 0u64);
+    let mut errors: Vec<String> = Vec::new();
+    let mut conn: Option<Conn> = None;
+    let mut next = start;
+    let mut n = 0u64;
+    while start.elapsed() < run {
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        }
+        next += interval;
+        n += 1;
+        let reused = conn.is_some();
+        let mut result = request(&mut conn, addr, host, keepalive, n, &mut connections);
+        if let (Err(Failure::Stale(_)), true) = (&result, reused) {
+            retried += 1;
+            result = request(&mut conn, addr, host, keepalive, n, &mut connections);
+        }
+        match result {
+            Ok(()) => ok += 1,
+            Err(Failure::Stale(e) | Failure::Failed(e)) => {
+                failed += 1;
+                conn = None;
+                if errors.len() < 10 {
+                    errors.push(format!("request {n} at {:?}: {e}", start.elapsed()));
+                }
+            }
+        }
+    }
+    println!("ok={ok} failed={failed} retried_stale={retried} connections={connections}");
+    for e in errors {
+        println!("error: {e}");
+    }
+    Ok(())
+}
+
+fn request(
+    conn: &mut Option<Conn>,
+    addr: std::net::SocketAddr,
+    host: &str,
+    keepalive: bool,
+    n: u64,
+    connections: &mut u64,
+) -> Result<(), Failure> {
+    if conn.is_none() {
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .map_err(|e| Failure::Failed(format!("connect: {e}")))?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| Failure::Failed(e.to_string()))?;
+        let w = s.try_clone().map_err(|e| Failure::Failed(e.to_string()))?;
+        *connections += 1;
+        *conn = Some((BufReader::new(s), w));
+    }
+    let Some((r, w)) = conn.as_mut() else { return Err(Failure::Failed("no connection".into())) };
+    let close = if keepalive { "" } else { "connection: close\r\n" };
+    let sent = w.write_all(format!("GET /load/{n} HTTP/1.1\r\nhost: {host}\r\n{close}\r\n").as_bytes());
+    let mut status = String::new();
+    let read = sent.and_then(|()| r.read_line(&mut status));
+    match read {
+        Ok(0) => {
+            *conn = None;
+            return Err(Failure::Stale("connection closed before the response".into()));
+        }
+        Err(e) if status.is_empty() => {
+            *conn = None;
+            return Err(Failure::Stale(format!("before the response: {e}")));
+        }
+        Err(e) => return Err(Failure::Failed(format!("reading the status line: {e}"))),
+        Ok(_) => {}
+    }
+    let (mut len, mut server_closes) = (0usize, false);
+    loop {
+        let mut h = String::new();
+        match r.read_line(&mut h) {
+            Ok(0) | Err(_) => return Err(Failure::Failed("truncated headers".into())),
+            Ok(_) => {}
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            match k.trim().to_ascii_lowercase().as_str() {
+                "content-length" => len = v.trim().parse().unwrap_or(0),
+                "connection" => server_closes = v.trim().eq_ignore_ascii_case("close"),
+                _ => {}
+            }
+        }
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).map_err(|e| Failure::Failed(format!("reading the body: {e}")))?;
+    if !keepalive || server_closes {
+        *conn = None;
+    }
+    let body = String::from_utf8_lossy(&body);
+    if !status.starts_with("HTTP/1.1 200") || !body.contains("backend=") {
+        return Err(Failure::Failed(format!("{} {}", status.trim_end(), body.trim_end())));
+    }
     Ok(())
 }
