@@ -300,21 +300,9 @@ impl NodeReconciler {
 
     /// Compiles and swaps in a new routing config; returns it when applied.
     async fn apply_config(&mut self, update: Result<Config, crate::config::ConfigErrors>) -> Option<Config> {
-        let compiled = update.and_then(|c| RouteTable::compile(&c, &self.state.registry.load()).map(|t| (c, t)));
-        match compiled {
-            Ok((config, table)) => {
-                self.state.routes.store(Arc::new(table));
-                self.state.metrics.inc("mesh_config_reloads_total", &[("result", "applied")]);
-                tracing::info!("routing config reloaded");
-                self.gateways.reconcile(&self.state).await;
-                Some(config)
-            }
-            Err(errors) => {
-                self.state.metrics.inc("mesh_config_reloads_total", &[("result", "rejected")]);
-                tracing::error!("routing config rejected, the previous config stays live:\n{errors}");
-                None
-            }
-        }
+        let applied = crate::reload::apply_config(&self.state, update)?;
+        self.gateways.reconcile(&self.state).await;
+        Some(applied)
     }
 
     fn has_failed_enrollments(&self) -> bool {

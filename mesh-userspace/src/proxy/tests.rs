@@ -7,13 +7,13 @@ use std::{
         atomic::{AtomicUsize, Ordering},
         Arc,
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Semaphore, time::Instant};
 
 use super::*;
 use crate::{
@@ -43,10 +43,16 @@ async fn backend(name: &'static str, fail: usize) -> (SocketAddr, Arc<AtomicUsiz
                 let svc = hyper::service::service_fn(move |req: ::http::Request<hyper::body::Incoming>| {
                     let n = counter.fetch_add(1, Ordering::SeqCst);
                     let user = req.headers().get("end-user").and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
-                    let slow = req.headers().contains_key("x-slow");
+                    let held = req.headers().contains_key("x-hold");
                     async move {
-                        if slow {
-                            tokio::time::sleep(Duration::from_millis(300)).await;
+                        if held {
+                            // Held until the test releases it: no timing assumption about how
+                            // long "slow" must be for requests to overlap.
+                            let hold = hold(addr);
+                            hold.arrived.add_permits(1);
+                            if let Ok(p) = hold.release.acquire().await {
+                                p.forget();
+                            };
                         }
                         let mut r = ::http::Response::new(crate::proxy::http::full(format!("{name} end-user={user}")));
                         if n < fail {
@@ -62,6 +68,31 @@ async fn backend(name: &'static str, fail: usize) -> (SocketAddr, Arc<AtomicUsiz
         }
     });
     (addr, hits)
+}
+
+/// A test backend's gate for requests sent with `x-hold`: each adds a permit to `arrived` when
+/// it reaches the backend and is answered once the test adds a permit to `release`.
+struct Hold {
+    arrived: Semaphore,
+    release: Semaphore,
+}
+
+fn hold(addr: SocketAddr) -> Arc<Hold> {
+    static HOLDS: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<SocketAddr, Arc<Hold>>>> =
+        std::sync::OnceLock::new();
+    let mut holds = HOLDS.get_or_init(Default::default).lock().unwrap();
+    holds
+        .entry(addr)
+        .or_insert_with(|| Arc::new(Hold { arrived: Semaphore::new(0), release: Semaphore::new(0) }))
+        .clone()
+}
+
+/// Waits until `n` held requests have reached the backend at `addr` (bounded, so a bug fails the
+/// test instead of hanging it).
+async fn arrived(addr: SocketAddr, n: u32) {
+    let h = hold(addr);
+    let got = tokio::time::timeout(Duration::from_secs(10), h.arrived.acquire_many(n)).await;
+    got.expect("held requests did not reach the backend").expect("semaphore").forget();
 }
 
 /// Connections each test backend accepted, by its address.
@@ -130,6 +161,13 @@ async fn front(state: Arc<ProxyState>, reviews: Arc<Service>, client: Arc<Worklo
 }
 
 async fn get(addr: SocketAddr, headers: &[(&str, &str)]) -> (u16, String, Duration) {
+    let (status, _, body, took) = get_full(addr, headers).await;
+    (status, body, took)
+}
+
+/// Like [`get`], with the response headers. Time is tokio's, so a paused test clock measures
+/// exactly the proxy's timers.
+async fn get_full(addr: SocketAddr, headers: &[(&str, &str)]) -> (u16, ::http::HeaderMap, String, Duration) {
     let started = Instant::now();
     let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
@@ -140,8 +178,9 @@ async fn get(addr: SocketAddr, headers: &[(&str, &str)]) -> (u16, String, Durati
     }
     let resp = sender.send_request(req.body(Empty::<Bytes>::new()).expect("request")).await.expect("response");
     let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
     let body = resp.into_body().collect().await.expect("body").to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned(), started.elapsed())
+    (status, headers, String::from_utf8_lossy(&body).into_owned(), started.elapsed())
 }
 
 const DR: &str = "apiVersion: networking.istio.io/v1
@@ -163,7 +202,9 @@ fn table(yaml: &str, registry: &Registry) -> RouteTable {
     RouteTable::compile(&config, registry).unwrap_or_else(|e| panic!("compile: {e}"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Paused clock: the only timer while jason's request waits is the fault delay, so the time it
+// takes is the configured delay, not "at least" it (a real clock would need a loose upper bound).
+#[tokio::test(start_paused = true)]
 async fn header_route_and_delay_fault_apply_to_jason_only() {
     let (registry, reviews, client, _, _) = setup(0).await;
     let yaml = format!(
@@ -176,6 +217,7 @@ async fn header_route_and_delay_fault_apply_to_jason_only() {
     assert_eq!(s, 200);
     assert!(body.starts_with("reviews-v2 end-user=jason"), "{body}");
     assert!(took >= Duration::from_millis(300), "delay not applied: {took:?}");
+    assert!(took < Duration::from_millis(310), "delay longer than the configured 300ms: {took:?}");
     let (s, body, took) = get(addr, &[]).await;
     assert_eq!(s, 200);
     assert!(body.starts_with("reviews-v1"), "{body}");
@@ -185,16 +227,24 @@ async fn header_route_and_delay_fault_apply_to_jason_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_on_5xx_reach_a_healthy_endpoint() {
-    // v1 fails its first request with 503; retryOn 5xx moves the retry to the next endpoint.
-    let (registry, reviews, client, h1, h2) = setup(1).await;
-    let yaml = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews}\n    retries: {attempts: 2, retryOn: 5xx}\n";
+    // v1 answers every request with 503, so only a retry sent to another endpoint can succeed.
+    // The key is hashed (consistentHash): a retry that did not avoid the endpoint already tried
+    // would land on v1 again, as round robin would hide by moving on anyway.
+    let (registry, reviews, client, h1, h2) = setup(usize::MAX).await;
+    let yaml = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews}\nspec:\n  host: reviews\n  trafficPolicy:\n    loadBalancer:\n      consistentHash: {httpHeaderName: x-user}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews}\n    retries: {attempts: 2, retryOn: 5xx}\n";
     let state = ProxyState::new(registry.clone(), table(yaml, &registry), Arc::new(NoOriginalDst));
     let addr = front(state, reviews, client).await;
-    for _ in 0..4 {
-        let (s, body, _) = get(addr, &[]).await;
+    // 16 keys: each hashes to v1 or v2; the chance that none is on v1 is 2^-16.
+    for i in 0..16 {
+        let user = format!("u{i}");
+        let (s, body, _) = get(addr, &[("x-user", &user)]).await;
         assert_eq!(s, 200, "{body}");
+        assert!(body.starts_with("reviews-v2"), "answered by {body}");
     }
-    assert_eq!(h1.load(Ordering::SeqCst) + h2.load(Ordering::SeqCst), 5, "one retry expected");
+    let (v1, v2) = (h1.load(Ordering::SeqCst), h2.load(Ordering::SeqCst));
+    assert!(v1 >= 1, "no key hashed to v1: the retry path was not exercised");
+    assert_eq!(v2, 16, "v2 answers every request exactly once");
+    assert!(v1 <= 16, "v1 tried more than once per request: {v1}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -208,60 +258,149 @@ async fn subset_without_endpoints_is_a_503_naming_it() {
     assert!(body.contains("no healthy upstream") && body.contains("v3"), "{body}");
 }
 
+/// A config directory holding `yaml`, as the agent's `--config` would.
+fn config_dir(yaml: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("reviews.yaml"), yaml).expect("write config");
+    dir
+}
+
+/// Loads `dir` and applies it through the agent's reload path (parse, compile, swap).
+fn reload(state: &ProxyState, dir: &tempfile::TempDir) {
+    let applied = crate::reload::apply_config(state, Config::load_dir(dir.path()));
+    assert!(applied.is_some(), "config in {} rejected", dir.path().display());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_race_loses_no_request() {
+    const RELOADS: usize = 200;
     let (registry, reviews, client, _, _) = setup(0).await;
-    let (t1, t2) = (Arc::new(table(&vs("v1"), &registry)), Arc::new(table(&vs("v2"), &registry)));
+    let v1 = v1_addr(&registry);
+    let dirs = [config_dir(&vs("v1")), config_dir(&vs("v2"))];
     let state = ProxyState::new(registry, RouteTable::kubernetes_only(&Registry::default()), Arc::new(NoOriginalDst));
-    state.routes.store(t1.clone());
+    reload(&state, &dirs[0]);
     let addr = front(state.clone(), reviews, client).await;
-    let reloader = {
-        let state = state.clone();
-        tokio::spawn(async move {
-            for i in 0..100 {
-                state.routes.store(if i % 2 == 0 { t2.clone() } else { t1.clone() });
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        })
-    };
+
+    // Held at the v1 backend across every reload below; must still be answered by v1.
+    let held = tokio::spawn(get(addr, &[("x-hold", "1")]));
+    arrived(v1, 1).await;
+
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let completed = Arc::new(AtomicUsize::new(0));
     let mut clients = Vec::new();
     for _ in 0..4 {
+        let (done, completed) = (done.clone(), completed.clone());
         clients.push(tokio::spawn(async move {
-            let mut bad = Vec::new();
-            for _ in 0..60 {
+            let (mut bad, mut seen) = (Vec::new(), [0usize; 2]);
+            while !done.load(Ordering::SeqCst) {
                 let (s, body, _) = get(addr, &[]).await;
-                if s != 200 || !(body.starts_with("reviews-v1") || body.starts_with("reviews-v2")) {
-                    bad.push((s, body));
+                match (s, body.split(' ').next()) {
+                    (200, Some("reviews-v1")) => seen[0] += 1,
+                    (200, Some("reviews-v2")) => seen[1] += 1,
+                    _ => bad.push((s, body)),
                 }
+                completed.fetch_add(1, Ordering::SeqCst);
             }
-            bad
+            (bad, seen)
         }));
     }
-    reloader.await.expect("reloader");
-    for c in clients {
-        let bad = c.await.expect("client");
-        assert!(bad.is_empty(), "requests failed during reloads: {bad:?}");
+    // Every reload waits for a request to complete after the previous one, so requests are in
+    // flight across all of them; the clients run until the last has been applied.
+    for i in 0..RELOADS {
+        let before = completed.load(Ordering::SeqCst);
+        reload(&state, &dirs[(i + 1) % 2]);
+        while completed.load(Ordering::SeqCst) == before {
+            tokio::task::yield_now().await;
+        }
     }
+    done.store(true, Ordering::SeqCst);
+    let (mut bad, mut seen) = (Vec::new(), [0usize; 2]);
+    for c in clients {
+        let (b, s) = c.await.expect("client");
+        bad.extend(b);
+        seen[0] += s[0];
+        seen[1] += s[1];
+    }
+    assert!(bad.is_empty(), "requests failed during reloads: {bad:?}");
+    assert!(seen[0] > 0 && seen[1] > 0, "both subsets must be served across the reloads: {seen:?}");
+    assert!(seen[0] + seen[1] >= RELOADS, "{seen:?}");
+    assert_eq!(state.metrics.get("mesh_config_reloads_total", &[("result", "applied")]), RELOADS as u64 + 1);
+
+    // The held request was routed before the first reload: it finishes on v1.
+    hold(v1).release.add_permits(1);
+    let (s, body, _) = held.await.expect("held request");
+    assert_eq!(s, 200, "{body}");
+    assert!(body.starts_with("reviews-v1"), "{body}");
+}
+
+// Paused clock: the delayed request's 1 s fault delay is the only timer, so the reload below
+// happens while it waits, after it was routed (virtual time, no race with a real clock).
+#[tokio::test(start_paused = true)]
+async fn a_delayed_request_finishes_on_the_route_table_it_started_with() {
+    let (registry, reviews, client, h1, h2) = setup(0).await;
+    let delayed_to_v1 = format!(
+        "{DR}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews}}\nspec:\n  hosts: [reviews]\n  http:\n  - fault:\n      delay: {{fixedDelay: 1s, percentage: {{value: 100}}}}\n    route:\n    - destination: {{host: reviews, subset: v1}}\n"
+    );
+    let dirs = [config_dir(&delayed_to_v1), config_dir(&vs("v2"))];
+    let state = ProxyState::new(registry, RouteTable::kubernetes_only(&Registry::default()), Arc::new(NoOriginalDst));
+    reload(&state, &dirs[0]);
+    let addr = front(state.clone(), reviews, client).await;
+    let delayed = tokio::spawn(get(addr, &[]));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(h1.load(Ordering::SeqCst) + h2.load(Ordering::SeqCst), 0, "the delayed request is still waiting");
+    reload(&state, &dirs[1]);
+    // New requests take the new table at once (v2, no delay)...
+    let (s, body, took) = get(addr, &[]).await;
+    assert_eq!((s, body.split(' ').next()), (200, Some("reviews-v2")), "{body}");
+    assert!(took < Duration::from_millis(500), "{took:?}");
+    // ...the one routed before the reload keeps its route: v1 after its 1 s delay.
+    let (s, body, took) = delayed.await.expect("delayed request");
+    assert_eq!((s, body.split(' ').next()), (200, Some("reviews-v1")), "{body}");
+    assert!(took >= Duration::from_secs(1) && took < Duration::from_millis(1010), "{took:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_pool_limits_overflow_with_503() {
     let (registry, reviews, client, _, _) = setup(0).await;
-    // The backend takes 300 ms (x-slow) so the requests overlap; the pool admits 1 + 1 pending.
     let yaml = format!(
-        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: reviews}}\nspec:\n  host: reviews\n  trafficPolicy:\n    connectionPool:\n      tcp: {{maxConnections: 1}}\n      http: {{http1MaxPendingRequests: 1}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews}}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {{host: reviews}}\n"
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: reviews}}\nspec:\n  host: reviews\n  trafficPolicy:\n    connectionPool:\n      tcp: {{maxConnections: 1}}\n      http: {{http1MaxPendingRequests: 1}}\n  subsets:\n  - {{name: v1, labels: {{version: v1}}}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews}}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {{host: reviews, subset: v1}}\n"
     );
     let state = ProxyState::new(registry.clone(), table(&yaml, &registry), Arc::new(NoOriginalDst));
     let addr = front(state.clone(), reviews, client).await;
-    let calls: Vec<_> = (0..5).map(|_| tokio::spawn(get(addr, &[("x-slow", "1")]))).collect();
-    let mut codes = Vec::new();
-    for c in calls {
-        codes.push(c.await.expect("call").0);
+    let v1 = v1_addr(&registry);
+    // Five requests the backend holds: the pool admits 1 + 1 pending, the other 3 overflow and
+    // are answered while the 2 admitted are still held.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..5 {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(get_full(addr, &[("x-hold", "1")]).await);
+        });
     }
-    codes.sort();
-    assert_eq!(codes, vec![200, 200, 503, 503, 503], "2 admitted (1 + 1 pending), 3 overflow");
+    arrived(v1, 2).await;
+    for _ in 0..3 {
+        let (status, headers, body, _) = next(&mut rx).await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(headers.get("x-envoy-overloaded").map(|v| v.as_bytes()), Some(&b"true"[..]), "{headers:?}");
+        assert!(body.contains("reset reason: overflow"), "{body}");
+    }
+    assert_eq!(
+        state.metrics.get("mesh_overflow_total", &[("cluster", "outbound|9080|v1|reviews.default.svc.cluster.local")]),
+        3
+    );
+    hold(v1).release.add_permits(2);
+    for _ in 0..2 {
+        let (status, _, body, _) = next(&mut rx).await;
+        assert_eq!(status, 200, "{body}");
+    }
     // Slots are released: a later request goes through.
     assert_eq!(get(addr, &[]).await.0, 200);
+    assert_eq!(state.metrics.get("mesh_overflow_total", &[]), 3);
+}
+
+/// The next value on `rx`, within 10 s (a bug fails the test instead of hanging it).
+async fn next<T>(rx: &mut tokio::sync::mpsc::UnboundedReceiver<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("response").expect("sender")
 }
 
 fn reviews_v1_with_pool(pool: &str) -> String {
