@@ -44,6 +44,14 @@ async fn backend(name: &'static str, fail: usize) -> (SocketAddr, Arc<AtomicUsiz
                     let n = counter.fetch_add(1, Ordering::SeqCst);
                     let user = req.headers().get("end-user").and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
                     let held = req.headers().contains_key("x-hold");
+                    // What the backend saw: the request target and every header, one per line.
+                    let mut seen = format!("path: {}\n", req.uri().path_and_query().map_or("/", |p| p.as_str()));
+                    for (k, v) in req.headers() {
+                        seen += &format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes()));
+                    }
+                    let h = hold(addr);
+                    h.seen.lock().unwrap().push(seen.clone());
+                    h.received.add_permits(1);
                     async move {
                         if held {
                             // Held until the test releases it: no timing assumption about how
@@ -54,7 +62,9 @@ async fn backend(name: &'static str, fail: usize) -> (SocketAddr, Arc<AtomicUsiz
                                 p.forget();
                             };
                         }
-                        let mut r = ::http::Response::new(crate::proxy::http::full(format!("{name} end-user={user}")));
+                        let mut r =
+                            ::http::Response::new(crate::proxy::http::full(format!("{name} end-user={user}\n{seen}")));
+                        r.headers_mut().insert("x-backend", ::http::HeaderValue::from_static(name));
                         if n < fail {
                             *r.status_mut() = ::http::StatusCode::SERVICE_UNAVAILABLE;
                         }
@@ -75,6 +85,9 @@ async fn backend(name: &'static str, fail: usize) -> (SocketAddr, Arc<AtomicUsiz
 struct Hold {
     arrived: Semaphore,
     release: Semaphore,
+    /// Every request the backend received (see `backend`), and a permit per request.
+    seen: std::sync::Mutex<Vec<String>>,
+    received: Semaphore,
 }
 
 fn hold(addr: SocketAddr) -> Arc<Hold> {
@@ -83,7 +96,14 @@ fn hold(addr: SocketAddr) -> Arc<Hold> {
     let mut holds = HOLDS.get_or_init(Default::default).lock().unwrap();
     holds
         .entry(addr)
-        .or_insert_with(|| Arc::new(Hold { arrived: Semaphore::new(0), release: Semaphore::new(0) }))
+        .or_insert_with(|| {
+            Arc::new(Hold {
+                arrived: Semaphore::new(0),
+                release: Semaphore::new(0),
+                seen: Default::default(),
+                received: Semaphore::new(0),
+            })
+        })
         .clone()
 }
 
@@ -161,18 +181,22 @@ async fn front(state: Arc<ProxyState>, reviews: Arc<Service>, client: Arc<Worklo
 }
 
 async fn get(addr: SocketAddr, headers: &[(&str, &str)]) -> (u16, String, Duration) {
-    let (status, _, body, took) = get_full(addr, headers).await;
+    let (status, _, body, took) = get_full(addr, "/reviews/0", headers).await;
     (status, body, took)
 }
 
 /// Like [`get`], with the response headers. Time is tokio's, so a paused test clock measures
 /// exactly the proxy's timers.
-async fn get_full(addr: SocketAddr, headers: &[(&str, &str)]) -> (u16, ::http::HeaderMap, String, Duration) {
+async fn get_full(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, ::http::HeaderMap, String, Duration) {
     let started = Instant::now();
     let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
     tokio::spawn(conn);
-    let mut req = ::http::Request::builder().uri("/reviews/0").header("host", "reviews:9080");
+    let mut req = ::http::Request::builder().uri(path).header("host", "reviews:9080");
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
@@ -372,7 +396,7 @@ async fn connection_pool_limits_overflow_with_503() {
     for _ in 0..5 {
         let tx = tx.clone();
         tokio::spawn(async move {
-            let _ = tx.send(get_full(addr, &[("x-hold", "1")]).await);
+            let _ = tx.send(get_full(addr, "/reviews/0", &[("x-hold", "1")]).await);
         });
     }
     arrived(v1, 2).await;
@@ -605,4 +629,127 @@ fn unknown_h2_upgrade_policy_is_rejected_with_its_path() {
     let config = Config::parse_str("dr.yaml", yaml).expect("parses");
     let err = RouteTable::compile(&config, &Registry::default()).err().expect("rejected").to_string();
     assert!(err.contains("h2UpgradePolicy") && err.contains("UPGRADE"), "{err}");
+}
+
+/// The value of header `name` as the backend saw it (the lines after the first of its answer).
+fn seen_header<'a>(body: &'a str, name: &str) -> Option<&'a str> {
+    body.lines().skip(1).find_map(|l| l.strip_prefix(name)?.strip_prefix(": "))
+}
+
+/// A VirtualService for reviews (with the v1/v2 DestinationRule) whose single http rule is `rule`
+/// (YAML indented for `http:`).
+fn vs_rule(rule: &str) -> String {
+    format!("{DR}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews}}\nspec:\n  hosts: [reviews]\n  http:\n{rule}")
+}
+
+// Paused clock: the held request never answers, so the route timeout (or each per-try timeout)
+// is the only timer and the time to the 504 is exactly what is configured.
+#[tokio::test(start_paused = true)]
+async fn route_timeout_and_per_try_timeout_on_the_wire() {
+    let (registry, reviews, client, _, _) = setup(0).await;
+    let v1 = v1_addr(&registry);
+    let yaml = vs_rule("  - timeout: 500ms\n    route:\n    - destination: {host: reviews, subset: v1}\n");
+    let state = ProxyState::new(registry.clone(), table(&yaml, &registry), Arc::new(NoOriginalDst));
+    let addr = front(state, reviews, client).await;
+    let (s, body, took) = get(addr, &[("x-hold", "1")]).await;
+    assert_eq!(s, 504, "{body}");
+    assert!(body.contains("upstream request timeout"), "{body}");
+    assert!(took >= Duration::from_millis(500) && took < Duration::from_millis(510), "{took:?}");
+    arrived(v1, 1).await;
+
+    // perTryTimeout 100ms, 2 retries: 3 tries reach the backend, each cut at 100 ms, plus
+    // Envoy's jittered back-off between them (at most 50 + 100 ms).
+    let (registry, reviews, client, _, _) = setup(0).await;
+    let v1 = v1_addr(&registry);
+    let yaml = vs_rule("  - retries: {attempts: 2, perTryTimeout: 100ms, retryOn: 5xx}\n    route:\n    - destination: {host: reviews, subset: v1}\n");
+    let state = ProxyState::new(registry.clone(), table(&yaml, &registry), Arc::new(NoOriginalDst));
+    let addr = front(state, reviews, client).await;
+    let (s, body, took) = get(addr, &[("x-hold", "1")]).await;
+    assert_eq!(s, 504, "{body}");
+    assert!(body.contains("per-try timeout"), "{body}");
+    assert!(took >= Duration::from_millis(300) && took < Duration::from_millis(460), "{took:?}");
+    arrived(v1, 3).await;
+    assert_eq!(hold(v1).arrived.available_permits(), 0, "more than 3 tries");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewrite_and_header_edits_as_the_backend_and_client_see_them() {
+    let (registry, reviews, client, _, _) = setup(0).await;
+    let yaml = vs_rule(
+        "  - match:\n    - uri: {prefix: /reviews}\n    rewrite: {uri: /v2/reviews, authority: reviews.internal}\n    headers:\n      request:\n        set: {x-set: s}\n        add: {x-add: a}\n        remove: [x-drop]\n      response:\n        set: {x-resp: r}\n        remove: [x-backend]\n    route:\n    - destination: {host: reviews, subset: v1}\n",
+    );
+    let state = ProxyState::new(registry.clone(), table(&yaml, &registry), Arc::new(NoOriginalDst));
+    let addr = front(state, reviews, client).await;
+    let (s, headers, body, _) = get_full(addr, "/reviews/0?x=1", &[("x-drop", "1"), ("x-set", "client")]).await;
+    assert_eq!(s, 200, "{body}");
+    assert!(body.starts_with("reviews-v1"), "{body}");
+    // Only the matched prefix is replaced; the query stays.
+    assert_eq!(seen_header(&body, "path"), Some("/v2/reviews/0?x=1"), "{body}");
+    assert_eq!(seen_header(&body, "host"), Some("reviews.internal"), "{body}");
+    assert_eq!(seen_header(&body, "x-set"), Some("s"), "set replaces the client's value: {body}");
+    assert_eq!(seen_header(&body, "x-add"), Some("a"), "{body}");
+    assert_eq!(seen_header(&body, "x-drop"), None, "{body}");
+    assert_eq!(headers.get("x-resp").map(|v| v.as_bytes()), Some(&b"r"[..]), "{headers:?}");
+    assert!(headers.get("x-backend").is_none(), "{headers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirect_is_answered_by_the_proxy() {
+    let (registry, reviews, client, h1, h2) = setup(0).await;
+    let yaml = vs_rule(
+        "  - match:\n    - uri: {prefix: /reviews}\n    redirect: {uri: /new, authority: newhost, redirectCode: 302}\n",
+    );
+    let state = ProxyState::new(registry.clone(), table(&yaml, &registry), Arc::new(NoOriginalDst));
+    let addr = front(state, reviews, client).await;
+    let (s, headers, body, _) = get_full(addr, "/reviews/0", &[]).await;
+    assert_eq!(s, 302, "{body}");
+    assert_eq!(headers.get("location").map(|v| v.as_bytes()), Some(&b"http://newhost/new"[..]), "{headers:?}");
+    assert_eq!(h1.load(Ordering::SeqCst) + h2.load(Ordering::SeqCst), 0, "a redirect reaches no backend");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_sends_a_shadow_copy_to_the_mirror_subset() {
+    let (registry, reviews, client, _, _) = setup(0).await;
+    let v2 = registry
+        .workloads
+        .iter()
+        .find(|w| w.labels.get("version").map(String::as_str) == Some("v2"))
+        .map(|w| SocketAddr::from((w.ip.expect("ip"), w.container_ports[0].port)))
+        .expect("v2 pod");
+    let yaml = vs_rule("  - route:\n    - destination: {host: reviews, subset: v1}\n    mirror: {host: reviews, subset: v2}\n    mirrorPercentage: {value: 100}\n");
+    let state = ProxyState::new(registry.clone(), table(&yaml, &registry), Arc::new(NoOriginalDst));
+    let addr = front(state, reviews, client).await;
+    let (s, body, _) = get(addr, &[("end-user", "jason")]).await;
+    assert_eq!(s, 200, "{body}");
+    assert!(body.starts_with("reviews-v1"), "the client gets the primary's answer: {body}");
+    let mirror = hold(v2);
+    let got = tokio::time::timeout(Duration::from_secs(10), mirror.received.acquire()).await;
+    got.expect("mirror copy did not arrive").expect("semaphore").forget();
+    let seen = hold(v2).seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let copy = format!("-\n{}", seen[0]);
+    assert_eq!(seen_header(&copy, "path"), Some("/reviews/0"), "{copy}");
+    assert_eq!(seen_header(&copy, "host"), Some("reviews-shadow:9080"), "{copy}");
+    assert_eq!(seen_header(&copy, "end-user"), Some("jason"), "{copy}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_request_id_is_generated_when_absent_and_kept_when_present() {
+    let (registry, reviews, client, _, _) = setup(0).await;
+    let state = ProxyState::new(registry.clone(), table(&vs("v1"), &registry), Arc::new(NoOriginalDst));
+    let addr = front(state, reviews, client).await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let (s, body, _) = get(addr, &[]).await;
+        assert_eq!(s, 200, "{body}");
+        let id = seen_header(&body, "x-request-id").unwrap_or_else(|| panic!("no x-request-id: {body}")).to_owned();
+        // A UUID: 8-4-4-4-12 hex digits.
+        let groups: Vec<usize> = id.split('-').map(str::len).collect();
+        assert_eq!(groups, vec![8, 4, 4, 4, 12], "{id}");
+        assert!(id.chars().all(|c| c == '-' || c.is_ascii_hexdigit()), "{id}");
+        ids.push(id);
+    }
+    assert_ne!(ids[0], ids[1], "every request gets its own id");
+    let (_, body, _) = get(addr, &[("x-request-id", "abc-123")]).await;
+    assert_eq!(seen_header(&body, "x-request-id"), Some("abc-123"), "{body}");
 }
