@@ -445,48 +445,7 @@ impl NodeReconciler {
     }
 
     fn admit(&mut self, candidate: Config, registry: &Registry) {
-        let metrics = &self.state.metrics;
-        match self.admission.admit(candidate, registry) {
-            Ok(admitted) => {
-                self.state.routes.store(Arc::new(admitted.table));
-                for r in &admitted.rejected {
-                    let errors = crate::config::ConfigErrors(r.errors.clone());
-                    let kept =
-                        if r.kept_previous { "its last good version stays live" } else { "it had no good version" };
-                    match &r.object {
-                        Some(o) => {
-                            metrics.inc(
-                                "mesh_config_objects_rejected_total",
-                                &[("kind", o.kind), ("namespace", &o.namespace), ("name", &o.name)],
-                            );
-                            tracing::error!(object = %o, "routing object rejected; {kept}:\n{errors}");
-                        }
-                        None => {
-                            metrics.inc(
-                                "mesh_config_objects_rejected_total",
-                                &[("kind", ""), ("namespace", ""), ("name", "")],
-                            );
-                            tracing::error!(file = %r.file, "routing file rejected; {kept}:\n{errors}");
-                        }
-                    }
-                }
-                let result = if admitted.rejected.is_empty() { "applied" } else { "partial" };
-                metrics.inc("mesh_config_reloads_total", &[("result", result)]);
-                metrics.inc("mesh_config_generation", &[]);
-                tracing::info!(
-                    virtual_services = admitted.config.virtual_services.len(),
-                    destination_rules = admitted.config.destination_rules.len(),
-                    gateways = admitted.config.gateways.len(),
-                    rejected = admitted.rejected.len(),
-                    "routing config admitted"
-                );
-            }
-            Err(e) => {
-                metrics.inc("mesh_config_reloads_total", &[("result", "failed")]);
-                metrics.inc("mesh_config_compile_panics_total", &[]);
-                tracing::error!(panic = %e.0, "compiling the routing config panicked; nothing of this reload applied, the previous routes stay live");
-            }
-        }
+        crate::reload::apply_config(&self.state, &mut self.admission, candidate, registry);
     }
 
     /// The config directory could not be read at all: nothing changes.

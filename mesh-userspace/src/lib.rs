@@ -14,4 +14,5 @@ pub mod inpod;
 pub mod metrics;
 pub mod proxy;
 pub mod registry;
+pub mod reload;
 pub mod routing;

@@ -372,3 +372,35 @@ pub fn fail_if(cond: bool, msg: impl FnOnce() -> String) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::within_binomial;
+
+    /// Successes of `n` draws with probability `p` from a fixed-seed xorshift generator.
+    fn draws(state: &mut u64, n: usize, p: f64) -> usize {
+        (0..n)
+            .filter(|_| {
+                *state ^= *state << 13;
+                *state ^= *state >> 7;
+                *state ^= *state << 17;
+                (*state >> 11) as f64 / (1u64 << 53) as f64 > 1.0 - p
+            })
+            .count()
+    }
+
+    /// The 50/50 checks (Bookinfo e2e, the bench's routing gate) use n = 1000: a fair split
+    /// passes and a 60/40 one fails, nearly always.
+    #[test]
+    fn binomial_bound_at_1000_passes_50_50_and_fails_60_40() {
+        let mut state = 0x9e37_79b9_7f4a_7c15;
+        let runs = 2000;
+        let fair = (0..runs).filter(|_| within_binomial(draws(&mut state, 1000, 0.5), 1000, 0.5)).count();
+        let skewed = (0..runs).filter(|_| within_binomial(draws(&mut state, 1000, 0.6), 1000, 0.5)).count();
+        assert!(fair >= runs * 99 / 100, "a fair split passed only {fair} of {runs}");
+        assert!(skewed <= runs / 100, "a 60/40 split passed {skewed} of {runs}");
+        // The old n = 200 let most 60/40 runs through.
+        let skewed_200 = (0..runs).filter(|_| within_binomial(draws(&mut state, 200, 0.6), 200, 0.5)).count();
+        assert!(skewed_200 > runs / 10, "{skewed_200}");
+    }
+}

@@ -77,7 +77,9 @@ fn bookinfo_walkthrough() -> anyhow::Result<()> {
     assert_eq!(t.count_reviews("v2"), 3, "{}", t.summary());
     for l in &t.loads {
         assert!(
-            l.latency >= Duration::from_secs(1) && l.latency < Duration::from_millis(2500),
+            // The page's own work is a few ms; 1.5 s fails a delay applied twice or to every
+            // hop while leaving room for a loaded machine.
+            l.latency >= Duration::from_secs(1) && l.latency < Duration::from_millis(1500),
             "jason latency {:?}",
             l.latency
         );
@@ -91,9 +93,10 @@ fn bookinfo_walkthrough() -> anyhow::Result<()> {
     let t = bk.load_pages(10, Some("jason"), true, &mut quiet)?;
     assert_eq!(t.count_reviews("v1"), 10, "{}", t.summary());
 
-    // 8. 50/50 between v1 and v3, within a binomial 99.9% bound.
+    // 8. 50/50 between v1 and v3, within a binomial 99.9% bound. n = 1000: the bound is ±52, so
+    // a 60/40 split fails (with n = 200 it was ±24 and 60/40 passed most runs).
     bk.apply(step("50-v3").files)?;
-    let n = 200;
+    let n = 1000;
     let t = bk.load_pages(n, None, true, &mut quiet)?;
     let (v1, v3) = (t.count_reviews("v1"), t.count_reviews("v3"));
     assert_eq!(v1 + v3, n, "{}", t.summary());

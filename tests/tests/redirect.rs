@@ -3,6 +3,7 @@
 //! pod's netns, and is answered by a backend pod; un-enrolled pods are not redirected; TCP passes
 //! through at L4; the agent's exit leaves nothing attached; no iptables/nft rule ever exists.
 use std::{
+    collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr},
     process::Command,
     time::Duration,
@@ -13,17 +14,52 @@ use mesh_e2e::*;
 const WEB_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
 const BANNER_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 21);
 
-fn no_netfilter_rules() -> anyhow::Result<()> {
-    let ipt = sh("iptables-save 2>/dev/null")?;
-    let rules: Vec<String> =
-        String::from_utf8_lossy(&ipt.stdout).lines().filter(|l| l.starts_with("-A")).map(str::to_owned).collect();
-    assert!(rules.is_empty(), "iptables rules exist: {rules:?}");
-    let nft = sh("nft list ruleset 2>/dev/null")?;
-    let text = String::from_utf8_lossy(&nft.stdout);
-    assert!(
-        !text.contains("rule") && !text.contains("redirect") && !text.contains("dnat"),
-        "nft ruleset is not empty:\n{text}"
-    );
+/// `iptables-save` and `nft list ruleset` in the host netns and in every pod's, by netns. A tool
+/// that is missing or fails is an error, not an empty ruleset.
+fn netfilter_rules(node: &Node) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    let namespaces = std::iter::once(None).chain(node.pods.iter().map(|p| Some(p.netns.clone())));
+    for netns in namespaces {
+        let mut text = String::new();
+        for tool in [&["iptables-save"][..], &["nft", "list", "ruleset"][..]] {
+            let mut cmd = match &netns {
+                None => Command::new(tool[0]),
+                Some(ns) => {
+                    let mut c = Command::new("ip");
+                    c.args(["netns", "exec", ns, tool[0]]);
+                    c
+                }
+            };
+            let res = cmd.args(&tool[1..]).output()?;
+            anyhow::ensure!(
+                res.status.success(),
+                "{} in netns {netns:?} failed ({}): {}",
+                tool.join(" "),
+                res.status,
+                String::from_utf8_lossy(&res.stderr)
+            );
+            // iptables-save stamps every table with the time it ran; the rules are what counts.
+            for line in String::from_utf8_lossy(&res.stdout).lines().filter(|l| !l.starts_with('#')) {
+                text += line;
+                text.push('\n');
+            }
+        }
+        out.insert(netns.unwrap_or_else(|| "host".into()), text);
+    }
+    Ok(out)
+}
+
+/// No rule appeared anywhere since `before`, and the pods' namespaces (made by this test) have
+/// no rule, no redirect and no DNAT at all.
+fn no_netfilter_rules(node: &Node, before: &BTreeMap<String, String>) -> anyhow::Result<()> {
+    let now = netfilter_rules(node)?;
+    assert_eq!(&now, before, "netfilter changed while the agent ran");
+    for (netns, text) in now.iter().filter(|(ns, _)| *ns != "host") {
+        assert!(
+            !text.lines().any(|l| l.starts_with("-A") || l.contains("redirect") || l.contains("dnat")),
+            "netns {netns} has netfilter rules:\n{text}"
+        );
+    }
     Ok(())
 }
 
@@ -57,6 +93,15 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
+/// A connect to a VIP that was not redirected hits the pod's blackhole route: curl exits 7 with
+/// the kernel's EINVAL ("Invalid argument"), not "Connection refused" (redirected to a listener
+/// that is gone), a timeout, or success.
+fn assert_blackholed(out: &std::process::Output, what: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{what}: curl {}: {err}", out.status);
+    assert!(err.contains("Invalid argument"), "{what}: not the blackhole route:\n{err}");
+}
+
 #[test]
 fn vip_connect_is_redirected_through_the_node_proxy() -> anyhow::Result<()> {
     if !require_ebpf("vip_connect_is_redirected_through_the_node_proxy") {
@@ -86,6 +131,7 @@ fn vip_connect_is_redirected_through_the_node_proxy() -> anyhow::Result<()> {
     std::fs::write(&reg_file, registry)?;
 
     let admin: SocketAddr = "127.0.0.1:15121".parse()?;
+    let netfilter = netfilter_rules(&node)?;
     let before = attached_mesh_program_ids();
     node.spawn_host(
         "agent",
@@ -168,9 +214,22 @@ fn vip_connect_is_redirected_through_the_node_proxy() -> anyhow::Result<()> {
     );
     let n = n + 1;
 
+    // 1c. The agent's own connects are not redirected. The proxy dials pod IPs, so the count
+    // above cannot show it; here a process in the agent's cgroup (this test's: the agent was
+    // started from it) connects to the VIP from the client pod's netns, where the in-pod
+    // listener would serve it if it were redirected.
+    let agent_cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", node.pid("agent").unwrap_or(0)))?;
+    assert_eq!(std::fs::read_to_string("/proc/self/cgroup")?, agent_cgroup, "test and agent cgroups differ");
+    let client_netns = node.pod("client")?.netns.clone();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &client_netns, "curl", "-v", "-sS", "--max-time", "3", "http://10.96.0.20:9080/"])
+        .output()?;
+    assert_blackholed(&out, "connect from the agent's cgroup");
+    assert_eq!(metric(&http_get(admin, "/metrics")?, "mesh_kernel_connects_redirected_total", &[]), n);
+
     // 2. An un-enrolled pod is not redirected: its connect hits the blackhole route and fails locally.
-    let out = node.exec("outsider", &["curl", "-sS", "--max-time", "3", "http://web:9080/"])?;
-    assert!(!out.status.success(), "un-enrolled pod reached the VIP: {}", String::from_utf8_lossy(&out.stdout));
+    let out = node.exec("outsider", &["curl", "-v", "-sS", "--max-time", "3", "http://web:9080/"])?;
+    assert_blackholed(&out, "un-enrolled pod");
     assert_eq!(metric(&http_get(admin, "/metrics")?, "mesh_kernel_connects_redirected_total", &[]), n);
 
     // 3. Non-HTTP (server-first) TCP passes through at L4.
@@ -188,17 +247,19 @@ fn vip_connect_is_redirected_through_the_node_proxy() -> anyhow::Result<()> {
         "{metrics}"
     );
 
-    // 4. Nothing in netfilter at any point.
-    no_netfilter_rules()?;
+    // 4. Nothing in netfilter at any point, in the host's netns or the pods'.
+    no_netfilter_rules(&node, &netfilter)?;
 
     // 5. A clean exit detaches everything; the VIP is unreachable again.
     let status = node.stop("agent")?;
     assert!(status.success(), "agent exited with {status}:\n{}", node.log("agent"));
     let left: Vec<u32> = attached_mesh_program_ids().intersection(&ours).copied().collect();
     assert!(left.is_empty(), "programs {left:?} still attached after agent exit");
-    let out = node.exec("client", &["curl", "-sS", "--max-time", "3", "http://web:9080/"])?;
-    assert!(!out.status.success(), "VIP still reachable after agent exit");
-    no_netfilter_rules()?;
+    // The maps went with the agent, so there is no counter to read: the failure must be the
+    // blackhole route (not redirected), not a refused connect to a stale redirect.
+    let out = node.exec("client", &["curl", "-v", "-sS", "--max-time", "3", "http://web:9080/"])?;
+    assert_blackholed(&out, "client after agent exit");
+    no_netfilter_rules(&node, &netfilter)?;
     Ok(())
 }
 

@@ -4,7 +4,7 @@ use std::{
     hash::{Hash, Hasher},
     net::SocketAddr,
     sync::Arc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -12,6 +12,8 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, Status
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 use hyper::body::{Body as _, Incoming};
 use rand::Rng;
+// tokio's clock, as the timers it is compared with: a paused test clock then drives both.
+use tokio::time::Instant;
 
 use super::{ProxyState, Source};
 use crate::routing::{Context, Decision, Forward, HashOn, LbPolicy, RequestInfo, UpstreamProtocol};

@@ -9,10 +9,13 @@ use std::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex,
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use rand::Rng;
+// tokio's Instant is std's outside tests; under a paused test clock it follows
+// `tokio::time::advance`, so ejection times can be tested without waiting them out.
+use tokio::time::Instant;
 
 use crate::{
     registry::Endpoint,
@@ -210,5 +213,168 @@ impl LoadBalancer {
         h.consecutive_5xx = 0;
         h.consecutive_gateway = 0;
         tracing::warn!(endpoint = %picked.endpoint.addr, cluster = %cluster.name, for_ms = (base * h.ejections).as_millis() as u64, "outlier detection ejected endpoint");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeMap, net::Ipv4Addr};
+
+    use super::*;
+    use crate::{
+        registry::{Service, Workload},
+        routing::{ConnectionPool, HashOn, OutlierDetection},
+    };
+
+    fn cluster(n: u8, lb: LbPolicy, outlier_detection: Option<OutlierDetection>) -> Cluster {
+        let endpoints = (0..n)
+            .map(|i| {
+                let ip = Ipv4Addr::new(10, 244, 0, 10 + i);
+                Endpoint {
+                    workload: Arc::new(Workload {
+                        name: format!("reviews-{i}"),
+                        namespace: "default".into(),
+                        labels: BTreeMap::new(),
+                        ip: Some(ip),
+                        container_ports: vec![],
+                        netns: None,
+                        cgroup: None,
+                        enroll: true,
+                    }),
+                    addr: SocketAddr::from((ip, 9080)),
+                }
+            })
+            .collect();
+        Cluster {
+            name: "outbound|9080||reviews.default.svc.cluster.local".into(),
+            service: Arc::new(Service::default()),
+            subset: None,
+            port: 9080,
+            endpoints,
+            lb,
+            connection_pool: ConnectionPool::default(),
+            outlier_detection,
+        }
+    }
+
+    fn addr(i: u8) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::new(10, 244, 0, 10 + i), 9080))
+    }
+
+    /// Endpoint index of `n` picks (each released at once).
+    fn picks(lb: &LoadBalancer, c: &Cluster, n: usize) -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                let p = lb.pick(c, None, &[]).expect("endpoint");
+                (0..c.endpoints.len() as u8).find(|i| addr(*i) == p.endpoint.addr).expect("known endpoint")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn round_robin_visits_every_endpoint_in_turn() {
+        let lb = LoadBalancer::default();
+        let c = cluster(3, LbPolicy::RoundRobin, None);
+        let seq = picks(&lb, &c, 9);
+        assert_eq!(seq, vec![0, 1, 2, 0, 1, 2, 0, 1, 2]);
+        // An endpoint a retry already tried is skipped while another is left.
+        let p = lb.pick(&c, None, &[addr(0), addr(1)]).expect("endpoint");
+        assert_eq!(p.endpoint.addr, addr(2));
+    }
+
+    #[test]
+    fn consistent_hash_keeps_a_key_on_its_endpoint_and_spreads_keys() {
+        let lb = LoadBalancer::default();
+        let c = cluster(4, LbPolicy::ConsistentHash(HashOn::Header("x-user".into())), None);
+        let mut per_endpoint: HashMap<SocketAddr, u32> = HashMap::new();
+        let mut first: HashMap<u64, SocketAddr> = HashMap::new();
+        for key in 0..2000u64 {
+            let a = lb.pick(&c, Some(key), &[]).expect("endpoint").endpoint.addr;
+            for _ in 0..3 {
+                assert_eq!(lb.pick(&c, Some(key), &[]).expect("endpoint").endpoint.addr, a, "key {key} moved");
+            }
+            *per_endpoint.entry(a).or_default() += 1;
+            first.insert(key, a);
+        }
+        // 2000 keys over 4 endpoints: 500 each expected, sd 19; ±100 is more than 5 sd, so this
+        // fails only for a hash that does not spread (e.g. everything on one endpoint).
+        for i in 0..4 {
+            let n = per_endpoint.get(&addr(i)).copied().unwrap_or(0);
+            assert!((400..=600).contains(&n), "endpoint {i} got {n} of 2000 keys: {per_endpoint:?}");
+        }
+        // Rendezvous hashing: removing an endpoint moves only the keys that were on it.
+        let mut three = cluster(4, c.lb.clone(), None);
+        three.endpoints.remove(3);
+        for (key, a) in &first {
+            let now = lb.pick(&three, Some(*key), &[]).expect("endpoint").endpoint.addr;
+            if *a != addr(3) {
+                assert_eq!(now, *a, "key {key} moved although its endpoint stayed");
+            }
+        }
+    }
+
+    #[test]
+    fn least_request_prefers_the_less_loaded_endpoint() {
+        let lb = LoadBalancer::default();
+        let rr = cluster(2, LbPolicy::RoundRobin, None);
+        // Three requests in flight on endpoint 0 (the in-flight count is per endpoint address,
+        // whichever cluster picked it).
+        let held: Vec<Picked> = (0..3).map(|_| lb.pick(&rr, None, &[addr(1)]).expect("endpoint")).collect();
+        assert!(held.iter().all(|p| p.endpoint.addr == addr(0)));
+        let least = cluster(2, LbPolicy::LeastRequest, None);
+        let seq = picks(&lb, &least, 400);
+        let idle = seq.iter().filter(|i| **i == 1).count();
+        // Power of two choices over 2 endpoints picks the idle one unless both draws hit the
+        // busy one: 3/4 of 400 = 300 expected (sd 8.7). Round robin or random would give 200.
+        assert!(idle >= 250, "the idle endpoint got {idle} of 400 picks");
+        drop(held);
+        // Released: both are idle again and both get picks.
+        let seq = picks(&lb, &least, 100);
+        assert!(seq.contains(&0) && seq.contains(&1), "{seq:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn outlier_detection_ejects_after_consecutive_5xx_and_readmits_after_base_ejection_time() {
+        let od = OutlierDetection {
+            consecutive_5xx_errors: Some(3),
+            consecutive_gateway_errors: None,
+            interval: Duration::from_secs(10),
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_percent: 50,
+        };
+        let lb = LoadBalancer::default();
+        let c = cluster(2, LbPolicy::RoundRobin, Some(od));
+        let report = |status: u16| {
+            let p = lb.pick(&c, None, &[addr(1)]).expect("endpoint");
+            assert_eq!(p.endpoint.addr, addr(0), "endpoint 0 is ejected already");
+            lb.report(&c, &p, Some(status));
+        };
+        // Two 5xx, a success (resets the count), two 5xx: never 3 in a row, not ejected.
+        for status in [503, 500, 200, 503, 502] {
+            report(status);
+        }
+        assert!(picks(&lb, &c, 4).contains(&0), "ejected without 3 consecutive 5xx");
+        // The third consecutive one ejects it for baseEjectionTime.
+        report(503);
+        assert_eq!(picks(&lb, &c, 6), vec![1; 6], "not ejected after 3 consecutive 5xx");
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert_eq!(picks(&lb, &c, 6), vec![1; 6], "back before baseEjectionTime");
+        // maxEjectionPercent 50: endpoint 1 failing cannot take the cluster to 100% ejected.
+        for _ in 0..3 {
+            let p = lb.pick(&c, None, &[]).expect("endpoint");
+            assert_eq!(p.endpoint.addr, addr(1));
+            lb.report(&c, &p, Some(503));
+        }
+        assert_eq!(picks(&lb, &c, 6), vec![1; 6], "endpoint 1 ejected beyond maxEjectionPercent");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(picks(&lb, &c, 4).contains(&0), "not back after baseEjectionTime");
+        // The second ejection lasts twice as long.
+        for _ in 0..3 {
+            report(503);
+        }
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert_eq!(picks(&lb, &c, 6), vec![1; 6], "second ejection shorter than 2 x baseEjectionTime");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(picks(&lb, &c, 4).contains(&0), "not back after 2 x baseEjectionTime");
     }
 }

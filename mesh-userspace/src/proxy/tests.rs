@@ -7,13 +7,13 @@ use std::{
         atomic::{AtomicUsize, Ordering},
         Arc,
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Semaphore, time::Instant};
 
 use super::*;
 use crate::{
@@ -43,12 +43,28 @@ async fn backend(name: &'static str, fail: usize) -> (SocketAddr, Arc<AtomicUsiz
                 let svc = hyper::service::service_fn(move |req: ::http::Request<hyper::body::Incoming>| {
                     let n = counter.fetch_add(1, Ordering::SeqCst);
                     let user = req.headers().get("end-user").and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
-                    let slow = req.headers().contains_key("x-slow");
+                    let held = req.headers().contains_key("x-hold");
+                    // What the backend saw: the request target and every header, one per line.
+                    let mut seen = format!("path: {}\n", req.uri().path_and_query().map_or("/", |p| p.as_str()));
+                    for (k, v) in req.headers() {
+                        seen += &format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes()));
+                    }
+                    let h = hold(addr);
+                    h.seen.lock().unwrap().push(seen.clone());
+                    h.received.add_permits(1);
                     async move {
-                        if slow {
-                            tokio::time::sleep(Duration::from_millis(300)).await;
+                        if held {
+                            // Held until the test releases it: no timing assumption about how
+                            // long "slow" must be for requests to overlap.
+                            let hold = hold(addr);
+                            hold.arrived.add_permits(1);
+                            if let Ok(p) = hold.release.acquire().await {
+                                p.forget();
+                            };
                         }
-                        let mut r = ::http::Response::new(crate::proxy::http::full(format!("{name} end-user={user}")));
+                        let mut r =
+                            ::http::Response::new(crate::proxy::http::full(format!("{name} end-user={user}\n{seen}")));
+                        r.headers_mut().insert("x-backend", ::http::HeaderValue::from_static(name));
                         if n < fail {
                             *r.status_mut() = ::http::StatusCode::SERVICE_UNAVAILABLE;
                         }
@@ -62,6 +78,41 @@ async fn backend(name: &'static str, fail: usize) -> (SocketAddr, Arc<AtomicUsiz
         }
     });
     (addr, hits)
+}
+
+/// A test backend's gate for requests sent with `x-hold`: each adds a permit to `arrived` when
+/// it reaches the backend and is answered once the test adds a permit to `release`.
+struct Hold {
+    arrived: Semaphore,
+    release: Semaphore,
+    /// Every request the backend received (see `backend`), and a permit per request.
+    seen: std::sync::Mutex<Vec<String>>,
+    received: Semaphore,
+}
+
+fn hold(addr: SocketAddr) -> Arc<Hold> {
+    static HOLDS: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<SocketAddr, Arc<Hold>>>> =
+        std::sync::OnceLock::new();
+    let mut holds = HOLDS.get_or_init(Default::default).lock().unwrap();
+    holds
+        .entry(addr)
+        .or_insert_with(|| {
+            Arc::new(Hold {
+                arrived: Semaphore::new(0),
+                release: Semaphore::new(0),
+                seen: Default::default(),
+                received: Semaphore::new(0),
+            })
+        })
+        .clone()
+}
+
+/// Waits until `n` held requests have reached the backend at `addr` (bounded, so a bug fails the
+/// test instead of hanging it).
+async fn arrived(addr: SocketAddr, n: u32) {
+    let h = hold(addr);
+    let got = tokio::time::timeout(Duration::from_secs(10), h.arrived.acquire_many(n)).await;
+    got.expect("held requests did not reach the backend").expect("semaphore").forget();
 }
 
 /// Connections each test backend accepted, by its address.
@@ -130,18 +181,30 @@ async fn front(state: Arc<ProxyState>, reviews: Arc<Service>, client: Arc<Worklo
 }
 
 async fn get(addr: SocketAddr, headers: &[(&str, &str)]) -> (u16, String, Duration) {
+    let (status, _, body, took) = get_full(addr, "/reviews/0", headers).await;
+    (status, body, took)
+}
+
+/// Like [`get`], with the response headers. Time is tokio's, so a paused test clock measures
+/// exactly the proxy's timers.
+async fn get_full(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, ::http::HeaderMap, String, Duration) {
     let started = Instant::now();
     let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
     tokio::spawn(conn);
-    let mut req = ::http::Request::builder().uri("/reviews/0").header("host", "reviews:9080");
+    let mut req = ::http::Request::builder().uri(path).header("host", "reviews:9080");
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
     let resp = sender.send_request(req.body(Empty::<Bytes>::new()).expect("request")).await.expect("response");
     let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
     let body = resp.into_body().collect().await.expect("body").to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned(), started.elapsed())
+    (status, headers, String::from_utf8_lossy(&body).into_owned(), started.elapsed())
 }
 
 const DR: &str = "apiVersion: networking.istio.io/v1
@@ -163,7 +226,9 @@ fn table(yaml: &str, registry: &Registry) -> RouteTable {
     RouteTable::compile(&config, registry).unwrap_or_else(|e| panic!("compile: {e}"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Paused clock: the only timer while jason's request waits is the fault delay, so the time it
+// takes is the configured delay, not "at least" it (a real clock would need a loose upper bound).
+#[tokio::test(start_paused = true)]
 async fn header_route_and_delay_fault_apply_to_jason_only() {
     let (registry, reviews, client, _, _) = setup(0).await;
     let yaml = format!(
@@ -176,6 +241,7 @@ async fn header_route_and_delay_fault_apply_to_jason_only() {
     assert_eq!(s, 200);
     assert!(body.starts_with("reviews-v2 end-user=jason"), "{body}");
     assert!(took >= Duration::from_millis(300), "delay not applied: {took:?}");
+    assert!(took < Duration::from_millis(310), "delay longer than the configured 300ms: {took:?}");
     let (s, body, took) = get(addr, &[]).await;
     assert_eq!(s, 200);
     assert!(body.starts_with("reviews-v1"), "{body}");
@@ -185,16 +251,24 @@ async fn header_route_and_delay_fault_apply_to_jason_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_on_5xx_reach_a_healthy_endpoint() {
-    // v1 fails its first request with 503; retryOn 5xx moves the retry to the next endpoint.
-    let (registry, reviews, client, h1, h2) = setup(1).await;
-    let yaml = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews}\n    retries: {attempts: 2, retryOn: 5xx}\n";
+    // v1 answers every request with 503, so only a retry sent to another endpoint can succeed.
+    // The key is hashed (consistentHash): a retry that did not avoid the endpoint already tried
+    // would land on v1 again, as round robin would hide by moving on anyway.
+    let (registry, reviews, client, h1, h2) = setup(usize::MAX).await;
+    let yaml = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews}\nspec:\n  host: reviews\n  trafficPolicy:\n    loadBalancer:\n      consistentHash: {httpHeaderName: x-user}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews}\n    retries: {attempts: 2, retryOn: 5xx}\n";
     let state = ProxyState::new(registry.clone(), table(yaml, &registry), Arc::new(NoOriginalDst));
     let addr = front(state, reviews, client).await;
-    for _ in 0..4 {
-        let (s, body, _) = get(addr, &[]).await;
+    // 16 keys: each hashes to v1 or v2; the chance that none is on v1 is 2^-16.
+    for i in 0..16 {
+        let user = format!("u{i}");
+        let (s, body, _) = get(addr, &[("x-user", &user)]).await;
         assert_eq!(s, 200, "{body}");
+        assert!(body.starts_with("reviews-v2"), "answered by {body}");
     }
-    assert_eq!(h1.load(Ordering::SeqCst) + h2.load(Ordering::SeqCst), 5, "one retry expected");
+    let (v1, v2) = (h1.load(Ordering::SeqCst), h2.load(Ordering::SeqCst));
+    assert!(v1 >= 1, "no key hashed to v1: the retry path was not exercised");
+    assert_eq!(v2, 16, "v2 answers every request exactly once");
+    assert!(v1 <= 16, "v1 tried more than once per request: {v1}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -208,60 +282,149 @@ async fn subset_without_endpoints_is_a_503_naming_it() {
     assert!(body.contains("no healthy upstream") && body.contains("v3"), "{body}");
 }
 
+/// A config directory holding `yaml`, as the agent's `--config` would.
+fn config_dir(yaml: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("reviews.yaml"), yaml).expect("write config");
+    dir
+}
+
+/// Loads `dir` and applies it through the agent's reload path (parse, compile, swap).
+fn reload(state: &ProxyState, dir: &tempfile::TempDir) {
+    let config =
+        Config::load_dir(dir.path()).unwrap_or_else(|e| panic!("config in {} rejected: {e}", dir.path().display()));
+    let registry = state.registry.load_full();
+    assert!(crate::reload::apply_config(state, &mut crate::admission::Admission::default(), config, &registry));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_race_loses_no_request() {
+    const RELOADS: usize = 200;
     let (registry, reviews, client, _, _) = setup(0).await;
-    let (t1, t2) = (Arc::new(table(&vs("v1"), &registry)), Arc::new(table(&vs("v2"), &registry)));
+    let v1 = v1_addr(&registry);
+    let dirs = [config_dir(&vs("v1")), config_dir(&vs("v2"))];
     let state = ProxyState::new(registry, RouteTable::kubernetes_only(&Registry::default()), Arc::new(NoOriginalDst));
-    state.routes.store(t1.clone());
+    reload(&state, &dirs[0]);
     let addr = front(state.clone(), reviews, client).await;
-    let reloader = {
-        let state = state.clone();
-        tokio::spawn(async move {
-            for i in 0..100 {
-                state.routes.store(if i % 2 == 0 { t2.clone() } else { t1.clone() });
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        })
-    };
+
+    // Held at the v1 backend across every reload below; must still be answered by v1.
+    let held = tokio::spawn(get(addr, &[("x-hold", "1")]));
+    arrived(v1, 1).await;
+
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let completed = Arc::new(AtomicUsize::new(0));
     let mut clients = Vec::new();
     for _ in 0..4 {
+        let (done, completed) = (done.clone(), completed.clone());
         clients.push(tokio::spawn(async move {
-            let mut bad = Vec::new();
-            for _ in 0..60 {
+            let (mut bad, mut seen) = (Vec::new(), [0usize; 2]);
+            while !done.load(Ordering::SeqCst) {
                 let (s, body, _) = get(addr, &[]).await;
-                if s != 200 || !(body.starts_with("reviews-v1") || body.starts_with("reviews-v2")) {
-                    bad.push((s, body));
+                match (s, body.split(' ').next()) {
+                    (200, Some("reviews-v1")) => seen[0] += 1,
+                    (200, Some("reviews-v2")) => seen[1] += 1,
+                    _ => bad.push((s, body)),
                 }
+                completed.fetch_add(1, Ordering::SeqCst);
             }
-            bad
+            (bad, seen)
         }));
     }
-    reloader.await.expect("reloader");
-    for c in clients {
-        let bad = c.await.expect("client");
-        assert!(bad.is_empty(), "requests failed during reloads: {bad:?}");
+    // Every reload waits for a request to complete after the previous one, so requests are in
+    // flight across all of them; the clients run until the last has been applied.
+    for i in 0..RELOADS {
+        let before = completed.load(Ordering::SeqCst);
+        reload(&state, &dirs[(i + 1) % 2]);
+        while completed.load(Ordering::SeqCst) == before {
+            tokio::task::yield_now().await;
+        }
     }
+    done.store(true, Ordering::SeqCst);
+    let (mut bad, mut seen) = (Vec::new(), [0usize; 2]);
+    for c in clients {
+        let (b, s) = c.await.expect("client");
+        bad.extend(b);
+        seen[0] += s[0];
+        seen[1] += s[1];
+    }
+    assert!(bad.is_empty(), "requests failed during reloads: {bad:?}");
+    assert!(seen[0] > 0 && seen[1] > 0, "both subsets must be served across the reloads: {seen:?}");
+    assert!(seen[0] + seen[1] >= RELOADS, "{seen:?}");
+    assert_eq!(state.metrics.get("mesh_config_reloads_total", &[("result", "applied")]), RELOADS as u64 + 1);
+
+    // The held request was routed before the first reload: it finishes on v1.
+    hold(v1).release.add_permits(1);
+    let (s, body, _) = held.await.expect("held request");
+    assert_eq!(s, 200, "{body}");
+    assert!(body.starts_with("reviews-v1"), "{body}");
+}
+
+// Paused clock: the delayed request's 1 s fault delay is the only timer, so the reload below
+// happens while it waits, after it was routed (virtual time, no race with a real clock).
+#[tokio::test(start_paused = true)]
+async fn a_delayed_request_finishes_on_the_route_table_it_started_with() {
+    let (registry, reviews, client, h1, h2) = setup(0).await;
+    let delayed_to_v1 = format!(
+        "{DR}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews}}\nspec:\n  hosts: [reviews]\n  http:\n  - fault:\n      delay: {{fixedDelay: 1s, percentage: {{value: 100}}}}\n    route:\n    - destination: {{host: reviews, subset: v1}}\n"
+    );
+    let dirs = [config_dir(&delayed_to_v1), config_dir(&vs("v2"))];
+    let state = ProxyState::new(registry, RouteTable::kubernetes_only(&Registry::default()), Arc::new(NoOriginalDst));
+    reload(&state, &dirs[0]);
+    let addr = front(state.clone(), reviews, client).await;
+    let delayed = tokio::spawn(get(addr, &[]));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(h1.load(Ordering::SeqCst) + h2.load(Ordering::SeqCst), 0, "the delayed request is still waiting");
+    reload(&state, &dirs[1]);
+    // New requests take the new table at once (v2, no delay)...
+    let (s, body, took) = get(addr, &[]).await;
+    assert_eq!((s, body.split(' ').next()), (200, Some("reviews-v2")), "{body}");
+    assert!(took < Duration::from_millis(500), "{took:?}");
+    // ...the one routed before the reload keeps its route: v1 after its 1 s delay.
+    let (s, body, took) = delayed.await.expect("delayed request");
+    assert_eq!((s, body.split(' ').next()), (200, Some("reviews-v1")), "{body}");
+    assert!(took >= Duration::from_secs(1) && took < Duration::from_millis(1010), "{took:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_pool_limits_overflow_with_503() {
     let (registry, reviews, client, _, _) = setup(0).await;
-    // The backend takes 300 ms (x-slow) so the requests overlap; the pool admits 1 + 1 pending.
-    let yaml = format!(
-        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: reviews}}\nspec:\n  host: reviews\n  trafficPolicy:\n    connectionPool:\n      tcp: {{maxConnections: 1}}\n      http: {{http1MaxPendingRequests: 1}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews}}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {{host: reviews}}\n"
-    );
-    let state = ProxyState::new(registry.clone(), table(&yaml, &registry), Arc::new(NoOriginalDst));
+    let yaml = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews}\nspec:\n  host: reviews\n  trafficPolicy:\n    connectionPool:\n      tcp: {maxConnections: 1}\n      http: {http1MaxPendingRequests: 1}\n  subsets:\n  - {name: v1, labels: {version: v1}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews, subset: v1}\n";
+    let state = ProxyState::new(registry.clone(), table(yaml, &registry), Arc::new(NoOriginalDst));
     let addr = front(state.clone(), reviews, client).await;
-    let calls: Vec<_> = (0..5).map(|_| tokio::spawn(get(addr, &[("x-slow", "1")]))).collect();
-    let mut codes = Vec::new();
-    for c in calls {
-        codes.push(c.await.expect("call").0);
+    let v1 = v1_addr(&registry);
+    // Five requests the backend holds: the pool admits 1 + 1 pending, the other 3 overflow and
+    // are answered while the 2 admitted are still held.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..5 {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(get_full(addr, "/reviews/0", &[("x-hold", "1")]).await);
+        });
     }
-    codes.sort();
-    assert_eq!(codes, vec![200, 200, 503, 503, 503], "2 admitted (1 + 1 pending), 3 overflow");
+    arrived(v1, 2).await;
+    for _ in 0..3 {
+        let (status, headers, body, _) = next(&mut rx).await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(headers.get("x-envoy-overloaded").map(|v| v.as_bytes()), Some(&b"true"[..]), "{headers:?}");
+        assert!(body.contains("reset reason: overflow"), "{body}");
+    }
+    assert_eq!(
+        state.metrics.get("mesh_overflow_total", &[("cluster", "outbound|9080|v1|reviews.default.svc.cluster.local")]),
+        3
+    );
+    hold(v1).release.add_permits(2);
+    for _ in 0..2 {
+        let (status, _, body, _) = next(&mut rx).await;
+        assert_eq!(status, 200, "{body}");
+    }
     // Slots are released: a later request goes through.
     assert_eq!(get(addr, &[]).await.0, 200);
+    assert_eq!(state.metrics.get("mesh_overflow_total", &[]), 3);
+}
+
+/// The next value on `rx`, within 10 s (a bug fails the test instead of hanging it).
+async fn next<T>(rx: &mut tokio::sync::mpsc::UnboundedReceiver<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("response").expect("sender")
 }
 
 fn reviews_v1_with_pool(pool: &str) -> String {
@@ -416,7 +579,7 @@ async fn call(addr: SocketAddr, http2: bool) -> (String, Option<String>) {
     let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let req = ::http::Request::builder()
         .method("POST")
-        .uri(format!("http://greeter:50051/helloworld.Greeter/SayHello"))
+        .uri("http://greeter:50051/helloworld.Greeter/SayHello")
         .header("host", "greeter:50051")
         .header("te", "trailers")
         .header("content-type", "application/grpc")
@@ -466,7 +629,7 @@ async fn upstream_protocol_follows_port_declaration_and_destination_rule() {
 fn unknown_h2_upgrade_policy_is_rejected_with_its_path() {
     let yaml = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec:\n  host: reviews\n  trafficPolicy:\n    connectionPool:\n      http: {h2UpgradePolicy: ALWAYS}\n";
     let config = Config::parse_str("dr.yaml", yaml).expect("parses");
-    let err = RouteTable::compile(&config, &Registry::default()).err().expect("rejected").to_string();
+    let err = RouteTable::compile(&config, &Registry::default()).map(|_| ()).expect_err("rejected").to_string();
     assert!(err.contains("h2UpgradePolicy") && err.contains("UPGRADE"), "{err}");
 }
 
@@ -526,4 +689,127 @@ async fn drain_finishes_in_flight_requests_and_refuses_new_connections() {
     assert_eq!(status, 200, "{body:?}");
     assert_eq!(close.as_deref(), Some("close"), "in-flight response must say Connection: close");
     assert_eq!(state.drain.wait_idle(Duration::from_secs(5)).await, 0, "every connection ended");
+}
+
+/// The value of header `name` as the backend saw it (the lines after the first of its answer).
+fn seen_header<'a>(body: &'a str, name: &str) -> Option<&'a str> {
+    body.lines().skip(1).find_map(|l| l.strip_prefix(name)?.strip_prefix(": "))
+}
+
+/// A VirtualService for reviews (with the v1/v2 DestinationRule) whose single http rule is `rule`
+/// (YAML indented for `http:`).
+fn vs_rule(rule: &str) -> String {
+    format!("{DR}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews}}\nspec:\n  hosts: [reviews]\n  http:\n{rule}")
+}
+
+// Paused clock: the held request never answers, so the route timeout (or each per-try timeout)
+// is the only timer and the time to the 504 is exactly what is configured.
+#[tokio::test(start_paused = true)]
+async fn route_timeout_and_per_try_timeout_on_the_wire() {
+    let (registry, reviews, client, _, _) = setup(0).await;
+    let v1 = v1_addr(&registry);
+    let yaml = vs_rule("  - timeout: 500ms\n    route:\n    - destination: {host: reviews, subset: v1}\n");
+    let state = ProxyState::new(registry.clone(), table(&yaml, &registry), Arc::new(NoOriginalDst));
+    let addr = front(state, reviews, client).await;
+    let (s, body, took) = get(addr, &[("x-hold", "1")]).await;
+    assert_eq!(s, 504, "{body}");
+    assert!(body.contains("upstream request timeout"), "{body}");
+    assert!(took >= Duration::from_millis(500) && took < Duration::from_millis(510), "{took:?}");
+    arrived(v1, 1).await;
+
+    // perTryTimeout 100ms, 2 retries: 3 tries reach the backend, each cut at 100 ms, plus
+    // Envoy's jittered back-off between them (at most 50 + 100 ms).
+    let (registry, reviews, client, _, _) = setup(0).await;
+    let v1 = v1_addr(&registry);
+    let yaml = vs_rule("  - retries: {attempts: 2, perTryTimeout: 100ms, retryOn: 5xx}\n    route:\n    - destination: {host: reviews, subset: v1}\n");
+    let state = ProxyState::new(registry.clone(), table(&yaml, &registry), Arc::new(NoOriginalDst));
+    let addr = front(state, reviews, client).await;
+    let (s, body, took) = get(addr, &[("x-hold", "1")]).await;
+    assert_eq!(s, 504, "{body}");
+    assert!(body.contains("per-try timeout"), "{body}");
+    assert!(took >= Duration::from_millis(300) && took < Duration::from_millis(460), "{took:?}");
+    arrived(v1, 3).await;
+    assert_eq!(hold(v1).arrived.available_permits(), 0, "more than 3 tries");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewrite_and_header_edits_as_the_backend_and_client_see_them() {
+    let (registry, reviews, client, _, _) = setup(0).await;
+    let yaml = vs_rule(
+        "  - match:\n    - uri: {prefix: /reviews}\n    rewrite: {uri: /v2/reviews, authority: reviews.internal}\n    headers:\n      request:\n        set: {x-set: s}\n        add: {x-add: a}\n        remove: [x-drop]\n      response:\n        set: {x-resp: r}\n        remove: [x-backend]\n    route:\n    - destination: {host: reviews, subset: v1}\n",
+    );
+    let state = ProxyState::new(registry.clone(), table(&yaml, &registry), Arc::new(NoOriginalDst));
+    let addr = front(state, reviews, client).await;
+    let (s, headers, body, _) = get_full(addr, "/reviews/0?x=1", &[("x-drop", "1"), ("x-set", "client")]).await;
+    assert_eq!(s, 200, "{body}");
+    assert!(body.starts_with("reviews-v1"), "{body}");
+    // Only the matched prefix is replaced; the query stays.
+    assert_eq!(seen_header(&body, "path"), Some("/v2/reviews/0?x=1"), "{body}");
+    assert_eq!(seen_header(&body, "host"), Some("reviews.internal"), "{body}");
+    assert_eq!(seen_header(&body, "x-set"), Some("s"), "set replaces the client's value: {body}");
+    assert_eq!(seen_header(&body, "x-add"), Some("a"), "{body}");
+    assert_eq!(seen_header(&body, "x-drop"), None, "{body}");
+    assert_eq!(headers.get("x-resp").map(|v| v.as_bytes()), Some(&b"r"[..]), "{headers:?}");
+    assert!(headers.get("x-backend").is_none(), "{headers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirect_is_answered_by_the_proxy() {
+    let (registry, reviews, client, h1, h2) = setup(0).await;
+    let yaml = vs_rule(
+        "  - match:\n    - uri: {prefix: /reviews}\n    redirect: {uri: /new, authority: newhost, redirectCode: 302}\n",
+    );
+    let state = ProxyState::new(registry.clone(), table(&yaml, &registry), Arc::new(NoOriginalDst));
+    let addr = front(state, reviews, client).await;
+    let (s, headers, body, _) = get_full(addr, "/reviews/0", &[]).await;
+    assert_eq!(s, 302, "{body}");
+    assert_eq!(headers.get("location").map(|v| v.as_bytes()), Some(&b"http://newhost/new"[..]), "{headers:?}");
+    assert_eq!(h1.load(Ordering::SeqCst) + h2.load(Ordering::SeqCst), 0, "a redirect reaches no backend");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirror_sends_a_shadow_copy_to_the_mirror_subset() {
+    let (registry, reviews, client, _, _) = setup(0).await;
+    let v2 = registry
+        .workloads
+        .iter()
+        .find(|w| w.labels.get("version").map(String::as_str) == Some("v2"))
+        .map(|w| SocketAddr::from((w.ip.expect("ip"), w.container_ports[0].port)))
+        .expect("v2 pod");
+    let yaml = vs_rule("  - route:\n    - destination: {host: reviews, subset: v1}\n    mirror: {host: reviews, subset: v2}\n    mirrorPercentage: {value: 100}\n");
+    let state = ProxyState::new(registry.clone(), table(&yaml, &registry), Arc::new(NoOriginalDst));
+    let addr = front(state, reviews, client).await;
+    let (s, body, _) = get(addr, &[("end-user", "jason")]).await;
+    assert_eq!(s, 200, "{body}");
+    assert!(body.starts_with("reviews-v1"), "the client gets the primary's answer: {body}");
+    let mirror = hold(v2);
+    let got = tokio::time::timeout(Duration::from_secs(10), mirror.received.acquire()).await;
+    got.expect("mirror copy did not arrive").expect("semaphore").forget();
+    let seen = hold(v2).seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let copy = format!("-\n{}", seen[0]);
+    assert_eq!(seen_header(&copy, "path"), Some("/reviews/0"), "{copy}");
+    assert_eq!(seen_header(&copy, "host"), Some("reviews-shadow:9080"), "{copy}");
+    assert_eq!(seen_header(&copy, "end-user"), Some("jason"), "{copy}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_request_id_is_generated_when_absent_and_kept_when_present() {
+    let (registry, reviews, client, _, _) = setup(0).await;
+    let state = ProxyState::new(registry.clone(), table(&vs("v1"), &registry), Arc::new(NoOriginalDst));
+    let addr = front(state, reviews, client).await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let (s, body, _) = get(addr, &[]).await;
+        assert_eq!(s, 200, "{body}");
+        let id = seen_header(&body, "x-request-id").unwrap_or_else(|| panic!("no x-request-id: {body}")).to_owned();
+        // A UUID: 8-4-4-4-12 hex digits.
+        let groups: Vec<usize> = id.split('-').map(str::len).collect();
+        assert_eq!(groups, vec![8, 4, 4, 4, 12], "{id}");
+        assert!(id.chars().all(|c| c == '-' || c.is_ascii_hexdigit()), "{id}");
+        ids.push(id);
+    }
+    assert_ne!(ids[0], ids[1], "every request gets its own id");
+    let (_, body, _) = get(addr, &[("x-request-id", "abc-123")]).await;
+    assert_eq!(seen_header(&body, "x-request-id"), Some("abc-123"), "{body}");
 }

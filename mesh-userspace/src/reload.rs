@@ -1,0 +1,58 @@
+//! Applying a routing config to a running proxy: admit it object by object against the registry
+//! the proxy serves ([`crate::admission`]) and swap the table in with one atomic store. The agent
+//! calls this for every config change (watched directory, Istio objects, a new registry); the
+//! proxy tests call it too, so the reload race they check is the agent's.
+use std::sync::Arc;
+
+use crate::{admission::Admission, config::Config, proxy::ProxyState, registry::Registry};
+
+/// Admits `candidate` and makes the result the proxy's route table. Requests already routed keep
+/// the table they loaded (they hold an `Arc` to it), so a reload never changes a request mid-way.
+/// Rejected objects are logged with `file:line:col` and counted per object; the reload is counted
+/// in `mesh_config_reloads_total{result="applied"|"partial"|"failed"}`. Returns false only when
+/// nothing was applied (the compiler panicked; the previous table stays).
+pub fn apply_config(state: &ProxyState, admission: &mut Admission, candidate: Config, registry: &Registry) -> bool {
+    let metrics = &state.metrics;
+    match admission.admit(candidate, registry) {
+        Ok(admitted) => {
+            state.routes.store(Arc::new(admitted.table));
+            for r in &admitted.rejected {
+                let errors = crate::config::ConfigErrors(r.errors.clone());
+                let kept = if r.kept_previous { "its last good version stays live" } else { "it had no good version" };
+                match &r.object {
+                    Some(o) => {
+                        metrics.inc(
+                            "mesh_config_objects_rejected_total",
+                            &[("kind", o.kind), ("namespace", &o.namespace), ("name", &o.name)],
+                        );
+                        tracing::error!(object = %o, "routing object rejected; {kept}:\n{errors}");
+                    }
+                    None => {
+                        metrics.inc(
+                            "mesh_config_objects_rejected_total",
+                            &[("kind", ""), ("namespace", ""), ("name", "")],
+                        );
+                        tracing::error!(file = %r.file, "routing file rejected; {kept}:\n{errors}");
+                    }
+                }
+            }
+            let result = if admitted.rejected.is_empty() { "applied" } else { "partial" };
+            metrics.inc("mesh_config_reloads_total", &[("result", result)]);
+            metrics.inc("mesh_config_generation", &[]);
+            tracing::info!(
+                virtual_services = admitted.config.virtual_services.len(),
+                destination_rules = admitted.config.destination_rules.len(),
+                gateways = admitted.config.gateways.len(),
+                rejected = admitted.rejected.len(),
+                "routing config admitted"
+            );
+            true
+        }
+        Err(e) => {
+            metrics.inc("mesh_config_reloads_total", &[("result", "failed")]);
+            metrics.inc("mesh_config_compile_panics_total", &[]);
+            tracing::error!(panic = %e.0, "compiling the routing config panicked; nothing of this reload applied, the previous routes stay live");
+            false
+        }
+    }
+}
