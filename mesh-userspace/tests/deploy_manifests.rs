@@ -187,7 +187,7 @@ fn the_checker_catches_a_misspelt_field() {
 fn daemonset_rolls_with_a_surge_pod_and_hands_over() {
     let text = std::fs::read_to_string(deploy_dir().join("daemonset.yaml")).expect("daemonset.yaml");
     let ds: DaemonSet = serde_yaml::from_str(&text).expect("DaemonSet");
-    let spec = ds.spec.expect("spec");
+    let spec = ds.spec;
     let rolling = spec.update_strategy.and_then(|s| s.rolling_update).expect("rollingUpdate");
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     assert_eq!(rolling.max_surge, Some(IntOrString::Int(1)));
