@@ -1,7 +1,8 @@
 //! `mesh agent`: the per-node process. Loads and attaches the eBPF programs, enrolls the node's
 //! pods (listener in the pod's netns first, then the cgroup in the enrollment map, so a redirect
 //! never lands on nothing), publishes service VIPs to the kernel, runs the proxy, reloads routing
-//! config, and detaches everything on SIGINT/SIGTERM.
+//! config, and on SIGINT/SIGTERM unenrolls, drains and detaches everything. Started next to a
+//! running agent it takes that agent's listeners and eBPF objects over instead (`handover`).
 use std::{
     collections::HashMap,
     convert::Infallible,

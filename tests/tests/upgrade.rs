@@ -82,8 +82,6 @@ fn agent_handover_under_load_loses_no_request() -> anyhow::Result<()> {
     let status = node.stop("agent-1")?;
     assert!(status.success(), "first agent exited with {status}:\n{}", node.log("agent-1"));
     let old_log = node.log("agent-1");
-    assert!(old_log.contains("the new agent is ready: stopping accepting, draining"), "{old_log}");
-    assert!(!old_log.contains("pod unenrolled"), "the old agent must leave the enrollments to the new one:\n{old_log}");
 
     // The same links stay attached: no detach, no second set.
     let now: std::collections::BTreeSet<u32> = attached_mesh_program_ids().difference(&before).copied().collect();
@@ -97,6 +95,8 @@ fn agent_handover_under_load_loses_no_request() -> anyhow::Result<()> {
         assert_eq!(failed, 0, "{load}: {log}\nagent-1:\n{old_log}\nagent-2:\n{}", node.log("agent-2"));
         assert!(ok >= 500, "{load}: fewer requests than the rate asks for: {log}");
     }
+    assert!(old_log.contains("the new agent is ready: stopping accepting, draining"), "{old_log}");
+    assert!(!old_log.contains("pod unenrolled"), "the old agent must leave the enrollments to the new one:\n{old_log}");
     // The second agent served traffic after the first had gone.
     let out = node.exec("client", &["curl", "-sS", "--max-time", "5", "http://web:9080/after"])?;
     assert!(String::from_utf8_lossy(&out.stdout).contains("backend=web-a path=/after"), "{out:?}");
