@@ -119,6 +119,9 @@ pub async fn handle(
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
+    if let Some(reply) = check_request_head(&state.limits, &req) {
+        return Ok(reply);
+    }
     if !req.headers().contains_key(X_REQUEST_ID) {
         req.headers_mut().insert(X_REQUEST_ID, new_request_id());
     }
@@ -179,6 +182,27 @@ pub async fn handle(
     // account for every request anyway.
     tracing::debug!(src = %src_name, dst = %dst, subset = %subset, status = %code, ms = started.elapsed().as_millis() as u64, "request");
     Ok(resp)
+}
+
+/// The head size of a request as Envoy's `max_request_headers_kb` counts it, roughly: the request
+/// line and every header line. hyper's read buffer limit (set to the same size) already refuses
+/// a head that does not fit, but only when it arrives in more than one read; this catches the rest.
+fn request_head_len<B>(req: &Request<B>) -> usize {
+    let line = req.method().as_str().len() + req.uri().path_and_query().map_or(1, |p| p.as_str().len()) + 11;
+    req.headers().iter().fold(line, |n, (k, v)| n.saturating_add(k.as_str().len() + v.len() + 4))
+}
+
+/// Refuses a request whose head breaks the downstream limits with Envoy's reply, 431.
+fn check_request_head<B>(limits: &super::Limits, req: &Request<B>) -> Option<Response<ProxyBody>> {
+    let max = usize::try_from(limits.max_request_headers_bytes).unwrap_or(usize::MAX);
+    if request_head_len(req) > max {
+        return Some(local_reply(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request headers too large"));
+    }
+    // hyper enforces the count for HTTP/1; HTTP/2 header blocks only have a size limit there.
+    if req.headers().len() > limits.max_request_headers_count {
+        return Some(local_reply(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "too many request headers"));
+    }
+    None
 }
 
 enum ReqBody {

@@ -2,6 +2,9 @@
 //! the node, recovers the original destination, and serves them at L7 (HTTP) or L4 (TCP).
 pub mod http;
 pub mod lb;
+pub mod limits;
+
+pub use self::limits::Limits;
 
 use std::{
     net::{SocketAddr, SocketAddrV4},
@@ -54,10 +57,21 @@ pub struct ProxyState {
     pub lb: lb::LoadBalancer,
     pub metrics: Metrics,
     pub original_dst: Arc<dyn OriginalDst>,
+    /// Downstream limits, fixed for the proxy's lifetime.
+    pub limits: Limits,
 }
 
 impl ProxyState {
     pub fn new(registry: Registry, routes: RouteTable, original_dst: Arc<dyn OriginalDst>) -> Arc<Self> {
+        Self::with_limits(registry, routes, original_dst, Limits::default())
+    }
+
+    pub fn with_limits(
+        registry: Registry,
+        routes: RouteTable,
+        original_dst: Arc<dyn OriginalDst>,
+        limits: Limits,
+    ) -> Arc<Self> {
         Arc::new(ProxyState {
             routes: ArcSwap::from_pointee(routes),
             registry: ArcSwap::from_pointee(registry),
@@ -67,6 +81,7 @@ impl ProxyState {
             lb: lb::LoadBalancer::default(),
             metrics: Metrics::default(),
             original_dst,
+            limits,
         })
     }
 }
@@ -272,12 +287,68 @@ pub async fn serve_http(state: Arc<ProxyState>, source: Source, entry: Entry, st
     // Responses are written whole; Nagle would only hold the next one back behind the client's
     // delayed ACK of the previous (Envoy and nginx set it too).
     let _ = stream.set_nodelay(true);
-    let io = TokioIo::new(stream);
-    let svc = hyper::service::service_fn(move |req| http::handle(state.clone(), source.clone(), entry.clone(), req));
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    if let Err(e) = builder.serve_connection(io, svc).await {
-        tracing::debug!(error = %e, "http connection ended with error");
+    let activity = limits::ConnActivity::new();
+    let io = TokioIo::new(limits::ActivityIo::new(stream, activity.clone()));
+    let src = source.workload.as_ref().map_or("ingress", |w| w.name.as_str()).to_owned();
+    let svc = {
+        let state = state.clone();
+        let activity = activity.clone();
+        hyper::service::service_fn(move |req| {
+            // Held until hyper drops the response body (written, or the client left), so the
+            // idle and header timers only run between requests.
+            let guard = activity.begin();
+            let handled = http::handle(state.clone(), source.clone(), entry.clone(), req);
+            async move {
+                let resp = handled.await?;
+                Ok::<_, std::convert::Infallible>(resp.map(|body| {
+                    http_body_util::BodyExt::boxed(http_body_util::BodyExt::map_frame(body, move |f| {
+                        let _held = &guard;
+                        f
+                    }))
+                }))
+            }
+        })
+    };
+    let limits = &state.limits;
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    {
+        let mut h1 = builder.http1();
+        // The header timeout is ours (ConnActivity): hyper's starts as soon as the connection is
+        // idle, so it would also cut idle keep-alive connections.
+        h1.header_read_timeout(None);
+        // hyper-util exposes no head-size limit; the read buffer limit is one: a head that does
+        // not fit is answered 431 (hyper's Parse::TooLarge). Bodies are read in chunks of it.
+        h1.max_buf_size(
+            usize::try_from(limits.max_request_headers_bytes).unwrap_or(usize::MAX).max(limits::HYPER_MIN_BUF_SIZE),
+        );
+        if limits.max_request_headers_count != limits::HYPER_DEFAULT_MAX_HEADERS {
+            h1.max_headers(limits.max_request_headers_count);
+        }
     }
+    builder
+        .http2()
+        .max_header_list_size(limits.max_request_headers_bytes)
+        .max_concurrent_streams(limits.http2_max_concurrent_streams);
+    let conn = builder.serve_connection(io, svc);
+    tokio::pin!(conn);
+    let expired = tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "http connection ended with error");
+            }
+            return;
+        }
+        e = activity.watch(limits) => e,
+    };
+    state.metrics.inc("mesh_downstream_timeouts_total", &[("source_workload", &src), ("reason", expired.as_str())]);
+    tracing::debug!(reason = expired.as_str(), "closing client connection");
+    if expired == limits::Expired::Idle {
+        // Nothing is in flight: HTTP/1 closes at once, HTTP/2 sends GOAWAY first. A client that
+        // does not finish the goodbye within a header timeout is cut.
+        conn.as_mut().graceful_shutdown();
+        let _ = tokio::time::timeout(limits.request_headers_timeout, conn).await;
+    }
+    // A stalled request head: the connection is dropped, which closes the socket.
 }
 
 async fn serve_tcp(state: Arc<ProxyState>, source: Source, service: Arc<Service>, port: u16, mut stream: TcpStream) {

@@ -469,3 +469,88 @@ fn unknown_h2_upgrade_policy_is_rejected_with_its_path() {
     let err = RouteTable::compile(&config, &Registry::default()).err().expect("rejected").to_string();
     assert!(err.contains("h2UpgradePolicy") && err.contains("UPGRADE"), "{err}");
 }
+
+/// Writes `request` on a fresh connection to `addr` and reads until the server closes or
+/// `until` appears in the reply; returns what was read.
+async fn raw(addr: SocketAddr, request: &[u8], until: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request).await.expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+        if String::from_utf8_lossy(&got).contains(until) {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+fn request_with_headers(extra: &[(String, String)]) -> Vec<u8> {
+    let mut r = String::from("GET /reviews/0 HTTP/1.1\r\nhost: reviews:9080\r\n");
+    for (k, v) in extra {
+        r.push_str(&format!("{k}: {v}\r\n"));
+    }
+    r.push_str("\r\n");
+    r.into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_or_too_many_request_headers_get_431_and_never_reach_the_backend() {
+    let (registry, reviews, client, h1, h2) = setup(0).await;
+    let state = ProxyState::new(registry.clone(), table(&vs("v1"), &registry), Arc::new(NoOriginalDst));
+    let addr = front(state, reviews, client).await;
+    // 61 KiB of headers (Envoy's limit is 60 KiB).
+    let big = request_with_headers(&[("x-big".into(), "a".repeat(61 * 1024))]);
+    let reply = raw(addr, &big, "\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.1 431"), "{reply:.200}");
+    // 101 headers with host (Envoy's limit is 100).
+    let many: Vec<(String, String)> = (0..100).map(|i| (format!("x-h{i}"), "v".into())).collect();
+    let reply = raw(addr, &request_with_headers(&many), "\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.1 431"), "{reply:.200}");
+    assert_eq!(h1.load(Ordering::SeqCst) + h2.load(Ordering::SeqCst), 0, "no request may reach the backend");
+    // Just under both limits passes.
+    let fine: Vec<(String, String)> =
+        (0..98).map(|i| (format!("x-h{i}"), "v".repeat(500))).chain([("connection".into(), "close".into())]).collect();
+    let reply = raw(addr, &request_with_headers(&fine), "reviews-v1").await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply:.200}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn stalled_request_head_is_closed_after_the_header_timeout_but_idle_keep_alive_is_not() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (registry, reviews, client, _, _) = setup(0).await;
+    let state = ProxyState::new(registry.clone(), table(&vs("v1"), &registry), Arc::new(NoOriginalDst));
+    let addr = front(state.clone(), reviews, client).await;
+
+    // Slowloris: half a request head, then silence.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    slow.write_all(b"GET /reviews/0 HTTP/1.1\r\nhost: rev").await.expect("write");
+    let started = tokio::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let n = slow.read(&mut buf).await.unwrap_or(0);
+    assert_eq!(n, 0, "closed without a reply");
+    let took = started.elapsed();
+    assert!((Duration::from_secs(30)..Duration::from_secs(31)).contains(&took), "closed after {took:?}");
+    assert_eq!(state.metrics.get("mesh_downstream_timeouts_total", &[("reason", "request_headers_timeout")]), 1);
+
+    // A keep-alive connection idle for longer than the header timeout is still served.
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+    tokio::spawn(conn);
+    for _ in 0..2 {
+        let req = ::http::Request::builder().uri("/reviews/0").header("host", "reviews:9080");
+        let resp = sender.send_request(req.body(Empty::<Bytes>::new()).expect("request")).await.expect("response");
+        assert_eq!(resp.status(), 200);
+        let _ = resp.into_body().collect().await;
+        tokio::time::sleep(Duration::from_secs(120)).await;
+    }
+    // ... until the idle timeout (1 h) closes it.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert!(sender.ready().await.is_err() || sender.is_closed(), "idle connection must be closed after 1 h");
+    assert_eq!(state.metrics.get("mesh_downstream_timeouts_total", &[("reason", "idle_timeout")]), 1);
+}
