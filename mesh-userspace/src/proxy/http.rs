@@ -18,10 +18,6 @@ use crate::routing::{Context, Decision, Forward, HashOn, LbPolicy, RequestInfo, 
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
-/// Request bodies up to this size are buffered so they can be retried and mirrored; larger ones
-/// stream through once (no retry) rather than being held in memory.
-const MAX_BUFFERED_BODY: u64 = 1 << 20;
-
 pub fn full(body: impl Into<Bytes>) -> ProxyBody {
     Full::new(body.into()).map_err(|never: Infallible| match never {}).boxed()
 }
@@ -207,7 +203,76 @@ fn check_request_head<B>(limits: &super::Limits, req: &Request<B>) -> Option<Res
 
 enum ReqBody {
     Buffered(Bytes),
-    Streaming(Incoming),
+    /// Streams through once; `.1` is set when the *client's* side of it failed (malformed chunk,
+    /// client reset), so the upstream error that follows is not blamed on the endpoint.
+    Streaming(ProxyBody, Arc<std::sync::OnceLock<String>>),
+}
+
+/// Why a request body could not be read from the client: the client's fault, answered 400 and
+/// never counted against an endpoint.
+fn downstream_body_error(e: impl std::fmt::Display) -> Response<ProxyBody> {
+    local_reply(StatusCode::BAD_REQUEST, format!("downstream request body error: {e}"))
+}
+
+/// Reads the request body before any endpoint is picked, up to `limit` bytes: a body that ends
+/// within it is replayable (retries, mirroring) and a malformed one is refused here, never
+/// reaching an endpoint. A longer one streams on with what was read so far in front. HTTP/2
+/// bodies of unknown length (gRPC streams, which may wait for a response before sending more)
+/// stream at once; so does anything announcing more than `limit`.
+async fn read_body(body: Incoming, limit: u64, http2: bool) -> Result<ReqBody, Response<ProxyBody>> {
+    if body.is_end_stream() {
+        return Ok(ReqBody::Buffered(Bytes::new()));
+    }
+    let upper = body.size_hint().upper();
+    if upper.is_some_and(|n| n <= limit) {
+        return body.collect().await.map(|c| ReqBody::Buffered(c.to_bytes())).map_err(downstream_body_error);
+    }
+    let failed: Arc<std::sync::OnceLock<String>> = Arc::default();
+    let flag = failed.clone();
+    let mark = move |e: hyper::Error| {
+        let _ = flag.set(e.to_string());
+        e
+    };
+    if upper.is_some() || http2 {
+        return Ok(ReqBody::Streaming(body.map_err(mark).boxed(), failed));
+    }
+    // HTTP/1 chunked: read ahead up to the limit.
+    let mut body = body;
+    let mut head: Vec<hyper::body::Frame<Bytes>> = Vec::new();
+    let mut read: u64 = 0;
+    while read <= limit {
+        match body.frame().await {
+            None => {
+                let mut buf = bytes::BytesMut::with_capacity(usize::try_from(read).unwrap_or(0));
+                let mut trailers = None;
+                for f in head {
+                    match f.into_data() {
+                        Ok(d) => buf.extend_from_slice(&d),
+                        Err(f) => trailers = f.into_trailers().ok(),
+                    }
+                }
+                if trailers.is_some() {
+                    // Trailers cannot be replayed from bytes; stream them instead.
+                    let frames = buf.freeze();
+                    let stream = futures_util::stream::iter(
+                        [Ok(hyper::body::Frame::data(frames))]
+                            .into_iter()
+                            .chain(trailers.map(|t| Ok(hyper::body::Frame::trailers(t)))),
+                    );
+                    return Ok(ReqBody::Streaming(http_body_util::StreamBody::new(stream).boxed(), failed));
+                }
+                return Ok(ReqBody::Buffered(buf.freeze()));
+            }
+            Some(Err(e)) => return Err(downstream_body_error(e)),
+            Some(Ok(f)) => {
+                read = read.saturating_add(f.data_ref().map_or(0, |d| d.len() as u64));
+                head.push(f);
+            }
+        }
+    }
+    let rest = http_body_util::BodyStream::new(body.map_err(mark));
+    let stream = futures_util::StreamExt::chain(futures_util::stream::iter(head.into_iter().map(Ok)), rest);
+    Ok(ReqBody::Streaming(http_body_util::StreamBody::new(stream).boxed(), failed))
 }
 
 async fn forward(state: &ProxyState, source: &Source, fwd: Forward, req: Request<Incoming>) -> Response<ProxyBody> {
@@ -246,15 +311,9 @@ async fn forward(state: &ProxyState, source: &Source, fwd: Forward, req: Request
         }
     }
 
-    let body = if body.is_end_stream() {
-        ReqBody::Buffered(Bytes::new())
-    } else if body.size_hint().upper().is_some_and(|n| n <= MAX_BUFFERED_BODY) {
-        match body.collect().await {
-            Ok(c) => ReqBody::Buffered(c.to_bytes()),
-            Err(e) => return local_reply(StatusCode::BAD_REQUEST, format!("reading request body: {e}")),
-        }
-    } else {
-        ReqBody::Streaming(body)
+    let body = match read_body(body, state.limits.max_buffered_body, parts.version == http::Version::HTTP_2).await {
+        Ok(b) => b,
+        Err(reply) => return reply,
     };
 
     if let (Some(mirror), ReqBody::Buffered(bytes)) = (&fwd.mirror, &body) {
@@ -265,7 +324,11 @@ async fn forward(state: &ProxyState, source: &Source, fwd: Forward, req: Request
     let deadline = fwd.timeout.map(|t| Instant::now() + t);
     let max_attempts = match body {
         ReqBody::Buffered(_) => 1 + fwd.retries.attempts,
-        ReqBody::Streaming(_) => 1,
+        ReqBody::Streaming(..) => 1,
+    };
+    let downstream_failed = match &body {
+        ReqBody::Streaming(_, failed) => Some(failed.clone()),
+        ReqBody::Buffered(_) => None,
     };
     let mut body = Some(body);
     let mut tried: Vec<SocketAddr> = Vec::new();
@@ -288,8 +351,8 @@ async fn forward(state: &ProxyState, source: &Source, fwd: Forward, req: Request
         tried.push(picked.endpoint.addr);
         let upstream_body = match body.as_mut() {
             Some(ReqBody::Buffered(b)) => full(b.clone()),
-            Some(ReqBody::Streaming(_)) => match body.take() {
-                Some(ReqBody::Streaming(s)) => s.boxed(),
+            Some(ReqBody::Streaming(..)) => match body.take() {
+                Some(ReqBody::Streaming(s, _)) => s,
                 _ => empty(),
             },
             None => empty(),
@@ -325,7 +388,10 @@ async fn forward(state: &ProxyState, source: &Source, fwd: Forward, req: Request
         match result {
             Ok(resp) => {
                 let status = resp.status().as_u16();
-                state.lb.report(&fwd.cluster, &picked, Some(status));
+                // An endpoint answering a body the client broke is not judged by that answer.
+                if downstream_failed.as_ref().is_none_or(|f| f.get().is_none()) {
+                    state.lb.report(&fwd.cluster, &picked, Some(status));
+                }
                 if !last
                     && !deadline_passed
                     && fwd.retries.retry_on.status(status)
@@ -341,6 +407,11 @@ async fn forward(state: &ProxyState, source: &Source, fwd: Forward, req: Request
                 return Response::from_parts(rparts, rbody.boxed());
             }
             Err(failure) => {
+                if let Some(e) = downstream_failed.as_ref().and_then(|f| f.get()) {
+                    // The client broke its own request body mid-stream: not the endpoint's
+                    // failure, so no outlier report and no retry.
+                    return downstream_body_error(e);
+                }
                 state.lb.report(&fwd.cluster, &picked, None);
                 if !last && !deadline_passed && failure.retriable(&fwd) && retry_admitted(state, &fwd, &mut retry_slot)
                 {

@@ -117,6 +117,13 @@ impl LoadBalancer {
         h.ejected_until.is_none_or(|t| t <= now)
     }
 
+    /// Whether outlier detection has `addr` ejected right now.
+    pub fn is_ejected(&self, addr: SocketAddr) -> bool {
+        let now = Instant::now();
+        let st = self.endpoints.lock().unwrap_or_else(|e| e.into_inner()).get(&addr).cloned();
+        st.is_some_and(|st| st.health.lock().unwrap_or_else(|e| e.into_inner()).ejected_until.is_some_and(|t| t > now))
+    }
+
     /// Picks an endpoint of `cluster`, skipping ejected ones and, when possible, those in
     /// `avoid` (already tried by this request's earlier attempts). `hash` is the consistent-hash
     /// key when the policy asks for one.

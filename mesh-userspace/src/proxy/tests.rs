@@ -554,3 +554,45 @@ async fn stalled_request_head_is_closed_after_the_header_timeout_but_idle_keep_a
     assert!(sender.ready().await.is_err() || sender.is_closed(), "idle connection must be closed after 1 h");
     assert_eq!(state.metrics.get("mesh_downstream_timeouts_total", &[("reason", "idle_timeout")]), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_request_bodies_are_the_clients_fault_and_never_eject_an_endpoint() {
+    let (registry, reviews, client, h1, _) = setup(0).await;
+    let yaml = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews}\nspec:\n  host: reviews\n  trafficPolicy:\n    outlierDetection: {consecutive5xxErrors: 2, maxEjectionPercent: 100}\n  subsets:\n  - {name: v1, labels: {version: v1}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews, subset: v1}\n";
+    let state = ProxyState::new(registry.clone(), table(yaml, &registry), Arc::new(NoOriginalDst));
+    let addr = front(state.clone(), reviews, client).await;
+    let cases: [&[u8]; 3] = [
+        // A chunk size that is not hex.
+        b"POST /reviews/0 HTTP/1.1\r\nhost: reviews:9080\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nbad\r\n0\r\n\r\n",
+        // A chunk longer than announced.
+        b"POST /reviews/0 HTTP/1.1\r\nhost: reviews:9080\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhello\r\n0\r\n\r\n",
+        // Truncated: the client half-closes mid-chunk (raw() does not shut down, so close by dropping).
+        b"POST /reviews/0 HTTP/1.1\r\nhost: reviews:9080\r\ntransfer-encoding: chunked\r\n\r\n10\r\nabc",
+    ];
+    for i in 0..9 {
+        let req = cases[i % cases.len()];
+        if i % cases.len() == 2 {
+            use tokio::io::AsyncWriteExt;
+            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            s.write_all(req).await.expect("write");
+            s.shutdown().await.expect("half-close");
+            let mut rest = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut s, &mut rest).await;
+        } else {
+            let reply = raw(addr, req, "\r\n\r\n").await;
+            assert!(reply.is_empty() || reply.starts_with("HTTP/1.1 400"), "{reply}");
+        }
+    }
+    // Wait for the proxy to have handled all nine (the truncated ones have no reply to wait for).
+    for _ in 0..200 {
+        if state.metrics.get("mesh_requests_total", &[("response_code", "400")]) >= 9 {
+            break;
+        }
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(state.metrics.get("mesh_requests_total", &[("response_code", "400")]), 9);
+    assert_eq!(h1.load(Ordering::SeqCst), 0, "the backend must never see a broken request");
+    assert!(!state.lb.is_ejected(v1_addr(&registry)), "a client's broken bodies ejected a healthy endpoint");
+    assert_eq!(get(addr, &[]).await.0, 200);
+}
