@@ -335,7 +335,8 @@ async fn forward(state: &ProxyState, source: &Source, fwd: Forward, req: Request
     let mut attempt = 0;
     // The retry slot held while a retry is outstanding (connectionPool.http.maxRetries).
     let mut retry_slot = None;
-    let (protocol, client) = state.upstream(&fwd.cluster, parts.version);
+    let (protocol, mut client) = state.upstream(&fwd.cluster, parts.version);
+    let mut fresh_retry_done = false;
     loop {
         attempt += 1;
         let last = attempt >= max_attempts;
@@ -406,6 +407,26 @@ async fn forward(state: &ProxyState, source: &Source, fwd: Forward, req: Request
                 fwd.response_headers.apply(&mut rparts.headers);
                 return Response::from_parts(rparts, rbody.boxed());
             }
+            Err(failure)
+                if failure.closed_before_response()
+                    && !fresh_retry_done
+                    && matches!(body, Some(ReqBody::Buffered(_)))
+                    && !deadline_passed =>
+            {
+                // The pooled connection was closed under the request before any response byte:
+                // most likely the server's keep-alive timer fired as we reused it (Istio retries
+                // this as `reset-before-request` by default). Once, on a new connection, whatever
+                // the retry policy says, and not held against the endpoint.
+                tracing::debug!(
+                    ?failure,
+                    "upstream connection closed before the response; retrying on a new connection"
+                );
+                fresh_retry_done = true;
+                client = state.fresh_upstream(&fwd.cluster, protocol);
+                tried.pop();
+                attempt -= 1;
+                continue;
+            }
             Err(failure) => {
                 if let Some(e) = downstream_failed.as_ref().and_then(|f| f.get()) {
                     // The client broke its own request body mid-stream: not the endpoint's
@@ -451,16 +472,41 @@ async fn backoff(attempt: u32) {
 #[derive(Debug)]
 enum Failure {
     Connect(String),
-    Reset(String),
+    /// `.1`: the connection closed before any response byte (not a malformed response).
+    Reset(String, bool),
     Timeout,
 }
 
 impl Failure {
+    /// The connection closed (EOF or reset) before any response byte arrived.
+    fn closed_before_response(&self) -> bool {
+        match self {
+            Failure::Reset(_, closed) => *closed,
+            _ => false,
+        }
+    }
+
     fn from_client(e: hyper_util::client::legacy::Error) -> Self {
         if e.is_connect() {
             Failure::Connect(format!("{e:?}"))
         } else {
-            Failure::Reset(format!("{e:?}"))
+            let mut closed = false;
+            let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
+            while let Some(s) = source {
+                if let Some(h) = s.downcast_ref::<hyper::Error>() {
+                    closed |= h.is_incomplete_message() || h.is_canceled();
+                }
+                if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                    closed |= matches!(
+                        io.kind(),
+                        std::io::ErrorKind::ConnectionReset
+                            | std::io::ErrorKind::BrokenPipe
+                            | std::io::ErrorKind::UnexpectedEof
+                    );
+                }
+                source = s.source();
+            }
+            Failure::Reset(format!("{e:?}"), closed)
         }
     }
 
@@ -468,7 +514,7 @@ impl Failure {
         let on = &fwd.retries.retry_on;
         match self {
             Failure::Connect(_) => on.connect_failure || on.reset || on.gateway_error || on.five_xx,
-            Failure::Reset(_) => on.reset || on.five_xx,
+            Failure::Reset(..) => on.reset || on.five_xx,
             Failure::Timeout => on.five_xx || on.gateway_error,
         }
     }
@@ -481,7 +527,7 @@ impl Failure {
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("upstream connect error or disconnect/reset before headers. reset reason: connection failure: {e}"),
             ),
-            Failure::Reset(e) => local_reply(
+            Failure::Reset(e, _) => local_reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("upstream connect error or disconnect/reset before headers. reset reason: connection termination: {e}"),
             ),

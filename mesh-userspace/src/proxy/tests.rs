@@ -596,3 +596,109 @@ async fn malformed_request_bodies_are_the_clients_fault_and_never_eject_an_endpo
     assert!(!state.lb.is_ejected(v1_addr(&registry)), "a client's broken bodies ejected a healthy endpoint");
     assert_eq!(get(addr, &[]).await.0, 200);
 }
+
+/// A raw HTTP/1.1 backend for keep-alive races: it answers `per_conn` requests on a connection
+/// and then closes it on reading the next one without answering, and closes any connection idle
+/// for `keep_alive` (gunicorn-style). Returns its address and the responses it sent.
+async fn racing_backend(per_conn: usize, keep_alive: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+    let addr = l.local_addr().expect("addr");
+    let answered = Arc::new(AtomicUsize::new(0));
+    let counter = answered.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { return };
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut served = 0;
+                loop {
+                    // Read one request head (the test sends no bodies).
+                    while !String::from_utf8_lossy(&buf).contains("\r\n\r\n") {
+                        let mut chunk = [0u8; 4096];
+                        match tokio::time::timeout(keep_alive, s.read(&mut chunk)).await {
+                            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                            _ => return, // idle past keep-alive, or closed: close
+                        }
+                    }
+                    let end = String::from_utf8_lossy(&buf).find("\r\n\r\n").map_or(0, |i| i + 4);
+                    buf.drain(..end);
+                    if served == per_conn {
+                        return;
+                    }
+                    served += 1;
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, answered)
+}
+
+/// A proxy in front of one racing backend, with `attempts` retries configured on the route.
+async fn racing_proxy(backend: SocketAddr, attempts: u32) -> SocketAddr {
+    let svc = Arc::new(Service {
+        name: "web".into(),
+        namespace: "default".into(),
+        cluster_ip: Some(Ipv4Addr::new(10, 96, 0, 60)),
+        ports: vec![ServicePort {
+            name: Some("http".into()),
+            port: 80,
+            target_port: TargetPort::Number(backend.port()),
+            node_port: None,
+            protocol: AppProtocol::Http,
+        }],
+        selector: [("app".to_string(), "web".to_string())].into_iter().collect(),
+        ..Default::default()
+    });
+    let client = workload("client", &[("app", "client")], 80);
+    let registry = Registry {
+        services: vec![svc.clone()],
+        workloads: vec![workload("web-1", &[("app", "web")], backend.port()), client.clone()],
+    };
+    let vs = format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: web}}\nspec:\n  hosts: [web]\n  http:\n  - route:\n    - destination: {{host: web}}\n    retries: {{attempts: {attempts}}}\n");
+    let state = ProxyState::new(registry.clone(), table(&vs, &registry), Arc::new(NoOriginalDst));
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind front");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, peer)) = l.accept().await else { return };
+            let source = Source { workload: Some(client.clone()), peer: Some(peer) };
+            tokio::spawn(serve_service_conn(state.clone(), source, svc.clone(), 80, s));
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_closed_under_a_request_is_retried_once_on_a_new_one() {
+    // Every connection answers one request and closes on the second without a reply: the
+    // second request through the proxy rides the pooled connection and loses it.
+    let (backend, answered) = racing_backend(1, Duration::from_secs(60)).await;
+    let addr = racing_proxy(backend, 0).await;
+    for i in 0..5 {
+        let (s, body, _) = get(addr, &[]).await;
+        assert_eq!((s, body.as_str()), (200, "ok"), "request {i}");
+    }
+    assert_eq!(answered.load(Ordering::SeqCst), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_at_the_servers_keep_alive_boundary_never_fail() {
+    // gunicorn's 2 s keep-alive, requests 1.9–2.1 s apart: the wall clock is the subject here.
+    let (backend, _) = racing_backend(usize::MAX, Duration::from_secs(2)).await;
+    let addr = racing_proxy(backend, 0).await;
+    let mut failures = Vec::new();
+    for gap_ms in [0u64, 1900, 1950, 2000, 2050, 2100, 1990] {
+        tokio::time::sleep(Duration::from_millis(gap_ms)).await;
+        let (s, body, _) = get(addr, &[]).await;
+        if s != 200 {
+            failures.push((gap_ms, s, body));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+}
