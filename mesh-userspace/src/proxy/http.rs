@@ -63,7 +63,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
             .collect();
         for n in listed {
-            headers.remove(n);
+            // A client cannot make the proxy drop what routing and tracing depend on.
+            if n != header::HOST && n != X_REQUEST_ID {
+                headers.remove(n);
+            }
         }
     }
     // `te: trailers` is the one TE an HTTP/2 peer may send, and gRPC requires it end to end
@@ -118,6 +121,8 @@ pub async fn handle(
     if let Some(reply) = check_request_head(&state.limits, &req) {
         return Ok(reply);
     }
+    // Hop-by-hop headers are the client's connection's business: gone before routing sees them.
+    strip_hop_by_hop(req.headers_mut());
     if !req.headers().contains_key(X_REQUEST_ID) {
         req.headers_mut().insert(X_REQUEST_ID, new_request_id());
     }
@@ -193,6 +198,13 @@ fn check_request_head<B>(limits: &super::Limits, req: &Request<B>) -> Option<Res
     let max = usize::try_from(limits.max_request_headers_bytes).unwrap_or(usize::MAX);
     if request_head_len(req) > max {
         return Some(local_reply(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request headers too large"));
+    }
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host, or with more than one, is a 400.
+    // (HTTP/1.0 may omit it; HTTP/2 carries :authority.)
+    let hosts = req.headers().get_all(header::HOST).iter().count();
+    if req.version() == http::Version::HTTP_11 && hosts != 1 || req.version() < http::Version::HTTP_11 && hosts > 1 {
+        let why = if hosts == 0 { "missing Host header" } else { "more than one Host header" };
+        return Some(local_reply(StatusCode::BAD_REQUEST, why));
     }
     // hyper enforces the count for HTTP/1; HTTP/2 header blocks only have a size limit there.
     if req.headers().len() > limits.max_request_headers_count {
@@ -295,7 +307,6 @@ async fn forward(state: &ProxyState, source: &Source, fwd: Forward, req: Request
         return r;
     };
     let (mut parts, body) = req.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
     fwd.request_headers.apply(&mut parts.headers);
 
     let mut path_and_query = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());

@@ -702,3 +702,27 @@ async fn requests_at_the_servers_keep_alive_boundary_never_fail() {
     }
     assert!(failures.is_empty(), "{failures:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_host_rules_and_connection_options_are_applied_before_routing() {
+    let (registry, reviews, client, h1, h2) = setup(0).await;
+    // jason → v2 and a fixed x-request-id → v2; everything else → v1.
+    let yaml = format!(
+        "{DR}---\napiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {{name: reviews}}\nspec:\n  hosts: [reviews]\n  http:\n  - match:\n    - headers: {{end-user: {{exact: jason}}}}\n    - headers: {{x-request-id: {{exact: fixed-id}}}}\n    route:\n    - destination: {{host: reviews, subset: v2}}\n  - route:\n    - destination: {{host: reviews, subset: v1}}\n"
+    );
+    let state = ProxyState::new(registry.clone(), table(&yaml, &registry), Arc::new(NoOriginalDst));
+    let addr = front(state, reviews, client).await;
+    let two_hosts = b"GET /reviews/0 HTTP/1.1\r\nhost: reviews:9080\r\nhost: evil:80\r\n\r\n";
+    assert!(raw(addr, two_hosts, "\r\n\r\n").await.starts_with("HTTP/1.1 400"));
+    let no_host = b"GET /reviews/0 HTTP/1.1\r\nend-user: jason\r\n\r\n";
+    assert!(raw(addr, no_host, "\r\n\r\n").await.starts_with("HTTP/1.1 400"));
+    assert_eq!(h1.load(Ordering::SeqCst) + h2.load(Ordering::SeqCst), 0, "refused requests reach no backend");
+    // A header named in Connection is gone before routing: end-user no longer selects v2.
+    let (s, body, _) = get(addr, &[("end-user", "jason"), ("connection", "end-user")]).await;
+    assert_eq!(s, 200);
+    assert!(body.starts_with("reviews-v1 end-user=-"), "{body}");
+    // ... but Host and x-request-id cannot be dropped that way.
+    let (s, body, _) = get(addr, &[("x-request-id", "fixed-id"), ("connection", "host, x-request-id")]).await;
+    assert_eq!(s, 200);
+    assert!(body.starts_with("reviews-v2"), "{body}");
+}
