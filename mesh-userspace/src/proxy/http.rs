@@ -20,10 +20,6 @@ use crate::routing::{Context, Decision, Forward, HashOn, LbPolicy, RequestInfo, 
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
-/// Request bodies up to this size are buffered so they can be retried and mirrored; larger ones
-/// stream through once (no retry) rather than being held in memory.
-const MAX_BUFFERED_BODY: u64 = 1 << 20;
-
 pub fn full(body: impl Into<Bytes>) -> ProxyBody {
     Full::new(body.into()).map_err(|never: Infallible| match never {}).boxed()
 }
@@ -69,7 +65,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
             .collect();
         for n in listed {
-            headers.remove(n);
+            // A client cannot make the proxy drop what routing and tracing depend on.
+            if n != header::HOST && n != X_REQUEST_ID {
+                headers.remove(n);
+            }
         }
     }
     // `te: trailers` is the one TE an HTTP/2 peer may send, and gRPC requires it end to end
@@ -121,6 +120,11 @@ pub async fn handle(
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
+    if let Some(reply) = check_request_head(&state.limits, &req) {
+        return Ok(reply);
+    }
+    // Hop-by-hop headers are the client's connection's business: gone before routing sees them.
+    strip_hop_by_hop(req.headers_mut());
     if !req.headers().contains_key(X_REQUEST_ID) {
         req.headers_mut().insert(X_REQUEST_ID, new_request_id());
     }
@@ -183,9 +187,106 @@ pub async fn handle(
     Ok(resp)
 }
 
+/// The head size of a request as Envoy's `max_request_headers_kb` counts it, roughly: the request
+/// line and every header line. hyper's read buffer limit (set to the same size) already refuses
+/// a head that does not fit, but only when it arrives in more than one read; this catches the rest.
+fn request_head_len<B>(req: &Request<B>) -> usize {
+    let line = req.method().as_str().len() + req.uri().path_and_query().map_or(1, |p| p.as_str().len()) + 11;
+    req.headers().iter().fold(line, |n, (k, v)| n.saturating_add(k.as_str().len() + v.len() + 4))
+}
+
+/// Refuses a request whose head breaks the downstream limits with Envoy's reply, 431.
+fn check_request_head<B>(limits: &super::Limits, req: &Request<B>) -> Option<Response<ProxyBody>> {
+    let max = usize::try_from(limits.max_request_headers_bytes).unwrap_or(usize::MAX);
+    if request_head_len(req) > max {
+        return Some(local_reply(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "request headers too large"));
+    }
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host, or with more than one, is a 400.
+    // (HTTP/1.0 may omit it; HTTP/2 carries :authority.)
+    let hosts = req.headers().get_all(header::HOST).iter().count();
+    if req.version() == http::Version::HTTP_11 && hosts != 1 || req.version() < http::Version::HTTP_11 && hosts > 1 {
+        let why = if hosts == 0 { "missing Host header" } else { "more than one Host header" };
+        return Some(local_reply(StatusCode::BAD_REQUEST, why));
+    }
+    // hyper enforces the count for HTTP/1; HTTP/2 header blocks only have a size limit there.
+    if req.headers().len() > limits.max_request_headers_count {
+        return Some(local_reply(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "too many request headers"));
+    }
+    None
+}
+
 enum ReqBody {
     Buffered(Bytes),
-    Streaming(Incoming),
+    /// Streams through once; `.1` is set when the *client's* side of it failed (malformed chunk,
+    /// client reset), so the upstream error that follows is not blamed on the endpoint.
+    Streaming(ProxyBody, Arc<std::sync::OnceLock<String>>),
+}
+
+/// Why a request body could not be read from the client: the client's fault, answered 400 and
+/// never counted against an endpoint.
+fn downstream_body_error(e: impl std::fmt::Display) -> Response<ProxyBody> {
+    local_reply(StatusCode::BAD_REQUEST, format!("downstream request body error: {e}"))
+}
+
+/// Reads the request body before any endpoint is picked, up to `limit` bytes: a body that ends
+/// within it is replayable (retries, mirroring) and a malformed one is refused here, never
+/// reaching an endpoint. A longer one streams on with what was read so far in front. HTTP/2
+/// bodies of unknown length (gRPC streams, which may wait for a response before sending more)
+/// stream at once; so does anything announcing more than `limit`.
+async fn read_body(body: Incoming, limit: u64, http2: bool) -> Result<ReqBody, Response<ProxyBody>> {
+    if body.is_end_stream() {
+        return Ok(ReqBody::Buffered(Bytes::new()));
+    }
+    let upper = body.size_hint().upper();
+    if upper.is_some_and(|n| n <= limit) {
+        return body.collect().await.map(|c| ReqBody::Buffered(c.to_bytes())).map_err(downstream_body_error);
+    }
+    let failed: Arc<std::sync::OnceLock<String>> = Arc::default();
+    let flag = failed.clone();
+    let mark = move |e: hyper::Error| {
+        let _ = flag.set(e.to_string());
+        e
+    };
+    if upper.is_some() || http2 {
+        return Ok(ReqBody::Streaming(body.map_err(mark).boxed(), failed));
+    }
+    // HTTP/1 chunked: read ahead up to the limit.
+    let mut body = body;
+    let mut head: Vec<hyper::body::Frame<Bytes>> = Vec::new();
+    let mut read: u64 = 0;
+    while read <= limit {
+        match body.frame().await {
+            None => {
+                let mut buf = bytes::BytesMut::with_capacity(usize::try_from(read).unwrap_or(0));
+                let mut trailers = None;
+                for f in head {
+                    match f.into_data() {
+                        Ok(d) => buf.extend_from_slice(&d),
+                        Err(f) => trailers = f.into_trailers().ok(),
+                    }
+                }
+                if trailers.is_some() {
+                    // Trailers cannot be replayed from bytes; stream them instead.
+                    let frames = buf.freeze();
+                    let stream = futures_util::stream::iter(
+                        [Ok(hyper::body::Frame::data(frames))]
+                            .into_iter()
+                            .chain(trailers.map(|t| Ok(hyper::body::Frame::trailers(t)))),
+                    );
+                    return Ok(ReqBody::Streaming(http_body_util::StreamBody::new(stream).boxed(), failed));
+                }
+                return Ok(ReqBody::Buffered(buf.freeze()));
+            }
+            Some(Err(e)) => return Err(downstream_body_error(e)),
+            Some(Ok(f)) => {
+                read = read.saturating_add(f.data_ref().map_or(0, |d| d.len() as u64));
+                head.push(f);
+            }
+        }
+    }
+    let rest = http_body_util::BodyStream::new(body.map_err(mark));
+    let stream = futures_util::StreamExt::chain(futures_util::stream::iter(head.into_iter().map(Ok)), rest);
+    Ok(ReqBody::Streaming(http_body_util::StreamBody::new(stream).boxed(), failed))
 }
 
 async fn forward(state: &ProxyState, source: &Source, fwd: Forward, req: Request<Incoming>) -> Response<ProxyBody> {
@@ -208,7 +309,6 @@ async fn forward(state: &ProxyState, source: &Source, fwd: Forward, req: Request
         return r;
     };
     let (mut parts, body) = req.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
     fwd.request_headers.apply(&mut parts.headers);
 
     let mut path_and_query = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
@@ -224,15 +324,9 @@ async fn forward(state: &ProxyState, source: &Source, fwd: Forward, req: Request
         }
     }
 
-    let body = if body.is_end_stream() {
-        ReqBody::Buffered(Bytes::new())
-    } else if body.size_hint().upper().is_some_and(|n| n <= MAX_BUFFERED_BODY) {
-        match body.collect().await {
-            Ok(c) => ReqBody::Buffered(c.to_bytes()),
-            Err(e) => return local_reply(StatusCode::BAD_REQUEST, format!("reading request body: {e}")),
-        }
-    } else {
-        ReqBody::Streaming(body)
+    let body = match read_body(body, state.limits.max_buffered_body, parts.version == http::Version::HTTP_2).await {
+        Ok(b) => b,
+        Err(reply) => return reply,
     };
 
     if let (Some(mirror), ReqBody::Buffered(bytes)) = (&fwd.mirror, &body) {
@@ -243,14 +337,19 @@ async fn forward(state: &ProxyState, source: &Source, fwd: Forward, req: Request
     let deadline = fwd.timeout.map(|t| Instant::now() + t);
     let max_attempts = match body {
         ReqBody::Buffered(_) => 1 + fwd.retries.attempts,
-        ReqBody::Streaming(_) => 1,
+        ReqBody::Streaming(..) => 1,
+    };
+    let downstream_failed = match &body {
+        ReqBody::Streaming(_, failed) => Some(failed.clone()),
+        ReqBody::Buffered(_) => None,
     };
     let mut body = Some(body);
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut attempt = 0;
     // The retry slot held while a retry is outstanding (connectionPool.http.maxRetries).
     let mut retry_slot = None;
-    let (protocol, client) = state.upstream(&fwd.cluster, parts.version);
+    let (protocol, mut client) = state.upstream(&fwd.cluster, parts.version);
+    let mut fresh_retry_done = false;
     loop {
         attempt += 1;
         let last = attempt >= max_attempts;
@@ -266,8 +365,8 @@ async fn forward(state: &ProxyState, source: &Source, fwd: Forward, req: Request
         tried.push(picked.endpoint.addr);
         let upstream_body = match body.as_mut() {
             Some(ReqBody::Buffered(b)) => full(b.clone()),
-            Some(ReqBody::Streaming(_)) => match body.take() {
-                Some(ReqBody::Streaming(s)) => s.boxed(),
+            Some(ReqBody::Streaming(..)) => match body.take() {
+                Some(ReqBody::Streaming(s, _)) => s,
                 _ => empty(),
             },
             None => empty(),
@@ -303,7 +402,10 @@ async fn forward(state: &ProxyState, source: &Source, fwd: Forward, req: Request
         match result {
             Ok(resp) => {
                 let status = resp.status().as_u16();
-                state.lb.report(&fwd.cluster, &picked, Some(status));
+                // An endpoint answering a body the client broke is not judged by that answer.
+                if downstream_failed.as_ref().is_none_or(|f| f.get().is_none()) {
+                    state.lb.report(&fwd.cluster, &picked, Some(status));
+                }
                 if !last
                     && !deadline_passed
                     && fwd.retries.retry_on.status(status)
@@ -318,7 +420,32 @@ async fn forward(state: &ProxyState, source: &Source, fwd: Forward, req: Request
                 fwd.response_headers.apply(&mut rparts.headers);
                 return Response::from_parts(rparts, rbody.boxed());
             }
+            Err(failure)
+                if failure.closed_before_response()
+                    && !fresh_retry_done
+                    && matches!(body, Some(ReqBody::Buffered(_)))
+                    && !deadline_passed =>
+            {
+                // The pooled connection was closed under the request before any response byte:
+                // most likely the server's keep-alive timer fired as we reused it (Istio retries
+                // this as `reset-before-request` by default). Once, on a new connection, whatever
+                // the retry policy says, and not held against the endpoint.
+                tracing::debug!(
+                    ?failure,
+                    "upstream connection closed before the response; retrying on a new connection"
+                );
+                fresh_retry_done = true;
+                client = state.fresh_upstream(&fwd.cluster, protocol);
+                tried.pop();
+                attempt -= 1;
+                continue;
+            }
             Err(failure) => {
+                if let Some(e) = downstream_failed.as_ref().and_then(|f| f.get()) {
+                    // The client broke its own request body mid-stream: not the endpoint's
+                    // failure, so no outlier report and no retry.
+                    return downstream_body_error(e);
+                }
                 state.lb.report(&fwd.cluster, &picked, None);
                 if !last && !deadline_passed && failure.retriable(&fwd) && retry_admitted(state, &fwd, &mut retry_slot)
                 {
@@ -358,16 +485,41 @@ async fn backoff(attempt: u32) {
 #[derive(Debug)]
 enum Failure {
     Connect(String),
-    Reset(String),
+    /// `.1`: the connection closed before any response byte (not a malformed response).
+    Reset(String, bool),
     Timeout,
 }
 
 impl Failure {
+    /// The connection closed (EOF or reset) before any response byte arrived.
+    fn closed_before_response(&self) -> bool {
+        match self {
+            Failure::Reset(_, closed) => *closed,
+            _ => false,
+        }
+    }
+
     fn from_client(e: hyper_util::client::legacy::Error) -> Self {
         if e.is_connect() {
             Failure::Connect(format!("{e:?}"))
         } else {
-            Failure::Reset(format!("{e:?}"))
+            let mut closed = false;
+            let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
+            while let Some(s) = source {
+                if let Some(h) = s.downcast_ref::<hyper::Error>() {
+                    closed |= h.is_incomplete_message() || h.is_canceled();
+                }
+                if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                    closed |= matches!(
+                        io.kind(),
+                        std::io::ErrorKind::ConnectionReset
+                            | std::io::ErrorKind::BrokenPipe
+                            | std::io::ErrorKind::UnexpectedEof
+                    );
+                }
+                source = s.source();
+            }
+            Failure::Reset(format!("{e:?}"), closed)
         }
     }
 
@@ -375,7 +527,7 @@ impl Failure {
         let on = &fwd.retries.retry_on;
         match self {
             Failure::Connect(_) => on.connect_failure || on.reset || on.gateway_error || on.five_xx,
-            Failure::Reset(_) => on.reset || on.five_xx,
+            Failure::Reset(..) => on.reset || on.five_xx,
             Failure::Timeout => on.five_xx || on.gateway_error,
         }
     }
@@ -388,7 +540,7 @@ impl Failure {
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("upstream connect error or disconnect/reset before headers. reset reason: connection failure: {e}"),
             ),
-            Failure::Reset(e) => local_reply(
+            Failure::Reset(e, _) => local_reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("upstream connect error or disconnect/reset before headers. reset reason: connection termination: {e}"),
             ),

@@ -120,6 +120,13 @@ impl LoadBalancer {
         h.ejected_until.is_none_or(|t| t <= now)
     }
 
+    /// Whether outlier detection has `addr` ejected right now.
+    pub fn is_ejected(&self, addr: SocketAddr) -> bool {
+        let now = Instant::now();
+        let st = self.endpoints.lock().unwrap_or_else(|e| e.into_inner()).get(&addr).cloned();
+        st.is_some_and(|st| st.health.lock().unwrap_or_else(|e| e.into_inner()).ejected_until.is_some_and(|t| t > now))
+    }
+
     /// Picks an endpoint of `cluster`, skipping ejected ones and, when possible, those in
     /// `avoid` (already tried by this request's earlier attempts). `hash` is the consistent-hash
     /// key when the policy asks for one.
@@ -199,20 +206,170 @@ impl LoadBalancer {
             return;
         }
         drop(h);
-        // maxEjectionPercent bounds how much of the cluster may be out at once.
         let now = Instant::now();
-        let total = cluster.endpoints.len().max(1);
+        let total = cluster.endpoints.len();
         let ejected = cluster.endpoints.iter().filter(|e| !self.healthy(now, e)).count();
-        if (ejected + 1) * 100 > total * od.max_ejection_percent as usize {
+        if !may_eject(total, ejected, od.max_ejection_percent) {
             return;
         }
         let mut h = picked.state.health.lock().unwrap_or_else(|e| e.into_inner());
-        h.ejections += 1;
-        let base: Duration = od.base_ejection_time;
-        h.ejected_until = Some(now + base * h.ejections);
+        // Envoy lowers the ejection multiplier once per interval the host stays in: a host that
+        // behaved since its last ejection ended starts over rather than at its old maximum.
+        if let (Some(until), Some(interval)) = (h.ejected_until, Some(od.interval).filter(|i| !i.is_zero())) {
+            let healthy_for = now.saturating_duration_since(until);
+            let intervals = u32::try_from(healthy_for.as_nanos() / interval.as_nanos()).unwrap_or(u32::MAX);
+            h.ejections = h.ejections.saturating_sub(intervals);
+        }
+        h.ejections = h.ejections.saturating_add(1);
+        let time = ejection_time(od.base_ejection_time, h.ejections);
+        let Some(until) = now.checked_add(time) else {
+            tracing::warn!(endpoint = %picked.endpoint.addr, "ejection time out of the clock's range; not ejecting");
+            return;
+        };
+        h.ejected_until = Some(until);
         h.consecutive_5xx = 0;
         h.consecutive_gateway = 0;
-        tracing::warn!(endpoint = %picked.endpoint.addr, cluster = %cluster.name, for_ms = (base * h.ejections).as_millis() as u64, "outlier detection ejected endpoint");
+        tracing::warn!(endpoint = %picked.endpoint.addr, cluster = %cluster.name, for_ms = time.as_millis() as u64, "outlier detection ejected endpoint");
+    }
+}
+
+/// Envoy's default `max_ejection_time`: ejections grow with each one but never past this (or
+/// past `baseEjectionTime`, when that is larger). Istio does not expose the field.
+pub const MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
+/// Whatever the configuration says, no ejection outlasts this (a year): it keeps `Instant`
+/// arithmetic far from overflow and an absurd `baseEjectionTime` from meaning "forever".
+const EJECTION_CEILING: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// How long the `times`-th ejection lasts: baseEjectionTime × times, capped.
+fn ejection_time(base: Duration, times: u32) -> Duration {
+    let cap = MAX_EJECTION_TIME.max(base).min(EJECTION_CEILING);
+    base.checked_mul(times).map_or(cap, |t| t.min(cap))
+}
+
+/// maxEjectionPercent bounds how much of the cluster may be out at once, but as in Envoy one
+/// host may always be ejected, so Istio's default 10% works in clusters under 10 endpoints.
+/// 0% means never eject.
+fn may_eject(total: usize, ejected: usize, max_percent: u32) -> bool {
+    if max_percent == 0 || total == 0 {
+        return false;
+    }
+    if ejected == 0 {
+        return true;
+    }
+    let wanted = (ejected as u128 + 1) * 100;
+    wanted <= total as u128 * u128::from(max_percent.min(100))
+}
+
+#[cfg(test)]
+mod outlier_tests {
+    use std::{collections::BTreeMap, net::Ipv4Addr};
+
+    use super::*;
+    use crate::{
+        registry::{Service, Workload},
+        routing::OutlierDetection,
+    };
+
+    fn cluster(n: usize, od: OutlierDetection) -> Cluster {
+        let endpoints = (0..n)
+            .map(|i| Endpoint {
+                workload: Arc::new(Workload {
+                    name: format!("w{i}"),
+                    namespace: "default".into(),
+                    labels: BTreeMap::new(),
+                    ip: Some(Ipv4Addr::LOCALHOST),
+                    container_ports: vec![],
+                    netns: None,
+                    cgroup: None,
+                    enroll: true,
+                }),
+                addr: SocketAddr::from((Ipv4Addr::new(10, 0, 0, 1), 1000 + i as u16)),
+            })
+            .collect();
+        Cluster {
+            name: format!("outbound|80||c{n}"),
+            service: Arc::new(Service::default()),
+            subset: None,
+            port: 80,
+            endpoints,
+            lb: LbPolicy::RoundRobin,
+            connection_pool: Default::default(),
+            outlier_detection: Some(od),
+        }
+    }
+
+    fn od(base: Duration, max_percent: u32) -> OutlierDetection {
+        OutlierDetection {
+            consecutive_5xx_errors: Some(1),
+            consecutive_gateway_errors: None,
+            interval: Duration::from_secs(10),
+            base_ejection_time: base,
+            max_ejection_percent: max_percent,
+        }
+    }
+
+    /// Fails the request on endpoint `i` once (consecutive5xxErrors is 1).
+    fn fail(lb: &LoadBalancer, c: &Cluster, i: usize) {
+        let state = lb.state(c.endpoints[i].addr);
+        state.in_flight.fetch_add(1, Ordering::Relaxed);
+        let picked = Picked { endpoint: c.endpoints[i].clone(), state };
+        lb.report(c, &picked, Some(503));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_host_may_always_be_ejected_but_no_more_than_max_percent() {
+        // Istio's default 10% of 3 endpoints rounds to 0; Envoy still ejects one.
+        let lb = LoadBalancer::default();
+        let c = cluster(3, od(Duration::from_secs(30), 10));
+        fail(&lb, &c, 0);
+        assert!(lb.is_ejected(c.endpoints[0].addr), "one host may always be ejected");
+        fail(&lb, &c, 1);
+        assert!(!lb.is_ejected(c.endpoints[1].addr), "a second one would exceed 10%");
+        // 50% of 4: two may be out, not three.
+        let lb = LoadBalancer::default();
+        let c = cluster(4, od(Duration::from_secs(30), 50));
+        for i in 0..3 {
+            fail(&lb, &c, i);
+        }
+        let out = c.endpoints.iter().filter(|e| lb.is_ejected(e.addr)).count();
+        assert_eq!(out, 2);
+        // 0% never ejects.
+        let lb = LoadBalancer::default();
+        let c = cluster(2, od(Duration::from_secs(30), 0));
+        fail(&lb, &c, 0);
+        assert!(!lb.is_ejected(c.endpoints[0].addr));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejection_time_grows_per_ejection_up_to_max_ejection_time() {
+        let lb = LoadBalancer::default();
+        let c = cluster(1, od(Duration::from_secs(100), 100));
+        let addr = c.endpoints[0].addr;
+        // 100 s, 200 s, 300 s, then capped at 300 s (Envoy's max_ejection_time).
+        for expected in [100u64, 200, 300, 300] {
+            fail(&lb, &c, 0);
+            assert!(lb.is_ejected(addr));
+            tokio::time::advance(Duration::from_secs(expected) - Duration::from_millis(1)).await;
+            assert!(lb.is_ejected(addr), "still out just before {expected} s");
+            tokio::time::advance(Duration::from_millis(1)).await;
+            assert!(!lb.is_ejected(addr), "back after {expected} s");
+        }
+        // Healthy for 10 intervals: the multiplier decays back to the base time.
+        tokio::time::advance(Duration::from_secs(100)).await;
+        fail(&lb, &c, 0);
+        tokio::time::advance(Duration::from_secs(100)).await;
+        assert!(!lb.is_ejected(addr), "after a long healthy spell the base time applies again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn huge_base_ejection_time_does_not_overflow() {
+        let lb = LoadBalancer::default();
+        let c = cluster(1, od(Duration::MAX, 100));
+        fail(&lb, &c, 0);
+        assert!(lb.is_ejected(c.endpoints[0].addr));
+        fail(&lb, &c, 0);
+        assert_eq!(ejection_time(Duration::MAX, u32::MAX), EJECTION_CEILING);
+        assert_eq!(ejection_time(Duration::from_secs(1), u32::MAX), MAX_EJECTION_TIME);
     }
 }
 

@@ -2,6 +2,9 @@
 //! the node, recovers the original destination, and serves them at L7 (HTTP) or L4 (TCP).
 pub mod http;
 pub mod lb;
+pub mod limits;
+
+pub use self::limits::Limits;
 
 use std::{
     net::{SocketAddr, SocketAddrV4},
@@ -56,10 +59,21 @@ pub struct ProxyState {
     pub original_dst: Arc<dyn OriginalDst>,
     /// Stop accepting / finish in-flight connections (SIGTERM, or a successor took over).
     pub drain: crate::drain::Drain,
+    /// Downstream limits, fixed for the proxy's lifetime.
+    pub limits: Limits,
 }
 
 impl ProxyState {
     pub fn new(registry: Registry, routes: RouteTable, original_dst: Arc<dyn OriginalDst>) -> Arc<Self> {
+        Self::with_limits(registry, routes, original_dst, Limits::default())
+    }
+
+    pub fn with_limits(
+        registry: Registry,
+        routes: RouteTable,
+        original_dst: Arc<dyn OriginalDst>,
+        limits: Limits,
+    ) -> Arc<Self> {
         Arc::new(ProxyState {
             routes: ArcSwap::from_pointee(routes),
             registry: ArcSwap::from_pointee(registry),
@@ -70,6 +84,7 @@ impl ProxyState {
             metrics: Metrics::default(),
             original_dst,
             drain: Default::default(),
+            limits,
         })
     }
 }
@@ -84,6 +99,22 @@ impl ProxyState {
     ) -> (UpstreamProtocol, Client<HttpConnector, ProxyBody>) {
         let protocol = cluster.upstream_protocol(client_version == ::http::Version::HTTP_2);
         (protocol, self.client_for(&cluster.connection_pool, protocol))
+    }
+
+    /// A client for `cluster` that never reuses a connection: for the one retry after a pooled
+    /// connection closed under a request (see `http::forward`).
+    pub fn fresh_upstream(
+        &self,
+        cluster: &crate::routing::Cluster,
+        protocol: UpstreamProtocol,
+    ) -> Client<HttpConnector, ProxyBody> {
+        let key = UpstreamKey {
+            idle_timeout: Duration::ZERO,
+            connect_timeout: cluster.connection_pool.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            protocol,
+        };
+        let mut clients = self.pool_clients.lock().unwrap_or_else(|e| e.into_inner());
+        clients.entry(key).or_insert_with(|| upstream_client(key)).clone()
     }
 
     /// The upstream client for a cluster's connection pool settings and upstream protocol.
@@ -108,7 +139,12 @@ impl ProxyState {
     }
 }
 
-const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Upstream connections idle this long are closed rather than reused. Below the shortest common
+/// server keep-alive (gunicorn's 2 s, as Bookinfo's productpage runs; Node.js and Apache use 5 s),
+/// so the proxy stops using a connection before the server may close it: reusing one at the
+/// instant the server closes it fails the request. The half second margin dwarfs in-cluster RTTs,
+/// and the server's timer started earlier than ours (when it wrote the response's last byte).
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Envoy's default cluster connect timeout.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -132,9 +168,11 @@ fn upstream_client(key: UpstreamKey) -> Client<HttpConnector, ProxyBody> {
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(key.connect_timeout));
     let mut builder = Client::builder(TokioExecutor::new());
+    // A zero idle timeout means no pool at all: every request gets its own connection.
+    let max_idle = if key.idle_timeout.is_zero() { 0 } else { 256 };
     builder
         .pool_idle_timeout(key.idle_timeout)
-        .pool_max_idle_per_host(256)
+        .pool_max_idle_per_host(max_idle)
         .pool_timer(hyper_util::rt::TokioTimer::new());
     if key.protocol == UpstreamProtocol::Http2 {
         // One multiplexed connection per endpoint, as Envoy keeps for HTTP/2 clusters.
@@ -301,25 +339,78 @@ pub async fn serve_http(state: Arc<ProxyState>, source: Source, entry: Entry, st
     // Responses are written whole; Nagle would only hold the next one back behind the client's
     // delayed ACK of the previous (Envoy and nginx set it too).
     let _ = stream.set_nodelay(true);
-    let st = state.clone();
-    let _in_flight = st.drain.track();
-    let io = TokioIo::new(stream);
-    let svc = hyper::service::service_fn(move |req| http::handle(state.clone(), source.clone(), entry.clone(), req));
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let _in_flight = state.drain.track();
+    let activity = limits::ConnActivity::new();
+    let io = TokioIo::new(limits::ActivityIo::new(stream, activity.clone()));
+    let src = source.workload.as_ref().map_or("ingress", |w| w.name.as_str()).to_owned();
+    let svc = {
+        let state = state.clone();
+        let activity = activity.clone();
+        hyper::service::service_fn(move |req| {
+            // Held until hyper drops the response body (written, or the client left), so the
+            // idle and header timers only run between requests.
+            let guard = activity.begin();
+            let handled = http::handle(state.clone(), source.clone(), entry.clone(), req);
+            async move {
+                let resp = handled.await?;
+                Ok::<_, std::convert::Infallible>(resp.map(|body| {
+                    http_body_util::BodyExt::boxed(http_body_util::BodyExt::map_frame(body, move |f| {
+                        let _held = &guard;
+                        f
+                    }))
+                }))
+            }
+        })
+    };
+    let limits = &state.limits;
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    {
+        let mut h1 = builder.http1();
+        // The header timeout is ours (ConnActivity): hyper's starts as soon as the connection is
+        // idle, so it would also cut idle keep-alive connections.
+        h1.header_read_timeout(None);
+        // hyper-util exposes no head-size limit; the read buffer limit is one: a head that does
+        // not fit is answered 431 (hyper's Parse::TooLarge). Bodies are read in chunks of it.
+        h1.max_buf_size(
+            usize::try_from(limits.max_request_headers_bytes).unwrap_or(usize::MAX).max(limits::HYPER_MIN_BUF_SIZE),
+        );
+        if limits.max_request_headers_count != limits::HYPER_DEFAULT_MAX_HEADERS {
+            h1.max_headers(limits.max_request_headers_count);
+        }
+    }
+    builder
+        .http2()
+        .max_header_list_size(limits.max_request_headers_bytes)
+        .max_concurrent_streams(limits.http2_max_concurrent_streams);
     let conn = builder.serve_connection(io, svc);
     tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = st.drain.signaled() => {
+    let expired = tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "http connection ended with error");
+            }
+            return;
+        }
+        e = activity.watch(limits) => e,
+        _ = state.drain.signaled() => {
             // HTTP/1: closes the connection if idle, else answers the request in flight with
             // `Connection: close` and then closes; HTTP/2: GOAWAY, streams in flight finish.
             conn.as_mut().graceful_shutdown();
-            conn.await
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "http connection ended with error while draining");
+            }
+            return;
         }
     };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "http connection ended with error");
+    state.metrics.inc("mesh_downstream_timeouts_total", &[("source_workload", &src), ("reason", expired.as_str())]);
+    tracing::debug!(reason = expired.as_str(), "closing client connection");
+    if expired == limits::Expired::Idle {
+        // Nothing is in flight: HTTP/1 closes at once, HTTP/2 sends GOAWAY first. A client that
+        // does not finish the goodbye within a header timeout is cut.
+        conn.as_mut().graceful_shutdown();
+        let _ = tokio::time::timeout(limits.request_headers_timeout, conn).await;
     }
+    // A stalled request head: the connection is dropped, which closes the socket.
 }
 
 async fn serve_tcp(state: Arc<ProxyState>, source: Source, service: Arc<Service>, port: u16, mut stream: TcpStream) {

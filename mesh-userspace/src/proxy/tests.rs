@@ -813,3 +813,260 @@ async fn x_request_id_is_generated_when_absent_and_kept_when_present() {
     let (_, body, _) = get(addr, &[("x-request-id", "abc-123")]).await;
     assert_eq!(seen_header(&body, "x-request-id"), Some("abc-123"), "{body}");
 }
+
+/// Writes `request` on a fresh connection to `addr` and reads until the server closes or
+/// `until` appears in the reply; returns what was read.
+async fn raw(addr: SocketAddr, request: &[u8], until: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request).await.expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+        if String::from_utf8_lossy(&got).contains(until) {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+fn request_with_headers(extra: &[(String, String)]) -> Vec<u8> {
+    let mut r = String::from("GET /reviews/0 HTTP/1.1\r\nhost: reviews:9080\r\n");
+    for (k, v) in extra {
+        r.push_str(&format!("{k}: {v}\r\n"));
+    }
+    r.push_str("\r\n");
+    r.into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_or_too_many_request_headers_get_431_and_never_reach_the_backend() {
+    let (registry, reviews, client, h1, h2) = setup(0).await;
+    let state = ProxyState::new(registry.clone(), table(&vs("v1"), &registry), Arc::new(NoOriginalDst));
+    let addr = front(state, reviews, client).await;
+    // 61 KiB of headers (Envoy's limit is 60 KiB).
+    let big = request_with_headers(&[("x-big".into(), "a".repeat(61 * 1024))]);
+    let reply = raw(addr, &big, "\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.1 431"), "{reply:.200}");
+    // 101 headers with host (Envoy's limit is 100).
+    let many: Vec<(String, String)> = (0..100).map(|i| (format!("x-h{i}"), "v".into())).collect();
+    let reply = raw(addr, &request_with_headers(&many), "\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.1 431"), "{reply:.200}");
+    assert_eq!(h1.load(Ordering::SeqCst) + h2.load(Ordering::SeqCst), 0, "no request may reach the backend");
+    // Just under both limits passes.
+    let fine: Vec<(String, String)> =
+        (0..98).map(|i| (format!("x-h{i}"), "v".repeat(500))).chain([("connection".into(), "close".into())]).collect();
+    let reply = raw(addr, &request_with_headers(&fine), "reviews-v1").await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply:.200}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn stalled_request_head_is_closed_after_the_header_timeout_but_idle_keep_alive_is_not() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (registry, reviews, client, _, _) = setup(0).await;
+    let state = ProxyState::new(registry.clone(), table(&vs("v1"), &registry), Arc::new(NoOriginalDst));
+    let addr = front(state.clone(), reviews, client).await;
+
+    // Slowloris: half a request head, then silence.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    slow.write_all(b"GET /reviews/0 HTTP/1.1\r\nhost: rev").await.expect("write");
+    let started = tokio::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let n = slow.read(&mut buf).await.unwrap_or(0);
+    assert_eq!(n, 0, "closed without a reply");
+    let took = started.elapsed();
+    assert!((Duration::from_secs(30)..Duration::from_secs(31)).contains(&took), "closed after {took:?}");
+    assert_eq!(state.metrics.get("mesh_downstream_timeouts_total", &[("reason", "request_headers_timeout")]), 1);
+
+    // A keep-alive connection idle for longer than the header timeout is still served.
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+    tokio::spawn(conn);
+    for _ in 0..2 {
+        let req = ::http::Request::builder().uri("/reviews/0").header("host", "reviews:9080");
+        let resp = sender.send_request(req.body(Empty::<Bytes>::new()).expect("request")).await.expect("response");
+        assert_eq!(resp.status(), 200);
+        let _ = resp.into_body().collect().await;
+        tokio::time::sleep(Duration::from_secs(120)).await;
+    }
+    // ... until the idle timeout (1 h) closes it.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert!(sender.ready().await.is_err() || sender.is_closed(), "idle connection must be closed after 1 h");
+    assert_eq!(state.metrics.get("mesh_downstream_timeouts_total", &[("reason", "idle_timeout")]), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_request_bodies_are_the_clients_fault_and_never_eject_an_endpoint() {
+    let (registry, reviews, client, h1, _) = setup(0).await;
+    let yaml = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews}\nspec:\n  host: reviews\n  trafficPolicy:\n    outlierDetection: {consecutive5xxErrors: 2, maxEjectionPercent: 100}\n  subsets:\n  - {name: v1, labels: {version: v1}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews, subset: v1}\n";
+    let state = ProxyState::new(registry.clone(), table(yaml, &registry), Arc::new(NoOriginalDst));
+    let addr = front(state.clone(), reviews, client).await;
+    let cases: [&[u8]; 3] = [
+        // A chunk size that is not hex.
+        b"POST /reviews/0 HTTP/1.1\r\nhost: reviews:9080\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nbad\r\n0\r\n\r\n",
+        // A chunk longer than announced.
+        b"POST /reviews/0 HTTP/1.1\r\nhost: reviews:9080\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhello\r\n0\r\n\r\n",
+        // Truncated: the client half-closes mid-chunk (raw() does not shut down, so close by dropping).
+        b"POST /reviews/0 HTTP/1.1\r\nhost: reviews:9080\r\ntransfer-encoding: chunked\r\n\r\n10\r\nabc",
+    ];
+    for i in 0..9 {
+        let req = cases[i % cases.len()];
+        if i % cases.len() == 2 {
+            use tokio::io::AsyncWriteExt;
+            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            s.write_all(req).await.expect("write");
+            s.shutdown().await.expect("half-close");
+            let mut rest = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut s, &mut rest).await;
+        } else {
+            let reply = raw(addr, req, "\r\n\r\n").await;
+            assert!(reply.is_empty() || reply.starts_with("HTTP/1.1 400"), "{reply}");
+        }
+    }
+    // Wait for the proxy to have handled all nine (the truncated ones have no reply to wait for).
+    for _ in 0..200 {
+        if state.metrics.get("mesh_requests_total", &[("response_code", "400")]) >= 9 {
+            break;
+        }
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(state.metrics.get("mesh_requests_total", &[("response_code", "400")]), 9);
+    assert_eq!(h1.load(Ordering::SeqCst), 0, "the backend must never see a broken request");
+    assert!(!state.lb.is_ejected(v1_addr(&registry)), "a client's broken bodies ejected a healthy endpoint");
+    assert_eq!(get(addr, &[]).await.0, 200);
+}
+
+/// A raw HTTP/1.1 backend for keep-alive races: it answers `per_conn` requests on a connection
+/// and then closes it on reading the next one without answering, and closes any connection idle
+/// for `keep_alive` (gunicorn-style). Returns its address and the responses it sent.
+async fn racing_backend(per_conn: usize, keep_alive: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+    let addr = l.local_addr().expect("addr");
+    let answered = Arc::new(AtomicUsize::new(0));
+    let counter = answered.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { return };
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut served = 0;
+                loop {
+                    // Read one request head (the test sends no bodies).
+                    while !String::from_utf8_lossy(&buf).contains("\r\n\r\n") {
+                        let mut chunk = [0u8; 4096];
+                        match tokio::time::timeout(keep_alive, s.read(&mut chunk)).await {
+                            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                            _ => return, // idle past keep-alive, or closed: close
+                        }
+                    }
+                    let end = String::from_utf8_lossy(&buf).find("\r\n\r\n").map_or(0, |i| i + 4);
+                    buf.drain(..end);
+                    if served == per_conn {
+                        return;
+                    }
+                    served += 1;
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, answered)
+}
+
+/// A proxy in front of one racing backend, with `attempts` retries configured on the route.
+async fn racing_proxy(backend: SocketAddr, attempts: u32) -> SocketAddr {
+    let svc = Arc::new(Service {
+        name: "web".into(),
+        namespace: "default".into(),
+        cluster_ip: Some(Ipv4Addr::new(10, 96, 0, 60)),
+        ports: vec![ServicePort {
+            name: Some("http".into()),
+            port: 80,
+            target_port: TargetPort::Number(backend.port()),
+            node_port: None,
+            protocol: AppProtocol::Http,
+        }],
+        selector: [("app".to_string(), "web".to_string())].into_iter().collect(),
+        ..Default::default()
+    });
+    let client = workload("client", &[("app", "client")], 80);
+    let registry = Registry {
+        services: vec![svc.clone()],
+        workloads: vec![workload("web-1", &[("app", "web")], backend.port()), client.clone()],
+    };
+    let vs = format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: web}}\nspec:\n  hosts: [web]\n  http:\n  - route:\n    - destination: {{host: web}}\n    retries: {{attempts: {attempts}}}\n");
+    let state = ProxyState::new(registry.clone(), table(&vs, &registry), Arc::new(NoOriginalDst));
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind front");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, peer)) = l.accept().await else { return };
+            let source = Source { workload: Some(client.clone()), peer: Some(peer) };
+            tokio::spawn(serve_service_conn(state.clone(), source, svc.clone(), 80, s));
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_closed_under_a_request_is_retried_once_on_a_new_one() {
+    // Every connection answers one request and closes on the second without a reply: the
+    // second request through the proxy rides the pooled connection and loses it.
+    let (backend, answered) = racing_backend(1, Duration::from_secs(60)).await;
+    let addr = racing_proxy(backend, 0).await;
+    for i in 0..5 {
+        let (s, body, _) = get(addr, &[]).await;
+        assert_eq!((s, body.as_str()), (200, "ok"), "request {i}");
+    }
+    assert_eq!(answered.load(Ordering::SeqCst), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_at_the_servers_keep_alive_boundary_never_fail() {
+    // gunicorn's 2 s keep-alive, requests 1.9–2.1 s apart: the wall clock is the subject here.
+    let (backend, _) = racing_backend(usize::MAX, Duration::from_secs(2)).await;
+    let addr = racing_proxy(backend, 0).await;
+    let mut failures = Vec::new();
+    for gap_ms in [0u64, 1900, 1950, 2000, 2050, 2100, 1990] {
+        tokio::time::sleep(Duration::from_millis(gap_ms)).await;
+        let (s, body, _) = get(addr, &[]).await;
+        if s != 200 {
+            failures.push((gap_ms, s, body));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_host_rules_and_connection_options_are_applied_before_routing() {
+    let (registry, reviews, client, h1, h2) = setup(0).await;
+    // jason → v2 and a fixed x-request-id → v2; everything else → v1.
+    let yaml = format!(
+        "{DR}---\napiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {{name: reviews}}\nspec:\n  hosts: [reviews]\n  http:\n  - match:\n    - headers: {{end-user: {{exact: jason}}}}\n    - headers: {{x-request-id: {{exact: fixed-id}}}}\n    route:\n    - destination: {{host: reviews, subset: v2}}\n  - route:\n    - destination: {{host: reviews, subset: v1}}\n"
+    );
+    let state = ProxyState::new(registry.clone(), table(&yaml, &registry), Arc::new(NoOriginalDst));
+    let addr = front(state, reviews, client).await;
+    let two_hosts = b"GET /reviews/0 HTTP/1.1\r\nhost: reviews:9080\r\nhost: evil:80\r\n\r\n";
+    assert!(raw(addr, two_hosts, "\r\n\r\n").await.starts_with("HTTP/1.1 400"));
+    let no_host = b"GET /reviews/0 HTTP/1.1\r\nend-user: jason\r\n\r\n";
+    assert!(raw(addr, no_host, "\r\n\r\n").await.starts_with("HTTP/1.1 400"));
+    assert_eq!(h1.load(Ordering::SeqCst) + h2.load(Ordering::SeqCst), 0, "refused requests reach no backend");
+    // A header named in Connection is gone before routing: end-user no longer selects v2.
+    let (s, body, _) = get(addr, &[("end-user", "jason"), ("connection", "end-user")]).await;
+    assert_eq!(s, 200);
+    assert!(body.starts_with("reviews-v1 end-user=-"), "{body}");
+    // ... but Host and x-request-id cannot be dropped that way.
+    let (s, body, _) = get(addr, &[("x-request-id", "fixed-id"), ("connection", "host, x-request-id")]).await;
+    assert_eq!(s, 200);
+    assert!(body.starts_with("reviews-v2"), "{body}");
+}
