@@ -366,9 +366,11 @@ pub async fn serve_http(state: Arc<ProxyState>, source: Source, entry: Entry, st
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     {
         let mut h1 = builder.http1();
-        // The header timeout is ours (ConnActivity): hyper's starts as soon as the connection is
-        // idle, so it would also cut idle keep-alive connections.
-        h1.header_read_timeout(None);
+        // The header timeout is ours (ConnActivity): hyper's would start as soon as the
+        // connection is idle and cut idle keep-alive connections. It is left at hyper's default,
+        // which with no timer installed is off; an explicit `None` is not the same to hyper 1.12:
+        // its graceful shutdown then no longer marks the response in flight `Connection: close`
+        // (the drain test catches it).
         // hyper-util exposes no head-size limit; the read buffer limit is one: a head that does
         // not fit is answered 431 (hyper's Parse::TooLarge). Bodies are read in chunks of it.
         h1.max_buf_size(
