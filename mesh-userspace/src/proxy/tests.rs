@@ -777,9 +777,9 @@ async fn a_source_over_its_caps_is_refused_while_another_is_served() {
         state.metrics.get("mesh_downstream_overflow_total", &[("source_workload", "noisy"), ("limit", "requests")]),
         1
     );
-    assert_eq!(
-        state.metrics.get("mesh_downstream_overflow_total", &[("source_workload", "noisy"), ("limit", "connections")]),
-        1
+    assert!(
+        state.metrics.get("mesh_downstream_overflow_total", &[("source_workload", "noisy"), ("limit", "connections")])
+            >= 1
     );
     assert_eq!(state.metrics.get("mesh_downstream_overflow_total", &[("source_workload", "quiet")]), 0);
 }
