@@ -210,6 +210,54 @@ impl Drop for RequestGuard {
     }
 }
 
+/// The caps of one source workload (one enrolled pod's listener): connections open and requests
+/// in flight, shared by all of its connections.
+pub struct SourceCaps {
+    connections: Arc<AtomicU32>,
+    requests: Arc<AtomicU32>,
+    max_connections: u32,
+    max_requests: u32,
+}
+
+/// A slot under a [`SourceCaps`] cap, released on drop.
+pub struct CapSlot(Arc<AtomicU32>);
+
+impl Drop for CapSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn take(counter: &Arc<AtomicU32>, max: u32) -> Option<CapSlot> {
+    let prev = counter.fetch_add(1, Ordering::AcqRel);
+    if prev >= max {
+        counter.fetch_sub(1, Ordering::AcqRel);
+        return None;
+    }
+    Some(CapSlot(counter.clone()))
+}
+
+impl SourceCaps {
+    pub fn new(limits: &Limits) -> Arc<Self> {
+        Arc::new(SourceCaps {
+            connections: Arc::default(),
+            requests: Arc::default(),
+            max_connections: limits.per_source_max_connections,
+            max_requests: limits.per_source_max_requests,
+        })
+    }
+
+    /// One more connection, unless the source is at its cap.
+    pub fn connection(&self) -> Option<CapSlot> {
+        take(&self.connections, self.max_connections)
+    }
+
+    /// One more request in flight, unless the source is at its cap.
+    pub fn request(&self) -> Option<CapSlot> {
+        take(&self.requests, self.max_requests)
+    }
+}
+
 /// A client socket that reports arriving bytes to its connection's [`ConnActivity`].
 pub(crate) struct ActivityIo<T> {
     inner: T,

@@ -44,6 +44,8 @@ impl OriginalDst for crate::ebpf::MeshEbpf {
 pub struct Source {
     pub workload: Option<Arc<Workload>>,
     pub peer: Option<SocketAddr>,
+    /// The per-source-workload caps of the listener that accepted (None: ingress).
+    pub caps: Option<Arc<limits::SourceCaps>>,
 }
 
 pub struct ProxyState {
@@ -236,12 +238,26 @@ pub async fn serve_pod_listener(
 ) {
     let name = workload.load().name.clone();
     let st = state.clone();
+    // One pod's listener is one source workload: its caps are shared by all its connections.
+    let caps = limits::SourceCaps::new(&state.limits);
     accept_until_drain(listener, &name, &st.drain, |stream, peer| {
         let workload = workload.load_full();
+        let Some(conn_slot) = caps.connection() else {
+            // Over its connection cap: closed at once, so one pod's connection flood holds no
+            // more of the proxy than its cap.
+            state.metrics.inc(
+                "mesh_downstream_overflow_total",
+                &[("source_workload", &workload.name), ("limit", "connections")],
+            );
+            drop(stream);
+            return;
+        };
+        let caps = caps.clone();
         let span = tracing::info_span!("conn", src = %workload.name, peer = %peer);
         let state = state.clone();
         tokio::spawn(
             async move {
+                let _conn_slot = conn_slot;
                 let SocketAddr::V4(peer4) = peer else {
                     tracing::warn!("IPv6 client on an IPv4 listener; dropping");
                     return;
@@ -263,7 +279,7 @@ pub async fn serve_pod_listener(
                     state.metrics.inc("mesh_connections_rejected_total", &[("reason", "unknown_service")]);
                     return;
                 };
-                let source = Source { workload: Some(workload), peer: Some(peer) };
+                let source = Source { workload: Some(workload), peer: Some(peer), caps: Some(caps) };
                 serve_service_conn(state, source, service, orig.port(), stream).await;
             }
             .instrument(span),
@@ -346,20 +362,40 @@ pub async fn serve_http(state: Arc<ProxyState>, source: Source, entry: Entry, st
     let svc = {
         let state = state.clone();
         let activity = activity.clone();
+        let src = src.clone();
         hyper::service::service_fn(move |req| {
             // Held until hyper drops the response body (written, or the client left), so the
             // idle and header timers only run between requests.
             let guard = activity.begin();
+            // The source's requests in flight, held like the guard until the response is sent.
+            let slot = match source.caps.as_ref().map(|c| c.request()) {
+                Some(None) => {
+                    state
+                        .metrics
+                        .inc("mesh_downstream_overflow_total", &[("source_workload", &src), ("limit", "requests")]);
+                    let mut r = http::local_reply(
+                        ::http::StatusCode::SERVICE_UNAVAILABLE,
+                        format!(
+                            "source workload {src} has too many requests in flight (limit {})",
+                            state.limits.per_source_max_requests
+                        ),
+                    );
+                    r.headers_mut().insert("x-envoy-overloaded", ::http::HeaderValue::from_static("true"));
+                    return futures_util::future::Either::Left(std::future::ready(Ok(r)));
+                }
+                Some(Some(slot)) => Some(slot),
+                None => None,
+            };
             let handled = http::handle(state.clone(), source.clone(), entry.clone(), req);
-            async move {
+            futures_util::future::Either::Right(async move {
                 let resp = handled.await?;
                 Ok::<_, std::convert::Infallible>(resp.map(|body| {
                     http_body_util::BodyExt::boxed(http_body_util::BodyExt::map_frame(body, move |f| {
-                        let _held = &guard;
+                        let _held = (&guard, &slot);
                         f
                     }))
                 }))
-            }
+            })
         })
     };
     let limits = &state.limits;
@@ -470,7 +506,7 @@ pub async fn serve_nodeport(state: Arc<ProxyState>, listener: TcpListener, servi
         let service = service.clone();
         let span = tracing::info_span!("ingress", nodeport_service = %service.name, peer = %peer);
         tokio::spawn(
-            serve_service_conn(state, Source { workload: None, peer: Some(peer) }, service, port, stream)
+            serve_service_conn(state, Source { workload: None, peer: Some(peer), caps: None }, service, port, stream)
                 .instrument(span),
         );
     })
@@ -484,7 +520,9 @@ pub async fn serve_gateway(state: Arc<ProxyState>, listener: TcpListener, name: 
         let state = state.clone();
         let entry = Entry::Gateway { name: name.clone(), namespace: namespace.clone(), port };
         let span = tracing::info_span!("gateway", gateway = %name, peer = %peer);
-        tokio::spawn(serve_http(state, Source { workload: None, peer: Some(peer) }, entry, stream).instrument(span));
+        tokio::spawn(
+            serve_http(state, Source { workload: None, peer: Some(peer), caps: None }, entry, stream).instrument(span),
+        );
     })
     .await;
 }

@@ -173,7 +173,7 @@ async fn front(state: Arc<ProxyState>, reviews: Arc<Service>, client: Arc<Worklo
     tokio::spawn(async move {
         loop {
             let Ok((s, peer)) = l.accept().await else { return };
-            let source = Source { workload: Some(client.clone()), peer: Some(peer) };
+            let source = Source { workload: Some(client.clone()), peer: Some(peer), caps: None };
             tokio::spawn(serve_service_conn(state.clone(), source, reviews.clone(), 9080, s));
         }
     });
@@ -566,7 +566,7 @@ async fn greeter_proxy(protocol: AppProtocol, pool: &str) -> SocketAddr {
     tokio::spawn(async move {
         loop {
             let Ok((s, peer)) = l.accept().await else { return };
-            let source = Source { workload: Some(client.clone()), peer: Some(peer) };
+            let source = Source { workload: Some(client.clone()), peer: Some(peer), caps: None };
             tokio::spawn(serve_service_conn(state.clone(), source, greeter.clone(), 50051, s));
         }
     });
@@ -1011,7 +1011,7 @@ async fn racing_proxy(backend: SocketAddr, attempts: u32) -> SocketAddr {
     tokio::spawn(async move {
         loop {
             let Ok((s, peer)) = l.accept().await else { return };
-            let source = Source { workload: Some(client.clone()), peer: Some(peer) };
+            let source = Source { workload: Some(client.clone()), peer: Some(peer), caps: None };
             tokio::spawn(serve_service_conn(state.clone(), source, svc.clone(), 80, s));
         }
     });
@@ -1069,4 +1069,61 @@ async fn http1_host_rules_and_connection_options_are_applied_before_routing() {
     let (s, body, _) = get(addr, &[("x-request-id", "fixed-id"), ("connection", "host, x-request-id")]).await;
     assert_eq!(s, 200);
     assert!(body.starts_with("reviews-v2"), "{body}");
+}
+
+/// Every connection was redirected to reviews:9080.
+struct ToReviews;
+impl OriginalDst for ToReviews {
+    fn take(&self, _: u64, _: SocketAddrV4) -> Option<SocketAddrV4> {
+        Some(SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 12), 9080))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_over_its_caps_is_refused_while_another_is_served() {
+    let (registry, _, _, _, _) = setup(0).await;
+    let limits = Limits { per_source_max_connections: 2, per_source_max_requests: 1, ..Limits::default() };
+    let state = ProxyState::with_limits(registry.clone(), table(&vs("v1"), &registry), Arc::new(ToReviews), limits);
+    let mut addrs = Vec::new();
+    for name in ["noisy", "quiet"] {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        addrs.push(l.local_addr().expect("addr"));
+        let w = Arc::new(ArcSwap::from(workload(name, &[("app", name)], 80)));
+        tokio::spawn(serve_pod_listener(state.clone(), w, l, 0));
+    }
+    let (noisy, quiet) = (addrs[0], addrs[1]);
+    // noisy holds its two allowed connections open; a third is closed before any response.
+    let held: Vec<_> = [
+        tokio::net::TcpStream::connect(noisy).await.expect("c1"),
+        tokio::net::TcpStream::connect(noisy).await.expect("c2"),
+    ]
+    .into();
+    let reply = raw(noisy, b"GET / HTTP/1.1\r\nhost: reviews\r\n\r\n", "\r\n\r\n").await;
+    assert!(reply.is_empty(), "a connection over the cap must be closed: {reply}");
+    // quiet is served meanwhile.
+    assert_eq!(get(quiet, &[]).await.0, 200);
+    drop(held);
+    // Ready when the proxy has seen them close: a request on a new connection is answered.
+    for _ in 0..100 {
+        if !raw(noisy, b"GET / HTTP/1.1\r\nhost: reviews\r\nconnection: close\r\n\r\n", "\r\n\r\n").await.is_empty() {
+            break;
+        }
+    }
+    // Two slow requests at once: one is over the request cap.
+    let calls: Vec<_> = (0..2).map(|_| tokio::spawn(get(noisy, &[("x-slow", "1")]))).collect();
+    let mut codes = Vec::new();
+    for c in calls {
+        codes.push(c.await.expect("call").0);
+    }
+    codes.sort();
+    assert_eq!(codes, vec![200, 503]);
+    assert_eq!(
+        state.metrics.get("mesh_downstream_overflow_total", &[("source_workload", "noisy"), ("limit", "requests")]),
+        1
+    );
+    assert!(
+        state.metrics.get("mesh_downstream_overflow_total", &[("source_workload", "noisy"), ("limit", "connections")])
+            >= 1
+    );
+    assert_eq!(state.metrics.get("mesh_downstream_overflow_total", &[("source_workload", "quiet")]), 0);
 }
