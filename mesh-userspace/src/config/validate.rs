@@ -22,6 +22,8 @@ use super::{
 pub struct Validation {
     pub errors: Vec<(String, String)>,
     pub warnings: Vec<(String, String)>,
+    /// Where the object's fields were written: tells a field left out from one written empty.
+    at: Option<std::sync::Arc<super::Locator>>,
 }
 
 /// A user value in a message, quoted and cut.
@@ -32,6 +34,11 @@ fn q(s: &str) -> String {
 impl Validation {
     fn error(&mut self, path: impl Into<String>, msg: impl Into<String>) {
         self.errors.push((path.into(), msg.into()));
+    }
+
+    /// Whether the document wrote `path` (true when unknown).
+    fn written(&self, path: &str) -> bool {
+        self.at.as_ref().is_none_or(|at| at.positions.contains_key(path))
     }
 
     fn warn(&mut self, path: impl Into<String>, msg: impl Into<String>) {
@@ -132,7 +139,12 @@ pub fn wildcard_domain(domain: &str) -> Result<(), String> {
     if !is_wildcard_label(first) {
         return Err(format!("domain name {} invalid (label {} invalid)", q(domain), q(first)));
     }
-    rest.map_or(Ok(()), dns1123_labels)
+    // Go reports the rest as a domain of its own ("*.com" for "foo.*.com"); naming the whole
+    // host says more.
+    rest.map_or(Ok(()), dns1123_labels).map_err(|e| match e.strip_prefix("domain name ") {
+        Some(_) if rest != Some(domain) => format!("{e} in {}", q(domain)),
+        _ => e,
+    })
 }
 
 /// `agent.ValidateFQDN`.
@@ -653,7 +665,7 @@ fn enum_value(v: &mut Validation, path: String, value: Option<&str>, allowed: &[
 // VirtualService.
 
 pub fn virtual_service(vs: &Sourced<VirtualServiceSpec>) -> Validation {
-    let mut v = Validation::default();
+    let mut v = Validation { at: Some(vs.at.clone()), ..Validation::default() };
     metadata(&mut v, vs);
     let spec = &vs.spec;
     let has_mesh = spec.gateways.iter().any(|g| g == "mesh");
@@ -848,6 +860,11 @@ fn sni_host(v: &mut Validation, path: String, h: &str, is_gateway: bool, hosts: 
 
 /// `validateDestination`.
 fn destination(v: &mut Validation, base: &str, d: &Destination) {
+    if !v.written(base) {
+        // Left out entirely (serde fills in an empty one).
+        v.error(base.to_owned(), "destination is required");
+        return;
+    }
     if d.host == "*" {
         v.error(format!("{base}.host"), "invalid destination host *");
     } else {

@@ -386,12 +386,14 @@ impl RouteTable {
                 let location = r.location_after(req, matched.and_then(|m| m.uri_prefix()));
                 return Decision::Redirect { status: r.code, location };
             }
-            Action::DirectResponse { status, .. } => return Decision::NoRoute {
-                reason: format!(
+            Action::DirectResponse { status, .. } => {
+                return Decision::NoRoute {
+                    reason: format!(
                     "VirtualService {} http[{index}] has directResponse {status}, which the node proxy does not serve",
                     vs.key
                 ),
-            },
+                }
+            }
             Action::Route(d) => d,
         };
         let Some(dest) = pick_weighted(dests, rng) else {
