@@ -1603,7 +1603,7 @@ fn is_prime(x: u64) -> bool {
     }
     let mut f = 3u64;
     while f.saturating_mul(f) <= x {
-        if x % f == 0 {
+        if x.is_multiple_of(f) {
             return false;
         }
         f += 2;
