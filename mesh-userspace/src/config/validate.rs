@@ -348,9 +348,11 @@ fn is_token(s: &str) -> bool {
 /// `jwt.ToRoutingClaim(name).Match`: `@request.auth.claims.x` or `@request.auth.claims[x]`.
 pub fn is_jwt_claim(name: &str) -> bool {
     const P: &str = "@request.auth.claims";
-    if name.len() < P.len() || !name[..P.len()].eq_ignore_ascii_case(P) {
+    // Compared as bytes: slicing the str at P.len() could split a multi-byte character.
+    if name.len() < P.len() || !name.as_bytes()[..P.len()].eq_ignore_ascii_case(P.as_bytes()) {
         return false;
     }
+    // The first P.len() bytes are ASCII, so P.len() is a character boundary.
     let rest = &name[P.len()..];
     (rest.starts_with('.') && rest.len() > 1) || (rest.starts_with('[') && rest.ends_with(']') && rest.len() > 2)
 }
@@ -2240,6 +2242,15 @@ mod tests {
         assert!(localities(&["*/zone"]).unwrap_err().contains("must be in the end"));
         assert!(localities(&["us-east", "us-east/a"]).unwrap_err().contains("overlap"));
         assert!(localities(&["us-east/"]).unwrap_err().contains("empty"));
+    }
+
+    #[test]
+    fn jwt_claim_names_never_split_a_character() {
+        assert!(is_jwt_claim("@request.auth.claims.sub"));
+        assert!(is_jwt_claim("@REQUEST.auth.claims[a][b]"));
+        assert!(!is_jwt_claim("@request.auth.claims"));
+        assert!(!is_jwt_claim("@request.auth.claimé.x"));
+        assert!(!is_jwt_claim("é@request.auth.claims.x"));
     }
 
     #[test]
