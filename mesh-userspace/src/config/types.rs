@@ -185,6 +185,8 @@ pub struct StringMatch {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRouteDestination {
+    /// Required; left out it is empty, and validate says "destination is required" as Istio does.
+    #[serde(default)]
     pub destination: Destination,
     #[serde(default)]
     pub weight: Option<i64>,
@@ -195,6 +197,7 @@ pub struct HttpRouteDestination {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Destination {
+    #[serde(default)]
     pub host: String,
     #[serde(default)]
     pub subset: Option<String>,
@@ -205,6 +208,7 @@ pub struct Destination {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PortSelector {
+    #[serde(default)]
     pub number: u32,
 }
 
@@ -383,6 +387,7 @@ pub struct TlsMatch {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteDestination {
+    #[serde(default)]
     pub destination: Destination,
     #[serde(default)]
     pub weight: Option<i64>,

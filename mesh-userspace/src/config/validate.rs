@@ -22,6 +22,8 @@ use super::{
 pub struct Validation {
     pub errors: Vec<(String, String)>,
     pub warnings: Vec<(String, String)>,
+    /// Where the object's fields were written: tells a field left out from one written empty.
+    at: Option<std::sync::Arc<super::Locator>>,
 }
 
 /// A user value in a message, quoted and cut.
@@ -32,6 +34,11 @@ fn q(s: &str) -> String {
 impl Validation {
     fn error(&mut self, path: impl Into<String>, msg: impl Into<String>) {
         self.errors.push((path.into(), msg.into()));
+    }
+
+    /// Whether the document wrote `path` (true when unknown).
+    fn written(&self, path: &str) -> bool {
+        self.at.as_ref().is_none_or(|at| at.positions.contains_key(path))
     }
 
     fn warn(&mut self, path: impl Into<String>, msg: impl Into<String>) {
@@ -132,7 +139,12 @@ pub fn wildcard_domain(domain: &str) -> Result<(), String> {
     if !is_wildcard_label(first) {
         return Err(format!("domain name {} invalid (label {} invalid)", q(domain), q(first)));
     }
-    rest.map_or(Ok(()), dns1123_labels)
+    // Go reports the rest as a domain of its own ("*.com" for "foo.*.com"); naming the whole
+    // host says more.
+    rest.map_or(Ok(()), dns1123_labels).map_err(|e| match e.strip_prefix("domain name ") {
+        Some(_) if rest != Some(domain) => format!("{e} in {}", q(domain)),
+        _ => e,
+    })
 }
 
 /// `agent.ValidateFQDN`.
@@ -336,9 +348,11 @@ fn is_token(s: &str) -> bool {
 /// `jwt.ToRoutingClaim(name).Match`: `@request.auth.claims.x` or `@request.auth.claims[x]`.
 pub fn is_jwt_claim(name: &str) -> bool {
     const P: &str = "@request.auth.claims";
-    if name.len() < P.len() || !name[..P.len()].eq_ignore_ascii_case(P) {
+    // Compared as bytes: slicing the str at P.len() could split a multi-byte character.
+    if name.len() < P.len() || !name.as_bytes()[..P.len()].eq_ignore_ascii_case(P.as_bytes()) {
         return false;
     }
+    // The first P.len() bytes are ASCII, so P.len() is a character boundary.
     let rest = &name[P.len()..];
     (rest.starts_with('.') && rest.len() > 1) || (rest.starts_with('[') && rest.ends_with(']') && rest.len() > 2)
 }
@@ -653,7 +667,7 @@ fn enum_value(v: &mut Validation, path: String, value: Option<&str>, allowed: &[
 // VirtualService.
 
 pub fn virtual_service(vs: &Sourced<VirtualServiceSpec>) -> Validation {
-    let mut v = Validation::default();
+    let mut v = Validation { at: Some(vs.at.clone()), ..Validation::default() };
     metadata(&mut v, vs);
     let spec = &vs.spec;
     let has_mesh = spec.gateways.iter().any(|g| g == "mesh");
@@ -848,6 +862,11 @@ fn sni_host(v: &mut Validation, path: String, h: &str, is_gateway: bool, hosts: 
 
 /// `validateDestination`.
 fn destination(v: &mut Validation, base: &str, d: &Destination) {
+    if !v.written(base) {
+        // Left out entirely (serde fills in an empty one).
+        v.error(base.to_owned(), "destination is required");
+        return;
+    }
     if d.host == "*" {
         v.error(format!("{base}.host"), "invalid destination host *");
     } else {
@@ -1586,7 +1605,7 @@ fn is_prime(x: u64) -> bool {
     }
     let mut f = 3u64;
     while f.saturating_mul(f) <= x {
-        if x % f == 0 {
+        if x.is_multiple_of(f) {
             return false;
         }
         f += 2;
@@ -2223,6 +2242,15 @@ mod tests {
         assert!(localities(&["*/zone"]).unwrap_err().contains("must be in the end"));
         assert!(localities(&["us-east", "us-east/a"]).unwrap_err().contains("overlap"));
         assert!(localities(&["us-east/"]).unwrap_err().contains("empty"));
+    }
+
+    #[test]
+    fn jwt_claim_names_never_split_a_character() {
+        assert!(is_jwt_claim("@request.auth.claims.sub"));
+        assert!(is_jwt_claim("@REQUEST.auth.claims[a][b]"));
+        assert!(!is_jwt_claim("@request.auth.claims"));
+        assert!(!is_jwt_claim("@request.auth.claimé.x"));
+        assert!(!is_jwt_claim("é@request.auth.claims.x"));
     }
 
     #[test]

@@ -120,6 +120,15 @@ fn match_conditions_table() {
         ("headers: {x-canary: {}}", req("/r", &[]), "v1"),
         ("withoutHeaders: {x-canary: {}}", req("/r", &[]), "v2"),
         ("withoutHeaders: {x-canary: {}}", req("/r", &[("x-canary", "1")]), "v1"),
+        // Istio reads withoutHeaders `regex: "*"` as "the header is present".
+        ("withoutHeaders: {x-canary: {regex: '*'}}", req("/r", &[]), "v2"),
+        ("withoutHeaders: {x-canary: {regex: '*'}}", req("/r", &[("x-canary", "1")]), "v1"),
+        // Pseudo headers name the request's authority, method, path.
+        ("headers: {':authority': {exact: 'reviews:9080'}}", req("/r", &[]), "v2"),
+        ("headers: {':authority': {exact: 'other:9080'}}", req("/r", &[]), "v1"),
+        ("headers: {':method': {exact: GET}}", req("/r", &[]), "v2"),
+        ("headers: {':path': {prefix: /r}}", req("/r", &[]), "v2"),
+        ("headers: {':status': {exact: '200'}}", req("/r", &[]), "v1"),
         ("uri: {exact: /reviews/0}", req("/reviews/0", &[]), "v2"),
         ("uri: {exact: /reviews/0}", req("/reviews/0/x", &[]), "v1"),
         ("uri: {prefix: /reviews}", req("/reviews/0?x=1", &[]), "v2"),
@@ -232,9 +241,19 @@ fn distribution(weights: &[u32], seed: u64) -> Vec<u64> {
 
 #[test]
 fn weights_follow_the_configured_split() {
-    for (weights, seed) in [(vec![50, 50], 1), (vec![20, 30, 50], 2), (vec![90, 10], 13)] {
+    // Weights need not sum to 100 (Istio does not ask it): Envoy splits by weight / total.
+    for (weights, seed) in [
+        (vec![50, 50], 1),
+        (vec![20, 30, 50], 2),
+        (vec![90, 10], 13),
+        (vec![3, 1], 5),
+        (vec![550, 500], 6),
+        // int32 maxima: the total overflows u32.
+        (vec![2_147_483_647, 2_147_483_647, 1_000_000_000], 7),
+    ] {
         let counts = distribution(&weights, seed);
-        let expected: Vec<f64> = weights.iter().map(|w| *w as f64 / 100.0).collect();
+        let total: f64 = weights.iter().map(|w| f64::from(*w)).sum();
+        let expected: Vec<f64> = weights.iter().map(|w| f64::from(*w) / total).collect();
         let (ok, chi) = chi_square_ok(&counts, &expected);
         assert!(ok, "weights {weights:?}: counts {counts:?} chi² {chi:.2}");
     }
@@ -312,6 +331,36 @@ fn no_virtual_service_is_plain_kubernetes_round_robin() {
     assert_eq!(c.endpoints.len(), 3);
     assert_eq!(c.lb, LbPolicy::LeastRequest, "Istio's default load balancer");
     assert_eq!(c.name, "outbound|9080||reviews.default.svc.cluster.local");
+}
+
+#[test]
+fn forms_istio_accepts_route_as_istio_does() {
+    let v1 = "  - route:\n    - destination: {host: reviews, subset: v1}\n";
+    // prefixRewrite replaces the matched prefix in Location; redirectCode 0 is unset (301).
+    let t = table(&vs(&format!(
+        "  - match:\n    - uri: {{prefix: /old}}\n    redirect: {{prefixRewrite: /new, redirectCode: 0}}\n{v1}"
+    )));
+    assert_eq!(subset_of(&t, &req("/old/0?x=1", &[])), "redirect 301 http://reviews:9080/new/0?x=1");
+    let t = table(&vs(&format!(
+        "  - match:\n    - uri: {{prefix: /old}}\n    redirect: {{uri: /x, redirectCode: 399}}\n{v1}"
+    )));
+    assert_eq!(subset_of(&t, &req("/old", &[])), "redirect 399 http://reviews:9080/x");
+    // directResponse is accepted; the proxy cannot serve it yet, so the request gets 404 (with
+    // the reason) rather than reaching a backend.
+    let t = table(&vs(&format!(
+        "  - match:\n    - uri: {{prefix: /dr}}\n    directResponse: {{status: 503, body: {{string: down}}}}\n{v1}"
+    )));
+    assert_eq!(subset_of(&t, &req("/dr", &[])), "404");
+    assert_eq!(subset_of(&t, &req("/x", &[])), "v1");
+    // A gRPC-status abort is accepted and injects nothing.
+    let t = table(&vs(
+        "  - fault: {abort: {grpcStatus: UNAVAILABLE, percentage: {value: 100}}}\n    route:\n    - destination: {host: reviews, subset: v1}\n",
+    ));
+    assert_eq!(forward(&t, &req("/", &[])).fault.abort, None);
+    // Setting :authority on the request is Istio's authority rewrite: the Host header.
+    let t = table(&vs(&format!("{v1}    headers: {{request: {{set: {{':authority': new.example}}}}}}\n")));
+    let set = forward(&t, &req("/", &[])).request_headers.set;
+    assert_eq!(set, vec![(http::header::HOST, http::HeaderValue::from_static("new.example"))]);
 }
 
 fn forward(t: &RouteTable, r: &Req) -> Forward {
