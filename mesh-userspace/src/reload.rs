@@ -14,8 +14,8 @@ use crate::{admission::Admission, config::Config, proxy::ProxyState, registry::R
 pub fn apply_config(state: &ProxyState, admission: &mut Admission, candidate: Config, registry: &Registry) -> bool {
     let metrics = &state.metrics;
     match admission.admit(candidate, registry) {
-        Ok(admitted) => {
-            state.routes.store(Arc::new(admitted.table));
+        Ok(mut admitted) => {
+            let warnings = std::mem::take(&mut admitted.table.warnings);
             for r in &admitted.rejected {
                 let errors = crate::config::ConfigErrors(r.errors.clone());
                 let kept = if r.kept_previous { "its last good version stays live" } else { "it had no good version" };
@@ -35,6 +35,11 @@ pub fn apply_config(state: &ProxyState, admission: &mut Admission, candidate: Co
                         tracing::error!(file = %r.file, "routing file rejected; {kept}:\n{errors}");
                     }
                 }
+            }
+            // What istioctl analyze would say (a subset or Gateway nobody defines yet, ...).
+            state.routes.store(Arc::new(admitted.table));
+            for w in admitted.config.warnings.iter().chain(&warnings) {
+                tracing::warn!("routing config: {w}");
             }
             let result = if admitted.rejected.is_empty() { "applied" } else { "partial" };
             metrics.inc("mesh_config_reloads_total", &[("result", result)]);

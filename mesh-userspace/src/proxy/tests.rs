@@ -433,6 +433,15 @@ fn reviews_v1_with_pool(pool: &str) -> String {
     )
 }
 
+/// Lets one held request (`x-hold`) go at every backend of `registry`.
+fn release_all(registry: &Registry) {
+    for w in &registry.workloads {
+        if let (Some(ip), Some(p)) = (w.ip, w.container_ports.first()) {
+            hold(SocketAddr::from((ip, p.port))).release.add_permits(1);
+        }
+    }
+}
+
 fn v1_addr(registry: &Registry) -> SocketAddr {
     let w =
         registry.workloads.iter().find(|w| w.labels.get("version").map(String::as_str) == Some("v1")).expect("v1 pod");
@@ -647,7 +656,8 @@ async fn drain_finishes_in_flight_requests_and_refuses_new_connections() {
     let request = |slow: bool| {
         let mut r = ::http::Request::builder().uri("/reviews/0").header("host", "reviews:9080");
         if slow {
-            r = r.header("x-slow", "1");
+            // Held at the backend until the test lets it go, so it is in flight at the drain.
+            r = r.header("x-hold", "1");
         }
         r.body(Empty::<Bytes>::new()).expect("request")
     };
@@ -685,6 +695,7 @@ async fn drain_finishes_in_flight_requests_and_refuses_new_connections() {
         "connect after drain start: {refused:?}"
     );
     tokio::time::timeout(Duration::from_secs(2), idle_conn).await.expect("idle keep-alive connection closed").ok();
+    release_all(&registry);
     let (status, close, body) = slow.await.expect("slow request task");
     assert_eq!(status, 200, "{body:?}");
     assert_eq!(close.as_deref(), Some("close"), "in-flight response must say Connection: close");
@@ -1109,8 +1120,16 @@ async fn a_source_over_its_caps_is_refused_while_another_is_served() {
             break;
         }
     }
-    // Two slow requests at once: one is over the request cap.
-    let calls: Vec<_> = (0..2).map(|_| tokio::spawn(get(noisy, &[("x-slow", "1")]))).collect();
+    // Two requests held at the backend at once: one is over the request cap.
+    let calls: Vec<_> = (0..2).map(|_| tokio::spawn(get(noisy, &[("x-hold", "1")]))).collect();
+    let overflowed =
+        || state.metrics.get("mesh_downstream_overflow_total", &[("source_workload", "noisy"), ("limit", "requests")]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while overflowed() == 0 {
+        assert!(Instant::now() < deadline, "the second request was never refused");
+        tokio::task::yield_now().await;
+    }
+    release_all(&registry);
     let mut codes = Vec::new();
     for c in calls {
         codes.push(c.await.expect("call").0);

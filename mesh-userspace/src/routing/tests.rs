@@ -205,7 +205,10 @@ fn chi_square_ok(counts: &[u64], weights: &[f64]) -> (bool, f64) {
             (*c as f64 - e).powi(2) / e
         })
         .sum();
-    let critical = [10.828, 13.816][counts.len() - 2];
+    // p = 1e-6 (1 and 2 degrees of freedom): the property test draws new splits and seeds on every
+    // run, so a 1e-3 bound failed a correct picker about once in 60 runs; at n = 10,000 a split
+    // off by one point of weight still lands far beyond this bound.
+    let critical = [23.928, 27.631][counts.len() - 2];
     (chi < critical, chi)
 }
 
