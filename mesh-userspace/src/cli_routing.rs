@@ -26,17 +26,7 @@ fn load_all(paths: &[PathBuf]) -> Result<Config> {
     let mut files = Vec::new();
     for p in paths {
         if p.is_dir() {
-            let entries = std::fs::read_dir(p).with_context(|| format!("cannot read {}", p.display()))?;
-            let mut in_dir: Vec<PathBuf> = entries
-                .filter_map(|e| e.ok())
-                .map(|e| e.path())
-                .filter(|f| {
-                    let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                    !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml")) && f.is_file()
-                })
-                .collect();
-            in_dir.sort();
-            files.extend(in_dir);
+            files.extend(Config::list_dir(p).map_err(|e| anyhow::anyhow!("{e}"))?);
         } else {
             files.push(p.clone());
         }

@@ -257,7 +257,8 @@ impl Config {
             .chain(self.gateways.iter().map(move |o| (key("Gateway", &o.name, &o.namespace), &o.at.file)))
     }
 
-    fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, ConfigErrors> {
+    /// The `*.yaml`/`*.yml` files directly in `dir`, in name order (dot entries skipped).
+    pub fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, ConfigErrors> {
         let shown = dir.display().to_string();
         let entries = std::fs::read_dir(dir)
             .map_err(|e| ConfigErrors::single(&shown, format!("cannot read config directory: {e}")))?;

@@ -65,8 +65,8 @@ pub(crate) fn req(uri: &str, headers: &[(&str, &str)]) -> Req {
     }
 }
 
-/// How many endpoints the cluster `r` is routed to has (0 for no route).
-pub(crate) fn cluster_endpoints(t: &RouteTable, r: &Req) -> usize {
+/// Routes `r` to reviews:9080.
+fn decide(t: &RouteTable, r: &Req) -> Decision {
     let reg = registry();
     let svc = reg.service_by_host("reviews", "default").unwrap().clone();
     let src = reg.workload_by_name("default", r.from).cloned();
@@ -79,7 +79,12 @@ pub(crate) fn cluster_endpoints(t: &RouteTable, r: &Req) -> usize {
         scheme: "http",
         headers: &r.headers,
     };
-    match t.route(&info, &mut StdRng::seed_from_u64(7)) {
+    t.route(&info, &mut StdRng::seed_from_u64(7))
+}
+
+/// How many endpoints the cluster `r` is routed to has (0 for no route).
+pub(crate) fn cluster_endpoints(t: &RouteTable, r: &Req) -> usize {
+    match decide(t, r) {
         Decision::Forward(f) => f.cluster.endpoints.len(),
         _ => 0,
     }
@@ -87,19 +92,7 @@ pub(crate) fn cluster_endpoints(t: &RouteTable, r: &Req) -> usize {
 
 /// Routes `r` to reviews:9080 and returns the chosen subset (or "404"/"redirect").
 pub(crate) fn subset_of(t: &RouteTable, r: &Req) -> String {
-    let reg = registry();
-    let svc = reg.service_by_host("reviews", "default").unwrap().clone();
-    let src = reg.workload_by_name("default", r.from).cloned();
-    let info = RequestInfo {
-        context: Context::Mesh { service: &svc, port: 9080 },
-        source: src.as_deref(),
-        method: &r.method,
-        uri: &r.uri,
-        authority: Some(&r.authority),
-        scheme: "http",
-        headers: &r.headers,
-    };
-    match t.route(&info, &mut StdRng::seed_from_u64(7)) {
+    match decide(t, r) {
         Decision::Forward(f) => f.cluster.subset.clone().unwrap_or_else(|| "all".into()),
         Decision::NoRoute { .. } => "404".into(),
         Decision::Redirect { status, location } => format!("redirect {status} {location}"),
