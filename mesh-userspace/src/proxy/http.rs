@@ -334,7 +334,9 @@ async fn forward(state: &ProxyState, source: &Source, fwd: Forward, req: Request
     }
 
     let hash = hash_key(&fwd.cluster.lb, &parts.headers, parts.uri.query(), source.peer);
-    let deadline = fwd.timeout.map(|t| Instant::now() + t);
+    // Durations are bounded at parse time, but a deadline past what the clock can hold is just
+    // no deadline, never a panic.
+    let deadline = fwd.timeout.and_then(|t| Instant::now().checked_add(t));
     let max_attempts = match body {
         ReqBody::Buffered(_) => 1 + fwd.retries.attempts,
         ReqBody::Streaming(..) => 1,

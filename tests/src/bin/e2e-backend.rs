@@ -129,8 +129,9 @@ fn load(host: &str, rate: &str, secs: &str, mode: &str) -> Result<(), String> {
         _ => return Err(format!("mode {mode:?}: keepalive or close")),
     };
     let addr = host.to_socket_addrs().map_err(|e| format!("{host}: {e}"))?.next().ok_or("no address")?;
-    let interval = Duration::from_secs_f64(1.0 / rate);
-    let (start, run) = (Instant::now(), Duration::from_secs_f64(secs));
+    let interval = Duration::try_from_secs_f64(1.0 / rate).map_err(|_| format!("rate {rate}: must be > 0"))?;
+    let run = Duration::try_from_secs_f64(secs).map_err(|_| format!("seconds {secs}: out of range"))?;
+    let start = Instant::now();
     let (mut ok, mut failed, mut retried, mut connections) = (0u64, 0u64, 0u64, 0u64);
     let mut errors: Vec<String> = Vec::new();
     let mut conn: Option<Conn> = None;
