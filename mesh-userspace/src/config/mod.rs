@@ -11,7 +11,7 @@ use std::{
     collections::HashMap,
     fmt,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, OnceLock},
     time::Duration,
 };
 
@@ -85,19 +85,27 @@ impl ConfigErrors {
 }
 
 /// Where each field of one document is: `spec.http[0].route` → (line, column), 1-based.
+///
+/// The table is built from the document's text on first use: most objects never have an error or
+/// a warning, and a per-field table for each of 10,000 objects was a third of a reload's memory.
 #[derive(Clone, Debug, Default)]
 pub struct Locator {
     pub file: Arc<str>,
-    positions: HashMap<String, (usize, usize)>,
+    /// The document as parsed (its `---` blanked, so columns are the file's).
+    text: Arc<str>,
+    /// Lines of the file before `text`.
+    line_offset: usize,
     start: (usize, usize),
+    positions: OnceLock<HashMap<String, (usize, usize)>>,
 }
 
 impl Locator {
     /// Position of `path`, or of its nearest ancestor that has one.
     pub fn at(&self, path: &str) -> (usize, usize) {
+        let positions = self.positions.get_or_init(|| field_positions(&self.text, self.line_offset));
         let mut p = path;
         loop {
-            if let Some(pos) = self.positions.get(p) {
+            if let Some(pos) = positions.get(p) {
                 return *pos;
             }
             match p.rfind(['.', '[']) {
@@ -552,7 +560,7 @@ fn yaml_error(at: &Locator, line_offset: usize, e: serde_yaml::Error, path: &str
 }
 
 struct Document {
-    text: String,
+    text: Arc<str>,
     /// Lines before this document in its file.
     line_offset: usize,
     locator: Locator,
@@ -561,7 +569,8 @@ struct Document {
 /// Splits a file into documents, each with the positions of its fields, using a YAML parser
 /// that reports positions (serde_yaml does not).
 fn split_documents(file: &Arc<str>, text: &str) -> Result<Vec<Document>, ConfigError> {
-    let mut rx = Positions::default();
+    // Only where documents start: field positions are found per document, when one is asked for.
+    let mut rx = Positions { paths: false, ..Positions::default() };
     let mut parser = Parser::new_from_str(text);
     if let Err(e) = parser.load(&mut rx, true) {
         let m = e.marker();
@@ -587,14 +596,27 @@ fn split_documents(file: &Arc<str>, text: &str) -> Result<Vec<Document>, ConfigE
         let body = &text[start..end];
         // Blank out the `---` marker (same width) so serde_yaml reads one document and its
         // columns stay the file's.
-        let body = body.strip_prefix("---").map_or(body.to_owned(), |b| format!("   {b}"));
+        let body: Arc<str> = body.strip_prefix("---").map_or(Arc::from(body), |b| Arc::from(format!("   {b}")));
+        let line_offset = first_line - 1;
         out.push(Document {
-            text: body,
-            line_offset: first_line - 1,
-            locator: Locator { file: file.clone(), positions: doc.positions, start: doc.start },
+            text: body.clone(),
+            line_offset,
+            locator: Locator { file: file.clone(), text: body, line_offset, start: doc.start, ..Locator::default() },
         });
     }
     Ok(out)
+}
+
+/// Every field's position in one document (`text`, the lines after `line_offset` of its file).
+fn field_positions(text: &str, line_offset: usize) -> HashMap<String, (usize, usize)> {
+    let mut rx = Positions { paths: true, ..Positions::default() };
+    // The whole file parsed before this document was cut from it, so this cannot fail; if it
+    // did, errors would point at the document's start, which is still right.
+    if Parser::new_from_str(text).load(&mut rx, false).is_err() {
+        return HashMap::new();
+    }
+    let positions = rx.docs.into_iter().next().map(|d| d.positions).unwrap_or_default();
+    positions.into_iter().map(|(path, (line, column))| (path, (line + line_offset, column))).collect()
 }
 
 #[derive(Default)]
@@ -610,6 +632,8 @@ enum Frame {
 
 #[derive(Default)]
 struct Positions {
+    /// false: only where each document starts.
+    paths: bool,
     docs: Vec<DocPositions>,
     stack: Vec<(String, Frame)>,
 }
@@ -648,6 +672,9 @@ impl Positions {
 
 impl MarkedEventReceiver for Positions {
     fn on_event(&mut self, ev: Event, mark: Marker) {
+        if !self.paths && !matches!(ev, Event::DocumentStart) {
+            return;
+        }
         match ev {
             Event::DocumentStart => {
                 self.docs.push(DocPositions { start: (mark.line(), mark.col() + 1), ..Default::default() });

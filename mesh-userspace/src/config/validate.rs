@@ -22,8 +22,6 @@ use super::{
 pub struct Validation {
     pub errors: Vec<(String, String)>,
     pub warnings: Vec<(String, String)>,
-    /// Where the object's fields were written: tells a field left out from one written empty.
-    at: Option<std::sync::Arc<super::Locator>>,
 }
 
 /// A user value in a message, quoted and cut.
@@ -34,11 +32,6 @@ fn q(s: &str) -> String {
 impl Validation {
     fn error(&mut self, path: impl Into<String>, msg: impl Into<String>) {
         self.errors.push((path.into(), msg.into()));
-    }
-
-    /// Whether the document wrote `path` (true when unknown).
-    fn written(&self, path: &str) -> bool {
-        self.at.as_ref().is_none_or(|at| at.positions.contains_key(path))
     }
 
     fn warn(&mut self, path: impl Into<String>, msg: impl Into<String>) {
@@ -667,7 +660,7 @@ fn enum_value(v: &mut Validation, path: String, value: Option<&str>, allowed: &[
 // VirtualService.
 
 pub fn virtual_service(vs: &Sourced<VirtualServiceSpec>) -> Validation {
-    let mut v = Validation { at: Some(vs.at.clone()), ..Validation::default() };
+    let mut v = Validation::default();
     metadata(&mut v, vs);
     let spec = &vs.spec;
     let has_mesh = spec.gateways.iter().any(|g| g == "mesh");
@@ -862,7 +855,7 @@ fn sni_host(v: &mut Validation, path: String, h: &str, is_gateway: bool, hosts: 
 
 /// `validateDestination`.
 fn destination(v: &mut Validation, base: &str, d: &Destination) {
-    if !v.written(base) {
+    if d.left_out {
         // Left out entirely (serde fills in an empty one).
         v.error(base.to_owned(), "destination is required");
         return;

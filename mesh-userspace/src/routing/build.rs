@@ -537,7 +537,7 @@ impl Builder<'_> {
         Some(CompiledVs {
             namespace: vs.namespace.clone(),
             key: Arc::from(vs.key()),
-            origin: format!("{}:{}", at.file, at.at("metadata").0),
+            origin: at.clone(),
             hosts: vs.spec.hosts.clone(),
             http,
             tcp,

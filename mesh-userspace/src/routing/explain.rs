@@ -121,7 +121,8 @@ pub fn explain(table: &RouteTable, req: &RequestInfo<'_>) -> Explanation {
         }
         return Explanation { text: out, matched: None };
     };
-    let _ = writeln!(out, "\nVirtualService {} ({}) hosts {:?}", vs.key, vs.origin, vs.hosts);
+    let origin = format!("{}:{}", vs.origin.file, vs.origin.at("metadata").0);
+    let _ = writeln!(out, "\nVirtualService {} ({origin}) hosts {:?}", vs.key, vs.hosts);
     let mut matched = None;
     for (i, rule) in vs.http.iter().enumerate() {
         let label = rule.name.as_ref().map(|n| format!(" \"{n}\"")).unwrap_or_default();

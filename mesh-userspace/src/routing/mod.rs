@@ -240,7 +240,8 @@ pub(crate) struct CompiledVs {
     /// Its namespace: a Gateway server's `ns/host` entries admit only VirtualServices of `ns`.
     pub namespace: String,
     pub key: Arc<str>,
-    pub origin: String,
+    /// Where it was written (`file:line` is worked out only when shown: see [`crate::config::Locator`]).
+    pub origin: Arc<crate::config::Locator>,
     /// Hosts as written, and whether each is a wildcard (`*`, `*.example.com`).
     pub hosts: Vec<String>,
     pub http: Vec<HttpRule>,

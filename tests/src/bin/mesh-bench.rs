@@ -171,6 +171,9 @@ fn main() -> Result<()> {
         o.repeats
     );
 
+    // Config scale first, on a quiet machine: `mesh validate` of 10,000 VirtualServices.
+    let config_scale = config_scale(&o.out, if o.quick { 1 } else { 3 })?;
+
     let tools = Tools::find()?;
     let mut node = Node::new(PREFIX, SUBNET)?;
     let run_dir = node.dir.clone();
@@ -329,6 +332,7 @@ fn main() -> Result<()> {
         peaks: &peaks,
         routing: &routing,
         profile: profile.as_deref(),
+        config_scale: &config_scale,
         elapsed: started.elapsed(),
     };
     let md = report.markdown();
@@ -1189,7 +1193,59 @@ struct Report<'a> {
     peaks: &'a BTreeMap<&'static str, u64>,
     routing: &'a RoutingCheck,
     profile: Option<&'a str>,
+    config_scale: &'a ConfigScale,
     elapsed: Duration,
+}
+
+/// `mesh validate` of one file of 10,000 VirtualServices (parse, Istio's validation, compile):
+/// what a reload of a ConfigMap that size costs, wall time and peak RSS of the process.
+struct ConfigScale {
+    objects: usize,
+    bytes: usize,
+    secs: Vec<f64>,
+    max_rss_kb: Vec<u64>,
+}
+
+const SCALE_OBJECTS: usize = 10_000;
+
+fn config_scale(out: &Path, runs: usize) -> Result<ConfigScale> {
+    let mut yaml = String::new();
+    for i in 0..SCALE_OBJECTS {
+        let _ = write!(
+            yaml,
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: svc{i}}}\nspec:\n  hosts: [svc{i}]\n  http:\n  - match:\n    - headers: {{end-user: {{exact: jason}}}}\n    route:\n    - destination: {{host: svc{i}}}\n  - match:\n    - uri: {{prefix: /api}}\n    route:\n    - destination: {{host: svc{i}}}\n      weight: 50\n    - destination: {{host: svc{i}}}\n      weight: 50\n---\n"
+        );
+    }
+    let file = out.join("vs10k.yaml");
+    fs::write(&file, &yaml)?;
+    let mut scale = ConfigScale { objects: SCALE_OBJECTS, bytes: yaml.len(), secs: vec![], max_rss_kb: vec![] };
+    println!("== config scale: mesh validate of {SCALE_OBJECTS} VirtualServices ({} KB) ==", yaml.len() / 1024);
+    for r in 0..runs {
+        let t = Instant::now();
+        let child = Command::new(bin("mesh"))
+            .arg("validate")
+            .arg(&file)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("running mesh validate")?;
+        let mut status = 0;
+        // SAFETY: plain wait4 on our own child; rusage is written by the kernel.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        let pid = libc::pid_t::try_from(child.id()).context("pid")?;
+        if unsafe { libc::wait4(pid, &mut status, 0, &mut ru) } != pid {
+            bail!("wait4 on mesh validate: {}", std::io::Error::last_os_error());
+        }
+        let secs = t.elapsed().as_secs_f64();
+        if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+            bail!("mesh validate of the generated 10k VirtualServices failed (status {status})");
+        }
+        let kb = u64::try_from(ru.ru_maxrss).unwrap_or(0);
+        println!("   #{}: {secs:.3} s, max RSS {:.1} MB", r + 1, kb as f64 / 1024.0);
+        scale.secs.push(secs);
+        scale.max_rss_kb.push(kb);
+    }
+    let _ = fs::remove_file(&file);
+    Ok(scale)
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -1302,6 +1358,13 @@ impl Report<'_> {
                 ),
             });
         }
+        let cs = self.config_scale;
+        let (secs, rss) = (median(&cs.secs), median(&cs.max_rss_kb.iter().map(|k| *k as f64).collect::<Vec<_>>()));
+        t.push(Target {
+            what: format!("mesh validate of {} VirtualServices < 1 s and < 150 MB peak", cs.objects),
+            met: Some(secs < 1.0 && rss < 150.0 * 1024.0),
+            numbers: format!("{secs:.2} s, {:.0} MB (median of {})", rss / 1024.0, cs.secs.len()),
+        });
         let idle = self.contenders.iter().find(|c| c.name == "mesh").map(|c| c.idle_rss_kb).unwrap_or(0);
         t.push(Target {
             what: "mesh RSS ≤ 20 MB idle".into(),
@@ -1455,6 +1518,16 @@ impl Report<'_> {
                 self.peaks.get(c.name).copied().unwrap_or(0) as f64 / 1024.0
             );
         }
+        let cs = self.config_scale;
+        let _ = writeln!(
+            m,
+            "\n## Config scale\n\n`mesh validate` of one file of {} VirtualServices ({} KB; each a header rule and a weighted prefix rule): YAML parse, Istio's validation, route-table compile — the work of a reload. Run before any proxy starts.\n\n| run | wall s | peak RSS MB |\n|---|---|---|",
+            cs.objects,
+            cs.bytes / 1024
+        );
+        for (i, (s, k)) in cs.secs.iter().zip(&cs.max_rss_kb).enumerate() {
+            let _ = writeln!(m, "| {} | {s:.3} | {:.1} |", i + 1, *k as f64 / 1024.0);
+        }
         if let Some(r) = self.redirect {
             let _ = writeln!(m, "\n## Redirect mechanism alone: eBPF connect4 vs iptables REDIRECT\n");
             let _ = writeln!(
@@ -1597,7 +1670,7 @@ impl Report<'_> {
             .into_iter()
             .map(|t| serde_json::json!({"target": t.what, "met": t.met, "numbers": t.numbers}))
             .collect();
-        serde_json::to_string_pretty(&serde_json::json!({"quick": self.opts.quick, "loadavg": self.loadavg, "cells": cells, "redirect": redirect, "memory": mem, "targets": targets}))
+        serde_json::to_string_pretty(&serde_json::json!({"quick": self.opts.quick, "loadavg": self.loadavg, "cells": cells, "redirect": redirect, "memory": mem, "config_scale": {"objects": self.config_scale.objects, "bytes": self.config_scale.bytes, "secs": self.config_scale.secs, "max_rss_kb": self.config_scale.max_rss_kb}, "targets": targets}))
             .unwrap_or_default()
     }
 }
