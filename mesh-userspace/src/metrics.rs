@@ -5,6 +5,8 @@ use std::{collections::BTreeMap, fmt::Write, sync::Mutex};
 #[derive(Default)]
 pub struct Metrics {
     counters: Mutex<BTreeMap<(&'static str, String), u64>>,
+    /// Info gauges (`name{labels} 1`): one label set per name, replaced on each set.
+    infos: Mutex<BTreeMap<&'static str, String>>,
 }
 
 impl Metrics {
@@ -27,6 +29,17 @@ impl Metrics {
         }
         let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
         *c.entry((name, key)).or_default() += n;
+    }
+
+    /// Sets info gauge `name` to `labels` (the previous label set is gone, so a value that changes
+    /// forever, like a config version, does not grow the exposition).
+    pub fn set_info(&self, name: &'static str, labels: &[(&str, &str)]) {
+        let rendered = labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")))
+            .collect::<Vec<_>>()
+            .join(",");
+        self.infos.lock().unwrap_or_else(|e| e.into_inner()).insert(name, rendered);
     }
 
     pub fn inc(&self, name: &'static str, labels: &[(&str, &str)]) {
@@ -56,6 +69,9 @@ impl Metrics {
         for (name, v) in extra {
             let _ = writeln!(out, "# TYPE {name} counter\n{name} {v}");
         }
+        for (name, labels) in self.infos.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = writeln!(out, "# TYPE {name} gauge\n{name}{{{labels}}} 1");
+        }
         out
     }
 }
@@ -75,5 +91,15 @@ mod tests {
         assert!(text.contains("mesh_requests_total{dst=\"reviews\",code=\"200\"} 2"), "{text}");
         assert!(text.contains("dst=\"a\\\"b\""), "{text}");
         assert!(text.contains("mesh_kernel_redirects_total 7"));
+    }
+
+    #[test]
+    fn an_info_gauge_holds_only_its_latest_labels() {
+        let m = Metrics::default();
+        m.set_info("mesh_config_version_info", &[("version", "..gen1")]);
+        m.set_info("mesh_config_version_info", &[("version", "..gen\"2")]);
+        let text = m.render(&[]);
+        assert!(text.contains("mesh_config_version_info{version=\"..gen\\\"2\"} 1"), "{text}");
+        assert!(!text.contains("..gen1"), "{text}");
     }
 }

@@ -13,6 +13,7 @@ use crate::{admission::Admission, config::Config, proxy::ProxyState, registry::R
 /// nothing was applied (the compiler panicked; the previous table stays).
 pub fn apply_config(state: &ProxyState, admission: &mut Admission, candidate: Config, registry: &Registry) -> bool {
     let metrics = &state.metrics;
+    let version = candidate.version.clone();
     match admission.admit(candidate, registry) {
         Ok(mut admitted) => {
             let warnings = std::mem::take(&mut admitted.table.warnings);
@@ -44,6 +45,8 @@ pub fn apply_config(state: &ProxyState, admission: &mut Admission, candidate: Co
             let result = if admitted.rejected.is_empty() { "applied" } else { "partial" };
             metrics.inc("mesh_config_reloads_total", &[("result", result)]);
             metrics.inc("mesh_config_generation", &[]);
+            // Which ConfigMap version is live: what a rollout (or a test) waits for.
+            metrics.set_info("mesh_config_version_info", &[("version", version.as_deref().unwrap_or(""))]);
             tracing::info!(
                 virtual_services = admitted.config.virtual_services.len(),
                 destination_rules = admitted.config.destination_rules.len(),

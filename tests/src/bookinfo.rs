@@ -250,6 +250,13 @@ impl Bookinfo {
             .unwrap_or(0)
     }
 
+    /// Whether the agent's live routing config is exactly the ConfigMap version `..gen{generation}`
+    /// (it reads the directory through `..data`, so that version is whole, never half-linked).
+    pub fn serves_version(&self, generation: u32) -> bool {
+        http_get(ADMIN.parse().expect("admin addr"), "/metrics")
+            .is_ok_and(|m| metric(&m, "mesh_config_version_info", &[("version", &format!("..gen{generation}"))]) == 1)
+    }
+
     /// Like [`apply`](Self::apply) for a config with an object the agent must reject (waits for
     /// the reload that rejected it; everything else in it is applied).
     pub fn apply_rejected(&mut self, files: &[&str]) -> Result<()> {
@@ -290,12 +297,13 @@ impl Bookinfo {
             let old = self.config_dir.join(format!("..gen{}", self.generation - 1));
             let _ = fs::remove_dir_all(old);
         }
-        // Readiness, not a sleep: the agent counts each applied reload.
+        // Readiness, not a sleep: the agent publishes which ConfigMap version is live, and
+        // counts how each reload went.
         if self.generation > 1 {
             wait_until(
-                &format!("the agent to report the new routing config {expect}"),
+                &format!("the agent to serve config version ..gen{} ({expect})", self.generation),
                 Duration::from_secs(10),
-                || self.reloads(expect) > before,
+                || self.serves_version(self.generation) && self.reloads(expect) > before,
             )
             .map_err(|e| anyhow::anyhow!("{e}\nagent log:\n{}", self.node.log("agent")))?;
         }

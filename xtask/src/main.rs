@@ -471,6 +471,9 @@ fn fuzz(seconds: u64, report_only: bool) -> Result<()> {
     }
     eprintln!("xtask: {seeds} seeds; fuzzing for {seconds} s");
     let fuzz_dir = root.join("mesh-userspace");
+    let artifacts = fuzz_dir.join("fuzz/artifacts/config");
+    // Only this run's findings are in there afterwards; earlier ones are already in regressions/.
+    let _ = std::fs::remove_dir_all(&artifacts);
     let status = Command::new("cargo")
         .current_dir(&fuzz_dir)
         .env_remove("RUSTUP_TOOLCHAIN")
@@ -491,11 +494,16 @@ fn fuzz(seconds: u64, report_only: bool) -> Result<()> {
         .status()
         .context("running cargo fuzz")?;
     if !status.success() {
-        let artifacts = fuzz_dir.join("fuzz/artifacts/config");
+        let mut kept = 0;
         for e in std::fs::read_dir(&artifacts).into_iter().flatten().flatten() {
             let dest = root.join("mesh-userspace/fuzz/regressions").join(e.file_name());
             std::fs::copy(e.path(), &dest)?;
             eprintln!("xtask: kept {} as a regression case", dest.display());
+            kept += 1;
+        }
+        if kept == 0 {
+            // No input to blame: the fuzz target did not build or libFuzzer did not start.
+            bail!("cargo fuzz failed without a finding ({status}): see above");
         }
         if report_only {
             eprintln!("xtask: FUZZER FINDING (reported, not failing this run): see above");

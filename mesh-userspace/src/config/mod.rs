@@ -176,6 +176,8 @@ pub struct Config {
     pub rejected: Vec<Rejected>,
     /// What Istio's validation warns about in accepted objects, with `file:line:col`.
     pub warnings: Vec<String>,
+    /// The mounted ConfigMap's version these files were read from (see [`Config::dir_version`]).
+    pub version: Option<String>,
 }
 
 impl Config {
@@ -194,8 +196,10 @@ impl Config {
     /// else is kept: what the agent admits object by object. Err only when the directory itself
     /// cannot be read.
     pub fn load_dir_all(dir: &Path) -> Result<Config, ConfigErrors> {
+        // Read before listing: if the version changes in between, the next reload is newer still.
+        let version = Config::dir_version(dir);
         let files = Config::list_dir(dir)?;
-        Ok(Config::read_files(&files))
+        Ok(Config { version, ..Config::read_files(&files) })
     }
 
     /// All or nothing: the config if no document was rejected, else every error.
@@ -268,18 +272,35 @@ impl Config {
     /// The `*.yaml`/`*.yml` files directly in `dir`, in name order (dot entries skipped).
     pub fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, ConfigErrors> {
         let shown = dir.display().to_string();
-        let entries = std::fs::read_dir(dir)
-            .map_err(|e| ConfigErrors::single(&shown, format!("cannot read config directory: {e}")))?;
-        let mut files: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .filter(|p| {
-                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml")) && p.is_file()
-            })
-            .collect();
+        // A mounted ConfigMap: the kubelet writes each version into a new directory and swaps the
+        // `..data` link to it atomically; the top-level names are links into `..data` created
+        // and removed around that swap. Reading through `..data` sees one whole version, never a
+        // mix; a plain file someone wrote beside it (not a link) is read too.
+        let is_yaml = |p: &Path| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml"))
+        };
+        let read = |d: &Path| {
+            std::fs::read_dir(d)
+                .map(|entries| entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| is_yaml(p)))
+                .map_err(|e| ConfigErrors::single(&shown, format!("cannot read config directory: {e}")))
+        };
+        let data = dir.join("..data");
+        let mut files: Vec<PathBuf> = Vec::new();
+        if data.is_dir() {
+            files.extend(read(&data)?.filter(|p| p.is_file()));
+            files.extend(read(dir)?.filter(|p| p.symlink_metadata().is_ok_and(|m| m.is_file())));
+        } else {
+            files.extend(read(dir)?.filter(|p| p.is_file()));
+        }
         files.sort();
         Ok(files)
+    }
+
+    /// Which version of a mounted ConfigMap `dir` holds: the directory its `..data` link names
+    /// (the kubelet's `..2026_11_27_01_02_03.123456789`); None for a plain directory.
+    pub fn dir_version(dir: &Path) -> Option<String> {
+        std::fs::read_link(dir.join("..data")).ok().map(|t| t.display().to_string())
     }
 
     pub fn load_files(paths: &[PathBuf]) -> Result<Config, ConfigErrors> {
@@ -290,7 +311,8 @@ impl Config {
     pub fn read_files(paths: &[PathBuf]) -> Config {
         let mut config = Config::default();
         for path in paths {
-            let shown = path.display().to_string();
+            // Files read through a ConfigMap's `..data` are named as the user mounted them.
+            let shown = path.display().to_string().replace("/..data/", "/");
             match std::fs::read_to_string(path) {
                 Ok(text) => {
                     let _ = config.add_str(&shown, &text);

@@ -172,6 +172,23 @@ fn load_dir_reads_a_configmap_volume() {
     std::fs::write(dir.path().join("notes.txt"), "not yaml").unwrap();
     let c = Config::load_dir(dir.path()).unwrap();
     assert_eq!((c.virtual_services.len(), c.destination_rules.len()), (1, 4));
+    assert_eq!(c.version.as_deref(), Some("..2026_11_24"));
+    // Mid-swap, as the kubelet leaves it for a moment: `..data` already names the new version,
+    // which adds a Gateway and drops the DestinationRule, but the top-level links are the old
+    // ones. What is read is the new version, whole.
+    let next = dir.path().join("..2026_11_25");
+    std::fs::create_dir(&next).unwrap();
+    std::fs::write(next.join("vs.yaml"), SEEDS[2].1).unwrap();
+    std::fs::write(next.join("gw.yaml"), SEEDS[6].1).unwrap();
+    std::os::unix::fs::symlink("..2026_11_25", dir.path().join("..data_tmp")).unwrap();
+    std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
+    let c = Config::load_dir(dir.path()).unwrap();
+    assert_eq!((c.virtual_services.len(), c.destination_rules.len(), c.gateways.len()), (2, 0, 1));
+    assert_eq!(c.version.as_deref(), Some("..2026_11_25"));
+    // Errors name the file as mounted, not through `..data`.
+    std::fs::write(next.join("bad.yaml"), "apiVersion: networking.istio.io/v1\nkind: Gateway\n").unwrap();
+    let e = Config::load_dir(dir.path()).unwrap_err().to_string();
+    assert!(e.contains(&format!("{}/bad.yaml:", dir.path().display())), "{e}");
 }
 
 #[tokio::test]

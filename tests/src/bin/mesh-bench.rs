@@ -134,8 +134,13 @@ struct Sample {
 }
 
 impl Sample {
+    /// 2xx responses per second: a proxy answering fast errors must not win.
     fn rps(&self) -> f64 {
-        self.requests as f64 / self.secs.max(1e-9)
+        self.requests.saturating_sub(self.non2xx) as f64 / self.secs.max(1e-9)
+    }
+    /// A run with any failed request or non-2xx answer says nothing about speed.
+    fn clean(&self) -> bool {
+        self.errors == 0 && self.non2xx == 0
     }
     fn cpu_per_1k(&self) -> Option<f64> {
         self.cpu_s.map(|c| c * 1000.0 / (self.requests.max(1) as f64))
@@ -216,6 +221,12 @@ fn main() -> Result<()> {
     }
     // Correctness first: every proxy applies the same rules (jason → v2 only; others v1/v3).
     let routing = check_routing(&node, &contenders)?;
+    // Idle RSS now, for every contender alike: up, routes compiled, pods enrolled, requests served.
+    for c in &mut contenders {
+        if let Some(pid) = c.proc_label.and_then(|l| node.pid(l)) {
+            c.idle_rss_kb = proc_tree_status(pid, "VmRSS:");
+        }
+    }
 
     let mut cells = vec![];
     let wrk = |key, title: &str, conns, jason, who: &Vec<&'static str>| Cell {
@@ -1319,6 +1330,17 @@ impl Report<'_> {
             }
             let mut met = true;
             let mut nums = vec![];
+            let dirty: Vec<String> = sat_cells
+                .iter()
+                .flat_map(|c| ["mesh", peer].map(|w| (c, w)))
+                .filter(|(c, w)| self.samples(c, w).is_some_and(|v| v.iter().any(|s| !s.clean())))
+                .map(|(c, w)| format!("{w} in {c}"))
+                .collect();
+            if !dirty.is_empty() {
+                let numbers = format!("invalid: failed or non-2xx requests ({})", dirty.join(", "));
+                t.push(Target { what, met: None, numbers });
+                continue;
+            }
             for c in &sat_cells {
                 let r = self.ratios(c, "mesh", peer, Sample::rps);
                 met &= median(&r) >= factor;
@@ -1435,10 +1457,10 @@ impl Report<'_> {
         );
         let _ = writeln!(
             m,
-            "* paths: **direct** = client pod → backend pod web-v1 over the node bridge. **mesh** = client pod `connect(10.96.240.10:9080)` → eBPF `connect4` → the node proxy's listener in the client pod → backend pod. **envoy/nginx/haproxy** = client pod → the proxy on 127.0.0.1 *in the client pod's netns* (a sidecar's position) → backend pod. Every proxy: `end-user: jason` → v2, everything else 50/50 v1/v3, HTTP/1.1 keep-alive upstream pools. Configs: `target/bench/` is the output; the exact configs are in `tests/src/bin/mesh-bench.rs`."
+            "* paths: **direct** = client pod → backend pod web-v1 over the node bridge. **mesh** = client pod `connect(10.96.240.10:9080)` → eBPF `connect4` → the node proxy's listener in the client pod → backend pod. **envoy/nginx/haproxy** = client pod → the proxy on 127.0.0.1 *in the client pod's netns* (a sidecar's position) → backend pod. The difference: the mesh's upstream connections leave from the host netns (host → bridge → backend veth) while the peers' leave from the client pod (client veth → bridge → backend veth), one veth crossing more per request for the peers, in both directions; the client → proxy leg is loopback for all. Every proxy: `end-user: jason` → v2, everything else 50/50 v1/v3, HTTP/1.1 keep-alive upstream pools. Configs: `target/bench/` is the output; the exact configs are in `tests/src/bin/mesh-bench.rs`."
         );
-        let _ = writeln!(m, "* CPU = utime+stime of the proxy's process tree from `/proc/<pid>/stat` over the run, per 1000 requests; RSS from `/proc/<pid>/status` (idle `VmRSS` once started; peak = `VmHWM` at the end, reset through `/proc/<pid>/clear_refs` after start-up, so it is the peak under the bench's load), summed over the process tree (nginx master + worker).");
-        let _ = writeln!(m, "* routing check before measuring (200 anonymous + 20 jason requests through each proxy):");
+        let _ = writeln!(m, "* CPU = utime+stime of the proxy's process tree from `/proc/<pid>/stat` over the run, per 1000 requests; req/s counts 2xx responses only, and a cell where a contender had any failed or non-2xx request is reported but its targets are n/a; RSS from `/proc/<pid>/status` (idle `VmRSS` after the routing check, so every proxy is up with its routes compiled and has served requests; peak = `VmHWM` at the end, reset through `/proc/<pid>/clear_refs` after start-up, so it is the peak under the bench's load), summed over the process tree (nginx master + worker).");
+        let _ = writeln!(m, "* routing check before measuring ({ROUTING_CHECK_ANON} anonymous + 20 jason requests through each proxy; a 50/50 split must be within the binomial 99.9 % bound):");
         for (who, row) in &self.routing.rows {
             let _ = writeln!(m, "  * {who}: {row}");
         }
