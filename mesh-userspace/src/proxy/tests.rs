@@ -634,6 +634,83 @@ async fn upstream_protocol_follows_port_declaration_and_destination_rule() {
     assert_eq!(call(sniffed, false).await.0, "HTTP/1.1 te=trailers");
 }
 
+/// A server-first backend (SMTP, MySQL, ...): greets every connection before the client says a
+/// word, then answers each line with `got <line>`.
+async fn banner_backend() -> SocketAddr {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let (r, mut w) = s.into_split();
+                if w.write_all(b"220 mail.example ready\r\n").await.is_err() {
+                    return;
+                }
+                let mut lines = tokio::io::BufReader::new(r).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if w.write_all(format!("got {line}\r\n").as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_first_protocol_on_an_undeclared_port_falls_back_to_tcp() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let backend = banner_backend().await;
+    let mail = Arc::new(Service {
+        name: "mail".into(),
+        namespace: "default".into(),
+        cluster_ip: Some(Ipv4Addr::new(10, 96, 0, 25)),
+        // No protocol and no `name` prefix: Istio sniffs such a port.
+        ports: vec![ServicePort {
+            name: None,
+            port: 25,
+            target_port: TargetPort::Number(backend.port()),
+            node_port: None,
+            protocol: AppProtocol::Unknown,
+        }],
+        selector: [("app".to_string(), "mail".to_string())].into_iter().collect(),
+        ..Default::default()
+    });
+    let client = workload("client", &[("app", "client")], 80);
+    let registry = Registry {
+        services: vec![mail.clone()],
+        workloads: vec![workload("mail-1", &[("app", "mail")], backend.port()), client.clone()],
+    };
+    let state = ProxyState::new(registry.clone(), table("", &registry), Arc::new(NoOriginalDst));
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind front");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, peer)) = l.accept().await else { return };
+            let source = Source { workload: Some(client.clone()), peer: Some(peer), caps: None };
+            tokio::spawn(serve_service_conn(state.clone(), source, mail.clone(), 25, s));
+        }
+    });
+    // The client waits for the greeting, as an SMTP client does: the proxy must give up on
+    // sniffing (the client is silent) and connect upstream, or both sides wait forever.
+    let s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (r, mut w) = s.into_split();
+    let mut lines = tokio::io::BufReader::new(r).lines();
+    async fn read(lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>>) -> String {
+        let line = tokio::time::timeout(Duration::from_secs(5), lines.next_line()).await.expect("no line in 5 s");
+        line.expect("read").expect("connection closed")
+    }
+    assert_eq!(read(&mut lines).await, "220 mail.example ready");
+    // Then it is a byte stream both ways, not HTTP (a line that is not a request line passes).
+    w.write_all(b"HELO client.example\r\n").await.expect("write");
+    assert_eq!(read(&mut lines).await, "got HELO client.example");
+    w.write_all(b"GET / HTTP/1.1\r\n").await.expect("write");
+    assert_eq!(read(&mut lines).await, "got GET / HTTP/1.1");
+}
+
 #[test]
 fn unknown_h2_upgrade_policy_is_rejected_with_its_path() {
     let yaml = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec:\n  host: reviews\n  trafficPolicy:\n    connectionPool:\n      http: {h2UpgradePolicy: ALWAYS}\n";
