@@ -233,7 +233,7 @@ impl Bookinfo {
                 .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())),
         )?;
         let admin: SocketAddr = ADMIN.parse()?;
-        wait_for_port(admin, Duration::from_secs(30))
+        wait_ready(admin, Duration::from_secs(30))
             .map_err(|e| anyhow::anyhow!("{e}\nagent log:\n{}", bk.node.log("agent")))?;
         for (pod, ..) in PODS {
             let ip = bk.node.pod(pod)?.ip;

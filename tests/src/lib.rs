@@ -304,6 +304,15 @@ pub fn wait_for_port(addr: SocketAddr, within: Duration) -> Result<()> {
     }
 }
 
+/// Waits until the agent's admin endpoint at `admin` answers `/ready` with 200: programs attached,
+/// a complete registry applied, pods enrolled, the routing config admitted. An open admin port
+/// says none of that (it answers from the start, for the liveness probe).
+pub fn wait_ready(admin: SocketAddr, within: Duration) -> Result<()> {
+    wait_until(&format!("the agent at {admin} to be ready"), within, || {
+        http_get(admin, "/ready").is_ok_and(|r| r.starts_with("HTTP/1.1 200"))
+    })
+}
+
 /// Polls until `check` succeeds, bounded.
 pub fn wait_until(what: &str, within: Duration, mut check: impl FnMut() -> bool) -> Result<()> {
     let deadline = Instant::now() + within;

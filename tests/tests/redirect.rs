@@ -142,7 +142,7 @@ fn vip_connect_is_redirected_through_the_node_proxy() -> anyhow::Result<()> {
             // The kernel programs' debug events on, through the agent's tracing filter.
             .env("RUST_LOG", "info,mesh::ebpf=debug"),
     )?;
-    wait_for_port(admin, Duration::from_secs(20))
+    wait_ready(admin, Duration::from_secs(20))
         .map_err(|e| anyhow::anyhow!("{e}\nagent log:\n{}", node.log("agent")))?;
     wait_for_port(SocketAddr::from((node.pod("web-a")?.ip, 8080)), Duration::from_secs(10))?;
     wait_for_port(SocketAddr::from((node.pod("banner-a")?.ip, 7000)), Duration::from_secs(10))?;
@@ -284,7 +284,7 @@ fn killed_agent_leaves_nothing_attached() -> anyhow::Result<()> {
         .args(["--admin", &admin.to_string()])
         .stderr(std::process::Stdio::null())
         .spawn()?;
-    wait_for_port(admin, Duration::from_secs(20))?;
+    wait_ready(admin, Duration::from_secs(20))?;
     let ours = programs_attached_by_agent(&before)?;
     // SIGKILL: no chance to clean up. BPF links die with the process's file descriptors.
     child.kill()?;

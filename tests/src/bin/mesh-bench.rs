@@ -561,7 +561,7 @@ fn start_mesh(node: &mut Node, dir: &Path) -> Result<Contender> {
                 std::env::var_os("MESH_EBPF_OBJECT").unwrap_or_else(|| workspace().join("target/mesh-ebpf.o").into()),
             ),
     )?;
-    wait_for_port(admin, Duration::from_secs(30))
+    wait_ready(admin, Duration::from_secs(30))
         .map_err(|e| anyhow::anyhow!("{e}\nagent log:\n{}", node.log("agent")))?;
     let pid = node.pid("agent").context("agent pid")?;
     Ok(Contender {
