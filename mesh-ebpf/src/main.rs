@@ -190,7 +190,7 @@ fn proxy_listening(ctx: &SockAddrContext, port: u16) -> bool {
     let state = unsafe { (*sk).state };
     // SAFETY: releases the reference the lookup took, exactly once.
     unsafe { bpf_sk_release(sk as *mut _) };
-    state == BPF_TCP_LISTEN as u32
+    state == BPF_TCP_LISTEN
 }
 
 /// Decides whether this connect is an enrolled workload calling a mesh service; if so records

@@ -14,7 +14,7 @@ use std::{
     net::{Ipv4Addr, SocketAddr},
     os::fd::{FromRawFd, OwnedFd},
     process::Command,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use mesh_e2e::*;
@@ -95,13 +95,15 @@ fn answered_by(out: &std::process::Output, backend: &str, path: &str, what: &str
     );
 }
 
-fn kill9(node: &mut Node, label: &str) -> anyhow::Result<()> {
+/// SIGKILL, then reaps it; returns when the kill was sent.
+fn kill9(node: &mut Node, label: &str) -> anyhow::Result<Instant> {
     let pid = node.pid(label).ok_or_else(|| anyhow::anyhow!("no process {label}"))?;
+    let killed = Instant::now();
     // SAFETY: kill(2) on a child we spawned and have not reaped.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     let status = node.wait(label, Duration::from_secs(10))?;
     anyhow::ensure!(!status.success(), "{label} exited by itself: {status}");
-    Ok(())
+    Ok(killed)
 }
 
 #[test]
@@ -161,11 +163,17 @@ fn killed_agent_fails_open_or_closed_as_configured() -> anyhow::Result<()> {
     ready(&node, "agent-1")?;
     let ours = programs_attached_by_agent(&before)?;
     answered_by(&curl(&node, "/mesh-1")?, "web-a", "/mesh-1", "agent-1 running: routed by the mesh");
-    kill9(&mut node, "agent-1")?;
+    let killed = kill9(&mut node, "agent-1")?;
+    let reaped = killed.elapsed();
     wait_until("agent-1's programs to be detached", Duration::from_secs(5), || {
         attached_mesh_program_ids().is_disjoint(&ours)
     })?;
+    let detached = killed.elapsed();
     answered_by(&curl(&node, "/after-kill-1")?, "direct", "/after-kill-1", "agent-1 killed: programs detached");
+    eprintln!(
+        "kill -9: agent reaped {reaped:?}, programs seen detached {detached:?}, first direct answer {:?} after the signal",
+        killed.elapsed()
+    );
     // agent-1's handover socket is left behind; connecting to it is refused, so agent-2 starts cold.
 
     // 2. The links outlive the agent: the programs check for the listener themselves.
