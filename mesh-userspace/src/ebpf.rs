@@ -482,3 +482,23 @@ pub fn netns_cookie_of(fd: &impl AsRawFd) -> std::io::Result<u64> {
     }
     Ok(cookie)
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::ValueEnum;
+
+    use super::FailMode;
+
+    #[test]
+    fn fail_mode_values_are_what_the_programs_read() {
+        use mesh_common::config;
+        // A map the agent has not written yet is zeroed: that must mean the default, open.
+        assert_eq!(config::FAIL_OPEN, 0);
+        assert_eq!(FailMode::default(), FailMode::Open);
+        assert_eq!(FailMode::Open.map_value(), config::FAIL_OPEN);
+        assert_eq!(FailMode::Closed.map_value(), config::FAIL_CLOSED);
+        assert_eq!(FailMode::from_str("closed", false), Ok(FailMode::Closed));
+        assert_eq!(FailMode::from_str("open", false), Ok(FailMode::Open));
+        assert!(FailMode::from_str("half", false).is_err());
+    }
+}

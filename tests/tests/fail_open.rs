@@ -163,6 +163,11 @@ fn killed_agent_fails_open_or_closed_as_configured() -> anyhow::Result<()> {
     ready(&node, "agent-1")?;
     let ours = programs_attached_by_agent(&before)?;
     answered_by(&curl(&node, "/mesh-1")?, "web-a", "/mesh-1", "agent-1 running: routed by the mesh");
+    // The counters are exported (nothing failed open while the agent listens in every pod).
+    let metrics = http_get(admin, "/metrics")?;
+    for name in ["mesh_kernel_connects_fail_open_total", "mesh_kernel_connects_fail_closed_total"] {
+        assert!(metrics.lines().any(|l| l == format!("{name} 0")), "{name} 0 not in /metrics:\n{metrics}");
+    }
     let killed = kill9(&mut node, "agent-1")?;
     let reaped = killed.elapsed();
     wait_until("agent-1's programs to be detached", Duration::from_secs(5), || {
