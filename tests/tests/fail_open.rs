@@ -198,17 +198,23 @@ fn killed_agent_fails_open_or_closed_as_configured() -> anyhow::Result<()> {
 
     // -v: curl names the connect's errno only in its verbose log. EPERM is connect4's refusal;
     // a redirect to the dead listener would be ECONNREFUSED.
-    let out = node.exec("client", &["curl", "-sS", "-v", "--max-time", "5", "http://web:9080/closed"])?;
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(7), "fail closed: curl {}: {err}", out.status);
-    assert!(err.contains("Operation not permitted"), "fail closed: not EPERM from connect4:\n{err}");
-    assert!(percpu_counter(events, fail_closed)? >= 1, "fail-closed connect not counted");
+    // The same through connect6: a dual-stack socket to the IPv4-mapped VIP.
+    let mapped = format!("http://[::ffff:{WEB_VIP}]:9080");
+    for (url, what) in [("http://web:9080/closed".to_owned(), "connect4"), (format!("{mapped}/closed"), "connect6")] {
+        let out = node.exec("client", &["curl", "-sS", "-v", "-g", "--max-time", "5", &url])?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(7), "fail closed ({what}): curl {}: {err}", out.status);
+        assert!(err.contains("Operation not permitted"), "fail closed: not EPERM from {what}:\n{err}");
+    }
+    assert_eq!(percpu_counter(events, fail_closed)?, 2, "fail-closed connects counted");
 
     // What an agent with the default --fail-mode open writes.
     must(&format!("bpftool map update id {config} key 0 0 0 0 value 0 0 0 0"))?;
     let open_before = percpu_counter(events, fail_open)?;
     answered_by(&curl(&node, "/open")?, "direct", "/open", "fail open with the programs attached");
-    assert!(percpu_counter(events, fail_open)? > open_before, "fail-open connect not counted");
+    let out = node.exec("client", &["curl", "-sS", "-g", "--max-time", "5", &format!("{mapped}/open6")])?;
+    answered_by(&out, "direct", "/open6", "fail open through connect6");
+    assert_eq!(percpu_counter(events, fail_open)?, open_before + 2, "fail-open connects counted");
 
     drop(held);
     wait_until("agent-2's programs to be detached", Duration::from_secs(5), || {
