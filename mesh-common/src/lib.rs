@@ -18,6 +18,7 @@ pub const MAP_ORIG_BY_TUPLE: &str = "MESH_ORIG_BY_TUPLE";
 pub const MAP_STATS: &str = "MESH_STATS";
 pub const MAP_EVENT_STATS: &str = "MESH_EVENT_STATS";
 pub const MAP_LOG_LEVEL: &str = "MESH_LOG_LEVEL";
+pub const MAP_CONFIG: &str = "MESH_CONFIG";
 
 pub const PROG_CONNECT4: &str = "mesh_connect4";
 pub const PROG_CONNECT6: &str = "mesh_connect6";
@@ -104,7 +105,27 @@ pub mod events {
     pub const MAP_INSERT_FAILED: u32 = 2;
     /// Any other helper or map failure that ended a program run early.
     pub const PROGRAM_ERROR: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// An enrolled pod connected to a service VIP but nothing listened on the proxy port in its
+    /// network namespace (the agent is dead or the pod's listener is gone); the connect went to
+    /// its original destination (fail open, [`config::FAIL_OPEN`]).
+    pub const FAIL_OPEN: u32 = 4;
+    /// The same, with [`config::FAIL_CLOSED`]: the connect was refused (EPERM).
+    pub const FAIL_CLOSED: u32 = 5;
+    pub const COUNT: u32 = 6;
+}
+
+/// Per-node settings the programs read from `MESH_CONFIG` (an array map of `u32`, written by the
+/// agent at start). A zeroed map (before the agent has written it) means the defaults.
+pub mod config {
+    /// Index of the fail mode: what connect4/6 do when a VIP connect should be redirected but no
+    /// socket listens at the redirect target in the caller's network namespace.
+    pub const FAIL_MODE: u32 = 0;
+    pub const COUNT: u32 = 1;
+    /// Leave the connect to its original destination (kube-proxy / the CNI serves the VIP,
+    /// outside the mesh). The default, and the map's initial value.
+    pub const FAIL_OPEN: u32 = 0;
+    /// Refuse the connect (`connect()` fails with EPERM) rather than bypass the mesh's policy.
+    pub const FAIL_CLOSED: u32 = 1;
 }
 
 /// The level the kernel programs log at, in `MESH_LOG_LEVEL[0]` (an array map the agent writes at

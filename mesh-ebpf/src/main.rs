@@ -18,15 +18,20 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_TCP_CONNECT_CB},
-    helpers::{bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie},
+    bindings::{
+        bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, BPF_F_CURRENT_NETNS,
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_LISTEN,
+    },
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_sk_lookup_tcp, bpf_sk_release,
+    },
     macros::{cgroup_sock_addr, map, sock_ops},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::{SockAddrContext, SockOpsContext},
 };
 use aya_log_ebpf::debug;
 use mesh_common::{
-    events, log_level, stats, Enrollment, OriginalDst, ServiceKey, ServiceValue, TupleKey, LOOPBACK_V4_BE,
+    config, events, log_level, stats, Enrollment, OriginalDst, ServiceKey, ServiceValue, TupleKey, LOOPBACK_V4_BE,
     MAX_CONNECTIONS, MAX_SERVICES, MAX_WORKLOADS, PROXY_OUTBOUND_PORT,
 };
 
@@ -55,6 +60,10 @@ static MESH_EVENT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(events
 /// the switch; an array lookup is what the verifier inlines into a few instructions.
 #[map(name = "MESH_LOG_LEVEL")]
 static MESH_LOG_LEVEL: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Per-node settings (`mesh_common::config`), written by the agent; zero is the default.
+#[map(name = "MESH_CONFIG")]
+static MESH_CONFIG: Array<u32> = Array::with_max_entries(config::COUNT, 0);
 
 #[inline(always)]
 fn bump(map: &PerCpuArray<u64>, idx: u32) {
@@ -86,11 +95,25 @@ fn log_on(level: u32) -> bool {
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
 
+/// What connect4/6 do with a connect.
+enum Verdict {
+    /// Leave it alone: not an enrolled pod calling a mesh service, a map failure, or fail open.
+    Pass,
+    /// Rewrite the destination to 127.0.0.1 and this port (network order, as `user_port` holds it).
+    Redirect(u32),
+    /// Fail closed: the redirect target has no listener and the node is configured to refuse.
+    Refuse,
+}
+
 #[cgroup_sock_addr(connect4)]
 pub fn mesh_connect4(ctx: SockAddrContext) -> i32 {
-    // Returning 1 always lets the connect proceed; a mesh bug must never turn into a failed connect.
-    let _ = try_connect4(&ctx);
-    1
+    // 1 lets the connect proceed, 0 makes it fail with EPERM. Only a configured fail-closed
+    // refuses; any other failure of the program leaves the connect alone, so a mesh bug never
+    // turns into a failed connect.
+    match try_connect4(&ctx) {
+        Ok(Verdict::Refuse) => 0,
+        _ => 1,
+    }
 }
 
 /// Dual-stack sockets (Java, some Node.js setups) reach IPv4 VIPs as `::ffff:a.b.c.d`; those are
@@ -98,46 +121,84 @@ pub fn mesh_connect4(ctx: SockAddrContext) -> i32 {
 /// Native IPv6 service VIPs are not captured.
 #[cgroup_sock_addr(connect6)]
 pub fn mesh_connect6(ctx: SockAddrContext) -> i32 {
-    let _ = try_connect6(&ctx);
-    1
+    match try_connect6(&ctx) {
+        Ok(Verdict::Refuse) => 0,
+        _ => 1,
+    }
 }
 
 #[inline(always)]
-fn try_connect6(ctx: &SockAddrContext) -> Result<(), ()> {
+fn try_connect6(ctx: &SockAddrContext) -> Result<Verdict, ()> {
     // SAFETY: the kernel passes a valid, exclusively owned bpf_sock_addr for the program's run.
     let sa = unsafe { &mut *ctx.sock_addr };
     if sa.user_family != AF_INET6 {
-        return Ok(());
+        return Ok(Verdict::Pass);
     }
     let (w0, w1, w2, w3) = (sa.user_ip6[0], sa.user_ip6[1], sa.user_ip6[2], sa.user_ip6[3]);
     if w0 != 0 || w1 != 0 || w2 != 0xffffu32.to_be() {
-        return Ok(());
+        return Ok(Verdict::Pass);
     }
-    if let Some(port) = redirect(ctx, w3, sa.user_port)? {
+    let verdict = redirect(ctx, w3, sa.user_port)?;
+    if let Verdict::Redirect(port) = verdict {
         sa.user_ip6[3] = LOOPBACK_V4_BE;
         sa.user_port = port;
     }
-    Ok(())
+    Ok(verdict)
 }
 
 #[inline(always)]
-fn try_connect4(ctx: &SockAddrContext) -> Result<(), ()> {
+fn try_connect4(ctx: &SockAddrContext) -> Result<Verdict, ()> {
     // SAFETY: the kernel passes a valid, exclusively owned bpf_sock_addr for the program's run.
     let sa = unsafe { &mut *ctx.sock_addr };
     if sa.user_family != AF_INET {
-        return Ok(());
+        return Ok(Verdict::Pass);
     }
-    if let Some(port) = redirect(ctx, sa.user_ip4, sa.user_port)? {
+    let verdict = redirect(ctx, sa.user_ip4, sa.user_port)?;
+    if let Verdict::Redirect(port) = verdict {
         sa.user_ip4 = LOOPBACK_V4_BE;
         sa.user_port = port;
     }
-    Ok(())
+    Ok(verdict)
+}
+
+/// Whether a TCP socket listens on 127.0.0.1:`port` (host order) in the caller's network
+/// namespace: the node proxy's in-pod listener, which is closed when the agent dies. The lookup
+/// takes a reference on the socket it finds, released here on every path.
+#[inline(always)]
+fn proxy_listening(ctx: &SockAddrContext, port: u16) -> bool {
+    // SAFETY: an all-zero bpf_sock_tuple is a valid value (plain integers in a union).
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    // Remote 0.0.0.0:0 matches no established socket, so the lookup can only find a listener.
+    tuple.__bindgen_anon_1.ipv4.daddr = LOOPBACK_V4_BE;
+    tuple.__bindgen_anon_1.ipv4.dport = port.to_be();
+    // SAFETY: the context pointer is the program's own; the tuple is a live stack value of the
+    // size passed (its IPv4 member: the helper picks the family from the size); BPF_F_CURRENT_NETNS
+    // looks in the connecting socket's netns; flags must be 0.
+    let sk = unsafe {
+        bpf_sk_lookup_tcp(
+            ctx.sock_addr as *mut _,
+            &mut tuple,
+            core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32,
+            BPF_F_CURRENT_NETNS as u32 as u64,
+            0,
+        )
+    };
+    if sk.is_null() {
+        return false;
+    }
+    // SAFETY: non-null: a referenced bpf_sock the verifier lets us read until it is released.
+    let state = unsafe { (*sk).state };
+    // SAFETY: releases the reference the lookup took, exactly once.
+    unsafe { bpf_sk_release(sk as *mut _) };
+    state == BPF_TCP_LISTEN
 }
 
 /// Decides whether this connect is an enrolled workload calling a mesh service; if so records
 /// the original destination and returns the proxy port (as `user_port` wants it, network order).
+/// With no listener there (the agent is dead, or the pod's listener is gone) a redirect would be
+/// refused by the kernel: the node's fail mode decides between the original destination and EPERM.
 #[inline(always)]
-fn redirect(ctx: &SockAddrContext, dst_ip: u32, user_port: u32) -> Result<Option<u32>, ()> {
+fn redirect(ctx: &SockAddrContext, dst_ip: u32, user_port: u32) -> Result<Verdict, ()> {
     count(stats::CONNECT_SEEN);
     // SAFETY: helper without arguments, allowed for cgroup sock_addr programs.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
@@ -145,7 +206,7 @@ fn redirect(ctx: &SockAddrContext, dst_ip: u32, user_port: u32) -> Result<Option
     // program runs (RCU).
     let enrollment = match unsafe { MESH_ENROLLED.get(cgroup_id) } {
         Some(e) => *e,
-        None => return Ok(None),
+        None => return Ok(Verdict::Pass),
     };
     let dst_port = u16::from_be(user_port as u16);
     let key = ServiceKey { ip4: dst_ip, port: dst_port, _pad: 0 };
@@ -163,9 +224,36 @@ fn redirect(ctx: &SockAddrContext, dst_ip: u32, user_port: u32) -> Result<Option
                     cgroup_id
                 );
             }
-            return Ok(None);
+            return Ok(Verdict::Pass);
         }
     };
+    if !proxy_listening(ctx, enrollment.proxy_port) {
+        // Checked before the record is written: a fail-open connect leaves nothing behind.
+        let closed = MESH_CONFIG.get(config::FAIL_MODE).is_some_and(|m| *m == config::FAIL_CLOSED);
+        event(if closed { events::FAIL_CLOSED } else { events::FAIL_OPEN });
+        if log_on(log_level::DEBUG) {
+            if closed {
+                debug!(
+                    ctx,
+                    "no node proxy listening on 127.0.0.1:{}: connect to {:i}:{} refused (fail closed) cgroup={}",
+                    enrollment.proxy_port,
+                    u32::from_be(dst_ip),
+                    dst_port,
+                    cgroup_id
+                );
+            } else {
+                debug!(
+                    ctx,
+                    "no node proxy listening on 127.0.0.1:{}: connect to {:i}:{} not redirected (fail open) cgroup={}",
+                    enrollment.proxy_port,
+                    u32::from_be(dst_ip),
+                    dst_port,
+                    cgroup_id
+                );
+            }
+        }
+        return Ok(if closed { Verdict::Refuse } else { Verdict::Pass });
+    }
     // SAFETY: ctx.sock_addr is the program's valid context pointer, which this helper takes.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut _) };
     let orig = OriginalDst {
@@ -201,7 +289,7 @@ fn redirect(ctx: &SockAddrContext, dst_ip: u32, user_port: u32) -> Result<Option
             cgroup_id
         );
     }
-    Ok(Some(enrollment.proxy_port.to_be() as u32))
+    Ok(Verdict::Redirect(enrollment.proxy_port.to_be() as u32))
 }
 
 #[sock_ops]

@@ -86,6 +86,12 @@ pub struct AgentArgs {
     /// then it listens here itself for its own successor.
     #[arg(long, default_value = handover::DEFAULT_SOCKET)]
     pub handover_socket: PathBuf,
+    /// What an enrolled pod's connect to a service VIP does when no node proxy listens in the
+    /// pod (the agent is down, or the pod's listener is gone): `open` sends it to its original
+    /// destination, outside the mesh; `closed` refuses it (EPERM). Checked by the kernel on every
+    /// such connect; the last agent started on the node decides.
+    #[arg(long, value_enum, default_value_t = ebpf::FailMode::Open)]
+    pub fail_mode: ebpf::FailMode,
 }
 
 /// How often enrollments that failed (a pod's netns vanished between discovery and setns, say)
@@ -131,6 +137,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let kernel_level = crate::ebpf_log::level_from_tracing();
     bpf.set_log_level(kernel_level)?;
     tracing::debug!(level = kernel_level, "eBPF log level set");
+    bpf.set_fail_mode(args.fail_mode)?;
     // SAFETY: malloc_trim has no preconditions. Loading parsed the kernel's BTF (megabytes, now freed); return it.
     unsafe { libc::malloc_trim(0) };
     let client = match args.kubernetes {
@@ -782,6 +789,8 @@ async fn serve_admin(state: Arc<ProxyState>, bpf: Arc<MeshEbpf>, ready: Arc<Atom
                                 ("mesh_kernel_orig_dst_missing_total", k.orig_dst_missing),
                                 ("mesh_kernel_map_insert_failures_total", k.map_insert_failures),
                                 ("mesh_kernel_program_errors_total", k.program_errors),
+                                ("mesh_kernel_connects_fail_open_total", k.connects_fail_open),
+                                ("mesh_kernel_connects_fail_closed_total", k.connects_fail_closed),
                             ])))
                         }
                         _ => {

@@ -24,8 +24,8 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use mesh_common::{
-    Enrollment, OriginalDst, ServiceKey, ServiceValue, TupleKey, MAP_ENROLLED, MAP_EVENT_STATS, MAP_LOG_LEVEL,
-    MAP_ORIG_BY_TUPLE, MAP_SERVICES, MAP_STATS, PROG_CONNECT4, PROG_CONNECT6, PROG_SOCK_OPS,
+    Enrollment, OriginalDst, ServiceKey, ServiceValue, TupleKey, MAP_CONFIG, MAP_ENROLLED, MAP_EVENT_STATS,
+    MAP_LOG_LEVEL, MAP_ORIG_BY_TUPLE, MAP_SERVICES, MAP_STATS, PROG_CONNECT4, PROG_CONNECT6, PROG_SOCK_OPS,
 };
 use thiserror::Error;
 
@@ -65,10 +65,12 @@ pub enum EbpfError {
 
 /// Version of the maps' names and key/value layouts (mesh-common). A successor adopts the
 /// predecessor's maps and links only when this matches; bump it whenever a map changes.
-pub const MAP_LAYOUT: u32 = 1;
+/// 2: `MESH_CONFIG` (fail mode) added, `MESH_EVENT_STATS` grew the fail-open/closed counters.
+pub const MAP_LAYOUT: u32 = 2;
 
 /// The maps the agent reads and writes (the programs hold the others).
-const USER_MAPS: [&str; 6] = [MAP_ENROLLED, MAP_SERVICES, MAP_ORIG_BY_TUPLE, MAP_STATS, MAP_EVENT_STATS, MAP_LOG_LEVEL];
+const USER_MAPS: [&str; 7] =
+    [MAP_ENROLLED, MAP_SERVICES, MAP_ORIG_BY_TUPLE, MAP_STATS, MAP_EVENT_STATS, MAP_LOG_LEVEL, MAP_CONFIG];
 
 // enum bpf_attach_type (include/uapi/linux/bpf.h).
 const BPF_CGROUP_SOCK_OPS: u32 = 3;
@@ -151,6 +153,33 @@ pub struct KernelStats {
     pub orig_dst_missing: u64,
     pub map_insert_failures: u64,
     pub program_errors: u64,
+    /// Enrolled pods' VIP connects with no listener at the redirect target, left to their
+    /// original destination (fail open).
+    pub connects_fail_open: u64,
+    /// The same, refused because the node is configured to fail closed.
+    pub connects_fail_closed: u64,
+}
+
+/// What the programs do with an enrolled pod's connect to a service VIP when nothing listens at
+/// the redirect target in the pod (the agent is dead, or the pod's listener is gone).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum FailMode {
+    /// The connect goes to its original destination, outside the mesh (kube-proxy or the CNI
+    /// serves the VIP on a cluster).
+    #[default]
+    Open,
+    /// The connect fails (EPERM) rather than bypass the mesh's routing and policy.
+    Closed,
+}
+
+impl FailMode {
+    /// The value the programs read (`mesh_common::config`).
+    fn map_value(self) -> u32 {
+        match self {
+            FailMode::Open => mesh_common::config::FAIL_OPEN,
+            FailMode::Closed => mesh_common::config::FAIL_CLOSED,
+        }
+    }
 }
 
 pub struct MeshEbpf {
@@ -166,6 +195,7 @@ pub struct MeshEbpf {
     stats: PerCpuArray<MapData, u64>,
     event_stats: PerCpuArray<MapData, u64>,
     log_level: Mutex<Array<MapData, u32>>,
+    config: Mutex<Array<MapData, u32>>,
     /// Taken by [`MeshEbpf::forward_kernel_logs`].
     logger: Mutex<Option<EbpfLogger<Forwarder>>>,
     names: Arc<Mutex<PodNames>>,
@@ -234,7 +264,7 @@ impl MeshEbpf {
             let map = match name {
                 MAP_ORIG_BY_TUPLE => Map::LruHashMap(data),
                 MAP_STATS | MAP_EVENT_STATS => Map::PerCpuArray(data),
-                MAP_LOG_LEVEL => Map::Array(data),
+                MAP_LOG_LEVEL | MAP_CONFIG => Map::Array(data),
                 _ => Map::HashMap(data),
             };
             typed.insert(name, map);
@@ -270,6 +300,8 @@ impl MeshEbpf {
             .map_err(|source| EbpfError::Map { name: MAP_EVENT_STATS, source: source.into() })?;
         let log_level = Array::try_from(take(MAP_LOG_LEVEL)?)
             .map_err(|source| EbpfError::Map { name: MAP_LOG_LEVEL, source: source.into() })?;
+        let config = Array::try_from(take(MAP_CONFIG)?)
+            .map_err(|source| EbpfError::Map { name: MAP_CONFIG, source: source.into() })?;
         Ok(MeshEbpf {
             bpf: None,
             links,
@@ -280,6 +312,7 @@ impl MeshEbpf {
             stats,
             event_stats,
             log_level: Mutex::new(log_level),
+            config: Mutex::new(config),
             logger: Mutex::new(logger),
             names,
             cgroup_root: cgroup_root.to_path_buf(),
@@ -306,6 +339,14 @@ impl MeshEbpf {
         lock(&self.log_level)
             .set(0, level, 0)
             .map_err(|source| EbpfError::Map { name: MAP_LOG_LEVEL, source: source.into() })
+    }
+
+    /// Sets the node's fail mode; takes effect on the next connect. A successor that adopted the
+    /// maps writes its own setting, so the last agent started decides.
+    pub fn set_fail_mode(&self, mode: FailMode) -> Result<(), EbpfError> {
+        lock(&self.config)
+            .set(mesh_common::config::FAIL_MODE, mode.map_value(), 0)
+            .map_err(|source| EbpfError::Map { name: MAP_CONFIG, source: source.into() })
     }
 
     /// Starts the task that forwards the kernel's log records into `tracing` (see
@@ -402,6 +443,8 @@ impl MeshEbpf {
             orig_dst_missing: sum(&self.event_stats, events::ORIG_DST_MISSING),
             map_insert_failures: sum(&self.event_stats, events::MAP_INSERT_FAILED),
             program_errors: sum(&self.event_stats, events::PROGRAM_ERROR),
+            connects_fail_open: sum(&self.event_stats, events::FAIL_OPEN),
+            connects_fail_closed: sum(&self.event_stats, events::FAIL_CLOSED),
         }
     }
 
@@ -438,4 +481,24 @@ pub fn netns_cookie_of(fd: &impl AsRawFd) -> std::io::Result<u64> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(cookie)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::ValueEnum;
+
+    use super::FailMode;
+
+    #[test]
+    fn fail_mode_values_are_what_the_programs_read() {
+        use mesh_common::config;
+        // A map the agent has not written yet is zeroed: that must mean the default, open.
+        assert_eq!(config::FAIL_OPEN, 0);
+        assert_eq!(FailMode::default(), FailMode::Open);
+        assert_eq!(FailMode::Open.map_value(), config::FAIL_OPEN);
+        assert_eq!(FailMode::Closed.map_value(), config::FAIL_CLOSED);
+        assert_eq!(FailMode::from_str("closed", false), Ok(FailMode::Closed));
+        assert_eq!(FailMode::from_str("open", false), Ok(FailMode::Open));
+        assert!(FailMode::from_str("half", false).is_err());
+    }
 }
