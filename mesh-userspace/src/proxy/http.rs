@@ -164,7 +164,7 @@ pub async fn handle(
         }
         Decision::Forward(fwd) => {
             let cluster = fwd.cluster.clone();
-            (forward(&state, &source, fwd, req).await, Some(cluster))
+            (forward(&state, &source, *fwd, req).await, Some(cluster))
         }
     };
     let dst = cluster.as_ref().map_or("-", |c| c.service.name.as_str());

@@ -54,7 +54,9 @@ impl RequestInfo<'_> {
 
 #[derive(Debug)]
 pub enum Decision {
-    Forward(Forward),
+    // Boxed (clippy's large_enum_variant): a Forward is ~310 bytes, the other variants ~30,
+    // and every Decision would be that large; the cost is one allocation per routed request.
+    Forward(Box<Forward>),
     Redirect { status: u16, location: String },
     NoRoute { reason: String },
 }
@@ -259,6 +261,9 @@ pub struct GatewayListener {
     pub hosts: Vec<String>,
 }
 
+/// A service's ports, each with its plain Kubernetes cluster (all endpoints).
+pub(crate) type PortClusters = Vec<(u16, Arc<Cluster>)>;
+
 /// The compiled routing state. Immutable; swapped whole on reload.
 #[derive(Debug, Default)]
 pub struct RouteTable {
@@ -270,7 +275,7 @@ pub struct RouteTable {
     /// VirtualServices bound to Gateways.
     pub(crate) gateway_vs: Vec<Arc<CompiledVs>>,
     /// Plain Kubernetes clusters: namespace → service → (port, all endpoints round robin).
-    pub(crate) defaults: HashMap<String, HashMap<String, Vec<(u16, Arc<Cluster>)>>>,
+    pub(crate) defaults: HashMap<String, HashMap<String, PortClusters>>,
     pub(crate) default_retries: Arc<RetryPolicy>,
     pub(crate) gateways: Vec<GatewayListener>,
     /// Things `mesh validate` reports that do not stop the config from applying.
@@ -358,7 +363,7 @@ impl RouteTable {
         let Some(vs) = self.virtual_service(req) else {
             return match req.context {
                 Context::Mesh { service, port } => match self.default_cluster(service, port) {
-                    Some(c) => Decision::Forward(Forward {
+                    Some(c) => Decision::Forward(Box::new(Forward {
                         virtual_service: None,
                         rule: None,
                         cluster: c.clone(),
@@ -369,7 +374,7 @@ impl RouteTable {
                         request_headers: HeaderOps::default(),
                         response_headers: HeaderOps::default(),
                         mirror: None,
-                    }),
+                    })),
                     None => Decision::NoRoute { reason: format!("service {} has no port {port}", service.name) },
                 },
                 Context::Gateway { name, .. } => Decision::NoRoute {
@@ -430,7 +435,7 @@ impl RouteTable {
             matched_prefix: matched.and_then(|m| m.uri_prefix()).map(str::to_owned),
             authority: rule.rewrite_authority.clone(),
         });
-        Decision::Forward(Forward {
+        Decision::Forward(Box::new(Forward {
             virtual_service: Some(vs.key.clone()),
             rule: Some(index),
             cluster: cluster.clone(),
@@ -449,7 +454,7 @@ impl RouteTable {
                 rule.response_headers.merged(&dest.response_headers)
             },
             mirror,
-        })
+        }))
     }
 
     pub fn route_tcp<R: Rng + ?Sized>(
