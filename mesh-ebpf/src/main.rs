@@ -86,8 +86,13 @@ fn log_on(level: u32) -> bool {
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
 
+// The program entry points are not `pub`: aya's program macros drop their doc attributes, so a
+// `pub fn` would trip `missing_docs`, and `#[no_mangle]` (which the macros add) exports the
+// symbol whatever its visibility.
+
+/// IPv4 connects of enrolled pods to a service VIP:port go to the in-pod proxy listener.
 #[cgroup_sock_addr(connect4)]
-pub fn mesh_connect4(ctx: SockAddrContext) -> i32 {
+fn mesh_connect4(ctx: SockAddrContext) -> i32 {
     // Returning 1 always lets the connect proceed; a mesh bug must never turn into a failed connect.
     let _ = try_connect4(&ctx);
     1
@@ -97,7 +102,7 @@ pub fn mesh_connect4(ctx: SockAddrContext) -> i32 {
 /// redirected to `::ffff:127.0.0.1`, which the kernel hands to the proxy's IPv4 listener.
 /// Native IPv6 service VIPs are not captured.
 #[cgroup_sock_addr(connect6)]
-pub fn mesh_connect6(ctx: SockAddrContext) -> i32 {
+fn mesh_connect6(ctx: SockAddrContext) -> i32 {
     let _ = try_connect6(&ctx);
     1
 }
@@ -204,8 +209,10 @@ fn redirect(ctx: &SockAddrContext, dst_ip: u32, user_port: u32) -> Result<Option
     Ok(Some(enrollment.proxy_port.to_be() as u32))
 }
 
+/// Moves a redirected connection's original destination to the key the proxy computes from
+/// `accept()`, once the connection is established.
 #[sock_ops]
-pub fn mesh_sock_ops(ctx: SockOpsContext) -> u32 {
+fn mesh_sock_ops(ctx: SockOpsContext) -> u32 {
     let op = ctx.op();
     if op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
         let _ = try_established(&ctx);

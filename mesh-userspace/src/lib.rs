@@ -1,18 +1,35 @@
 //! The node agent of a sidecarless service mesh: eBPF loader and enrollment (`ebpf`, `inpod`,
 //! `agent`), the node proxy (`proxy`), the pure routing engine (`routing`) compiled from Istio
 //! YAML (`config`) and a service registry (`registry`).
+// `missing_docs` (workspace lint, denied by `cargo xtask lint`) holds every public item to a doc
+// comment. The modules allowed below predate it and are not fully documented yet (issue 16):
+// document one, then remove its allow.
+#[allow(missing_docs)]
 pub mod admission;
+#[allow(missing_docs)]
 pub mod agent;
+#[allow(missing_docs)]
 pub mod cli_routing;
+#[allow(missing_docs)]
 pub mod config;
+#[allow(missing_docs)]
 pub mod discovery;
+#[allow(missing_docs)]
 pub mod drain;
+#[allow(missing_docs)]
 pub mod ebpf;
+#[allow(missing_docs)]
 pub mod ebpf_log;
+#[allow(missing_docs)]
 pub mod handover;
+#[allow(missing_docs)]
 pub mod inpod;
+#[allow(missing_docs)]
 pub mod metrics;
+#[allow(missing_docs)]
 pub mod proxy;
+#[allow(missing_docs)]
 pub mod registry;
 pub mod reload;
+#[allow(missing_docs)]
 pub mod routing;
