@@ -10,7 +10,6 @@ pub mod admission;
 pub mod agent;
 #[allow(missing_docs)]
 pub mod cli_routing;
-#[allow(missing_docs)]
 pub mod config;
 #[allow(missing_docs)]
 pub mod discovery;
@@ -26,10 +25,8 @@ pub mod handover;
 pub mod inpod;
 #[allow(missing_docs)]
 pub mod metrics;
-#[allow(missing_docs)]
 pub mod proxy;
 #[allow(missing_docs)]
 pub mod registry;
 pub mod reload;
-#[allow(missing_docs)]
 pub mod routing;
