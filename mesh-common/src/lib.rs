@@ -108,9 +108,9 @@ pub struct TupleKey {
 
 /// Indexes of the per-CPU counters in the stats array map.
 pub mod stats {
-    /// connect4 ran for an enrolled pod.
+    /// connect4/6 ran for an IPv4 (or IPv4-mapped) destination, from any process, enrolled or not.
     pub const CONNECT_SEEN: u32 = 0;
-    /// connect4 rewrote the destination to the proxy.
+    /// connect4/6 rewrote the destination to the proxy.
     pub const CONNECT_REDIRECTED: u32 = 1;
     /// sock_ops moved an original destination to its tuple key.
     pub const ESTABLISHED_INDEXED: u32 = 2;
