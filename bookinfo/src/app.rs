@@ -306,7 +306,7 @@ pub fn page_html(
     match details {
         Some(d) => {
             for k in ["type", "pages", "publisher", "language", "ISBN-10", "ISBN-13"] {
-                h += &format!("<dt>{k}</dt><dd>{}</dd>\n", escape(&d[k].to_string().trim_matches('"').to_owned()));
+                h += &format!("<dt>{k}</dt><dd>{}</dd>\n", escape(d[k].to_string().trim_matches('"')));
             }
         }
         None => h += &format!("<p>{DETAILS_UNAVAILABLE}</p>\n"),

@@ -11,33 +11,48 @@ pub const PROXY_OUTBOUND_PORT: u16 = 15001;
 /// 127.0.0.1 in network byte order, as a sock_addr program writes it into `user_ip4`.
 pub const LOOPBACK_V4_BE: u32 = u32::from_be_bytes([127, 0, 0, 1]).to_be();
 
+/// Map name: cgroup v2 id → [`Enrollment`] of every pod whose connects are redirected.
 pub const MAP_ENROLLED: &str = "MESH_ENROLLED";
+/// Map name: [`ServiceKey`] (VIP:port) → [`ServiceValue`], the destinations connect4 redirects.
 pub const MAP_SERVICES: &str = "MESH_SERVICES";
+/// Map name: socket cookie → [`OriginalDst`], written by connect4, moved by sock_ops.
 pub const MAP_ORIG_BY_COOKIE: &str = "MESH_ORIG_BY_COOKIE";
+/// Map name: [`TupleKey`] → [`OriginalDst`], what the proxy reads (and deletes) per accepted connection.
 pub const MAP_ORIG_BY_TUPLE: &str = "MESH_ORIG_BY_TUPLE";
+/// Map name: per-CPU counters indexed by [`stats`].
 pub const MAP_STATS: &str = "MESH_STATS";
+/// Map name: per-CPU counters indexed by [`events`].
 pub const MAP_EVENT_STATS: &str = "MESH_EVENT_STATS";
+/// Map name: one-entry array holding the [`log_level`] the programs log at.
 pub const MAP_LOG_LEVEL: &str = "MESH_LOG_LEVEL";
+/// Map name: per-node settings the programs read, indexed by [`config`].
 pub const MAP_CONFIG: &str = "MESH_CONFIG";
 
+/// Program name: the `cgroup/connect4` redirect.
 pub const PROG_CONNECT4: &str = "mesh_connect4";
+/// Program name: the `cgroup/connect6` program (IPv4-mapped destinations).
 pub const PROG_CONNECT6: &str = "mesh_connect6";
+/// Program name: the `sock_ops` program that re-keys original destinations by tuple.
 pub const PROG_SOCK_OPS: &str = "mesh_sock_ops";
 
 /// Capacity of the per-connection maps; LRU so a burst of connections that the proxy never reads
 /// (a client that connects and dies) cannot exhaust them.
 pub const MAX_CONNECTIONS: u32 = 65536;
+/// Capacity of the enrollment map: pods per node.
 pub const MAX_WORKLOADS: u32 = 4096;
+/// Capacity of the service map: captured VIP:port pairs.
 pub const MAX_SERVICES: u32 = 65536;
 
 /// Value of the enrollment map, keyed by the pod's cgroup v2 id (`u64`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Enrollment {
-    /// Agent-assigned workload id, echoed into [`OriginalDst`] so the proxy can cross-check identity.
+    /// Agent-assigned workload id, copied into [`OriginalDst`]. The proxy does not use it: the source
+    /// workload is the in-pod listener that accepted the connection.
     pub workload_id: u32,
     /// Port (host order) of the proxy listener in this workload's network namespace.
     pub proxy_port: u16,
+    /// Explicit padding, always 0.
     pub _pad: u16,
 }
 
@@ -49,12 +64,15 @@ pub struct ServiceKey {
     pub ip4: u32,
     /// Host byte order.
     pub port: u16,
+    /// Explicit padding, always 0.
     pub _pad: u16,
 }
 
+/// Value of the service map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServiceValue {
+    /// Agent-assigned id, copied into [`OriginalDst`] and the redirect log event.
     pub service_id: u32,
 }
 
@@ -66,8 +84,11 @@ pub struct OriginalDst {
     pub ip4: u32,
     /// Host byte order.
     pub port: u16,
+    /// Explicit padding, always 0.
     pub _pad: u16,
+    /// [`Enrollment::workload_id`] of the connecting pod.
     pub workload_id: u32,
+    /// [`ServiceValue::service_id`] of the destination.
     pub service_id: u32,
 }
 
@@ -77,19 +98,25 @@ pub struct OriginalDst {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TupleKey {
+    /// Cookie of the network namespace the connection lives in (`SO_NETNS_COOKIE` of the listener).
     pub netns_cookie: u64,
     /// Client address, network byte order.
     pub src_ip4: u32,
     /// Client port, host byte order.
     pub src_port: u16,
+    /// Explicit padding, always 0.
     pub _pad: u16,
 }
 
 /// Indexes of the per-CPU counters in the stats array map.
 pub mod stats {
+    /// connect4/6 ran for an IPv4 (or IPv4-mapped) destination, from any process, enrolled or not.
     pub const CONNECT_SEEN: u32 = 0;
+    /// connect4/6 rewrote the destination to the proxy.
     pub const CONNECT_REDIRECTED: u32 = 1;
+    /// sock_ops moved an original destination to its tuple key.
     pub const ESTABLISHED_INDEXED: u32 = 2;
+    /// Number of counters (the map's size).
     pub const COUNT: u32 = 3;
 }
 
@@ -111,6 +138,7 @@ pub mod events {
     pub const FAIL_OPEN: u32 = 4;
     /// The same, with [`config::FAIL_CLOSED`]: the connect was refused (EPERM).
     pub const FAIL_CLOSED: u32 = 5;
+    /// Number of counters (the map's size).
     pub const COUNT: u32 = 6;
 }
 
@@ -120,6 +148,7 @@ pub mod config {
     /// Index of the fail mode: what connect4/6 do when a VIP connect should be redirected but no
     /// socket listens at the redirect target in the caller's network namespace.
     pub const FAIL_MODE: u32 = 0;
+    /// Number of settings (the map's size).
     pub const COUNT: u32 = 1;
     /// Leave the connect to its original destination (kube-proxy / the CNI serves the VIP,
     /// outside the mesh). The default, and the map's initial value.
@@ -131,21 +160,34 @@ pub mod config {
 /// The level the kernel programs log at, in `MESH_LOG_LEVEL[0]` (an array map the agent writes at
 /// run time). Same numbering as aya-log's `Level`; 0 means off, which is the map's initial value.
 pub mod log_level {
+    /// No events (the default).
     pub const OFF: u32 = 0;
+    /// Errors only.
     pub const ERROR: u32 = 1;
+    /// Warnings and above.
     pub const WARN: u32 = 2;
+    /// Info and above.
     pub const INFO: u32 = 3;
+    /// Debug and above: every event the programs have.
     pub const DEBUG: u32 = 4;
+    /// Everything.
     pub const TRACE: u32 = 5;
 }
 
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
-    // SAFETY: all of these are repr(C), Copy, contain no pointers and have explicit padding fields.
+    // aya::Pod promises that any byte pattern is a valid value and that the type has no
+    // uninitialised bytes: each type below is repr(C), Copy, holds only integers (no pointers,
+    // no bool/enum niches) and names its padding as `_pad` fields.
+    // SAFETY: repr(C) u32 + u16 + u16 `_pad`: integers only, no implicit padding.
     unsafe impl aya::Pod for Enrollment {}
+    // SAFETY: repr(C) u32 + u16 + u16 `_pad`: integers only, no implicit padding.
     unsafe impl aya::Pod for ServiceKey {}
+    // SAFETY: repr(C) single u32.
     unsafe impl aya::Pod for ServiceValue {}
+    // SAFETY: repr(C) u32 + u16 + u16 `_pad` + u32 + u32: integers only, no implicit padding.
     unsafe impl aya::Pod for OriginalDst {}
+    // SAFETY: repr(C) u64 + u32 + u16 + u16 `_pad` (16 bytes, 8-aligned): no implicit padding.
     unsafe impl aya::Pod for TupleKey {}
 }

@@ -105,8 +105,13 @@ enum Verdict {
     Refuse,
 }
 
+// The program entry points are not `pub`: aya's program macros drop their doc attributes, so a
+// `pub fn` would trip `missing_docs`, and `#[no_mangle]` (which the macros add) exports the
+// symbol whatever its visibility.
+
+/// IPv4 connects of enrolled pods to a service VIP:port go to the in-pod proxy listener.
 #[cgroup_sock_addr(connect4)]
-pub fn mesh_connect4(ctx: SockAddrContext) -> i32 {
+fn mesh_connect4(ctx: SockAddrContext) -> i32 {
     // 1 lets the connect proceed, 0 makes it fail with EPERM. Only a configured fail-closed
     // refuses; any other failure of the program leaves the connect alone, so a mesh bug never
     // turns into a failed connect.
@@ -120,7 +125,7 @@ pub fn mesh_connect4(ctx: SockAddrContext) -> i32 {
 /// redirected to `::ffff:127.0.0.1`, which the kernel hands to the proxy's IPv4 listener.
 /// Native IPv6 service VIPs are not captured.
 #[cgroup_sock_addr(connect6)]
-pub fn mesh_connect6(ctx: SockAddrContext) -> i32 {
+fn mesh_connect6(ctx: SockAddrContext) -> i32 {
     match try_connect6(&ctx) {
         Ok(Verdict::Refuse) => 0,
         _ => 1,
@@ -292,8 +297,10 @@ fn redirect(ctx: &SockAddrContext, dst_ip: u32, user_port: u32) -> Result<Verdic
     Ok(Verdict::Redirect(enrollment.proxy_port.to_be() as u32))
 }
 
+/// Moves a redirected connection's original destination to the key the proxy computes from
+/// `accept()`, once the connection is established.
 #[sock_ops]
-pub fn mesh_sock_ops(ctx: SockOpsContext) -> u32 {
+fn mesh_sock_ops(ctx: SockOpsContext) -> u32 {
     let op = ctx.op();
     if op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
         let _ = try_established(&ctx);

@@ -23,7 +23,9 @@ use crate::{
 pub struct RejectedObject {
     /// None: a whole file could not be read as YAML.
     pub object: Option<ObjectKey>,
+    /// The file it came from.
     pub file: Arc<str>,
+    /// Why it was rejected.
     pub errors: Vec<ConfigError>,
     /// Its last good version is still live.
     pub kept_previous: bool,
@@ -31,8 +33,11 @@ pub struct RejectedObject {
 
 /// The result of admitting one candidate config.
 pub struct Admitted {
+    /// The objects now live: the candidate, with rejected objects replaced by their last good version or left out.
     pub config: Config,
+    /// The route table compiled from `config`, to be swapped in.
     pub table: RouteTable,
+    /// Every object (or unreadable file) rejected in this reload.
     pub rejected: Vec<RejectedObject>,
 }
 

@@ -38,6 +38,9 @@ use crate::{
 
 #[derive(Args, Debug, Clone)]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["registry", "kubernetes"])))]
+// Not documented here: clap would turn a doc comment into the command's help text (the
+// subcommand's is in main.rs).
+#[allow(missing_docs)]
 pub struct AgentArgs {
     /// Kubernetes YAML with the node's Services and Pods (standalone mode). Repeatable.
     #[arg(long)]
@@ -98,6 +101,9 @@ pub struct AgentArgs {
 /// are tried again.
 const ENROLL_RETRY: Duration = Duration::from_millis(250);
 
+/// Runs the agent until SIGTERM/SIGINT or until a successor has taken over, then drains and
+/// returns: take over from a running agent or load the eBPF programs, then reconcile the node to
+/// every registry and routing config that arrives (see ARCHITECTURE.md).
 pub async fn run(args: AgentArgs) -> Result<()> {
     // A running agent hands over its sockets and kernel objects; otherwise start cold.
     let socket = args.handover_socket.clone();

@@ -11,6 +11,9 @@ use crate::{
 };
 
 #[derive(Args, Debug)]
+// Not documented here: clap would turn a doc comment into the command's help text (the
+// subcommand's is in main.rs).
+#[allow(missing_docs)]
 pub struct ValidateArgs {
     /// Files or directories of Istio YAML.
     #[arg(required = true)]
@@ -111,6 +114,9 @@ fn warn_empty_subsets(config: &Config, registry: &Registry) {
 }
 
 #[derive(Args, Debug)]
+// Not documented here: clap would turn a doc comment into the command's help text (the
+// subcommand's is in main.rs).
+#[allow(missing_docs)]
 pub struct ExplainArgs {
     /// Directory (or file) of Istio routing YAML.
     #[arg(long)]
@@ -135,6 +141,8 @@ pub struct ExplainArgs {
     pub method: String,
 }
 
+/// `mesh explain`: routes one request described on the command line through the route table
+/// compiled from `--config` and `--registry`, and prints each step.
 pub fn explain(args: ExplainArgs) -> Result<ExitCode> {
     let registry = Registry::from_yaml_files(&args.registry)?;
     let config = if args.config.is_empty() {

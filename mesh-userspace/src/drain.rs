@@ -40,6 +40,7 @@ impl Drain {
         self.signal.send_replace(true);
     }
 
+    /// Whether [`Drain::start`] has been called.
     pub fn is_draining(&self) -> bool {
         *self.signal.borrow()
     }

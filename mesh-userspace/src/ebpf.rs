@@ -31,35 +31,82 @@ use thiserror::Error;
 
 use crate::ebpf_log::{Forwarder, PodNames};
 
+/// Why loading, attaching, adopting or using the eBPF programs and maps failed; each message says
+/// what to check or do.
 #[derive(Debug, Error)]
 pub enum EbpfError {
     #[error(
         "eBPF object not found (looked in: {looked}); build it with `cargo xtask build-ebpf` \
          or point MESH_EBPF_OBJECT / --ebpf-object at it"
     )]
-    ObjectMissing { looked: String },
+    /// No eBPF object where the agent looked.
+    ObjectMissing {
+        /// The places tried.
+        looked: String,
+    },
     #[error("cannot load eBPF object {path}: {source}; the kernel needs CONFIG_BPF_SYSCALL and CONFIG_CGROUP_BPF, and the agent CAP_BPF + CAP_NET_ADMIN (or root)")]
     // Boxed: aya 0.14's EbpfError is 128 bytes and would make every Result here that large.
-    Load { path: PathBuf, source: Box<aya::EbpfError> },
+    /// The object could not be loaded into the kernel.
+    Load {
+        /// The object file.
+        path: PathBuf,
+        /// aya's reason.
+        source: Box<aya::EbpfError>,
+    },
     #[error("eBPF object has no program {0}; rebuild it with `cargo xtask build-ebpf`")]
+    /// The object lacks a program (built from another version).
     NoProgram(&'static str),
     #[error("eBPF object has no map {0}; rebuild it with `cargo xtask build-ebpf`")]
+    /// The object lacks a map (built from another version).
     NoMap(&'static str),
     #[error("loading/attaching program {name}: {source}")]
-    Program { name: &'static str, source: Box<aya::programs::ProgramError> },
+    /// A program could not be loaded (the verifier's verdict is in `source`).
+    Program {
+        /// The program.
+        name: &'static str,
+        /// aya's reason.
+        source: Box<aya::programs::ProgramError>,
+    },
     #[error("map {name}: {source}")]
-    Map { name: &'static str, source: Box<aya::maps::MapError> },
+    /// Reading or writing a map failed.
+    Map {
+        /// The map.
+        name: &'static str,
+        /// aya's reason.
+        source: Box<aya::maps::MapError>,
+    },
     #[error("cannot open cgroup {path}: {source}; is cgroup v2 mounted there? (hybrid layouts mount it at /sys/fs/cgroup/unified)")]
-    Cgroup { path: PathBuf, source: std::io::Error },
+    /// The cgroup to attach to cannot be opened.
+    Cgroup {
+        /// The cgroup directory (`--cgroup-root`).
+        path: PathBuf,
+        /// The open error.
+        source: std::io::Error,
+    },
     #[error("eBPF object has no aya-log ring buffer; rebuild it with `cargo xtask build-ebpf`: {0}")]
+    /// aya-log could not be set up on the object.
     Log(#[from] aya_log::Error),
     #[error("attaching program {name} (BPF_LINK_CREATE, Linux >= 5.7): {source}")]
-    Link { name: &'static str, source: std::io::Error },
+    /// A program could not be attached (`BPF_LINK_CREATE`).
+    Link {
+        /// The program.
+        name: &'static str,
+        /// The kernel's error.
+        source: std::io::Error,
+    },
     #[error("handed-over map {name}: {source}")]
-    Adopt { name: &'static str, source: Box<aya::maps::MapError> },
+    /// A map descriptor received from the predecessor is not the map expected.
+    Adopt {
+        /// The map.
+        name: &'static str,
+        /// aya's reason.
+        source: Box<aya::maps::MapError>,
+    },
     #[error("the predecessor handed over no map {0}")]
+    /// The predecessor did not send this map.
     AdoptMissing(&'static str),
     #[error("duplicating a descriptor for the handover: {0}")]
+    /// A descriptor could not be duplicated for a successor.
     Dup(std::io::Error),
 }
 
@@ -144,14 +191,19 @@ pub fn cgroup_id(path: &Path) -> std::io::Result<u64> {
 /// Counters the programs keep (summed over CPUs).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct KernelStats {
+    /// connect4/6 runs on IPv4 (or IPv4-mapped) destinations, from any process below the cgroup root.
     pub connects_seen: u64,
+    /// Connects rewritten to the proxy.
     pub connects_redirected: u64,
+    /// Original destinations sock_ops moved to their tuple key.
     pub established_indexed: u64,
     /// Enrolled pods' connects to an address:port with no service entry (not redirected).
     pub connects_no_service: u64,
     /// Established connections to the proxy port with no original-destination record.
     pub orig_dst_missing: u64,
+    /// Inserts into an original-destination map that failed.
     pub map_insert_failures: u64,
+    /// Other helper or map failures in the programs.
     pub program_errors: u64,
     /// Enrolled pods' VIP connects with no listener at the redirect target, left to their
     /// original destination (fail open).
@@ -182,6 +234,9 @@ impl FailMode {
     }
 }
 
+/// The kernel side as the agent holds it: the attached programs' links and the maps it reads and
+/// writes. Dropping it closes the link descriptors, which detaches the programs unless a
+/// successor holds duplicates.
 pub struct MeshEbpf {
     /// The loaded object (None when the maps and links were handed over by a predecessor).
     bpf: Option<Ebpf>,
@@ -396,6 +451,8 @@ impl MeshEbpf {
         })
     }
 
+    /// Removes a pod from the enrollment map (its new connects are no longer redirected); removing a
+    /// pod that is not there is not an error.
     pub fn unenroll(&self, cgroup_id: u64) -> Result<(), EbpfError> {
         lock(&self.names).remove(cgroup_id);
         match lock(&self.enrolled).remove(&cgroup_id) {
@@ -430,6 +487,7 @@ impl MeshEbpf {
         Some((SocketAddrV4::new(ip, orig.port), orig))
     }
 
+    /// The programs' counters, summed over CPUs, for `/metrics`.
     pub fn stats(&self) -> KernelStats {
         let sum = |map: &PerCpuArray<MapData, u64>, idx: u32| {
             map.get(&idx, 0).map(|v| v.iter().fold(0u64, |a, b| a.wrapping_add(*b))).unwrap_or(0)
@@ -448,6 +506,7 @@ impl MeshEbpf {
         }
     }
 
+    /// The cgroup the programs are attached to.
     pub fn cgroup_root(&self) -> &Path {
         &self.cgroup_root
     }

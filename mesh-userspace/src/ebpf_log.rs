@@ -28,11 +28,13 @@ pub struct PodNames {
 }
 
 impl PodNames {
+    /// Records an enrolled pod under both of its kernel ids.
     pub fn insert(&mut self, cgroup_id: u64, netns_cookie: u64, name: String) {
         self.by_cgroup.insert(cgroup_id, name.clone());
         self.by_netns.insert(netns_cookie, name);
     }
 
+    /// Forgets an unenrolled pod (both ids).
     pub fn remove(&mut self, cgroup_id: u64) {
         if let Some(name) = self.by_cgroup.remove(&cgroup_id) {
             self.by_netns.retain(|_, n| *n != name);
@@ -86,6 +88,7 @@ pub fn level_from_tracing() -> u32 {
 
 /// The `log::Log` aya-log hands decoded records to.
 pub struct Forwarder {
+    /// The enrolled pods' names, shared with [`crate::ebpf::MeshEbpf`], which updates them on (un)enrollment.
     pub names: Arc<Mutex<PodNames>>,
 }
 

@@ -15,18 +15,43 @@ use std::{
 use nix::sched::{setns, CloneFlags};
 use thiserror::Error;
 
+/// Why a listener could not be opened in a pod's network namespace.
 #[derive(Debug, Error)]
 pub enum InPodError {
     #[error("cannot open network namespace {path}: {source}")]
-    OpenNetns { path: PathBuf, source: std::io::Error },
+    /// The netns file cannot be opened (the pod is gone, or the path is wrong).
+    OpenNetns {
+        /// The netns path.
+        path: PathBuf,
+        /// The open error.
+        source: std::io::Error,
+    },
     #[error(
         "cannot enter network namespace {path}: {source}; the agent needs CAP_SYS_ADMIN (and hostPID on Kubernetes)"
     )]
-    Setns { path: PathBuf, source: nix::Error },
+    /// `setns()` into it failed.
+    Setns {
+        /// The netns path.
+        path: PathBuf,
+        /// The kernel's error.
+        source: nix::Error,
+    },
     #[error("cannot listen on {addr} in network namespace {path}: {source}")]
-    Bind { path: PathBuf, addr: SocketAddr, source: std::io::Error },
+    /// The listener could not be bound inside it.
+    Bind {
+        /// The netns path.
+        path: PathBuf,
+        /// The address (`127.0.0.1:15001`).
+        addr: SocketAddr,
+        /// The bind error.
+        source: std::io::Error,
+    },
     #[error("listener thread for {path} died")]
-    Thread { path: PathBuf },
+    /// The thread that enters the netns could not start or panicked.
+    Thread {
+        /// The netns path.
+        path: PathBuf,
+    },
 }
 
 /// Runs `f` with the calling thread inside the network namespace at `netns`, on a fresh thread so

@@ -1,18 +1,24 @@
 //! The node agent of a sidecarless service mesh: eBPF loader and enrollment (`ebpf`, `inpod`,
 //! `agent`), the node proxy (`proxy`), the pure routing engine (`routing`) compiled from Istio
 //! YAML (`config`) and a service registry (`registry`).
+// `missing_docs` (workspace lint, denied by `cargo xtask lint`) holds every public item to a doc
+// comment. The modules allowed below predate it and are not fully documented yet (issue 16):
+// document one, then remove its allow.
 pub mod admission;
 pub mod agent;
 pub mod cli_routing;
 pub mod config;
+#[allow(missing_docs)]
 pub mod discovery;
 pub mod drain;
 pub mod ebpf;
 pub mod ebpf_log;
+#[allow(missing_docs)]
 pub mod handover;
 pub mod inpod;
 pub mod metrics;
 pub mod proxy;
+#[allow(missing_docs)]
 pub mod registry;
 pub mod reload;
 pub mod routing;

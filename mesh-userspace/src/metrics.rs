@@ -2,6 +2,7 @@
 //! rendered as text on the admin port; no registry crate needed.
 use std::{collections::BTreeMap, fmt::Write, sync::Mutex};
 
+/// The agent's counters: (name, rendered labels) → value, behind one mutex, served at `/metrics`.
 #[derive(Default)]
 pub struct Metrics {
     counters: Mutex<BTreeMap<(&'static str, String), u64>>,
@@ -42,10 +43,12 @@ impl Metrics {
         self.infos.lock().unwrap_or_else(|e| e.into_inner()).insert(name, rendered);
     }
 
+    /// Adds 1 to counter `name` with `labels`.
     pub fn inc(&self, name: &'static str, labels: &[(&str, &str)]) {
         self.add(name, labels, 1);
     }
 
+    /// The sum of counter `name` over every label set that includes `labels` (tests, readiness waits).
     pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
         let c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
         c.iter()

@@ -25,7 +25,8 @@ enum Cmd {
     Lint,
     /// cargo-deny: licences, bans and sources of the workspace and mesh-ebpf (installs cargo-deny).
     Deny,
-    /// Install what the tests need, build everything (eBPF included) and run every test.
+    /// Lint (as `lint`), install what the tests need, build everything (eBPF included) and run
+    /// every test.
     Test {
         /// Extra arguments passed to `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
@@ -146,16 +147,32 @@ fn ensure_bpf_linker() -> Result<()> {
         .env("LLVM_PREFIX", &prefix))
 }
 
+/// Installs the rustup `components` of `toolchain` (`None`: the one cargo runs with here) that
+/// are missing; nothing is run when all are there.
+fn ensure_components(toolchain: Option<&str>, components: &[&str]) -> Result<()> {
+    let plus = toolchain.map(|t| format!("+{t}"));
+    let mut list = Command::new("rustup");
+    list.args(plus.as_deref()).args(["component", "list", "--installed"]);
+    let out = list.output().with_context(|| format!("cannot start {list:?}; is rustup installed?"))?;
+    if !out.status.success() {
+        bail!("{list:?} failed with {}", out.status);
+    }
+    // Installed components are listed as `clippy-x86_64-unknown-linux-gnu`, or bare (`rust-src`).
+    let installed = String::from_utf8_lossy(&out.stdout);
+    let missing: Vec<&str> = components
+        .iter()
+        .copied()
+        .filter(|c| !installed.lines().any(|l| l == *c || l.strip_prefix(c).is_some_and(|rest| rest.starts_with('-'))))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    run(Command::new("rustup").args(plus.as_deref()).args(["component", "add"]).args(&missing))
+}
+
 /// `cargo +nightly <subcommand>` in mesh-ebpf/ for the BPF target, with what it needs installed.
 fn ebpf_cargo(subcommand: &str) -> Result<Command> {
-    if !succeeds(Command::new("rustup").args(["+nightly", "component", "list", "--installed"]).arg("--quiet"))
-        || !String::from_utf8_lossy(
-            &Command::new("rustup").args(["+nightly", "component", "list", "--installed"]).output()?.stdout,
-        )
-        .contains("rust-src")
-    {
-        run(Command::new("rustup").args(["+nightly", "component", "add", "rust-src"]))?;
-    }
+    ensure_components(Some("nightly"), &["rust-src"])?;
     ensure_bpf_linker()?;
     let root = root();
     // PATH gets ~/.cargo/bin so rustc finds the bpf-linker we may just have installed.
@@ -184,8 +201,11 @@ fn build_ebpf() -> Result<PathBuf> {
 }
 
 /// The gates every change passes: formatting and clippy with warnings denied, for the workspace
-/// (stable) and for the eBPF crate (nightly, BPF target; it is not a workspace member).
+/// (stable) and for the eBPF crate (nightly, BPF target; it is not a workspace member). Both
+/// apply the `[workspace.lints]` tables (undocumented unsafe, missing docs). `test` runs it first.
 fn lint() -> Result<()> {
+    ensure_components(None, &["clippy", "rustfmt"])?;
+    ensure_components(Some("nightly"), &["clippy", "rustfmt"])?;
     let root = root();
     // Every gate runs, so one report lists every failure.
     let mut failed = Vec::new();
@@ -357,6 +377,9 @@ fn cargo_test(cmd: &mut Command, totals: &mut Totals) -> Result<std::process::Ex
 }
 
 fn test(args: &[String]) -> Result<()> {
+    // The gate first: a formatting or clippy finding fails in a minute or two, not after the
+    // end-to-end run.
+    lint()?;
     ensure_packages()?;
     deny()?;
     build_ebpf()?;

@@ -57,7 +57,7 @@ fn a_bad_object_keeps_its_last_good_version_and_the_rest_applies() {
 fn a_new_bad_object_is_rejected_and_others_are_served() {
     let mut a = Admission::default();
     let bad = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n  - match:\n    - uri: {regex: \"(unclosed\"}\n    route:\n    - destination: {host: reviews, subset: v2}\n";
-    let out = admit(&mut a, &[("dr.yaml", DR), ("vs.yaml", &bad)]);
+    let out = admit(&mut a, &[("dr.yaml", DR), ("vs.yaml", bad)]);
     assert_eq!(out.rejected.len(), 1, "{:?}", out.rejected);
     assert!(!out.rejected[0].kept_previous);
     assert_eq!(out.config.destination_rules.len(), 1);

@@ -3,8 +3,12 @@
 //! A file may hold many documents (`---`). Each document is parsed on its own so an error can be
 //! reported as `file:line:col: field.path: what was expected`; positions of fields are kept (a
 //! [`Locator`]) so errors found later, when the route table is compiled, point at the field too.
+// Not fully documented yet (see the note in lib.rs).
+#[allow(missing_docs)]
 pub mod types;
+#[allow(missing_docs)]
 pub mod validate;
+#[allow(missing_docs)]
 pub mod watch;
 
 use std::{
@@ -23,7 +27,9 @@ use yaml_rust2::{
 
 pub use types::*;
 
+/// The API group of the Istio objects the mesh reads.
 pub const API_GROUP: &str = "networking.istio.io";
+/// The `apiVersion`s of [`API_GROUP`] accepted; the three serve the same schema.
 pub const API_VERSIONS: &[&str] = &["v1alpha3", "v1beta1", "v1"];
 /// The kinds this mesh acts on.
 pub const KINDS: &[&str] = &["VirtualService", "DestinationRule", "Gateway"];
@@ -34,13 +40,18 @@ const OTHER_ISTIO_KINDS: &[&str] =
 /// have served a bigger one, and a bigger one in a ConfigMap is a mistake or an attack.
 pub const MAX_DOCUMENT_BYTES: usize = 1536 * 1024;
 
+/// One problem in the Istio YAML, pointing at the field: `file:line:col: path: message`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError {
+    /// The file, as given to the loader.
     pub file: String,
+    /// 1-based line of the field (or of its nearest ancestor that has a position).
     pub line: usize,
+    /// 1-based column.
     pub column: usize,
     /// Field path inside the document, e.g. `spec.http[0].route[1].weight`.
     pub path: String,
+    /// What is wrong and what was expected.
     pub message: String,
 }
 
@@ -73,6 +84,7 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 impl ConfigErrors {
+    /// One error about a whole file (it cannot be read or parsed), placed at 1:1.
     pub fn single(file: &str, message: impl Into<String>) -> Self {
         ConfigErrors(vec![ConfigError {
             file: file.into(),
@@ -90,6 +102,7 @@ impl ConfigErrors {
 /// a warning, and a per-field table for each of 10,000 objects was a third of a reload's memory.
 #[derive(Clone, Debug, Default)]
 pub struct Locator {
+    /// The file the document was read from.
     pub file: Arc<str>,
     /// The document as parsed (its `---` blanked, so columns are the file's).
     text: Arc<str>,
@@ -115,6 +128,7 @@ impl Locator {
         }
     }
 
+    /// An error at field `path` of this document.
     pub fn error(&self, path: impl Into<String>, message: impl Into<String>) -> ConfigError {
         let path = path.into();
         let (line, column) = self.at(&path);
@@ -125,8 +139,11 @@ impl Locator {
 /// Which object a document is, as the API server names it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectKey {
+    /// `VirtualService`, `DestinationRule` or `Gateway`.
     pub kind: &'static str,
+    /// `metadata.namespace` (`default` when absent).
     pub namespace: String,
+    /// `metadata.name`.
     pub name: String,
 }
 
@@ -142,19 +159,26 @@ pub struct Rejected {
     /// None when the document could not be told apart (the file is not YAML, or the document
     /// names no kind we act on): then every object last loaded from `file` is kept.
     pub object: Option<ObjectKey>,
+    /// The file the document was in.
     pub file: Arc<str>,
+    /// Why it was rejected.
     pub errors: Vec<ConfigError>,
 }
 
 /// A parsed resource and where it came from.
 #[derive(Clone, Debug)]
 pub struct Sourced<S> {
+    /// `metadata.name`.
     pub name: String,
+    /// `metadata.namespace` (`default` when absent).
     pub namespace: String,
+    /// `apiVersion` as written.
     pub api_version: String,
     /// `metadata.annotations` (Istio's validation looks at `istio.io/dry-run`).
     pub annotations: std::collections::BTreeMap<String, String>,
+    /// The typed `spec`.
     pub spec: S,
+    /// Where its fields are in the file, for errors found after parsing.
     pub at: Arc<Locator>,
 }
 
@@ -165,10 +189,15 @@ impl<S> Sourced<S> {
     }
 }
 
+/// The Istio routing objects of one load (a directory, files, or the API server's watch), before
+/// compiling: what the route table is compiled from.
 #[derive(Clone, Debug, Default)]
 pub struct Config {
+    /// Every accepted VirtualService.
     pub virtual_services: Vec<Sourced<VirtualServiceSpec>>,
+    /// Every accepted DestinationRule.
     pub destination_rules: Vec<Sourced<DestinationRuleSpec>>,
+    /// Every accepted Gateway.
     pub gateways: Vec<Sourced<GatewaySpec>>,
     /// Documents of other kinds (a Service, a ConfigMap...) found in the files: skipped, reported.
     pub skipped: Vec<String>,
@@ -181,6 +210,7 @@ pub struct Config {
 }
 
 impl Config {
+    /// No objects: plain Kubernetes routing.
     pub fn empty() -> Config {
         Config::default()
     }
@@ -303,6 +333,7 @@ impl Config {
         std::fs::read_link(dir.join("..data")).ok().map(|t| t.display().to_string())
     }
 
+    /// Reads `paths`, all or nothing: every error of every file, or the config (`mesh validate`).
     pub fn load_files(paths: &[PathBuf]) -> Result<Config, ConfigErrors> {
         Config::read_files(paths).strict()
     }
@@ -327,6 +358,7 @@ impl Config {
         config
     }
 
+    /// Parses one file's text, all or nothing; `file` names it in errors.
     pub fn parse_str(file: &str, text: &str) -> Result<Config, ConfigErrors> {
         let mut config = Config::default();
         config.add_str(file, text)?;

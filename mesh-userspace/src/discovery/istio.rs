@@ -49,7 +49,7 @@ pub async fn spawn(client: Client) -> Result<watch::Receiver<Option<Documents>>,
         tokio::spawn(watch_into(
             api,
             resource,
-            move |f| locked(&a.stores, |s| s.get_mut(kind).map(|store| f(store)).unwrap_or(false)),
+            move |f| locked(&a.stores, |s| s.get_mut(kind).is_some_and(f)),
             move || b.changed.notify_one(),
             move |o| Some(document(&ar, o)),
         ));

@@ -18,12 +18,16 @@ use tokio::time::Instant;
 use super::{ProxyState, Source};
 use crate::routing::{Context, Decision, Forward, HashOn, LbPolicy, RequestInfo, UpstreamProtocol};
 
+/// The body type of every request and response the proxy sends: upstream bodies streamed through,
+/// local replies built in memory.
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
+/// A body holding `body`.
 pub fn full(body: impl Into<Bytes>) -> ProxyBody {
     Full::new(body.into()).map_err(|never: Infallible| match never {}).boxed()
 }
 
+/// An empty body.
 pub fn empty() -> ProxyBody {
     Empty::new().map_err(|never: Infallible| match never {}).boxed()
 }
@@ -109,10 +113,27 @@ fn new_request_id() -> HeaderValue {
 /// destination) or an ingress listener (NodePort service, or an Istio Gateway).
 #[derive(Clone)]
 pub enum Entry {
-    Service { service: Arc<crate::registry::Service>, port: u16 },
-    Gateway { name: String, namespace: String, port: u16 },
+    /// A service port: a pod's redirected connection, or the service's NodePort.
+    Service {
+        /// The destination service.
+        service: Arc<crate::registry::Service>,
+        /// Its service port (not the NodePort).
+        port: u16,
+    },
+    /// An Istio Gateway server port.
+    Gateway {
+        /// The Gateway's name.
+        name: String,
+        /// The Gateway's namespace.
+        namespace: String,
+        /// The server port.
+        port: u16,
+    },
 }
 
+/// Handles one HTTP request: routes it on the current table, applies the route's fault, rewrites,
+/// header edits, retries and timeout, forwards it (mirroring a copy if asked), records metrics and
+/// the access log. Never fails: every error becomes a local reply (404, 503, 504...).
 pub async fn handle(
     state: Arc<ProxyState>,
     source: Source,
@@ -164,7 +185,7 @@ pub async fn handle(
         }
         Decision::Forward(fwd) => {
             let cluster = fwd.cluster.clone();
-            (forward(&state, &source, fwd, req).await, Some(cluster))
+            (forward(&state, &source, *fwd, req).await, Some(cluster))
         }
     };
     let dst = cluster.as_ref().map_or("-", |c| c.service.name.as_str());

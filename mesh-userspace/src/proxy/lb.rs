@@ -36,6 +36,9 @@ struct EndpointState {
     health: Mutex<EndpointHealth>,
 }
 
+/// Per-cluster and per-endpoint state the load balancer keeps between requests: round-robin
+/// positions, requests and retries in flight (connection-pool limits), endpoint health (outlier
+/// detection). Lives in [`super::ProxyState`], so it survives route table swaps.
 #[derive(Default)]
 pub struct LoadBalancer {
     rr: Mutex<HashMap<String, Arc<AtomicUsize>>>,
@@ -48,6 +51,7 @@ pub struct LoadBalancer {
 
 /// A picked endpoint; dropping it ends the request for least-request accounting.
 pub struct Picked {
+    /// The endpoint to send the request to.
     pub endpoint: Endpoint,
     state: Arc<EndpointState>,
 }

@@ -238,6 +238,7 @@ fn take(counter: &Arc<AtomicU32>, max: u32) -> Option<CapSlot> {
 }
 
 impl SourceCaps {
+    /// Empty counters for one source workload, capped by `limits`.
     pub fn new(limits: &Limits) -> Arc<Self> {
         Arc::new(SourceCaps {
             connections: Arc::default(),

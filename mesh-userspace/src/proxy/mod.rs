@@ -30,6 +30,9 @@ use crate::{
 /// Where the proxy learns the original destination of a redirected connection (the eBPF maps in
 /// production; a fixed table in unit tests).
 pub trait OriginalDst: Send + Sync + 'static {
+    /// The destination the pod connected to before the kernel redirected it, for the connection
+    /// from `peer` accepted by the listener in the network namespace `netns_cookie`; the record is
+    /// removed (each connection is looked up once).
     fn take(&self, netns_cookie: u64, peer: SocketAddrV4) -> Option<SocketAddrV4>;
 }
 
@@ -42,22 +45,33 @@ impl OriginalDst for crate::ebpf::MeshEbpf {
 /// Who is calling: the enrolled pod whose listener accepted, or nobody (ingress).
 #[derive(Clone)]
 pub struct Source {
+    /// The pod, None for ingress (a NodePort or Gateway connection has no mesh identity).
     pub workload: Option<Arc<Workload>>,
+    /// The client address as accepted (consistent hashing on `useSourceIp`, logs).
     pub peer: Option<SocketAddr>,
     /// The per-source-workload caps of the listener that accepted (None: ingress).
     pub caps: Option<Arc<limits::SourceCaps>>,
 }
 
+/// Everything the node proxy's connection and request tasks share. One per agent, behind an
+/// `Arc`; the route table and registry are swapped whole (readers never lock), the rest is
+/// fixed at start or internally synchronised.
 pub struct ProxyState {
+    /// The compiled routing table; replaced by the config reload task (`reload.rs`) only. A request
+    /// routes on the table it loaded when it started.
     pub routes: ArcSwap<RouteTable>,
+    /// Services and workloads; replaced by the agent when discovery publishes a new registry.
     pub registry: ArcSwap<Registry>,
     client: Client<HttpConnector, ProxyBody>,
     client_h2: Client<HttpConnector, ProxyBody>,
     /// Upstream clients for clusters whose DestinationRule sets `connectionPool.http.idleTimeout`
     /// or `tcp.connectTimeout`.
     pool_clients: std::sync::Mutex<std::collections::HashMap<UpstreamKey, Client<HttpConnector, ProxyBody>>>,
+    /// Load-balancer and circuit-breaker state per cluster and endpoint, kept across reloads.
     pub lb: lb::LoadBalancer,
+    /// The counters served at `/metrics`.
     pub metrics: Metrics,
+    /// Where redirected connections' original destinations are read (the eBPF maps).
     pub original_dst: Arc<dyn OriginalDst>,
     /// Stop accepting / finish in-flight connections (SIGTERM, or a successor took over).
     pub drain: crate::drain::Drain,
@@ -66,10 +80,12 @@ pub struct ProxyState {
 }
 
 impl ProxyState {
+    /// A proxy state with the default downstream [`Limits`].
     pub fn new(registry: Registry, routes: RouteTable, original_dst: Arc<dyn OriginalDst>) -> Arc<Self> {
         Self::with_limits(registry, routes, original_dst, Limits::default())
     }
 
+    /// A proxy state with the given downstream limits.
     pub fn with_limits(
         registry: Registry,
         routes: RouteTable,
@@ -351,6 +367,8 @@ async fn sniff_http(stream: &TcpStream) -> bool {
     METHODS.iter().any(|m| head.starts_with(m) || (head.len() < m.len() && m.starts_with(head) && !head.is_empty()))
 }
 
+/// Serves HTTP/1 and HTTP/2 (h2c) on one accepted connection, each request through
+/// [`http::handle`], until the client closes, a limit ends it, or the drain closes it gracefully.
 pub async fn serve_http(state: Arc<ProxyState>, source: Source, entry: Entry, stream: TcpStream) {
     // Responses are written whole; Nagle would only hold the next one back behind the client's
     // delayed ACK of the previous (Envoy and nginx set it too).

@@ -4,7 +4,9 @@ use std::fmt::{self, Write};
 
 use super::{matcher::fmt_labels, *};
 
+/// The answer of `mesh explain`: a human-readable trace of the routing decision.
 pub struct Explanation {
+    /// The trace, one step a line.
     pub text: String,
     /// The VirtualService and rule that matched, if any.
     pub matched: Option<(String, usize)>,
@@ -75,6 +77,8 @@ fn retries_line(r: &RetryPolicy) -> String {
     )
 }
 
+/// Walks `table` for `req` as [`RouteTable::route`] does, writing down each VirtualService and
+/// condition tried and why it did or did not match.
 pub fn explain(table: &RouteTable, req: &RequestInfo<'_>) -> Explanation {
     let mut out = String::new();
     let src = req.source.map_or("(ingress: no source workload)".to_string(), |w| {

@@ -8,9 +8,12 @@ use regex::Regex;
 use super::RequestInfo;
 use crate::config::StringMatch;
 
+/// A compiled Istio `StringMatch` (exact, prefix, regex) tested against one request value.
 #[derive(Clone, Debug)]
 pub enum StrMatch {
+    /// The whole value equals this.
     Exact(String),
+    /// The value starts with this.
     Prefix(String),
     /// RE2 semantics as Envoy applies them: the whole value must match.
     Regex(Regex),
@@ -39,6 +42,7 @@ impl StrMatch {
         })
     }
 
+    /// Whether `value` matches (ASCII case-insensitively for exact and prefix when `ignore_case`).
     pub fn test(&self, value: &str, ignore_case: bool) -> bool {
         match self {
             StrMatch::Exact(e) => {
@@ -61,6 +65,7 @@ impl StrMatch {
         }
     }
 
+    /// The prefix of a prefix match (what `rewrite.uri` and `prefixRewrite` replace).
     pub fn prefix(&self) -> Option<&str> {
         match self {
             StrMatch::Prefix(p) => Some(p),
@@ -85,18 +90,31 @@ impl std::fmt::Display for StrMatch {
     }
 }
 
+/// One condition of an `HTTPMatchRequest`; a request matches the entry when all hold.
 #[derive(Clone, Debug)]
 pub enum Cond {
+    /// `uri` on the path (the flag is `ignoreUriCase`).
     Uri(StrMatch, bool),
+    /// `scheme`.
     Scheme(StrMatch),
+    /// `method`.
     Method(StrMatch),
+    /// `authority` (`:authority` or `Host`).
     Authority(StrMatch),
+    /// `headers.<name>`: the header is present and matches.
     Header(HeaderName, StrMatch),
+    /// `withoutHeaders.<name>`: the header is absent or does not match.
     WithoutHeader(HeaderName, StrMatch),
+    /// `queryParams.<name>`.
     Query(String, StrMatch),
+    /// `port`: the destination port.
     Port(u16),
+    /// `sourceLabels`: the sending pod has all these labels.
     SourceLabels(BTreeMap<String, String>),
+    /// `sourceNamespace`: the sending pod's namespace.
     SourceNamespace(String),
+    /// `gateways` of the match: (namespace, name) of Gateways the request must have come through,
+    /// `mesh` for pod traffic.
     Gateways(Vec<(String, String)>),
     /// A condition no request can meet here: a JWT claim (the node proxy authenticates no JWT,
     /// so the claim is never present) or the `:status` pseudo header of a request.
@@ -106,11 +124,14 @@ pub enum Cond {
 /// One `match[]` entry: all conditions must hold.
 #[derive(Clone, Debug, Default)]
 pub struct MatchRequest {
+    /// The entry's `name`, shown by `mesh explain`.
     pub name: Option<String>,
+    /// Its conditions, all of which must hold.
     pub conds: Vec<Cond>,
 }
 
 impl MatchRequest {
+    /// Whether `req` meets every condition.
     pub fn test(&self, req: &RequestInfo<'_>) -> bool {
         self.conds.iter().all(|c| c.test(req))
     }
@@ -120,6 +141,7 @@ impl MatchRequest {
         self.conds.iter().find(|c| !c.test(req)).map(|c| c.explain_failure(req))
     }
 
+    /// The prefix of this entry's `uri.prefix` condition, if it has one.
     pub fn uri_prefix(&self) -> Option<&str> {
         self.conds.iter().find_map(|c| match c {
             Cond::Uri(m, _) => m.prefix(),
@@ -136,6 +158,7 @@ fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
 }
 
 impl Cond {
+    /// Whether `req` meets this condition.
     pub fn test(&self, req: &RequestInfo<'_>) -> bool {
         match self {
             Cond::Uri(m, ic) => m.test(req.uri.path(), *ic),
@@ -195,6 +218,7 @@ impl Cond {
     }
 }
 
+/// Labels as `{k=v,...}`, for `mesh explain` and logs.
 pub fn fmt_labels(l: &BTreeMap<String, String>) -> String {
     format!("{{{}}}", l.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","))
 }

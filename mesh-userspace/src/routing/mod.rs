@@ -22,21 +22,45 @@ use crate::{
 /// Where a request entered: a pod's outbound connection to a service, or an ingress Gateway.
 #[derive(Clone, Copy, Debug)]
 pub enum Context<'a> {
-    Mesh { service: &'a Service, port: u16 },
-    Gateway { name: &'a str, namespace: &'a str, port: u16 },
+    /// A connection a pod opened to a service VIP, redirected by the kernel to the node proxy.
+    Mesh {
+        /// The service whose VIP the pod connected to.
+        service: &'a Service,
+        /// The service port it connected to.
+        port: u16,
+    },
+    /// A request that arrived on a Gateway server port (`--ingress-bind`).
+    Gateway {
+        /// The Gateway's `metadata.name`.
+        name: &'a str,
+        /// The Gateway's namespace.
+        namespace: &'a str,
+        /// The server port the request arrived on.
+        port: u16,
+    },
 }
 
+/// What the routing engine sees of an HTTP request: borrowed from the proxy's request, so routing
+/// allocates nothing for it.
 pub struct RequestInfo<'a> {
+    /// Where the request entered (the service it was sent to, or the Gateway).
     pub context: Context<'a>,
+    /// The pod that sent it, known from the in-pod listener that accepted; None at a Gateway.
     pub source: Option<&'a Workload>,
+    /// The request method (`match.method`).
     pub method: &'a http::Method,
+    /// The request target: path for `match.uri`, query for `match.queryParams`.
     pub uri: &'a http::Uri,
+    /// `:authority` or `Host` (`match.authority`, Gateway host selection).
     pub authority: Option<&'a str>,
+    /// `http` here: the node proxy terminates no TLS (`match.scheme`, redirect defaults).
     pub scheme: &'a str,
+    /// The request headers (`match.headers`, `withoutHeaders`).
     pub headers: &'a HeaderMap,
 }
 
 impl RequestInfo<'_> {
+    /// The destination port: the service port, or the Gateway server port.
     pub fn port(&self) -> u16 {
         match self.context {
             Context::Mesh { port, .. } | Context::Gateway { port, .. } => port,
@@ -52,44 +76,74 @@ impl RequestInfo<'_> {
     }
 }
 
+/// What the proxy does with a request: the routing engine's answer.
 #[derive(Debug)]
 pub enum Decision {
-    Forward(Forward),
-    Redirect { status: u16, location: String },
-    NoRoute { reason: String },
+    // Boxed (clippy's large_enum_variant): a Forward is ~310 bytes, the other variants ~30,
+    // and every Decision would be that large; the cost is one allocation per routed request.
+    /// Send it upstream as described.
+    Forward(Box<Forward>),
+    /// Answer with a redirect (`HTTPRoute.redirect`); the request goes nowhere.
+    Redirect {
+        /// 3xx status (`redirectCode`, 301 by default).
+        status: u16,
+        /// The `Location` header value.
+        location: String,
+    },
+    /// Nothing routes the request: the proxy answers 404 with this reason.
+    NoRoute {
+        /// Why, for the response body and the access log.
+        reason: String,
+    },
 }
 
+/// The fault injection rolled for this request (`HTTPRoute.fault`, percentages already applied).
 #[derive(Clone, Debug, Default)]
 pub struct Fault {
+    /// Wait this long before forwarding.
     pub delay: Option<Duration>,
+    /// Answer with this status instead of forwarding.
     pub abort: Option<u16>,
 }
 
+/// A routed request: where it goes and everything the matched rule asks the proxy to do on the way.
 #[derive(Debug)]
 pub struct Forward {
     /// `name.namespace` of the VirtualService, None for plain Kubernetes routing.
     pub virtual_service: Option<Arc<str>>,
     /// Index in the VirtualService's `http[]`.
     pub rule: Option<usize>,
+    /// The upstream picked (weights already rolled).
     pub cluster: Arc<Cluster>,
+    /// Fault to inject before forwarding.
     pub fault: Fault,
+    /// The route's `timeout` for the whole request, retries included; None: no limit (Istio's default).
     pub timeout: Option<Duration>,
+    /// When and how often to retry (the route's, or Istio's default).
     pub retries: Arc<RetryPolicy>,
+    /// Path and authority rewrite before forwarding.
     pub rewrite: Option<Rewrite>,
+    /// Header edits on the request (the rule's, then the destination's).
     pub request_headers: HeaderOps,
+    /// Header edits on the response (the rule's, then the destination's).
     pub response_headers: HeaderOps,
+    /// Where a copy of the request goes, fire and forget (`mirror`, percentage already rolled).
     pub mirror: Option<Arc<Cluster>>,
 }
 
+/// `HTTPRoute.rewrite` as applied to one request.
 #[derive(Clone, Debug)]
 pub struct Rewrite {
+    /// The new path (or path prefix, with `matched_prefix`).
     pub uri: Option<String>,
     /// The prefix the matching condition matched: `rewrite.uri` replaces just that part.
     pub matched_prefix: Option<String>,
+    /// The new `Host`.
     pub authority: Option<String>,
 }
 
 impl Rewrite {
+    /// The rewritten path of `path`; None when the rule rewrites no path.
     pub fn apply_path(&self, path: &str) -> Option<String> {
         let uri = self.uri.as_ref()?;
         Some(match &self.matched_prefix {
@@ -102,16 +156,21 @@ impl Rewrite {
 /// Request or response header edits, applied remove → set → add as Envoy does.
 #[derive(Clone, Debug, Default)]
 pub struct HeaderOps {
+    /// Replace (or add) these headers.
     pub set: Vec<(HeaderName, HeaderValue)>,
+    /// Append these values, keeping existing ones.
     pub add: Vec<(HeaderName, HeaderValue)>,
+    /// Remove these headers.
     pub remove: Vec<HeaderName>,
 }
 
 impl HeaderOps {
+    /// No edit at all (the proxy skips the header pass).
     pub fn is_empty(&self) -> bool {
         self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
     }
 
+    /// Applies the edits to `headers`: remove, then set, then add.
     pub fn apply(&self, headers: &mut HeaderMap) {
         for n in &self.remove {
             headers.remove(n);
@@ -139,12 +198,19 @@ impl HeaderOps {
 pub struct Cluster {
     /// Envoy style: `outbound|9080|v1|reviews.default.svc.cluster.local`.
     pub name: String,
+    /// The Kubernetes service.
     pub service: Arc<Service>,
+    /// The DestinationRule subset, None for all endpoints.
     pub subset: Option<String>,
+    /// The service port.
     pub port: u16,
+    /// The pods behind it (the subset's labels applied), fixed at compile time.
     pub endpoints: Vec<Endpoint>,
+    /// How an endpoint is picked (the subset's policy over the DestinationRule's, Istio's default otherwise).
     pub lb: LbPolicy,
+    /// Connection and request limits (`trafficPolicy.connectionPool`).
     pub connection_pool: ConnectionPool,
+    /// Ejection of failing endpoints (`trafficPolicy.outlierDetection`); None: never ejected.
     pub outlier_detection: Option<OutlierDetection>,
 }
 
@@ -251,13 +317,21 @@ pub(crate) struct CompiledVs {
     pub mesh: bool,
 }
 
+/// One Gateway server port the agent listens on (`--ingress-bind`), with the hosts it admits.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GatewayListener {
+    /// The Gateway's name.
     pub name: String,
+    /// The Gateway's namespace.
     pub namespace: String,
+    /// The server's port number.
     pub port: u16,
+    /// The server's `hosts` entries (`[namespace/]host`).
     pub hosts: Vec<String>,
 }
+
+/// A service's ports, each with its plain Kubernetes cluster (all endpoints).
+pub(crate) type PortClusters = Vec<(u16, Arc<Cluster>)>;
 
 /// The compiled routing state. Immutable; swapped whole on reload.
 #[derive(Debug, Default)]
@@ -270,7 +344,7 @@ pub struct RouteTable {
     /// VirtualServices bound to Gateways.
     pub(crate) gateway_vs: Vec<Arc<CompiledVs>>,
     /// Plain Kubernetes clusters: namespace → service → (port, all endpoints round robin).
-    pub(crate) defaults: HashMap<String, HashMap<String, Vec<(u16, Arc<Cluster>)>>>,
+    pub(crate) defaults: HashMap<String, HashMap<String, PortClusters>>,
     pub(crate) default_retries: Arc<RetryPolicy>,
     pub(crate) gateways: Vec<GatewayListener>,
     /// Things `mesh validate` reports that do not stop the config from applying.
@@ -302,10 +376,12 @@ impl RouteTable {
         build::compile(&Config::empty(), registry).0
     }
 
+    /// The Gateway servers to listen for (the agent reconciles its ingress listeners to this).
     pub fn gateways(&self) -> Vec<GatewayListener> {
         self.gateways.clone()
     }
 
+    /// The ports of [`RouteTable::gateways`].
     pub fn gateway_ports(&self) -> Vec<u16> {
         self.gateways.iter().map(|g| g.port).collect()
     }
@@ -354,11 +430,14 @@ impl RouteTable {
         ports.iter().find(|(p, _)| *p == port).map(|(_, c)| c)
     }
 
+    /// Routes one HTTP request: the VirtualService for its destination (or Gateway), the first rule
+    /// that matches, a destination by weight, and the rule's policies; plain Kubernetes routing to all
+    /// endpoints when no VirtualService applies. `rng` rolls weights and fault/mirror percentages.
     pub fn route<R: Rng + ?Sized>(&self, req: &RequestInfo<'_>, rng: &mut R) -> Decision {
         let Some(vs) = self.virtual_service(req) else {
             return match req.context {
                 Context::Mesh { service, port } => match self.default_cluster(service, port) {
-                    Some(c) => Decision::Forward(Forward {
+                    Some(c) => Decision::Forward(Box::new(Forward {
                         virtual_service: None,
                         rule: None,
                         cluster: c.clone(),
@@ -369,7 +448,7 @@ impl RouteTable {
                         request_headers: HeaderOps::default(),
                         response_headers: HeaderOps::default(),
                         mirror: None,
-                    }),
+                    })),
                     None => Decision::NoRoute { reason: format!("service {} has no port {port}", service.name) },
                 },
                 Context::Gateway { name, .. } => Decision::NoRoute {
@@ -430,7 +509,7 @@ impl RouteTable {
             matched_prefix: matched.and_then(|m| m.uri_prefix()).map(str::to_owned),
             authority: rule.rewrite_authority.clone(),
         });
-        Decision::Forward(Forward {
+        Decision::Forward(Box::new(Forward {
             virtual_service: Some(vs.key.clone()),
             rule: Some(index),
             cluster: cluster.clone(),
@@ -449,9 +528,12 @@ impl RouteTable {
                 rule.response_headers.merged(&dest.response_headers)
             },
             mirror,
-        })
+        }))
     }
 
+    /// Routes a TCP connection (a port that is not HTTP): the first `tcp` rule of the service's
+    /// VirtualService matching the port and source labels, else all endpoints; None when no rule
+    /// matches or nothing serves the port.
     pub fn route_tcp<R: Rng + ?Sized>(
         &self,
         source: Option<&Workload>,
@@ -472,6 +554,7 @@ impl RouteTable {
         self.default_cluster(service, port).cloned()
     }
 
+    /// What [`RouteTable::route`] would do with `req` and why, for `mesh explain`.
     pub fn explain(&self, req: &RequestInfo<'_>) -> Explanation {
         explain::explain(self, req)
     }
@@ -506,7 +589,6 @@ fn pick_weighted<'d, R: Rng + ?Sized>(dests: &'d [WeightedDest], rng: &mut R) ->
     dests.last()
 }
 
-/// Istio host matching: exact, or a `*.suffix` / `*` wildcard.
 /// A Gateway server's `hosts` entry (`[namespace/]host`, `*` wildcards, `.` for the Gateway's
 /// own namespace) admits `host` routed by a VirtualService of `vs_namespace`.
 pub fn server_host_admits(entry: &str, gateway_namespace: &str, vs_namespace: &str, host: &str) -> bool {
@@ -519,6 +601,7 @@ pub fn server_host_admits(entry: &str, gateway_namespace: &str, vs_namespace: &s
     ns_ok && host_matches(pattern, host)
 }
 
+/// Istio host matching: exact (ASCII case-insensitive), or a `*.suffix` / `*` wildcard.
 pub fn host_matches(pattern: &str, host: &str) -> bool {
     if pattern == "*" {
         return true;

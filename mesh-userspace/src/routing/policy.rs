@@ -4,13 +4,20 @@ use std::time::Duration;
 
 use crate::config::{parse_duration, ConnectionPoolSettings, LoadBalancerSettings, OutlierDetectionSettings};
 
+/// A route's `retries.retryOn`: which failures are retried (Envoy's retry conditions).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RetryOn {
+    /// `5xx`: any 5xx response, connect failures, resets and timeouts.
     pub five_xx: bool,
+    /// `gateway-error`: 502, 503, 504, connect failures and timeouts.
     pub gateway_error: bool,
+    /// `connect-failure`: the upstream connection could not be made.
     pub connect_failure: bool,
+    /// `reset` (and `reset-before-request`): the upstream reset before answering.
     pub reset: bool,
+    /// `refused-stream`: an HTTP/2 REFUSED_STREAM.
     pub refused_stream: bool,
+    /// `retriable-4xx`: 409.
     pub retriable_4xx: bool,
     /// `retriable-status-codes` plus any numeric codes listed.
     pub status_codes: Vec<u16>,
@@ -19,6 +26,7 @@ pub struct RetryOn {
 }
 
 impl RetryOn {
+    /// Parses the comma-separated `retryOn` string; an unknown condition is an error naming the known ones.
     pub fn parse(s: &str) -> Result<RetryOn, String> {
         let mut r = RetryOn::default();
         for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
@@ -52,11 +60,14 @@ impl RetryOn {
     }
 }
 
+/// A route's `retries`, Istio's defaults filled in.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Retries after the first try (Istio's `attempts`).
     pub attempts: u32,
+    /// `perTryTimeout`: the limit of each try; None: only the route timeout applies.
     pub per_try_timeout: Option<Duration>,
+    /// `retryOn`.
     pub retry_on: RetryOn,
 }
 
@@ -70,6 +81,7 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// What Istio applies to a route without `retries`: 2 retries on [`ISTIO_DEFAULT_RETRY_ON`].
     pub fn istio_default() -> RetryPolicy {
         RetryPolicy {
             attempts: 2,
@@ -79,25 +91,42 @@ impl RetryPolicy {
     }
 }
 
+/// What a consistent-hash load balancer hashes (`consistentHash`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HashOn {
+    /// `httpHeaderName` (lower-cased).
     Header(String),
-    Cookie { name: String, ttl: Option<Duration> },
+    /// `httpCookie`.
+    Cookie {
+        /// The cookie's name.
+        name: String,
+        /// `ttl`: when set, the proxy sets the cookie on the response if the request lacked it.
+        ttl: Option<Duration>,
+    },
+    /// `useSourceIp`: the client's address.
     SourceIp,
+    /// `httpQueryParameterName`.
     QueryParameter(String),
 }
 
+/// How a cluster picks an endpoint (`trafficPolicy.loadBalancer`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum LbPolicy {
+    /// `ROUND_ROBIN`.
     #[default]
     RoundRobin,
+    /// `LEAST_REQUEST` (and `LEAST_CONN`, `UNSPECIFIED`): Istio's default.
     LeastRequest,
+    /// `RANDOM`.
     Random,
+    /// `PASSTHROUGH`.
     Passthrough,
+    /// `consistentHash`: the same key goes to the same endpoint.
     ConsistentHash(HashOn),
 }
 
 impl LbPolicy {
+    /// Resolves `loadBalancer`; an error is (field path, message).
     pub fn from_settings(s: &LoadBalancerSettings) -> Result<LbPolicy, (String, String)> {
         if let Some(simple) = &s.simple {
             return match simple.as_str() {
@@ -144,14 +173,22 @@ impl LbPolicy {
     pub const DEFAULT: LbPolicy = LbPolicy::LeastRequest;
 }
 
+/// A cluster's `trafficPolicy.connectionPool`: limits the proxy enforces; None is unlimited.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ConnectionPool {
+    /// `tcp.maxConnections`.
     pub max_connections: Option<u32>,
+    /// `tcp.connectTimeout`.
     pub connect_timeout: Option<Duration>,
+    /// `http.http1MaxPendingRequests`.
     pub http1_max_pending_requests: Option<u32>,
+    /// `http.http2MaxRequests`: concurrent requests.
     pub http2_max_requests: Option<u32>,
+    /// `http.maxRequestsPerConnection`: an upstream connection is closed after this many.
     pub max_requests_per_connection: Option<u32>,
+    /// `http.maxRetries`: concurrent retries to the cluster.
     pub max_retries: Option<u32>,
+    /// `http.idleTimeout`: idle upstream connections are closed after this.
     pub idle_timeout: Option<Duration>,
     /// `http.h2UpgradePolicy: UPGRADE`: HTTP/1.1 ports are served to the upstream over HTTP/2.
     pub h2_upgrade: bool,
@@ -162,12 +199,14 @@ pub struct ConnectionPool {
 /// The HTTP version the proxy speaks to a cluster's endpoints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum UpstreamProtocol {
+    /// HTTP/1.1.
     Http1,
     /// Cleartext HTTP/2 with prior knowledge (h2c), as Envoy does inside the mesh without TLS.
     Http2,
 }
 
 impl UpstreamProtocol {
+    /// The `http::Version` to put on the upstream request.
     pub fn version(self) -> http::Version {
         match self {
             UpstreamProtocol::Http1 => http::Version::HTTP_11,
@@ -193,6 +232,7 @@ impl UpstreamProtocol {
 }
 
 impl ConnectionPool {
+    /// Resolves `connectionPool`; an error is (field path, message).
     pub fn from_settings(s: &ConnectionPoolSettings) -> Result<ConnectionPool, (String, String)> {
         let dur = |field: &str, v: &Option<String>| {
             v.as_deref().map(parse_duration).transpose().map_err(|e| (field.to_string(), e))
@@ -226,12 +266,18 @@ impl ConnectionPool {
     }
 }
 
+/// A cluster's `trafficPolicy.outlierDetection`, Envoy's defaults filled in.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutlierDetection {
+    /// `consecutive5xxErrors`: ejected after this many 5xx in a row.
     pub consecutive_5xx_errors: Option<u32>,
+    /// `consecutiveGatewayErrors`: ejected after this many 502/503/504 in a row.
     pub consecutive_gateway_errors: Option<u32>,
+    /// `interval`: each interval an endpoint stays in lowers its ejection multiplier by one.
     pub interval: Duration,
+    /// `baseEjectionTime`: the first ejection's length, multiplied by the number of ejections.
     pub base_ejection_time: Duration,
+    /// `maxEjectionPercent`: at most this share of the endpoints is ejected at once.
     pub max_ejection_percent: u32,
 }
 

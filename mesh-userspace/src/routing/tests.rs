@@ -372,7 +372,7 @@ fn forward(t: &RouteTable, r: &Req) -> Forward {
         headers: &r.headers,
     };
     match t.route(&info, &mut StdRng::seed_from_u64(1)) {
-        Decision::Forward(f) => f,
+        Decision::Forward(f) => *f,
         other => panic!("expected a forward, got {other:?}"),
     }
 }
@@ -424,7 +424,7 @@ fn fault_percentages_are_honoured() {
                 scheme: "http",
                 headers: &r.headers,
             };
-            matches!(t.route(&info, &mut rng), Decision::Forward(Forward { fault: Fault { abort: Some(500), .. }, .. }))
+            matches!(t.route(&info, &mut rng), Decision::Forward(f) if f.fault.abort == Some(500))
         })
         .count();
     let (ok, chi) = chi_square_ok(&[aborted as u64, 10_000 - aborted as u64], &[0.25, 0.75]);
@@ -503,7 +503,7 @@ spec:
     ));
     assert_eq!(forward(&table(&route("v3")), &req("/", &[])).cluster.lb, LbPolicy::ConsistentHash(HashOn::SourceIp));
     // Without a subset override the top-level policy applies.
-    let t = table(&dr.to_string());
+    let t = table(dr);
     let reg = registry();
     let svc = reg.service_by_host("reviews", "default").unwrap();
     assert_eq!(t.default_cluster(svc, 9080).unwrap().lb, LbPolicy::LeastRequest);

@@ -71,7 +71,7 @@ fn main() -> Result<()> {
                 if tty {
                     print!("\r   {who:>9}: {done}/{n} loads");
                     let _ = std::io::stdout().flush();
-                } else if n >= 20 && done % (n / 4) == 0 && done < n {
+                } else if n >= 20 && done.is_multiple_of(n / 4) && done < n {
                     println!("   {who:>9}: {done}/{n} loads...");
                 }
             };

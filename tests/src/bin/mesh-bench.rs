@@ -1240,9 +1240,11 @@ fn config_scale(out: &Path, runs: usize) -> Result<ConfigScale> {
             .spawn()
             .context("running mesh validate")?;
         let mut status = 0;
-        // SAFETY: plain wait4 on our own child; rusage is written by the kernel.
+        // SAFETY: rusage is plain integers and timevals, for which all-zero bytes are valid.
         let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
         let pid = libc::pid_t::try_from(child.id()).context("pid")?;
+        // SAFETY: wait4 on our own child (not reaped elsewhere: `child` is never waited on), with
+        // pointers to two live locals that the kernel fills.
         if unsafe { libc::wait4(pid, &mut status, 0, &mut ru) } != pid {
             bail!("wait4 on mesh validate: {}", std::io::Error::last_os_error());
         }

@@ -553,7 +553,7 @@ async fn istio_objects_are_read_from_the_api_server_as_routing_documents() {
 #[tokio::test]
 async fn missing_istio_crds_are_reported() {
     let api = FakeApi::default();
-    let err = crate::discovery::istio::spawn(client(api)).await.err().expect("no networking.istio.io group");
+    let err = crate::discovery::istio::spawn(client(api)).await.expect_err("no networking.istio.io group");
     assert!(err.to_string().contains("networking.istio.io"), "{err}");
 }
 
