@@ -359,36 +359,38 @@ async fn forward(
         );
     }
     let (mut parts, body) = req.into_parts();
-    let src_name = source.workload.as_ref().map_or("ingress", |w| w.name.as_str()).to_owned();
     // The body is read (ahead) before the cluster's circuit breakers are asked: a client that
     // stalls its body holds its own caps, never a slot of the connection pool everyone shares.
     let activity = super::limits::StreamActivity::new();
-    let body = {
-        let state = state.clone();
-        let src = src_name.clone();
-        super::limits::IdleTimeoutBody::new(
-            body,
-            activity.clone(),
-            state.limits.request_body_idle_timeout,
-            Box::new(move || {
+    // Held until the request is forwarded: the source's read-ahead bytes are given back then.
+    let mut budget = source.caps.as_ref().map_or_else(super::limits::BodyBudget::unlimited, |c| c.body_budget());
+    let ReadBody { body, over_budget } = if body.is_end_stream() {
+        // Most requests: nothing to wait for, no timer to set up.
+        ReadBody { body: ReqBody::Buffered(Bytes::new()), over_budget: false }
+    } else {
+        let on_timeout = {
+            let state = state.clone();
+            let workload = source.workload.clone();
+            move || {
+                let src = workload.as_ref().map_or("ingress", |w| w.name.as_str());
                 tracing::debug!(src = %src, "request body idle timeout");
                 state.metrics.inc(
                     "mesh_downstream_timeouts_total",
-                    &[("source_workload", &src), ("reason", "request_body_timeout")],
+                    &[("source_workload", src), ("reason", "request_body_timeout")],
                 );
-            }),
-        )
-    };
-    let mut budget = source.caps.as_ref().map_or_else(super::limits::BodyBudget::unlimited, |c| c.body_budget());
-    let read = read_body(body, state.limits.max_buffered_body, parts.version == http::Version::HTTP_2, &mut budget);
-    let ReadBody { body, over_budget } = match read.await {
-        Ok(b) => b,
-        Err(reply) => return reply,
+            }
+        };
+        let timeout = state.limits.request_body_idle_timeout;
+        let body = super::limits::IdleTimeoutBody::new(body, activity.clone(), timeout, Box::new(on_timeout));
+        let http2 = parts.version == http::Version::HTTP_2;
+        match read_body(body, state.limits.max_buffered_body, http2, &mut budget).await {
+            Ok(b) => b,
+            Err(reply) => return reply,
+        }
     };
     if over_budget {
-        state
-            .metrics
-            .inc("mesh_downstream_overflow_total", &[("source_workload", &src_name), ("limit", "buffered_body")]);
+        let src = source.workload.as_ref().map_or("ingress", |w| w.name.as_str());
+        state.metrics.inc("mesh_downstream_overflow_total", &[("source_workload", src), ("limit", "buffered_body")]);
     }
 
     let Some(_admitted) = state.lb.admit(&fwd.cluster) else {
