@@ -84,6 +84,24 @@ pub struct AgentArgs {
     /// connection ends or at this deadline. Keep it below the pod's terminationGracePeriodSeconds.
     #[arg(long, default_value = "30s", value_parser = crate::drain::parse_duration)]
     pub drain_timeout: Duration,
+    /// A request head must be complete this long after its first byte (slowloris), or the
+    /// client connection is closed.
+    #[arg(long, default_value = "30s", value_parser = positive_duration)]
+    pub request_headers_timeout: Duration,
+    /// A request whose body stops arriving for this long is answered 408 (or reset, once a
+    /// response has started). Envoy's stream_idle_timeout default.
+    #[arg(long, default_value = "5m", value_parser = positive_duration)]
+    pub request_body_timeout: Duration,
+    /// Connections one enrolled pod may hold open through the proxy; more are closed at accept.
+    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..))]
+    pub source_max_connections: u32,
+    /// Requests one enrolled pod may have in flight; more are answered 503 (x-envoy-overloaded).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub source_max_requests: u32,
+    /// Request body bytes one enrolled pod may hold in the proxy's retry/mirror read-ahead
+    /// buffers at once; past it, its requests stream through without retries.
+    #[arg(long, default_value_t = 16 << 20)]
+    pub source_max_buffered_body: u64,
     /// Unix socket for hitless restarts. A starting agent that finds a running one here takes
     /// over its listening sockets and eBPF maps and links, and tells it to drain once ready;
     /// then it listens here itself for its own successor.
@@ -95,6 +113,29 @@ pub struct AgentArgs {
     /// such connect; the last agent started on the node decides.
     #[arg(long, value_enum, default_value_t = ebpf::FailMode::Open)]
     pub fail_mode: ebpf::FailMode,
+}
+
+/// A duration flag that must not be zero (a zero timeout would cut every request).
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    let d = crate::drain::parse_duration(s)?;
+    if d.is_zero() {
+        return Err(format!("{s:?}: must be greater than zero"));
+    }
+    Ok(d)
+}
+
+impl AgentArgs {
+    /// The proxy's downstream limits: the defaults, with what the flags set.
+    pub fn limits(&self) -> proxy::Limits {
+        proxy::Limits {
+            request_headers_timeout: self.request_headers_timeout,
+            request_body_idle_timeout: self.request_body_timeout,
+            per_source_max_connections: self.source_max_connections,
+            per_source_max_requests: self.source_max_requests,
+            per_source_max_buffered_body: self.source_max_buffered_body,
+            ..proxy::Limits::default()
+        }
+    }
 }
 
 /// How often enrollments that failed (a pod's netns vanished between discovery and setns, say)
@@ -166,7 +207,12 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         _ => None,
     };
     let mut sources = ConfigSources { dir: initial_config(&args), crds: Arc::default() };
-    let state = ProxyState::new(Registry::default(), RouteTable::kubernetes_only(&Registry::default()), bpf.clone());
+    let state = ProxyState::with_limits(
+        Registry::default(),
+        RouteTable::kubernetes_only(&Registry::default()),
+        bpf.clone(),
+        args.limits(),
+    );
     let ready = Arc::new(AtomicBool::new(false));
 
     // Probes answer from the start: live as soon as the programs are attached, ready once the
@@ -787,6 +833,7 @@ async fn serve_admin(state: Arc<ProxyState>, bpf: Arc<MeshEbpf>, ready: Arc<Atom
                         }
                         "/metrics" => {
                             let k = bpf.stats();
+                            let gauges = state.source_gauges();
                             Response::new(full(state.metrics.render(&[
                                 ("mesh_kernel_connects_seen_total", k.connects_seen),
                                 ("mesh_kernel_connects_redirected_total", k.connects_redirected),
@@ -797,7 +844,7 @@ async fn serve_admin(state: Arc<ProxyState>, bpf: Arc<MeshEbpf>, ready: Arc<Atom
                                 ("mesh_kernel_program_errors_total", k.program_errors),
                                 ("mesh_kernel_connects_fail_open_total", k.connects_fail_open),
                                 ("mesh_kernel_connects_fail_closed_total", k.connects_fail_closed),
-                            ])))
+                            ]) + &gauges))
                         }
                         _ => {
                             let mut r = Response::new(full("endpoints: /healthz /ready /metrics\n"));

@@ -18,9 +18,23 @@ use tokio::time::Instant;
 use super::{ProxyState, Source};
 use crate::routing::{Context, Decision, Forward, HashOn, LbPolicy, RequestInfo, UpstreamProtocol};
 
+/// Errors of a body passing through the proxy: hyper's, or the proxy's own (a request body idle
+/// timeout), which hyper then turns into a reset of the stream it was sending. A concrete type,
+/// not a boxed trait object: hyper's server bounds on a boxed error defeat the `Send` proof of
+/// the connection futures.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// hyper's own error (a connection reset, a malformed body...).
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    /// The client sent nothing of the body for the idle timeout.
+    #[error(transparent)]
+    IdleTimeout(#[from] super::limits::BodyIdleTimeout),
+}
+
 /// The body type of every request and response the proxy sends: upstream bodies streamed through,
 /// local replies built in memory.
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+pub type ProxyBody = BoxBody<Bytes, BodyError>;
 
 /// A body holding `body`.
 pub fn full(body: impl Into<Bytes>) -> ProxyBody {
@@ -141,7 +155,11 @@ pub async fn handle(
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
+    let src_name = source.workload.as_ref().map(|w| w.name.as_str()).unwrap_or("ingress");
     if let Some(reply) = check_request_head(&state.limits, &req) {
+        // Counted like every other request, under its source: a pod sending oversized heads
+        // shows up as that pod's 431s.
+        count_request(&state, src_name, "-", "-", reply.status().as_str());
         return Ok(reply);
     }
     // Hop-by-hop headers are the client's connection's business: gone before routing sees them.
@@ -173,7 +191,6 @@ pub async fn handle(
         };
         table.route(&info, &mut rand::thread_rng())
     };
-    let src_name = source.workload.as_ref().map(|w| w.name.as_str()).unwrap_or("ingress");
     let (resp, cluster) = match decision {
         Decision::NoRoute { reason } => (local_reply(StatusCode::NOT_FOUND, format!("no route: {reason}")), None),
         Decision::Redirect { status, location } => {
@@ -192,20 +209,25 @@ pub async fn handle(
     let subset = cluster.as_ref().and_then(|c| c.subset.as_deref()).unwrap_or("-");
     let code = resp.status();
     let code = code.as_str();
-    state.metrics.inc(
-        "mesh_requests_total",
-        &[
-            ("source_workload", src_name),
-            ("destination_service", dst),
-            ("destination_subset", subset),
-            ("response_code", code),
-        ],
-    );
+    count_request(&state, src_name, dst, subset, code);
     // The access log is opt-in (RUST_LOG=mesh=debug), as Envoy's is: at info it was one formatted
     // write(2) to stderr per request, ~30% of the proxy's CPU per request; the counters above
     // account for every request anyway.
     tracing::debug!(src = %src_name, dst = %dst, subset = %subset, status = %code, ms = started.elapsed().as_millis() as u64, "request");
     Ok(resp)
+}
+
+/// One request in `mesh_requests_total`.
+pub(crate) fn count_request(state: &ProxyState, src: &str, dst: &str, subset: &str, code: &str) {
+    state.metrics.inc(
+        "mesh_requests_total",
+        &[
+            ("source_workload", src),
+            ("destination_service", dst),
+            ("destination_subset", subset),
+            ("response_code", code),
+        ],
+    );
 }
 
 /// The head size of a request as Envoy's `max_request_headers_kb` counts it, roughly: the request
@@ -243,39 +265,68 @@ enum ReqBody {
     Streaming(ProxyBody, Arc<std::sync::OnceLock<String>>),
 }
 
-/// Why a request body could not be read from the client: the client's fault, answered 400 and
-/// never counted against an endpoint.
-fn downstream_body_error(e: impl std::fmt::Display) -> Response<ProxyBody> {
+/// The request body as the proxy reads it: the client's, under the body idle timeout.
+type ClientBody = super::limits::IdleTimeoutBody<Incoming>;
+
+/// Why a request body could not be read from the client: the client's fault, never counted
+/// against an endpoint. 408 when it stopped arriving (the connection is closed: the rest of the
+/// body would otherwise be read as the next request), 400 when it was malformed or cut.
+fn downstream_body_error(e: &BodyError) -> Response<ProxyBody> {
+    if let BodyError::IdleTimeout(_) = e {
+        let mut r = local_reply(StatusCode::REQUEST_TIMEOUT, format!("request body timeout: {e}"));
+        r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return r;
+    }
     local_reply(StatusCode::BAD_REQUEST, format!("downstream request body error: {e}"))
 }
 
-/// Reads the request body before any endpoint is picked, up to `limit` bytes: a body that ends
-/// within it is replayable (retries, mirroring) and a malformed one is refused here, never
-/// reaching an endpoint. A longer one streams on with what was read so far in front. HTTP/2
-/// bodies of unknown length (gRPC streams, which may wait for a response before sending more)
-/// stream at once; so does anything announcing more than `limit`.
-async fn read_body(body: Incoming, limit: u64, http2: bool) -> Result<ReqBody, Response<ProxyBody>> {
+/// A request body read as far as the proxy reads ahead.
+struct ReadBody {
+    body: ReqBody,
+    /// The source's buffered-body cap stopped the read-ahead: the body streams, not retried.
+    over_budget: bool,
+}
+
+/// Reads the request body before any endpoint is picked, up to `limit` bytes and as far as the
+/// source's `budget` allows: a body that ends within both is replayable (retries, mirroring) and
+/// a malformed or stalled one is refused here, never reaching an endpoint. A longer one streams
+/// on with what was read so far in front. HTTP/2 bodies of unknown length (gRPC streams, which
+/// may wait for a response before sending more) stream at once; so does anything announcing
+/// more than `limit`.
+async fn read_body(
+    body: ClientBody,
+    limit: u64,
+    http2: bool,
+    budget: &mut super::limits::BodyBudget,
+) -> Result<ReadBody, Response<ProxyBody>> {
     if body.is_end_stream() {
-        return Ok(ReqBody::Buffered(Bytes::new()));
-    }
-    let upper = body.size_hint().upper();
-    if upper.is_some_and(|n| n <= limit) {
-        return body.collect().await.map(|c| ReqBody::Buffered(c.to_bytes())).map_err(downstream_body_error);
+        return Ok(ReadBody { body: ReqBody::Buffered(Bytes::new()), over_budget: false });
     }
     let failed: Arc<std::sync::OnceLock<String>> = Arc::default();
     let flag = failed.clone();
-    let mark = move |e: hyper::Error| {
+    let mark = move |e: BodyError| {
         let _ = flag.set(e.to_string());
         e
     };
+    let upper = body.size_hint().upper();
+    if let Some(n) = upper.filter(|n| *n <= limit) {
+        if budget.try_take(n) {
+            return match body.collect().await {
+                Ok(c) => Ok(ReadBody { body: ReqBody::Buffered(c.to_bytes()), over_budget: false }),
+                Err(e) => Err(downstream_body_error(&e)),
+            };
+        }
+        return Ok(ReadBody { body: ReqBody::Streaming(body.map_err(mark).boxed(), failed), over_budget: true });
+    }
     if upper.is_some() || http2 {
-        return Ok(ReqBody::Streaming(body.map_err(mark).boxed(), failed));
+        return Ok(ReadBody { body: ReqBody::Streaming(body.map_err(mark).boxed(), failed), over_budget: false });
     }
     // HTTP/1 chunked: read ahead up to the limit.
     let mut body = body;
     let mut head: Vec<hyper::body::Frame<Bytes>> = Vec::new();
     let mut read: u64 = 0;
-    while read <= limit {
+    let mut over_budget = false;
+    while read <= limit && !over_budget {
         match body.frame().await {
             None => {
                 let mut buf = bytes::BytesMut::with_capacity(usize::try_from(read).unwrap_or(0));
@@ -294,23 +345,33 @@ async fn read_body(body: Incoming, limit: u64, http2: bool) -> Result<ReqBody, R
                             .into_iter()
                             .chain(trailers.map(|t| Ok(hyper::body::Frame::trailers(t)))),
                     );
-                    return Ok(ReqBody::Streaming(http_body_util::StreamBody::new(stream).boxed(), failed));
+                    let body = ReqBody::Streaming(http_body_util::StreamBody::new(stream).boxed(), failed);
+                    return Ok(ReadBody { body, over_budget: false });
                 }
-                return Ok(ReqBody::Buffered(buf.freeze()));
+                return Ok(ReadBody { body: ReqBody::Buffered(buf.freeze()), over_budget: false });
             }
-            Some(Err(e)) => return Err(downstream_body_error(e)),
+            Some(Err(e)) => return Err(downstream_body_error(&e)),
             Some(Ok(f)) => {
-                read = read.saturating_add(f.data_ref().map_or(0, |d| d.len() as u64));
+                let n = f.data_ref().map_or(0, |d| d.len() as u64);
+                read = read.saturating_add(n);
+                // A frame is at most hyper's read buffer: the one that finds the budget spent is
+                // held (unaccounted) until it is sent, and reading ahead stops.
+                over_budget = !budget.try_take(n);
                 head.push(f);
             }
         }
     }
     let rest = http_body_util::BodyStream::new(body.map_err(mark));
     let stream = futures_util::StreamExt::chain(futures_util::stream::iter(head.into_iter().map(Ok)), rest);
-    Ok(ReqBody::Streaming(http_body_util::StreamBody::new(stream).boxed(), failed))
+    Ok(ReadBody { body: ReqBody::Streaming(http_body_util::StreamBody::new(stream).boxed(), failed), over_budget })
 }
 
-async fn forward(state: &ProxyState, source: &Source, fwd: Forward, req: Request<Incoming>) -> Response<ProxyBody> {
+async fn forward(
+    state: &Arc<ProxyState>,
+    source: &Source,
+    fwd: Forward,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
     if let Some(delay) = fwd.fault.delay {
         tokio::time::sleep(delay).await;
     }
@@ -320,6 +381,41 @@ async fn forward(state: &ProxyState, source: &Source, fwd: Forward, req: Request
             "fault filter abort",
         );
     }
+    let (mut parts, body) = req.into_parts();
+    // The body is read (ahead) before the cluster's circuit breakers are asked: a client that
+    // stalls its body holds its own caps, never a slot of the connection pool everyone shares.
+    let activity = super::limits::StreamActivity::new();
+    // Held until the request is forwarded: the source's read-ahead bytes are given back then.
+    let mut budget = source.caps.as_ref().map_or_else(super::limits::BodyBudget::unlimited, |c| c.body_budget());
+    let ReadBody { body, over_budget } = if body.is_end_stream() {
+        // Most requests: nothing to wait for, no timer to set up.
+        ReadBody { body: ReqBody::Buffered(Bytes::new()), over_budget: false }
+    } else {
+        let on_timeout = {
+            let state = state.clone();
+            let workload = source.workload.clone();
+            move || {
+                let src = workload.as_ref().map_or("ingress", |w| w.name.as_str());
+                tracing::debug!(src = %src, "request body idle timeout");
+                state.metrics.inc(
+                    "mesh_downstream_timeouts_total",
+                    &[("source_workload", src), ("reason", "request_body_timeout")],
+                );
+            }
+        };
+        let timeout = state.limits.request_body_idle_timeout;
+        let body = super::limits::IdleTimeoutBody::new(body, activity.clone(), timeout, Box::new(on_timeout));
+        let http2 = parts.version == http::Version::HTTP_2;
+        match read_body(body, state.limits.max_buffered_body, http2, &mut budget).await {
+            Ok(b) => b,
+            Err(reply) => return reply,
+        }
+    };
+    if over_budget {
+        let src = source.workload.as_ref().map_or("ingress", |w| w.name.as_str());
+        state.metrics.inc("mesh_downstream_overflow_total", &[("source_workload", src), ("limit", "buffered_body")]);
+    }
+
     let Some(_admitted) = state.lb.admit(&fwd.cluster) else {
         state.metrics.inc("mesh_overflow_total", &[("cluster", &fwd.cluster.name)]);
         let mut r = local_reply(
@@ -329,7 +425,6 @@ async fn forward(state: &ProxyState, source: &Source, fwd: Forward, req: Request
         r.headers_mut().insert("x-envoy-overloaded", HeaderValue::from_static("true"));
         return r;
     };
-    let (mut parts, body) = req.into_parts();
     fwd.request_headers.apply(&mut parts.headers);
 
     let mut path_and_query = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
@@ -344,11 +439,6 @@ async fn forward(state: &ProxyState, source: &Source, fwd: Forward, req: Request
             }
         }
     }
-
-    let body = match read_body(body, state.limits.max_buffered_body, parts.version == http::Version::HTTP_2).await {
-        Ok(b) => b,
-        Err(reply) => return reply,
-    };
 
     if let (Some(mirror), ReqBody::Buffered(bytes)) = (&fwd.mirror, &body) {
         spawn_mirror(state, mirror.clone(), &parts, &path_and_query, bytes.clone());
@@ -426,7 +516,7 @@ async fn forward(state: &ProxyState, source: &Source, fwd: Forward, req: Request
             Ok(resp) => {
                 let status = resp.status().as_u16();
                 // An endpoint answering a body the client broke is not judged by that answer.
-                if downstream_failed.as_ref().is_none_or(|f| f.get().is_none()) {
+                if downstream_failed.as_ref().is_none_or(|f| f.get().is_none()) && !activity.timed_out() {
                     state.lb.report(&fwd.cluster, &picked, Some(status));
                 }
                 if !last
@@ -441,6 +531,17 @@ async fn forward(state: &ProxyState, source: &Source, fwd: Forward, req: Request
                 let (mut rparts, rbody) = resp.into_parts();
                 strip_hop_by_hop(&mut rparts.headers);
                 fwd.response_headers.apply(&mut rparts.headers);
+                let rbody = rbody.map_err(BodyError::Hyper);
+                if downstream_failed.is_none() {
+                    return Response::from_parts(rparts, rbody.boxed());
+                }
+                // The request body may still be streaming: response data is activity too (Envoy's
+                // stream idle timer counts both directions), so a server talking keeps it alive.
+                let activity = activity.clone();
+                let rbody = rbody.map_frame(move |f| {
+                    activity.touch();
+                    f
+                });
                 return Response::from_parts(rparts, rbody.boxed());
             }
             Err(failure)
@@ -464,10 +565,16 @@ async fn forward(state: &ProxyState, source: &Source, fwd: Forward, req: Request
                 continue;
             }
             Err(failure) => {
+                if activity.timed_out() {
+                    // The client stopped sending its body before any response came back: 408
+                    // (Envoy's stream idle timeout reply); the upstream request was reset with it.
+                    let timeout = super::limits::BodyIdleTimeout(state.limits.request_body_idle_timeout);
+                    return downstream_body_error(&BodyError::IdleTimeout(timeout));
+                }
                 if let Some(e) = downstream_failed.as_ref().and_then(|f| f.get()) {
                     // The client broke its own request body mid-stream: not the endpoint's
                     // failure, so no outlier report and no retry.
-                    return downstream_body_error(e);
+                    return local_reply(StatusCode::BAD_REQUEST, format!("downstream request body error: {e}"));
                 }
                 state.lb.report(&fwd.cluster, &picked, None);
                 if !last && !deadline_passed && failure.retriable(&fwd) && retry_admitted(state, &fwd, &mut retry_slot)
@@ -595,7 +702,7 @@ fn hash_key(lb: &LbPolicy, headers: &HeaderMap, query: Option<&str>, peer: Optio
 }
 
 fn spawn_mirror(
-    state: &ProxyState,
+    state: &Arc<ProxyState>,
     cluster: Arc<crate::routing::Cluster>,
     parts: &http::request::Parts,
     path_and_query: &str,

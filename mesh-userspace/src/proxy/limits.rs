@@ -13,6 +13,8 @@ use std::{
     time::Duration,
 };
 
+use std::future::Future as _;
+
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     sync::Notify,
@@ -45,6 +47,24 @@ pub struct Limits {
     /// retried and mirrored, and a malformed one is answered 400 without reaching any endpoint;
     /// larger ones stream through once. Envoy's per-connection buffer limit default, 1 MiB.
     pub max_buffered_body: u64,
+    /// A request whose body stops arriving for this long is ended: `408` (connection closed) when
+    /// no response has come from upstream yet, whether or not part of the body was already
+    /// streamed to it (the upstream request is reset); after a response started, both sides are
+    /// reset. Counted in `mesh_downstream_timeouts_total{reason="request_body_timeout"}`. Only
+    /// time the proxy spends waiting for the client counts (not time the upstream takes to read),
+    /// and response data restarts it, so a bidirectional stream is not cut while the server
+    /// talks. Envoy's `stream_idle_timeout` default, 5 min, with Envoy's 408-or-reset rule: an
+    /// app that works behind Istio's sidecars is never cut sooner here. What keeps one pod's
+    /// stalled uploads from hurting others is its caps below, not this timer; the timer returns
+    /// what a stalled request holds (a task, buffered bytes, an upstream connection).
+    pub request_body_idle_timeout: Duration,
+    /// Request body bytes one source workload may hold in read-ahead buffers at once (the
+    /// `max_buffered_body` buffers of all its requests in flight). A request that would go over
+    /// it streams on with what was read so far, once, without retries or mirroring — what Envoy's
+    /// router does past its retry/shadow buffer limit (`retry_or_shadow_abandoned`). Counted in
+    /// `mesh_downstream_overflow_total{limit="buffered_body"}`. 16 full buffers: without it
+    /// one pod's 1024 requests in flight could pin 1 GiB, twice the DaemonSet's memory limit.
+    pub per_source_max_buffered_body: u64,
     /// Connections one source workload (one enrolled pod's listener) may hold open at once; the
     /// excess is closed right after accept. Generous: a pod is one tenant, not one client.
     pub per_source_max_connections: u32,
@@ -62,6 +82,8 @@ impl Default for Limits {
             max_request_headers_count: 100,
             http2_max_concurrent_streams: 100,
             max_buffered_body: 1 << 20,
+            request_body_idle_timeout: Duration::from_secs(300),
+            per_source_max_buffered_body: 16 << 20,
             per_source_max_connections: 2048,
             per_source_max_requests: 1024,
         }
@@ -210,13 +232,15 @@ impl Drop for RequestGuard {
     }
 }
 
-/// The caps of one source workload (one enrolled pod's listener): connections open and requests
-/// in flight, shared by all of its connections.
+/// The caps of one source workload (one enrolled pod's listener): connections open, requests
+/// in flight and request body bytes buffered, shared by all of its connections.
 pub struct SourceCaps {
     connections: Arc<AtomicU32>,
     requests: Arc<AtomicU32>,
+    body_bytes: Arc<AtomicU64>,
     max_connections: u32,
     max_requests: u32,
+    max_body_bytes: u64,
 }
 
 /// A slot under a [`SourceCaps`] cap, released on drop.
@@ -237,14 +261,54 @@ fn take(counter: &Arc<AtomicU32>, max: u32) -> Option<CapSlot> {
     Some(CapSlot(counter.clone()))
 }
 
+/// Request body bytes one request holds under its source's buffered-body cap; all of them are
+/// given back when it is dropped (the request ended). `None` inside: no cap (ingress).
+pub(crate) struct BodyBudget {
+    counter: Option<(Arc<AtomicU64>, u64)>,
+    held: u64,
+}
+
+impl BodyBudget {
+    /// A budget with no cap.
+    pub(crate) fn unlimited() -> Self {
+        BodyBudget { counter: None, held: 0 }
+    }
+
+    /// Takes `n` more bytes, unless the source would go over its cap.
+    pub(crate) fn try_take(&mut self, n: u64) -> bool {
+        let Some((counter, max)) = &self.counter else { return true };
+        let mut cur = counter.load(Ordering::Acquire);
+        loop {
+            let Some(next) = cur.checked_add(n).filter(|next| next <= max) else { return false };
+            match counter.compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    self.held = self.held.saturating_add(n);
+                    return true;
+                }
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+}
+
+impl Drop for BodyBudget {
+    fn drop(&mut self) {
+        if let Some((counter, _)) = &self.counter {
+            counter.fetch_sub(self.held, Ordering::AcqRel);
+        }
+    }
+}
+
 impl SourceCaps {
     /// Empty counters for one source workload, capped by `limits`.
     pub fn new(limits: &Limits) -> Arc<Self> {
         Arc::new(SourceCaps {
             connections: Arc::default(),
             requests: Arc::default(),
+            body_bytes: Arc::default(),
             max_connections: limits.per_source_max_connections,
             max_requests: limits.per_source_max_requests,
+            max_body_bytes: limits.per_source_max_buffered_body,
         })
     }
 
@@ -256,6 +320,144 @@ impl SourceCaps {
     /// One more request in flight, unless the source is at its cap.
     pub fn request(&self) -> Option<CapSlot> {
         take(&self.requests, self.max_requests)
+    }
+
+    /// An empty share of the source's buffered-body cap for one request.
+    pub(crate) fn body_budget(&self) -> BodyBudget {
+        BodyBudget { counter: Some((self.body_bytes.clone(), self.max_body_bytes)), held: 0 }
+    }
+
+    /// What the source holds now: (connections open, requests in flight, body bytes buffered).
+    pub fn usage(&self) -> (u32, u32, u64) {
+        (
+            self.connections.load(Ordering::Acquire),
+            self.requests.load(Ordering::Acquire),
+            self.body_bytes.load(Ordering::Acquire),
+        )
+    }
+}
+
+/// The activity clock of one request stream, for the request-body idle timeout: the request
+/// body (the client's data) and the response body (the server's) both restart it.
+pub(crate) struct StreamActivity {
+    epoch: Instant,
+    /// Milliseconds since `epoch` of the last body event in either direction.
+    last: AtomicU64,
+    timed_out: AtomicBool,
+}
+
+impl StreamActivity {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(StreamActivity { epoch: Instant::now(), last: AtomicU64::new(0), timed_out: AtomicBool::new(false) })
+    }
+
+    pub(crate) fn touch(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(NONE);
+        self.last.store(ms, Ordering::Release);
+    }
+
+    fn deadline(&self, timeout: Duration) -> Instant {
+        let last = self.epoch.checked_add(Duration::from_millis(self.last.load(Ordering::Acquire)));
+        let last = last.unwrap_or(self.epoch);
+        // A timeout past what the clock holds is no timeout: a day later is as good as never here.
+        last.checked_add(timeout).unwrap_or_else(|| last + Duration::from_secs(86_400))
+    }
+
+    /// Whether the request body idle timeout ended this stream.
+    pub(crate) fn timed_out(&self) -> bool {
+        self.timed_out.load(Ordering::Acquire)
+    }
+}
+
+/// The request body stopped arriving: no data for the request-body idle timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("no request body data from the client for {0:?} (request body idle timeout)")]
+pub struct BodyIdleTimeout(pub Duration);
+
+/// A request body that fails with [`BodyIdleTimeout`] when the client sends nothing for
+/// `timeout` while the proxy waits for it. The clock runs only while the body is polled and has
+/// nothing (time the upstream takes to want more is not the client's), and restarts on every
+/// frame and on response data (`StreamActivity::touch`).
+pub(crate) struct IdleTimeoutBody<B> {
+    inner: B,
+    activity: Arc<StreamActivity>,
+    timeout: Duration,
+    waiting: bool,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    on_timeout: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl<B> IdleTimeoutBody<B> {
+    /// `on_timeout` runs once, when the timeout fires (the metric).
+    pub(crate) fn new(
+        inner: B,
+        activity: Arc<StreamActivity>,
+        timeout: Duration,
+        on_timeout: Box<dyn FnOnce() + Send + Sync>,
+    ) -> Self {
+        IdleTimeoutBody { inner, activity, timeout, waiting: false, sleep: None, on_timeout: Some(on_timeout) }
+    }
+}
+
+impl<B> hyper::body::Body for IdleTimeoutBody<B>
+where
+    B: hyper::body::Body + Unpin,
+    B::Error: Into<super::http::BodyError>,
+{
+    type Data = B::Data;
+    type Error = super::http::BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        if this.activity.timed_out() {
+            return Poll::Ready(Some(Err(BodyIdleTimeout(this.timeout).into())));
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => {
+                this.waiting = false;
+                this.activity.touch();
+                return Poll::Ready(Some(Ok(f)));
+            }
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => {}
+        }
+        if !this.waiting {
+            // The proxy starts waiting for the client now: the clock starts here, whatever
+            // happened while nobody asked for the body.
+            this.waiting = true;
+            this.activity.touch();
+        }
+        loop {
+            let deadline = this.activity.deadline(this.timeout);
+            let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if sleep.deadline() != deadline {
+                sleep.as_mut().reset(deadline);
+            }
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            // Response data may have moved the deadline while the timer ran.
+            if this.activity.deadline(this.timeout) > Instant::now() {
+                continue;
+            }
+            this.activity.timed_out.store(true, Ordering::Release);
+            if let Some(f) = this.on_timeout.take() {
+                f();
+            }
+            return Poll::Ready(Some(Err(BodyIdleTimeout(this.timeout).into())));
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -372,5 +574,124 @@ mod tests {
         a.on_read(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
         a.on_read(b"\0\0\0\x06\0\0\0\0\0");
         assert_eq!(a.watch(&l).await, Expired::Idle);
+    }
+}
+
+#[cfg(test)]
+mod body_timeout_tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use hyper::body::{Body, Frame};
+
+    impl From<std::convert::Infallible> for super::super::http::BodyError {
+        fn from(never: std::convert::Infallible) -> Self {
+            match never {}
+        }
+    }
+
+    /// A request body fed by the test.
+    struct Fed(tokio::sync::mpsc::UnboundedReceiver<&'static str>);
+
+    impl Body for Fed {
+        type Data = bytes::Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<bytes::Bytes>, Self::Error>>> {
+            self.0.poll_recv(cx).map(|c| c.map(|s| Ok(Frame::data(bytes::Bytes::from_static(s.as_bytes())))))
+        }
+    }
+
+    const T: Duration = Duration::from_secs(300);
+
+    fn fed(
+    ) -> (tokio::sync::mpsc::UnboundedSender<&'static str>, IdleTimeoutBody<Fed>, Arc<StreamActivity>, Arc<AtomicU32>)
+    {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let activity = StreamActivity::new();
+        let fired = Arc::new(AtomicU32::new(0));
+        let f = fired.clone();
+        let body = IdleTimeoutBody::new(
+            Fed(rx),
+            activity.clone(),
+            T,
+            Box::new(move || {
+                f.fetch_add(1, Ordering::SeqCst);
+            }),
+        );
+        (tx, body, activity, fired)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn data_keeps_a_body_alive_and_silence_ends_it_after_the_timeout() {
+        let (tx, mut body, activity, fired) = fed();
+        for _ in 0..3 {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(200)).await;
+                let _ = tx.send("x");
+            });
+            // 200 s apart, each under the 300 s timeout.
+            assert!(body.frame().await.expect("frame").is_ok());
+        }
+        let stalled = Instant::now();
+        let e = body.frame().await.expect("an error frame").expect_err("timed out");
+        assert!(matches!(e, super::super::http::BodyError::IdleTimeout(_)), "{e}");
+        assert_eq!(stalled.elapsed(), T);
+        assert!(activity.timed_out());
+        assert_eq!(fired.load(Ordering::SeqCst), 1, "counted once");
+        // It stays ended.
+        assert!(body.frame().await.expect("frame").is_err());
+        assert_eq!(fired.load(Ordering::SeqCst), 1);
+        drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn time_nobody_asked_for_the_body_and_response_data_do_not_count() {
+        let (tx, mut body, activity, _) = fed();
+        tx.send("x").expect("send");
+        assert!(body.frame().await.expect("frame").is_ok());
+        // The upstream does not want more for an hour (backpressure): not the client's fault.
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        let waiting = Instant::now();
+        // Response data arrives 250 s into the wait, which moves the deadline to 550 s.
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(250)).await;
+            activity.touch();
+        });
+        assert!(body.frame().await.expect("frame").is_err());
+        assert_eq!(waiting.elapsed(), Duration::from_secs(550));
+        drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_finished_body_never_times_out() {
+        let (tx, mut body, activity, fired) = fed();
+        tx.send("x").expect("send");
+        drop(tx);
+        assert!(body.frame().await.expect("frame").is_ok());
+        assert!(body.frame().await.is_none());
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert!(!activity.timed_out());
+        assert_eq!(fired.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_source_buffered_body_budget_is_shared_and_given_back() {
+        let caps = SourceCaps::new(&Limits { per_source_max_buffered_body: 1000, ..Limits::default() });
+        let mut a = caps.body_budget();
+        let mut b = caps.body_budget();
+        assert!(a.try_take(600));
+        assert!(a.try_take(300));
+        assert!(!b.try_take(200), "900 + 200 is over the cap");
+        assert!(b.try_take(100));
+        assert_eq!(caps.usage().2, 1000);
+        drop(a);
+        assert_eq!(caps.usage().2, 100);
+        assert!(b.try_take(u64::MAX).eq(&false), "no overflow past u64");
+        drop(b);
+        assert_eq!(caps.usage().2, 0);
+        assert!(BodyBudget::unlimited().try_take(u64::MAX));
     }
 }

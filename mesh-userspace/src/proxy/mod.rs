@@ -77,6 +77,8 @@ pub struct ProxyState {
     pub drain: crate::drain::Drain,
     /// Downstream limits, fixed for the proxy's lifetime.
     pub limits: Limits,
+    /// Every pod listener's caps, for the per-source usage gauges on `/metrics`.
+    sources: std::sync::Mutex<Vec<(String, std::sync::Weak<limits::SourceCaps>)>>,
 }
 
 impl ProxyState {
@@ -103,7 +105,39 @@ impl ProxyState {
             original_dst,
             drain: Default::default(),
             limits,
+            sources: Default::default(),
         })
+    }
+
+    /// Current use of each source workload's caps as Prometheus gauges:
+    /// `mesh_downstream_connections`, `mesh_downstream_requests_active` and
+    /// `mesh_downstream_buffered_body_bytes`, by `source_workload`.
+    pub fn source_gauges(&self) -> String {
+        use std::fmt::Write as _;
+        let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        sources.retain(|(_, caps)| caps.strong_count() > 0);
+        let mut usage: std::collections::BTreeMap<&str, (u64, u64, u64)> = Default::default();
+        for (name, caps) in sources.iter() {
+            if let Some(caps) = caps.upgrade() {
+                // A pod re-enrolled under the same name may briefly have two listeners.
+                let (c, r, b) = caps.usage();
+                let u = usage.entry(name.as_str()).or_default();
+                *u = (u.0 + u64::from(c), u.1 + u64::from(r), u.2.saturating_add(b));
+            }
+        }
+        let mut out = String::new();
+        for (i, name) in
+            ["mesh_downstream_connections", "mesh_downstream_requests_active", "mesh_downstream_buffered_body_bytes"]
+                .iter()
+                .enumerate()
+        {
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            for (src, u) in &usage {
+                let v = [u.0, u.1, u.2][i];
+                let _ = writeln!(out, "{name}{{source_workload=\"{}\"}} {v}", src.replace(['\\', '"'], "_"));
+            }
+        }
+        out
     }
 }
 
@@ -256,6 +290,7 @@ pub async fn serve_pod_listener(
     let st = state.clone();
     // One pod's listener is one source workload: its caps are shared by all its connections.
     let caps = limits::SourceCaps::new(&state.limits);
+    state.sources.lock().unwrap_or_else(|e| e.into_inner()).push((name.clone(), Arc::downgrade(&caps)));
     accept_until_drain(listener, &name, &st.drain, |stream, peer| {
         let workload = workload.load_full();
         let Some(conn_slot) = caps.connection() else {
@@ -444,6 +479,11 @@ pub async fn serve_http(state: Arc<ProxyState>, source: Source, entry: Entry, st
         r = conn.as_mut() => {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "http connection ended with error");
+                // A head hyper refused itself (too large across reads, unparsable) was answered
+                // by hyper and never reached `http::handle`: counted here, under its source.
+                if let Some(code) = hyper_refusal(&*e) {
+                    http::count_request(&state, &src, "-", "-", code);
+                }
             }
             return;
         }
@@ -467,6 +507,18 @@ pub async fn serve_http(state: Arc<ProxyState>, source: Source, entry: Entry, st
         let _ = tokio::time::timeout(limits.request_headers_timeout, conn).await;
     }
     // A stalled request head: the connection is dropped, which closes the socket.
+}
+
+/// The status hyper's HTTP/1 server answered a request head it refused with, if it did.
+fn hyper_refusal(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let h = e.downcast_ref::<hyper::Error>()?;
+    if h.is_parse_too_large() {
+        Some("431")
+    } else if h.is_parse() {
+        Some("400")
+    } else {
+        None
+    }
 }
 
 async fn serve_tcp(state: Arc<ProxyState>, source: Source, service: Arc<Service>, port: u16, mut stream: TcpStream) {

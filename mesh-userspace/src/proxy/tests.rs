@@ -1073,6 +1073,17 @@ async fn racing_backend(per_conn: usize, keep_alive: Duration) -> (SocketAddr, A
 
 /// A proxy in front of one racing backend, with `attempts` retries configured on the route.
 async fn racing_proxy(backend: SocketAddr, attempts: u32) -> SocketAddr {
+    single_backend_proxy(backend, attempts, "", Limits::default()).await.0
+}
+
+/// A proxy for service `web` with one endpoint, `backend`: `attempts` retries on the route,
+/// `extra` more YAML (a DestinationRule), `limits` for its clients.
+async fn single_backend_proxy(
+    backend: SocketAddr,
+    attempts: u32,
+    extra: &str,
+    limits: Limits,
+) -> (SocketAddr, Arc<ProxyState>) {
     let svc = Arc::new(Service {
         name: "web".into(),
         namespace: "default".into(),
@@ -1092,18 +1103,19 @@ async fn racing_proxy(backend: SocketAddr, attempts: u32) -> SocketAddr {
         services: vec![svc.clone()],
         workloads: vec![workload("web-1", &[("app", "web")], backend.port()), client.clone()],
     };
-    let vs = format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: web}}\nspec:\n  hosts: [web]\n  http:\n  - route:\n    - destination: {{host: web}}\n    retries: {{attempts: {attempts}}}\n");
-    let state = ProxyState::new(registry.clone(), table(&vs, &registry), Arc::new(NoOriginalDst));
+    let vs = format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: web}}\nspec:\n  hosts: [web]\n  http:\n  - route:\n    - destination: {{host: web}}\n    retries: {{attempts: {attempts}}}\n{extra}");
+    let state = ProxyState::with_limits(registry.clone(), table(&vs, &registry), Arc::new(NoOriginalDst), limits);
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind front");
     let addr = l.local_addr().expect("addr");
+    let st = state.clone();
     tokio::spawn(async move {
         loop {
             let Ok((s, peer)) = l.accept().await else { return };
             let source = Source { workload: Some(client.clone()), peer: Some(peer), caps: None };
-            tokio::spawn(serve_service_conn(state.clone(), source, svc.clone(), 80, s));
+            tokio::spawn(serve_service_conn(st.clone(), source, svc.clone(), 80, s));
         }
     });
-    addr
+    (addr, state)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1221,4 +1233,177 @@ async fn a_source_over_its_caps_is_refused_while_another_is_served() {
     codes.sort();
     assert_eq!(codes, vec![200, 503]);
     assert_eq!(overflowed(), 1);
+}
+
+/// A backend that reads each request's whole body before answering, and reports what became of
+/// each body: its length, or the error that cut it.
+async fn reading_backend() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Result<usize, String>>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+    let addr = l.local_addr().expect("addr");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: ::http::Request<hyper::body::Incoming>| {
+                    let tx = tx.clone();
+                    async move {
+                        let got =
+                            req.into_body().collect().await.map(|b| b.to_bytes().len()).map_err(|e| e.to_string());
+                        let _ = tx.send(got);
+                        Ok::<_, std::convert::Infallible>(::http::Response::new(crate::proxy::http::full("read\n")))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc).await;
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// Sends `head` and `body` on a fresh connection, then nothing; returns everything read until the
+/// proxy closes the connection and how long after the last byte was sent that was.
+async fn stall(addr: SocketAddr, head: &str, body: &[u8]) -> (String, Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(head.as_bytes()).await.expect("write head");
+    s.write_all(body).await.expect("write body");
+    let stalled = Instant::now();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got).await;
+    (String::from_utf8_lossy(&got).into_owned(), stalled.elapsed())
+}
+
+const OUTLIER_ONE_5XX: &str = "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: web}\nspec:\n  host: web\n  trafficPolicy:\n    outlierDetection: {consecutive5xxErrors: 1, consecutiveGatewayErrors: 1, maxEjectionPercent: 100}\n";
+
+// Paused clock: the only timer that can end these requests is the body idle timeout, so the
+// time they take is exactly it.
+#[tokio::test(start_paused = true)]
+async fn a_stalled_request_body_gets_408_before_a_response_and_a_reset_after() {
+    let timeout = Duration::from_secs(10);
+    let limits = Limits { request_body_idle_timeout: timeout, ..Limits::default() };
+    let (backend, mut bodies) = reading_backend().await;
+    let (addr, state) = single_backend_proxy(backend, 2, OUTLIER_ONE_5XX, limits.clone()).await;
+    let in_window = |took: Duration| (timeout..timeout + Duration::from_secs(1)).contains(&took);
+
+    // 1. A small body, read ahead for retries: stalls before anything went upstream.
+    let head = "POST /small HTTP/1.1\r\nhost: web\r\ncontent-length: 100\r\n\r\n";
+    let (reply, took) = stall(addr, head, b"0123456789").await;
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.to_ascii_lowercase().contains("connection: close"), "{reply}");
+    assert!(in_window(took), "answered after {took:?}");
+    assert!(bodies.try_recv().is_err(), "the backend never saw the stalled request");
+
+    // 2. A body over the read-ahead buffer streams: 100 KiB of 2 MiB reach the backend, then the
+    // client stalls. No response yet, so 408 to the client; the upstream request is reset.
+    let head = "POST /big HTTP/1.1\r\nhost: web\r\ncontent-length: 2097152\r\n\r\n";
+    let (reply, took) = stall(addr, head, &vec![b'a'; 100 * 1024]).await;
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply:.300}");
+    assert!(in_window(took), "answered after {took:?}");
+    let upstream = tokio::time::timeout(Duration::from_secs(5), bodies.recv()).await.expect("backend saw it");
+    assert!(upstream.expect("a body outcome").is_err(), "the upstream request must be cut, not completed");
+    assert!(!state.lb.is_ejected(backend), "a client's stall must not eject the endpoint");
+
+    // 3. An endpoint that answers before the body ends: the response reaches the client whole,
+    // then the stall resets the stream: both connections are closed.
+    let early = early_backend().await;
+    let (addr, state3) = single_backend_proxy(early, 0, OUTLIER_ONE_5XX, limits).await;
+    let head = "POST /early HTTP/1.1\r\nhost: web\r\ncontent-length: 2097152\r\n\r\n";
+    let (reply, took) = stall(addr, head, &vec![b'a'; 100 * 1024]).await;
+    assert!(reply.starts_with("HTTP/1.1 200") && reply.contains("early"), "{reply:.300}");
+    assert!(in_window(took), "closed after {took:?}");
+
+    let timeouts =
+        |s: &ProxyState| s.metrics.get("mesh_downstream_timeouts_total", &[("reason", "request_body_timeout")]);
+    assert_eq!(timeouts(&state), 2);
+    assert_eq!(timeouts(&state3), 1);
+    assert_eq!(state.metrics.get("mesh_requests_total", &[("response_code", "408")]), 2);
+}
+
+/// A raw backend that answers `early` as soon as it has a request head, then keeps reading the
+/// request body (and discarding it) until the connection closes: a server that responds
+/// before the upload ends and does not close on the client.
+async fn early_backend() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = vec![0u8; 64 * 1024];
+                while !String::from_utf8_lossy(&seen).contains("\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nearly\n").await.is_err() {
+                    return;
+                }
+                while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_over_its_buffered_body_cap_streams_without_retries() {
+    // reviews-v1 fails its first two requests; the route retries 5xx twice.
+    let (registry, _, _, h1, _) = setup(2).await;
+    let yaml = format!(
+        "{DR}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews}}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {{host: reviews, subset: v1}}\n    retries: {{attempts: 2, retryOn: 5xx}}\n"
+    );
+    let limits = Limits { per_source_max_buffered_body: 1000, ..Limits::default() };
+    let state = ProxyState::with_limits(registry.clone(), table(&yaml, &registry), Arc::new(ToReviews), limits);
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let pod = l.local_addr().expect("addr");
+    let w = Arc::new(ArcSwap::from(workload("uploader", &[("app", "uploader")], 80)));
+    tokio::spawn(serve_pod_listener(state.clone(), w, l, 0));
+
+    // One upload of 900 bytes is read ahead (and held: the client sends 10 bytes of it) ...
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut slow = tokio::net::TcpStream::connect(pod).await.expect("connect");
+    slow.write_all(b"POST /reviews/0 HTTP/1.1\r\nhost: reviews\r\ncontent-length: 900\r\n\r\n0123456789")
+        .await
+        .expect("write");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !state.source_gauges().contains("mesh_downstream_buffered_body_bytes{source_workload=\"uploader\"} 900") {
+        assert!(Instant::now() < deadline, "the first upload was never read ahead:\n{}", state.source_gauges());
+        tokio::task::yield_now().await;
+    }
+    // ... so a 200-byte one from the same pod is over its 1000-byte cap: streamed once, and the
+    // backend's 503 comes back unretried.
+    let body = "b".repeat(200);
+    let req =
+        format!("POST /reviews/0 HTTP/1.1\r\nhost: reviews\r\ncontent-length: 200\r\nconnection: close\r\n\r\n{body}");
+    let reply = raw(pod, req.as_bytes(), "\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
+    assert_eq!(h1.load(Ordering::SeqCst), 1, "not retried");
+    assert_eq!(
+        state
+            .metrics
+            .get("mesh_downstream_overflow_total", &[("source_workload", "uploader"), ("limit", "buffered_body")]),
+        1
+    );
+    // The held upload completes within the cap: its 503 is retried, and it succeeds.
+    slow.write_all(&[b'c'; 890]).await.expect("write rest");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("reviews-v1") {
+        let n = slow.read(&mut buf).await.expect("read");
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
+    assert_eq!(h1.load(Ordering::SeqCst), 3, "503 then a retried 200");
+    drop(slow);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !state.source_gauges().contains("mesh_downstream_buffered_body_bytes{source_workload=\"uploader\"} 0") {
+        assert!(Instant::now() < deadline, "the budget was not given back:\n{}", state.source_gauges());
+        tokio::task::yield_now().await;
+    }
 }

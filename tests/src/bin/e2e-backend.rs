@@ -4,7 +4,15 @@
 //! e2e-backend banner NAME ADDR   server-first TCP: sends `BANNER NAME\n`, then echoes lines
 //! e2e-backend tcp-client ADDR MSG  connects, prints the banner line, sends MSG, prints the echo
 //! e2e-backend load HOST:PORT RATE SECONDS keepalive|close
-//!                                fixed-rate HTTP/1.1 GETs, prints `ok=N failed=M` and the errors
+//!                                fixed-rate HTTP/1.1 GETs, prints `ok=N failed=M ... p50_ms= p99_ms=
+//!                                max_ms=` (latency of each request, a stale-connection retry included)
+//!                                and the errors
+//! e2e-backend abuse MODE HOST:PORT N [ARGS]   a misbehaving client (the noisy neighbour), prints
+//!                                one line `codes <status>=<count>... closed=<n>` plus mode fields:
+//!   connections N               opens N connections and keeps them; then one GET on each
+//!   headers N BYTES             N requests, each with a BYTES-long header
+//!   slowloris N INTERVAL_MS     N connections sending a request head one byte per interval
+//!   stalled-body N LEN SENT     N concurrent requests announcing LEN body bytes, sending SENT
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{TcpListener, TcpStream, ToSocketAddrs},
@@ -18,7 +26,8 @@ fn main() {
         Some("banner") if args.len() == 4 => serve(&args[3], &args[2], handle_banner),
         Some("tcp-client") if args.len() == 4 => tcp_client(&args[2], &args[3]),
         Some("load") if args.len() == 6 => load(&args[2], &args[3], &args[4], &args[5]),
-        _ => Err("usage: e2e-backend http|banner NAME ADDR | tcp-client ADDR MSG | load HOST:PORT RATE SECONDS keepalive|close"
+        Some("abuse") if args.len() >= 5 => abuse(&args[2], &args[3], &args[4..]),
+        _ => Err("usage: e2e-backend http|banner NAME ADDR | tcp-client ADDR MSG | load HOST:PORT RATE SECONDS keepalive|close | abuse MODE HOST:PORT N [ARGS]"
             .to_string()),
     };
     if let Err(e) = result {
@@ -133,6 +142,7 @@ fn load(host: &str, rate: &str, secs: &str, mode: &str) -> Result<(), String> {
     let run = Duration::try_from_secs_f64(secs).map_err(|_| format!("seconds {secs}: out of range"))?;
     let start = Instant::now();
     let (mut ok, mut failed, mut retried, mut connections) = (0u64, 0u64, 0u64, 0u64);
+    let mut latencies: Vec<Duration> = Vec::new();
     let mut errors: Vec<String> = Vec::new();
     let mut conn: Option<Conn> = None;
     let mut next = start;
@@ -145,11 +155,13 @@ fn load(host: &str, rate: &str, secs: &str, mode: &str) -> Result<(), String> {
         next += interval;
         n += 1;
         let reused = conn.is_some();
+        let sent = Instant::now();
         let mut result = request(&mut conn, addr, host, keepalive, n, &mut connections);
         if let (Err(Failure::Stale(_)), true) = (&result, reused) {
             retried += 1;
             result = request(&mut conn, addr, host, keepalive, n, &mut connections);
         }
+        latencies.push(sent.elapsed());
         match result {
             Ok(()) => ok += 1,
             Err(Failure::Stale(e) | Failure::Failed(e)) => {
@@ -161,7 +173,17 @@ fn load(host: &str, rate: &str, secs: &str, mode: &str) -> Result<(), String> {
             }
         }
     }
-    println!("ok={ok} failed={failed} retried_stale={retried} connections={connections}");
+    latencies.sort();
+    let pct = |p: usize| {
+        let i = (latencies.len() * p).div_ceil(100).saturating_sub(1);
+        latencies.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    println!(
+        "ok={ok} failed={failed} retried_stale={retried} connections={connections} p50_ms={:.3} p99_ms={:.3} max_ms={:.3}",
+        pct(50),
+        pct(99),
+        pct(100)
+    );
     for e in errors {
         println!("error: {e}");
     }
@@ -229,5 +251,153 @@ fn request(
     if !status.starts_with("HTTP/1.1 200") || !body.contains("backend=") {
         return Err(Failure::Failed(format!("{} {}", status.trim_end(), body.trim_end())));
     }
+    Ok(())
+}
+
+/// The status code of the response on `s`, or None when the server closed (or reset) the
+/// connection before any response byte.
+fn status_of(s: &mut TcpStream) -> Result<Option<u16>, String> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.contains(&b'\n') {
+        match s.read(&mut buf) {
+            Ok(0) => return Ok(None),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if got.is_empty() && matches!(e.kind(), std::io::ErrorKind::ConnectionReset) => return Ok(None),
+            Err(e) => return Err(format!("reading a status line: {e}")),
+        }
+    }
+    let line = String::from_utf8_lossy(&got);
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .map(Some)
+        .ok_or_else(|| format!("bad status line {line:?}"))
+}
+
+fn connect(addr: std::net::SocketAddr) -> Result<TcpStream, String> {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+    Ok(s)
+}
+
+/// The status of a request written on `s` (a write the server refused by closing is `None`).
+fn send_and_status(s: &mut TcpStream, req: &[u8]) -> Result<Option<u16>, String> {
+    match s.write_all(req) {
+        Ok(()) => status_of(s),
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset) => Ok(None),
+        Err(e) => Err(format!("write: {e}")),
+    }
+}
+
+fn abuse(mode: &str, host: &str, args: &[String]) -> Result<(), String> {
+    let addr = host.to_socket_addrs().map_err(|e| format!("{host}: {e}"))?.next().ok_or("no address")?;
+    let num = |i: usize| -> Result<usize, String> {
+        let a = args.get(i).ok_or(format!("{mode}: missing argument {}", i + 1))?;
+        a.parse().map_err(|_| format!("{mode}: {a:?} is not a number"))
+    };
+    let n = num(0)?;
+    let get = format!("GET /abuse HTTP/1.1\r\nhost: {host}\r\n\r\n");
+    let mut extra = String::new();
+    let outcomes: Vec<Option<u16>> = match mode {
+        "connections" => {
+            // All of them open at once, then one request on each: the ones over the source's
+            // cap were closed by the proxy at accept.
+            let mut conns = Vec::new();
+            for _ in 0..n {
+                conns.push(connect(addr)?);
+            }
+            let mut out = Vec::new();
+            for c in &mut conns {
+                out.push(send_and_status(c, get.as_bytes())?);
+            }
+            out
+        }
+        "headers" => {
+            let bytes = num(1)?;
+            let req = format!("GET /abuse HTTP/1.1\r\nhost: {host}\r\nx-big: {}\r\n\r\n", "a".repeat(bytes));
+            let mut out = Vec::new();
+            for _ in 0..n {
+                out.push(send_and_status(&mut connect(addr)?, req.as_bytes())?);
+            }
+            out
+        }
+        "slowloris" => {
+            let interval = Duration::from_millis(num(1)? as u64);
+            let threads: Vec<_> = (0..n)
+                .map(|_| {
+                    let host = host.to_owned();
+                    std::thread::spawn(move || -> Result<(Option<u16>, Duration), String> {
+                        let mut s = connect(addr)?;
+                        s.set_read_timeout(Some(interval)).map_err(|e| e.to_string())?;
+                        let started = Instant::now();
+                        s.write_all(format!("GET /slow HTTP/1.1\r\nhost: {host}\r\nx-slow: ").as_bytes())
+                            .map_err(|e| format!("write: {e}"))?;
+                        let mut buf = [0u8; 256];
+                        while started.elapsed() < Duration::from_secs(60) {
+                            match s.read(&mut buf) {
+                                Ok(0) => return Ok((None, started.elapsed())),
+                                Ok(_) => return Ok((Some(0), started.elapsed())),
+                                Err(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionReset) => {
+                                    return Ok((None, started.elapsed()))
+                                }
+                                Err(_) => {} // the interval passed: one more header byte
+                            }
+                            if s.write_all(b"a").is_err() {
+                                return Ok((None, started.elapsed()));
+                            }
+                        }
+                        Err("still open after 60 s".into())
+                    })
+                })
+                .collect();
+            let mut out = Vec::new();
+            let mut longest = Duration::ZERO;
+            let mut shortest = Duration::MAX;
+            for t in threads {
+                let (o, took) = t.join().map_err(|_| "slowloris thread panicked")??;
+                out.push(o);
+                longest = longest.max(took);
+                shortest = shortest.min(took);
+            }
+            extra = format!(" min_ms={} max_ms={}", shortest.as_millis(), longest.as_millis());
+            out
+        }
+        "stalled-body" => {
+            let (len, sent) = (num(1)?, num(2)?);
+            let head = format!("POST /upload HTTP/1.1\r\nhost: {host}\r\ncontent-length: {len}\r\n\r\n");
+            let mut req = head.into_bytes();
+            req.extend(std::iter::repeat_n(b'u', sent));
+            let threads: Vec<_> = (0..n)
+                .map(|_| {
+                    let req = req.clone();
+                    std::thread::spawn(move || {
+                        let started = Instant::now();
+                        connect(addr).and_then(|mut s| send_and_status(&mut s, &req)).map(|o| (o, started.elapsed()))
+                    })
+                })
+                .collect();
+            let mut out = Vec::new();
+            let mut longest = Duration::ZERO;
+            for t in threads {
+                let (o, took) = t.join().map_err(|_| "stalled-body thread panicked")??;
+                out.push(o);
+                longest = longest.max(took);
+            }
+            extra = format!(" max_ms={}", longest.as_millis());
+            out
+        }
+        _ => return Err(format!("abuse mode {mode:?}: connections, headers, slowloris or stalled-body")),
+    };
+    let mut codes = std::collections::BTreeMap::new();
+    let mut closed = 0;
+    for o in outcomes {
+        match o {
+            Some(c) => *codes.entry(c).or_insert(0) += 1,
+            None => closed += 1,
+        }
+    }
+    let codes: Vec<String> = codes.iter().map(|(c, k)| format!("{c}={k}")).collect();
+    println!("codes {} closed={closed}{extra}", codes.join(" "));
     Ok(())
 }

@@ -1,0 +1,203 @@
+//! Noisy neighbour on the real kernel: two enrolled client pods share the node proxy. Pod A runs
+//! a fixed-rate load to a service VIP (one keep-alive client, one connection-per-request client);
+//! its p99 is measured alone first. Then, while A's load runs again, pod B misbehaves in turn:
+//! oversized request heads, slowloris heads, stalled request bodies (more of them than its
+//! requests-in-flight cap), and more connections than its connection cap. A must see no failed
+//! request and a p99 within 3× + 50 ms of its own baseline; every one of B's misbehaviours must be
+//! answered as designed (431, closed, 408 / 503, closed at accept) and counted under B.
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    process::Command,
+    time::Duration,
+};
+
+use mesh_e2e::*;
+
+const WEB_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 50);
+const ADMIN: &str = "127.0.0.1:15125";
+/// The agent's limits for this test: short timeouts so the test is short, small caps so pod B
+/// reaches them with a few hundred sockets.
+const HEADERS_TIMEOUT_S: u64 = 2;
+const BODY_TIMEOUT_S: u64 = 2;
+const MAX_CONNECTIONS: usize = 64;
+const MAX_REQUESTS: usize = 32;
+/// Pod A's load: requests per second per client, two clients.
+const RATE: &str = "100";
+
+/// A value from the `key=value` fields of the first line of `log` starting with `prefix`.
+fn field(log: &str, prefix: &str, key: &str) -> Option<f64> {
+    let line = log.lines().find(|l| l.starts_with(prefix))?;
+    line.split_whitespace().find_map(|f| f.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+}
+
+/// Runs `e2e-backend abuse MODE web:9080 ARGS` in pod B and returns its result line.
+fn abuse(node: &Node, backend: &str, mode: &str, args: &[&str]) -> anyhow::Result<String> {
+    let mut cmd = vec![backend, "abuse", mode, "web:9080"];
+    cmd.extend_from_slice(args);
+    let out = node.exec("client-b", &cmd)?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    anyhow::ensure!(out.status.success(), "abuse {mode} failed: {text} {}", String::from_utf8_lossy(&out.stderr));
+    Ok(text)
+}
+
+fn metrics() -> anyhow::Result<String> {
+    http_get(ADMIN.parse()?, "/metrics")
+}
+
+/// Waits until pod B holds no connection on the proxy any more, so the next phase starts from
+/// zero against its caps (the proxy's side of a closed connection ends a moment later).
+fn b_quiet() -> anyhow::Result<()> {
+    wait_until("pod B's connections to end on the proxy", Duration::from_secs(10), || {
+        metrics().is_ok_and(|m| {
+            metric(&m, "mesh_downstream_connections", &[("source_workload", "client-b")]) == 0
+                && metric(&m, "mesh_downstream_requests_active", &[("source_workload", "client-b")]) == 0
+        })
+    })
+}
+
+/// Pod A's two loads (keep-alive and connection-per-request) for `secs`, started in the background.
+fn start_load(node: &mut Node, backend: &str, label: &str, secs: &str) -> anyhow::Result<()> {
+    for mode in ["keepalive", "close"] {
+        node.spawn("client-a", &format!("{label}-{mode}"), &[backend, "load", "web:9080", RATE, secs, mode])?;
+    }
+    Ok(())
+}
+
+/// Waits for pod A's loads and returns (requests ok, failed, p99 ms) per mode.
+fn finish_load(node: &mut Node, label: &str) -> anyhow::Result<Vec<(String, f64, f64, f64)>> {
+    let mut out = Vec::new();
+    for mode in ["keepalive", "close"] {
+        let l = format!("{label}-{mode}");
+        node.wait(&l, Duration::from_secs(60))?;
+        let log = node.log(&l);
+        let get = |k| field(&log, "ok=", k).ok_or_else(|| anyhow::anyhow!("no {k} in {l}'s output:\n{log}"));
+        anyhow::ensure!(get("failed")? == 0.0, "pod A's {mode} load had failures:\n{log}");
+        out.push((mode.to_owned(), get("ok")?, get("failed")?, get("p99_ms")?));
+    }
+    Ok(out)
+}
+
+#[test]
+fn a_misbehaving_pod_does_not_degrade_its_neighbour() -> anyhow::Result<()> {
+    if !require_ebpf("a_misbehaving_pod_does_not_degrade_its_neighbour") {
+        return Ok(());
+    }
+    let hosts = [("web", WEB_VIP)];
+    let mut node = Node::new("nn", 205)?;
+    node.add_pod("client-a", 10, &hosts)?;
+    node.add_pod("client-b", 11, &hosts)?;
+    node.add_pod("web-a", 20, &hosts)?;
+    let backend = bin("e2e-backend");
+    let backend = backend.to_str().unwrap_or_default().to_owned();
+    node.spawn("web-a", "web-a", &[&backend, "http", "web-a", "0.0.0.0:8080"])?;
+    let mut registry = service_yaml("web", WEB_VIP, 9080, "http", &[("app", "web")]);
+    registry = registry.replacen("    port: 9080\n", "    port: 9080\n    targetPort: 8080\n", 1);
+    registry += &node.pod_yaml("client-a", &[("app", "client-a")], 1, true)?;
+    registry += &node.pod_yaml("client-b", &[("app", "client-b")], 1, true)?;
+    registry += &node.pod_yaml("web-a", &[("app", "web")], 8080, true)?;
+    let reg_file = node.dir.join("registry.yaml");
+    std::fs::write(&reg_file, registry)?;
+    node.spawn_host(
+        "agent",
+        Command::new(bin("mesh"))
+            .args(["agent", "--registry"])
+            .arg(&reg_file)
+            .args(["--admin", ADMIN, "--ingress-bind", "127.0.0.1"])
+            .arg("--handover-socket")
+            .arg(node.dir.join("handover.sock"))
+            .args(["--request-headers-timeout", &format!("{HEADERS_TIMEOUT_S}s")])
+            .args(["--request-body-timeout", &format!("{BODY_TIMEOUT_S}s")])
+            .args(["--source-max-connections", &MAX_CONNECTIONS.to_string()])
+            .args(["--source-max-requests", &MAX_REQUESTS.to_string()])
+            .env("RUST_LOG", "info"),
+    )?;
+    wait_until("the agent to be ready", Duration::from_secs(20), || {
+        ADMIN.parse().is_ok_and(|a| http_get(a, "/ready").is_ok_and(|r| r.starts_with("HTTP/1.1 200")))
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\nagent log:\n{}", node.log("agent")))?;
+    wait_for_port(SocketAddr::from((node.pod("web-a")?.ip, 8080)), Duration::from_secs(10))?;
+
+    // Baseline: pod A alone, 2 × 100 req/s for 5 s.
+    start_load(&mut node, &backend, "base", "5")?;
+    let base = finish_load(&mut node, "base")?;
+
+    // The same load for 15 s while pod B misbehaves; B's phases take about 8 s.
+    start_load(&mut node, &backend, "noisy", "15")?;
+    wait_until("pod A's load to be running", Duration::from_secs(10), || {
+        metrics().is_ok_and(|m| metric(&m, "mesh_requests_total", &[("source_workload", "client-a")]) >= 1100)
+    })?;
+
+    // 1. Oversized heads: 10 requests with a 62,000-byte header (limit 60 KiB) → 431 each.
+    let r = abuse(&node, &backend, "headers", &["10", "62000"])?;
+    assert!(r.starts_with("codes 431=10 closed=0"), "oversized heads: {r}");
+    b_quiet()?;
+    // 2. Slowloris: 40 heads trickling one byte every 500 ms → each closed at the header timeout.
+    let r = abuse(&node, &backend, "slowloris", &["40", "500"])?;
+    assert!(r.starts_with("codes  closed=40"), "slowloris: {r}");
+    let (min, max) = (field(&r, "codes", "min_ms").unwrap_or(0.0), field(&r, "codes", "max_ms").unwrap_or(f64::MAX));
+    let t = (HEADERS_TIMEOUT_S * 1000) as f64;
+    assert!(min >= t - 100.0 && max <= t + 2000.0, "slowloris heads closed after {min}–{max} ms (timeout {t} ms)");
+    b_quiet()?;
+    // 3. Stalled bodies: 40 uploads announcing 1000 bytes, sending 10. The first 32 (requests
+    // cap) get 408 at the body timeout, the other 8 are refused at once with 503.
+    let r = abuse(&node, &backend, "stalled-body", &["40", "1000", "10"])?;
+    assert!(
+        r.starts_with(&format!("codes 408={MAX_REQUESTS} 503={} closed=0", 40 - MAX_REQUESTS)),
+        "stalled bodies: {r}"
+    );
+    b_quiet()?;
+    // 4. 200 connections held open at once: 64 served, the rest closed at accept.
+    let r = abuse(&node, &backend, "connections", &["200"])?;
+    assert!(r.starts_with(&format!("codes 200={MAX_CONNECTIONS} closed={}", 200 - MAX_CONNECTIONS)), "flood: {r}");
+    b_quiet()?;
+    let a_still_running = !node.log("noisy-keepalive").contains("ok=") && !node.log("noisy-close").contains("ok=");
+    assert!(a_still_running, "pod B's phases must all run while pod A's load does (make the load longer)");
+    let noisy = finish_load(&mut node, "noisy")?;
+
+    // Pod A: no failure (checked in finish_load), p99 within 3× + 50 ms of its baseline.
+    let mut report = String::new();
+    for ((mode, ok_b, _, p99_b), (_, ok_n, _, p99_n)) in base.iter().zip(&noisy) {
+        report += &format!("{mode}: baseline p99 {p99_b:.2} ms ({ok_b} ok), with pod B {p99_n:.2} ms ({ok_n} ok); ");
+    }
+    println!("{report}");
+    for ((mode, _, _, p99_b), (_, ok_n, _, p99_n)) in base.iter().zip(&noisy) {
+        assert!(*ok_n >= 1200.0, "{mode}: pod A's load ran short: {ok_n} requests");
+        assert!(*p99_n <= 3.0 * p99_b + 50.0, "{mode}: pod A's p99 degraded: {report}");
+    }
+
+    // The agent counted B's misbehaviour under B, and nothing under A.
+    let m = metrics()?;
+    let b = |name: &str, labels: &[(&str, &str)]| {
+        let mut l = vec![("source_workload", "client-b")];
+        l.extend_from_slice(labels);
+        metric(&m, name, &l)
+    };
+    let expected = [
+        (b("mesh_requests_total", &[("response_code", "431")]), 10, "431s"),
+        (b("mesh_downstream_timeouts_total", &[("reason", "request_headers_timeout")]), 40, "header timeouts"),
+        (
+            b("mesh_downstream_timeouts_total", &[("reason", "request_body_timeout")]),
+            MAX_REQUESTS as u64,
+            "body timeouts",
+        ),
+        (b("mesh_requests_total", &[("response_code", "408")]), MAX_REQUESTS as u64, "408s"),
+        (b("mesh_downstream_overflow_total", &[("limit", "requests")]), (40 - MAX_REQUESTS) as u64, "request cap"),
+        (
+            b("mesh_downstream_overflow_total", &[("limit", "connections")]),
+            (200 - MAX_CONNECTIONS) as u64,
+            "connection cap",
+        ),
+    ];
+    for (got, want, what) in expected {
+        assert_eq!(got, want, "pod B's {what} in the agent's metrics:\n{m}");
+    }
+    for name in ["mesh_downstream_timeouts_total", "mesh_downstream_overflow_total"] {
+        assert_eq!(metric(&m, name, &[("source_workload", "client-a")]), 0, "pod A must not hit a limit:\n{m}");
+    }
+    let a_total = metric(&m, "mesh_requests_total", &[("source_workload", "client-a")]);
+    let a_ok = metric(&m, "mesh_requests_total", &[("source_workload", "client-a"), ("response_code", "200")]);
+    assert_eq!(a_total, a_ok, "every request of pod A was a 200:\n{m}");
+    let status = node.stop("agent")?;
+    assert!(status.success(), "agent exited with {status}:\n{}", node.log("agent"));
+    Ok(())
+}
