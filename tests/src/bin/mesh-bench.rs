@@ -178,6 +178,7 @@ fn main() -> Result<()> {
 
     // Config scale first, on a quiet machine: `mesh validate` of 10,000 VirtualServices.
     let config_scale = config_scale(&o.out, if o.quick { 1 } else { 3 })?;
+    let restart = restart_cost(if o.quick { 1 } else { 3 })?;
 
     let tools = Tools::find()?;
     let mut node = Node::new(PREFIX, SUBNET)?;
@@ -344,6 +345,7 @@ fn main() -> Result<()> {
         routing: &routing,
         profile: profile.as_deref(),
         config_scale: &config_scale,
+        restart: &restart,
         elapsed: started.elapsed(),
     };
     let md = report.markdown();
@@ -1205,7 +1207,83 @@ struct Report<'a> {
     routing: &'a RoutingCheck,
     profile: Option<&'a str>,
     config_scale: &'a ConfigScale,
+    restart: &'a RestartCost,
     elapsed: Duration,
+}
+
+/// Agent start to ready on a node with many pods and routing objects: what a restart or an
+/// upgrade without handover costs before the node's traffic is meshed again.
+struct RestartCost {
+    pods: usize,
+    services: usize,
+    virtual_services: usize,
+    secs: Vec<f64>,
+}
+
+const RESTART_PODS: usize = 100;
+const RESTART_SERVICES: usize = 1000;
+
+fn restart_cost(runs: usize) -> Result<RestartCost> {
+    const PREFIX_RC: &str = "brc";
+    const ADMIN_RC: &str = "127.0.0.1:15321";
+    println!(
+        "== restart cost: agent exec → /ready, {RESTART_PODS} pods, {RESTART_SERVICES} services and VirtualServices =="
+    );
+    let mut node = Node::new(PREFIX_RC, 239)?;
+    let mut registry = String::new();
+    for i in 0..RESTART_PODS {
+        let name = format!("p{i}");
+        let host = u8::try_from(10 + i).context("pod address")?;
+        node.add_pod(&name, host, &[])?;
+        registry += &node.pod_yaml(&name, &[("app", &format!("a{}", i % 10))], 8080, true)?;
+    }
+    let mut routing = String::new();
+    for i in 0..RESTART_SERVICES {
+        let vip = Ipv4Addr::new(10, 96, 239 - u8::try_from(i / 250).context("vip")?, u8::try_from(i % 250 + 1)?);
+        registry += &service_yaml(&format!("s{i}"), vip, 80, "http", &[("app", &format!("a{}", i % 10))]);
+        let _ = write!(
+            routing,
+            "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: s{i}}}\nspec:\n  hosts: [s{i}]\n  http:\n  - match:\n    - headers: {{end-user: {{exact: jason}}}}\n    route:\n    - destination: {{host: s{i}}}\n    timeout: 2s\n  - route:\n    - destination: {{host: s{i}}}\n"
+        );
+    }
+    let reg = node.dir.join("registry.yaml");
+    fs::write(&reg, registry)?;
+    let cfg = node.dir.join("routing");
+    fs::create_dir_all(&cfg)?;
+    fs::write(cfg.join("vs.yaml"), routing)?;
+    let admin: SocketAddr = ADMIN_RC.parse()?;
+    let mut secs = vec![];
+    for r in 0..runs {
+        let t = Instant::now();
+        node.spawn_host(
+            "agent",
+            Command::new(bin("mesh"))
+                .args(["agent", "--registry"])
+                .arg(&reg)
+                .arg("--config")
+                .arg(&cfg)
+                .args(["--admin", ADMIN_RC, "--ingress-bind", "127.0.0.1"])
+                .env(
+                    "MESH_EBPF_OBJECT",
+                    std::env::var_os("MESH_EBPF_OBJECT")
+                        .unwrap_or_else(|| workspace().join("target/mesh-ebpf.o").into()),
+                ),
+        )?;
+        // Polled every 25 ms: the figure is up to that much late, never early.
+        wait_ready(admin, Duration::from_secs(30))
+            .map_err(|e| anyhow::anyhow!("{e}\nagent log:\n{}", node.log("agent")))?;
+        let took = t.elapsed().as_secs_f64();
+        let enrolled = http_get(admin, "/metrics")
+            .map(|m| metric(&m, "mesh_pod_enrollments_total", &[("result", "enrolled")]))
+            .unwrap_or(0);
+        if enrolled < RESTART_PODS as u64 {
+            bail!("ready with {enrolled} of {RESTART_PODS} pods enrolled\nagent log:\n{}", node.log("agent"));
+        }
+        println!("   #{}: ready after {:.3} s ({enrolled} pods enrolled)", r + 1, took);
+        secs.push(took);
+        node.stop("agent")?;
+    }
+    Ok(RestartCost { pods: RESTART_PODS, services: RESTART_SERVICES, virtual_services: RESTART_SERVICES, secs })
 }
 
 /// `mesh validate` of one file of 10,000 VirtualServices (parse, Istio's validation, compile):
@@ -1389,6 +1467,13 @@ impl Report<'_> {
             met: Some(secs < 1.0 && rss < 150.0 * 1024.0),
             numbers: format!("{secs:.2} s, {:.0} MB (median of {})", rss / 1024.0, cs.secs.len()),
         });
+        let rc = self.restart;
+        let took = median(&rc.secs);
+        t.push(Target {
+            what: format!("agent exec → ready ≤ 1 s with {} pods and {} VirtualServices", rc.pods, rc.virtual_services),
+            met: Some(took <= 1.0),
+            numbers: format!("{took:.2} s (median of {}; /ready polled every 25 ms)", rc.secs.len()),
+        });
         let idle = self.contenders.iter().find(|c| c.name == "mesh").map(|c| c.idle_rss_kb).unwrap_or(0);
         t.push(Target {
             what: "mesh RSS ≤ 20 MB idle".into(),
@@ -1552,6 +1637,15 @@ impl Report<'_> {
         for (i, (s, k)) in cs.secs.iter().zip(&cs.max_rss_kb).enumerate() {
             let _ = writeln!(m, "| {} | {s:.3} | {:.1} |", i + 1, *k as f64 / 1024.0);
         }
+        let rc = self.restart;
+        let _ = writeln!(
+            m,
+            "\n## Restart cost\n\nA separate local node with {} enrolled pods, {} Services (VIPs published to the kernel) and {} VirtualServices: time from spawning `mesh agent` to its `/ready` answering 200 (programs attached, registry applied, every pod enrolled, routes compiled), then SIGTERM. Cold start, no handover.\n\n| run | exec → ready s |\n|---|---|",
+            rc.pods, rc.services, rc.virtual_services
+        );
+        for (i, s) in rc.secs.iter().enumerate() {
+            let _ = writeln!(m, "| {} | {s:.3} |", i + 1);
+        }
         if let Some(r) = self.redirect {
             let _ = writeln!(m, "\n## Redirect mechanism alone: eBPF connect4 vs iptables REDIRECT\n");
             let _ = writeln!(
@@ -1694,7 +1788,7 @@ impl Report<'_> {
             .into_iter()
             .map(|t| serde_json::json!({"target": t.what, "met": t.met, "numbers": t.numbers}))
             .collect();
-        serde_json::to_string_pretty(&serde_json::json!({"quick": self.opts.quick, "loadavg": self.loadavg, "cells": cells, "redirect": redirect, "memory": mem, "config_scale": {"objects": self.config_scale.objects, "bytes": self.config_scale.bytes, "secs": self.config_scale.secs, "max_rss_kb": self.config_scale.max_rss_kb}, "targets": targets}))
+        serde_json::to_string_pretty(&serde_json::json!({"quick": self.opts.quick, "loadavg": self.loadavg, "cells": cells, "redirect": redirect, "memory": mem, "config_scale": {"objects": self.config_scale.objects, "bytes": self.config_scale.bytes, "secs": self.config_scale.secs, "max_rss_kb": self.config_scale.max_rss_kb}, "restart": {"pods": self.restart.pods, "virtual_services": self.restart.virtual_services, "secs": self.restart.secs}, "targets": targets}))
             .unwrap_or_default()
     }
 }
