@@ -1,8 +1,9 @@
 #!/bin/sh
 # Assembles the agent image's root filesystem in OUT_DIR: the stripped `mesh` binary, the eBPF
 # object next to it (where the agent looks first), exactly the shared libraries the dynamic loader
-# resolves for the binary (`ldd`), and the loader itself. No shell, no package manager, no
-# certificates (the in-cluster CA comes from the service account mount).
+# resolves for the binary (`ldd`), the loader itself, and the system CA bundle (the Kubernetes
+# client loads the system roots whenever its configuration names no CA, e.g. a kubeconfig with
+# an http server or a public CA, and fails when there are none). No shell, no package manager.
 #
 # Used by both builds, so their layouts cannot drift: the first stage of deploy/Dockerfile, and
 # `cargo xtask image` (on the build host, where no base image can be pulled).
@@ -33,6 +34,15 @@ chmod 1777 "$out/tmp"
 strip --strip-all -o "$out/usr/local/bin/mesh" "$bin"
 cp "$obj" "$out/usr/local/bin/mesh-ebpf.o"
 chmod 0644 "$out/usr/local/bin/mesh-ebpf.o"
+
+# Debian's bundle, at the first path rustls-native-certs (openssl-probe) tries.
+ca=/etc/ssl/certs/ca-certificates.crt
+if [ ! -f "$ca" ]; then
+    echo "image-rootfs: no $ca: install ca-certificates" >&2
+    exit 1
+fi
+mkdir -p "$out/etc/ssl/certs"
+cp -L "$ca" "$out$ca"
 
 # `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)` and the loader's `/lib64/ld-linux-x86-64.so.2
 # (0x...)`; linux-vdso has no file. Each is copied to the path ldd names (symlinks followed: on a
