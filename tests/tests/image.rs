@@ -129,8 +129,8 @@ fn host_path(env: &Env, volume: &k8s_openapi::api::core::v1::Volume) -> Result<P
 }
 
 /// `podman run` arguments for the manifest's agent container, with capability `without` removed
-/// from the manifest's `add` list.
-fn run_args(env: &Env, ds: &DaemonSet, name: &str, without: Option<&str>) -> Result<Vec<String>> {
+/// from the manifest's `add` list and the given seccomp profile.
+fn run_args(env: &Env, ds: &DaemonSet, name: &str, without: Option<&str>, seccomp: Seccomp) -> Result<Vec<String>> {
     let (pod, c) = agent_container(ds)?;
     let mut args: Vec<String> = ["run", "--name", name, "--pull", "never"].map(String::from).to_vec();
     // The kubelet sets no rlimits (the container inherits the runtime's); podman's defaults are
@@ -155,6 +155,10 @@ fn run_args(env: &Env, ds: &DaemonSet, name: &str, without: Option<&str>) -> Res
         args.extend(["--pid".into(), "host".into()]);
     }
     let sc = c.security_context.as_ref().context("no securityContext")?;
+    ensure!(sc.seccomp_profile.is_none(), "the test maps no seccompProfile yet");
+    if seccomp == Seccomp::Unconfined {
+        args.extend(["--security-opt".into(), "seccomp=unconfined".into()]);
+    }
     if sc.privileged == Some(true) {
         args.push("--privileged".into());
     }
@@ -357,6 +361,15 @@ fn setup() -> Result<Env> {
     Ok(Env { node, _api: api, routing, run_mesh, kube })
 }
 
+/// The container's seccomp profile. The manifest sets none: Kubernetes then runs the pod
+/// Unconfined, unless the kubelet runs with --seccomp-default (the runtime's default profile).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Seccomp {
+    /// podman's default profile (containers-common's seccomp.json): like a runtime's default.
+    RuntimeDefault,
+    Unconfined,
+}
+
 /// Removes the container however the test ends (a killed `podman run` client leaves it running).
 struct ContainerGuard(String);
 
@@ -366,10 +379,16 @@ impl Drop for ContainerGuard {
     }
 }
 
-fn start(env: &mut Env, ds: &DaemonSet, label: &str, without: Option<&str>) -> Result<ContainerGuard> {
+fn start(
+    env: &mut Env,
+    ds: &DaemonSet,
+    label: &str,
+    without: Option<&str>,
+    seccomp: Seccomp,
+) -> Result<ContainerGuard> {
     let name = format!("mesh-image-test-{label}");
     let _ = podman().args(["rm", "--force", "--time", "0", &name]).output();
-    let args = run_args(env, ds, &name, without)?;
+    let args = run_args(env, ds, &name, without, seccomp)?;
     let guard = ContainerGuard(name);
     env.node.spawn_host(label, podman().args(&args))?;
     Ok(guard)
@@ -413,7 +432,7 @@ fn agent_image_runs_with_the_daemonsets_security_context() -> Result<()> {
     let mut env = setup()?;
     let before_rules = netfilter_rules(&env.node)?;
     let before = attached_mesh_program_ids();
-    let guard = start(&mut env, &ds, "agent", None)?;
+    let guard = start(&mut env, &ds, "agent", None, Seccomp::RuntimeDefault)?;
     let log = |env: &Env| format!("agent log:\n{}", env.node.log("agent"));
 
     // The kubelet's readiness probe: the port and path the manifest names.
@@ -488,16 +507,22 @@ impl Features {
 }
 
 /// Runs the manifest's container without capability `without` and sees what works.
-fn features_without(env: &mut Env, ds: &DaemonSet, without: Option<&str>) -> Result<(Features, String)> {
+fn features_without(
+    env: &mut Env,
+    ds: &DaemonSet,
+    without: Option<&str>,
+    seccomp: Seccomp,
+) -> Result<(Features, String)> {
     let (_, c) = agent_container(ds)?;
     let (port, _) = probe(c.readiness_probe.as_ref(), "readinessProbe")?;
     let admin: SocketAddr = (Ipv4Addr::LOCALHOST, port).into();
     let label = format!("without-{}", without.unwrap_or("nothing").to_ascii_lowercase());
-    let guard = start(env, ds, &label, without)?;
+    let guard = start(env, ds, &label, without, seccomp)?;
     let mut f = Features::default();
     // Started, or given up: the container exited, or 15 s passed.
+    let started = Instant::now();
     let _ = wait_until("the agent to answer /healthz or exit", Duration::from_secs(15), || {
-        status_of(admin, "/healthz") == Some(200) || (!running(&guard.0) && env.node.log(&label).contains("Error"))
+        status_of(admin, "/healthz") == Some(200) || (!running(&guard.0) && started.elapsed() > Duration::from_secs(2))
     });
     f.live = status_of(admin, "/healthz") == Some(200);
     if f.live {
@@ -513,9 +538,11 @@ fn features_without(env: &mut Env, ds: &DaemonSet, without: Option<&str>) -> Res
     drop(guard);
     // The agent's complaints: what a user would read in `kubectl logs`.
     let log = env.node.log(&label);
-    let why: Vec<&str> =
-        log.lines().filter(|l| l.contains("ERROR") || l.contains("WARN") || l.starts_with("Error")).take(3).collect();
-    Ok((f, why.join(" | ")))
+    let why = log
+        .lines()
+        .find(|l| l.contains("ERROR") || l.contains("WARN") || l.to_ascii_lowercase().starts_with("error"))
+        .unwrap_or_default();
+    Ok((f, why.to_owned()))
 }
 
 /// Drops each capability the manifest adds, one at a time, and records what breaks: every
@@ -531,19 +558,24 @@ fn agent_image_needs_every_capability_the_daemonset_adds() -> Result<()> {
     assert_eq!(drop, ["ALL"], "the manifest drops every capability it does not add");
     let mut env = setup()?;
     let before_rules = netfilter_rules(&env.node)?;
-    let (all, why) = features_without(&mut env, &ds, None)?;
-    assert!(all.broken().is_empty(), "with the manifest's capabilities: {:?} broken ({why})", all.broken());
     let mut table = Vec::new();
-    for cap in &add {
-        let (f, why) = features_without(&mut env, &ds, Some(cap))?;
-        eprintln!("without {cap}: broken {:?}; log: {why}", f.broken());
-        table.push((cap.clone(), f.broken(), why));
+    for seccomp in [Seccomp::RuntimeDefault, Seccomp::Unconfined] {
+        let (all, why) = features_without(&mut env, &ds, None, seccomp)?;
+        assert!(all.broken().is_empty(), "{seccomp:?}, the manifest's capabilities: {:?} broken ({why})", all.broken());
+        for cap in &add {
+            let (f, why) = features_without(&mut env, &ds, Some(cap), seccomp)?;
+            eprintln!("{seccomp:?} without {cap}: broken {:?}; log: {why}", f.broken());
+            table.push((cap.clone(), seccomp, f.broken(), why));
+        }
     }
-    eprintln!("| capability dropped | what breaks | the agent's log |\n|---|---|---|");
-    for (cap, broken, why) in &table {
-        eprintln!("| {cap} | {} | {why} |", if broken.is_empty() { "nothing".into() } else { broken.join(", ") });
+    eprintln!("| capability dropped | seccomp | what breaks | the agent's log |\n|---|---|---|---|");
+    for (cap, seccomp, broken, why) in &table {
+        let broken = if broken.is_empty() { "nothing".into() } else { broken.join(", ") };
+        eprintln!("| {cap} | {seccomp:?} | {broken} | {why} |");
     }
-    let unneeded: Vec<&String> = table.iter().filter(|(_, b, _)| b.is_empty()).map(|(c, ..)| c).collect();
+    // Needed under either profile: the kubelet may run the pod under either.
+    let unneeded: Vec<&String> =
+        add.iter().filter(|cap| table.iter().all(|(c, _, broken, _)| c != *cap || broken.is_empty())).collect();
     assert!(unneeded.is_empty(), "the agent works without {unneeded:?}: remove them from deploy/daemonset.yaml");
     assert_eq!(netfilter_rules(&env.node)?, before_rules, "netfilter changed");
     Ok(())
