@@ -463,9 +463,11 @@ fn agent_image_runs_with_the_daemonsets_security_context() -> Result<()> {
     assert_eq!(netfilter_rules(&env.node)?, before_rules, "netfilter changed while the container ran");
 
     // What the kubelet does on delete/rollout: SIGTERM, SIGKILL after the grace period.
+    let stopping = Instant::now();
     let stopped = podman().args(["stop", "--time", &grace.to_string(), &guard.0]).output()?;
     assert!(stopped.status.success(), "podman stop: {}", String::from_utf8_lossy(&stopped.stderr));
     let status = env.node.wait("agent", Duration::from_secs(10))?;
+    eprintln!("image: `podman stop` returned after {:?}", stopping.elapsed());
     assert!(status.success(), "the agent exited with {status} on SIGTERM\n{}", log(&env));
     let left: Vec<u32> = attached_mesh_program_ids().intersection(&ours).copied().collect();
     assert!(left.is_empty(), "programs {left:?} still attached after `podman stop`");
