@@ -65,6 +65,23 @@ fn image_unavailable() -> Option<String> {
     if !exists.is_ok_and(|s| s.success()) {
         return Some(format!("no image {IMAGE}: run `cargo xtask image`"));
     }
+    // The image must hold the agent this checkout built (`cargo xtask image` labels it).
+    let label = podman()
+        .args(["image", "inspect", "--format", "{{index .Labels \"mesh.binary-sha256\"}}", IMAGE])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let built = Command::new("sha256sum")
+        .arg(bin("mesh"))
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap_or_default().to_owned())
+        .unwrap_or_default();
+    if built.is_empty() || label != built {
+        return Some(format!(
+            "{IMAGE} holds another build of the agent than {} (label {label:?}): run `cargo xtask image`",
+            bin("mesh").display()
+        ));
+    }
     None
 }
 

@@ -343,6 +343,8 @@ const IMAGE_APT_PACKAGES: &[(&str, &str)] =
 /// The agent image. Fully qualified: podman would tag a short name `localhost/mesh-agent`, and a
 /// node's containerd resolves the DaemonSet's `image: mesh-agent:latest` to this name.
 const IMAGE: &str = "docker.io/library/mesh-agent:latest";
+/// Image label holding the sha256 of the unstripped `target/release/mesh` the image was made from.
+const IMAGE_BINARY_LABEL: &str = "mesh.binary-sha256";
 /// `podman save` output, relative to the workspace.
 const IMAGE_ARCHIVE: &str = "target/mesh-agent-image.tar";
 /// The build context `cargo xtask image` generates, relative to the workspace.
@@ -417,10 +419,19 @@ fn image(object: &Path) -> Result<()> {
     let containerfile = context.join("Containerfile");
     std::fs::write(&containerfile, final_stage(&std::fs::read_to_string(root.join("deploy/Dockerfile"))?)?)?;
 
+    // Which build of the agent the image holds: the image e2e test compares it with the binary it
+    // would otherwise test, so a stale image is reported instead of silently tested.
+    let sha = Command::new("sha256sum").arg(root.join("target/release/mesh")).output()?;
+    if !sha.status.success() {
+        bail!("sha256sum target/release/mesh failed: {}", String::from_utf8_lossy(&sha.stderr).trim());
+    }
+    let sha = String::from_utf8_lossy(&sha.stdout).split_whitespace().next().unwrap_or_default().to_owned();
     let before = netfilter_ruleset()?;
     // chroot isolation: the stage has no RUN step, and nothing here should start a runtime.
     run(podman()
-        .args(["build", "--isolation", "chroot", "--network", "host", "-f"])
+        .args(["build", "--isolation", "chroot", "--network", "host", "--label"])
+        .arg(format!("{IMAGE_BINARY_LABEL}={sha}"))
+        .arg("-f")
         .arg(&containerfile)
         .args(["-t", IMAGE])
         .arg(&context))?;
