@@ -44,7 +44,7 @@ pub enum EbpfError {
         /// The places tried.
         looked: String,
     },
-    #[error("cannot load eBPF object {path}: {source}; the kernel needs CONFIG_BPF_SYSCALL and CONFIG_CGROUP_BPF, and the agent CAP_BPF + CAP_NET_ADMIN (or root)")]
+    #[error("cannot load eBPF object {path}: {source}; the kernel needs CONFIG_BPF_SYSCALL and CONFIG_CGROUP_BPF, and the agent CAP_SYS_ADMIN (CAP_BPF + CAP_NET_ADMIN alone do not load these programs, and container runtimes' default seccomp profiles allow bpf() only with CAP_SYS_ADMIN)")]
     // Boxed: aya 0.14's EbpfError is 128 bytes and would make every Result here that large.
     /// The object could not be loaded into the kernel.
     Load {

@@ -23,7 +23,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the node agent: load eBPF, enroll pods, run the proxy (needs root or CAP_BPF+CAP_NET_ADMIN+CAP_SYS_ADMIN).
+    /// Run the node agent: load eBPF, enroll pods, run the proxy (needs root, or CAP_SYS_ADMIN + CAP_SYS_PTRACE).
     #[command(
         after_help = "Example:\n  mesh agent --registry node.yaml --config /etc/mesh/routing --ingress-bind 127.0.0.1"
     )]

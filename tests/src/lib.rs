@@ -82,11 +82,17 @@ pub fn ebpf_unavailable() -> Option<String> {
 /// Call first in every e2e test: returns false (test skipped, reason printed) on a machine that
 /// cannot run it, and panics instead under CI=true, where a skip would hide a broken build.
 pub fn require_ebpf(test: &str) -> bool {
-    match ebpf_unavailable() {
+    require(test, ebpf_unavailable())
+}
+
+/// [`require_ebpf`] for any reason a test cannot run here (`why`, None when it can): the test is
+/// skipped with the reason printed and recorded, or fails under CI=true.
+pub fn require(test: &str, why: Option<String>) -> bool {
+    match why {
         None => true,
         Some(why) => {
             if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-                panic!("{test}: cannot run the eBPF end-to-end test in CI: {why}");
+                panic!("{test}: cannot run the end-to-end test in CI: {why}");
             }
             // libtest has no runtime skip: the test returns and reports `ok`. Print the reason
             // (shown with --nocapture) and record the skip where `cargo xtask test` counts it.
