@@ -190,6 +190,9 @@ impl Builder<'_> {
                     }
                     let mut r = base.clone();
                     r.matches = vec![MatchRequest { name: None, conds }];
+                    if rule.matches().len() > 1 {
+                        r.name = r.name.map(|n| format!("{n} matches[{mi}]"));
+                    }
                     out.push(Entry {
                         service: (svc.namespace.clone(), svc.name.clone()),
                         order: order.clone(),

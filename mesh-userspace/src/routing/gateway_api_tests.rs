@@ -530,3 +530,18 @@ fn routes_not_attached_are_warned_and_route_nothing() {
     }
     assert_eq!(send(&t, "echo", "/", &[]).backend.as_deref(), Some("echo"));
 }
+
+#[test]
+fn extension_ref_and_no_backend_answer_500_backend_filters_apply() {
+    let r = route(
+        "r",
+        "",
+        "  - matches: [{path: {value: /ext}}]\n    filters: [{type: ExtensionRef, extensionRef: {group: x.io, kind: F, name: f}}]\n    backendRefs: [{name: echo-v1, port: 8080}]\n  - matches: [{path: {value: /empty}}]\n  - matches: [{path: {value: /be}}]\n    timeouts: {request: 0s}\n    filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-rule, value: r}]}}]\n    backendRefs:\n    - name: echo-v2\n      port: 8080\n      filters: [{type: RequestHeaderModifier, requestHeaderModifier: {add: [{name: x-backend, value: b}]}}, {type: ResponseHeaderModifier, responseHeaderModifier: {remove: [server]}}]\n",
+    );
+    let t = table_of(&[("r.yaml", &r)]);
+    assert_eq!(send(&t, "echo", "/ext", &[]).status, 500);
+    assert_eq!(send(&t, "echo", "/empty", &[]).status, 500);
+    let s = send(&t, "echo", "/be/1", &[]);
+    assert_eq!(s.backend.as_deref(), Some("echo-v2"));
+    assert_eq!((all(&s.headers, "x-rule"), all(&s.headers, "x-backend")), ("r".into(), "b".into()));
+}
