@@ -56,6 +56,8 @@ pub fn validate(args: ValidateArgs) -> Result<ExitCode> {
     }
     let mut rejected = std::mem::take(&mut config.rejected);
     let (table, compile_rejects) = RouteTable::compile_admitting(&config, &registry);
+    // Objects rejected while parsing are not in `config`; those rejected compiling are.
+    let rejected_in_config = compile_rejects.iter().filter(|r| r.object.is_some()).count();
     rejected.extend(compile_rejects);
     // Without a registry every host is "unknown"; only say so when asked to check hosts.
     for w in table.warnings.iter().filter(|w| !args.registry.is_empty() || !w.contains("not a service in the registry"))
@@ -72,13 +74,17 @@ pub fn validate(args: ValidateArgs) -> Result<ExitCode> {
             eprintln!("  {e}");
         }
     }
-    let objects = config.virtual_services.len() + config.destination_rules.len() + config.gateways.len();
-    let accepted = objects.saturating_sub(rejected.iter().filter(|r| r.object.is_some()).count());
+    let objects = config.virtual_services.len()
+        + config.destination_rules.len()
+        + config.gateways.len()
+        + config.http_routes.len();
+    let accepted = objects.saturating_sub(rejected_in_config);
     println!(
-        "{} VirtualServices, {} DestinationRules, {} Gateways: {accepted} accepted, {} rejected",
+        "{} VirtualServices, {} DestinationRules, {} Gateways, {} HTTPRoutes: {accepted} accepted, {} rejected",
         config.virtual_services.len(),
         config.destination_rules.len(),
         config.gateways.len(),
+        config.http_routes.len(),
         rejected.len()
     );
     Ok(if rejected.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })

@@ -136,3 +136,27 @@ fn a_panicking_compile_is_a_rejected_reload() {
     assert_eq!(e.unwrap_err().0, "boom");
     assert!(guarded(|| 7).is_ok());
 }
+
+#[test]
+fn a_bad_httproute_keeps_its_last_good_version() {
+    let route = |host: &str| {
+        format!("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r}}\nspec:\n  parentRefs: [{{group: \"\", kind: Service, name: reviews}}]\n  rules:\n  - filters: [{{type: RequestRedirect, requestRedirect: {{hostname: {host}}}}}]\n")
+    };
+    let mut a = Admission::default();
+    // No port in the filter: the Service port (9080), which is not http's default, so it is shown.
+    let first = admit(&mut a, &[("r.yaml", &route("good.example"))]);
+    assert!(first.rejected.is_empty(), "{:?}", first.rejected);
+    assert_eq!(reviews(&first.table), "redirect 302 http://good.example:9080/reviews/0");
+    let second = admit(&mut a, &[("dr.yaml", DR), ("r.yaml", &route("Bad_Host"))]);
+    assert_eq!(second.rejected.len(), 1, "{:?}", second.rejected);
+    let r = &second.rejected[0];
+    assert_eq!(r.object.as_ref().map(|o| o.to_string()).as_deref(), Some("HTTPRoute default/r"));
+    assert!(r.kept_previous);
+    assert!(r.errors[0].to_string().contains("r.yaml:7:"), "{}", r.errors[0]);
+    assert_eq!(
+        reviews(&second.table),
+        "redirect 302 http://good.example:9080/reviews/0",
+        "the last good HTTPRoute stays live"
+    );
+    assert_eq!(second.config.destination_rules.len(), 1, "the rest of the reload applied");
+}

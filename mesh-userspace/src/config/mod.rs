@@ -5,6 +5,8 @@
 //! [`Locator`]) so errors found later, when the route table is compiled, point at the field too.
 // Not fully documented yet (see the note in lib.rs).
 #[allow(missing_docs)]
+pub mod gateway_api;
+#[allow(missing_docs)]
 pub mod types;
 #[allow(missing_docs)]
 pub mod validate;
@@ -199,6 +201,8 @@ pub struct Config {
     pub destination_rules: Vec<Sourced<DestinationRuleSpec>>,
     /// Every accepted Gateway.
     pub gateways: Vec<Sourced<GatewaySpec>>,
+    /// Gateway API `HTTPRoute`s (`gateway.networking.k8s.io`), see [`gateway_api`].
+    pub http_routes: Vec<Sourced<gateway_api::HttpRouteSpec>>,
     /// Documents of other kinds (a Service, a ConfigMap...) found in the files: skipped, reported.
     pub skipped: Vec<String>,
     /// Documents rejected one by one (see [`Config::load_dir_all`]).
@@ -247,6 +251,7 @@ impl Config {
         match key.kind {
             "VirtualService" => self.virtual_services.iter().any(|o| same(&o.name, &o.namespace)),
             "DestinationRule" => self.destination_rules.iter().any(|o| same(&o.name, &o.namespace)),
+            "HTTPRoute" => self.http_routes.iter().any(|o| same(&o.name, &o.namespace)),
             _ => self.gateways.iter().any(|o| same(&o.name, &o.namespace)),
         }
     }
@@ -257,6 +262,7 @@ impl Config {
         match key.kind {
             "VirtualService" => self.virtual_services.retain(|o| keep(&o.name, &o.namespace)),
             "DestinationRule" => self.destination_rules.retain(|o| keep(&o.name, &o.namespace)),
+            "HTTPRoute" => self.http_routes.retain(|o| keep(&o.name, &o.namespace)),
             _ => self.gateways.retain(|o| keep(&o.name, &o.namespace)),
         }
     }
@@ -278,6 +284,12 @@ impl Config {
                 .find(|o| same(&o.name, &o.namespace))
                 .cloned()
                 .map(|o| self.destination_rules.push(o)),
+            "HTTPRoute" => other
+                .http_routes
+                .iter()
+                .find(|o| same(&o.name, &o.namespace))
+                .cloned()
+                .map(|o| self.http_routes.push(o)),
             _ => other.gateways.iter().find(|o| same(&o.name, &o.namespace)).cloned().map(|o| self.gateways.push(o)),
         }
         .is_some()
@@ -297,6 +309,7 @@ impl Config {
                 self.destination_rules.iter().map(move |o| (key("DestinationRule", &o.name, &o.namespace), &o.at.file)),
             )
             .chain(self.gateways.iter().map(move |o| (key("Gateway", &o.name, &o.namespace), &o.at.file)))
+            .chain(self.http_routes.iter().map(move |o| (key("HTTPRoute", &o.name, &o.namespace), &o.at.file)))
     }
 
     /// The `*.yaml`/`*.yml` files directly in `dir`, in name order (dot entries skipped).
@@ -415,6 +428,17 @@ impl Config {
             ns => ns,
         };
         let group = api_version.split_once('/').map_or("", |(g, _)| g);
+        if group == gateway_api::GROUP {
+            return self.add_gateway_api_document(
+                file,
+                (&doc.text, doc.line_offset),
+                at,
+                &api_version,
+                &kind,
+                name,
+                namespace,
+            );
+        }
         let ours = KINDS.iter().find(|k| **k == kind).copied();
         // The kind as the user most likely meant it, for a document that names it in the wrong case.
         let miscased = KINDS.iter().chain(OTHER_ISTIO_KINDS).find(|k| k.eq_ignore_ascii_case(&kind) && **k != kind);

@@ -24,6 +24,9 @@ pub struct Metadata {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
+    /// RFC 3339; the Gateway API orders routes by it (the oldest wins a tie).
+    #[serde(default)]
+    pub creation_timestamp: Option<String>,
     // Anything else kubectl may print (uid, resourceVersion, managedFields...) is fine here.
 }
 

@@ -13,9 +13,9 @@ use crate::{
     registry::{split_host, Service, CLUSTER_DOMAIN},
 };
 
-struct Builder<'a> {
+pub(super) struct Builder<'a> {
     /// (namespace, name) → service: resolving a destination must not scan the registry.
-    services: HashMap<(&'a str, &'a str), &'a Arc<Service>>,
+    pub(super) services: HashMap<(&'a str, &'a str), &'a Arc<Service>>,
     pods_by_label: HashMap<(&'a str, &'a str, &'a str), Vec<&'a Arc<Workload>>>,
     /// namespace → host name → the DestinationRule (nested: looked up by borrowed names).
     rules: HashMap<&'a str, HashMap<&'a str, &'a Sourced<DestinationRuleSpec>>>,
@@ -25,9 +25,9 @@ struct Builder<'a> {
     /// One stand-in per service the registry does not have (yet), so its clusters are built once
     /// too: 10k VirtualServices validated without a registry built 30k clusters before.
     placeholders: HashMap<(String, String), Arc<Service>>,
-    errors: Vec<ConfigError>,
-    warnings: Vec<String>,
-    default_retries: Arc<RetryPolicy>,
+    pub(super) errors: Vec<ConfigError>,
+    pub(super) warnings: Vec<String>,
+    pub(super) default_retries: Arc<RetryPolicy>,
 }
 
 /// (name, namespace) of a host as Istio resolves it relative to `ns`; FQDNs outside the cluster
@@ -193,6 +193,10 @@ pub fn compile(config: &config::Config, registry: &Registry) -> (RouteTable, Vec
             table.gateway_vs.push(compiled);
         }
     }
+    // Gateway API HTTPRoutes bound to Services (GAMMA), compiled into the same form.
+    for (object, file, errors) in b.http_routes(&config.http_routes, &mut table) {
+        rejected.push(config::Rejected { object: Some(object), file, errors });
+    }
     // Anything left was not attributed to an object (cannot happen today); never drop it silently.
     if !b.errors.is_empty() {
         let file: Arc<str> = Arc::from("config");
@@ -232,7 +236,7 @@ impl Builder<'_> {
     /// The cluster for (service, subset, port), built once. `at` is where the reference was
     /// written, for the error when the subset does not exist.
     /// `at` says where the reference was written; its path is built only for an error.
-    fn cluster(
+    pub(super) fn cluster(
         &mut self,
         svc: &Arc<Service>,
         subset: Option<&str>,
@@ -398,7 +402,13 @@ impl Builder<'_> {
             };
             let (rq, rs) = h.map(|h| self.header_ops(h, at, &format!("{}[{i}].headers", path()))).unwrap_or_default();
             if let Some(dc) = self.destination(d, ns, at, &|| format!("{}[{i}].destination", path())) {
-                out.push(WeightedDest { dest: dc, weight: w, request_headers: rq, response_headers: rs });
+                out.push(WeightedDest {
+                    dest: dc,
+                    weight: w,
+                    request_headers: rq,
+                    response_headers: rs,
+                    fail_with: None,
+                });
             }
         }
         out
@@ -589,6 +599,7 @@ impl Builder<'_> {
                     }
                 },
                 prefix_rewrite: rd.prefix_rewrite.clone().filter(|p| !p.is_empty()),
+                gateway: false,
             }),
             (None, true) if r.direct_response.is_some() => {
                 let d = r.direct_response.as_ref();
@@ -711,6 +722,7 @@ impl Builder<'_> {
             timeout,
             retries,
             rewrite_uri: r.rewrite.as_ref().and_then(|rw| rw.uri.clone()),
+            rewrite_whole_path: false,
             rewrite_authority: r.rewrite.as_ref().and_then(|rw| rw.authority.clone()),
             request_headers,
             response_headers,

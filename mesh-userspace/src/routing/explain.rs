@@ -39,14 +39,24 @@ fn cluster_line(out: &mut String, indent: &str, c: &Cluster) {
 }
 
 fn dest_lines(out: &mut String, dests: &[WeightedDest], port: u16) {
+    // The engine splits by weight / total (weights need not sum to 100); one destination is 100%.
+    let total: u64 = dests.iter().map(|d| u64::from(d.weight)).sum();
     for d in dests {
+        let pct = match total {
+            _ if dests.len() == 1 => 100,
+            0 => 0,
+            t => u64::from(d.weight) * 100 / t,
+        };
         let _ = writeln!(
             out,
-            "    → {:>3}%  host {} subset {}",
-            d.weight,
+            "    → {pct:>3}%  host {} subset {}",
             d.dest.host,
             d.dest.subset.as_deref().unwrap_or("(all endpoints)")
         );
+        if let Some(status) = d.fail_with {
+            let _ = writeln!(out, "           answers {status} (the backendRef does not resolve)");
+            continue;
+        }
         if let Some(c) = d.dest.pick(port) {
             cluster_line(out, "           ", c);
         }

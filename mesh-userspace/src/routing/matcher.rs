@@ -19,6 +19,10 @@ pub enum StrMatch {
     Regex(Regex),
     /// `{}`: the header is present, whatever its value.
     Present,
+    /// Gateway API `PathPrefix`: whole path segments (`/foo` matches `/foo` and `/foo/bar`, not
+    /// `/foobar`). Held without its trailing `/`, and `/` as `""`, so the part after the prefix
+    /// always starts with `/` (what prefix rewrites need).
+    SegmentPrefix(String),
 }
 
 impl StrMatch {
@@ -62,13 +66,16 @@ impl StrMatch {
             }
             StrMatch::Regex(r) => r.is_match(value),
             StrMatch::Present => true,
+            StrMatch::SegmentPrefix(p) => {
+                value.strip_prefix(p.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            }
         }
     }
 
     /// The prefix of a prefix match (what `rewrite.uri` and `prefixRewrite` replace).
     pub fn prefix(&self) -> Option<&str> {
         match self {
-            StrMatch::Prefix(p) => Some(p),
+            StrMatch::Prefix(p) | StrMatch::SegmentPrefix(p) => Some(p),
             _ => None,
         }
     }
@@ -86,6 +93,9 @@ impl std::fmt::Display for StrMatch {
                 write!(f, "regex {inner:?}")
             }
             StrMatch::Present => write!(f, "present"),
+            StrMatch::SegmentPrefix(p) => {
+                write!(f, "path prefix {:?} (whole segments)", if p.is_empty() { "/" } else { p })
+            }
         }
     }
 }

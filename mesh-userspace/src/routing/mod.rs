@@ -3,6 +3,7 @@
 //! clock, no global randomness (the caller passes the RNG), so it is testable to the last weight.
 mod build;
 pub mod explain;
+mod gateway_api;
 pub mod matcher;
 mod policy;
 
@@ -146,10 +147,12 @@ impl Rewrite {
     /// The rewritten path of `path`; None when the rule rewrites no path.
     pub fn apply_path(&self, path: &str) -> Option<String> {
         let uri = self.uri.as_ref()?;
-        Some(match &self.matched_prefix {
+        let path = match &self.matched_prefix {
             Some(p) if path.starts_with(p.as_str()) => format!("{uri}{}", &path[p.len()..]),
             _ => uri.clone(),
-        })
+        };
+        // A request path is never empty: a rewrite that consumed all of it leaves `/`.
+        Some(if path.is_empty() { "/".to_owned() } else { path })
     }
 }
 
@@ -248,6 +251,9 @@ pub(crate) struct WeightedDest {
     pub weight: u32,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
+    /// Gateway API: this share of the traffic is answered with this status instead of being
+    /// forwarded (500 for a backendRef that does not resolve, as the spec asks).
+    pub fail_with: Option<u16>,
 }
 
 #[derive(Clone, Debug)]
@@ -259,6 +265,10 @@ pub(crate) struct Redirect {
     pub code: u16,
     /// `prefixRewrite`: replaces the prefix the matching `uri.prefix` matched.
     pub prefix_rewrite: Option<String>,
+    /// Gateway API semantics (HTTPRoute `RequestRedirect`): the port is the explicit one, else
+    /// the scheme's well-known port, else the service port, and is left out of Location when it
+    /// is the scheme's default.
+    pub gateway: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -288,6 +298,9 @@ pub(crate) struct HttpRule {
     pub timeout: Option<Duration>,
     pub retries: Arc<RetryPolicy>,
     pub rewrite_uri: Option<String>,
+    /// `rewrite_uri` replaces the whole path (Gateway API `ReplaceFullPath`), not the prefix
+    /// the rule matched.
+    pub rewrite_whole_path: bool,
     pub rewrite_authority: Option<String>,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
@@ -500,13 +513,19 @@ impl RouteTable {
         let roll = |pct: f64, rng: &mut R| pct >= 100.0 || (pct > 0.0 && rng.gen::<f64>() * 100.0 < pct);
         let fault = Fault {
             delay: rule.fault.delay.and_then(|(d, pct)| roll(pct, rng).then_some(d)),
-            abort: rule.fault.abort.and_then(|(s, pct)| roll(pct, rng).then_some(s)),
+            // The proxy answers an abort without forwarding: how an unresolved Gateway API
+            // backend gets its 500.
+            abort: dest.fail_with.or_else(|| rule.fault.abort.and_then(|(s, pct)| roll(pct, rng).then_some(s))),
         };
         let mirror =
             rule.mirror.as_ref().and_then(|(d, pct)| roll(*pct, rng).then(|| d.pick(req.port()).cloned()).flatten());
         let rewrite = (rule.rewrite_uri.is_some() || rule.rewrite_authority.is_some()).then(|| Rewrite {
             uri: rule.rewrite_uri.clone(),
-            matched_prefix: matched.and_then(|m| m.uri_prefix()).map(str::to_owned),
+            matched_prefix: if rule.rewrite_whole_path {
+                None
+            } else {
+                matched.and_then(|m| m.uri_prefix()).map(str::to_owned)
+            },
             authority: rule.rewrite_authority.clone(),
         });
         Decision::Forward(Box::new(Forward {
@@ -620,6 +639,9 @@ impl Redirect {
     /// The Location header; `matched_prefix` is what the rule's `uri.prefix` matched, for
     /// `prefixRewrite` (without one, the rewrite replaces the whole path, as Envoy does for `/`).
     fn location_after(&self, req: &RequestInfo<'_>, matched_prefix: Option<&str>) -> String {
+        if self.gateway {
+            return self.gateway_location(req, matched_prefix);
+        }
         let scheme = self.scheme.as_deref().unwrap_or(req.scheme);
         let authority = self.authority.as_deref().or(req.authority).unwrap_or("");
         let authority = match self.port {

@@ -1,0 +1,981 @@
+//! Kubernetes Gateway API `HTTPRoute` (`gateway.networking.k8s.io` v1 and v1beta1) as users write
+//! them, and the rules its CRD (OpenAPI schema and CEL `x-kubernetes-validations`) enforces.
+//!
+//! Strict like the Istio kinds: an unknown field is an error, because a misspelt field silently
+//! ignored is a routing rule silently not applied. Fields of the spec the node proxy does not act
+//! on are accepted and each use is a warning that says so. How a route is bound to a Service and
+//! compiled is in `routing/gateway_api.rs`.
+use serde::Deserialize;
+
+use super::{cut, parse_duration, validate::Validation};
+
+pub const GROUP: &str = "gateway.networking.k8s.io";
+/// HTTPRoute is served at v1 and (deprecated, same schema) v1beta1.
+pub const VERSIONS: &[&str] = &["v1", "v1beta1"];
+/// Other kinds of the Gateway API group: valid, not acted on in this release (skipped, reported).
+pub const OTHER_KINDS: &[&str] = &[
+    "Gateway",
+    "GatewayClass",
+    "GRPCRoute",
+    "ReferenceGrant",
+    "TCPRoute",
+    "TLSRoute",
+    "UDPRoute",
+    "BackendTLSPolicy",
+    "ListenerSet",
+];
+
+// CRD limits (config/crd/standard/gateway.networking.k8s.io_httproutes.yaml).
+const MAX_PARENT_REFS: usize = 32;
+const MAX_HOSTNAMES: usize = 16;
+const MAX_RULES: usize = 16;
+const MAX_MATCHES_PER_RULE: usize = 64;
+/// CEL: "the total number of matches across all rules in a route must be less than 128".
+const MAX_MATCHES_TOTAL: usize = 128;
+const MAX_FILTERS: usize = 16;
+const MAX_BACKEND_REFS: usize = 16;
+const MAX_HEADER_MATCHES: usize = 16;
+const MAX_HEADER_OPS: usize = 16;
+const MAX_WEIGHT: i64 = 1_000_000;
+const MAX_PATH_VALUE: usize = 1024;
+const MAX_HEADER_VALUE: usize = 4096;
+const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRouteSpec {
+    #[serde(default)]
+    pub parent_refs: Vec<ParentReference>,
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    /// Left out, the API server defaults it to one rule matching every path (see [`Self::rules`]).
+    #[serde(default, rename = "rules")]
+    pub rules_as_written: Option<Vec<HttpRouteRule>>,
+    /// `metadata.creationTimestamp` (RFC 3339), the spec's first tie-breaker between routes.
+    #[serde(skip)]
+    pub created: Option<String>,
+}
+
+impl HttpRouteSpec {
+    /// The rules with the API server's defaulting applied: no rules is one catch-all rule.
+    pub fn rules(&self) -> std::borrow::Cow<'_, [HttpRouteRule]> {
+        match &self.rules_as_written {
+            Some(r) if !r.is_empty() => std::borrow::Cow::Borrowed(r),
+            _ => std::borrow::Cow::Owned(vec![HttpRouteRule::default()]),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ParentReference {
+    /// Default `gateway.networking.k8s.io`; `""` (or `core`) with kind `Service` is a mesh parent.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Default `Gateway`.
+    #[serde(default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub section_name: Option<String>,
+    #[serde(default)]
+    pub port: Option<i64>,
+}
+
+impl ParentReference {
+    /// A GAMMA parent: a Service (core group).
+    pub fn is_service(&self) -> bool {
+        matches!(self.group.as_deref(), Some("") | Some("core")) && self.kind.as_deref() == Some("Service")
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRouteRule {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default, rename = "matches")]
+    pub matches_as_written: Option<Vec<HttpRouteMatch>>,
+    #[serde(default)]
+    pub filters: Vec<HttpRouteFilter>,
+    #[serde(default)]
+    pub backend_refs: Vec<HttpBackendRef>,
+    #[serde(default)]
+    pub timeouts: Option<HttpRouteTimeouts>,
+    /// Experimental channel (GEP-1731): accepted, not enforced.
+    #[serde(default)]
+    pub retry: Option<serde_yaml::Value>,
+    /// Experimental channel (GEP-1619): accepted, not enforced.
+    #[serde(default)]
+    pub session_persistence: Option<serde_yaml::Value>,
+}
+
+impl HttpRouteRule {
+    /// The matches with the API server's defaulting: none is one match of path prefix `/`.
+    pub fn matches(&self) -> std::borrow::Cow<'_, [HttpRouteMatch]> {
+        match &self.matches_as_written {
+            Some(m) if !m.is_empty() => std::borrow::Cow::Borrowed(m),
+            _ => std::borrow::Cow::Owned(vec![HttpRouteMatch::default()]),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRouteMatch {
+    /// Left out: `PathPrefix /` (the CRD default).
+    #[serde(default)]
+    pub path: Option<HttpPathMatch>,
+    #[serde(default)]
+    pub headers: Vec<HttpHeaderMatch>,
+    #[serde(default)]
+    pub query_params: Vec<HttpHeaderMatch>,
+    #[serde(default)]
+    pub method: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathType {
+    Exact,
+    PathPrefix,
+    RegularExpression,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpPathMatch {
+    /// Default `PathPrefix`.
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    /// Default `/`.
+    #[serde(default)]
+    pub value: Option<String>,
+}
+
+impl HttpPathMatch {
+    /// (type, value) with the CRD defaults; None for a type validation rejects.
+    pub fn resolved(&self) -> Option<(PathType, &str)> {
+        let t = match self.kind.as_deref().unwrap_or("PathPrefix") {
+            "Exact" => PathType::Exact,
+            "PathPrefix" => PathType::PathPrefix,
+            "RegularExpression" => PathType::RegularExpression,
+            _ => return None,
+        };
+        Some((t, self.value.as_deref().unwrap_or("/")))
+    }
+}
+
+/// A header or query parameter match (same shape): `type` Exact (default) or RegularExpression.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpHeaderMatch {
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub value: String,
+}
+
+impl HttpHeaderMatch {
+    pub fn is_regex(&self) -> bool {
+        self.kind.as_deref() == Some("RegularExpression")
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRouteFilter {
+    #[serde(default, rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub request_header_modifier: Option<HeaderModifier>,
+    #[serde(default)]
+    pub response_header_modifier: Option<HeaderModifier>,
+    #[serde(default)]
+    pub request_mirror: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub request_redirect: Option<RequestRedirect>,
+    #[serde(default)]
+    pub url_rewrite: Option<UrlRewrite>,
+    #[serde(default)]
+    pub extension_ref: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub cors: Option<serde_yaml::Value>,
+    /// Experimental channel.
+    #[serde(default)]
+    pub external_auth: Option<serde_yaml::Value>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderModifier {
+    #[serde(default)]
+    pub set: Vec<HttpHeader>,
+    #[serde(default)]
+    pub add: Vec<HttpHeader>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpHeader {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub value: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestRedirect {
+    #[serde(default)]
+    pub scheme: Option<String>,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub path: Option<PathModifier>,
+    #[serde(default)]
+    pub port: Option<i64>,
+    /// Default 302.
+    #[serde(default)]
+    pub status_code: Option<i64>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UrlRewrite {
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub path: Option<PathModifier>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PathModifier {
+    #[serde(default, rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub replace_full_path: Option<String>,
+    #[serde(default)]
+    pub replace_prefix_match: Option<String>,
+}
+
+/// What a path modifier does, once validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathRewrite {
+    Full(String),
+    Prefix(String),
+}
+
+impl PathModifier {
+    pub fn resolved(&self) -> Option<PathRewrite> {
+        match self.kind.as_str() {
+            "ReplaceFullPath" => self.replace_full_path.clone().map(PathRewrite::Full),
+            "ReplacePrefixMatch" => self.replace_prefix_match.clone().map(PathRewrite::Prefix),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpBackendRef {
+    /// Default `""` (core).
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Default `Service`.
+    #[serde(default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub port: Option<i64>,
+    /// Default 1.
+    #[serde(default)]
+    pub weight: Option<i64>,
+    #[serde(default)]
+    pub filters: Vec<HttpRouteFilter>,
+}
+
+impl HttpBackendRef {
+    pub fn is_service(&self) -> bool {
+        matches!(self.group.as_deref(), None | Some("") | Some("core"))
+            && matches!(self.kind.as_deref(), None | Some("Service"))
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRouteTimeouts {
+    #[serde(default)]
+    pub request: Option<String>,
+    #[serde(default)]
+    pub backend_request: Option<String>,
+}
+
+/// Gateway API durations (GEP-2257): 1 to 4 of `<1-5 digits><h|m|s|ms>`, e.g. `10s`, `1h30m`, `500ms`.
+pub fn parse_gep_duration(s: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("invalid duration {:?}: expected e.g. \"10s\", \"500ms\", \"1h30m\" (GEP-2257)", cut(s, 40));
+    let mut rest = s;
+    let mut parts = 0;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 || digits > 5 {
+            return Err(bad());
+        }
+        let after = &rest[digits..];
+        let unit = if after.starts_with("ms") {
+            2
+        } else if after.starts_with(['h', 'm', 's']) {
+            1
+        } else {
+            return Err(bad());
+        };
+        rest = &after[unit..];
+        parts += 1;
+    }
+    if parts == 0 || parts > 4 {
+        return Err(bad());
+    }
+    parse_duration(s)
+}
+
+fn header_name_ok(n: &str) -> bool {
+    // RFC 7230 token, as the CRD's pattern `^[A-Za-z0-9!#$%&'*+\-.^_\x60|~]+$`, at most 256.
+    !n.is_empty() && n.len() <= 256 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// RFC 1123 host name, as the CRD's `PreciseHostname` (no wildcard) or `Hostname` (`*.` prefix allowed).
+fn hostname_ok(h: &str, wildcard: bool) -> bool {
+    let h = if wildcard { h.strip_prefix("*.").unwrap_or(h) } else { h };
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+/// The CEL rules on an Exact / PathPrefix value.
+fn check_plain_path(v: &str) -> Result<(), String> {
+    if !v.starts_with('/') {
+        return Err("must be an absolute path (start with '/')".into());
+    }
+    for bad in ["//", "/./", "/../", "%2f", "%2F", "#"] {
+        if v.contains(bad) {
+            return Err(format!("must not contain {bad:?}"));
+        }
+    }
+    if v.ends_with("/..") || v.ends_with("/.") {
+        return Err("must not end with '/..' or '/.'".into());
+    }
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || b"-/._~!$&'()*+,;=:@%".contains(&b);
+    if !v.bytes().all(allowed) {
+        return Err("must only contain valid path characters (RFC 3986 pchar and '/')".into());
+    }
+    Ok(())
+}
+
+/// Every rule of the HTTPRoute CRD that decides what traffic does (see the README's Gateway API
+/// section for the ones not checked).
+pub fn validate(spec: &HttpRouteSpec) -> Validation {
+    let mut v = Validation::default();
+    let mut err = |p: String, m: String| v.errors.push((p, m));
+    let mut warns: Vec<(String, String)> = Vec::new();
+    if spec.parent_refs.len() > MAX_PARENT_REFS {
+        err("spec.parentRefs".into(), format!("must have at most {MAX_PARENT_REFS} items"));
+    }
+    for (i, p) in spec.parent_refs.iter().enumerate() {
+        let at = format!("spec.parentRefs[{i}]");
+        if p.name.is_empty() {
+            err(format!("{at}.name"), "name is required".into());
+        }
+        if let Some(port) = p.port {
+            if !(1..=65535).contains(&port) {
+                err(format!("{at}.port"), format!("{port} is not a port number (1-65535)"));
+            }
+        }
+        for (j, q) in spec.parent_refs.iter().enumerate().take(i) {
+            let same = p.group == q.group
+                && p.kind == q.kind
+                && p.namespace == q.namespace
+                && p.name == q.name
+                && p.section_name == q.section_name
+                && p.port == q.port;
+            if same {
+                err(at.clone(), format!("duplicates spec.parentRefs[{j}]: sectionName or port must be unique when parentRefs includes 2 or more references to the same parent"));
+            }
+        }
+        let group = p.group.as_deref().unwrap_or(GROUP);
+        let kind = p.kind.as_deref().unwrap_or("Gateway");
+        if !p.is_service() {
+            if group == GROUP && kind == "Gateway" {
+                warns.push((at.clone(), "a Gateway parent (ingress) is not served by this mesh yet; the route applies to mesh traffic only through Service parents".into()));
+            } else {
+                warns.push((
+                    at.clone(),
+                    format!("parent kind {:?} of group {:?} is not supported; ignored", cut(kind, 40), cut(group, 60)),
+                ));
+            }
+        } else if p.section_name.is_some() {
+            warns.push((
+                format!("{at}.sectionName"),
+                "sectionName on a Service parent is not supported; the route is bound to the whole Service (use port)"
+                    .into(),
+            ));
+        }
+    }
+    if spec.hostnames.len() > MAX_HOSTNAMES {
+        err("spec.hostnames".into(), format!("must have at most {MAX_HOSTNAMES} items"));
+    }
+    for (i, h) in spec.hostnames.iter().enumerate() {
+        if !hostname_ok(h, true) {
+            err(
+                format!("spec.hostnames[{i}]"),
+                format!("{:?} is not a valid host name (RFC 1123, optionally prefixed by '*.')", cut(h, 60)),
+            );
+        }
+    }
+    let rules = spec.rules();
+    if rules.len() > MAX_RULES {
+        err("spec.rules".into(), format!("must have at most {MAX_RULES} items"));
+    }
+    let total: usize = rules.iter().map(|r| r.matches().len()).sum();
+    if total > MAX_MATCHES_TOTAL {
+        err("spec.rules".into(), format!("the total number of matches across all rules in a route must be less than {MAX_MATCHES_TOTAL} (has {total})"));
+    }
+    let mut names = std::collections::HashSet::new();
+    for (i, r) in rules.iter().enumerate() {
+        let at = format!("spec.rules[{i}]");
+        if let Some(n) = &r.name {
+            if !names.insert(n.as_str()) {
+                err(format!("{at}.name"), format!("rule name {:?} must be unique within the route", cut(n, 60)));
+            }
+        }
+        let matches = r.matches();
+        if matches.len() > MAX_MATCHES_PER_RULE {
+            err(format!("{at}.matches"), format!("must have at most {MAX_MATCHES_PER_RULE} items"));
+        }
+        for (j, m) in matches.iter().enumerate() {
+            check_match(m, &format!("{at}.matches[{j}]"), &mut err);
+        }
+        check_filters(&r.filters, &at, &matches, &mut err, &mut warns);
+        if r.backend_refs.len() > MAX_BACKEND_REFS {
+            err(format!("{at}.backendRefs"), format!("must have at most {MAX_BACKEND_REFS} items"));
+        }
+        let redirects = r.filters.iter().any(|f| f.kind == "RequestRedirect");
+        if redirects && !r.backend_refs.is_empty() {
+            // The spec: RequestRedirect "MUST NOT be used on a rule that also has backendRefs"
+            // (webhook rule); a redirect answers, nothing is forwarded.
+            err(
+                format!("{at}.backendRefs"),
+                "RequestRedirect filter must not be used together with backendRefs".into(),
+            );
+        }
+        for (j, b) in r.backend_refs.iter().enumerate() {
+            let bat = format!("{at}.backendRefs[{j}]");
+            if b.name.is_empty() {
+                err(format!("{bat}.name"), "name is required".into());
+            }
+            if let Some(w) = b.weight {
+                if !(0..=MAX_WEIGHT).contains(&w) {
+                    err(format!("{bat}.weight"), format!("{w} must be between 0 and {MAX_WEIGHT}"));
+                }
+            }
+            match b.port {
+                None if b.is_service() => err(bat.clone(), "Must have port for Service reference".into()),
+                Some(p) if !(1..=65535).contains(&p) => {
+                    err(format!("{bat}.port"), format!("{p} is not a port number (1-65535)"))
+                }
+                _ => {}
+            }
+            check_filters(&b.filters, &bat, &matches, &mut err, &mut warns);
+            for (k, f) in b.filters.iter().enumerate() {
+                if !matches!(f.kind.as_str(), "RequestHeaderModifier" | "ResponseHeaderModifier") {
+                    warns.push((
+                        format!("{bat}.filters[{k}]"),
+                        format!(
+                            "a {} filter on a backendRef is not enforced (only header modifiers are)",
+                            cut(&f.kind, 40)
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(t) = &r.timeouts {
+            let parse = |f: &Option<String>, name: &str, err: &mut dyn FnMut(String, String)| {
+                f.as_deref().and_then(|s| match parse_gep_duration(s) {
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        err(format!("{at}.timeouts.{name}"), e);
+                        None
+                    }
+                })
+            };
+            let req = parse(&t.request, "request", &mut err);
+            let backend = parse(&t.backend_request, "backendRequest", &mut err);
+            if let (Some(rq), Some(b)) = (req, backend) {
+                // 0 is "no timeout", which no backend timeout can exceed.
+                if !rq.is_zero() && b > rq {
+                    err(
+                        format!("{at}.timeouts.backendRequest"),
+                        "backendRequest timeout cannot be longer than request timeout".into(),
+                    );
+                }
+            }
+            if t.backend_request.is_some() {
+                warns.push((
+                    format!("{at}.timeouts.backendRequest"),
+                    "backendRequest is not enforced yet (request is)".into(),
+                ));
+            }
+        }
+        if r.retry.is_some() {
+            warns.push((
+                format!("{at}.retry"),
+                "retry (experimental) is not enforced; Istio's default retry policy applies".into(),
+            ));
+        }
+        if r.session_persistence.is_some() {
+            warns
+                .push((format!("{at}.sessionPersistence"), "sessionPersistence (experimental) is not enforced".into()));
+        }
+    }
+    v.warnings = warns;
+    v
+}
+
+fn check_match(m: &HttpRouteMatch, at: &str, err: &mut dyn FnMut(String, String)) {
+    if let Some(p) = &m.path {
+        match p.resolved() {
+            None => err(
+                format!("{at}.path.type"),
+                format!(
+                    "Unsupported value {:?}: supported values: \"Exact\", \"PathPrefix\", \"RegularExpression\"",
+                    cut(p.kind.as_deref().unwrap_or(""), 40)
+                ),
+            ),
+            Some((_, v)) if v.len() > MAX_PATH_VALUE => {
+                err(format!("{at}.path.value"), format!("must be at most {MAX_PATH_VALUE} characters"))
+            }
+            Some((PathType::RegularExpression, v)) => {
+                if let Err(e) = regex::Regex::new(v) {
+                    err(
+                        format!("{at}.path.value"),
+                        format!("invalid regular expression: {}", cut(&e.to_string(), 200)),
+                    );
+                }
+            }
+            Some((_, v)) => {
+                if let Err(e) = check_plain_path(v) {
+                    err(format!("{at}.path.value"), e);
+                }
+            }
+        }
+    }
+    for (field, list, is_header) in [("headers", &m.headers, true), ("queryParams", &m.query_params, false)] {
+        if list.len() > MAX_HEADER_MATCHES {
+            err(format!("{at}.{field}"), format!("must have at most {MAX_HEADER_MATCHES} items"));
+        }
+        for (k, h) in list.iter().enumerate() {
+            let hat = format!("{at}.{field}[{k}]");
+            match h.kind.as_deref() {
+                None | Some("Exact") => {}
+                Some("RegularExpression") => {
+                    if let Err(e) = regex::Regex::new(&h.value) {
+                        err(
+                            format!("{hat}.value"),
+                            format!("invalid regular expression: {}", cut(&e.to_string(), 200)),
+                        );
+                    }
+                }
+                Some(o) => err(
+                    format!("{hat}.type"),
+                    format!("Unsupported value {:?}: supported values: \"Exact\", \"RegularExpression\"", cut(o, 40)),
+                ),
+            }
+            let name_ok = if is_header { header_name_ok(&h.name) } else { !h.name.is_empty() && h.name.len() <= 256 };
+            if !name_ok {
+                err(format!("{hat}.name"), format!("{:?} is not a valid name", cut(&h.name, 60)));
+            }
+            if h.value.is_empty() || h.value.len() > MAX_HEADER_VALUE {
+                err(format!("{hat}.value"), format!("must be 1 to {MAX_HEADER_VALUE} characters"));
+            }
+        }
+    }
+    if let Some(method) = &m.method {
+        if !METHODS.contains(&method.as_str()) {
+            err(
+                format!("{at}.method"),
+                format!("Unsupported value {:?}: supported values: {}", cut(method, 40), METHODS.join(", ")),
+            );
+        }
+    }
+}
+
+fn check_filters(
+    filters: &[HttpRouteFilter],
+    at: &str,
+    matches: &[HttpRouteMatch],
+    err: &mut dyn FnMut(String, String),
+    warns: &mut Vec<(String, String)>,
+) {
+    if filters.len() > MAX_FILTERS {
+        err(format!("{at}.filters"), format!("must have at most {MAX_FILTERS} items"));
+    }
+    let count = |t: &str| filters.iter().filter(|f| f.kind == t).count();
+    for t in ["RequestHeaderModifier", "ResponseHeaderModifier", "RequestRedirect", "URLRewrite", "CORS"] {
+        if count(t) > 1 {
+            err(format!("{at}.filters"), format!("{t} filter cannot be repeated"));
+        }
+    }
+    if count("RequestRedirect") > 0 && count("URLRewrite") > 0 {
+        err(
+            format!("{at}.filters"),
+            "May specify either httpRouteFilterRequestRedirect or httpRouteFilterRequestRewrite, but not both".into(),
+        );
+    }
+    for (i, f) in filters.iter().enumerate() {
+        let fat = format!("{at}.filters[{i}]");
+        let fields: [(&str, &str, bool); 8] = [
+            ("RequestHeaderModifier", "requestHeaderModifier", f.request_header_modifier.is_some()),
+            ("ResponseHeaderModifier", "responseHeaderModifier", f.response_header_modifier.is_some()),
+            ("RequestMirror", "requestMirror", f.request_mirror.is_some()),
+            ("RequestRedirect", "requestRedirect", f.request_redirect.is_some()),
+            ("URLRewrite", "urlRewrite", f.url_rewrite.is_some()),
+            ("ExtensionRef", "extensionRef", f.extension_ref.is_some()),
+            ("CORS", "cors", f.cors.is_some()),
+            ("ExternalAuth", "externalAuth", f.external_auth.is_some()),
+        ];
+        if !fields.iter().any(|(t, _, _)| *t == f.kind) {
+            err(
+                format!("{fat}.type"),
+                format!(
+                    "Unsupported value {:?}: supported values: {}",
+                    cut(&f.kind, 40),
+                    fields.iter().map(|(t, _, _)| format!("{t:?}")).collect::<Vec<_>>().join(", ")
+                ),
+            );
+            continue;
+        }
+        for (t, field, set) in fields {
+            if set && t != f.kind {
+                err(format!("{fat}.{field}"), format!("filter.{field} must be nil if the filter.type is not {t}"));
+            }
+            if !set && t == f.kind {
+                err(fat.clone(), format!("filter.{field} must be specified for {t} filter.type"));
+            }
+        }
+        for (field, m) in [
+            ("requestHeaderModifier", &f.request_header_modifier),
+            ("responseHeaderModifier", &f.response_header_modifier),
+        ] {
+            let Some(m) = m else { continue };
+            let mat = format!("{fat}.{field}");
+            for (op, list) in [("set", &m.set), ("add", &m.add)] {
+                if list.len() > MAX_HEADER_OPS {
+                    err(format!("{mat}.{op}"), format!("must have at most {MAX_HEADER_OPS} items"));
+                }
+                let mut seen = std::collections::HashSet::new();
+                for (k, h) in list.iter().enumerate() {
+                    if !header_name_ok(&h.name) {
+                        err(
+                            format!("{mat}.{op}[{k}].name"),
+                            format!("{:?} is not a valid header name", cut(&h.name, 60)),
+                        );
+                    } else if !seen.insert(h.name.to_ascii_lowercase()) {
+                        // listType=map keyed on name: the API server rejects a duplicate key.
+                        err(format!("{mat}.{op}[{k}].name"), format!("Duplicate value: {:?}", cut(&h.name, 60)));
+                    }
+                    if h.value.len() > MAX_HEADER_VALUE || h.value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+                        err(
+                            format!("{mat}.{op}[{k}].value"),
+                            format!("must be at most {MAX_HEADER_VALUE} characters with no CR, LF or NUL"),
+                        );
+                    }
+                }
+            }
+            if m.remove.len() > MAX_HEADER_OPS {
+                err(format!("{mat}.remove"), format!("must have at most {MAX_HEADER_OPS} items"));
+            }
+            for (k, n) in m.remove.iter().enumerate() {
+                if !header_name_ok(n) {
+                    err(format!("{mat}.remove[{k}]"), format!("{:?} is not a valid header name", cut(n, 60)));
+                }
+            }
+        }
+        let check_path_mod = |pm: &PathModifier, pat: String, err: &mut dyn FnMut(String, String)| {
+            match pm.kind.as_str() {
+                "ReplaceFullPath" if pm.replace_full_path.is_none() => {
+                    err(pat.clone(), "replaceFullPath must be specified when type is set to 'ReplaceFullPath'".into())
+                }
+                "ReplacePrefixMatch" if pm.replace_prefix_match.is_none() => err(
+                    pat.clone(),
+                    "replacePrefixMatch must be specified when type is set to 'ReplacePrefixMatch'".into(),
+                ),
+                "ReplaceFullPath" | "ReplacePrefixMatch" => {}
+                o => err(
+                    format!("{pat}.type"),
+                    format!(
+                        "Unsupported value {:?}: supported values: \"ReplaceFullPath\", \"ReplacePrefixMatch\"",
+                        cut(o, 40)
+                    ),
+                ),
+            }
+            if pm.replace_full_path.is_some() && pm.kind != "ReplaceFullPath" {
+                err(pat.clone(), "type must be 'ReplaceFullPath' when replaceFullPath is set".into());
+            }
+            if pm.replace_prefix_match.is_some() && pm.kind != "ReplacePrefixMatch" {
+                err(pat.clone(), "type must be 'ReplacePrefixMatch' when replacePrefixMatch is set".into());
+            }
+            for (field, v) in
+                [("replaceFullPath", &pm.replace_full_path), ("replacePrefixMatch", &pm.replace_prefix_match)]
+            {
+                if let Some(v) = v {
+                    if !v.starts_with('/')
+                        || v.len() > MAX_PATH_VALUE
+                        || v.bytes().any(|b| b.is_ascii_control() || b == b' ' || b == b'?' || b == b'#')
+                    {
+                        err(format!("{pat}.{field}"), format!("{:?} must be an absolute path of at most {MAX_PATH_VALUE} characters, without a query or fragment", cut(v, 60)));
+                    }
+                }
+            }
+            if pm.kind == "ReplacePrefixMatch" {
+                // CEL: exactly one PathPrefix match, since the rewrite replaces what it matched.
+                let prefix_only = matches.len() == 1
+                    && matches[0]
+                        .path
+                        .as_ref()
+                        .is_none_or(|p| p.resolved().is_some_and(|(t, _)| t == PathType::PathPrefix));
+                if !prefix_only {
+                    err(pat, "When using a filter with path.replacePrefixMatch, exactly one PathPrefix match must be specified".into());
+                }
+            }
+        };
+        if let Some(r) = &f.request_redirect {
+            let rat = format!("{fat}.requestRedirect");
+            if let Some(s) = &r.scheme {
+                if s != "http" && s != "https" {
+                    err(
+                        format!("{rat}.scheme"),
+                        format!("Unsupported value {:?}: supported values: \"http\", \"https\"", cut(s, 40)),
+                    );
+                }
+            }
+            if let Some(h) = &r.hostname {
+                if !hostname_ok(h, false) {
+                    err(
+                        format!("{rat}.hostname"),
+                        format!("{:?} is not a valid host name (RFC 1123, no wildcard)", cut(h, 60)),
+                    );
+                }
+            }
+            if let Some(p) = r.port {
+                if !(1..=65535).contains(&p) {
+                    err(format!("{rat}.port"), format!("{p} is not a port number (1-65535)"));
+                }
+            }
+            if let Some(c) = r.status_code {
+                if ![301, 302, 303, 307, 308].contains(&c) {
+                    err(
+                        format!("{rat}.statusCode"),
+                        format!("Unsupported value {c}: supported values: 301, 302, 303, 307, 308"),
+                    );
+                }
+            }
+            if let Some(pm) = &r.path {
+                check_path_mod(pm, format!("{rat}.path"), err);
+            }
+        }
+        if let Some(u) = &f.url_rewrite {
+            let uat = format!("{fat}.urlRewrite");
+            if let Some(h) = &u.hostname {
+                if !hostname_ok(h, false) {
+                    err(
+                        format!("{uat}.hostname"),
+                        format!("{:?} is not a valid host name (RFC 1123, no wildcard)", cut(h, 60)),
+                    );
+                }
+            }
+            if let Some(pm) = &u.path {
+                check_path_mod(pm, format!("{uat}.path"), err);
+            }
+        }
+        let not_enforced = match f.kind.as_str() {
+            "RequestMirror" => Some("RequestMirror is not enforced yet (no request is mirrored)"),
+            "ExtensionRef" => Some("ExtensionRef filters are implementation-specific; none is supported, so the rule answers 500 as the spec asks"),
+            "CORS" => Some("the CORS filter is not enforced"),
+            "ExternalAuth" => Some("the ExternalAuth filter is not enforced"),
+            _ => None,
+        };
+        if let Some(w) = not_enforced {
+            warns.push((fat, w.into()));
+        }
+    }
+}
+
+impl super::Config {
+    /// A document of the Gateway API group: an HTTPRoute is typed, validated and admitted on its
+    /// own like the Istio kinds; the group's other kinds are skipped with a note.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn add_gateway_api_document(
+        &mut self,
+        file: &std::sync::Arc<str>,
+        (text, line_offset): (&str, usize),
+        at: std::sync::Arc<super::Locator>,
+        api_version: &str,
+        kind: &str,
+        name: String,
+        namespace: String,
+    ) -> Result<(), (Option<super::ObjectKey>, Vec<super::ConfigError>)> {
+        let key = (kind == "HTTPRoute").then(|| super::ObjectKey {
+            kind: "HTTPRoute",
+            namespace: namespace.clone(),
+            name: name.clone(),
+        });
+        let reject = |path: &str, msg: String| Err((key.clone(), vec![at.error(path, msg)]));
+        if kind != "HTTPRoute" {
+            if OTHER_KINDS.contains(&kind) {
+                self.skipped
+                    .push(format!("{file}: {kind} {} (Gateway API kind not supported yet; ignored)", cut(&name, 60)));
+                return Ok(());
+            }
+            let known = OTHER_KINDS.iter().chain(["HTTPRoute"].iter());
+            if let Some(k) = known.clone().find(|k| k.eq_ignore_ascii_case(kind)) {
+                return reject(
+                    "kind",
+                    format!("unknown kind {:?}: kinds are case-sensitive; did you mean {k}?", cut(kind, 40)),
+                );
+            }
+            if kind.is_empty() {
+                return reject("kind", "missing `kind`".into());
+            }
+            return reject("kind", format!("unknown kind {:?} in {GROUP}", cut(kind, 40)));
+        }
+        let version = api_version.split('/').nth(1).unwrap_or("");
+        if !VERSIONS.contains(&version) {
+            return reject(
+                "apiVersion",
+                format!("unsupported apiVersion {:?}: HTTPRoute is {GROUP}/v1 (or v1beta1)", cut(api_version, 60)),
+            );
+        }
+        if name.is_empty() {
+            return reject("metadata.name", "missing metadata.name".into());
+        }
+        if let Err(e) = super::check_object_name(&name).and_then(|()| super::check_object_name(&namespace)) {
+            return reject("metadata", e);
+        }
+        let r: super::Resource<HttpRouteSpec> =
+            super::typed(text, &at, line_offset).map_err(|e| (key.clone(), vec![e]))?;
+        let created = r.metadata.creation_timestamp.clone();
+        let mut o = super::sourced(r, at);
+        o.spec.created = created;
+        let v = validate(&o.spec);
+        self.warnings.extend(v.warnings.into_iter().map(|(p, m)| o.at.error(p, m).to_string()));
+        if !v.errors.is_empty() {
+            return Err((key, v.errors.into_iter().map(|(p, m)| o.at.error(p, m)).collect()));
+        }
+        super::upsert(&mut self.http_routes, o, kind, &mut self.skipped);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    const HEAD: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: ns}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: echo, port: 80}]\n";
+
+    fn errors(rules: &str) -> String {
+        let y = format!("{HEAD}  rules:\n{rules}");
+        match Config::parse_str("r.yaml", &y) {
+            Ok(c) => panic!("accepted: {:?}", c.http_routes),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn httproute_v1_and_v1beta1_are_admitted_with_defaults() {
+        for v in ["v1", "v1beta1"] {
+            let y = HEAD.replace("/v1\n", &format!("/{v}\n"));
+            let c = Config::parse_str("r.yaml", &y).unwrap_or_else(|e| panic!("{v}: {e}"));
+            assert_eq!(c.http_routes.len(), 1, "{v}");
+            // No rules: one rule with one match, PathPrefix "/".
+            let rules = c.http_routes[0].spec.rules();
+            assert_eq!(rules.len(), 1);
+            assert!(rules[0].matches()[0].path.is_none());
+        }
+        let e = Config::parse_str("r.yaml", &HEAD.replace("/v1\n", "/v1alpha2\n")).unwrap_err().to_string();
+        assert!(e.contains("unsupported apiVersion"), "{e}");
+    }
+
+    #[test]
+    fn unknown_fields_are_errors_with_their_position() {
+        let e = errors("  - backendRefs:\n    - name: echo-v1\n      prot: 80\n");
+        assert!(e.starts_with("r.yaml:9:7: spec.rules[0].backendRefs[0].prot"), "{e}");
+        assert!(e.contains("unknown field `prot`"), "{e}");
+    }
+
+    #[test]
+    fn crd_rules_reject_what_the_api_server_would() {
+        for (rules, want) in [
+            ("  - matches: [{path: {type: PathPrefix, value: foo}}]\n", "spec.rules[0].matches[0].path.value: must be an absolute path"),
+            ("  - matches: [{path: {type: Exact, value: /a//b}}]\n", "must not contain \"//\""),
+            ("  - matches: [{path: {type: Prefix, value: /a}}]\n", "path.type: Unsupported value \"Prefix\""),
+            ("  - matches: [{path: {type: RegularExpression, value: \"(\"}}]\n", "invalid regular expression"),
+            ("  - matches: [{method: get}]\n", "method: Unsupported value \"get\""),
+            ("  - backendRefs: [{name: a, port: 80, weight: 1000001}]\n", "weight: 1000001 must be between 0 and 1000000"),
+            ("  - backendRefs: [{name: a, port: 80, weight: -1}]\n", "must be between 0 and 1000000"),
+            ("  - backendRefs: [{name: a}]\n", "Must have port for Service reference"),
+            ("  - filters: [{type: RequestRedirect, requestRedirect: {port: 8080}}, {type: URLRewrite, urlRewrite: {hostname: a.b}}]\n", "May specify either"),
+            ("  - filters: [{type: RequestHeaderModifier, requestHeaderModifier: {}}, {type: RequestHeaderModifier, requestHeaderModifier: {}}]\n", "RequestHeaderModifier filter cannot be repeated"),
+            ("  - filters: [{type: RequestHeaderModifier}]\n", "filter.requestHeaderModifier must be specified"),
+            ("  - filters: [{type: RequestHeaderModifier, requestHeaderModifier: {}, urlRewrite: {}}]\n", "filter.urlRewrite must be nil"),
+            ("  - filters: [{type: RequestRedirect, requestRedirect: {statusCode: 305}}]\n", "statusCode: Unsupported value 305"),
+            ("  - filters: [{type: RequestRedirect, requestRedirect: {port: 80}}]\n    backendRefs: [{name: a, port: 80}]\n", "must not be used together with backendRefs"),
+            ("  - matches: [{path: {type: Exact, value: /a}}]\n    filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /b}}}]\n", "exactly one PathPrefix match"),
+            ("  - filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplaceFullPath, replacePrefixMatch: /b}}}]\n", "replaceFullPath must be specified"),
+            ("  - timeouts: {request: 1s, backendRequest: 2s}\n", "backendRequest timeout cannot be longer"),
+            ("  - timeouts: {request: 1.5s}\n", "invalid duration"),
+            ("  - filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: a, value: x}, {name: A, value: y}]}}]\n", "Duplicate value"),
+        ] {
+            let e = errors(rules);
+            assert!(e.contains(want), "{rules}: want {want:?}, got {e}");
+        }
+        let many: String = (0..17).map(|_| "  - backendRefs: [{name: a, port: 80}]\n").collect();
+        assert!(errors(&many).contains("spec.rules: must have at most 16 items"));
+    }
+
+    #[test]
+    fn a_bad_route_does_not_block_the_others_and_other_kinds_are_skipped() {
+        let y = format!(
+            "{HEAD}  rules: [{{backendRefs: [{{name: a, port: 0}}]}}]\n---\n{}---\napiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {{name: g}}\nspec: {{}}\n",
+            HEAD.replace("name: r,", "name: good,")
+        );
+        let mut c = Config::default();
+        assert!(c.add_str("r.yaml", &y).is_err());
+        assert_eq!(c.http_routes.len(), 1);
+        assert_eq!(c.http_routes[0].name, "good");
+        assert_eq!(c.rejected.len(), 1);
+        assert_eq!(c.rejected[0].object.as_ref().map(|k| k.to_string()).as_deref(), Some("HTTPRoute ns/r"));
+        assert!(
+            c.skipped.iter().any(|s| s.contains("GRPCRoute g (Gateway API kind not supported yet")),
+            "{:?}",
+            c.skipped
+        );
+        let e =
+            Config::parse_str("r.yaml", &HEAD.replace("kind: HTTPRoute", "kind: HttpRoute")).unwrap_err().to_string();
+        assert!(e.contains("did you mean HTTPRoute?"), "{e}");
+    }
+}

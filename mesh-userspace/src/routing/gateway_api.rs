@@ -1,0 +1,586 @@
+//! Gateway API HTTPRoutes bound to a Service (GAMMA), compiled into the engine's own
+//! VirtualService form, as Istio does (`pilot/pkg/config/kube/gateway/conversion.go` turns each
+//! HTTPRoute into a VirtualService with "gateway semantics"): one compile path, one `route()`.
+//!
+//! What differs from a VirtualService is decided here, at compile time:
+//! * every (rule, match) pair becomes its own rule, and the rules of all routes of one Service are
+//!   ordered as the spec orders matches (Exact path, longest prefix, regex, method, most headers,
+//!   most query params, then the oldest route, then namespace/name, then rule and match order);
+//! * `PathPrefix` matches whole segments ([`StrMatch::SegmentPrefix`]);
+//! * a backendRef that does not resolve answers 500 for its share, a rule with no backend 500;
+//! * redirects default to 302 and take their port as the spec says ([`Redirect::gateway`]);
+//! * a route bound to one `port` of a Service leaves the other ports to plain Kubernetes routing.
+use std::{collections::BTreeMap, sync::Arc};
+
+use http::{HeaderName, HeaderValue};
+use regex::Regex;
+
+use super::{build::Builder, matcher::*, *};
+use crate::config::{
+    self,
+    gateway_api::{self as gw, HttpRouteSpec, PathRewrite, PathType},
+    ConfigError, Locator, ObjectKey, Sourced,
+};
+
+/// The spec's precedence, as a sort key (smaller sorts first).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Precedence {
+    /// Exact 0, PathPrefix 1, RegularExpression 2 (regex order is implementation-specific; Istio
+    /// puts it after prefixes).
+    path_rank: u8,
+    /// Longest path value first.
+    path_len: std::cmp::Reverse<usize>,
+    /// A method match first.
+    no_method: bool,
+    headers: std::cmp::Reverse<usize>,
+    query: std::cmp::Reverse<usize>,
+    /// The oldest route first; a route with no creationTimestamp (as in a ConfigMap) after those.
+    created: (bool, String),
+    namespace: String,
+    name: String,
+    rule: usize,
+    index: usize,
+}
+
+struct Entry {
+    service: (String, String),
+    order: Precedence,
+    rule: HttpRule,
+}
+
+type Rejections = Vec<(ObjectKey, Arc<str>, Vec<ConfigError>)>;
+/// Per Service (namespace, name): where its first route was written, the routes' names, and the
+/// port of each parentRef to it (None: every port).
+type Attached = BTreeMap<(String, String), (Arc<Locator>, Vec<String>, Vec<Option<u16>>)>;
+
+impl Builder<'_> {
+    /// Compiles every HTTPRoute with a Service parent into `table.mesh_vs`; a route with an
+    /// error is returned with it and left out.
+    pub(super) fn http_routes(&mut self, routes: &[Sourced<HttpRouteSpec>], table: &mut RouteTable) -> Rejections {
+        let mut rejected = Vec::new();
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut names: Attached = BTreeMap::new();
+        for route in routes {
+            let before = self.errors.len();
+            let mine = self.http_route(route, &mut names);
+            if self.errors.len() > before {
+                let errors = self.errors.split_off(before);
+                let key = ObjectKey { kind: "HTTPRoute", namespace: route.namespace.clone(), name: route.name.clone() };
+                rejected.push((key, route.at.file.clone(), errors));
+                continue;
+            }
+            entries.extend(mine);
+        }
+        // Stable: equal keys keep the order they were compiled in.
+        entries.sort_by(|a, b| a.service.cmp(&b.service).then_with(|| a.order.cmp(&b.order)));
+        let mut by_service: BTreeMap<(String, String), Vec<HttpRule>> = BTreeMap::new();
+        for e in entries {
+            by_service.entry(e.service).or_default().push(e.rule);
+        }
+        for ((ns, name), mut http) in by_service {
+            let Some(svc) = self.services.get(&(ns.as_str(), name.as_str())).map(|s| (*s).clone()) else { continue };
+            let Some((origin, route_names, ports)) = names.remove(&(ns.clone(), name.clone())) else { continue };
+            let key: Arc<str> = Arc::from(route_names.join("+"));
+            // Ports no route is bound to keep plain Kubernetes routing (MeshPorts): a trailing
+            // rule per such port, disjoint from the others by its port condition.
+            if !ports.contains(&None) {
+                for p in svc.ports.iter().map(|p| p.port).filter(|p| !ports.contains(&Some(*p))) {
+                    if let Some(c) = self.cluster(&svc, None, p, &(origin.clone(), &String::new)) {
+                        http.push(self.plain_rule(&svc, p, c));
+                    }
+                }
+            }
+            if let Some(vs) = table.mesh_vs.get(&ns).and_then(|m| m.get(&name)) {
+                // Istio keeps one route list per host and the first one wins; here the
+                // VirtualService does, so adding an HTTPRoute never silently changes live routing.
+                self.warnings.push(format!(
+                    "HTTPRoute {key} and VirtualService {} both route Service {ns}/{name}; the VirtualService applies and the HTTPRoute is ignored for it",
+                    vs.key
+                ));
+                continue;
+            }
+            let compiled = Arc::new(CompiledVs {
+                namespace: ns.clone(),
+                key,
+                origin,
+                hosts: vec![svc.fqdn()],
+                http,
+                tcp: Vec::new(),
+                gateways: Vec::new(),
+                mesh: true,
+            });
+            table.mesh_vs.entry(ns).or_default().insert(name, compiled);
+        }
+        rejected
+    }
+
+    fn http_route(&mut self, route: &Sourced<HttpRouteSpec>, names: &mut Attached) -> Vec<Entry> {
+        let at = &route.at;
+        let mut parents: Vec<(Arc<Service>, Option<u16>)> = Vec::new();
+        for (i, p) in route.spec.parent_refs.iter().enumerate() {
+            if !p.is_service() {
+                continue; // warned by config::gateway_api::validate
+            }
+            let ns = p.namespace.as_deref().unwrap_or(&route.namespace);
+            let warn = |b: &mut Self, msg: String| {
+                b.warnings.push(at.error(format!("spec.parentRefs[{i}]"), msg).to_string());
+            };
+            if ns != route.namespace {
+                warn(self, format!("a consumer route (parent Service in namespace {ns:?}) is not supported yet; the route is not attached to it"));
+                continue;
+            }
+            let Some(svc) = self.services.get(&(ns, p.name.as_str())).map(|s| (*s).clone()) else {
+                warn(
+                    self,
+                    format!(
+                        "Service {ns}/{} is not in the registry; the route is not attached",
+                        config::cut(&p.name, 60)
+                    ),
+                );
+                continue;
+            };
+            let port = match p.port.map(u16::try_from) {
+                None => None,
+                Some(Ok(port)) if svc.port(port).is_some() => Some(port),
+                Some(_) => {
+                    warn(
+                        self,
+                        format!(
+                            "Service {ns}/{} has no port {}; the route is not attached",
+                            svc.name,
+                            p.port.unwrap_or(0)
+                        ),
+                    );
+                    continue;
+                }
+            };
+            parents.push((svc, port));
+        }
+        if parents.is_empty() {
+            return Vec::new();
+        }
+        if !route.spec.hostnames.is_empty() {
+            self.warnings.push(
+                at.error(
+                    "spec.hostnames",
+                    "hostnames do not apply to a Service parent (GAMMA): traffic is selected by the Service dialled",
+                )
+                .to_string(),
+            );
+        }
+        let key = route.key();
+        for (svc, port) in &parents {
+            let e = names
+                .entry((svc.namespace.clone(), svc.name.clone()))
+                .or_insert_with(|| (at.clone(), Vec::new(), Vec::new()));
+            if !e.1.contains(&key) {
+                e.1.push(key.clone());
+            }
+            e.2.push(*port);
+        }
+        let mut out = Vec::new();
+        for (ri, rule) in route.spec.rules().iter().enumerate() {
+            let Some(base) = self.gateway_rule(route, ri, rule) else { continue };
+            for (mi, m) in rule.matches().iter().enumerate() {
+                let (conds, order) = self.gateway_match(route, ri, mi, m);
+                for (svc, port) in &parents {
+                    let mut conds = conds.clone();
+                    if let Some(p) = port {
+                        conds.push(Cond::Port(*p));
+                    }
+                    let mut r = base.clone();
+                    r.matches = vec![MatchRequest { name: None, conds }];
+                    if rule.matches().len() > 1 {
+                        r.name = r.name.map(|n| format!("{n} matches[{mi}]"));
+                    }
+                    out.push(Entry {
+                        service: (svc.namespace.clone(), svc.name.clone()),
+                        order: order.clone(),
+                        rule: r,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    fn gateway_match(
+        &mut self,
+        route: &Sourced<HttpRouteSpec>,
+        ri: usize,
+        mi: usize,
+        m: &gw::HttpRouteMatch,
+    ) -> (Vec<Cond>, Precedence) {
+        let at = &route.at;
+        let path_at = || format!("spec.rules[{ri}].matches[{mi}]");
+        let mut conds = Vec::new();
+        let (ptype, value) = m.path.as_ref().and_then(|p| p.resolved()).unwrap_or((PathType::PathPrefix, "/"));
+        let path = match ptype {
+            PathType::Exact => Some(StrMatch::Exact(value.to_owned())),
+            // Istio trims a trailing `/` ("/foo/" matches as "/foo"); "/" is everything.
+            PathType::PathPrefix => Some(StrMatch::SegmentPrefix(value.trim_end_matches('/').to_owned())),
+            PathType::RegularExpression => match Regex::new(&format!("^(?:{value})$")) {
+                Ok(r) => Some(StrMatch::Regex(r)),
+                Err(e) => {
+                    self.errors.push(
+                        at.error(format!("{}.path.value", path_at()), format!("invalid regular expression: {e}")),
+                    );
+                    None
+                }
+            },
+        };
+        if let Some(p) = path {
+            conds.push(Cond::Uri(p, false));
+        }
+        if let Some(method) = &m.method {
+            conds.push(Cond::Method(StrMatch::Exact(method.clone())));
+        }
+        // "If multiple entries specify equivalent header names, only the first entry with an
+        // equivalent name MUST be considered" (header names case-insensitively, query names exactly).
+        let mut seen = std::collections::HashSet::new();
+        let mut headers = 0;
+        for (k, h) in m.headers.iter().enumerate() {
+            if !seen.insert(h.name.to_ascii_lowercase()) {
+                continue;
+            }
+            let Ok(name) = HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes()) else {
+                self.errors.push(at.error(format!("{}.headers[{k}].name", path_at()), "not a valid header name"));
+                continue;
+            };
+            if let Some(v) = self.value_match(h, at, || format!("{}.headers[{k}].value", path_at())) {
+                conds.push(Cond::Header(name, v));
+                headers += 1;
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut query = 0;
+        for (k, q) in m.query_params.iter().enumerate() {
+            if !seen.insert(q.name.as_str()) {
+                continue;
+            }
+            if let Some(v) = self.value_match(q, at, || format!("{}.queryParams[{k}].value", path_at())) {
+                conds.push(Cond::Query(q.name.clone(), v));
+                query += 1;
+            }
+        }
+        let order = Precedence {
+            path_rank: match ptype {
+                PathType::Exact => 0,
+                PathType::PathPrefix => 1,
+                PathType::RegularExpression => 2,
+            },
+            path_len: std::cmp::Reverse(value.len()),
+            no_method: m.method.is_none(),
+            headers: std::cmp::Reverse(headers),
+            query: std::cmp::Reverse(query),
+            created: (route.spec.created.is_none(), route.spec.created.clone().unwrap_or_default()),
+            namespace: route.namespace.clone(),
+            name: route.name.clone(),
+            rule: ri,
+            index: mi,
+        };
+        (conds, order)
+    }
+
+    fn value_match(
+        &mut self,
+        h: &gw::HttpHeaderMatch,
+        at: &Locator,
+        path: impl FnOnce() -> String,
+    ) -> Option<StrMatch> {
+        if !h.is_regex() {
+            return Some(StrMatch::Exact(h.value.clone()));
+        }
+        match Regex::new(&format!("^(?:{})$", h.value)) {
+            Ok(r) => Some(StrMatch::Regex(r)),
+            Err(e) => {
+                self.errors.push(at.error(path(), format!("invalid regular expression: {e}")));
+                None
+            }
+        }
+    }
+
+    /// The rule without its matches (filled in per match and parent).
+    fn gateway_rule(
+        &mut self,
+        route: &Sourced<HttpRouteSpec>,
+        ri: usize,
+        rule: &gw::HttpRouteRule,
+    ) -> Option<HttpRule> {
+        let at = &route.at;
+        let base = format!("spec.rules[{ri}]");
+        let (mut request_headers, mut response_headers) = (HeaderOps::default(), HeaderOps::default());
+        let mut redirect = None;
+        let (mut rewrite_uri, mut rewrite_whole_path, mut rewrite_authority) = (None, false, None);
+        let mut unresolvable_filter = false;
+        for (i, f) in rule.filters.iter().enumerate() {
+            let fat = format!("{base}.filters[{i}]");
+            if let Some(m) = &f.request_header_modifier {
+                request_headers = self.header_modifier(m, at, &format!("{fat}.requestHeaderModifier"));
+            }
+            if let Some(m) = &f.response_header_modifier {
+                response_headers = self.header_modifier(m, at, &format!("{fat}.responseHeaderModifier"));
+            }
+            if let Some(r) = &f.request_redirect {
+                let (uri, prefix_rewrite) = match r.path.as_ref().and_then(|p| p.resolved()) {
+                    Some(PathRewrite::Full(p)) => (Some(p), None),
+                    Some(PathRewrite::Prefix(p)) => (None, Some(p)),
+                    None => (None, None),
+                };
+                redirect = Some(Redirect {
+                    uri,
+                    authority: r.hostname.clone(),
+                    port: r.port.and_then(|p| u16::try_from(p).ok()),
+                    scheme: r.scheme.clone(),
+                    // Validated to 301/302/303/307/308; the spec's default is 302.
+                    code: r.status_code.and_then(|c| u16::try_from(c).ok()).unwrap_or(302),
+                    prefix_rewrite,
+                    gateway: true,
+                });
+            }
+            if let Some(u) = &f.url_rewrite {
+                rewrite_authority = u.hostname.clone();
+                match u.path.as_ref().and_then(|p| p.resolved()) {
+                    Some(PathRewrite::Full(p)) => {
+                        rewrite_uri = Some(p);
+                        rewrite_whole_path = true;
+                    }
+                    // The matched prefix is held without its trailing `/` (see SegmentPrefix), so
+                    // the replacement is too: `/` replacing `/foo` in `/foo/bar` gives `/bar`.
+                    Some(PathRewrite::Prefix(p)) => rewrite_uri = Some(p.trim_end_matches('/').to_owned()),
+                    None => {}
+                }
+            }
+            // "If a reference to a custom filter type cannot be resolved, the filter MUST NOT be
+            // skipped. Instead, requests that would have been processed by that filter MUST
+            // receive a HTTP error response" (500).
+            if f.kind == "ExtensionRef" {
+                unresolvable_filter = true;
+            }
+        }
+        let action = match redirect {
+            Some(r) if !unresolvable_filter => Action::Redirect(r),
+            _ => {
+                let mut dests = Vec::new();
+                if !unresolvable_filter {
+                    for (j, b) in rule.backend_refs.iter().enumerate() {
+                        dests.push(self.backend(route, b, &format!("{base}.backendRefs[{j}]")));
+                    }
+                }
+                // No backend, or all weights 0: nothing may be forwarded, so every request that
+                // matches gets 500 (as Istio configures Envoy for gateway-semantics routes).
+                if dests.iter().all(|d| d.weight == 0) {
+                    dests = vec![self.failing(&route.namespace, "(no backend)", 0)];
+                }
+                Action::Route(dests)
+            }
+        };
+        let timeout = rule
+            .timeouts
+            .as_ref()
+            .and_then(|t| t.request.as_deref())
+            .and_then(|s| gw::parse_gep_duration(s).ok())
+            .filter(|d| !d.is_zero());
+        Some(HttpRule {
+            name: Some(match &rule.name {
+                Some(n) => format!("{} {n}", route.key()),
+                None => format!("{} rules[{ri}]", route.key()),
+            }),
+            matches: Vec::new(),
+            action,
+            fault: FaultSpec::default(),
+            timeout,
+            // HTTPRoute `retry` is experimental and not enforced: Istio's default policy applies,
+            // as it does to the VirtualServices Istio generates from HTTPRoutes.
+            retries: self.default_retries.clone(),
+            rewrite_uri,
+            rewrite_whole_path,
+            rewrite_authority,
+            request_headers,
+            response_headers,
+            mirror: None,
+        })
+    }
+
+    /// One backendRef: its Service port's cluster, or a share answered with 500 when it does
+    /// not resolve (not a Service, another namespace without ReferenceGrant support, a Service
+    /// or port the registry does not have).
+    fn backend(&mut self, route: &Sourced<HttpRouteSpec>, b: &gw::HttpBackendRef, path: &str) -> WeightedDest {
+        let at = &route.at;
+        let weight = b.weight.map_or(1, |w| u32::try_from(w).unwrap_or(0));
+        let port = b.port.and_then(|p| u16::try_from(p).ok()).unwrap_or(0);
+        let ns = b.namespace.as_deref().unwrap_or(&route.namespace);
+        let unresolved = if !b.is_service() {
+            Some(format!("backend kind {:?} is not supported", b.kind.as_deref().unwrap_or("")))
+        } else if ns != route.namespace {
+            Some(format!("a backend in another namespace ({ns}) needs a ReferenceGrant, which is not supported yet"))
+        } else {
+            match self.services.get(&(ns, b.name.as_str())).map(|s| (*s).clone()) {
+                None => Some(format!("Service {ns}/{} is not in the registry", config::cut(&b.name, 60))),
+                Some(svc) if svc.port(port).is_none() => Some(format!("Service {ns}/{} has no port {port}", svc.name)),
+                Some(svc) => {
+                    let (mut rq, mut rs) = (HeaderOps::default(), HeaderOps::default());
+                    for (k, f) in b.filters.iter().enumerate() {
+                        if let Some(m) = &f.request_header_modifier {
+                            rq = self.header_modifier(m, at, &format!("{path}.filters[{k}].requestHeaderModifier"));
+                        }
+                        if let Some(m) = &f.response_header_modifier {
+                            rs = self.header_modifier(m, at, &format!("{path}.filters[{k}].responseHeaderModifier"));
+                        }
+                    }
+                    let reference = at.clone();
+                    let field = || format!("{path}.name");
+                    if let Some(c) = self.cluster(&svc, None, port, &(reference, &field)) {
+                        return WeightedDest {
+                            dest: DestClusters {
+                                host: svc.name.clone(),
+                                subset: None,
+                                by_port: vec![(port, c)],
+                                explicit_port: true,
+                            },
+                            weight,
+                            request_headers: rq,
+                            response_headers: rs,
+                            fail_with: None,
+                        };
+                    }
+                    Some(format!("Service {ns}/{} has no cluster for port {port}", svc.name))
+                }
+            }
+        };
+        let why = unresolved.unwrap_or_default();
+        self.warnings.push(at.error(path, format!("{why}; its share of the requests gets 500")).to_string());
+        WeightedDest { weight, ..self.failing(ns, &b.name, port) }
+    }
+
+    /// A destination that answers 500: a cluster with no endpoints, never dialled.
+    fn failing(&mut self, ns: &str, name: &str, port: u16) -> WeightedDest {
+        let svc = Arc::new(Service { name: name.to_owned(), namespace: ns.to_owned(), ..Default::default() });
+        let cluster = Arc::new(Cluster {
+            name: format!("gateway-api-unresolved|{port}||{name}.{ns}"),
+            service: svc,
+            subset: None,
+            port,
+            endpoints: Vec::new(),
+            lb: LbPolicy::DEFAULT,
+            connection_pool: ConnectionPool::default(),
+            outlier_detection: None,
+        });
+        WeightedDest {
+            dest: DestClusters {
+                host: name.to_owned(),
+                subset: None,
+                by_port: vec![(port, cluster)],
+                explicit_port: true,
+            },
+            weight: 1,
+            request_headers: HeaderOps::default(),
+            response_headers: HeaderOps::default(),
+            fail_with: Some(500),
+        }
+    }
+
+    /// Plain Kubernetes routing for a port of a Service that no route is bound to.
+    fn plain_rule(&self, svc: &Arc<Service>, port: u16, cluster: Arc<Cluster>) -> HttpRule {
+        HttpRule {
+            name: Some(format!("port {port}: no HTTPRoute is bound to it (plain Kubernetes routing)")),
+            matches: vec![MatchRequest { name: None, conds: vec![Cond::Port(port)] }],
+            action: Action::Route(vec![WeightedDest {
+                dest: DestClusters {
+                    host: svc.name.clone(),
+                    subset: None,
+                    by_port: vec![(port, cluster)],
+                    explicit_port: true,
+                },
+                weight: 1,
+                request_headers: HeaderOps::default(),
+                response_headers: HeaderOps::default(),
+                fail_with: None,
+            }]),
+            fault: FaultSpec::default(),
+            timeout: None,
+            retries: self.default_retries.clone(),
+            rewrite_uri: None,
+            rewrite_whole_path: false,
+            rewrite_authority: None,
+            request_headers: HeaderOps::default(),
+            response_headers: HeaderOps::default(),
+            mirror: None,
+        }
+    }
+
+    fn header_modifier(&mut self, m: &gw::HeaderModifier, at: &Locator, path: &str) -> HeaderOps {
+        let mut out = HeaderOps::default();
+        let pair = |b: &mut Self, h: &gw::HttpHeader, field: String| -> Option<(HeaderName, HeaderValue)> {
+            match (HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes()), HeaderValue::from_str(&h.value)) {
+                (Ok(n), Ok(v)) => Some((n, v)),
+                _ => {
+                    b.errors.push(
+                        at.error(field, format!("header {:?} cannot be sent over HTTP", config::cut(&h.name, 60))),
+                    );
+                    None
+                }
+            }
+        };
+        for (k, h) in m.set.iter().enumerate() {
+            out.set.extend(pair(self, h, format!("{path}.set[{k}]")));
+        }
+        for (k, h) in m.add.iter().enumerate() {
+            out.add.extend(pair(self, h, format!("{path}.add[{k}]")));
+        }
+        for (k, n) in m.remove.iter().enumerate() {
+            match HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes()) {
+                Ok(n) => out.remove.push(n),
+                Err(_) => self.errors.push(at.error(format!("{path}.remove[{k}]"), "not a valid header name")),
+            }
+        }
+        out
+    }
+}
+
+impl Redirect {
+    /// Location for an HTTPRoute `RequestRedirect`: scheme, then host (the filter's, else the
+    /// request's without its port), then the port: the filter's, else the scheme's well-known
+    /// one when the filter sets a scheme, else the port the request was sent to (the "listener
+    /// port", here the Service port); left out when it is the scheme's default.
+    pub(super) fn gateway_location(&self, req: &RequestInfo<'_>, matched_prefix: Option<&str>) -> String {
+        let scheme = self.scheme.as_deref().unwrap_or(req.scheme);
+        let host = match &self.authority {
+            Some(h) => h.as_str(),
+            None => {
+                let a = req.authority.unwrap_or("");
+                a.rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok()).map_or(a, |(h, _)| h)
+            }
+        };
+        let port = self.port.unwrap_or(match (self.scheme.as_deref(), scheme) {
+            (Some(_), "http") => 80,
+            (Some(_), "https") => 443,
+            _ => req.port(),
+        });
+        let default_port = (scheme == "http" && port == 80) || (scheme == "https" && port == 443);
+        let path = req.uri.path();
+        let path = match (&self.uri, &self.prefix_rewrite) {
+            (Some(full), _) => full.clone(),
+            (None, Some(p)) => {
+                let rest = matched_prefix.and_then(|m| path.strip_prefix(m)).unwrap_or(path);
+                let s = format!("{}{rest}", p.trim_end_matches('/'));
+                if s.is_empty() {
+                    "/".to_owned()
+                } else {
+                    s
+                }
+            }
+            (None, None) => path.to_owned(),
+        };
+        let query = req.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+        if default_port {
+            format!("{scheme}://{host}{path}{query}")
+        } else {
+            format!("{scheme}://{host}:{port}{path}{query}")
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "gateway_api_tests.rs"]
+mod tests;

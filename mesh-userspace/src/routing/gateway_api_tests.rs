@@ -1,0 +1,547 @@
+//! The Gateway API mesh conformance tests (kubernetes-sigs/gateway-api `conformance/tests/mesh/`),
+//! their YAML verbatim (`mesh-userspace/tests/gateway_api/`), each request of the Go test's table
+//! routed through the compiled table and asserted on what the conformance test expects: the
+//! backend, the path and headers the backend receives, the response headers, the redirect.
+use std::path::Path;
+
+use http::HeaderMap;
+use rand::{rngs::StdRng, SeedableRng};
+
+use super::super::*;
+use crate::config::Config;
+
+const NS: &str = "gateway-conformance-mesh";
+
+macro_rules! fixture {
+    ($f:literal) => {
+        ($f, include_str!(concat!("../../tests/gateway_api/", $f)))
+    };
+}
+
+fn registry() -> Registry {
+    let mut r = Registry::default();
+    for (f, text) in [fixture!("manifests.yaml"), fixture!("pods.yaml")] {
+        r.add_yaml(Path::new(f), text).expect("registry");
+    }
+    r
+}
+
+fn table_of(files: &[(&str, &str)]) -> RouteTable {
+    let mut c = Config::default();
+    for (f, text) in files {
+        c.add_str(f, text).unwrap_or_else(|e| panic!("{e}"));
+    }
+    RouteTable::compile(&c, &registry()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// What the conformance client observes.
+#[derive(Debug)]
+struct Seen {
+    status: u16,
+    /// The Service whose pods got the request (the echo server reports its pod name).
+    backend: Option<String>,
+    /// The path and headers the backend received.
+    path: String,
+    headers: HeaderMap,
+    response_headers: HeaderMap,
+    location: Option<String>,
+}
+
+/// Sends `path` with `headers` to `host` (`echo`, `echo-v1:8080`...; port 80 when left out) from a
+/// meshed client, as the conformance client does.
+fn send_with(t: &RouteTable, rng: &mut StdRng, host: &str, path: &str, headers: &[(&str, &str)]) -> Seen {
+    let reg = registry();
+    let (name, port) = host.split_once(':').map_or((host, 80), |(h, p)| (h, p.parse().unwrap()));
+    let svc = reg.service_by_host(name, NS).unwrap_or_else(|| panic!("no service {name}")).clone();
+    let mut h = HeaderMap::new();
+    for (k, v) in headers {
+        h.append(http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()).unwrap(), v.parse().unwrap());
+    }
+    let uri: http::Uri = path.parse().unwrap();
+    let info = RequestInfo {
+        context: Context::Mesh { service: &svc, port },
+        source: None,
+        method: &http::Method::GET,
+        uri: &uri,
+        authority: Some(host),
+        scheme: "http",
+        headers: &h,
+    };
+    let none = |status| Seen {
+        status,
+        backend: None,
+        path: String::new(),
+        headers: HeaderMap::new(),
+        response_headers: HeaderMap::new(),
+        location: None,
+    };
+    match t.route(&info, rng) {
+        Decision::NoRoute { .. } => none(404),
+        Decision::Redirect { status, location } => Seen { location: Some(location), ..none(status) },
+        Decision::Forward(f) => {
+            if let Some(status) = f.fault.abort {
+                return none(status);
+            }
+            assert!(!f.cluster.endpoints.is_empty(), "{} has no endpoints", f.cluster.name);
+            for e in &f.cluster.endpoints {
+                assert!(
+                    e.workload.name.starts_with(&f.cluster.service.name),
+                    "{} in {}",
+                    e.workload.name,
+                    f.cluster.name
+                );
+            }
+            let mut sent = h.clone();
+            f.request_headers.apply(&mut sent);
+            let mut response_headers = HeaderMap::new();
+            f.response_headers.apply(&mut response_headers);
+            let path =
+                f.rewrite.as_ref().and_then(|r| r.apply_path(uri.path())).unwrap_or_else(|| uri.path().to_owned());
+            Seen {
+                status: 200,
+                backend: Some(f.cluster.service.name.clone()),
+                path,
+                headers: sent,
+                response_headers,
+                location: None,
+            }
+        }
+    }
+}
+
+fn send(t: &RouteTable, host: &str, path: &str, headers: &[(&str, &str)]) -> Seen {
+    send_with(t, &mut StdRng::seed_from_u64(7), host, path, headers)
+}
+
+fn all(h: &HeaderMap, name: &str) -> String {
+    h.get_all(name).iter().map(|v| v.to_str().unwrap()).collect::<Vec<_>>().join(",")
+}
+
+#[test]
+fn mesh_basic_no_route_is_plain_kubernetes() {
+    let t = table_of(&[]);
+    let s = send(&t, "echo", "/", &[]);
+    assert_eq!((s.status, s.backend.as_deref()), (200, Some("echo")));
+}
+
+#[test]
+fn mesh_ports() {
+    let t = table_of(&[fixture!("mesh-ports.yaml")]);
+    let s = send(&t, "echo-v1", "/", &[]);
+    assert_eq!((s.status, s.backend.as_deref()), (200, Some("echo-v1")));
+    assert_eq!(all(&s.response_headers, "x-header-set"), "v1");
+    // The route is bound to port 80 only: 8080 is routed as if there were none.
+    let s = send(&t, "echo-v1:8080", "/", &[]);
+    assert_eq!((s.status, s.backend.as_deref()), (200, Some("echo-v1")));
+    assert!(s.response_headers.get("x-header-set").is_none());
+    for host in ["echo-v2", "echo-v2:8080"] {
+        let s = send(&t, host, "/", &[]);
+        assert_eq!((s.status, s.backend.as_deref()), (200, Some("echo-v2")), "{host}");
+        assert_eq!(all(&s.response_headers, "x-header-set"), "v2", "{host}");
+    }
+}
+
+#[test]
+fn mesh_traffic_split() {
+    let t = table_of(&[fixture!("mesh-split.yaml")]);
+    assert_eq!(send(&t, "echo", "/v1", &[]).backend.as_deref(), Some("echo-v1"));
+    assert_eq!(send(&t, "echo", "/v2", &[]).backend.as_deref(), Some("echo-v2"));
+}
+
+#[test]
+fn mesh_httproute_matching() {
+    let t = table_of(&[fixture!("httproute-matching.yaml")]);
+    for (path, headers, backend) in [
+        ("/", &[][..], "echo-v1"),
+        ("/example", &[], "echo-v1"),
+        ("/", &[("Version", "one")], "echo-v1"),
+        ("/v2", &[], "echo-v2"),
+        ("/v2/example", &[], "echo-v2"),
+        ("/", &[("Version", "two")], "echo-v2"),
+        ("/v2/", &[], "echo-v2"),
+        // Not a path segment prefix, so it does not match /v2.
+        ("/v2example", &[], "echo-v1"),
+        ("/foo/v2/example", &[], "echo-v1"),
+    ] {
+        let s = send(&t, "echo", path, headers);
+        assert_eq!(s.backend.as_deref(), Some(backend), "{path} {headers:?}");
+        assert_eq!(s.path, path);
+    }
+}
+
+#[test]
+fn mesh_httproute_query_param_matching() {
+    let t = table_of(&[fixture!("httproute-query-param-matching.yaml")]);
+    for (path, headers, want) in [
+        ("/?animal=whale", &[][..], Some("echo-v1")),
+        ("/?animal=dolphin", &[], Some("echo-v2")),
+        ("/?animal=whale&otherparam=irrelevant", &[], Some("echo-v1")),
+        ("/?animal=dolphin&color=yellow", &[], Some("echo-v2")),
+        ("/?color=blue", &[], None),
+        ("/?animal=dog", &[], None),
+        ("/?animal=whaledolphin", &[], None),
+        ("/", &[], None),
+        ("/path1?animal=whale", &[], Some("echo-v1")),
+        ("/?animal=whale", &[("version", "one")], Some("echo-v2")),
+        ("/path3?animal=shark", &[], Some("echo-v1")),
+        ("/path4?animal=kraken", &[("version", "three")], Some("echo-v1")),
+        ("/?animal=shark", &[], None),
+        ("/path4?animal=kraken", &[], None),
+        // Precedence: the longer path prefix beats a query match.
+        ("/path5?animal=hydra", &[], Some("echo-v1")),
+    ] {
+        let s = send(&t, "echo", path, headers);
+        match want {
+            Some(b) => assert_eq!((s.status, s.backend.as_deref()), (200, Some(b)), "{path} {headers:?}"),
+            None => assert_eq!(s.status, 404, "{path} {headers:?}: {s:?}"),
+        }
+    }
+}
+
+#[test]
+fn mesh_httproute_weight_70_30() {
+    let t = table_of(&[fixture!("httproute-weight.yaml")]);
+    // Upstream sends 500 requests and allows ±5 % per backend.
+    let mut rng = StdRng::seed_from_u64(1);
+    let n = 500;
+    let v1 = (0..n).filter(|_| send_with(&t, &mut rng, "echo", "/", &[]).backend.as_deref() == Some("echo-v1")).count();
+    let share = v1 as f64 / n as f64;
+    assert!((share - 0.7).abs() <= 0.05, "echo-v1 got {share}");
+}
+
+#[test]
+fn mesh_httproute_simple_same_namespace() {
+    let t = table_of(&[fixture!("httproute-simple-same-namespace.yaml")]);
+    let s = send(&t, "echo", "/", &[]);
+    assert_eq!((s.status, s.backend.as_deref()), (200, Some("echo-v1")));
+}
+
+#[test]
+fn mesh_httproute_request_header_modifier() {
+    let t = table_of(&[fixture!("httproute-request-header-modifier.yaml")]);
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [(&'a str, &'a str)], &'a [&'a str]);
+    let cases: &[Case] = &[
+        (
+            "/set",
+            &[("Some-Other-Header", "val")],
+            &[("Some-Other-Header", "val"), ("X-Header-Set", "set-overwrites-values")],
+            &[],
+        ),
+        (
+            "/set",
+            &[("Some-Other-Header", "val"), ("X-Header-Set", "some-other-value")],
+            &[("Some-Other-Header", "val"), ("X-Header-Set", "set-overwrites-values")],
+            &[],
+        ),
+        (
+            "/add",
+            &[("Some-Other-Header", "val")],
+            &[("Some-Other-Header", "val"), ("X-Header-Add", "add-appends-values")],
+            &[],
+        ),
+        (
+            "/add",
+            &[("Some-Other-Header", "val"), ("X-Header-Add", "some-other-value")],
+            &[("Some-Other-Header", "val"), ("X-Header-Add", "some-other-value,add-appends-values")],
+            &[],
+        ),
+        ("/remove", &[("X-Header-Remove", "val")], &[], &["X-Header-Remove"]),
+        (
+            "/multiple",
+            &[
+                ("X-Header-Set-2", "set-val-2"),
+                ("X-Header-Add-2", "add-val-2"),
+                ("X-Header-Remove-2", "remove-val-2"),
+                ("Another-Header", "another-header-val"),
+            ],
+            &[
+                ("X-Header-Set-1", "header-set-1"),
+                ("X-Header-Set-2", "header-set-2"),
+                ("X-Header-Add-1", "header-add-1"),
+                ("X-Header-Add-2", "add-val-2,header-add-2"),
+                ("X-Header-Add-3", "header-add-3"),
+                ("Another-Header", "another-header-val"),
+            ],
+            &["X-Header-Remove-1", "X-Header-Remove-2"],
+        ),
+        (
+            "/case-insensitivity",
+            &[
+                ("x-header-set", "original-val-set"),
+                ("x-header-add", "original-val-add"),
+                ("x-header-remove", "original-val-remove"),
+                ("Another-Header", "another-header-val"),
+            ],
+            &[
+                ("X-Header-Set", "header-set"),
+                ("X-Header-Add", "original-val-add,header-add"),
+                ("Another-Header", "another-header-val"),
+            ],
+            &["x-header-remove", "X-Header-Remove"],
+        ),
+    ];
+    for (path, sent, want, absent) in cases {
+        let s = send(&t, "echo", path, sent);
+        assert_eq!(s.backend.as_deref(), Some("echo-v1"), "{path}");
+        assert_eq!(s.path, *path);
+        for (k, v) in *want {
+            assert_eq!(all(&s.headers, k), *v, "{path}: {k}");
+        }
+        for k in *absent {
+            assert!(s.headers.get(k.to_ascii_lowercase()).is_none(), "{path}: {k} present");
+        }
+    }
+}
+
+#[test]
+fn mesh_httproute_rewrite_path() {
+    let t = table_of(&[fixture!("httproute-rewrite-path.yaml")]);
+    for (path, want) in [
+        ("/prefix/one/two", "/one/two"),
+        ("/strip-prefix/three", "/three"),
+        ("/strip-prefix", "/"),
+        ("/full/one/two", "/one"),
+    ] {
+        let s = send(&t, "echo", path, &[]);
+        assert_eq!((s.backend.as_deref(), s.path.as_str()), (Some("echo-v1"), want), "{path}");
+    }
+    let sent =
+        [("X-Header-Remove", "remove-val"), ("X-Header-Add-Append", "append-val-1"), ("X-Header-Set", "set-val")];
+    for (path, want) in [
+        ("/full/rewrite-path-and-modify-headers/test", "/test"),
+        ("/prefix/rewrite-path-and-modify-headers/one", "/prefix/one"),
+    ] {
+        let s = send(&t, "echo", path, &sent);
+        assert_eq!((s.backend.as_deref(), s.path.as_str()), (Some("echo-v1"), want), "{path}");
+        assert_eq!(all(&s.headers, "x-header-add"), "header-val-1");
+        assert_eq!(all(&s.headers, "x-header-add-append"), "append-val-1,header-val-2");
+        assert_eq!(all(&s.headers, "x-header-set"), "set-overwrites-values");
+        assert!(s.headers.get("x-header-remove").is_none());
+    }
+}
+
+/// (path, status, Location) for the redirect tests: upstream checks the parts of Location it
+/// names (scheme, host, port, path); the whole Location is asserted here.
+fn redirects(file: (&str, &str), cases: &[(&str, u16, &str)]) {
+    let t = table_of(&[file]);
+    for (path, status, location) in cases {
+        let s = send(&t, "echo", path, &[]);
+        assert_eq!((s.status, s.location.as_deref()), (*status, Some(*location)), "{}: {path}", file.0);
+    }
+}
+
+#[test]
+fn mesh_httproute_redirect_host_and_status() {
+    redirects(
+        fixture!("httproute-redirect-host-and-status.yaml"),
+        &[
+            ("/hostname-redirect", 302, "http://example.org/hostname-redirect"),
+            ("/host-and-status", 301, "http://example.org/host-and-status"),
+        ],
+    );
+}
+
+#[test]
+fn mesh_httproute_redirect_path() {
+    redirects(
+        fixture!("httproute-redirect-path.yaml"),
+        &[
+            ("/original-prefix/lemon", 302, "http://echo/replacement-prefix/lemon"),
+            ("/full/path/original", 302, "http://echo/full-path-replacement"),
+            ("/path-and-host", 302, "http://example.org/replacement-prefix"),
+            ("/path-and-status", 301, "http://echo/replacement-prefix"),
+            ("/full-path-and-host", 302, "http://example.org/replacement-full"),
+            ("/full-path-and-status", 301, "http://echo/replacement-full"),
+        ],
+    );
+}
+
+#[test]
+fn mesh_httproute_redirect_port() {
+    redirects(
+        fixture!("httproute-redirect-port.yaml"),
+        &[
+            ("/port", 302, "http://echo:8083/port"),
+            ("/port-and-host", 302, "http://example.org:8083/port-and-host"),
+            ("/port-and-status", 301, "http://echo:8083/port-and-status"),
+            ("/port-and-host-and-status", 302, "http://example.org:8083/port-and-host-and-status"),
+        ],
+    );
+}
+
+#[test]
+fn mesh_httproute_redirect_scheme() {
+    redirects(
+        fixture!("httproute-redirect-scheme.yaml"),
+        &[
+            ("/scheme", 302, "https://echo/scheme"),
+            ("/scheme-and-host", 302, "https://example.org/scheme-and-host"),
+            ("/scheme-and-status", 301, "https://echo/scheme-and-status"),
+            ("/scheme-and-host-and-status", 302, "https://example.org/scheme-and-host-and-status"),
+        ],
+    );
+}
+
+#[test]
+fn mesh_httproute_303_307_308_redirects() {
+    redirects(fixture!("httproute-303-redirect.yaml"), &[("/redirect", 303, "http://echo/redirect")]);
+    redirects(fixture!("httproute-307-redirect.yaml"), &[("/temporary", 307, "http://echo/temporary")]);
+    redirects(fixture!("httproute-308-redirect.yaml"), &[("/permanent", 308, "http://echo/permanent")]);
+}
+
+// Beyond the conformance suite: what the spec says that upstream's mesh tests do not exercise.
+
+fn route(name: &str, extra_meta: &str, rules: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: {name}\n  namespace: {NS}\n{extra_meta}spec:\n  parentRefs: [{{group: \"\", kind: Service, name: echo}}]\n  rules:\n{rules}"
+    )
+}
+
+#[test]
+fn precedence_across_routes_exact_prefix_method_headers_then_oldest() {
+    let a = route(
+        "a",
+        "  creationTimestamp: \"2026-01-02T00:00:00Z\"\n",
+        "  - matches: [{path: {type: PathPrefix, value: /x}}]\n    backendRefs: [{name: echo-v1, port: 8080}]\n  - matches: [{path: {type: RegularExpression, value: \"/x/.*\"}}]\n    backendRefs: [{name: echo-v1, port: 8080}]\n",
+    );
+    let b = route(
+        "b",
+        "  creationTimestamp: \"2026-01-01T00:00:00Z\"\n",
+        "  - matches: [{path: {type: PathPrefix, value: /x}}]\n    backendRefs: [{name: echo-v2, port: 8080}]\n  - matches: [{path: {type: Exact, value: /x/e}}]\n    backendRefs: [{name: echo-v2, port: 8080}]\n  - matches: [{path: {type: PathPrefix, value: /x/long}, method: POST}, {path: {type: PathPrefix, value: /x/long}, headers: [{name: h, value: \"1\"}]}]\n    backendRefs: [{name: echo-v1, port: 8080}]\n",
+    );
+    // Route a's file loads first; b is older, so b's equal /x prefix wins.
+    let t = table_of(&[("a.yaml", &a), ("b.yaml", &b)]);
+    assert_eq!(send(&t, "echo", "/x/y", &[]).backend.as_deref(), Some("echo-v2"));
+    // Exact beats a longer prefix and a regex.
+    assert_eq!(send(&t, "echo", "/x/e", &[]).backend.as_deref(), Some("echo-v2"));
+    // The longest prefix beats a shorter one from an older route.
+    assert_eq!(send(&t, "echo", "/x/long/1", &[("h", "1")]).backend.as_deref(), Some("echo-v1"));
+    // Without creation times, namespace/name decides: a before b.
+    let strip = |s: &str| s.lines().filter(|l| !l.contains("creationTimestamp")).collect::<Vec<_>>().join("\n") + "\n";
+    let t = table_of(&[("b.yaml", &strip(&b)), ("a.yaml", &strip(&a))]);
+    assert_eq!(send(&t, "echo", "/x/y", &[]).backend.as_deref(), Some("echo-v1"));
+}
+
+#[test]
+fn unresolved_backends_get_500_for_their_share_and_weight_0_gets_nothing() {
+    let r = route(
+        "r",
+        "",
+        "  - matches: [{path: {value: /half}}]\n    backendRefs: [{name: nope, port: 80}, {name: echo-v1, port: 8080}]\n  - matches: [{path: {value: /zero}}]\n    backendRefs: [{name: echo-v1, port: 8080, weight: 0}, {name: echo-v2, port: 8080}]\n  - matches: [{path: {value: /none}}]\n    backendRefs: [{name: echo-v1, port: 8080, weight: 0}]\n  - matches: [{path: {value: /badport}}]\n    backendRefs: [{name: echo-v1, port: 1234}]\n  - matches: [{path: {value: /other-ns}}]\n    backendRefs: [{name: echo-v1, namespace: default, port: 8080}]\n",
+    );
+    let mut c = Config::default();
+    c.add_str("r.yaml", &r).unwrap();
+    let (t, rejected) = RouteTable::compile_admitting(&c, &registry());
+    assert!(rejected.is_empty());
+    assert!(
+        t.warnings.iter().any(|w| w.contains(
+            "Service gateway-conformance-mesh/nope is not in the registry; its share of the requests gets 500"
+        )),
+        "{:?}",
+        t.warnings
+    );
+    let mut rng = StdRng::seed_from_u64(3);
+    let statuses: Vec<u16> = (0..400).map(|_| send_with(&t, &mut rng, "echo", "/half", &[]).status).collect();
+    let failed = statuses.iter().filter(|s| **s == 500).count();
+    assert!((150..=250).contains(&failed), "{failed} of 400 got 500");
+    assert!(statuses.iter().all(|s| *s == 500 || *s == 200));
+    for _ in 0..50 {
+        assert_eq!(send_with(&t, &mut rng, "echo", "/zero", &[]).backend.as_deref(), Some("echo-v2"));
+    }
+    for p in ["/none", "/badport", "/other-ns"] {
+        assert_eq!(send(&t, "echo", p, &[]).status, 500, "{p}");
+    }
+}
+
+#[test]
+fn url_rewrite_hostname_timeout_method_and_regex_header() {
+    let r = route(
+        "r",
+        "",
+        "  - matches: [{method: POST}]\n    backendRefs: [{name: echo-v2, port: 8080}]\n  - matches: [{headers: [{type: RegularExpression, name: x-id, value: \"[0-9]+\"}]}]\n    filters: [{type: URLRewrite, urlRewrite: {hostname: rewritten.example}}]\n    timeouts: {request: 1500ms}\n    backendRefs: [{name: echo-v1, port: 8080}]\n",
+    );
+    let t = table_of(&[("r.yaml", &r)]);
+    let reg = registry();
+    let svc = reg.service_by_host("echo", NS).unwrap().clone();
+    let h: HeaderMap =
+        [(http::HeaderName::from_static("x-id"), http::HeaderValue::from_static("42"))].into_iter().collect();
+    let uri: http::Uri = "/a".parse().unwrap();
+    let info = |method| RequestInfo {
+        context: Context::Mesh { service: &svc, port: 80 },
+        source: None,
+        method,
+        uri: &uri,
+        authority: Some("echo"),
+        scheme: "http",
+        headers: &h,
+    };
+    let mut rng = StdRng::seed_from_u64(1);
+    match t.route(&info(&http::Method::GET), &mut rng) {
+        Decision::Forward(f) => {
+            assert_eq!(f.cluster.service.name, "echo-v1");
+            assert_eq!(f.timeout, Some(std::time::Duration::from_millis(1500)));
+            assert_eq!(f.rewrite.and_then(|r| r.authority).as_deref(), Some("rewritten.example"));
+        }
+        d => panic!("{d:?}"),
+    }
+    match t.route(&info(&http::Method::POST), &mut rng) {
+        Decision::Forward(f) => assert_eq!(f.cluster.service.name, "echo-v2"),
+        d => panic!("{d:?}"),
+    }
+    // x-id not all digits: the regex matches the whole value, so no rule matches: 404.
+    assert_eq!(send(&t, "echo", "/a", &[("x-id", "42a")]).status, 404);
+}
+
+#[test]
+fn a_virtual_service_for_the_same_service_wins_and_is_warned() {
+    let vs = format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: echo, namespace: {NS}}}\nspec:\n  hosts: [echo]\n  http:\n  - route:\n    - destination: {{host: echo-v2, port: {{number: 8080}}}}\n"
+    );
+    let c = {
+        let mut c = Config::default();
+        c.add_str("vs.yaml", &vs).unwrap();
+        let (f, text) = fixture!("httproute-simple-same-namespace.yaml");
+        c.add_str(f, text).unwrap();
+        c
+    };
+    let t = RouteTable::compile(&c, &registry()).unwrap();
+    assert_eq!(send(&t, "echo", "/", &[]).backend.as_deref(), Some("echo-v2"));
+    assert!(
+        t.warnings.iter().any(|w| w.contains("HTTPRoute gateway-conformance-mesh-test.gateway-conformance-mesh and VirtualService echo.gateway-conformance-mesh both route Service")),
+        "{:?}",
+        t.warnings
+    );
+}
+
+#[test]
+fn routes_not_attached_are_warned_and_route_nothing() {
+    let r = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: gateway-conformance-mesh}\nspec:\n  parentRefs:\n  - {group: \"\", kind: Service, name: missing}\n  - {group: \"\", kind: Service, name: echo, port: 81}\n  - {group: \"\", kind: Service, name: echo, namespace: other}\n  - {name: some-gateway}\n  rules:\n  - backendRefs: [{name: echo-v2, port: 8080}]\n";
+    let mut c = Config::default();
+    c.add_str("r.yaml", r).unwrap();
+    let t = RouteTable::compile(&c, &registry()).unwrap();
+    let joined = format!("{:?} {:?}", t.warnings, c.warnings);
+    for want in [
+        "Service gateway-conformance-mesh/missing is not in the registry",
+        "has no port 81",
+        "consumer route",
+        "a Gateway parent (ingress) is not served",
+    ] {
+        assert!(joined.contains(want), "{want}: {joined}");
+    }
+    assert_eq!(send(&t, "echo", "/", &[]).backend.as_deref(), Some("echo"));
+}
+
+#[test]
+fn extension_ref_and_no_backend_answer_500_backend_filters_apply() {
+    let r = route(
+        "r",
+        "",
+        "  - matches: [{path: {value: /ext}}]\n    filters: [{type: ExtensionRef, extensionRef: {group: x.io, kind: F, name: f}}]\n    backendRefs: [{name: echo-v1, port: 8080}]\n  - matches: [{path: {value: /empty}}]\n  - matches: [{path: {value: /be}}]\n    timeouts: {request: 0s}\n    filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-rule, value: r}]}}]\n    backendRefs:\n    - name: echo-v2\n      port: 8080\n      filters: [{type: RequestHeaderModifier, requestHeaderModifier: {add: [{name: x-backend, value: b}]}}, {type: ResponseHeaderModifier, responseHeaderModifier: {remove: [server]}}]\n",
+    );
+    let t = table_of(&[("r.yaml", &r)]);
+    assert_eq!(send(&t, "echo", "/ext", &[]).status, 500);
+    assert_eq!(send(&t, "echo", "/empty", &[]).status, 500);
+    let s = send(&t, "echo", "/be/1", &[]);
+    assert_eq!(s.backend.as_deref(), Some("echo-v2"));
+    assert_eq!((all(&s.headers, "x-rule"), all(&s.headers, "x-backend")), ("r".into(), "b".into()));
+}
