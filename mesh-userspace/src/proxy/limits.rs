@@ -179,13 +179,13 @@ impl ConnActivity {
     fn deadline(&self, limits: &Limits) -> Option<Instant> {
         let head = self.head_started.load(Ordering::Acquire);
         if head != NONE {
-            return Some(self.at(head).checked_add(limits.request_headers_timeout).unwrap_or_else(|| self.at(head)));
+            return Some(saturating_later(self.at(head), limits.request_headers_timeout));
         }
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return None;
         }
         let idle = self.at(self.idle_since.load(Ordering::Acquire));
-        Some(idle.checked_add(limits.idle_timeout).unwrap_or(idle))
+        Some(saturating_later(idle, limits.idle_timeout))
     }
 
     /// The limit this connection has run past at `now`, if any.
@@ -346,6 +346,13 @@ pub(crate) struct StreamActivity {
     timed_out: AtomicBool,
 }
 
+/// `at + d`, or, when that is past what the clock holds, a day after `at`: a timeout that large is
+/// no timeout, and a deadline a day away is as good as never here (the watchdogs look again then).
+/// Never panics, and never yields a deadline that fires at once for a huge timeout.
+fn saturating_later(at: Instant, d: Duration) -> Instant {
+    at.checked_add(d).or_else(|| at.checked_add(Duration::from_secs(86_400))).unwrap_or(at)
+}
+
 impl StreamActivity {
     pub(crate) fn new() -> Arc<Self> {
         Arc::new(StreamActivity { epoch: Instant::now(), last: AtomicU64::new(0), timed_out: AtomicBool::new(false) })
@@ -359,8 +366,7 @@ impl StreamActivity {
     fn deadline(&self, timeout: Duration) -> Instant {
         let last = self.epoch.checked_add(Duration::from_millis(self.last.load(Ordering::Acquire)));
         let last = last.unwrap_or(self.epoch);
-        // A timeout past what the clock holds is no timeout: a day later is as good as never here.
-        last.checked_add(timeout).unwrap_or_else(|| last + Duration::from_secs(86_400))
+        saturating_later(last, timeout)
     }
 
     /// Whether the request body idle timeout ended this stream.
