@@ -1,11 +1,12 @@
-//! Hitless restart on the real kernel: under fixed-rate HTTP/1 load from a pod to a service VIP
-//! (one keep-alive client, one connection-per-request client), a second `mesh agent` with the
-//! same arguments takes the running one's listeners and eBPF maps and links over; the first is
-//! then sent SIGTERM and drains. No request may fail, the programs attached afterwards are
-//! exactly the ones attached before (the same links, never detached), and none is left once
-//! the second agent stops with no successor. Then twenty handovers in a row under the same
-//! load: still no failed request, and nothing (programs, descriptors) grows from one agent to
-//! the next.
+//! Hitless restart on the real kernel: under fixed-rate load from a pod to service VIPs — HTTP/1
+//! keep-alive, HTTP/1 connection-per-request, h2c streams on one connection, gRPC-shaped unary
+//! calls (h2 on both legs, trailers), requests that take 3 s to answer and one long TCP stream —
+//! a second `mesh agent` with the same arguments takes the running one's listeners and eBPF maps
+//! and links over; the first is then sent SIGTERM and drains. No request may fail, every long
+//! request completes, the stream stays intact, the programs attached afterwards are exactly the
+//! ones attached before (the same links, never detached), and none is left once the second
+//! agent stops with no successor. Then twenty handovers in a row under HTTP/1 load: still no
+//! failed request, and nothing (programs, descriptors) grows from one agent to the next.
 use std::{
     net::{Ipv4Addr, SocketAddr},
     process::Command,
@@ -15,6 +16,8 @@ use std::{
 use mesh_e2e::*;
 
 const WEB_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 40);
+const GRPC_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 41);
+const ECHO_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 42);
 
 fn load_result(log: &str) -> Option<(u64, u64)> {
     let line = log.lines().find(|l| l.starts_with("ok="))?;
@@ -23,22 +26,48 @@ fn load_result(log: &str) -> Option<(u64, u64)> {
     Some((field("ok")?, field("failed")?))
 }
 
+/// Spawns `n` clients in `pod`, each one request to `url` that takes a while to answer.
+fn spawn_slow(node: &mut Node, pod: &str, label: &str, n: usize, url: &str) -> anyhow::Result<Vec<String>> {
+    let mut labels = vec![];
+    for i in 0..n {
+        let l = format!("{label}-{i}");
+        node.spawn(pod, &l, &["curl", "-sS", "--max-time", "15", "-w", " code=%{http_code}\n", url])?;
+        labels.push(l);
+    }
+    Ok(labels)
+}
+
 #[test]
 fn agent_handover_under_load_loses_no_request() -> anyhow::Result<()> {
     if !require_ebpf("agent_handover_under_load_loses_no_request") {
         return Ok(());
     }
-    let hosts = [("web", WEB_VIP)];
+    let hosts = [("web", WEB_VIP), ("grpc", GRPC_VIP), ("echo", ECHO_VIP)];
     let mut node = Node::new("up", 204)?;
     node.add_pod("client", 10, &hosts)?;
     node.add_pod("web-a", 20, &hosts)?;
+    node.add_pod("grpc-a", 21, &hosts)?;
+    node.add_pod("echo-a", 22, &hosts)?;
     let backend = bin("e2e-backend");
     let backend = backend.to_str().unwrap_or_default().to_owned();
+    let h2 = bin("e2e-h2");
+    let h2 = h2.to_str().unwrap_or_default().to_owned();
     node.spawn("web-a", "web-a", &[&backend, "http", "web-a", "0.0.0.0:8080"])?;
+    node.spawn("grpc-a", "grpc-a", &[&h2, "serve", "grpc-a", "0.0.0.0:8080"])?;
+    node.spawn("echo-a", "echo-a", &[&backend, "banner", "echo-a", "0.0.0.0:7000"])?;
     let mut registry = service_yaml("web", WEB_VIP, 9080, "http", &[("app", "web")]);
     registry = registry.replacen("    port: 9080\n", "    port: 9080\n    targetPort: 8080\n", 1);
+    // Port name `grpc`: HTTP/2 to the backend too, so GOAWAY and trailers cross both legs.
+    registry += &service_yaml("grpc", GRPC_VIP, 9090, "grpc", &[("app", "grpc")]).replacen(
+        "    port: 9090\n",
+        "    port: 9090\n    targetPort: 8080\n",
+        1,
+    );
+    registry += &service_yaml("echo", ECHO_VIP, 7000, "tcp-echo", &[("app", "echo")]);
     registry += &node.pod_yaml("client", &[("app", "client")], 1, true)?;
     registry += &node.pod_yaml("web-a", &[("app", "web")], 8080, true)?;
+    registry += &node.pod_yaml("grpc-a", &[("app", "grpc")], 8080, true)?;
+    registry += &node.pod_yaml("echo-a", &[("app", "echo")], 7000, true)?;
     let reg_file = node.dir.join("registry.yaml");
     std::fs::write(&reg_file, registry)?;
     let socket = node.dir.join("handover.sock");
@@ -61,15 +90,45 @@ fn agent_handover_under_load_loses_no_request() -> anyhow::Result<()> {
         http_get(admin, "/ready").is_ok_and(|r| r.starts_with("HTTP/1.1 200"))
     })
     .map_err(|e| anyhow::anyhow!("{e}\nagent log:\n{}", node.log("agent-1")))?;
-    wait_for_port(SocketAddr::from((node.pod("web-a")?.ip, 8080)), Duration::from_secs(10))?;
+    for (pod, port) in [("web-a", 8080), ("grpc-a", 8080), ("echo-a", 7000)] {
+        wait_for_port(SocketAddr::from((node.pod(pod)?.ip, port)), Duration::from_secs(10))?;
+    }
     let ours = programs_attached_by_agent(&before)?;
 
-    // 100 req/s each for 6 s: one keep-alive connection, and a new connection per request.
+    // 100 req/s each for 6 s: one keep-alive connection, and a new connection per request;
+    // 50 req/s each of h2c streams (HTTP/1 upstream) and gRPC-shaped calls (h2 upstream).
     let (rate, secs) = ("100", "6");
     node.spawn("client", "load-keepalive", &[&backend, "load", "web:9080", rate, secs, "keepalive"])?;
     node.spawn("client", "load-close", &[&backend, "load", "web:9080", rate, secs, "close"])?;
+    node.spawn("client", "load-h2c", &[&h2, "load", "web:9080", "50", secs, "h2c"])?;
+    node.spawn("client", "load-grpc", &[&h2, "load", "grpc:9090", "50", secs, "grpc"])?;
     wait_until("load through the first agent", Duration::from_secs(10), || {
         http_get(admin, "/metrics").is_ok_and(|m| metric(&m, "mesh_requests_total", &[("response_code", "200")]) >= 100)
+    })?;
+    // In flight through the first agent when it is told to stop: requests that take 3 s (HTTP/1
+    // and h2c) and a TCP stream sending a line every 20 ms for 3.5 s; the drain deadline is 5 s.
+    let mut slow = spawn_slow(&mut node, "client", "slow-h1", 3, "http://web:9080/slow/3000")?;
+    node.spawn(
+        "client",
+        "slow-h2",
+        &[
+            "curl",
+            "-sS",
+            "--http2-prior-knowledge",
+            "--max-time",
+            "15",
+            "-w",
+            " code=%{http_code}\n",
+            "http://web:9080/slow/3000",
+        ],
+    )?;
+    slow.push("slow-h2".into());
+    node.spawn("client", "stream", &[&backend, "tcp-stream", "echo:7000", "3.5", "20"])?;
+    wait_until("the slow requests and the stream to reach the first agent", Duration::from_secs(5), || {
+        http_get(admin, "/metrics").is_ok_and(|m| {
+            metric(&m, "mesh_tcp_connections_total", &[("result", "ok")]) >= 1
+                && metric(&m, "mesh_downstream_requests_active", &[("source_workload", "client")]) >= 4
+        })
     })?;
 
     let started = Instant::now();
@@ -89,14 +148,25 @@ fn agent_handover_under_load_loses_no_request() -> anyhow::Result<()> {
     let now: std::collections::BTreeSet<u32> = attached_mesh_program_ids().difference(&before).copied().collect();
     assert_eq!(now, ours, "programs attached after the handover");
 
-    for load in ["load-keepalive", "load-close"] {
+    // Requests sent after the handover that take 3 s too, through the second agent.
+    let slow_after = spawn_slow(&mut node, "client", "slow-after", 2, "http://web:9080/slow/3000")?;
+    for (load, min_ok) in [("load-keepalive", 500), ("load-close", 500), ("load-h2c", 250), ("load-grpc", 250)] {
         node.wait(load, Duration::from_secs(30))?;
         let log = node.log(load);
         let (ok, failed) = load_result(&log).ok_or_else(|| anyhow::anyhow!("{load} printed no result:\n{log}"))?;
         eprintln!("{load}: {}", log.lines().next().unwrap_or_default());
         assert_eq!(failed, 0, "{load}: {log}\nagent-1:\n{old_log}\nagent-2:\n{}", node.log("agent-2"));
-        assert!(ok >= 500, "{load}: fewer requests than the rate asks for: {log}");
+        assert!(ok >= min_ok, "{load}: fewer requests than the rate asks for: {log}");
     }
+    for label in slow.iter().chain(&slow_after) {
+        node.wait(label, Duration::from_secs(15))?;
+        let log = node.log(label);
+        assert!(log.contains("backend=web-a path=/slow/3000") && log.contains("code=200"), "{label}: {log}\n{old_log}");
+    }
+    node.wait("stream", Duration::from_secs(10))?;
+    let stream = node.log("stream");
+    eprintln!("stream: {stream}");
+    assert!(stream.contains(" intact after"), "the TCP stream broke: {stream}\nagent-1:\n{old_log}");
     assert!(old_log.contains("the new agent is ready: stopping accepting, draining"), "{old_log}");
     assert!(!old_log.contains("pod unenrolled"), "the old agent must leave the enrollments to the new one:\n{old_log}");
     // The second agent served traffic after the first had gone.

@@ -1,8 +1,13 @@
 //! Backends and clients for the end-to-end tests, std only so they start instantly in a pod.
 //!
 //! e2e-backend http NAME ADDR     HTTP/1.1 server answering `backend=NAME path=P end-user=U`
+//!                                (a path `/slow/MS` answers after MS milliseconds)
 //! e2e-backend banner NAME ADDR   server-first TCP: sends `BANNER NAME\n`, then echoes lines
 //! e2e-backend tcp-client ADDR MSG  connects, prints the banner line, sends MSG, prints the echo
+//! e2e-backend tcp-stream ADDR SECONDS INTERVAL_MS
+//!                                one long TCP stream to a banner server: a numbered line every
+//!                                INTERVAL_MS, each echo checked in order; prints `lines=N intact`
+//!                                or fails with the first line that broke
 //! e2e-backend load HOST:PORT RATE SECONDS keepalive|close
 //!                                fixed-rate HTTP/1.1 GETs, prints `ok=N failed=M ... p50_ms= p99_ms=
 //!                                max_ms=` (latency of each request, a stale-connection retry included)
@@ -25,9 +30,10 @@ fn main() {
         Some("http") if args.len() == 4 => serve(&args[3], &args[2], handle_http),
         Some("banner") if args.len() == 4 => serve(&args[3], &args[2], handle_banner),
         Some("tcp-client") if args.len() == 4 => tcp_client(&args[2], &args[3]),
+        Some("tcp-stream") if args.len() == 5 => tcp_stream(&args[2], &args[3], &args[4]),
         Some("load") if args.len() == 6 => load(&args[2], &args[3], &args[4], &args[5]),
         Some("abuse") if args.len() >= 5 => abuse(&args[2], &args[3], &args[4..]),
-        _ => Err("usage: e2e-backend http|banner NAME ADDR | tcp-client ADDR MSG | load HOST:PORT RATE SECONDS keepalive|close | abuse MODE HOST:PORT N [ARGS]"
+        _ => Err("usage: e2e-backend http|banner NAME ADDR | tcp-client ADDR MSG | tcp-stream ADDR SECONDS INTERVAL_MS | load HOST:PORT RATE SECONDS keepalive|close | abuse MODE HOST:PORT N [ARGS]"
             .to_string()),
     };
     if let Err(e) = result {
@@ -78,6 +84,10 @@ fn handle_http(s: TcpStream, name: String) {
         if r.read_exact(&mut body).is_err() {
             return;
         }
+        // A request that takes a while to answer (the drain tests' long requests).
+        if let Some(ms) = path.strip_prefix("/slow/").and_then(|ms| ms.parse::<u64>().ok()) {
+            std::thread::sleep(Duration::from_millis(ms.min(60_000)));
+        }
         let out = format!("backend={name} path={path} end-user={user} host={host}\n");
         let resp = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-backend: {name}\r\ncontent-length: {}\r\n\r\n{out}",
@@ -116,6 +126,39 @@ fn tcp_client(addr: &str, msg: &str) -> Result<(), String> {
     let mut echo = String::new();
     r.read_line(&mut echo).map_err(|e| format!("reading echo: {e}"))?;
     print!("{echo}");
+    Ok(())
+}
+
+fn tcp_stream(addr: &str, secs: &str, interval_ms: &str) -> Result<(), String> {
+    let run = Duration::try_from_secs_f64(secs.parse().map_err(|_| format!("seconds {secs:?}"))?)
+        .map_err(|_| format!("seconds {secs}: out of range"))?;
+    let interval = Duration::from_millis(interval_ms.parse().map_err(|_| format!("interval {interval_ms:?}"))?);
+    let s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    let mut w = s.try_clone().map_err(|e| e.to_string())?;
+    let mut r = BufReader::new(s);
+    let mut banner = String::new();
+    r.read_line(&mut banner).map_err(|e| format!("reading the banner: {e}"))?;
+    if !banner.starts_with("BANNER ") {
+        return Err(format!("banner {banner:?}"));
+    }
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < run {
+        n += 1;
+        let line = format!("line {n} {}\n", "x".repeat(64));
+        let at = start.elapsed();
+        w.write_all(line.as_bytes()).map_err(|e| format!("line {n} at {at:?}: write: {e}"))?;
+        let mut echo = String::new();
+        match r.read_line(&mut echo) {
+            Ok(0) => return Err(format!("line {n} at {at:?}: the stream was closed")),
+            Err(e) => return Err(format!("line {n} at {at:?}: read: {e}")),
+            Ok(_) if echo != format!("ECHO {line}") => return Err(format!("line {n} at {at:?}: echo {echo:?}")),
+            Ok(_) => {}
+        }
+        std::thread::sleep(interval);
+    }
+    println!("lines={n} intact after {:?}", start.elapsed());
     Ok(())
 }
 
