@@ -179,6 +179,7 @@ fn main() -> Result<()> {
     // Config scale first, on a quiet machine: `mesh validate` of 10,000 VirtualServices.
     let config_scale = config_scale(&o.out, if o.quick { 1 } else { 3 })?;
     let restart = restart_cost(if o.quick { 1 } else { 3 })?;
+    let disruption = connection_disruption(if o.quick { 2 } else { 5 })?;
 
     let tools = Tools::find()?;
     let mut node = Node::new(PREFIX, SUBNET)?;
@@ -346,6 +347,7 @@ fn main() -> Result<()> {
         profile: profile.as_deref(),
         config_scale: &config_scale,
         restart: &restart,
+        disruption: &disruption,
         elapsed: started.elapsed(),
     };
     let md = report.markdown();
@@ -1208,6 +1210,7 @@ struct Report<'a> {
     profile: Option<&'a str>,
     config_scale: &'a ConfigScale,
     restart: &'a RestartCost,
+    disruption: &'a Disruption,
     elapsed: Duration,
 }
 
@@ -1284,6 +1287,111 @@ fn restart_cost(runs: usize) -> Result<RestartCost> {
         node.stop("agent")?;
     }
     Ok(RestartCost { pods: RESTART_PODS, services: RESTART_SERVICES, virtual_services: RESTART_SERVICES, secs })
+}
+
+/// Connection disruption across agent restarts under fixed-rate load (what Cilium's upgrade
+/// test measures): failed requests per handover (a second agent takes the first one's sockets
+/// and kernel state, then the first drains) next to failed requests per plain restart (SIGTERM,
+/// then a new agent: the gap the handover exists to close).
+struct Disruption {
+    rate: u32,
+    restarts: usize,
+    /// (how, requests ok, requests failed) per way of restarting.
+    rows: Vec<(&'static str, u64, u64)>,
+}
+
+const DISRUPTION_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 238, 1);
+
+fn connection_disruption(restarts: usize) -> Result<Disruption> {
+    const ADMIN_CD: &str = "127.0.0.1:15322";
+    const RATE: u32 = 100;
+    println!(
+        "== connection disruption: {restarts} handovers, then {restarts} plain restarts, under 2 × {RATE} req/s =="
+    );
+    let mut node = Node::new("bcd", 238)?;
+    let hosts = [("web", DISRUPTION_VIP)];
+    node.add_pod("client", 10, &hosts)?;
+    node.add_pod("web", 20, &hosts)?;
+    let backend = bin("e2e-backend");
+    let backend = backend.to_str().unwrap_or_default().to_owned();
+    node.spawn("web", "web", &[&backend, "http", "web", "0.0.0.0:8080"])?;
+    let mut registry = service_yaml("web", DISRUPTION_VIP, 9080, "http", &[("app", "web")]).replacen(
+        "    port: 9080\n",
+        "    port: 9080\n    targetPort: 8080\n",
+        1,
+    );
+    registry += &node.pod_yaml("client", &[("app", "client")], 1, true)?;
+    registry += &node.pod_yaml("web", &[("app", "web")], 8080, true)?;
+    let reg = node.dir.join("registry.yaml");
+    fs::write(&reg, registry)?;
+    let socket = node.dir.join("handover.sock");
+    let admin: SocketAddr = ADMIN_CD.parse()?;
+    let spawn = |node: &mut Node, label: &str| -> Result<()> {
+        node.spawn_host(
+            label,
+            Command::new(bin("mesh"))
+                .args(["agent", "--registry"])
+                .arg(&reg)
+                .args(["--admin", ADMIN_CD, "--ingress-bind", "127.0.0.1", "--drain-timeout", "5s"])
+                .arg("--handover-socket")
+                .arg(&socket)
+                .env(
+                    "MESH_EBPF_OBJECT",
+                    std::env::var_os("MESH_EBPF_OBJECT")
+                        .unwrap_or_else(|| workspace().join("target/mesh-ebpf.o").into()),
+                ),
+        )
+    };
+    wait_for_port(SocketAddr::from((node.pod("web")?.ip, 8080)), Duration::from_secs(10))?;
+    let mut n = 0usize;
+    spawn(&mut node, "agent-0")?;
+    wait_ready(admin, Duration::from_secs(30)).map_err(|e| anyhow::anyhow!("{e}\n{}", node.log("agent-0")))?;
+    let mut rows = vec![];
+    for (how, handover) in
+        [("handover (second agent, then SIGTERM)", true), ("plain restart (SIGTERM, then start)", false)]
+    {
+        // Long enough for every restart; the load clients end on their own.
+        let secs = (restarts * 2 + 2).to_string();
+        let rate = RATE.to_string();
+        let (keep, close) = (format!("keep-{handover}"), format!("close-{handover}"));
+        node.spawn("client", &keep, &[&backend, "load", "web:9080", &rate, &secs, "keepalive"])?;
+        node.spawn("client", &close, &[&backend, "load", "web:9080", &rate, &secs, "close"])?;
+        // Spacing, not synchronisation: the load is in its steady state before the first restart.
+        std::thread::sleep(Duration::from_millis(500));
+        for _ in 0..restarts {
+            let (old, new) = (format!("agent-{n}"), format!("agent-{}", n + 1));
+            n += 1;
+            if handover {
+                spawn(&mut node, &new)?;
+                wait_until(&format!("{new} to take over"), Duration::from_secs(20), || {
+                    node.log(&new).contains("took over from the previous agent")
+                })
+                .map_err(|e| anyhow::anyhow!("{e}\n{}", node.log(&new)))?;
+                node.stop(&old)?;
+            } else {
+                node.stop(&old)?;
+                spawn(&mut node, &new)?;
+                wait_ready(admin, Duration::from_secs(30)).map_err(|e| anyhow::anyhow!("{e}\n{}", node.log(&new)))?;
+            }
+            // The load runs on between restarts, so each one starts from a steady state.
+            std::thread::sleep(Duration::from_millis(1500));
+        }
+        let (mut ok, mut failed) = (0, 0);
+        for load in [&keep, &close] {
+            node.wait(load, Duration::from_secs(60))?;
+            let log = node.log(load);
+            let line = log.lines().find(|l| l.starts_with("ok=")).with_context(|| format!("{load}: {log}"))?;
+            let field = |name: &str| {
+                line.split_whitespace().find_map(|f| f.strip_prefix(name)?.strip_prefix('=')?.parse::<u64>().ok())
+            };
+            ok += field("ok").unwrap_or(0);
+            failed += field("failed").unwrap_or(0);
+        }
+        println!("   {how}: {ok} ok, {failed} failed over {restarts} restarts");
+        rows.push((how, ok, failed));
+    }
+    node.stop(&format!("agent-{n}"))?;
+    Ok(Disruption { rate: RATE, restarts, rows })
 }
 
 /// `mesh validate` of one file of 10,000 VirtualServices (parse, Istio's validation, compile):
@@ -1474,6 +1582,21 @@ impl Report<'_> {
             met: Some(took <= 1.0),
             numbers: format!("{took:.2} s (median of {}; /ready polled every 25 ms)", rc.secs.len()),
         });
+        let d = self.disruption;
+        if let Some((_, ok, failed)) = d.rows.first() {
+            t.push(Target {
+                what: "0 failed requests across agent handovers under load".into(),
+                met: Some(*failed == 0),
+                numbers: format!(
+                    "{failed} failed of {} in {} handovers ({} per plain restart)",
+                    ok + failed,
+                    d.restarts,
+                    d.rows
+                        .get(1)
+                        .map_or("-".into(), |(_, _, f)| format!("{:.0}", *f as f64 / d.restarts.max(1) as f64))
+                ),
+            });
+        }
         let idle = self.contenders.iter().find(|c| c.name == "mesh").map(|c| c.idle_rss_kb).unwrap_or(0);
         t.push(Target {
             what: "mesh RSS ≤ 20 MB idle".into(),
@@ -1646,6 +1769,15 @@ impl Report<'_> {
         for (i, s) in rc.secs.iter().enumerate() {
             let _ = writeln!(m, "| {} | {s:.3} |", i + 1);
         }
+        let d = self.disruption;
+        let _ = writeln!(
+            m,
+            "\n## Connection disruption\n\nA separate local node (client pod → service VIP → one backend pod) under a fixed {} req/s over one HTTP/1 keep-alive connection plus {} req/s with a new connection per request, while the agent is restarted {} times, 1.5 s apart, each way. Handover: a second agent with the same arguments takes the first one's sockets and kernel state, then the first gets SIGTERM and drains (5 s deadline). Plain restart: SIGTERM (drain, exit), then a new agent; while none runs, connects to the VIP fail open to the original destination, which on this bare node is a blackhole route (a real node's kube-proxy would carry them, unmeshed).\n\n| restart | requests ok | failed | failed per restart |\n|---|---|---|---|",
+            d.rate, d.rate, d.restarts
+        );
+        for (how, ok, failed) in &d.rows {
+            let _ = writeln!(m, "| {how} | {ok} | {failed} | {:.1} |", *failed as f64 / d.restarts.max(1) as f64);
+        }
         if let Some(r) = self.redirect {
             let _ = writeln!(m, "\n## Redirect mechanism alone: eBPF connect4 vs iptables REDIRECT\n");
             let _ = writeln!(
@@ -1788,7 +1920,7 @@ impl Report<'_> {
             .into_iter()
             .map(|t| serde_json::json!({"target": t.what, "met": t.met, "numbers": t.numbers}))
             .collect();
-        serde_json::to_string_pretty(&serde_json::json!({"quick": self.opts.quick, "loadavg": self.loadavg, "cells": cells, "redirect": redirect, "memory": mem, "config_scale": {"objects": self.config_scale.objects, "bytes": self.config_scale.bytes, "secs": self.config_scale.secs, "max_rss_kb": self.config_scale.max_rss_kb}, "restart": {"pods": self.restart.pods, "virtual_services": self.restart.virtual_services, "secs": self.restart.secs}, "targets": targets}))
+        serde_json::to_string_pretty(&serde_json::json!({"quick": self.opts.quick, "loadavg": self.loadavg, "cells": cells, "redirect": redirect, "memory": mem, "config_scale": {"objects": self.config_scale.objects, "bytes": self.config_scale.bytes, "secs": self.config_scale.secs, "max_rss_kb": self.config_scale.max_rss_kb}, "restart": {"pods": self.restart.pods, "virtual_services": self.restart.virtual_services, "secs": self.restart.secs}, "disruption": {"rate": self.disruption.rate, "restarts": self.disruption.restarts, "rows": self.disruption.rows.iter().map(|(h, ok, f)| serde_json::json!({"how": h, "ok": ok, "failed": f})).collect::<Vec<_>>()}, "targets": targets}))
             .unwrap_or_default()
     }
 }
