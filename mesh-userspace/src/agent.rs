@@ -29,6 +29,7 @@ use crate::{
     config::Config,
     discovery::{self, kube::KubeOptions, sandbox::KubeletLayout},
     ebpf::{self, MeshEbpf},
+    enrollment,
     handover::{self, Inherited, Role},
     inpod,
     proxy::{self, http::full, ProxyState},
@@ -392,15 +393,47 @@ fn initial_config(args: &AgentArgs) -> Config {
 }
 
 /// A pod this agent has enrolled: its listener task and the map entry to remove.
-struct EnrolledPod {
-    /// What the listener reports as the source workload; refreshed when the pod's labels change.
-    workload: Arc<ArcSwap<Workload>>,
-    netns: PathBuf,
-    cgroup: PathBuf,
-    cgroup_id: u64,
-    listener: JoinHandle<()>,
-    /// A duplicate of the listening socket, for a successor.
-    fd: OwnedFd,
+/// The eBPF enrollment map, as the enrollment state machine sees it.
+struct KernelMap(Arc<MeshEbpf>);
+
+impl enrollment::KernelEnrollments for KernelMap {
+    fn enroll(&self, cgroup_id: u64, netns_cookie: u64, enrollment: Enrollment, name: String) -> Result<()> {
+        Ok(self.0.enroll(cgroup_id, netns_cookie, enrollment, name)?)
+    }
+    fn unenroll(&self, cgroup_id: u64) -> Result<()> {
+        Ok(self.0.unenroll(cgroup_id)?)
+    }
+}
+
+/// Real in-pod listeners: bound from a thread inside the pod netns, served by the proxy.
+struct InPodListeners(Arc<ProxyState>);
+
+impl enrollment::PodListeners for InPodListeners {
+    type Listener = TcpListener;
+    type Serving = JoinHandle<()>;
+    fn open(&self, netns: &Path, inherited: Option<OwnedFd>) -> Result<enrollment::OpenedListener<TcpListener>> {
+        // The predecessor's listener in this pod, if any: connections queued on it are served by
+        // whichever agent accepts first, none refused.
+        let listener = match inherited {
+            Some(fd) => std::net::TcpListener::from(fd),
+            None => inpod::listen_in_netns(netns, SocketAddr::from((Ipv4Addr::LOCALHOST, PROXY_OUTBOUND_PORT)))?,
+        };
+        let fd = listener.as_fd().try_clone_to_owned()?;
+        let netns_cookie =
+            ebpf::netns_cookie_of(&listener).context("reading the pod netns cookie (needs Linux >= 5.14)")?;
+        listener.set_nonblocking(true)?;
+        Ok(enrollment::OpenedListener { listener: TcpListener::from_std(listener)?, netns_cookie, fd })
+    }
+    fn cgroup_id(&self, cgroup: &Path) -> Result<u64> {
+        Ok(ebpf::cgroup_id(cgroup)?)
+    }
+    fn serve(&self, listener: TcpListener, workload: Arc<ArcSwap<Workload>>, netns_cookie: u64) -> JoinHandle<()> {
+        tokio::spawn(proxy::serve_pod_listener(self.0.clone(), workload, listener, netns_cookie))
+    }
+    fn stop(&self, serving: &JoinHandle<()>) {
+        // Connections already accepted keep running in their own tasks; only accepting stops.
+        serving.abort();
+    }
 }
 
 /// Makes the node match a registry and a routing config: routes compiled, service VIPs in the
@@ -408,9 +441,7 @@ struct EnrolledPod {
 struct NodeReconciler {
     state: Arc<ProxyState>,
     bpf: Arc<MeshEbpf>,
-    enrolled: HashMap<(String, String), EnrolledPod>,
-    failed: usize,
-    next_workload_id: u32,
+    pods: enrollment::Enrollments<KernelMap, InPodListeners>,
     nodeports: HashMap<u16, (Arc<Service>, u16, JoinHandle<()>, OwnedFd)>,
     gateways: GatewayListeners,
     /// Routing objects admitted one by one; a rejected object keeps its last good version.
@@ -429,12 +460,14 @@ impl NodeReconciler {
                 running: HashMap::new(),
                 inherited: std::mem::take(&mut inherited.gateways),
             },
+            pods: enrollment::Enrollments::new(
+                KernelMap(bpf.clone()),
+                InPodListeners(state.clone()),
+                std::mem::take(&mut inherited.pods),
+            ),
             inherited,
             state,
             bpf,
-            enrolled: HashMap::new(),
-            failed: 0,
-            next_workload_id: 0,
             nodeports: HashMap::new(),
             admission: Admission::default(),
             admission_candidate: None,
@@ -445,20 +478,15 @@ impl NodeReconciler {
     /// longer has); the predecessor closes its copies when it drains.
     fn inherited_done(&mut self) {
         self.inherited = Inherited::default();
+        self.pods.inherited_done();
         self.gateways.inherited.clear();
     }
 
     /// Duplicates of every listening socket, with what it is.
     fn export(&self) -> std::io::Result<Vec<(Role, OwnedFd)>> {
         let mut out = Vec::new();
-        for ((namespace, name), pod) in &self.enrolled {
-            let role = Role::Pod {
-                namespace: namespace.clone(),
-                name: name.clone(),
-                netns: pod.netns.clone(),
-                cgroup: pod.cgroup.clone(),
-            };
-            out.push((role, pod.fd.try_clone()?));
+        for ((namespace, name), netns, cgroup, fd) in self.pods.export()? {
+            out.push((Role::Pod { namespace, name, netns, cgroup }, fd));
         }
         for (port, (_, _, _, fd)) in &self.nodeports {
             out.push((Role::NodePort { port: *port }, fd.try_clone()?));
@@ -485,7 +513,7 @@ impl NodeReconciler {
         self.reconcile_nodeports(&registry).await;
         self.gateways.reconcile(&self.state).await;
         tracing::info!(
-            pods = self.enrolled.len(),
+            pods = self.pods.len(),
             services = registry.services.len(),
             workloads = registry.workloads.len(),
             "node reconciled"
@@ -515,101 +543,49 @@ impl NodeReconciler {
     }
 
     fn has_failed_enrollments(&self) -> bool {
-        self.failed > 0
+        self.pods.has_failed()
     }
 
-    /// Enrolls the registry's pods of this node that are not enrolled yet (listener in the pod
-    /// netns first, then the cgroup in the map, so a redirect never lands on nothing) and
-    /// unenrolls the ones that left (map entry first, then the listener).
+    /// Enrolls the registry's pods of this node that are not enrolled yet and unenrolls the
+    /// ones that left (ordering and retries: `enrollment`).
     fn reconcile_enrollment(&mut self) {
         let registry = self.state.registry.load_full();
-        let wanted: HashMap<(String, String), (&Arc<Workload>, &Path, &Path)> = registry
-            .workloads
-            .iter()
-            .filter(|w| w.enroll)
-            .filter_map(|w| {
-                Some(((w.namespace.clone(), w.name.clone()), (w, w.netns.as_deref()?, w.cgroup.as_deref()?)))
-            })
-            .collect();
-        let stale: Vec<(String, String)> = self
-            .enrolled
-            .iter()
-            .filter(|(k, e)| wanted.get(*k).is_none_or(|(_, netns, cgroup)| e.netns != *netns || e.cgroup != *cgroup))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in stale {
-            self.unenroll(&key);
-        }
-        self.failed = 0;
-        for (key, (workload, netns, cgroup)) in wanted {
-            if let Some(pod) = self.enrolled.get(&key) {
-                if **pod.workload.load() != **workload {
-                    pod.workload.store(workload.clone());
-                }
-                continue;
-            }
-            match self.enroll(workload, netns, cgroup) {
-                Ok(pod) => {
-                    tracing::info!(pod = %workload.name, namespace = %workload.namespace, cgroup_id = pod.cgroup_id, netns = %netns.display(), "pod enrolled");
-                    self.state.metrics.inc("mesh_pod_enrollments_total", &[("result", "enrolled")]);
-                    self.enrolled.insert(key, pod);
-                }
-                Err(e) => {
-                    tracing::warn!(pod = %workload.name, namespace = %workload.namespace, error = format!("{e:#}"), "cannot enroll pod yet; retrying");
-                    self.state.metrics.inc("mesh_pod_enrollments_total", &[("result", "failed")]);
-                    self.failed += 1;
-                }
-            }
-        }
-    }
-
-    fn enroll(&mut self, workload: &Arc<Workload>, netns: &Path, cgroup: &Path) -> Result<EnrolledPod> {
-        // The predecessor's listener in this pod, if it had one for the same netns and cgroup:
-        // connections queued on it are served by whichever agent accepts first, none refused.
-        let key = (workload.namespace.clone(), workload.name.clone());
-        let listener = match self.inherited.pods.remove(&key) {
-            Some((n, c, fd)) if n == netns && c == cgroup => std::net::TcpListener::from(fd),
-            _ => inpod::listen_in_netns(netns, SocketAddr::from((Ipv4Addr::LOCALHOST, PROXY_OUTBOUND_PORT)))?,
-        };
-        let fd = listener.as_fd().try_clone_to_owned()?;
-        let cookie = ebpf::netns_cookie_of(&listener).context("reading the pod netns cookie (needs Linux >= 5.14)")?;
-        let cgroup_id = ebpf::cgroup_id(cgroup).with_context(|| format!("cgroup {}", cgroup.display()))?;
-        listener.set_nonblocking(true)?;
-        let listener = TcpListener::from_std(listener)?;
-        let current = Arc::new(ArcSwap::new(workload.clone()));
-        let task = tokio::spawn(proxy::serve_pod_listener(self.state.clone(), current.clone(), listener, cookie));
-        self.next_workload_id = self.next_workload_id.wrapping_add(1);
-        let enrollment = Enrollment { workload_id: self.next_workload_id, proxy_port: PROXY_OUTBOUND_PORT, _pad: 0 };
-        let name = format!("{}/{}", workload.namespace, workload.name);
-        if let Err(e) = self.bpf.enroll(cgroup_id, cookie, enrollment, name) {
-            task.abort();
-            return Err(e.into());
-        }
-        Ok(EnrolledPod {
-            workload: current,
-            netns: netns.to_owned(),
-            cgroup: cgroup.to_owned(),
-            cgroup_id,
-            listener: task,
-            fd,
-        })
-    }
-
-    fn unenroll(&mut self, key: &(String, String)) {
-        let Some(pod) = self.enrolled.remove(key) else { return };
-        if let Err(e) = self.bpf.unenroll(pod.cgroup_id) {
-            tracing::error!(pod = %key.1, namespace = %key.0, error = %e, "cannot remove pod from the enrollment map");
-        }
-        // Connections already accepted keep running in their own tasks; only accepting stops.
-        pod.listener.abort();
-        self.state.metrics.inc("mesh_pod_enrollments_total", &[("result", "removed")]);
-        tracing::info!(pod = %key.1, namespace = %key.0, "pod unenrolled");
+        let wanted = registry.workloads.iter().filter(|w| w.enroll).filter_map(|w| {
+            Some(enrollment::Wanted { workload: w, netns: w.netns.as_deref()?, cgroup: w.cgroup.as_deref()? })
+        });
+        let out = self.pods.reconcile(wanted);
+        self.report(out);
     }
 
     fn unenroll_all(&mut self) {
-        let keys: Vec<_> = self.enrolled.keys().cloned().collect();
-        for key in keys {
-            self.unenroll(&key);
+        let out = self.pods.unenroll_all();
+        self.report(out);
+    }
+
+    /// Logs and counts what an enrollment reconcile did.
+    fn report(&self, out: enrollment::Outcome) {
+        let registry = self.state.registry.load();
+        for ((namespace, pod), cgroup_id) in &out.enrolled {
+            let netns = registry
+                .workloads
+                .iter()
+                .find(|w| &w.namespace == namespace && &w.name == pod)
+                .and_then(|w| w.netns.as_deref())
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            tracing::info!(pod = %pod, namespace = %namespace, cgroup_id, netns = %netns, "pod enrolled");
+            self.state.metrics.inc("mesh_pod_enrollments_total", &[("result", "enrolled")]);
+        }
+        for ((namespace, pod), error) in &out.failed {
+            tracing::warn!(pod = %pod, namespace = %namespace, error = %error, "cannot enroll pod yet; retrying");
+            self.state.metrics.inc("mesh_pod_enrollments_total", &[("result", "failed")]);
+        }
+        for ((namespace, pod), error) in &out.unenroll_errors {
+            tracing::error!(pod = %pod, namespace = %namespace, error = %error, "cannot remove pod from the enrollment map");
+        }
+        for (namespace, pod) in &out.removed {
+            self.state.metrics.inc("mesh_pod_enrollments_total", &[("result", "removed")]);
+            tracing::info!(pod = %pod, namespace = %namespace, "pod unenrolled");
         }
     }
 
