@@ -29,7 +29,7 @@ use crate::{
     config::Config,
     discovery::{self, kube::KubeOptions, sandbox::KubeletLayout},
     ebpf::{self, MeshEbpf},
-    enrollment,
+    ebpf_pin, enrollment,
     handover::{self, Inherited, Role},
     inpod,
     proxy::{self, http::full, ProxyState},
@@ -114,6 +114,14 @@ pub struct AgentArgs {
     /// such connect; the last agent started on the node decides.
     #[arg(long, value_enum, default_value_t = ebpf::FailMode::Open)]
     pub fail_mode: ebpf::FailMode,
+    /// Pin the eBPF maps and links in this bpffs directory (bpffs is mounted at /sys/fs/bpf when
+    /// the directory is below it and nothing is mounted there), so that a crashed agent leaves
+    /// the programs attached — `--fail-mode` keeps holding for enrolled pods — and the restarted
+    /// agent re-adopts the maps instead of loading new programs. Without it a crash detaches
+    /// everything (the pods' connects go to their original destinations). The DaemonSet sets
+    /// /sys/fs/bpf/mesh.
+    #[arg(long)]
+    pub bpf_pin_dir: Option<PathBuf>,
 }
 
 /// A duration flag that must not be zero (a zero timeout would cut every request).
@@ -153,6 +161,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         .await
         .context("handover thread")?
         .with_context(|| format!("taking over from the agent at {}", args.handover_socket.display()))?;
+    let pins = args.bpf_pin_dir.as_deref().map(ebpf_pin::PinDir::open).transpose()?;
+    let mut readopted = false;
     let (bpf, mut inherited, mut predecessor) = match received {
         Some(r) => {
             tracing::info!(pid = r.predecessor_pid, descriptors = r.items.len(), "taking over from the running agent");
@@ -170,15 +180,51 @@ pub async fn run(args: AgentArgs) -> Result<()> {
                     ours = ebpf::MAP_LAYOUT,
                     "eBPF map layout changed: loading fresh programs and maps"
                 );
+                // Its pins go (it still holds its links, which detach when it exits).
+                if let Some(p) = &pins {
+                    p.remove_other_layouts(false);
+                }
                 MeshEbpf::load_and_attach(&ebpf::find_object(args.ebpf_object.as_deref())?, &args.cgroup_root)?
             };
             (Arc::new(bpf), inherited, Some(r.predecessor))
         }
         None => {
-            let object = ebpf::find_object(args.ebpf_object.as_deref())?;
-            (Arc::new(MeshEbpf::load_and_attach(&object, &args.cgroup_root)?), Inherited::default(), None)
+            let pinned = match &pins {
+                Some(p) => p.load(&ebpf::USER_MAPS, &ebpf::LINKED_PROGRAMS)?,
+                None => None,
+            };
+            let adopted = pinned.and_then(|(maps, links)| match MeshEbpf::adopt(maps, links, &args.cgroup_root) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot re-adopt the pinned eBPF state; loading fresh programs");
+                    None
+                }
+            });
+            let bpf = match adopted {
+                Some(b) => {
+                    // A previous agent died without a successor: its programs stayed attached
+                    // (applying --fail-mode) and its maps kept the pods and VIPs.
+                    tracing::info!("re-adopted the eBPF programs and maps pinned by a previous agent");
+                    readopted = true;
+                    b
+                }
+                None => {
+                    if let Some(p) = &pins {
+                        // Nobody holds another version's pinned programs: detach them.
+                        p.remove_other_layouts(true);
+                        p.remove();
+                    }
+                    let object = ebpf::find_object(args.ebpf_object.as_deref())?;
+                    MeshEbpf::load_and_attach(&object, &args.cgroup_root)?
+                }
+            };
+            (Arc::new(bpf), Inherited::default(), None)
         }
     };
+    if let Some(p) = &pins {
+        bpf.pin(p)?;
+        tracing::info!(dir = %p.layout_dir().display(), "eBPF maps and links pinned");
+    }
     // The kernel logs at the level RUST_LOG gives `mesh::ebpf` (off unless asked for: the
     // default filter "info" is below the kernel's debug events).
     bpf.forward_kernel_logs().context("forwarding kernel log records")?;
@@ -230,6 +276,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         None => None,
     };
     let mut node = NodeReconciler::new(state.clone(), bpf.clone(), args.ingress_bind, inherited);
+    node.prune_enrollments = readopted;
     let mut server: Option<handover::Server> = None;
     // Outcome of a handover in progress: true once the successor is ready.
     let (handed_over_tx, mut handed_over) = tokio::sync::mpsc::channel::<bool>(1);
@@ -333,6 +380,10 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         drop(server);
         node.unenroll_all();
         drop(node);
+        // The programs detach once the last descriptor closes, which a pin would prevent.
+        if let Some(p) = &pins {
+            p.remove();
+        }
     }
     drain(&state, args.drain_timeout).await;
     tracing::info!("exiting; eBPF programs are detached unless a successor holds them");
@@ -450,6 +501,9 @@ struct NodeReconciler {
     admission_candidate: Option<Config>,
     /// Listening sockets handed over by a predecessor, claimed as the node is reconciled.
     inherited: Inherited,
+    /// The enrollment map was re-adopted from pins: after the first reconcile, remove the
+    /// cgroups of pods that left while no agent ran.
+    prune_enrollments: bool,
 }
 
 impl NodeReconciler {
@@ -471,6 +525,7 @@ impl NodeReconciler {
             nodeports: HashMap::new(),
             admission: Admission::default(),
             admission_candidate: None,
+            prune_enrollments: false,
         }
     }
 
@@ -510,6 +565,12 @@ impl NodeReconciler {
             tracing::error!(error = %e, "cannot update the service VIP map");
         }
         self.reconcile_enrollment();
+        if std::mem::take(&mut self.prune_enrollments) {
+            match self.bpf.prune_enrolled(&self.pods.cgroup_ids()) {
+                Ok(n) => tracing::info!(removed = n, "pruned pinned enrollments of pods no longer on the node"),
+                Err(e) => tracing::error!(error = %e, "cannot prune the pinned enrollment map"),
+            }
+        }
         self.reconcile_nodeports(&registry).await;
         self.gateways.reconcile(&self.state).await;
         tracing::info!(

@@ -115,8 +115,11 @@ pub enum EbpfError {
 /// 2: `MESH_CONFIG` (fail mode) added, `MESH_EVENT_STATS` grew the fail-open/closed counters.
 pub const MAP_LAYOUT: u32 = 2;
 
+/// The programs, each attached by one link.
+pub const LINKED_PROGRAMS: [&str; 3] = [PROG_CONNECT4, PROG_CONNECT6, PROG_SOCK_OPS];
+
 /// The maps the agent reads and writes (the programs hold the others).
-const USER_MAPS: [&str; 7] =
+pub const USER_MAPS: [&str; 7] =
     [MAP_ENROLLED, MAP_SERVICES, MAP_ORIG_BY_TUPLE, MAP_STATS, MAP_EVENT_STATS, MAP_LOG_LEVEL, MAP_CONFIG];
 
 // enum bpf_attach_type (include/uapi/linux/bpf.h).
@@ -386,6 +389,26 @@ impl MeshEbpf {
             out.push((Role::BpfLink { program: program.clone() }, fd.try_clone().map_err(EbpfError::Dup)?));
         }
         Ok(out)
+    }
+
+    /// Pins every map and link in `dir` (see [`crate::ebpf_pin`]).
+    pub fn pin(&self, dir: &crate::ebpf_pin::PinDir) -> Result<(), crate::ebpf_pin::PinError> {
+        dir.pin(&self.map_fds, &self.links)
+    }
+
+    /// Removes from the enrollment map every cgroup not in `keep`: after re-adopting pinned maps,
+    /// the pods that left while no agent ran.
+    pub fn prune_enrolled(&self, keep: &std::collections::HashSet<u64>) -> Result<usize, EbpfError> {
+        let mut map = lock(&self.enrolled);
+        let stale: Vec<u64> = map.keys().filter_map(Result::ok).filter(|k| !keep.contains(k)).collect();
+        for k in &stale {
+            lock(&self.names).remove(*k);
+            match map.remove(k) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(source) => return Err(EbpfError::Map { name: MAP_ENROLLED, source: source.into() }),
+            }
+        }
+        Ok(stale.len())
     }
 
     /// Sets the level the kernel programs log at (`mesh_common::log_level`); takes effect on the

@@ -123,6 +123,11 @@ impl<K: KernelEnrollments, L: PodListeners> Enrollments<K, L> {
         self.enrolled.is_empty()
     }
 
+    /// The cgroup ids of the enrolled pods.
+    pub fn cgroup_ids(&self) -> std::collections::HashSet<u64> {
+        self.enrolled.values().map(|p| p.cgroup_id).collect()
+    }
+
     /// Whether the last reconcile left pods it could not enroll (retry soon).
     pub fn has_failed(&self) -> bool {
         self.failed > 0

@@ -13,6 +13,7 @@ pub mod discovery;
 pub mod drain;
 pub mod ebpf;
 pub mod ebpf_log;
+pub mod ebpf_pin;
 pub mod enrollment;
 #[allow(missing_docs)]
 pub mod handover;

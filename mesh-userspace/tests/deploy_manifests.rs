@@ -214,4 +214,10 @@ fn daemonset_rolls_with_a_surge_pod_and_hands_over() {
     let mount = mounted.expect("the handover socket's directory is mounted");
     let volume = pod.volumes.iter().flatten().find(|v| v.name == mount.name).expect("volume");
     assert_eq!(volume.host_path.as_ref().map(|h| h.path.as_str()), Some("/run/mesh"), "a hostPath both pods see");
+    // The pinned kernel state lives on the host's bpffs, so it outlives the agent's container.
+    let pins = args.iter().find_map(|a| a.strip_prefix("--bpf-pin-dir=")).expect("--bpf-pin-dir");
+    let mount = agent.volume_mounts.iter().flatten().find(|m| pins.starts_with(&format!("{}/", m.mount_path)));
+    let mount = mount.expect("the pin directory's bpffs is mounted");
+    let volume = pod.volumes.iter().flatten().find(|v| v.name == mount.name).expect("volume");
+    assert_eq!(volume.host_path.as_ref().map(|h| h.path.as_str()), Some("/sys/fs/bpf"), "the host's bpffs");
 }

@@ -10,6 +10,11 @@
 //!    attached with no listener behind them. The connect is refused (EPERM) and counted; with the
 //!    fail mode set to open in the same map, it is answered directly and counted. Dropping the
 //!    links then leaves nothing attached.
+//! 3. With `--bpf-pin-dir` the kernel state is pinned: an agent killed with SIGKILL leaves its
+//!    programs attached with nothing held by the test — `--fail-mode closed` keeps refusing — and
+//!    the restarted agent re-adopts the same programs and maps (no new program loaded), prunes the
+//!    enrollment of a pod that left meanwhile and redirects again; its SIGTERM removes the pins
+//!    and detaches everything.
 use std::{
     net::{Ipv4Addr, SocketAddr},
     os::fd::{FromRawFd, OwnedFd},
@@ -220,5 +225,97 @@ fn killed_agent_fails_open_or_closed_as_configured() -> anyhow::Result<()> {
     wait_until("agent-2's programs to be detached", Duration::from_secs(5), || {
         attached_mesh_program_ids().is_disjoint(&ours)
     })?;
+    Ok(())
+}
+
+#[test]
+fn pinned_state_outlives_a_killed_agent_and_is_readopted() -> anyhow::Result<()> {
+    if !require_ebpf("pinned_state_outlives_a_killed_agent_and_is_readopted") {
+        return Ok(());
+    }
+    let hosts = [("web", WEB_VIP)];
+    let mut node = Node::new("fp", 207)?;
+    node.add_pod("client", 10, &hosts)?;
+    node.add_pod("web-a", 20, &hosts)?;
+    node.add_pod("leaver", 40, &hosts)?;
+    let backend = bin("e2e-backend");
+    let backend = backend.to_str().unwrap_or_default().to_owned();
+    node.spawn("web-a", "web-a", &[&backend, "http", "web-a", "0.0.0.0:8080"])?;
+    let mut registry = service_yaml("web", WEB_VIP, 9080, "http", &[("app", "web")]);
+    registry = registry.replacen("    port: 9080\n", "    port: 9080\n    targetPort: 8080\n", 1);
+    registry += &node.pod_yaml("client", &[("app", "client")], 1, true)?;
+    registry += &node.pod_yaml("web-a", &[("app", "web")], 8080, true)?;
+    let leaver = node.pod_yaml("leaver", &[("app", "leaver")], 1, true)?;
+    let reg_file = node.dir.join("registry.yaml");
+    std::fs::write(&reg_file, format!("{registry}{leaver}"))?;
+    let pins = std::path::PathBuf::from("/sys/fs/bpf/mesh-e2e-fp");
+    let _ = std::fs::remove_dir_all(&pins);
+    /// Removes the pins however the test ends: with no pin and no agent, the links detach.
+    struct Unpin(std::path::PathBuf);
+    impl Drop for Unpin {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _unpin = Unpin(pins.clone());
+    let admin: SocketAddr = "127.0.0.1:15127".parse()?;
+    let socket = node.dir.join("handover.sock");
+    let agent = || {
+        let mut c = Command::new(bin("mesh"));
+        c.args(["agent", "--registry"])
+            .arg(&reg_file)
+            .args(["--admin", &admin.to_string(), "--ingress-bind", "127.0.0.1", "--drain-timeout", "1s"])
+            .arg("--handover-socket")
+            .arg(&socket)
+            .arg("--bpf-pin-dir")
+            .arg(&pins)
+            .args(["--fail-mode", "closed"])
+            .env("RUST_LOG", "info");
+        c
+    };
+    wait_for_port(SocketAddr::from((node.pod("web-a")?.ip, 8080)), Duration::from_secs(10))?;
+    let before = attached_mesh_program_ids();
+    node.spawn_host("agent-1", &mut agent())?;
+    wait_ready(admin, Duration::from_secs(20)).map_err(|e| anyhow::anyhow!("{e}\n{}", node.log("agent-1")))?;
+    let ours = programs_attached_by_agent(&before)?;
+    answered_by(&curl(&node, "/mesh-1")?, "web-a", "/mesh-1", "agent-1 running: routed by the mesh");
+    let layout = std::fs::read_dir(&pins)?.flatten().map(|e| e.path()).find(|p| p.is_dir());
+    let layout = layout.ok_or_else(|| anyhow::anyhow!("nothing pinned in {}", pins.display()))?;
+    let pinned: std::collections::BTreeSet<String> =
+        std::fs::read_dir(&layout)?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(pinned.iter().filter(|p| p.starts_with("link-")).count(), 3, "{pinned:?}");
+    assert_eq!(pinned.iter().filter(|p| p.starts_with("map-")).count(), 7, "{pinned:?}");
+    let enrolled_map = map_of(&ours, "MESH_ENROLLED")?;
+    let enrolled = || -> anyhow::Result<usize> {
+        Ok(bpftool_json(&format!("map dump id {enrolled_map}"))?.as_array().map_or(0, Vec::len))
+    };
+    assert_eq!(enrolled()?, 3, "client, web-a and leaver enrolled");
+
+    kill9(&mut node, "agent-1")?;
+    // Nothing but the pins holds the links now.
+    assert!(ours.is_subset(&attached_mesh_program_ids()), "pinned programs must stay attached after kill -9");
+    let out = node.exec("client", &["curl", "-sS", "-v", "--max-time", "5", "http://web:9080/closed"])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Operation not permitted"), "fail closed with no agent running: {err}");
+
+    // The leaver pod goes while no agent runs.
+    std::fs::write(&reg_file, &registry)?;
+    let restarted = Instant::now();
+    node.spawn_host("agent-2", &mut agent())?;
+    wait_ready(admin, Duration::from_secs(20)).map_err(|e| anyhow::anyhow!("{e}\n{}", node.log("agent-2")))?;
+    answered_by(&curl(&node, "/mesh-2")?, "web-a", "/mesh-2", "agent-2: routed by the mesh again");
+    let again = restarted.elapsed();
+    let log = node.log("agent-2");
+    assert!(log.contains("re-adopted the eBPF programs and maps pinned by a previous agent"), "{log}");
+    let now: std::collections::BTreeSet<u32> = attached_mesh_program_ids().difference(&before).copied().collect();
+    assert_eq!(now, ours, "the same programs, none loaded anew");
+    assert_eq!(enrolled()?, 2, "the leaver's enrollment pruned:\n{log}");
+    eprintln!("restart over pinned state: redirected again {again:?} after the new agent's exec");
+    assert!(again < Duration::from_secs(1), "redirected again only {again:?} after the restart");
+
+    let status = node.stop("agent-2")?;
+    assert!(status.success(), "agent-2 exited with {status}:\n{}", node.log("agent-2"));
+    assert!(attached_mesh_program_ids().is_disjoint(&ours), "a SIGTERM with no successor detaches everything");
+    assert!(!layout.exists(), "pins left behind in {}", layout.display());
     Ok(())
 }

@@ -514,6 +514,16 @@ fn cargo_test(cmd: &mut Command, totals: &mut Totals) -> Result<std::process::Ex
     Ok(child.wait()?)
 }
 
+/// bpffs at /sys/fs/bpf, as on a Kubernetes node (systemd mounts it): the agent pins its kernel
+/// state there with --bpf-pin-dir, and the image test's container sees the host's mount.
+fn ensure_bpffs() -> Result<()> {
+    if succeeds(Command::new("mountpoint").args(["-q", "/sys/fs/bpf"])) {
+        return Ok(());
+    }
+    eprintln!("xtask: mounting bpffs at /sys/fs/bpf");
+    run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+}
+
 fn test(args: &[String]) -> Result<()> {
     // The gate first: a formatting or clippy finding fails in a minute or two, not after the
     // end-to-end run.
@@ -541,6 +551,7 @@ fn test(args: &[String]) -> Result<()> {
     // dev-dependencies' features unified in, so an image made from the earlier build would hold
     // another binary. (The e2e package does not depend on the agent, so nothing re-links it below.)
     image(&object)?;
+    ensure_bpffs()?;
     // The e2e tests create network namespaces, cgroups and bind host ports: one at a time. A test
     // that cannot run on this machine (not root, no eBPF object...) returns early and would count
     // as passed; it appends its name to this file instead, and is counted as skipped.
