@@ -5,7 +5,6 @@
 //! running agent it takes that agent's listeners and eBPF objects over instead (`handover`).
 use std::{
     collections::HashMap,
-    convert::Infallible,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     os::fd::{AsFd, OwnedFd},
     path::{Path, PathBuf},
@@ -19,8 +18,6 @@ use std::{
 use anyhow::{Context as _, Result};
 use arc_swap::ArcSwap;
 use clap::Args;
-use http::{Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_common::{Enrollment, ServiceKey, ServiceValue, PROXY_OUTBOUND_PORT};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
@@ -31,7 +28,7 @@ use crate::{
     ebpf::{self, MeshEbpf},
     handover::{self, Inherited, Role},
     inpod,
-    proxy::{self, http::full, ProxyState},
+    proxy::{self, ProxyState},
     registry::{Registry, Service, Workload},
     routing::RouteTable,
 };
@@ -73,7 +70,8 @@ pub struct AgentArgs {
     /// cgroup v2 directory the programs attach to; every enrolled pod must be below it.
     #[arg(long, default_value = "/sys/fs/cgroup/unified")]
     pub cgroup_root: PathBuf,
-    /// Health, readiness and Prometheus metrics (`/healthz`, `/ready`, `/metrics`).
+    /// Health, readiness and Prometheus metrics (`/healthz`, `/ready`, `/metrics`,
+    /// `/stats/prometheus`); see admin.rs.
     #[arg(long, default_value = "127.0.0.1:15020")]
     pub admin: SocketAddr,
     /// Address the node-level ingress listeners (NodePorts, Gateway ports) bind to.
@@ -222,7 +220,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         None => TcpListener::bind(args.admin).await.with_context(|| format!("admin address {}", args.admin))?,
     };
     let admin_fd = admin.as_fd().try_clone_to_owned().context("admin listener")?;
-    tokio::spawn(serve_admin(state.clone(), bpf.clone(), ready.clone(), admin));
+    let admin_state = crate::admin::Admin { state: state.clone(), kernel: bpf.clone(), ready: ready.clone() };
+    tokio::spawn(crate::admin::serve(admin_state, admin));
 
     let mut updates = match args.config.clone() {
         Some(dir) => Some(crate::config::watch::spawn_watcher(dir)?),
@@ -809,58 +808,6 @@ async fn drain(state: &ProxyState, deadline: Duration) {
     } else {
         tracing::info!("drained");
     }
-}
-
-async fn serve_admin(state: Arc<ProxyState>, bpf: Arc<MeshEbpf>, ready: Arc<AtomicBool>, listener: TcpListener) {
-    let st = state.clone();
-    proxy::accept_until_drain(listener, "admin", &st.drain, |stream, _| {
-        let state = state.clone();
-        let bpf = bpf.clone();
-        let ready = ready.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let state = state.clone();
-                let bpf = bpf.clone();
-                let ready = ready.load(Ordering::Relaxed);
-                async move {
-                    let resp = match req.uri().path() {
-                        "/healthz" => Response::new(full("ok\n")),
-                        "/ready" if ready => Response::new(full("ok\n")),
-                        "/ready" => {
-                            let mut r = Response::new(full("not ready: waiting for the first complete registry (Kubernetes discovery still listing?)\n"));
-                            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-                            r
-                        }
-                        "/metrics" => {
-                            let k = bpf.stats();
-                            let gauges = state.source_gauges();
-                            Response::new(full(state.metrics.render(&[
-                                ("mesh_kernel_connects_seen_total", k.connects_seen),
-                                ("mesh_kernel_connects_redirected_total", k.connects_redirected),
-                                ("mesh_kernel_connections_indexed_total", k.established_indexed),
-                                ("mesh_kernel_connects_no_service_total", k.connects_no_service),
-                                ("mesh_kernel_orig_dst_missing_total", k.orig_dst_missing),
-                                ("mesh_kernel_map_insert_failures_total", k.map_insert_failures),
-                                ("mesh_kernel_program_errors_total", k.program_errors),
-                                ("mesh_kernel_connects_fail_open_total", k.connects_fail_open),
-                                ("mesh_kernel_connects_fail_closed_total", k.connects_fail_closed),
-                            ]) + &gauges))
-                        }
-                        _ => {
-                            let mut r = Response::new(full("endpoints: /healthz /ready /metrics\n"));
-                            *r.status_mut() = StatusCode::NOT_FOUND;
-                            r
-                        }
-                    };
-                    Ok::<_, Infallible>(resp)
-                }
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    })
-    .await;
 }
 
 async fn shutdown_signal() {
