@@ -220,14 +220,20 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         None => TcpListener::bind(args.admin).await.with_context(|| format!("admin address {}", args.admin))?,
     };
     let admin_fd = admin.as_fd().try_clone_to_owned().context("admin listener")?;
-    let admin_state = crate::admin::Admin { state: state.clone(), kernel: bpf.clone(), ready: ready.clone() };
+    let published = Arc::new(crate::admin::dump::Published::default());
+    let admin_state = crate::admin::Admin {
+        state: state.clone(),
+        kernel: bpf.clone(),
+        ready: ready.clone(),
+        published: published.clone(),
+    };
     tokio::spawn(crate::admin::serve(admin_state, admin));
 
     let mut updates = match args.config.clone() {
         Some(dir) => Some(crate::config::watch::spawn_watcher(dir)?),
         None => None,
     };
-    let mut node = NodeReconciler::new(state.clone(), bpf.clone(), args.ingress_bind, inherited);
+    let mut node = NodeReconciler::new(state.clone(), bpf.clone(), args.ingress_bind, inherited, published);
     let mut server: Option<handover::Server> = None;
     // Outcome of a handover in progress: true once the successor is ready.
     let (handed_over_tx, mut handed_over) = tokio::sync::mpsc::channel::<bool>(1);
@@ -397,6 +403,7 @@ struct EnrolledPod {
     netns: PathBuf,
     cgroup: PathBuf,
     cgroup_id: u64,
+    netns_cookie: u64,
     listener: JoinHandle<()>,
     /// A duplicate of the listening socket, for a successor.
     fd: OwnedFd,
@@ -418,10 +425,18 @@ struct NodeReconciler {
     admission_candidate: Option<Config>,
     /// Listening sockets handed over by a predecessor, claimed as the node is reconciled.
     inherited: Inherited,
+    /// The live config and enrolled pods, for `/config_dump`.
+    published: Arc<crate::admin::dump::Published>,
 }
 
 impl NodeReconciler {
-    fn new(state: Arc<ProxyState>, bpf: Arc<MeshEbpf>, ingress_bind: IpAddr, mut inherited: Inherited) -> Self {
+    fn new(
+        state: Arc<ProxyState>,
+        bpf: Arc<MeshEbpf>,
+        ingress_bind: IpAddr,
+        mut inherited: Inherited,
+        published: Arc<crate::admin::dump::Published>,
+    ) -> Self {
         NodeReconciler {
             gateways: GatewayListeners {
                 bind: ingress_bind,
@@ -437,6 +452,7 @@ impl NodeReconciler {
             nodeports: HashMap::new(),
             admission: Admission::default(),
             admission_candidate: None,
+            published,
         }
     }
 
@@ -504,7 +520,34 @@ impl NodeReconciler {
     }
 
     fn admit(&mut self, candidate: Config, registry: &Registry) {
-        crate::reload::apply_config(&self.state, &mut self.admission, candidate, registry);
+        if let Some(applied) =
+            crate::reload::apply_config_reporting(&self.state, &mut self.admission, candidate, registry)
+        {
+            self.published.config_applied(applied);
+        }
+    }
+
+    /// The enrolled pods as `/config_dump` shows them.
+    fn publish_pods(&self) {
+        let mut pods: Vec<crate::admin::dump::PodView> = self
+            .enrolled
+            .values()
+            .map(|p| {
+                let w = p.workload.load();
+                crate::admin::dump::PodView {
+                    workload: w.name.clone(),
+                    namespace: w.namespace.clone(),
+                    ip: w.ip,
+                    labels: w.labels.clone(),
+                    netns: p.netns.clone(),
+                    netns_cookie: p.netns_cookie,
+                    cgroup: p.cgroup.clone(),
+                    cgroup_id: p.cgroup_id,
+                }
+            })
+            .collect();
+        pods.sort_by(|a, b| (&a.namespace, &a.workload).cmp(&(&b.namespace, &b.workload)));
+        self.published.pods.store(Arc::new(pods));
     }
 
     /// The config directory could not be read at all: nothing changes.
@@ -560,6 +603,7 @@ impl NodeReconciler {
                 }
             }
         }
+        self.publish_pods();
     }
 
     fn enroll(&mut self, workload: &Arc<Workload>, netns: &Path, cgroup: &Path) -> Result<EnrolledPod> {
@@ -589,6 +633,7 @@ impl NodeReconciler {
             netns: netns.to_owned(),
             cgroup: cgroup.to_owned(),
             cgroup_id,
+            netns_cookie: cookie,
             listener: task,
             fd,
         })
@@ -610,6 +655,7 @@ impl NodeReconciler {
         for key in keys {
             self.unenroll(&key);
         }
+        self.publish_pods();
     }
 
     /// One ingress listener per NodePort, rebound when the service behind it changes.
