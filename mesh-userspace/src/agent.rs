@@ -5,7 +5,6 @@
 //! running agent it takes that agent's listeners and eBPF objects over instead (`handover`).
 use std::{
     collections::HashMap,
-    convert::Infallible,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     os::fd::{AsFd, OwnedFd},
     path::{Path, PathBuf},
@@ -19,8 +18,6 @@ use std::{
 use anyhow::{Context as _, Result};
 use arc_swap::ArcSwap;
 use clap::Args;
-use http::{Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_common::{Enrollment, ServiceKey, ServiceValue, PROXY_OUTBOUND_PORT};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
@@ -32,7 +29,7 @@ use crate::{
     ebpf_pin, enrollment,
     handover::{self, Inherited, Role},
     inpod,
-    proxy::{self, http::full, ProxyState},
+    proxy::{self, ProxyState},
     registry::{Registry, Service, Workload},
     routing::RouteTable,
 };
@@ -74,7 +71,8 @@ pub struct AgentArgs {
     /// cgroup v2 directory the programs attach to; every enrolled pod must be below it.
     #[arg(long, default_value = "/sys/fs/cgroup/unified")]
     pub cgroup_root: PathBuf,
-    /// Health, readiness and Prometheus metrics (`/healthz`, `/ready`, `/metrics`).
+    /// Health, readiness and Prometheus metrics (`/healthz`, `/ready`, `/metrics`,
+    /// `/stats/prometheus`); see admin.rs.
     #[arg(long, default_value = "127.0.0.1:15020")]
     pub admin: SocketAddr,
     /// Address the node-level ingress listeners (NodePorts, Gateway ports) bind to.
@@ -269,13 +267,20 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         None => TcpListener::bind(args.admin).await.with_context(|| format!("admin address {}", args.admin))?,
     };
     let admin_fd = admin.as_fd().try_clone_to_owned().context("admin listener")?;
-    tokio::spawn(serve_admin(state.clone(), bpf.clone(), ready.clone(), admin));
+    let published = Arc::new(crate::admin::dump::Published::default());
+    let admin_state = crate::admin::Admin {
+        state: state.clone(),
+        kernel: bpf.clone(),
+        ready: ready.clone(),
+        published: published.clone(),
+    };
+    tokio::spawn(crate::admin::serve(admin_state, admin));
 
     let mut updates = match args.config.clone() {
         Some(dir) => Some(crate::config::watch::spawn_watcher(dir)?),
         None => None,
     };
-    let mut node = NodeReconciler::new(state.clone(), bpf.clone(), args.ingress_bind, inherited);
+    let mut node = NodeReconciler::new(state.clone(), bpf.clone(), args.ingress_bind, inherited, published);
     node.prune_enrollments = readopted;
     let mut server: Option<handover::Server> = None;
     // Outcome of a handover in progress: true once the successor is ready.
@@ -443,7 +448,6 @@ fn initial_config(args: &AgentArgs) -> Config {
     }
 }
 
-/// A pod this agent has enrolled: its listener task and the map entry to remove.
 /// The eBPF enrollment map, as the enrollment state machine sees it.
 struct KernelMap(Arc<MeshEbpf>);
 
@@ -504,10 +508,18 @@ struct NodeReconciler {
     /// The enrollment map was re-adopted from pins: after the first reconcile, remove the
     /// cgroups of pods that left while no agent ran.
     prune_enrollments: bool,
+    /// The live config and enrolled pods, for `/config_dump`.
+    published: Arc<crate::admin::dump::Published>,
 }
 
 impl NodeReconciler {
-    fn new(state: Arc<ProxyState>, bpf: Arc<MeshEbpf>, ingress_bind: IpAddr, mut inherited: Inherited) -> Self {
+    fn new(
+        state: Arc<ProxyState>,
+        bpf: Arc<MeshEbpf>,
+        ingress_bind: IpAddr,
+        mut inherited: Inherited,
+        published: Arc<crate::admin::dump::Published>,
+    ) -> Self {
         NodeReconciler {
             gateways: GatewayListeners {
                 bind: ingress_bind,
@@ -526,6 +538,7 @@ impl NodeReconciler {
             admission: Admission::default(),
             admission_candidate: None,
             prune_enrollments: false,
+            published,
         }
     }
 
@@ -594,7 +607,34 @@ impl NodeReconciler {
     }
 
     fn admit(&mut self, candidate: Config, registry: &Registry) {
-        crate::reload::apply_config(&self.state, &mut self.admission, candidate, registry);
+        if let Some(applied) =
+            crate::reload::apply_config_reporting(&self.state, &mut self.admission, candidate, registry)
+        {
+            self.published.config_applied(applied);
+        }
+    }
+
+    /// The enrolled pods as `/config_dump` shows them.
+    fn publish_pods(&self) {
+        let mut pods: Vec<crate::admin::dump::PodView> = self
+            .pods
+            .views()
+            .map(|p| {
+                let w = p.workload.load();
+                crate::admin::dump::PodView {
+                    workload: w.name.clone(),
+                    namespace: w.namespace.clone(),
+                    ip: w.ip,
+                    labels: w.labels.clone(),
+                    netns: p.netns.to_path_buf(),
+                    netns_cookie: p.netns_cookie,
+                    cgroup: p.cgroup.to_path_buf(),
+                    cgroup_id: p.cgroup_id,
+                }
+            })
+            .collect();
+        pods.sort_by(|a, b| (&a.namespace, &a.workload).cmp(&(&b.namespace, &b.workload)));
+        self.published.pods.store(Arc::new(pods));
     }
 
     /// The config directory could not be read at all: nothing changes.
@@ -616,11 +656,13 @@ impl NodeReconciler {
         });
         let out = self.pods.reconcile(wanted);
         self.report(out);
+        self.publish_pods();
     }
 
     fn unenroll_all(&mut self) {
         let out = self.pods.unenroll_all();
         self.report(out);
+        self.publish_pods();
     }
 
     /// Logs and counts what an enrollment reconcile did.
@@ -648,6 +690,7 @@ impl NodeReconciler {
             self.state.metrics.inc("mesh_pod_enrollments_total", &[("result", "removed")]);
             tracing::info!(pod = %pod, namespace = %namespace, "pod unenrolled");
         }
+        self.publish_pods();
     }
 
     /// One ingress listener per NodePort, rebound when the service behind it changes.
@@ -846,58 +889,6 @@ async fn drain(state: &ProxyState, deadline: Duration) {
     } else {
         tracing::info!("drained");
     }
-}
-
-async fn serve_admin(state: Arc<ProxyState>, bpf: Arc<MeshEbpf>, ready: Arc<AtomicBool>, listener: TcpListener) {
-    let st = state.clone();
-    proxy::accept_until_drain(listener, "admin", &st.drain, |stream, _| {
-        let state = state.clone();
-        let bpf = bpf.clone();
-        let ready = ready.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let state = state.clone();
-                let bpf = bpf.clone();
-                let ready = ready.load(Ordering::Relaxed);
-                async move {
-                    let resp = match req.uri().path() {
-                        "/healthz" => Response::new(full("ok\n")),
-                        "/ready" if ready => Response::new(full("ok\n")),
-                        "/ready" => {
-                            let mut r = Response::new(full("not ready: waiting for the first complete registry (Kubernetes discovery still listing?)\n"));
-                            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-                            r
-                        }
-                        "/metrics" => {
-                            let k = bpf.stats();
-                            let gauges = state.source_gauges();
-                            Response::new(full(state.metrics.render(&[
-                                ("mesh_kernel_connects_seen_total", k.connects_seen),
-                                ("mesh_kernel_connects_redirected_total", k.connects_redirected),
-                                ("mesh_kernel_connections_indexed_total", k.established_indexed),
-                                ("mesh_kernel_connects_no_service_total", k.connects_no_service),
-                                ("mesh_kernel_orig_dst_missing_total", k.orig_dst_missing),
-                                ("mesh_kernel_map_insert_failures_total", k.map_insert_failures),
-                                ("mesh_kernel_program_errors_total", k.program_errors),
-                                ("mesh_kernel_connects_fail_open_total", k.connects_fail_open),
-                                ("mesh_kernel_connects_fail_closed_total", k.connects_fail_closed),
-                            ]) + &gauges))
-                        }
-                        _ => {
-                            let mut r = Response::new(full("endpoints: /healthz /ready /metrics\n"));
-                            *r.status_mut() = StatusCode::NOT_FOUND;
-                            r
-                        }
-                    };
-                    Ok::<_, Infallible>(resp)
-                }
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    })
-    .await;
 }
 
 async fn shutdown_signal() {

@@ -77,14 +77,16 @@ pub fn validate(args: ValidateArgs) -> Result<ExitCode> {
     let objects = config.virtual_services.len()
         + config.destination_rules.len()
         + config.gateways.len()
-        + config.http_routes.len();
+        + config.http_routes.len()
+        + config.telemetries.len();
     let accepted = objects.saturating_sub(rejected_in_config);
     println!(
-        "{} VirtualServices, {} DestinationRules, {} Gateways, {} HTTPRoutes: {accepted} accepted, {} rejected",
+        "{} VirtualServices, {} DestinationRules, {} Gateways, {} HTTPRoutes, {} Telemetries: {accepted} accepted, {} rejected",
         config.virtual_services.len(),
         config.destination_rules.len(),
         config.gateways.len(),
         config.http_routes.len(),
+        config.telemetries.len(),
         rejected.len()
     );
     Ok(if rejected.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
@@ -125,11 +127,23 @@ fn warn_empty_subsets(config: &Config, registry: &Registry) {
 #[allow(missing_docs)]
 pub struct ExplainArgs {
     /// Directory (or file) of Istio routing YAML.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "live")]
     pub config: Vec<PathBuf>,
     /// Kubernetes YAML with Services and Pods.
-    #[arg(long, required = true)]
+    #[arg(long, required_unless_present = "live", conflicts_with = "live")]
     pub registry: Vec<PathBuf>,
+    /// Explain against a running agent's live tables instead of files: its admin address,
+    /// e.g. http://127.0.0.1:15020
+    #[arg(long, value_name = "ADMIN_URL")]
+    pub live: Option<String>,
+    #[command(flatten)]
+    pub request: ExplainRequest,
+}
+
+/// The request to explain, as the command line (or the admin endpoint's query) describes it.
+#[derive(Args, Debug, Clone, Default, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct ExplainRequest {
     /// Calling pod: `name` or `namespace/name`. Omit with --gateway.
     #[arg(long)]
     pub from: Option<String>,
@@ -147,9 +161,49 @@ pub struct ExplainArgs {
     pub method: String,
 }
 
+impl ExplainRequest {
+    /// The admin endpoint's query string for this request (`/explain?...`).
+    pub fn to_query(&self) -> String {
+        let mut q: Vec<(&str, &str)> = Vec::new();
+        q.extend(self.from.as_deref().map(|f| ("from", f)));
+        q.extend(self.gateway.as_deref().map(|g| ("gateway", g)));
+        q.push(("url", &self.url));
+        q.extend(self.headers.iter().map(|h| ("header", h.as_str())));
+        q.push(("method", &self.method));
+        q.iter().map(|(k, v)| format!("{k}={}", crate::admin::query_encode(v))).collect::<Vec<_>>().join("&")
+    }
+
+    /// Reads `from`, `gateway`, `url`, `header` (repeatable) and `method` (default GET) from a
+    /// query string.
+    pub fn from_query(query: &str) -> Result<ExplainRequest> {
+        let mut r = ExplainRequest { method: "GET".into(), ..ExplainRequest::default() };
+        let mut url = None;
+        for (k, v) in crate::admin::query_pairs(query)? {
+            match k.as_str() {
+                "from" => r.from = Some(v),
+                "gateway" => r.gateway = Some(v),
+                "url" => url = Some(v),
+                "header" => r.headers.push(v),
+                "method" => r.method = v,
+                other => bail!(
+                    "unknown parameter {:?}: expected from, gateway, url, header, method",
+                    crate::config::cut(other, 40)
+                ),
+            }
+        }
+        r.url = url.context("missing url=, e.g. url=http://reviews:9080/reviews/0")?;
+        Ok(r)
+    }
+}
+
 /// `mesh explain`: routes one request described on the command line through the route table
-/// compiled from `--config` and `--registry`, and prints each step.
+/// compiled from `--config` and `--registry` (or, with `--live`, the running agent's tables),
+/// and prints each step.
 pub fn explain(args: ExplainArgs) -> Result<ExitCode> {
+    if let Some(admin) = &args.live {
+        print!("{}", explain_live(admin, &args.request)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let registry = Registry::from_yaml_files(&args.registry)?;
     let config = if args.config.is_empty() {
         Config::empty()
@@ -158,17 +212,76 @@ pub fn explain(args: ExplainArgs) -> Result<ExitCode> {
     };
     let table = RouteTable::compile(&config, &registry)
         .map_err(|e| anyhow::anyhow!("the routing config does not compile:\n{e}"))?;
-    let uri: http::Uri = args.url.parse().with_context(|| format!("invalid --url {:?}", args.url))?;
+    print!("{}", explain_request(&table, &registry, &args.request)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Asks the agent at `admin` (`http://host:port`) to explain `req` against its live tables:
+/// the same text the offline explain prints.
+pub fn explain_live(admin: &str, req: &ExplainRequest) -> Result<String> {
+    use std::io::{Read as _, Write as _};
+    let uri: http::Uri = admin.parse().with_context(|| format!("invalid --live {admin:?}"))?;
+    if uri.scheme_str().is_some_and(|s| s != "http") {
+        bail!("--live {admin:?}: the admin endpoint speaks plain http");
+    }
+    let host = uri.host().with_context(|| format!("--live {admin:?} needs a host, e.g. http://127.0.0.1:15020"))?;
+    let port = uri.port_u16().unwrap_or(15020);
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .with_context(|| format!("resolving {host}"))?
+        .next()
+        .with_context(|| format!("{host} has no address"))?;
+    let timeout = std::time::Duration::from_secs(10);
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("cannot reach the agent's admin endpoint at {addr}"))?;
+    s.set_read_timeout(Some(timeout))?;
+    let base = uri.path().trim_end_matches('/');
+    write!(s, "GET {base}/explain?{} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n", req.to_query())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).context("reading the agent's answer")?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").context("the agent's answer has no HTTP head")?;
+    let status: u16 =
+        head.split(' ').nth(1).and_then(|c| c.parse().ok()).context("the agent's answer has no status")?;
+    let body = if head.lines().any(|l| l.eq_ignore_ascii_case("transfer-encoding: chunked")) {
+        dechunk(body).context("the agent's chunked answer is cut short")?
+    } else {
+        body.to_owned()
+    };
+    match status {
+        200 => Ok(body),
+        404 => bail!("the agent at {admin} has no /explain endpoint (an older version?)"),
+        _ => bail!("{}", body.trim_end()),
+    }
+}
+
+/// Decodes an HTTP/1.1 chunked body.
+fn dechunk(mut rest: &str) -> Option<String> {
+    let mut out = String::new();
+    loop {
+        let (size, after) = rest.split_once("\r\n")?;
+        let n = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+        if n == 0 {
+            return Some(out);
+        }
+        out.push_str(after.get(..n)?);
+        rest = after.get(n.checked_add(2)?..)?;
+    }
+}
+
+/// Explains `r` against `table` and `registry`: what `mesh explain` prints, offline or (through
+/// the agent's `/explain`) live.
+pub fn explain_request(table: &RouteTable, registry: &Registry, r: &ExplainRequest) -> Result<String> {
+    let uri: http::Uri = r.url.parse().with_context(|| format!("invalid --url {:?}", r.url))?;
     let host = uri.host().context("--url needs a host, e.g. http://reviews:9080/")?.to_owned();
     let port = uri.port_u16().unwrap_or(80);
     let authority = uri.authority().map(|a| a.to_string()).unwrap_or(host.clone());
     let mut headers = http::HeaderMap::new();
-    for h in &args.headers {
+    for h in &r.headers {
         let (k, v) = h.split_once(':').with_context(|| format!("header {h:?} must look like 'Name: value'"))?;
         headers.append(http::HeaderName::from_bytes(k.trim().as_bytes())?, http::HeaderValue::from_str(v.trim())?);
     }
-    let method: http::Method = args.method.parse().with_context(|| format!("invalid method {:?}", args.method))?;
-    let source = match &args.from {
+    let method: http::Method = r.method.parse().with_context(|| format!("invalid method {:?}", r.method))?;
+    let source = match &r.from {
         None => None,
         Some(f) => {
             let (ns, name) = f.split_once('/').unwrap_or(("default", f.as_str()));
@@ -184,7 +297,7 @@ pub fn explain(args: ExplainArgs) -> Result<ExitCode> {
     let path_uri: http::Uri = uri.path_and_query().map_or("/".to_string(), |p| p.to_string()).parse()?;
     let (gw_name, gw_ns);
     let service;
-    let context = match &args.gateway {
+    let context = match &r.gateway {
         Some(g) => {
             let (ns, n) = g.split_once('/').unwrap_or(("default", g.as_str()));
             (gw_name, gw_ns) = (n.to_owned(), ns.to_owned());
@@ -206,7 +319,8 @@ pub fn explain(args: ExplainArgs) -> Result<ExitCode> {
             let Some(svc) = service.as_deref() else {
                 bail!(
                     "{host} is not a service in the registry (known: {})",
-                    registry.services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+                    // A cluster has thousands: the first few say what the names look like.
+                    registry.services.iter().take(20).map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
                 );
             };
             Context::Mesh { service: svc, port }
@@ -221,8 +335,7 @@ pub fn explain(args: ExplainArgs) -> Result<ExitCode> {
         scheme: uri.scheme_str().unwrap_or("http"),
         headers: &headers,
     };
-    print!("{}", table.explain(&req));
-    Ok(ExitCode::SUCCESS)
+    Ok(table.explain(&req).to_string())
 }
 
 #[cfg(test)]

@@ -69,8 +69,23 @@ struct Enrolled<S> {
     netns: PathBuf,
     cgroup: PathBuf,
     cgroup_id: u64,
+    netns_cookie: u64,
     serving: S,
     fd: OwnedFd,
+}
+
+/// What is known of one enrolled pod (`/config_dump`).
+pub struct PodState<'a> {
+    /// The workload its listener reports.
+    pub workload: &'a Arc<ArcSwap<Workload>>,
+    /// Its network namespace.
+    pub netns: &'a Path,
+    /// Its network namespace's cookie.
+    pub netns_cookie: u64,
+    /// Its cgroup.
+    pub cgroup: &'a Path,
+    /// Its cgroup id (the enrollment map key).
+    pub cgroup_id: u64,
 }
 
 /// What one reconcile did, for the caller's logs and counters.
@@ -121,6 +136,17 @@ impl<K: KernelEnrollments, L: PodListeners> Enrollments<K, L> {
     /// Whether no pod is enrolled.
     pub fn is_empty(&self) -> bool {
         self.enrolled.is_empty()
+    }
+
+    /// Every enrolled pod.
+    pub fn views(&self) -> impl Iterator<Item = PodState<'_>> {
+        self.enrolled.values().map(|p| PodState {
+            workload: &p.workload,
+            netns: &p.netns,
+            netns_cookie: p.netns_cookie,
+            cgroup: &p.cgroup,
+            cgroup_id: p.cgroup_id,
+        })
     }
 
     /// The cgroup ids of the enrolled pods.
@@ -220,6 +246,7 @@ impl<K: KernelEnrollments, L: PodListeners> Enrollments<K, L> {
             netns: w.netns.to_owned(),
             cgroup: w.cgroup.to_owned(),
             cgroup_id,
+            netns_cookie: opened.netns_cookie,
             serving,
             fd: opened.fd,
         })

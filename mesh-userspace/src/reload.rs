@@ -12,6 +12,27 @@ use crate::{admission::Admission, config::Config, proxy::ProxyState, registry::R
 /// in `mesh_config_reloads_total{result="applied"|"partial"|"failed"}`. Returns false only when
 /// nothing was applied (the compiler panicked; the previous table stays).
 pub fn apply_config(state: &ProxyState, admission: &mut Admission, candidate: Config, registry: &Registry) -> bool {
+    apply_config_reporting(state, admission, candidate, registry).is_some()
+}
+
+/// What one applied reload left live, for `/config_dump`.
+#[derive(Clone, Debug, Default)]
+pub struct Applied {
+    /// The objects live now (a rejected object's last good version among them).
+    pub config: Config,
+    /// Every object or file rejected by this reload.
+    pub rejected: Vec<crate::admission::RejectedObject>,
+    /// What the compiler warned about (references to things nobody defines...).
+    pub warnings: Vec<String>,
+}
+
+/// [`apply_config`], returning what is live (None: nothing applied, the previous table stays).
+pub fn apply_config_reporting(
+    state: &ProxyState,
+    admission: &mut Admission,
+    candidate: Config,
+    registry: &Registry,
+) -> Option<Applied> {
     let metrics = &state.metrics;
     let version = candidate.version.clone();
     match admission.admit(candidate, registry) {
@@ -54,13 +75,13 @@ pub fn apply_config(state: &ProxyState, admission: &mut Admission, candidate: Co
                 rejected = admitted.rejected.len(),
                 "routing config admitted"
             );
-            true
+            Some(Applied { config: admitted.config, rejected: admitted.rejected, warnings })
         }
         Err(e) => {
             metrics.inc("mesh_config_reloads_total", &[("result", "failed")]);
             metrics.inc("mesh_config_compile_panics_total", &[]);
             tracing::error!(panic = %e.0, "compiling the routing config panicked; nothing of this reload applied, the previous routes stay live");
-            false
+            None
         }
     }
 }

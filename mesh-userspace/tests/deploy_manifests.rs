@@ -221,3 +221,33 @@ fn daemonset_rolls_with_a_surge_pod_and_hands_over() {
     let volume = pod.volumes.iter().flatten().find(|v| v.name == mount.name).expect("volume");
     assert_eq!(volume.host_path.as_ref().map(|h| h.path.as_str()), Some("/sys/fs/bpf"), "the host's bpffs");
 }
+
+/// Istio's Prometheus scrape annotations on the agent pods name the admin port the agent listens
+/// on (its `--admin` in the DaemonSet, else the flag's default) and the path the admin server
+/// serves the metrics at, so an Istio Prometheus install scrapes the agents unchanged.
+#[test]
+fn daemonset_carries_istios_scrape_annotations_for_the_admin_port() {
+    let text = std::fs::read_to_string(deploy_dir().join("daemonset.yaml")).expect("daemonset.yaml");
+    let ds: DaemonSet = serde_yaml::from_str(&text).expect("DaemonSet");
+    let template = ds.spec.template;
+    let annotations = template.metadata.and_then(|m| m.annotations).unwrap_or_default();
+    let get = |k: &str| annotations.get(k).map(String::as_str);
+    assert_eq!(get("prometheus.io/scrape"), Some("true"));
+    assert_eq!(get("prometheus.io/path"), Some("/stats/prometheus"));
+    let command = <mesh::agent::AgentArgs as clap::Args>::augment_args(clap::Command::new("agent"));
+    let default = command
+        .get_arguments()
+        .find(|a| a.get_id() == "admin")
+        .and_then(|a| a.get_default_values().first().and_then(|v| v.to_str()).map(str::to_owned))
+        .expect("--admin has a default");
+    let args = template.spec.expect("pod spec").containers[0].args.clone().unwrap_or_default();
+    let admin = args.iter().find_map(|a| a.strip_prefix("--admin=")).map_or(default.clone(), str::to_owned);
+    let admin: std::net::SocketAddr = admin.parse().expect("--admin is an address");
+    assert_eq!(
+        get("prometheus.io/port"),
+        Some(admin.port().to_string().as_str()),
+        "--admin {admin} (default {default})"
+    );
+    let default: std::net::SocketAddr = default.parse().expect("default --admin");
+    assert_eq!(default.port(), admin.port(), "the DaemonSet keeps the default admin port Istio's agents use (15020)");
+}

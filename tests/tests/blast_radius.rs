@@ -97,6 +97,38 @@ fn bad_routing_objects_never_cost_a_request() -> anyhow::Result<()> {
     let t = bk.load_pages(10, None, true, &mut |_| {})?;
     assert_eq!(t.count_reviews("v1"), 10, "served from the good objects at start: {}", t.summary());
     assert!(bk.node.log("agent").contains("out of range"), "the bad object at start is reported");
+    // /config_dump says the same as the log: the bad object rejected with its error and no live
+    // version, the good ones accepted with their file, the enrolled pods, the compiled clusters.
+    let response = mesh_e2e::http_get("127.0.0.1:15020".parse()?, "/config_dump")?;
+    let dump: serde_json::Value = serde_json::from_str(response.split_once("\r\n\r\n").map_or("", |(_, b)| b))?;
+    let objects = dump["config"]["objects"].as_array().cloned().unwrap_or_default();
+    let bad_object = objects.iter().find(|o| o["status"] == "rejected").expect("a rejected object in /config_dump");
+    assert!(
+        bad_object["errors"].to_string().contains("bad.yaml")
+            && bad_object["errors"].to_string().contains("out of range"),
+        "{bad_object}"
+    );
+    assert_eq!(bad_object["live_source"], serde_json::Value::Null, "{bad_object}");
+    let reviews = objects
+        .iter()
+        .find(|o| o["kind"] == "VirtualService" && o["name"] == "reviews")
+        .expect("reviews in /config_dump");
+    assert_eq!(reviews["status"], "accepted");
+    assert!(reviews["live_source"]["file"].as_str().is_some_and(|f| f.ends_with("reviews-v1.yaml")), "{reviews}");
+    let pods = dump["pods"].as_array().cloned().unwrap_or_default();
+    let productpage = pods.iter().find(|p| p["workload"] == "productpage-v1").expect("productpage enrolled");
+    assert!(
+        productpage["cgroup_id"].as_u64().is_some_and(|id| id > 0)
+            && productpage["netns_cookie"].as_u64().is_some_and(|c| c > 0),
+        "{productpage}"
+    );
+    let clusters = dump["clusters"].as_array().cloned().unwrap_or_default();
+    assert!(
+        clusters.iter().any(|c| c["subset"] == "v1"
+            && c["service"] == "default/reviews"
+            && c["endpoints"][0]["workload"] == "reviews-v1"),
+        "reviews v1 cluster in {clusters:?}"
+    );
 
     // A fixed-rate load through the gateway (productpage → reviews/details/ratings, all
     // redirected by the kernel into the node proxy) for the whole test.

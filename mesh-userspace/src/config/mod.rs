@@ -6,6 +6,7 @@
 // Not fully documented yet (see the note in lib.rs).
 #[allow(missing_docs)]
 pub mod gateway_api;
+pub mod telemetry;
 #[allow(missing_docs)]
 pub mod types;
 #[allow(missing_docs)]
@@ -130,6 +131,21 @@ impl Locator {
         }
     }
 
+    /// The document's first line in its file that is not blank or a comment (its `---` is
+    /// blanked): where `/config_dump` says the object is. Reads the text only, so it does not
+    /// build the per-field table.
+    pub fn first_line(&self) -> usize {
+        let skipped = self
+            .text
+            .lines()
+            .take_while(|l| {
+                let t = l.trim();
+                t.is_empty() || t.starts_with('#')
+            })
+            .count();
+        self.line_offset.saturating_add(skipped).saturating_add(1)
+    }
+
     /// An error at field `path` of this document.
     pub fn error(&self, path: impl Into<String>, message: impl Into<String>) -> ConfigError {
         let path = path.into();
@@ -203,6 +219,8 @@ pub struct Config {
     pub gateways: Vec<Sourced<GatewaySpec>>,
     /// Gateway API `HTTPRoute`s (`gateway.networking.k8s.io`), see [`gateway_api`].
     pub http_routes: Vec<Sourced<gateway_api::HttpRouteSpec>>,
+    /// Istio `Telemetry` objects (`telemetry.istio.io`), see [`telemetry`].
+    pub telemetries: Vec<Sourced<telemetry::TelemetrySpec>>,
     /// Documents of other kinds (a Service, a ConfigMap...) found in the files: skipped, reported.
     pub skipped: Vec<String>,
     /// Documents rejected one by one (see [`Config::load_dir_all`]).
@@ -252,6 +270,7 @@ impl Config {
             "VirtualService" => self.virtual_services.iter().any(|o| same(&o.name, &o.namespace)),
             "DestinationRule" => self.destination_rules.iter().any(|o| same(&o.name, &o.namespace)),
             "HTTPRoute" => self.http_routes.iter().any(|o| same(&o.name, &o.namespace)),
+            "Telemetry" => self.telemetries.iter().any(|o| same(&o.name, &o.namespace)),
             _ => self.gateways.iter().any(|o| same(&o.name, &o.namespace)),
         }
     }
@@ -263,6 +282,7 @@ impl Config {
             "VirtualService" => self.virtual_services.retain(|o| keep(&o.name, &o.namespace)),
             "DestinationRule" => self.destination_rules.retain(|o| keep(&o.name, &o.namespace)),
             "HTTPRoute" => self.http_routes.retain(|o| keep(&o.name, &o.namespace)),
+            "Telemetry" => self.telemetries.retain(|o| keep(&o.name, &o.namespace)),
             _ => self.gateways.retain(|o| keep(&o.name, &o.namespace)),
         }
     }
@@ -290,6 +310,12 @@ impl Config {
                 .find(|o| same(&o.name, &o.namespace))
                 .cloned()
                 .map(|o| self.http_routes.push(o)),
+            "Telemetry" => other
+                .telemetries
+                .iter()
+                .find(|o| same(&o.name, &o.namespace))
+                .cloned()
+                .map(|o| self.telemetries.push(o)),
             _ => other.gateways.iter().find(|o| same(&o.name, &o.namespace)).cloned().map(|o| self.gateways.push(o)),
         }
         .is_some()
@@ -310,6 +336,7 @@ impl Config {
             )
             .chain(self.gateways.iter().map(move |o| (key("Gateway", &o.name, &o.namespace), &o.at.file)))
             .chain(self.http_routes.iter().map(move |o| (key("HTTPRoute", &o.name, &o.namespace), &o.at.file)))
+            .chain(self.telemetries.iter().map(move |o| (key("Telemetry", &o.name, &o.namespace), &o.at.file)))
     }
 
     /// The `*.yaml`/`*.yml` files directly in `dir`, in name order (dot entries skipped).
@@ -438,6 +465,9 @@ impl Config {
                 name,
                 namespace,
             );
+        }
+        if group == telemetry::GROUP {
+            return self.add_telemetry_document((&doc.text, doc.line_offset), at, &api_version, &kind, name, namespace);
         }
         let ours = KINDS.iter().find(|k| **k == kind).copied();
         // The kind as the user most likely meant it, for a document that names it in the wrong case.

@@ -30,11 +30,11 @@ fn q(s: &str) -> String {
 }
 
 impl Validation {
-    fn error(&mut self, path: impl Into<String>, msg: impl Into<String>) {
+    pub(crate) fn error(&mut self, path: impl Into<String>, msg: impl Into<String>) {
         self.errors.push((path.into(), msg.into()));
     }
 
-    fn warn(&mut self, path: impl Into<String>, msg: impl Into<String>) {
+    pub(crate) fn warn(&mut self, path: impl Into<String>, msg: impl Into<String>) {
         self.warnings.push((path.into(), msg.into()));
     }
 

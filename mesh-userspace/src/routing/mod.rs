@@ -399,6 +399,32 @@ impl RouteTable {
         self.gateways.iter().map(|g| g.port).collect()
     }
 
+    /// Every cluster of the table, once each, by name: the plain Kubernetes ones and every one a
+    /// VirtualService routes or mirrors to (`/config_dump`).
+    pub fn clusters(&self) -> Vec<Arc<Cluster>> {
+        let mut all: std::collections::BTreeMap<&str, &Arc<Cluster>> = std::collections::BTreeMap::new();
+        for ports in self.defaults.values().flat_map(|by_name| by_name.values()) {
+            for (_, c) in ports {
+                all.entry(&c.name).or_insert(c);
+            }
+        }
+        let vses = self.mesh_vs.values().flat_map(|m| m.values()).chain(&self.mesh_wildcard_vs).chain(&self.gateway_vs);
+        for vs in vses {
+            let routed = vs.http.iter().flat_map(|r| match &r.action {
+                Action::Route(dests) => dests.as_slice(),
+                _ => &[],
+            });
+            let dests = routed.chain(vs.tcp.iter().flat_map(|t| &t.route)).map(|d| &d.dest);
+            let mirrors = vs.http.iter().filter_map(|r| r.mirror.as_ref().map(|(d, _)| d));
+            for d in dests.chain(mirrors) {
+                for (_, c) in &d.by_port {
+                    all.entry(&c.name).or_insert(c);
+                }
+            }
+        }
+        all.into_values().cloned().collect()
+    }
+
     /// The VirtualService that applies to this request's destination, if any.
     pub(crate) fn virtual_service(&self, req: &RequestInfo<'_>) -> Option<&Arc<CompiledVs>> {
         match req.context {
