@@ -117,6 +117,11 @@ pub struct AgentArgs {
     /// them (the agent's own `mesh_*` counters stay), to measure or save their cost per request.
     #[arg(long, value_enum, default_value_t = Switch::On)]
     pub request_metrics: Switch,
+    /// Per-request access log on stdout: `text` is Envoy's default format, `json` the same
+    /// fields as JSON. Off by default, as in Istio. Lines the writer cannot keep up with are
+    /// dropped and counted (`mesh_access_log_dropped_total`), never waited for.
+    #[arg(long, value_enum, default_value_t = proxy::access_log::AccessLogMode::Off)]
+    pub access_log: proxy::access_log::AccessLogMode,
 }
 
 /// An on/off flag value.
@@ -227,6 +232,9 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         args.limits(),
     );
     state.request_metrics.store(args.request_metrics == Switch::On, Ordering::Relaxed);
+    // The writer runs even while the log is off, so switching it on later needs nothing else.
+    state.access_log.set_mode(args.access_log);
+    state.access_log.spawn_writer(tokio::io::stdout());
     let ready = Arc::new(AtomicBool::new(false));
 
     // Probes answer from the start: live as soon as the programs are attached, ready once the
@@ -913,6 +921,9 @@ mod tests {
         let off = Cli::try_parse_from(["mesh", "--registry", "r.yaml", "--request-metrics", "off"]).expect("parse");
         assert_eq!(off.agent.request_metrics, Switch::Off);
         assert!(Cli::try_parse_from(["mesh", "--registry", "r.yaml", "--request-metrics", "maybe"]).is_err());
+        assert_eq!(on.agent.access_log, proxy::access_log::AccessLogMode::Off);
+        let json = Cli::try_parse_from(["mesh", "--registry", "r.yaml", "--access-log", "json"]).expect("parse");
+        assert_eq!(json.agent.access_log, proxy::access_log::AccessLogMode::Json);
     }
 
     fn service(

@@ -155,8 +155,6 @@ pub async fn handle(
     entry: Entry,
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let started = Instant::now();
-    let src_name = source.workload.as_ref().map(|w| w.name.as_str()).unwrap_or("ingress");
     // Recorded when the response ends, or with code 0 and DC if this future is dropped first
     // (the client went away).
     let mut rec = RequestRecord::new(state.clone(), &source, &req);
@@ -170,6 +168,7 @@ pub async fn handle(
     if !req.headers().contains_key(X_REQUEST_ID) {
         req.headers_mut().insert(X_REQUEST_ID, new_request_id());
     }
+    rec.note_request_id(req.headers());
     // The table is pinned for the whole request: a reload while it runs does not change its route.
     let table = state.routes.load_full();
     let authority = req
@@ -194,35 +193,27 @@ pub async fn handle(
         };
         table.route(&info, &mut rand::thread_rng())
     };
-    let (resp, cluster) = match decision {
+    let resp = match decision {
         Decision::NoRoute { reason } => {
             rec.flag(Flags::NR);
             if let (Entry::Service { service, .. }, true) = (&entry, rec.active()) {
                 rec.service = Some(Arc::new(crate::metrics::ServiceLabels::of(service)));
             }
-            (local_reply(StatusCode::NOT_FOUND, format!("no route: {reason}")), None)
+            local_reply(StatusCode::NOT_FOUND, format!("no route: {reason}"))
         }
         Decision::Redirect { status, location } => {
             let mut r = local_reply(StatusCode::from_u16(status).unwrap_or(StatusCode::MOVED_PERMANENTLY), "");
             if let Ok(v) = HeaderValue::from_str(&location) {
                 r.headers_mut().insert(header::LOCATION, v);
             }
-            (r, None)
+            r
         }
         Decision::Forward(fwd) => {
-            let cluster = fwd.cluster.clone();
-            rec.set_cluster(&cluster);
-            (forward(&state, &source, *fwd, req, &mut rec).await, Some(cluster))
+            rec.set_cluster(&fwd.cluster);
+            forward(&state, &source, *fwd, req, &mut rec).await
         }
     };
-    let dst = cluster.as_ref().map_or("-", |c| c.service.name.as_str());
-    let subset = cluster.as_ref().and_then(|c| c.subset.as_deref()).unwrap_or("-");
-    let code = resp.status();
-    let code = code.as_str();
-    // The access log is opt-in (RUST_LOG=mesh=debug), as Envoy's is: at info it was one formatted
-    // write(2) to stderr per request, ~30% of the proxy's CPU per request; the counters above
-    // account for every request anyway.
-    tracing::debug!(src = %src_name, dst = %dst, subset = %subset, status = %code, ms = started.elapsed().as_millis() as u64, "request");
+    // Metrics and the access log line are made when the response ends (see RequestRecord).
     Ok(rec.respond(resp))
 }
 
@@ -539,6 +530,7 @@ async fn forward(
                     rec.flag(Flags::URX);
                 }
                 rec.upstream_responded = true;
+                rec.upstream_service_time(now.elapsed());
                 let (mut rparts, rbody) = resp.into_parts();
                 strip_hop_by_hop(&mut rparts.headers);
                 fwd.response_headers.apply(&mut rparts.headers);

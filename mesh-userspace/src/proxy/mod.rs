@@ -1,5 +1,6 @@
 //! The node proxy: accepts redirected connections on in-pod listeners and ingress connections on
 //! the node, recovers the original destination, and serves them at L7 (HTTP) or L4 (TCP).
+pub mod access_log;
 pub mod http;
 pub mod lb;
 pub mod limits;
@@ -91,6 +92,8 @@ pub struct ProxyState {
     /// Whether requests are recorded in Istio's request metrics (`--request-metrics`);
     /// changeable at run time.
     pub request_metrics: std::sync::atomic::AtomicBool,
+    /// The access log (`--access-log`): off, text or JSON, switchable at run time.
+    pub access_log: access_log::AccessLog,
     /// Where redirected connections' original destinations are read (the eBPF maps).
     pub original_dst: Arc<dyn OriginalDst>,
     /// Stop accepting / finish in-flight connections (SIGTERM, or a successor took over).
@@ -123,6 +126,7 @@ impl ProxyState {
             lb: lb::LoadBalancer::default(),
             metrics: Metrics::default(),
             request_metrics: std::sync::atomic::AtomicBool::new(true),
+            access_log: Default::default(),
             original_dst,
             drain: Default::default(),
             limits,

@@ -17,6 +17,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
 
 use super::{
+    access_log::{AccessLogMode, Fields, Outcome},
     http::{BodyError, ProxyBody},
     ProxyState, Source,
 };
@@ -54,11 +55,17 @@ pub struct RequestRecord {
     grpc_status: Option<u16>,
     /// Envoy's response flags so far.
     pub flags: Flags,
-    request_bytes: u64,
-    request_body: Option<Arc<AtomicU64>>,
-    response_bytes: u64,
+    request_head: u64,
+    request_body: u64,
+    request_streamed: Option<Arc<AtomicU64>>,
+    response_head: u64,
+    response_body: u64,
     /// The response came from the endpoint (not a local reply): the server side saw it too.
     pub upstream_responded: bool,
+    /// Istio metrics are on for this request (`--request-metrics`, read when it started).
+    metrics: bool,
+    /// The access log line's fields and format, when the log was on as the request started.
+    log: Option<(AccessLogMode, Box<Fields>)>,
     done: bool,
 }
 
@@ -81,8 +88,29 @@ impl RequestRecord {
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         let line = req.method().as_str().len() + req.uri().path_and_query().map_or(1, |p| p.as_str().len()) + 11;
+        let mode = state.access_log.mode();
+        let log = (mode != AccessLogMode::Off).then(|| {
+            let h = |n: http::header::HeaderName| req.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let fields = Fields {
+                start: Some(std::time::SystemTime::now()),
+                method: req.method().as_str().to_owned(),
+                path: req.uri().path_and_query().map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+                protocol: match req.version() {
+                    http::Version::HTTP_10 => "HTTP/1.0",
+                    http::Version::HTTP_11 => "HTTP/1.1",
+                    http::Version::HTTP_2 => "HTTP/2",
+                    http::Version::HTTP_3 => "HTTP/3",
+                    _ => "-",
+                },
+                forwarded_for: h(http::header::HeaderName::from_static("x-forwarded-for")),
+                user_agent: h(http::header::USER_AGENT),
+                request_id: None,
+                authority: h(http::header::HOST).or_else(|| req.uri().authority().map(|a| a.to_string())),
+                ..Default::default()
+            };
+            (mode, Box::new(fields))
+        });
         RequestRecord {
-            state,
             conn: source.telemetry.clone(),
             started: Instant::now(),
             service: None,
@@ -91,17 +119,37 @@ impl RequestRecord {
             code: None,
             grpc_status: None,
             flags: Flags::default(),
-            request_bytes: head_len(line, req.headers()),
-            request_body: None,
-            response_bytes: 0,
+            request_head: head_len(line, req.headers()),
+            request_body: 0,
+            request_streamed: None,
+            response_head: 0,
+            response_body: 0,
             upstream_responded: false,
+            metrics: state.request_metrics.load(Ordering::Relaxed),
+            log,
+            state,
             done: false,
         }
     }
 
-    /// Whether anything reads this record (metrics on); callers skip work for it otherwise.
+    /// Whether anything reads this record (metrics or the access log on); callers skip work for
+    /// it otherwise.
     pub fn active(&self) -> bool {
-        self.state.request_metrics.load(Ordering::Relaxed)
+        self.metrics || self.log.is_some()
+    }
+
+    /// The request's `x-request-id`, for the access log (once the proxy made sure it has one).
+    pub fn note_request_id(&mut self, headers: &HeaderMap) {
+        if let Some((_, f)) = self.log.as_mut() {
+            f.request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        }
+    }
+
+    /// The upstream answered its response head this long after the request was sent.
+    pub fn upstream_service_time(&mut self, d: std::time::Duration) {
+        if let Some((_, f)) = self.log.as_mut() {
+            f.upstream_service_time = Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        }
     }
 
     /// Adds a response flag.
@@ -111,21 +159,27 @@ impl RequestRecord {
 
     /// The request went to `cluster`.
     pub fn set_cluster(&mut self, cluster: &crate::routing::Cluster) {
-        if self.active() {
+        if self.metrics {
             self.service = Some(cluster.telemetry().service.clone());
         }
     }
 
     /// The request was sent to the endpoint `addr` of `cluster`.
     pub fn set_endpoint(&mut self, cluster: &crate::routing::Cluster, addr: std::net::SocketAddr) {
-        if self.active() {
+        if self.metrics {
             self.destination = Some(cluster.telemetry().endpoint(addr));
+        }
+        if let Some((_, f)) = self.log.as_mut() {
+            f.upstream_host = Some(addr);
+            if f.upstream_cluster.as_deref() != Some(cluster.name.as_str()) {
+                f.upstream_cluster = Some(cluster.name.clone());
+            }
         }
     }
 
     /// Adds a buffered request body's size.
     pub fn add_request_body(&mut self, n: usize) {
-        self.request_bytes = self.request_bytes.saturating_add(u64::try_from(n).unwrap_or(u64::MAX));
+        self.request_body = self.request_body.saturating_add(u64::try_from(n).unwrap_or(u64::MAX));
     }
 
     /// Counts a streamed request body as it passes.
@@ -133,7 +187,7 @@ impl RequestRecord {
         if !self.active() {
             return body;
         }
-        let n = self.request_body.get_or_insert_with(Default::default).clone();
+        let n = self.request_streamed.get_or_insert_with(Default::default).clone();
         http_body_util::BodyExt::boxed(http_body_util::BodyExt::map_frame(body, move |f| {
             if let Some(d) = f.data_ref() {
                 n.fetch_add(d.len() as u64, Ordering::Relaxed);
@@ -153,7 +207,7 @@ impl RequestRecord {
             self.grpc_status = grpc_status(resp.headers());
         }
         let reason = resp.status().canonical_reason().map_or(0, str::len);
-        self.response_bytes = head_len(13 + reason, resp.headers());
+        self.response_head = head_len(13 + reason, resp.headers());
         resp.map(|inner| http_body_util::BodyExt::boxed(RecordedBody { inner, record: Some(self) }))
     }
 
@@ -162,6 +216,8 @@ impl RequestRecord {
         if std::mem::replace(&mut self.done, true) || !self.active() {
             return;
         }
+        let request_body =
+            self.request_body.saturating_add(self.request_streamed.as_ref().map_or(0, |n| n.load(Ordering::Relaxed)));
         let code = match self.code {
             Some(c) => c,
             None => {
@@ -170,9 +226,27 @@ impl RequestRecord {
                 0
             }
         };
-        let ms = self.started.elapsed().as_secs_f64() * 1000.0;
-        let req_bytes =
-            self.request_bytes.saturating_add(self.request_body.as_ref().map_or(0, |n| n.load(Ordering::Relaxed)));
+        let elapsed = self.started.elapsed();
+        if let Some((mode, fields)) = self.log.take() {
+            let outcome = Outcome {
+                code,
+                flags: self.flags,
+                bytes_received: request_body,
+                bytes_sent: self.response_body,
+                duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+            };
+            let line = match mode {
+                AccessLogMode::Json => super::access_log::json_line(&fields, &outcome),
+                _ => super::access_log::text_line(&fields, &outcome),
+            };
+            self.state.access_log.push(line, &self.state.metrics);
+        }
+        if !self.metrics {
+            return;
+        }
+        let ms = elapsed.as_secs_f64() * 1000.0;
+        let req_bytes = self.request_head.saturating_add(request_body);
+        let resp_bytes = self.response_head.saturating_add(self.response_body);
         let metrics = &self.state.metrics.istio;
         let mut labels = TrafficLabels {
             reporter: Reporter::Source,
@@ -184,14 +258,14 @@ impl RequestRecord {
             grpc_status: self.grpc_status,
             flags: self.flags,
         };
-        self.conn.cache.get(metrics, &labels).record(ms, req_bytes, self.response_bytes);
+        self.conn.cache.get(metrics, &labels).record(ms, req_bytes, resp_bytes);
         // The node proxy is also the server's proxy: for a request a mesh endpoint answered, the
         // series a server-side sidecar would report (Istio's dashboards read those). Only what
         // the server could see of the flags: a client leaving mid-response.
         if self.upstream_responded && labels.destination.mesh {
             labels.reporter = Reporter::Destination;
             labels.flags = self.flags.only(Flags::DC);
-            self.conn.cache.get(metrics, &labels).record(ms, req_bytes, self.response_bytes);
+            self.conn.cache.get(metrics, &labels).record(ms, req_bytes, resp_bytes);
         }
     }
 }
@@ -220,7 +294,7 @@ impl Body for RecordedBody {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(rec) = this.record.as_mut() {
                     if let Some(d) = f.data_ref() {
-                        rec.response_bytes = rec.response_bytes.saturating_add(d.len() as u64);
+                        rec.response_body = rec.response_body.saturating_add(d.len() as u64);
                     } else if let Some(t) = f.trailers_ref() {
                         if rec.protocol == Protocol::Grpc {
                             rec.grpc_status = grpc_status(t).or(rec.grpc_status);

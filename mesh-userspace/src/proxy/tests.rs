@@ -1601,3 +1601,68 @@ async fn request_metrics_off_records_no_istio_series_and_can_be_turned_back_on()
     assert_eq!(get(addr, &[]).await.0, 200);
     assert_eq!(state.metrics.get("istio_requests_total", &[("reporter", "source")]), 1);
 }
+
+/// The proxy's access log lines, read from the writer's other end.
+fn access_log_lines(state: &ProxyState) -> tokio::io::Lines<tokio::io::BufReader<tokio::io::DuplexStream>> {
+    let (w, r) = tokio::io::duplex(64 * 1024);
+    state.access_log.spawn_writer(w);
+    tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(r))
+}
+
+async fn next_line(lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::io::DuplexStream>>) -> String {
+    let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await;
+    line.expect("no access log line").expect("read").expect("log ended")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_writes_a_text_line_per_request_and_json_when_switched() {
+    let (registry, reviews, client, _, _) = setup(0).await;
+    let state = ProxyState::new(registry.clone(), table(&vs("v2"), &registry), Arc::new(NoOriginalDst));
+    let mut lines = access_log_lines(&state);
+    let addr = front(state.clone(), reviews, client).await;
+    // Off by default: this request writes nothing (the next line read is the next request's).
+    assert_eq!(get(addr, &[("x-request-id", "r-0")]).await.0, 200);
+
+    state.access_log.set_mode(access_log::AccessLogMode::Text);
+    let (s, body, _) = get(addr, &[("x-request-id", "r-1"), ("user-agent", "curl/8")]).await;
+    assert_eq!(s, 200);
+    let line = next_line(&mut lines).await;
+    // [START_TIME] "METHOD PATH PROTOCOL" CODE FLAGS RECEIVED SENT DURATION UPSTREAM_TIME
+    // "XFF" "UA" "REQUEST_ID" "AUTHORITY" "UPSTREAM_HOST"
+    let re = regex::Regex::new(
+        r#"^\[\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\] "GET /reviews/0 HTTP/1\.1" 200 - 0 (\d+) \d+ \d+ "-" "curl/8" "r-1" "reviews:9080" "127\.0\.0\.1:\d+"$"#,
+    )
+    .expect("regex");
+    let caps = re.captures(&line).unwrap_or_else(|| panic!("not Envoy's default format: {line}"));
+    assert_eq!(caps[1].parse::<usize>().expect("bytes"), body.len(), "{line}");
+
+    state.access_log.set_mode(access_log::AccessLogMode::Json);
+    assert_eq!(get(addr, &[("x-request-id", "r-2")]).await.0, 200);
+    let line = next_line(&mut lines).await;
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(v["request_id"], "r-2", "{line}");
+    assert_eq!(v["response_code"], 200, "{line}");
+    assert_eq!(v["response_flags"], "-", "{line}");
+    assert_eq!(v["method"], "GET", "{line}");
+    assert_eq!(v["upstream_cluster"], "outbound|9080|v2|reviews.default.svc.cluster.local", "{line}");
+    assert_eq!(state.metrics.get("mesh_access_log_dropped_total", &[]), 0);
+}
+
+// Paused clock, as in the DC metrics test: the client leaves 100 ms into a 5 s delay.
+#[tokio::test(start_paused = true)]
+async fn access_log_records_an_abandoned_request_with_code_0_and_dc() {
+    use tokio::io::AsyncWriteExt as _;
+    let (registry, reviews, client, _, _) = setup(0).await;
+    let yaml = vs_rule("  - fault:\n      delay:\n        percentage: {value: 100.0}\n        fixedDelay: 5s\n    route:\n    - destination: {host: reviews, subset: v2}\n");
+    let state = ProxyState::new(registry.clone(), table(&yaml, &registry), Arc::new(NoOriginalDst));
+    state.access_log.set_mode(access_log::AccessLogMode::Text);
+    let mut lines = access_log_lines(&state);
+    let addr = front(state.clone(), reviews, client).await;
+    let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    c.write_all(b"GET /reviews/0 HTTP/1.1\r\nhost: reviews:9080\r\nx-request-id: gone\r\n\r\n").await.expect("write");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(c);
+    let line = next_line(&mut lines).await;
+    assert!(line.contains("\"GET /reviews/0 HTTP/1.1\" 0 DI,DC 0 0 100 - "), "{line}");
+    assert!(line.contains("\"gone\""), "{line}");
+}
