@@ -563,6 +563,11 @@ async fn protocol_backend() -> SocketAddr {
 /// A proxy in front of one `greeter` service whose port 50051 is declared as `protocol`, with
 /// `pool` as the DestinationRule's `connectionPool.http`.
 async fn greeter_proxy(protocol: AppProtocol, pool: &str) -> SocketAddr {
+    greeter_proxy_state(protocol, pool).await.0
+}
+
+/// [`greeter_proxy`] with its proxy state.
+async fn greeter_proxy_state(protocol: AppProtocol, pool: &str) -> (SocketAddr, Arc<ProxyState>) {
     let backend = protocol_backend().await;
     let greeter = Arc::new(Service {
         name: "greeter".into(),
@@ -587,14 +592,15 @@ async fn greeter_proxy(protocol: AppProtocol, pool: &str) -> SocketAddr {
     let state = ProxyState::new(registry.clone(), table(&dr, &registry), Arc::new(NoOriginalDst));
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind front");
     let addr = l.local_addr().expect("addr");
+    let st = state.clone();
     tokio::spawn(async move {
         loop {
             let Ok((s, peer)) = l.accept().await else { return };
             let source = Source::new(Some(client.clone()), Some(peer), None);
-            tokio::spawn(serve_service_conn(state.clone(), source, greeter.clone(), 50051, s));
+            tokio::spawn(serve_service_conn(st.clone(), source, greeter.clone(), 50051, s));
         }
     });
-    addr
+    (addr, state)
 }
 
 /// One request over HTTP/2 (prior knowledge) or HTTP/1.1 with `te: trailers`; returns the body
@@ -1665,4 +1671,13 @@ async fn access_log_records_an_abandoned_request_with_code_0_and_dc() {
     let line = next_line(&mut lines).await;
     assert!(line.contains("\"GET /reviews/0 HTTP/1.1\" 0 DI,DC 0 0 100 - "), "{line}");
     assert!(line.contains("\"gone\""), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_requests_are_grpc_with_the_status_from_the_trailers() {
+    let (addr, state) = greeter_proxy_state(AppProtocol::Http2, "{}").await;
+    assert_eq!(call(addr, true).await.1.as_deref(), Some("0"));
+    let flags = recorded_flags(&state, &[("request_protocol", "grpc"), ("grpc_response_status", "0")]).await;
+    assert_eq!(flags, "-");
+    assert_eq!(state.metrics.get("istio_requests_total", &[("request_protocol", "http")]), 0);
 }
