@@ -35,23 +35,23 @@ type DynLabels = Vec<(&'static str, String)>;
 
 /// The agent's own counters: name (as exposed, with `_total`) and help.
 const COUNTERS: &[(&str, &str)] = &[
-    ("mesh_config_reloads_total", "Routing config reloads, by result (applied, partial, failed)."),
-    ("mesh_config_objects_rejected_total", "Routing objects rejected by admission, by object."),
-    ("mesh_config_compile_panics_total", "Routing config compilations that panicked (nothing applied)."),
-    ("mesh_pod_enrollments_total", "Pod enrollments, by result."),
-    ("mesh_connections_rejected_total", "Redirected connections closed before serving, by reason."),
-    ("mesh_tcp_connections_total", "TCP (L4) connections proxied, by source, service and result."),
-    ("mesh_overflow_total", "Requests refused by a cluster's connection pool limits (circuit breaker)."),
-    ("mesh_retry_overflow_total", "Retries not made because the cluster's maxRetries were outstanding."),
-    ("mesh_downstream_timeouts_total", "Client connections or requests ended by a downstream timeout."),
-    ("mesh_downstream_overflow_total", "Connections or requests refused by a source workload's caps."),
-    ("mesh_access_log_dropped_total", "Access log lines dropped because the writer fell behind."),
+    ("mesh_config_reloads_total", "Routing config reloads, by result (applied, partial, failed)"),
+    ("mesh_config_objects_rejected_total", "Routing objects rejected by admission, by object"),
+    ("mesh_config_compile_panics_total", "Routing config compilations that panicked (nothing applied)"),
+    ("mesh_pod_enrollments_total", "Pod enrollments, by result"),
+    ("mesh_connections_rejected_total", "Redirected connections closed before serving, by reason"),
+    ("mesh_tcp_connections_total", "TCP (L4) connections proxied, by source, service and result"),
+    ("mesh_overflow_total", "Requests refused by a cluster's connection pool limits (circuit breaker)"),
+    ("mesh_retry_overflow_total", "Retries not made because the cluster's maxRetries were outstanding"),
+    ("mesh_downstream_timeouts_total", "Client connections or requests ended by a downstream timeout"),
+    ("mesh_downstream_overflow_total", "Connections or requests refused by a source workload's caps"),
+    ("mesh_access_log_dropped_total", "Access log lines dropped because the writer fell behind"),
 ];
 
 /// The agent's own gauges.
 const GAUGES: &[(&str, &str)] = &[
-    ("mesh_config_generation", "Routing config reloads admitted since start."),
-    ("mesh_config_version_info", "The live routing ConfigMap version (the ..data target it was read from)."),
+    ("mesh_config_generation", "Routing config reloads admitted since start"),
+    ("mesh_config_version_info", "The live routing ConfigMap version (the ..data target it was read from)"),
 ];
 
 /// Envoy's default histogram buckets, which Istio's standard histograms use (duration in
@@ -110,20 +110,20 @@ impl IstioMetrics {
             tcp_sent: Family::default(),
             tcp_received: Family::default(),
         };
-        registry.register("istio_requests", "Requests, as Istio's istio_requests_total.", m.requests.clone());
+        registry.register("istio_requests", "Requests, as Istio's istio_requests_total", m.requests.clone());
         registry.register(
             "istio_request_duration_milliseconds",
-            "Request durations in milliseconds, until the response's last byte.",
+            "Request durations in milliseconds, until the response's last byte",
             m.duration.clone(),
         );
-        registry.register("istio_request_bytes", "Request sizes (head and body) in bytes.", m.request_bytes.clone());
-        registry.register("istio_response_bytes", "Response sizes (head and body) in bytes.", m.response_bytes.clone());
-        registry.register("istio_tcp_connections_opened", "TCP connections opened.", m.tcp_opened.clone());
-        registry.register("istio_tcp_connections_closed", "TCP connections closed.", m.tcp_closed.clone());
-        registry.register("istio_tcp_sent_bytes", "Bytes sent to the client of a TCP connection.", m.tcp_sent.clone());
+        registry.register("istio_request_bytes", "Request sizes (head and body) in bytes", m.request_bytes.clone());
+        registry.register("istio_response_bytes", "Response sizes (head and body) in bytes", m.response_bytes.clone());
+        registry.register("istio_tcp_connections_opened", "TCP connections opened", m.tcp_opened.clone());
+        registry.register("istio_tcp_connections_closed", "TCP connections closed", m.tcp_closed.clone());
+        registry.register("istio_tcp_sent_bytes", "Bytes sent to the client of a TCP connection", m.tcp_sent.clone());
         registry.register(
             "istio_tcp_received_bytes",
-            "Bytes received from the client of a TCP connection.",
+            "Bytes received from the client of a TCP connection",
             m.tcp_received.clone(),
         );
         m
@@ -569,7 +569,8 @@ impl Default for Metrics {
         let mut counters = HashMap::new();
         for (name, help) in COUNTERS {
             let f = Family::<DynLabels, Counter>::default();
-            // prometheus-client appends `_total` to a counter's samples itself.
+            // prometheus-client appends `_total` to a counter's samples itself (and a full stop to the
+            // help text).
             registry.register(name.strip_suffix("_total").unwrap_or(name), *help, f.clone());
             counters.insert(*name, f);
         }
