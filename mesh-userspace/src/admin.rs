@@ -85,7 +85,12 @@ pub fn handle<B>(admin: &Admin, req: &http::Request<B>) -> Response<ProxyBody> {
             "not ready: waiting for the first complete registry (Kubernetes discovery still listing?)\n",
         ),
         // Istio's scrape annotations point Prometheus at /stats/prometheus (Envoy's admin path).
-        "/metrics" | "/stats/prometheus" => Response::new(full(metrics(&admin.state, admin.kernel.as_ref()))),
+        "/metrics" | "/stats/prometheus" => {
+            let mut r = Response::new(full(metrics(&admin.state, admin.kernel.as_ref())));
+            r.headers_mut()
+                .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(crate::metrics::CONTENT_TYPE));
+            r
+        }
         "/config_dump" => json(&dump::config_dump(&admin.state, &admin.published)),
         "/explain" => explain(&admin.state, req.uri().query().unwrap_or("")),
         _ => status(StatusCode::NOT_FOUND, ENDPOINTS),
@@ -96,17 +101,20 @@ pub fn handle<B>(admin: &Admin, req: &http::Request<B>) -> Response<ProxyBody> {
 fn metrics(state: &ProxyState, bpf: &dyn KernelCounters) -> String {
     let k = bpf.stats();
     let gauges = state.source_gauges();
-    state.metrics.render(&[
-        ("mesh_kernel_connects_seen_total", k.connects_seen),
-        ("mesh_kernel_connects_redirected_total", k.connects_redirected),
-        ("mesh_kernel_connections_indexed_total", k.established_indexed),
-        ("mesh_kernel_connects_no_service_total", k.connects_no_service),
-        ("mesh_kernel_orig_dst_missing_total", k.orig_dst_missing),
-        ("mesh_kernel_map_insert_failures_total", k.map_insert_failures),
-        ("mesh_kernel_program_errors_total", k.program_errors),
-        ("mesh_kernel_connects_fail_open_total", k.connects_fail_open),
-        ("mesh_kernel_connects_fail_closed_total", k.connects_fail_closed),
-    ]) + &gauges
+    state.metrics.render(
+        &[
+            ("mesh_kernel_connects_seen_total", k.connects_seen),
+            ("mesh_kernel_connects_redirected_total", k.connects_redirected),
+            ("mesh_kernel_connections_indexed_total", k.established_indexed),
+            ("mesh_kernel_connects_no_service_total", k.connects_no_service),
+            ("mesh_kernel_orig_dst_missing_total", k.orig_dst_missing),
+            ("mesh_kernel_map_insert_failures_total", k.map_insert_failures),
+            ("mesh_kernel_program_errors_total", k.program_errors),
+            ("mesh_kernel_connects_fail_open_total", k.connects_fail_open),
+            ("mesh_kernel_connects_fail_closed_total", k.connects_fail_closed),
+        ],
+        &gauges,
+    )
 }
 
 /// `mesh explain --live`: the same text as the offline explain, on the tables the proxy routes

@@ -120,6 +120,24 @@ pub struct AgentArgs {
     /// /sys/fs/bpf/mesh.
     #[arg(long)]
     pub bpf_pin_dir: Option<PathBuf>,
+    /// Istio's standard request and TCP metrics (`istio_*` on /metrics): `off` records none of
+    /// them (the agent's own `mesh_*` counters stay), to measure or save their cost per request.
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    pub request_metrics: Switch,
+    /// Per-request access log on stdout: `text` is Envoy's default format, `json` the same
+    /// fields as JSON. Off by default, as in Istio. Lines the writer cannot keep up with are
+    /// dropped and counted (`mesh_access_log_dropped_total`), never waited for.
+    #[arg(long, value_enum, default_value_t = proxy::access_log::AccessLogMode::Off)]
+    pub access_log: proxy::access_log::AccessLogMode,
+}
+
+/// An on/off flag value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
 }
 
 /// A duration flag that must not be zero (a zero timeout would cut every request).
@@ -258,6 +276,10 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         bpf.clone(),
         args.limits(),
     );
+    state.request_metrics.store(args.request_metrics == Switch::On, Ordering::Relaxed);
+    // The writer runs even while the log is off, so switching it on later needs nothing else.
+    state.access_log.set_mode(args.access_log);
+    state.access_log.spawn_writer(tokio::io::stdout());
     let ready = Arc::new(AtomicBool::new(false));
 
     // Probes answer from the start: live as soon as the programs are attached, ready once the
@@ -907,6 +929,25 @@ async fn shutdown_signal() {
 mod tests {
     use super::*;
     use crate::registry::{AppProtocol, Service, ServicePort, TargetPort};
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        agent: AgentArgs,
+    }
+
+    #[test]
+    fn request_metrics_flag_defaults_on_and_turns_off() {
+        use clap::Parser as _;
+        let on = Cli::try_parse_from(["mesh", "--registry", "r.yaml"]).expect("parse");
+        assert_eq!(on.agent.request_metrics, Switch::On);
+        let off = Cli::try_parse_from(["mesh", "--registry", "r.yaml", "--request-metrics", "off"]).expect("parse");
+        assert_eq!(off.agent.request_metrics, Switch::Off);
+        assert!(Cli::try_parse_from(["mesh", "--registry", "r.yaml", "--request-metrics", "maybe"]).is_err());
+        assert_eq!(on.agent.access_log, proxy::access_log::AccessLogMode::Off);
+        let json = Cli::try_parse_from(["mesh", "--registry", "r.yaml", "--access-log", "json"]).expect("parse");
+        assert_eq!(json.agent.access_log, proxy::access_log::AccessLogMode::Json);
+    }
 
     fn service(
         name: &str,

@@ -103,7 +103,9 @@ fn agent_handover_under_load_loses_no_request() -> anyhow::Result<()> {
     node.spawn("client", "load-h2c", &[&h2, "load", "web:9080", "50", secs, "h2c"])?;
     node.spawn("client", "load-grpc", &[&h2, "load", "grpc:9090", "50", secs, "grpc"])?;
     wait_until("load through the first agent", Duration::from_secs(10), || {
-        http_get(admin, "/metrics").is_ok_and(|m| metric(&m, "mesh_requests_total", &[("response_code", "200")]) >= 100)
+        http_get(admin, "/metrics").is_ok_and(|m| {
+            metric(&m, "istio_requests_total", &[("reporter", "source"), ("response_code", "200")]) >= 100
+        })
     })?;
     // In flight through the first agent when it is told to stop: requests that take 3 s (HTTP/1
     // and h2c) and a TCP stream sending a line every 20 ms for 3.5 s; the drain deadline is 5 s.
@@ -232,7 +234,9 @@ fn twenty_consecutive_handovers_under_load_lose_nothing_and_leak_nothing() -> an
     node.spawn("client", "load-keepalive", &[&backend, "load", "web:9080", rate, secs, "keepalive"])?;
     node.spawn("client", "load-close", &[&backend, "load", "web:9080", rate, secs, "close"])?;
     wait_until("load through the first agent", Duration::from_secs(10), || {
-        http_get(admin, "/metrics").is_ok_and(|m| metric(&m, "mesh_requests_total", &[("response_code", "200")]) >= 100)
+        http_get(admin, "/metrics").is_ok_and(|m| {
+            metric(&m, "istio_requests_total", &[("reporter", "source"), ("response_code", "200")]) >= 100
+        })
     })?;
 
     let mut fds = vec![];
