@@ -188,6 +188,14 @@ impl Prometheus {
         }
     }
 
+    /// Waits (bounded) until the agent has been scraped at or after `t`: from then on a query
+    /// sees every request that completed before `t`.
+    pub fn wait_scraped_after(&self, t: std::time::SystemTime, within: Duration) -> Result<()> {
+        let t = t.duration_since(std::time::UNIX_EPOCH).context("clock before 1970")?.as_secs_f64();
+        let q = format!("timestamp(up{{instance=\"{}\"}})", self.target);
+        self.wait_for(&q, within, |s| s.iter().any(|x| x.value >= t)).map(|_| ())
+    }
+
     /// GET `path_and_query` from the server's HTTP API and parse the JSON answer; an answer with
     /// `status` other than `success` is an error carrying Prometheus's message.
     fn api(&self, path_and_query: &str) -> Result<serde_json::Value> {

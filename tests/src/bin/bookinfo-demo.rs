@@ -7,7 +7,16 @@ use std::{
 };
 
 use anyhow::{bail, Result};
-use mesh_e2e::{bookinfo::*, workspace};
+use mesh_e2e::{
+    bookinfo::*,
+    prometheus::{self, Prometheus},
+    workspace,
+};
+
+/// What the demo reads back from Prometheus after each step: productpage's calls to reviews by
+/// the version that answered, as Istio's dashboards count them (one reporter, so a request
+/// reported by both ends is not counted twice).
+const REVIEWS_BY_VERSION: &str = "sum by (destination_version) (istio_requests_total{destination_service_name=\"reviews\",source_workload=\"productpage-v1\",reporter=\"source\"})";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -42,7 +51,23 @@ fn main() -> Result<()> {
         "Starting a local node: 6 Bookinfo pods (network namespaces + cgroups), the mesh agent (eBPF + node proxy)..."
     );
     let mut bk = Bookinfo::start(&workspace().join("deploy/bookinfo/networking"))?;
-    println!("Node up. productpage: NodePort http://127.0.0.1:{NODEPORT}/productpage ; agent metrics: http://{ADMIN}/metrics\n");
+    println!("Node up. productpage: NodePort http://127.0.0.1:{NODEPORT}/productpage ; agent metrics: http://{ADMIN}/metrics");
+    // A real Prometheus scraping the agent every second, when installed: after each step the
+    // demo prints what a dashboard would show next to what the pages showed.
+    let prom = match prometheus::unavailable() {
+        None => {
+            let p = Prometheus::start(ADMIN.parse()?)?;
+            println!("Prometheus scraping the agent every 1 s: http://{}/graph\n", p.addr);
+            Some(p)
+        }
+        Some(why) if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => {
+            bail!("no Prometheus under CI=true: {why}")
+        }
+        Some(why) => {
+            println!("No read-back from Prometheus: {why}\n");
+            None
+        }
+    };
 
     for step in STEPS.iter().filter(|s| only.as_ref().is_none_or(|o| o == s.name)) {
         println!("== {} ==", step.title);
@@ -59,6 +84,11 @@ fn main() -> Result<()> {
                 format!("NodePort http://127.0.0.1:{NODEPORT}/productpage")
             }
         );
+        let before = match &prom {
+            Some(p) => Some((p.query_by(REVIEWS_BY_VERSION, "destination_version")?, std::time::Instant::now())),
+            None => None,
+        };
+        let mut shown = std::collections::BTreeMap::<String, usize>::new();
         for (user, n) in [(None, step.anonymous), (Some("jason"), step.jason)] {
             let n = ((n as f64) * scale).ceil() as usize;
             if n == 0 {
@@ -80,6 +110,27 @@ fn main() -> Result<()> {
                 print!("\r");
             }
             println!("   {who:>9}: {}", tally.summary());
+            for (version, count) in tally.by_reviews() {
+                *shown.entry(version).or_default() += count;
+            }
+        }
+        if let (Some(p), Some((before, started))) = (&prom, before) {
+            p.wait_scraped_after(std::time::SystemTime::now(), Duration::from_secs(10))?;
+            let secs = started.elapsed().as_secs_f64().max(0.001);
+            let after = p.query_by(REVIEWS_BY_VERSION, "destination_version")?;
+            let calls: Vec<String> = after
+                .iter()
+                .filter_map(|(v, n)| {
+                    let d = n - before.get(v).copied().unwrap_or(0.0);
+                    (d > 0.0).then(|| format!("{v} {d:.0} ({:.1}/s)", d / secs))
+                })
+                .collect();
+            let pages: Vec<String> = shown.iter().map(|(v, n)| format!("{v} {n}")).collect();
+            println!("   pages showed reviews   {}", pages.join("  "));
+            println!(
+                "   Prometheus read back   {}   (productpage -> reviews calls by destination_version, over {secs:.1} s)",
+                if calls.is_empty() { "no calls".to_owned() } else { calls.join("  ") }
+            );
         }
         if step.name == "jason-delay" {
             println!("   What really happens: the 7 s delay exceeds productpage's 3 s timeout to reviews, which it tries twice;");
