@@ -16,7 +16,48 @@ use mesh_e2e::{
 /// What the demo reads back from Prometheus after each step: productpage's calls to reviews by
 /// the version that answered, as Istio's dashboards count them (one reporter, so a request
 /// reported by both ends is not counted twice).
-const REVIEWS_BY_VERSION: &str = "sum by (destination_version) (istio_requests_total{destination_service_name=\"reviews\",source_workload=\"productpage-v1\",reporter=\"source\"})";
+const REVIEWS_BY_VERSION: &str = "sum by (destination_version, response_code, response_flags) (istio_requests_total{destination_service_name=\"reviews\",source_workload=\"productpage-v1\",reporter=\"source\"})";
+
+/// `(destination_version, response_code, response_flags)` -> count, from Prometheus.
+type Calls = std::collections::BTreeMap<(String, String, String), f64>;
+
+fn read_calls(p: &Prometheus) -> Result<Calls> {
+    Ok(p.query(REVIEWS_BY_VERSION)?
+        .into_iter()
+        .map(|s| {
+            let key = |k: &str| s.label(k).to_owned();
+            ((key("destination_version"), key("response_code"), key("response_flags")), s.value)
+        })
+        .collect())
+}
+
+/// `v1 40 (50.9/s)  unknown 8 (1.1/s; 8 × 0 DI,DC)`: the calls of a step by version, with the
+/// answers other than a plain 200 spelled out (response code and Envoy's flags).
+fn describe_calls(before: &Calls, after: &Calls, secs: f64) -> String {
+    let mut by_version = std::collections::BTreeMap::<&str, (f64, Vec<String>)>::new();
+    for ((version, code, flags), n) in after {
+        let d = n - before.get(&(version.clone(), code.clone(), flags.clone())).copied().unwrap_or(0.0);
+        if d <= 0.0 {
+            continue;
+        }
+        let e = by_version.entry(version).or_default();
+        e.0 += d;
+        if code != "200" || flags != "-" {
+            e.1.push(format!("{d:.0} × {code} {flags}"));
+        }
+    }
+    if by_version.is_empty() {
+        return "no calls".into();
+    }
+    by_version
+        .iter()
+        .map(|(v, (n, other))| {
+            let other = if other.is_empty() { String::new() } else { format!("; {}", other.join(", ")) };
+            format!("{v} {n:.0} ({:.1}/s{other})", n / secs)
+        })
+        .collect::<Vec<_>>()
+        .join("  ")
+}
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -85,7 +126,7 @@ fn main() -> Result<()> {
             }
         );
         let before = match &prom {
-            Some(p) => Some((p.query_by(REVIEWS_BY_VERSION, "destination_version")?, std::time::Instant::now())),
+            Some(p) => Some((read_calls(p)?, std::time::Instant::now())),
             None => None,
         };
         let mut shown = std::collections::BTreeMap::<String, usize>::new();
@@ -117,19 +158,12 @@ fn main() -> Result<()> {
         if let (Some(p), Some((before, started))) = (&prom, before) {
             p.wait_scraped_after(std::time::SystemTime::now(), Duration::from_secs(10))?;
             let secs = started.elapsed().as_secs_f64().max(0.001);
-            let after = p.query_by(REVIEWS_BY_VERSION, "destination_version")?;
-            let calls: Vec<String> = after
-                .iter()
-                .filter_map(|(v, n)| {
-                    let d = n - before.get(v).copied().unwrap_or(0.0);
-                    (d > 0.0).then(|| format!("{v} {d:.0} ({:.1}/s)", d / secs))
-                })
-                .collect();
+            let calls = describe_calls(&before, &read_calls(p)?, secs);
             let pages: Vec<String> = shown.iter().map(|(v, n)| format!("{v} {n}")).collect();
             println!("   pages showed reviews   {}", pages.join("  "));
             println!(
                 "   Prometheus read back   {}   (productpage -> reviews calls by destination_version, over {secs:.1} s)",
-                if calls.is_empty() { "no calls".to_owned() } else { calls.join("  ") }
+                calls
             );
         }
         if step.name == "jason-delay" {
