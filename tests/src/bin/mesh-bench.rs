@@ -1844,7 +1844,7 @@ impl Report<'_> {
             .into_iter()
             .map(|t| serde_json::json!({"target": t.what, "met": t.met, "numbers": t.numbers}))
             .collect();
-        serde_json::to_string_pretty(&serde_json::json!({"quick": self.opts.quick, "loadavg": self.loadavg, "cells": cells, "redirect": redirect, "memory": mem, "config_scale": {"objects": self.config_scale.objects, "bytes": self.config_scale.bytes, "secs": self.config_scale.secs, "max_rss_kb": self.config_scale.max_rss_kb}, "restart": {"pods": self.restart.pods, "virtual_services": self.restart.virtual_services, "secs": self.restart.secs}, "targets": targets}))
+        serde_json::to_string_pretty(&serde_json::json!({"quick": self.opts.quick, "loadavg": self.loadavg, "cells": cells, "redirect": redirect, "memory": mem, "config_scale": {"objects": self.config_scale.objects, "bytes": self.config_scale.bytes, "secs": self.config_scale.secs, "max_rss_kb": self.config_scale.max_rss_kb}, "restart": {"pods": self.restart.pods, "virtual_services": self.restart.virtual_services, "secs": self.restart.secs}, "request_metrics": {"off": {"rps": self.metrics.off.rps(), "cpu_s_per_1k": self.metrics.off.cpu_per_1k(), "errors": self.metrics.off.errors, "non2xx": self.metrics.off.non2xx}, "on": {"rps": self.metrics.on.rps(), "cpu_s_per_1k": self.metrics.on.cpu_per_1k(), "errors": self.metrics.on.errors, "non2xx": self.metrics.on.non2xx}}, "targets": targets}))
             .unwrap_or_default()
     }
 }
