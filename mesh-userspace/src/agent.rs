@@ -834,7 +834,7 @@ async fn serve_admin(state: Arc<ProxyState>, bpf: Arc<MeshEbpf>, ready: Arc<Atom
                         "/metrics" => {
                             let k = bpf.stats();
                             let gauges = state.source_gauges();
-                            Response::new(full(state.metrics.render(&[
+                            let mut r = Response::new(full(state.metrics.render(&[
                                 ("mesh_kernel_connects_seen_total", k.connects_seen),
                                 ("mesh_kernel_connects_redirected_total", k.connects_redirected),
                                 ("mesh_kernel_connections_indexed_total", k.established_indexed),
@@ -844,7 +844,12 @@ async fn serve_admin(state: Arc<ProxyState>, bpf: Arc<MeshEbpf>, ready: Arc<Atom
                                 ("mesh_kernel_program_errors_total", k.program_errors),
                                 ("mesh_kernel_connects_fail_open_total", k.connects_fail_open),
                                 ("mesh_kernel_connects_fail_closed_total", k.connects_fail_closed),
-                            ]) + &gauges))
+                            ], &gauges)));
+                            r.headers_mut().insert(
+                                http::header::CONTENT_TYPE,
+                                http::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+                            );
+                            r
                         }
                         _ => {
                             let mut r = Response::new(full("endpoints: /healthz /ready /metrics\n"));

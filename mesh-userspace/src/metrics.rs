@@ -1,80 +1,650 @@
-//! Prometheus counters for the proxy and agent. Deliberately tiny: a few labelled counters
-//! rendered as text on the admin port; no registry crate needed.
-use std::{collections::BTreeMap, fmt::Write, sync::Mutex};
+//! Prometheus metrics of the proxy and agent, kept in a `prometheus-client` registry and served
+//! at `/metrics` in the OpenMetrics text format.
+//!
+//! Two kinds live here:
+//! * the agent's own counters (`mesh_*`: reloads, enrollments, overflows, timeouts...), few and
+//!   off the per-request path, labelled with a small `Vec` of pairs;
+//! * Istio's standard metrics (`istio_requests_total`, the duration and size histograms, the TCP
+//!   counters) with Istio's names, label names and buckets, recorded per request. Their label
+//!   sets are built from parts resolved once — the source pod's labels per pod listener, the
+//!   destination service's and endpoints' per cluster — and the metric handles for a label set are
+//!   cached per downstream connection, so a request neither builds a String nor takes a lock
+//!   shared with other connections.
+use std::{
+    collections::HashMap,
+    fmt::Write as _,
+    hash::{Hash, Hasher},
+    net::SocketAddr,
+    sync::{Arc, Mutex, OnceLock},
+};
 
-/// The agent's counters: (name, rendered labels) → value, behind one mutex, served at `/metrics`.
+use prometheus_client::{
+    encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+use crate::registry::{Service, Workload};
+
+/// The `Content-Type` of the exposition `render` produces (what Prometheus negotiates for
+/// OpenMetrics; ztunnel answers the same).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Labels of the agent's own counters: a few pairs, built only where the event is rare.
+type DynLabels = Vec<(&'static str, String)>;
+
+/// The agent's own counters: name (as exposed, with `_total`) and help.
+const COUNTERS: &[(&str, &str)] = &[
+    ("mesh_config_reloads_total", "Routing config reloads, by result (applied, partial, failed)."),
+    ("mesh_config_objects_rejected_total", "Routing objects rejected by admission, by object."),
+    ("mesh_config_compile_panics_total", "Routing config compilations that panicked (nothing applied)."),
+    ("mesh_pod_enrollments_total", "Pod enrollments, by result."),
+    ("mesh_connections_rejected_total", "Redirected connections closed before serving, by reason."),
+    ("mesh_tcp_connections_total", "TCP (L4) connections proxied, by source, service and result."),
+    ("mesh_overflow_total", "Requests refused by a cluster's connection pool limits (circuit breaker)."),
+    ("mesh_retry_overflow_total", "Retries not made because the cluster's maxRetries were outstanding."),
+    ("mesh_downstream_timeouts_total", "Client connections or requests ended by a downstream timeout."),
+    ("mesh_downstream_overflow_total", "Connections or requests refused by a source workload's caps."),
+    ("mesh_access_log_dropped_total", "Access log lines dropped because the writer fell behind."),
+];
+
+/// The agent's own gauges.
+const GAUGES: &[(&str, &str)] = &[
+    ("mesh_config_generation", "Routing config reloads admitted since start."),
+    ("mesh_config_version_info", "The live routing ConfigMap version (the ..data target it was read from)."),
+];
+
+/// Envoy's default histogram buckets, which Istio's standard histograms use (duration in
+/// milliseconds, sizes in bytes) unless a pod annotation overrides them.
+pub const ISTIO_BUCKETS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0, 300000.0,
+    600000.0, 1800000.0, 3600000.0,
+];
+
+fn istio_histogram() -> Histogram {
+    Histogram::new(ISTIO_BUCKETS)
+}
+
+type HistogramFamily = Family<TrafficLabels, Histogram, fn() -> Histogram>;
+
+/// Istio's standard metrics.
+pub struct IstioMetrics {
+    requests: Family<TrafficLabels, Counter>,
+    duration: HistogramFamily,
+    request_bytes: HistogramFamily,
+    response_bytes: HistogramFamily,
+    tcp_opened: Family<TrafficLabels, Counter>,
+    tcp_closed: Family<TrafficLabels, Counter>,
+    tcp_sent: Family<TrafficLabels, Counter>,
+    tcp_received: Family<TrafficLabels, Counter>,
+}
+
+/// The handles of one request label set (each a shared atomic): what a connection caches.
+#[derive(Clone)]
+pub struct RequestHandles {
+    requests: Counter,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
+}
+
+impl RequestHandles {
+    /// Records one request.
+    pub fn record(&self, duration_ms: f64, request_bytes: u64, response_bytes: u64) {
+        self.requests.inc();
+        self.duration.observe(duration_ms);
+        self.request_bytes.observe(request_bytes as f64);
+        self.response_bytes.observe(response_bytes as f64);
+    }
+}
+
+impl IstioMetrics {
+    fn new(registry: &mut Registry) -> Self {
+        let m = IstioMetrics {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(istio_histogram as fn() -> Histogram),
+            request_bytes: Family::new_with_constructor(istio_histogram as fn() -> Histogram),
+            response_bytes: Family::new_with_constructor(istio_histogram as fn() -> Histogram),
+            tcp_opened: Family::default(),
+            tcp_closed: Family::default(),
+            tcp_sent: Family::default(),
+            tcp_received: Family::default(),
+        };
+        registry.register("istio_requests", "Requests, as Istio's istio_requests_total.", m.requests.clone());
+        registry.register(
+            "istio_request_duration_milliseconds",
+            "Request durations in milliseconds, until the response's last byte.",
+            m.duration.clone(),
+        );
+        registry.register("istio_request_bytes", "Request sizes (head and body) in bytes.", m.request_bytes.clone());
+        registry.register("istio_response_bytes", "Response sizes (head and body) in bytes.", m.response_bytes.clone());
+        registry.register("istio_tcp_connections_opened", "TCP connections opened.", m.tcp_opened.clone());
+        registry.register("istio_tcp_connections_closed", "TCP connections closed.", m.tcp_closed.clone());
+        registry.register("istio_tcp_sent_bytes", "Bytes sent to the client of a TCP connection.", m.tcp_sent.clone());
+        registry.register(
+            "istio_tcp_received_bytes",
+            "Bytes received from the client of a TCP connection.",
+            m.tcp_received.clone(),
+        );
+        m
+    }
+
+    /// The handles for `labels` (created on first use). Takes the families' locks: callers on
+    /// the request path go through a [`HandleCache`].
+    pub fn request_handles(&self, labels: &TrafficLabels) -> RequestHandles {
+        RequestHandles {
+            requests: self.requests.get_or_create_owned(labels),
+            duration: self.duration.get_or_create_owned(labels),
+            request_bytes: self.request_bytes.get_or_create_owned(labels),
+            response_bytes: self.response_bytes.get_or_create_owned(labels),
+        }
+    }
+
+    /// Counts a TCP connection opened.
+    pub fn tcp_opened(&self, labels: &TrafficLabels) {
+        self.tcp_opened.get_or_create(labels).inc();
+    }
+
+    /// Counts a TCP connection closed with the bytes it carried (`sent` to the client,
+    /// `received` from it).
+    pub fn tcp_closed(&self, labels: &TrafficLabels, sent: u64, received: u64) {
+        self.tcp_closed.get_or_create(labels).inc();
+        if sent > 0 {
+            self.tcp_sent.get_or_create(labels).inc_by(sent);
+        }
+        if received > 0 {
+            self.tcp_received.get_or_create(labels).inc_by(received);
+        }
+    }
+}
+
+/// Per-connection cache of request metric handles: one connection's requests look their label
+/// set up here (a lock no other connection takes) and reach the shared families only for a label
+/// set the connection has not used yet.
 #[derive(Default)]
+pub struct HandleCache(Mutex<HashMap<TrafficLabels, RequestHandles>>);
+
+/// A connection talking to more distinct label sets than this starts its cache over (a client
+/// cycling through response codes or destinations cannot grow it without bound).
+const HANDLE_CACHE_MAX: usize = 64;
+
+impl HandleCache {
+    /// The handles of `labels`, from the cache or from `metrics`.
+    pub fn get(&self, metrics: &IstioMetrics, labels: &TrafficLabels) -> RequestHandles {
+        let mut c = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = c.get(labels) {
+            return h.clone();
+        }
+        if c.len() >= HANDLE_CACHE_MAX {
+            c.clear();
+        }
+        let h = metrics.request_handles(labels);
+        c.insert(labels.clone(), h.clone());
+        h
+    }
+}
+
+/// Which proxy of a sidecar pair a series stands for (Istio's `reporter` label).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Reporter {
+    /// The client's proxy.
+    Source,
+    /// The server's proxy.
+    Destination,
+}
+
+/// Istio's `request_protocol`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1 or HTTP/2, not gRPC.
+    Http,
+    /// A request with `content-type: application/grpc*`.
+    Grpc,
+    /// An L4 connection.
+    Tcp,
+}
+
+/// Envoy's response flags, as a set. Rendered in Envoy's order, comma-separated, `-` when empty.
+#[derive(Clone, Copy, Debug, Default, Hash, PartialEq, Eq)]
+pub struct Flags(u16);
+
+impl Flags {
+    /// No healthy upstream (no endpoint, an empty subset).
+    pub const UH: Flags = Flags(1);
+    /// Upstream request timeout.
+    pub const UT: Flags = Flags(1 << 1);
+    /// Upstream connection failure.
+    pub const UF: Flags = Flags(1 << 2);
+    /// Upstream connection termination.
+    pub const UC: Flags = Flags(1 << 3);
+    /// Upstream overflow (circuit breaker, connection pool full).
+    pub const UO: Flags = Flags(1 << 4);
+    /// No route.
+    pub const NR: Flags = Flags(1 << 5);
+    /// Delay injected by the fault filter.
+    pub const DI: Flags = Flags(1 << 6);
+    /// Aborted by the fault filter.
+    pub const FI: Flags = Flags(1 << 7);
+    /// Downstream connection termination: the client went away before the response was done.
+    pub const DC: Flags = Flags(1 << 8);
+    /// Upstream retry limit exceeded.
+    pub const URX: Flags = Flags(1 << 9);
+
+    /// Envoy's order (`ResponseFlagUtils`), which is how multiple flags are joined.
+    const NAMES: [(Flags, &'static str); 10] = [
+        (Flags::UH, "UH"),
+        (Flags::UT, "UT"),
+        (Flags::UF, "UF"),
+        (Flags::UC, "UC"),
+        (Flags::UO, "UO"),
+        (Flags::NR, "NR"),
+        (Flags::DI, "DI"),
+        (Flags::FI, "FI"),
+        (Flags::DC, "DC"),
+        (Flags::URX, "URX"),
+    ];
+
+    /// Adds `f`.
+    pub fn set(&mut self, f: Flags) {
+        self.0 |= f.0;
+    }
+
+    /// Whether `f` is in the set.
+    pub fn contains(self, f: Flags) -> bool {
+        self.0 & f.0 == f.0
+    }
+
+    /// Only the flags also in `mask`.
+    pub fn only(self, mask: Flags) -> Flags {
+        Flags(self.0 & mask.0)
+    }
+
+    /// `UH,URX`, or `-` for none (Envoy's `%RESPONSE_FLAGS%`).
+    pub fn render(self, out: &mut impl std::fmt::Write) -> std::fmt::Result {
+        if self.0 == 0 {
+            return out.write_str("-");
+        }
+        let mut first = true;
+        for (f, name) in Flags::NAMES {
+            if self.contains(f) {
+                if !first {
+                    out.write_char(',')?;
+                }
+                out.write_str(name)?;
+                first = false;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for Flags {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.render(f)
+    }
+}
+
+/// The Istio labels of one peer (a pod, or unknown), resolved once per pod.
+#[derive(Debug)]
+pub struct PeerLabels {
+    /// The workload (Deployment) name: the pod name without its ReplicaSet suffixes.
+    pub workload: String,
+    canonical_service: String,
+    canonical_revision: String,
+    /// The pod's namespace.
+    pub namespace: String,
+    principal: String,
+    app: String,
+    version: String,
+    cluster: String,
+    /// Whether the peer is a mesh workload (a pod the mesh serves, not an address outside it).
+    pub mesh: bool,
+    fingerprint: u64,
+}
+
+/// Istio's cluster ID when none is configured.
+const CLUSTER_ID: &str = "Kubernetes";
+const UNKNOWN: &str = "unknown";
+
+fn label<'a>(w: &'a Workload, keys: &[&str]) -> Option<&'a str> {
+    keys.iter().find_map(|k| w.labels.get(*k)).map(String::as_str)
+}
+
+/// The workload name Istio derives for a pod: a Deployment's pod `name-<rs hash>-<suffix>` is
+/// `name` (the ReplicaSet hash is the `pod-template-hash` label); anything else is its own name.
+pub fn workload_name(w: &Workload) -> &str {
+    if let Some(hash) = w.labels.get("pod-template-hash") {
+        if let Some(i) = w.name.rfind(&format!("-{hash}-")) {
+            return &w.name[..i];
+        }
+    }
+    &w.name
+}
+
+impl PeerLabels {
+    /// The labels of a pod, as Istio derives them from its metadata.
+    pub fn of(w: &Workload) -> PeerLabels {
+        let workload = workload_name(w).to_owned();
+        let canonical_service = label(w, &["service.istio.io/canonical-name", "app.kubernetes.io/name", "app"])
+            .unwrap_or(&workload)
+            .to_owned();
+        let canonical_revision =
+            label(w, &["service.istio.io/canonical-revision", "app.kubernetes.io/version", "version"])
+                .unwrap_or("latest")
+                .to_owned();
+        let app = label(w, &["app", "app.kubernetes.io/name"]).unwrap_or(UNKNOWN).to_owned();
+        let version = label(w, &["version", "app.kubernetes.io/version"]).unwrap_or(UNKNOWN).to_owned();
+        Self::build(
+            workload,
+            canonical_service,
+            canonical_revision,
+            w.namespace.clone(),
+            app,
+            version,
+            CLUSTER_ID.into(),
+            w.enroll,
+        )
+    }
+
+    /// A peer nothing is known about (ingress clients, requests with no endpoint).
+    pub fn unknown() -> Arc<PeerLabels> {
+        static UNKNOWN_PEER: OnceLock<Arc<PeerLabels>> = OnceLock::new();
+        UNKNOWN_PEER
+            .get_or_init(|| {
+                let u = || UNKNOWN.to_owned();
+                Arc::new(Self::build(u(), u(), u(), u(), u(), u(), u(), false))
+            })
+            .clone()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        workload: String,
+        canonical_service: String,
+        canonical_revision: String,
+        namespace: String,
+        app: String,
+        version: String,
+        cluster: String,
+        mesh: bool,
+    ) -> PeerLabels {
+        // Without mTLS there is no peer certificate: Istio reports "unknown".
+        let principal = UNKNOWN.to_owned();
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&workload, &canonical_service, &canonical_revision, &namespace, &app, &version, &cluster).hash(&mut h);
+        PeerLabels {
+            workload,
+            canonical_service,
+            canonical_revision,
+            namespace,
+            principal,
+            app,
+            version,
+            cluster,
+            mesh,
+            fingerprint: h.finish(),
+        }
+    }
+}
+
+// Hashing and comparing label sets happens per request: by the fingerprint computed once, and
+// by pointer before content (the same pod's labels are one Arc).
+impl Hash for PeerLabels {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.fingerprint.hash(state)
+    }
+}
+
+impl PartialEq for PeerLabels {
+    fn eq(&self, o: &Self) -> bool {
+        std::ptr::eq(self, o)
+            || (self.fingerprint == o.fingerprint
+                && self.workload == o.workload
+                && self.canonical_service == o.canonical_service
+                && self.canonical_revision == o.canonical_revision
+                && self.namespace == o.namespace
+                && self.app == o.app
+                && self.version == o.version
+                && self.cluster == o.cluster)
+    }
+}
+
+impl Eq for PeerLabels {}
+
+/// The destination service's labels.
+#[derive(Debug)]
+pub struct ServiceLabels {
+    /// `name.namespace.svc.cluster.local`.
+    pub fqdn: String,
+    /// The Service's name.
+    pub name: String,
+    /// The Service's namespace.
+    pub namespace: String,
+    fingerprint: u64,
+}
+
+impl ServiceLabels {
+    /// The labels of a Kubernetes service.
+    pub fn of(s: &Service) -> ServiceLabels {
+        Self::build(s.fqdn(), s.name.clone(), s.namespace.clone())
+    }
+
+    /// No service (a request no route took anywhere).
+    pub fn unknown() -> Arc<ServiceLabels> {
+        static UNKNOWN_SERVICE: OnceLock<Arc<ServiceLabels>> = OnceLock::new();
+        UNKNOWN_SERVICE.get_or_init(|| Arc::new(Self::build(UNKNOWN.into(), UNKNOWN.into(), UNKNOWN.into()))).clone()
+    }
+
+    fn build(fqdn: String, name: String, namespace: String) -> ServiceLabels {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&fqdn, &name, &namespace).hash(&mut h);
+        ServiceLabels { fqdn, name, namespace, fingerprint: h.finish() }
+    }
+}
+
+impl Hash for ServiceLabels {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.fingerprint.hash(state)
+    }
+}
+
+impl PartialEq for ServiceLabels {
+    fn eq(&self, o: &Self) -> bool {
+        std::ptr::eq(self, o)
+            || (self.fingerprint == o.fingerprint
+                && self.fqdn == o.fqdn
+                && self.name == o.name
+                && self.namespace == o.namespace)
+    }
+}
+
+impl Eq for ServiceLabels {}
+
+/// A cluster's destination labels, resolved on its first request and kept with the cluster
+/// (a reload compiles new clusters, so they follow pod changes).
+#[derive(Debug)]
+pub struct ClusterLabels {
+    /// The cluster's service.
+    pub service: Arc<ServiceLabels>,
+    endpoints: Vec<(SocketAddr, Arc<PeerLabels>)>,
+}
+
+impl ClusterLabels {
+    /// The labels of `cluster`'s service and endpoints.
+    pub fn of(cluster: &crate::routing::Cluster) -> ClusterLabels {
+        ClusterLabels {
+            service: Arc::new(ServiceLabels::of(&cluster.service)),
+            endpoints: cluster.endpoints.iter().map(|e| (e.addr, Arc::new(PeerLabels::of(&e.workload)))).collect(),
+        }
+    }
+
+    /// The labels of the endpoint at `addr` (unknown when it is not one of the cluster's).
+    pub fn endpoint(&self, addr: SocketAddr) -> Arc<PeerLabels> {
+        self.endpoints.iter().find(|(a, _)| *a == addr).map_or_else(PeerLabels::unknown, |(_, l)| l.clone())
+    }
+}
+
+/// The label set of one Istio request or TCP series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct TrafficLabels {
+    /// `source` or `destination`.
+    pub reporter: Reporter,
+    /// The calling pod.
+    pub source: Arc<PeerLabels>,
+    /// The endpoint the request went to.
+    pub destination: Arc<PeerLabels>,
+    /// The destination service.
+    pub service: Arc<ServiceLabels>,
+    /// `http`, `grpc` or `tcp`.
+    pub protocol: Protocol,
+    /// The response code (HTTP only; 0 when the client left before a response).
+    pub code: u16,
+    /// `grpc-status` of a gRPC response.
+    pub grpc_status: Option<u16>,
+    /// Envoy's response flags.
+    pub flags: Flags,
+}
+
+impl EncodeLabelSet for TrafficLabels {
+    fn encode(&self, e: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        fn l(e: &mut LabelSetEncoder, k: &str, v: &str) -> std::fmt::Result {
+            (k, v).encode(e.encode_label())
+        }
+        let (s, d, svc) = (&*self.source, &*self.destination, &*self.service);
+        l(e, "reporter", if self.reporter == Reporter::Source { "source" } else { "destination" })?;
+        l(e, "source_workload", &s.workload)?;
+        l(e, "source_canonical_service", &s.canonical_service)?;
+        l(e, "source_canonical_revision", &s.canonical_revision)?;
+        l(e, "source_workload_namespace", &s.namespace)?;
+        l(e, "source_principal", &s.principal)?;
+        l(e, "source_app", &s.app)?;
+        l(e, "source_version", &s.version)?;
+        l(e, "source_cluster", &s.cluster)?;
+        l(e, "destination_workload", &d.workload)?;
+        l(e, "destination_workload_namespace", &d.namespace)?;
+        l(e, "destination_principal", &d.principal)?;
+        l(e, "destination_app", &d.app)?;
+        l(e, "destination_version", &d.version)?;
+        l(e, "destination_service", &svc.fqdn)?;
+        l(e, "destination_canonical_service", &d.canonical_service)?;
+        l(e, "destination_canonical_revision", &d.canonical_revision)?;
+        l(e, "destination_service_name", &svc.name)?;
+        l(e, "destination_service_namespace", &svc.namespace)?;
+        l(e, "destination_cluster", &d.cluster)?;
+        let protocol = match self.protocol {
+            Protocol::Http => "http",
+            Protocol::Grpc => "grpc",
+            Protocol::Tcp => "tcp",
+        };
+        l(e, "request_protocol", protocol)?;
+        if self.protocol != Protocol::Tcp {
+            ("response_code", self.code).encode(e.encode_label())?;
+            match self.grpc_status {
+                Some(g) => ("grpc_response_status", g).encode(e.encode_label())?,
+                None => l(e, "grpc_response_status", "")?,
+            }
+        }
+        let mut flags = String::new();
+        self.flags.render(&mut flags)?;
+        l(e, "response_flags", &flags)?;
+        // No mTLS between the node proxy and pods: a server-side proxy would see plaintext
+        // ("none"); the client side does not know ("unknown"), as Istio reports.
+        let policy = if self.reporter == Reporter::Source { UNKNOWN } else { "none" };
+        l(e, "connection_security_policy", policy)
+    }
+}
+
+/// The agent's counters and Istio's request metrics, served at `/metrics`.
 pub struct Metrics {
-    counters: Mutex<BTreeMap<(&'static str, String), u64>>,
-    /// Info gauges (`name{labels} 1`): one label set per name, replaced on each set.
-    infos: Mutex<BTreeMap<&'static str, String>>,
+    registry: Registry,
+    counters: HashMap<&'static str, Family<DynLabels, Counter>>,
+    gauges: HashMap<&'static str, Family<DynLabels, Gauge>>,
+    /// Istio's standard metrics.
+    pub istio: IstioMetrics,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let mut counters = HashMap::new();
+        for (name, help) in COUNTERS {
+            let f = Family::<DynLabels, Counter>::default();
+            // prometheus-client appends `_total` to a counter's samples itself.
+            registry.register(name.strip_suffix("_total").unwrap_or(name), *help, f.clone());
+            counters.insert(*name, f);
+        }
+        let mut gauges = HashMap::new();
+        for (name, help) in GAUGES {
+            let f = Family::<DynLabels, Gauge>::default();
+            registry.register(*name, *help, f.clone());
+            gauges.insert(*name, f);
+        }
+        let istio = IstioMetrics::new(&mut registry);
+        Metrics { registry, counters, gauges, istio }
+    }
+}
+
+fn dyn_labels(labels: &[(&'static str, &str)]) -> DynLabels {
+    labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect()
 }
 
 impl Metrics {
-    /// Adds `n` to counter `name` with `labels` (pairs rendered in the given order).
-    pub fn add(&self, name: &'static str, labels: &[(&str, &str)], n: u64) {
-        let mut key = String::with_capacity(labels.iter().map(|(k, v)| k.len() + v.len() + 4).sum());
-        for (i, (k, v)) in labels.iter().enumerate() {
-            if i > 0 {
-                key.push(',');
-            }
-            if v.contains(['\\', '"']) {
-                let _ = write!(key, "{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""));
-            } else {
-                // The common case, once per request: no escaping copies.
-                key.push_str(k);
-                key.push_str("=\"");
-                key.push_str(v);
-                key.push('"');
-            }
+    /// Adds `n` to counter `name` (one of the agent's `mesh_*` counters) with `labels`. A gauge
+    /// name (`mesh_config_generation`) is incremented as a gauge.
+    pub fn add(&self, name: &'static str, labels: &[(&'static str, &str)], n: u64) {
+        if let Some(f) = self.counters.get(name) {
+            f.get_or_create(&dyn_labels(labels)).inc_by(n);
+        } else if let Some(f) = self.gauges.get(name) {
+            f.get_or_create(&dyn_labels(labels)).inc_by(i64::try_from(n).unwrap_or(i64::MAX));
+        } else {
+            // A name missing from COUNTERS is a bug in this crate, never input: say so loudly
+            // rather than panic the proxy.
+            tracing::error!(metric = name, "counter not registered; not counted");
         }
-        let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
-        *c.entry((name, key)).or_default() += n;
+    }
+
+    /// Adds 1 to counter `name` with `labels`.
+    pub fn inc(&self, name: &'static str, labels: &[(&'static str, &str)]) {
+        self.add(name, labels, 1);
     }
 
     /// Sets info gauge `name` to `labels` (the previous label set is gone, so a value that changes
     /// forever, like a config version, does not grow the exposition).
-    pub fn set_info(&self, name: &'static str, labels: &[(&str, &str)]) {
-        let rendered = labels
-            .iter()
-            .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")))
-            .collect::<Vec<_>>()
-            .join(",");
-        self.infos.lock().unwrap_or_else(|e| e.into_inner()).insert(name, rendered);
+    pub fn set_info(&self, name: &'static str, labels: &[(&'static str, &str)]) {
+        if let Some(f) = self.gauges.get(name) {
+            f.clear();
+            f.get_or_create(&dyn_labels(labels)).set(1);
+        } else {
+            tracing::error!(metric = name, "gauge not registered; not set");
+        }
     }
 
-    /// Adds 1 to counter `name` with `labels`.
-    pub fn inc(&self, name: &'static str, labels: &[(&str, &str)]) {
-        self.add(name, labels, 1);
-    }
-
-    /// The sum of counter `name` over every label set that includes `labels` (tests, readiness waits).
+    /// The sum of the samples named `name` (as exposed: `x_total`, `x_bucket`, `x_count`...) over
+    /// every series whose labels include `labels`. Renders the whole exposition: for tests and
+    /// readiness waits, not the request path.
     pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
-        let c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
-        c.iter()
-            .filter(|((n, k), _)| *n == name && labels.iter().all(|(lk, lv)| k.contains(&format!("{lk}=\"{lv}\""))))
-            .map(|(_, v)| *v)
+        let text = self.render(&[], "");
+        text.lines()
+            .filter(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with('{') || r.starts_with(' ')))
+            .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|v| v as u64)
             .sum()
     }
 
-    /// Prometheus text exposition format.
-    pub fn render(&self, extra: &[(&str, u64)]) -> String {
-        let c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+    /// The OpenMetrics text exposition: the registry, then `extra` counters (the kernel's, read
+    /// at scrape time) and `more` (already rendered gauge families), then `# EOF`.
+    pub fn render(&self, extra: &[(&str, u64)], more: &str) -> String {
         let mut out = String::new();
-        let mut last = "";
-        for ((name, labels), v) in c.iter() {
-            if *name != last {
-                let _ = writeln!(out, "# TYPE {name} counter");
-                last = name;
-            }
-            let _ = writeln!(out, "{name}{{{labels}}} {v}");
+        if let Err(e) = prometheus_client::encoding::text::encode_registry(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics failed");
         }
         for (name, v) in extra {
-            let _ = writeln!(out, "# TYPE {name} counter\n{name} {v}");
+            let family = name.strip_suffix("_total").unwrap_or(name);
+            let _ = writeln!(out, "# TYPE {family} counter\n{family}_total {v}");
         }
-        for (name, labels) in self.infos.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            let _ = writeln!(out, "# TYPE {name} gauge\n{name}{{{labels}}} 1");
-        }
+        out.push_str(more);
+        out.push_str("# EOF\n");
         out
     }
 }
@@ -86,14 +656,17 @@ mod tests {
     #[test]
     fn counts_and_renders_with_escaping() {
         let m = Metrics::default();
-        m.inc("mesh_requests_total", &[("dst", "reviews"), ("code", "200")]);
-        m.inc("mesh_requests_total", &[("dst", "reviews"), ("code", "200")]);
-        m.inc("mesh_requests_total", &[("dst", "a\"b"), ("code", "503")]);
-        assert_eq!(m.get("mesh_requests_total", &[("dst", "reviews")]), 2);
-        let text = m.render(&[("mesh_kernel_redirects_total", 7)]);
-        assert!(text.contains("mesh_requests_total{dst=\"reviews\",code=\"200\"} 2"), "{text}");
-        assert!(text.contains("dst=\"a\\\"b\""), "{text}");
-        assert!(text.contains("mesh_kernel_redirects_total 7"));
+        m.inc("mesh_overflow_total", &[("cluster", "reviews")]);
+        m.inc("mesh_overflow_total", &[("cluster", "reviews")]);
+        m.inc("mesh_overflow_total", &[("cluster", "a\"b")]);
+        assert_eq!(m.get("mesh_overflow_total", &[("cluster", "reviews")]), 2);
+        assert_eq!(m.get("mesh_overflow_total", &[]), 3);
+        let text = m.render(&[("mesh_kernel_redirects_total", 7)], "");
+        assert!(text.contains("# TYPE mesh_overflow counter"), "{text}");
+        assert!(text.contains("mesh_overflow_total{cluster=\"reviews\"} 2"), "{text}");
+        assert!(text.contains("cluster=\"a\\\"b\""), "{text}");
+        assert!(text.contains("# TYPE mesh_kernel_redirects counter\nmesh_kernel_redirects_total 7"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 
     #[test]
@@ -101,8 +674,77 @@ mod tests {
         let m = Metrics::default();
         m.set_info("mesh_config_version_info", &[("version", "..gen1")]);
         m.set_info("mesh_config_version_info", &[("version", "..gen\"2")]);
-        let text = m.render(&[]);
+        let text = m.render(&[], "");
         assert!(text.contains("mesh_config_version_info{version=\"..gen\\\"2\"} 1"), "{text}");
         assert!(!text.contains("..gen1"), "{text}");
+    }
+
+    fn pod(name: &str, labels: &[(&str, &str)]) -> Workload {
+        Workload {
+            name: name.into(),
+            namespace: "default".into(),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ip: None,
+            container_ports: Vec::new(),
+            netns: None,
+            cgroup: None,
+            enroll: true,
+        }
+    }
+
+    #[test]
+    fn istio_labels_of_a_pod_and_request_series_render_with_istio_names_and_buckets() {
+        let src = Arc::new(PeerLabels::of(&pod(
+            "productpage-v1-6b746f74dc-9stvt",
+            &[("app", "productpage"), ("version", "v1"), ("pod-template-hash", "6b746f74dc")],
+        )));
+        assert_eq!(src.workload, "productpage-v1");
+        let dst = Arc::new(PeerLabels::of(&pod("reviews-v2", &[("app", "reviews"), ("version", "v2")])));
+        let svc = Arc::new(ServiceLabels::build(
+            "reviews.default.svc.cluster.local".into(),
+            "reviews".into(),
+            "default".into(),
+        ));
+        let m = Metrics::default();
+        let mut flags = Flags::default();
+        flags.set(Flags::DC);
+        flags.set(Flags::DI);
+        let labels = TrafficLabels {
+            reporter: Reporter::Source,
+            source: src,
+            destination: dst,
+            service: svc,
+            protocol: Protocol::Http,
+            code: 0,
+            grpc_status: None,
+            flags,
+        };
+        m.istio.request_handles(&labels).record(7.0, 100, 0);
+        let text = m.render(&[], "");
+        let line = text.lines().find(|l| l.starts_with("istio_requests_total{")).expect(&text);
+        for want in [
+            "reporter=\"source\"",
+            "source_workload=\"productpage-v1\"",
+            "source_app=\"productpage\"",
+            "source_version=\"v1\"",
+            "source_principal=\"unknown\"",
+            "source_cluster=\"Kubernetes\"",
+            "destination_workload=\"reviews-v2\"",
+            "destination_version=\"v2\"",
+            "destination_service=\"reviews.default.svc.cluster.local\"",
+            "destination_service_name=\"reviews\"",
+            "request_protocol=\"http\"",
+            "response_code=\"0\"",
+            "grpc_response_status=\"\"",
+            "response_flags=\"DI,DC\"",
+            "connection_security_policy=\"unknown\"",
+        ] {
+            assert!(line.contains(want), "{want} not in {line}");
+        }
+        assert!(line.ends_with("} 1"), "{line}");
+        assert!(text.contains("# TYPE istio_request_duration_milliseconds histogram"), "{text}");
+        assert!(text.contains("le=\"3600000.0\""), "{text}");
+        assert_eq!(m.get("istio_request_duration_milliseconds_count", &[("response_flags", "DI,DC")]), 1);
+        assert_eq!(m.get("istio_request_bytes_sum", &[]), 100);
     }
 }

@@ -156,16 +156,26 @@ fn bad_routing_objects_never_cost_a_request() -> anyhow::Result<()> {
     let metrics = mesh_e2e::http_get("127.0.0.1:15020".parse()?, "/metrics")?;
     let before_details = metric(
         &metrics,
-        "mesh_requests_total",
-        &[("destination_service", "details"), ("destination_subset", "v1"), ("response_code", "200")],
+        "istio_requests_total",
+        &[
+            ("reporter", "source"),
+            ("destination_service_name", "details"),
+            ("destination_version", "v1"),
+            ("response_code", "200"),
+        ],
     );
     let t = bk.load_pages(4, None, true, &mut |_| {})?;
     assert_eq!(t.errors(), 0, "{}", t.summary());
     let metrics = mesh_e2e::http_get("127.0.0.1:15020".parse()?, "/metrics")?;
     let after_details = metric(
         &metrics,
-        "mesh_requests_total",
-        &[("destination_service", "details"), ("destination_subset", "v1"), ("response_code", "200")],
+        "istio_requests_total",
+        &[
+            ("reporter", "source"),
+            ("destination_service_name", "details"),
+            ("destination_version", "v1"),
+            ("response_code", "200"),
+        ],
     );
     assert!(
         after_details >= before_details + 4,

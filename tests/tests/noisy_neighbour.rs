@@ -124,7 +124,9 @@ fn a_misbehaving_pod_does_not_degrade_its_neighbour() -> anyhow::Result<()> {
     // The same load for 15 s while pod B misbehaves; B's phases take about 8 s.
     start_load(&mut node, &backend, "noisy", "15")?;
     wait_until("pod A's load to be running", Duration::from_secs(10), || {
-        metrics().is_ok_and(|m| metric(&m, "mesh_requests_total", &[("source_workload", "client-a")]) >= 1100)
+        metrics().is_ok_and(|m| {
+            metric(&m, "istio_requests_total", &[("reporter", "source"), ("source_workload", "client-a")]) >= 1100
+        })
     })?;
 
     // 1. Oversized heads: 10 requests with a 62,000-byte header (limit 60 KiB) → 431 each.
@@ -173,14 +175,14 @@ fn a_misbehaving_pod_does_not_degrade_its_neighbour() -> anyhow::Result<()> {
         metric(&m, name, &l)
     };
     let expected = [
-        (b("mesh_requests_total", &[("response_code", "431")]), 10, "431s"),
+        (b("istio_requests_total", &[("reporter", "source"), ("response_code", "431")]), 10, "431s"),
         (b("mesh_downstream_timeouts_total", &[("reason", "request_headers_timeout")]), 40, "header timeouts"),
         (
             b("mesh_downstream_timeouts_total", &[("reason", "request_body_timeout")]),
             MAX_REQUESTS as u64,
             "body timeouts",
         ),
-        (b("mesh_requests_total", &[("response_code", "408")]), MAX_REQUESTS as u64, "408s"),
+        (b("istio_requests_total", &[("reporter", "source"), ("response_code", "408")]), MAX_REQUESTS as u64, "408s"),
         (b("mesh_downstream_overflow_total", &[("limit", "requests")]), (40 - MAX_REQUESTS) as u64, "request cap"),
         (
             b("mesh_downstream_overflow_total", &[("limit", "connections")]),
@@ -194,8 +196,12 @@ fn a_misbehaving_pod_does_not_degrade_its_neighbour() -> anyhow::Result<()> {
     for name in ["mesh_downstream_timeouts_total", "mesh_downstream_overflow_total"] {
         assert_eq!(metric(&m, name, &[("source_workload", "client-a")]), 0, "pod A must not hit a limit:\n{m}");
     }
-    let a_total = metric(&m, "mesh_requests_total", &[("source_workload", "client-a")]);
-    let a_ok = metric(&m, "mesh_requests_total", &[("source_workload", "client-a"), ("response_code", "200")]);
+    let a_total = metric(&m, "istio_requests_total", &[("reporter", "source"), ("source_workload", "client-a")]);
+    let a_ok = metric(
+        &m,
+        "istio_requests_total",
+        &[("reporter", "source"), ("source_workload", "client-a"), ("response_code", "200")],
+    );
     assert_eq!(a_total, a_ok, "every request of pod A was a 200:\n{m}");
     let status = node.stop("agent")?;
     assert!(status.success(), "agent exited with {status}:\n{}", node.log("agent"));

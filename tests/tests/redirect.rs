@@ -177,8 +177,13 @@ fn vip_connect_is_redirected_through_the_node_proxy() -> anyhow::Result<()> {
     assert_eq!(
         metric(
             &metrics,
-            "mesh_requests_total",
-            &[("source_workload", "client"), ("destination_service", "web"), ("response_code", "200")]
+            "istio_requests_total",
+            &[
+                ("reporter", "source"),
+                ("source_workload", "client"),
+                ("destination_service_name", "web"),
+                ("response_code", "200")
+            ]
         ),
         n,
         "proxy did not count the requests as client → web:\n{metrics}"

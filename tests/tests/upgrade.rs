@@ -69,7 +69,9 @@ fn agent_handover_under_load_loses_no_request() -> anyhow::Result<()> {
     node.spawn("client", "load-keepalive", &[&backend, "load", "web:9080", rate, secs, "keepalive"])?;
     node.spawn("client", "load-close", &[&backend, "load", "web:9080", rate, secs, "close"])?;
     wait_until("load through the first agent", Duration::from_secs(10), || {
-        http_get(admin, "/metrics").is_ok_and(|m| metric(&m, "mesh_requests_total", &[("response_code", "200")]) >= 100)
+        http_get(admin, "/metrics").is_ok_and(|m| {
+            metric(&m, "istio_requests_total", &[("reporter", "source"), ("response_code", "200")]) >= 100
+        })
     })?;
 
     let started = Instant::now();
@@ -162,7 +164,9 @@ fn twenty_consecutive_handovers_under_load_lose_nothing_and_leak_nothing() -> an
     node.spawn("client", "load-keepalive", &[&backend, "load", "web:9080", rate, secs, "keepalive"])?;
     node.spawn("client", "load-close", &[&backend, "load", "web:9080", rate, secs, "close"])?;
     wait_until("load through the first agent", Duration::from_secs(10), || {
-        http_get(admin, "/metrics").is_ok_and(|m| metric(&m, "mesh_requests_total", &[("response_code", "200")]) >= 100)
+        http_get(admin, "/metrics").is_ok_and(|m| {
+            metric(&m, "istio_requests_total", &[("reporter", "source"), ("response_code", "200")]) >= 100
+        })
     })?;
 
     let mut fds = vec![];

@@ -15,7 +15,8 @@ use rand::Rng;
 // tokio's clock, as the timers it is compared with: a paused test clock then drives both.
 use tokio::time::Instant;
 
-use super::{ProxyState, Source};
+use super::{telemetry::RequestRecord, ProxyState, Source};
+use crate::metrics::Flags;
 use crate::routing::{Context, Decision, Forward, HashOn, LbPolicy, RequestInfo, UpstreamProtocol};
 
 /// Errors of a body passing through the proxy: hyper's, or the proxy's own (a request body idle
@@ -156,11 +157,13 @@ pub async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
     let src_name = source.workload.as_ref().map(|w| w.name.as_str()).unwrap_or("ingress");
+    // Recorded when the response ends, or with code 0 and DC if this future is dropped first
+    // (the client went away).
+    let mut rec = RequestRecord::new(state.clone(), &source, &req);
     if let Some(reply) = check_request_head(&state.limits, &req) {
         // Counted like every other request, under its source: a pod sending oversized heads
         // shows up as that pod's 431s.
-        count_request(&state, src_name, "-", "-", reply.status().as_str());
-        return Ok(reply);
+        return Ok(rec.respond(reply));
     }
     // Hop-by-hop headers are the client's connection's business: gone before routing sees them.
     strip_hop_by_hop(req.headers_mut());
@@ -192,7 +195,13 @@ pub async fn handle(
         table.route(&info, &mut rand::thread_rng())
     };
     let (resp, cluster) = match decision {
-        Decision::NoRoute { reason } => (local_reply(StatusCode::NOT_FOUND, format!("no route: {reason}")), None),
+        Decision::NoRoute { reason } => {
+            rec.flag(Flags::NR);
+            if let (Entry::Service { service, .. }, true) = (&entry, rec.active()) {
+                rec.service = Some(Arc::new(crate::metrics::ServiceLabels::of(service)));
+            }
+            (local_reply(StatusCode::NOT_FOUND, format!("no route: {reason}")), None)
+        }
         Decision::Redirect { status, location } => {
             let mut r = local_reply(StatusCode::from_u16(status).unwrap_or(StatusCode::MOVED_PERMANENTLY), "");
             if let Ok(v) = HeaderValue::from_str(&location) {
@@ -202,32 +211,19 @@ pub async fn handle(
         }
         Decision::Forward(fwd) => {
             let cluster = fwd.cluster.clone();
-            (forward(&state, &source, *fwd, req).await, Some(cluster))
+            rec.set_cluster(&cluster);
+            (forward(&state, &source, *fwd, req, &mut rec).await, Some(cluster))
         }
     };
     let dst = cluster.as_ref().map_or("-", |c| c.service.name.as_str());
     let subset = cluster.as_ref().and_then(|c| c.subset.as_deref()).unwrap_or("-");
     let code = resp.status();
     let code = code.as_str();
-    count_request(&state, src_name, dst, subset, code);
     // The access log is opt-in (RUST_LOG=mesh=debug), as Envoy's is: at info it was one formatted
     // write(2) to stderr per request, ~30% of the proxy's CPU per request; the counters above
     // account for every request anyway.
     tracing::debug!(src = %src_name, dst = %dst, subset = %subset, status = %code, ms = started.elapsed().as_millis() as u64, "request");
-    Ok(resp)
-}
-
-/// One request in `mesh_requests_total`.
-pub(crate) fn count_request(state: &ProxyState, src: &str, dst: &str, subset: &str, code: &str) {
-    state.metrics.inc(
-        "mesh_requests_total",
-        &[
-            ("source_workload", src),
-            ("destination_service", dst),
-            ("destination_subset", subset),
-            ("response_code", code),
-        ],
-    );
+    Ok(rec.respond(resp))
 }
 
 /// The head size of a request as Envoy's `max_request_headers_kb` counts it, roughly: the request
@@ -371,11 +367,15 @@ async fn forward(
     source: &Source,
     fwd: Forward,
     req: Request<Incoming>,
+    rec: &mut RequestRecord,
 ) -> Response<ProxyBody> {
     if let Some(delay) = fwd.fault.delay {
+        // Flagged before the wait: a client giving up during it is recorded as DI,DC.
+        rec.flag(Flags::DI);
         tokio::time::sleep(delay).await;
     }
     if let Some(status) = fwd.fault.abort {
+        rec.flag(Flags::FI);
         return local_reply(
             StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
             "fault filter abort",
@@ -417,6 +417,7 @@ async fn forward(
     }
 
     let Some(_admitted) = state.lb.admit(&fwd.cluster) else {
+        rec.flag(Flags::UO);
         state.metrics.inc("mesh_overflow_total", &[("cluster", &fwd.cluster.name)]);
         let mut r = local_reply(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -456,6 +457,9 @@ async fn forward(
         ReqBody::Streaming(_, failed) => Some(failed.clone()),
         ReqBody::Buffered(_) => None,
     };
+    if let ReqBody::Buffered(b) = &body {
+        rec.add_request_body(b.len());
+    }
     let mut body = Some(body);
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut attempt = 0;
@@ -467,6 +471,7 @@ async fn forward(
         attempt += 1;
         let last = attempt >= max_attempts;
         let Some(picked) = state.lb.pick(&fwd.cluster, hash, &tried) else {
+            rec.flag(Flags::UH);
             return local_reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
@@ -476,10 +481,11 @@ async fn forward(
             );
         };
         tried.push(picked.endpoint.addr);
+        rec.set_endpoint(&fwd.cluster, picked.endpoint.addr);
         let upstream_body = match body.as_mut() {
             Some(ReqBody::Buffered(b)) => full(b.clone()),
             Some(ReqBody::Streaming(..)) => match body.take() {
-                Some(ReqBody::Streaming(s, _)) => s,
+                Some(ReqBody::Streaming(s, _)) => rec.count_streamed_body(s),
                 _ => empty(),
             },
             None => empty(),
@@ -528,6 +534,11 @@ async fn forward(
                     backoff(attempt).await;
                     continue;
                 }
+                if last && attempt > 1 && fwd.retries.retry_on.status(status) {
+                    // Still a retriable answer, and no attempt left: Envoy's URX.
+                    rec.flag(Flags::URX);
+                }
+                rec.upstream_responded = true;
                 let (mut rparts, rbody) = resp.into_parts();
                 strip_hop_by_hop(&mut rparts.headers);
                 fwd.response_headers.apply(&mut rparts.headers);
@@ -583,6 +594,10 @@ async fn forward(
                     backoff(attempt).await;
                     continue;
                 }
+                if last && attempt > 1 && failure.retriable(&fwd) {
+                    rec.flag(Flags::URX);
+                }
+                rec.flag(failure.flag());
                 return failure.reply(deadline_passed);
             }
         }
@@ -659,6 +674,15 @@ impl Failure {
             Failure::Connect(_) => on.connect_failure || on.reset || on.gateway_error || on.five_xx,
             Failure::Reset(..) => on.reset || on.five_xx,
             Failure::Timeout => on.five_xx || on.gateway_error,
+        }
+    }
+
+    /// Envoy's response flag for a request that ended with this failure.
+    fn flag(&self) -> Flags {
+        match self {
+            Failure::Connect(_) => Flags::UF,
+            Failure::Reset(..) => Flags::UC,
+            Failure::Timeout => Flags::UT,
         }
     }
 

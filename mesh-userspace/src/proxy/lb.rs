@@ -299,6 +299,7 @@ mod outlier_tests {
             lb: LbPolicy::RoundRobin,
             connection_pool: Default::default(),
             outlier_detection: Some(od),
+            telemetry: Default::default(),
         }
     }
 
@@ -415,6 +416,7 @@ mod tests {
             lb,
             connection_pool: ConnectionPool::default(),
             outlier_detection,
+            telemetry: Default::default(),
         }
     }
 

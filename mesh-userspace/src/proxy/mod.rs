@@ -3,6 +3,7 @@
 pub mod http;
 pub mod lb;
 pub mod limits;
+pub mod telemetry;
 
 pub use self::limits::Limits;
 
@@ -51,6 +52,22 @@ pub struct Source {
     pub peer: Option<SocketAddr>,
     /// The per-source-workload caps of the listener that accepted (None: ingress).
     pub caps: Option<Arc<limits::SourceCaps>>,
+    /// The source's metric labels and this connection's cache of metric handles.
+    pub telemetry: Arc<telemetry::ConnTelemetry>,
+}
+
+impl Source {
+    /// A connection from `workload` (None: ingress), its metric labels resolved now.
+    pub fn new(
+        workload: Option<Arc<Workload>>,
+        peer: Option<SocketAddr>,
+        caps: Option<Arc<limits::SourceCaps>>,
+    ) -> Self {
+        let labels = workload
+            .as_deref()
+            .map_or_else(crate::metrics::PeerLabels::unknown, |w| Arc::new(crate::metrics::PeerLabels::of(w)));
+        Source { workload, peer, caps, telemetry: telemetry::ConnTelemetry::new(labels) }
+    }
 }
 
 /// Everything the node proxy's connection and request tasks share. One per agent, behind an
@@ -71,6 +88,9 @@ pub struct ProxyState {
     pub lb: lb::LoadBalancer,
     /// The counters served at `/metrics`.
     pub metrics: Metrics,
+    /// Whether requests are recorded in Istio's request metrics (`--request-metrics`);
+    /// changeable at run time.
+    pub request_metrics: std::sync::atomic::AtomicBool,
     /// Where redirected connections' original destinations are read (the eBPF maps).
     pub original_dst: Arc<dyn OriginalDst>,
     /// Stop accepting / finish in-flight connections (SIGTERM, or a successor took over).
@@ -102,6 +122,7 @@ impl ProxyState {
             pool_clients: Default::default(),
             lb: lb::LoadBalancer::default(),
             metrics: Metrics::default(),
+            request_metrics: std::sync::atomic::AtomicBool::new(true),
             original_dst,
             drain: Default::default(),
             limits,
@@ -291,8 +312,18 @@ pub async fn serve_pod_listener(
     // One pod's listener is one source workload: its caps are shared by all its connections.
     let caps = limits::SourceCaps::new(&state.limits);
     state.sources.lock().unwrap_or_else(|e| e.into_inner()).push((name.clone(), Arc::downgrade(&caps)));
+    // The pod's metric labels, resolved again only when the agent publishes a changed pod.
+    let mut labels: Option<(Arc<Workload>, Arc<crate::metrics::PeerLabels>)> = None;
     accept_until_drain(listener, &name, &st.drain, |stream, peer| {
         let workload = workload.load_full();
+        let pod_labels = match &labels {
+            Some((w, l)) if Arc::ptr_eq(w, &workload) => l.clone(),
+            _ => {
+                let l = Arc::new(crate::metrics::PeerLabels::of(&workload));
+                labels = Some((workload.clone(), l.clone()));
+                l
+            }
+        };
         let Some(conn_slot) = caps.connection() else {
             // Over its connection cap: closed at once, so one pod's connection flood holds no
             // more of the proxy than its cap.
@@ -330,7 +361,12 @@ pub async fn serve_pod_listener(
                     state.metrics.inc("mesh_connections_rejected_total", &[("reason", "unknown_service")]);
                     return;
                 };
-                let source = Source { workload: Some(workload), peer: Some(peer), caps: Some(caps) };
+                let source = Source {
+                    workload: Some(workload),
+                    peer: Some(peer),
+                    caps: Some(caps),
+                    telemetry: telemetry::ConnTelemetry::new(pod_labels),
+                };
                 serve_service_conn(state, source, service, orig.port(), stream).await;
             }
             .instrument(span),
@@ -412,6 +448,7 @@ pub async fn serve_http(state: Arc<ProxyState>, source: Source, entry: Entry, st
     let activity = limits::ConnActivity::new();
     let io = TokioIo::new(limits::ActivityIo::new(stream, activity.clone()));
     let src = source.workload.as_ref().map_or("ingress", |w| w.name.as_str()).to_owned();
+    let source_for_refusals = source.clone();
     let svc = {
         let state = state.clone();
         let activity = activity.clone();
@@ -482,7 +519,7 @@ pub async fn serve_http(state: Arc<ProxyState>, source: Source, entry: Entry, st
                 // A head hyper refused itself (too large across reads, unparsable) was answered
                 // by hyper and never reached `http::handle`: counted here, under its source.
                 if let Some(code) = hyper_refusal(&*e) {
-                    http::count_request(&state, &src, "-", "-", code);
+                    telemetry::record_refusal(&state, &source_for_refusals, code);
                 }
             }
             return;
@@ -510,18 +547,19 @@ pub async fn serve_http(state: Arc<ProxyState>, source: Source, entry: Entry, st
 }
 
 /// The status hyper's HTTP/1 server answered a request head it refused with, if it did.
-fn hyper_refusal(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+fn hyper_refusal(e: &(dyn std::error::Error + 'static)) -> Option<u16> {
     let h = e.downcast_ref::<hyper::Error>()?;
     if h.is_parse_too_large() {
-        Some("431")
+        Some(431)
     } else if h.is_parse() {
-        Some("400")
+        Some(400)
     } else {
         None
     }
 }
 
 async fn serve_tcp(state: Arc<ProxyState>, source: Source, service: Arc<Service>, port: u16, mut stream: TcpStream) {
+    use crate::metrics::{Flags, PeerLabels, Protocol, Reporter, TrafficLabels};
     // A byte stream has no message boundary to stop at: it runs until it ends or the drain
     // deadline ends the process.
     let _in_flight = state.drain.track();
@@ -534,14 +572,36 @@ async fn serve_tcp(state: Arc<ProxyState>, source: Source, service: Arc<Service>
         tracing::warn!(service = %service.name, port, "no TCP route; closing");
         return;
     };
+    let metrics_on = state.request_metrics.load(std::sync::atomic::Ordering::Relaxed);
+    let istio = &state.metrics.istio;
+    let mut labels = TrafficLabels {
+        reporter: Reporter::Source,
+        source: source.telemetry.labels.clone(),
+        destination: PeerLabels::unknown(),
+        service: cluster.telemetry().service.clone(),
+        protocol: Protocol::Tcp,
+        code: 0,
+        grpc_status: None,
+        flags: Flags::default(),
+    };
+    // A connection that could not be proxied is opened and closed at once, with its flag.
+    let refused = |mut labels: TrafficLabels, flag: Flags| {
+        if metrics_on {
+            labels.flags.set(flag);
+            istio.tcp_opened(&labels);
+            istio.tcp_closed(&labels, 0, 0);
+        }
+    };
     let Some(picked) = state.lb.pick(&cluster, None, &[]) else {
         tracing::warn!(cluster = %cluster.name, "no healthy upstream for TCP connection; closing");
         state.metrics.inc(
             "mesh_tcp_connections_total",
             &[("source_workload", &src), ("destination_service", &service.name), ("result", "no_endpoint")],
         );
+        refused(labels, Flags::UH);
         return;
     };
+    labels.destination = cluster.telemetry().endpoint(picked.endpoint.addr);
     let mut upstream = match TcpStream::connect(picked.endpoint.addr).await {
         Ok(s) => s,
         Err(e) => {
@@ -551,6 +611,7 @@ async fn serve_tcp(state: Arc<ProxyState>, source: Source, service: Arc<Service>
                 "mesh_tcp_connections_total",
                 &[("source_workload", &src), ("destination_service", &service.name), ("result", "connect_failure")],
             );
+            refused(labels, Flags::UF);
             return;
         }
     };
@@ -559,11 +620,31 @@ async fn serve_tcp(state: Arc<ProxyState>, source: Source, service: Arc<Service>
         "mesh_tcp_connections_total",
         &[("source_workload", &src), ("destination_service", &service.name), ("result", "ok")],
     );
-    match tokio::io::copy_bidirectional(&mut stream, &mut upstream).await {
-        Ok((up, down)) => {
-            tracing::info!(endpoint = %picked.endpoint.addr, bytes_up = up, bytes_down = down, "tcp connection closed")
+    // Both sides' series when the endpoint is a mesh pod (see README, Telemetry: reporter).
+    let server_side =
+        labels.destination.mesh.then(|| TrafficLabels { reporter: Reporter::Destination, ..labels.clone() });
+    if metrics_on {
+        istio.tcp_opened(&labels);
+        if let Some(l) = &server_side {
+            istio.tcp_opened(l);
         }
-        Err(e) => tracing::debug!(error = %e, "tcp connection ended with error"),
+    }
+    let (up, down) = match tokio::io::copy_bidirectional(&mut stream, &mut upstream).await {
+        Ok((up, down)) => {
+            tracing::info!(endpoint = %picked.endpoint.addr, bytes_up = up, bytes_down = down, "tcp connection closed");
+            (up, down)
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "tcp connection ended with error");
+            (0, 0)
+        }
+    };
+    if metrics_on {
+        // Sent is what went to the client, received what came from it.
+        istio.tcp_closed(&labels, down, up);
+        if let Some(l) = &server_side {
+            istio.tcp_closed(l, down, up);
+        }
     }
 }
 
@@ -576,8 +657,7 @@ pub async fn serve_nodeport(state: Arc<ProxyState>, listener: TcpListener, servi
         let service = service.clone();
         let span = tracing::info_span!("ingress", nodeport_service = %service.name, peer = %peer);
         tokio::spawn(
-            serve_service_conn(state, Source { workload: None, peer: Some(peer), caps: None }, service, port, stream)
-                .instrument(span),
+            serve_service_conn(state, Source::new(None, Some(peer), None), service, port, stream).instrument(span),
         );
     })
     .await;
@@ -590,9 +670,7 @@ pub async fn serve_gateway(state: Arc<ProxyState>, listener: TcpListener, name: 
         let state = state.clone();
         let entry = Entry::Gateway { name: name.clone(), namespace: namespace.clone(), port };
         let span = tracing::info_span!("gateway", gateway = %name, peer = %peer);
-        tokio::spawn(
-            serve_http(state, Source { workload: None, peer: Some(peer), caps: None }, entry, stream).instrument(span),
-        );
+        tokio::spawn(serve_http(state, Source::new(None, Some(peer), None), entry, stream).instrument(span));
     })
     .await;
 }

@@ -173,7 +173,7 @@ async fn front(state: Arc<ProxyState>, reviews: Arc<Service>, client: Arc<Worklo
     tokio::spawn(async move {
         loop {
             let Ok((s, peer)) = l.accept().await else { return };
-            let source = Source { workload: Some(client.clone()), peer: Some(peer), caps: None };
+            let source = Source::new(Some(client.clone()), Some(peer), None);
             tokio::spawn(serve_service_conn(state.clone(), source, reviews.clone(), 9080, s));
         }
     });
@@ -246,7 +246,13 @@ async fn header_route_and_delay_fault_apply_to_jason_only() {
     assert_eq!(s, 200);
     assert!(body.starts_with("reviews-v1"), "{body}");
     assert!(took < Duration::from_millis(300), "delay applied to anonymous user: {took:?}");
-    assert_eq!(state.metrics.get("mesh_requests_total", &[("destination_subset", "v2"), ("response_code", "200")]), 1);
+    assert_eq!(
+        state.metrics.get(
+            "istio_requests_total",
+            &[("reporter", "source"), ("destination_version", "v2"), ("response_code", "200")]
+        ),
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -420,6 +426,15 @@ async fn connection_pool_limits_overflow_with_503() {
     // Slots are released: a later request goes through.
     assert_eq!(get(addr, &[]).await.0, 200);
     assert_eq!(state.metrics.get("mesh_overflow_total", &[]), 3);
+    // Envoy's UO on each refused request (recorded as its reply's body ends, a moment after).
+    let uo = [("reporter", "source"), ("response_code", "503"), ("response_flags", "UO")];
+    for _ in 0..2000 {
+        if state.metrics.get("istio_requests_total", &uo) >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(state.metrics.get("istio_requests_total", &uo), 3);
 }
 
 /// The next value on `rx`, within 10 s (a bug fails the test instead of hanging it).
@@ -575,7 +590,7 @@ async fn greeter_proxy(protocol: AppProtocol, pool: &str) -> SocketAddr {
     tokio::spawn(async move {
         loop {
             let Ok((s, peer)) = l.accept().await else { return };
-            let source = Source { workload: Some(client.clone()), peer: Some(peer), caps: None };
+            let source = Source::new(Some(client.clone()), Some(peer), None);
             tokio::spawn(serve_service_conn(state.clone(), source, greeter.clone(), 50051, s));
         }
     });
@@ -690,7 +705,7 @@ async fn a_server_first_protocol_on_an_undeclared_port_falls_back_to_tcp() {
     tokio::spawn(async move {
         loop {
             let Ok((s, peer)) = l.accept().await else { return };
-            let source = Source { workload: Some(client.clone()), peer: Some(peer), caps: None };
+            let source = Source::new(Some(client.clone()), Some(peer), None);
             tokio::spawn(serve_service_conn(state.clone(), source, mail.clone(), 25, s));
         }
     });
@@ -1017,13 +1032,13 @@ async fn malformed_request_bodies_are_the_clients_fault_and_never_eject_an_endpo
     }
     // Wait for the proxy to have handled all nine (the truncated ones have no reply to wait for).
     for _ in 0..200 {
-        if state.metrics.get("mesh_requests_total", &[("response_code", "400")]) >= 9 {
+        if state.metrics.get("istio_requests_total", &[("reporter", "source"), ("response_code", "400")]) >= 9 {
             break;
         }
         tokio::task::yield_now().await;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(state.metrics.get("mesh_requests_total", &[("response_code", "400")]), 9);
+    assert_eq!(state.metrics.get("istio_requests_total", &[("reporter", "source"), ("response_code", "400")]), 9);
     assert_eq!(h1.load(Ordering::SeqCst), 0, "the backend must never see a broken request");
     assert!(!state.lb.is_ejected(v1_addr(&registry)), "a client's broken bodies ejected a healthy endpoint");
     assert_eq!(get(addr, &[]).await.0, 200);
@@ -1111,7 +1126,7 @@ async fn single_backend_proxy(
     tokio::spawn(async move {
         loop {
             let Ok((s, peer)) = l.accept().await else { return };
-            let source = Source { workload: Some(client.clone()), peer: Some(peer), caps: None };
+            let source = Source::new(Some(client.clone()), Some(peer), None);
             tokio::spawn(serve_service_conn(st.clone(), source, svc.clone(), 80, s));
         }
     });
@@ -1318,7 +1333,7 @@ async fn a_stalled_request_body_gets_408_before_a_response_and_a_reset_after() {
         |s: &ProxyState| s.metrics.get("mesh_downstream_timeouts_total", &[("reason", "request_body_timeout")]);
     assert_eq!(timeouts(&state), 2);
     assert_eq!(timeouts(&state3), 1);
-    assert_eq!(state.metrics.get("mesh_requests_total", &[("response_code", "408")]), 2);
+    assert_eq!(state.metrics.get("istio_requests_total", &[("reporter", "source"), ("response_code", "408")]), 2);
 }
 
 /// A raw backend that answers `early` as soon as it has a request head, then keeps reading the
@@ -1406,4 +1421,169 @@ async fn a_source_over_its_buffered_body_cap_streams_without_retries() {
         assert!(Instant::now() < deadline, "the budget was not given back:\n{}", state.source_gauges());
         tokio::task::yield_now().await;
     }
+}
+
+// ---- Istio standard metrics: response flags and reporters ----
+
+/// The `response_flags` of the one `reporter="source"` request series matching `labels`, once the
+/// proxy has recorded it (a request is recorded when its response body is done, which may be a
+/// moment after the client read it).
+async fn recorded_flags(state: &ProxyState, labels: &[(&str, &str)]) -> String {
+    let mut want: Vec<(&str, &str)> = vec![("reporter", "source")];
+    want.extend_from_slice(labels);
+    for _ in 0..2000 {
+        if state.metrics.get("istio_requests_total", &want) >= 1 {
+            let text = state.metrics.render(&[], "");
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with("istio_requests_total{"))
+                .filter(|l| want.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+                .collect();
+            assert_eq!(lines.len(), 1, "one series expected:\n{text}");
+            let flags = lines[0].split("response_flags=\"").nth(1).and_then(|r| r.split('"').next());
+            return flags.expect("response_flags label").to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("no request recorded with {want:?}:\n{}", state.metrics.render(&[], ""));
+}
+
+/// Sends one anonymous request through a proxy configured with `yaml` over `registry` and
+/// returns its status and the response flags it was recorded with.
+async fn one_request_flags(
+    registry: Registry,
+    reviews: Arc<Service>,
+    client: Arc<Workload>,
+    yaml: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, Arc<ProxyState>) {
+    let state = ProxyState::new(registry.clone(), table(yaml, &registry), Arc::new(NoOriginalDst));
+    let addr = front(state.clone(), reviews, client).await;
+    let (s, body, _) = get(addr, headers).await;
+    let code = s.to_string();
+    let flags = recorded_flags(&state, &[("response_code", &code)]).await;
+    assert!(!body.is_empty() || s == 200, "{body}");
+    (s, flags, state)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_metrics_carry_both_reporters_and_istio_labels() {
+    let (registry, reviews, client, _, _) = setup(0).await;
+    let (s, flags, state) = one_request_flags(registry, reviews, client, &vs("v2"), &[]).await;
+    assert_eq!((s, flags.as_str()), (200, "-"));
+    let want = [
+        ("source_workload", "productpage-v1"),
+        ("source_app", "productpage"),
+        ("source_version", "v1"),
+        ("destination_workload", "reviews-v2"),
+        ("destination_version", "v2"),
+        ("destination_service", "reviews.default.svc.cluster.local"),
+        ("destination_service_name", "reviews"),
+        ("request_protocol", "http"),
+        ("response_code", "200"),
+    ];
+    let source: Vec<_> =
+        want.iter().copied().chain([("reporter", "source"), ("connection_security_policy", "unknown")]).collect();
+    let dest: Vec<_> =
+        want.iter().copied().chain([("reporter", "destination"), ("connection_security_policy", "none")]).collect();
+    // The destination series is recorded with the source one (same drop).
+    assert_eq!(state.metrics.get("istio_requests_total", &source), 1);
+    assert_eq!(state.metrics.get("istio_requests_total", &dest), 1);
+    assert_eq!(state.metrics.get("istio_request_duration_milliseconds_count", &source), 1);
+    assert!(state.metrics.get("istio_response_bytes_sum", &source) > 20, "head and body counted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_route_is_nr() {
+    let (registry, reviews, client, _, _) = setup(0).await;
+    let yaml = vs_rule("  - match:\n    - headers:\n        end-user: {exact: jason}\n    route:\n    - destination: {host: reviews, subset: v1}\n");
+    let (s, flags, state) = one_request_flags(registry, reviews, client, &yaml, &[]).await;
+    assert_eq!((s, flags.as_str()), (404, "NR"));
+    // The proxy answered: no server-side series.
+    assert_eq!(state.metrics.get("istio_requests_total", &[("reporter", "destination")]), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_subset_is_uh() {
+    let (registry, reviews, client, _, _) = setup(0).await;
+    let yaml = format!("{}  - {{name: v3, labels: {{version: v3}}}}\n", DR) + &vs("v3")[DR.len()..];
+    let (s, flags, _) = one_request_flags(registry, reviews, client, &yaml, &[]).await;
+    assert_eq!((s, flags.as_str()), (503, "UH"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_abort_is_fi_and_fault_delay_is_di() {
+    let (registry, reviews, client, _, _) = setup(0).await;
+    let yaml = vs_rule("  - fault:\n      abort:\n        percentage: {value: 100.0}\n        httpStatus: 500\n    route:\n    - destination: {host: reviews, subset: v1}\n");
+    let (s, flags, _) = one_request_flags(registry.clone(), reviews.clone(), client.clone(), &yaml, &[]).await;
+    assert_eq!((s, flags.as_str()), (500, "FI"));
+    let yaml = vs_rule("  - fault:\n      delay:\n        percentage: {value: 100.0}\n        fixedDelay: 1ms\n    route:\n    - destination: {host: reviews, subset: v1}\n");
+    let (s, flags, _) = one_request_flags(registry, reviews, client, &yaml, &[]).await;
+    assert_eq!((s, flags.as_str()), (200, "DI"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_exhausted_on_5xx_is_urx() {
+    // v1 answers every request with 503.
+    let (registry, reviews, client, h1, _) = setup(usize::MAX).await;
+    let yaml = vs_rule(
+        "  - retries: {attempts: 2, retryOn: 5xx}\n    route:\n    - destination: {host: reviews, subset: v1}\n",
+    );
+    let (s, flags, state) = one_request_flags(registry, reviews, client, &yaml, &[]).await;
+    assert_eq!((s, flags.as_str()), (503, "URX"));
+    assert_eq!(h1.load(Ordering::SeqCst), 3);
+    // The endpoint's own answer: the server side reports its 503 without the client's flags.
+    assert_eq!(state.metrics.get("istio_requests_total", &[("reporter", "destination"), ("response_flags", "-")]), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn route_timeout_is_ut() {
+    let (registry, reviews, client, _, _) = setup(0).await;
+    let yaml = vs_rule("  - timeout: 100ms\n    route:\n    - destination: {host: reviews, subset: v1}\n");
+    let (s, flags, _) = one_request_flags(registry, reviews, client, &yaml, &[("x-hold", "1")]).await;
+    assert_eq!((s, flags.as_str()), (504, "UT"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_connection_is_uf_and_closed_connection_is_uc() {
+    // v1's address with nothing listening: connect refused.
+    let (mut registry, reviews, client, _, _) = setup(0).await;
+    let dead = TcpListener::bind("127.0.0.1:0").await.expect("bind").local_addr().expect("addr").port();
+    registry.workloads[0] = workload("reviews-v1", &[("app", "reviews"), ("version", "v1")], dead);
+    let (s, flags, _) = one_request_flags(registry, reviews, client, &vs("v1"), &[]).await;
+    // Istio's default retry policy retries connect failures (2 attempts): both refused, so
+    // Envoy's "UF,URX", as an Istio access log shows it.
+    assert_eq!((s, flags.as_str()), (503, "UF,URX"));
+
+    // v1 accepts and closes every connection without answering.
+    let (mut registry, reviews, client, _, _) = setup(0).await;
+    let closer = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = closer.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = closer.accept().await {
+            drop(s);
+        }
+    });
+    registry.workloads[0] = workload("reviews-v1", &[("app", "reviews"), ("version", "v1")], port);
+    let (s, flags, _) = one_request_flags(registry, reviews, client, &vs("v1"), &[]).await;
+    assert_eq!((s, flags.as_str()), (503, "UC"));
+}
+
+// Paused clock: the client waits 100 ms of a 5 s injected delay before leaving; nothing else
+// runs, so the proxy is in the delay when the client closes.
+#[tokio::test(start_paused = true)]
+async fn a_client_leaving_during_an_injected_delay_is_dc_with_code_0() {
+    use tokio::io::AsyncWriteExt as _;
+    let (registry, reviews, client, _, _) = setup(0).await;
+    let yaml = vs_rule("  - fault:\n      delay:\n        percentage: {value: 100.0}\n        fixedDelay: 5s\n    route:\n    - destination: {host: reviews, subset: v2}\n");
+    let state = ProxyState::new(registry.clone(), table(&yaml, &registry), Arc::new(NoOriginalDst));
+    let addr = front(state.clone(), reviews, client).await;
+    let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    c.write_all(b"GET /reviews/0 HTTP/1.1\r\nhost: reviews:9080\r\nend-user: jason\r\n\r\n").await.expect("write");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(state.metrics.get("istio_requests_total", &[]), 0, "nothing recorded while in flight");
+    drop(c);
+    let flags = recorded_flags(&state, &[("response_code", "0"), ("destination_service_name", "reviews")]).await;
+    assert_eq!(flags, "DI,DC");
+    assert_eq!(state.metrics.get("istio_requests_total", &[]), 1, "one series, the client's side only");
 }

@@ -309,6 +309,7 @@ impl Builder<'_> {
             lb,
             connection_pool,
             outlier_detection,
+            telemetry: Default::default(),
         });
         self.clusters.insert(cache_key, cluster.clone());
         Some(cluster)

@@ -465,6 +465,7 @@ impl Builder<'_> {
             lb: LbPolicy::DEFAULT,
             connection_pool: ConnectionPool::default(),
             outlier_detection: None,
+            telemetry: Default::default(),
         });
         WeightedDest {
             dest: DestClusters {

@@ -215,9 +215,17 @@ pub struct Cluster {
     pub connection_pool: ConnectionPool,
     /// Ejection of failing endpoints (`trafficPolicy.outlierDetection`); None: never ejected.
     pub outlier_detection: Option<OutlierDetection>,
+    /// The Istio metric labels of its service and endpoints, resolved on the first request that
+    /// is recorded (not at compile: a reload with thousands of clusters pays nothing for it).
+    pub telemetry: std::sync::OnceLock<Arc<crate::metrics::ClusterLabels>>,
 }
 
 impl Cluster {
+    /// The cluster's metric labels (resolved once).
+    pub fn telemetry(&self) -> &Arc<crate::metrics::ClusterLabels> {
+        self.telemetry.get_or_init(|| Arc::new(crate::metrics::ClusterLabels::of(self)))
+    }
+
     /// The HTTP version to speak to this cluster's endpoints for a request the client sent over
     /// HTTP/2 or not (see [`UpstreamProtocol::choose`]).
     pub fn upstream_protocol(&self, client_http2: bool) -> UpstreamProtocol {
