@@ -113,6 +113,19 @@ pub struct AgentArgs {
     /// such connect; the last agent started on the node decides.
     #[arg(long, value_enum, default_value_t = ebpf::FailMode::Open)]
     pub fail_mode: ebpf::FailMode,
+    /// Istio's standard request and TCP metrics (`istio_*` on /metrics): `off` records none of
+    /// them (the agent's own `mesh_*` counters stay), to measure or save their cost per request.
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    pub request_metrics: Switch,
+}
+
+/// An on/off flag value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
 }
 
 /// A duration flag that must not be zero (a zero timeout would cut every request).
@@ -213,6 +226,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         bpf.clone(),
         args.limits(),
     );
+    state.request_metrics.store(args.request_metrics == Switch::On, Ordering::Relaxed);
     let ready = Arc::new(AtomicBool::new(false));
 
     // Probes answer from the start: live as soon as the programs are attached, ready once the
@@ -884,6 +898,22 @@ async fn shutdown_signal() {
 mod tests {
     use super::*;
     use crate::registry::{AppProtocol, Service, ServicePort, TargetPort};
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        agent: AgentArgs,
+    }
+
+    #[test]
+    fn request_metrics_flag_defaults_on_and_turns_off() {
+        use clap::Parser as _;
+        let on = Cli::try_parse_from(["mesh", "--registry", "r.yaml"]).expect("parse");
+        assert_eq!(on.agent.request_metrics, Switch::On);
+        let off = Cli::try_parse_from(["mesh", "--registry", "r.yaml", "--request-metrics", "off"]).expect("parse");
+        assert_eq!(off.agent.request_metrics, Switch::Off);
+        assert!(Cli::try_parse_from(["mesh", "--registry", "r.yaml", "--request-metrics", "maybe"]).is_err());
+    }
 
     fn service(
         name: &str,

@@ -1587,3 +1587,17 @@ async fn a_client_leaving_during_an_injected_delay_is_dc_with_code_0() {
     assert_eq!(flags, "DI,DC");
     assert_eq!(state.metrics.get("istio_requests_total", &[]), 1, "one series, the client's side only");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_metrics_off_records_no_istio_series_and_can_be_turned_back_on() {
+    let (registry, reviews, client, _, _) = setup(0).await;
+    let state = ProxyState::new(registry.clone(), table(&vs("v1"), &registry), Arc::new(NoOriginalDst));
+    state.request_metrics.store(false, Ordering::Relaxed);
+    let addr = front(state.clone(), reviews, client).await;
+    assert_eq!(get(addr, &[]).await.0, 200);
+    // A request is recorded before its last byte is written: had it been, it would show now.
+    assert_eq!(state.metrics.get("istio_requests_total", &[]), 0);
+    state.request_metrics.store(true, Ordering::Relaxed);
+    assert_eq!(get(addr, &[]).await.0, 200);
+    assert_eq!(state.metrics.get("istio_requests_total", &[("reporter", "source")]), 1);
+}
