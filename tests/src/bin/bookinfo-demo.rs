@@ -95,16 +95,19 @@ fn main() -> Result<()> {
     println!("Node up. productpage: NodePort http://127.0.0.1:{NODEPORT}/productpage ; agent metrics: http://{ADMIN}/metrics");
     // A real Prometheus scraping the agent every second, when installed: after each step the
     // demo prints what a dashboard would show next to what the pages showed.
-    let prom = match prometheus::unavailable() {
-        None => {
-            let p = Prometheus::start(ADMIN.parse()?)?;
+    let started = match prometheus::unavailable() {
+        None => Prometheus::start(ADMIN.parse()?).map_err(|e| format!("{e:#}")),
+        Some(why) => Err(why),
+    };
+    let prom = match started {
+        Ok(p) => {
             println!("Prometheus scraping the agent every 1 s: http://{}/graph\n", p.addr);
             Some(p)
         }
-        Some(why) if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => {
+        Err(why) if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => {
             bail!("no Prometheus under CI=true: {why}")
         }
-        Some(why) => {
+        Err(why) => {
             println!("No read-back from Prometheus: {why}\n");
             None
         }
