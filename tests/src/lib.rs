@@ -435,3 +435,4 @@ impl Drop for Node {
 }
 
 pub mod bookinfo;
+pub mod prometheus;

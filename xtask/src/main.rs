@@ -292,6 +292,32 @@ fn ensure_packages() -> Result<()> {
     apt_install(APT_PACKAGES)
 }
 
+/// The Prometheus server the telemetry e2e test and the demo scrape the agent with (Debian's
+/// build; `/usr/bin/prometheus`).
+const PROMETHEUS_APT_PACKAGES: &[(&str, &str)] = &[("prometheus", "prometheus")];
+
+/// Installs Prometheus when missing. Optional on a developer machine: the telemetry test is then
+/// skipped and the demo prints no read-back, each saying why; under CI=true a failed install fails
+/// the run, since a skip there would hide that nothing was read back.
+fn ensure_prometheus() -> Result<()> {
+    match apt_install(PROMETHEUS_APT_PACKAGES) {
+        Ok(()) => Ok(()),
+        Err(e) if !is_ci() => {
+            eprintln!(
+                "xtask: cannot install Prometheus ({e:#}); the telemetry e2e test will be skipped and the demo \
+                 will not read its numbers back from Prometheus"
+            );
+            Ok(())
+        }
+        Err(e) => Err(e.context("installing Prometheus (required under CI=true)")),
+    }
+}
+
+/// Whether this is a CI run (`CI=true`, as the e2e harness reads it).
+fn is_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
 /// What `cargo xtask bench` compares against and loads with.
 const BENCH_APT_PACKAGES: &[(&str, &str)] =
     &[("nginx", "nginx"), ("haproxy", "haproxy"), ("wrk", "wrk"), ("h2load", "nghttp2-client")];
@@ -529,6 +555,7 @@ fn test(args: &[String]) -> Result<()> {
     // end-to-end run.
     lint()?;
     ensure_packages()?;
+    ensure_prometheus()?;
     deny()?;
     let object = build_ebpf()?;
     build_userspace()?;
@@ -594,6 +621,7 @@ const SKIP_LOG_ENV: &str = "MESH_E2E_SKIP_LOG";
 
 fn demo(args: &[String]) -> Result<()> {
     ensure_packages()?;
+    ensure_prometheus()?;
     build_ebpf()?;
     build_userspace()?;
     run(Command::new(root().join("target/release/bookinfo-demo"))

@@ -7,7 +7,57 @@ use std::{
 };
 
 use anyhow::{bail, Result};
-use mesh_e2e::{bookinfo::*, workspace};
+use mesh_e2e::{
+    bookinfo::*,
+    prometheus::{self, Prometheus},
+    workspace,
+};
+
+/// What the demo reads back from Prometheus after each step: productpage's calls to reviews by
+/// the version that answered, as Istio's dashboards count them (one reporter, so a request
+/// reported by both ends is not counted twice).
+const REVIEWS_BY_VERSION: &str = "sum by (destination_version, response_code, response_flags) (istio_requests_total{destination_service_name=\"reviews\",source_workload=\"productpage-v1\",reporter=\"source\"})";
+
+/// `(destination_version, response_code, response_flags)` -> count, from Prometheus.
+type Calls = std::collections::BTreeMap<(String, String, String), f64>;
+
+fn read_calls(p: &Prometheus) -> Result<Calls> {
+    Ok(p.query(REVIEWS_BY_VERSION)?
+        .into_iter()
+        .map(|s| {
+            let key = |k: &str| s.label(k).to_owned();
+            ((key("destination_version"), key("response_code"), key("response_flags")), s.value)
+        })
+        .collect())
+}
+
+/// `v1 40 (50.9/s)  unknown 8 (1.1/s; 8 × 0 DI,DC)`: the calls of a step by version, with the
+/// answers other than a plain 200 spelled out (response code and Envoy's flags).
+fn describe_calls(before: &Calls, after: &Calls, secs: f64) -> String {
+    let mut by_version = std::collections::BTreeMap::<&str, (f64, Vec<String>)>::new();
+    for ((version, code, flags), n) in after {
+        let d = n - before.get(&(version.clone(), code.clone(), flags.clone())).copied().unwrap_or(0.0);
+        if d <= 0.0 {
+            continue;
+        }
+        let e = by_version.entry(version).or_default();
+        e.0 += d;
+        if code != "200" || flags != "-" {
+            e.1.push(format!("{d:.0} × {code} {flags}"));
+        }
+    }
+    if by_version.is_empty() {
+        return "no calls".into();
+    }
+    by_version
+        .iter()
+        .map(|(v, (n, other))| {
+            let other = if other.is_empty() { String::new() } else { format!("; {}", other.join(", ")) };
+            format!("{v} {n:.0} ({:.1}/s{other})", n / secs)
+        })
+        .collect::<Vec<_>>()
+        .join("  ")
+}
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -42,7 +92,26 @@ fn main() -> Result<()> {
         "Starting a local node: 6 Bookinfo pods (network namespaces + cgroups), the mesh agent (eBPF + node proxy)..."
     );
     let mut bk = Bookinfo::start(&workspace().join("deploy/bookinfo/networking"))?;
-    println!("Node up. productpage: NodePort http://127.0.0.1:{NODEPORT}/productpage ; agent metrics: http://{ADMIN}/metrics\n");
+    println!("Node up. productpage: NodePort http://127.0.0.1:{NODEPORT}/productpage ; agent metrics: http://{ADMIN}/metrics");
+    // A real Prometheus scraping the agent every second, when installed: after each step the
+    // demo prints what a dashboard would show next to what the pages showed.
+    let started = match prometheus::unavailable() {
+        None => Prometheus::start(ADMIN.parse()?).map_err(|e| format!("{e:#}")),
+        Some(why) => Err(why),
+    };
+    let prom = match started {
+        Ok(p) => {
+            println!("Prometheus scraping the agent every 1 s: http://{}/graph\n", p.addr);
+            Some(p)
+        }
+        Err(why) if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => {
+            bail!("no Prometheus under CI=true: {why}")
+        }
+        Err(why) => {
+            println!("No read-back from Prometheus: {why}\n");
+            None
+        }
+    };
 
     for step in STEPS.iter().filter(|s| only.as_ref().is_none_or(|o| o == s.name)) {
         println!("== {} ==", step.title);
@@ -59,6 +128,11 @@ fn main() -> Result<()> {
                 format!("NodePort http://127.0.0.1:{NODEPORT}/productpage")
             }
         );
+        let before = match &prom {
+            Some(p) => Some((read_calls(p)?, std::time::Instant::now())),
+            None => None,
+        };
+        let mut shown = std::collections::BTreeMap::<String, usize>::new();
         for (user, n) in [(None, step.anonymous), (Some("jason"), step.jason)] {
             let n = ((n as f64) * scale).ceil() as usize;
             if n == 0 {
@@ -80,6 +154,20 @@ fn main() -> Result<()> {
                 print!("\r");
             }
             println!("   {who:>9}: {}", tally.summary());
+            for (version, count) in tally.by_reviews() {
+                *shown.entry(version).or_default() += count;
+            }
+        }
+        if let (Some(p), Some((before, started))) = (&prom, before) {
+            p.wait_scraped_after(std::time::SystemTime::now(), Duration::from_secs(10))?;
+            let secs = started.elapsed().as_secs_f64().max(0.001);
+            let calls = describe_calls(&before, &read_calls(p)?, secs);
+            let pages: Vec<String> = shown.iter().map(|(v, n)| format!("{v} {n}")).collect();
+            println!("   pages showed reviews   {}", pages.join("  "));
+            println!(
+                "   Prometheus read back   {}   (productpage -> reviews calls by destination_version, over {secs:.1} s)",
+                calls
+            );
         }
         if step.name == "jason-delay" {
             println!("   What really happens: the 7 s delay exceeds productpage's 3 s timeout to reviews, which it tries twice;");

@@ -197,7 +197,7 @@ fn main() -> Result<()> {
     if !wanted("direct") {
         contenders.clear();
     }
-    contenders.push(start_mesh(&mut node, &run_dir)?);
+    contenders.push(start_mesh(&mut node, &run_dir, &[])?);
     if let Some(envoy) = tools.envoy.as_ref().filter(|_| wanted("envoy")) {
         contenders.push(start_envoy(&mut node, &run_dir, envoy)?);
     }
@@ -334,8 +334,22 @@ fn main() -> Result<()> {
         None
     };
 
+    // Last, as it restarts the agent: what the request metrics cost.
+    println!("== request metrics: --request-metrics off vs on, HTTP/1.1 keep-alive, 32 connections ==");
+    let metrics = metrics_cost(&mut node, &run_dir, &o, &lua, warm)?;
+    for (setting, s) in [("off", &metrics.off), ("on", &metrics.on)] {
+        println!(
+            "   {setting:>8}: {:>9.0} req/s  p50 {:>7.3} ms  cpu {}{}",
+            s.rps(),
+            s.p50_us / 1e3,
+            s.cpu_per_1k().map(|v| format!("{v:.3} s/1k req")).unwrap_or_else(|| "n/a".into()),
+            if s.clean() { String::new() } else { format!("  errors {} non-2xx {}", s.errors, s.non2xx) }
+        );
+    }
+
     let report = Report {
         opts: &o,
+        metrics: &metrics,
         loadavg,
         tools: &tools,
         cells: &cells,
@@ -531,7 +545,7 @@ spec:
     .to_string()
 }
 
-fn start_mesh(node: &mut Node, dir: &Path) -> Result<Contender> {
+fn start_mesh(node: &mut Node, dir: &Path, extra: &[&str]) -> Result<Contender> {
     let mut registry = service_yaml("web", VIP, SVC_PORT, "http", &[("app", "web")]);
     registry = registry.replacen(
         &format!("    port: {SVC_PORT}\n"),
@@ -559,6 +573,7 @@ fn start_mesh(node: &mut Node, dir: &Path) -> Result<Contender> {
             .arg("--config")
             .arg(&cfg)
             .args(["--admin", ADMIN, "--ingress-bind", "127.0.0.1"])
+            .args(extra)
             .env("MESH_WORKER_THREADS", "1")
             .env(
                 "MESH_EBPF_OBJECT",
@@ -1199,6 +1214,7 @@ fn profile_mesh(node: &Node, mesh: &Contender, lua: &Path, dir: &Path) -> Result
 
 struct Report<'a> {
     opts: &'a Opts,
+    metrics: &'a MetricsCost,
     loadavg: String,
     tools: &'a Tools,
     cells: &'a [Cell],
@@ -1212,6 +1228,28 @@ struct Report<'a> {
     restart: &'a RestartCost,
     disruption: &'a Disruption,
     elapsed: Duration,
+}
+
+/// The mesh's CPU per request with its request metrics (`istio_*`) off and on: one run each of
+/// the same load, each against a freshly started agent.
+struct MetricsCost {
+    off: Sample,
+    on: Sample,
+}
+
+/// Restarts the node's agent with `--request-metrics off`, runs the c32 keep-alive load (after a
+/// warm-up run), then the same with `on`. The agent left running has them on, as by default.
+fn metrics_cost(node: &mut Node, dir: &Path, o: &Opts, lua: &Path, warm: u32) -> Result<MetricsCost> {
+    let load = Load::Wrk { conns: 32, jason: false, close: false };
+    let mut run = |setting: &str| -> Result<Sample> {
+        node.stop("agent")?;
+        let c = start_mesh(node, dir, &["--request-metrics", setting])?;
+        let _ = run_load(node, "client", None, &c, &load, warm, lua, o.rate, dir)?;
+        measure(node, "client", None, &c, &load, o.duration, lua, o.rate, dir)
+    };
+    let off = run("off")?;
+    let on = run("on")?;
+    Ok(MetricsCost { off, on })
 }
 
 /// Agent start to ready on a node with many pods and routing objects: what a restart or an
@@ -1615,6 +1653,24 @@ impl Report<'_> {
                 ),
             });
         }
+        let (on, off) = (&self.metrics.on, &self.metrics.off);
+        let what =
+            "mesh CPU per request with --request-metrics on ≤ 1.03× off (c32 keep-alive, one run each)".to_owned();
+        match (on.cpu_per_1k(), off.cpu_per_1k()) {
+            (Some(a), Some(b)) if on.clean() && off.clean() && b > 0.0 => t.push(Target {
+                what,
+                met: Some(a <= 1.03 * b),
+                numbers: format!("on {a:.3} s/1k req, off {b:.3} s/1k req: {:+.1}%", (a / b - 1.0) * 100.0),
+            }),
+            _ => t.push(Target {
+                what,
+                met: None,
+                numbers: format!(
+                    "invalid: no CPU reading or failed/non-2xx requests (on: {} errors {} non-2xx, off: {} errors {} non-2xx)",
+                    on.errors, on.non2xx, off.errors, off.non2xx
+                ),
+            }),
+        }
         let Some(redirect) = self.redirect else { return t };
         let (e, i): (Vec<f64>, Vec<f64>) =
             (redirect.ebpf.iter().map(Sample::rps).collect(), redirect.iptables.iter().map(Sample::rps).collect());
@@ -1920,7 +1976,7 @@ impl Report<'_> {
             .into_iter()
             .map(|t| serde_json::json!({"target": t.what, "met": t.met, "numbers": t.numbers}))
             .collect();
-        serde_json::to_string_pretty(&serde_json::json!({"quick": self.opts.quick, "loadavg": self.loadavg, "cells": cells, "redirect": redirect, "memory": mem, "config_scale": {"objects": self.config_scale.objects, "bytes": self.config_scale.bytes, "secs": self.config_scale.secs, "max_rss_kb": self.config_scale.max_rss_kb}, "restart": {"pods": self.restart.pods, "virtual_services": self.restart.virtual_services, "secs": self.restart.secs}, "disruption": {"rate": self.disruption.rate, "restarts": self.disruption.restarts, "rows": self.disruption.rows.iter().map(|(h, ok, f)| serde_json::json!({"how": h, "ok": ok, "failed": f})).collect::<Vec<_>>()}, "targets": targets}))
+        serde_json::to_string_pretty(&serde_json::json!({"quick": self.opts.quick, "loadavg": self.loadavg, "cells": cells, "redirect": redirect, "memory": mem, "config_scale": {"objects": self.config_scale.objects, "bytes": self.config_scale.bytes, "secs": self.config_scale.secs, "max_rss_kb": self.config_scale.max_rss_kb}, "restart": {"pods": self.restart.pods, "virtual_services": self.restart.virtual_services, "secs": self.restart.secs}, "disruption": {"rate": self.disruption.rate, "restarts": self.disruption.restarts, "rows": self.disruption.rows.iter().map(|(h, ok, f)| serde_json::json!({"how": h, "ok": ok, "failed": f})).collect::<Vec<_>>()}, "request_metrics": {"off": {"rps": self.metrics.off.rps(), "cpu_s_per_1k": self.metrics.off.cpu_per_1k(), "errors": self.metrics.off.errors, "non2xx": self.metrics.off.non2xx}, "on": {"rps": self.metrics.on.rps(), "cpu_s_per_1k": self.metrics.on.cpu_per_1k(), "errors": self.metrics.on.errors, "non2xx": self.metrics.on.non2xx}}, "targets": targets}))
             .unwrap_or_default()
     }
 }
