@@ -470,6 +470,28 @@ fn initial_config(args: &AgentArgs) -> Config {
     }
 }
 
+/// What Istio's `Telemetry` resources say about the access log of each pod on this node, with the
+/// `--access-log` flag standing for Istio's default provider (`meshConfig.accessLogFile`); None
+/// when no Telemetry has `accessLogging` (the flag alone decides, nothing to look up per request).
+fn access_log_overrides(
+    config: &Config,
+    registry: &Registry,
+    state: &ProxyState,
+) -> Option<proxy::access_log::WorkloadOverrides> {
+    use crate::config::telemetry::{access_log_providers, ENVOY_PROVIDER};
+    if !config.telemetries.iter().any(|t| !t.spec.access_logging.is_empty()) {
+        return None;
+    }
+    let defaults: &[&str] =
+        if state.access_log.mode() == proxy::access_log::AccessLogMode::Off { &[] } else { &[ENVOY_PROVIDER] };
+    let mut map = proxy::access_log::WorkloadOverrides::new();
+    for w in registry.workloads.iter().filter(|w| w.enroll && w.netns.is_some()) {
+        let on = access_log_providers(config, w, defaults).contains(ENVOY_PROVIDER);
+        map.entry(w.namespace.clone()).or_default().insert(w.name.clone(), on);
+    }
+    Some(map)
+}
+
 /// The eBPF enrollment map, as the enrollment state machine sees it.
 struct KernelMap(Arc<MeshEbpf>);
 
@@ -634,6 +656,7 @@ impl NodeReconciler {
         {
             self.published.config_applied(applied);
         }
+        self.state.access_log.set_overrides(access_log_overrides(self.admission.live(), registry, &self.state));
     }
 
     /// The enrolled pods as `/config_dump` shows them.
@@ -934,6 +957,53 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         agent: AgentArgs,
+    }
+
+    #[test]
+    fn telemetry_access_logging_decides_per_pod_with_the_flag_as_the_default_provider() {
+        let yaml = "apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: logs, namespace: default}\nspec:\n  selector: {matchLabels: {app: productpage}}\n  accessLogging:\n  - providers: [{name: envoy}]\n---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {name: quiet, namespace: default}\nspec:\n  selector: {matchLabels: {app: ratings}}\n  accessLogging:\n  - disabled: true\n";
+        let config = Config::parse_str("telemetry.yaml", yaml).expect("telemetry parses");
+        let pod = |name: &str, app: &str| {
+            let mut w = Workload::external(Ipv4Addr::new(10, 0, 0, 1), "default");
+            w.name = name.into();
+            w.labels = [("app".to_string(), app.to_string())].into_iter().collect();
+            w.enroll = true;
+            w.netns = Some("/run/netns/x".into());
+            Arc::new(w)
+        };
+        let registry = Registry {
+            workloads: vec![
+                pod("productpage-v1", "productpage"),
+                pod("ratings-v1", "ratings"),
+                pod("details-v1", "details"),
+            ],
+            ..Registry::default()
+        };
+        struct NoOriginalDst;
+        impl proxy::OriginalDst for NoOriginalDst {
+            fn take(&self, _: u64, _: std::net::SocketAddrV4) -> Option<std::net::SocketAddrV4> {
+                None
+            }
+        }
+        let state = ProxyState::new(registry.clone(), RouteTable::kubernetes_only(&registry), Arc::new(NoOriginalDst));
+        let on = |state: &ProxyState| {
+            let o = access_log_overrides(&config, &registry, state).expect("a Telemetry has accessLogging");
+            let mut v: Vec<(String, bool)> = o["default"].iter().map(|(k, v)| (k.clone(), *v)).collect();
+            v.sort();
+            v
+        };
+        // --access-log off (Istio's default: no default provider): only the selected pod logs.
+        assert_eq!(
+            on(&state),
+            [("details-v1".into(), false), ("productpage-v1".into(), true), ("ratings-v1".into(), false)]
+        );
+        // --access-log text (meshConfig.accessLogFile set): everyone but the pod turned off.
+        state.access_log.set_mode(proxy::access_log::AccessLogMode::Text);
+        assert_eq!(
+            on(&state),
+            [("details-v1".into(), true), ("productpage-v1".into(), true), ("ratings-v1".into(), false)]
+        );
+        assert!(access_log_overrides(&Config::default(), &registry, &state).is_none());
     }
 
     #[test]

@@ -32,9 +32,15 @@ pub enum AccessLogMode {
 /// Lines that may wait for the writer; past this the log drops lines rather than memory grows.
 pub const DEFAULT_CAPACITY: usize = 4096;
 
+/// Per source pod (namespace → name → on/off), what Istio's `Telemetry` resources decide.
+pub type WorkloadOverrides = std::collections::HashMap<String, std::collections::HashMap<String, bool>>;
+
 /// The switch, the channel and its receiving end until a writer takes it.
 pub struct AccessLog {
     mode: AtomicU8,
+    /// Set from the `Telemetry` resources of the live config (None: none has `accessLogging`,
+    /// the flag alone decides).
+    overrides: arc_swap::ArcSwapOption<WorkloadOverrides>,
     tx: mpsc::Sender<String>,
     rx: Mutex<Option<mpsc::Receiver<String>>>,
 }
@@ -49,7 +55,7 @@ impl AccessLog {
     /// An access log, off, holding at most `capacity` lines for its writer.
     pub fn new(capacity: usize) -> Self {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        AccessLog { mode: AtomicU8::new(0), tx, rx: Mutex::new(Some(rx)) }
+        AccessLog { mode: AtomicU8::new(0), overrides: Default::default(), tx, rx: Mutex::new(Some(rx)) }
     }
 
     /// The current mode.
@@ -69,6 +75,25 @@ impl AccessLog {
             AccessLogMode::Json => 2,
         };
         self.mode.store(v, Ordering::Relaxed);
+    }
+
+    /// Replaces the per-pod decisions of the `Telemetry` resources.
+    pub fn set_overrides(&self, overrides: Option<WorkloadOverrides>) {
+        self.overrides.store(overrides.map(std::sync::Arc::new));
+    }
+
+    /// The mode for a request from `source`: the flag's, unless a `Telemetry` resource turns the
+    /// log on (in the flag's format, Envoy's text when the flag is off) or off for that pod.
+    pub fn mode_for(&self, source: Option<&crate::registry::Workload>) -> AccessLogMode {
+        let base = self.mode();
+        let overrides = self.overrides.load();
+        let (Some(map), Some(w)) = (overrides.as_deref(), source) else { return base };
+        match map.get(w.namespace.as_str()).and_then(|m| m.get(w.name.as_str())) {
+            Some(true) if base == AccessLogMode::Off => AccessLogMode::Text,
+            Some(true) => base,
+            Some(false) => AccessLogMode::Off,
+            None => base,
+        }
     }
 
     /// Queues `line` for the writer; drops and counts it when the writer is behind.

@@ -88,7 +88,7 @@ impl RequestRecord {
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         let line = req.method().as_str().len() + req.uri().path_and_query().map_or(1, |p| p.as_str().len()) + 11;
-        let mode = state.access_log.mode();
+        let mode = state.access_log.mode_for(source.workload.as_deref());
         let log = (mode != AccessLogMode::Off).then(|| {
             let h = |n: http::header::HeaderName| req.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
             let fields = Fields {

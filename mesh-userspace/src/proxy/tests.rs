@@ -1654,6 +1654,33 @@ async fn access_log_writes_a_text_line_per_request_and_json_when_switched() {
     assert_eq!(state.metrics.get("mesh_access_log_dropped_total", &[]), 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_overrides_turn_the_access_log_on_or_off_per_source_pod() {
+    let (registry, reviews, client, _, _) = setup(0).await;
+    let state = ProxyState::new(registry.clone(), table(&vs("v2"), &registry), Arc::new(NoOriginalDst));
+    let mut lines = access_log_lines(&state);
+    let addr = front(state.clone(), reviews, client.clone()).await;
+    let set = |on: bool| {
+        let mut m = access_log::WorkloadOverrides::new();
+        m.entry(client.namespace.clone()).or_default().insert(client.name.clone(), on);
+        state.access_log.set_overrides(Some(m));
+    };
+    // The flag is off; a Telemetry turns the log on for this pod: Envoy's text format.
+    set(true);
+    assert_eq!(get(addr, &[("x-request-id", "t-1")]).await.0, 200);
+    let line = next_line(&mut lines).await;
+    assert!(line.starts_with('[') && line.contains("\"t-1\""), "{line}");
+    // The flag says JSON; a Telemetry turns it off for this pod: nothing, until it is gone.
+    state.access_log.set_mode(access_log::AccessLogMode::Json);
+    set(false);
+    assert_eq!(get(addr, &[("x-request-id", "t-2")]).await.0, 200);
+    state.access_log.set_overrides(None);
+    assert_eq!(get(addr, &[("x-request-id", "t-3")]).await.0, 200);
+    let line = next_line(&mut lines).await;
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(v["request_id"], "t-3", "t-2 must not be logged: {line}");
+}
+
 // Paused clock, as in the DC metrics test: the client leaves 100 ms into a 5 s delay.
 #[tokio::test(start_paused = true)]
 async fn access_log_records_an_abandoned_request_with_code_0_and_dc() {
