@@ -154,6 +154,9 @@ pub struct EndpointView {
     pub labels: BTreeMap<String, String>,
     /// Outlier detection has it ejected now (requests skip it).
     pub ejected: bool,
+    /// For how many more milliseconds it stays ejected (absent when it is not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ejected_for_ms: Option<u64>,
 }
 
 /// A pod the agent enrolled: its listener runs in the pod's network namespace and its cgroup is
@@ -303,12 +306,16 @@ fn cluster_view(state: &ProxyState, c: &Cluster) -> ClusterView {
         endpoints: c
             .endpoints
             .iter()
-            .map(|e| EndpointView {
-                address: e.addr.to_string(),
-                workload: e.workload.name.clone(),
-                namespace: e.workload.namespace.clone(),
-                labels: e.workload.labels.clone(),
-                ejected: state.lb.is_ejected(e.addr),
+            .map(|e| {
+                let ejected_for = state.lb.ejected_for(e.addr);
+                EndpointView {
+                    address: e.addr.to_string(),
+                    workload: e.workload.name.clone(),
+                    namespace: e.workload.namespace.clone(),
+                    labels: e.workload.labels.clone(),
+                    ejected: ejected_for.is_some(),
+                    ejected_for_ms: ejected_for.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                }
             })
             .collect(),
     }

@@ -209,8 +209,13 @@ async fn config_dump_shows_objects_clusters_health_and_pods() {
     assert_eq!(v1["load_balancer"], "LEAST_REQUEST");
     assert_eq!(v1["outlier_detection"]["consecutive_5xx_errors"], 1);
     assert_eq!(v1["outlier_detection"]["base_ejection_time_ms"], 30000);
+    // Ejected for the base ejection time (30 s), counting down from when it was ejected.
+    let left = v1["endpoints"][0]["ejected_for_ms"].as_u64().unwrap_or(0);
+    assert!((20_000..=30_000).contains(&left), "ejected_for_ms {left} in {body}");
+    let mut v1_endpoints = v1["endpoints"].clone();
+    v1_endpoints[0].as_object_mut().map(|o| o.remove("ejected_for_ms"));
     assert_eq!(
-        v1["endpoints"],
+        v1_endpoints,
         serde_json::json!([{"address": "10.244.0.12:9080", "workload": "reviews-v1", "namespace": "default",
             "labels": {"app": "reviews", "version": "v1"}, "ejected": true}])
     );

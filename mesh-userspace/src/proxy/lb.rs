@@ -126,9 +126,15 @@ impl LoadBalancer {
 
     /// Whether outlier detection has `addr` ejected right now.
     pub fn is_ejected(&self, addr: SocketAddr) -> bool {
+        self.ejected_for(addr).is_some()
+    }
+
+    /// How much longer outlier detection keeps `addr` ejected; None when it is not ejected.
+    pub fn ejected_for(&self, addr: SocketAddr) -> Option<std::time::Duration> {
         let now = Instant::now();
-        let st = self.endpoints.lock().unwrap_or_else(|e| e.into_inner()).get(&addr).cloned();
-        st.is_some_and(|st| st.health.lock().unwrap_or_else(|e| e.into_inner()).ejected_until.is_some_and(|t| t > now))
+        let st = self.endpoints.lock().unwrap_or_else(|e| e.into_inner()).get(&addr).cloned()?;
+        let until = st.health.lock().unwrap_or_else(|e| e.into_inner()).ejected_until?;
+        (until > now).then(|| until - now)
     }
 
     /// Picks an endpoint of `cluster`, skipping ejected ones and, when possible, those in
