@@ -712,16 +712,8 @@ impl NodeReconciler {
 
     /// Logs and counts what an enrollment reconcile did.
     fn report(&self, out: enrollment::Outcome) {
-        let registry = self.state.registry.load();
-        for ((namespace, pod), cgroup_id) in &out.enrolled {
-            let netns = registry
-                .workloads
-                .iter()
-                .find(|w| &w.namespace == namespace && &w.name == pod)
-                .and_then(|w| w.netns.as_deref())
-                .map(|p| p.display().to_string())
-                .unwrap_or_default();
-            tracing::info!(pod = %pod, namespace = %namespace, cgroup_id, netns = %netns, "pod enrolled");
+        for ((namespace, pod), cgroup_id, netns) in &out.enrolled {
+            tracing::info!(pod = %pod, namespace = %namespace, cgroup_id, netns = %netns.display(), "pod enrolled");
             self.state.metrics.inc("mesh_pod_enrollments_total", &[("result", "enrolled")]);
         }
         for ((namespace, pod), error) in &out.failed {

@@ -91,8 +91,8 @@ pub struct PodState<'a> {
 /// What one reconcile did, for the caller's logs and counters.
 #[derive(Debug, Default, PartialEq)]
 pub struct Outcome {
-    /// Pods enrolled, with their cgroup id.
-    pub enrolled: Vec<(PodKey, u64)>,
+    /// Pods enrolled, with their cgroup id and network namespace.
+    pub enrolled: Vec<(PodKey, u64, PathBuf)>,
     /// Pods that could not be enrolled yet (retried on the next reconcile), with why.
     pub failed: Vec<(PodKey, String)>,
     /// Pods unenrolled (gone from the wanted set, or recreated with another netns/cgroup).
@@ -201,7 +201,7 @@ impl<K: KernelEnrollments, L: PodListeners> Enrollments<K, L> {
             }
             match self.enroll(key, w) {
                 Ok(pod) => {
-                    out.enrolled.push((key.clone(), pod.cgroup_id));
+                    out.enrolled.push((key.clone(), pod.cgroup_id, pod.netns.clone()));
                     self.enrolled.insert(key.clone(), pod);
                 }
                 Err(e) => {
