@@ -32,6 +32,10 @@ impl OriginalDst for NoOriginalDst {
 async fn backend(name: &'static str, fail: usize) -> (SocketAddr, Arc<AtomicUsize>) {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
     let addr = l.local_addr().expect("addr");
+    // A fresh gate: the port may be one an earlier test's backend had, and that backend's leftover
+    // `release` permits would let this one's held requests through at once.
+    fresh_hold(addr);
+    connections().lock().unwrap().insert(addr, 0);
     let hits = Arc::new(AtomicUsize::new(0));
     let counter = hits.clone();
     tokio::spawn(async move {
@@ -90,21 +94,28 @@ struct Hold {
     received: Semaphore,
 }
 
-fn hold(addr: SocketAddr) -> Arc<Hold> {
+fn holds() -> std::sync::MutexGuard<'static, std::collections::HashMap<SocketAddr, Arc<Hold>>> {
     static HOLDS: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<SocketAddr, Arc<Hold>>>> =
         std::sync::OnceLock::new();
-    let mut holds = HOLDS.get_or_init(Default::default).lock().unwrap();
-    holds
-        .entry(addr)
-        .or_insert_with(|| {
-            Arc::new(Hold {
-                arrived: Semaphore::new(0),
-                release: Semaphore::new(0),
-                seen: Default::default(),
-                received: Semaphore::new(0),
-            })
-        })
-        .clone()
+    HOLDS.get_or_init(Default::default).lock().unwrap()
+}
+
+fn new_hold() -> Arc<Hold> {
+    Arc::new(Hold {
+        arrived: Semaphore::new(0),
+        release: Semaphore::new(0),
+        seen: Default::default(),
+        received: Semaphore::new(0),
+    })
+}
+
+/// Replaces whatever gate an earlier backend on the same port left behind.
+fn fresh_hold(addr: SocketAddr) {
+    holds().insert(addr, new_hold());
+}
+
+fn hold(addr: SocketAddr) -> Arc<Hold> {
+    holds().entry(addr).or_insert_with(new_hold).clone()
 }
 
 /// Waits until `n` held requests have reached the backend at `addr` (bounded, so a bug fails the
