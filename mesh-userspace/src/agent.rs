@@ -26,7 +26,7 @@ use crate::{
     config::Config,
     discovery::{self, kube::KubeOptions, sandbox::KubeletLayout},
     ebpf::{self, MeshEbpf},
-    ebpf_pin, enrollment,
+    ebpf_pin, ebpf_upgrade, enrollment,
     handover::{self, Inherited, Role},
     inpod,
     proxy::{self, ProxyState},
@@ -115,11 +115,15 @@ pub struct AgentArgs {
     /// Pin the eBPF maps and links in this bpffs directory (bpffs is mounted at /sys/fs/bpf when
     /// the directory is below it and nothing is mounted there), so that a crashed agent leaves
     /// the programs attached — `--fail-mode` keeps holding for enrolled pods — and the restarted
-    /// agent re-adopts the maps instead of loading new programs. Without it a crash detaches
+    /// agent re-adopts the links and maps (running its own programs behind them). Without it a crash detaches
     /// everything (the pods' connects go to their original destinations). The DaemonSet sets
     /// /sys/fs/bpf/mesh.
     #[arg(long)]
     pub bpf_pin_dir: Option<PathBuf>,
+    /// Tests only: advertise and pin under this map layout instead of this build's, to exercise a
+    /// successor's migration between layouts with one binary.
+    #[arg(long, hide = true)]
+    pub pretend_map_layout: Option<u32>,
     /// Istio's standard request and TCP metrics (`istio_*` on /metrics): `off` records none of
     /// them (the agent's own `mesh_*` counters stay), to measure or save their cost per request.
     #[arg(long, value_enum, default_value_t = Switch::On)]
@@ -150,6 +154,11 @@ fn positive_duration(s: &str) -> Result<Duration, String> {
 }
 
 impl AgentArgs {
+    /// The map layout this agent advertises to a successor and pins under.
+    pub fn map_layout(&self) -> u32 {
+        self.pretend_map_layout.unwrap_or(ebpf::MAP_LAYOUT)
+    }
+
     /// The proxy's downstream limits: the defaults, with what the flags set.
     pub fn limits(&self) -> proxy::Limits {
         proxy::Limits {
@@ -177,51 +186,47 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         .await
         .context("handover thread")?
         .with_context(|| format!("taking over from the agent at {}", args.handover_socket.display()))?;
-    let pins = args.bpf_pin_dir.as_deref().map(ebpf_pin::PinDir::open).transpose()?;
+    let layout = args.map_layout();
+    let pins = args.bpf_pin_dir.as_deref().map(|d| ebpf_pin::PinDir::open(d, layout)).transpose()?;
     let mut readopted = false;
+    let mut replace_programs = false;
     let (bpf, mut inherited, mut predecessor) = match received {
         Some(r) => {
             tracing::info!(pid = r.predecessor_pid, descriptors = r.items.len(), "taking over from the running agent");
             let mut inherited = Inherited::new(r.items);
             let maps = std::mem::take(&mut inherited.maps);
             let links = std::mem::take(&mut inherited.links);
-            let bpf = if r.map_layout == ebpf::MAP_LAYOUT {
+            let bpf = if r.map_layout == layout {
+                // Its programs keep running on its maps; ours are swapped in once we run.
+                replace_programs = true;
                 MeshEbpf::adopt(maps, links, &args.cgroup_root)?
             } else {
-                // Its maps mean something else to this version: run our own next to its
-                // programs, which detach when it exits. Not hitless for in-pod connections
-                // redirected by its programs meanwhile (their original destination is in its maps).
-                tracing::warn!(
-                    theirs = r.map_layout,
-                    ours = ebpf::MAP_LAYOUT,
-                    "eBPF map layout changed: loading fresh programs and maps"
-                );
-                // Its pins go (it still holds its links, which detach when it exits).
+                let migrated = migrate_and_take_over(&args, &maps, &links, r.map_layout);
+                // Its pins go either way: its links are ours now (pinned below under our
+                // layout), or it holds them itself until it exits.
                 if let Some(p) = &pins {
                     p.remove_other_layouts(false);
                 }
-                MeshEbpf::load_and_attach(&ebpf::find_object(args.ebpf_object.as_deref())?, &args.cgroup_root)?
+                match migrated {
+                    Ok(b) => b,
+                    Err(e) => {
+                        // Its maps mean something else to this version and cannot be migrated:
+                        // run our own programs next to its, which detach when it exits. Not
+                        // hitless for in-pod connections its programs redirect meanwhile.
+                        tracing::warn!(theirs = r.map_layout, ours = layout, error = %e, "eBPF map layout changed: loading fresh programs and maps next to the predecessor's");
+                        MeshEbpf::load_and_attach(&ebpf::find_object(args.ebpf_object.as_deref())?, &args.cgroup_root)?
+                    }
+                }
             };
             (Arc::new(bpf), inherited, Some(r.predecessor))
         }
         None => {
-            let pinned = match &pins {
-                Some(p) => p.load(&ebpf::USER_MAPS, &ebpf::LINKED_PROGRAMS)?,
-                None => None,
-            };
-            let adopted = pinned.and_then(|(maps, links)| match MeshEbpf::adopt(maps, links, &args.cgroup_root) {
-                Ok(b) => Some(b),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot re-adopt the pinned eBPF state; loading fresh programs");
-                    None
-                }
-            });
-            let bpf = match adopted {
-                Some(b) => {
-                    // A previous agent died without a successor: its programs stayed attached
+            let bpf = match pins.as_ref().map(|p| readopt_pinned(&args, p)).transpose()?.flatten() {
+                Some((b, same_layout)) => {
+                    // A previous agent died without a successor: its links stayed attached
                     // (applying --fail-mode) and its maps kept the pods and VIPs.
-                    tracing::info!("re-adopted the eBPF programs and maps pinned by a previous agent");
                     readopted = true;
+                    replace_programs = same_layout;
                     b
                 }
                 None => {
@@ -312,10 +317,20 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     // The files as found at start; a bad object among them is rejected, the rest served.
     node.admission_candidate = Some(sources.merged());
     let initial = registries.borrow_and_update().clone();
+    // The adopted programs serve on the same maps until this agent's own are swapped in, which
+    // happens once it is ready, so the verifier's time never delays a take-over; a successor's
+    // offer waits for it, so that its own swap cannot be overtaken by ours.
+    let mut replacing: Option<tokio::task::JoinHandle<()>> = None;
+    let mut replace_when_ready = |replacing: &mut Option<tokio::task::JoinHandle<()>>| {
+        if std::mem::take(&mut replace_programs) {
+            *replacing = Some(spawn_replace_programs(&args, pins.as_ref(), bpf.clone()));
+        }
+    };
     if let Some(registry) = initial {
         node.apply_registry(registry).await;
         ready.store(true, Ordering::Relaxed);
         became_ready(&args, &mut node, &mut predecessor, &mut server);
+        replace_when_ready(&mut replacing);
     } else {
         tracing::info!("waiting for the first complete list of Services, EndpointSlices, Pods and Namespaces");
     }
@@ -339,10 +354,14 @@ pub async fn run(args: AgentArgs) -> Result<()> {
                     node.apply_registry(registry).await;
                     ready.store(true, Ordering::Relaxed);
                     became_ready(&args, &mut node, &mut predecessor, &mut server);
+                    replace_when_ready(&mut replacing);
                 }
             }
             conn = async { match &server { Some(s) => s.accept().await, None => std::future::pending().await } } => {
-                match conn.and_then(|c| Ok((c, offer(&node, &bpf, &admin_fd)?))) {
+                if let Some(swap) = replacing.take() {
+                    let _ = swap.await;
+                }
+                match conn.and_then(|c| Ok((c, offer(&node, &bpf, &admin_fd, args.map_layout())?))) {
                     Ok((stream, offer)) => {
                         handovers_pending += 1;
                         hand_over(stream, offer, handed_over_tx.clone());
@@ -855,12 +874,101 @@ fn became_ready(
     }
 }
 
+/// Runs this agent's programs behind the links of a predecessor of another layout (see
+/// [`MeshEbpf::migrate_and_take_over`]).
+fn migrate_and_take_over(
+    args: &AgentArgs,
+    maps: &std::collections::HashMap<String, OwnedFd>,
+    links: &[(String, OwnedFd)],
+    theirs: u32,
+) -> Result<MeshEbpf> {
+    let object = ebpf::find_object(args.ebpf_object.as_deref())?;
+    let pins = args.bpf_pin_dir.as_deref().map(|d| ebpf_pin::PinDir::open(d, args.map_layout())).transpose()?;
+    let scratch = ebpf_pin::scratch_root(pins.as_ref());
+    Ok(MeshEbpf::migrate_and_take_over(
+        &object,
+        maps,
+        links,
+        (theirs, args.map_layout()),
+        scratch.as_deref(),
+        &args.cgroup_root,
+    )?)
+}
+
+/// Swaps this agent's programs in behind the links it adopted, in the background (see
+/// [`MeshEbpf::replace_programs`]); on failure the adopted programs stay, which is logged.
+fn spawn_replace_programs(
+    args: &AgentArgs,
+    pins: Option<&ebpf_pin::PinDir>,
+    bpf: Arc<MeshEbpf>,
+) -> tokio::task::JoinHandle<()> {
+    let object = ebpf::find_object(args.ebpf_object.as_deref());
+    let pins = pins.cloned();
+    tokio::spawn(async move {
+        let replaced = tokio::task::spawn_blocking({
+            let bpf = bpf.clone();
+            move || -> Result<()> {
+                let scratch = ebpf_pin::scratch_root(pins.as_ref())
+                    .context("no bpffs to share the maps with this agent's programs")?;
+                Ok(bpf.replace_programs(&object?, &scratch)?)
+            }
+        })
+        .await;
+        match replaced {
+            Ok(Ok(())) => {
+                if let Err(e) = bpf.forward_kernel_logs() {
+                    tracing::warn!(error = %e, "kernel log records are not forwarded");
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot run this agent's eBPF programs behind the adopted links: the previous agent's programs stay")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "replacing the eBPF programs panicked: the previous agent's programs stay")
+            }
+        }
+    })
+}
+
+/// Re-adopts what an agent that died without a successor left pinned: its links and maps (of
+/// this layout, true; this agent's programs are swapped in later), or its links with this
+/// agent's programs on fresh maps its entries were migrated into (another layout this version
+/// migrates from, false). None when nothing usable is pinned.
+fn readopt_pinned(args: &AgentArgs, pins: &ebpf_pin::PinDir) -> Result<Option<(MeshEbpf, bool)>> {
+    let ours = args.map_layout();
+    for layout in std::iter::once(ours).chain(pins.other_layouts()) {
+        let names: Vec<&str> = match layout == ours {
+            true => ebpf::SHARED_MAPS.to_vec(),
+            false => ebpf::SHARED_MAPS.into_iter().filter(|m| ebpf_upgrade::can_migrate_map(layout, m)).collect(),
+        };
+        if names.is_empty() {
+            continue;
+        }
+        let Some((maps, links)) = pins.load_layout(layout, &names, &ebpf::LINKED_PROGRAMS)? else { continue };
+        let adopted = match layout == ours {
+            true => MeshEbpf::adopt(maps, links, &args.cgroup_root).map_err(anyhow::Error::from),
+            false => migrate_and_take_over(args, &maps, &links, layout),
+        };
+        match adopted {
+            Ok(b) => {
+                tracing::info!(layout, "re-adopted the eBPF links and maps pinned by a previous agent");
+                // The links are pinned again under our layout; the other sets' pins go (a link
+                // whose last pin goes and that no process holds detaches).
+                pins.remove_other_layouts(false);
+                return Ok(Some((b, layout == ours)));
+            }
+            Err(e) => tracing::warn!(layout, error = %format!("{e:#}"), "cannot re-adopt the pinned eBPF state"),
+        }
+    }
+    Ok(None)
+}
+
 /// Everything a successor needs: every listening socket, and the eBPF maps and links.
-fn offer(node: &NodeReconciler, bpf: &MeshEbpf, admin: &OwnedFd) -> std::io::Result<handover::Offer> {
+fn offer(node: &NodeReconciler, bpf: &MeshEbpf, admin: &OwnedFd, layout: u32) -> std::io::Result<handover::Offer> {
     let mut items = node.export()?;
     items.push((Role::Admin, admin.try_clone()?));
     items.extend(bpf.export().map_err(std::io::Error::other)?);
-    Ok(handover::Offer { map_layout: ebpf::MAP_LAYOUT, items })
+    Ok(handover::Offer { map_layout: layout, items })
 }
 
 /// Sends the offer and waits (in the background: this agent keeps serving) for the successor

@@ -20,12 +20,13 @@ use std::{
 use aya::{
     maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray},
     programs::{CgroupSockAddr, SockOps},
-    Ebpf,
+    Ebpf, EbpfLoader,
 };
 use aya_log::EbpfLogger;
 use mesh_common::{
     Enrollment, OriginalDst, ServiceKey, ServiceValue, TupleKey, MAP_CONFIG, MAP_ENROLLED, MAP_EVENT_STATS,
-    MAP_LOG_LEVEL, MAP_ORIG_BY_TUPLE, MAP_SERVICES, MAP_STATS, PROG_CONNECT4, PROG_CONNECT6, PROG_SOCK_OPS,
+    MAP_LOG_LEVEL, MAP_ORIG_BY_COOKIE, MAP_ORIG_BY_TUPLE, MAP_SERVICES, MAP_STATS, PROG_CONNECT4, PROG_CONNECT6,
+    PROG_SOCK_OPS,
 };
 use thiserror::Error;
 
@@ -108,12 +109,54 @@ pub enum EbpfError {
     #[error("duplicating a descriptor for the handover: {0}")]
     /// A descriptor could not be duplicated for a successor.
     Dup(std::io::Error),
+    #[error("the predecessor's maps are of layout {theirs} and this agent (layout {ours}) has no migration from it")]
+    /// A layout this version cannot migrate from.
+    NoMigration {
+        /// The predecessor's layout.
+        theirs: u32,
+        /// This agent's.
+        ours: u32,
+    },
+    #[error("map {name}: the loader created map {new} instead of reusing the predecessor's map {old}")]
+    /// The loader did not reuse a pinned map (nothing was changed in the kernel).
+    NotShared {
+        /// The map.
+        name: &'static str,
+        /// The predecessor's map id.
+        old: u32,
+        /// The id of the map the loader holds.
+        new: u32,
+    },
+    #[error("replacing the program behind link {name} (BPF_LINK_UPDATE): {source}")]
+    /// A link's program could not be replaced.
+    LinkUpdate {
+        /// The program.
+        name: &'static str,
+        /// The kernel's error.
+        source: std::io::Error,
+    },
+    #[error("handing the predecessor's maps to the loader: {0}")]
+    /// The maps could not be pinned for the loader to reuse.
+    Scratch(#[from] crate::ebpf_pin::PinError),
+    #[error("migrating the predecessor's maps: {0}")]
+    /// A map's entries could not be carried into this layout.
+    Migrate(#[from] crate::ebpf_upgrade::MigrateError),
+}
+
+/// The kernel id of the map behind `fd`.
+fn map_id_of_fd(fd: &OwnedFd) -> Result<u32, EbpfError> {
+    let name = "(map id)";
+    let data = MapData::from_fd(fd.try_clone().map_err(EbpfError::Dup)?)
+        .map_err(|source| EbpfError::Map { name, source: source.into() })?;
+    Ok(data.info().map_err(|source| EbpfError::Map { name, source: source.into() })?.id())
 }
 
 /// Version of the maps' names and key/value layouts (mesh-common). A successor adopts the
 /// predecessor's maps and links only when this matches; bump it whenever a map changes.
 /// 2: `MESH_CONFIG` (fail mode) added, `MESH_EVENT_STATS` grew the fail-open/closed counters.
-pub const MAP_LAYOUT: u32 = 2;
+/// 3: `MESH_ORIG_BY_COOKIE` handed over and pinned too, so a successor's programs can share it.
+/// A successor migrates the maps of the layouts [`crate::ebpf_upgrade`] has a converter for.
+pub const MAP_LAYOUT: u32 = 3;
 
 /// The programs, each attached by one link.
 pub const LINKED_PROGRAMS: [&str; 3] = [PROG_CONNECT4, PROG_CONNECT6, PROG_SOCK_OPS];
@@ -121,6 +164,20 @@ pub const LINKED_PROGRAMS: [&str; 3] = [PROG_CONNECT4, PROG_CONNECT6, PROG_SOCK_
 /// The maps the agent reads and writes (the programs hold the others).
 pub const USER_MAPS: [&str; 7] =
     [MAP_ENROLLED, MAP_SERVICES, MAP_ORIG_BY_TUPLE, MAP_STATS, MAP_EVENT_STATS, MAP_LOG_LEVEL, MAP_CONFIG];
+
+/// Every map a successor's programs must share with the predecessor's: the user-space maps plus
+/// the one only the programs use (connect4 writes it, sock_ops reads it; either may be the old
+/// program or the new one while the links are swapped).
+pub const SHARED_MAPS: [&str; 8] = [
+    MAP_ENROLLED,
+    MAP_SERVICES,
+    MAP_ORIG_BY_TUPLE,
+    MAP_STATS,
+    MAP_EVENT_STATS,
+    MAP_LOG_LEVEL,
+    MAP_CONFIG,
+    MAP_ORIG_BY_COOKIE,
+];
 
 // enum bpf_attach_type (include/uapi/linux/bpf.h).
 const BPF_CGROUP_SOCK_OPS: u32 = 3;
@@ -242,7 +299,9 @@ impl FailMode {
 /// successor holds duplicates.
 pub struct MeshEbpf {
     /// The loaded object (None when the maps and links were handed over by a predecessor).
-    bpf: Option<Ebpf>,
+    /// Behind a lock because a successor swaps its own programs in after it adopted (see
+    /// [`MeshEbpf::replace_programs`]).
+    bpf: Mutex<Option<Ebpf>>,
     /// The attachments: closing the last descriptor of a link (ours, or a successor's) detaches it.
     links: Vec<(String, OwnedFd)>,
     /// Duplicates of the user-space maps' descriptors, to hand over.
@@ -260,6 +319,41 @@ pub struct MeshEbpf {
     cgroup_root: PathBuf,
 }
 
+/// Loads every linked program of `bpf` into the kernel (the verifier runs here) and returns each
+/// with the hook it attaches to and a descriptor of it.
+fn load_programs(bpf: &mut Ebpf) -> Result<Vec<(&'static str, u32, OwnedFd)>, EbpfError> {
+    let mut out = Vec::new();
+    for (name, attach_type) in [
+        (PROG_CONNECT4, BPF_CGROUP_INET4_CONNECT),
+        (PROG_CONNECT6, BPF_CGROUP_INET6_CONNECT),
+        (PROG_SOCK_OPS, BPF_CGROUP_SOCK_OPS),
+    ] {
+        let err = |source: aya::programs::ProgramError| EbpfError::Program { name, source: source.into() };
+        let program = bpf.program_mut(name).ok_or(EbpfError::NoProgram(name))?;
+        let fd = if attach_type == BPF_CGROUP_SOCK_OPS {
+            let prog: &mut SockOps = program.try_into().map_err(err)?;
+            prog.load().map_err(err)?;
+            prog.fd().map_err(err)?.as_fd().try_clone_to_owned()
+        } else {
+            let prog: &mut CgroupSockAddr = program.try_into().map_err(err)?;
+            prog.load().map_err(err)?;
+            prog.fd().map_err(err)?.as_fd().try_clone_to_owned()
+        };
+        out.push((name, attach_type, fd.map_err(EbpfError::Dup)?));
+    }
+    Ok(out)
+}
+
+/// A duplicate descriptor of map `name` that `bpf` still holds (one the agent does not take).
+fn held_map_fd(bpf: &Ebpf, name: &'static str) -> Result<OwnedFd, EbpfError> {
+    match bpf.map(name).ok_or(EbpfError::NoMap(name))? {
+        Map::HashMap(d) | Map::LruHashMap(d) | Map::PerCpuArray(d) | Map::Array(d) => {
+            d.fd().as_fd().try_clone_to_owned().map_err(EbpfError::Dup)
+        }
+        _ => Err(EbpfError::NoMap(name)),
+    }
+}
+
 impl MeshEbpf {
     /// Loads the object and attaches connect4 and sock_ops to `cgroup_root` (normally the root
     /// of the cgroup v2 hierarchy, so every pod below it is seen; only enrolled cgroups are acted on).
@@ -268,34 +362,22 @@ impl MeshEbpf {
             .map_err(|source| EbpfError::Load { path: object.to_path_buf(), source: source.into() })?;
         let cgroup =
             File::open(cgroup_root).map_err(|source| EbpfError::Cgroup { path: cgroup_root.to_path_buf(), source })?;
-
         let mut links = Vec::new();
-        for (name, attach_type) in
-            [(PROG_CONNECT4, BPF_CGROUP_INET4_CONNECT), (PROG_CONNECT6, BPF_CGROUP_INET6_CONNECT)]
-        {
-            let prog: &mut CgroupSockAddr =
-                bpf.program_mut(name).ok_or(EbpfError::NoProgram(name))?.try_into().map_err(
-                    |source: aya::programs::ProgramError| EbpfError::Program { name, source: source.into() },
-                )?;
-            prog.load().map_err(|source| EbpfError::Program { name, source: source.into() })?;
+        for (name, attach_type, prog) in load_programs(&mut bpf)? {
             // A cgroup link always coexists with other programs on the same hook (a CNI's own
             // connect4); flags 0 is the only mode the kernel accepts for links (BPF_F_ALLOW_MULTI
             // is EINVAL for links on kernel 6.18, still so through aya 0.14's attach).
-            let fd = prog.fd().map_err(|source| EbpfError::Program { name, source: source.into() })?;
-            let link = link_create(fd, &cgroup, attach_type).map_err(|source| EbpfError::Link { name, source })?;
+            let link = link_create(&prog, &cgroup, attach_type).map_err(|source| EbpfError::Link { name, source })?;
             links.push((name.to_owned(), link));
         }
+        let me = Self::from_loaded(bpf, links, cgroup_root)?;
+        tracing::info!(object = %object.display(), cgroup = %cgroup_root.display(), "eBPF programs attached");
+        Ok(me)
+    }
 
-        let sock_ops: &mut SockOps =
-            bpf.program_mut(PROG_SOCK_OPS).ok_or(EbpfError::NoProgram(PROG_SOCK_OPS))?.try_into().map_err(
-                |source: aya::programs::ProgramError| EbpfError::Program { name: PROG_SOCK_OPS, source: source.into() },
-            )?;
-        sock_ops.load().map_err(|source| EbpfError::Program { name: PROG_SOCK_OPS, source: source.into() })?;
-        let fd = sock_ops.fd().map_err(|source| EbpfError::Program { name: PROG_SOCK_OPS, source: source.into() })?;
-        let link = link_create(fd, &cgroup, BPF_CGROUP_SOCK_OPS)
-            .map_err(|source| EbpfError::Link { name: PROG_SOCK_OPS, source })?;
-        links.push((PROG_SOCK_OPS.to_owned(), link));
-
+    /// Wraps a loaded object whose programs run behind `links`.
+    fn from_loaded(mut bpf: Ebpf, links: Vec<(String, OwnedFd)>, cgroup_root: &Path) -> Result<MeshEbpf, EbpfError> {
+        let cookie = held_map_fd(&bpf, MAP_ORIG_BY_COOKIE)?;
         let mut maps = HashMap::new();
         for name in USER_MAPS {
             maps.insert(name, bpf.take_map(name).ok_or(EbpfError::NoMap(name))?);
@@ -303,9 +385,146 @@ impl MeshEbpf {
         let names = Arc::new(Mutex::new(PodNames::default()));
         let logger = EbpfLogger::init_with_logger(&mut bpf, Forwarder { names: names.clone() })?;
         let mut me = Self::from_maps(maps, links, cgroup_root, names, Some(logger))?;
-        me.bpf = Some(bpf);
-        tracing::info!(object = %object.display(), cgroup = %cgroup_root.display(), "eBPF programs attached");
+        me.map_fds.push((MAP_ORIG_BY_COOKIE.to_owned(), cookie));
+        me.bpf = Mutex::new(Some(bpf));
         Ok(me)
+    }
+
+    /// Swaps this agent's own programs in behind the links it adopted (same map layout): they are
+    /// loaded against the very maps the links' programs use (the map descriptors are pinned for a
+    /// moment in `scratch`, a bpffs directory, for aya's loader to reuse, then unpinned; the map
+    /// ids are checked) and replace the old ones by `BPF_LINK_UPDATE`, atomically per link.
+    /// Nothing in the kernel changes unless every program passed the verifier. The kernel log
+    /// records then come from this agent's own ring buffer ([`MeshEbpf::forward_kernel_logs`]
+    /// again to forward them).
+    pub fn replace_programs(&self, object: &Path, scratch: &Path) -> Result<(), EbpfError> {
+        let mut maps = HashMap::new();
+        for (name, fd) in &self.map_fds {
+            maps.insert(name.clone(), fd.try_clone().map_err(EbpfError::Dup)?);
+        }
+        if let Some(missing) = SHARED_MAPS.iter().find(|m| !maps.contains_key(**m)) {
+            return Err(EbpfError::AdoptMissing(missing));
+        }
+        let share = crate::ebpf_pin::Scratch::pin(scratch, &maps)?;
+        let mut loader = EbpfLoader::new();
+        for name in SHARED_MAPS {
+            loader.map_pin_path(name, share.path(name));
+        }
+        let loaded = loader.load_file(object);
+        // The loader holds descriptors now; the pins were only its way to find the maps.
+        drop(share);
+        let mut bpf = loaded.map_err(|source| EbpfError::Load { path: object.to_path_buf(), source: source.into() })?;
+        let progs = load_programs(&mut bpf)?;
+        for name in SHARED_MAPS {
+            let (old, new) = (map_id_of_fd(&maps[name])?, map_id_of_fd(&held_map_fd(&bpf, name)?)?);
+            if old != new {
+                return Err(EbpfError::NotShared { name, old, new });
+            }
+        }
+        for (name, _, prog) in &progs {
+            let (_, link) = self.links.iter().find(|(l, _)| l == name).ok_or(EbpfError::AdoptMissing(name))?;
+            crate::ebpf_upgrade::link_update(link.as_fd(), prog.as_fd())
+                .map_err(|source| EbpfError::LinkUpdate { name, source })?;
+        }
+        let logger = EbpfLogger::init_with_logger(&mut bpf, Forwarder { names: self.names.clone() })?;
+        *lock(&self.logger) = Some(logger);
+        *lock(&self.bpf) = Some(bpf);
+        tracing::info!(object = %object.display(), maps = "shared", "this agent's eBPF programs now run behind the adopted links (BPF_LINK_UPDATE)");
+        Ok(())
+    }
+
+    /// Takes over the links of a predecessor of another map layout (handed over, or pinned by an
+    /// agent that died) and runs this agent's programs behind them on fresh maps, into which the
+    /// predecessor's entries are migrated first ([`crate::ebpf_upgrade`]); the links are then
+    /// swapped by `BPF_LINK_UPDATE` and the original-destination maps copied once more. Nothing
+    /// in the kernel changes unless every program passed the verifier and every map migrated.
+    pub fn migrate_and_take_over(
+        object: &Path,
+        maps: &HashMap<String, OwnedFd>,
+        links: &[(String, OwnedFd)],
+        layouts: (u32, u32),
+        scratch: Option<&Path>,
+        cgroup_root: &Path,
+    ) -> Result<MeshEbpf, EbpfError> {
+        let (theirs, ours) = layouts;
+        if !crate::ebpf_upgrade::can_migrate(theirs) {
+            return Err(EbpfError::NoMigration { theirs, ours });
+        }
+        // A map whose bytes mean the same in both layouts is shared, not copied: the
+        // predecessor's programs (and its proxy, still accepting until this agent is ready) and
+        // ours then see the same entries, with no window between a copy and the swap.
+        let unchanged: HashMap<String, OwnedFd> = match scratch {
+            Some(_) => maps
+                .iter()
+                .filter(|(name, _)| crate::ebpf_upgrade::is_unchanged(theirs, name))
+                .map(|(name, fd)| Ok((name.clone(), fd.try_clone().map_err(EbpfError::Dup)?)))
+                .collect::<Result<_, EbpfError>>()?,
+            None => HashMap::new(),
+        };
+        let share = match scratch {
+            Some(dir) if !unchanged.is_empty() => Some(crate::ebpf_pin::Scratch::pin(dir, &unchanged)?),
+            _ => None,
+        };
+        let mut loader = EbpfLoader::new();
+        if let Some(share) = &share {
+            for name in SHARED_MAPS.iter().filter(|n| unchanged.contains_key(**n)) {
+                loader.map_pin_path(name, share.path(name));
+            }
+        }
+        let loaded = loader.load_file(object);
+        drop(share);
+        let mut bpf = loaded.map_err(|source| EbpfError::Load { path: object.to_path_buf(), source: source.into() })?;
+        let progs = load_programs(&mut bpf)?;
+        let copied: Vec<&'static str> = SHARED_MAPS.into_iter().filter(|n| !unchanged.contains_key(*n)).collect();
+        for name in SHARED_MAPS.iter().filter(|n| unchanged.contains_key(**n)) {
+            let (old, new) = (map_id_of_fd(&unchanged[*name])?, map_id_of_fd(&held_map_fd(&bpf, name)?)?);
+            if old != new {
+                return Err(EbpfError::NotShared { name, old, new });
+            }
+        }
+        Self::migrate_from(theirs, maps, &bpf, &copied)?;
+        for (name, _, prog) in &progs {
+            let (_, link) = links.iter().find(|(l, _)| l == name).ok_or(EbpfError::AdoptMissing(name))?;
+            crate::ebpf_upgrade::link_update(link.as_fd(), prog.as_fd())
+                .map_err(|source| EbpfError::LinkUpdate { name, source })?;
+        }
+        // What the predecessor's programs recorded between the copy and the swap.
+        let again: Vec<&'static str> =
+            [MAP_ORIG_BY_COOKIE, MAP_ORIG_BY_TUPLE].into_iter().filter(|n| copied.contains(n)).collect();
+        Self::migrate_from(theirs, maps, &bpf, &again)?;
+        let links = links
+            .iter()
+            .map(|(n, fd)| Ok((n.clone(), fd.try_clone().map_err(EbpfError::Dup)?)))
+            .collect::<Result<Vec<_>, EbpfError>>()?;
+        let me = Self::from_loaded(bpf, links, cgroup_root)?;
+        tracing::info!(
+            object = %object.display(),
+            from_layout = theirs,
+            shared = ?unchanged.keys().collect::<Vec<_>>(),
+            copied = ?copied,
+            "this agent's eBPF programs now run behind the links of a predecessor of another map layout (BPF_LINK_UPDATE)"
+        );
+        Ok(me)
+    }
+
+    /// Copies the entries of the predecessor's maps named in `names` (those it handed over and
+    /// layout `from` carries) into this object's maps.
+    fn migrate_from(
+        from: u32,
+        maps: &HashMap<String, OwnedFd>,
+        bpf: &Ebpf,
+        names: &[&'static str],
+    ) -> Result<(), EbpfError> {
+        for name in names {
+            let Some(old) = maps.get(*name) else { continue };
+            if !crate::ebpf_upgrade::can_migrate_map(from, name) {
+                continue;
+            }
+            let new = held_map_fd(bpf, name)?;
+            let n = crate::ebpf_upgrade::migrate(from, name, old.as_fd(), new.as_fd())?;
+            tracing::debug!(map = name, entries = n, from_layout = from, "map entries migrated");
+        }
+        Ok(())
     }
 
     /// Takes over a predecessor's maps and links (descriptors received in a handover): nothing
@@ -327,10 +546,14 @@ impl MeshEbpf {
             };
             typed.insert(name, map);
         }
+        // Not used here, but a successor of ours needs it to run its programs on these maps.
+        let cookie = maps.remove(MAP_ORIG_BY_COOKIE);
         tracing::info!(links = links.len(), "eBPF maps and links taken over from the previous agent");
         // The kernel log ring buffer stays with the programs' loader: after a handover the
         // events are counted (MAP_EVENT_STATS) but not forwarded as log lines.
-        Self::from_maps(typed, links, cgroup_root, Arc::new(Mutex::new(PodNames::default())), None)
+        let mut me = Self::from_maps(typed, links, cgroup_root, Arc::new(Mutex::new(PodNames::default())), None)?;
+        me.map_fds.extend(cookie.map(|fd| (MAP_ORIG_BY_COOKIE.to_owned(), fd)));
+        Ok(me)
     }
 
     fn from_maps(
@@ -361,7 +584,7 @@ impl MeshEbpf {
         let config = Array::try_from(take(MAP_CONFIG)?)
             .map_err(|source| EbpfError::Map { name: MAP_CONFIG, source: source.into() })?;
         Ok(MeshEbpf {
-            bpf: None,
+            bpf: Mutex::new(None),
             links,
             map_fds,
             enrolled: Mutex::new(enrolled),

@@ -22,8 +22,6 @@ use std::{
 
 use thiserror::Error;
 
-use crate::ebpf::MAP_LAYOUT;
-
 /// `statfs.f_type` of a bpffs mount.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// Where Linux distributions (and Kubernetes nodes) mount bpffs.
@@ -135,31 +133,118 @@ pub type Pinned = (HashMap<String, OwnedFd>, Vec<(String, OwnedFd)>);
 #[derive(Debug, Clone)]
 pub struct PinDir {
     root: PathBuf,
+    /// The map layout this agent pins under (`ebpf::MAP_LAYOUT`, unless a test pretends).
+    layout: u32,
 }
 
 impl PinDir {
     /// Opens (creating) `root`, mounting bpffs at `/sys/fs/bpf` first when `root` is below it and
     /// nothing is mounted there (a fresh node; the DaemonSet mounts the host's bpffs).
-    pub fn open(root: &Path) -> Result<PinDir, PinError> {
-        let default = Path::new(BPFFS_DEFAULT);
-        if root.starts_with(default) && !is_bpffs(default) {
+    pub fn open(root: &Path, layout: u32) -> Result<PinDir, PinError> {
+        mount_default_bpffs(root)?;
+        std::fs::create_dir_all(root).map_err(io_err(root))?;
+        if !is_bpffs(root) {
+            return Err(PinError::NotBpffs(root.to_path_buf()));
+        }
+        Ok(PinDir { root: root.to_path_buf(), layout })
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// This agent version's directory.
+    pub fn layout_dir(&self) -> PathBuf {
+        self.layout_dir_of(self.layout)
+    }
+
+    fn layout_dir_of(&self, layout: u32) -> PathBuf {
+        self.root.join(format!("layout-{layout}"))
+    }
+
+    /// The other layouts pinned here, newest first.
+    pub fn other_layouts(&self) -> Vec<u32> {
+        let Ok(entries) = std::fs::read_dir(&self.root) else { return Vec::new() };
+        let mut found: Vec<u32> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.strip_prefix("layout-")?.parse().ok())
+            .filter(|l| *l != self.layout)
+            .collect();
+        found.sort_unstable_by(|a, b| b.cmp(a));
+        found
+    }
+}
+
+/// Mounts bpffs at `/sys/fs/bpf` when `path` is below it and nothing is mounted there (a fresh
+/// node; the DaemonSet mounts the host's bpffs).
+fn mount_default_bpffs(path: &Path) -> Result<(), PinError> {
+    let default = Path::new(BPFFS_DEFAULT);
+    {
+        if path.starts_with(default) && !is_bpffs(default) {
             std::fs::create_dir_all(default).map_err(io_err(default))?;
             nix::mount::mount(Some("bpf"), default, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
                 .map_err(|e| PinError::Io { path: default.to_path_buf(), source: e.into() })?;
             tracing::info!(path = BPFFS_DEFAULT, "mounted bpffs");
         }
-        std::fs::create_dir_all(root).map_err(io_err(root))?;
-        if !is_bpffs(root) {
-            return Err(PinError::NotBpffs(root.to_path_buf()));
+    }
+    Ok(())
+}
+
+/// Where a successor can pin its predecessor's maps for the loader: the pin directory, else
+/// `/sys/fs/bpf` (mounted when missing); None when there is no bpffs to use.
+pub fn scratch_root(pins: Option<&PinDir>) -> Option<PathBuf> {
+    if let Some(p) = pins {
+        return Some(p.root.clone());
+    }
+    let default = Path::new(BPFFS_DEFAULT);
+    match mount_default_bpffs(default) {
+        Ok(()) if is_bpffs(default) => Some(default.to_path_buf()),
+        Ok(()) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "no bpffs for sharing maps with the predecessor's programs");
+            None
         }
-        Ok(PinDir { root: root.to_path_buf() })
+    }
+}
+
+/// A predecessor's maps pinned where aya's loader finds them (`EbpfLoader::map_pin_path`), so
+/// the programs it loads use those very maps; the pins go when this is dropped.
+pub struct Scratch {
+    dir: PathBuf,
+}
+
+impl Scratch {
+    /// Pins every map of `maps` in a directory of this process below `root`.
+    pub fn pin(root: &Path, maps: &HashMap<String, OwnedFd>) -> Result<Scratch, PinError> {
+        let dir = root.join(format!("mesh-handover-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let me = Scratch { dir };
+        for (name, fd) in maps {
+            let path = me.path(name);
+            obj_pin(std::os::fd::AsFd::as_fd(fd), &path).map_err(io_err(&path))?;
+        }
+        Ok(me)
     }
 
-    /// This agent version's directory.
-    pub fn layout_dir(&self) -> PathBuf {
-        self.root.join(format!("layout-{MAP_LAYOUT}"))
+    /// Where map `name` is pinned.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("map-{name}"))
     }
+}
 
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+impl PinDir {
     /// Pins every map and link (the same objects again after an adoption: harmless).
     pub fn pin(&self, maps: &[(String, OwnedFd)], links: &[(String, OwnedFd)]) -> Result<(), PinError> {
         let dir = self.layout_dir();
@@ -176,7 +261,13 @@ impl PinDir {
     /// The maps and links a previous agent of this layout left pinned, if it left a complete
     /// set (`maps` and `links` name what a complete set has); an incomplete set is removed.
     pub fn load(&self, maps: &[&str], links: &[&str]) -> Result<Option<Pinned>, PinError> {
-        let dir = self.layout_dir();
+        self.load_layout(self.layout, maps, links)
+    }
+
+    /// The same for the set pinned by an agent of another `layout` (the maps it had are listed
+    /// by what this version migrates from it: see [`crate::ebpf_upgrade::can_migrate_map`]).
+    pub fn load_layout(&self, layout: u32, maps: &[&str], links: &[&str]) -> Result<Option<Pinned>, PinError> {
+        let dir = self.layout_dir_of(layout);
         if !dir.exists() {
             return Ok(None);
         }

@@ -15,6 +15,7 @@ pub mod drain;
 pub mod ebpf;
 pub mod ebpf_log;
 pub mod ebpf_pin;
+pub mod ebpf_upgrade;
 pub mod enrollment;
 #[allow(missing_docs)]
 pub mod handover;

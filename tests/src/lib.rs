@@ -334,7 +334,6 @@ pub fn wait_until(what: &str, within: Duration, mut check: impl FnMut() -> bool)
     Ok(())
 }
 
-/// A plain HTTP GET from the host side (admin endpoint), std only.
 /// IDs of the mesh programs attached to the cgroup v2 root right now. Tests compare sets taken
 /// before and while their agent runs, so an agent another process runs on the machine (a
 /// benchmark, a developer's) cannot make them pass or fail.
@@ -359,6 +358,39 @@ pub fn programs_attached_by_agent(before: &std::collections::BTreeSet<u32>) -> R
     Ok(ours)
 }
 
+/// bpftool's JSON output (`bpftool -j ARGS`).
+pub fn bpftool_json(args: &str) -> anyhow::Result<serde_json::Value> {
+    Ok(serde_json::from_str(&must(&format!("bpftool -j {args}"))?)?)
+}
+
+/// The ids of the links attaching `progs`.
+pub fn links_of(progs: &std::collections::BTreeSet<u32>) -> anyhow::Result<Vec<u64>> {
+    let links = bpftool_json("link show")?;
+    Ok(links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| l["prog_id"].as_u64().is_some_and(|p| progs.contains(&(p as u32))))
+        .filter_map(|l| l["id"].as_u64())
+        .collect())
+}
+
+/// The id of the map whose name starts with `name` among the maps `progs` use (the kernel keeps
+/// 15 characters of a map's name).
+pub fn map_of(progs: &std::collections::BTreeSet<u32>, name: &str) -> anyhow::Result<u64> {
+    let short: String = name.chars().take(15).collect();
+    for prog in progs {
+        let info = bpftool_json(&format!("prog show id {prog}"))?;
+        for id in info["map_ids"].as_array().into_iter().flatten().filter_map(|m| m.as_u64()) {
+            if bpftool_json(&format!("map show id {id}"))?["name"].as_str() == Some(short.as_str()) {
+                return Ok(id);
+            }
+        }
+    }
+    anyhow::bail!("no map {name} among programs {progs:?}")
+}
+
+/// A plain HTTP GET from the host side (admin endpoint), std only.
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
     use std::io::Write;
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;

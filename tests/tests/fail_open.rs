@@ -12,8 +12,8 @@
 //!    links then leaves nothing attached.
 //! 3. With `--bpf-pin-dir` the kernel state is pinned: an agent killed with SIGKILL leaves its
 //!    programs attached with nothing held by the test — `--fail-mode closed` keeps refusing — and
-//!    the restarted agent re-adopts the same programs and maps (no new program loaded), prunes the
-//!    enrollment of a pod that left meanwhile and redirects again; its SIGTERM removes the pins
+//!    the restarted agent re-adopts the same links and maps, swaps its own programs in behind the
+//!    links (BPF_LINK_UPDATE: new program ids, same link and map ids), prunes the enrollment of a pod that left meanwhile and redirects again; its SIGTERM removes the pins
 //!    and detaches everything.
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -26,10 +26,6 @@ use mesh_e2e::*;
 
 const WEB_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 50);
 
-fn bpftool_json(args: &str) -> anyhow::Result<serde_json::Value> {
-    Ok(serde_json::from_str(&must(&format!("bpftool -j {args}"))?)?)
-}
-
 /// A descriptor of BPF link `id`, as a pin in bpffs would hold it: the link (and its program)
 /// stays attached while this is open, whatever happens to the agent.
 fn hold_link(id: u64) -> anyhow::Result<OwnedFd> {
@@ -41,33 +37,6 @@ fn hold_link(id: u64) -> anyhow::Result<OwnedFd> {
     anyhow::ensure!(fd >= 0, "BPF_LINK_GET_FD_BY_ID {id}: {}", std::io::Error::last_os_error());
     // SAFETY: the kernel just returned this new descriptor.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-/// The ids of the links attaching `progs`.
-fn links_of(progs: &std::collections::BTreeSet<u32>) -> anyhow::Result<Vec<u64>> {
-    let links = bpftool_json("link show")?;
-    Ok(links
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|l| l["prog_id"].as_u64().is_some_and(|p| progs.contains(&(p as u32))))
-        .filter_map(|l| l["id"].as_u64())
-        .collect())
-}
-
-/// The id of the map whose name starts with `name` among the maps `progs` use (the kernel keeps
-/// 15 characters of a map's name).
-fn map_of(progs: &std::collections::BTreeSet<u32>, name: &str) -> anyhow::Result<u64> {
-    let short: String = name.chars().take(15).collect();
-    for prog in progs {
-        let info = bpftool_json(&format!("prog show id {prog}"))?;
-        for id in info["map_ids"].as_array().into_iter().flatten().filter_map(|m| m.as_u64()) {
-            if bpftool_json(&format!("map show id {id}"))?["name"].as_str() == Some(short.as_str()) {
-                return Ok(id);
-            }
-        }
-    }
-    anyhow::bail!("no map {name} among programs {progs:?}")
 }
 
 /// Per-CPU counter `idx` of a `PerCpuArray<u64>`, summed over CPUs.
@@ -284,7 +253,9 @@ fn pinned_state_outlives_a_killed_agent_and_is_readopted() -> anyhow::Result<()>
     let pinned: std::collections::BTreeSet<String> =
         std::fs::read_dir(&layout)?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(pinned.iter().filter(|p| p.starts_with("link-")).count(), 3, "{pinned:?}");
-    assert_eq!(pinned.iter().filter(|p| p.starts_with("map-")).count(), 7, "{pinned:?}");
+    assert_eq!(pinned.iter().filter(|p| p.starts_with("map-")).count(), 8, "{pinned:?}");
+    let links = links_of(&ours)?;
+    assert_eq!(links.len(), 3, "one link per program: {links:?}");
     let enrolled_map = map_of(&ours, "MESH_ENROLLED")?;
     let enrolled = || -> anyhow::Result<usize> {
         Ok(bpftool_json(&format!("map dump id {enrolled_map}"))?.as_array().map_or(0, Vec::len))
@@ -306,16 +277,25 @@ fn pinned_state_outlives_a_killed_agent_and_is_readopted() -> anyhow::Result<()>
     answered_by(&curl(&node, "/mesh-2")?, "web-a", "/mesh-2", "agent-2: routed by the mesh again");
     let again = restarted.elapsed();
     let log = node.log("agent-2");
-    assert!(log.contains("re-adopted the eBPF programs and maps pinned by a previous agent"), "{log}");
-    let now: std::collections::BTreeSet<u32> = attached_mesh_program_ids().difference(&before).copied().collect();
-    assert_eq!(now, ours, "the same programs, none loaded anew");
+    assert!(log.contains("re-adopted the eBPF links and maps pinned by a previous agent"), "{log}");
+    // The same links and maps, with agent-2's own programs swapped in behind the links (once it
+    // runs: the pinned programs serve meanwhile).
+    let mut now = std::collections::BTreeSet::new();
+    wait_until("agent-2's programs to replace agent-1's", Duration::from_secs(20), || {
+        now = attached_mesh_program_ids().difference(&before).copied().collect();
+        assert_eq!(now.len(), 3, "one set of programs attached at every moment: {now:?}");
+        now.is_disjoint(&ours)
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", node.log("agent-2")))?;
+    assert_eq!(links_of(&now)?, links, "the pinned links, not new ones");
+    assert_eq!(map_of(&now, "MESH_ENROLLED")?, enrolled_map, "agent-2's programs use the pinned map");
     assert_eq!(enrolled()?, 2, "the leaver's enrollment pruned:\n{log}");
     eprintln!("restart over pinned state: redirected again {again:?} after the new agent's exec");
     assert!(again < Duration::from_secs(1), "redirected again only {again:?} after the restart");
 
     let status = node.stop("agent-2")?;
     assert!(status.success(), "agent-2 exited with {status}:\n{}", node.log("agent-2"));
-    assert!(attached_mesh_program_ids().is_disjoint(&ours), "a SIGTERM with no successor detaches everything");
+    assert!(attached_mesh_program_ids().is_disjoint(&now), "a SIGTERM with no successor detaches everything");
     assert!(!layout.exists(), "pins left behind in {}", layout.display());
     Ok(())
 }
