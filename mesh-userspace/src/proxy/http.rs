@@ -251,8 +251,9 @@ pub async fn handle(
     // After the head, a reset ends the response body with an error: hyper resets the stream
     // (HTTP/2) or closes the connection (HTTP/1).
     let resp = match ticket {
-        Some(ticket) => resp.map(|body| Sheddable { body, ticket }.boxed()),
-        None => resp,
+        // Not the overload reply itself: that one must reach the client.
+        Some(ticket) if !ticket.ticket.is_shed() => resp.map(|body| Sheddable { body, ticket }.boxed()),
+        _ => resp,
     };
     // Metrics and the access log line are made when the response ends (see RequestRecord).
     Ok(rec.respond(resp))

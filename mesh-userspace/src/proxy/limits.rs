@@ -307,6 +307,11 @@ impl Ticket {
         self.waker.wake();
     }
 
+    /// Whether the overload manager reset this request.
+    pub(crate) fn is_shed(&self) -> bool {
+        self.shed.load(Ordering::Acquire)
+    }
+
     /// Ready once the overload manager reset this request.
     pub(crate) fn poll_shed(&self, cx: &mut Context<'_>) -> Poll<()> {
         if self.shed.load(Ordering::Acquire) {

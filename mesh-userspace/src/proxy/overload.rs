@@ -131,19 +131,28 @@ pub struct MemoryReturn {
     /// The last look shed requests or ended an overload: trim before the next sample, so it sees
     /// what the reset requests gave back.
     after_shed: bool,
+    /// One more trim a second after a drop or a shed: connections and tasks of the requests
+    /// that ended go a moment after their bytes stop being counted.
+    again_at: Option<Instant>,
 }
 
 impl MemoryReturn {
     /// Whether to trim now, given the bytes all sources hold and the budget: after a look that
     /// shed or ended an overload, or when held bytes fell by a sixteenth of the budget since the
-    /// last trim (at most once per [`TRIM_EVERY`]).
+    /// last trim (at most once per [`TRIM_EVERY`]); and once more [`TRIM_EVERY`] after either.
     pub fn should_trim(&mut self, now: Instant, held: u64, budget: u64) -> bool {
         self.peak_held = self.peak_held.max(held);
         let dropped = self.peak_held.saturating_sub(held) >= (budget / 16).max(1 << 20);
         let due = self.last_trim.is_none_or(|t| now.saturating_duration_since(t) >= TRIM_EVERY);
         if std::mem::take(&mut self.after_shed) || (dropped && due) {
             self.last_trim = Some(now);
+            self.again_at = now.checked_add(TRIM_EVERY);
             self.peak_held = held;
+            return true;
+        }
+        if self.again_at.is_some_and(|t| now >= t) {
+            self.again_at = None;
+            self.last_trim = Some(now);
             return true;
         }
         false
@@ -224,9 +233,50 @@ pub fn look(state: &super::ProxyState, usage: u64) -> Plan {
     plan
 }
 
+/// How freed memory goes back to the kernel (`MESH_MEMORY_RETURN`, for measuring the choice;
+/// see README, Tenant isolation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryReturnMode {
+    /// `malloc_trim(0)` per [`MemoryReturn`] (the default).
+    Trim,
+    /// `mallopt` at start: a fixed 128 KiB mmap threshold (large buffers are mmapped and given
+    /// back when freed), 128 KiB trim threshold, at most 2 arenas; no trim.
+    Mallopt,
+    /// Neither: glibc's defaults.
+    Off,
+}
+
+impl MemoryReturnMode {
+    /// The mode `MESH_MEMORY_RETURN` names (`trim`, `mallopt`, `off`); anything else is `Trim`.
+    pub fn from_env() -> Self {
+        match std::env::var("MESH_MEMORY_RETURN").as_deref() {
+            Ok("mallopt") => MemoryReturnMode::Mallopt,
+            Ok("off") => MemoryReturnMode::Off,
+            _ => MemoryReturnMode::Trim,
+        }
+    }
+}
+
+/// Sets glibc's tunables for `MESH_MEMORY_RETURN=mallopt`; before the runtime starts, so the
+/// worker threads' arenas are under `M_ARENA_MAX` too.
+pub fn configure_allocator() {
+    if MemoryReturnMode::from_env() == MemoryReturnMode::Mallopt {
+        // SAFETY: mallopt only changes glibc's tunables; a value it refuses is ignored (returns 0).
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 10);
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
 /// The overload manager: every [`TICK`], trims the allocator when due, samples the RSS and makes
 /// a [`look`]. Runs until the process ends.
 pub async fn run(state: Arc<super::ProxyState>) {
+    let mode = MemoryReturnMode::from_env();
+    if mode != MemoryReturnMode::Trim {
+        tracing::info!(?mode, "memory return mode (MESH_MEMORY_RETURN)");
+    }
     let page = page_size();
     let mut interval = tokio::time::interval(TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -234,7 +284,8 @@ pub async fn run(state: Arc<super::ProxyState>) {
     loop {
         interval.tick().await;
         let held = state.live_sources().iter().fold(0u64, |t, (_, c)| t.saturating_add(c.held_bytes()));
-        if memory.should_trim(Instant::now(), held, state.overload.watermarks.budget) {
+        if memory.should_trim(Instant::now(), held, state.overload.watermarks.budget) && mode == MemoryReturnMode::Trim
+        {
             trim();
         }
         let Some(usage) = std::fs::read_to_string("/proc/self/statm").ok().and_then(|s| parse_statm(&s, page)) else {
@@ -447,6 +498,11 @@ mod tests {
         assert!(!m.should_trim(Instant::now(), 10 * MIB, budget), "rate-limited");
         tokio::time::advance(TRIM_EVERY).await;
         assert!(m.should_trim(Instant::now(), 10 * MIB, budget));
+        // A second later, once more, then not again.
+        tokio::time::advance(TRIM_EVERY).await;
+        assert!(m.should_trim(Instant::now(), 10 * MIB, budget), "the follow-up trim");
+        tokio::time::advance(TRIM_EVERY).await;
+        assert!(!m.should_trim(Instant::now(), 10 * MIB, budget));
         // A shed trims at the next look, whatever the rate limit.
         m.shed();
         assert!(m.should_trim(Instant::now(), 10 * MIB, budget));
