@@ -101,6 +101,11 @@ pub struct AgentArgs {
     /// buffers at once; past it, its requests stream through without retries.
     #[arg(long, default_value_t = 16 << 20)]
     pub source_max_buffered_body: u64,
+    /// The node proxy's memory budget (RSS; e.g. 400Mi): past 90 % of it the sources holding the
+    /// most are shed (new connections and requests refused, oldest unfinished requests reset)
+    /// until it is under 75 %. Default: 80 % of the agent's cgroup memory.max, else 400Mi.
+    #[arg(long, value_parser = proxy::overload::parse_bytes)]
+    pub memory_budget: Option<u64>,
     /// Unix socket for hitless restarts. A starting agent that finds a running one here takes
     /// over its listening sockets and eBPF maps and links, and tells it to drain once ready;
     /// then it listens here itself for its own successor.
@@ -162,6 +167,7 @@ impl AgentArgs {
     /// The proxy's downstream limits: the defaults, with what the flags set.
     pub fn limits(&self) -> proxy::Limits {
         proxy::Limits {
+            memory_budget: self.memory_budget().0,
             request_headers_timeout: self.request_headers_timeout,
             request_body_idle_timeout: self.request_body_timeout,
             per_source_max_connections: self.source_max_connections,
@@ -169,6 +175,17 @@ impl AgentArgs {
             per_source_max_buffered_body: self.source_max_buffered_body,
             ..proxy::Limits::default()
         }
+    }
+}
+
+impl AgentArgs {
+    /// The memory budget and where it came from: the flag, else the agent's cgroup limit.
+    pub fn memory_budget(&self) -> (u64, proxy::overload::BudgetOrigin) {
+        if let Some(b) = self.memory_budget {
+            return (b, proxy::overload::BudgetOrigin::Flag);
+        }
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        proxy::overload::default_budget(&own, std::path::Path::new("/sys/fs/cgroup"))
     }
 }
 
@@ -282,6 +299,9 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         args.limits(),
     );
     state.request_metrics.store(args.request_metrics == Switch::On, Ordering::Relaxed);
+    let (budget, origin) = args.memory_budget();
+    tracing::info!(budget, ?origin, "memory budget");
+    tokio::spawn(proxy::overload::run(state.clone()));
     // The writer runs even while the log is off, so switching it on later needs nothing else.
     state.access_log.set_mode(args.access_log);
     state.access_log.spawn_writer(tokio::io::stdout());

@@ -68,10 +68,13 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match Cli::parse().cmd {
-        Cmd::Agent(args) => runtime()
-            .map_err(anyhow::Error::msg)
-            .and_then(|rt| rt.block_on(mesh::agent::run(args)))
-            .map(|()| ExitCode::SUCCESS),
+        Cmd::Agent(args) => {
+            mesh::proxy::overload::configure_allocator();
+            runtime()
+                .map_err(anyhow::Error::msg)
+                .and_then(|rt| rt.block_on(mesh::agent::run(args)))
+                .map(|()| ExitCode::SUCCESS)
+        }
         Cmd::Validate(args) => mesh::cli_routing::validate(args),
         Cmd::Explain(args) => mesh::cli_routing::explain(args),
     };

@@ -45,6 +45,10 @@ const COUNTERS: &[(&str, &str)] = &[
     ("mesh_retry_overflow_total", "Retries not made because the cluster's maxRetries were outstanding"),
     ("mesh_downstream_timeouts_total", "Client connections or requests ended by a downstream timeout"),
     ("mesh_downstream_overflow_total", "Connections or requests refused by a source workload's caps"),
+    (
+        "mesh_overload_shed_total",
+        "Connections refused, requests refused and requests reset by the overload manager, by source and action",
+    ),
     ("mesh_access_log_dropped_total", "Access log lines dropped because the writer fell behind"),
 ];
 
@@ -229,9 +233,11 @@ impl Flags {
     pub const DC: Flags = Flags(1 << 8);
     /// Upstream retry limit exceeded.
     pub const URX: Flags = Flags(1 << 9);
+    /// Refused or reset by the overload manager (the node proxy near its memory budget).
+    pub const OM: Flags = Flags(1 << 10);
 
     /// Envoy's order (`ResponseFlagUtils`), which is how multiple flags are joined.
-    const NAMES: [(Flags, &'static str); 10] = [
+    const NAMES: [(Flags, &'static str); 11] = [
         (Flags::UH, "UH"),
         (Flags::UT, "UT"),
         (Flags::UF, "UF"),
@@ -242,6 +248,7 @@ impl Flags {
         (Flags::FI, "FI"),
         (Flags::DC, "DC"),
         (Flags::URX, "URX"),
+        (Flags::OM, "OM"),
     ];
 
     /// Adds `f`.

@@ -31,6 +31,10 @@ pub enum BodyError {
     /// The client sent nothing of the body for the idle timeout.
     #[error(transparent)]
     IdleTimeout(#[from] super::limits::BodyIdleTimeout),
+    /// The overload manager reset the request (its source holds the most of a proxy near its
+    /// memory budget).
+    #[error("request reset by the overload manager (the node proxy is near its memory budget)")]
+    Overloaded,
 }
 
 /// The body type of every request and response the proxy sends: upstream bodies streamed through,
@@ -158,6 +162,18 @@ pub async fn handle(
     // Recorded when the response ends, or with code 0 and DC if this future is dropped first
     // (the client went away).
     let mut rec = RequestRecord::new(state.clone(), &source, &req);
+    let http1 = req.version() < http::Version::HTTP_2;
+    if source.caps.as_ref().is_some_and(|c| c.refusing()) {
+        // The overload manager is shedding this source: no new request until it is back under
+        // its fair share, or the node under its low watermark.
+        rec.flag(Flags::OM);
+        shed_count(&state, &source, "request_refused");
+        return Ok(rec.respond(overloaded_reply(http1)));
+    }
+    // The request's place among its source's unfinished ones, for the overload manager; held
+    // until the response body ends.
+    let ticket = source.caps.as_ref().map(|c| c.ticket());
+    let shed = ticket.as_ref().map(|t| t.ticket.clone());
     if let Some(reply) = check_request_head(&state.limits, &req) {
         // Counted like every other request, under its source: a pod sending oversized heads
         // shows up as that pod's 431s.
@@ -210,11 +226,86 @@ pub async fn handle(
         }
         Decision::Forward(fwd) => {
             rec.set_cluster(&fwd.cluster);
-            forward(&state, &source, *fwd, req, &mut rec).await
+            let forwarded = forward(&state, &source, *fwd, req, &mut rec, shed.clone());
+            match &shed {
+                None => forwarded.await,
+                Some(t) => {
+                    // Reset by the overload manager before a response came: the request (its
+                    // read-ahead body, its upstream request) is dropped here.
+                    let done = tokio::select! {
+                        biased;
+                        _ = t.shed_signal() => None,
+                        r = forwarded => Some(r),
+                    };
+                    match done {
+                        Some(r) => r,
+                        None => {
+                            rec.flag(Flags::OM);
+                            overloaded_reply(http1)
+                        }
+                    }
+                }
+            }
         }
+    };
+    // After the head, a reset ends the response body with an error: hyper resets the stream
+    // (HTTP/2) or closes the connection (HTTP/1).
+    let resp = match ticket {
+        // Not the overload reply itself: that one must reach the client.
+        Some(ticket) if !ticket.ticket.is_shed() => resp.map(|body| Sheddable { body, ticket }.boxed()),
+        _ => resp,
     };
     // Metrics and the access log line are made when the response ends (see RequestRecord).
     Ok(rec.respond(resp))
+}
+
+/// Envoy's overload manager reply: 503 with `x-envoy-overloaded`. HTTP/1 closes the connection:
+/// the rest of the request body is never read.
+fn overloaded_reply(http1: bool) -> Response<ProxyBody> {
+    let mut r = local_reply(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "envoy overloaded: the node proxy is near its memory budget and this source workload holds the most of it",
+    );
+    r.headers_mut().insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+    if http1 {
+        r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
+}
+
+fn shed_count(state: &ProxyState, source: &Source, action: &str) {
+    let src = source.workload.as_ref().map_or("ingress", |w| w.name.as_str());
+    state.metrics.inc("mesh_overload_shed_total", &[("source_workload", src), ("action", action)]);
+}
+
+/// A response body that fails once the overload manager resets its request, and keeps the
+/// request in its source's table of unfinished requests until it ends.
+struct Sheddable {
+    body: ProxyBody,
+    ticket: super::limits::TicketGuard,
+}
+
+impl hyper::body::Body for Sheddable {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BodyError>>> {
+        if self.ticket.ticket.poll_shed(cx).is_ready() {
+            return std::task::Poll::Ready(Some(Err(BodyError::Overloaded)));
+        }
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// The head size of a request as Envoy's `max_request_headers_kb` counts it, roughly: the request
@@ -359,6 +450,7 @@ async fn forward(
     fwd: Forward,
     req: Request<Incoming>,
     rec: &mut RequestRecord,
+    ticket: Option<Arc<super::limits::Ticket>>,
 ) -> Response<ProxyBody> {
     if let Some(delay) = fwd.fault.delay {
         // Flagged before the wait: a client giving up during it is recorded as DI,DC.
@@ -377,7 +469,8 @@ async fn forward(
     // stalls its body holds its own caps, never a slot of the connection pool everyone shares.
     let activity = super::limits::StreamActivity::new();
     // Held until the request is forwarded: the source's read-ahead bytes are given back then.
-    let mut budget = source.caps.as_ref().map_or_else(super::limits::BodyBudget::unlimited, |c| c.body_budget());
+    let mut budget =
+        source.caps.as_ref().map_or_else(super::limits::BodyBudget::unlimited, |c| c.body_budget().for_ticket(ticket));
     let ReadBody { body, over_budget } = if body.is_end_stream() {
         // Most requests: nothing to wait for, no timer to set up.
         ReadBody { body: ReqBody::Buffered(Bytes::new()), over_budget: false }

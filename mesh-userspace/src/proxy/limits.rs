@@ -71,6 +71,10 @@ pub struct Limits {
     /// Requests one source workload may have in flight at once; the excess is answered 503 with
     /// `x-envoy-overloaded` and counted in `mesh_downstream_overflow_total{source_workload}`.
     pub per_source_max_requests: u32,
+    /// The proxy's memory budget in bytes of RSS: past 90 % of it the overload manager sheds the
+    /// sources holding most until usage is under 75 % (see `overload.rs`). The agent derives it
+    /// from its cgroup's `memory.max` unless `--memory-budget` sets it.
+    pub memory_budget: u64,
 }
 
 impl Default for Limits {
@@ -86,6 +90,7 @@ impl Default for Limits {
             per_source_max_buffered_body: 16 << 20,
             per_source_max_connections: 2048,
             per_source_max_requests: 1024,
+            memory_budget: super::overload::DEFAULT_BUDGET,
         }
     }
 }
@@ -131,10 +136,21 @@ pub(crate) struct ConnActivity {
     http2: AtomicBool,
     seen_bytes: AtomicBool,
     changed: Notify,
+    /// Bytes of the pending request head read so far (hyper holds them until the head parses),
+    /// also added to the source's count for the overload manager.
+    head_bytes: AtomicU64,
+    source_head_bytes: Option<Arc<AtomicU64>>,
 }
 
 impl ConnActivity {
+    #[cfg(test)]
     pub(crate) fn new() -> Arc<Self> {
+        Self::counting(None)
+    }
+
+    /// A connection whose pending head bytes are also counted in `source_head_bytes` (its source
+    /// workload's, for the overload manager).
+    pub(crate) fn counting(source_head_bytes: Option<Arc<AtomicU64>>) -> Arc<Self> {
         Arc::new(ConnActivity {
             epoch: Instant::now(),
             in_flight: AtomicU32::new(0),
@@ -143,7 +159,17 @@ impl ConnActivity {
             http2: AtomicBool::new(false),
             seen_bytes: AtomicBool::new(false),
             changed: Notify::new(),
+            head_bytes: AtomicU64::new(0),
+            source_head_bytes,
         })
+    }
+
+    /// The pending head is done (parsed, or the connection ended): its bytes are no longer held.
+    fn release_head(&self) {
+        let n = self.head_bytes.swap(0, Ordering::AcqRel);
+        if let (Some(src), true) = (&self.source_head_bytes, n > 0) {
+            src.fetch_sub(n, Ordering::AcqRel);
+        }
     }
 
     fn now_ms(&self) -> u64 {
@@ -162,6 +188,11 @@ impl ConnActivity {
         if self.http2.load(Ordering::Relaxed) || self.in_flight.load(Ordering::Acquire) > 0 {
             return;
         }
+        if let Some(src) = &self.source_head_bytes {
+            let n = first.len() as u64;
+            self.head_bytes.fetch_add(n, Ordering::AcqRel);
+            src.fetch_add(n, Ordering::AcqRel);
+        }
         if self.head_started.compare_exchange(NONE, self.now_ms(), Ordering::AcqRel, Ordering::Relaxed).is_ok() {
             self.changed.notify_one();
         }
@@ -172,6 +203,7 @@ impl ConnActivity {
     pub(crate) fn begin(self: &Arc<Self>) -> RequestGuard {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.head_started.store(NONE, Ordering::Release);
+        self.release_head();
         RequestGuard(self.clone())
     }
 
@@ -217,6 +249,12 @@ impl ConnActivity {
     }
 }
 
+impl Drop for ConnActivity {
+    fn drop(&mut self) {
+        self.release_head();
+    }
+}
+
 /// One request in flight on a connection.
 pub(crate) struct RequestGuard(Arc<ConnActivity>);
 
@@ -233,14 +271,78 @@ impl Drop for RequestGuard {
 }
 
 /// The caps of one source workload (one enrolled pod's listener): connections open, requests
-/// in flight and request body bytes buffered, shared by all of its connections.
+/// in flight and request body bytes buffered, shared by all of its connections; and its state
+/// under the overload manager (`overload.rs`): what it holds, whether it is refused, and its
+/// unfinished requests oldest first, so the oldest can be reset.
 pub struct SourceCaps {
     connections: Arc<AtomicU32>,
     requests: Arc<AtomicU32>,
     body_bytes: Arc<AtomicU64>,
+    head_bytes: Arc<AtomicU64>,
     max_connections: u32,
     max_requests: u32,
     max_body_bytes: u64,
+    /// Set by the overload manager while this source is shed: new connections and requests are
+    /// refused.
+    refusing: AtomicBool,
+    /// Unfinished requests by start order (the key), each with what it holds.
+    tickets: std::sync::Mutex<std::collections::BTreeMap<u64, Arc<Ticket>>>,
+    next_ticket: AtomicU64,
+}
+
+/// One unfinished request of a source, as the overload manager sees it: the read-ahead body
+/// bytes it holds, and the signal that resets it.
+#[derive(Default)]
+pub(crate) struct Ticket {
+    held: AtomicU64,
+    shed: AtomicBool,
+    /// The request's one waiter: its handler while the request is forwarded, then its response
+    /// body (never both at once).
+    waker: futures_util::task::AtomicWaker,
+}
+
+impl Ticket {
+    fn shed(&self) {
+        self.shed.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Whether the overload manager reset this request.
+    pub(crate) fn is_shed(&self) -> bool {
+        self.shed.load(Ordering::Acquire)
+    }
+
+    /// Ready once the overload manager reset this request.
+    pub(crate) fn poll_shed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.shed.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        // Shed between the first look and the registration: its wake went to the old waker.
+        if self.shed.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+
+    /// Resolves once the overload manager reset this request.
+    pub(crate) async fn shed_signal(&self) {
+        std::future::poll_fn(|cx| self.poll_shed(cx)).await
+    }
+}
+
+/// A request's place in its source's table of unfinished requests, left when dropped.
+pub(crate) struct TicketGuard {
+    caps: Arc<SourceCaps>,
+    id: u64,
+    /// The request's ticket.
+    pub(crate) ticket: Arc<Ticket>,
+}
+
+impl Drop for TicketGuard {
+    fn drop(&mut self) {
+        self.caps.tickets.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
+    }
 }
 
 /// A slot under a [`SourceCaps`] cap, released on drop.
@@ -266,12 +368,20 @@ fn take(counter: &Arc<AtomicU32>, max: u32) -> Option<CapSlot> {
 pub(crate) struct BodyBudget {
     counter: Option<(Arc<AtomicU64>, u64)>,
     held: u64,
+    /// The request's ticket, which shows the overload manager what it holds.
+    ticket: Option<Arc<Ticket>>,
 }
 
 impl BodyBudget {
     /// A budget with no cap.
     pub(crate) fn unlimited() -> Self {
-        BodyBudget { counter: None, held: 0 }
+        BodyBudget { counter: None, held: 0, ticket: None }
+    }
+
+    /// The same budget, its bytes also shown on `ticket`.
+    pub(crate) fn for_ticket(mut self, ticket: Option<Arc<Ticket>>) -> Self {
+        self.ticket = ticket;
+        self
     }
 
     /// Takes `n` more bytes, unless the source would go over its cap.
@@ -283,6 +393,9 @@ impl BodyBudget {
             match counter.compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => {
                     self.held = self.held.saturating_add(n);
+                    if let Some(t) = &self.ticket {
+                        t.held.fetch_add(n, Ordering::AcqRel);
+                    }
                     return true;
                 }
                 Err(actual) => cur = actual,
@@ -296,6 +409,9 @@ impl Drop for BodyBudget {
         if let Some((counter, _)) = &self.counter {
             counter.fetch_sub(self.held, Ordering::AcqRel);
         }
+        if let Some(t) = &self.ticket {
+            t.held.fetch_sub(self.held, Ordering::AcqRel);
+        }
     }
 }
 
@@ -306,10 +422,69 @@ impl SourceCaps {
             connections: Arc::default(),
             requests: Arc::default(),
             body_bytes: Arc::default(),
+            head_bytes: Arc::default(),
             max_connections: limits.per_source_max_connections,
             max_requests: limits.per_source_max_requests,
             max_body_bytes: limits.per_source_max_buffered_body,
+            refusing: AtomicBool::new(false),
+            tickets: Default::default(),
+            next_ticket: AtomicU64::new(0),
         })
+    }
+
+    /// The counter of request head bytes its connections hold (see [`ConnActivity::counting`]).
+    pub(crate) fn head_counter(&self) -> Arc<AtomicU64> {
+        self.head_bytes.clone()
+    }
+
+    /// What the source is counted as holding in the proxy, in bytes: its buffered request bodies
+    /// and pending request heads as they are, plus a fixed estimate per connection and per
+    /// request in flight (`overload::CONNECTION_BYTES`, `overload::REQUEST_BYTES`).
+    pub fn held_bytes(&self) -> u64 {
+        use super::overload::{CONNECTION_BYTES, REQUEST_BYTES};
+        let (c, r, b) = self.usage();
+        u64::from(c)
+            .saturating_mul(CONNECTION_BYTES)
+            .saturating_add(u64::from(r).saturating_mul(REQUEST_BYTES))
+            .saturating_add(b)
+            .saturating_add(self.head_bytes.load(Ordering::Acquire))
+    }
+
+    /// Whether the overload manager has this source refuse new connections and requests.
+    pub fn refusing(&self) -> bool {
+        self.refusing.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_refusing(&self, on: bool) {
+        self.refusing.store(on, Ordering::Relaxed);
+    }
+
+    /// Registers a request that has started; it stays in the table until the guard is dropped.
+    pub(crate) fn ticket(self: &Arc<Self>) -> TicketGuard {
+        let id = self.next_ticket.fetch_add(1, Ordering::Relaxed);
+        let ticket = Arc::new(Ticket::default());
+        self.tickets.lock().unwrap_or_else(|e| e.into_inner()).insert(id, ticket.clone());
+        TicketGuard { caps: self.clone(), id, ticket }
+    }
+
+    /// Resets the oldest unfinished requests until they hold `bytes` (each counted as its
+    /// read-ahead body plus `overload::REQUEST_BYTES`); requests already reset and not gone yet
+    /// count toward it without being counted again. Returns how many were reset now.
+    pub(crate) fn shed_oldest(&self, bytes: u64) -> u32 {
+        let tickets = self.tickets.lock().unwrap_or_else(|e| e.into_inner());
+        let mut freed = 0u64;
+        let mut reset = 0u32;
+        for t in tickets.values() {
+            if freed >= bytes {
+                break;
+            }
+            freed = freed.saturating_add(t.held.load(Ordering::Acquire)).saturating_add(super::overload::REQUEST_BYTES);
+            if !t.shed.load(Ordering::Acquire) {
+                t.shed();
+                reset = reset.saturating_add(1);
+            }
+        }
+        reset
     }
 
     /// One more connection, unless the source is at its cap.
@@ -324,7 +499,7 @@ impl SourceCaps {
 
     /// An empty share of the source's buffered-body cap for one request.
     pub(crate) fn body_budget(&self) -> BodyBudget {
-        BodyBudget { counter: Some((self.body_bytes.clone(), self.max_body_bytes)), held: 0 }
+        BodyBudget { counter: Some((self.body_bytes.clone(), self.max_body_bytes)), held: 0, ticket: None }
     }
 
     /// What the source holds now: (connections open, requests in flight, body bytes buffered).

@@ -4,6 +4,7 @@ pub mod access_log;
 pub mod http;
 pub mod lb;
 pub mod limits;
+pub mod overload;
 pub mod telemetry;
 
 pub use self::limits::Limits;
@@ -100,8 +101,11 @@ pub struct ProxyState {
     pub drain: crate::drain::Drain,
     /// Downstream limits, fixed for the proxy's lifetime.
     pub limits: Limits,
-    /// Every pod listener's caps, for the per-source usage gauges on `/metrics`.
+    /// Every pod listener's caps, for the per-source usage gauges on `/metrics` and the
+    /// overload manager.
     sources: std::sync::Mutex<Vec<(String, std::sync::Weak<limits::SourceCaps>)>>,
+    /// The memory budget and whether the overload manager is shedding (`overload.rs`).
+    pub overload: overload::Overload,
 }
 
 impl ProxyState {
@@ -129,38 +133,58 @@ impl ProxyState {
             access_log: Default::default(),
             original_dst,
             drain: Default::default(),
+            overload: overload::Overload::new(limits.memory_budget),
             limits,
             sources: Default::default(),
         })
     }
 
-    /// Current use of each source workload's caps as Prometheus gauges:
-    /// `mesh_downstream_connections`, `mesh_downstream_requests_active` and
-    /// `mesh_downstream_buffered_body_bytes`, by `source_workload`.
-    pub fn source_gauges(&self) -> String {
-        use std::fmt::Write as _;
+    /// Every live pod listener's caps, with its source workload's name.
+    pub fn live_sources(&self) -> Vec<(String, Arc<limits::SourceCaps>)> {
         let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
         sources.retain(|(_, caps)| caps.strong_count() > 0);
-        let mut usage: std::collections::BTreeMap<&str, (u64, u64, u64)> = Default::default();
-        for (name, caps) in sources.iter() {
-            if let Some(caps) = caps.upgrade() {
-                // A pod re-enrolled under the same name may briefly have two listeners.
-                let (c, r, b) = caps.usage();
-                let u = usage.entry(name.as_str()).or_default();
-                *u = (u.0 + u64::from(c), u.1 + u64::from(r), u.2.saturating_add(b));
+        sources.iter().filter_map(|(name, caps)| Some((name.clone(), caps.upgrade()?))).collect()
+    }
+
+    /// Current use of each source workload's caps as Prometheus gauges:
+    /// `mesh_downstream_connections`, `mesh_downstream_requests_active`,
+    /// `mesh_downstream_buffered_body_bytes` and `mesh_downstream_held_bytes` (what the overload
+    /// manager counts it as holding), by `source_workload`; and the node's memory:
+    /// `mesh_memory_budget_bytes`, `mesh_memory_resident_bytes` (the manager's last RSS sample)
+    /// and `mesh_overload_active`.
+    pub fn source_gauges(&self) -> String {
+        use std::fmt::Write as _;
+        let mut usage: std::collections::BTreeMap<String, [u64; 4]> = Default::default();
+        for (name, caps) in self.live_sources() {
+            // A pod re-enrolled under the same name may briefly have two listeners.
+            let (c, r, b) = caps.usage();
+            let u = usage.entry(name).or_default();
+            for (i, v) in [u64::from(c), u64::from(r), b, caps.held_bytes()].into_iter().enumerate() {
+                u[i] = u[i].saturating_add(v);
             }
         }
         let mut out = String::new();
-        for (i, name) in
-            ["mesh_downstream_connections", "mesh_downstream_requests_active", "mesh_downstream_buffered_body_bytes"]
-                .iter()
-                .enumerate()
+        for (i, name) in [
+            "mesh_downstream_connections",
+            "mesh_downstream_requests_active",
+            "mesh_downstream_buffered_body_bytes",
+            "mesh_downstream_held_bytes",
+        ]
+        .iter()
+        .enumerate()
         {
             let _ = writeln!(out, "# TYPE {name} gauge");
             for (src, u) in &usage {
-                let v = [u.0, u.1, u.2][i];
-                let _ = writeln!(out, "{name}{{source_workload=\"{}\"}} {v}", src.replace(['\\', '"'], "_"));
+                let _ = writeln!(out, "{name}{{source_workload=\"{}\"}} {}", src.replace(['\\', '"'], "_"), u[i]);
             }
+        }
+        let o = &self.overload;
+        for (name, v) in [
+            ("mesh_memory_budget_bytes", o.watermarks.budget),
+            ("mesh_memory_resident_bytes", o.resident()),
+            ("mesh_overload_active", u64::from(o.active())),
+        ] {
+            let _ = writeln!(out, "# TYPE {name} gauge\n{name} {v}");
         }
         out
     }
@@ -328,6 +352,16 @@ pub async fn serve_pod_listener(
                 l
             }
         };
+        if caps.refusing() {
+            // The overload manager is shedding this source: its new connections are closed at
+            // once, before they hold anything.
+            state.metrics.inc(
+                "mesh_overload_shed_total",
+                &[("source_workload", &workload.name), ("action", "connection_refused")],
+            );
+            drop(stream);
+            return;
+        }
         let Some(conn_slot) = caps.connection() else {
             // Over its connection cap: closed at once, so one pod's connection flood holds no
             // more of the proxy than its cap.
@@ -449,7 +483,7 @@ pub async fn serve_http(state: Arc<ProxyState>, source: Source, entry: Entry, st
     // delayed ACK of the previous (Envoy and nginx set it too).
     let _ = stream.set_nodelay(true);
     let _in_flight = state.drain.track();
-    let activity = limits::ConnActivity::new();
+    let activity = limits::ConnActivity::counting(source.caps.as_ref().map(|c| c.head_counter()));
     let io = TokioIo::new(limits::ActivityIo::new(stream, activity.clone()));
     let src = source.workload.as_ref().map_or("ingress", |w| w.name.as_str()).to_owned();
     let source_for_refusals = source.clone();

@@ -1440,6 +1440,88 @@ async fn a_source_over_its_buffered_body_cap_streams_without_retries() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overload_manager_resets_the_heaviest_sources_oldest_requests_and_refuses_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (registry, _, _, _, _) = setup(0).await;
+    // high watermark 9 MiB, low 7.5 MiB.
+    let limits = Limits { memory_budget: 10 << 20, ..Limits::default() };
+    let state = ProxyState::with_limits(registry.clone(), table(&vs("v1"), &registry), Arc::new(ToReviews), limits);
+    let mut addrs = Vec::new();
+    for name in ["noisy", "quiet"] {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        addrs.push(l.local_addr().expect("addr"));
+        let w = Arc::new(ArcSwap::from(workload(name, &[("app", name)], 80)));
+        tokio::spawn(serve_pod_listener(state.clone(), w, l, 0));
+    }
+    let (noisy, quiet) = (addrs[0], addrs[1]);
+    // quiet holds a keep-alive connection; noisy starts four uploads of 1,000,000 bytes, one
+    // after the other, and stalls each after 10 bytes: each holds its read-ahead reservation.
+    assert_eq!(get(quiet, &[]).await.0, 200);
+    let mut uploads = Vec::new();
+    for i in 1..=4u64 {
+        let mut s = tokio::net::TcpStream::connect(noisy).await.expect("connect");
+        s.write_all(b"POST /reviews/0 HTTP/1.1\r\nhost: reviews\r\ncontent-length: 1000000\r\n\r\n0123456789")
+            .await
+            .expect("write");
+        let want = format!("mesh_downstream_buffered_body_bytes{{source_workload=\"noisy\"}} {}", i * 1_000_000);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !state.source_gauges().contains(&want) {
+            assert!(Instant::now() < deadline, "upload {i} was never read ahead:\n{}", state.source_gauges());
+            tokio::task::yield_now().await;
+        }
+        uploads.push(s);
+    }
+    // Under the high watermark nothing happens.
+    let plan = overload::look(&state, 9 << 20);
+    assert!(!plan.overloaded);
+    // 9.5 MiB: 2 MiB over the low watermark. noisy holds ~4 MB, quiet 20 KiB; the ~5.6 MiB
+    // nobody holds leave ~0.95 MiB a source: noisy gives back 2 MiB, its three oldest uploads
+    // (each 1,000,000 bytes + 16 KiB).
+    let plan = overload::look(&state, (19 << 20) / 2);
+    assert!(plan.overloaded);
+    let reset =
+        state.metrics.get("mesh_overload_shed_total", &[("source_workload", "noisy"), ("action", "request_reset")]);
+    assert_eq!(reset, 3, "{plan:?}");
+    for (i, s) in uploads.iter_mut().enumerate() {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let read = tokio::time::timeout(Duration::from_millis(if i < 3 { 10_000 } else { 300 }), async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        let reply = String::from_utf8_lossy(&got).to_ascii_lowercase();
+        if i < 3 {
+            assert!(read.is_ok(), "upload {i}: the connection must be closed after the 503");
+            assert!(reply.starts_with("http/1.1 503"), "upload {i}: {reply}");
+            assert!(reply.contains("x-envoy-overloaded: true") && reply.contains("connection: close"), "{reply}");
+        } else {
+            assert!(read.is_err() && got.is_empty(), "the newest upload is not reset: {reply}");
+        }
+    }
+    // While overloaded noisy's new connections are closed at once; quiet is served.
+    let reply = raw(noisy, b"GET /reviews/0 HTTP/1.1\r\nhost: reviews\r\n\r\n", "\r\n\r\n").await;
+    assert!(reply.is_empty(), "a shed source's new connection must be closed: {reply}");
+    assert_eq!(get(quiet, &[]).await.0, 200);
+    let refused = state
+        .metrics
+        .get("mesh_overload_shed_total", &[("source_workload", "noisy"), ("action", "connection_refused")]);
+    assert_eq!(refused, 1);
+    assert_eq!(state.metrics.get("mesh_overload_shed_total", &[("source_workload", "quiet")]), 0);
+    let om = state.metrics.get("istio_requests_total", &[("source_workload", "noisy"), ("response_flags", "OM")]);
+    assert_eq!(om, 3, "the resets are in Istio's metrics with Envoy's OM flag");
+    // Under the low watermark the overload is over and noisy is served again.
+    assert!(!overload::look(&state, 7 << 20).overloaded);
+    let reply = raw(noisy, b"GET /reviews/0 HTTP/1.1\r\nhost: reviews\r\nconnection: close\r\n\r\n", "\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(state.source_gauges().contains("mesh_overload_active 0"));
+}
+
 // ---- Istio standard metrics: response flags and reporters ----
 
 /// The `response_flags` of the one `reporter="source"` request series matching `labels`, once the

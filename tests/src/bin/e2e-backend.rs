@@ -18,6 +18,8 @@
 //!   headers N BYTES             N requests, each with a BYTES-long header
 //!   slowloris N INTERVAL_MS     N connections sending a request head one byte per interval
 //!   stalled-body N LEN SENT     N concurrent requests announcing LEN body bytes, sending SENT
+//!   slow-body N LEN CHUNK MS    N concurrent uploads of LEN bytes, CHUNK bytes every MS ms; an
+//!                               upload answered before it is done stops sending
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{TcpListener, TcpStream, ToSocketAddrs},
@@ -333,6 +335,19 @@ fn send_and_status(s: &mut TcpStream, req: &[u8]) -> Result<Option<u16>, String>
     }
 }
 
+/// Whether the server has answered (or closed) already, without waiting.
+fn answered(s: &TcpStream) -> bool {
+    if s.set_nonblocking(true).is_err() {
+        return false;
+    }
+    let r = s.peek(&mut [0u8; 1]);
+    let _ = s.set_nonblocking(false);
+    match r {
+        Ok(_) => true,
+        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+    }
+}
+
 fn abuse(mode: &str, host: &str, args: &[String]) -> Result<(), String> {
     let addr = host.to_socket_addrs().map_err(|e| format!("{host}: {e}"))?.next().ok_or("no address")?;
     let num = |i: usize| -> Result<usize, String> {
@@ -430,7 +445,36 @@ fn abuse(mode: &str, host: &str, args: &[String]) -> Result<(), String> {
             extra = format!(" max_ms={}", longest.as_millis());
             out
         }
-        _ => return Err(format!("abuse mode {mode:?}: connections, headers, slowloris or stalled-body")),
+        "slow-body" => {
+            let (len, chunk, every) = (num(1)?, num(2)?.max(1), Duration::from_millis(num(3)? as u64));
+            let head = format!("POST /upload HTTP/1.1\r\nhost: {host}\r\ncontent-length: {len}\r\n\r\n");
+            let threads: Vec<_> = (0..n)
+                .map(|_| {
+                    let head = head.clone();
+                    std::thread::spawn(move || -> Option<u16> {
+                        // A connection the proxy refuses (or closes at accept) is an outcome too.
+                        let mut s = connect(addr).ok()?;
+                        s.write_all(head.as_bytes()).ok()?;
+                        let data = vec![b'u'; chunk];
+                        let mut sent = 0;
+                        while sent < len {
+                            std::thread::sleep(every);
+                            if answered(&s) {
+                                break;
+                            }
+                            let k = chunk.min(len - sent);
+                            if s.write_all(&data[..k]).is_err() {
+                                break;
+                            }
+                            sent += k;
+                        }
+                        status_of(&mut s).ok().flatten()
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().ok().flatten()).collect()
+        }
+        _ => return Err(format!("abuse mode {mode:?}: connections, headers, slowloris, stalled-body or slow-body")),
     };
     let mut codes = std::collections::BTreeMap::new();
     let mut closed = 0;
