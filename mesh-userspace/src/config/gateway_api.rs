@@ -105,9 +105,9 @@ pub struct HttpRouteRule {
     pub backend_refs: Vec<HttpBackendRef>,
     #[serde(default)]
     pub timeouts: Option<HttpRouteTimeouts>,
-    /// Experimental channel (GEP-1731): accepted, not enforced.
+    /// GEP-1731 (experimental channel; Istio reads it): retried status codes, attempts, backoff.
     #[serde(default)]
-    pub retry: Option<serde_yaml::Value>,
+    pub retry: Option<HttpRouteRetry>,
     /// Experimental channel (GEP-1619): accepted, not enforced.
     #[serde(default)]
     pub session_persistence: Option<serde_yaml::Value>,
@@ -196,7 +196,7 @@ pub struct HttpRouteFilter {
     #[serde(default)]
     pub response_header_modifier: Option<HeaderModifier>,
     #[serde(default)]
-    pub request_mirror: Option<serde_yaml::Value>,
+    pub request_mirror: Option<RequestMirror>,
     #[serde(default)]
     pub request_redirect: Option<RequestRedirect>,
     #[serde(default)]
@@ -208,6 +208,91 @@ pub struct HttpRouteFilter {
     /// Experimental channel.
     #[serde(default)]
     pub external_auth: Option<serde_yaml::Value>,
+}
+
+/// `HTTPRequestMirrorFilter`: a copy of each request (or of `percent` / `fraction` of them) goes
+/// to `backendRef`, fire and forget.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestMirror {
+    #[serde(default)]
+    pub backend_ref: BackendObjectReference,
+    #[serde(default)]
+    pub percent: Option<i64>,
+    #[serde(default)]
+    pub fraction: Option<Fraction>,
+}
+
+impl RequestMirror {
+    /// The share of requests mirrored, in percent: `percent`, else `fraction` (denominator
+    /// default 100), else all of them. None for values validation rejects.
+    pub fn percentage(&self) -> Option<f64> {
+        match (self.percent, &self.fraction) {
+            (Some(p), None) if (0..=100).contains(&p) => Some(p as f64),
+            (None, Some(f)) => {
+                let d = f.denominator.unwrap_or(100);
+                (d >= 1 && (0..=d).contains(&f.numerator)).then(|| 100.0 * f.numerator as f64 / d as f64)
+            }
+            (None, None) => Some(100.0),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Fraction {
+    #[serde(default)]
+    pub numerator: i64,
+    /// Default 100.
+    #[serde(default)]
+    pub denominator: Option<i64>,
+}
+
+/// A reference to a backend without weight or filters (a mirror's `backendRef`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackendObjectReference {
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub port: Option<i64>,
+}
+
+impl BackendObjectReference {
+    /// As a weighted backendRef (weight 1, no filters), to resolve it the same way.
+    pub fn as_backend_ref(&self) -> HttpBackendRef {
+        HttpBackendRef {
+            group: self.group.clone(),
+            kind: self.kind.clone(),
+            name: self.name.clone(),
+            namespace: self.namespace.clone(),
+            port: self.port,
+            weight: None,
+            filters: Vec::new(),
+        }
+    }
+}
+
+/// `HTTPRouteRetry` (GEP-1731).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRouteRetry {
+    /// Status codes retried (400-599).
+    #[serde(default)]
+    pub codes: Vec<i64>,
+    /// Retries after the first try; default (implementation-specific) 2, as Istio.
+    #[serde(default)]
+    pub attempts: Option<i64>,
+    /// Minimum wait between tries (GEP-2257 duration).
+    #[serde(default)]
+    pub backoff: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -502,11 +587,11 @@ pub fn validate(spec: &HttpRouteSpec) -> Validation {
             }
             check_filters(&b.filters, &bat, &matches, &mut err, &mut warns);
             for (k, f) in b.filters.iter().enumerate() {
-                if !matches!(f.kind.as_str(), "RequestHeaderModifier" | "ResponseHeaderModifier") {
+                if !matches!(f.kind.as_str(), "RequestHeaderModifier" | "ResponseHeaderModifier" | "RequestMirror") {
                     warns.push((
                         format!("{bat}.filters[{k}]"),
                         format!(
-                            "a {} filter on a backendRef is not enforced (only header modifiers are)",
+                            "a {} filter on a backendRef is not enforced (only header modifiers and RequestMirror are)",
                             cut(&f.kind, 40)
                         ),
                     ));
@@ -534,18 +619,9 @@ pub fn validate(spec: &HttpRouteSpec) -> Validation {
                     );
                 }
             }
-            if t.backend_request.is_some() {
-                warns.push((
-                    format!("{at}.timeouts.backendRequest"),
-                    "backendRequest is not enforced yet (request is)".into(),
-                ));
-            }
         }
-        if r.retry.is_some() {
-            warns.push((
-                format!("{at}.retry"),
-                "retry (experimental) is not enforced; Istio's default retry policy applies".into(),
-            ));
+        if let Some(rt) = &r.retry {
+            check_retry(rt, &format!("{at}.retry"), &mut err);
         }
         if r.session_persistence.is_some() {
             warns
@@ -554,6 +630,67 @@ pub fn validate(spec: &HttpRouteSpec) -> Validation {
     }
     v.warnings = warns;
     v
+}
+
+/// `HTTPRouteRetry`: codes 400-599, a set; attempts at least 1; backoff a GEP-2257 duration.
+fn check_retry(rt: &HttpRouteRetry, at: &str, err: &mut dyn FnMut(String, String)) {
+    for (i, c) in rt.codes.iter().enumerate() {
+        if !(400..=599).contains(c) {
+            err(format!("{at}.codes[{i}]"), format!("{c} must be between 400 and 599"));
+        } else if rt.codes[..i].contains(c) {
+            err(format!("{at}.codes[{i}]"), format!("Duplicate value: {c}"));
+        }
+    }
+    if let Some(a) = rt.attempts {
+        if a < 1 {
+            err(format!("{at}.attempts"), format!("{a} should be greater than or equal to 1"));
+        }
+    }
+    if let Some(b) = &rt.backoff {
+        if let Err(e) = parse_gep_duration(b) {
+            err(format!("{at}.backoff"), e);
+        }
+    }
+}
+
+/// `HTTPRequestMirrorFilter`: a backendRef like a backendRef's (name, port for a Service),
+/// `percent` 0-100 or `fraction` (numerator <= denominator, denominator >= 1), not both.
+fn check_mirror(m: &RequestMirror, at: &str, err: &mut dyn FnMut(String, String)) {
+    let b = &m.backend_ref;
+    if b.name.is_empty() {
+        err(format!("{at}.backendRef.name"), "name is required".into());
+    }
+    match b.port {
+        None if b.as_backend_ref().is_service() => {
+            err(format!("{at}.backendRef"), "Must have port for Service reference".into())
+        }
+        Some(p) if !(1..=65535).contains(&p) => {
+            err(format!("{at}.backendRef.port"), format!("{p} is not a port number (1-65535)"))
+        }
+        _ => {}
+    }
+    if m.percent.is_some() && m.fraction.is_some() {
+        err(at.into(), "Only one of percent or fraction may be specified in HTTPRequestMirrorFilter".into());
+    }
+    if let Some(p) = m.percent {
+        if !(0..=100).contains(&p) {
+            err(format!("{at}.percent"), format!("{p} must be between 0 and 100"));
+        }
+    }
+    if let Some(f) = &m.fraction {
+        if f.numerator < 0 {
+            err(format!("{at}.fraction.numerator"), format!("{} should be greater than or equal to 0", f.numerator));
+        }
+        match f.denominator {
+            Some(d) if d < 1 => {
+                err(format!("{at}.fraction.denominator"), format!("{d} should be greater than or equal to 1"))
+            }
+            d if f.numerator > d.unwrap_or(100) => {
+                err(format!("{at}.fraction"), "numerator must be less than or equal to denominator".into())
+            }
+            _ => {}
+        }
+    }
 }
 
 fn check_match(m: &HttpRouteMatch, at: &str, err: &mut dyn FnMut(String, String)) {
@@ -812,8 +949,10 @@ fn check_filters(
                 check_path_mod(pm, format!("{uat}.path"), err);
             }
         }
+        if let Some(m) = &f.request_mirror {
+            check_mirror(m, &format!("{fat}.requestMirror"), err);
+        }
         let not_enforced = match f.kind.as_str() {
-            "RequestMirror" => Some("RequestMirror is not enforced yet (no request is mirrored)"),
             "ExtensionRef" => Some("ExtensionRef filters are implementation-specific; none is supported, so the rule answers 500 as the spec asks"),
             "CORS" => Some("the CORS filter is not enforced"),
             "ExternalAuth" => Some("the ExternalAuth filter is not enforced"),
@@ -948,6 +1087,18 @@ mod tests {
             ("  - filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplaceFullPath, replacePrefixMatch: /b}}}]\n", "replaceFullPath must be specified"),
             ("  - timeouts: {request: 1s, backendRequest: 2s}\n", "backendRequest timeout cannot be longer"),
             ("  - timeouts: {request: 1.5s}\n", "invalid duration"),
+            ("  - retry: {codes: [399]}\n", "retry.codes[0]: 399 must be between 400 and 599"),
+            ("  - retry: {codes: [500, 500]}\n", "retry.codes[1]: Duplicate value: 500"),
+            ("  - retry: {attempts: 0}\n", "retry.attempts: 0 should be greater than or equal to 1"),
+            ("  - retry: {backoff: 1.5s}\n", "retry.backoff: invalid duration"),
+            ("  - retry: {tries: 1}\n", "unknown field `tries`"),
+            ("  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: a, port: 80}, percent: 101}}]\n", "requestMirror.percent: 101 must be between 0 and 100"),
+            ("  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: a, port: 80}, percent: 1, fraction: {numerator: 1}}}]\n", "Only one of percent or fraction"),
+            ("  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: a, port: 80}, fraction: {numerator: 3, denominator: 2}}}]\n", "numerator must be less than or equal to denominator"),
+            ("  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: a, port: 80}, fraction: {numerator: 101}}}]\n", "numerator must be less than or equal to denominator"),
+            ("  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: a, port: 80}, fraction: {numerator: 0, denominator: 0}}}]\n", "fraction.denominator: 0 should be greater than or equal to 1"),
+            ("  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: a}}}]\n", "requestMirror.backendRef: Must have port for Service reference"),
+            ("  - filters: [{type: RequestMirror, requestMirror: {backendRef: {port: 80}}}]\n", "requestMirror.backendRef.name: name is required"),
             ("  - filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: a, value: x}, {name: A, value: y}]}}]\n", "Duplicate value"),
         ] {
             let e = errors(rules);

@@ -409,6 +409,7 @@ impl Builder<'_> {
                     request_headers: rq,
                     response_headers: rs,
                     fail_with: None,
+                    mirrors: Vec::new(),
                 });
             }
         }
@@ -699,12 +700,13 @@ impl Builder<'_> {
                     per_try_timeout: self
                         .duration(&rt.per_try_timeout, at, || format!("{}.retries.perTryTimeout", path())),
                     retry_on,
+                    backoff: None,
                 })
             }
         };
         let (request_headers, response_headers) =
             r.headers.as_ref().map(|h| self.header_ops(h, at, &format!("{}.headers", path()))).unwrap_or_default();
-        let mirror = match &r.mirror {
+        let mirrors = match &r.mirror {
             Some(m) => {
                 let pct = match (&r.mirror_percentage, r.mirror_percent) {
                     (Some(p), _) => self.percent(Some(p.value), at, format!("{}.mirrorPercentage.value", path())),
@@ -714,7 +716,9 @@ impl Builder<'_> {
                 self.destination(m, &vs.namespace, at, &|| format!("{}.mirror", path())).map(|d| (d, pct))
             }
             None => None,
-        };
+        }
+        .into_iter()
+        .collect();
         Some(HttpRule {
             name: r.name.clone(),
             matches,
@@ -727,7 +731,7 @@ impl Builder<'_> {
             rewrite_authority: r.rewrite.as_ref().and_then(|rw| rw.authority.clone()),
             request_headers,
             response_headers,
-            mirror,
+            mirrors,
         })
     }
 

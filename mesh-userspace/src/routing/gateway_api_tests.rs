@@ -545,3 +545,142 @@ fn extension_ref_and_no_backend_answer_500_backend_filters_apply() {
     assert_eq!(s.backend.as_deref(), Some("echo-v2"));
     assert_eq!((all(&s.headers, "x-rule"), all(&s.headers, "x-backend")), ("r".into(), "b".into()));
 }
+
+// RequestMirror, retry and timeouts.backendRequest: the rules of the upstream ingress conformance
+// tests (HTTPRouteRequestMirror, HTTPRouteRequestPercentageMirror, HTTPRouteRequestMultipleMirrors,
+// HTTPRouteRetry, HTTPRouteRetryConnectionError, HTTPRouteRetryWithTimeouts,
+// HTTPRouteTimeoutBackendRequest) bound to the mesh Service (adapted-mirror-retry-timeouts.yaml).
+
+fn forward(t: &RouteTable, rng: &mut StdRng, path: &str) -> Box<Forward> {
+    let reg = registry();
+    let svc = reg.service_by_host("echo", NS).unwrap().clone();
+    let uri: http::Uri = path.parse().unwrap();
+    let h = HeaderMap::new();
+    let info = RequestInfo {
+        context: Context::Mesh { service: &svc, port: 80 },
+        source: None,
+        method: &http::Method::GET,
+        uri: &uri,
+        authority: Some("echo"),
+        scheme: "http",
+        headers: &h,
+    };
+    match t.route(&info, rng) {
+        Decision::Forward(f) => f,
+        d => panic!("{path}: {d:?}"),
+    }
+}
+
+fn mirrored_to(f: &Forward) -> Vec<String> {
+    f.mirrors.iter().map(|c| format!("{}:{}", c.service.name, c.port)).collect()
+}
+
+#[test]
+fn request_mirror_and_multiple_mirrors() {
+    let t = table_of(&[fixture!("adapted-mirror-retry-timeouts.yaml")]);
+    let mut rng = StdRng::seed_from_u64(5);
+    for (path, backend, mirrors) in [
+        ("/mirror", "echo-v1", &["echo-v2:8080"][..]),
+        ("/mirror-and-modify-headers", "echo-v1", &["echo-v2:8080"][..]),
+        ("/multi-mirror", "echo-v1", &["echo-v2:8080", "echo:8080"][..]),
+        ("/multi-mirror-and-modify-request-headers", "echo-v1", &["echo-v2:8080", "echo:8080"][..]),
+    ] {
+        let f = forward(&t, &mut rng, path);
+        assert_eq!(f.cluster.service.name, backend, "{path}");
+        assert_eq!(mirrored_to(&f), mirrors, "{path}");
+        if path.contains("modify") {
+            // The mirrored request is the modified one: header edits come first in the proxy.
+            let mut h = HeaderMap::new();
+            h.insert("x-header-remove", "x".parse().unwrap());
+            f.request_headers.apply(&mut h);
+            assert_eq!(all(&h, "x-header-set"), "set-overwrites-values", "{path}");
+            assert!(h.get("x-header-remove").is_none(), "{path}");
+        }
+    }
+}
+
+#[test]
+fn request_percentage_mirror() {
+    let t = table_of(&[fixture!("adapted-mirror-retry-timeouts.yaml")]);
+    let mut rng = StdRng::seed_from_u64(9);
+    // Upstream: percent 20, fraction 25/50 (= 50 %), percent 35, checked within 3 standard
+    // deviations of the binomial over its requests; here over 1000 requests each.
+    let n = 1000;
+    for (path, pct) in
+        [("/percent-mirror", 20.0), ("/percent-mirror-fraction", 50.0), ("/percent-mirror-and-modify-headers", 35.0)]
+    {
+        let hits = (0..n).filter(|_| !forward(&t, &mut rng, path).mirrors.is_empty()).count() as f64;
+        let p: f64 = pct / 100.0;
+        let sd = (n as f64 * p * (1.0 - p)).sqrt();
+        assert!((hits - n as f64 * p).abs() <= 3.0 * sd, "{path}: {hits} of {n} mirrored, want {pct}%");
+    }
+}
+
+#[test]
+fn retry_codes_attempts_and_backend_request_timeout() {
+    use std::time::Duration;
+    let t = table_of(&[fixture!("adapted-mirror-retry-timeouts.yaml")]);
+    let mut rng = StdRng::seed_from_u64(1);
+    let f = forward(&t, &mut rng, "/retry/code-500-attempts-3");
+    assert_eq!(f.retries.attempts, 3);
+    assert!(f.retries.retry_on.status(500) && !f.retries.retry_on.status(502));
+    let f = forward(&t, &mut rng, "/retry/code-all-attempts-2");
+    assert_eq!(f.retries.attempts, 2);
+    assert!([500, 502, 503, 504].iter().all(|c| f.retries.retry_on.status(*c)));
+    assert!(!f.retries.retry_on.status(501));
+    // No codes: connection errors only ("SHOULD retry on connection errors").
+    let f = forward(&t, &mut rng, "/retry/no-status-code-attempts-3");
+    assert_eq!(f.retries.attempts, 3);
+    let on = &f.retries.retry_on;
+    assert!(on.connect_failure && on.reset && on.refused_stream && !on.status(500) && !on.five_xx);
+    // backendRequest is the per-try timeout, request the whole request's.
+    let f = forward(&t, &mut rng, "/retry/backend-request-timeout-200ms");
+    assert_eq!((f.retries.attempts, f.retries.per_try_timeout, f.timeout), (2, Some(Duration::from_millis(200)), None));
+    let f = forward(&t, &mut rng, "/retry/request-timeout-200ms");
+    assert_eq!(f.retries.per_try_timeout, Some(Duration::from_millis(200)));
+    assert_eq!((f.retries.attempts, f.timeout), (5, Some(Duration::from_millis(400))));
+    // No retry stanza: Istio's default policy, each try bounded by backendRequest; 0s: none.
+    let f = forward(&t, &mut rng, "/backend-timeout");
+    let want = RetryPolicy { per_try_timeout: Some(Duration::from_millis(500)), ..RetryPolicy::istio_default() };
+    assert_eq!(*f.retries, want);
+    let f = forward(&t, &mut rng, "/disable-backend-timeout");
+    assert_eq!(*f.retries, RetryPolicy::istio_default());
+    // A route with none of these keeps Istio's default, as before.
+    let f = forward(&t, &mut rng, "/mirror");
+    assert_eq!(*f.retries, RetryPolicy::istio_default());
+}
+
+#[test]
+fn retry_backoff_and_backend_ref_mirror() {
+    use std::time::Duration;
+    let r = route(
+        "r",
+        "",
+        "  - matches: [{path: {value: /b}}]\n    retry: {codes: [503], backoff: 100ms}\n    backendRefs:\n    - name: echo-v1\n      port: 8080\n      filters: [{type: RequestMirror, requestMirror: {backendRef: {name: echo-v2, port: 8080}, fraction: {numerator: 1}}}]\n    - name: echo-v2\n      port: 8080\n      weight: 0\n  - matches: [{path: {value: /gone}}]\n    filters: [{type: RequestMirror, requestMirror: {backendRef: {name: nope, port: 80}}}]\n    backendRefs: [{name: echo-v1, port: 8080}]\n",
+    );
+    let mut c = Config::default();
+    c.add_str("r.yaml", &r).unwrap();
+    let (t, rejected) = RouteTable::compile_admitting(&c, &registry());
+    assert!(rejected.is_empty());
+    let mut rng = StdRng::seed_from_u64(2);
+    let f = forward(&t, &mut rng, "/b");
+    assert_eq!((f.retries.attempts, f.retries.backoff), (2, Some(Duration::from_millis(100))));
+    // fraction 1/100 at the backendRef level: mirrored about 1 % of the times it is picked.
+    let hits = (0..2000).filter(|_| !forward(&t, &mut rng, "/b").mirrors.is_empty()).count();
+    assert!((5..=40).contains(&hits), "{hits} of 2000");
+    // A mirror whose backend does not resolve is dropped (warned), the route still forwards.
+    let f = forward(&t, &mut rng, "/gone");
+    assert!(f.mirrors.is_empty());
+    assert!(
+        t.warnings.iter().any(|w| w.contains("nope is not in the registry; nothing is mirrored")),
+        "{:?}",
+        t.warnings
+    );
+    // Never sooner than the configured back-off, growing per retry; Envoy's default may be 0.
+    let b = Some(Duration::from_millis(100));
+    assert_eq!(retry_backoff(b, 1, 0.0), Duration::from_millis(100));
+    assert_eq!(retry_backoff(b, 2, 0.0), Duration::from_millis(200));
+    assert_eq!(retry_backoff(b, 9, 0.99), Duration::from_millis(800).mul_f64(1.99));
+    assert_eq!(retry_backoff(None, 1, 0.0), Duration::ZERO);
+    assert_eq!(retry_backoff(None, 1, 1.0), Duration::from_millis(50));
+}
