@@ -10,20 +10,11 @@ use serde::Deserialize;
 use super::{cut, parse_duration, validate::Validation};
 
 pub const GROUP: &str = "gateway.networking.k8s.io";
-/// HTTPRoute is served at v1 and (deprecated, same schema) v1beta1.
+/// HTTPRoute is served at v1 and (deprecated, same schema) v1beta1; so is ReferenceGrant.
 pub const VERSIONS: &[&str] = &["v1", "v1beta1"];
 /// Other kinds of the Gateway API group: valid, not acted on in this release (skipped, reported).
-pub const OTHER_KINDS: &[&str] = &[
-    "Gateway",
-    "GatewayClass",
-    "GRPCRoute",
-    "ReferenceGrant",
-    "TCPRoute",
-    "TLSRoute",
-    "UDPRoute",
-    "BackendTLSPolicy",
-    "ListenerSet",
-];
+pub const OTHER_KINDS: &[&str] =
+    &["Gateway", "GatewayClass", "GRPCRoute", "TCPRoute", "TLSRoute", "UDPRoute", "BackendTLSPolicy", "ListenerSet"];
 
 // CRD limits (config/crd/standard/gateway.networking.k8s.io_httproutes.yaml).
 const MAX_PARENT_REFS: usize = 32;
@@ -54,9 +45,22 @@ pub struct HttpRouteSpec {
     /// `metadata.creationTimestamp` (RFC 3339), the spec's first tie-breaker between routes.
     #[serde(skip)]
     pub created: Option<String>,
+    /// Converted from a GRPCRoute (see [`GrpcRouteSpec::to_http`]): backends are spoken to over
+    /// HTTP/2, and references and messages name a GRPCRoute.
+    #[serde(skip)]
+    pub grpc: bool,
 }
 
 impl HttpRouteSpec {
+    /// The kind as written: `HTTPRoute`, or `GRPCRoute` for a converted one.
+    pub fn kind(&self) -> &'static str {
+        if self.grpc {
+            "GRPCRoute"
+        } else {
+            "HTTPRoute"
+        }
+    }
+
     /// The rules with the API server's defaulting applied: no rules is one catch-all rule.
     pub fn rules(&self) -> std::borrow::Cow<'_, [HttpRouteRule]> {
         match &self.rules_as_written {
@@ -404,6 +408,118 @@ pub struct HttpRouteTimeouts {
     pub request: Option<String>,
     #[serde(default)]
     pub backend_request: Option<String>,
+}
+
+/// `ReferenceGrant`: kinds in other namespaces (`from`) trusted to reference kinds of this
+/// namespace (`to`). A backendRef to a Service in another namespace resolves only when one allows it.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReferenceGrantSpec {
+    #[serde(default)]
+    pub from: Vec<ReferenceGrantFrom>,
+    #[serde(default)]
+    pub to: Vec<ReferenceGrantTo>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReferenceGrantFrom {
+    /// Required; `""` is the core group.
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub namespace: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReferenceGrantTo {
+    /// Required; `""` is the core group.
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub kind: String,
+    /// None: every object of the kind in the grant's namespace.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// The core API group as a reference spells it: `""`, and `core` as Istio also accepts.
+fn core_group(g: &str) -> bool {
+    g.is_empty() || g == "core"
+}
+
+impl ReferenceGrantSpec {
+    /// Whether this grant (in the Service's namespace) lets a `from_kind` (`HTTPRoute`,
+    /// `GRPCRoute`) of `from_namespace` reference the Service `name`.
+    pub fn allows_service(&self, from_kind: &str, from_namespace: &str, name: &str) -> bool {
+        self.from
+            .iter()
+            .any(|f| f.group.as_deref() == Some(GROUP) && f.kind == from_kind && f.namespace == from_namespace)
+            && self.to.iter().any(|t| {
+                t.group.as_deref().is_some_and(core_group)
+                    && t.kind == "Service"
+                    && t.name.as_deref().is_none_or(|n| n == name)
+            })
+    }
+}
+
+/// The ReferenceGrant CRD's schema: 1 to 16 `from` and `to` entries, group and kind required,
+/// `from.namespace` required; names are DNS labels / subdomains.
+pub fn validate_reference_grant(spec: &ReferenceGrantSpec) -> Validation {
+    let mut v = Validation::default();
+    let mut err = |p: String, m: String| v.errors.push((p, m));
+    for (field, len) in [("from", spec.from.len()), ("to", spec.to.len())] {
+        if len == 0 {
+            err(format!("spec.{field}"), "Required value: at least 1 item".into());
+        } else if len > 16 {
+            err(format!("spec.{field}"), "must have at most 16 items".into());
+        }
+    }
+    let group_ok = |g: &str| g.is_empty() || hostname_ok(g, false);
+    let kind_ok = |k: &str| {
+        !k.is_empty()
+            && k.len() <= 63
+            && k.starts_with(|c: char| c.is_ascii_alphabetic())
+            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    let label_ok = |n: &str| n.len() <= 63 && hostname_ok(n, false) && !n.contains('.');
+    for (i, f) in spec.from.iter().enumerate() {
+        let at = format!("spec.from[{i}]");
+        match &f.group {
+            None => err(format!("{at}.group"), "Required value".into()),
+            Some(g) if !group_ok(g) => err(format!("{at}.group"), format!("{:?} is not a valid group", cut(g, 60))),
+            _ => {}
+        }
+        if !kind_ok(&f.kind) {
+            err(format!("{at}.kind"), format!("{:?} is not a valid kind", cut(&f.kind, 60)));
+        }
+        if !label_ok(&f.namespace) {
+            err(
+                format!("{at}.namespace"),
+                format!("{:?} is not a valid namespace (RFC 1123 label)", cut(&f.namespace, 60)),
+            );
+        }
+    }
+    for (i, t) in spec.to.iter().enumerate() {
+        let at = format!("spec.to[{i}]");
+        match &t.group {
+            None => err(format!("{at}.group"), "Required value".into()),
+            Some(g) if !group_ok(g) => err(format!("{at}.group"), format!("{:?} is not a valid group", cut(g, 60))),
+            _ => {}
+        }
+        if !kind_ok(&t.kind) {
+            err(format!("{at}.kind"), format!("{:?} is not a valid kind", cut(&t.kind, 60)));
+        }
+        if let Some(n) = &t.name {
+            if !hostname_ok(n, false) {
+                err(format!("{at}.name"), format!("{:?} is not a valid object name", cut(n, 60)));
+            }
+        }
+    }
+    v
 }
 
 /// Gateway API durations (GEP-2257): 1 to 4 of `<1-5 digits><h|m|s|ms>`, e.g. `10s`, `1h30m`, `500ms`.
@@ -978,19 +1094,20 @@ impl super::Config {
         name: String,
         namespace: String,
     ) -> Result<(), (Option<super::ObjectKey>, Vec<super::ConfigError>)> {
-        let key = (kind == "HTTPRoute").then(|| super::ObjectKey {
-            kind: "HTTPRoute",
-            namespace: namespace.clone(),
-            name: name.clone(),
-        });
+        let static_kind = match kind {
+            "HTTPRoute" => Some("HTTPRoute"),
+            "ReferenceGrant" => Some("ReferenceGrant"),
+            _ => None,
+        };
+        let key = static_kind.map(|kind| super::ObjectKey { kind, namespace: namespace.clone(), name: name.clone() });
         let reject = |path: &str, msg: String| Err((key.clone(), vec![at.error(path, msg)]));
-        if kind != "HTTPRoute" {
+        if static_kind.is_none() {
             if OTHER_KINDS.contains(&kind) {
                 self.skipped
                     .push(format!("{file}: {kind} {} (Gateway API kind not supported yet; ignored)", cut(&name, 60)));
                 return Ok(());
             }
-            let known = OTHER_KINDS.iter().chain(["HTTPRoute"].iter());
+            let known = OTHER_KINDS.iter().chain(["HTTPRoute", "ReferenceGrant"].iter());
             if let Some(k) = known.clone().find(|k| k.eq_ignore_ascii_case(kind)) {
                 return reject(
                     "kind",
@@ -1006,7 +1123,7 @@ impl super::Config {
         if !VERSIONS.contains(&version) {
             return reject(
                 "apiVersion",
-                format!("unsupported apiVersion {:?}: HTTPRoute is {GROUP}/v1 (or v1beta1)", cut(api_version, 60)),
+                format!("unsupported apiVersion {:?}: {kind} is {GROUP}/v1 (or v1beta1)", cut(api_version, 60)),
             );
         }
         if name.is_empty() {
@@ -1014,6 +1131,17 @@ impl super::Config {
         }
         if let Err(e) = super::check_object_name(&name).and_then(|()| super::check_object_name(&namespace)) {
             return reject("metadata", e);
+        }
+        if kind == "ReferenceGrant" {
+            let r: super::Resource<ReferenceGrantSpec> =
+                super::typed(text, &at, line_offset).map_err(|e| (key.clone(), vec![e]))?;
+            let o = super::sourced(r, at);
+            let v = validate_reference_grant(&o.spec);
+            if !v.errors.is_empty() {
+                return Err((key, v.errors.into_iter().map(|(p, m)| o.at.error(p, m)).collect()));
+            }
+            super::upsert(&mut self.reference_grants, o, kind, &mut self.skipped);
+            return Ok(());
         }
         let r: super::Resource<HttpRouteSpec> =
             super::typed(text, &at, line_offset).map_err(|e| (key.clone(), vec![e]))?;

@@ -28,6 +28,8 @@ pub(super) struct Builder<'a> {
     pub(super) errors: Vec<ConfigError>,
     pub(super) warnings: Vec<String>,
     pub(super) default_retries: Arc<RetryPolicy>,
+    /// Gateway API ReferenceGrants: which cross-namespace backendRefs resolve.
+    pub(super) reference_grants: &'a [Sourced<crate::config::gateway_api::ReferenceGrantSpec>],
 }
 
 /// (name, namespace) of a host as Istio resolves it relative to `ns`; FQDNs outside the cluster
@@ -55,6 +57,7 @@ pub fn compile(config: &config::Config, registry: &Registry) -> (RouteTable, Vec
         errors: Vec::new(),
         warnings: Vec::new(),
         default_retries: Arc::new(RetryPolicy::istio_default()),
+        reference_grants: &config.reference_grants,
     };
     let mut rejected = Vec::new();
     // The errors pushed since `before` belong to one object: it is rejected, the others go on.

@@ -65,7 +65,8 @@ impl Builder<'_> {
             let mine = self.http_route(route, &mut names);
             if self.errors.len() > before {
                 let errors = self.errors.split_off(before);
-                let key = ObjectKey { kind: "HTTPRoute", namespace: route.namespace.clone(), name: route.name.clone() };
+                let key =
+                    ObjectKey { kind: route.spec.kind(), namespace: route.namespace.clone(), name: route.name.clone() };
                 rejected.push((key, route.at.file.clone(), errors));
                 continue;
             }
@@ -425,9 +426,21 @@ impl Builder<'_> {
         if !b.is_service() {
             return Err(format!("backend kind {:?} is not supported", b.kind.as_deref().unwrap_or("")));
         }
-        if ns != route.namespace {
+        // "References to objects with a different namespace ... MUST be rejected unless a
+        // ReferenceGrant in the target namespace allows them" (the spec; Istio's
+        // InvalidDestinationPermit). Checked before the Service is looked up, so an answer never
+        // tells whether a Service the route may not see exists.
+        let kind = route.spec.kind();
+        if ns != route.namespace
+            && !self
+                .reference_grants
+                .iter()
+                .any(|g| g.namespace == ns && g.spec.allows_service(kind, &route.namespace, &b.name))
+        {
             return Err(format!(
-                "a backend in another namespace ({ns}) needs a ReferenceGrant, which is not supported yet"
+                "RefNotPermitted: backendRef {ns}/{} is not accessible to a {kind} in namespace {:?} (no ReferenceGrant in {ns} allows it)",
+                config::cut(&b.name, 60),
+                route.namespace
             ));
         }
         let Some(svc) = self.services.get(&(ns, b.name.as_str())).map(|s| (*s).clone()) else {
