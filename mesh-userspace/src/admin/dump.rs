@@ -257,6 +257,9 @@ fn config_view(applied: &Applied, generation: u64) -> ConfigView {
     for o in &live.reference_grants {
         view("ReferenceGrant", &o.namespace, &o.name, &o.at);
     }
+    for o in &live.grpc_routes {
+        view("GRPCRoute", &o.namespace, &o.name, &o.at);
+    }
     for o in &live.telemetries {
         view("Telemetry", &o.namespace, &o.name, &o.at);
     }

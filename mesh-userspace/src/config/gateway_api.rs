@@ -14,7 +14,7 @@ pub const GROUP: &str = "gateway.networking.k8s.io";
 pub const VERSIONS: &[&str] = &["v1", "v1beta1"];
 /// Other kinds of the Gateway API group: valid, not acted on in this release (skipped, reported).
 pub const OTHER_KINDS: &[&str] =
-    &["Gateway", "GatewayClass", "GRPCRoute", "TCPRoute", "TLSRoute", "UDPRoute", "BackendTLSPolicy", "ListenerSet"];
+    &["Gateway", "GatewayClass", "TCPRoute", "TLSRoute", "UDPRoute", "BackendTLSPolicy", "ListenerSet"];
 
 // CRD limits (config/crd/standard/gateway.networking.k8s.io_httproutes.yaml).
 const MAX_PARENT_REFS: usize = 32;
@@ -130,6 +130,10 @@ impl HttpRouteRule {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRouteMatch {
+    /// A converted GRPCRoute match: (service, method) characters, the GRPCRoute precedence keys
+    /// that replace the path's.
+    #[serde(skip)]
+    pub grpc_rank: Option<(usize, usize)>,
     /// Left out: `PathPrefix /` (the CRD default).
     #[serde(default)]
     pub path: Option<HttpPathMatch>,
@@ -408,6 +412,214 @@ pub struct HttpRouteTimeouts {
     pub request: Option<String>,
     #[serde(default)]
     pub backend_request: Option<String>,
+}
+
+/// `GRPCRoute` (v1): matches on gRPC service/method and headers; compiled as an HTTPRoute whose
+/// path matches `/service/method`, as Istio does, with HTTP/2 to the backends.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcRouteSpec {
+    #[serde(default)]
+    pub parent_refs: Vec<ParentReference>,
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    #[serde(default)]
+    pub rules: Vec<GrpcRouteRule>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcRouteRule {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub matches: Vec<GrpcRouteMatch>,
+    /// Same shape as HTTPRoute's; only RequestHeaderModifier, ResponseHeaderModifier,
+    /// RequestMirror and ExtensionRef are GRPCRoute filter types.
+    #[serde(default)]
+    pub filters: Vec<HttpRouteFilter>,
+    #[serde(default)]
+    pub backend_refs: Vec<HttpBackendRef>,
+    /// Experimental channel (GEP-1619): accepted, not enforced.
+    #[serde(default)]
+    pub session_persistence: Option<serde_yaml::Value>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcRouteMatch {
+    #[serde(default)]
+    pub method: Option<GrpcMethodMatch>,
+    #[serde(default)]
+    pub headers: Vec<HttpHeaderMatch>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcMethodMatch {
+    /// `Exact` (default) or `RegularExpression`.
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub service: Option<String>,
+    #[serde(default)]
+    pub method: Option<String>,
+}
+
+const GRPC_FILTERS: &[&str] = &["RequestHeaderModifier", "ResponseHeaderModifier", "RequestMirror", "ExtensionRef"];
+
+impl GrpcMethodMatch {
+    /// The request path match a gRPC call `/service/method` is tested with (Istio's
+    /// `createGRPCURIMatch`): Exact both → exact path, service only → the `/service/` prefix,
+    /// otherwise a regex with `[^/]+` for the part left out.
+    fn path(&self) -> HttpPathMatch {
+        let regex = self.kind.as_deref() == Some("RegularExpression");
+        let (kind, value) = match (regex, self.service.as_deref(), self.method.as_deref()) {
+            (false, Some(s), Some(m)) => ("Exact", format!("/{s}/{m}")),
+            (false, Some(s), None) => ("PathPrefix", format!("/{s}/")),
+            (false, None, Some(m)) => ("RegularExpression", format!("/[^/]+/{}", regex::escape(m))),
+            (true, s, m) => ("RegularExpression", format!("/{}/{}", s.unwrap_or("[^/]+"), m.unwrap_or("[^/]+"))),
+            (false, None, None) => ("PathPrefix", "/".to_owned()),
+        };
+        HttpPathMatch { kind: Some(kind.into()), value: Some(value) }
+    }
+}
+
+impl GrpcRouteSpec {
+    /// The equivalent HTTPRoute (validated first with [`validate_grpc_route`]).
+    pub fn to_http(&self, created: Option<String>) -> HttpRouteSpec {
+        let rules = self
+            .rules
+            .iter()
+            .map(|r| HttpRouteRule {
+                name: r.name.clone(),
+                matches_as_written: Some(
+                    r.matches
+                        .iter()
+                        .map(|m| HttpRouteMatch {
+                            grpc_rank: Some(m.method.as_ref().map_or((0, 0), |mm| {
+                                (mm.service.as_deref().map_or(0, str::len), mm.method.as_deref().map_or(0, str::len))
+                            })),
+                            path: m.method.as_ref().map(GrpcMethodMatch::path),
+                            headers: m.headers.clone(),
+                            query_params: Vec::new(),
+                            method: None,
+                        })
+                        .collect(),
+                ),
+                filters: r.filters.clone(),
+                backend_refs: r.backend_refs.clone(),
+                timeouts: None,
+                retry: None,
+                session_persistence: r.session_persistence.clone(),
+            })
+            .collect();
+        HttpRouteSpec {
+            parent_refs: self.parent_refs.clone(),
+            hostnames: self.hostnames.clone(),
+            rules_as_written: Some(rules),
+            created,
+            grpc: true,
+        }
+    }
+}
+
+/// The GRPCRoute CRD's own rules (method match, filter types); the rest (parents, backends,
+/// header matches and modifiers, mirrors) is HTTPRoute's and checked on the converted route.
+pub fn validate_grpc_route(spec: &GrpcRouteSpec) -> Validation {
+    let mut errors: Vec<(String, String)> = Vec::new();
+    let mut err = |p: String, m: String| errors.push((p, m));
+    if spec.rules.len() > MAX_RULES {
+        err("spec.rules".into(), format!("must have at most {MAX_RULES} items"));
+    }
+    let total: usize = spec.rules.iter().map(|r| r.matches.len().max(1)).sum();
+    if total > MAX_MATCHES_TOTAL {
+        err("spec.rules".into(), format!("the total number of matches across all rules in a route must be less than {MAX_MATCHES_TOTAL} (has {total})"));
+    }
+    let service_ok = |s: &str| {
+        let s = s.strip_prefix('.').unwrap_or(s);
+        !s.is_empty()
+            && s.split('.').all(|p| {
+                p.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                    && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            })
+    };
+    let method_ok = |m: &str| {
+        m.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && m.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    };
+    for (i, r) in spec.rules.iter().enumerate() {
+        let at = format!("spec.rules[{i}]");
+        if r.matches.len() > 8 {
+            err(format!("{at}.matches"), "must have at most 8 items".into());
+        }
+        for (j, m) in r.matches.iter().enumerate() {
+            let Some(mm) = &m.method else { continue };
+            let mat = format!("{at}.matches[{j}].method");
+            if mm.service.is_none() && mm.method.is_none() {
+                err(mat.clone(), "One or both of 'service' or 'method' must be specified".into());
+            }
+            match mm.kind.as_deref() {
+                None | Some("Exact") => {
+                    if let Some(s) = mm.service.as_deref().filter(|s| !service_ok(s)) {
+                        err(
+                            format!("{mat}.service"),
+                            format!(
+                                "{:?} must be a valid gRPC service name (e.g. com.example.Echo) when type is 'Exact'",
+                                cut(s, 60)
+                            ),
+                        );
+                    }
+                    if let Some(m) = mm.method.as_deref().filter(|m| !method_ok(m)) {
+                        err(
+                            format!("{mat}.method"),
+                            format!("{:?} must be a valid gRPC method name when type is 'Exact'", cut(m, 60)),
+                        );
+                    }
+                }
+                Some("RegularExpression") => {
+                    for (f, v) in [("service", &mm.service), ("method", &mm.method)] {
+                        if let Some(v) = v {
+                            if let Err(e) = regex::Regex::new(v) {
+                                err(
+                                    format!("{mat}.{f}"),
+                                    format!("invalid regular expression: {}", cut(&e.to_string(), 200)),
+                                );
+                            }
+                        }
+                    }
+                }
+                Some(o) => err(
+                    format!("{mat}.type"),
+                    format!("Unsupported value {:?}: supported values: \"Exact\", \"RegularExpression\"", cut(o, 40)),
+                ),
+            }
+            for (f, v) in [("service", &mm.service), ("method", &mm.method)] {
+                if v.as_ref().is_some_and(|v| v.len() > 1024) {
+                    err(format!("{mat}.{f}"), "must be at most 1024 characters".into());
+                }
+            }
+        }
+        let lists = std::iter::once((at.clone(), &r.filters))
+            .chain(r.backend_refs.iter().enumerate().map(|(j, b)| (format!("{at}.backendRefs[{j}]"), &b.filters)));
+        for (fat, filters) in lists {
+            for (k, f) in filters.iter().enumerate() {
+                if !GRPC_FILTERS.contains(&f.kind.as_str()) {
+                    err(
+                        format!("{fat}.filters[{k}].type"),
+                        format!(
+                            "Unsupported value {:?}: supported values: {}",
+                            cut(&f.kind, 40),
+                            GRPC_FILTERS.iter().map(|t| format!("{t:?}")).collect::<Vec<_>>().join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    let mut v = if errors.is_empty() { validate(&spec.to_http(None)) } else { Validation::default() };
+    v.errors.splice(0..0, errors);
+    v
 }
 
 /// `ReferenceGrant`: kinds in other namespaces (`from`) trusted to reference kinds of this
@@ -1097,6 +1309,7 @@ impl super::Config {
         let static_kind = match kind {
             "HTTPRoute" => Some("HTTPRoute"),
             "ReferenceGrant" => Some("ReferenceGrant"),
+            "GRPCRoute" => Some("GRPCRoute"),
             _ => None,
         };
         let key = static_kind.map(|kind| super::ObjectKey { kind, namespace: namespace.clone(), name: name.clone() });
@@ -1107,7 +1320,7 @@ impl super::Config {
                     .push(format!("{file}: {kind} {} (Gateway API kind not supported yet; ignored)", cut(&name, 60)));
                 return Ok(());
             }
-            let known = OTHER_KINDS.iter().chain(["HTTPRoute", "ReferenceGrant"].iter());
+            let known = OTHER_KINDS.iter().chain(["HTTPRoute", "ReferenceGrant", "GRPCRoute"].iter());
             if let Some(k) = known.clone().find(|k| k.eq_ignore_ascii_case(kind)) {
                 return reject(
                     "kind",
@@ -1141,6 +1354,27 @@ impl super::Config {
                 return Err((key, v.errors.into_iter().map(|(p, m)| o.at.error(p, m)).collect()));
             }
             super::upsert(&mut self.reference_grants, o, kind, &mut self.skipped);
+            return Ok(());
+        }
+        if kind == "GRPCRoute" {
+            let r: super::Resource<GrpcRouteSpec> =
+                super::typed(text, &at, line_offset).map_err(|e| (key.clone(), vec![e]))?;
+            let created = r.metadata.creation_timestamp.clone();
+            let o = super::sourced(r, at);
+            let v = validate_grpc_route(&o.spec);
+            self.warnings.extend(v.warnings.into_iter().map(|(p, m)| o.at.error(p, m).to_string()));
+            if !v.errors.is_empty() {
+                return Err((key, v.errors.into_iter().map(|(p, m)| o.at.error(p, m)).collect()));
+            }
+            let converted = super::Sourced {
+                name: o.name,
+                namespace: o.namespace,
+                api_version: o.api_version,
+                annotations: o.annotations,
+                spec: o.spec.to_http(created),
+                at: o.at,
+            };
+            super::upsert(&mut self.grpc_routes, converted, kind, &mut self.skipped);
             return Ok(());
         }
         let r: super::Resource<HttpRouteSpec> =
@@ -1239,7 +1473,7 @@ mod tests {
     #[test]
     fn a_bad_route_does_not_block_the_others_and_other_kinds_are_skipped() {
         let y = format!(
-            "{HEAD}  rules: [{{backendRefs: [{{name: a, port: 0}}]}}]\n---\n{}---\napiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {{name: g}}\nspec: {{}}\n",
+            "{HEAD}  rules: [{{backendRefs: [{{name: a, port: 0}}]}}]\n---\n{}---\napiVersion: gateway.networking.k8s.io/v1\nkind: TCPRoute\nmetadata: {{name: g}}\nspec: {{}}\n",
             HEAD.replace("name: r,", "name: good,")
         );
         let mut c = Config::default();
@@ -1249,7 +1483,7 @@ mod tests {
         assert_eq!(c.rejected.len(), 1);
         assert_eq!(c.rejected[0].object.as_ref().map(|k| k.to_string()).as_deref(), Some("HTTPRoute ns/r"));
         assert!(
-            c.skipped.iter().any(|s| s.contains("GRPCRoute g (Gateway API kind not supported yet")),
+            c.skipped.iter().any(|s| s.contains("TCPRoute g (Gateway API kind not supported yet")),
             "{:?}",
             c.skipped
         );

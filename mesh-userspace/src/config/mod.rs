@@ -221,6 +221,8 @@ pub struct Config {
     pub http_routes: Vec<Sourced<gateway_api::HttpRouteSpec>>,
     /// Gateway API `ReferenceGrant`s: which cross-namespace backendRefs are allowed.
     pub reference_grants: Vec<Sourced<gateway_api::ReferenceGrantSpec>>,
+    /// Gateway API `GRPCRoute`s, held converted to their HTTPRoute form (`spec.grpc` set).
+    pub grpc_routes: Vec<Sourced<gateway_api::HttpRouteSpec>>,
     /// Istio `Telemetry` objects (`telemetry.istio.io`), see [`telemetry`].
     pub telemetries: Vec<Sourced<telemetry::TelemetrySpec>>,
     /// Documents of other kinds (a Service, a ConfigMap...) found in the files: skipped, reported.
@@ -273,6 +275,7 @@ impl Config {
             "DestinationRule" => self.destination_rules.iter().any(|o| same(&o.name, &o.namespace)),
             "HTTPRoute" => self.http_routes.iter().any(|o| same(&o.name, &o.namespace)),
             "ReferenceGrant" => self.reference_grants.iter().any(|o| same(&o.name, &o.namespace)),
+            "GRPCRoute" => self.grpc_routes.iter().any(|o| same(&o.name, &o.namespace)),
             "Telemetry" => self.telemetries.iter().any(|o| same(&o.name, &o.namespace)),
             _ => self.gateways.iter().any(|o| same(&o.name, &o.namespace)),
         }
@@ -286,6 +289,7 @@ impl Config {
             "DestinationRule" => self.destination_rules.retain(|o| keep(&o.name, &o.namespace)),
             "HTTPRoute" => self.http_routes.retain(|o| keep(&o.name, &o.namespace)),
             "ReferenceGrant" => self.reference_grants.retain(|o| keep(&o.name, &o.namespace)),
+            "GRPCRoute" => self.grpc_routes.retain(|o| keep(&o.name, &o.namespace)),
             "Telemetry" => self.telemetries.retain(|o| keep(&o.name, &o.namespace)),
             _ => self.gateways.retain(|o| keep(&o.name, &o.namespace)),
         }
@@ -320,6 +324,12 @@ impl Config {
                 .find(|o| same(&o.name, &o.namespace))
                 .cloned()
                 .map(|o| self.reference_grants.push(o)),
+            "GRPCRoute" => other
+                .grpc_routes
+                .iter()
+                .find(|o| same(&o.name, &o.namespace))
+                .cloned()
+                .map(|o| self.grpc_routes.push(o)),
             "Telemetry" => other
                 .telemetries
                 .iter()
@@ -349,6 +359,7 @@ impl Config {
             .chain(
                 self.reference_grants.iter().map(move |o| (key("ReferenceGrant", &o.name, &o.namespace), &o.at.file)),
             )
+            .chain(self.grpc_routes.iter().map(move |o| (key("GRPCRoute", &o.name, &o.namespace), &o.at.file)))
             .chain(self.telemetries.iter().map(move |o| (key("Telemetry", &o.name, &o.namespace), &o.at.file)))
     }
 

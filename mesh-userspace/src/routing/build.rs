@@ -197,7 +197,9 @@ pub fn compile(config: &config::Config, registry: &Registry) -> (RouteTable, Vec
         }
     }
     // Gateway API HTTPRoutes bound to Services (GAMMA), compiled into the same form.
-    for (object, file, errors) in b.http_routes(&config.http_routes, &mut table) {
+    // GRPCRoutes, held in their HTTPRoute form, are ordered and compiled with them.
+    let routes: Vec<_> = config.http_routes.iter().chain(&config.grpc_routes).cloned().collect();
+    for (object, file, errors) in b.http_routes(&routes, &mut table) {
         rejected.push(config::Rejected { object: Some(object), file, errors });
     }
     // Anything left was not attributed to an object (cannot happen today); never drop it silently.

@@ -264,13 +264,22 @@ impl Builder<'_> {
                 query += 1;
             }
         }
+        // GRPCRoute: "largest number of characters in a matching service, then method, then
+        // most header matches" (service and method are at most 1024 characters each).
+        let (path_rank, path_len) = match m.grpc_rank {
+            Some((service, method)) => (0, service.saturating_mul(2048).saturating_add(method)),
+            None => (
+                match ptype {
+                    PathType::Exact => 0,
+                    PathType::PathPrefix => 1,
+                    PathType::RegularExpression => 2,
+                },
+                value.len(),
+            ),
+        };
         let order = Precedence {
-            path_rank: match ptype {
-                PathType::Exact => 0,
-                PathType::PathPrefix => 1,
-                PathType::RegularExpression => 2,
-            },
-            path_len: std::cmp::Reverse(value.len()),
+            path_rank,
+            path_len: std::cmp::Reverse(path_len),
             no_method: m.method.is_none(),
             headers: std::cmp::Reverse(headers),
             query: std::cmp::Reverse(query),
@@ -452,6 +461,7 @@ impl Builder<'_> {
         let field = || format!("{path}.name");
         match self.cluster(&svc, None, port, &(route.at.clone(), &field)) {
             Some(c) => {
+                let c = if route.spec.grpc { http2_cluster(&c) } else { c };
                 Ok(DestClusters { host: svc.name.clone(), subset: None, by_port: vec![(port, c)], explicit_port: true })
             }
             None => Err(format!("Service {ns}/{} has no cluster for port {port}", svc.name)),
@@ -596,6 +606,26 @@ impl Builder<'_> {
         }
         out
     }
+}
+
+/// The cluster for a GRPCRoute backend: gRPC is HTTP/2, so the backend is spoken to over HTTP/2
+/// (cleartext, prior knowledge) whatever its Service port declares. A Service port already
+/// declared HTTP/2 or gRPC keeps its cluster.
+fn http2_cluster(c: &Arc<Cluster>) -> Arc<Cluster> {
+    if c.upstream_protocol(false) == UpstreamProtocol::Http2 && c.upstream_protocol(true) == UpstreamProtocol::Http2 {
+        return c.clone();
+    }
+    Arc::new(Cluster {
+        name: c.name.clone(),
+        service: c.service.clone(),
+        subset: c.subset.clone(),
+        port: c.port,
+        endpoints: c.endpoints.clone(),
+        lb: c.lb.clone(),
+        connection_pool: ConnectionPool { h2_upgrade: true, use_client_protocol: false, ..c.connection_pool.clone() },
+        outlier_detection: c.outlier_detection.clone(),
+        telemetry: Default::default(),
+    })
 }
 
 /// HTTPRoute `retry` as the engine's policy, as Istio converts it: `attempts` (default 2) retries
