@@ -78,14 +78,18 @@ pub fn validate(args: ValidateArgs) -> Result<ExitCode> {
         + config.destination_rules.len()
         + config.gateways.len()
         + config.http_routes.len()
+        + config.reference_grants.len()
+        + config.grpc_routes.len()
         + config.telemetries.len();
     let accepted = objects.saturating_sub(rejected_in_config);
     println!(
-        "{} VirtualServices, {} DestinationRules, {} Gateways, {} HTTPRoutes, {} Telemetries: {accepted} accepted, {} rejected",
+        "{} VirtualServices, {} DestinationRules, {} Gateways, {} HTTPRoutes, {} GRPCRoutes, {} ReferenceGrants, {} Telemetries: {accepted} accepted, {} rejected",
         config.virtual_services.len(),
         config.destination_rules.len(),
         config.gateways.len(),
         config.http_routes.len(),
+        config.grpc_routes.len(),
+        config.reference_grants.len(),
         config.telemetries.len(),
         rejected.len()
     );

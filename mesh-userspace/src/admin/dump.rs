@@ -254,6 +254,12 @@ fn config_view(applied: &Applied, generation: u64) -> ConfigView {
     for o in &live.http_routes {
         view("HTTPRoute", &o.namespace, &o.name, &o.at);
     }
+    for o in &live.reference_grants {
+        view("ReferenceGrant", &o.namespace, &o.name, &o.at);
+    }
+    for o in &live.grpc_routes {
+        view("GRPCRoute", &o.namespace, &o.name, &o.at);
+    }
     for o in &live.telemetries {
         view("Telemetry", &o.namespace, &o.name, &o.at);
     }

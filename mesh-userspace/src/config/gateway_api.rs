@@ -10,20 +10,11 @@ use serde::Deserialize;
 use super::{cut, parse_duration, validate::Validation};
 
 pub const GROUP: &str = "gateway.networking.k8s.io";
-/// HTTPRoute is served at v1 and (deprecated, same schema) v1beta1.
+/// HTTPRoute is served at v1 and (deprecated, same schema) v1beta1; so is ReferenceGrant.
 pub const VERSIONS: &[&str] = &["v1", "v1beta1"];
 /// Other kinds of the Gateway API group: valid, not acted on in this release (skipped, reported).
-pub const OTHER_KINDS: &[&str] = &[
-    "Gateway",
-    "GatewayClass",
-    "GRPCRoute",
-    "ReferenceGrant",
-    "TCPRoute",
-    "TLSRoute",
-    "UDPRoute",
-    "BackendTLSPolicy",
-    "ListenerSet",
-];
+pub const OTHER_KINDS: &[&str] =
+    &["Gateway", "GatewayClass", "TCPRoute", "TLSRoute", "UDPRoute", "BackendTLSPolicy", "ListenerSet"];
 
 // CRD limits (config/crd/standard/gateway.networking.k8s.io_httproutes.yaml).
 const MAX_PARENT_REFS: usize = 32;
@@ -54,9 +45,22 @@ pub struct HttpRouteSpec {
     /// `metadata.creationTimestamp` (RFC 3339), the spec's first tie-breaker between routes.
     #[serde(skip)]
     pub created: Option<String>,
+    /// Converted from a GRPCRoute (see [`GrpcRouteSpec::to_http`]): backends are spoken to over
+    /// HTTP/2, and references and messages name a GRPCRoute.
+    #[serde(skip)]
+    pub grpc: bool,
 }
 
 impl HttpRouteSpec {
+    /// The kind as written: `HTTPRoute`, or `GRPCRoute` for a converted one.
+    pub fn kind(&self) -> &'static str {
+        if self.grpc {
+            "GRPCRoute"
+        } else {
+            "HTTPRoute"
+        }
+    }
+
     /// The rules with the API server's defaulting applied: no rules is one catch-all rule.
     pub fn rules(&self) -> std::borrow::Cow<'_, [HttpRouteRule]> {
         match &self.rules_as_written {
@@ -105,9 +109,9 @@ pub struct HttpRouteRule {
     pub backend_refs: Vec<HttpBackendRef>,
     #[serde(default)]
     pub timeouts: Option<HttpRouteTimeouts>,
-    /// Experimental channel (GEP-1731): accepted, not enforced.
+    /// GEP-1731 (experimental channel; Istio reads it): retried status codes, attempts, backoff.
     #[serde(default)]
-    pub retry: Option<serde_yaml::Value>,
+    pub retry: Option<HttpRouteRetry>,
     /// Experimental channel (GEP-1619): accepted, not enforced.
     #[serde(default)]
     pub session_persistence: Option<serde_yaml::Value>,
@@ -126,6 +130,10 @@ impl HttpRouteRule {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRouteMatch {
+    /// A converted GRPCRoute match: (service, method) characters, the GRPCRoute precedence keys
+    /// that replace the path's.
+    #[serde(skip)]
+    pub grpc_rank: Option<(usize, usize)>,
     /// Left out: `PathPrefix /` (the CRD default).
     #[serde(default)]
     pub path: Option<HttpPathMatch>,
@@ -196,7 +204,7 @@ pub struct HttpRouteFilter {
     #[serde(default)]
     pub response_header_modifier: Option<HeaderModifier>,
     #[serde(default)]
-    pub request_mirror: Option<serde_yaml::Value>,
+    pub request_mirror: Option<RequestMirror>,
     #[serde(default)]
     pub request_redirect: Option<RequestRedirect>,
     #[serde(default)]
@@ -208,6 +216,91 @@ pub struct HttpRouteFilter {
     /// Experimental channel.
     #[serde(default)]
     pub external_auth: Option<serde_yaml::Value>,
+}
+
+/// `HTTPRequestMirrorFilter`: a copy of each request (or of `percent` / `fraction` of them) goes
+/// to `backendRef`, fire and forget.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequestMirror {
+    #[serde(default)]
+    pub backend_ref: BackendObjectReference,
+    #[serde(default)]
+    pub percent: Option<i64>,
+    #[serde(default)]
+    pub fraction: Option<Fraction>,
+}
+
+impl RequestMirror {
+    /// The share of requests mirrored, in percent: `percent`, else `fraction` (denominator
+    /// default 100), else all of them. None for values validation rejects.
+    pub fn percentage(&self) -> Option<f64> {
+        match (self.percent, &self.fraction) {
+            (Some(p), None) if (0..=100).contains(&p) => Some(p as f64),
+            (None, Some(f)) => {
+                let d = f.denominator.unwrap_or(100);
+                (d >= 1 && (0..=d).contains(&f.numerator)).then(|| 100.0 * f.numerator as f64 / d as f64)
+            }
+            (None, None) => Some(100.0),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Fraction {
+    #[serde(default)]
+    pub numerator: i64,
+    /// Default 100.
+    #[serde(default)]
+    pub denominator: Option<i64>,
+}
+
+/// A reference to a backend without weight or filters (a mirror's `backendRef`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackendObjectReference {
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub port: Option<i64>,
+}
+
+impl BackendObjectReference {
+    /// As a weighted backendRef (weight 1, no filters), to resolve it the same way.
+    pub fn as_backend_ref(&self) -> HttpBackendRef {
+        HttpBackendRef {
+            group: self.group.clone(),
+            kind: self.kind.clone(),
+            name: self.name.clone(),
+            namespace: self.namespace.clone(),
+            port: self.port,
+            weight: None,
+            filters: Vec::new(),
+        }
+    }
+}
+
+/// `HTTPRouteRetry` (GEP-1731).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpRouteRetry {
+    /// Status codes retried (400-599).
+    #[serde(default)]
+    pub codes: Vec<i64>,
+    /// Retries after the first try; default (implementation-specific) 2, as Istio.
+    #[serde(default)]
+    pub attempts: Option<i64>,
+    /// Minimum wait between tries (GEP-2257 duration).
+    #[serde(default)]
+    pub backoff: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -319,6 +412,326 @@ pub struct HttpRouteTimeouts {
     pub request: Option<String>,
     #[serde(default)]
     pub backend_request: Option<String>,
+}
+
+/// `GRPCRoute` (v1): matches on gRPC service/method and headers; compiled as an HTTPRoute whose
+/// path matches `/service/method`, as Istio does, with HTTP/2 to the backends.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcRouteSpec {
+    #[serde(default)]
+    pub parent_refs: Vec<ParentReference>,
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    #[serde(default)]
+    pub rules: Vec<GrpcRouteRule>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcRouteRule {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub matches: Vec<GrpcRouteMatch>,
+    /// Same shape as HTTPRoute's; only RequestHeaderModifier, ResponseHeaderModifier,
+    /// RequestMirror and ExtensionRef are GRPCRoute filter types.
+    #[serde(default)]
+    pub filters: Vec<HttpRouteFilter>,
+    #[serde(default)]
+    pub backend_refs: Vec<HttpBackendRef>,
+    /// Experimental channel (GEP-1619): accepted, not enforced.
+    #[serde(default)]
+    pub session_persistence: Option<serde_yaml::Value>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcRouteMatch {
+    #[serde(default)]
+    pub method: Option<GrpcMethodMatch>,
+    #[serde(default)]
+    pub headers: Vec<HttpHeaderMatch>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GrpcMethodMatch {
+    /// `Exact` (default) or `RegularExpression`.
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub service: Option<String>,
+    #[serde(default)]
+    pub method: Option<String>,
+}
+
+const GRPC_FILTERS: &[&str] = &["RequestHeaderModifier", "ResponseHeaderModifier", "RequestMirror", "ExtensionRef"];
+
+impl GrpcMethodMatch {
+    /// The request path match a gRPC call `/service/method` is tested with (Istio's
+    /// `createGRPCURIMatch`): Exact both → exact path, service only → the `/service/` prefix,
+    /// otherwise a regex with `[^/]+` for the part left out.
+    fn path(&self) -> HttpPathMatch {
+        let regex = self.kind.as_deref() == Some("RegularExpression");
+        let (kind, value) = match (regex, self.service.as_deref(), self.method.as_deref()) {
+            (false, Some(s), Some(m)) => ("Exact", format!("/{s}/{m}")),
+            (false, Some(s), None) => ("PathPrefix", format!("/{s}/")),
+            (false, None, Some(m)) => ("RegularExpression", format!("/[^/]+/{}", regex::escape(m))),
+            (true, s, m) => ("RegularExpression", format!("/{}/{}", s.unwrap_or("[^/]+"), m.unwrap_or("[^/]+"))),
+            (false, None, None) => ("PathPrefix", "/".to_owned()),
+        };
+        HttpPathMatch { kind: Some(kind.into()), value: Some(value) }
+    }
+}
+
+impl GrpcRouteSpec {
+    /// The equivalent HTTPRoute (validated first with [`validate_grpc_route`]).
+    pub fn to_http(&self, created: Option<String>) -> HttpRouteSpec {
+        let rules = self
+            .rules
+            .iter()
+            .map(|r| HttpRouteRule {
+                name: r.name.clone(),
+                matches_as_written: Some(
+                    r.matches
+                        .iter()
+                        .map(|m| HttpRouteMatch {
+                            grpc_rank: Some(m.method.as_ref().map_or((0, 0), |mm| {
+                                (mm.service.as_deref().map_or(0, str::len), mm.method.as_deref().map_or(0, str::len))
+                            })),
+                            path: m.method.as_ref().map(GrpcMethodMatch::path),
+                            headers: m.headers.clone(),
+                            query_params: Vec::new(),
+                            method: None,
+                        })
+                        .collect(),
+                ),
+                filters: r.filters.clone(),
+                backend_refs: r.backend_refs.clone(),
+                timeouts: None,
+                retry: None,
+                session_persistence: r.session_persistence.clone(),
+            })
+            .collect();
+        HttpRouteSpec {
+            parent_refs: self.parent_refs.clone(),
+            hostnames: self.hostnames.clone(),
+            rules_as_written: Some(rules),
+            created,
+            grpc: true,
+        }
+    }
+}
+
+/// The GRPCRoute CRD's own rules (method match, filter types); the rest (parents, backends,
+/// header matches and modifiers, mirrors) is HTTPRoute's and checked on the converted route.
+pub fn validate_grpc_route(spec: &GrpcRouteSpec) -> Validation {
+    let mut errors: Vec<(String, String)> = Vec::new();
+    let mut err = |p: String, m: String| errors.push((p, m));
+    if spec.rules.len() > MAX_RULES {
+        err("spec.rules".into(), format!("must have at most {MAX_RULES} items"));
+    }
+    let total: usize = spec.rules.iter().map(|r| r.matches.len().max(1)).sum();
+    if total > MAX_MATCHES_TOTAL {
+        err("spec.rules".into(), format!("the total number of matches across all rules in a route must be less than {MAX_MATCHES_TOTAL} (has {total})"));
+    }
+    let service_ok = |s: &str| {
+        let s = s.strip_prefix('.').unwrap_or(s);
+        !s.is_empty()
+            && s.split('.').all(|p| {
+                p.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                    && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            })
+    };
+    let method_ok = |m: &str| {
+        m.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && m.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    };
+    for (i, r) in spec.rules.iter().enumerate() {
+        let at = format!("spec.rules[{i}]");
+        if r.matches.len() > 8 {
+            err(format!("{at}.matches"), "must have at most 8 items".into());
+        }
+        for (j, m) in r.matches.iter().enumerate() {
+            let Some(mm) = &m.method else { continue };
+            let mat = format!("{at}.matches[{j}].method");
+            if mm.service.is_none() && mm.method.is_none() {
+                err(mat.clone(), "One or both of 'service' or 'method' must be specified".into());
+            }
+            match mm.kind.as_deref() {
+                None | Some("Exact") => {
+                    if let Some(s) = mm.service.as_deref().filter(|s| !service_ok(s)) {
+                        err(
+                            format!("{mat}.service"),
+                            format!(
+                                "{:?} must be a valid gRPC service name (e.g. com.example.Echo) when type is 'Exact'",
+                                cut(s, 60)
+                            ),
+                        );
+                    }
+                    if let Some(m) = mm.method.as_deref().filter(|m| !method_ok(m)) {
+                        err(
+                            format!("{mat}.method"),
+                            format!("{:?} must be a valid gRPC method name when type is 'Exact'", cut(m, 60)),
+                        );
+                    }
+                }
+                Some("RegularExpression") => {
+                    for (f, v) in [("service", &mm.service), ("method", &mm.method)] {
+                        if let Some(v) = v {
+                            if let Err(e) = regex::Regex::new(v) {
+                                err(
+                                    format!("{mat}.{f}"),
+                                    format!("invalid regular expression: {}", cut(&e.to_string(), 200)),
+                                );
+                            }
+                        }
+                    }
+                }
+                Some(o) => err(
+                    format!("{mat}.type"),
+                    format!("Unsupported value {:?}: supported values: \"Exact\", \"RegularExpression\"", cut(o, 40)),
+                ),
+            }
+            for (f, v) in [("service", &mm.service), ("method", &mm.method)] {
+                if v.as_ref().is_some_and(|v| v.len() > 1024) {
+                    err(format!("{mat}.{f}"), "must be at most 1024 characters".into());
+                }
+            }
+        }
+        let lists = std::iter::once((at.clone(), &r.filters))
+            .chain(r.backend_refs.iter().enumerate().map(|(j, b)| (format!("{at}.backendRefs[{j}]"), &b.filters)));
+        for (fat, filters) in lists {
+            for (k, f) in filters.iter().enumerate() {
+                if !GRPC_FILTERS.contains(&f.kind.as_str()) {
+                    err(
+                        format!("{fat}.filters[{k}].type"),
+                        format!(
+                            "Unsupported value {:?}: supported values: {}",
+                            cut(&f.kind, 40),
+                            GRPC_FILTERS.iter().map(|t| format!("{t:?}")).collect::<Vec<_>>().join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    let mut v = if errors.is_empty() { validate(&spec.to_http(None)) } else { Validation::default() };
+    v.errors.splice(0..0, errors);
+    v
+}
+
+/// `ReferenceGrant`: kinds in other namespaces (`from`) trusted to reference kinds of this
+/// namespace (`to`). A backendRef to a Service in another namespace resolves only when one allows it.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReferenceGrantSpec {
+    #[serde(default)]
+    pub from: Vec<ReferenceGrantFrom>,
+    #[serde(default)]
+    pub to: Vec<ReferenceGrantTo>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReferenceGrantFrom {
+    /// Required; `""` is the core group.
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub namespace: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReferenceGrantTo {
+    /// Required; `""` is the core group.
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub kind: String,
+    /// None: every object of the kind in the grant's namespace.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// The core API group as a reference spells it: `""`, and `core` as Istio also accepts.
+fn core_group(g: &str) -> bool {
+    g.is_empty() || g == "core"
+}
+
+impl ReferenceGrantSpec {
+    /// Whether this grant (in the Service's namespace) lets a `from_kind` (`HTTPRoute`,
+    /// `GRPCRoute`) of `from_namespace` reference the Service `name`.
+    pub fn allows_service(&self, from_kind: &str, from_namespace: &str, name: &str) -> bool {
+        self.from
+            .iter()
+            .any(|f| f.group.as_deref() == Some(GROUP) && f.kind == from_kind && f.namespace == from_namespace)
+            && self.to.iter().any(|t| {
+                t.group.as_deref().is_some_and(core_group)
+                    && t.kind == "Service"
+                    && t.name.as_deref().is_none_or(|n| n == name)
+            })
+    }
+}
+
+/// The ReferenceGrant CRD's schema: 1 to 16 `from` and `to` entries, group and kind required,
+/// `from.namespace` required; names are DNS labels / subdomains.
+pub fn validate_reference_grant(spec: &ReferenceGrantSpec) -> Validation {
+    let mut v = Validation::default();
+    let mut err = |p: String, m: String| v.errors.push((p, m));
+    for (field, len) in [("from", spec.from.len()), ("to", spec.to.len())] {
+        if len == 0 {
+            err(format!("spec.{field}"), "Required value: at least 1 item".into());
+        } else if len > 16 {
+            err(format!("spec.{field}"), "must have at most 16 items".into());
+        }
+    }
+    let group_ok = |g: &str| g.is_empty() || hostname_ok(g, false);
+    let kind_ok = |k: &str| {
+        !k.is_empty()
+            && k.len() <= 63
+            && k.starts_with(|c: char| c.is_ascii_alphabetic())
+            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    let label_ok = |n: &str| n.len() <= 63 && hostname_ok(n, false) && !n.contains('.');
+    for (i, f) in spec.from.iter().enumerate() {
+        let at = format!("spec.from[{i}]");
+        match &f.group {
+            None => err(format!("{at}.group"), "Required value".into()),
+            Some(g) if !group_ok(g) => err(format!("{at}.group"), format!("{:?} is not a valid group", cut(g, 60))),
+            _ => {}
+        }
+        if !kind_ok(&f.kind) {
+            err(format!("{at}.kind"), format!("{:?} is not a valid kind", cut(&f.kind, 60)));
+        }
+        if !label_ok(&f.namespace) {
+            err(
+                format!("{at}.namespace"),
+                format!("{:?} is not a valid namespace (RFC 1123 label)", cut(&f.namespace, 60)),
+            );
+        }
+    }
+    for (i, t) in spec.to.iter().enumerate() {
+        let at = format!("spec.to[{i}]");
+        match &t.group {
+            None => err(format!("{at}.group"), "Required value".into()),
+            Some(g) if !group_ok(g) => err(format!("{at}.group"), format!("{:?} is not a valid group", cut(g, 60))),
+            _ => {}
+        }
+        if !kind_ok(&t.kind) {
+            err(format!("{at}.kind"), format!("{:?} is not a valid kind", cut(&t.kind, 60)));
+        }
+        if let Some(n) = &t.name {
+            if !hostname_ok(n, false) {
+                err(format!("{at}.name"), format!("{:?} is not a valid object name", cut(n, 60)));
+            }
+        }
+    }
+    v
 }
 
 /// Gateway API durations (GEP-2257): 1 to 4 of `<1-5 digits><h|m|s|ms>`, e.g. `10s`, `1h30m`, `500ms`.
@@ -502,11 +915,11 @@ pub fn validate(spec: &HttpRouteSpec) -> Validation {
             }
             check_filters(&b.filters, &bat, &matches, &mut err, &mut warns);
             for (k, f) in b.filters.iter().enumerate() {
-                if !matches!(f.kind.as_str(), "RequestHeaderModifier" | "ResponseHeaderModifier") {
+                if !matches!(f.kind.as_str(), "RequestHeaderModifier" | "ResponseHeaderModifier" | "RequestMirror") {
                     warns.push((
                         format!("{bat}.filters[{k}]"),
                         format!(
-                            "a {} filter on a backendRef is not enforced (only header modifiers are)",
+                            "a {} filter on a backendRef is not enforced (only header modifiers and RequestMirror are)",
                             cut(&f.kind, 40)
                         ),
                     ));
@@ -534,18 +947,9 @@ pub fn validate(spec: &HttpRouteSpec) -> Validation {
                     );
                 }
             }
-            if t.backend_request.is_some() {
-                warns.push((
-                    format!("{at}.timeouts.backendRequest"),
-                    "backendRequest is not enforced yet (request is)".into(),
-                ));
-            }
         }
-        if r.retry.is_some() {
-            warns.push((
-                format!("{at}.retry"),
-                "retry (experimental) is not enforced; Istio's default retry policy applies".into(),
-            ));
+        if let Some(rt) = &r.retry {
+            check_retry(rt, &format!("{at}.retry"), &mut err);
         }
         if r.session_persistence.is_some() {
             warns
@@ -554,6 +958,67 @@ pub fn validate(spec: &HttpRouteSpec) -> Validation {
     }
     v.warnings = warns;
     v
+}
+
+/// `HTTPRouteRetry`: codes 400-599, a set; attempts at least 1; backoff a GEP-2257 duration.
+fn check_retry(rt: &HttpRouteRetry, at: &str, err: &mut dyn FnMut(String, String)) {
+    for (i, c) in rt.codes.iter().enumerate() {
+        if !(400..=599).contains(c) {
+            err(format!("{at}.codes[{i}]"), format!("{c} must be between 400 and 599"));
+        } else if rt.codes[..i].contains(c) {
+            err(format!("{at}.codes[{i}]"), format!("Duplicate value: {c}"));
+        }
+    }
+    if let Some(a) = rt.attempts {
+        if a < 1 {
+            err(format!("{at}.attempts"), format!("{a} should be greater than or equal to 1"));
+        }
+    }
+    if let Some(b) = &rt.backoff {
+        if let Err(e) = parse_gep_duration(b) {
+            err(format!("{at}.backoff"), e);
+        }
+    }
+}
+
+/// `HTTPRequestMirrorFilter`: a backendRef like a backendRef's (name, port for a Service),
+/// `percent` 0-100 or `fraction` (numerator <= denominator, denominator >= 1), not both.
+fn check_mirror(m: &RequestMirror, at: &str, err: &mut dyn FnMut(String, String)) {
+    let b = &m.backend_ref;
+    if b.name.is_empty() {
+        err(format!("{at}.backendRef.name"), "name is required".into());
+    }
+    match b.port {
+        None if b.as_backend_ref().is_service() => {
+            err(format!("{at}.backendRef"), "Must have port for Service reference".into())
+        }
+        Some(p) if !(1..=65535).contains(&p) => {
+            err(format!("{at}.backendRef.port"), format!("{p} is not a port number (1-65535)"))
+        }
+        _ => {}
+    }
+    if m.percent.is_some() && m.fraction.is_some() {
+        err(at.into(), "Only one of percent or fraction may be specified in HTTPRequestMirrorFilter".into());
+    }
+    if let Some(p) = m.percent {
+        if !(0..=100).contains(&p) {
+            err(format!("{at}.percent"), format!("{p} must be between 0 and 100"));
+        }
+    }
+    if let Some(f) = &m.fraction {
+        if f.numerator < 0 {
+            err(format!("{at}.fraction.numerator"), format!("{} should be greater than or equal to 0", f.numerator));
+        }
+        match f.denominator {
+            Some(d) if d < 1 => {
+                err(format!("{at}.fraction.denominator"), format!("{d} should be greater than or equal to 1"))
+            }
+            d if f.numerator > d.unwrap_or(100) => {
+                err(format!("{at}.fraction"), "numerator must be less than or equal to denominator".into())
+            }
+            _ => {}
+        }
+    }
 }
 
 fn check_match(m: &HttpRouteMatch, at: &str, err: &mut dyn FnMut(String, String)) {
@@ -812,8 +1277,10 @@ fn check_filters(
                 check_path_mod(pm, format!("{uat}.path"), err);
             }
         }
+        if let Some(m) = &f.request_mirror {
+            check_mirror(m, &format!("{fat}.requestMirror"), err);
+        }
         let not_enforced = match f.kind.as_str() {
-            "RequestMirror" => Some("RequestMirror is not enforced yet (no request is mirrored)"),
             "ExtensionRef" => Some("ExtensionRef filters are implementation-specific; none is supported, so the rule answers 500 as the spec asks"),
             "CORS" => Some("the CORS filter is not enforced"),
             "ExternalAuth" => Some("the ExternalAuth filter is not enforced"),
@@ -839,19 +1306,21 @@ impl super::Config {
         name: String,
         namespace: String,
     ) -> Result<(), (Option<super::ObjectKey>, Vec<super::ConfigError>)> {
-        let key = (kind == "HTTPRoute").then(|| super::ObjectKey {
-            kind: "HTTPRoute",
-            namespace: namespace.clone(),
-            name: name.clone(),
-        });
+        let static_kind = match kind {
+            "HTTPRoute" => Some("HTTPRoute"),
+            "ReferenceGrant" => Some("ReferenceGrant"),
+            "GRPCRoute" => Some("GRPCRoute"),
+            _ => None,
+        };
+        let key = static_kind.map(|kind| super::ObjectKey { kind, namespace: namespace.clone(), name: name.clone() });
         let reject = |path: &str, msg: String| Err((key.clone(), vec![at.error(path, msg)]));
-        if kind != "HTTPRoute" {
+        if static_kind.is_none() {
             if OTHER_KINDS.contains(&kind) {
                 self.skipped
                     .push(format!("{file}: {kind} {} (Gateway API kind not supported yet; ignored)", cut(&name, 60)));
                 return Ok(());
             }
-            let known = OTHER_KINDS.iter().chain(["HTTPRoute"].iter());
+            let known = OTHER_KINDS.iter().chain(["HTTPRoute", "ReferenceGrant", "GRPCRoute"].iter());
             if let Some(k) = known.clone().find(|k| k.eq_ignore_ascii_case(kind)) {
                 return reject(
                     "kind",
@@ -867,7 +1336,7 @@ impl super::Config {
         if !VERSIONS.contains(&version) {
             return reject(
                 "apiVersion",
-                format!("unsupported apiVersion {:?}: HTTPRoute is {GROUP}/v1 (or v1beta1)", cut(api_version, 60)),
+                format!("unsupported apiVersion {:?}: {kind} is {GROUP}/v1 (or v1beta1)", cut(api_version, 60)),
             );
         }
         if name.is_empty() {
@@ -875,6 +1344,38 @@ impl super::Config {
         }
         if let Err(e) = super::check_object_name(&name).and_then(|()| super::check_object_name(&namespace)) {
             return reject("metadata", e);
+        }
+        if kind == "ReferenceGrant" {
+            let r: super::Resource<ReferenceGrantSpec> =
+                super::typed(text, &at, line_offset).map_err(|e| (key.clone(), vec![e]))?;
+            let o = super::sourced(r, at);
+            let v = validate_reference_grant(&o.spec);
+            if !v.errors.is_empty() {
+                return Err((key, v.errors.into_iter().map(|(p, m)| o.at.error(p, m)).collect()));
+            }
+            super::upsert(&mut self.reference_grants, o, kind, &mut self.skipped);
+            return Ok(());
+        }
+        if kind == "GRPCRoute" {
+            let r: super::Resource<GrpcRouteSpec> =
+                super::typed(text, &at, line_offset).map_err(|e| (key.clone(), vec![e]))?;
+            let created = r.metadata.creation_timestamp.clone();
+            let o = super::sourced(r, at);
+            let v = validate_grpc_route(&o.spec);
+            self.warnings.extend(v.warnings.into_iter().map(|(p, m)| o.at.error(p, m).to_string()));
+            if !v.errors.is_empty() {
+                return Err((key, v.errors.into_iter().map(|(p, m)| o.at.error(p, m)).collect()));
+            }
+            let converted = super::Sourced {
+                name: o.name,
+                namespace: o.namespace,
+                api_version: o.api_version,
+                annotations: o.annotations,
+                spec: o.spec.to_http(created),
+                at: o.at,
+            };
+            super::upsert(&mut self.grpc_routes, converted, kind, &mut self.skipped);
+            return Ok(());
         }
         let r: super::Resource<HttpRouteSpec> =
             super::typed(text, &at, line_offset).map_err(|e| (key.clone(), vec![e]))?;
@@ -948,6 +1449,18 @@ mod tests {
             ("  - filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplaceFullPath, replacePrefixMatch: /b}}}]\n", "replaceFullPath must be specified"),
             ("  - timeouts: {request: 1s, backendRequest: 2s}\n", "backendRequest timeout cannot be longer"),
             ("  - timeouts: {request: 1.5s}\n", "invalid duration"),
+            ("  - retry: {codes: [399]}\n", "retry.codes[0]: 399 must be between 400 and 599"),
+            ("  - retry: {codes: [500, 500]}\n", "retry.codes[1]: Duplicate value: 500"),
+            ("  - retry: {attempts: 0}\n", "retry.attempts: 0 should be greater than or equal to 1"),
+            ("  - retry: {backoff: 1.5s}\n", "retry.backoff: invalid duration"),
+            ("  - retry: {tries: 1}\n", "unknown field `tries`"),
+            ("  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: a, port: 80}, percent: 101}}]\n", "requestMirror.percent: 101 must be between 0 and 100"),
+            ("  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: a, port: 80}, percent: 1, fraction: {numerator: 1}}}]\n", "Only one of percent or fraction"),
+            ("  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: a, port: 80}, fraction: {numerator: 3, denominator: 2}}}]\n", "numerator must be less than or equal to denominator"),
+            ("  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: a, port: 80}, fraction: {numerator: 101}}}]\n", "numerator must be less than or equal to denominator"),
+            ("  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: a, port: 80}, fraction: {numerator: 0, denominator: 0}}}]\n", "fraction.denominator: 0 should be greater than or equal to 1"),
+            ("  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: a}}}]\n", "requestMirror.backendRef: Must have port for Service reference"),
+            ("  - filters: [{type: RequestMirror, requestMirror: {backendRef: {port: 80}}}]\n", "requestMirror.backendRef.name: name is required"),
             ("  - filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: a, value: x}, {name: A, value: y}]}}]\n", "Duplicate value"),
         ] {
             let e = errors(rules);
@@ -960,7 +1473,7 @@ mod tests {
     #[test]
     fn a_bad_route_does_not_block_the_others_and_other_kinds_are_skipped() {
         let y = format!(
-            "{HEAD}  rules: [{{backendRefs: [{{name: a, port: 0}}]}}]\n---\n{}---\napiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {{name: g}}\nspec: {{}}\n",
+            "{HEAD}  rules: [{{backendRefs: [{{name: a, port: 0}}]}}]\n---\n{}---\napiVersion: gateway.networking.k8s.io/v1\nkind: TCPRoute\nmetadata: {{name: g}}\nspec: {{}}\n",
             HEAD.replace("name: r,", "name: good,")
         );
         let mut c = Config::default();
@@ -970,7 +1483,7 @@ mod tests {
         assert_eq!(c.rejected.len(), 1);
         assert_eq!(c.rejected[0].object.as_ref().map(|k| k.to_string()).as_deref(), Some("HTTPRoute ns/r"));
         assert!(
-            c.skipped.iter().any(|s| s.contains("GRPCRoute g (Gateway API kind not supported yet")),
+            c.skipped.iter().any(|s| s.contains("TCPRoute g (Gateway API kind not supported yet")),
             "{:?}",
             c.skipped
         );

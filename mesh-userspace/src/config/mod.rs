@@ -219,6 +219,10 @@ pub struct Config {
     pub gateways: Vec<Sourced<GatewaySpec>>,
     /// Gateway API `HTTPRoute`s (`gateway.networking.k8s.io`), see [`gateway_api`].
     pub http_routes: Vec<Sourced<gateway_api::HttpRouteSpec>>,
+    /// Gateway API `ReferenceGrant`s: which cross-namespace backendRefs are allowed.
+    pub reference_grants: Vec<Sourced<gateway_api::ReferenceGrantSpec>>,
+    /// Gateway API `GRPCRoute`s, held converted to their HTTPRoute form (`spec.grpc` set).
+    pub grpc_routes: Vec<Sourced<gateway_api::HttpRouteSpec>>,
     /// Istio `Telemetry` objects (`telemetry.istio.io`), see [`telemetry`].
     pub telemetries: Vec<Sourced<telemetry::TelemetrySpec>>,
     /// Documents of other kinds (a Service, a ConfigMap...) found in the files: skipped, reported.
@@ -270,6 +274,8 @@ impl Config {
             "VirtualService" => self.virtual_services.iter().any(|o| same(&o.name, &o.namespace)),
             "DestinationRule" => self.destination_rules.iter().any(|o| same(&o.name, &o.namespace)),
             "HTTPRoute" => self.http_routes.iter().any(|o| same(&o.name, &o.namespace)),
+            "ReferenceGrant" => self.reference_grants.iter().any(|o| same(&o.name, &o.namespace)),
+            "GRPCRoute" => self.grpc_routes.iter().any(|o| same(&o.name, &o.namespace)),
             "Telemetry" => self.telemetries.iter().any(|o| same(&o.name, &o.namespace)),
             _ => self.gateways.iter().any(|o| same(&o.name, &o.namespace)),
         }
@@ -282,6 +288,8 @@ impl Config {
             "VirtualService" => self.virtual_services.retain(|o| keep(&o.name, &o.namespace)),
             "DestinationRule" => self.destination_rules.retain(|o| keep(&o.name, &o.namespace)),
             "HTTPRoute" => self.http_routes.retain(|o| keep(&o.name, &o.namespace)),
+            "ReferenceGrant" => self.reference_grants.retain(|o| keep(&o.name, &o.namespace)),
+            "GRPCRoute" => self.grpc_routes.retain(|o| keep(&o.name, &o.namespace)),
             "Telemetry" => self.telemetries.retain(|o| keep(&o.name, &o.namespace)),
             _ => self.gateways.retain(|o| keep(&o.name, &o.namespace)),
         }
@@ -310,6 +318,18 @@ impl Config {
                 .find(|o| same(&o.name, &o.namespace))
                 .cloned()
                 .map(|o| self.http_routes.push(o)),
+            "ReferenceGrant" => other
+                .reference_grants
+                .iter()
+                .find(|o| same(&o.name, &o.namespace))
+                .cloned()
+                .map(|o| self.reference_grants.push(o)),
+            "GRPCRoute" => other
+                .grpc_routes
+                .iter()
+                .find(|o| same(&o.name, &o.namespace))
+                .cloned()
+                .map(|o| self.grpc_routes.push(o)),
             "Telemetry" => other
                 .telemetries
                 .iter()
@@ -336,6 +356,10 @@ impl Config {
             )
             .chain(self.gateways.iter().map(move |o| (key("Gateway", &o.name, &o.namespace), &o.at.file)))
             .chain(self.http_routes.iter().map(move |o| (key("HTTPRoute", &o.name, &o.namespace), &o.at.file)))
+            .chain(
+                self.reference_grants.iter().map(move |o| (key("ReferenceGrant", &o.name, &o.namespace), &o.at.file)),
+            )
+            .chain(self.grpc_routes.iter().map(move |o| (key("GRPCRoute", &o.name, &o.namespace), &o.at.file)))
             .chain(self.telemetries.iter().map(move |o| (key("Telemetry", &o.name, &o.namespace), &o.at.file)))
     }
 

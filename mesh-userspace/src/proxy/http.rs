@@ -525,8 +525,10 @@ async fn forward(
         }
     }
 
-    if let (Some(mirror), ReqBody::Buffered(bytes)) = (&fwd.mirror, &body) {
-        spawn_mirror(state, mirror.clone(), &parts, &path_and_query, bytes.clone());
+    if let ReqBody::Buffered(bytes) = &body {
+        for mirror in &fwd.mirrors {
+            spawn_mirror(state, mirror.clone(), &parts, &path_and_query, bytes.clone());
+        }
     }
 
     let hash = hash_key(&fwd.cluster.lb, &parts.headers, parts.uri.query(), source.peer);
@@ -615,7 +617,7 @@ async fn forward(
                     && retry_admitted(state, &fwd, &mut retry_slot)
                 {
                     tracing::debug!(status, attempt, "retrying");
-                    backoff(attempt).await;
+                    backoff(fwd.retries.backoff, attempt).await;
                     continue;
                 }
                 if last && attempt > 1 && fwd.retries.retry_on.status(status) {
@@ -676,7 +678,7 @@ async fn forward(
                 if !last && !deadline_passed && failure.retriable(&fwd) && retry_admitted(state, &fwd, &mut retry_slot)
                 {
                     tracing::debug!(?failure, attempt, "retrying");
-                    backoff(attempt).await;
+                    backoff(fwd.retries.backoff, attempt).await;
                     continue;
                 }
                 if last && attempt > 1 && failure.retriable(&fwd) {
@@ -705,11 +707,10 @@ fn retry_admitted(state: &ProxyState, fwd: &Forward, slot: &mut Option<super::lb
     }
 }
 
-/// Envoy's default retry back-off: 25 ms base, jittered, exponential.
-async fn backoff(attempt: u32) {
-    let cap = 25u64 << attempt.min(4);
-    let ms = rand::thread_rng().gen_range(0..=cap);
-    tokio::time::sleep(Duration::from_millis(ms)).await;
+/// The wait before a retry: the route's back-off, else Envoy's default (see [`retry_backoff`]).
+async fn backoff(base: Option<Duration>, attempt: u32) {
+    let jitter = rand::thread_rng().gen::<f64>();
+    tokio::time::sleep(crate::routing::retry_backoff(base, attempt, jitter)).await;
 }
 
 #[derive(Debug)]
@@ -758,7 +759,8 @@ impl Failure {
         match self {
             Failure::Connect(_) => on.connect_failure || on.reset || on.gateway_error || on.five_xx,
             Failure::Reset(..) => on.reset || on.five_xx,
-            Failure::Timeout => on.five_xx || on.gateway_error,
+            // Envoy's `reset` covers a read timeout too: the upstream did not respond at all.
+            Failure::Timeout => on.five_xx || on.gateway_error || on.reset,
         }
     }
 

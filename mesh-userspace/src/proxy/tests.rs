@@ -852,6 +852,21 @@ async fn route_timeout_and_per_try_timeout_on_the_wire() {
     assert_eq!(hold(v1).arrived.available_permits(), 0, "more than 3 tries");
 }
 
+// Paused clock, as above: an HTTPRoute `retry` retries a try cut by `backendRequest` (the spec's
+// "retry on ... timeout"), and waits at least `backoff` before each retry, doubling.
+#[tokio::test(start_paused = true)]
+async fn httproute_retry_backoff_and_backend_request_timeout_on_the_wire() {
+    let (registry, reviews, client, _, _) = setup(0).await;
+    let yaml = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: default}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: reviews}]\n  rules:\n  - retry: {attempts: 2, backoff: 100ms}\n    timeouts: {backendRequest: 50ms}\n    backendRefs: [{name: reviews, port: 9080}]\n";
+    let state = ProxyState::new(registry.clone(), table(yaml, &registry), Arc::new(NoOriginalDst));
+    let addr = front(state, reviews, client).await;
+    let (s, body, took) = get(addr, &[("x-hold", "1")]).await;
+    assert_eq!(s, 504, "{body}");
+    assert!(body.contains("per-try timeout"), "{body}");
+    // 3 tries of 50 ms, back-offs in [100, 200] and [200, 400] ms.
+    assert!(took >= Duration::from_millis(450) && took <= Duration::from_millis(760), "{took:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rewrite_and_header_edits_as_the_backend_and_client_see_them() {
     let (registry, reviews, client, _, _) = setup(0).await;

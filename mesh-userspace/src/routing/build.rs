@@ -28,6 +28,8 @@ pub(super) struct Builder<'a> {
     pub(super) errors: Vec<ConfigError>,
     pub(super) warnings: Vec<String>,
     pub(super) default_retries: Arc<RetryPolicy>,
+    /// Gateway API ReferenceGrants: which cross-namespace backendRefs resolve.
+    pub(super) reference_grants: &'a [Sourced<crate::config::gateway_api::ReferenceGrantSpec>],
 }
 
 /// (name, namespace) of a host as Istio resolves it relative to `ns`; FQDNs outside the cluster
@@ -55,6 +57,7 @@ pub fn compile(config: &config::Config, registry: &Registry) -> (RouteTable, Vec
         errors: Vec::new(),
         warnings: Vec::new(),
         default_retries: Arc::new(RetryPolicy::istio_default()),
+        reference_grants: &config.reference_grants,
     };
     let mut rejected = Vec::new();
     // The errors pushed since `before` belong to one object: it is rejected, the others go on.
@@ -194,7 +197,9 @@ pub fn compile(config: &config::Config, registry: &Registry) -> (RouteTable, Vec
         }
     }
     // Gateway API HTTPRoutes bound to Services (GAMMA), compiled into the same form.
-    for (object, file, errors) in b.http_routes(&config.http_routes, &mut table) {
+    // GRPCRoutes, held in their HTTPRoute form, are ordered and compiled with them.
+    let routes: Vec<_> = config.http_routes.iter().chain(&config.grpc_routes).cloned().collect();
+    for (object, file, errors) in b.http_routes(&routes, &mut table) {
         rejected.push(config::Rejected { object: Some(object), file, errors });
     }
     // Anything left was not attributed to an object (cannot happen today); never drop it silently.
@@ -409,6 +414,7 @@ impl Builder<'_> {
                     request_headers: rq,
                     response_headers: rs,
                     fail_with: None,
+                    mirrors: Vec::new(),
                 });
             }
         }
@@ -699,12 +705,13 @@ impl Builder<'_> {
                     per_try_timeout: self
                         .duration(&rt.per_try_timeout, at, || format!("{}.retries.perTryTimeout", path())),
                     retry_on,
+                    backoff: None,
                 })
             }
         };
         let (request_headers, response_headers) =
             r.headers.as_ref().map(|h| self.header_ops(h, at, &format!("{}.headers", path()))).unwrap_or_default();
-        let mirror = match &r.mirror {
+        let mirrors = match &r.mirror {
             Some(m) => {
                 let pct = match (&r.mirror_percentage, r.mirror_percent) {
                     (Some(p), _) => self.percent(Some(p.value), at, format!("{}.mirrorPercentage.value", path())),
@@ -714,7 +721,9 @@ impl Builder<'_> {
                 self.destination(m, &vs.namespace, at, &|| format!("{}.mirror", path())).map(|d| (d, pct))
             }
             None => None,
-        };
+        }
+        .into_iter()
+        .collect();
         Some(HttpRule {
             name: r.name.clone(),
             matches,
@@ -727,7 +736,7 @@ impl Builder<'_> {
             rewrite_authority: r.rewrite.as_ref().and_then(|rw| rw.authority.clone()),
             request_headers,
             response_headers,
-            mirror,
+            mirrors,
         })
     }
 

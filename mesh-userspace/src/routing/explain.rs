@@ -60,6 +60,9 @@ fn dest_lines(out: &mut String, dests: &[WeightedDest], port: u16) {
         if let Some(c) = d.dest.pick(port) {
             cluster_line(out, "           ", c);
         }
+        for (m, pct) in &d.mirrors {
+            let _ = writeln!(out, "           mirror {pct}% to host {}", m.host);
+        }
     }
 }
 
@@ -206,7 +209,7 @@ pub fn explain(table: &RouteTable, req: &RequestInfo<'_>) -> Explanation {
     if !rule.request_headers.is_empty() || !rule.response_headers.is_empty() {
         let _ = writeln!(out, "  headers: request {:?} response {:?}", rule.request_headers, rule.response_headers);
     }
-    if let Some((m, pct)) = &rule.mirror {
+    for (m, pct) in &rule.mirrors {
         let _ = writeln!(out, "  mirror:  {pct}% to {} subset {}", m.host, m.subset.as_deref().unwrap_or("-"));
     }
     Explanation { text: out, matched: Some((vs.key.to_string(), i)) }

@@ -65,7 +65,8 @@ impl Builder<'_> {
             let mine = self.http_route(route, &mut names);
             if self.errors.len() > before {
                 let errors = self.errors.split_off(before);
-                let key = ObjectKey { kind: "HTTPRoute", namespace: route.namespace.clone(), name: route.name.clone() };
+                let key =
+                    ObjectKey { kind: route.spec.kind(), namespace: route.namespace.clone(), name: route.name.clone() };
                 rejected.push((key, route.at.file.clone(), errors));
                 continue;
             }
@@ -263,13 +264,22 @@ impl Builder<'_> {
                 query += 1;
             }
         }
+        // GRPCRoute: "largest number of characters in a matching service, then method, then
+        // most header matches" (service and method are at most 1024 characters each).
+        let (path_rank, path_len) = match m.grpc_rank {
+            Some((service, method)) => (0, service.saturating_mul(2048).saturating_add(method)),
+            None => (
+                match ptype {
+                    PathType::Exact => 0,
+                    PathType::PathPrefix => 1,
+                    PathType::RegularExpression => 2,
+                },
+                value.len(),
+            ),
+        };
         let order = Precedence {
-            path_rank: match ptype {
-                PathType::Exact => 0,
-                PathType::PathPrefix => 1,
-                PathType::RegularExpression => 2,
-            },
-            path_len: std::cmp::Reverse(value.len()),
+            path_rank,
+            path_len: std::cmp::Reverse(path_len),
             no_method: m.method.is_none(),
             headers: std::cmp::Reverse(headers),
             query: std::cmp::Reverse(query),
@@ -313,8 +323,12 @@ impl Builder<'_> {
         let mut redirect = None;
         let (mut rewrite_uri, mut rewrite_whole_path, mut rewrite_authority) = (None, false, None);
         let mut unresolvable_filter = false;
+        let mut mirrors = Vec::new();
         for (i, f) in rule.filters.iter().enumerate() {
             let fat = format!("{base}.filters[{i}]");
+            if let Some(m) = &f.request_mirror {
+                mirrors.extend(self.mirror(route, m, &format!("{fat}.requestMirror")));
+            }
             if let Some(m) = &f.request_header_modifier {
                 request_headers = self.header_modifier(m, at, &format!("{fat}.requestHeaderModifier"));
             }
@@ -375,12 +389,19 @@ impl Builder<'_> {
                 Action::Route(dests)
             }
         };
-        let timeout = rule
-            .timeouts
-            .as_ref()
-            .and_then(|t| t.request.as_deref())
-            .and_then(|s| gw::parse_gep_duration(s).ok())
-            .filter(|d| !d.is_zero());
+        // Durations were validated at admission; `0s` means no timeout.
+        let duration = |s: Option<&str>| s.and_then(|s| gw::parse_gep_duration(s).ok()).filter(|d| !d.is_zero());
+        let timeout = duration(rule.timeouts.as_ref().and_then(|t| t.request.as_deref()));
+        let per_try_timeout = duration(rule.timeouts.as_ref().and_then(|t| t.backend_request.as_deref()));
+        let retries = match (&rule.retry, per_try_timeout) {
+            (Some(rt), _) => Arc::new(gateway_retry(rt, per_try_timeout)),
+            // No retry stanza: Istio's default policy, as on the VirtualServices Istio generates
+            // from HTTPRoutes, each try bounded by backendRequest. (Istio sets the route timeout to
+            // backendRequest instead; with the default policy, which does not retry a timed-out
+            // try, the two answer the same.)
+            (None, Some(t)) => Arc::new(RetryPolicy { per_try_timeout: Some(t), ..(*self.default_retries).clone() }),
+            (None, None) => self.default_retries.clone(),
+        };
         Some(HttpRule {
             name: Some(match &rule.name {
                 Some(n) => format!("{} {n}", route.key()),
@@ -390,67 +411,113 @@ impl Builder<'_> {
             action,
             fault: FaultSpec::default(),
             timeout,
-            // HTTPRoute `retry` is experimental and not enforced: Istio's default policy applies,
-            // as it does to the VirtualServices Istio generates from HTTPRoutes.
-            retries: self.default_retries.clone(),
+            retries,
             rewrite_uri,
             rewrite_whole_path,
             rewrite_authority,
             request_headers,
             response_headers,
-            mirror: None,
+            mirrors,
         })
     }
 
-    /// One backendRef: its Service port's cluster, or a share answered with 500 when it does
-    /// not resolve (not a Service, another namespace without ReferenceGrant support, a Service
-    /// or port the registry does not have).
+    /// Resolves a backendRef to its Service port's cluster, or says why it does not resolve
+    /// (not a Service, another namespace without ReferenceGrant support, a Service or port the
+    /// registry does not have).
+    fn resolve_backend(
+        &mut self,
+        route: &Sourced<HttpRouteSpec>,
+        b: &gw::HttpBackendRef,
+        path: &str,
+    ) -> Result<DestClusters, String> {
+        let port = b.port.and_then(|p| u16::try_from(p).ok()).unwrap_or(0);
+        let ns = b.namespace.as_deref().unwrap_or(&route.namespace);
+        if !b.is_service() {
+            return Err(format!("backend kind {:?} is not supported", b.kind.as_deref().unwrap_or("")));
+        }
+        // "References to objects with a different namespace ... MUST be rejected unless a
+        // ReferenceGrant in the target namespace allows them" (the spec; Istio's
+        // InvalidDestinationPermit). Checked before the Service is looked up, so an answer never
+        // tells whether a Service the route may not see exists.
+        let kind = route.spec.kind();
+        if ns != route.namespace
+            && !self
+                .reference_grants
+                .iter()
+                .any(|g| g.namespace == ns && g.spec.allows_service(kind, &route.namespace, &b.name))
+        {
+            return Err(format!(
+                "RefNotPermitted: backendRef {ns}/{} is not accessible to a {kind} in namespace {:?} (no ReferenceGrant in {ns} allows it)",
+                config::cut(&b.name, 60),
+                route.namespace
+            ));
+        }
+        let Some(svc) = self.services.get(&(ns, b.name.as_str())).map(|s| (*s).clone()) else {
+            return Err(format!("Service {ns}/{} is not in the registry", config::cut(&b.name, 60)));
+        };
+        if svc.port(port).is_none() {
+            return Err(format!("Service {ns}/{} has no port {port}", svc.name));
+        }
+        let field = || format!("{path}.name");
+        match self.cluster(&svc, None, port, &(route.at.clone(), &field)) {
+            Some(c) => {
+                let c = if route.spec.grpc { http2_cluster(&c) } else { c };
+                Ok(DestClusters { host: svc.name.clone(), subset: None, by_port: vec![(port, c)], explicit_port: true })
+            }
+            None => Err(format!("Service {ns}/{} has no cluster for port {port}", svc.name)),
+        }
+    }
+
+    /// One backendRef: its Service port's cluster with the backendRef's filters, or a share
+    /// answered with 500 when it does not resolve.
     fn backend(&mut self, route: &Sourced<HttpRouteSpec>, b: &gw::HttpBackendRef, path: &str) -> WeightedDest {
         let at = &route.at;
         let weight = b.weight.map_or(1, |w| u32::try_from(w).unwrap_or(0));
-        let port = b.port.and_then(|p| u16::try_from(p).ok()).unwrap_or(0);
-        let ns = b.namespace.as_deref().unwrap_or(&route.namespace);
-        let unresolved = if !b.is_service() {
-            Some(format!("backend kind {:?} is not supported", b.kind.as_deref().unwrap_or("")))
-        } else if ns != route.namespace {
-            Some(format!("a backend in another namespace ({ns}) needs a ReferenceGrant, which is not supported yet"))
-        } else {
-            match self.services.get(&(ns, b.name.as_str())).map(|s| (*s).clone()) {
-                None => Some(format!("Service {ns}/{} is not in the registry", config::cut(&b.name, 60))),
-                Some(svc) if svc.port(port).is_none() => Some(format!("Service {ns}/{} has no port {port}", svc.name)),
-                Some(svc) => {
-                    let (mut rq, mut rs) = (HeaderOps::default(), HeaderOps::default());
-                    for (k, f) in b.filters.iter().enumerate() {
-                        if let Some(m) = &f.request_header_modifier {
-                            rq = self.header_modifier(m, at, &format!("{path}.filters[{k}].requestHeaderModifier"));
-                        }
-                        if let Some(m) = &f.response_header_modifier {
-                            rs = self.header_modifier(m, at, &format!("{path}.filters[{k}].responseHeaderModifier"));
-                        }
+        match self.resolve_backend(route, b, path) {
+            Ok(dest) => {
+                let (mut rq, mut rs) = (HeaderOps::default(), HeaderOps::default());
+                let mut mirrors = Vec::new();
+                for (k, f) in b.filters.iter().enumerate() {
+                    let fat = format!("{path}.filters[{k}]");
+                    if let Some(m) = &f.request_header_modifier {
+                        rq = self.header_modifier(m, at, &format!("{fat}.requestHeaderModifier"));
                     }
-                    let reference = at.clone();
-                    let field = || format!("{path}.name");
-                    if let Some(c) = self.cluster(&svc, None, port, &(reference, &field)) {
-                        return WeightedDest {
-                            dest: DestClusters {
-                                host: svc.name.clone(),
-                                subset: None,
-                                by_port: vec![(port, c)],
-                                explicit_port: true,
-                            },
-                            weight,
-                            request_headers: rq,
-                            response_headers: rs,
-                            fail_with: None,
-                        };
+                    if let Some(m) = &f.response_header_modifier {
+                        rs = self.header_modifier(m, at, &format!("{fat}.responseHeaderModifier"));
                     }
-                    Some(format!("Service {ns}/{} has no cluster for port {port}", svc.name))
+                    if let Some(m) = &f.request_mirror {
+                        mirrors.extend(self.mirror(route, m, &format!("{fat}.requestMirror")));
+                    }
                 }
+                WeightedDest { dest, weight, request_headers: rq, response_headers: rs, fail_with: None, mirrors }
             }
-        };
-        let why = unresolved.unwrap_or_default();
-        self.warnings.push(at.error(path, format!("{why}; its share of the requests gets 500")).to_string());
-        WeightedDest { weight, ..self.failing(ns, &b.name, port) }
+            Err(why) => {
+                self.warnings.push(at.error(path, format!("{why}; its share of the requests gets 500")).to_string());
+                let ns = b.namespace.as_deref().unwrap_or(&route.namespace);
+                let port = b.port.and_then(|p| u16::try_from(p).ok()).unwrap_or(0);
+                WeightedDest { weight, ..self.failing(ns, &b.name, port) }
+            }
+        }
+    }
+
+    /// A `RequestMirror` filter: the mirror's destination and percentage; None (warned) when its
+    /// backendRef does not resolve, since the spec says such a mirror is dropped.
+    fn mirror(
+        &mut self,
+        route: &Sourced<HttpRouteSpec>,
+        m: &gw::RequestMirror,
+        path: &str,
+    ) -> Option<(DestClusters, f64)> {
+        let pct = m.percentage()?; // validated
+        match self.resolve_backend(route, &m.backend_ref.as_backend_ref(), &format!("{path}.backendRef")) {
+            Ok(d) => Some((d, pct)),
+            Err(why) => {
+                self.warnings.push(
+                    route.at.error(format!("{path}.backendRef"), format!("{why}; nothing is mirrored")).to_string(),
+                );
+                None
+            }
+        }
     }
 
     /// A destination that answers 500: a cluster with no endpoints, never dialled.
@@ -478,6 +545,7 @@ impl Builder<'_> {
             request_headers: HeaderOps::default(),
             response_headers: HeaderOps::default(),
             fail_with: Some(500),
+            mirrors: Vec::new(),
         }
     }
 
@@ -497,6 +565,7 @@ impl Builder<'_> {
                 request_headers: HeaderOps::default(),
                 response_headers: HeaderOps::default(),
                 fail_with: None,
+                mirrors: Vec::new(),
             }]),
             fault: FaultSpec::default(),
             timeout: None,
@@ -506,7 +575,7 @@ impl Builder<'_> {
             rewrite_authority: None,
             request_headers: HeaderOps::default(),
             response_headers: HeaderOps::default(),
-            mirror: None,
+            mirrors: Vec::new(),
         }
     }
 
@@ -536,6 +605,50 @@ impl Builder<'_> {
             }
         }
         out
+    }
+}
+
+/// The cluster for a GRPCRoute backend: gRPC is HTTP/2, so the backend is spoken to over HTTP/2
+/// (cleartext, prior knowledge) whatever its Service port declares. A Service port already
+/// declared HTTP/2 or gRPC keeps its cluster.
+fn http2_cluster(c: &Arc<Cluster>) -> Arc<Cluster> {
+    if c.upstream_protocol(false) == UpstreamProtocol::Http2 && c.upstream_protocol(true) == UpstreamProtocol::Http2 {
+        return c.clone();
+    }
+    Arc::new(Cluster {
+        name: c.name.clone(),
+        service: c.service.clone(),
+        subset: c.subset.clone(),
+        port: c.port,
+        endpoints: c.endpoints.clone(),
+        lb: c.lb.clone(),
+        connection_pool: ConnectionPool { h2_upgrade: true, use_client_protocol: false, ..c.connection_pool.clone() },
+        outlier_detection: c.outlier_detection.clone(),
+        telemetry: Default::default(),
+    })
+}
+
+/// HTTPRoute `retry` as the engine's policy, as Istio converts it: `attempts` (default 2) retries
+/// on connection errors plus the listed `codes`, each try bounded by `backendRequest`. The spec
+/// asks to retry "on connection errors (disconnect, reset, timeout, TCP failure)": Istio's list
+/// (connect-failure, refused-stream, unavailable, cancelled) plus `reset`, which also retries a try
+/// that timed out (conformance HTTPRouteRetryWithTimeouts expects that).
+fn gateway_retry(rt: &gw::HttpRouteRetry, per_try_timeout: Option<std::time::Duration>) -> RetryPolicy {
+    let mut retry_on = RetryOn {
+        connect_failure: true,
+        refused_stream: true,
+        reset: true,
+        other: vec!["unavailable".into(), "cancelled".into()],
+        ..RetryOn::default()
+    };
+    // Validated to 400-599.
+    retry_on.status_codes = rt.codes.iter().filter_map(|c| u16::try_from(*c).ok()).collect();
+    RetryPolicy {
+        // Validated to >= 1; a value past u32 is as good as unlimited.
+        attempts: rt.attempts.map_or(2, |a| u32::try_from(a).unwrap_or(u32::MAX)),
+        per_try_timeout,
+        retry_on,
+        backoff: rt.backoff.as_deref().and_then(|b| gw::parse_gep_duration(b).ok()),
     }
 }
 

@@ -545,3 +545,414 @@ fn extension_ref_and_no_backend_answer_500_backend_filters_apply() {
     assert_eq!(s.backend.as_deref(), Some("echo-v2"));
     assert_eq!((all(&s.headers, "x-rule"), all(&s.headers, "x-backend")), ("r".into(), "b".into()));
 }
+
+// RequestMirror, retry and timeouts.backendRequest: the rules of the upstream ingress conformance
+// tests (HTTPRouteRequestMirror, HTTPRouteRequestPercentageMirror, HTTPRouteRequestMultipleMirrors,
+// HTTPRouteRetry, HTTPRouteRetryConnectionError, HTTPRouteRetryWithTimeouts,
+// HTTPRouteTimeoutBackendRequest) bound to the mesh Service (adapted-mirror-retry-timeouts.yaml).
+
+fn forward(t: &RouteTable, rng: &mut StdRng, path: &str) -> Box<Forward> {
+    forward_in(t, &registry(), rng, path)
+}
+
+fn forward_in(t: &RouteTable, reg: &Registry, rng: &mut StdRng, path: &str) -> Box<Forward> {
+    let svc = reg.service_by_host("echo", NS).unwrap().clone();
+    let uri: http::Uri = path.parse().unwrap();
+    let h = HeaderMap::new();
+    let info = RequestInfo {
+        context: Context::Mesh { service: &svc, port: 80 },
+        source: None,
+        method: &http::Method::GET,
+        uri: &uri,
+        authority: Some("echo"),
+        scheme: "http",
+        headers: &h,
+    };
+    match t.route(&info, rng) {
+        Decision::Forward(f) => f,
+        d => panic!("{path}: {d:?}"),
+    }
+}
+
+fn mirrored_to(f: &Forward) -> Vec<String> {
+    f.mirrors.iter().map(|c| format!("{}:{}", c.service.name, c.port)).collect()
+}
+
+#[test]
+fn request_mirror_and_multiple_mirrors() {
+    let t = table_of(&[fixture!("adapted-mirror-retry-timeouts.yaml")]);
+    let mut rng = StdRng::seed_from_u64(5);
+    for (path, backend, mirrors) in [
+        ("/mirror", "echo-v1", &["echo-v2:8080"][..]),
+        ("/mirror-and-modify-headers", "echo-v1", &["echo-v2:8080"][..]),
+        ("/multi-mirror", "echo-v1", &["echo-v2:8080", "echo:8080"][..]),
+        ("/multi-mirror-and-modify-request-headers", "echo-v1", &["echo-v2:8080", "echo:8080"][..]),
+    ] {
+        let f = forward(&t, &mut rng, path);
+        assert_eq!(f.cluster.service.name, backend, "{path}");
+        assert_eq!(mirrored_to(&f), mirrors, "{path}");
+        if path.contains("modify") {
+            // The mirrored request is the modified one: header edits come first in the proxy.
+            let mut h = HeaderMap::new();
+            h.insert("x-header-remove", "x".parse().unwrap());
+            f.request_headers.apply(&mut h);
+            assert_eq!(all(&h, "x-header-set"), "set-overwrites-values", "{path}");
+            assert!(h.get("x-header-remove").is_none(), "{path}");
+        }
+    }
+}
+
+#[test]
+fn request_percentage_mirror() {
+    let t = table_of(&[fixture!("adapted-mirror-retry-timeouts.yaml")]);
+    let mut rng = StdRng::seed_from_u64(9);
+    // Upstream: percent 20, fraction 25/50 (= 50 %), percent 35, checked within 3 standard
+    // deviations of the binomial over its requests; here over 1000 requests each.
+    let n = 1000;
+    for (path, pct) in
+        [("/percent-mirror", 20.0), ("/percent-mirror-fraction", 50.0), ("/percent-mirror-and-modify-headers", 35.0)]
+    {
+        let hits = (0..n).filter(|_| !forward(&t, &mut rng, path).mirrors.is_empty()).count() as f64;
+        let p: f64 = pct / 100.0;
+        let sd = (n as f64 * p * (1.0 - p)).sqrt();
+        assert!((hits - n as f64 * p).abs() <= 3.0 * sd, "{path}: {hits} of {n} mirrored, want {pct}%");
+    }
+}
+
+#[test]
+fn retry_codes_attempts_and_backend_request_timeout() {
+    use std::time::Duration;
+    let t = table_of(&[fixture!("adapted-mirror-retry-timeouts.yaml")]);
+    let mut rng = StdRng::seed_from_u64(1);
+    let f = forward(&t, &mut rng, "/retry/code-500-attempts-3");
+    assert_eq!(f.retries.attempts, 3);
+    assert!(f.retries.retry_on.status(500) && !f.retries.retry_on.status(502));
+    let f = forward(&t, &mut rng, "/retry/code-all-attempts-2");
+    assert_eq!(f.retries.attempts, 2);
+    assert!([500, 502, 503, 504].iter().all(|c| f.retries.retry_on.status(*c)));
+    assert!(!f.retries.retry_on.status(501));
+    // No codes: connection errors only ("SHOULD retry on connection errors").
+    let f = forward(&t, &mut rng, "/retry/no-status-code-attempts-3");
+    assert_eq!(f.retries.attempts, 3);
+    let on = &f.retries.retry_on;
+    assert!(on.connect_failure && on.reset && on.refused_stream && !on.status(500) && !on.five_xx);
+    // backendRequest is the per-try timeout, request the whole request's.
+    let f = forward(&t, &mut rng, "/retry/backend-request-timeout-200ms");
+    assert_eq!((f.retries.attempts, f.retries.per_try_timeout, f.timeout), (2, Some(Duration::from_millis(200)), None));
+    let f = forward(&t, &mut rng, "/retry/request-timeout-200ms");
+    assert_eq!(f.retries.per_try_timeout, Some(Duration::from_millis(200)));
+    assert_eq!((f.retries.attempts, f.timeout), (5, Some(Duration::from_millis(400))));
+    // No retry stanza: Istio's default policy, each try bounded by backendRequest; 0s: none.
+    let f = forward(&t, &mut rng, "/backend-timeout");
+    let want = RetryPolicy { per_try_timeout: Some(Duration::from_millis(500)), ..RetryPolicy::istio_default() };
+    assert_eq!(*f.retries, want);
+    let f = forward(&t, &mut rng, "/disable-backend-timeout");
+    assert_eq!(*f.retries, RetryPolicy::istio_default());
+    // A route with none of these keeps Istio's default, as before.
+    let f = forward(&t, &mut rng, "/mirror");
+    assert_eq!(*f.retries, RetryPolicy::istio_default());
+}
+
+#[test]
+fn retry_backoff_and_backend_ref_mirror() {
+    use std::time::Duration;
+    let r = route(
+        "r",
+        "",
+        "  - matches: [{path: {value: /b}}]\n    retry: {codes: [503], backoff: 100ms}\n    backendRefs:\n    - name: echo-v1\n      port: 8080\n      filters: [{type: RequestMirror, requestMirror: {backendRef: {name: echo-v2, port: 8080}, fraction: {numerator: 1}}}]\n    - name: echo-v2\n      port: 8080\n      weight: 0\n  - matches: [{path: {value: /gone}}]\n    filters: [{type: RequestMirror, requestMirror: {backendRef: {name: nope, port: 80}}}]\n    backendRefs: [{name: echo-v1, port: 8080}]\n",
+    );
+    let mut c = Config::default();
+    c.add_str("r.yaml", &r).unwrap();
+    let (t, rejected) = RouteTable::compile_admitting(&c, &registry());
+    assert!(rejected.is_empty());
+    let mut rng = StdRng::seed_from_u64(2);
+    let f = forward(&t, &mut rng, "/b");
+    assert_eq!((f.retries.attempts, f.retries.backoff), (2, Some(Duration::from_millis(100))));
+    // fraction 1/100 at the backendRef level: mirrored about 1 % of the times it is picked.
+    let hits = (0..2000).filter(|_| !forward(&t, &mut rng, "/b").mirrors.is_empty()).count();
+    assert!((5..=40).contains(&hits), "{hits} of 2000");
+    // A mirror whose backend does not resolve is dropped (warned), the route still forwards.
+    let f = forward(&t, &mut rng, "/gone");
+    assert!(f.mirrors.is_empty());
+    assert!(
+        t.warnings.iter().any(|w| w.contains("nope is not in the registry; nothing is mirrored")),
+        "{:?}",
+        t.warnings
+    );
+    // Never sooner than the configured back-off, growing per retry; Envoy's default may be 0.
+    let b = Some(Duration::from_millis(100));
+    assert_eq!(retry_backoff(b, 1, 0.0), Duration::from_millis(100));
+    assert_eq!(retry_backoff(b, 2, 0.0), Duration::from_millis(200));
+    assert_eq!(retry_backoff(b, 9, 0.99), Duration::from_millis(800).mul_f64(1.99));
+    assert_eq!(retry_backoff(None, 1, 0.0), Duration::ZERO);
+    assert_eq!(retry_backoff(None, 1, 1.0), Duration::from_millis(50));
+}
+
+// ReferenceGrant: upstream's HTTPRouteReferenceGrant and
+// HTTPRoutePartiallyInvalidViaInvalidReferenceGrant, bound to the mesh Service.
+
+/// The backend namespaces of those tests (not in the mesh manifests): a Service and a Pod each.
+const OTHER_NAMESPACES: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web-backend, namespace: gateway-conformance-web-backend}\nspec:\n  selector: {app: web-backend}\n  ports: [{name: http, port: 8080, targetPort: 3000}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: web-backend-1, namespace: gateway-conformance-web-backend, labels: {app: web-backend}}\nstatus: {podIP: 10.244.2.1}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: app-backend-v1, namespace: gateway-conformance-app-backend}\nspec:\n  selector: {app: app-backend-v1}\n  ports: [{name: http, port: 8080, targetPort: 3000}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: app-backend-v1-1, namespace: gateway-conformance-app-backend, labels: {app: app-backend-v1}}\nstatus: {podIP: 10.244.2.2}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: app-backend-v2, namespace: gateway-conformance-app-backend}\nspec:\n  selector: {app: app-backend-v2}\n  ports: [{name: http, port: 8080, targetPort: 3000}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: app-backend-v2-1, namespace: gateway-conformance-app-backend, labels: {app: app-backend-v2}}\nstatus: {podIP: 10.244.2.3}\n";
+
+fn table_with_other_namespaces(files: &[(&str, &str)]) -> RouteTable {
+    let reg = registry_with_others();
+    let mut c = Config::default();
+    for (f, text) in files {
+        c.add_str(f, text).unwrap_or_else(|e| panic!("{e}"));
+    }
+    RouteTable::compile(&c, &reg).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn reference_grant_allows_a_backend_in_another_namespace() {
+    let (f, text) = fixture!("adapted-httproute-reference-grant.yaml");
+    let t = table_with_other_namespaces(&[(f, text)]);
+    let s = send(&t, "echo", "/", &[]);
+    assert_eq!((s.status, s.backend.as_deref()), (200, Some("web-backend")));
+    // Without the grant (only the route): RefNotPermitted, 500, warned.
+    let route_only = text.split("\n---\n").nth(1).unwrap();
+    let t = table_with_other_namespaces(&[("route.yaml", route_only)]);
+    assert_eq!(send(&t, "echo", "/", &[]).status, 500);
+    assert!(
+        t.warnings.iter().any(|w| w.contains("RefNotPermitted: backendRef gateway-conformance-web-backend/web-backend is not accessible to a HTTPRoute in namespace \"gateway-conformance-mesh\"")),
+        "{:?}",
+        t.warnings
+    );
+}
+
+#[test]
+fn reference_grant_for_another_service_leaves_that_backend_500() {
+    let t = table_with_other_namespaces(&[fixture!(
+        "adapted-httproute-partially-invalid-via-invalid-reference-grant.yaml"
+    )]);
+    // The grant names app-backend-v1 only: /v2 (to app-backend-v2) is 500, the rest is served.
+    assert_eq!(send(&t, "echo", "/v2", &[]).status, 500);
+    let s = send(&t, "echo", "/", &[]);
+    assert_eq!((s.status, s.backend.as_deref()), (200, Some("app-backend-v1")));
+    assert!(
+        t.warnings
+            .iter()
+            .any(|w| w.contains("RefNotPermitted: backendRef gateway-conformance-app-backend/app-backend-v2")),
+        "{:?}",
+        t.warnings
+    );
+}
+
+#[test]
+fn reference_grant_must_match_kind_namespace_group_and_name() {
+    let route = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: gateway-conformance-mesh}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: echo}]\n  rules:\n  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: app-backend-v2, namespace: gateway-conformance-app-backend, port: 8080}}}]\n    backendRefs: [{name: web-backend, namespace: gateway-conformance-web-backend, port: 8080}]\n";
+    let grant = |from: &str, to: &str, ns: &str| {
+        format!("apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata: {{name: g, namespace: {ns}}}\nspec:\n  from: [{from}]\n  to: [{to}]\n")
+    };
+    let ok_from = "{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: gateway-conformance-mesh}";
+    let web = "gateway-conformance-web-backend";
+    let app = "gateway-conformance-app-backend";
+    // (grant, the backend is served, the mirror is sent)
+    for (g, served, mirrored) in [
+        (grant(ok_from, "{group: \"\", kind: Service}", web), true, false),
+        (grant(ok_from, "{group: core, kind: Service, name: web-backend}", web), true, false),
+        (grant(ok_from, "{group: \"\", kind: Service, name: other}", web), false, false),
+        (grant(ok_from, "{group: \"\", kind: Service}", app), false, true),
+        (
+            grant(
+                "{group: gateway.networking.k8s.io, kind: GRPCRoute, namespace: gateway-conformance-mesh}",
+                "{group: \"\", kind: Service}",
+                web,
+            ),
+            false,
+            false,
+        ),
+        (
+            grant(
+                "{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: default}",
+                "{group: \"\", kind: Service}",
+                web,
+            ),
+            false,
+            false,
+        ),
+        (
+            grant(
+                "{group: \"\", kind: HTTPRoute, namespace: gateway-conformance-mesh}",
+                "{group: \"\", kind: Service}",
+                web,
+            ),
+            false,
+            false,
+        ),
+        (grant(ok_from, "{group: apps, kind: Service}", web), false, false),
+    ] {
+        let reg = registry_with_others();
+        let t = table_with_other_namespaces(&[("g.yaml", &g), ("r.yaml", route)]);
+        let f = forward_in(&t, &reg, &mut StdRng::seed_from_u64(1), "/");
+        assert_eq!(f.fault.abort.is_none(), served, "{g}");
+        assert_eq!(!f.mirrors.is_empty(), mirrored, "{g}");
+    }
+}
+
+#[test]
+fn reference_grant_crd_rules() {
+    for (spec, want) in [
+        ("  from: []\n  to: [{group: \"\", kind: Service}]\n", "spec.from: Required value"),
+        ("  from: [{kind: HTTPRoute, namespace: a}]\n  to: [{group: \"\", kind: Service}]\n", "spec.from[0].group: Required value"),
+        ("  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: A_b}]\n  to: [{group: \"\", kind: Service}]\n", "spec.from[0].namespace"),
+        ("  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: a}]\n  to: [{group: \"\", kind: \"\"}]\n", "spec.to[0].kind"),
+        ("  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: a}]\n  to: [{group: \"\", kind: Service, nam: x}]\n", "unknown field `nam`"),
+    ] {
+        let y = format!("apiVersion: gateway.networking.k8s.io/v1\nkind: ReferenceGrant\nmetadata: {{name: g, namespace: b}}\nspec:\n{spec}");
+        let e = Config::parse_str("g.yaml", &y).unwrap_err().to_string();
+        assert!(e.contains(want), "{spec}: want {want:?}, got {e}");
+        assert!(e.starts_with("g.yaml:"), "{e}");
+    }
+}
+
+fn registry_with_others() -> Registry {
+    let mut reg = registry();
+    reg.add_yaml(Path::new("other.yaml"), OTHER_NAMESPACES).expect("registry");
+    reg
+}
+
+// GRPCRoute: the mesh conformance tests MeshGRPCRouteWeight and MeshGRPCRouteRequestHeaderModifier
+// (verbatim), and the spec's service/method matching and precedence.
+
+const ECHO_CALL: &str = "/grpc.gateway_api_conformance.echo_basic.v1.GrpcEcho/Echo";
+
+#[test]
+fn mesh_grpcroute_weight_70_30() {
+    let t = table_of(&[fixture!("grpcroute-weight.yaml")]);
+    let mut rng = StdRng::seed_from_u64(4);
+    let n = 500;
+    let mut v1 = 0;
+    for _ in 0..n {
+        let s = send_with(&t, &mut rng, "echo:7070", ECHO_CALL, &[]);
+        assert_eq!(s.status, 200, "echo-v3 has weight 0 and gets nothing");
+        v1 += usize::from(s.backend.as_deref() == Some("echo-v1"));
+    }
+    let share = v1 as f64 / n as f64;
+    assert!((share - 0.7).abs() <= 0.05, "echo-v1 got {share}");
+}
+
+#[test]
+fn mesh_grpcroute_request_header_modifier() {
+    let t = table_of(&[fixture!("grpcroute-request-header-modifier.yaml")]);
+    let s = send(
+        &t,
+        "echo:7070",
+        ECHO_CALL,
+        &[
+            ("x-test-case", "set"),
+            ("some-other-header", "this-header-should-be-set"),
+            ("x-header-set", "this-value-should-be-overwritten"),
+        ],
+    );
+    assert_eq!(s.backend.as_deref(), Some("echo-v1"));
+    assert_eq!(all(&s.headers, "x-header-set"), "set-overwrites-values");
+    assert_eq!(all(&s.headers, "some-other-header"), "this-header-should-be-set");
+    let s =
+        send(&t, "echo:7070", ECHO_CALL, &[("x-test-case", "add"), ("x-header-add", "this-value-should-be-appended")]);
+    assert_eq!(all(&s.headers, "x-header-add"), "this-value-should-be-appended,add-appends-values");
+    let s =
+        send(&t, "echo:7070", ECHO_CALL, &[("x-test-case", "remove"), ("x-header-remove", "this-should-be-removed")]);
+    assert!(s.headers.get("x-header-remove").is_none());
+    let s = send(
+        &t,
+        "echo:7070",
+        ECHO_CALL,
+        &[
+            ("x-test-case", "multi"),
+            ("x-header-set-2", "set-header-2"),
+            ("x-header-add-2", "add-header-2"),
+            ("x-header-remove-2", "remove-header-2"),
+        ],
+    );
+    assert_eq!(s.backend.as_deref(), Some("echo-v2"));
+    assert_eq!(all(&s.headers, "x-header-set-1"), "header-set-1");
+    assert_eq!(all(&s.headers, "x-header-set-2"), "header-set-2");
+    assert_eq!(all(&s.headers, "x-header-add-2"), "add-header-2,header-add-2");
+    assert!(s.headers.get("x-header-remove-2").is_none());
+    // No rule matches: 404 (a gRPC client sees UNIMPLEMENTED).
+    assert_eq!(send(&t, "echo:7070", ECHO_CALL, &[]).status, 404);
+}
+
+fn grpc_route(rules: &str) -> String {
+    format!("apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {{name: g, namespace: {NS}}}\nspec:\n  parentRefs: [{{group: \"\", kind: Service, name: echo, port: 8080}}]\n  rules:\n{rules}")
+}
+
+#[test]
+fn grpcroute_service_method_matching_precedence_and_http2_backends() {
+    // After upstream's GRPCRouteExactMethodMatching / GRPCRouteHeaderMatching (ingress tests).
+    let y = grpc_route(
+        "  - matches: [{method: {service: a.Svc, method: Get}}]\n    backendRefs: [{name: echo-v1, port: 8080}]\n  - matches: [{method: {service: a.Svc}}]\n    backendRefs: [{name: echo-v2, port: 8080}]\n  - matches: [{method: {method: Get}}]\n    backendRefs: [{name: echo, port: 8080}]\n  - matches: [{method: {type: RegularExpression, service: \"b\\\\..*\", method: \"Li.t\"}}]\n    backendRefs: [{name: echo-v1, port: 8080}]\n  - matches: [{headers: [{name: x-v, value: \"2\"}]}]\n    backendRefs: [{name: echo-v2, port: 8080}]\n",
+    );
+    let t = table_of(&[("g.yaml", &y)]);
+    for (path, headers, want) in [
+        ("/a.Svc/Get", &[][..], Some("echo-v1")),
+        // Service only: every method of it; a longer service beats a method-only match.
+        ("/a.Svc/Put", &[][..], Some("echo-v2")),
+        ("/c.Other/Get", &[][..], Some("echo")),
+        ("/b.x/List", &[][..], Some("echo-v1")),
+        ("/b.x/Lint", &[][..], Some("echo-v1")),
+        ("/b.x/Lost", &[][..], None),
+        ("/b.x/Get", &[][..], Some("echo")),
+        ("/z.Z/Nope", &[("x-v", "2")][..], Some("echo-v2")),
+        ("/z.Z/Nope", &[][..], None),
+        // Whole names: a prefix of the service is not it.
+        ("/a.Sv/Get", &[][..], Some("echo")),
+        ("/a.SvcX/Put", &[][..], None),
+    ] {
+        let s = send(&t, "echo:8080", path, headers);
+        assert_eq!(s.backend.as_deref(), want, "{path} {headers:?}");
+    }
+    // gRPC is HTTP/2: the backend (port 8080, declared `http`) is spoken to over HTTP/2 even
+    // when the client's request arrived over HTTP/1.1.
+    let reg = registry();
+    let svc = reg.service_by_host("echo", NS).unwrap().clone();
+    let uri: http::Uri = "/a.Svc/Get".parse().unwrap();
+    let h = HeaderMap::new();
+    let info = RequestInfo {
+        context: Context::Mesh { service: &svc, port: 8080 },
+        source: None,
+        method: &http::Method::POST,
+        uri: &uri,
+        authority: Some("echo:8080"),
+        scheme: "http",
+        headers: &h,
+    };
+    match t.route(&info, &mut StdRng::seed_from_u64(1)) {
+        Decision::Forward(f) => {
+            assert_eq!(f.cluster.service.name, "echo-v1");
+            assert_eq!(f.cluster.upstream_protocol(false), UpstreamProtocol::Http2);
+        }
+        d => panic!("{d:?}"),
+    }
+    // The same backend from an HTTPRoute keeps HTTP/1.1.
+    let t = table_of(&[fixture!("httproute-simple-same-namespace.yaml")]);
+    match t.route(
+        &RequestInfo { context: Context::Mesh { service: &svc, port: 80 }, ..info },
+        &mut StdRng::seed_from_u64(1),
+    ) {
+        Decision::Forward(f) => assert_eq!(f.cluster.upstream_protocol(false), UpstreamProtocol::Http1),
+        d => panic!("{d:?}"),
+    }
+}
+
+#[test]
+fn grpcroute_crd_rules() {
+    for (rules, want) in [
+        ("  - matches: [{method: {}}]\n", "One or both of 'service' or 'method' must be specified"),
+        ("  - matches: [{method: {service: \"a/b\"}}]\n", "must be a valid gRPC service name"),
+        ("  - matches: [{method: {method: \"Get.x\"}}]\n", "must be a valid gRPC method name"),
+        ("  - matches: [{method: {type: RegularExpression, service: \"(\"}}]\n", "invalid regular expression"),
+        ("  - matches: [{method: {type: Prefix, service: a}}]\n", "Unsupported value \"Prefix\""),
+        (
+            "  - filters: [{type: URLRewrite, urlRewrite: {hostname: a}}]\n",
+            "spec.rules[0].filters[0].type: Unsupported value \"URLRewrite\"",
+        ),
+        ("  - backendRefs: [{name: a}]\n", "Must have port for Service reference"),
+        ("  - matches: [{path: {value: /a}}]\n", "unknown field `path`"),
+    ] {
+        let e = Config::parse_str("g.yaml", &grpc_route(rules)).unwrap_err().to_string();
+        assert!(e.contains(want), "{rules}: want {want:?}, got {e}");
+        assert!(e.starts_with("g.yaml:"), "{e}");
+    }
+}

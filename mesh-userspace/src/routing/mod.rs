@@ -128,8 +128,9 @@ pub struct Forward {
     pub request_headers: HeaderOps,
     /// Header edits on the response (the rule's, then the destination's).
     pub response_headers: HeaderOps,
-    /// Where a copy of the request goes, fire and forget (`mirror`, percentage already rolled).
-    pub mirror: Option<Arc<Cluster>>,
+    /// Where copies of the request go, fire and forget (`mirror`, Gateway API `RequestMirror`
+    /// filters; percentages already rolled).
+    pub mirrors: Vec<Arc<Cluster>>,
 }
 
 /// `HTTPRoute.rewrite` as applied to one request.
@@ -262,6 +263,8 @@ pub(crate) struct WeightedDest {
     /// Gateway API: this share of the traffic is answered with this status instead of being
     /// forwarded (500 for a backendRef that does not resolve, as the spec asks).
     pub fail_with: Option<u16>,
+    /// Gateway API `RequestMirror` filters of this backendRef: mirrored when it is picked.
+    pub mirrors: Vec<(DestClusters, f64)>,
 }
 
 #[derive(Clone, Debug)]
@@ -312,7 +315,8 @@ pub(crate) struct HttpRule {
     pub rewrite_authority: Option<String>,
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
-    pub mirror: Option<(DestClusters, f64)>,
+    /// Each mirror with the percentage of requests it gets.
+    pub mirrors: Vec<(DestClusters, f64)>,
 }
 
 #[derive(Clone, Debug)]
@@ -423,7 +427,11 @@ impl RouteTable {
                 _ => &[],
             });
             let dests = routed.chain(vs.tcp.iter().flat_map(|t| &t.route)).map(|d| &d.dest);
-            let mirrors = vs.http.iter().filter_map(|r| r.mirror.as_ref().map(|(d, _)| d));
+            let backend_mirrors = vs.http.iter().flat_map(|r| match &r.action {
+                Action::Route(dests) => dests.iter().flat_map(|d| &d.mirrors).collect::<Vec<_>>(),
+                _ => Vec::new(),
+            });
+            let mirrors = vs.http.iter().flat_map(|r| &r.mirrors).chain(backend_mirrors).map(|(d, _)| d);
             for d in dests.chain(mirrors) {
                 for (_, c) in &d.by_port {
                     all.entry(&c.name).or_insert(c);
@@ -494,7 +502,7 @@ impl RouteTable {
                         rewrite: None,
                         request_headers: HeaderOps::default(),
                         response_headers: HeaderOps::default(),
-                        mirror: None,
+                        mirrors: Vec::new(),
                     })),
                     None => Decision::NoRoute { reason: format!("service {} has no port {port}", service.name) },
                 },
@@ -551,8 +559,13 @@ impl RouteTable {
             // backend gets its 500.
             abort: dest.fail_with.or_else(|| rule.fault.abort.and_then(|(s, pct)| roll(pct, rng).then_some(s))),
         };
-        let mirror =
-            rule.mirror.as_ref().and_then(|(d, pct)| roll(*pct, rng).then(|| d.pick(req.port()).cloned()).flatten());
+        // Each mirror rolls its own percentage (Gateway API allows several RequestMirror filters).
+        let mut mirrors = Vec::new();
+        for (d, pct) in rule.mirrors.iter().chain(&dest.mirrors) {
+            if roll(*pct, rng) {
+                mirrors.extend(d.pick(req.port()).cloned());
+            }
+        }
         let rewrite = (rule.rewrite_uri.is_some() || rule.rewrite_authority.is_some()).then(|| Rewrite {
             uri: rule.rewrite_uri.clone(),
             matched_prefix: if rule.rewrite_whole_path {
@@ -580,7 +593,7 @@ impl RouteTable {
             } else {
                 rule.response_headers.merged(&dest.response_headers)
             },
-            mirror,
+            mirrors,
         }))
     }
 

@@ -13,7 +13,8 @@ pub struct RetryOn {
     pub gateway_error: bool,
     /// `connect-failure`: the upstream connection could not be made.
     pub connect_failure: bool,
-    /// `reset` (and `reset-before-request`): the upstream reset before answering.
+    /// `reset` (and `reset-before-request`): the upstream reset, or did not answer within the
+    /// per-try timeout ("does not respond at all (disconnect/reset/read timeout)", Envoy).
     pub reset: bool,
     /// `refused-stream`: an HTTP/2 REFUSED_STREAM.
     pub refused_stream: bool,
@@ -69,6 +70,9 @@ pub struct RetryPolicy {
     pub per_try_timeout: Option<Duration>,
     /// `retryOn`.
     pub retry_on: RetryOn,
+    /// The shortest wait before a retry (Gateway API `retry.backoff`); None: Envoy's default
+    /// back-off (25 ms base).
+    pub backoff: Option<Duration>,
 }
 
 /// What Istio configures when a route says nothing about retries.
@@ -87,6 +91,27 @@ impl RetryPolicy {
             attempts: 2,
             per_try_timeout: None,
             retry_on: RetryOn::parse(ISTIO_DEFAULT_RETRY_ON).unwrap_or_default(),
+            backoff: None,
+        }
+    }
+}
+
+/// How long to wait before retry number `attempt` (1 = the first retry), `jitter` in [0, 1).
+///
+/// With no configured back-off: Envoy's default, 25 ms base, exponential, fully jittered (it may
+/// retry at once). With one (Gateway API `retry.backoff`, "unsuccessful backend requests are not
+/// retried before the configured minimum duration"): never less than it, doubling per retry up
+/// to 8 times it, plus up to as much again of jitter.
+pub fn retry_backoff(backoff: Option<Duration>, attempt: u32, jitter: f64) -> Duration {
+    let jitter = jitter.clamp(0.0, 1.0);
+    match backoff {
+        None => {
+            let cap = Duration::from_millis(25u64 << attempt.min(4));
+            cap.mul_f64(jitter)
+        }
+        Some(base) => {
+            let floor = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(3));
+            floor.saturating_add(floor.mul_f64(jitter))
         }
     }
 }

@@ -401,7 +401,8 @@ fn fault_timeout_retries_rewrite_headers_mirror() {
     let get = |k: &str| h.get(k).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     assert_eq!((get("x-a"), get("x-b"), get("x-dest")), ("1".into(), "2".into(), "v1".into()));
     assert!(h.get("x-c").is_none());
-    assert_eq!(f.mirror.as_ref().and_then(|m| m.subset.clone()).as_deref(), Some("v3"));
+    assert_eq!(f.mirrors.first().and_then(|m| m.subset.clone()).as_deref(), Some("v3"));
+    assert_eq!(f.mirrors.len(), 1);
     assert_eq!(f.virtual_service.as_deref(), Some("reviews.default"));
     assert_eq!(f.rule, Some(0));
 }
