@@ -90,6 +90,19 @@ impl Default for Limits {
     }
 }
 
+/// The largest per-source connection or request cap a flag or annotation may set: Linux's default
+/// `fs.nr_open` (1,048,576), past which the proxy could not hold the sockets anyway.
+pub const MAX_SOURCE_COUNT: u32 = 1 << 20;
+/// The largest read-ahead budget (per request or per source) a flag or annotation may set, 4 GiB:
+/// eight times the DaemonSet's memory limit. A larger value is a typo, not a budget.
+pub const MAX_BUFFER_BYTES: u64 = 1 << 32;
+/// The largest `--max-request-headers-kb`: Envoy's own maximum for `max_request_headers_kb`.
+pub const MAX_REQUEST_HEADERS_KB: u32 = 8192;
+/// The largest `--max-request-headers-count`: hyper reserves a parser slot per allowed header
+/// for every HTTP/1 request head, so the limit costs memory per request; no real client sends
+/// more than a few dozen.
+pub const MAX_REQUEST_HEADERS_COUNT: usize = 1000;
+
 /// hyper's own default header count: setting it explicitly moves the parser's header array from
 /// the stack to the heap (hyper documents ~5% cost), so it is only set when it differs.
 pub(crate) const HYPER_DEFAULT_MAX_HEADERS: usize = 100;

@@ -1020,6 +1020,60 @@ async fn stalled_request_head_is_closed_after_the_header_timeout_but_idle_keep_a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lowered_head_size_and_count_limits_refuse_with_431_what_the_defaults_accept() {
+    let (registry, reviews, client, h1, h2) = setup(0).await;
+    let lowered = Limits { max_request_headers_bytes: 16 * 1024, max_request_headers_count: 20, ..Limits::default() };
+    let state =
+        ProxyState::with_limits(registry.clone(), table(&vs("v1"), &registry), Arc::new(NoOriginalDst), lowered);
+    let addr = front(state.clone(), reviews.clone(), client.clone()).await;
+    let defaults = ProxyState::new(registry.clone(), table(&vs("v1"), &registry), Arc::new(NoOriginalDst));
+    let default_addr = front(defaults, reviews, client).await;
+    let close = ("connection".to_string(), "close".to_string());
+    // 17 KiB of headers: over 16 KiB, well under Envoy's 60 KiB default.
+    let big = request_with_headers(&[("x-big".into(), "a".repeat(17 * 1024)), close.clone()]);
+    let reply = raw(addr, &big, "\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.1 431"), "{reply:.200}");
+    // 21 headers with host: over 20, under the default 100.
+    let many: Vec<(String, String)> = (0..19).map(|i| (format!("x-h{i}"), "v".into())).chain([close.clone()]).collect();
+    let reply = raw(addr, &request_with_headers(&many), "\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.1 431"), "{reply:.200}");
+    assert_eq!(h1.load(Ordering::SeqCst) + h2.load(Ordering::SeqCst), 0, "no refused request may reach the backend");
+    // The same two requests pass the default limits...
+    for request in [big, request_with_headers(&many)] {
+        let reply = raw(default_addr, &request, "reviews-v1").await;
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply:.200}");
+    }
+    // ... and just under the lowered ones passes them: 15 KiB in 20 headers.
+    let fine: Vec<(String, String)> = (0..18).map(|i| (format!("x-h{i}"), "v".repeat(800))).chain([close]).collect();
+    let reply = raw(addr, &request_with_headers(&fine), "reviews-v1").await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply:.200}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lowered_idle_timeout_closes_an_idle_keep_alive_connection_then() {
+    let (registry, reviews, client, _, _) = setup(0).await;
+    let limits = Limits { idle_timeout: Duration::from_secs(90), ..Limits::default() };
+    let state = ProxyState::with_limits(registry.clone(), table(&vs("v1"), &registry), Arc::new(NoOriginalDst), limits);
+    let addr = front(state.clone(), reviews, client).await;
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+    // The client side of the connection ends when the proxy closes it.
+    let closed = tokio::spawn(async move {
+        let _ = conn.await;
+        Instant::now()
+    });
+    let req = ::http::Request::builder().uri("/reviews/0").header("host", "reviews:9080");
+    let resp = sender.send_request(req.body(Empty::<Bytes>::new()).expect("request")).await.expect("response");
+    assert_eq!(resp.status(), 200);
+    let _ = resp.into_body().collect().await;
+    let idle_from = Instant::now();
+    let at = closed.await.expect("client connection task");
+    let idle = at - idle_from;
+    assert!((Duration::from_secs(90)..Duration::from_secs(91)).contains(&idle), "closed after {idle:?} idle");
+    assert_eq!(state.metrics.get("mesh_downstream_timeouts_total", &[("reason", "idle_timeout")]), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_request_bodies_are_the_clients_fault_and_never_eject_an_endpoint() {
     let (registry, reviews, client, h1, _) = setup(0).await;
     let yaml = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews}\nspec:\n  host: reviews\n  trafficPolicy:\n    outlierDetection: {consecutive5xxErrors: 2, maxEjectionPercent: 100}\n  subsets:\n  - {name: v1, labels: {version: v1}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews, subset: v1}\n";
