@@ -163,7 +163,8 @@ mod tests {
         assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("1h").is_err());
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)), "--idle-timeout's default");
+        assert!(parse_duration("1d").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("99999999999999999999s").is_err());
     }

@@ -690,6 +690,7 @@ mod tests {
             netns: None,
             cgroup: None,
             enroll: true,
+            caps: Default::default(),
         }
     }
 

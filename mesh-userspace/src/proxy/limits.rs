@@ -246,14 +246,16 @@ impl Drop for RequestGuard {
 }
 
 /// The caps of one source workload (one enrolled pod's listener): connections open, requests
-/// in flight and request body bytes buffered, shared by all of its connections.
+/// in flight and request body bytes buffered, shared by all of its connections. The maxima are
+/// the node's flags unless the pod's annotations set its own ([`SourceCaps::apply`]); they can
+/// change while the pod runs (its annotations were edited), for new connections and requests.
 pub struct SourceCaps {
     connections: Arc<AtomicU32>,
     requests: Arc<AtomicU32>,
     body_bytes: Arc<AtomicU64>,
-    max_connections: u32,
-    max_requests: u32,
-    max_body_bytes: u64,
+    max_connections: AtomicU32,
+    max_requests: AtomicU32,
+    max_body_bytes: AtomicU64,
 }
 
 /// A slot under a [`SourceCaps`] cap, released on drop.
@@ -319,25 +321,47 @@ impl SourceCaps {
             connections: Arc::default(),
             requests: Arc::default(),
             body_bytes: Arc::default(),
-            max_connections: limits.per_source_max_connections,
-            max_requests: limits.per_source_max_requests,
-            max_body_bytes: limits.per_source_max_buffered_body,
+            max_connections: AtomicU32::new(limits.per_source_max_connections),
+            max_requests: AtomicU32::new(limits.per_source_max_requests),
+            max_body_bytes: AtomicU64::new(limits.per_source_max_buffered_body),
         })
+    }
+
+    /// Sets the maxima to the pod's own caps where its annotations set one, the node's `limits`
+    /// elsewhere. What the source holds already is kept (a lowered cap refuses new connections
+    /// and requests until it is under again; nothing in flight is cut).
+    pub fn apply(&self, limits: &Limits, pod: &crate::registry::PodCaps) {
+        let connections = pod.max_connections.unwrap_or(limits.per_source_max_connections);
+        let requests = pod.max_requests.unwrap_or(limits.per_source_max_requests);
+        let body = pod.max_buffered_body.unwrap_or(limits.per_source_max_buffered_body);
+        self.max_connections.store(connections, Ordering::Release);
+        self.max_requests.store(requests, Ordering::Release);
+        self.max_body_bytes.store(body, Ordering::Release);
+    }
+
+    /// The maxima in force: (connections, requests in flight, buffered body bytes).
+    pub fn maxima(&self) -> (u32, u32, u64) {
+        (
+            self.max_connections.load(Ordering::Acquire),
+            self.max_requests.load(Ordering::Acquire),
+            self.max_body_bytes.load(Ordering::Acquire),
+        )
     }
 
     /// One more connection, unless the source is at its cap.
     pub fn connection(&self) -> Option<CapSlot> {
-        take(&self.connections, self.max_connections)
+        take(&self.connections, self.max_connections.load(Ordering::Acquire))
     }
 
     /// One more request in flight, unless the source is at its cap.
     pub fn request(&self) -> Option<CapSlot> {
-        take(&self.requests, self.max_requests)
+        take(&self.requests, self.max_requests.load(Ordering::Acquire))
     }
 
-    /// An empty share of the source's buffered-body cap for one request.
+    /// An empty share of the source's buffered-body cap for one request (the cap in force when
+    /// the request started holds for all of it).
     pub(crate) fn body_budget(&self) -> BodyBudget {
-        BodyBudget { counter: Some((self.body_bytes.clone(), self.max_body_bytes)), held: 0 }
+        BodyBudget { counter: Some((self.body_bytes.clone(), self.max_body_bytes.load(Ordering::Acquire))), held: 0 }
     }
 
     /// What the source holds now: (connections open, requests in flight, body bytes buffered).
@@ -712,5 +736,38 @@ mod body_timeout_tests {
         drop(b);
         assert_eq!(caps.usage().2, 0);
         assert!(BodyBudget::unlimited().try_take(u64::MAX));
+    }
+
+    #[test]
+    fn a_pods_annotations_override_the_node_caps_for_its_source_only() {
+        use crate::registry::PodCaps;
+        let node = Limits {
+            per_source_max_connections: 3,
+            per_source_max_requests: 2,
+            per_source_max_buffered_body: 100,
+            ..Limits::default()
+        };
+        let mine = SourceCaps::new(&node);
+        let other = SourceCaps::new(&node);
+        mine.apply(&node, &PodCaps { max_connections: Some(1), max_requests: Some(5), max_buffered_body: None });
+        other.apply(&node, &PodCaps::default());
+        assert_eq!(mine.maxima(), (1, 5, 100), "lowered, raised, and the node default where unset");
+        assert_eq!(other.maxima(), (3, 2, 100));
+        let held = mine.connection().expect("first connection");
+        assert!(mine.connection().is_none(), "its own lowered cap");
+        let others: Vec<_> = (0..3).map(|_| other.connection().expect("the node cap")).collect();
+        assert!(other.connection().is_none());
+        let requests: Vec<_> = (0..5).map(|_| mine.request().expect("its raised cap")).collect();
+        assert!(mine.request().is_none());
+        // The annotation edited away: the node default again, for what comes next.
+        mine.apply(&node, &PodCaps::default());
+        assert_eq!(mine.maxima(), (3, 2, 100));
+        assert!(mine.connection().is_some());
+        assert!(mine.request().is_none(), "5 held, over the restored cap of 2");
+        mine.apply(&node, &PodCaps { max_buffered_body: Some(10), ..PodCaps::default() });
+        let mut budget = mine.body_budget();
+        assert!(!budget.try_take(11));
+        assert!(budget.try_take(10));
+        drop((held, others, requests));
     }
 }

@@ -313,8 +313,10 @@ pub async fn serve_pod_listener(
 ) {
     let name = workload.load().name.clone();
     let st = state.clone();
-    // One pod's listener is one source workload: its caps are shared by all its connections.
+    // One pod's listener is one source workload: its caps are shared by all its connections,
+    // the node's flags unless the pod's annotations set its own.
     let caps = limits::SourceCaps::new(&state.limits);
+    caps.apply(&state.limits, &workload.load().caps);
     state.sources.lock().unwrap_or_else(|e| e.into_inner()).push((name.clone(), Arc::downgrade(&caps)));
     // The pod's metric labels, resolved again only when the agent publishes a changed pod.
     let mut labels: Option<(Arc<Workload>, Arc<crate::metrics::PeerLabels>)> = None;
@@ -323,6 +325,8 @@ pub async fn serve_pod_listener(
         let pod_labels = match &labels {
             Some((w, l)) if Arc::ptr_eq(w, &workload) => l.clone(),
             _ => {
+                // The pod changed (labels or annotations): its caps may have too.
+                caps.apply(&state.limits, &workload.caps);
                 let l = Arc::new(crate::metrics::PeerLabels::of(&workload));
                 labels = Some((workload.clone(), l.clone()));
                 l
@@ -471,7 +475,7 @@ pub async fn serve_http(state: Arc<ProxyState>, source: Source, entry: Entry, st
                         ::http::StatusCode::SERVICE_UNAVAILABLE,
                         format!(
                             "source workload {src} has too many requests in flight (limit {})",
-                            state.limits.per_source_max_requests
+                            source.caps.as_ref().map_or(state.limits.per_source_max_requests, |c| c.maxima().1)
                         ),
                     );
                     r.headers_mut().insert("x-envoy-overloaded", ::http::HeaderValue::from_static("true"));

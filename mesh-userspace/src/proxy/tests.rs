@@ -143,6 +143,7 @@ fn workload(name: &str, labels: &[(&str, &str)], port: u16) -> Arc<Workload> {
         netns: None,
         cgroup: None,
         enroll: true,
+        caps: Default::default(),
     })
 }
 
@@ -1319,6 +1320,63 @@ async fn a_source_over_its_caps_is_refused_while_another_is_served() {
     codes.sort();
     assert_eq!(codes, vec![200, 503]);
     assert_eq!(overflowed(), 1);
+}
+
+/// Opens `n` connections to `addr` and has each served one request (200); returns them, still
+/// open (keep-alive).
+async fn served_connections(addr: SocketAddr, n: usize) -> Vec<hyper::client::conn::http1::SendRequest<Empty<Bytes>>> {
+    let mut open = Vec::new();
+    for i in 0..n {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+        tokio::spawn(conn);
+        let req = ::http::Request::builder().uri("/reviews/0").header("host", "reviews:9080");
+        let resp = sender.send_request(req.body(Empty::new()).expect("request")).await;
+        let resp = resp.unwrap_or_else(|e| panic!("connection {} of {n} to {addr} was not served: {e}", i + 1));
+        assert_eq!(resp.status(), 200);
+        let _ = resp.into_body().collect().await;
+        open.push(sender);
+    }
+    open
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pods_cap_annotation_caps_that_pod_only() {
+    use crate::registry::PodCaps;
+    let (registry, _, _, _, _) = setup(0).await;
+    let limits = Limits { per_source_max_connections: 3, ..Limits::default() };
+    let state = ProxyState::with_limits(registry.clone(), table(&vs("v1"), &registry), Arc::new(ToReviews), limits);
+    let pod = |name: &str, max_connections: Option<u32>| {
+        let mut w = (*workload(name, &[("app", name)], 80)).clone();
+        w.caps = PodCaps { max_connections, ..PodCaps::default() };
+        Arc::new(w)
+    };
+    // x is annotated down to 2 connections, z up to 5; y has no annotation (the node's 3).
+    let mut pods = Vec::new();
+    for (name, cap) in [("x", Some(2)), ("y", None), ("z", Some(5))] {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let w = Arc::new(ArcSwap::from(pod(name, cap)));
+        pods.push((l.local_addr().expect("addr"), w.clone()));
+        tokio::spawn(serve_pod_listener(state.clone(), w, l, 0));
+    }
+    let refused =
+        |addr| async move { raw(addr, b"GET / HTTP/1.1\r\nhost: reviews\r\n\r\n", "\r\n\r\n").await.is_empty() };
+    let mut held = Vec::new();
+    for ((addr, _), n) in pods.iter().zip([2, 3, 5]) {
+        held.push(served_connections(*addr, n).await);
+        assert!(refused(*addr).await, "connection {} to {addr} must be refused", n + 1);
+    }
+    for name in ["x", "y", "z"] {
+        let overflowed =
+            state.metrics.get("mesh_downstream_overflow_total", &[("source_workload", name), ("limit", "connections")]);
+        assert_eq!(overflowed, 1, "{name}");
+    }
+    // x's annotation edited to 3: its next connection is served, the one after is not.
+    let (x, swap) = &pods[0];
+    swap.store(pod("x", Some(3)));
+    held.push(served_connections(*x, 1).await);
+    assert!(refused(*x).await);
+    drop(held);
 }
 
 /// A backend that reads each request's whole body before answering, and reports what became of
