@@ -143,6 +143,8 @@ pub(crate) struct ConnActivity {
     /// requests (PING, SETTINGS) are not request heads, and h2 bounds header blocks itself.
     http2: AtomicBool,
     seen_bytes: AtomicBool,
+    /// The last request started had a body.
+    last_had_body: AtomicBool,
     changed: Notify,
 }
 
@@ -155,6 +157,7 @@ impl ConnActivity {
             idle_since: AtomicU64::new(0),
             http2: AtomicBool::new(false),
             seen_bytes: AtomicBool::new(false),
+            last_had_body: AtomicBool::new(false),
             changed: Notify::new(),
         })
     }
@@ -186,6 +189,21 @@ impl ConnActivity {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.head_started.store(NONE, Ordering::Release);
         RequestGuard(self.clone())
+    }
+
+    /// Whether the connection can be taken from hyper now: no request in flight, no byte of a
+    /// next request head read, and the last request had no body. A body can outlive its
+    /// response (a server that answers early) or be left unread, and then hyper is not between
+    /// requests even with nothing in flight.
+    pub(crate) fn parkable(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+            && self.head_started.load(Ordering::Acquire) == NONE
+            && !self.last_had_body.load(Ordering::Acquire)
+    }
+
+    /// Notes whether the request just begun has a body (see [`ConnActivity::parkable`]).
+    pub(crate) fn request_has_body(&self, body: bool) {
+        self.last_had_body.store(body, Ordering::Release);
     }
 
     /// When the watchdog must look again, given the limits; None: not before something changes.
@@ -513,6 +531,67 @@ pub(crate) struct ActivityIo<T> {
 impl<T> ActivityIo<T> {
     pub(crate) fn new(inner: T, activity: Arc<ConnActivity>) -> Self {
         ActivityIo { inner, activity }
+    }
+
+    /// The socket.
+    pub(crate) fn get_ref(&self) -> &T {
+        &self.inner
+    }
+}
+
+/// A socket with bytes already read from it in front (what an earlier hyper connection on it
+/// had read and not parsed), given to the next hyper connection on it.
+pub(crate) struct Prefixed<T> {
+    prefix: bytes::Bytes,
+    inner: T,
+}
+
+impl<T> Prefixed<T> {
+    pub(crate) fn new(prefix: bytes::Bytes, inner: T) -> Self {
+        Prefixed { prefix, inner }
+    }
+
+    /// The prefix bytes not read yet, and the socket.
+    pub(crate) fn into_parts(self) -> (bytes::Bytes, T) {
+        (self.prefix, self.inner)
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let head = self.prefix.split_to(n);
+            buf.put_slice(&head);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -1074,6 +1074,60 @@ async fn a_lowered_idle_timeout_closes_an_idle_keep_alive_connection_then() {
     assert_eq!(state.metrics.get("mesh_downstream_timeouts_total", &[("reason", "idle_timeout")]), 1);
 }
 
+// Real time, not tokio's paused clock: with real sockets the paused clock can jump to the next
+// timer while a wake-up for arriving bytes is pending, which would fire the header timeout
+// under a head split across a pause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http1_connection_is_parked_and_serves_its_next_requests() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (registry, reviews, client, h1, _) = setup(0).await;
+    let limits = Limits { idle_timeout: PARK_IDLE_HTTP1_AFTER * 4, ..Limits::default() };
+    let state = ProxyState::with_limits(registry.clone(), table(&vs("v1"), &registry), Arc::new(NoOriginalDst), limits);
+    let addr = front(state.clone(), reviews, client).await;
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    async fn response(s: &mut tokio::net::TcpStream) -> String {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("reviews-v1") {
+            let n = s.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    }
+    let get = b"GET /reviews/0 HTTP/1.1\r\nhost: reviews:9080\r\n\r\n";
+    for _ in 0..2 {
+        s.write_all(get).await.expect("write");
+        assert!(response(&mut s).await.starts_with("HTTP/1.1 200"));
+        // Idle past the park delay: hyper's connection is given back; the socket stays open.
+        tokio::time::sleep(PARK_IDLE_HTTP1_AFTER * 2).await;
+    }
+    // A head cut by a pause longer than the park delay is not parked on, and not lost.
+    s.write_all(&get[..20]).await.expect("write");
+    tokio::time::sleep(PARK_IDLE_HTTP1_AFTER * 2).await;
+    s.write_all(&get[20..]).await.expect("write");
+    assert!(response(&mut s).await.starts_with("HTTP/1.1 200"));
+    // The idle timeout still runs while parked: closed 4 s after the last response.
+    let idle_from = Instant::now();
+    let mut buf = [0u8; 16];
+    assert_eq!(s.read(&mut buf).await.expect("read"), 0, "closed by the idle timeout");
+    let idle = idle_from.elapsed();
+    assert!((PARK_IDLE_HTTP1_AFTER * 3..PARK_IDLE_HTTP1_AFTER * 6).contains(&idle), "closed after {idle:?}");
+    assert_eq!(state.metrics.get("mesh_downstream_timeouts_total", &[("reason", "idle_timeout")]), 1);
+    // Two pipelined requests right after a park are both answered.
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(get).await.expect("write");
+    assert!(response(&mut s).await.starts_with("HTTP/1.1 200"));
+    tokio::time::sleep(PARK_IDLE_HTTP1_AFTER * 2).await;
+    let last = b"GET /reviews/0 HTTP/1.1\r\nhost: reviews:9080\r\nconnection: close\r\n\r\n";
+    s.write_all(&[&get[..], &last[..]].concat()).await.expect("write");
+    let mut both = Vec::new();
+    s.read_to_end(&mut both).await.expect("read");
+    let both = String::from_utf8_lossy(&both);
+    assert_eq!(both.matches("HTTP/1.1 200").count(), 2, "{both}");
+    assert_eq!(h1.load(Ordering::SeqCst), 6);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_request_bodies_are_the_clients_fault_and_never_eject_an_endpoint() {
     let (registry, reviews, client, h1, _) = setup(0).await;

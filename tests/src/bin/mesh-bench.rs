@@ -1329,6 +1329,11 @@ fn idle_connections(node: &mut Node, dir: &Path, n: usize) -> Result<IdleConnect
     }
     std::thread::sleep(IDLE_SETTLE);
     let rss_loaded_kb = proc_tree_status(pid, "VmRSS:");
+    // To look at the agent with its connections open (gdb, /proc/PID/smaps): hold them this long.
+    if let Some(secs) = std::env::var("MESH_BENCH_IDLE_HOLD").ok().and_then(|s| s.parse().ok()) {
+        println!("   holding {n} idle connections for {secs} s (agent pid {pid})");
+        std::thread::sleep(Duration::from_secs(secs));
+    }
     node.stop("idle-clients")?;
     let r = IdleConnections { n, rss_idle_kb, rss_loaded_kb };
     println!("   {}", r.target().numbers);
