@@ -91,15 +91,38 @@ pub struct AgentArgs {
     /// response has started). Envoy's stream_idle_timeout default.
     #[arg(long, default_value = "5m", value_parser = positive_duration)]
     pub request_body_timeout: Duration,
+    /// A client connection with no request in flight for this long is closed (HTTP/2: GOAWAY
+    /// first). Istio's default for HTTP connections.
+    #[arg(long, default_value = "1h", value_parser = positive_duration)]
+    pub idle_timeout: Duration,
+    /// Largest HTTP/1 request head (request line and headers), and HTTP/2 header list, in KiB;
+    /// larger gets 431. Envoy's max_request_headers_kb (default 60, at most 8192).
+    #[arg(long, default_value_t = 60,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(proxy::limits::MAX_REQUEST_HEADERS_KB)))]
+    pub max_request_headers_kb: u32,
+    /// Most request headers accepted; more gets 431. Envoy's max_headers_count (at most 1000).
+    #[arg(long, default_value_t = 100, value_parser = request_headers_count)]
+    pub max_request_headers_count: usize,
+    /// Concurrent streams an HTTP/2 client may open on one connection (SETTINGS_MAX_CONCURRENT_STREAMS).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=i64::from(i32::MAX)))]
+    pub http2_max_concurrent_streams: u32,
+    /// Request body bytes read ahead per request so it can be retried or mirrored (and a
+    /// malformed one refused before any endpoint sees it); larger bodies stream through once,
+    /// without retries. Bytes, or a Kubernetes quantity: 64Ki, 1Mi.
+    #[arg(long, default_value = "1Mi", value_parser = buffer_bytes)]
+    pub request_max_buffered_body: u64,
     /// Connections one enrolled pod may hold open through the proxy; more are closed at accept.
-    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..))]
+    /// A pod's `mesh/max-connections` annotation overrides it for that pod.
+    #[arg(long, default_value_t = 2048, value_parser = source_count)]
     pub source_max_connections: u32,
     /// Requests one enrolled pod may have in flight; more are answered 503 (x-envoy-overloaded).
-    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    /// A pod's `mesh/max-requests` annotation overrides it for that pod.
+    #[arg(long, default_value_t = 1024, value_parser = source_count)]
     pub source_max_requests: u32,
     /// Request body bytes one enrolled pod may hold in the proxy's retry/mirror read-ahead
-    /// buffers at once; past it, its requests stream through without retries.
-    #[arg(long, default_value_t = 16 << 20)]
+    /// buffers at once; past it, its requests stream through without retries. Bytes, or a
+    /// Kubernetes quantity (16Mi). A pod's `mesh/max-buffered-body` annotation overrides it.
+    #[arg(long, default_value = "16Mi", value_parser = buffer_bytes)]
     pub source_max_buffered_body: u64,
     /// The node proxy's memory budget (RSS; e.g. 400Mi): past 90 % of it the sources holding the
     /// most are shed (new connections and requests refused, oldest unfinished requests reset)
@@ -158,6 +181,26 @@ fn positive_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A per-source connection or request cap: 1 to [`proxy::limits::MAX_SOURCE_COUNT`].
+fn source_count(s: &str) -> Result<u32, String> {
+    let n =
+        crate::quantity::parse_count(s, 1, u64::from(proxy::limits::MAX_SOURCE_COUNT)).map_err(|e| e.to_string())?;
+    u32::try_from(n).map_err(|_| format!("{s:?}: too large"))
+}
+
+/// A request header count: 1 to [`proxy::limits::MAX_REQUEST_HEADERS_COUNT`].
+fn request_headers_count(s: &str) -> Result<usize, String> {
+    let max = u64::try_from(proxy::limits::MAX_REQUEST_HEADERS_COUNT).unwrap_or(u64::MAX);
+    let n = crate::quantity::parse_count(s, 1, max).map_err(|e| e.to_string())?;
+    usize::try_from(n).map_err(|_| format!("{s:?}: too large"))
+}
+
+/// A read-ahead budget in bytes (Kubernetes quantity suffixes allowed): 1 byte to
+/// [`proxy::limits::MAX_BUFFER_BYTES`].
+fn buffer_bytes(s: &str) -> Result<u64, String> {
+    crate::quantity::parse_bytes(s, 1, proxy::limits::MAX_BUFFER_BYTES).map_err(|e| e.to_string())
+}
+
 impl AgentArgs {
     /// The map layout this agent advertises to a successor and pins under.
     pub fn map_layout(&self) -> u32 {
@@ -169,11 +212,16 @@ impl AgentArgs {
         proxy::Limits {
             memory_budget: self.memory_budget().0,
             request_headers_timeout: self.request_headers_timeout,
+            idle_timeout: self.idle_timeout,
+            // At most 8192 KiB (the flag's range), so this never saturates in practice.
+            max_request_headers_bytes: self.max_request_headers_kb.saturating_mul(1024),
+            max_request_headers_count: self.max_request_headers_count,
+            http2_max_concurrent_streams: self.http2_max_concurrent_streams,
+            max_buffered_body: self.request_max_buffered_body,
             request_body_idle_timeout: self.request_body_timeout,
             per_source_max_connections: self.source_max_connections,
             per_source_max_requests: self.source_max_requests,
             per_source_max_buffered_body: self.source_max_buffered_body,
-            ..proxy::Limits::default()
         }
     }
 }
@@ -1137,6 +1185,97 @@ mod tests {
         assert_eq!(on.agent.access_log, proxy::access_log::AccessLogMode::Off);
         let json = Cli::try_parse_from(["mesh", "--registry", "r.yaml", "--access-log", "json"]).expect("parse");
         assert_eq!(json.agent.access_log, proxy::access_log::AccessLogMode::Json);
+    }
+
+    #[test]
+    fn limit_flags_default_to_envoys_values_and_each_reaches_the_proxy_limits() {
+        use clap::Parser as _;
+        let defaults = Cli::try_parse_from(["mesh", "--registry", "r.yaml"]).expect("parse").agent.limits();
+        assert_eq!(defaults, proxy::Limits::default(), "the flags' defaults are the proxy's");
+        let set = Cli::try_parse_from([
+            "mesh",
+            "--registry",
+            "r.yaml",
+            "--idle-timeout",
+            "90s",
+            "--max-request-headers-kb",
+            "16",
+            "--max-request-headers-count",
+            "20",
+            "--http2-max-concurrent-streams",
+            "7",
+            "--request-max-buffered-body",
+            "64Ki",
+            "--request-headers-timeout",
+            "5s",
+            "--request-body-timeout",
+            "1m",
+            "--source-max-connections",
+            "3",
+            "--source-max-requests",
+            "4",
+            "--source-max-buffered-body",
+            "2Mi",
+        ])
+        .expect("parse")
+        .agent
+        .limits();
+        assert_eq!(
+            set,
+            proxy::Limits {
+                request_headers_timeout: Duration::from_secs(5),
+                idle_timeout: Duration::from_secs(90),
+                max_request_headers_bytes: 16 * 1024,
+                max_request_headers_count: 20,
+                http2_max_concurrent_streams: 7,
+                max_buffered_body: 64 * 1024,
+                request_body_idle_timeout: Duration::from_secs(60),
+                per_source_max_buffered_body: 2 << 20,
+                per_source_max_connections: 3,
+                per_source_max_requests: 4,
+                // Derived from this machine's cgroup (overload.rs has its own tests).
+                memory_budget: set.memory_budget,
+            }
+        );
+        // The old plain-bytes spelling still works.
+        let plain = Cli::try_parse_from(["mesh", "--registry", "r.yaml", "--source-max-buffered-body", "1000"]);
+        assert_eq!(plain.expect("parse").agent.source_max_buffered_body, 1000);
+    }
+
+    #[test]
+    fn zero_or_absurd_limit_flags_are_usage_errors_naming_the_flag() {
+        use clap::Parser as _;
+        for (flag, value) in [
+            ("--idle-timeout", "0"),
+            ("--idle-timeout", "0s"),
+            ("--idle-timeout", "1y"),
+            ("--max-request-headers-kb", "0"),
+            ("--max-request-headers-kb", "8193"),
+            ("--max-request-headers-kb", "4294967296"),
+            ("--max-request-headers-count", "0"),
+            ("--max-request-headers-count", "1001"),
+            ("--http2-max-concurrent-streams", "0"),
+            ("--http2-max-concurrent-streams", "2147483648"),
+            ("--request-max-buffered-body", "0"),
+            ("--request-max-buffered-body", "5Gi"),
+            ("--request-max-buffered-body", "1.5Mi"),
+            ("--request-max-buffered-body", "1MB"),
+            ("--source-max-buffered-body", "0"),
+            ("--source-max-connections", "0"),
+            ("--source-max-connections", "1048577"),
+            ("--source-max-requests", "-1"),
+            ("--request-headers-timeout", "0ms"),
+        ] {
+            // `--flag=value`: a separate "-1" would be read as an unknown flag, not as the value.
+            let Err(e) = Cli::try_parse_from(["mesh", "--registry", "r.yaml", &format!("{flag}={value}")]) else {
+                panic!("{flag} {value} must be refused");
+            };
+            // What `mesh agent` does with it: print and exit 2 (clap's usage error).
+            assert_eq!(e.exit_code(), 2, "{flag} {value}");
+            let msg = e.to_string();
+            assert!(msg.contains(flag), "{flag} {value}: the message names the flag: {msg}");
+            assert!(msg.contains(value), "{flag} {value}: and the value: {msg}");
+        }
     }
 
     fn service(

@@ -85,7 +85,7 @@ impl Drain {
     }
 }
 
-/// Parses a duration flag: `30s`, `500ms`, `2m`, or plain seconds (`30`).
+/// Parses a duration flag: `30s`, `500ms`, `2m`, `1h`, or plain seconds (`30`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
@@ -97,7 +97,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => Some(n),
         "s" => n.checked_mul(1000),
         "m" => n.checked_mul(60_000),
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s or m)")),
+        "h" => n.checked_mul(3_600_000),
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
     };
     ms.map(Duration::from_millis).ok_or_else(|| format!("{s:?}: too large"))
 }
@@ -105,6 +106,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn duration_flags_take_ms_s_m_h_and_refuse_overflow() {
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("90m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("1d").is_err());
+        assert!(parse_duration(&format!("{}h", u64::MAX / 1000)).is_err(), "overflow is an error, not a wrap");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn waits_for_the_last_connection_then_returns() {
@@ -152,7 +163,8 @@ mod tests {
         assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("1h").is_err());
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)), "--idle-timeout's default");
+        assert!(parse_duration("1d").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("99999999999999999999s").is_err());
     }

@@ -22,6 +22,7 @@ pub mod handover;
 pub mod inpod;
 pub mod metrics;
 pub mod proxy;
+pub mod quantity;
 #[allow(missing_docs)]
 pub mod registry;
 pub mod reload;

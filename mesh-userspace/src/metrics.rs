@@ -697,6 +697,7 @@ mod tests {
             netns: None,
             cgroup: None,
             enroll: true,
+            caps: Default::default(),
         }
     }
 

@@ -18,6 +18,73 @@ pub const ANNOTATION_NETNS: &str = "mesh/netns";
 pub const ANNOTATION_CGROUP: &str = "mesh/cgroup";
 /// Per-pod opt-out, like Istio's `sidecar.istio.io/inject: "false"`.
 pub const ANNOTATION_ENROLL: &str = "mesh/enroll";
+/// Per-pod override of `--source-max-connections`: connections the pod may hold open through the proxy.
+pub const ANNOTATION_MAX_CONNECTIONS: &str = "mesh/max-connections";
+/// Per-pod override of `--source-max-requests`: requests the pod may have in flight.
+pub const ANNOTATION_MAX_REQUESTS: &str = "mesh/max-requests";
+/// Per-pod override of `--source-max-buffered-body`: request body bytes the pod may hold in
+/// read-ahead buffers (bytes, or a Kubernetes quantity: `64Mi`).
+pub const ANNOTATION_MAX_BUFFERED_BODY: &str = "mesh/max-buffered-body";
+
+/// One pod's own per-source caps, from its annotations; `None` keeps the node's flag. Only the
+/// pod's own traffic is held to them (its listener's connections), so a tenant can be given more
+/// room, or less, without changing its neighbours'.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PodCaps {
+    /// `mesh/max-connections`.
+    pub max_connections: Option<u32>,
+    /// `mesh/max-requests`.
+    pub max_requests: Option<u32>,
+    /// `mesh/max-buffered-body`, in bytes.
+    pub max_buffered_body: Option<u64>,
+}
+
+impl PodCaps {
+    /// The caps the annotations of pod `namespace/name` set. An invalid value (not a number,
+    /// zero, past the flags' ranges) is logged once per pod, annotation and value, and ignored:
+    /// the node default applies, and the pod is enrolled as usual. A bad annotation must never
+    /// keep a pod out of the mesh or stop the agent.
+    pub fn from_annotations<'a>(namespace: &str, name: &str, get: impl Fn(&str) -> Option<&'a str>) -> PodCaps {
+        use crate::{proxy::limits, quantity};
+        let checked = |key: &'static str, parse: &dyn Fn(&str) -> Result<u64, quantity::QuantityError>| {
+            let value = get(key)?;
+            match parse(value) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    if first_warning(namespace, name, key, value) {
+                        tracing::warn!(
+                            pod = %format_args!("{namespace}/{name}"),
+                            annotation = key,
+                            error = %e,
+                            "invalid per-pod cap annotation; using the node default"
+                        );
+                    }
+                    None
+                }
+            }
+        };
+        let count = |s: &str| quantity::parse_count(s, 1, u64::from(limits::MAX_SOURCE_COUNT));
+        let bytes = |s: &str| quantity::parse_bytes(s, 1, limits::MAX_BUFFER_BYTES);
+        PodCaps {
+            max_connections: checked(ANNOTATION_MAX_CONNECTIONS, &count).and_then(|n| u32::try_from(n).ok()),
+            max_requests: checked(ANNOTATION_MAX_REQUESTS, &count).and_then(|n| u32::try_from(n).ok()),
+            max_buffered_body: checked(ANNOTATION_MAX_BUFFERED_BODY, &bytes),
+        }
+    }
+}
+
+/// Whether this invalid annotation value of this pod has not been warned about yet. Registries
+/// are rebuilt on every discovery event, so without this one bad annotation would be logged
+/// again and again. Bounded: past 4096 entries (pods come and go) it starts over, at worst
+/// warning about a still-bad pod once more.
+fn first_warning(namespace: &str, name: &str, annotation: &str, value: &str) -> bool {
+    static SEEN: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> = std::sync::OnceLock::new();
+    let mut seen = SEEN.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if seen.len() >= 4096 {
+        seen.clear();
+    }
+    seen.insert(format!("{namespace}/{name} {annotation}={value}"))
+}
 
 pub const CLUSTER_DOMAIN: &str = "svc.cluster.local";
 
@@ -117,6 +184,8 @@ pub struct Workload {
     pub cgroup: Option<PathBuf>,
     /// False when the pod opted out with `mesh/enroll: "false"`.
     pub enroll: bool,
+    /// Its own per-source caps (`mesh/max-*` annotations), overriding the node's flags.
+    pub caps: PodCaps,
 }
 
 impl Workload {
@@ -132,6 +201,7 @@ impl Workload {
             netns: None,
             cgroup: None,
             enroll: false,
+            caps: PodCaps::default(),
         }
     }
 
@@ -458,6 +528,11 @@ mod k8s {
                 netns: ann.get(ANNOTATION_NETNS).map(PathBuf::from),
                 cgroup: ann.get(ANNOTATION_CGROUP).map(PathBuf::from),
                 enroll: ann.get(ANNOTATION_ENROLL).map(|v| v != "false").unwrap_or(true),
+                caps: PodCaps::from_annotations(
+                    self.metadata.namespace.as_deref().unwrap_or("default"),
+                    &self.metadata.name,
+                    |k| ann.get(k).map(String::as_str),
+                ),
                 name: self.metadata.name,
                 namespace: self.metadata.namespace.unwrap_or_else(|| "default".into()),
                 labels: self.metadata.labels,
@@ -551,6 +626,43 @@ status: {podIP: 10.244.0.12}
         }
         assert!(reg.service_by_host("reviews", "other").is_none());
         assert!(reg.service_by_host("reviews.other", "default").is_none());
+    }
+
+    #[test]
+    fn cap_annotations_set_only_their_pods_caps_and_bad_values_fall_back_to_the_node_default() {
+        let yaml = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: batch
+  annotations: {mesh/max-connections: "2", mesh/max-requests: "5000", mesh/max-buffered-body: 64Mi}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: plain
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: typo
+  namespace: shop
+  annotations: {mesh/max-connections: "0", mesh/max-requests: lots, mesh/max-buffered-body: 1.5Gi}
+"#;
+        let mut reg = Registry::default();
+        reg.add_yaml(Path::new("pods.yaml"), yaml).expect("a bad cap annotation never rejects the pod");
+        let caps = |name: &str| reg.workloads.iter().find(|w| w.name == name).expect(name).caps;
+        assert_eq!(
+            caps("batch"),
+            PodCaps { max_connections: Some(2), max_requests: Some(5000), max_buffered_body: Some(64 << 20) }
+        );
+        assert_eq!(caps("plain"), PodCaps::default());
+        assert_eq!(caps("typo"), PodCaps::default(), "invalid values: the node defaults");
+        assert!(reg.workloads.iter().find(|w| w.name == "typo").expect("typo").enroll);
+        // Warned once per pod, annotation and value: the registry is rebuilt on every change.
+        assert!(!first_warning("shop", "typo", ANNOTATION_MAX_REQUESTS, "lots"), "already warned while parsing");
+        assert!(first_warning("shop", "typo", ANNOTATION_MAX_REQUESTS, "many"), "a new bad value is warned again");
+        assert!(!first_warning("shop", "typo", ANNOTATION_MAX_REQUESTS, "many"));
     }
 
     #[test]

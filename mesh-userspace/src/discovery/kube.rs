@@ -30,7 +30,7 @@ use tokio::sync::{watch, Notify};
 
 use super::sandbox::{LocateError, PodLocator};
 use crate::registry::{
-    AppProtocol, ContainerPort, Registry, Service, ServicePort, TargetPort, Workload, ANNOTATION_ENROLL,
+    AppProtocol, ContainerPort, PodCaps, Registry, Service, ServicePort, TargetPort, Workload, ANNOTATION_ENROLL,
 };
 
 /// Namespace label that enrolls every pod of the namespace (`enabled`) or keeps it out even
@@ -311,6 +311,9 @@ pub fn pod_info(pod: &Pod) -> Option<PodInfo> {
         .collect();
     // A hostNetwork pod's IP is the node's: it is never an endpoint the mesh should dial as a pod.
     let ip = if host_network { None } else { status.and_then(|s| s.pod_ip.as_deref()).and_then(|ip| ip.parse().ok()) };
+    let name = meta.name.clone()?;
+    let namespace = meta.namespace.clone().unwrap_or_else(|| "default".into());
+    let caps = PodCaps::from_annotations(&namespace, &name, |k| annotations.and_then(|a| a.get(k)).map(String::as_str));
     Some(PodInfo {
         uid: meta.uid.clone()?,
         node: spec.and_then(|s| s.node_name.clone()),
@@ -318,14 +321,15 @@ pub fn pod_info(pod: &Pod) -> Option<PodInfo> {
         host_network,
         opted_out,
         workload: Workload {
-            name: meta.name.clone()?,
-            namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
+            name,
+            namespace,
             labels,
             ip,
             container_ports,
             netns: None,
             cgroup: None,
             enroll: false,
+            caps,
         },
     })
 }

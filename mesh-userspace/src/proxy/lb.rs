@@ -292,6 +292,7 @@ mod outlier_tests {
                     netns: None,
                     cgroup: None,
                     enroll: true,
+                    caps: Default::default(),
                 }),
                 addr: SocketAddr::from((Ipv4Addr::new(10, 0, 0, 1), 1000 + i as u16)),
             })
@@ -408,6 +409,7 @@ mod tests {
                         netns: None,
                         cgroup: None,
                         enroll: true,
+                        caps: Default::default(),
                     }),
                     addr: SocketAddr::from((ip, 9080)),
                 }

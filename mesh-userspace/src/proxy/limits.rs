@@ -95,6 +95,19 @@ impl Default for Limits {
     }
 }
 
+/// The largest per-source connection or request cap a flag or annotation may set: Linux's default
+/// `fs.nr_open` (1,048,576), past which the proxy could not hold the sockets anyway.
+pub const MAX_SOURCE_COUNT: u32 = 1 << 20;
+/// The largest read-ahead budget (per request or per source) a flag or annotation may set, 4 GiB:
+/// eight times the DaemonSet's memory limit. A larger value is a typo, not a budget.
+pub const MAX_BUFFER_BYTES: u64 = 1 << 32;
+/// The largest `--max-request-headers-kb`: Envoy's own maximum for `max_request_headers_kb`.
+pub const MAX_REQUEST_HEADERS_KB: u32 = 8192;
+/// The largest `--max-request-headers-count`: hyper reserves a parser slot per allowed header
+/// for every HTTP/1 request head, so the limit costs memory per request; no real client sends
+/// more than a few dozen.
+pub const MAX_REQUEST_HEADERS_COUNT: usize = 1000;
+
 /// hyper's own default header count: setting it explicitly moves the parser's header array from
 /// the stack to the heap (hyper documents ~5% cost), so it is only set when it differs.
 pub(crate) const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
@@ -135,6 +148,8 @@ pub(crate) struct ConnActivity {
     /// requests (PING, SETTINGS) are not request heads, and h2 bounds header blocks itself.
     http2: AtomicBool,
     seen_bytes: AtomicBool,
+    /// The last request started had a body.
+    last_had_body: AtomicBool,
     changed: Notify,
     /// Bytes of the pending request head read so far (hyper holds them until the head parses),
     /// also added to the source's count for the overload manager.
@@ -158,6 +173,7 @@ impl ConnActivity {
             idle_since: AtomicU64::new(0),
             http2: AtomicBool::new(false),
             seen_bytes: AtomicBool::new(false),
+            last_had_body: AtomicBool::new(false),
             changed: Notify::new(),
             head_bytes: AtomicU64::new(0),
             source_head_bytes,
@@ -205,6 +221,21 @@ impl ConnActivity {
         self.head_started.store(NONE, Ordering::Release);
         self.release_head();
         RequestGuard(self.clone())
+    }
+
+    /// Whether the connection can be taken from hyper now: no request in flight, no byte of a
+    /// next request head read, and the last request had no body. A body can outlive its
+    /// response (a server that answers early) or be left unread, and then hyper is not between
+    /// requests even with nothing in flight.
+    pub(crate) fn parkable(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+            && self.head_started.load(Ordering::Acquire) == NONE
+            && !self.last_had_body.load(Ordering::Acquire)
+    }
+
+    /// Notes whether the request just begun has a body (see [`ConnActivity::parkable`]).
+    pub(crate) fn request_has_body(&self, body: bool) {
+        self.last_had_body.store(body, Ordering::Release);
     }
 
     /// When the watchdog must look again, given the limits; None: not before something changes.
@@ -273,15 +304,17 @@ impl Drop for RequestGuard {
 /// The caps of one source workload (one enrolled pod's listener): connections open, requests
 /// in flight and request body bytes buffered, shared by all of its connections; and its state
 /// under the overload manager (`overload.rs`): what it holds, whether it is refused, and its
-/// unfinished requests oldest first, so the oldest can be reset.
+/// unfinished requests oldest first, so the oldest can be reset. The maxima are the node's flags
+/// unless the pod's annotations set its own ([`SourceCaps::apply`]); they can change while the
+/// pod runs (its annotations were edited), for new connections and requests.
 pub struct SourceCaps {
     connections: Arc<AtomicU32>,
     requests: Arc<AtomicU32>,
     body_bytes: Arc<AtomicU64>,
     head_bytes: Arc<AtomicU64>,
-    max_connections: u32,
-    max_requests: u32,
-    max_body_bytes: u64,
+    max_connections: AtomicU32,
+    max_requests: AtomicU32,
+    max_body_bytes: AtomicU64,
     /// Set by the overload manager while this source is shed: new connections and requests are
     /// refused.
     refusing: AtomicBool,
@@ -423,9 +456,9 @@ impl SourceCaps {
             requests: Arc::default(),
             body_bytes: Arc::default(),
             head_bytes: Arc::default(),
-            max_connections: limits.per_source_max_connections,
-            max_requests: limits.per_source_max_requests,
-            max_body_bytes: limits.per_source_max_buffered_body,
+            max_connections: AtomicU32::new(limits.per_source_max_connections),
+            max_requests: AtomicU32::new(limits.per_source_max_requests),
+            max_body_bytes: AtomicU64::new(limits.per_source_max_buffered_body),
             refusing: AtomicBool::new(false),
             tickets: Default::default(),
             next_ticket: AtomicU64::new(0),
@@ -487,19 +520,45 @@ impl SourceCaps {
         reset
     }
 
+    /// Sets the maxima to the pod's own caps where its annotations set one, the node's `limits`
+    /// elsewhere. What the source holds already is kept (a lowered cap refuses new connections
+    /// and requests until it is under again; nothing in flight is cut).
+    pub fn apply(&self, limits: &Limits, pod: &crate::registry::PodCaps) {
+        let connections = pod.max_connections.unwrap_or(limits.per_source_max_connections);
+        let requests = pod.max_requests.unwrap_or(limits.per_source_max_requests);
+        let body = pod.max_buffered_body.unwrap_or(limits.per_source_max_buffered_body);
+        self.max_connections.store(connections, Ordering::Release);
+        self.max_requests.store(requests, Ordering::Release);
+        self.max_body_bytes.store(body, Ordering::Release);
+    }
+
+    /// The maxima in force: (connections, requests in flight, buffered body bytes).
+    pub fn maxima(&self) -> (u32, u32, u64) {
+        (
+            self.max_connections.load(Ordering::Acquire),
+            self.max_requests.load(Ordering::Acquire),
+            self.max_body_bytes.load(Ordering::Acquire),
+        )
+    }
+
     /// One more connection, unless the source is at its cap.
     pub fn connection(&self) -> Option<CapSlot> {
-        take(&self.connections, self.max_connections)
+        take(&self.connections, self.max_connections.load(Ordering::Acquire))
     }
 
     /// One more request in flight, unless the source is at its cap.
     pub fn request(&self) -> Option<CapSlot> {
-        take(&self.requests, self.max_requests)
+        take(&self.requests, self.max_requests.load(Ordering::Acquire))
     }
 
-    /// An empty share of the source's buffered-body cap for one request.
+    /// An empty share of the source's buffered-body cap for one request (the cap in force when
+    /// the request started holds for all of it).
     pub(crate) fn body_budget(&self) -> BodyBudget {
-        BodyBudget { counter: Some((self.body_bytes.clone(), self.max_body_bytes)), held: 0, ticket: None }
+        BodyBudget {
+            counter: Some((self.body_bytes.clone(), self.max_body_bytes.load(Ordering::Acquire))),
+            held: 0,
+            ticket: None,
+        }
     }
 
     /// What the source holds now: (connections open, requests in flight, body bytes buffered).
@@ -651,6 +710,67 @@ pub(crate) struct ActivityIo<T> {
 impl<T> ActivityIo<T> {
     pub(crate) fn new(inner: T, activity: Arc<ConnActivity>) -> Self {
         ActivityIo { inner, activity }
+    }
+
+    /// The socket.
+    pub(crate) fn get_ref(&self) -> &T {
+        &self.inner
+    }
+}
+
+/// A socket with bytes already read from it in front (what an earlier hyper connection on it
+/// had read and not parsed), given to the next hyper connection on it.
+pub(crate) struct Prefixed<T> {
+    prefix: bytes::Bytes,
+    inner: T,
+}
+
+impl<T> Prefixed<T> {
+    pub(crate) fn new(prefix: bytes::Bytes, inner: T) -> Self {
+        Prefixed { prefix, inner }
+    }
+
+    /// The prefix bytes not read yet, and the socket.
+    pub(crate) fn into_parts(self) -> (bytes::Bytes, T) {
+        (self.prefix, self.inner)
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let head = self.prefix.split_to(n);
+            buf.put_slice(&head);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -874,5 +994,38 @@ mod body_timeout_tests {
         drop(b);
         assert_eq!(caps.usage().2, 0);
         assert!(BodyBudget::unlimited().try_take(u64::MAX));
+    }
+
+    #[test]
+    fn a_pods_annotations_override_the_node_caps_for_its_source_only() {
+        use crate::registry::PodCaps;
+        let node = Limits {
+            per_source_max_connections: 3,
+            per_source_max_requests: 2,
+            per_source_max_buffered_body: 100,
+            ..Limits::default()
+        };
+        let mine = SourceCaps::new(&node);
+        let other = SourceCaps::new(&node);
+        mine.apply(&node, &PodCaps { max_connections: Some(1), max_requests: Some(5), max_buffered_body: None });
+        other.apply(&node, &PodCaps::default());
+        assert_eq!(mine.maxima(), (1, 5, 100), "lowered, raised, and the node default where unset");
+        assert_eq!(other.maxima(), (3, 2, 100));
+        let held = mine.connection().expect("first connection");
+        assert!(mine.connection().is_none(), "its own lowered cap");
+        let others: Vec<_> = (0..3).map(|_| other.connection().expect("the node cap")).collect();
+        assert!(other.connection().is_none());
+        let requests: Vec<_> = (0..5).map(|_| mine.request().expect("its raised cap")).collect();
+        assert!(mine.request().is_none());
+        // The annotation edited away: the node default again, for what comes next.
+        mine.apply(&node, &PodCaps::default());
+        assert_eq!(mine.maxima(), (3, 2, 100));
+        assert!(mine.connection().is_some());
+        assert!(mine.request().is_none(), "5 held, over the restored cap of 2");
+        mine.apply(&node, &PodCaps { max_buffered_body: Some(10), ..PodCaps::default() });
+        let mut budget = mine.body_budget();
+        assert!(!budget.try_take(11));
+        assert!(budget.try_take(10));
+        drop((held, others, requests));
     }
 }

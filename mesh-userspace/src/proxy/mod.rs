@@ -337,8 +337,10 @@ pub async fn serve_pod_listener(
 ) {
     let name = workload.load().name.clone();
     let st = state.clone();
-    // One pod's listener is one source workload: its caps are shared by all its connections.
+    // One pod's listener is one source workload: its caps are shared by all its connections,
+    // the node's flags unless the pod's annotations set its own.
     let caps = limits::SourceCaps::new(&state.limits);
+    caps.apply(&state.limits, &workload.load().caps);
     state.sources.lock().unwrap_or_else(|e| e.into_inner()).push((name.clone(), Arc::downgrade(&caps)));
     // The pod's metric labels, resolved again only when the agent publishes a changed pod.
     let mut labels: Option<(Arc<Workload>, Arc<crate::metrics::PeerLabels>)> = None;
@@ -347,6 +349,8 @@ pub async fn serve_pod_listener(
         let pod_labels = match &labels {
             Some((w, l)) if Arc::ptr_eq(w, &workload) => l.clone(),
             _ => {
+                // The pod changed (labels or annotations): its caps may have too.
+                caps.apply(&state.limits, &workload.caps);
                 let l = Arc::new(crate::metrics::PeerLabels::of(&workload));
                 labels = Some((workload.clone(), l.clone()));
                 l
@@ -476,6 +480,23 @@ async fn sniff_http(stream: &TcpStream) -> bool {
     METHODS.iter().any(|m| head.starts_with(m) || (head.len() < m.len() && m.starts_with(head) && !head.is_empty()))
 }
 
+/// An HTTP/1 keep-alive connection idle this long gives its hyper connection back: hyper holds a
+/// read and a write buffer (8 KiB each) and its parser state for as long as a connection lives,
+/// which made an idle keep-alive connection cost the agent about 21 KB. Parked, the connection
+/// is its socket and a few small structs until the client sends again; then it gets a fresh
+/// hyper connection. A second is long past any request burst (re-creating hyper's state costs
+/// about what one request's parsing does) and far below keep-alive lifetimes (minutes).
+const PARK_IDLE_HTTP1_AFTER: Duration = Duration::from_secs(1);
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4); any other first bytes are HTTP/1.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What a connection's service returns per request: boxed, so that an HTTP/1 connection can be
+/// polled without shutdown (hyper requires an `Unpin` future for it) and taken apart when idle.
+type ServiceFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<::http::Response<ProxyBody>, std::convert::Infallible>> + Send>,
+>;
+
 /// Serves HTTP/1 and HTTP/2 (h2c) on one accepted connection, each request through
 /// [`http::handle`], until the client closes, a limit ends it, or the drain closes it gracefully.
 pub async fn serve_http(state: Arc<ProxyState>, source: Source, entry: Entry, stream: TcpStream) {
@@ -484,17 +505,17 @@ pub async fn serve_http(state: Arc<ProxyState>, source: Source, entry: Entry, st
     let _ = stream.set_nodelay(true);
     let _in_flight = state.drain.track();
     let activity = limits::ConnActivity::counting(source.caps.as_ref().map(|c| c.head_counter()));
-    let io = TokioIo::new(limits::ActivityIo::new(stream, activity.clone()));
     let src = source.workload.as_ref().map_or("ingress", |w| w.name.as_str()).to_owned();
     let source_for_refusals = source.clone();
     let svc = {
         let state = state.clone();
         let activity = activity.clone();
         let src = src.clone();
-        hyper::service::service_fn(move |req| {
+        hyper::service::service_fn(move |req| -> ServiceFuture {
             // Held until hyper drops the response body (written, or the client left), so the
             // idle and header timers only run between requests.
             let guard = activity.begin();
+            activity.request_has_body(!hyper::body::Body::is_end_stream(req.body()));
             // The source's requests in flight, held like the guard until the response is sent.
             let slot = match source.caps.as_ref().map(|c| c.request()) {
                 Some(None) => {
@@ -505,17 +526,17 @@ pub async fn serve_http(state: Arc<ProxyState>, source: Source, entry: Entry, st
                         ::http::StatusCode::SERVICE_UNAVAILABLE,
                         format!(
                             "source workload {src} has too many requests in flight (limit {})",
-                            state.limits.per_source_max_requests
+                            source.caps.as_ref().map_or(state.limits.per_source_max_requests, |c| c.maxima().1)
                         ),
                     );
                     r.headers_mut().insert("x-envoy-overloaded", ::http::HeaderValue::from_static("true"));
-                    return futures_util::future::Either::Left(std::future::ready(Ok(r)));
+                    return Box::pin(std::future::ready(Ok(r)));
                 }
                 Some(Some(slot)) => Some(slot),
                 None => None,
             };
             let handled = http::handle(state.clone(), source.clone(), entry.clone(), req);
-            futures_util::future::Either::Right(async move {
+            Box::pin(async move {
                 let resp = handled.await?;
                 Ok::<_, std::convert::Infallible>(resp.map(|body| {
                     http_body_util::BodyExt::boxed(http_body_util::BodyExt::map_frame(body, move |f| {
@@ -527,45 +548,59 @@ pub async fn serve_http(state: Arc<ProxyState>, source: Source, entry: Entry, st
         })
     };
     let limits = &state.limits;
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    {
-        let mut h1 = builder.http1();
-        // The header timeout is ours (ConnActivity): hyper's would start as soon as the
-        // connection is idle and cut idle keep-alive connections. It is left at hyper's default,
-        // which with no timer installed is off; an explicit `None` is not the same to hyper 1.12:
-        // its graceful shutdown then no longer marks the response in flight `Connection: close`
-        // (the drain test catches it).
-        // hyper-util exposes no head-size limit; the read buffer limit is one: a head that does
-        // not fit is answered 431 (hyper's Parse::TooLarge). Bodies are read in chunks of it.
-        h1.max_buf_size(
-            usize::try_from(limits.max_request_headers_bytes).unwrap_or(usize::MAX).max(limits::HYPER_MIN_BUF_SIZE),
-        );
-        if limits.max_request_headers_count != limits::HYPER_DEFAULT_MAX_HEADERS {
-            h1.max_headers(limits.max_request_headers_count);
-        }
+    let io = limits::ActivityIo::new(stream, activity.clone());
+    // Until its first bytes the connection is parked: no hyper state at all.
+    if !parked(&state, &activity, &io, &src).await {
+        return;
     }
+    let http2 = match http2_preface(io.get_ref(), limits.request_headers_timeout).await {
+        Some(h2) => h2,
+        None => return,
+    };
+    if http2 {
+        // Boxed, as the hyper connection is in `serve_http1`: the task of an idle connection
+        // keeps the size of its largest state, so no hyper state may be inline in it.
+        Box::pin(serve_http2(&state, &activity, io, svc, &src)).await;
+    } else {
+        serve_http1(&state, &activity, io, svc, &src, &source_for_refusals).await;
+    }
+}
+
+/// Serves an HTTP/2 (h2c) connection until the client closes, a limit ends it or the drain.
+async fn serve_http2<S>(
+    state: &Arc<ProxyState>,
+    activity: &limits::ConnActivity,
+    io: limits::ActivityIo<TcpStream>,
+    svc: S,
+    src: &str,
+) where
+    S: hyper::service::Service<
+            ::http::Request<hyper::body::Incoming>,
+            Response = ::http::Response<ProxyBody>,
+            Error = std::convert::Infallible,
+            Future = ServiceFuture,
+        > + Clone
+        + Send
+        + 'static,
+{
+    let limits = &state.limits;
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http2()
         .max_header_list_size(limits.max_request_headers_bytes)
         .max_concurrent_streams(limits.http2_max_concurrent_streams);
-    let conn = builder.serve_connection(io, svc);
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let expired = tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "http connection ended with error");
-                // A head hyper refused itself (too large across reads, unparsable) was answered
-                // by hyper and never reached `http::handle`: counted here, under its source.
-                if let Some(code) = hyper_refusal(&*e) {
-                    telemetry::record_refusal(&state, &source_for_refusals, code);
-                }
             }
             return;
         }
         e = activity.watch(limits) => e,
         _ = state.drain.signaled() => {
-            // HTTP/1: closes the connection if idle, else answers the request in flight with
-            // `Connection: close` and then closes; HTTP/2: GOAWAY, streams in flight finish.
+            // GOAWAY; streams in flight finish.
             conn.as_mut().graceful_shutdown();
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "http connection ended with error while draining");
@@ -573,15 +608,168 @@ pub async fn serve_http(state: Arc<ProxyState>, source: Source, entry: Entry, st
             return;
         }
     };
-    state.metrics.inc("mesh_downstream_timeouts_total", &[("source_workload", &src), ("reason", expired.as_str())]);
-    tracing::debug!(reason = expired.as_str(), "closing client connection");
+    count_expiry(state, src, expired);
     if expired == limits::Expired::Idle {
-        // Nothing is in flight: HTTP/1 closes at once, HTTP/2 sends GOAWAY first. A client that
-        // does not finish the goodbye within a header timeout is cut.
+        // Nothing is in flight: GOAWAY first. A client that does not finish the goodbye within
+        // a header timeout is cut.
         conn.as_mut().graceful_shutdown();
         let _ = tokio::time::timeout(limits.request_headers_timeout, conn).await;
     }
-    // A stalled request head: the connection is dropped, which closes the socket.
+}
+
+fn count_expiry(state: &ProxyState, src: &str, expired: limits::Expired) {
+    state.metrics.inc("mesh_downstream_timeouts_total", &[("source_workload", src), ("reason", expired.as_str())]);
+    tracing::debug!(reason = expired.as_str(), "closing client connection");
+}
+
+/// Waits, holding no buffer, until the client sends something (true), or the idle timeout or
+/// the drain closes the connection (false): an idle connection is closed at once by the drain,
+/// as hyper's graceful shutdown closes an idle HTTP/1 connection.
+async fn parked(
+    state: &ProxyState,
+    activity: &limits::ConnActivity,
+    io: &limits::ActivityIo<TcpStream>,
+    src: &str,
+) -> bool {
+    tokio::select! {
+        r = io.get_ref().readable() => r.is_ok(),
+        e = activity.watch(&state.limits) => {
+            count_expiry(state, src, e);
+            false
+        }
+        _ = state.drain.signaled() => false,
+    }
+}
+
+/// Whether the client's first bytes are the HTTP/2 preface (`None`: it closed, or sent no
+/// whole preface within the header timeout). Only peeks: hyper reads the bytes.
+async fn http2_preface(stream: &TcpStream, within: Duration) -> Option<bool> {
+    let look = async {
+        let mut buf = [0u8; 24];
+        loop {
+            let n = stream.peek(&mut buf).await.ok()?;
+            let seen = &buf[..n];
+            if n == 0 {
+                return None;
+            }
+            if !H2_PREFACE.starts_with(seen) {
+                return Some(false);
+            }
+            if n == H2_PREFACE.len() {
+                return Some(true);
+            }
+            // Part of the preface so far (it is one segment in practice): look again shortly
+            // rather than spin on the same peeked bytes.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(within, look).await.ok().flatten()
+}
+
+/// Serves an HTTP/1 connection: a hyper connection while requests come, given back after
+/// [`PARK_IDLE_HTTP1_AFTER`] of idleness (the socket is parked with no buffer, see [`parked`])
+/// and made anew when the client sends again.
+async fn serve_http1<S>(
+    state: &Arc<ProxyState>,
+    activity: &limits::ConnActivity,
+    mut io: limits::ActivityIo<TcpStream>,
+    mut svc: S,
+    src: &str,
+    source_for_refusals: &Source,
+) where
+    S: hyper::service::Service<
+            ::http::Request<hyper::body::Incoming>,
+            Response = ::http::Response<ProxyBody>,
+            Error = std::convert::Infallible,
+            Future = ServiceFuture,
+        > + Unpin,
+{
+    let limits = &state.limits;
+    let mut h1 = hyper::server::conn::http1::Builder::new();
+    // The header timeout is ours (ConnActivity): hyper's would start as soon as the connection
+    // is idle and cut idle keep-alive connections. It is left at hyper's default, which with no
+    // timer installed is off; an explicit `None` is not the same to hyper 1.12: its graceful
+    // shutdown then no longer marks the response in flight `Connection: close` (the drain test
+    // catches it). The read buffer limit is a head-size limit: a head that does not fit is
+    // answered 431 (hyper's Parse::TooLarge). Bodies are read in chunks of it.
+    h1.max_buf_size(
+        usize::try_from(limits.max_request_headers_bytes).unwrap_or(usize::MAX).max(limits::HYPER_MIN_BUF_SIZE),
+    );
+    if limits.max_request_headers_count != limits::HYPER_DEFAULT_MAX_HEADERS {
+        h1.max_headers(limits.max_request_headers_count);
+    }
+    // While hyper serves, the idle clock parks the connection first (unless the idle timeout
+    // itself is that short); the idle timeout proper then runs while it is parked.
+    let park = limits.idle_timeout > PARK_IDLE_HTTP1_AFTER;
+    let round_limits = Limits { idle_timeout: limits.idle_timeout.min(PARK_IDLE_HTTP1_AFTER), ..limits.clone() };
+    let mut unread = bytes::Bytes::new();
+    loop {
+        // Boxed: freed when parked (see `serve_http2`).
+        let mut conn = Box::new(h1.serve_connection(TokioIo::new(limits::Prefixed::new(unread, io)), svc));
+        let mut parking = false;
+        let ended = loop {
+            tokio::select! {
+                // hyper first: bytes that woke a parked connection are read (and start the
+                // header clock) before the idle clock is asked, which would otherwise find the
+                // connection still idle and park it again at once.
+                biased;
+                r = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break r,
+                e = activity.watch(&round_limits), if !parking => {
+                    if e == limits::Expired::Idle && park && activity.parkable() {
+                        // Nothing in flight and no byte of a next head read: hyper is between
+                        // requests and ends the connection without a word to the client.
+                        parking = true;
+                        std::pin::Pin::new(&mut *conn).graceful_shutdown();
+                        continue;
+                    }
+                    count_expiry(state, src, e);
+                    if e == limits::Expired::Idle {
+                        // Nothing is in flight: closes at once.
+                        std::pin::Pin::new(&mut *conn).graceful_shutdown();
+                        let _ = tokio::time::timeout(limits.request_headers_timeout, std::future::poll_fn(|cx| conn.poll_without_shutdown(cx))).await;
+                    }
+                    // A stalled request head: dropping the connection closes the socket.
+                    return;
+                }
+                _ = state.drain.signaled() => {
+                    // Closes the connection if idle, else answers the request in flight with
+                    // `Connection: close` and then closes.
+                    std::pin::Pin::new(&mut *conn).graceful_shutdown();
+                    if let Err(e) = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)).await {
+                        tracing::debug!(error = %e, "http connection ended with error while draining");
+                    }
+                    let mut io = conn.into_parts().io.into_inner();
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut io).await;
+                    return;
+                }
+            }
+        };
+        if let Err(e) = ended {
+            tracing::debug!(error = %e, "http connection ended with error");
+            // A head hyper refused itself (too large across reads, unparsable) was answered by
+            // hyper and never reached `http::handle`: counted here, under its source.
+            if let Some(code) = hyper_refusal(&e) {
+                telemetry::record_refusal(state, source_for_refusals, code);
+            }
+            return;
+        }
+        let parts = conn.into_parts();
+        let (mut prefixed, read_buf) = (parts.io.into_inner(), parts.read_buf);
+        if !parking {
+            // The client closed, or asked to (`Connection: close`): hyper wrote the last
+            // response; close our side too.
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut prefixed).await;
+            return;
+        }
+        svc = parts.service;
+        let (rest, inner) = prefixed.into_parts();
+        io = inner;
+        // Bytes hyper read but had not parsed (none when parked idle, but never lost).
+        unread = if rest.is_empty() { read_buf } else { [read_buf, rest].concat().into() };
+        if unread.is_empty() && !parked(state, activity, &io, src).await {
+            return;
+        }
+    }
 }
 
 /// The status hyper's HTTP/1 server answered a request head it refused with, if it did.

@@ -143,6 +143,7 @@ fn workload(name: &str, labels: &[(&str, &str)], port: u16) -> Arc<Workload> {
         netns: None,
         cgroup: None,
         enroll: true,
+        caps: Default::default(),
     })
 }
 
@@ -1035,6 +1036,114 @@ async fn stalled_request_head_is_closed_after_the_header_timeout_but_idle_keep_a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lowered_head_size_and_count_limits_refuse_with_431_what_the_defaults_accept() {
+    let (registry, reviews, client, h1, h2) = setup(0).await;
+    let lowered = Limits { max_request_headers_bytes: 16 * 1024, max_request_headers_count: 20, ..Limits::default() };
+    let state =
+        ProxyState::with_limits(registry.clone(), table(&vs("v1"), &registry), Arc::new(NoOriginalDst), lowered);
+    let addr = front(state.clone(), reviews.clone(), client.clone()).await;
+    let defaults = ProxyState::new(registry.clone(), table(&vs("v1"), &registry), Arc::new(NoOriginalDst));
+    let default_addr = front(defaults, reviews, client).await;
+    let close = ("connection".to_string(), "close".to_string());
+    // 17 KiB of headers: over 16 KiB, well under Envoy's 60 KiB default.
+    let big = request_with_headers(&[("x-big".into(), "a".repeat(17 * 1024)), close.clone()]);
+    let reply = raw(addr, &big, "\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.1 431"), "{reply:.200}");
+    // 21 headers with host: over 20, under the default 100.
+    let many: Vec<(String, String)> = (0..19).map(|i| (format!("x-h{i}"), "v".into())).chain([close.clone()]).collect();
+    let reply = raw(addr, &request_with_headers(&many), "\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.1 431"), "{reply:.200}");
+    assert_eq!(h1.load(Ordering::SeqCst) + h2.load(Ordering::SeqCst), 0, "no refused request may reach the backend");
+    // The same two requests pass the default limits...
+    for request in [big, request_with_headers(&many)] {
+        let reply = raw(default_addr, &request, "reviews-v1").await;
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply:.200}");
+    }
+    // ... and just under the lowered ones passes them: 15 KiB in 20 headers.
+    let fine: Vec<(String, String)> = (0..18).map(|i| (format!("x-h{i}"), "v".repeat(800))).chain([close]).collect();
+    let reply = raw(addr, &request_with_headers(&fine), "reviews-v1").await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply:.200}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lowered_idle_timeout_closes_an_idle_keep_alive_connection_then() {
+    let (registry, reviews, client, _, _) = setup(0).await;
+    let limits = Limits { idle_timeout: Duration::from_secs(90), ..Limits::default() };
+    let state = ProxyState::with_limits(registry.clone(), table(&vs("v1"), &registry), Arc::new(NoOriginalDst), limits);
+    let addr = front(state.clone(), reviews, client).await;
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+    // The client side of the connection ends when the proxy closes it.
+    let closed = tokio::spawn(async move {
+        let _ = conn.await;
+        Instant::now()
+    });
+    let req = ::http::Request::builder().uri("/reviews/0").header("host", "reviews:9080");
+    let resp = sender.send_request(req.body(Empty::<Bytes>::new()).expect("request")).await.expect("response");
+    assert_eq!(resp.status(), 200);
+    let _ = resp.into_body().collect().await;
+    let idle_from = Instant::now();
+    let at = closed.await.expect("client connection task");
+    let idle = at - idle_from;
+    assert!((Duration::from_secs(90)..Duration::from_secs(91)).contains(&idle), "closed after {idle:?} idle");
+    assert_eq!(state.metrics.get("mesh_downstream_timeouts_total", &[("reason", "idle_timeout")]), 1);
+}
+
+// Real time, not tokio's paused clock: with real sockets the paused clock can jump to the next
+// timer while a wake-up for arriving bytes is pending, which would fire the header timeout
+// under a head split across a pause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http1_connection_is_parked_and_serves_its_next_requests() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (registry, reviews, client, h1, _) = setup(0).await;
+    let limits = Limits { idle_timeout: PARK_IDLE_HTTP1_AFTER * 4, ..Limits::default() };
+    let state = ProxyState::with_limits(registry.clone(), table(&vs("v1"), &registry), Arc::new(NoOriginalDst), limits);
+    let addr = front(state.clone(), reviews, client).await;
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    async fn response(s: &mut tokio::net::TcpStream) -> String {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("reviews-v1") {
+            let n = s.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    }
+    let get = b"GET /reviews/0 HTTP/1.1\r\nhost: reviews:9080\r\n\r\n";
+    for _ in 0..2 {
+        s.write_all(get).await.expect("write");
+        assert!(response(&mut s).await.starts_with("HTTP/1.1 200"));
+        // Idle past the park delay: hyper's connection is given back; the socket stays open.
+        tokio::time::sleep(PARK_IDLE_HTTP1_AFTER * 2).await;
+    }
+    // A head cut by a pause longer than the park delay is not parked on, and not lost.
+    s.write_all(&get[..20]).await.expect("write");
+    tokio::time::sleep(PARK_IDLE_HTTP1_AFTER * 2).await;
+    s.write_all(&get[20..]).await.expect("write");
+    assert!(response(&mut s).await.starts_with("HTTP/1.1 200"));
+    // The idle timeout still runs while parked: closed 4 s after the last response.
+    let idle_from = Instant::now();
+    let mut buf = [0u8; 16];
+    assert_eq!(s.read(&mut buf).await.expect("read"), 0, "closed by the idle timeout");
+    let idle = idle_from.elapsed();
+    assert!((PARK_IDLE_HTTP1_AFTER * 3..PARK_IDLE_HTTP1_AFTER * 6).contains(&idle), "closed after {idle:?}");
+    assert_eq!(state.metrics.get("mesh_downstream_timeouts_total", &[("reason", "idle_timeout")]), 1);
+    // Two pipelined requests right after a park are both answered.
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(get).await.expect("write");
+    assert!(response(&mut s).await.starts_with("HTTP/1.1 200"));
+    tokio::time::sleep(PARK_IDLE_HTTP1_AFTER * 2).await;
+    let last = b"GET /reviews/0 HTTP/1.1\r\nhost: reviews:9080\r\nconnection: close\r\n\r\n";
+    s.write_all(&[&get[..], &last[..]].concat()).await.expect("write");
+    let mut both = Vec::new();
+    s.read_to_end(&mut both).await.expect("read");
+    let both = String::from_utf8_lossy(&both);
+    assert_eq!(both.matches("HTTP/1.1 200").count(), 2, "{both}");
+    assert_eq!(h1.load(Ordering::SeqCst), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_request_bodies_are_the_clients_fault_and_never_eject_an_endpoint() {
     let (registry, reviews, client, h1, _) = setup(0).await;
     let yaml = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews}\nspec:\n  host: reviews\n  trafficPolicy:\n    outlierDetection: {consecutive5xxErrors: 2, maxEjectionPercent: 100}\n  subsets:\n  - {name: v1, labels: {version: v1}}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews, subset: v1}\n";
@@ -1280,6 +1389,63 @@ async fn a_source_over_its_caps_is_refused_while_another_is_served() {
     codes.sort();
     assert_eq!(codes, vec![200, 503]);
     assert_eq!(overflowed(), 1);
+}
+
+/// Opens `n` connections to `addr` and has each served one request (200); returns them, still
+/// open (keep-alive).
+async fn served_connections(addr: SocketAddr, n: usize) -> Vec<hyper::client::conn::http1::SendRequest<Empty<Bytes>>> {
+    let mut open = Vec::new();
+    for i in 0..n {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+        tokio::spawn(conn);
+        let req = ::http::Request::builder().uri("/reviews/0").header("host", "reviews:9080");
+        let resp = sender.send_request(req.body(Empty::new()).expect("request")).await;
+        let resp = resp.unwrap_or_else(|e| panic!("connection {} of {n} to {addr} was not served: {e}", i + 1));
+        assert_eq!(resp.status(), 200);
+        let _ = resp.into_body().collect().await;
+        open.push(sender);
+    }
+    open
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pods_cap_annotation_caps_that_pod_only() {
+    use crate::registry::PodCaps;
+    let (registry, _, _, _, _) = setup(0).await;
+    let limits = Limits { per_source_max_connections: 3, ..Limits::default() };
+    let state = ProxyState::with_limits(registry.clone(), table(&vs("v1"), &registry), Arc::new(ToReviews), limits);
+    let pod = |name: &str, max_connections: Option<u32>| {
+        let mut w = (*workload(name, &[("app", name)], 80)).clone();
+        w.caps = PodCaps { max_connections, ..PodCaps::default() };
+        Arc::new(w)
+    };
+    // x is annotated down to 2 connections, z up to 5; y has no annotation (the node's 3).
+    let mut pods = Vec::new();
+    for (name, cap) in [("x", Some(2)), ("y", None), ("z", Some(5))] {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let w = Arc::new(ArcSwap::from(pod(name, cap)));
+        pods.push((l.local_addr().expect("addr"), w.clone()));
+        tokio::spawn(serve_pod_listener(state.clone(), w, l, 0));
+    }
+    let refused =
+        |addr| async move { raw(addr, b"GET / HTTP/1.1\r\nhost: reviews\r\n\r\n", "\r\n\r\n").await.is_empty() };
+    let mut held = Vec::new();
+    for ((addr, _), n) in pods.iter().zip([2, 3, 5]) {
+        held.push(served_connections(*addr, n).await);
+        assert!(refused(*addr).await, "connection {} to {addr} must be refused", n + 1);
+    }
+    for name in ["x", "y", "z"] {
+        let overflowed =
+            state.metrics.get("mesh_downstream_overflow_total", &[("source_workload", name), ("limit", "connections")]);
+        assert_eq!(overflowed, 1, "{name}");
+    }
+    // x's annotation edited to 3: its next connection is served, the one after is not.
+    let (x, swap) = &pods[0];
+    swap.store(pod("x", Some(3)));
+    held.push(served_connections(*x, 1).await);
+    assert!(refused(*x).await);
+    drop(held);
 }
 
 /// A backend that reads each request's whole body before answering, and reports what became of

@@ -2,6 +2,7 @@
 //! machine, with the same backends, the same routing rules and the same load.
 //!
 //! Usage: mesh-bench [--quick] [--out DIR] [--duration SECS] [--repeats N] [--rate RPS] [--no-profile]
+//!        mesh-bench --idle-only [--quick] [--idle-connections N]   (just the idle-connection cell)
 //!
 //! One local node (prefix `bn`, pods 10.244.240.x): backend pods web-v1/v2/v3 (e2e-backend), a
 //! client pod enrolled in the mesh, and a second client pod `ipt` for the redirect comparison.
@@ -54,6 +55,10 @@ struct Opts {
     /// Contenders to start (all by default); the mesh is always there.
     only: Option<Vec<String>>,
     redirect: bool,
+    /// Idle keep-alive connections held open for the per-connection memory cell.
+    idle_connections: usize,
+    /// Run only the idle-connection cell (to iterate on per-connection memory).
+    idle_only: bool,
 }
 
 fn parse_args() -> Result<Opts> {
@@ -66,8 +71,10 @@ fn parse_args() -> Result<Opts> {
         profile: true,
         only: None,
         redirect: true,
+        idle_connections: 5000,
+        idle_only: false,
     };
-    let (mut duration, mut repeats, mut profile) = (None, None, None);
+    let (mut duration, mut repeats, mut profile, mut idle) = (None, None, None, None);
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -82,8 +89,10 @@ fn parse_args() -> Result<Opts> {
             "--profile" => profile = Some(true),
             "--no-redirect" => o.redirect = false,
             "--contenders" => o.only = Some(val("--contenders")?.split(',').map(str::to_owned).collect()),
+            "--idle-connections" => idle = Some(val("--idle-connections")?.parse().context("--idle-connections N")?),
+            "--idle-only" => o.idle_only = true,
             "-h" | "--help" => {
-                println!("mesh-bench [--quick] [--out DIR] [--duration SECS] [--repeats N] [--rate RPS] [--profile|--no-profile] [--no-redirect] [--contenders direct,mesh,envoy,nginx,haproxy]");
+                println!("mesh-bench [--quick] [--out DIR] [--duration SECS] [--repeats N] [--rate RPS] [--profile|--no-profile] [--no-redirect] [--contenders direct,mesh,envoy,nginx,haproxy] [--idle-connections N] [--idle-only]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (try --help)"),
@@ -93,7 +102,9 @@ fn parse_args() -> Result<Opts> {
         o.duration = 1;
         o.repeats = 2;
         o.profile = false;
+        o.idle_connections = 1000;
     }
+    o.idle_connections = idle.unwrap_or(o.idle_connections).max(1);
     o.duration = duration.unwrap_or(o.duration).max(1);
     o.repeats = repeats.unwrap_or(o.repeats).max(1);
     o.profile = profile.unwrap_or(o.profile);
@@ -157,11 +168,28 @@ struct Contender {
 }
 
 fn main() -> Result<()> {
+    // Re-executed inside the client pod by the idle-connection cell.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--idle-client") {
+        let n = args.get(2).and_then(|n| n.parse().ok()).context("--idle-client N ADDR")?;
+        let addr = args.get(3).and_then(|a| a.parse().ok()).context("--idle-client N ADDR")?;
+        return idle_client(n, addr);
+    }
     let o = parse_args()?;
     if let Some(why) = ebpf_unavailable() {
         bail!("cannot run the benchmark: {why}");
     }
     fs::create_dir_all(&o.out)?;
+    if o.idle_only {
+        let mut node = Node::new(PREFIX, SUBNET)?;
+        let run_dir = node.dir.clone();
+        setup_pods(&mut node)?;
+        start_backends(&mut node)?;
+        start_mesh(&mut node, &run_dir, &[])?;
+        let idle = idle_connections(&mut node, &run_dir, o.idle_connections)?;
+        println!("{}", idle.target().line());
+        return Ok(());
+    }
     let started = Instant::now();
     let loadavg = fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
@@ -347,7 +375,12 @@ fn main() -> Result<()> {
         );
     }
 
+    // After the other cells (it restarts the agent): what idle keep-alive connections cost.
+    println!("== {} idle keep-alive HTTP/1.1 connections ==", o.idle_connections);
+    let idle = idle_connections(&mut node, &run_dir, o.idle_connections)?;
+
     let report = Report {
+        idle: &idle,
         opts: &o,
         metrics: &metrics,
         loadavg,
@@ -1213,6 +1246,7 @@ fn profile_mesh(node: &Node, mesh: &Contender, lua: &Path, dir: &Path) -> Result
 // Report
 
 struct Report<'a> {
+    idle: &'a IdleConnections,
     opts: &'a Opts,
     metrics: &'a MetricsCost,
     loadavg: String,
@@ -1228,6 +1262,143 @@ struct Report<'a> {
     restart: &'a RestartCost,
     disruption: &'a Disruption,
     elapsed: Duration,
+}
+
+/// What idle keep-alive connections cost the agent: its RSS before and with `n` of them open.
+struct IdleConnections {
+    n: usize,
+    rss_idle_kb: u64,
+    rss_loaded_kb: u64,
+}
+
+/// Issue 13's target for one idle keep-alive connection (downstream and whatever upstream state it keeps).
+const IDLE_TARGET_KB: f64 = 8.0;
+/// How long after the last response RSS is read: past the upstream pool's 1.5 s idle timeout, so
+/// the upstream connections the responses came over are closed as they would be on a quiet node.
+const IDLE_SETTLE: Duration = Duration::from_secs(3);
+
+impl IdleConnections {
+    fn kb_per_connection(&self) -> f64 {
+        self.rss_loaded_kb.saturating_sub(self.rss_idle_kb) as f64 / self.n.max(1) as f64
+    }
+
+    fn target(&self) -> Target {
+        let kb = self.kb_per_connection();
+        Target {
+            what: format!("mesh RSS per idle keep-alive HTTP/1.1 connection ≤ {IDLE_TARGET_KB} KB"),
+            met: Some(kb <= IDLE_TARGET_KB),
+            numbers: format!(
+                "{kb:.1} KB ({} connections: {:.1} → {:.1} MB)",
+                self.n,
+                self.rss_idle_kb as f64 / 1024.0,
+                self.rss_loaded_kb as f64 / 1024.0
+            ),
+        }
+    }
+}
+
+/// The idle-connection cell: a fresh agent (the load cells' heap would hide what connections
+/// cost), its RSS after one request, then with `n` keep-alive connections from the client pod,
+/// each served one request and left open.
+fn idle_connections(node: &mut Node, dir: &Path, n: usize) -> Result<IdleConnections> {
+    node.stop("agent")?;
+    // Room for all of them under the client pod's connection cap.
+    let cap = n.saturating_add(64).to_string();
+    start_mesh(node, dir, &["--source-max-connections", &cap])?;
+    let pid = node.pid("agent").context("agent pid")?;
+    let me = std::env::current_exe()?;
+    let me = me.to_str().context("mesh-bench path")?;
+    let target = format!("{VIP}:{SVC_PORT}");
+    // One request first, so what the first request builds once (route caches, metric series,
+    // the upstream client) is in the baseline, not charged to the connections.
+    let out = node.exec("client", &[me, "--idle-client", "1", &target, "--exit"])?;
+    if !out.status.success() {
+        bail!("first request through the mesh failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    std::thread::sleep(IDLE_SETTLE);
+    let rss_idle_kb = proc_tree_status(pid, "VmRSS:");
+    node.spawn("client", "idle-clients", &[me, "--idle-client", &n.to_string(), &target])?;
+    let opened = wait_until(&format!("{n} idle connections served"), Duration::from_secs(120), || {
+        let log = node.log("idle-clients");
+        log.contains("ready") || log.contains("failed")
+    });
+    let log = node.log("idle-clients");
+    if let Err(e) = opened.and_then(|()| if log.contains("ready") { Ok(()) } else { bail!("{log}") }) {
+        let _ = node.stop("idle-clients");
+        bail!("idle connections: {e:#}\nagent log:\n{}", node.log("agent"));
+    }
+    std::thread::sleep(IDLE_SETTLE);
+    let rss_loaded_kb = proc_tree_status(pid, "VmRSS:");
+    // To look at the agent with its connections open (gdb, /proc/PID/smaps): hold them this long.
+    if let Some(secs) = std::env::var("MESH_BENCH_IDLE_HOLD").ok().and_then(|s| s.parse().ok()) {
+        println!("   holding {n} idle connections for {secs} s (agent pid {pid})");
+        std::thread::sleep(Duration::from_secs(secs));
+    }
+    node.stop("idle-clients")?;
+    let r = IdleConnections { n, rss_idle_kb, rss_loaded_kb };
+    println!("   {}", r.target().numbers);
+    Ok(r)
+}
+
+/// The client side of the idle-connection cell, run in the client pod: `n` connections to
+/// `addr`, one `GET /` on each (its response read whole), then all held open until killed;
+/// prints `ready N` once every response is in (or `failed: ...`). With `--exit`, exits instead.
+fn idle_client(n: usize, addr: SocketAddr) -> Result<()> {
+    use std::io::{Read, Write};
+    let once = std::env::args().any(|a| a == "--exit");
+    let mut open = Vec::with_capacity(n);
+    for i in 0..n {
+        let served = (|| -> Result<std::net::TcpStream> {
+            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")?;
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            // The head, then the body by Content-Length (the e2e backend sends it).
+            let head_end = loop {
+                let k = s.read(&mut buf)?;
+                if k == 0 {
+                    bail!("closed before a response");
+                }
+                got.extend_from_slice(&buf[..k]);
+                if let Some(p) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break p + 4;
+                }
+            };
+            let head = String::from_utf8_lossy(&got[..head_end]).to_ascii_lowercase();
+            if !head.starts_with("http/1.1 200") {
+                bail!("{}", head.lines().next().unwrap_or(""));
+            }
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .context("no content-length")?;
+            while got.len() < head_end + len {
+                let k = s.read(&mut buf)?;
+                if k == 0 {
+                    bail!("closed in the body");
+                }
+                got.extend_from_slice(&buf[..k]);
+            }
+            Ok(s)
+        })();
+        match served {
+            Ok(s) => open.push(s),
+            Err(e) => {
+                println!("failed: connection {} of {n}: {e:#}", i + 1);
+                bail!("connection {} of {n}: {e:#}", i + 1);
+            }
+        }
+    }
+    println!("ready {n}");
+    std::io::stdout().flush()?;
+    if once {
+        return Ok(());
+    }
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
 }
 
 /// The mesh's CPU per request with its request metrics (`istio_*`) off and on: one run each of
@@ -1546,6 +1717,17 @@ struct Target {
     numbers: String,
 }
 
+impl Target {
+    fn line(&self) -> String {
+        let v = match self.met {
+            Some(true) => "met",
+            Some(false) => "NOT MET",
+            None => "n/a",
+        };
+        format!("  [{v:>7}] {}: {}", self.what, self.numbers)
+    }
+}
+
 impl Report<'_> {
     fn samples(&self, cell: &str, who: &str) -> Option<&Vec<Sample>> {
         self.results.iter().find(|((c, w), _)| *c == cell && *w == who).map(|(_, v)| v)
@@ -1661,6 +1843,7 @@ impl Report<'_> {
             met: Some(idle <= 20 * 1024),
             numbers: format!("{:.1} MB", idle as f64 / 1024.0),
         });
+        t.push(self.idle.target());
         if let (Some(m), Some(e)) = (self.peaks.get("mesh"), self.peaks.get("envoy")) {
             t.push(Target {
                 what: "mesh peak RSS under load ≤ ⅓ of Envoy's".into(),
@@ -1721,12 +1904,7 @@ impl Report<'_> {
     fn targets_text(&self) -> String {
         let mut s = String::from("Targets:\n");
         for t in self.targets() {
-            let v = match t.met {
-                Some(true) => "met",
-                Some(false) => "NOT MET",
-                None => "n/a",
-            };
-            let _ = writeln!(s, "  [{v:>7}] {}: {}", t.what, t.numbers);
+            let _ = writeln!(s, "{}", t.line());
         }
         s
     }
@@ -1841,6 +2019,17 @@ impl Report<'_> {
                 self.peaks.get(c.name).copied().unwrap_or(0) as f64 / 1024.0
             );
         }
+        let idle = self.idle;
+        let _ = writeln!(
+            m,
+            "\n### Idle keep-alive connections\n\nA fresh agent (after one request through it), then {} HTTP/1.1 keep-alive connections from the client pod through the mesh to the backends, each served one request and then left idle; RSS read {} s after the last response (upstream connections idle longer than the pool's 1.5 s are closed by then).\n\n| | agent RSS MB |\n|---|---|\n| idle | {:.1} |\n| with {} idle connections | {:.1} |\n| per idle connection | {:.1} KB (target ≤ {IDLE_TARGET_KB} KB) |",
+            idle.n,
+            IDLE_SETTLE.as_secs(),
+            idle.rss_idle_kb as f64 / 1024.0,
+            idle.n,
+            idle.rss_loaded_kb as f64 / 1024.0,
+            idle.kb_per_connection()
+        );
         let cs = self.config_scale;
         let _ = writeln!(
             m,
@@ -2011,7 +2200,7 @@ impl Report<'_> {
             .into_iter()
             .map(|t| serde_json::json!({"target": t.what, "met": t.met, "numbers": t.numbers}))
             .collect();
-        serde_json::to_string_pretty(&serde_json::json!({"quick": self.opts.quick, "loadavg": self.loadavg, "cells": cells, "redirect": redirect, "memory": mem, "config_scale": {"objects": self.config_scale.objects, "bytes": self.config_scale.bytes, "secs": self.config_scale.secs, "max_rss_kb": self.config_scale.max_rss_kb}, "restart": {"pods": self.restart.pods, "virtual_services": self.restart.virtual_services, "secs": self.restart.secs}, "disruption": {"rate": self.disruption.rate, "restarts": self.disruption.restarts, "rows": self.disruption.rows.iter().map(|(h, ok, f)| serde_json::json!({"how": h, "ok": ok, "failed": f})).collect::<Vec<_>>()}, "request_metrics": {"off": self.metrics.off.iter().map(|s| serde_json::json!({"rps": s.rps(), "cpu_s_per_1k": s.cpu_per_1k(), "errors": s.errors, "non2xx": s.non2xx})).collect::<Vec<_>>(), "on": self.metrics.on.iter().map(|s| serde_json::json!({"rps": s.rps(), "cpu_s_per_1k": s.cpu_per_1k(), "errors": s.errors, "non2xx": s.non2xx})).collect::<Vec<_>>(), "ratios": self.metrics.ratios()}, "targets": targets}))
+        serde_json::to_string_pretty(&serde_json::json!({"quick": self.opts.quick, "loadavg": self.loadavg, "cells": cells, "redirect": redirect, "memory": mem, "config_scale": {"objects": self.config_scale.objects, "bytes": self.config_scale.bytes, "secs": self.config_scale.secs, "max_rss_kb": self.config_scale.max_rss_kb}, "restart": {"pods": self.restart.pods, "virtual_services": self.restart.virtual_services, "secs": self.restart.secs}, "disruption": {"rate": self.disruption.rate, "restarts": self.disruption.restarts, "rows": self.disruption.rows.iter().map(|(h, ok, f)| serde_json::json!({"how": h, "ok": ok, "failed": f})).collect::<Vec<_>>()}, "request_metrics": {"off": self.metrics.off.iter().map(|s| serde_json::json!({"rps": s.rps(), "cpu_s_per_1k": s.cpu_per_1k(), "errors": s.errors, "non2xx": s.non2xx})).collect::<Vec<_>>(), "on": self.metrics.on.iter().map(|s| serde_json::json!({"rps": s.rps(), "cpu_s_per_1k": s.cpu_per_1k(), "errors": s.errors, "non2xx": s.non2xx})).collect::<Vec<_>>(), "ratios": self.metrics.ratios()}, "idle_connections": {"connections": self.idle.n, "rss_idle_kb": self.idle.rss_idle_kb, "rss_loaded_kb": self.idle.rss_loaded_kb, "kb_per_connection": self.idle.kb_per_connection()}, "targets": targets}))
             .unwrap_or_default()
     }
 }

@@ -30,6 +30,7 @@ fn pod(namespace: &str, name: &str, labels: &[(&str, &str)]) -> Workload {
         netns: None,
         cgroup: None,
         enroll: true,
+        caps: Default::default(),
     }
 }
 

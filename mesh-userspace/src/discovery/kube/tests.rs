@@ -471,6 +471,25 @@ async fn nothing_is_published_until_every_kind_is_listed_and_failed_lists_are_re
 }
 
 #[test]
+fn pod_cap_annotations_are_read_from_the_api_servers_pods() {
+    let mut p: Pod = serde_json::from_value(pod("batch", "default", "batch", "v1", "node-a", "10.244.0.20")).unwrap();
+    p.metadata.annotations = Some(
+        [("mesh/max-connections", "3"), ("mesh/max-requests", "bad"), ("mesh/max-buffered-body", "2Mi")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    let info = pod_info(&p).expect("a running pod");
+    assert_eq!(
+        info.workload.caps,
+        crate::registry::PodCaps { max_connections: Some(3), max_requests: None, max_buffered_body: Some(2 << 20) }
+    );
+    assert!(!info.opted_out, "a bad cap annotation never keeps a pod out");
+    let plain: Pod = serde_json::from_value(pod("plain", "default", "plain", "v1", "node-a", "10.244.0.21")).unwrap();
+    assert_eq!(pod_info(&plain).expect("pod").workload.caps, crate::registry::PodCaps::default());
+}
+
+#[test]
 fn pure_build_is_deterministic() {
     let mut st = ClusterState::default();
     st.namespaces.insert(("", "default"), NamespaceInfo { enrolled: true });
