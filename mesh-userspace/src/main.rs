@@ -21,6 +21,8 @@ struct Cli {
     cmd: Cmd,
 }
 
+// Parsed once at start and matched once: the agent's many flags cost nothing to carry inline.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the node agent: load eBPF, enroll pods, run the proxy (needs root, or CAP_SYS_ADMIN + CAP_SYS_PTRACE).

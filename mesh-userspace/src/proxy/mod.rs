@@ -550,7 +550,7 @@ pub async fn serve_http(state: Arc<ProxyState>, source: Source, entry: Entry, st
     let limits = &state.limits;
     let io = limits::ActivityIo::new(stream, activity.clone());
     // Until its first bytes the connection is parked: no hyper state at all.
-    if !parked(&state, &activity, &io, &src).await {
+    if !parked(&state, &activity, &io, &src, true).await {
         return;
     }
     let http2 = match http2_preface(io.get_ref(), limits.request_headers_timeout).await {
@@ -622,14 +622,22 @@ fn count_expiry(state: &ProxyState, src: &str, expired: limits::Expired) {
     tracing::debug!(reason = expired.as_str(), "closing client connection");
 }
 
+/// How long the drain waits for the first request of a connection accepted just before it: the
+/// client connected to send one (a connection-per-request client would otherwise see its new
+/// connection closed unanswered when a handover's drain starts between its connect and its write).
+const DRAIN_FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
 /// Waits, holding no buffer, until the client sends something (true), or the idle timeout or
 /// the drain closes the connection (false): an idle connection is closed at once by the drain,
-/// as hyper's graceful shutdown closes an idle HTTP/1 connection.
+/// as hyper's graceful shutdown closes an idle HTTP/1 connection — except a `fresh` one (no
+/// request yet), which gets [`DRAIN_FIRST_REQUEST_GRACE`] to send its first (answered with
+/// `Connection: close`).
 async fn parked(
     state: &ProxyState,
     activity: &limits::ConnActivity,
     io: &limits::ActivityIo<TcpStream>,
     src: &str,
+    fresh: bool,
 ) -> bool {
     tokio::select! {
         r = io.get_ref().readable() => r.is_ok(),
@@ -637,7 +645,9 @@ async fn parked(
             count_expiry(state, src, e);
             false
         }
-        _ = state.drain.signaled() => false,
+        _ = state.drain.signaled() => {
+            fresh && matches!(tokio::time::timeout(DRAIN_FIRST_REQUEST_GRACE, io.get_ref().readable()).await, Ok(Ok(())))
+        }
     }
 }
 
@@ -766,7 +776,7 @@ async fn serve_http1<S>(
         io = inner;
         // Bytes hyper read but had not parsed (none when parked idle, but never lost).
         unread = if rest.is_empty() { read_buf } else { [read_buf, rest].concat().into() };
-        if unread.is_empty() && !parked(state, activity, &io, src).await {
+        if unread.is_empty() && !parked(state, activity, &io, src, false).await {
             return;
         }
     }

@@ -753,8 +753,9 @@ fn unknown_h2_upgrade_policy_is_rejected_with_its_path() {
 }
 
 /// Drain (SIGTERM with no successor): the listener stops (a new connect is refused), an idle
-/// keep-alive connection is closed, a slow request in flight completes with `Connection: close`,
-/// and the drain ends when that connection does.
+/// keep-alive connection is closed, a connection accepted just before with no request yet still
+/// gets its first one answered, a slow request in flight completes with `Connection: close`, and
+/// the drain ends when that connection does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_finishes_in_flight_requests_and_refuses_new_connections() {
     let (registry, reviews, _, h1, h2) = setup(0).await;
@@ -797,6 +798,15 @@ async fn drain_finishes_in_flight_requests_and_refuses_new_connections() {
         tokio::task::yield_now().await;
     }
 
+    // C: connected just before the drain, its request not written yet (a connection-per-request
+    // client between its connect and its write when a handover's drain starts).
+    let fresh = tokio::net::TcpStream::connect(addr).await.expect("C");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while state.drain.active() < 3 {
+        assert!(Instant::now() < deadline, "connection C never accepted");
+        tokio::task::yield_now().await;
+    }
+
     state.drain.start();
     tokio::time::timeout(Duration::from_secs(2), listener).await.expect("listener stops").expect("listener task");
     let refused = tokio::net::TcpStream::connect(addr).await;
@@ -805,6 +815,13 @@ async fn drain_finishes_in_flight_requests_and_refuses_new_connections() {
         "connect after drain start: {refused:?}"
     );
     tokio::time::timeout(Duration::from_secs(2), idle_conn).await.expect("idle keep-alive connection closed").ok();
+    // C's request, written once the drain has closed A (so C's server side has seen the drain
+    // too), is still answered (and told to close).
+    let (mut late, late_conn) = hyper::client::conn::http1::handshake(TokioIo::new(fresh)).await.expect("handshake C");
+    tokio::spawn(late_conn);
+    let resp = late.send_request(request(false)).await.expect("C: answered, not closed unanswered");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers().get("connection").and_then(|v| v.to_str().ok()), Some("close"));
     release_all(&registry);
     let (status, close, body) = slow.await.expect("slow request task");
     assert_eq!(status, 200, "{body:?}");
