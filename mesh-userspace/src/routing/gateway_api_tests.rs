@@ -685,6 +685,8 @@ fn retry_backoff_and_backend_ref_mirror() {
     assert_eq!(retry_backoff(b, 2, 0.0), Duration::from_millis(200));
     assert_eq!(retry_backoff(b, 9, 0.99), Duration::from_millis(800).mul_f64(1.99));
     assert_eq!(retry_backoff(None, 1, 0.0), Duration::ZERO);
+    // A back-off that saturates stays at the maximum rather than panic in f64 rounding.
+    assert_eq!(retry_backoff(Some(Duration::MAX), 4, 1.0), Duration::MAX);
     assert_eq!(retry_backoff(None, 1, 1.0), Duration::from_millis(50));
 }
 

@@ -107,13 +107,19 @@ pub fn retry_backoff(backoff: Option<Duration>, attempt: u32, jitter: f64) -> Du
     match backoff {
         None => {
             let cap = Duration::from_millis(25u64 << attempt.min(4));
-            cap.mul_f64(jitter)
+            scaled(cap, jitter)
         }
         Some(base) => {
             let floor = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(3));
-            floor.saturating_add(floor.mul_f64(jitter))
+            floor.saturating_add(scaled(floor, jitter))
         }
     }
+}
+
+/// `d` × `f` for `f` in [0, 1], as `Duration::mul_f64` computes it but without its panic when a
+/// configured back-off saturated near `Duration::MAX` rounds past it in f64.
+fn scaled(d: Duration, f: f64) -> Duration {
+    Duration::try_from_secs_f64(d.as_secs_f64() * f).unwrap_or(d)
 }
 
 /// What a consistent-hash load balancer hashes (`consistentHash`).
