@@ -266,7 +266,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
                 replace_programs = true;
                 MeshEbpf::adopt(maps, links, &args.cgroup_root)?
             } else {
-                let migrated = migrate_and_take_over(&args, &maps, &links, r.map_layout);
+                let migrated = migrate_and_take_over(&args, pins.as_ref(), &maps, &links, r.map_layout);
                 // Its pins go either way: its links are ours now (pinned below under our
                 // layout), or it holds them itself until it exits.
                 if let Some(p) = &pins {
@@ -946,13 +946,13 @@ fn became_ready(
 /// [`MeshEbpf::migrate_and_take_over`]).
 fn migrate_and_take_over(
     args: &AgentArgs,
+    pins: Option<&ebpf_pin::PinDir>,
     maps: &std::collections::HashMap<String, OwnedFd>,
     links: &[(String, OwnedFd)],
     theirs: u32,
 ) -> Result<MeshEbpf> {
     let object = ebpf::find_object(args.ebpf_object.as_deref())?;
-    let pins = args.bpf_pin_dir.as_deref().map(|d| ebpf_pin::PinDir::open(d, args.map_layout())).transpose()?;
-    let scratch = ebpf_pin::scratch_root(pins.as_ref());
+    let scratch = ebpf_pin::scratch_root(pins);
     Ok(MeshEbpf::migrate_and_take_over(
         &object,
         maps,
@@ -1015,7 +1015,7 @@ fn readopt_pinned(args: &AgentArgs, pins: &ebpf_pin::PinDir) -> Result<Option<(M
         let Some((maps, links)) = pins.load_layout(layout, &names, &ebpf::LINKED_PROGRAMS)? else { continue };
         let adopted = match layout == ours {
             true => MeshEbpf::adopt(maps, links, &args.cgroup_root).map_err(anyhow::Error::from),
-            false => migrate_and_take_over(args, &maps, &links, layout),
+            false => migrate_and_take_over(args, Some(pins), &maps, &links, layout),
         };
         match adopted {
             Ok(b) => {

@@ -1,13 +1,15 @@
 //! Loads the mesh's eBPF programs, attaches them to the cgroup v2 hierarchy and owns their maps.
 //!
-//! Programs are attached with BPF links (not legacy `BPF_PROG_ATTACH`) and never pinned: the
-//! kernel detaches them when the last link fd closes, so an agent that crashes or is killed
-//! leaves nothing attached. `Drop` detaches explicitly on a clean exit as well.
+//! Programs are attached with BPF links (not legacy `BPF_PROG_ATTACH`), pinned only with
+//! `--bpf-pin-dir` (`ebpf_pin`): otherwise the kernel detaches them when the last link fd closes,
+//! so an agent that crashes or is killed leaves nothing attached. `Drop` detaches explicitly on a
+//! clean exit as well.
 //!
 //! A successor agent takes the link and map descriptors over (see `handover`): the same links
-//! stay attached and the same maps keep the enrollments, VIPs and original destinations, so the
-//! kernel side never changes during a handover. The links are created here with
-//! `BPF_LINK_CREATE` directly because aya does not give out a link's descriptor.
+//! stay attached and the same maps keep the enrollments, VIPs and original destinations; it then
+//! swaps its own programs in behind those links (`BPF_LINK_UPDATE`), on the same maps or, across
+//! a layout change, on maps the old entries were migrated into (`ebpf_upgrade`). The links are
+//! created here with `BPF_LINK_CREATE` directly because aya does not give out a link's descriptor.
 use std::{
     collections::HashMap,
     fs::File,
@@ -346,12 +348,60 @@ fn load_programs(bpf: &mut Ebpf) -> Result<Vec<(&'static str, u32, OwnedFd)>, Eb
 
 /// A duplicate descriptor of map `name` that `bpf` still holds (one the agent does not take).
 fn held_map_fd(bpf: &Ebpf, name: &'static str) -> Result<OwnedFd, EbpfError> {
-    match bpf.map(name).ok_or(EbpfError::NoMap(name))? {
+    map_fd(name, bpf.map(name).ok_or(EbpfError::NoMap(name))?)
+}
+
+/// A duplicate descriptor of `map` (one of the kinds the mesh uses).
+fn map_fd(name: &'static str, map: &Map) -> Result<OwnedFd, EbpfError> {
+    match map {
         Map::HashMap(d) | Map::LruHashMap(d) | Map::PerCpuArray(d) | Map::Array(d) => {
             d.fd().as_fd().try_clone_to_owned().map_err(EbpfError::Dup)
         }
         _ => Err(EbpfError::NoMap(name)),
     }
+}
+
+/// Loads `object` with the maps in `shared` reused instead of created: pinned for a moment in
+/// `scratch` (a bpffs directory) for aya's `EbpfLoader::map_pin_path`, unpinned once loaded.
+/// Without a scratch directory every map is created anew.
+fn load_sharing(object: &Path, scratch: Option<&Path>, shared: &HashMap<String, OwnedFd>) -> Result<Ebpf, EbpfError> {
+    let share = match scratch {
+        Some(dir) if !shared.is_empty() => Some(crate::ebpf_pin::Scratch::pin(dir, shared)?),
+        _ => None,
+    };
+    let mut loader = EbpfLoader::new();
+    if let Some(share) = &share {
+        for name in SHARED_MAPS.iter().filter(|n| shared.contains_key(**n)) {
+            loader.map_pin_path(name, share.path(name));
+        }
+    }
+    let loaded = loader.load_file(object);
+    // The loader holds descriptors now; the pins were only its way to find the maps.
+    drop(share);
+    loaded.map_err(|source| EbpfError::Load { path: object.to_path_buf(), source: source.into() })
+}
+
+/// Fails unless the maps `bpf` holds under `names` are the very maps of `theirs` (the loader
+/// reused the pinned ones rather than creating its own).
+fn check_shared(theirs: &HashMap<String, OwnedFd>, bpf: &Ebpf, names: &[&'static str]) -> Result<(), EbpfError> {
+    for name in names {
+        let (old, new) = (map_id_of_fd(&theirs[*name])?, map_id_of_fd(&held_map_fd(bpf, name)?)?);
+        if old != new {
+            return Err(EbpfError::NotShared { name, old, new });
+        }
+    }
+    Ok(())
+}
+
+/// Makes each of `links` run the program of the same name in `progs` (`BPF_LINK_UPDATE`,
+/// atomic per link).
+fn swap_programs(links: &[(String, OwnedFd)], progs: &[(&'static str, u32, OwnedFd)]) -> Result<(), EbpfError> {
+    for (name, _, prog) in progs {
+        let (_, link) = links.iter().find(|(l, _)| l == name).ok_or(EbpfError::AdoptMissing(name))?;
+        crate::ebpf_upgrade::link_update(link.as_fd(), prog.as_fd())
+            .map_err(|source| EbpfError::LinkUpdate { name, source })?;
+    }
+    Ok(())
 }
 
 impl MeshEbpf {
@@ -405,27 +455,10 @@ impl MeshEbpf {
         if let Some(missing) = SHARED_MAPS.iter().find(|m| !maps.contains_key(**m)) {
             return Err(EbpfError::AdoptMissing(missing));
         }
-        let share = crate::ebpf_pin::Scratch::pin(scratch, &maps)?;
-        let mut loader = EbpfLoader::new();
-        for name in SHARED_MAPS {
-            loader.map_pin_path(name, share.path(name));
-        }
-        let loaded = loader.load_file(object);
-        // The loader holds descriptors now; the pins were only its way to find the maps.
-        drop(share);
-        let mut bpf = loaded.map_err(|source| EbpfError::Load { path: object.to_path_buf(), source: source.into() })?;
+        let mut bpf = load_sharing(object, Some(scratch), &maps)?;
         let progs = load_programs(&mut bpf)?;
-        for name in SHARED_MAPS {
-            let (old, new) = (map_id_of_fd(&maps[name])?, map_id_of_fd(&held_map_fd(&bpf, name)?)?);
-            if old != new {
-                return Err(EbpfError::NotShared { name, old, new });
-            }
-        }
-        for (name, _, prog) in &progs {
-            let (_, link) = self.links.iter().find(|(l, _)| l == name).ok_or(EbpfError::AdoptMissing(name))?;
-            crate::ebpf_upgrade::link_update(link.as_fd(), prog.as_fd())
-                .map_err(|source| EbpfError::LinkUpdate { name, source })?;
-        }
+        check_shared(&maps, &bpf, &SHARED_MAPS)?;
+        swap_programs(&self.links, &progs)?;
         let logger = EbpfLogger::init_with_logger(&mut bpf, Forwarder { names: self.names.clone() })?;
         *lock(&self.logger) = Some(logger);
         *lock(&self.bpf) = Some(bpf);
@@ -461,33 +494,13 @@ impl MeshEbpf {
                 .collect::<Result<_, EbpfError>>()?,
             None => HashMap::new(),
         };
-        let share = match scratch {
-            Some(dir) if !unchanged.is_empty() => Some(crate::ebpf_pin::Scratch::pin(dir, &unchanged)?),
-            _ => None,
-        };
-        let mut loader = EbpfLoader::new();
-        if let Some(share) = &share {
-            for name in SHARED_MAPS.iter().filter(|n| unchanged.contains_key(**n)) {
-                loader.map_pin_path(name, share.path(name));
-            }
-        }
-        let loaded = loader.load_file(object);
-        drop(share);
-        let mut bpf = loaded.map_err(|source| EbpfError::Load { path: object.to_path_buf(), source: source.into() })?;
+        let mut bpf = load_sharing(object, scratch, &unchanged)?;
         let progs = load_programs(&mut bpf)?;
-        let copied: Vec<&'static str> = SHARED_MAPS.into_iter().filter(|n| !unchanged.contains_key(*n)).collect();
-        for name in SHARED_MAPS.iter().filter(|n| unchanged.contains_key(**n)) {
-            let (old, new) = (map_id_of_fd(&unchanged[*name])?, map_id_of_fd(&held_map_fd(&bpf, name)?)?);
-            if old != new {
-                return Err(EbpfError::NotShared { name, old, new });
-            }
-        }
+        let (shared, copied): (Vec<&'static str>, Vec<&'static str>) =
+            SHARED_MAPS.into_iter().partition(|n| unchanged.contains_key(*n));
+        check_shared(&unchanged, &bpf, &shared)?;
         Self::migrate_from(theirs, maps, &bpf, &copied)?;
-        for (name, _, prog) in &progs {
-            let (_, link) = links.iter().find(|(l, _)| l == name).ok_or(EbpfError::AdoptMissing(name))?;
-            crate::ebpf_upgrade::link_update(link.as_fd(), prog.as_fd())
-                .map_err(|source| EbpfError::LinkUpdate { name, source })?;
-        }
+        swap_programs(links, &progs)?;
         // What the predecessor's programs recorded between the copy and the swap.
         let again: Vec<&'static str> =
             [MAP_ORIG_BY_COOKIE, MAP_ORIG_BY_TUPLE].into_iter().filter(|n| copied.contains(n)).collect();
@@ -500,7 +513,7 @@ impl MeshEbpf {
         tracing::info!(
             object = %object.display(),
             from_layout = theirs,
-            shared = ?unchanged.keys().collect::<Vec<_>>(),
+            shared = ?shared,
             copied = ?copied,
             "this agent's eBPF programs now run behind the links of a predecessor of another map layout (BPF_LINK_UPDATE)"
         );
@@ -527,8 +540,9 @@ impl MeshEbpf {
         Ok(())
     }
 
-    /// Takes over a predecessor's maps and links (descriptors received in a handover): nothing
-    /// is loaded or attached, the kernel keeps running the same programs on the same maps.
+    /// Takes over a predecessor's maps and links (descriptors received in a handover, or pinned):
+    /// nothing is loaded or attached, the kernel keeps running the same programs on the same maps
+    /// until [`MeshEbpf::replace_programs`] swaps this agent's in.
     pub fn adopt(
         mut maps: HashMap<String, OwnedFd>,
         links: Vec<(String, OwnedFd)>,
@@ -565,11 +579,7 @@ impl MeshEbpf {
     ) -> Result<MeshEbpf, EbpfError> {
         let mut map_fds = Vec::new();
         for (name, map) in &maps {
-            let data = match map {
-                Map::HashMap(d) | Map::LruHashMap(d) | Map::PerCpuArray(d) | Map::Array(d) => d,
-                _ => return Err(EbpfError::NoMap(name)),
-            };
-            map_fds.push((name.to_string(), data.fd().as_fd().try_clone_to_owned().map_err(EbpfError::Dup)?));
+            map_fds.push((name.to_string(), map_fd(name, map)?));
         }
         let mut take = |name: &'static str| maps.remove(name).ok_or(EbpfError::NoMap(name));
         let enrolled = hash(MAP_ENROLLED, take(MAP_ENROLLED)?)?;

@@ -220,10 +220,7 @@ impl Scratch {
         let dir = root.join(format!("mesh-handover-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let me = Scratch { dir };
-        for (name, fd) in maps {
-            let path = me.path(name);
-            obj_pin(std::os::fd::AsFd::as_fd(fd), &path).map_err(io_err(&path))?;
-        }
+        pin_each(&me.dir, "map", maps)?;
         Ok(me)
     }
 
@@ -235,12 +232,7 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        if let Ok(entries) = std::fs::read_dir(&self.dir) {
-            for e in entries.flatten() {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-        let _ = std::fs::remove_dir(&self.dir);
+        remove_pins(&self.dir, false);
     }
 }
 
@@ -249,13 +241,8 @@ impl PinDir {
     pub fn pin(&self, maps: &[(String, OwnedFd)], links: &[(String, OwnedFd)]) -> Result<(), PinError> {
         let dir = self.layout_dir();
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        for (kind, items) in [("map", maps), ("link", links)] {
-            for (name, fd) in items {
-                let path = dir.join(format!("{kind}-{name}"));
-                obj_pin(std::os::fd::AsFd::as_fd(fd), &path).map_err(io_err(&path))?;
-            }
-        }
-        Ok(())
+        pin_each(&dir, "map", maps.iter().map(|(n, fd)| (n, fd)))?;
+        pin_each(&dir, "link", links.iter().map(|(n, fd)| (n, fd)))
     }
 
     /// The maps and links a previous agent of this layout left pinned, if it left a complete
@@ -290,7 +277,7 @@ impl PinDir {
         }
         if !missing.is_empty() {
             tracing::warn!(dir = %dir.display(), missing = ?missing, "incomplete pinned eBPF state: detaching and removing it");
-            self.remove_dir(&dir, true);
+            remove_pins(&dir, true);
             return Ok(None);
         }
         Ok(Some((found_maps, found_links)))
@@ -305,29 +292,44 @@ impl PinDir {
             let path = e.path();
             if path != ours && e.file_name().to_string_lossy().starts_with("layout-") {
                 tracing::warn!(dir = %path.display(), detach, "removing eBPF state pinned by another agent version");
-                self.remove_dir(&path, detach);
+                remove_pins(&path, detach);
             }
         }
     }
 
     /// Removes this layout's pins (the agent stops with no successor).
     pub fn remove(&self) {
-        self.remove_dir(&self.layout_dir(), false);
+        remove_pins(&self.layout_dir(), false);
     }
+}
 
-    fn remove_dir(&self, dir: &Path, detach: bool) {
-        let Ok(entries) = std::fs::read_dir(dir) else { return };
-        for e in entries.flatten() {
-            let path = e.path();
-            if detach && e.file_name().to_string_lossy().starts_with("link-") {
-                if let Err(err) = obj_get(&path).and_then(|fd| link_detach(std::os::fd::AsFd::as_fd(&fd))) {
-                    tracing::warn!(pin = %path.display(), error = %err, "cannot detach a pinned link");
-                }
-            }
-            if let Err(err) = std::fs::remove_file(&path) {
-                tracing::warn!(pin = %path.display(), error = %err, "cannot remove a pin");
+/// Pins each descriptor at `dir/<kind>-<name>`, the names [`PinDir`] and [`Scratch`] read back.
+fn pin_each<'a>(
+    dir: &Path,
+    kind: &str,
+    items: impl IntoIterator<Item = (&'a String, &'a OwnedFd)>,
+) -> Result<(), PinError> {
+    for (name, fd) in items {
+        let path = dir.join(format!("{kind}-{name}"));
+        obj_pin(std::os::fd::AsFd::as_fd(fd), &path).map_err(io_err(&path))?;
+    }
+    Ok(())
+}
+
+/// Removes every pin in `dir` and `dir` itself; with `detach`, nobody holds the pinned links any
+/// more, so they are detached first.
+fn remove_pins(dir: &Path, detach: bool) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let path = e.path();
+        if detach && e.file_name().to_string_lossy().starts_with("link-") {
+            if let Err(err) = obj_get(&path).and_then(|fd| link_detach(std::os::fd::AsFd::as_fd(&fd))) {
+                tracing::warn!(pin = %path.display(), error = %err, "cannot detach a pinned link");
             }
         }
-        let _ = std::fs::remove_dir(dir);
+        if let Err(err) = std::fs::remove_file(&path) {
+            tracing::warn!(pin = %path.display(), error = %err, "cannot remove a pin");
+        }
     }
+    let _ = std::fs::remove_dir(dir);
 }

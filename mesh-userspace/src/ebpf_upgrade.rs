@@ -166,11 +166,12 @@ impl<'a> RawMap<'a> {
         format!("(type {}, key {} B, value {} B)", self.map_type, self.key_size, self.value_size)
     }
 
-    fn elem(&self, key: &[u8], value: *const u8, flags: u64) -> ElemAttr {
+    /// The attr of an element command; a null `key` asks GET_NEXT_KEY for the first key.
+    fn elem(&self, key: *const u8, value: *const u8, flags: u64) -> ElemAttr {
         ElemAttr {
             map_fd: self.fd.as_raw_fd() as u32,
             _pad: 0,
-            key: key.as_ptr() as u64,
+            key: key as u64,
             value: value as u64,
             flags,
             _rest: [0; 4],
@@ -184,22 +185,14 @@ impl<'a> RawMap<'a> {
         let mut key: Option<Vec<u8>> = None;
         let mut next = vec![0u8; self.key_size];
         loop {
-            // A null key asks for the first one.
-            let attr = ElemAttr {
-                map_fd: self.fd.as_raw_fd() as u32,
-                _pad: 0,
-                key: key.as_ref().map_or(0, |k| k.as_ptr() as u64),
-                value: next.as_mut_ptr() as u64,
-                flags: 0,
-                _rest: [0; 4],
-            };
+            let attr = self.elem(key.as_ref().map_or(std::ptr::null(), |k| k.as_ptr()), next.as_mut_ptr(), 0);
             match sys_bpf(BPF_MAP_GET_NEXT_KEY, &attr) {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
                 Err(e) => return Err(e),
             }
             let mut value = vec![0u8; self.value_len];
-            match sys_bpf(BPF_MAP_LOOKUP_ELEM, &self.elem(&next, value.as_mut_ptr(), 0)) {
+            match sys_bpf(BPF_MAP_LOOKUP_ELEM, &self.elem(next.as_ptr(), value.as_mut_ptr(), 0)) {
                 Ok(_) => out.push((next.clone(), value)),
                 // Evicted or deleted between the two calls.
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
@@ -216,7 +209,7 @@ impl<'a> RawMap<'a> {
 
     fn update(&self, key: &[u8], value: &[u8]) -> io::Result<()> {
         // BPF_ANY: create or replace.
-        sys_bpf(BPF_MAP_UPDATE_ELEM, &self.elem(key, value.as_ptr(), 0)).map(drop)
+        sys_bpf(BPF_MAP_UPDATE_ELEM, &self.elem(key.as_ptr(), value.as_ptr(), 0)).map(drop)
     }
 }
 

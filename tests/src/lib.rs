@@ -358,6 +358,15 @@ pub fn programs_attached_by_agent(before: &std::collections::BTreeSet<u32>) -> R
     Ok(ours)
 }
 
+/// Removes a directory tree (a bpffs pin directory of a test) however the test ends.
+pub struct RemoveOnDrop(pub std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// bpftool's JSON output (`bpftool -j ARGS`).
 pub fn bpftool_json(args: &str) -> anyhow::Result<serde_json::Value> {
     Ok(serde_json::from_str(&must(&format!("bpftool -j {args}"))?)?)

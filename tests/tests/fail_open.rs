@@ -219,14 +219,8 @@ fn pinned_state_outlives_a_killed_agent_and_is_readopted() -> anyhow::Result<()>
     std::fs::write(&reg_file, format!("{registry}{leaver}"))?;
     let pins = std::path::PathBuf::from("/sys/fs/bpf/mesh-e2e-fp");
     let _ = std::fs::remove_dir_all(&pins);
-    /// Removes the pins however the test ends: with no pin and no agent, the links detach.
-    struct Unpin(std::path::PathBuf);
-    impl Drop for Unpin {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _unpin = Unpin(pins.clone());
+    // Removes the pins however the test ends: with no pin and no agent, the links detach.
+    let _unpin = RemoveOnDrop(pins.clone());
     let admin: SocketAddr = "127.0.0.1:15127".parse()?;
     let socket = node.dir.join("handover.sock");
     let agent = || {

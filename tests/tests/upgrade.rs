@@ -266,13 +266,7 @@ fn handovers_under_load(
     std::fs::write(&reg_file, registry)?;
     let socket = node.dir.join("handover.sock");
     let pins = std::path::PathBuf::from(format!("/sys/fs/bpf/mesh-e2e-{name}"));
-    struct Unpin(std::path::PathBuf);
-    impl Drop for Unpin {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _unpin = Unpin(pins.clone());
+    let _unpin = RemoveOnDrop(pins.clone());
     let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
     let spawn_agent = |node: &mut Node, label: &str, extra: &[&str]| -> anyhow::Result<()> {
         node.spawn_host(

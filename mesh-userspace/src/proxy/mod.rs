@@ -497,6 +497,27 @@ type ServiceFuture = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<::http::Response<ProxyBody>, std::convert::Infallible>> + Send>,
 >;
 
+/// The per-request service `serve_http` builds, as its HTTP/1 and HTTP/2 halves take it.
+trait ConnService:
+    hyper::service::Service<
+    ::http::Request<hyper::body::Incoming>,
+    Response = ::http::Response<ProxyBody>,
+    Error = std::convert::Infallible,
+    Future = ServiceFuture,
+>
+{
+}
+
+impl<S> ConnService for S where
+    S: hyper::service::Service<
+        ::http::Request<hyper::body::Incoming>,
+        Response = ::http::Response<ProxyBody>,
+        Error = std::convert::Infallible,
+        Future = ServiceFuture,
+    >
+{
+}
+
 /// Serves HTTP/1 and HTTP/2 (h2c) on one accepted connection, each request through
 /// [`http::handle`], until the client closes, a limit ends it, or the drain closes it gracefully.
 pub async fn serve_http(state: Arc<ProxyState>, source: Source, entry: Entry, stream: TcpStream) {
@@ -574,14 +595,7 @@ async fn serve_http2<S>(
     svc: S,
     src: &str,
 ) where
-    S: hyper::service::Service<
-            ::http::Request<hyper::body::Incoming>,
-            Response = ::http::Response<ProxyBody>,
-            Error = std::convert::Infallible,
-            Future = ServiceFuture,
-        > + Clone
-        + Send
-        + 'static,
+    S: ConnService + Clone + Send + 'static,
 {
     let limits = &state.limits;
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -687,12 +701,7 @@ async fn serve_http1<S>(
     src: &str,
     source_for_refusals: &Source,
 ) where
-    S: hyper::service::Service<
-            ::http::Request<hyper::body::Incoming>,
-            Response = ::http::Response<ProxyBody>,
-            Error = std::convert::Infallible,
-            Future = ServiceFuture,
-        > + Unpin,
+    S: ConnService + Unpin,
 {
     let limits = &state.limits;
     let mut h1 = hyper::server::conn::http1::Builder::new();
