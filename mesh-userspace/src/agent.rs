@@ -1310,6 +1310,7 @@ mod tests {
                 service("kubernetes", [10, 96, 0, 1], &[], None),
             ],
             workloads: Vec::new(),
+            ..Default::default()
         };
         let m = service_map(&standalone);
         assert!(m.contains_key(&key([10, 96, 0, 5])));
@@ -1320,6 +1321,7 @@ mod tests {
         let kubernetes_mode = Registry {
             services: vec![service("kubernetes", [10, 96, 0, 1], &[], Some(Default::default()))],
             workloads: Vec::new(),
+            ..Default::default()
         };
         assert!(service_map(&kubernetes_mode).contains_key(&key([10, 96, 0, 1])));
     }

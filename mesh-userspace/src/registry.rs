@@ -217,10 +217,44 @@ pub struct Endpoint {
     pub addr: SocketAddr,
 }
 
+/// Every service and workload the agent knows, from the registry files or the API server.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Registry {
+    /// Services, in the order their source listed them.
     pub services: Vec<Arc<Service>>,
+    /// Pods, in the order their source listed them.
     pub workloads: Vec<Arc<Workload>>,
+    /// (VIP, port) → index into `services`, built on the first lookup: the proxy looks a VIP up
+    /// for every connection it accepts, and a scan would cost a comparison per service.
+    pub vip_index: VipIndex,
+}
+
+/// The VIP index of a [`Registry`]. It belongs to one `services` list: it remembers how many
+/// services it indexed, and a registry changed after its first lookup is scanned instead (the
+/// loaders push services before anyone looks one up, so that is never the fast path's case).
+#[derive(Default)]
+pub struct VipIndex(std::sync::OnceLock<(usize, HashMap<(Ipv4Addr, u16), usize>)>);
+
+impl Clone for VipIndex {
+    /// A clone starts without an index: the clone's services may be changed before its first lookup.
+    fn clone(&self) -> Self {
+        VipIndex::default()
+    }
+}
+
+impl PartialEq for VipIndex {
+    /// A cache: two registries with the same services are equal whether or not one was indexed.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for VipIndex {}
+
+impl std::fmt::Debug for VipIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("VipIndex")
+    }
 }
 
 impl Registry {
@@ -237,8 +271,28 @@ impl Registry {
         self.services.iter().find(|s| s.name == name && s.namespace == ns)
     }
 
+    /// Builds a registry (its VIP index is built on the first lookup).
+    pub fn new(services: Vec<Arc<Service>>, workloads: Vec<Arc<Workload>>) -> Registry {
+        Registry { services, workloads, vip_index: VipIndex::default() }
+    }
+
+    /// The service a connection to `ip:port` was meant for: the one whose ClusterIP is `ip` and
+    /// that has `port` (the first one listed when two claim it, as a scan would find).
     pub fn service_by_vip(&self, ip: Ipv4Addr, port: u16) -> Option<&Arc<Service>> {
-        self.services.iter().find(|s| s.cluster_ip == Some(ip) && s.port(port).is_some())
+        let (indexed, index) = self.vip_index.0.get_or_init(|| {
+            let mut index = HashMap::new();
+            for (i, s) in self.services.iter().enumerate() {
+                let Some(vip) = s.cluster_ip else { continue };
+                for p in &s.ports {
+                    index.entry((vip, p.port)).or_insert(i);
+                }
+            }
+            (self.services.len(), index)
+        });
+        if *indexed != self.services.len() {
+            return self.services.iter().find(|s| s.cluster_ip == Some(ip) && s.port(port).is_some());
+        }
+        self.services.get(*index.get(&(ip, port))?)
     }
 
     pub fn workload_by_name(&self, namespace: &str, name: &str) -> Option<&Arc<Workload>> {
@@ -570,6 +624,45 @@ metadata:
   labels: {app: ratings, version: v1}
 status: {podIP: 10.244.0.12}
 "#;
+
+    #[test]
+    fn service_by_vip_uses_the_index_and_agrees_with_a_scan() {
+        let mut reg = Registry::default();
+        let extra = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: details, namespace: default}
+spec:
+  clusterIP: 10.96.0.21
+  selector: {app: details}
+  ports: [{name: http, port: 9080}, {name: admin, port: 15000}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: details-alias, namespace: default}
+spec:
+  clusterIP: 10.96.0.21
+  selector: {app: details}
+  ports: [{name: http, port: 9080}, {name: grpc, port: 9090}]
+"#;
+        reg.add_yaml(Path::new("r.yaml"), YAML).expect("registry");
+        reg.add_yaml(Path::new("x.yaml"), extra).expect("registry");
+        let vip = |s: &str| s.parse::<Ipv4Addr>().expect("ip");
+        let name = |r: &Registry, ip: &str, port: u16| r.service_by_vip(vip(ip), port).map(|s| s.name.clone());
+        assert_eq!(name(&reg, "10.96.0.20", 9080).as_deref(), Some("reviews"));
+        // Two services on one VIP: the port tells them apart; a shared port goes to the first listed.
+        assert_eq!(name(&reg, "10.96.0.21", 15000).as_deref(), Some("details"));
+        assert_eq!(name(&reg, "10.96.0.21", 9090).as_deref(), Some("details-alias"));
+        assert_eq!(name(&reg, "10.96.0.21", 9080).as_deref(), Some("details"));
+        assert_eq!(name(&reg, "10.96.0.20", 9090), None);
+        assert_eq!(name(&reg, "10.96.0.99", 9080), None);
+        assert!(reg.vip_index.0.get().is_some(), "the lookups went through the index");
+        // A registry changed after its first lookup is scanned, never answered from a stale index.
+        let more = extra.replace("details-alias", "late").replace("10.96.0.21", "10.96.0.22");
+        reg.add_yaml(Path::new("y.yaml"), &more).expect("registry");
+        assert_eq!(name(&reg, "10.96.0.22", 9090).as_deref(), Some("late"));
+        assert_eq!(name(&reg.clone(), "10.96.0.22", 15000).as_deref(), Some("details"));
+    }
 
     #[test]
     fn endpoints_follow_selector_and_namespace() {

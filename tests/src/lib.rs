@@ -25,6 +25,12 @@ pub const CGROUP2_ROOT: &str = "/sys/fs/cgroup/unified";
 /// Service VIPs live here; pods blackhole it so only the mesh redirect can reach a VIP.
 pub const VIP_RANGE: &str = "10.96.0.0/12";
 
+/// The eBPF object the agents under test load: `$MESH_EBPF_OBJECT` (xtask sets it), else the one
+/// `cargo xtask build-ebpf` writes.
+pub fn ebpf_object() -> PathBuf {
+    std::env::var_os("MESH_EBPF_OBJECT").map(PathBuf::from).unwrap_or_else(|| workspace().join("target/mesh-ebpf.o"))
+}
+
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
@@ -70,9 +76,7 @@ pub fn ebpf_unavailable() -> Option<String> {
     if !bin("mesh").is_file() {
         return Some(format!("{} is not built: run `cargo xtask test`", bin("mesh").display()));
     }
-    let obj = std::env::var_os("MESH_EBPF_OBJECT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target/mesh-ebpf.o"));
+    let obj = ebpf_object();
     if !obj.is_file() {
         return Some(format!("{} is not built: run `cargo xtask build-ebpf`", obj.display()));
     }

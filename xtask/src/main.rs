@@ -207,7 +207,7 @@ fn build_ebpf() -> Result<PathBuf> {
     let root = root();
     let target_dir = root.join("target/ebpf");
     let built = target_dir.join("bpfel-unknown-none/release/mesh-ebpf");
-    let dest = root.join("target/mesh-ebpf.o");
+    let dest = root.join(EBPF_OBJECT);
     std::fs::copy(&built, &dest).with_context(|| format!("copy {} to {}", built.display(), dest.display()))?;
     Ok(dest)
 }
@@ -590,7 +590,7 @@ fn test(args: &[String]) -> Result<()> {
             .args(["test", "--release", "-p", E2E_PACKAGE, "--all-targets", "--no-fail-fast"])
             .args(args)
             .env("RUST_TEST_THREADS", "1")
-            .env("MESH_EBPF_OBJECT", root.join("target/mesh-ebpf.o"))
+            .env("MESH_EBPF_OBJECT", root.join(EBPF_OBJECT))
             .env(SKIP_LOG_ENV, &skip_log),
         &mut totals,
     )?;
@@ -614,6 +614,9 @@ fn test(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Where `build-ebpf` writes the eBPF object, relative to the workspace; the agent, the e2e tests
+/// and the bench look for it there when `$MESH_EBPF_OBJECT` is not set.
+const EBPF_OBJECT: &str = "target/mesh-ebpf.o";
 /// The package holding the kernel end-to-end tests (tests/).
 const E2E_PACKAGE: &str = "mesh-e2e";
 /// Read by `mesh_e2e::require_ebpf`: where a skipped e2e test writes its name and reason.
@@ -626,7 +629,7 @@ fn demo(args: &[String]) -> Result<()> {
     build_userspace()?;
     run(Command::new(root().join("target/release/bookinfo-demo"))
         .args(args)
-        .env("MESH_EBPF_OBJECT", root().join("target/mesh-ebpf.o"))
+        .env("MESH_EBPF_OBJECT", root().join(EBPF_OBJECT))
         .current_dir(root()))
 }
 
@@ -637,7 +640,7 @@ fn bench(args: &[String]) -> Result<()> {
     build_userspace()?;
     run(Command::new(root().join("target/release/mesh-bench"))
         .args(args)
-        .env("MESH_EBPF_OBJECT", root().join("target/mesh-ebpf.o"))
+        .env("MESH_EBPF_OBJECT", root().join(EBPF_OBJECT))
         .current_dir(root()))
 }
 

@@ -183,7 +183,7 @@ pub fn build_registry(state: &ClusterState, node: &str) -> (Registry, Vec<LocalP
         }
         workloads.push(Arc::new(w));
     }
-    (Registry { services, workloads }, local)
+    (Registry::new(services, workloads), local)
 }
 
 /// Fills in the cgroup and netns of this node's pods to enroll; returns those that could not be

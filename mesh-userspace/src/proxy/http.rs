@@ -1,7 +1,6 @@
 //! L7 request handling: route, fault, retries/timeouts, header rules, mirroring, forwarding.
 use std::{
     convert::Infallible,
-    hash::{Hash, Hasher},
     net::SocketAddr,
     sync::Arc,
     time::Duration,
@@ -789,11 +788,14 @@ impl Failure {
     }
 }
 
-fn hash_key(lb: &LbPolicy, headers: &HeaderMap, query: Option<&str>, peer: Option<SocketAddr>) -> Option<u64> {
+/// The consistent-hash key of a request: xxHash64 (seed 0) of the configured header's value,
+/// cookie value, source IP octets or query parameter value, as Envoy hashes them — a specified
+/// function, so every agent build of a rollout agrees on it.
+pub(crate) fn hash_key(lb: &LbPolicy, headers: &HeaderMap, query: Option<&str>, peer: Option<SocketAddr>) -> Option<u64> {
     let LbPolicy::ConsistentHash(on) = lb else { return None };
-    let mut s = std::collections::hash_map::DefaultHasher::new();
+    let xxh64 = |bytes: &[u8]| twox_hash::XxHash64::oneshot(0, bytes);
     match on {
-        HashOn::Header(name) => headers.get(name.as_str())?.as_bytes().hash(&mut s),
+        HashOn::Header(name) => Some(xxh64(headers.get(name.as_str())?.as_bytes())),
         HashOn::Cookie { name, .. } => {
             let cookie = headers
                 .get_all(header::COOKIE)
@@ -802,14 +804,17 @@ fn hash_key(lb: &LbPolicy, headers: &HeaderMap, query: Option<&str>, peer: Optio
                 .flat_map(|v| v.split(';'))
                 .filter_map(|kv| kv.trim().split_once('='))
                 .find(|(k, _)| k == name)?;
-            cookie.1.hash(&mut s)
+            Some(xxh64(cookie.1.as_bytes()))
         }
-        HashOn::SourceIp => peer?.ip().hash(&mut s),
+        HashOn::SourceIp => Some(match peer?.ip() {
+            std::net::IpAddr::V4(ip) => xxh64(&ip.octets()),
+            std::net::IpAddr::V6(ip) => xxh64(&ip.octets()),
+        }),
         HashOn::QueryParameter(name) => {
-            query?.split('&').find_map(|kv| kv.split_once('=').filter(|(k, _)| k == name))?.1.hash(&mut s)
+            let value = query?.split('&').find_map(|kv| kv.split_once('=').filter(|(k, _)| k == name))?.1;
+            Some(xxh64(value.as_bytes()))
         }
     }
-    Some(s.finish())
 }
 
 fn spawn_mirror(

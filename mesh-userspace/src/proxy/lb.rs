@@ -3,7 +3,6 @@
 //! round-robin position, in-flight counts and ejections of endpoints that still exist.
 use std::{
     collections::HashMap,
-    hash::{Hash, Hasher},
     net::SocketAddr,
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering},
@@ -164,9 +163,7 @@ impl LoadBalancer {
                 candidates
                     .iter()
                     .max_by_key(|e| {
-                        let mut s = std::collections::hash_map::DefaultHasher::new();
-                        (h, e.addr).hash(&mut s);
-                        s.finish()
+                        rendezvous_weight(h, e.addr)
                     })
                     .copied()?
             }
@@ -251,6 +248,28 @@ pub const MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
 const EJECTION_CEILING: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// How long the `times`-th ejection lasts: baseEjectionTime × times, capped.
+/// An endpoint's rendezvous (highest random weight) score for a request's hash key: xxHash64
+/// (seed 0) of the key's 8 little-endian bytes, the endpoint's IP octets and its port's 2
+/// big-endian bytes. Specified bytes and a specified hash: agents of different builds pick the
+/// same endpoint for the same key.
+pub(crate) fn rendezvous_weight(key: u64, endpoint: SocketAddr) -> u64 {
+    let mut bytes = [0u8; 8 + 16 + 2];
+    bytes[..8].copy_from_slice(&key.to_le_bytes());
+    let ip_len = match endpoint.ip() {
+        std::net::IpAddr::V4(ip) => {
+            bytes[8..12].copy_from_slice(&ip.octets());
+            4
+        }
+        std::net::IpAddr::V6(ip) => {
+            bytes[8..24].copy_from_slice(&ip.octets());
+            16
+        }
+    };
+    let end = 8 + ip_len;
+    bytes[end..end + 2].copy_from_slice(&endpoint.port().to_be_bytes());
+    twox_hash::XxHash64::oneshot(0, &bytes[..end + 2])
+}
+
 fn ejection_time(base: Duration, times: u32) -> Duration {
     let cap = MAX_EJECTION_TIME.max(base).min(EJECTION_CEILING);
     base.checked_mul(times).map_or(cap, |t| t.min(cap))
@@ -451,6 +470,25 @@ mod tests {
         // An endpoint a retry already tried is skipped while another is left.
         let p = lb.pick(&c, None, &[addr(0), addr(1)]).expect("endpoint");
         assert_eq!(p.endpoint.addr, addr(2));
+    }
+
+    #[test]
+    fn consistent_hash_is_xxhash64_of_specified_bytes() {
+        // Known xxHash64 (seed 0) vectors, from the reference implementation (Python `xxhash`
+        // 3.x): a change of hash function or of the bytes hashed moves users between endpoints
+        // across a rollout, so it must fail here.
+        let xxh64 = |b: &[u8]| twox_hash::XxHash64::oneshot(0, b);
+        assert_eq!(xxh64(b""), 0xef46db3751d8e999);
+        assert_eq!(xxh64(b"abc"), 0x44bc2cf5ad770999);
+        let on_header = LbPolicy::ConsistentHash(HashOn::Header("end-user".into()));
+        let mut headers = http::HeaderMap::new();
+        headers.insert("end-user", http::HeaderValue::from_static("jason"));
+        assert_eq!(crate::proxy::http::hash_key(&on_header, &headers, None, None), Some(0xbae90e0841dcabff));
+        let on_query = LbPolicy::ConsistentHash(HashOn::QueryParameter("u".into()));
+        assert_eq!(crate::proxy::http::hash_key(&on_query, &headers, Some("x=1&u=abc"), None), Some(0x44bc2cf5ad770999));
+        // key 1 (LE) ++ 10.0.0.1 ++ port 9080 (BE) = 01 00.. 0a 00 00 01 23 78
+        let endpoint: SocketAddr = "10.0.0.1:9080".parse().expect("addr");
+        assert_eq!(rendezvous_weight(1, endpoint), 0xd67afe764e5998e1);
     }
 
     #[test]

@@ -174,6 +174,7 @@ async fn setup(fail_v1: usize) -> (Registry, Arc<Service>, Arc<Workload>, Arc<At
             workload("reviews-v2", &[("app", "reviews"), ("version", "v2")], a2.port()),
             client.clone(),
         ],
+        ..Default::default()
     };
     (registry, reviews, client, h1, h2)
 }
@@ -599,6 +600,7 @@ async fn greeter_proxy_state(protocol: AppProtocol, pool: &str) -> (SocketAddr, 
     let registry = Registry {
         services: vec![greeter.clone()],
         workloads: vec![workload("greeter-1", &[("app", "greeter")], backend.port()), client.clone()],
+        ..Default::default()
     };
     let dr = format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: greeter}}\nspec:\n  host: greeter\n  trafficPolicy:\n    connectionPool:\n      http: {pool}\n");
     let state = ProxyState::new(registry.clone(), table(&dr, &registry), Arc::new(NoOriginalDst));
@@ -716,6 +718,7 @@ async fn a_server_first_protocol_on_an_undeclared_port_falls_back_to_tcp() {
     let registry = Registry {
         services: vec![mail.clone()],
         workloads: vec![workload("mail-1", &[("app", "mail")], backend.port()), client.clone()],
+        ..Default::default()
     };
     let state = ProxyState::new(registry.clone(), table("", &registry), Arc::new(NoOriginalDst));
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind front");
@@ -1275,6 +1278,7 @@ async fn single_backend_proxy(
     let registry = Registry {
         services: vec![svc.clone()],
         workloads: vec![workload("web-1", &[("app", "web")], backend.port()), client.clone()],
+        ..Default::default()
     };
     let vs = format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: web}}\nspec:\n  hosts: [web]\n  http:\n  - route:\n    - destination: {{host: web}}\n    retries: {{attempts: {attempts}}}\n{extra}");
     let state = ProxyState::with_limits(registry.clone(), table(&vs, &registry), Arc::new(NoOriginalDst), limits);

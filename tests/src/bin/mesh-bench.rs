@@ -610,7 +610,7 @@ fn start_mesh(node: &mut Node, dir: &Path, extra: &[&str]) -> Result<Contender> 
             .env("MESH_WORKER_THREADS", "1")
             .env(
                 "MESH_EBPF_OBJECT",
-                std::env::var_os("MESH_EBPF_OBJECT").unwrap_or_else(|| workspace().join("target/mesh-ebpf.o").into()),
+                ebpf_object(),
             ),
     )?;
     wait_ready(admin, Duration::from_secs(30))
@@ -1497,8 +1497,7 @@ fn restart_cost(runs: usize) -> Result<RestartCost> {
                 .args(["--admin", ADMIN_RC, "--ingress-bind", "127.0.0.1"])
                 .env(
                     "MESH_EBPF_OBJECT",
-                    std::env::var_os("MESH_EBPF_OBJECT")
-                        .unwrap_or_else(|| workspace().join("target/mesh-ebpf.o").into()),
+                    ebpf_object(),
                 ),
         )?;
         // Polled every 25 ms: the figure is up to that much late, never early.
@@ -1566,8 +1565,7 @@ fn connection_disruption(restarts: usize) -> Result<Disruption> {
                 .arg(&socket)
                 .env(
                     "MESH_EBPF_OBJECT",
-                    std::env::var_os("MESH_EBPF_OBJECT")
-                        .unwrap_or_else(|| workspace().join("target/mesh-ebpf.o").into()),
+                    ebpf_object(),
                 ),
         )
     };
