@@ -233,7 +233,10 @@ pub struct Registry {
 /// services it indexed, and a registry changed after its first lookup is scanned instead (the
 /// loaders push services before anyone looks one up, so that is never the fast path's case).
 #[derive(Default)]
-pub struct VipIndex(std::sync::OnceLock<(usize, HashMap<(Ipv4Addr, u16), usize>)>);
+pub struct VipIndex(std::sync::OnceLock<(usize, VipMap)>);
+
+/// (VIP, port) → index into `Registry::services`.
+type VipMap = HashMap<(Ipv4Addr, u16), usize>;
 
 impl Clone for VipIndex {
     /// A clone starts without an index: the clone's services may be changed before its first lookup.

@@ -1,22 +1,17 @@
-//! L7 request handling: route, fault, retries/timeouts, header rules, mirroring, forwarding.
-use std::{
-    convert::Infallible,
-    net::SocketAddr,
-    sync::Arc,
-    time::Duration,
-};
+//! L7 request handling: the request's entry checks (source caps, head limits, hop-by-hop
+//! headers, request id), routing, and the reply for each routing decision; a routed request is
+//! forwarded by [`super::forward`]. Also the body types every request and response shares.
+use std::{convert::Infallible, sync::Arc};
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 use hyper::body::{Body as _, Incoming};
 use rand::Rng;
-// tokio's clock, as the timers it is compared with: a paused test clock then drives both.
-use tokio::time::Instant;
 
 use super::{telemetry::RequestRecord, ProxyState, Source};
 use crate::metrics::Flags;
-use crate::routing::{Context, Decision, Forward, HashOn, LbPolicy, RequestInfo, UpstreamProtocol};
+use crate::routing::{Context, Decision, RequestInfo};
 
 /// Errors of a body passing through the proxy: hyper's, or the proxy's own (a request body idle
 /// timeout), which hyper then turns into a reset of the stream it was sending. A concrete type,
@@ -77,7 +72,7 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(header::CONNECTION) {
         let listed: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -225,7 +220,7 @@ pub async fn handle(
         }
         Decision::Forward(fwd) => {
             rec.set_cluster(&fwd.cluster);
-            let forwarded = forward(&state, &source, *fwd, req, &mut rec, shed.clone());
+            let forwarded = super::forward::forward(&state, &source, *fwd, req, &mut rec, shed.clone());
             match &shed {
                 None => forwarded.await,
                 Some(t) => {
@@ -335,7 +330,7 @@ fn check_request_head<B>(limits: &super::Limits, req: &Request<B>) -> Option<Res
     None
 }
 
-enum ReqBody {
+pub(super) enum ReqBody {
     Buffered(Bytes),
     /// Streams through once; `.1` is set when the *client's* side of it failed (malformed chunk,
     /// client reset), so the upstream error that follows is not blamed on the endpoint.
@@ -348,7 +343,7 @@ type ClientBody = super::limits::IdleTimeoutBody<Incoming>;
 /// Why a request body could not be read from the client: the client's fault, never counted
 /// against an endpoint. 408 when it stopped arriving (the connection is closed: the rest of the
 /// body would otherwise be read as the next request), 400 when it was malformed or cut.
-fn downstream_body_error(e: &BodyError) -> Response<ProxyBody> {
+pub(super) fn downstream_body_error(e: &BodyError) -> Response<ProxyBody> {
     if let BodyError::IdleTimeout(_) = e {
         let mut r = local_reply(StatusCode::REQUEST_TIMEOUT, format!("request body timeout: {e}"));
         r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -358,10 +353,10 @@ fn downstream_body_error(e: &BodyError) -> Response<ProxyBody> {
 }
 
 /// A request body read as far as the proxy reads ahead.
-struct ReadBody {
-    body: ReqBody,
+pub(super) struct ReadBody {
+    pub(super) body: ReqBody,
     /// The source's buffered-body cap stopped the read-ahead: the body streams, not retried.
-    over_budget: bool,
+    pub(super) over_budget: bool,
 }
 
 /// Reads the request body before any endpoint is picked, up to `limit` bytes and as far as the
@@ -370,7 +365,7 @@ struct ReadBody {
 /// on with what was read so far in front. HTTP/2 bodies of unknown length (gRPC streams, which
 /// may wait for a response before sending more) stream at once; so does anything announcing
 /// more than `limit`.
-async fn read_body(
+pub(super) async fn read_body(
     body: ClientBody,
     limit: u64,
     http2: bool,
@@ -441,412 +436,4 @@ async fn read_body(
     let rest = http_body_util::BodyStream::new(body.map_err(mark));
     let stream = futures_util::StreamExt::chain(futures_util::stream::iter(head.into_iter().map(Ok)), rest);
     Ok(ReadBody { body: ReqBody::Streaming(http_body_util::StreamBody::new(stream).boxed(), failed), over_budget })
-}
-
-async fn forward(
-    state: &Arc<ProxyState>,
-    source: &Source,
-    fwd: Forward,
-    req: Request<Incoming>,
-    rec: &mut RequestRecord,
-    ticket: Option<Arc<super::limits::Ticket>>,
-) -> Response<ProxyBody> {
-    if let Some(delay) = fwd.fault.delay {
-        // Flagged before the wait: a client giving up during it is recorded as DI,DC.
-        rec.flag(Flags::DI);
-        tokio::time::sleep(delay).await;
-    }
-    if let Some(status) = fwd.fault.abort {
-        rec.flag(Flags::FI);
-        return local_reply(
-            StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
-            "fault filter abort",
-        );
-    }
-    let (mut parts, body) = req.into_parts();
-    // The body is read (ahead) before the cluster's circuit breakers are asked: a client that
-    // stalls its body holds its own caps, never a slot of the connection pool everyone shares.
-    let activity = super::limits::StreamActivity::new();
-    // Held until the request is forwarded: the source's read-ahead bytes are given back then.
-    let mut budget =
-        source.caps.as_ref().map_or_else(super::limits::BodyBudget::unlimited, |c| c.body_budget().for_ticket(ticket));
-    let ReadBody { body, over_budget } = if body.is_end_stream() {
-        // Most requests: nothing to wait for, no timer to set up.
-        ReadBody { body: ReqBody::Buffered(Bytes::new()), over_budget: false }
-    } else {
-        let on_timeout = {
-            let state = state.clone();
-            let workload = source.workload.clone();
-            move || {
-                let src = workload.as_ref().map_or("ingress", |w| w.name.as_str());
-                tracing::debug!(src = %src, "request body idle timeout");
-                state.metrics.inc(
-                    "mesh_downstream_timeouts_total",
-                    &[("source_workload", src), ("reason", "request_body_timeout")],
-                );
-            }
-        };
-        let timeout = state.limits.request_body_idle_timeout;
-        let body = super::limits::IdleTimeoutBody::new(body, activity.clone(), timeout, Box::new(on_timeout));
-        let http2 = parts.version == http::Version::HTTP_2;
-        match read_body(body, state.limits.max_buffered_body, http2, &mut budget).await {
-            Ok(b) => b,
-            Err(reply) => return reply,
-        }
-    };
-    if over_budget {
-        let src = source.workload.as_ref().map_or("ingress", |w| w.name.as_str());
-        state.metrics.inc("mesh_downstream_overflow_total", &[("source_workload", src), ("limit", "buffered_body")]);
-    }
-
-    let Some(_admitted) = state.lb.admit(&fwd.cluster) else {
-        rec.flag(Flags::UO);
-        state.metrics.inc("mesh_overflow_total", &[("cluster", &fwd.cluster.name)]);
-        let mut r = local_reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("upstream connect error or disconnect/reset before headers. reset reason: overflow ({} connection pool is full)", fwd.cluster.name),
-        );
-        r.headers_mut().insert("x-envoy-overloaded", HeaderValue::from_static("true"));
-        return r;
-    };
-    fwd.request_headers.apply(&mut parts.headers);
-
-    let mut path_and_query = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
-    if let Some(rw) = &fwd.rewrite {
-        if let Some(p) = rw.apply_path(parts.uri.path()) {
-            let query = parts.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
-            path_and_query = format!("{p}{query}");
-        }
-        if let Some(a) = &rw.authority {
-            if let Ok(v) = HeaderValue::from_str(a) {
-                parts.headers.insert(header::HOST, v);
-            }
-        }
-    }
-
-    if let ReqBody::Buffered(bytes) = &body {
-        for mirror in &fwd.mirrors {
-            spawn_mirror(state, mirror.clone(), &parts, &path_and_query, bytes.clone());
-        }
-    }
-
-    let hash = hash_key(&fwd.cluster.lb, &parts.headers, parts.uri.query(), source.peer);
-    // Durations are bounded at parse time, but a deadline past what the clock can hold is just
-    // no deadline, never a panic.
-    let deadline = fwd.timeout.and_then(|t| Instant::now().checked_add(t));
-    let max_attempts = match body {
-        ReqBody::Buffered(_) => 1 + fwd.retries.attempts,
-        ReqBody::Streaming(..) => 1,
-    };
-    let downstream_failed = match &body {
-        ReqBody::Streaming(_, failed) => Some(failed.clone()),
-        ReqBody::Buffered(_) => None,
-    };
-    if let ReqBody::Buffered(b) = &body {
-        rec.add_request_body(b.len());
-    }
-    let mut body = Some(body);
-    let mut tried: Vec<SocketAddr> = Vec::new();
-    let mut attempt = 0;
-    // The retry slot held while a retry is outstanding (connectionPool.http.maxRetries).
-    let mut retry_slot = None;
-    let (protocol, mut client) = state.upstream(&fwd.cluster, parts.version);
-    let mut fresh_retry_done = false;
-    loop {
-        attempt += 1;
-        let last = attempt >= max_attempts;
-        let Some(picked) = state.lb.pick(&fwd.cluster, hash, &tried) else {
-            rec.flag(Flags::UH);
-            return local_reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "no healthy upstream: {} has no endpoints (does any pod match its selector and subset labels?)",
-                    fwd.cluster.name
-                ),
-            );
-        };
-        tried.push(picked.endpoint.addr);
-        rec.set_endpoint(&fwd.cluster, picked.endpoint.addr);
-        let upstream_body = match body.as_mut() {
-            Some(ReqBody::Buffered(b)) => full(b.clone()),
-            Some(ReqBody::Streaming(..)) => match body.take() {
-                Some(ReqBody::Streaming(s, _)) => rec.count_streamed_body(s),
-                _ => empty(),
-            },
-            None => empty(),
-        };
-        let uri: Uri = match format!("http://{}{}", picked.endpoint.addr, path_and_query).parse() {
-            Ok(u) => u,
-            Err(e) => return local_reply(StatusCode::BAD_REQUEST, format!("invalid request path: {e}")),
-        };
-        let mut up = Request::new(upstream_body);
-        *up.method_mut() = parts.method.clone();
-        *up.uri_mut() = uri;
-        *up.headers_mut() = parts.headers.clone();
-        *up.version_mut() = protocol.version();
-        if protocol == UpstreamProtocol::Http1 && fwd.cluster.connection_pool.max_requests_per_connection == Some(1) {
-            // Istio's way of turning upstream keep-alive off.
-            up.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
-        }
-
-        let now = Instant::now();
-        let remaining = deadline.map(|d| d.saturating_duration_since(now));
-        let try_timeout = match (fwd.retries.per_try_timeout, remaining) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let result = match try_timeout {
-            Some(t) => match tokio::time::timeout(t, client.request(up)).await {
-                Ok(r) => r.map_err(Failure::from_client),
-                Err(_) => Err(Failure::Timeout),
-            },
-            None => client.request(up).await.map_err(Failure::from_client),
-        };
-        let deadline_passed = deadline.is_some_and(|d| Instant::now() >= d);
-        match result {
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                // An endpoint answering a body the client broke is not judged by that answer.
-                if downstream_failed.as_ref().is_none_or(|f| f.get().is_none()) && !activity.timed_out() {
-                    state.lb.report(&fwd.cluster, &picked, Some(status));
-                }
-                if !last
-                    && !deadline_passed
-                    && fwd.retries.retry_on.status(status)
-                    && retry_admitted(state, &fwd, &mut retry_slot)
-                {
-                    tracing::debug!(status, attempt, "retrying");
-                    backoff(fwd.retries.backoff, attempt).await;
-                    continue;
-                }
-                if last && attempt > 1 && fwd.retries.retry_on.status(status) {
-                    // Still a retriable answer, and no attempt left: Envoy's URX.
-                    rec.flag(Flags::URX);
-                }
-                rec.upstream_responded = true;
-                rec.upstream_service_time(now.elapsed());
-                let (mut rparts, rbody) = resp.into_parts();
-                strip_hop_by_hop(&mut rparts.headers);
-                fwd.response_headers.apply(&mut rparts.headers);
-                let rbody = rbody.map_err(BodyError::Hyper);
-                if downstream_failed.is_none() {
-                    return Response::from_parts(rparts, rbody.boxed());
-                }
-                // The request body may still be streaming: response data is activity too (Envoy's
-                // stream idle timer counts both directions), so a server talking keeps it alive.
-                let activity = activity.clone();
-                let rbody = rbody.map_frame(move |f| {
-                    activity.touch();
-                    f
-                });
-                return Response::from_parts(rparts, rbody.boxed());
-            }
-            Err(failure)
-                if failure.closed_before_response()
-                    && !fresh_retry_done
-                    && matches!(body, Some(ReqBody::Buffered(_)))
-                    && !deadline_passed =>
-            {
-                // The pooled connection was closed under the request before any response byte:
-                // most likely the server's keep-alive timer fired as we reused it (Istio retries
-                // this as `reset-before-request` by default). Once, on a new connection, whatever
-                // the retry policy says, and not held against the endpoint.
-                tracing::debug!(
-                    ?failure,
-                    "upstream connection closed before the response; retrying on a new connection"
-                );
-                fresh_retry_done = true;
-                client = state.fresh_upstream(&fwd.cluster, protocol);
-                tried.pop();
-                attempt -= 1;
-                continue;
-            }
-            Err(failure) => {
-                if activity.timed_out() {
-                    // The client stopped sending its body before any response came back: 408
-                    // (Envoy's stream idle timeout reply); the upstream request was reset with it.
-                    let timeout = super::limits::BodyIdleTimeout(state.limits.request_body_idle_timeout);
-                    return downstream_body_error(&BodyError::IdleTimeout(timeout));
-                }
-                if let Some(e) = downstream_failed.as_ref().and_then(|f| f.get()) {
-                    // The client broke its own request body mid-stream: not the endpoint's
-                    // failure, so no outlier report and no retry.
-                    return local_reply(StatusCode::BAD_REQUEST, format!("downstream request body error: {e}"));
-                }
-                state.lb.report(&fwd.cluster, &picked, None);
-                if !last && !deadline_passed && failure.retriable(&fwd) && retry_admitted(state, &fwd, &mut retry_slot)
-                {
-                    tracing::debug!(?failure, attempt, "retrying");
-                    backoff(fwd.retries.backoff, attempt).await;
-                    continue;
-                }
-                if last && attempt > 1 && failure.retriable(&fwd) {
-                    rec.flag(Flags::URX);
-                }
-                rec.flag(failure.flag());
-                return failure.reply(deadline_passed);
-            }
-        }
-    }
-}
-
-/// Takes a retry slot of the cluster (replacing the one the previous retry held); counts and
-/// refuses the retry when `maxRetries` are already outstanding.
-fn retry_admitted(state: &ProxyState, fwd: &Forward, slot: &mut Option<super::lb::Admitted>) -> bool {
-    *slot = None;
-    match state.lb.admit_retry(&fwd.cluster) {
-        Some(s) => {
-            *slot = Some(s);
-            true
-        }
-        None => {
-            state.metrics.inc("mesh_retry_overflow_total", &[("cluster", &fwd.cluster.name)]);
-            false
-        }
-    }
-}
-
-/// The wait before a retry: the route's back-off, else Envoy's default (see [`retry_backoff`]).
-async fn backoff(base: Option<Duration>, attempt: u32) {
-    let jitter = rand::thread_rng().gen::<f64>();
-    tokio::time::sleep(crate::routing::retry_backoff(base, attempt, jitter)).await;
-}
-
-#[derive(Debug)]
-enum Failure {
-    Connect(String),
-    /// `.1`: the connection closed before any response byte (not a malformed response).
-    Reset(String, bool),
-    Timeout,
-}
-
-impl Failure {
-    /// The connection closed (EOF or reset) before any response byte arrived.
-    fn closed_before_response(&self) -> bool {
-        match self {
-            Failure::Reset(_, closed) => *closed,
-            _ => false,
-        }
-    }
-
-    fn from_client(e: hyper_util::client::legacy::Error) -> Self {
-        if e.is_connect() {
-            Failure::Connect(format!("{e:?}"))
-        } else {
-            let mut closed = false;
-            let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
-            while let Some(s) = source {
-                if let Some(h) = s.downcast_ref::<hyper::Error>() {
-                    closed |= h.is_incomplete_message() || h.is_canceled();
-                }
-                if let Some(io) = s.downcast_ref::<std::io::Error>() {
-                    closed |= matches!(
-                        io.kind(),
-                        std::io::ErrorKind::ConnectionReset
-                            | std::io::ErrorKind::BrokenPipe
-                            | std::io::ErrorKind::UnexpectedEof
-                    );
-                }
-                source = s.source();
-            }
-            Failure::Reset(format!("{e:?}"), closed)
-        }
-    }
-
-    fn retriable(&self, fwd: &Forward) -> bool {
-        let on = &fwd.retries.retry_on;
-        match self {
-            Failure::Connect(_) => on.connect_failure || on.reset || on.gateway_error || on.five_xx,
-            Failure::Reset(..) => on.reset || on.five_xx,
-            // Envoy's `reset` covers a read timeout too: the upstream did not respond at all.
-            Failure::Timeout => on.five_xx || on.gateway_error || on.reset,
-        }
-    }
-
-    /// Envoy's response flag for a request that ended with this failure.
-    fn flag(&self) -> Flags {
-        match self {
-            Failure::Connect(_) => Flags::UF,
-            Failure::Reset(..) => Flags::UC,
-            Failure::Timeout => Flags::UT,
-        }
-    }
-
-    fn reply(self, deadline_passed: bool) -> Response<ProxyBody> {
-        match self {
-            Failure::Timeout if deadline_passed => local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
-            Failure::Timeout => local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream per-try timeout"),
-            Failure::Connect(e) => local_reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("upstream connect error or disconnect/reset before headers. reset reason: connection failure: {e}"),
-            ),
-            Failure::Reset(e, _) => local_reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("upstream connect error or disconnect/reset before headers. reset reason: connection termination: {e}"),
-            ),
-        }
-    }
-}
-
-/// The consistent-hash key of a request: xxHash64 (seed 0) of the configured header's value,
-/// cookie value, source IP octets or query parameter value, as Envoy hashes them — a specified
-/// function, so every agent build of a rollout agrees on it.
-pub(crate) fn hash_key(lb: &LbPolicy, headers: &HeaderMap, query: Option<&str>, peer: Option<SocketAddr>) -> Option<u64> {
-    let LbPolicy::ConsistentHash(on) = lb else { return None };
-    let xxh64 = |bytes: &[u8]| twox_hash::XxHash64::oneshot(0, bytes);
-    match on {
-        HashOn::Header(name) => Some(xxh64(headers.get(name.as_str())?.as_bytes())),
-        HashOn::Cookie { name, .. } => {
-            let cookie = headers
-                .get_all(header::COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(';'))
-                .filter_map(|kv| kv.trim().split_once('='))
-                .find(|(k, _)| k == name)?;
-            Some(xxh64(cookie.1.as_bytes()))
-        }
-        HashOn::SourceIp => Some(match peer?.ip() {
-            std::net::IpAddr::V4(ip) => xxh64(&ip.octets()),
-            std::net::IpAddr::V6(ip) => xxh64(&ip.octets()),
-        }),
-        HashOn::QueryParameter(name) => {
-            let value = query?.split('&').find_map(|kv| kv.split_once('=').filter(|(k, _)| k == name))?.1;
-            Some(xxh64(value.as_bytes()))
-        }
-    }
-}
-
-fn spawn_mirror(
-    state: &Arc<ProxyState>,
-    cluster: Arc<crate::routing::Cluster>,
-    parts: &http::request::Parts,
-    path_and_query: &str,
-    body: Bytes,
-) {
-    let Some(picked) = state.lb.pick(&cluster, None, &[]) else { return };
-    let Ok(uri) = format!("http://{}{}", picked.endpoint.addr, path_and_query).parse::<Uri>() else { return };
-    let mut req = Request::new(full(body));
-    *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = uri;
-    *req.headers_mut() = parts.headers.clone();
-    // Istio appends "-shadow" to the authority of mirrored requests so backends can tell.
-    if let Some(host) = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
-        let (h, port) = host.rsplit_once(':').map_or((host, None), |(h, p)| (h, Some(p)));
-        let shadow = match port {
-            Some(p) => format!("{h}-shadow:{p}"),
-            None => format!("{h}-shadow"),
-        };
-        if let Ok(v) = HeaderValue::from_str(&shadow) {
-            req.headers_mut().insert(header::HOST, v);
-        }
-    }
-    let (protocol, client) = state.upstream(&cluster, parts.version);
-    *req.version_mut() = protocol.version();
-    tokio::spawn(async move {
-        let _picked = picked;
-        if let Ok(resp) = client.request(req).await {
-            let _ = resp.into_body().collect().await;
-        }
-    });
 }

@@ -160,12 +160,7 @@ impl LoadBalancer {
         let chosen: &Endpoint = match (&cluster.lb, hash) {
             (LbPolicy::ConsistentHash(_), Some(h)) => {
                 // Rendezvous hashing: stable under endpoint churn without a ring to rebuild.
-                candidates
-                    .iter()
-                    .max_by_key(|e| {
-                        rendezvous_weight(h, e.addr)
-                    })
-                    .copied()?
+                candidates.iter().max_by_key(|e| rendezvous_weight(h, e.addr)).copied()?
             }
             (LbPolicy::Random, _) => candidates[rand::thread_rng().gen_range(0..candidates.len())],
             (LbPolicy::LeastRequest, _) => {
@@ -483,9 +478,12 @@ mod tests {
         let on_header = LbPolicy::ConsistentHash(HashOn::Header("end-user".into()));
         let mut headers = http::HeaderMap::new();
         headers.insert("end-user", http::HeaderValue::from_static("jason"));
-        assert_eq!(crate::proxy::http::hash_key(&on_header, &headers, None, None), Some(0xbae90e0841dcabff));
+        assert_eq!(crate::proxy::forward::hash_key(&on_header, &headers, None, None), Some(0xbae90e0841dcabff));
         let on_query = LbPolicy::ConsistentHash(HashOn::QueryParameter("u".into()));
-        assert_eq!(crate::proxy::http::hash_key(&on_query, &headers, Some("x=1&u=abc"), None), Some(0x44bc2cf5ad770999));
+        assert_eq!(
+            crate::proxy::forward::hash_key(&on_query, &headers, Some("x=1&u=abc"), None),
+            Some(0x44bc2cf5ad770999)
+        );
         // key 1 (LE) ++ 10.0.0.1 ++ port 9080 (BE) = 01 00.. 0a 00 00 01 23 78
         let endpoint: SocketAddr = "10.0.0.1:9080".parse().expect("addr");
         assert_eq!(rendezvous_weight(1, endpoint), 0xd67afe764e5998e1);

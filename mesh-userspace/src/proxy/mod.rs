@@ -1,6 +1,7 @@
 //! The node proxy: accepts redirected connections on in-pod listeners and ingress connections on
 //! the node, recovers the original destination, and serves them at L7 (HTTP) or L4 (TCP).
 pub mod access_log;
+mod forward;
 pub mod http;
 pub mod lb;
 pub mod limits;
@@ -203,7 +204,7 @@ impl ProxyState {
     }
 
     /// A client for `cluster` that never reuses a connection: for the one retry after a pooled
-    /// connection closed under a request (see `http::forward`).
+    /// connection closed under a request (see `forward::forward`).
     pub fn fresh_upstream(
         &self,
         cluster: &crate::routing::Cluster,

@@ -608,10 +608,7 @@ fn start_mesh(node: &mut Node, dir: &Path, extra: &[&str]) -> Result<Contender> 
             .args(["--admin", ADMIN, "--ingress-bind", "127.0.0.1"])
             .args(extra)
             .env("MESH_WORKER_THREADS", "1")
-            .env(
-                "MESH_EBPF_OBJECT",
-                ebpf_object(),
-            ),
+            .env("MESH_EBPF_OBJECT", ebpf_object()),
     )?;
     wait_ready(admin, Duration::from_secs(30))
         .map_err(|e| anyhow::anyhow!("{e}\nagent log:\n{}", node.log("agent")))?;
@@ -1495,10 +1492,7 @@ fn restart_cost(runs: usize) -> Result<RestartCost> {
                 .arg("--config")
                 .arg(&cfg)
                 .args(["--admin", ADMIN_RC, "--ingress-bind", "127.0.0.1"])
-                .env(
-                    "MESH_EBPF_OBJECT",
-                    ebpf_object(),
-                ),
+                .env("MESH_EBPF_OBJECT", ebpf_object()),
         )?;
         // Polled every 25 ms: the figure is up to that much late, never early.
         wait_ready(admin, Duration::from_secs(30))
@@ -1563,10 +1557,7 @@ fn connection_disruption(restarts: usize) -> Result<Disruption> {
                 .args(["--admin", ADMIN_CD, "--ingress-bind", "127.0.0.1", "--drain-timeout", "5s"])
                 .arg("--handover-socket")
                 .arg(&socket)
-                .env(
-                    "MESH_EBPF_OBJECT",
-                    ebpf_object(),
-                ),
+                .env("MESH_EBPF_OBJECT", ebpf_object()),
         )
     };
     wait_for_port(SocketAddr::from((node.pod("web")?.ip, 8080)), Duration::from_secs(10))?;
