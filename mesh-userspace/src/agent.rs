@@ -29,6 +29,7 @@ use crate::{
     ebpf_pin, ebpf_upgrade, enrollment,
     handover::{self, Inherited, Role},
     inpod,
+    listeners::ListenerSet,
     proxy::{self, ProxyState},
     registry::{Registry, Service, Workload},
     routing::RouteTable,
@@ -463,7 +464,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
                     candidate = true;
                 }
             }
-            _ = retry.tick(), if node.has_failed_enrollments() => node.reconcile_enrollment(),
+            _ = retry.tick(), if node.has_failed() => node.retry_failed().await,
             _ = &mut shutdown, if !stop_requested => {
                 // A successor holding our maps may be about to say ready: unenrolling now would
                 // unenroll its pods too. Wait for the outcome (the kubelet's SIGTERM to the old
@@ -628,8 +629,8 @@ struct NodeReconciler {
     state: Arc<ProxyState>,
     bpf: Arc<MeshEbpf>,
     pods: enrollment::Enrollments<KernelMap, InPodListeners>,
-    nodeports: HashMap<u16, (Arc<Service>, u16, JoinHandle<()>, OwnedFd)>,
-    gateways: GatewayListeners,
+    nodeports: ListenerSet<NodePortTarget>,
+    gateways: ListenerSet<GatewayRef>,
     /// Routing objects admitted one by one; a rejected object keeps its last good version.
     admission: Admission,
     /// A config that arrived before the first registry, admitted with it.
@@ -652,11 +653,12 @@ impl NodeReconciler {
         published: Arc<crate::admin::dump::Published>,
     ) -> Self {
         NodeReconciler {
-            gateways: GatewayListeners {
-                bind: ingress_bind,
-                running: HashMap::new(),
-                inherited: std::mem::take(&mut inherited.gateways),
-            },
+            nodeports: ListenerSet::new("NodePort", ingress_bind, std::mem::take(&mut inherited.nodeports)),
+            gateways: ListenerSet::new(
+                "Gateway",
+                ingress_bind,
+                std::mem::take(&mut inherited.gateways).into_iter().map(|(port, (_, _, fd))| (port, fd)).collect(),
+            ),
             pods: enrollment::Enrollments::new(
                 KernelMap(bpf.clone()),
                 InPodListeners(state.clone()),
@@ -665,7 +667,6 @@ impl NodeReconciler {
             inherited,
             state,
             bpf,
-            nodeports: HashMap::new(),
             admission: Admission::default(),
             admission_candidate: None,
             prune_enrollments: false,
@@ -678,7 +679,8 @@ impl NodeReconciler {
     fn inherited_done(&mut self) {
         self.inherited = Inherited::default();
         self.pods.inherited_done();
-        self.gateways.inherited.clear();
+        self.nodeports.inherited_done();
+        self.gateways.inherited_done();
     }
 
     /// Duplicates of every listening socket, with what it is.
@@ -687,14 +689,11 @@ impl NodeReconciler {
         for ((namespace, name), netns, cgroup, fd) in self.pods.export()? {
             out.push((Role::Pod { namespace, name, netns, cgroup }, fd));
         }
-        for (port, (_, _, _, fd)) in &self.nodeports {
-            out.push((Role::NodePort { port: *port }, fd.try_clone()?));
+        for (port, _, fd) in self.nodeports.export()? {
+            out.push((Role::NodePort { port }, fd));
         }
-        for (port, (name, namespace, _, fd)) in &self.gateways.running {
-            out.push((
-                Role::Gateway { port: *port, namespace: namespace.clone(), name: name.clone() },
-                fd.try_clone()?,
-            ));
+        for (port, gw, fd) in self.gateways.export()? {
+            out.push((Role::Gateway { port, namespace: gw.namespace, name: gw.name }, fd));
         }
         Ok(out)
     }
@@ -716,7 +715,7 @@ impl NodeReconciler {
             }
         }
         self.reconcile_nodeports(&registry).await;
-        self.gateways.reconcile(&self.state).await;
+        self.reconcile_gateways().await;
         tracing::info!(
             pods = self.pods.len(),
             services = registry.services.len(),
@@ -734,7 +733,7 @@ impl NodeReconciler {
         }
         let registry = self.state.registry.load_full();
         self.admit(candidate, &registry);
-        self.gateways.reconcile(&self.state).await;
+        self.reconcile_gateways().await;
     }
 
     fn admit(&mut self, candidate: Config, registry: &Registry) {
@@ -775,8 +774,23 @@ impl NodeReconciler {
         tracing::error!("cannot read the routing config directory; the live config stays:\n{errors}");
     }
 
-    fn has_failed_enrollments(&self) -> bool {
-        self.pods.has_failed()
+    /// Something to retry: a pod that could not be enrolled, a port that could not be bound.
+    fn has_failed(&self) -> bool {
+        self.pods.has_failed() || self.nodeports.has_failed() || self.gateways.has_failed()
+    }
+
+    /// Retries what failed (see [`NodeReconciler::has_failed`]).
+    async fn retry_failed(&mut self) {
+        if self.pods.has_failed() {
+            self.reconcile_enrollment();
+        }
+        if self.nodeports.has_failed() {
+            let registry = self.state.registry.load_full();
+            self.reconcile_nodeports(&registry).await;
+        }
+        if self.gateways.has_failed() {
+            self.reconcile_gateways().await;
+        }
     }
 
     /// Enrolls the registry's pods of this node that are not enrolled yet and unenrolls the
@@ -819,99 +833,72 @@ impl NodeReconciler {
 
     /// One ingress listener per NodePort, rebound when the service behind it changes.
     async fn reconcile_nodeports(&mut self, registry: &Registry) {
-        let bind = self.gateways.bind;
-        let wanted: HashMap<u16, (&Arc<Service>, u16)> = registry
+        let wanted: HashMap<u16, NodePortTarget> = registry
             .services
             .iter()
-            .flat_map(|s| s.ports.iter().filter_map(move |p| Some((p.node_port?, (s, p.port)))))
-            .collect();
-        let stale: Vec<u16> = self
-            .nodeports
-            .iter()
-            .filter(|(np, (svc, port, _, _))| {
-                wanted.get(*np).is_none_or(|(s, p)| s.as_ref() != svc.as_ref() || p != port)
+            .flat_map(|s| {
+                s.ports
+                    .iter()
+                    .filter_map(move |p| Some((p.node_port?, NodePortTarget { service: s.clone(), port: p.port })))
             })
-            .map(|(np, _)| *np)
             .collect();
-        for np in stale {
-            if let Some((svc, _, task, _)) = self.nodeports.remove(&np) {
-                task.abort();
-                // Wait for the listener to be dropped so the port can be bound again at once.
-                let _ = task.await;
-                tracing::info!(service = %svc.name, node_port = np, "NodePort closed");
-            }
-        }
-        for (np, (svc, port)) in wanted {
-            if self.nodeports.contains_key(&np) {
-                continue;
-            }
-            let addr = SocketAddr::new(bind, np);
-            let listener = match self.inherited.nodeports.remove(&np) {
-                Some(fd) => Inherited::listener(fd),
-                None => TcpListener::bind(addr).await,
-            };
-            match listener.and_then(|l| Ok((l.as_fd().try_clone_to_owned()?, l))) {
-                Ok((fd, l)) => {
-                    tracing::info!(service = %svc.name, %addr, "NodePort listening");
-                    let task = tokio::spawn(proxy::serve_nodeport(self.state.clone(), l, svc.clone(), port));
-                    self.nodeports.insert(np, (svc.clone(), port, task, fd));
+        let state = &self.state;
+        self.nodeports
+            .reconcile(&wanted, |l, _, t| {
+                tokio::spawn(proxy::serve_nodeport(state.clone(), l, t.service.clone(), t.port))
+            })
+            .await;
+    }
+
+    /// One ingress listener per port of the Gateways in the live config, opened and closed as
+    /// Gateways come and go with config reloads. Two Gateways on one port: the first listed
+    /// gets it, the other is warned about.
+    async fn reconcile_gateways(&mut self) {
+        let mut wanted: HashMap<u16, GatewayRef> = HashMap::new();
+        for gw in self.state.routes.load().gateways() {
+            let want = GatewayRef { name: gw.name, namespace: gw.namespace };
+            match wanted.get(&gw.port) {
+                Some(other) if *other != want => {
+                    tracing::warn!(gateway = %want, port = gw.port, serving = %other, "port already served by another Gateway");
                 }
-                Err(e) => tracing::error!(service = %svc.name, %addr, error = %e, "cannot listen on NodePort"),
+                Some(_) => {}
+                None => {
+                    wanted.insert(gw.port, want);
+                }
             }
         }
+        let state = &self.state;
+        self.gateways
+            .reconcile(&wanted, |l, port, gw| {
+                tokio::spawn(proxy::serve_gateway(state.clone(), l, gw.name.clone(), gw.namespace.clone(), port))
+            })
+            .await;
     }
 }
 
-/// Ingress listeners for the ports of the Gateways in the live config, opened and closed as
-/// Gateways come and go with config reloads.
-struct GatewayListeners {
-    bind: IpAddr,
-    running: HashMap<u16, (String, String, tokio::task::JoinHandle<()>, OwnedFd)>,
-    /// Handed over by a predecessor: (namespace, name, socket) by port.
-    inherited: HashMap<u16, (String, String, OwnedFd)>,
+/// What a NodePort listener serves: a service port.
+#[derive(Clone, PartialEq)]
+struct NodePortTarget {
+    service: Arc<Service>,
+    port: u16,
 }
 
-impl GatewayListeners {
-    async fn reconcile(&mut self, state: &Arc<ProxyState>) {
-        let wanted = state.routes.load().gateways();
-        let keep = |port: u16, name: &str, ns: &str| {
-            wanted.iter().any(|g| g.port == port && g.name == name && g.namespace == ns)
-        };
-        let stale: Vec<u16> =
-            self.running.iter().filter(|(p, (n, ns, _, _))| !keep(**p, n, ns)).map(|(p, _)| *p).collect();
-        for port in stale {
-            if let Some((name, _, task, _)) = self.running.remove(&port) {
-                task.abort();
-                tracing::info!(gateway = %name, port, "Gateway listener closed");
-            }
-        }
-        for gw in wanted {
-            if let Some((other, _, _, _)) = self.running.get(&gw.port) {
-                if *other != gw.name {
-                    tracing::warn!(gateway = %gw.name, port = gw.port, serving = %other, "port already served by another Gateway");
-                }
-                continue;
-            }
-            let addr = SocketAddr::new(self.bind, gw.port);
-            let listener = match self.inherited.remove(&gw.port) {
-                Some((_, _, fd)) => Inherited::listener(fd),
-                None => TcpListener::bind(addr).await,
-            };
-            match listener.and_then(|l| Ok((l.as_fd().try_clone_to_owned()?, l))) {
-                Ok((fd, l)) => {
-                    tracing::info!(gateway = %gw.name, %addr, "Gateway listening");
-                    let task = tokio::spawn(proxy::serve_gateway(
-                        state.clone(),
-                        l,
-                        gw.name.clone(),
-                        gw.namespace.clone(),
-                        gw.port,
-                    ));
-                    self.running.insert(gw.port, (gw.name.clone(), gw.namespace.clone(), task, fd));
-                }
-                Err(e) => tracing::error!(gateway = %gw.name, %addr, error = %e, "cannot listen for Gateway"),
-            }
-        }
+impl std::fmt::Display for NodePortTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}:{}", self.service.namespace, self.service.name, self.port)
+    }
+}
+
+/// What a Gateway listener serves: the Gateway (its servers on that port).
+#[derive(Clone, PartialEq)]
+struct GatewayRef {
+    name: String,
+    namespace: String,
+}
+
+impl std::fmt::Display for GatewayRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
     }
 }
 

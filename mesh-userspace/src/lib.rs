@@ -20,6 +20,7 @@ pub mod enrollment;
 #[allow(missing_docs)]
 pub mod handover;
 pub mod inpod;
+pub mod listeners;
 pub mod metrics;
 pub mod proxy;
 pub mod quantity;
