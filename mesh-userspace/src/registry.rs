@@ -8,8 +8,11 @@ use std::{
     sync::Arc,
 };
 
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Deserialize;
 use thiserror::Error;
+
+pub mod convert;
 
 /// Annotation naming the network namespace of a pod on a bare node (a path such as
 /// `/var/run/netns/reviews-v1`). On Kubernetes the agent finds it through the CRI instead.
@@ -385,11 +388,15 @@ impl Registry {
             match kind {
                 "Service" => {
                     let svc: k8s::Service = serde_yaml::from_value(value).map_err(|e| at(e.to_string()))?;
-                    self.services.push(Arc::new(svc.into_service().map_err(at)?));
+                    if let Some(svc) = svc.into_service().map_err(at)? {
+                        self.services.push(Arc::new(svc));
+                    }
                 }
                 "Pod" => {
                     let pod: k8s::Pod = serde_yaml::from_value(value).map_err(|e| at(e.to_string()))?;
-                    self.workloads.push(Arc::new(pod.into_workload().map_err(at)?));
+                    if let Some(w) = pod.into_workload().map_err(at)? {
+                        self.workloads.push(Arc::new(w));
+                    }
                 }
                 "List" => {
                     let items = value.get("items").and_then(|i| i.as_sequence()).cloned().unwrap_or_default();
@@ -430,7 +437,12 @@ pub enum RegistryError {
 
 /// The subset of Kubernetes objects the standalone registry reads. Unknown fields are allowed:
 /// these are ordinary manifests full of things (containers, probes) the mesh does not need.
+/// Numbers and addresses are checked strictly (a registry file is written by hand: an error
+/// names it), then the object is handed to the converter the API server's objects go through
+/// ([`convert`]), so both sources mean the same by the same manifest.
 mod k8s {
+    use k8s_openapi::{api::core::v1 as api, apimachinery::pkg::apis::meta::v1::ObjectMeta};
+
     use super::*;
 
     #[derive(Deserialize)]
@@ -439,9 +451,28 @@ mod k8s {
         #[serde(default)]
         pub namespace: Option<String>,
         #[serde(default)]
+        pub uid: Option<String>,
+        #[serde(default)]
         pub labels: BTreeMap<String, String>,
         #[serde(default)]
         pub annotations: BTreeMap<String, String>,
+    }
+
+    impl Meta {
+        fn into_object_meta(self) -> ObjectMeta {
+            ObjectMeta {
+                // The API server's uid only finds a pod's sandbox; files name the sandbox instead.
+                uid: Some(
+                    self.uid
+                        .unwrap_or_else(|| format!("{}/{}", self.namespace.as_deref().unwrap_or("default"), self.name)),
+                ),
+                name: Some(self.name),
+                namespace: self.namespace,
+                labels: Some(self.labels),
+                annotations: Some(self.annotations),
+                ..Default::default()
+            }
+        }
     }
 
     #[derive(Deserialize)]
@@ -456,6 +487,8 @@ mod k8s {
         // Kubernetes spells it clusterIP, which camelCase would not produce.
         #[serde(default, rename = "clusterIP")]
         pub cluster_ip: Option<String>,
+        #[serde(default, rename = "type")]
+        pub type_: Option<String>,
         #[serde(default)]
         pub ports: Vec<Port>,
         #[serde(default)]
@@ -469,6 +502,8 @@ mod k8s {
         pub name: Option<String>,
         pub port: u16,
         #[serde(default)]
+        pub protocol: Option<String>,
+        #[serde(default)]
         pub target_port: Option<serde_yaml::Value>,
         #[serde(default)]
         pub node_port: Option<u16>,
@@ -477,53 +512,57 @@ mod k8s {
     }
 
     impl Service {
-        pub fn into_service(self) -> Result<super::Service, String> {
-            let cluster_ip = match self.spec.cluster_ip.as_deref() {
-                None | Some("") | Some("None") => None,
-                Some(ip) => Some(ip.parse::<Ipv4Addr>().map_err(|_| {
-                    format!("Service {}: spec.clusterIP {ip:?} is not an IPv4 address", self.metadata.name)
-                })?),
-            };
+        pub fn into_service(self) -> Result<Option<super::Service>, String> {
+            let name = self.metadata.name.clone();
+            match self.spec.cluster_ip.as_deref() {
+                None | Some("") | Some("None") => {}
+                Some(ip) => {
+                    ip.parse::<Ipv4Addr>()
+                        .map_err(|_| format!("Service {name}: spec.clusterIP {ip:?} is not an IPv4 address"))?;
+                }
+            }
             let ports = self
                 .spec
                 .ports
                 .into_iter()
                 .map(|p| {
                     let target_port = match p.target_port {
-                        None => TargetPort::Number(p.port),
-                        Some(serde_yaml::Value::Number(n)) => {
-                            TargetPort::Number(n.as_u64().and_then(|n| u16::try_from(n).ok()).ok_or_else(|| {
-                                format!("Service {}: targetPort {n} is not a port number", self.metadata.name)
-                            })?)
-                        }
-                        Some(serde_yaml::Value::String(s)) => match s.parse::<u16>() {
-                            Ok(n) => TargetPort::Number(n),
-                            Err(_) => TargetPort::Name(s),
-                        },
+                        None => None,
+                        Some(serde_yaml::Value::Number(n)) => Some(IntOrString::Int(
+                            n.as_u64()
+                                .and_then(|n| u16::try_from(n).ok())
+                                .map(i32::from)
+                                .ok_or_else(|| format!("Service {name}: targetPort {n} is not a port number"))?,
+                        )),
+                        Some(serde_yaml::Value::String(s)) => Some(IntOrString::String(s)),
                         Some(other) => {
                             return Err(format!(
-                                "Service {}: targetPort must be a number or a port name, got {other:?}",
-                                self.metadata.name
+                                "Service {name}: targetPort must be a number or a port name, got {other:?}"
                             ))
                         }
                     };
-                    Ok(ServicePort {
-                        protocol: AppProtocol::from_port(p.name.as_deref(), p.app_protocol.as_deref()),
+                    Ok(api::ServicePort {
                         name: p.name,
-                        port: p.port,
+                        port: i32::from(p.port),
+                        protocol: p.protocol,
                         target_port,
-                        node_port: p.node_port,
+                        node_port: p.node_port.map(i32::from),
+                        app_protocol: p.app_protocol,
                     })
                 })
                 .collect::<Result<Vec<_>, String>>()?;
-            Ok(super::Service {
-                name: self.metadata.name,
-                namespace: self.metadata.namespace.unwrap_or_else(|| "default".into()),
-                cluster_ip,
-                ports,
-                selector: self.spec.selector,
-                ..Default::default()
-            })
+            let svc = api::Service {
+                metadata: self.metadata.into_object_meta(),
+                spec: Some(api::ServiceSpec {
+                    cluster_ip: self.spec.cluster_ip,
+                    type_: self.spec.type_,
+                    ports: Some(ports),
+                    selector: Some(self.spec.selector),
+                    ..Default::default()
+                }),
+                status: None,
+            };
+            Ok(convert::service_info(&svc))
         }
     }
 
@@ -537,13 +576,18 @@ mod k8s {
     }
 
     #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
     pub struct PodSpec {
         #[serde(default)]
         pub containers: Vec<Container>,
+        #[serde(default)]
+        pub host_network: Option<bool>,
     }
 
     #[derive(Deserialize)]
     pub struct Container {
+        #[serde(default)]
+        pub name: String,
         #[serde(default)]
         pub ports: Vec<CPort>,
     }
@@ -561,40 +605,52 @@ mod k8s {
     pub struct PodStatus {
         #[serde(default, rename = "podIP")]
         pub pod_ip: Option<String>,
+        #[serde(default)]
+        pub phase: Option<String>,
     }
 
     impl Pod {
-        pub fn into_workload(self) -> Result<Workload, String> {
-            let ip =
-                match self.status.and_then(|s| s.pod_ip) {
-                    None => None,
-                    Some(ip) => Some(ip.parse::<Ipv4Addr>().map_err(|_| {
-                        format!("Pod {}: status.podIP {ip:?} is not an IPv4 address", self.metadata.name)
-                    })?),
-                };
-            let ann = &self.metadata.annotations;
-            Ok(Workload {
-                container_ports: self
-                    .spec
-                    .map(|s| s.containers)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .flat_map(|c| c.ports)
-                    .map(|p| ContainerPort { name: p.name, port: p.container_port })
-                    .collect(),
-                netns: ann.get(ANNOTATION_NETNS).map(PathBuf::from),
-                cgroup: ann.get(ANNOTATION_CGROUP).map(PathBuf::from),
-                enroll: ann.get(ANNOTATION_ENROLL).map(|v| v != "false").unwrap_or(true),
-                caps: PodCaps::from_annotations(
-                    self.metadata.namespace.as_deref().unwrap_or("default"),
-                    &self.metadata.name,
-                    |k| ann.get(k).map(String::as_str),
-                ),
-                name: self.metadata.name,
-                namespace: self.metadata.namespace.unwrap_or_else(|| "default".into()),
-                labels: self.metadata.labels,
-                ip,
-            })
+        /// `None` for a pod that is not a workload (finished); see [`convert::pod_info`].
+        pub fn into_workload(self) -> Result<Option<Workload>, String> {
+            let status = self.status.unwrap_or(PodStatus { pod_ip: None, phase: None });
+            if let Some(ip) = &status.pod_ip {
+                ip.parse::<Ipv4Addr>()
+                    .map_err(|_| format!("Pod {}: status.podIP {ip:?} is not an IPv4 address", self.metadata.name))?;
+            }
+            let netns = self.metadata.annotations.get(ANNOTATION_NETNS).map(PathBuf::from);
+            let cgroup = self.metadata.annotations.get(ANNOTATION_CGROUP).map(PathBuf::from);
+            let spec = self.spec.unwrap_or(PodSpec { containers: Vec::new(), host_network: None });
+            let containers = spec
+                .containers
+                .into_iter()
+                .map(|c| api::Container {
+                    name: c.name,
+                    ports: Some(
+                        c.ports
+                            .into_iter()
+                            .map(|p| api::ContainerPort {
+                                name: p.name,
+                                container_port: i32::from(p.container_port),
+                                ..Default::default()
+                            })
+                            .collect(),
+                    ),
+                    ..Default::default()
+                })
+                .collect();
+            let pod = api::Pod {
+                metadata: self.metadata.into_object_meta(),
+                spec: Some(api::PodSpec { containers, host_network: spec.host_network, ..Default::default() }),
+                status: Some(api::PodStatus { pod_ip: status.pod_ip, phase: status.phase, ..Default::default() }),
+            };
+            let Some(info) = convert::pod_info(&pod) else { return Ok(None) };
+            // No node and no namespace labels here: every pod of the file is this node's, and
+            // enrolled unless it opts out (or shares the node's network) — given its sandbox.
+            let mut w = info.workload;
+            w.enroll = !info.opted_out && !info.host_network;
+            w.netns = netns;
+            w.cgroup = cgroup;
+            Ok(Some(w))
         }
     }
 }
@@ -627,6 +683,121 @@ metadata:
   labels: {app: ratings, version: v1}
 status: {podIP: 10.244.0.12}
 "#;
+
+    /// The same manifests through the registry file and through the API server's watch give
+    /// the same registry (issue 16: the two converters had drifted).
+    #[test]
+    fn registry_files_and_the_api_server_give_identical_registries() {
+        use crate::discovery::kube::{build_registry, pod_info, service_info, ClusterState, NamespaceInfo};
+        let manifests = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: dns, namespace: default}
+spec:
+  clusterIP: 10.96.0.10
+  selector: {app: dns}
+  ports:
+  - {name: dns-tcp, port: 53, protocol: TCP, targetPort: 5353}
+  - {name: dns, port: 53, protocol: UDP, targetPort: 5353}
+  - {name: metrics, port: 9153, targetPort: metrics, appProtocol: http, nodePort: 30053}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: external, namespace: default}
+spec: {type: ExternalName, externalName: example.com}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: dns-1, namespace: default, labels: {app: dns}, annotations: {mesh/max-connections: "10"}}
+spec:
+  containers: [{name: dns, ports: [{name: metrics, containerPort: 9153}]}]
+status: {podIP: 10.244.0.5, phase: Running}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: job-1, namespace: default, labels: {app: dns}}
+spec: {containers: [{name: job}]}
+status: {podIP: 10.244.0.6, phase: Succeeded}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: node-agent, namespace: default, labels: {app: agent}}
+spec: {hostNetwork: true, containers: [{name: agent}]}
+status: {podIP: 192.168.1.10, phase: Running}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: legacy, namespace: default, labels: {app: legacy, sidecar.istio.io/inject: "False"}}
+spec: {containers: [{name: app}]}
+status: {podIP: 10.244.0.7, phase: Running}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: opted-out, namespace: default, labels: {app: x}, annotations: {mesh/enroll: "FALSE"}}
+spec: {containers: [{name: app}]}
+status: {podIP: 10.244.0.8, phase: Running}
+"#;
+        let mut from_file = Registry::default();
+        from_file.add_yaml(Path::new("r.yaml"), manifests).expect("registry file");
+
+        let mut state = ClusterState::default();
+        state.namespaces.insert(("", "default"), NamespaceInfo { enrolled: true });
+        for doc in serde_yaml::Deserializer::from_str(manifests) {
+            let value = serde_yaml::Value::deserialize(doc).expect("yaml");
+            match value.get("kind").and_then(|k| k.as_str()) {
+                Some("Service") => {
+                    let svc: k8s_openapi::api::core::v1::Service = serde_yaml::from_value(value).expect("service");
+                    let name = svc.metadata.name.clone().expect("name");
+                    if let Some(info) = service_info(&svc) {
+                        state.services.insert(("default", &name), info);
+                    }
+                }
+                Some("Pod") => {
+                    let mut pod: k8s_openapi::api::core::v1::Pod = serde_yaml::from_value(value).expect("pod");
+                    let name = pod.metadata.name.clone().expect("name");
+                    pod.metadata.uid = Some(format!("default/{name}"));
+                    if let Some(info) = pod_info(&pod) {
+                        state.pods.insert(("default", &name), info);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let (from_api, _) = build_registry(&state, "node-a");
+
+        let services = |r: &Registry| {
+            let mut v: Vec<Service> = r
+                .services
+                .iter()
+                .map(|s| Service { ready_ips: None, slice_endpoints: Vec::new(), ..Service::clone(s) })
+                .collect();
+            v.sort_by(|a, b| a.name.cmp(&b.name));
+            v
+        };
+        let workloads = |r: &Registry| {
+            let mut v: Vec<Workload> = r.workloads.iter().map(|w| Workload::clone(w)).collect();
+            v.sort_by(|a, b| a.name.cmp(&b.name));
+            v
+        };
+        assert_eq!(services(&from_file), services(&from_api));
+        assert_eq!(workloads(&from_file), workloads(&from_api));
+        // And what they agree on is what Kubernetes means: TCP ports only, no ExternalName, no
+        // finished pod, no pod IP for a hostNetwork pod, Istio's and the mesh's opt-outs.
+        let dns = &services(&from_file)[0];
+        assert_eq!(dns.ports.iter().map(|p| p.port).collect::<Vec<_>>(), vec![53, 9153]);
+        assert_eq!(services(&from_file).len(), 1);
+        let w = workloads(&from_file);
+        let names: Vec<(&str, bool, bool)> = w.iter().map(|w| (w.name.as_str(), w.ip.is_some(), w.enroll)).collect();
+        assert_eq!(
+            names,
+            vec![
+                ("dns-1", true, true),
+                ("legacy", true, false),
+                ("node-agent", false, false),
+                ("opted-out", true, false)
+            ]
+        );
+    }
 
     #[test]
     fn service_by_vip_uses_the_index_and_agrees_with_a_scan() {

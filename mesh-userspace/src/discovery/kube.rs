@@ -14,12 +14,9 @@ use std::{
 };
 
 use futures_util::StreamExt as _;
-use k8s_openapi::{
-    api::{
-        core::v1::{Namespace, Pod, Service as K8sService},
-        discovery::v1::EndpointSlice,
-    },
-    apimachinery::pkg::util::intstr::IntOrString,
+use k8s_openapi::api::{
+    core::v1::{Namespace, Pod, Service as K8sService},
+    discovery::v1::EndpointSlice,
 };
 use kube::{
     runtime::{watcher, WatchStreamExt as _},
@@ -29,17 +26,14 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{watch, Notify};
 
 use super::sandbox::{LocateError, PodLocator};
-use crate::registry::{
-    AppProtocol, ContainerPort, PodCaps, Registry, Service, ServicePort, TargetPort, Workload, ANNOTATION_ENROLL,
-};
+pub use crate::registry::convert::{pod_info, service_info, PodInfo, ISTIO_INJECT};
+use crate::registry::{Registry, Service};
 
 /// Namespace label that enrolls every pod of the namespace (`enabled`) or keeps it out even
 /// when `istio-injection=enabled` is also set (`disabled`).
 pub const LABEL_MESH_INJECTION: &str = "mesh-injection";
 /// Istio's label, honoured so a namespace already set up for Istio joins the mesh unchanged.
 pub const LABEL_ISTIO_INJECTION: &str = "istio-injection";
-/// Istio's per-pod opt-out (label in current Istio, annotation in older releases).
-pub const ISTIO_INJECT: &str = "sidecar.istio.io/inject";
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 type Key = (String, String);
@@ -83,18 +77,6 @@ impl<T> Store<T> {
     pub fn insert(&mut self, key: (&str, &str), value: T) {
         self.live.insert((key.0.to_owned(), key.1.to_owned()), Arc::new(value));
     }
-}
-
-/// A Pod as the mesh needs it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct PodInfo {
-    pub uid: String,
-    pub node: Option<String>,
-    pub qos_class: Option<String>,
-    pub host_network: bool,
-    /// Per-pod opt-out (`mesh/enroll: "false"` or `sidecar.istio.io/inject: "false"`).
-    pub opted_out: bool,
-    pub workload: Workload,
 }
 
 /// The ready addresses of one EndpointSlice.
@@ -221,48 +203,6 @@ pub fn namespace_info(ns: &Namespace) -> NamespaceInfo {
     NamespaceInfo { enrolled }
 }
 
-pub fn service_info(svc: &K8sService) -> Option<Service> {
-    let spec = svc.spec.as_ref()?;
-    // ExternalName services have no VIP and no endpoints: nothing for the mesh to capture.
-    if spec.type_.as_deref() == Some("ExternalName") {
-        return None;
-    }
-    let name = svc.metadata.name.clone()?;
-    let cluster_ip = spec.cluster_ip.as_deref().and_then(|ip| ip.parse::<Ipv4Addr>().ok());
-    let ports = spec
-        .ports
-        .iter()
-        .flatten()
-        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
-        .filter_map(|p| {
-            let port = u16::try_from(p.port).ok()?;
-            let target_port = match &p.target_port {
-                None => TargetPort::Number(port),
-                Some(IntOrString::Int(n)) => TargetPort::Number(u16::try_from(*n).ok()?),
-                Some(IntOrString::String(s)) => match s.parse::<u16>() {
-                    Ok(n) => TargetPort::Number(n),
-                    Err(_) => TargetPort::Name(s.clone()),
-                },
-            };
-            Some(ServicePort {
-                protocol: AppProtocol::from_port(p.name.as_deref(), p.app_protocol.as_deref()),
-                name: p.name.clone(),
-                port,
-                target_port,
-                node_port: p.node_port.and_then(|n| u16::try_from(n).ok()),
-            })
-        })
-        .collect();
-    Some(Service {
-        name,
-        namespace: svc.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
-        cluster_ip,
-        ports,
-        selector: spec.selector.clone().unwrap_or_default(),
-        ..Default::default()
-    })
-}
-
 pub fn slice_info(slice: &EndpointSlice) -> Option<SliceInfo> {
     let service = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?.clone();
     if slice.address_type != "IPv4" {
@@ -285,53 +225,6 @@ pub fn slice_info(slice: &EndpointSlice) -> Option<SliceInfo> {
         .filter_map(|p| Some((p.name.clone().filter(|n| !n.is_empty()), u16::try_from(p.port?).ok()?)))
         .collect();
     Some(SliceInfo { service, ready, ports })
-}
-
-pub fn pod_info(pod: &Pod) -> Option<PodInfo> {
-    let status = pod.status.as_ref();
-    // Finished pods keep their object (and sometimes their IP, reused by a new pod): not workloads.
-    if matches!(status.and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")) {
-        return None;
-    }
-    let meta = &pod.metadata;
-    let spec = pod.spec.as_ref();
-    let annotations = meta.annotations.as_ref();
-    let labels = meta.labels.clone().unwrap_or_default();
-    let is_false = |v: Option<&String>| v.is_some_and(|v| v.eq_ignore_ascii_case("false"));
-    let opted_out = is_false(annotations.and_then(|a| a.get(ANNOTATION_ENROLL)))
-        || is_false(annotations.and_then(|a| a.get(ISTIO_INJECT)))
-        || is_false(labels.get(ISTIO_INJECT));
-    let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
-    let container_ports = spec
-        .map(|s| s.containers.as_slice())
-        .unwrap_or_default()
-        .iter()
-        .flat_map(|c| c.ports.iter().flatten())
-        .filter_map(|p| Some(ContainerPort { name: p.name.clone(), port: u16::try_from(p.container_port).ok()? }))
-        .collect();
-    // A hostNetwork pod's IP is the node's: it is never an endpoint the mesh should dial as a pod.
-    let ip = if host_network { None } else { status.and_then(|s| s.pod_ip.as_deref()).and_then(|ip| ip.parse().ok()) };
-    let name = meta.name.clone()?;
-    let namespace = meta.namespace.clone().unwrap_or_else(|| "default".into());
-    let caps = PodCaps::from_annotations(&namespace, &name, |k| annotations.and_then(|a| a.get(k)).map(String::as_str));
-    Some(PodInfo {
-        uid: meta.uid.clone()?,
-        node: spec.and_then(|s| s.node_name.clone()),
-        qos_class: status.and_then(|s| s.qos_class.clone()),
-        host_network,
-        opted_out,
-        workload: Workload {
-            name,
-            namespace,
-            labels,
-            ip,
-            container_ports,
-            netns: None,
-            cgroup: None,
-            enroll: false,
-            caps,
-        },
-    })
 }
 
 // ---- the watchers ----

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::*;
 use crate::discovery::sandbox::PodSandbox;
+use crate::registry::Workload;
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
 
