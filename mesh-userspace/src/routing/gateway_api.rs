@@ -15,7 +15,7 @@ use std::{collections::BTreeMap, sync::Arc};
 use http::{HeaderName, HeaderValue};
 use regex::Regex;
 
-use super::{build::Builder, matcher::*, *};
+use super::{build::Builder, gateway_api_ingress::VhostKey, matcher::*, *};
 use crate::config::{
     self,
     gateway_api::{self as gw, HttpRouteSpec, PathRewrite, PathType},
@@ -42,8 +42,17 @@ struct Precedence {
     index: usize,
 }
 
+/// What a compiled rule is bound to.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Target {
+    /// A Service (namespace, name): mesh traffic to it (GAMMA).
+    Service(String, String),
+    /// A Gateway's virtual host (namespace, name, port, host name): ingress traffic.
+    Vhost(VhostKey),
+}
+
 struct Entry {
-    service: (String, String),
+    target: Target,
     order: Precedence,
     rule: HttpRule,
 }
@@ -73,11 +82,16 @@ impl Builder<'_> {
             entries.extend(mine);
         }
         // Stable: equal keys keep the order they were compiled in.
-        entries.sort_by(|a, b| a.service.cmp(&b.service).then_with(|| a.order.cmp(&b.order)));
+        entries.sort_by(|a, b| a.target.cmp(&b.target).then_with(|| a.order.cmp(&b.order)));
         let mut by_service: BTreeMap<(String, String), Vec<HttpRule>> = BTreeMap::new();
+        let mut by_vhost: BTreeMap<VhostKey, Vec<HttpRule>> = BTreeMap::new();
         for e in entries {
-            by_service.entry(e.service).or_default().push(e.rule);
+            match e.target {
+                Target::Service(ns, name) => by_service.entry((ns, name)).or_default().push(e.rule),
+                Target::Vhost(key) => by_vhost.entry(key).or_default().push(e.rule),
+            }
         }
+        self.gateway_vhosts(by_vhost, &names, table);
         for ((ns, name), mut http) in by_service {
             let Some(svc) = self.services.get(&(ns.as_str(), name.as_str())).map(|s| (*s).clone()) else { continue };
             let Some((origin, route_names, ports)) = names.remove(&(ns.clone(), name.clone())) else { continue };
@@ -113,6 +127,35 @@ impl Builder<'_> {
             table.mesh_vs.entry(ns).or_default().insert(name, compiled);
         }
         rejected
+    }
+
+    /// One virtual host per (Gateway, port, host name) with the rules attached there, most
+    /// specific host name first (see `gateway_api_ingress`).
+    fn gateway_vhosts(
+        &mut self,
+        by_vhost: BTreeMap<VhostKey, Vec<HttpRule>>,
+        names: &Attached,
+        table: &mut RouteTable,
+    ) {
+        for ((ns, name, port, host), http) in by_vhost {
+            let (origin, route_names) = match names.get(&(format!("{ns}/{name}:{port}"), host.clone())) {
+                Some((origin, route_names, _)) => (origin.clone(), route_names.join("+")),
+                None => (Arc::new(Locator::default()), String::new()),
+            };
+            let vs = Arc::new(CompiledVs {
+                namespace: ns.clone(),
+                key: Arc::from(route_names),
+                origin,
+                hosts: vec![host.clone()],
+                http,
+                tcp: Vec::new(),
+                gateways: vec![(ns.clone(), name.clone())],
+                mesh: false,
+            });
+            table.gateway_api_vs.push(GatewayApiVhost { namespace: ns, name, port, host, vs });
+        }
+        // Stable: ties keep (namespace, name, port, host) order.
+        table.gateway_api_vs.sort_by_key(|v| gateway_api_ingress::vhost_rank(&v.host));
     }
 
     fn http_route(&mut self, route: &Sourced<HttpRouteSpec>, names: &mut Attached) -> Vec<Entry> {
@@ -157,10 +200,11 @@ impl Builder<'_> {
             };
             parents.push((svc, port));
         }
-        if parents.is_empty() {
+        let vhosts = self.gateway_parents(route);
+        if parents.is_empty() && vhosts.is_empty() {
             return Vec::new();
         }
-        if !route.spec.hostnames.is_empty() {
+        if !parents.is_empty() && !route.spec.hostnames.is_empty() {
             self.warnings.push(
                 at.error(
                     "spec.hostnames",
@@ -179,6 +223,15 @@ impl Builder<'_> {
             }
             e.2.push(*port);
         }
+        for (ns, name, port, host) in &vhosts {
+            // Keyed apart from Services by the `:port` in the first part.
+            let e = names
+                .entry((format!("{ns}/{name}:{port}"), host.clone()))
+                .or_insert_with(|| (at.clone(), Vec::new(), Vec::new()));
+            if !e.1.contains(&key) {
+                e.1.push(key.clone());
+            }
+        }
         let mut out = Vec::new();
         for (ri, rule) in route.spec.rules().iter().enumerate() {
             let Some(base) = self.gateway_rule(route, ri, rule) else { continue };
@@ -195,10 +248,18 @@ impl Builder<'_> {
                         r.name = r.name.map(|n| format!("{n} matches[{mi}]"));
                     }
                     out.push(Entry {
-                        service: (svc.namespace.clone(), svc.name.clone()),
+                        target: Target::Service(svc.namespace.clone(), svc.name.clone()),
                         order: order.clone(),
                         rule: r,
                     });
+                }
+                for v in &vhosts {
+                    let mut r = base.clone();
+                    r.matches = vec![MatchRequest { name: None, conds: conds.clone() }];
+                    if rule.matches().len() > 1 {
+                        r.name = r.name.map(|n| format!("{n} matches[{mi}]"));
+                    }
+                    out.push(Entry { target: Target::Vhost(v.clone()), order: order.clone(), rule: r });
                 }
             }
         }

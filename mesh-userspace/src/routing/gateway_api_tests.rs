@@ -524,7 +524,7 @@ fn routes_not_attached_are_warned_and_route_nothing() {
         "Service gateway-conformance-mesh/missing is not in the registry",
         "has no port 81",
         "consumer route",
-        "a Gateway parent (ingress) is not served",
+        "Gateway gateway-conformance-mesh/some-gateway is not defined",
     ] {
         assert!(joined.contains(want), "{want}: {joined}");
     }
