@@ -23,8 +23,11 @@ use crate::config::{
 };
 
 /// The spec's precedence, as a sort key (smaller sorts first).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 struct Precedence {
+    /// Consumer routes' rules 0, then their catch-all 404 (1), then producer routes (2): for a
+    /// client in a consumer route's namespace, that namespace's routes replace the producer's.
+    tier: u8,
     /// Exact 0, PathPrefix 1, RegularExpression 2 (regex order is implementation-specific; Istio
     /// puts it after prefixes).
     path_rank: u8,
@@ -169,10 +172,6 @@ impl Builder<'_> {
             let warn = |b: &mut Self, msg: String| {
                 b.warnings.push(at.error(format!("spec.parentRefs[{i}]"), msg).to_string());
             };
-            if ns != route.namespace {
-                warn(self, format!("a consumer route (parent Service in namespace {ns:?}) is not supported yet; the route is not attached to it"));
-                continue;
-            }
             let Some(svc) = self.services.get(&(ns, p.name.as_str())).map(|s| (*s).clone()) else {
                 warn(
                     self,
@@ -214,6 +213,7 @@ impl Builder<'_> {
             );
         }
         let key = route.key();
+        let mut out = Vec::new();
         for (svc, port) in &parents {
             let e = names
                 .entry((svc.namespace.clone(), svc.name.clone()))
@@ -221,7 +221,20 @@ impl Builder<'_> {
             if !e.1.contains(&key) {
                 e.1.push(key.clone());
             }
-            e.2.push(*port);
+            if svc.namespace == route.namespace {
+                e.2.push(*port);
+            } else {
+                // A consumer route (GAMMA): it applies to clients of its own namespace only, and
+                // for them replaces the producer routes on the ports it is bound to, so those
+                // clients' requests no consumer rule matches get 404 rather than a producer rule.
+                let mut conds = vec![Cond::SourceNamespace(route.namespace.clone())];
+                conds.extend(port.map(Cond::Port));
+                out.push(Entry {
+                    target: Target::Service(svc.namespace.clone(), svc.name.clone()),
+                    order: Precedence { tier: 1, ..Precedence::default() },
+                    rule: self.consumer_catch_all(&route.namespace, conds),
+                });
+            }
         }
         for (ns, name, port, host) in &vhosts {
             // Keyed apart from Services by the `:port` in the first part.
@@ -232,7 +245,6 @@ impl Builder<'_> {
                 e.1.push(key.clone());
             }
         }
-        let mut out = Vec::new();
         for (ri, rule) in route.spec.rules().iter().enumerate() {
             let Some(base) = self.gateway_rule(route, ri, rule) else { continue };
             for (mi, m) in rule.matches().iter().enumerate() {
@@ -242,6 +254,10 @@ impl Builder<'_> {
                     if let Some(p) = port {
                         conds.push(Cond::Port(*p));
                     }
+                    let consumer = svc.namespace != route.namespace;
+                    if consumer {
+                        conds.push(Cond::SourceNamespace(route.namespace.clone()));
+                    }
                     let mut r = base.clone();
                     r.matches = vec![MatchRequest { name: None, conds }];
                     if rule.matches().len() > 1 {
@@ -249,7 +265,7 @@ impl Builder<'_> {
                     }
                     out.push(Entry {
                         target: Target::Service(svc.namespace.clone(), svc.name.clone()),
-                        order: order.clone(),
+                        order: Precedence { tier: if consumer { 0 } else { 2 }, ..order.clone() },
                         rule: r,
                     });
                 }
@@ -339,6 +355,7 @@ impl Builder<'_> {
             ),
         };
         let order = Precedence {
+            tier: 2,
             path_rank,
             path_len: std::cmp::Reverse(path_len),
             no_method: m.method.is_none(),
@@ -501,7 +518,14 @@ impl Builder<'_> {
         // InvalidDestinationPermit). Checked before the Service is looked up, so an answer never
         // tells whether a Service the route may not see exists.
         let kind = route.spec.kind();
+        // A consumer route's backendRef to its own parent Service needs no grant (the producer
+        // namespace is where the parent is; upstream's MeshConsumerRoute does exactly this).
+        let own_parent =
+            route.spec.parent_refs.iter().any(|p| {
+                p.is_service() && p.namespace.as_deref().unwrap_or(&route.namespace) == ns && p.name == b.name
+            });
         if ns != route.namespace
+            && !own_parent
             && !self
                 .reference_grants
                 .iter()
@@ -606,6 +630,25 @@ impl Builder<'_> {
             request_headers: HeaderOps::default(),
             response_headers: HeaderOps::default(),
             fail_with: Some(500),
+            mirrors: Vec::new(),
+        }
+    }
+
+    /// For clients of a consumer route's namespace (and port): 404 once no rule of that
+    /// namespace's routes matched, instead of falling through to the producer's.
+    fn consumer_catch_all(&self, namespace: &str, conds: Vec<Cond>) -> HttpRule {
+        HttpRule {
+            name: Some(format!("consumer routes of namespace {namespace}: no rule matched")),
+            matches: vec![MatchRequest { name: None, conds }],
+            action: Action::DirectResponse { status: 404, body: None },
+            fault: FaultSpec::default(),
+            timeout: None,
+            retries: self.default_retries.clone(),
+            rewrite_uri: None,
+            rewrite_whole_path: false,
+            rewrite_authority: None,
+            request_headers: HeaderOps::default(),
+            response_headers: HeaderOps::default(),
             mirrors: Vec::new(),
         }
     }

@@ -567,6 +567,12 @@ impl RouteTable {
                 let location = r.location_after(req, matched.and_then(|m| m.uri_prefix()));
                 return Decision::Redirect { status: r.code, location };
             }
+            // A consumer route's catch-all (routing/gateway_api.rs): answered as no route.
+            Action::DirectResponse { status: 404, body: None } => {
+                return Decision::NoRoute {
+                    reason: format!("no http route of {} matched ({})", vs.key, rule.name.as_deref().unwrap_or("")),
+                }
+            }
             Action::DirectResponse { status, .. } => {
                 return Decision::NoRoute {
                     reason: format!(
