@@ -80,13 +80,17 @@ pub fn validate(args: ValidateArgs) -> Result<ExitCode> {
         + config.http_routes.len()
         + config.reference_grants.len()
         + config.grpc_routes.len()
-        + config.telemetries.len();
+        + config.telemetries.len()
+        + config.kube_gateways.len()
+        + config.gateway_classes.len();
     let accepted = objects.saturating_sub(rejected_in_config);
     println!(
-        "{} VirtualServices, {} DestinationRules, {} Gateways, {} HTTPRoutes, {} GRPCRoutes, {} ReferenceGrants, {} Telemetries: {accepted} accepted, {} rejected",
+        "{} VirtualServices, {} DestinationRules, {} Gateways, {} Gateway API Gateways, {} GatewayClasses, {} HTTPRoutes, {} GRPCRoutes, {} ReferenceGrants, {} Telemetries: {accepted} accepted, {} rejected",
         config.virtual_services.len(),
         config.destination_rules.len(),
         config.gateways.len(),
+        config.kube_gateways.len(),
+        config.gateway_classes.len(),
         config.http_routes.len(),
         config.grpc_routes.len(),
         config.reference_grants.len(),

@@ -263,6 +263,12 @@ fn config_view(applied: &Applied, generation: u64) -> ConfigView {
     for o in &live.telemetries {
         view("Telemetry", &o.namespace, &o.name, &o.at);
     }
+    for o in &live.gateway_classes {
+        view("GatewayClass", &o.namespace, &o.name, &o.at);
+    }
+    for o in &live.kube_gateways {
+        view(crate::config::gateway_api::GATEWAY_KIND, &o.namespace, &o.name, &o.at);
+    }
     // Rejected with no good version to fall back on: nothing of it is live.
     for (key, r) in rejected {
         objects.push(ObjectView {

@@ -223,6 +223,13 @@ pub struct Config {
     pub reference_grants: Vec<Sourced<gateway_api::ReferenceGrantSpec>>,
     /// Gateway API `GRPCRoute`s, held converted to their HTTPRoute form (`spec.grpc` set).
     pub grpc_routes: Vec<Sourced<gateway_api::HttpRouteSpec>>,
+    /// Gateway API `Gateway`s (ingress; `ObjectKey` kind [`gateway_api::GATEWAY_KIND`]).
+    pub kube_gateways: Vec<Sourced<gateway_api::KubeGatewaySpec>>,
+    /// Gateway API `GatewayClass`es (cluster-scoped: held under namespace `default`).
+    pub gateway_classes: Vec<Sourced<gateway_api::GatewayClassSpec>>,
+    /// Labels of the `v1` `Namespace` documents read (for a Gateway listener's
+    /// `allowedRoutes.namespaces.from: Selector`); a namespace with no document has none.
+    pub namespace_labels: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
     /// Istio `Telemetry` objects (`telemetry.istio.io`), see [`telemetry`].
     pub telemetries: Vec<Sourced<telemetry::TelemetrySpec>>,
     /// Documents of other kinds (a Service, a ConfigMap...) found in the files: skipped, reported.
@@ -277,6 +284,8 @@ impl Config {
             "ReferenceGrant" => self.reference_grants.iter().any(|o| same(&o.name, &o.namespace)),
             "GRPCRoute" => self.grpc_routes.iter().any(|o| same(&o.name, &o.namespace)),
             "Telemetry" => self.telemetries.iter().any(|o| same(&o.name, &o.namespace)),
+            "GatewayClass" => self.gateway_classes.iter().any(|o| same(&o.name, &o.namespace)),
+            gateway_api::GATEWAY_KIND => self.kube_gateways.iter().any(|o| same(&o.name, &o.namespace)),
             _ => self.gateways.iter().any(|o| same(&o.name, &o.namespace)),
         }
     }
@@ -291,6 +300,8 @@ impl Config {
             "ReferenceGrant" => self.reference_grants.retain(|o| keep(&o.name, &o.namespace)),
             "GRPCRoute" => self.grpc_routes.retain(|o| keep(&o.name, &o.namespace)),
             "Telemetry" => self.telemetries.retain(|o| keep(&o.name, &o.namespace)),
+            "GatewayClass" => self.gateway_classes.retain(|o| keep(&o.name, &o.namespace)),
+            gateway_api::GATEWAY_KIND => self.kube_gateways.retain(|o| keep(&o.name, &o.namespace)),
             _ => self.gateways.retain(|o| keep(&o.name, &o.namespace)),
         }
     }
@@ -336,6 +347,18 @@ impl Config {
                 .find(|o| same(&o.name, &o.namespace))
                 .cloned()
                 .map(|o| self.telemetries.push(o)),
+            "GatewayClass" => other
+                .gateway_classes
+                .iter()
+                .find(|o| same(&o.name, &o.namespace))
+                .cloned()
+                .map(|o| self.gateway_classes.push(o)),
+            gateway_api::GATEWAY_KIND => other
+                .kube_gateways
+                .iter()
+                .find(|o| same(&o.name, &o.namespace))
+                .cloned()
+                .map(|o| self.kube_gateways.push(o)),
             _ => other.gateways.iter().find(|o| same(&o.name, &o.namespace)).cloned().map(|o| self.gateways.push(o)),
         }
         .is_some()
@@ -361,6 +384,12 @@ impl Config {
             )
             .chain(self.grpc_routes.iter().map(move |o| (key("GRPCRoute", &o.name, &o.namespace), &o.at.file)))
             .chain(self.telemetries.iter().map(move |o| (key("Telemetry", &o.name, &o.namespace), &o.at.file)))
+            .chain(self.gateway_classes.iter().map(move |o| (key("GatewayClass", &o.name, &o.namespace), &o.at.file)))
+            .chain(
+                self.kube_gateways
+                    .iter()
+                    .map(move |o| (key(gateway_api::GATEWAY_KIND, &o.name, &o.namespace), &o.at.file)),
+            )
     }
 
     /// The `*.yaml`/`*.yml` files directly in `dir`, in name order (dot entries skipped).
@@ -489,6 +518,22 @@ impl Config {
                 name,
                 namespace,
             );
+        }
+        if api_version == "v1" && kind == "Namespace" {
+            // Kept for listener `allowedRoutes` selectors; otherwise skipped like other kinds.
+            #[derive(serde::Deserialize)]
+            struct Ns {
+                #[serde(default)]
+                metadata: NsMeta,
+            }
+            #[derive(Default, serde::Deserialize)]
+            struct NsMeta {
+                #[serde(default)]
+                labels: std::collections::BTreeMap<String, String>,
+            }
+            if let Ok(ns) = serde_yaml::from_str::<Ns>(&doc.text) {
+                self.namespace_labels.insert(name.clone(), ns.metadata.labels);
+            }
         }
         if group == telemetry::GROUP {
             return self.add_telemetry_document((&doc.text, doc.line_offset), at, &api_version, &kind, name, namespace);

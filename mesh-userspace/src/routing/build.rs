@@ -30,6 +30,10 @@ pub(super) struct Builder<'a> {
     pub(super) default_retries: Arc<RetryPolicy>,
     /// Gateway API ReferenceGrants: which cross-namespace backendRefs resolve.
     pub(super) reference_grants: &'a [Sourced<crate::config::gateway_api::ReferenceGrantSpec>],
+    /// Gateway API Gateways (served or not, with why), for routes' Gateway parentRefs.
+    pub(super) served_gateways: Vec<super::gateway_api_ingress::ServedGateway>,
+    /// Namespace labels, for listeners' `allowedRoutes.namespaces.selector`.
+    pub(super) namespace_labels: &'a std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
 }
 
 /// (name, namespace) of a host as Istio resolves it relative to `ns`; FQDNs outside the cluster
@@ -58,6 +62,8 @@ pub fn compile(config: &config::Config, registry: &Registry) -> (RouteTable, Vec
         warnings: Vec::new(),
         default_retries: Arc::new(RetryPolicy::istio_default()),
         reference_grants: &config.reference_grants,
+        served_gateways: Vec::new(),
+        namespace_labels: &config.namespace_labels,
     };
     let mut rejected = Vec::new();
     // The errors pushed since `before` belong to one object: it is rejected, the others go on.
@@ -196,7 +202,9 @@ pub fn compile(config: &config::Config, registry: &Registry) -> (RouteTable, Vec
             table.gateway_vs.push(compiled);
         }
     }
-    // Gateway API HTTPRoutes bound to Services (GAMMA), compiled into the same form.
+    // Gateway API Gateways: served ones listen like Istio Gateways; routes attach below.
+    b.served_gateways = b.kube_gateways(config, &mut table);
+    // Gateway API HTTPRoutes bound to Services (GAMMA) or Gateways, compiled into the same form.
     // GRPCRoutes, held in their HTTPRoute form, are ordered and compiled with them.
     let routes: Vec<_> = config.http_routes.iter().chain(&config.grpc_routes).cloned().collect();
     for (object, file, errors) in b.http_routes(&routes, &mut table) {

@@ -15,7 +15,7 @@ use std::{collections::BTreeMap, sync::Arc};
 use http::{HeaderName, HeaderValue};
 use regex::Regex;
 
-use super::{build::Builder, matcher::*, *};
+use super::{build::Builder, gateway_api_ingress::VhostKey, matcher::*, *};
 use crate::config::{
     self,
     gateway_api::{self as gw, HttpRouteSpec, PathRewrite, PathType},
@@ -23,8 +23,11 @@ use crate::config::{
 };
 
 /// The spec's precedence, as a sort key (smaller sorts first).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 struct Precedence {
+    /// Consumer routes' rules 0, then their catch-all 404 (1), then producer routes (2): for a
+    /// client in a consumer route's namespace, that namespace's routes replace the producer's.
+    tier: u8,
     /// Exact 0, PathPrefix 1, RegularExpression 2 (regex order is implementation-specific; Istio
     /// puts it after prefixes).
     path_rank: u8,
@@ -42,8 +45,17 @@ struct Precedence {
     index: usize,
 }
 
+/// What a compiled rule is bound to.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Target {
+    /// A Service (namespace, name): mesh traffic to it (GAMMA).
+    Service(String, String),
+    /// A Gateway's virtual host (namespace, name, port, host name): ingress traffic.
+    Vhost(VhostKey),
+}
+
 struct Entry {
-    service: (String, String),
+    target: Target,
     order: Precedence,
     rule: HttpRule,
 }
@@ -73,11 +85,16 @@ impl Builder<'_> {
             entries.extend(mine);
         }
         // Stable: equal keys keep the order they were compiled in.
-        entries.sort_by(|a, b| a.service.cmp(&b.service).then_with(|| a.order.cmp(&b.order)));
+        entries.sort_by(|a, b| a.target.cmp(&b.target).then_with(|| a.order.cmp(&b.order)));
         let mut by_service: BTreeMap<(String, String), Vec<HttpRule>> = BTreeMap::new();
+        let mut by_vhost: BTreeMap<VhostKey, Vec<HttpRule>> = BTreeMap::new();
         for e in entries {
-            by_service.entry(e.service).or_default().push(e.rule);
+            match e.target {
+                Target::Service(ns, name) => by_service.entry((ns, name)).or_default().push(e.rule),
+                Target::Vhost(key) => by_vhost.entry(key).or_default().push(e.rule),
+            }
         }
+        self.gateway_vhosts(by_vhost, &names, table);
         for ((ns, name), mut http) in by_service {
             let Some(svc) = self.services.get(&(ns.as_str(), name.as_str())).map(|s| (*s).clone()) else { continue };
             let Some((origin, route_names, ports)) = names.remove(&(ns.clone(), name.clone())) else { continue };
@@ -115,6 +132,35 @@ impl Builder<'_> {
         rejected
     }
 
+    /// One virtual host per (Gateway, port, host name) with the rules attached there, most
+    /// specific host name first (see `gateway_api_ingress`).
+    fn gateway_vhosts(
+        &mut self,
+        by_vhost: BTreeMap<VhostKey, Vec<HttpRule>>,
+        names: &Attached,
+        table: &mut RouteTable,
+    ) {
+        for ((ns, name, port, host), http) in by_vhost {
+            let (origin, route_names) = match names.get(&(format!("{ns}/{name}:{port}"), host.clone())) {
+                Some((origin, route_names, _)) => (origin.clone(), route_names.join("+")),
+                None => (Arc::new(Locator::default()), String::new()),
+            };
+            let vs = Arc::new(CompiledVs {
+                namespace: ns.clone(),
+                key: Arc::from(route_names),
+                origin,
+                hosts: vec![host.clone()],
+                http,
+                tcp: Vec::new(),
+                gateways: vec![(ns.clone(), name.clone())],
+                mesh: false,
+            });
+            table.gateway_api_vs.push(GatewayApiVhost { namespace: ns, name, port, host, vs });
+        }
+        // Stable: ties keep (namespace, name, port, host) order.
+        table.gateway_api_vs.sort_by_key(|v| gateway_api_ingress::vhost_rank(&v.host));
+    }
+
     fn http_route(&mut self, route: &Sourced<HttpRouteSpec>, names: &mut Attached) -> Vec<Entry> {
         let at = &route.at;
         let mut parents: Vec<(Arc<Service>, Option<u16>)> = Vec::new();
@@ -126,10 +172,6 @@ impl Builder<'_> {
             let warn = |b: &mut Self, msg: String| {
                 b.warnings.push(at.error(format!("spec.parentRefs[{i}]"), msg).to_string());
             };
-            if ns != route.namespace {
-                warn(self, format!("a consumer route (parent Service in namespace {ns:?}) is not supported yet; the route is not attached to it"));
-                continue;
-            }
             let Some(svc) = self.services.get(&(ns, p.name.as_str())).map(|s| (*s).clone()) else {
                 warn(
                     self,
@@ -157,10 +199,11 @@ impl Builder<'_> {
             };
             parents.push((svc, port));
         }
-        if parents.is_empty() {
+        let vhosts = self.gateway_parents(route);
+        if parents.is_empty() && vhosts.is_empty() {
             return Vec::new();
         }
-        if !route.spec.hostnames.is_empty() {
+        if !parents.is_empty() && !route.spec.hostnames.is_empty() {
             self.warnings.push(
                 at.error(
                     "spec.hostnames",
@@ -170,6 +213,7 @@ impl Builder<'_> {
             );
         }
         let key = route.key();
+        let mut out = Vec::new();
         for (svc, port) in &parents {
             let e = names
                 .entry((svc.namespace.clone(), svc.name.clone()))
@@ -177,9 +221,30 @@ impl Builder<'_> {
             if !e.1.contains(&key) {
                 e.1.push(key.clone());
             }
-            e.2.push(*port);
+            if svc.namespace == route.namespace {
+                e.2.push(*port);
+            } else {
+                // A consumer route (GAMMA): it applies to clients of its own namespace only, and
+                // for them replaces the producer routes on the ports it is bound to, so those
+                // clients' requests no consumer rule matches get 404 rather than a producer rule.
+                let mut conds = vec![Cond::SourceNamespace(route.namespace.clone())];
+                conds.extend(port.map(Cond::Port));
+                out.push(Entry {
+                    target: Target::Service(svc.namespace.clone(), svc.name.clone()),
+                    order: Precedence { tier: 1, ..Precedence::default() },
+                    rule: self.consumer_catch_all(&route.namespace, conds),
+                });
+            }
         }
-        let mut out = Vec::new();
+        for (ns, name, port, host) in &vhosts {
+            // Keyed apart from Services by the `:port` in the first part.
+            let e = names
+                .entry((format!("{ns}/{name}:{port}"), host.clone()))
+                .or_insert_with(|| (at.clone(), Vec::new(), Vec::new()));
+            if !e.1.contains(&key) {
+                e.1.push(key.clone());
+            }
+        }
         for (ri, rule) in route.spec.rules().iter().enumerate() {
             let Some(base) = self.gateway_rule(route, ri, rule) else { continue };
             for (mi, m) in rule.matches().iter().enumerate() {
@@ -189,16 +254,28 @@ impl Builder<'_> {
                     if let Some(p) = port {
                         conds.push(Cond::Port(*p));
                     }
+                    let consumer = svc.namespace != route.namespace;
+                    if consumer {
+                        conds.push(Cond::SourceNamespace(route.namespace.clone()));
+                    }
                     let mut r = base.clone();
                     r.matches = vec![MatchRequest { name: None, conds }];
                     if rule.matches().len() > 1 {
                         r.name = r.name.map(|n| format!("{n} matches[{mi}]"));
                     }
                     out.push(Entry {
-                        service: (svc.namespace.clone(), svc.name.clone()),
-                        order: order.clone(),
+                        target: Target::Service(svc.namespace.clone(), svc.name.clone()),
+                        order: Precedence { tier: if consumer { 0 } else { 2 }, ..order.clone() },
                         rule: r,
                     });
+                }
+                for v in &vhosts {
+                    let mut r = base.clone();
+                    r.matches = vec![MatchRequest { name: None, conds: conds.clone() }];
+                    if rule.matches().len() > 1 {
+                        r.name = r.name.map(|n| format!("{n} matches[{mi}]"));
+                    }
+                    out.push(Entry { target: Target::Vhost(v.clone()), order: order.clone(), rule: r });
                 }
             }
         }
@@ -278,6 +355,7 @@ impl Builder<'_> {
             ),
         };
         let order = Precedence {
+            tier: 2,
             path_rank,
             path_len: std::cmp::Reverse(path_len),
             no_method: m.method.is_none(),
@@ -440,7 +518,14 @@ impl Builder<'_> {
         // InvalidDestinationPermit). Checked before the Service is looked up, so an answer never
         // tells whether a Service the route may not see exists.
         let kind = route.spec.kind();
+        // A consumer route's backendRef to its own parent Service needs no grant (the producer
+        // namespace is where the parent is; upstream's MeshConsumerRoute does exactly this).
+        let own_parent =
+            route.spec.parent_refs.iter().any(|p| {
+                p.is_service() && p.namespace.as_deref().unwrap_or(&route.namespace) == ns && p.name == b.name
+            });
         if ns != route.namespace
+            && !own_parent
             && !self
                 .reference_grants
                 .iter()
@@ -545,6 +630,25 @@ impl Builder<'_> {
             request_headers: HeaderOps::default(),
             response_headers: HeaderOps::default(),
             fail_with: Some(500),
+            mirrors: Vec::new(),
+        }
+    }
+
+    /// For clients of a consumer route's namespace (and port): 404 once no rule of that
+    /// namespace's routes matched, instead of falling through to the producer's.
+    fn consumer_catch_all(&self, namespace: &str, conds: Vec<Cond>) -> HttpRule {
+        HttpRule {
+            name: Some(format!("consumer routes of namespace {namespace}: no rule matched")),
+            matches: vec![MatchRequest { name: None, conds }],
+            action: Action::DirectResponse { status: 404, body: None },
+            fault: FaultSpec::default(),
+            timeout: None,
+            retries: self.default_retries.clone(),
+            rewrite_uri: None,
+            rewrite_whole_path: false,
+            rewrite_authority: None,
+            request_headers: HeaderOps::default(),
+            response_headers: HeaderOps::default(),
             mirrors: Vec::new(),
         }
     }

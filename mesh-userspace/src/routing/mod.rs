@@ -4,6 +4,7 @@
 mod build;
 pub mod explain;
 mod gateway_api;
+mod gateway_api_ingress;
 pub mod matcher;
 mod policy;
 
@@ -355,6 +356,17 @@ pub struct GatewayListener {
     pub hosts: Vec<String>,
 }
 
+/// The routes attached to one port of a Gateway API Gateway for one host name (`exact`,
+/// `*.suffix` or `*`), in precedence order.
+#[derive(Debug)]
+pub(crate) struct GatewayApiVhost {
+    pub namespace: String,
+    pub name: String,
+    pub port: u16,
+    pub host: String,
+    pub vs: Arc<CompiledVs>,
+}
+
 /// A service's ports, each with its plain Kubernetes cluster (all endpoints).
 pub(crate) type PortClusters = Vec<(u16, Arc<Cluster>)>;
 
@@ -372,6 +384,8 @@ pub struct RouteTable {
     pub(crate) defaults: HashMap<String, HashMap<String, PortClusters>>,
     pub(crate) default_retries: Arc<RetryPolicy>,
     pub(crate) gateways: Vec<GatewayListener>,
+    /// Gateway API Gateways' virtual hosts, most specific host name first.
+    pub(crate) gateway_api_vs: Vec<GatewayApiVhost>,
     /// Things `mesh validate` reports that do not stop the config from applying.
     pub warnings: Vec<String>,
 }
@@ -420,7 +434,13 @@ impl RouteTable {
                 all.entry(&c.name).or_insert(c);
             }
         }
-        let vses = self.mesh_vs.values().flat_map(|m| m.values()).chain(&self.mesh_wildcard_vs).chain(&self.gateway_vs);
+        let vses = self
+            .mesh_vs
+            .values()
+            .flat_map(|m| m.values())
+            .chain(&self.mesh_wildcard_vs)
+            .chain(&self.gateway_vs)
+            .chain(self.gateway_api_vs.iter().map(|v| &v.vs));
         for vs in vses {
             let routed = vs.http.iter().flat_map(|r| match &r.action {
                 Action::Route(dests) => dests.as_slice(),
@@ -455,6 +475,17 @@ impl RouteTable {
                 let host = req
                     .authority
                     .map(|a| a.rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok()).map_or(a, |(h, _)| h));
+                // A Gateway API Gateway: the most specific virtual host of that port matching the
+                // host (sorted so at compile time); none matching is 404.
+                let mut vhosts = self
+                    .gateway_api_vs
+                    .iter()
+                    .filter(|v| v.port == port && v.name == name && v.namespace == namespace)
+                    .peekable();
+                if vhosts.peek().is_some() {
+                    let host = host.unwrap_or("");
+                    return vhosts.find(|v| gateway_api_ingress::vhost_matches(&v.host, host)).map(|v| &v.vs);
+                }
                 // Istio serves on a Gateway port only the hosts its servers admit there (the
                 // virtual host is the intersection of the server's and the VirtualService's
                 // hosts); any other host gets 404, whatever the VirtualService says.
@@ -535,6 +566,12 @@ impl RouteTable {
             Action::Redirect(r) => {
                 let location = r.location_after(req, matched.and_then(|m| m.uri_prefix()));
                 return Decision::Redirect { status: r.code, location };
+            }
+            // A consumer route's catch-all (routing/gateway_api.rs): answered as no route.
+            Action::DirectResponse { status: 404, body: None } => {
+                return Decision::NoRoute {
+                    reason: format!("no http route of {} matched ({})", vs.key, rule.name.as_deref().unwrap_or("")),
+                }
             }
             Action::DirectResponse { status, .. } => {
                 return Decision::NoRoute {

@@ -1,0 +1,272 @@
+//! Gateway API ingress: `Gateway` listeners served on the node's ingress listeners (as Istio
+//! `networking.istio.io` Gateways are), and HTTPRoutes / GRPCRoutes attached to them.
+//!
+//! As Istio's conversion does, the routes attached to one Gateway port are grouped per host name
+//! (each route's hostnames intersected with its listener's) into a virtual host: a request on
+//! that port is served by the most specific host that matches its `Host` (exact, then the
+//! longest `*.` suffix, then `*`), and inside it by the rules of every route attached there,
+//! ordered as for mesh routes.
+use std::collections::BTreeMap;
+
+use super::{build::Builder, *};
+use crate::config::{
+    self,
+    gateway_api::{self as gw, FromNamespaces, HttpRouteSpec, KubeGatewaySpec, Listener, GROUP},
+    Sourced,
+};
+
+/// One Gateway API Gateway as the compiler sees it: whether it is served, and its listeners.
+pub(super) struct ServedGateway {
+    pub namespace: String,
+    pub name: String,
+    /// Err: why no listener of it is served (its class is another controller's).
+    pub served: Result<(), String>,
+    pub listeners: Vec<Listener>,
+}
+
+/// Where a route attaches: (Gateway namespace, Gateway name, port, virtual host name).
+pub(super) type VhostKey = (String, String, u16, String);
+
+impl Builder<'_> {
+    /// Decides which Gateways are served (their class is ours) and adds one ingress listener per
+    /// distinct port of their HTTP listeners to `table.gateways`.
+    pub(super) fn kube_gateways(&mut self, config: &config::Config, table: &mut RouteTable) -> Vec<ServedGateway> {
+        let mut out = Vec::new();
+        for g in &config.kube_gateways {
+            let served = class_served(&g.spec, config);
+            let key = format!("{}/{}", g.namespace, g.name);
+            match &served {
+                Err(why) => self.warnings.push(format!("Gateway {key} (gateway.networking.k8s.io): {why}; not served")),
+                Ok(()) => {
+                    let mut ports: BTreeMap<u16, Vec<String>> = BTreeMap::new();
+                    for (i, l) in g.spec.listeners.iter().enumerate() {
+                        let Ok(port) = u16::try_from(l.port) else { continue }; // validated 1-65535
+                        match l.protocol.as_str() {
+                            "HTTP" => ports
+                                .entry(port)
+                                .or_default()
+                                .push(l.hostname.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| "*".into())),
+                            "HTTPS" | "TLS" => self.warnings.push(
+                                g.at.error(
+                                    format!("spec.listeners[{i}]"),
+                                    format!(
+                                        "listener {:?} ({} port {port}) not served (TLS not implemented)",
+                                        l.name, l.protocol
+                                    ),
+                                )
+                                .to_string(),
+                            ),
+                            p => self.warnings.push(
+                                g.at.error(
+                                    format!("spec.listeners[{i}]"),
+                                    format!(
+                                        "listener {:?} ({p} port {port}) not served ({p}Route is not implemented)",
+                                        l.name
+                                    ),
+                                )
+                                .to_string(),
+                            ),
+                        }
+                    }
+                    for (port, hosts) in ports {
+                        table.gateways.push(GatewayListener {
+                            name: g.name.clone(),
+                            namespace: g.namespace.clone(),
+                            port,
+                            hosts,
+                        });
+                    }
+                }
+            }
+            out.push(ServedGateway {
+                namespace: g.namespace.clone(),
+                name: g.name.clone(),
+                served,
+                listeners: g.spec.listeners.clone(),
+            });
+        }
+        out
+    }
+
+    /// The virtual hosts a route attaches to through its Gateway parentRefs, per the spec:
+    /// `sectionName` / `port` pick listeners, which must be HTTP, allow the route's kind and
+    /// namespace, and share a host name with the route. A parentRef that attaches nowhere is warned.
+    pub(super) fn gateway_parents(&mut self, route: &Sourced<HttpRouteSpec>) -> Vec<VhostKey> {
+        let mut out: Vec<VhostKey> = Vec::new();
+        let kind = route.spec.kind();
+        for (i, p) in route.spec.parent_refs.iter().enumerate() {
+            if p.is_service()
+                || p.group.as_deref().unwrap_or(GROUP) != GROUP
+                || p.kind.as_deref().unwrap_or("Gateway") != "Gateway"
+            {
+                continue;
+            }
+            let ns = p.namespace.as_deref().unwrap_or(&route.namespace);
+            let warn = |b: &mut Self, msg: String| {
+                b.warnings.push(
+                    route
+                        .at
+                        .error(format!("spec.parentRefs[{i}]"), format!("{msg}; the route is not attached to it"))
+                        .to_string(),
+                );
+            };
+            let Some(g) = self.served_gateways.iter().find(|g| g.namespace == ns && g.name == p.name) else {
+                warn(self, format!("Gateway {ns}/{} is not defined", config::cut(&p.name, 60)));
+                continue;
+            };
+            if let Err(why) = &g.served {
+                let why = why.clone();
+                warn(self, format!("Gateway {ns}/{} is not served ({why})", g.name));
+                continue;
+            }
+            let mut reasons: Vec<String> = Vec::new();
+            let mut attached = false;
+            let mut candidates = 0;
+            for l in &g.listeners {
+                if p.section_name.as_deref().is_some_and(|s| s != l.name) || p.port.is_some_and(|port| port != l.port) {
+                    continue;
+                }
+                candidates += 1;
+                let why = if !l.allows_kind(kind) {
+                    Some(format!("listener {:?} does not allow kind {kind} (NotAllowedByListeners)", l.name))
+                } else if l.protocol != "HTTP" {
+                    Some(format!("listener {:?} is {} (not served: TLS not implemented)", l.name, l.protocol))
+                } else if !namespace_allowed(l, &g.namespace, &route.namespace, self.namespace_labels) {
+                    Some(format!(
+                        "listener {:?} does not allow routes from namespace {:?} (NotAllowedByListeners)",
+                        l.name, route.namespace
+                    ))
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    reasons.push(why);
+                    continue;
+                }
+                let hosts = intersect(l.hostname.as_deref(), &route.spec.hostnames);
+                if hosts.is_empty() {
+                    reasons.push(format!(
+                        "no host name of the route matches listener {:?} ({}) (NoMatchingListenerHostname)",
+                        l.name,
+                        l.hostname.as_deref().unwrap_or("*")
+                    ));
+                    continue;
+                }
+                let Ok(port) = u16::try_from(l.port) else { continue };
+                for h in hosts {
+                    let key = (g.namespace.clone(), g.name.clone(), port, h);
+                    if !out.contains(&key) {
+                        out.push(key);
+                    }
+                }
+                attached = true;
+            }
+            if candidates == 0 {
+                let what = match (&p.section_name, p.port) {
+                    (Some(s), Some(port)) => format!("no listener {s:?} with port {port}"),
+                    (Some(s), None) => format!("no listener {s:?}"),
+                    (None, Some(port)) => format!("no listener with port {port}"),
+                    (None, None) => "no listener".into(),
+                };
+                warn(self, format!("Gateway {ns}/{} has {what} (NoMatchingParent)", g.name));
+            } else if !attached {
+                warn(self, reasons.join("; "));
+            }
+        }
+        out
+    }
+}
+
+/// A Gateway's class is served when a GatewayClass of that name has one of our controllerNames,
+/// or, with no such GatewayClass, when it is `mesh` or `istio`.
+fn class_served(spec: &KubeGatewaySpec, config: &config::Config) -> Result<(), String> {
+    let class = &spec.gateway_class_name;
+    match config.gateway_classes.iter().find(|c| &c.name == class) {
+        Some(c) if c.spec.is_ours() => Ok(()),
+        Some(c) => Err(format!(
+            "its GatewayClass {:?} has controllerName {:?}, not one of {:?}",
+            config::cut(class, 60),
+            config::cut(&c.spec.controller_name, 80),
+            gw::CONTROLLER_NAMES
+        )),
+        None if gw::CLASS_NAMES.contains(&class.as_str()) => Ok(()),
+        None => Err(format!(
+            "GatewayClass {:?} is not defined (classes served without one: {:?})",
+            config::cut(class, 60),
+            gw::CLASS_NAMES
+        )),
+    }
+}
+
+fn namespace_allowed(
+    l: &Listener,
+    gateway_ns: &str,
+    route_ns: &str,
+    labels: &BTreeMap<String, BTreeMap<String, String>>,
+) -> bool {
+    match l.from_namespaces() {
+        FromNamespaces::All => true,
+        FromNamespaces::Same => gateway_ns == route_ns,
+        // A namespace with no Namespace document read has no labels: only a selector that
+        // selects unlabelled namespaces admits it.
+        FromNamespaces::Selector(s) => s.matches(labels.get(route_ns).unwrap_or(&BTreeMap::new())),
+    }
+}
+
+/// `pattern` (`*.example.com`) covers `host` (`a.example.com`, `a.b.example.com`,
+/// `*.a.example.com`): the spec's wildcard matches one or more labels.
+fn covers(pattern: &str, host: &str) -> bool {
+    pattern.strip_prefix('*').is_some_and(|suffix| {
+        suffix.starts_with('.')
+            && host.len() > suffix.len()
+            && host.as_bytes()[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+    })
+}
+
+/// The host names a route serves on a listener: the route's hostnames intersected with the
+/// listener's hostname (the more specific of two that match); none written on either side is
+/// every host (`*`). Empty: they do not intersect, and the route does not attach there.
+pub(super) fn intersect(listener: Option<&str>, route: &[String]) -> Vec<String> {
+    let listener = listener.filter(|h| !h.is_empty());
+    let mut out: Vec<String> = Vec::new();
+    match (listener, route.is_empty()) {
+        (None, true) => out.push("*".into()),
+        (None, false) => out.extend(route.iter().cloned()),
+        (Some(l), true) => out.push(l.to_owned()),
+        (Some(l), false) => {
+            for r in route {
+                let h = if r == l || covers(l, r) {
+                    r.as_str()
+                } else if covers(r, l) {
+                    l
+                } else {
+                    continue;
+                };
+                if !out.iter().any(|o| o == h) {
+                    out.push(h.to_owned());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Whether a virtual host name (`exact`, `*.suffix`, `*`) serves `host` (no port; ASCII case
+/// ignored).
+pub(super) fn vhost_matches(vhost: &str, host: &str) -> bool {
+    vhost == "*" || covers(vhost, host) || vhost.eq_ignore_ascii_case(host)
+}
+
+/// Sort key of a virtual host, most specific first: exact names, then wildcards by longer
+/// suffix, then `*` (Envoy's virtual host selection, which Istio relies on).
+pub(super) fn vhost_rank(vhost: &str) -> (u8, std::cmp::Reverse<usize>) {
+    match vhost {
+        "*" => (2, std::cmp::Reverse(0)),
+        v if v.starts_with("*.") => (1, std::cmp::Reverse(v.len())),
+        v => (0, std::cmp::Reverse(v.len())),
+    }
+}
+
+#[cfg(test)]
+#[path = "gateway_api_ingress_tests.rs"]
+mod tests;
