@@ -63,6 +63,11 @@ pub struct AgentArgs {
     /// file's document of the same kind, name and namespace.
     #[arg(long, requires = "kubernetes")]
     pub istio_crds: bool,
+    /// With --kubernetes, also read the Gateway API objects (HTTPRoute, GRPCRoute,
+    /// ReferenceGrant, Gateway, GatewayClass) from the API server when its CRDs are installed;
+    /// merged after the --config files and the Istio objects, admitted one by one like them.
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    pub gateway_api: Switch,
     /// Directory of Istio routing YAML (a mounted ConfigMap); watched and hot reloaded.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -340,7 +345,17 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         },
         _ => None,
     };
-    let mut sources = ConfigSources { dir: initial_config(&args), crds: Arc::default() };
+    let mut gateway_api = match (&client, args.gateway_api) {
+        (Some(client), Switch::On) => match discovery::gateway_api::spawn(client.clone()).await {
+            Ok(rx) => rx,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot discover the Gateway API objects; using --config only for them");
+                None
+            }
+        },
+        _ => None,
+    };
+    let mut sources = ConfigSources { dir: initial_config(&args), crds: Arc::default(), gateway_api: Arc::default() };
     let state = ProxyState::with_limits(
         Registry::default(),
         RouteTable::kubernetes_only(&Registry::default()),
@@ -464,6 +479,16 @@ pub async fn run(args: AgentArgs) -> Result<()> {
                     candidate = true;
                 }
             }
+            changed = async { match gateway_api.as_mut() { Some(rx) => rx.changed().await, None => std::future::pending().await } } => {
+                let docs = match (changed, gateway_api.as_mut()) {
+                    (Ok(()), Some(rx)) => rx.borrow_and_update().clone(),
+                    _ => { gateway_api = None; None }
+                };
+                if let Some(docs) = docs {
+                    sources.gateway_api = docs;
+                    candidate = true;
+                }
+            }
             _ = retry.tick(), if node.has_failed() => node.retry_failed().await,
             _ = &mut shutdown, if !stop_requested => {
                 // A successor holding our maps may be about to say ready: unenrolling now would
@@ -527,19 +552,26 @@ fn registry_source(args: &AgentArgs, client: Option<kube::Client>) -> Result<wat
 }
 
 /// Where routing config comes from: the --config directory as last read (bad documents
-/// included, as rejects) and the Istio objects from the API server.
+/// included, as rejects), the Istio objects and the Gateway API objects from the API server.
 struct ConfigSources {
     dir: Config,
     crds: discovery::istio::Documents,
+    gateway_api: discovery::istio::Documents,
 }
 
 impl ConfigSources {
     /// The files, then the API objects (an object replaces a file document of the same name).
     fn merged(&self) -> Config {
         let mut config = self.dir.clone();
-        for (source, text) in self.crds.iter() {
+        for (source, text) in self.crds.iter().chain(self.gateway_api.iter()) {
+            let skipped = config.skipped.len();
             // A bad object is recorded in `config.rejected`; admission decides what to keep.
             let _ = config.add_str(source, text);
+            // A watched kind the admission does not act on yet (Gateway, GatewayClass) is
+            // skipped there, as in a file; said at debug level, since it recurs on every merge.
+            for note in config.skipped.get(skipped..).unwrap_or_default() {
+                tracing::debug!(%source, %note, "API object skipped by admission");
+            }
         }
         config
     }
@@ -1159,6 +1191,35 @@ mod tests {
             [("details-v1".into(), true), ("productpage-v1".into(), true), ("ratings-v1".into(), false)]
         );
         assert!(access_log_overrides(&Config::default(), &registry, &state).is_none());
+    }
+
+    /// Gateway API objects from the API server go through the files' admission: an HTTPRoute is
+    /// admitted beside the files' documents, a kind the admission does not act on is skipped
+    /// (not rejected), and `--gateway-api` is on by default.
+    #[test]
+    fn gateway_api_objects_are_merged_through_the_same_admission() {
+        use clap::Parser as _;
+        let mut dir = Config::default();
+        dir.add_str("vs.yaml", "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a}\nspec:\n  hosts: [a]\n  http:\n  - route:\n    - destination: {host: a}\n").expect("file");
+        let route = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: ns}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: echo, port: 80}]\n";
+        let class = "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: mesh}\nspec: {controllerName: example.com/mesh}\n";
+        let sources = ConfigSources {
+            dir,
+            crds: Arc::default(),
+            gateway_api: Arc::new(vec![
+                ("k8s:GatewayClass/mesh".into(), class.into()),
+                ("k8s:HTTPRoute/ns/r".into(), route.into()),
+            ]),
+        };
+        let merged = sources.merged();
+        assert_eq!(merged.virtual_services.len(), 1);
+        assert_eq!(merged.http_routes.len(), 1);
+        assert!(merged.rejected.is_empty());
+        assert!(merged.skipped.iter().any(|s| s.contains("GatewayClass mesh")), "{:?}", merged.skipped);
+        let on = Cli::try_parse_from(["mesh", "--registry", "r.yaml"]).expect("parse");
+        assert_eq!(on.agent.gateway_api, Switch::On);
+        let off = Cli::try_parse_from(["mesh", "--registry", "r.yaml", "--gateway-api", "off"]).expect("parse");
+        assert_eq!(off.agent.gateway_api, Switch::Off);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use k8s_openapi::api::{
     core::v1::{ConfigMap, Namespace, Pod, Service, ServiceAccount},
     rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
 };
-use serde::{de::DeserializeOwned, Serialize};
+use serde::{de::DeserializeOwned, Deserialize as _, Serialize};
 use serde_json::Value;
 
 fn deploy_dir() -> PathBuf {
@@ -250,4 +250,27 @@ fn daemonset_carries_istios_scrape_annotations_for_the_admin_port() {
     );
     let default: std::net::SocketAddr = default.parse().expect("default --admin");
     assert_eq!(default.port(), admin.port(), "the DaemonSet keeps the default admin port Istio's agents use (15020)");
+}
+
+/// The ClusterRole lets the agent list and watch every Gateway API kind it watches (a missing
+/// grant would be a 403 on the watch, and that kind silently absent).
+#[test]
+fn cluster_role_grants_the_watched_gateway_api_kinds() {
+    let text = std::fs::read_to_string(deploy_dir().join("rbac.yaml")).expect("rbac.yaml");
+    let role = serde_yaml::Deserializer::from_str(&text)
+        .filter_map(|d| ClusterRole::deserialize(d).ok())
+        .find(|r| r.metadata.name.as_deref() == Some("mesh-agent"))
+        .expect("ClusterRole mesh-agent");
+    let granted = |resource: &str| {
+        role.rules.iter().flatten().any(|r| {
+            r.api_groups.iter().flatten().any(|g| g == mesh::discovery::gateway_api::GROUP)
+                && r.resources.iter().flatten().any(|x| x == resource)
+                && ["get", "list", "watch"].iter().all(|v| r.verbs.iter().any(|x| x == v))
+        })
+    };
+    for kind in mesh::discovery::gateway_api::KINDS {
+        // The plural the API server serves each kind under.
+        let plural = format!("{}s", kind.to_ascii_lowercase()).replace("classs", "classes");
+        assert!(granted(&plural), "{kind} ({plural}) not granted");
+    }
 }

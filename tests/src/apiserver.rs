@@ -21,6 +21,14 @@ pub const NAMESPACES: &str = "/api/v1/namespaces";
 pub const VIRTUAL_SERVICES: &str = "/apis/networking.istio.io/v1/virtualservices";
 pub const DESTINATION_RULES: &str = "/apis/networking.istio.io/v1/destinationrules";
 pub const GATEWAYS: &str = "/apis/networking.istio.io/v1/gateways";
+pub const HTTP_ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/httproutes";
+const GATEWAY_API: [&str; 5] = [
+    HTTP_ROUTES,
+    "/apis/gateway.networking.k8s.io/v1/grpcroutes",
+    "/apis/gateway.networking.k8s.io/v1/referencegrants",
+    "/apis/gateway.networking.k8s.io/v1/gateways",
+    "/apis/gateway.networking.k8s.io/v1/gatewayclasses",
+];
 const COLLECTIONS: [&str; 7] = [SERVICES, SLICES, PODS, NAMESPACES, VIRTUAL_SERVICES, DESTINATION_RULES, GATEWAYS];
 
 #[derive(Default)]
@@ -152,11 +160,20 @@ impl FakeApiServer {
             let body = if path == "/apis" {
                 json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [{"name": "networking.istio.io",
                     "versions": [{"groupVersion": "networking.istio.io/v1", "version": "v1"}],
-                    "preferredVersion": {"groupVersion": "networking.istio.io/v1", "version": "v1"}}]})
+                    "preferredVersion": {"groupVersion": "networking.istio.io/v1", "version": "v1"}},
+                    {"name": "gateway.networking.k8s.io",
+                    "versions": [{"groupVersion": "gateway.networking.k8s.io/v1", "version": "v1"}],
+                    "preferredVersion": {"groupVersion": "gateway.networking.k8s.io/v1", "version": "v1"}}]})
             } else if path == "/apis/networking.istio.io/v1" {
                 let r = |plural: &str, kind: &str| json!({"name": plural, "singularName": "", "namespaced": true, "kind": kind, "verbs": ["get", "list", "watch"]});
                 json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "networking.istio.io/v1",
                     "resources": [r("virtualservices", "VirtualService"), r("destinationrules", "DestinationRule"), r("gateways", "Gateway")]})
+            } else if path == "/apis/gateway.networking.k8s.io/v1" {
+                let r = |plural: &str, kind: &str, namespaced: bool| json!({"name": plural, "singularName": "", "namespaced": namespaced, "kind": kind, "verbs": ["get", "list", "watch"]});
+                json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "gateway.networking.k8s.io/v1",
+                    "resources": [r("httproutes", "HTTPRoute", true), r("grpcroutes", "GRPCRoute", true),
+                        r("referencegrants", "ReferenceGrant", true), r("gateways", "Gateway", true),
+                        r("gatewayclasses", "GatewayClass", false)]})
             } else {
                 let mut inner = self.lock();
                 let rv = inner.rv.to_string();
@@ -164,7 +181,7 @@ impl FakeApiServer {
                     Some(c) => {
                         json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": rv}, "items": c.items})
                     }
-                    None if COLLECTIONS.contains(&path) => {
+                    None if COLLECTIONS.contains(&path) || GATEWAY_API.contains(&path) => {
                         json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": rv}, "items": []})
                     }
                     None => {

@@ -185,6 +185,26 @@ fn kubernetes_mode_enrolls_pods_as_the_api_server_reports_them() -> anyhow::Resu
     api.delete(VIRTUAL_SERVICES, "default", "web");
     wait_until("VirtualService deletion applied", Duration::from_secs(5), || code(chaos()) == "200")?;
 
+    // A Gateway API HTTPRoute created in, changed in and deleted from the API server (the agent
+    // watches the group by default): the path web-a receives follows it.
+    let route = |path: &str| {
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+               "metadata": {"name": "web", "namespace": "default", "creationTimestamp": "2026-11-27T10:00:00Z"},
+               "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web", "port": 9080}],
+                        "rules": [{"filters": [{"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplaceFullPath", "replaceFullPath": path}}}],
+                                   "backendRefs": [{"name": "web", "port": 9080}]}]}})
+    };
+    let got = |want: &str| {
+        curl("/asked").is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&format!("path={want} ")))
+    };
+    api.apply(HTTP_ROUTES, route("/rewritten"));
+    wait_until("HTTPRoute from the API server applied", Duration::from_secs(5), || got("/rewritten"))
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", agent_log(&node)))?;
+    api.apply(HTTP_ROUTES, route("/changed"));
+    wait_until("HTTPRoute change applied", Duration::from_secs(5), || got("/changed"))?;
+    api.delete(HTTP_ROUTES, "default", "web");
+    wait_until("HTTPRoute deletion applied", Duration::from_secs(5), || got("/asked"))?;
+
     // EndpointSlice readiness is the truth for endpoints: not ready → no healthy upstream.
     api.apply(SLICES, web_slice(web_ip, false));
     wait_until("web-a out of the endpoints", Duration::from_secs(5), || {

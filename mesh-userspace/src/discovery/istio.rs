@@ -33,16 +33,28 @@ struct Shared {
 /// not served (the CRDs are not installed): the caller says so and runs with the ConfigMap only.
 pub async fn spawn(client: Client) -> Result<watch::Receiver<Option<Documents>>, kube::Error> {
     let group = kube::discovery::group(&client, GROUP).await?;
-    let shared = Arc::new(Shared::default());
-    let mut kinds = Vec::new();
+    let mut served = Vec::new();
     for kind in KINDS {
-        let Some((resource, _caps)) = group.recommended_kind(kind) else {
-            tracing::warn!(%kind, group = GROUP, "kind not served by the API server; skipped");
-            continue;
-        };
-        tracing::info!(%kind, api_version = %resource.api_version, "watching Istio routing objects");
+        match group.recommended_kind(kind) {
+            Some((resource, _caps)) => served.push((kind, resource)),
+            None => tracing::warn!(%kind, group = GROUP, "kind not served by the API server; skipped"),
+        }
+    }
+    Ok(watch_kinds(client, served, document))
+}
+
+/// Watches each (kind, served resource) and publishes the documents of all of them, in a stable
+/// order (kind, then namespace/name), once every kind has been listed and after each change.
+/// Nothing is published while no kind is served.
+pub(super) fn watch_kinds(
+    client: Client,
+    served: Vec<(&'static str, ApiResource)>,
+    document: fn(&ApiResource, &DynamicObject) -> (String, String),
+) -> watch::Receiver<Option<Documents>> {
+    let shared = Arc::new(Shared::default());
+    for (kind, resource) in served {
+        tracing::info!(%kind, api_version = %resource.api_version, "watching routing objects");
         locked(&shared.stores, |s| s.insert(kind, Store::default()));
-        kinds.push(kind);
         let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
         let (a, b) = (shared.clone(), shared.clone());
         let ar = resource.clone();
@@ -70,7 +82,7 @@ pub async fn spawn(client: Client) -> Result<watch::Receiver<Option<Documents>>,
             }
         }
     });
-    Ok(rx)
+    rx
 }
 
 /// The object as the YAML a user applies: apiVersion, kind, name, namespace and spec (status,

@@ -2,6 +2,9 @@
 //!
 //! e2e-backend http NAME ADDR     HTTP/1.1 server answering `backend=NAME path=P end-user=U`
 //!                                (a path `/slow/MS` answers after MS milliseconds)
+//! e2e-backend echo NAME ADDR     HTTP/1.1 server answering as the Gateway API conformance echo
+//!                                server does: its pod name, the path and every request header it
+//!                                received (`pod=NAME`, `path=P`, then `header=Name: value` lines)
 //! e2e-backend banner NAME ADDR   server-first TCP: sends `BANNER NAME\n`, then echoes lines
 //! e2e-backend tcp-client ADDR MSG  connects, prints the banner line, sends MSG, prints the echo
 //! e2e-backend tcp-stream ADDR SECONDS INTERVAL_MS
@@ -30,12 +33,13 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let result = match args.get(1).map(String::as_str) {
         Some("http") if args.len() == 4 => serve(&args[3], &args[2], handle_http),
+        Some("echo") if args.len() == 4 => serve(&args[3], &args[2], handle_echo),
         Some("banner") if args.len() == 4 => serve(&args[3], &args[2], handle_banner),
         Some("tcp-client") if args.len() == 4 => tcp_client(&args[2], &args[3]),
         Some("tcp-stream") if args.len() == 5 => tcp_stream(&args[2], &args[3], &args[4]),
         Some("load") if args.len() == 6 => load(&args[2], &args[3], &args[4], &args[5]),
         Some("abuse") if args.len() >= 5 => abuse(&args[2], &args[3], &args[4..]),
-        _ => Err("usage: e2e-backend http|banner NAME ADDR | tcp-client ADDR MSG | tcp-stream ADDR SECONDS INTERVAL_MS | load HOST:PORT RATE SECONDS keepalive|close | abuse MODE HOST:PORT N [ARGS]"
+        _ => Err("usage: e2e-backend http|echo|banner NAME ADDR | tcp-client ADDR MSG | tcp-stream ADDR SECONDS INTERVAL_MS | load HOST:PORT RATE SECONDS keepalive|close | abuse MODE HOST:PORT N [ARGS]"
             .to_string()),
     };
     if let Err(e) = result {
@@ -91,6 +95,47 @@ fn handle_http(s: TcpStream, name: String) {
             std::thread::sleep(Duration::from_millis(ms.min(60_000)));
         }
         let out = format!("backend={name} path={path} end-user={user} host={host}\n");
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-backend: {name}\r\ncontent-length: {}\r\n\r\n{out}",
+            out.len()
+        );
+        if w.write_all(resp.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+fn handle_echo(s: TcpStream, name: String) {
+    let Ok(mut w) = s.try_clone() else { return };
+    let mut r = BufReader::new(s);
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+        let mut out = format!("pod={name}\npath={path}\n");
+        let mut len = 0usize;
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                if k.trim().eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                out.push_str(&format!("header={}: {}\n", k.trim(), v.trim()));
+            }
+        }
+        let mut body = vec![0u8; len];
+        if r.read_exact(&mut body).is_err() {
+            return;
+        }
         let resp = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-backend: {name}\r\ncontent-length: {}\r\n\r\n{out}",
             out.len()

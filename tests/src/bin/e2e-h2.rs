@@ -13,6 +13,11 @@
 //!                                 requests the server refused without processing them (a stream
 //!                                 above a GOAWAY's last stream id, RFC 9113 §6.8), which every
 //!                                 HTTP/2 and gRPC client retries on a new connection.
+//! e2e-h2 grpc-calls HOST:PORT PATH N
+//!                                 N gRPC unary calls to PATH (`/service/method`), one after the
+//!                                 other on one h2c connection as a gRPC channel makes them;
+//!                                 prints `BACKEND=<x-backend> PATH=<x-path>` per call, or fails
+//!                                 on the first call not answered 200 with `grpc-status: 0`
 use std::{
     convert::Infallible,
     sync::{
@@ -37,7 +42,9 @@ async fn main() {
     let result = match args.get(1).map(String::as_str) {
         Some("serve") if args.len() == 4 => serve(&args[2], &args[3]).await,
         Some("load") if args.len() == 6 => load(&args[2], &args[3], &args[4], &args[5]).await,
-        _ => Err("usage: e2e-h2 serve NAME ADDR | load HOST:PORT RATE SECONDS h2c|grpc".to_string()),
+        Some("grpc-calls") if args.len() == 5 => grpc_calls(&args[2], &args[3], &args[4]).await,
+        _ => Err("usage: e2e-h2 serve NAME ADDR | load HOST:PORT RATE SECONDS h2c|grpc | grpc-calls HOST:PORT PATH N"
+            .to_string()),
     };
     if let Err(e) = result {
         eprintln!("e2e-h2: {e}");
@@ -81,6 +88,12 @@ async fn answer(name: Arc<str>, req: Request<Incoming>) -> Result<Response<Body>
     let frames = futures_util::stream::iter([Ok(Frame::data(message)), Ok(Frame::trailers(trailers))]);
     let mut resp = Response::new(StreamBody::new(frames).boxed());
     resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    // Which pod answered and the path it got, as the conformance gRPC echo server reports them
+    // in its reply; here in headers, so a client needs no protobuf.
+    if let (Ok(n), Ok(p)) = (HeaderValue::from_str(&name), HeaderValue::from_str(&path)) {
+        resp.headers_mut().insert("x-backend", n);
+        resp.headers_mut().insert("x-path", p);
+    }
     Ok(resp)
 }
 
@@ -127,6 +140,39 @@ fn refused(e: &hyper::Error) -> bool {
         source = s.source();
     }
     false
+}
+
+async fn grpc_calls(host: &str, path: &str, n: &str) -> Result<(), String> {
+    let n: u64 = n.parse().map_err(|_| format!("count {n:?}"))?;
+    let addr = tokio::net::lookup_host(host).await.map_err(|e| format!("{host}: {e}"))?.next().ok_or("no address")?;
+    // Nagle off, as gRPC's own clients set it: one call at a time would otherwise wait out the
+    // peer's delayed ACK on every call.
+    let tcp = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+    tcp.set_nodelay(true).map_err(|e| format!("nodelay: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(conn);
+    for i in 0..n {
+        let req = Request::builder()
+            .method("POST")
+            .uri(format!("http://{host}{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])))
+            .map_err(|e| e.to_string())?;
+        sender.ready().await.map_err(|e| format!("call {i}: {e}"))?;
+        let resp = sender.send_request(req).await.map_err(|e| format!("call {i}: {e:?}"))?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map_err(|e| format!("call {i}: body: {e}"))?;
+        let status = body.trailers().and_then(|t| t.get("grpc-status")).cloned();
+        if parts.status != StatusCode::OK || status.as_ref().is_none_or(|s| s != "0") {
+            return Err(format!("call {i}: {} grpc-status={status:?} headers={:?}", parts.status, parts.headers));
+        }
+        let h = |k: &str| parts.headers.get(k).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        println!("BACKEND={} PATH={}", h("x-backend"), h("x-path"));
+    }
+    Ok(())
 }
 
 fn request(host: &str, grpc: bool, n: u64) -> Result<Request<Full<Bytes>>, String> {

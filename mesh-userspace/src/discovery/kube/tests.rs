@@ -29,7 +29,26 @@ const NAMESPACES: &str = "/api/v1/namespaces";
 const VIRTUAL_SERVICES: &str = "/apis/networking.istio.io/v1/virtualservices";
 const DESTINATION_RULES: &str = "/apis/networking.istio.io/v1/destinationrules";
 const GATEWAYS: &str = "/apis/networking.istio.io/v1/gateways";
-const COLLECTIONS: [&str; 7] = [SERVICES, SLICES, PODS, NAMESPACES, VIRTUAL_SERVICES, DESTINATION_RULES, GATEWAYS];
+const HTTP_ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/httproutes";
+const GRPC_ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/grpcroutes";
+/// Served at v1beta1 only, as before Gateway API v1.3: the watcher must find it there.
+const REFERENCE_GRANTS: &str = "/apis/gateway.networking.k8s.io/v1beta1/referencegrants";
+const K8S_GATEWAYS: &str = "/apis/gateway.networking.k8s.io/v1/gateways";
+const GATEWAY_CLASSES: &str = "/apis/gateway.networking.k8s.io/v1/gatewayclasses";
+const COLLECTIONS: [&str; 12] = [
+    SERVICES,
+    SLICES,
+    PODS,
+    NAMESPACES,
+    VIRTUAL_SERVICES,
+    DESTINATION_RULES,
+    GATEWAYS,
+    HTTP_ROUTES,
+    GRPC_ROUTES,
+    REFERENCE_GRANTS,
+    K8S_GATEWAYS,
+    GATEWAY_CLASSES,
+];
 
 #[derive(Default)]
 struct Kind {
@@ -47,6 +66,8 @@ struct ApiState {
     fail_next_list: Vec<&'static str>,
     /// Whether the Istio CRDs are "installed" (served in API discovery).
     istio: bool,
+    /// Whether the Gateway API CRDs are "installed".
+    gateway_api: bool,
 }
 
 /// The scripted API server. Objects live in `kinds`; changes made through it are sent to the
@@ -136,14 +157,37 @@ impl FakeApi {
             .collect();
         let mut s = self.state();
         if path == "/apis" {
-            let groups = if s.istio {
-                json!([{"name": "networking.istio.io",
+            let mut groups = Vec::new();
+            if s.istio {
+                groups.push(json!({"name": "networking.istio.io",
                         "versions": [{"groupVersion": "networking.istio.io/v1", "version": "v1"}],
-                        "preferredVersion": {"groupVersion": "networking.istio.io/v1", "version": "v1"}}])
-            } else {
-                json!([])
-            };
+                        "preferredVersion": {"groupVersion": "networking.istio.io/v1", "version": "v1"}}));
+            }
+            if s.gateway_api {
+                groups.push(json!({"name": "gateway.networking.k8s.io",
+                        "versions": [{"groupVersion": "gateway.networking.k8s.io/v1", "version": "v1"},
+                                     {"groupVersion": "gateway.networking.k8s.io/v1beta1", "version": "v1beta1"}],
+                        "preferredVersion": {"groupVersion": "gateway.networking.k8s.io/v1", "version": "v1"}}));
+            }
             return Response::new(full(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})));
+        }
+        if let Some(version) =
+            path.strip_prefix("/apis/gateway.networking.k8s.io/").filter(|v| s.gateway_api && !v.contains('/'))
+        {
+            let r = |plural: &str, kind: &str, namespaced: bool| json!({"name": plural, "singularName": "", "namespaced": namespaced, "kind": kind, "verbs": ["get", "list", "watch"]});
+            // As Gateway API v1.2 serves them: ReferenceGrant at v1beta1 only, the rest at both.
+            let mut resources = vec![
+                r("httproutes", "HTTPRoute", true),
+                r("gateways", "Gateway", true),
+                r("gatewayclasses", "GatewayClass", false),
+            ];
+            match version {
+                "v1" => resources.push(r("grpcroutes", "GRPCRoute", true)),
+                "v1beta1" => resources.push(r("referencegrants", "ReferenceGrant", true)),
+                _ => {}
+            }
+            return Response::new(full(json!({"kind": "APIResourceList", "apiVersion": "v1",
+                "groupVersion": format!("gateway.networking.k8s.io/{version}"), "resources": resources})));
         }
         if path == "/apis/networking.istio.io/v1" && s.istio {
             let r = |plural: &str, kind: &str| json!({"name": plural, "singularName": "", "namespaced": true, "kind": kind, "verbs": ["get", "list", "watch"]});
@@ -575,6 +619,147 @@ async fn missing_istio_crds_are_reported() {
     let api = FakeApi::default();
     let err = crate::discovery::istio::spawn(client(api)).await.expect_err("no networking.istio.io group");
     assert!(err.to_string().contains("networking.istio.io"), "{err}");
+}
+
+const GATEWAY_FIXTURES: [(&str, &str); 2] = [
+    ("manifests.yaml", include_str!("../../../tests/gateway_api/manifests.yaml")),
+    ("pods.yaml", include_str!("../../../tests/gateway_api/pods.yaml")),
+];
+
+fn http_route(backend: &str) -> Value {
+    json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+           "metadata": {"name": "echo-split", "namespace": "gateway-conformance-mesh", "creationTimestamp": "2026-11-27T10:00:00Z",
+                        "managedFields": [{"manager": "kubectl"}]},
+           "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "echo", "port": 80}],
+                    "rules": [{"backendRefs": [{"name": backend, "port": 80}]}]},
+           "status": {"parents": []}})
+}
+
+/// Where a meshed client's `GET /` to echo:80 goes under the API server's documents: the Service
+/// whose pods get it.
+fn echo_backend(docs: &crate::discovery::istio::Documents) -> String {
+    let mut registry = Registry::default();
+    for (f, text) in GATEWAY_FIXTURES {
+        registry.add_yaml(std::path::Path::new(f), text).expect("registry fixture");
+    }
+    let mut config = crate::config::Config::default();
+    for (source, text) in docs.iter() {
+        config.add_str(source, text).unwrap_or_else(|e| panic!("{source}:\n{text}\n{e}"));
+    }
+    let table = crate::routing::RouteTable::compile(&config, &registry).expect("compiles");
+    let svc = registry.service_by_host("echo", "gateway-conformance-mesh").expect("echo").clone();
+    let (uri, headers) = ("/".parse::<http::Uri>().unwrap(), http::HeaderMap::new());
+    let info = crate::routing::RequestInfo {
+        context: crate::routing::Context::Mesh { service: &svc, port: 80 },
+        source: None,
+        method: &http::Method::GET,
+        uri: &uri,
+        authority: Some("echo"),
+        scheme: "http",
+        headers: &headers,
+    };
+    match table.route(&info, &mut rand::thread_rng()) {
+        crate::routing::Decision::Forward(f) => f.cluster.service.name.clone(),
+        _ => panic!("not forwarded"),
+    }
+}
+
+async fn next_documents(
+    rx: &mut watch::Receiver<Option<crate::discovery::istio::Documents>>,
+    what: &str,
+    cond: impl Fn(&crate::discovery::istio::Documents) -> bool,
+) -> crate::discovery::istio::Documents {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Some(d) = rx.borrow_and_update().clone().filter(|d| cond(d)) {
+                return d;
+            }
+            rx.changed().await.expect("gateway API discovery running");
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what} within 5 s"))
+}
+
+/// The Gateway API kinds are listed and watched at the version each is served at (v1, else
+/// v1beta1), and an HTTPRoute created, modified and deleted through the watch changes where the
+/// route table sends echo's traffic. Every document passes the same admission as a file.
+#[tokio::test]
+async fn gateway_api_objects_from_the_api_server_drive_the_route_table() {
+    let api = FakeApi::default();
+    api.state().gateway_api = true;
+    api.seed(
+        REFERENCE_GRANTS,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+        "metadata": {"name": "from-routes", "namespace": "gateway-conformance-mesh"},
+        "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": "other"}],
+                 "to": [{"group": "", "kind": "Service"}]}}),
+    );
+    api.seed(
+        GATEWAY_CLASSES,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+        "metadata": {"name": "mesh"}, "spec": {"controllerName": "example.com/mesh"}}),
+    );
+    api.seed(
+        K8S_GATEWAYS,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"name": "ingress", "namespace": "default"},
+        "spec": {"gatewayClassName": "mesh", "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}}),
+    );
+    let mut rx = crate::discovery::gateway_api::spawn(client(api.clone())).await.expect("discovery").expect("served");
+
+    let docs = next_documents(&mut rx, "the listed objects", |_| true).await;
+    let names: Vec<&str> = docs.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "k8s:Gateway/default/ingress",
+            "k8s:GatewayClass/mesh",
+            "k8s:ReferenceGrant/gateway-conformance-mesh/from-routes"
+        ]
+    );
+    let grant = &docs[2].1;
+    assert!(grant.contains("apiVersion: gateway.networking.k8s.io/v1beta1"), "{grant}");
+    // A cluster-scoped object has no namespace to carry over.
+    assert!(!docs[1].1.contains("namespace"), "{}", docs[1].1);
+    for kind in [HTTP_ROUTES, GRPC_ROUTES, REFERENCE_GRANTS, K8S_GATEWAYS, GATEWAY_CLASSES] {
+        assert_eq!(api.count(&format!("LIST {kind}")), 1, "{kind}");
+    }
+    let mut config = crate::config::Config::default();
+    for (source, text) in docs.iter() {
+        config.add_str(source, text).unwrap_or_else(|e| panic!("{source}:\n{text}\n{e}"));
+    }
+    assert_eq!(config.reference_grants.len(), 1);
+    assert!(config.rejected.is_empty());
+    // No route: plain Kubernetes routing to echo's own pods.
+    assert_eq!(echo_backend(&docs), "echo");
+
+    wait_for(|| api.count(&format!("WATCH {HTTP_ROUTES}")) >= 1).await;
+    api.apply(HTTP_ROUTES, http_route("echo-v1"), true);
+    let docs = next_documents(&mut rx, "the created HTTPRoute", |d| d.len() == 4).await;
+    let route = &docs.iter().find(|(n, _)| n == "k8s:HTTPRoute/gateway-conformance-mesh/echo-split").expect("route").1;
+    // The tie-breaker between routes is kept; the API server's own fields are not.
+    assert!(route.contains("creationTimestamp: 2026-11-27T10:00:00Z"), "{route}");
+    assert!(!route.contains("managedFields") && !route.contains("status"), "{route}");
+    assert_eq!(echo_backend(&docs), "echo-v1");
+
+    api.apply(HTTP_ROUTES, http_route("echo-v2"), true);
+    let docs =
+        next_documents(&mut rx, "the modified HTTPRoute", |d| d.iter().any(|(_, t)| t.contains("echo-v2"))).await;
+    assert_eq!(echo_backend(&docs), "echo-v2");
+
+    api.delete(HTTP_ROUTES, "gateway-conformance-mesh", "echo-split", true);
+    let docs = next_documents(&mut rx, "the deleted HTTPRoute", |d| d.len() == 3).await;
+    assert_eq!(echo_backend(&docs), "echo");
+}
+
+/// A cluster without the Gateway API CRDs: no error, nothing watched.
+#[tokio::test]
+async fn missing_gateway_api_crds_are_not_an_error() {
+    let api = FakeApi::default();
+    let rx = crate::discovery::gateway_api::spawn(client(api.clone())).await.expect("not an error");
+    assert!(rx.is_none());
+    assert!(api.log().is_empty(), "nothing listed: {:?}", api.log());
 }
 
 /// A service without a selector — the API server's own `kubernetes` service, which every

@@ -1,0 +1,433 @@
+//! The Gateway API mesh conformance tests (kubernetes-sigs/gateway-api 4564255,
+//! `conformance/tests/mesh/`) on the real kernel: their route YAML verbatim
+//! (`mesh-userspace/tests/gateway_api/`) put in the agent's watched config directory one test at a
+//! time, echo pods answering as the conformance echo server does (pod name, path, request
+//! headers), and every request sent by curl from a meshed client pod to the Service VIP, through
+//! the eBPF redirect and the node proxy. Each request of the Go test's table is asserted on the
+//! pod that answered, the path it received and, for redirects, the whole `Location` (which
+//! upstream's harness skips). GRPCRoute: MeshGRPCRouteWeight over h2c.
+use std::{
+    collections::BTreeMap,
+    fs,
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{ensure, Context as _};
+use mesh_e2e::*;
+
+const NS: &str = "gateway-conformance-mesh";
+const ADMIN: &str = "127.0.0.1:15129";
+const SERVICES: [(&str, Ipv4Addr); 3] = [
+    ("echo", Ipv4Addr::new(10, 96, 0, 60)),
+    ("echo-v1", Ipv4Addr::new(10, 96, 0, 61)),
+    ("echo-v2", Ipv4Addr::new(10, 96, 0, 62)),
+];
+/// Pod names as a Deployment's would start (the conformance tests check the prefix).
+const ECHO_PODS: [(&str, &str, u8); 2] = [("echo-v1-7f9c4", "v1", 21), ("echo-v2-5d8b2", "v2", 22)];
+
+fn fixture(name: &str) -> PathBuf {
+    workspace().join("mesh-userspace/tests/gateway_api").join(name)
+}
+
+/// What the conformance client observes of one request.
+#[derive(Debug)]
+struct Seen {
+    status: u16,
+    /// The pod that answered (from the echo server's body).
+    pod: String,
+    /// The path the backend received.
+    path: String,
+    /// The headers the backend received, names lowercased.
+    headers: Vec<(String, String)>,
+    response_headers: Vec<(String, String)>,
+}
+
+impl Seen {
+    /// Every value of `name`, joined with `,` (as one header line would carry them).
+    fn header(list: &[(String, String)], name: &str) -> String {
+        let name = name.to_ascii_lowercase();
+        list.iter().filter(|(k, _)| *k == name).map(|(_, v)| v.as_str()).collect::<Vec<_>>().join(",")
+    }
+    fn got(&self, name: &str) -> String {
+        Seen::header(&self.headers, name)
+    }
+    fn answered(&self, name: &str) -> String {
+        Seen::header(&self.response_headers, name)
+    }
+    /// The Service whose pod answered: the pod name without its Deployment suffix.
+    fn backend(&self) -> &str {
+        self.pod.rsplit_once('-').map_or("", |(d, _)| d)
+    }
+}
+
+struct Mesh {
+    node: Node,
+    config_dir: PathBuf,
+    generation: u32,
+}
+
+impl Mesh {
+    fn start() -> anyhow::Result<Mesh> {
+        let mut node = Node::new("gw", 209)?;
+        let hosts: Vec<(&str, Ipv4Addr)> = SERVICES.to_vec();
+        node.add_pod("client", 10, &hosts)?;
+        for (pod, _, octet) in ECHO_PODS {
+            node.add_pod(pod, octet, &hosts)?;
+        }
+        let (echo, h2) = (bin("e2e-backend"), bin("e2e-h2"));
+        let (echo, h2) = (echo.to_str().context("path")?, h2.to_str().context("path")?);
+        for (pod, _, _) in ECHO_PODS {
+            node.spawn(pod, pod, &[echo, "echo", pod, "0.0.0.0:8080"])?;
+            node.spawn(pod, &format!("{pod}-grpc"), &[h2, "serve", pod, "0.0.0.0:7070"])?;
+        }
+        // The conformance Services (manifests.yaml) as written, plus the ClusterIP the API server
+        // would have assigned.
+        let manifests = fs::read_to_string(fixture("manifests.yaml"))?;
+        let mut registry = String::new();
+        for doc in manifests.split("\n---").filter(|d| d.contains("\nkind: Service")) {
+            let name = SERVICES
+                .iter()
+                .find(|(n, _)| doc.contains(&format!("\n  name: {n}\n")))
+                .context("a conformance Service we address")?;
+            registry += &format!(
+                "---\n{}\n",
+                doc.trim().replacen("\nspec:\n", &format!("\nspec:\n  clusterIP: {}\n", name.1), 1)
+            );
+        }
+        let in_ns = |y: String| y.replace("namespace: default", &format!("namespace: {NS}"));
+        registry += &in_ns(node.pod_yaml("client", &[("app", "client")], 1, true)?);
+        for (pod, version, _) in ECHO_PODS {
+            let y = in_ns(node.pod_yaml(pod, &[("app", "echo"), ("version", version)], 8080, true)?);
+            registry +=
+                &y.replace("    - containerPort: 8080\n", "    - containerPort: 8080\n    - containerPort: 7070\n");
+        }
+        let reg_file = node.dir.join("registry.yaml");
+        fs::write(&reg_file, registry)?;
+        let config_dir = node.dir.join("routing");
+        fs::create_dir_all(&config_dir)?;
+        let mut mesh = Mesh { node, config_dir, generation: 0 };
+        mesh.apply(None)?;
+        mesh.node.spawn_host(
+            "agent",
+            Command::new(bin("mesh"))
+                .args(["agent", "--registry"])
+                .arg(&reg_file)
+                .arg("--config")
+                .arg(&mesh.config_dir)
+                .args(["--admin", ADMIN, "--ingress-bind", "127.0.0.1"])
+                .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())),
+        )?;
+        wait_ready(ADMIN.parse()?, Duration::from_secs(30))
+            .map_err(|e| anyhow::anyhow!("{e}\nagent log:\n{}", mesh.node.log("agent")))?;
+        for (pod, _, _) in ECHO_PODS {
+            let ip = mesh.node.pod(pod)?.ip;
+            for port in [8080, 7070] {
+                wait_for_port(SocketAddr::from((ip, port)), Duration::from_secs(10))?;
+            }
+        }
+        Ok(mesh)
+    }
+
+    /// Makes `file` (or nothing) the whole routing config, the way the kubelet updates a
+    /// ConfigMap volume (new dir, atomic `..data` rename), and waits until the agent serves it.
+    fn apply(&mut self, file: Option<&str>) -> anyhow::Result<()> {
+        self.generation += 1;
+        let gen = format!("..gen{}", self.generation);
+        fs::create_dir_all(self.config_dir.join(&gen))?;
+        if let Some(f) = file {
+            fs::copy(fixture(f), self.config_dir.join(&gen).join("route.yaml"))?;
+        }
+        let tmp = self.config_dir.join("..data_tmp");
+        let _ = fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&gen, &tmp)?;
+        fs::rename(&tmp, self.config_dir.join("..data"))?;
+        let link = self.config_dir.join("route.yaml");
+        match file {
+            Some(_) if fs::symlink_metadata(&link).is_err() => std::os::unix::fs::symlink("..data/route.yaml", &link)?,
+            None if fs::symlink_metadata(&link).is_ok() => fs::remove_file(&link)?,
+            _ => {}
+        }
+        if self.generation > 1 {
+            let _ = fs::remove_dir_all(self.config_dir.join(format!("..gen{}", self.generation - 1)));
+            let admin: SocketAddr = ADMIN.parse()?;
+            let version = gen.clone();
+            wait_until(&format!("the agent to serve {file:?} ({gen})"), Duration::from_secs(10), || {
+                http_get(admin, "/metrics")
+                    .is_ok_and(|m| metric(&m, "mesh_config_version_info", &[("version", &version)]) == 1)
+            })
+            .map_err(|e| anyhow::anyhow!("{e}\nagent log:\n{}", self.node.log("agent")))?;
+            let metrics = http_get(admin, "/metrics")?;
+            ensure!(
+                metric(&metrics, "mesh_config_objects_rejected_total", &[]) == 0,
+                "{file:?} had rejected objects:\n{metrics}"
+            );
+        }
+        Ok(())
+    }
+
+    fn curl(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut all = vec!["curl", "-sS", "--max-time", "20"];
+        all.extend_from_slice(args);
+        let out = self.node.exec("client", &all)?;
+        ensure!(
+            out.status.success(),
+            "curl {args:?}: {}\nagent log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.node.log("agent")
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// One GET from the meshed client pod to `http://{host}{path}` (`host` is `echo`,
+    /// `echo-v1:8080`...: the Service VIP from the pod's /etc/hosts).
+    fn get(&self, host: &str, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<Seen> {
+        let url = format!("http://{host}{path}");
+        let hs: Vec<String> = headers.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        let mut args = vec!["-D", "-"];
+        for h in &hs {
+            args.extend(["-H", h.as_str()]);
+        }
+        args.push(&url);
+        let out = self.curl(&args)?;
+        let (head, body) = out.split_once("\r\n\r\n").with_context(|| format!("no response head: {out:?}"))?;
+        let mut lines = head.lines();
+        let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok());
+        let pairs = |it: &mut dyn Iterator<Item = &str>, prefix: &str| -> Vec<(String, String)> {
+            it.filter_map(|l| l.strip_prefix(prefix))
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+                .collect()
+        };
+        let field = |k: &str| body.lines().find_map(|l| l.strip_prefix(k)).unwrap_or("").to_owned();
+        Ok(Seen {
+            status: status.with_context(|| format!("status line in {head:?}"))?,
+            pod: field("pod="),
+            path: field("path="),
+            headers: pairs(&mut body.lines(), "header="),
+            response_headers: pairs(&mut lines, ""),
+        })
+    }
+
+    /// Sends `n` GETs over one connection (curl's URL globbing) and counts the pods that
+    /// answered, by the `x-backend` header the echo servers set.
+    fn spread(&self, url: &str, n: u32) -> anyhow::Result<BTreeMap<String, u32>> {
+        let url = format!("{url}?n=[1-{n}]");
+        let out = self.curl(&["-w", "\nBACKEND=%header{x-backend}\n", &url])?;
+        let mut seen = BTreeMap::new();
+        for l in out.lines().filter_map(|l| l.strip_prefix("BACKEND=")) {
+            *seen.entry(l.to_owned()).or_insert(0) += 1;
+        }
+        ensure!(seen.values().sum::<u32>() == n, "{n} answers expected: {seen:?}");
+        Ok(seen)
+    }
+}
+
+fn assert_share(seen: &BTreeMap<String, u32>, key: &str, want: f64) {
+    let total: u32 = seen.values().sum();
+    let got = seen.get(key).copied().unwrap_or(0) as f64 / total as f64;
+    assert!((got - want).abs() <= 0.05, "{key}: {got:.3} of {total}, want {want} ± 0.05: {seen:?}");
+}
+
+#[test]
+fn gateway_api_mesh_conformance_on_the_local_node() -> anyhow::Result<()> {
+    if !require_ebpf("gateway_api_mesh_conformance_on_the_local_node") {
+        return Ok(());
+    }
+    let mut mesh = Mesh::start()?;
+    let started = std::time::Instant::now();
+
+    // MeshBasic: no route, plain Kubernetes routing to echo's pods.
+    let s = mesh.get("echo", "/", &[])?;
+    assert_eq!(s.status, 200, "{s:?}");
+    assert!(s.pod.starts_with("echo-v"), "{s:?}");
+
+    // MeshPorts: the v1 route is bound to port 80 only; v2's to every port.
+    mesh.apply(Some("mesh-ports.yaml"))?;
+    let s = mesh.get("echo-v1", "/", &[])?;
+    assert_eq!((s.status, s.backend(), s.answered("x-header-set").as_str()), (200, "echo-v1", "v1"), "{s:?}");
+    let s = mesh.get("echo-v1:8080", "/", &[])?;
+    assert_eq!((s.status, s.backend(), s.answered("x-header-set").as_str()), (200, "echo-v1", ""), "{s:?}");
+    for host in ["echo-v2", "echo-v2:8080"] {
+        let s = mesh.get(host, "/", &[])?;
+        assert_eq!((s.status, s.backend(), s.answered("x-header-set").as_str()), (200, "echo-v2", "v2"), "{host}");
+    }
+
+    // MeshTrafficSplit.
+    mesh.apply(Some("mesh-split.yaml"))?;
+    for (path, backend) in [("/v1", "echo-v1"), ("/v2", "echo-v2")] {
+        let s = mesh.get("echo", path, &[])?;
+        assert_eq!((s.status, s.backend(), s.path.as_str()), (200, backend, path), "{s:?}");
+    }
+
+    // MeshHTTPRouteWeight: 70/30 over 500 requests within ±5 %, as upstream.
+    mesh.apply(Some("httproute-weight.yaml"))?;
+    let seen = mesh.spread("http://echo/", 500)?;
+    assert_share(&seen, ECHO_PODS[0].0, 0.7);
+    assert_share(&seen, ECHO_PODS[1].0, 0.3);
+    eprintln!("MeshHTTPRouteWeight over 500: {seen:?}");
+
+    // MeshHTTPRouteMatching.
+    mesh.apply(Some("httproute-matching.yaml"))?;
+    for (path, headers, backend) in [
+        ("/", &[][..], "echo-v1"),
+        ("/example", &[], "echo-v1"),
+        ("/", &[("Version", "one")], "echo-v1"),
+        ("/v2", &[], "echo-v2"),
+        ("/v2/example", &[], "echo-v2"),
+        ("/", &[("Version", "two")], "echo-v2"),
+        ("/v2/", &[], "echo-v2"),
+        ("/v2example", &[], "echo-v1"),
+        ("/foo/v2/example", &[], "echo-v1"),
+    ] {
+        let s = mesh.get("echo", path, headers)?;
+        assert_eq!((s.status, s.backend(), s.path.as_str()), (200, backend, path), "{path} {headers:?}: {s:?}");
+    }
+
+    // MeshHTTPRouteRedirectPath: status and the whole Location.
+    mesh.apply(Some("httproute-redirect-path.yaml"))?;
+    for (path, status, location) in [
+        ("/original-prefix/lemon", 302, "http://echo/replacement-prefix/lemon"),
+        ("/full/path/original", 302, "http://echo/full-path-replacement"),
+        ("/path-and-host", 302, "http://example.org/replacement-prefix"),
+        ("/path-and-status", 301, "http://echo/replacement-prefix"),
+        ("/full-path-and-host", 302, "http://example.org/replacement-full"),
+        ("/full-path-and-status", 301, "http://echo/replacement-full"),
+    ] {
+        let s = mesh.get("echo", path, &[])?;
+        assert_eq!((s.status, s.answered("location").as_str()), (status, location), "{path}: {s:?}");
+        assert!(s.pod.is_empty(), "a redirect is answered by the proxy, not a backend: {s:?}");
+    }
+
+    // MeshHTTPRouteRewritePath: the path the backend receives.
+    mesh.apply(Some("httproute-rewrite-path.yaml"))?;
+    for (path, want) in [
+        ("/prefix/one/two", "/one/two"),
+        ("/strip-prefix/three", "/three"),
+        ("/strip-prefix", "/"),
+        ("/full/one/two", "/one"),
+    ] {
+        let s = mesh.get("echo", path, &[])?;
+        assert_eq!((s.status, s.backend(), s.path.as_str()), (200, "echo-v1", want), "{path}: {s:?}");
+    }
+    let sent =
+        [("X-Header-Remove", "remove-val"), ("X-Header-Add-Append", "append-val-1"), ("X-Header-Set", "set-val")];
+    for (path, want) in [
+        ("/full/rewrite-path-and-modify-headers/test", "/test"),
+        ("/prefix/rewrite-path-and-modify-headers/one", "/prefix/one"),
+    ] {
+        let s = mesh.get("echo", path, &sent)?;
+        assert_eq!((s.status, s.backend(), s.path.as_str()), (200, "echo-v1", want), "{path}: {s:?}");
+        assert_eq!(s.got("x-header-add"), "header-val-1");
+        assert_eq!(s.got("x-header-add-append"), "append-val-1,header-val-2");
+        assert_eq!(s.got("x-header-set"), "set-overwrites-values");
+        assert_eq!(s.got("x-header-remove"), "", "{s:?}");
+    }
+
+    // MeshHTTPRouteRequestHeaderModifier: the headers the backend receives.
+    mesh.apply(Some("httproute-request-header-modifier.yaml"))?;
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [(&'a str, &'a str)], &'a [&'a str]);
+    let cases: &[Case] = &[
+        (
+            "/set",
+            &[("Some-Other-Header", "val")],
+            &[("Some-Other-Header", "val"), ("X-Header-Set", "set-overwrites-values")],
+            &[],
+        ),
+        (
+            "/add",
+            &[("Some-Other-Header", "val")],
+            &[("Some-Other-Header", "val"), ("X-Header-Add", "add-appends-values")],
+            &[],
+        ),
+        (
+            "/set",
+            &[("Some-Other-Header", "val"), ("X-Header-Set", "some-other-value")],
+            &[("Some-Other-Header", "val"), ("X-Header-Set", "set-overwrites-values")],
+            &[],
+        ),
+        (
+            "/add",
+            &[("Some-Other-Header", "val"), ("X-Header-Add", "some-other-value")],
+            &[("Some-Other-Header", "val"), ("X-Header-Add", "some-other-value,add-appends-values")],
+            &[],
+        ),
+        ("/remove", &[("X-Header-Remove", "val")], &[], &["X-Header-Remove"]),
+        (
+            "/multiple",
+            &[
+                ("X-Header-Set-2", "set-val-2"),
+                ("X-Header-Add-2", "add-val-2"),
+                ("X-Header-Remove-2", "remove-val-2"),
+                ("Another-Header", "another-header-val"),
+            ],
+            &[
+                ("X-Header-Set-1", "header-set-1"),
+                ("X-Header-Set-2", "header-set-2"),
+                ("X-Header-Add-1", "header-add-1"),
+                ("X-Header-Add-2", "add-val-2,header-add-2"),
+                ("X-Header-Add-3", "header-add-3"),
+                ("Another-Header", "another-header-val"),
+            ],
+            &["X-Header-Remove-1", "X-Header-Remove-2"],
+        ),
+        (
+            "/case-insensitivity",
+            &[
+                ("x-header-set", "original-val-set"),
+                ("x-header-add", "original-val-add"),
+                ("x-header-remove", "original-val-remove"),
+                ("Another-Header", "another-header-val"),
+            ],
+            &[
+                ("X-Header-Set", "header-set"),
+                ("X-Header-Add", "original-val-add,header-add"),
+                ("Another-Header", "another-header-val"),
+            ],
+            &["X-Header-Remove"],
+        ),
+    ];
+    for (path, sent, want, absent) in cases {
+        let s = mesh.get("echo", path, sent)?;
+        assert_eq!((s.status, s.backend(), s.path.as_str()), (200, "echo-v1", *path), "{s:?}");
+        for (k, v) in *want {
+            assert_eq!(s.got(k), *v, "{path}: {k}: {s:?}");
+        }
+        for k in *absent {
+            assert_eq!(s.got(k), "", "{path}: {k} present: {s:?}");
+        }
+    }
+
+    // MeshGRPCRouteWeight over the wire: gRPC requests (h2c, application/grpc, /service/method)
+    // to echo:7070 reach echo-v1 and echo-v2 70/30 (echo-v3, weight 0, does not exist).
+    mesh.apply(Some("grpcroute-weight.yaml"))?;
+    let calls = |n: &str| -> anyhow::Result<String> {
+        let h2 = bin("e2e-h2");
+        let out = mesh
+            .node
+            .exec("client", &[h2.to_str().unwrap_or_default(), "grpc-calls", "echo:7070", "/service/method", n])?;
+        ensure!(
+            out.status.success(),
+            "gRPC calls: {}{}\nagent log:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            mesh.node.log("agent")
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let out = calls("500")?;
+    let mut seen = BTreeMap::new();
+    for l in out.lines().filter_map(|l| l.strip_prefix("BACKEND=")) {
+        let (backend, path) = l.split_once(" PATH=").unwrap_or((l, ""));
+        assert_eq!(path, "/service/method", "the path the gRPC backend received");
+        *seen.entry(backend.to_owned()).or_insert(0u32) += 1;
+    }
+    assert_eq!(seen.values().sum::<u32>(), 500, "{seen:?}");
+    assert_share(&seen, ECHO_PODS[0].0, 0.7);
+    assert_share(&seen, ECHO_PODS[1].0, 0.3);
+    eprintln!("MeshGRPCRouteWeight over 500: {seen:?}");
+    eprintln!("conformance cases took {:?} after the node started", started.elapsed());
+    Ok(())
+}
