@@ -24,7 +24,6 @@ pub mod listeners;
 pub mod metrics;
 pub mod proxy;
 pub mod quantity;
-#[allow(missing_docs)]
 pub mod registry;
 pub mod reload;
 pub mod routing;

@@ -89,20 +89,25 @@ fn first_warning(namespace: &str, name: &str, annotation: &str, value: &str) -> 
     seen.insert(format!("{namespace}/{name} {annotation}={value}"))
 }
 
+/// The cluster's DNS domain: service hosts are `name.namespace.svc.cluster.local`.
 pub const CLUSTER_DOMAIN: &str = "svc.cluster.local";
 
 /// How the mesh treats a service port, decided like Istio does: `appProtocol` first, then the
 /// port name prefix (`http`, `http-web`, `tcp-db`, `grpc`...).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AppProtocol {
+    /// HTTP/1.1 (the proxy speaks what the client spoke upstream).
     Http,
+    /// HTTP/2: gRPC, h2c; HTTP/2 upstream whatever the client spoke.
     Http2,
+    /// Opaque TCP: bytes are relayed, no L7 routing.
     Tcp,
     /// Neither named nor declared: the proxy sniffs the first bytes.
     Unknown,
 }
 
 impl AppProtocol {
+    /// Classifies a service port by its `appProtocol`, else its name's prefix.
     pub fn from_port(name: Option<&str>, app_protocol: Option<&str>) -> Self {
         let classify = |s: &str| {
             let s = s.to_ascii_lowercase();
@@ -125,27 +130,42 @@ impl AppProtocol {
     }
 }
 
+/// A service port's `targetPort`: where its endpoints listen.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TargetPort {
+    /// A port number on the pod.
     Number(u16),
+    /// A container port's name, resolved per pod.
     Name(String),
 }
 
+/// One TCP port of a service.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServicePort {
+    /// The port's name (Istio reads the protocol from its prefix).
     pub name: Option<String>,
+    /// The service (VIP) port.
     pub port: u16,
+    /// Where the endpoints listen.
     pub target_port: TargetPort,
+    /// The NodePort the node's ingress listener serves this port on, if any.
     pub node_port: Option<u16>,
+    /// How the proxy treats the port's traffic.
     pub protocol: AppProtocol,
 }
 
+/// A Kubernetes Service as the mesh needs it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Service {
+    /// The Service's name.
     pub name: String,
+    /// Its namespace.
     pub namespace: String,
+    /// Its VIP; `None` for a headless service (nothing to capture).
     pub cluster_ip: Option<Ipv4Addr>,
+    /// Its TCP ports.
     pub ports: Vec<ServicePort>,
+    /// The pod labels that make a pod an endpoint (empty: selectorless).
     pub selector: BTreeMap<String, String>,
     /// The addresses Kubernetes' EndpointSlices mark ready for this service (Kubernetes mode):
     /// a selected pod outside this set (starting, failing its readiness probe, terminating) is
@@ -164,28 +184,40 @@ impl Service {
         format!("{}.{}.{}", self.name, self.namespace, CLUSTER_DOMAIN)
     }
 
+    /// The service port numbered `port`.
     pub fn port(&self, port: u16) -> Option<&ServicePort> {
         self.ports.iter().find(|p| p.port == port)
     }
 }
 
+/// A port a pod's container declares (what a named `targetPort` resolves to).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ContainerPort {
+    /// The port's name.
     pub name: Option<String>,
+    /// The port number.
     pub port: u16,
 }
 
 /// A pod: the unit of identity (source workload) and the thing endpoints point at.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Workload {
+    /// The pod's name.
     pub name: String,
+    /// Its namespace.
     pub namespace: String,
+    /// Its labels (subsets, `sourceLabels`, selectors).
     pub labels: BTreeMap<String, String>,
+    /// Its pod IP; `None` before it has one, and for a hostNetwork pod.
     pub ip: Option<Ipv4Addr>,
+    /// Its containers' declared ports.
     pub container_ports: Vec<ContainerPort>,
+    /// Its network namespace on this node, where its in-pod listener is opened.
     pub netns: Option<PathBuf>,
+    /// Its cgroup on this node, which the eBPF programs are keyed by.
     pub cgroup: Option<PathBuf>,
-    /// False when the pod opted out with `mesh/enroll: "false"`.
+    /// Whether the mesh enrolls it: false when the pod (or, in Kubernetes mode, its
+    /// namespace) opted out, or for a hostNetwork pod.
     pub enroll: bool,
     /// Its own per-source caps (`mesh/max-*` annotations), overriding the node's flags.
     pub caps: PodCaps,
@@ -208,6 +240,7 @@ impl Workload {
         }
     }
 
+    /// The pod carries every label of a non-empty `selector`.
     pub fn matches(&self, selector: &BTreeMap<String, String>) -> bool {
         !selector.is_empty() && selector.iter().all(|(k, v)| self.labels.get(k) == Some(v))
     }
@@ -216,7 +249,9 @@ impl Workload {
 /// One backend of a service port: a pod and the address its container listens on.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
+    /// The pod (or, for a selectorless service, a stand-in for the address).
     pub workload: Arc<Workload>,
+    /// Where to connect: the pod IP and the resolved target port.
     pub addr: SocketAddr,
 }
 
@@ -301,6 +336,7 @@ impl Registry {
         self.services.get(*index.get(&(ip, port))?)
     }
 
+    /// The pod `namespace/name`.
     pub fn workload_by_name(&self, namespace: &str, name: &str) -> Option<&Arc<Workload>> {
         self.workloads.iter().find(|w| w.name == name && w.namespace == namespace)
     }
@@ -373,6 +409,8 @@ impl Registry {
         Ok(reg)
     }
 
+    /// Adds the Services and Pods of one multi-document YAML text (read from `path`, named in
+    /// errors); `List` documents are unpacked, other kinds skipped.
     pub fn add_yaml(&mut self, path: &Path, text: &str) -> Result<(), RegistryError> {
         for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
             let value = serde_yaml::Value::deserialize(doc).map_err(|e| RegistryError::Yaml {
@@ -427,12 +465,27 @@ pub fn split_host<'a>(host: &'a str, client_ns: &'a str) -> Option<(&'a str, &'a
     }
 }
 
+/// Why a registry file could not be loaded.
 #[derive(Debug, Error)]
 pub enum RegistryError {
+    /// The file could not be read.
     #[error("cannot read registry file {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The read error.
+        source: std::io::Error,
+    },
+    /// A document is not YAML, or not a valid Service or Pod.
     #[error("{path}: YAML document {document}: {message}")]
-    Yaml { path: PathBuf, document: usize, message: String },
+    Yaml {
+        /// The file.
+        path: PathBuf,
+        /// The document's index in the file (0-based).
+        document: usize,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 /// The subset of Kubernetes objects the standalone registry reads. Unknown fields are allowed:

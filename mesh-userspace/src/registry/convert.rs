@@ -16,12 +16,17 @@ pub const ISTIO_INJECT: &str = "sidecar.istio.io/inject";
 /// A Pod as the mesh needs it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PodInfo {
+    /// The API server's uid (finds the pod's sandbox on its node).
     pub uid: String,
+    /// The node it is scheduled on.
     pub node: Option<String>,
+    /// Its QoS class (part of its cgroup path).
     pub qos_class: Option<String>,
+    /// It shares the node's network namespace: never enrolled, its IP is not its own.
     pub host_network: bool,
     /// Per-pod opt-out (`mesh/enroll: "false"` or `sidecar.istio.io/inject: "false"`).
     pub opted_out: bool,
+    /// The registry entry.
     pub workload: Workload,
 }
 
