@@ -44,27 +44,40 @@ const MAX_HEADER: u32 = 64 << 20;
 pub enum Role {
     /// The in-pod listener (127.0.0.1:15001 in the pod's netns) of an enrolled pod.
     Pod {
+        /// The pod's namespace.
         namespace: String,
+        /// The pod's name.
         name: String,
+        /// The pod's network namespace (the successor checks it is still the pod's).
         netns: PathBuf,
+        /// The pod's cgroup.
         cgroup: PathBuf,
     },
+    /// A NodePort ingress listener.
     NodePort {
+        /// The node port.
         port: u16,
     },
+    /// A Gateway ingress listener.
     Gateway {
+        /// The listener port.
         port: u16,
+        /// The Gateway's namespace.
         namespace: String,
+        /// The Gateway's name.
         name: String,
     },
+    /// The admin listener (`/ready`, `/metrics`...).
     Admin,
     /// An eBPF map, by its name in the object.
     BpfMap {
+        /// The map's name in the eBPF object.
         name: String,
     },
     /// A BPF link attaching a program to the cgroup hierarchy; the program stays attached for as
     /// long as any process holds the link.
     BpfLink {
+        /// The program's name in the eBPF object.
         program: String,
     },
 }
@@ -78,25 +91,42 @@ struct Header {
     roles: Vec<Role>,
 }
 
+/// Why a handover could not happen (the agent then starts cold, or keeps serving).
 #[derive(Debug, Error)]
 pub enum HandoverError {
+    /// The handover socket could not be bound or connected.
     #[error("handover socket {path}: {source}")]
-    Socket { path: PathBuf, source: std::io::Error },
+    Socket {
+        /// The socket's path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Reading or writing the socket failed.
     #[error("handover transfer: {0}")]
     Io(#[from] std::io::Error),
+    /// Passing descriptors (SCM_RIGHTS) failed.
     #[error("handover transfer: {0}")]
     Sys(#[from] nix::Error),
+    /// The description of the descriptors is not valid JSON.
     #[error("handover description: {0}")]
     Json(#[from] serde_json::Error),
+    /// The other agent speaks another version of the protocol.
     #[error("the running agent speaks handover protocol {theirs}, this one {PROTOCOL}; stop it first (no hitless upgrade across this version)")]
-    Protocol { theirs: u32 },
+    Protocol {
+        /// The other agent's protocol version.
+        theirs: u32,
+    },
+    /// The other agent sent something this protocol does not allow.
     #[error("handover: {0}")]
     Malformed(String),
 }
 
 /// What the old agent hands over: each descriptor with its role.
 pub struct Offer {
+    /// The sender's eBPF map layout version.
     pub map_layout: u32,
+    /// The descriptors (duplicates) and what each is.
     pub items: Vec<(Role, OwnedFd)>,
 }
 
@@ -143,12 +173,17 @@ pub async fn wait_ready(stream: UnixStream) -> bool {
 
 /// What the new agent received, and the line back to the old one.
 pub struct Received {
+    /// The predecessor's eBPF map layout version.
     pub map_layout: u32,
+    /// The predecessor's process id (logs).
     pub predecessor_pid: u32,
+    /// The descriptors and what each is.
     pub items: Vec<(Role, OwnedFd)>,
+    /// The line back to the predecessor, to tell it to drain once this agent is ready.
     pub predecessor: Predecessor,
 }
 
+/// The connection to the agent this one takes over from.
 pub struct Predecessor {
     stream: UnixStream,
 }
@@ -275,6 +310,7 @@ impl Server {
         Ok(stream)
     }
 
+    /// The socket's path.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -298,15 +334,22 @@ impl Drop for Server {
 /// its state; whatever is left unclaimed is closed when this is dropped.
 #[derive(Default)]
 pub struct Inherited {
+    /// In-pod listeners by (namespace, name): (netns, cgroup, socket).
     pub pods: HashMap<(String, String), (PathBuf, PathBuf, OwnedFd)>,
+    /// NodePort listeners by port.
     pub nodeports: HashMap<u16, OwnedFd>,
+    /// Gateway listeners by port: (namespace, name, socket).
     pub gateways: HashMap<u16, (String, String, OwnedFd)>,
+    /// The admin listener.
     pub admin: Option<OwnedFd>,
+    /// eBPF maps by name.
     pub maps: HashMap<String, OwnedFd>,
+    /// BPF links: (program name, link).
     pub links: Vec<(String, OwnedFd)>,
 }
 
 impl Inherited {
+    /// Sorts received descriptors by role.
     pub fn new(items: Vec<(Role, OwnedFd)>) -> Inherited {
         let mut i = Inherited::default();
         for (role, fd) in items {

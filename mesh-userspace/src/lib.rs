@@ -17,7 +17,6 @@ pub mod ebpf_log;
 pub mod ebpf_pin;
 pub mod ebpf_upgrade;
 pub mod enrollment;
-#[allow(missing_docs)]
 pub mod handover;
 pub mod inpod;
 pub mod listeners;
