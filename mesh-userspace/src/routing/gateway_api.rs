@@ -637,50 +637,35 @@ impl Builder<'_> {
     /// For clients of a consumer route's namespace (and port): 404 once no rule of that
     /// namespace's routes matched, instead of falling through to the producer's.
     fn consumer_catch_all(&self, namespace: &str, conds: Vec<Cond>) -> HttpRule {
-        HttpRule {
-            name: Some(format!("consumer routes of namespace {namespace}: no rule matched")),
-            matches: vec![MatchRequest { name: None, conds }],
-            action: Action::DirectResponse { status: 404, body: None },
-            fault: FaultSpec::default(),
-            timeout: None,
-            retries: self.default_retries.clone(),
-            rewrite_uri: None,
-            rewrite_whole_path: false,
-            rewrite_authority: None,
-            request_headers: HeaderOps::default(),
-            response_headers: HeaderOps::default(),
-            mirrors: Vec::new(),
-        }
+        HttpRule::generated(
+            format!("consumer routes of namespace {namespace}: no rule matched"),
+            conds,
+            Action::DirectResponse { status: 404, body: None },
+            self.default_retries.clone(),
+        )
     }
 
     /// Plain Kubernetes routing for a port of a Service that no route is bound to.
     fn plain_rule(&self, svc: &Arc<Service>, port: u16, cluster: Arc<Cluster>) -> HttpRule {
-        HttpRule {
-            name: Some(format!("port {port}: no HTTPRoute is bound to it (plain Kubernetes routing)")),
-            matches: vec![MatchRequest { name: None, conds: vec![Cond::Port(port)] }],
-            action: Action::Route(vec![WeightedDest {
-                dest: DestClusters {
-                    host: svc.name.clone(),
-                    subset: None,
-                    by_port: vec![(port, cluster)],
-                    explicit_port: true,
-                },
-                weight: 1,
-                request_headers: HeaderOps::default(),
-                response_headers: HeaderOps::default(),
-                fail_with: None,
-                mirrors: Vec::new(),
-            }]),
-            fault: FaultSpec::default(),
-            timeout: None,
-            retries: self.default_retries.clone(),
-            rewrite_uri: None,
-            rewrite_whole_path: false,
-            rewrite_authority: None,
+        let dest = WeightedDest {
+            dest: DestClusters {
+                host: svc.name.clone(),
+                subset: None,
+                by_port: vec![(port, cluster)],
+                explicit_port: true,
+            },
+            weight: 1,
             request_headers: HeaderOps::default(),
             response_headers: HeaderOps::default(),
+            fail_with: None,
             mirrors: Vec::new(),
-        }
+        };
+        HttpRule::generated(
+            format!("port {port}: no HTTPRoute is bound to it (plain Kubernetes routing)"),
+            vec![Cond::Port(port)],
+            Action::Route(vec![dest]),
+            self.default_retries.clone(),
+        )
     }
 
     fn header_modifier(&mut self, m: &gw::HeaderModifier, at: &Locator, path: &str) -> HeaderOps {

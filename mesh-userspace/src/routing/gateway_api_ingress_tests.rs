@@ -88,44 +88,14 @@ fn send_with(t: &RouteTable, rng: &mut StdRng, r: &Req<'_>) -> Seen {
         scheme: "http",
         headers: &h,
     };
-    let none = |status| Seen {
-        status,
-        backend: None,
-        path: String::new(),
-        host: String::new(),
-        headers: HeaderMap::new(),
-        location: None,
-    };
-    match t.route(&info, rng) {
-        Decision::NoRoute { .. } => none(404),
-        Decision::Redirect { status, location } => Seen { location: Some(location), ..none(status) },
-        Decision::Forward(f) => {
-            if let Some(status) = f.fault.abort {
-                return none(status);
-            }
-            assert!(!f.cluster.endpoints.is_empty(), "{} has no endpoints", f.cluster.name);
-            for e in &f.cluster.endpoints {
-                assert!(
-                    e.workload.name.starts_with(&f.cluster.service.name),
-                    "{} in {}",
-                    e.workload.name,
-                    f.cluster.name
-                );
-            }
-            let mut sent = h.clone();
-            f.request_headers.apply(&mut sent);
-            let path =
-                f.rewrite.as_ref().and_then(|r| r.apply_path(uri.path())).unwrap_or_else(|| uri.path().to_owned());
-            let host = f.rewrite.as_ref().and_then(|r| r.authority.clone()).unwrap_or_else(|| r.host.to_owned());
-            Seen {
-                status: 200,
-                backend: Some(format!("{}/{}", f.cluster.service.namespace, f.cluster.service.name)),
-                path,
-                host,
-                headers: sent,
-                location: None,
-            }
-        }
+    let o = crate::routing::tests::observe(t, rng, &info);
+    Seen {
+        status: o.status,
+        backend: o.service.map(|s| format!("{}/{}", s.namespace, s.name)),
+        path: o.path,
+        host: o.host,
+        headers: o.headers,
+        location: o.location,
     }
 }
 

@@ -67,45 +67,14 @@ fn send_with(t: &RouteTable, rng: &mut StdRng, host: &str, path: &str, headers: 
         scheme: "http",
         headers: &h,
     };
-    let none = |status| Seen {
-        status,
-        backend: None,
-        path: String::new(),
-        headers: HeaderMap::new(),
-        response_headers: HeaderMap::new(),
-        location: None,
-    };
-    match t.route(&info, rng) {
-        Decision::NoRoute { .. } => none(404),
-        Decision::Redirect { status, location } => Seen { location: Some(location), ..none(status) },
-        Decision::Forward(f) => {
-            if let Some(status) = f.fault.abort {
-                return none(status);
-            }
-            assert!(!f.cluster.endpoints.is_empty(), "{} has no endpoints", f.cluster.name);
-            for e in &f.cluster.endpoints {
-                assert!(
-                    e.workload.name.starts_with(&f.cluster.service.name),
-                    "{} in {}",
-                    e.workload.name,
-                    f.cluster.name
-                );
-            }
-            let mut sent = h.clone();
-            f.request_headers.apply(&mut sent);
-            let mut response_headers = HeaderMap::new();
-            f.response_headers.apply(&mut response_headers);
-            let path =
-                f.rewrite.as_ref().and_then(|r| r.apply_path(uri.path())).unwrap_or_else(|| uri.path().to_owned());
-            Seen {
-                status: 200,
-                backend: Some(f.cluster.service.name.clone()),
-                path,
-                headers: sent,
-                response_headers,
-                location: None,
-            }
-        }
+    let o = crate::routing::tests::observe(t, rng, &info);
+    Seen {
+        status: o.status,
+        backend: o.service.map(|s| s.name.clone()),
+        path: o.path,
+        headers: o.headers,
+        response_headers: o.response_headers,
+        location: o.location,
     }
 }
 

@@ -14,7 +14,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use rand::Rng;
 
 pub use self::explain::Explanation;
-use self::matcher::MatchRequest;
+use self::matcher::{Cond, MatchRequest};
 pub use self::policy::*;
 use crate::{
     config::{Config, ConfigErrors},
@@ -318,6 +318,27 @@ pub(crate) struct HttpRule {
     pub response_headers: HeaderOps,
     /// Each mirror with the percentage of requests it gets.
     pub mirrors: Vec<(DestClusters, f64)>,
+}
+
+impl HttpRule {
+    /// A rule the engine makes itself (no fault, timeout, rewrite or header rules): `action` for
+    /// requests meeting `conds`, under the default retry policy.
+    pub(crate) fn generated(name: String, conds: Vec<Cond>, action: Action, retries: Arc<RetryPolicy>) -> HttpRule {
+        HttpRule {
+            name: Some(name),
+            matches: vec![MatchRequest { name: None, conds }],
+            action,
+            fault: FaultSpec::default(),
+            timeout: None,
+            retries,
+            rewrite_uri: None,
+            rewrite_whole_path: false,
+            rewrite_authority: None,
+            request_headers: HeaderOps::default(),
+            response_headers: HeaderOps::default(),
+            mirrors: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]

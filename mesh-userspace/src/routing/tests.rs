@@ -13,6 +13,74 @@ pub(crate) fn registry() -> Registry {
     r
 }
 
+/// What a conformance client observes of one request routed by `t` (Gateway API tests, mesh
+/// and ingress): the status, and for a forwarded request the Service whose pods got it and the
+/// path, Host and headers they received plus the response headers the route adds; the
+/// redirect's `Location`. Every endpoint of the picked cluster must belong to that Service.
+#[derive(Debug)]
+pub(crate) struct Observed {
+    pub status: u16,
+    pub service: Option<Arc<Service>>,
+    pub path: String,
+    pub host: String,
+    pub headers: http::HeaderMap,
+    pub response_headers: http::HeaderMap,
+    pub location: Option<String>,
+}
+
+pub(crate) fn observe<R: rand::Rng>(t: &RouteTable, rng: &mut R, info: &RequestInfo<'_>) -> Observed {
+    let none = |status| Observed {
+        status,
+        service: None,
+        path: String::new(),
+        host: String::new(),
+        headers: http::HeaderMap::new(),
+        response_headers: http::HeaderMap::new(),
+        location: None,
+    };
+    match t.route(info, rng) {
+        Decision::NoRoute { .. } => none(404),
+        Decision::Redirect { status, location } => Observed { location: Some(location), ..none(status) },
+        Decision::Forward(f) => {
+            if let Some(status) = f.fault.abort {
+                return none(status);
+            }
+            assert!(!f.cluster.endpoints.is_empty(), "{} has no endpoints", f.cluster.name);
+            for e in &f.cluster.endpoints {
+                assert!(
+                    e.workload.name.starts_with(&f.cluster.service.name),
+                    "{} in {}",
+                    e.workload.name,
+                    f.cluster.name
+                );
+            }
+            let mut headers = info.headers.clone();
+            f.request_headers.apply(&mut headers);
+            let mut response_headers = http::HeaderMap::new();
+            f.response_headers.apply(&mut response_headers);
+            let path = f
+                .rewrite
+                .as_ref()
+                .and_then(|r| r.apply_path(info.uri.path()))
+                .unwrap_or_else(|| info.uri.path().to_owned());
+            let host = f
+                .rewrite
+                .as_ref()
+                .and_then(|r| r.authority.clone())
+                .unwrap_or_else(|| info.authority.unwrap_or_default().to_owned());
+            Observed {
+                status: 200,
+                service: Some(f.cluster.service.clone()),
+                path,
+                host,
+                headers,
+                response_headers,
+                location: None,
+            }
+        }
+    }
+}
+
 pub(crate) const DR: &str = "apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: reviews}
