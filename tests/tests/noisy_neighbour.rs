@@ -329,3 +329,78 @@ fn a_pod_streaming_large_bodies_is_shed_before_the_agent_runs_out_of_memory() ->
     assert!(status.success(), "agent exited with {status}:\n{}", node.log("agent"));
     Ok(())
 }
+
+/// Pod B's flood: idle connections it opens, connections it floods requests on, seconds.
+const FLOOD_IDLE: usize = 5000;
+const FLOOD_WORKERS: usize = 128;
+const FLOOD_SECS: u64 = 10;
+/// The agent's default connection cap per source workload (`--source-max-connections`).
+const DEFAULT_MAX_CONNECTIONS: usize = 2048;
+
+/// The connection and request flood at full size, with the node's default caps: pod A
+/// runs its steady 200 req/s alone, then again while pod B floods the same service with requests
+/// (as fast as its 128 keep-alive connections are answered) and opens 5,000 more connections it
+/// holds idle. Asserted: A sees no failure; B's connections past its cap are closed at accept and
+/// counted under B. A's p99 alone and next to B are printed.
+#[test]
+fn a_pod_flooding_connections_and_requests_does_not_degrade_its_neighbour() -> anyhow::Result<()> {
+    if !require_ebpf("a_pod_flooding_connections_and_requests_does_not_degrade_its_neighbour") {
+        return Ok(());
+    }
+    let (mut node, backend) = start_node("nnf", 209, &[])?;
+
+    // Baseline: pod A alone, 2 × 100 req/s for 5 s.
+    start_load(&mut node, &backend, "base", "5")?;
+    let base = finish_load(&mut node, "base")?;
+
+    // The same load for 10 s; pod B's flood starts once it runs and outlasts it.
+    let secs = FLOOD_SECS.to_string();
+    start_load(&mut node, &backend, "noisy", &secs)?;
+    wait_until("pod A's load to be running", Duration::from_secs(10), || {
+        metrics().is_ok_and(|m| {
+            metric(&m, "istio_requests_total", &[("reporter", "source"), ("source_workload", "client-a")]) >= 1100
+        })
+    })?;
+    let (idle, workers) = (FLOOD_IDLE.to_string(), FLOOD_WORKERS.to_string());
+    node.spawn("client-b", "flood", &[&backend, "abuse", "flood", "web:9080", &idle, &workers, &secs])?;
+    let noisy = finish_load(&mut node, "noisy")?;
+    node.wait("flood", Duration::from_secs(FLOOD_SECS + 30))?;
+    let flood = node.log("flood");
+    let line = flood.lines().find(|l| l.starts_with("codes")).unwrap_or_default().to_owned();
+
+    let mut report = String::new();
+    for ((mode, ok_b, _, p99_b), (_, ok_n, _, p99_n)) in base.iter().zip(&noisy) {
+        report += &format!("{mode}: alone p99 {p99_b:.2} ms ({ok_b} ok), with pod B {p99_n:.2} ms ({ok_n} ok); ");
+    }
+    report += &format!("pod B: {line}");
+    println!("{report}");
+    for ((mode, _, _, _), (_, ok_n, _, _)) in base.iter().zip(&noisy) {
+        assert!(*ok_n >= 0.9 * 100.0 * FLOOD_SECS as f64, "{mode}: pod A's load ran short: {report}");
+    }
+
+    // B's connections past its cap (the default 2048, its flood's own included) were closed at
+    // accept and counted under B.
+    let m = metrics()?;
+    let refused_idle = field(&line, "codes", "idle_refused").unwrap_or(0.0) as u64;
+    let cap = DEFAULT_MAX_CONNECTIONS;
+    assert!(
+        refused_idle >= (FLOOD_IDLE + FLOOD_WORKERS).saturating_sub(cap) as u64,
+        "pod B's idle connections past its cap of {cap} must be closed: {report}"
+    );
+    let overflow =
+        metric(&m, "mesh_downstream_overflow_total", &[("source_workload", "client-b"), ("limit", "connections")]);
+    assert!(overflow >= refused_idle, "B's refused connections are counted under B ({overflow}): {report}\n{m}");
+    for name in ["mesh_downstream_timeouts_total", "mesh_downstream_overflow_total", "mesh_overload_shed_total"] {
+        assert_eq!(metric(&m, name, &[("source_workload", "client-a")]), 0, "pod A must not hit a limit:\n{m}");
+    }
+    let a_total = metric(&m, "istio_requests_total", &[("reporter", "source"), ("source_workload", "client-a")]);
+    let a_ok = metric(
+        &m,
+        "istio_requests_total",
+        &[("reporter", "source"), ("source_workload", "client-a"), ("response_code", "200")],
+    );
+    assert_eq!(a_total, a_ok, "every request of pod A was a 200:\n{m}");
+    let status = node.stop("agent")?;
+    assert!(status.success(), "agent exited with {status}:\n{}", node.log("agent"));
+    Ok(())
+}
