@@ -105,7 +105,7 @@ fn start_node(prefix: &str, subnet: u8, args: &[&str]) -> anyhow::Result<(Node, 
             .arg(node.dir.join("handover.sock"))
             .args(args)
             // The overload manager says when it sheds and trims.
-            .env("RUST_LOG", "info,mesh::proxy::overload=debug"),
+            .env("RUST_LOG", "info,mesh::proxy::overload=debug,mesh::proxy::fair=debug"),
     )?;
     wait_until("the agent to be ready", Duration::from_secs(20), || {
         ADMIN.parse().is_ok_and(|a| http_get(a, "/ready").is_ok_and(|r| r.starts_with("HTTP/1.1 200")))
@@ -381,6 +381,12 @@ fn a_pod_flooding_connections_and_requests_does_not_degrade_its_neighbour() -> a
     // B's connections past its cap (the default 2048, its flood's own included) were closed at
     // accept and counted under B.
     let m = metrics()?;
+    let fair = |action| metric(&m, "mesh_fair_share_total", &[("source_workload", "client-b"), ("action", action)]);
+    report += &format!("; B's requests queued {}, refused {}", fair("queued"), fair("refused"));
+    let agent_log = node.log("agent");
+    let switches: Vec<&str> = agent_log.lines().filter(|l| l.contains("event loop fairness")).collect();
+    println!("fairness switched {} times: {:?}", switches.len(), switches.iter().take(6).collect::<Vec<_>>());
+    println!("{report}");
     let refused_idle = field(&line, "codes", "idle_refused").unwrap_or(0.0) as u64;
     let cap = DEFAULT_MAX_CONNECTIONS;
     assert!(

@@ -1,6 +1,7 @@
 //! The node proxy: accepts redirected connections on in-pod listeners and ingress connections on
 //! the node, recovers the original destination, and serves them at L7 (HTTP) or L4 (TCP).
 pub mod access_log;
+pub mod fair;
 pub mod http;
 pub mod lb;
 pub mod limits;
@@ -106,6 +107,9 @@ pub struct ProxyState {
     sources: std::sync::Mutex<Vec<(String, std::sync::Weak<limits::SourceCaps>)>>,
     /// The memory budget and whether the overload manager is shedding (`overload.rs`).
     pub overload: overload::Overload,
+    /// Per-source fairness of the event loop (`fair.rs`): limits nobody until the agent starts
+    /// its lag watcher.
+    pub fair: Arc<fair::FairGate>,
 }
 
 impl ProxyState {
@@ -136,6 +140,7 @@ impl ProxyState {
             overload: overload::Overload::new(limits.memory_budget),
             limits,
             sources: Default::default(),
+            fair: Default::default(),
         })
     }
 
@@ -557,7 +562,17 @@ pub async fn serve_http(state: Arc<ProxyState>, source: Source, entry: Entry, st
                 None => None,
             };
             let handled = http::handle(state.clone(), source.clone(), entry.clone(), req);
+            let (state, source, src) = (state.clone(), source.clone(), src.clone());
             Box::pin(async move {
+                // At once, unless the event loop fell behind and this source is the one slowed
+                // down (`fair.rs`).
+                match state.fair.enter(&src).await {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        state.metrics.inc("mesh_fair_share_total", &[("source_workload", &src), ("action", "queued")])
+                    }
+                    Err(fair::Refused) => return Ok(fair_share_refusal(&state, &source, &src)),
+                }
                 let resp = handled.await?;
                 Ok::<_, std::convert::Infallible>(resp.map(|body| {
                     http_body_util::BodyExt::boxed(http_body_util::BodyExt::map_frame(body, move |f| {
@@ -629,6 +644,20 @@ async fn serve_http2<S>(
         conn.as_mut().graceful_shutdown();
         let _ = tokio::time::timeout(limits.request_headers_timeout, conn).await;
     }
+}
+
+/// The reply to a request the fairness gate refused: `503` with `x-envoy-overloaded`, counted
+/// under its source (`mesh_fair_share_total{action="refused"}`, `istio_requests_total` with `OM`).
+/// The connection stays open: closing it would only make the flooding client reconnect.
+fn fair_share_refusal(state: &Arc<ProxyState>, source: &Source, src: &str) -> ::http::Response<ProxyBody> {
+    state.metrics.inc("mesh_fair_share_total", &[("source_workload", src), ("action", "refused")]);
+    telemetry::record_fair_share_refusal(state, source);
+    let mut r = http::local_reply(
+        ::http::StatusCode::SERVICE_UNAVAILABLE,
+        format!("envoy overloaded: the node proxy is behind and source workload {src} has too many requests waiting"),
+    );
+    r.headers_mut().insert("x-envoy-overloaded", ::http::HeaderValue::from_static("true"));
+    r
 }
 
 fn count_expiry(state: &ProxyState, src: &str, expired: limits::Expired) {
