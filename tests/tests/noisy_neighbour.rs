@@ -347,21 +347,27 @@ fn a_pod_flooding_connections_and_requests_does_not_degrade_its_neighbour() -> a
     if !require_ebpf("a_pod_flooding_connections_and_requests_does_not_degrade_its_neighbour") {
         return Ok(());
     }
-    let (mut node, backend) = start_node("nnf", 209, &[])?;
+    // Extra agent flags, for measuring (e.g. `--fair-share off`).
+    let extra = std::env::var("MESH_NN_FLOOD_AGENT_ARGS").unwrap_or_default();
+    let extra: Vec<&str> = extra.split_whitespace().collect();
+    let (mut node, backend) = start_node("nnf", 209, &extra)?;
 
-    // Baseline: pod A alone, 2 × 100 req/s for 5 s.
-    start_load(&mut node, &backend, "base", "5")?;
+    // Baseline: pod A alone, 2 × 100 req/s for 10 s (a p99 of 1,000 requests each).
+    let secs = FLOOD_SECS.to_string();
+    start_load(&mut node, &backend, "base", &secs)?;
     let base = finish_load(&mut node, "base")?;
 
     // The same load for 10 s; pod B's flood starts once it runs and outlasts it.
-    let secs = FLOOD_SECS.to_string();
     start_load(&mut node, &backend, "noisy", &secs)?;
     wait_until("pod A's load to be running", Duration::from_secs(10), || {
         metrics().is_ok_and(|m| {
             metric(&m, "istio_requests_total", &[("reporter", "source"), ("source_workload", "client-a")]) >= 1100
         })
     })?;
-    let (idle, workers) = (FLOOD_IDLE.to_string(), FLOOD_WORKERS.to_string());
+    // The idle connections can be changed for measuring (`MESH_NN_FLOOD_IDLE=0`: the request
+    // flood alone).
+    let flood_idle: usize = std::env::var("MESH_NN_FLOOD_IDLE").ok().and_then(|v| v.parse().ok()).unwrap_or(FLOOD_IDLE);
+    let (idle, workers) = (flood_idle.to_string(), FLOOD_WORKERS.to_string());
     node.spawn("client-b", "flood", &[&backend, "abuse", "flood", "web:9080", &idle, &workers, &secs])?;
     let noisy = finish_load(&mut node, "noisy")?;
     node.wait("flood", Duration::from_secs(FLOOD_SECS + 30))?;
@@ -384,18 +390,32 @@ fn a_pod_flooding_connections_and_requests_does_not_degrade_its_neighbour() -> a
     let fair = |action| metric(&m, "mesh_fair_share_total", &[("source_workload", "client-b"), ("action", action)]);
     report += &format!("; B's requests queued {}, refused {}", fair("queued"), fair("refused"));
     let agent_log = node.log("agent");
-    let switches: Vec<&str> = agent_log.lines().filter(|l| l.contains("event loop fairness")).collect();
-    println!("fairness switched {} times: {:?}", switches.len(), switches.iter().take(6).collect::<Vec<_>>());
+    let switches: Vec<&str> = agent_log.lines().filter(|l| l.contains("event loop behind")).collect();
+    println!("B limited {} times: {:?}", switches.len(), switches.iter().take(8).collect::<Vec<_>>());
     println!("{report}");
+    // Pod A next to the flood: each load's p99 within twice A's p99 alone (the worse of its two
+    // loads) plus 3 ms. The slack is this 2-core machine's noise: other builds share it, and A's
+    // p99 alone was 0.6–5.3 ms across runs, a load's p99 differing up to 4× from the other's in
+    // the same run. Without the fairness (`--fair-share off`) A's p99 with B was 10.6–18.3 ms.
+    let alone = base.iter().map(|(_, _, _, p99)| *p99).fold(0.0, f64::max);
+    for (mode, _, _, p99_n) in &noisy {
+        assert!(*p99_n <= 2.0 * alone + 3.0, "{mode}: pod A's p99 degraded: {report}");
+    }
+    assert!(fair("queued") > 0, "pod B's flood was never slowed down: {report}");
     let refused_idle = field(&line, "codes", "idle_refused").unwrap_or(0.0) as u64;
     let cap = DEFAULT_MAX_CONNECTIONS;
+    // (Which of B's connections are past the cap depends on the order the proxy accepts them
+    // in: its flood's may be among them.)
     assert!(
-        refused_idle >= (FLOOD_IDLE + FLOOD_WORKERS).saturating_sub(cap) as u64,
+        refused_idle >= flood_idle.saturating_sub(cap) as u64,
         "pod B's idle connections past its cap of {cap} must be closed: {report}"
     );
     let overflow =
         metric(&m, "mesh_downstream_overflow_total", &[("source_workload", "client-b"), ("limit", "connections")]);
-    assert!(overflow >= refused_idle, "B's refused connections are counted under B ({overflow}): {report}\n{m}");
+    assert!(
+        overflow >= refused_idle.max((flood_idle + FLOOD_WORKERS).saturating_sub(cap) as u64),
+        "B's refused connections are counted under B ({overflow}): {report}\n{m}"
+    );
     for name in ["mesh_downstream_timeouts_total", "mesh_downstream_overflow_total", "mesh_overload_shed_total"] {
         assert_eq!(metric(&m, name, &[("source_workload", "client-a")]), 0, "pod A must not hit a limit:\n{m}");
     }
