@@ -396,7 +396,7 @@ fn a_pod_flooding_connections_and_requests_does_not_degrade_its_neighbour() -> a
     // Pod A next to the flood: each load's p99 within twice A's p99 alone (the worse of its two
     // loads) plus 3 ms. The slack is this 2-core machine's noise: other builds share it, and A's
     // p99 alone was 0.6–5.3 ms across runs, a load's p99 differing up to 4× from the other's in
-    // the same run. Without the fairness (`--fair-share off`) A's p99 with B was 10.6–18.3 ms.
+    // the same run. Without the fairness (`--fair-share off`) A's p99 with B was 10.3–18.3 ms.
     let alone = base.iter().map(|(_, _, _, p99)| *p99).fold(0.0, f64::max);
     for (mode, _, _, p99_n) in &noisy {
         assert!(*p99_n <= 2.0 * alone + 3.0, "{mode}: pod A's p99 degraded: {report}");
