@@ -586,7 +586,7 @@ pub async fn serve_http(state: Arc<ProxyState>, source: Source, entry: Entry, st
     let limits = &state.limits;
     let io = limits::ActivityIo::new(stream, activity.clone());
     // Until its first bytes the connection is parked: no hyper state at all.
-    if !parked(&state, &activity, &io, &src, true).await {
+    if !parked(&state, &activity, &io, &src, source_for_refusals.caps.as_deref(), true).await {
         return;
     }
     let http2 = match http2_preface(io.get_ref(), limits.request_headers_timeout).await {
@@ -670,8 +670,8 @@ fn count_expiry(state: &ProxyState, src: &str, expired: limits::Expired) {
 /// connection closed unanswered when a handover's drain starts between its connect and its write).
 const DRAIN_FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 
-/// Waits, holding no buffer, until the client sends something (true), or the idle timeout or
-/// the drain closes the connection (false): an idle connection is closed at once by the drain,
+/// Waits, holding no buffer, until the client sends something (true), or the idle timeout, the
+/// overload manager shedding its source (`caps`) or the drain closes the connection (false): an idle connection is closed at once by the drain,
 /// as hyper's graceful shutdown closes an idle HTTP/1 connection — except a `fresh` one (no
 /// request yet), which gets [`DRAIN_FIRST_REQUEST_GRACE`] to send its first (answered with
 /// `Connection: close`).
@@ -680,12 +680,25 @@ async fn parked(
     activity: &limits::ConnActivity,
     io: &limits::ActivityIo<TcpStream>,
     src: &str,
+    caps: Option<&limits::SourceCaps>,
     fresh: bool,
 ) -> bool {
+    let shed = async {
+        match caps {
+            Some(c) => c.idle_shed().await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         r = io.get_ref().readable() => r.is_ok(),
         e = activity.watch(&state.limits) => {
             count_expiry(state, src, e);
+            false
+        }
+        () = shed => {
+            // The overload manager sheds this source: its idle connections are closed (Envoy's
+            // overload manager stops keep-alive the same way).
+            state.metrics.inc("mesh_overload_shed_total", &[("source_workload", src), ("action", "idle_closed")]);
             false
         }
         _ = state.drain.signaled() => {
@@ -814,7 +827,7 @@ async fn serve_http1<S>(
         io = inner;
         // Bytes hyper read but had not parsed (none when parked idle, but never lost).
         unread = if rest.is_empty() { read_buf } else { [read_buf, rest].concat().into() };
-        if unread.is_empty() && !parked(state, activity, &io, src, false).await {
+        if unread.is_empty() && !parked(state, activity, &io, src, source_for_refusals.caps.as_deref(), false).await {
             return;
         }
     }
