@@ -130,6 +130,22 @@ pub struct AgentArgs {
     /// Kubernetes quantity (16Mi). A pod's `mesh/max-buffered-body` annotation overrides it.
     #[arg(long, default_value = "16Mi", value_parser = buffer_bytes)]
     pub source_max_buffered_body: u64,
+    /// Per-source fairness of the proxy's event loop: when the loop falls behind (see
+    /// --fair-share-lag) while several pods send requests, the pod starting the most is rate
+    /// limited until the loop is on time again, so a flood cannot slow its neighbours.
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    pub fair_share: Switch,
+    /// Requests of a rate-limited pod that may wait for their turn; past it they are answered
+    /// 503 (x-envoy-overloaded, flag OM).
+    #[arg(long, default_value_t = proxy::fair::FairConfig::default().max_queue, value_parser = source_count)]
+    pub fair_share_queue: u32,
+    /// How late the proxy's 5 ms timer must fire for the loop to count as behind.
+    #[arg(long, default_value = "2ms", value_parser = positive_duration)]
+    pub fair_share_lag: Duration,
+    /// Requests per second below which a pod is never limited (the lowest limit, and how fast
+    /// limits rise again per second).
+    #[arg(long, default_value_t = 1000, value_parser = source_count)]
+    pub fair_share_min_rate: u32,
     /// The node proxy's memory budget (RSS; e.g. 400Mi): past 90 % of it the sources holding the
     /// most are shed (new connections and requests refused, oldest unfinished requests reset)
     /// until it is under 75 %. Default: 80 % of the agent's cgroup memory.max, else 400Mi.
@@ -233,6 +249,16 @@ impl AgentArgs {
 }
 
 impl AgentArgs {
+    /// The event loop's fairness settings (`--fair-share-*`).
+    pub fn fair_share(&self) -> proxy::fair::FairConfig {
+        proxy::fair::FairConfig {
+            enabled: self.fair_share == Switch::On,
+            max_queue: self.fair_share_queue,
+            lag: self.fair_share_lag,
+            min_rate: f64::from(self.fair_share_min_rate),
+        }
+    }
+
     /// The memory budget and where it came from: the flag, else the agent's cgroup limit.
     pub fn memory_budget(&self) -> (u64, proxy::overload::BudgetOrigin) {
         if let Some(b) = self.memory_budget {
@@ -366,6 +392,11 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let (budget, origin) = args.memory_budget();
     tracing::info!(budget, ?origin, "memory budget");
     tokio::spawn(proxy::overload::run(state.clone()));
+    let fair = args.fair_share();
+    state.fair.configure(&fair);
+    if fair.enabled {
+        tokio::spawn(proxy::fair::watch_lag(state.fair.clone(), fair.lag));
+    }
     // The writer runs even while the log is off, so switching it on later needs nothing else.
     state.access_log.set_mode(args.access_log);
     state.access_log.spawn_writer(tokio::io::stdout());

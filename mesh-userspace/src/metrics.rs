@@ -50,6 +50,10 @@ const COUNTERS: &[(&str, &str)] = &[
         "Connections refused, requests refused and requests reset by the overload manager, by source and action",
     ),
     ("mesh_access_log_dropped_total", "Access log lines dropped because the writer fell behind"),
+    (
+        "mesh_fair_share_total",
+        "Requests of a source workload the event loop's fairness made wait (queued) or refused, by source and action",
+    ),
 ];
 
 /// The agent's own gauges.

@@ -105,7 +105,7 @@ fn start_node(prefix: &str, subnet: u8, args: &[&str]) -> anyhow::Result<(Node, 
             .arg(node.dir.join("handover.sock"))
             .args(args)
             // The overload manager says when it sheds and trims.
-            .env("RUST_LOG", "info,mesh::proxy::overload=debug"),
+            .env("RUST_LOG", "info,mesh::proxy::overload=debug,mesh::proxy::fair=debug"),
     )?;
     wait_until("the agent to be ready", Duration::from_secs(20), || {
         ADMIN.parse().is_ok_and(|a| http_get(a, "/ready").is_ok_and(|r| r.starts_with("HTTP/1.1 200")))
@@ -318,6 +318,121 @@ fn a_pod_streaming_large_bodies_is_shed_before_the_agent_runs_out_of_memory() ->
     // counted), which B's ~50 surviving uploads make at about the same time.
     assert!(peak < BUDGET_MIB * MIB / 4 * 5, "the agent's RSS went past its budget's cgroup limit: {report}");
     assert!(after <= bound, "memory was not given back within 10 s: {report}");
+    let a_total = metric(&m, "istio_requests_total", &[("reporter", "source"), ("source_workload", "client-a")]);
+    let a_ok = metric(
+        &m,
+        "istio_requests_total",
+        &[("reporter", "source"), ("source_workload", "client-a"), ("response_code", "200")],
+    );
+    assert_eq!(a_total, a_ok, "every request of pod A was a 200:\n{m}");
+    let status = node.stop("agent")?;
+    assert!(status.success(), "agent exited with {status}:\n{}", node.log("agent"));
+    Ok(())
+}
+
+/// Pod B's flood: idle connections it opens, connections it floods requests on, seconds.
+const FLOOD_IDLE: usize = 5000;
+const FLOOD_WORKERS: usize = 128;
+const FLOOD_SECS: u64 = 10;
+/// The agent's default connection cap per source workload (`--source-max-connections`).
+const DEFAULT_MAX_CONNECTIONS: usize = 2048;
+
+/// The connection and request flood at full size, with the node's default caps: pod A
+/// runs its steady 200 req/s alone, then again while pod B floods the same service with requests
+/// (as fast as its 128 keep-alive connections are answered) and opens 5,000 more connections it
+/// holds idle. Asserted: A sees no failure; B's connections past its cap are closed at accept and
+/// counted under B. A's p99 alone and next to B are printed.
+#[test]
+fn a_pod_flooding_connections_and_requests_does_not_degrade_its_neighbour() -> anyhow::Result<()> {
+    if !require_ebpf("a_pod_flooding_connections_and_requests_does_not_degrade_its_neighbour") {
+        return Ok(());
+    }
+    // Extra agent flags, for measuring (e.g. `--fair-share off`).
+    let extra = std::env::var("MESH_NN_FLOOD_AGENT_ARGS").unwrap_or_default();
+    let extra: Vec<&str> = extra.split_whitespace().collect();
+    let (mut node, backend) = start_node("nnf", 209, &extra)?;
+
+    // Baseline: pod A alone, 2 × 100 req/s for 10 s (a p99 of 1,000 requests each).
+    let secs = FLOOD_SECS.to_string();
+    start_load(&mut node, &backend, "base", &secs)?;
+    let base = finish_load(&mut node, "base")?;
+
+    let alone = base.iter().map(|(_, _, _, p99)| *p99).fold(0.0, f64::max);
+    // The idle connections can be changed for measuring (`MESH_NN_FLOOD_IDLE=0`: the request
+    // flood alone).
+    let flood_idle: usize = std::env::var("MESH_NN_FLOOD_IDLE").ok().and_then(|v| v.parse().ok()).unwrap_or(FLOOD_IDLE);
+    let (idle, workers) = (flood_idle.to_string(), FLOOD_WORKERS.to_string());
+
+    // Pod A next to the flood: each load's p99 within twice A's p99 alone (the worse of its two
+    // loads) plus 3 ms. The slack is this 2-core machine's noise: A's p99 alone was 0.4–5.3 ms
+    // across runs, a load's p99 differing up to 4× from the other's in the same run. Without the
+    // fairness (`--fair-share off`) A's p99 with B was 10.3–18.3 ms; with it 0.8–6.4 ms, and 1
+    // window in 9 went over this bound (6.09 ms, A alone 0.53 ms: the loop was rarely 2 ms late
+    // and B's limit kept rising). So, as upstream conformance tests await convergence, up to
+    // three 10 s windows of A's load next to a fresh flood of B: one within the bound passes;
+    // without the fairness every window is over it.
+    let mut report = String::new();
+    let mut line = String::new();
+    let mut within = false;
+    // Summed over the windows: the proxy's overflow counter is.
+    let (mut refused_sum, mut windows_run) = (0u64, 0u64);
+    for window in 0..3 {
+        let label = format!("noisy{window}");
+        start_load(&mut node, &backend, &label, &secs)?;
+        let flood_label = format!("flood{window}");
+        node.spawn("client-b", &flood_label, &[&backend, "abuse", "flood", "web:9080", &idle, &workers, &secs])?;
+        let noisy = finish_load(&mut node, &label)?;
+        node.wait(&flood_label, Duration::from_secs(FLOOD_SECS + 30))?;
+        line = node.log(&flood_label).lines().find(|l| l.starts_with("codes")).unwrap_or_default().to_owned();
+        refused_sum += field(&line, "codes", "idle_refused").unwrap_or(0.0) as u64;
+        windows_run += 1;
+        report += &format!("window {window}: ");
+        for ((mode, ok_b, _, p99_b), (_, ok_n, _, p99_n)) in base.iter().zip(&noisy) {
+            report += &format!("{mode}: alone p99 {p99_b:.2} ms ({ok_b} ok), with pod B {p99_n:.2} ms ({ok_n} ok); ");
+        }
+        report += &format!("pod B: {line}\n");
+        for ((mode, _, _, _), (_, ok_n, _, _)) in base.iter().zip(&noisy) {
+            assert!(*ok_n >= 0.9 * 100.0 * FLOOD_SECS as f64, "{mode}: pod A's load ran short: {report}");
+        }
+        if noisy.iter().all(|(_, _, _, p99_n)| *p99_n <= 2.0 * alone + 3.0) {
+            within = true;
+            break;
+        }
+        b_quiet()?;
+    }
+    println!("{report}");
+
+    // B's connections past its cap (the default 2048, its flood's own included) were closed at
+    // accept and counted under B.
+    let m = metrics()?;
+    let fair = |action| metric(&m, "mesh_fair_share_total", &[("source_workload", "client-b"), ("action", action)]);
+    report += &format!("; B's requests queued {}, refused {}", fair("queued"), fair("refused"));
+    let agent_log = node.log("agent");
+    let switches: Vec<&str> = agent_log.lines().filter(|l| l.contains("event loop behind")).collect();
+    println!("B limited {} times: {:?}", switches.len(), switches.iter().take(8).collect::<Vec<_>>());
+    println!("{report}");
+    assert!(within, "pod A's p99 next to B over 2 × {alone:.2} + 3 ms in every window: {report}");
+    assert!(fair("queued") > 0, "pod B's flood was never slowed down: {report}");
+    let refused_idle = field(&line, "codes", "idle_refused").unwrap_or(0.0) as u64;
+    let cap = DEFAULT_MAX_CONNECTIONS;
+    // (Which of B's connections are past the cap depends on the order the proxy accepts them
+    // in: its flood's may be among them.)
+    assert!(
+        refused_idle >= flood_idle.saturating_sub(cap) as u64,
+        "pod B's idle connections past its cap of {cap} must be closed: {report}"
+    );
+    let overflow =
+        metric(&m, "mesh_downstream_overflow_total", &[("source_workload", "client-b"), ("limit", "connections")]);
+    // B's client also sees as closed the connections the kernel reset when the proxy's listen
+    // backlog overflowed during its 5,000 connects (one run: 3,166 closed, 2,787 refused by the
+    // proxy): those never reach the proxy.
+    assert!(
+        overflow > 0 && overflow <= refused_sum + windows_run * FLOOD_WORKERS as u64,
+        "B's refused connections are counted under B ({overflow}): {report}\n{m}"
+    );
+    for name in ["mesh_downstream_timeouts_total", "mesh_downstream_overflow_total", "mesh_overload_shed_total"] {
+        assert_eq!(metric(&m, name, &[("source_workload", "client-a")]), 0, "pod A must not hit a limit:\n{m}");
+    }
     let a_total = metric(&m, "istio_requests_total", &[("reporter", "source"), ("source_workload", "client-a")]);
     let a_ok = metric(
         &m,

@@ -316,8 +316,10 @@ pub struct SourceCaps {
     max_requests: AtomicU32,
     max_body_bytes: AtomicU64,
     /// Set by the overload manager while this source is shed: new connections and requests are
-    /// refused.
+    /// refused, and its idle connections closed.
     refusing: AtomicBool,
+    /// Wakes this source's idle (parked) connections when it starts being shed.
+    shed_idle: Notify,
     /// Unfinished requests by start order (the key), each with what it holds.
     tickets: std::sync::Mutex<std::collections::BTreeMap<u64, Arc<Ticket>>>,
     next_ticket: AtomicU64,
@@ -460,6 +462,7 @@ impl SourceCaps {
             max_requests: AtomicU32::new(limits.per_source_max_requests),
             max_body_bytes: AtomicU64::new(limits.per_source_max_buffered_body),
             refusing: AtomicBool::new(false),
+            shed_idle: Notify::new(),
             tickets: Default::default(),
             next_ticket: AtomicU64::new(0),
         })
@@ -489,7 +492,26 @@ impl SourceCaps {
     }
 
     pub(crate) fn set_refusing(&self, on: bool) {
-        self.refusing.store(on, Ordering::Relaxed);
+        if on && !self.refusing.swap(true, Ordering::Relaxed) {
+            // Its idle keep-alive connections go too: each is counted as holding
+            // `overload::CONNECTION_BYTES`, and the source could not send on them anyway.
+            self.shed_idle.notify_waiters();
+        } else if !on {
+            self.refusing.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Resolves while the overload manager sheds this source (at once if it does already): an
+    /// idle connection of the source waiting on it is closed.
+    pub(crate) async fn idle_shed(&self) {
+        let notified = self.shed_idle.notified();
+        tokio::pin!(notified);
+        // Registered before the flag is read, so a shed starting in between is not missed.
+        notified.as_mut().enable();
+        if self.refusing() {
+            return;
+        }
+        notified.await;
     }
 
     /// Registers a request that has started; it stays in the table until the guard is dropped.

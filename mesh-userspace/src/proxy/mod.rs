@@ -1,6 +1,7 @@
 //! The node proxy: accepts redirected connections on in-pod listeners and ingress connections on
 //! the node, recovers the original destination, and serves them at L7 (HTTP) or L4 (TCP).
 pub mod access_log;
+pub mod fair;
 mod forward;
 pub mod http;
 pub mod lb;
@@ -107,6 +108,9 @@ pub struct ProxyState {
     sources: std::sync::Mutex<Vec<(String, std::sync::Weak<limits::SourceCaps>)>>,
     /// The memory budget and whether the overload manager is shedding (`overload.rs`).
     pub overload: overload::Overload,
+    /// Per-source fairness of the event loop (`fair.rs`): limits nobody until the agent starts
+    /// its lag watcher.
+    pub fair: Arc<fair::FairGate>,
 }
 
 impl ProxyState {
@@ -137,6 +141,7 @@ impl ProxyState {
             overload: overload::Overload::new(limits.memory_budget),
             limits,
             sources: Default::default(),
+            fair: Default::default(),
         })
     }
 
@@ -558,7 +563,17 @@ pub async fn serve_http(state: Arc<ProxyState>, source: Source, entry: Entry, st
                 None => None,
             };
             let handled = http::handle(state.clone(), source.clone(), entry.clone(), req);
+            let (state, source, src) = (state.clone(), source.clone(), src.clone());
             Box::pin(async move {
+                // At once, unless the event loop fell behind and this source is the one slowed
+                // down (`fair.rs`).
+                match state.fair.enter(&src).await {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        state.metrics.inc("mesh_fair_share_total", &[("source_workload", &src), ("action", "queued")])
+                    }
+                    Err(fair::Refused) => return Ok(fair_share_refusal(&state, &source, &src)),
+                }
                 let resp = handled.await?;
                 Ok::<_, std::convert::Infallible>(resp.map(|body| {
                     http_body_util::BodyExt::boxed(http_body_util::BodyExt::map_frame(body, move |f| {
@@ -572,7 +587,7 @@ pub async fn serve_http(state: Arc<ProxyState>, source: Source, entry: Entry, st
     let limits = &state.limits;
     let io = limits::ActivityIo::new(stream, activity.clone());
     // Until its first bytes the connection is parked: no hyper state at all.
-    if !parked(&state, &activity, &io, &src, true).await {
+    if !parked(&state, &activity, &io, &src, source_for_refusals.caps.as_deref(), true).await {
         return;
     }
     let http2 = match http2_preface(io.get_ref(), limits.request_headers_timeout).await {
@@ -632,6 +647,20 @@ async fn serve_http2<S>(
     }
 }
 
+/// The reply to a request the fairness gate refused: `503` with `x-envoy-overloaded`, counted
+/// under its source (`mesh_fair_share_total{action="refused"}`, `istio_requests_total` with `OM`).
+/// The connection stays open: closing it would only make the flooding client reconnect.
+fn fair_share_refusal(state: &Arc<ProxyState>, source: &Source, src: &str) -> ::http::Response<ProxyBody> {
+    state.metrics.inc("mesh_fair_share_total", &[("source_workload", src), ("action", "refused")]);
+    telemetry::record_fair_share_refusal(state, source);
+    let mut r = http::local_reply(
+        ::http::StatusCode::SERVICE_UNAVAILABLE,
+        format!("envoy overloaded: the node proxy is behind and source workload {src} has too many requests waiting"),
+    );
+    r.headers_mut().insert("x-envoy-overloaded", ::http::HeaderValue::from_static("true"));
+    r
+}
+
 fn count_expiry(state: &ProxyState, src: &str, expired: limits::Expired) {
     state.metrics.inc("mesh_downstream_timeouts_total", &[("source_workload", src), ("reason", expired.as_str())]);
     tracing::debug!(reason = expired.as_str(), "closing client connection");
@@ -648,8 +677,8 @@ const DRAIN_FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 #[cfg(test)]
 const DRAIN_FIRST_REQUEST_GRACE: Duration = Duration::from_secs(10);
 
-/// Waits, holding no buffer, until the client sends something (true), or the idle timeout or
-/// the drain closes the connection (false): an idle connection is closed at once by the drain,
+/// Waits, holding no buffer, until the client sends something (true), or the idle timeout, the
+/// overload manager shedding its source (`caps`) or the drain closes the connection (false): an idle connection is closed at once by the drain,
 /// as hyper's graceful shutdown closes an idle HTTP/1 connection — except a `fresh` one (no
 /// request yet), which gets [`DRAIN_FIRST_REQUEST_GRACE`] to send its first (answered with
 /// `Connection: close`).
@@ -658,12 +687,25 @@ async fn parked(
     activity: &limits::ConnActivity,
     io: &limits::ActivityIo<TcpStream>,
     src: &str,
+    caps: Option<&limits::SourceCaps>,
     fresh: bool,
 ) -> bool {
+    let shed = async {
+        match caps {
+            Some(c) => c.idle_shed().await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         r = io.get_ref().readable() => r.is_ok(),
         e = activity.watch(&state.limits) => {
             count_expiry(state, src, e);
+            false
+        }
+        () = shed => {
+            // The overload manager sheds this source: its idle connections are closed (Envoy's
+            // overload manager stops keep-alive the same way).
+            state.metrics.inc("mesh_overload_shed_total", &[("source_workload", src), ("action", "idle_closed")]);
             false
         }
         _ = state.drain.signaled() => {
@@ -792,7 +834,7 @@ async fn serve_http1<S>(
         io = inner;
         // Bytes hyper read but had not parsed (none when parked idle, but never lost).
         unread = if rest.is_empty() { read_buf } else { [read_buf, rest].concat().into() };
-        if unread.is_empty() && !parked(state, activity, &io, src, false).await {
+        if unread.is_empty() && !parked(state, activity, &io, src, source_for_refusals.caps.as_deref(), false).await {
             return;
         }
     }

@@ -340,6 +340,14 @@ impl Drop for RecordedBody {
     }
 }
 
+/// Records a request the fairness gate refused (its source's queue was full): `503` with
+/// Envoy's `OM` flag (the proxy is overloaded, and this source holds more than its share).
+pub fn record_fair_share_refusal(state: &Arc<ProxyState>, source: &Source) {
+    let mut rec = RequestRecord::new(state.clone(), source, &Request::new(()));
+    rec.code = Some(503);
+    rec.flag(crate::metrics::Flags::OM);
+}
+
 /// Records a request whose head hyper or the proxy refused before routing (431, 400).
 pub fn record_refusal(state: &Arc<ProxyState>, source: &Source, code: u16) {
     let mut rec = RequestRecord::new(state.clone(), source, &Request::new(()));

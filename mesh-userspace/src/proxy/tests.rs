@@ -1674,6 +1674,17 @@ async fn the_overload_manager_resets_the_heaviest_sources_oldest_requests_and_re
         }
         uploads.push(s);
     }
+    // noisy also holds an idle connection, kept alive after a request.
+    let mut idle_kept = tokio::net::TcpStream::connect(noisy).await.expect("connect");
+    idle_kept.write_all(b"GET /reviews/0 HTTP/1.1\r\nhost: reviews\r\n\r\n").await.expect("write");
+    let mut head = Vec::new();
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut buf = [0u8; 4096];
+        let n = idle_kept.read(&mut buf).await.expect("read");
+        assert!(n > 0, "the keep-alive request was not answered");
+        head.extend_from_slice(&buf[..n]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
     // Under the high watermark nothing happens.
     let plan = overload::look(&state, 9 << 20);
     assert!(!plan.overloaded);
@@ -1706,6 +1717,17 @@ async fn the_overload_manager_resets_the_heaviest_sources_oldest_requests_and_re
             assert!(read.is_err() && got.is_empty(), "the newest upload is not reset: {reply}");
         }
     }
+    // Its idle keep-alive connection is closed once it is parked (a second after its request;
+    // the idle timeout is an hour).
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 4096];
+        while matches!(idle_kept.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    assert!(closed.is_ok(), "noisy's idle keep-alive connection must be closed while it is shed");
+    let idle_closed =
+        state.metrics.get("mesh_overload_shed_total", &[("source_workload", "noisy"), ("action", "idle_closed")]);
+    assert_eq!(idle_closed, 1);
     // While overloaded noisy's new connections are closed at once; quiet is served.
     let reply = raw(noisy, b"GET /reviews/0 HTTP/1.1\r\nhost: reviews\r\n\r\n", "\r\n\r\n").await;
     assert!(reply.is_empty(), "a shed source's new connection must be closed: {reply}");

@@ -23,6 +23,12 @@
 //!   stalled-body N LEN SENT     N concurrent requests announcing LEN body bytes, sending SENT
 //!   slow-body N LEN CHUNK MS    N concurrent uploads of LEN bytes, CHUNK bytes every MS ms; an
 //!                               upload answered before it is done stops sending
+//!   flood IDLE WORKERS SECS     WORKERS keep-alive connections sending GETs back to back (each
+//!                               a new one as soon as the last is answered; reconnecting when
+//!                               closed) for SECS, and once they are connected IDLE more
+//!                               connections held open without a byte; prints the flood's status
+//!                               codes and closed connections, `requests=` and
+//!                               `idle_refused=` (idle connections the server closed)
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{TcpListener, TcpStream, ToSocketAddrs},
@@ -519,7 +525,17 @@ fn abuse(mode: &str, host: &str, args: &[String]) -> Result<(), String> {
                 .collect();
             threads.into_iter().map(|t| t.join().ok().flatten()).collect()
         }
-        _ => return Err(format!("abuse mode {mode:?}: connections, headers, slowloris, stalled-body or slow-body")),
+        "flood" => {
+            let (idle, workers, secs) = (n, num(1)?, num(2)?);
+            let (outcomes, idle_refused) = flood(addr, host, idle, workers, Duration::from_secs(secs as u64))?;
+            extra = format!(" requests={} idle_refused={idle_refused}", outcomes.len());
+            outcomes
+        }
+        _ => {
+            return Err(format!(
+                "abuse mode {mode:?}: connections, headers, slowloris, stalled-body, slow-body or flood"
+            ))
+        }
     };
     let mut codes = std::collections::BTreeMap::new();
     let mut closed = 0;
@@ -532,4 +548,102 @@ fn abuse(mode: &str, host: &str, args: &[String]) -> Result<(), String> {
     let codes: Vec<String> = codes.iter().map(|(c, k)| format!("{c}={k}")).collect();
     println!("codes {} closed={closed}{extra}", codes.join(" "));
     Ok(())
+}
+
+/// One GET on a keep-alive connection: its status and whether the server closes after it (None:
+/// the connection was closed or reset before a whole response).
+fn flood_request(r: &mut BufReader<TcpStream>, w: &mut TcpStream, req: &[u8]) -> Option<(u16, bool)> {
+    w.write_all(req).ok()?;
+    let mut status = String::new();
+    if r.read_line(&mut status).ok()? == 0 {
+        return None;
+    }
+    let code = status.split_whitespace().nth(1)?.parse().ok()?;
+    let (mut len, mut closes) = (0usize, false);
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).ok()? == 0 {
+            return None;
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            match k.trim().to_ascii_lowercase().as_str() {
+                "content-length" => len = v.trim().parse().unwrap_or(0),
+                "connection" => closes = v.trim().eq_ignore_ascii_case("close"),
+                _ => {}
+            }
+        }
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).ok()?;
+    Some((code, closes))
+}
+
+/// The `flood` abuse: the outcome of every flood request (None: its connection was closed
+/// before the response) and how many of the idle connections the server closed.
+fn flood(
+    addr: std::net::SocketAddr,
+    host: &str,
+    idle: usize,
+    workers: usize,
+    run: Duration,
+) -> Result<(Vec<Option<u16>>, usize), String> {
+    let start = Instant::now();
+    let connected = std::sync::Arc::new(std::sync::Barrier::new(workers + 1));
+    let req = format!("GET /flood HTTP/1.1\r\nhost: {host}\r\n\r\n").into_bytes();
+    let threads: Vec<_> = (0..workers)
+        .map(|_| {
+            let (req, connected) = (req.clone(), connected.clone());
+            std::thread::spawn(move || {
+                let open = || -> Option<(BufReader<TcpStream>, TcpStream)> {
+                    let s = connect(addr).ok()?;
+                    let w = s.try_clone().ok()?;
+                    Some((BufReader::new(s), w))
+                };
+                let mut conn = open();
+                connected.wait();
+                let mut out = Vec::new();
+                while start.elapsed() < run {
+                    let Some((r, w)) = conn.as_mut() else {
+                        // Refused (closed at accept): try again, as a flooding client does.
+                        out.push(None);
+                        conn = open();
+                        continue;
+                    };
+                    match flood_request(r, w, &req) {
+                        Some((code, closes)) => {
+                            out.push(Some(code));
+                            if closes {
+                                conn = open();
+                            }
+                        }
+                        None => {
+                            out.push(None);
+                            conn = open();
+                        }
+                    }
+                }
+                out
+            })
+        })
+        .collect();
+    connected.wait();
+    // The idle connections: opened once the flood's are in, held until the flood ends.
+    let mut held = Vec::new();
+    let mut idle_refused = 0;
+    for _ in 0..idle {
+        match connect(addr) {
+            Ok(s) => held.push(s),
+            Err(_) => idle_refused += 1,
+        }
+    }
+    let mut outcomes = Vec::new();
+    for t in threads {
+        outcomes.extend(t.join().map_err(|_| "flood thread panicked")?);
+    }
+    idle_refused += held.iter().filter(|s| answered(s)).count();
+    Ok((outcomes, idle_refused))
 }

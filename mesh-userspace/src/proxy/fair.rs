@@ -1,0 +1,399 @@
+//! Per-source fairness of the proxy's event loop (issue 13): when the loop falls behind while
+//! several pods send requests, the pod starting the most requests is slowed down until the loop
+//! is on time again, so one pod's flood cannot take the loop (and the node's CPU) from the others.
+//!
+//! A ticker task ([`watch_lag`]) asks for a wake-up every [`TICK`] and measures how late it
+//! comes: the time a ready task waits for a worker thread, which is what a flood adds to every
+//! other pod's latency. Each tick it hands the lateness to [`FairGate::tick`]:
+//!
+//! - every source's request rate is measured (requests started per second, smoothed);
+//! - a tick `lag` late, with two or more sources sending, gives the heaviest source (the highest
+//!   rate, and above [`FairConfig::min_rate`]) a rate limit of half its rate, at most once per
+//!   [`DECREASE_EVERY`] ticks (the loop needs a moment to catch up);
+//! - a tick on time raises every limit by [`FairConfig::min_rate`] per second of ticks; a limit
+//!   far above the source's rate is lifted.
+//!
+//! A request of a limited source starts when its source has a token (tokens come at its limit,
+//! at most [`BURST`] saved); otherwise it waits in its source's queue (at most
+//! [`FairConfig::max_queue`]; past it the request is refused, answered `503` with
+//! `x-envoy-overloaded`) and starts at a later tick. A limit never goes below `min_rate`, so a
+//! pod with an ordinary request rate is never held, and a node with a single busy pod never
+//! limits it (nobody to protect). The limits are rates, not concurrency: long-running requests
+//! (long polls, slow upstreams) are not held back.
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{
+        atomic::{AtomicBool, AtomicU32, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use tokio::sync::oneshot;
+
+/// The gate's settings (`--fair-share*` flags).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FairConfig {
+    /// Whether sources are ever limited.
+    pub enabled: bool,
+    /// Requests of one limited source that may wait; past it they are refused.
+    pub max_queue: u32,
+    /// Timer lateness that counts as the loop falling behind.
+    pub lag: Duration,
+    /// Requests per second below which a source is never limited, the lowest limit, and how
+    /// much limits rise per second of ticks on time.
+    pub min_rate: f64,
+}
+
+impl Default for FairConfig {
+    fn default() -> Self {
+        FairConfig { enabled: true, max_queue: 256, lag: Duration::from_millis(2), min_rate: 1000.0 }
+    }
+}
+
+/// How often [`watch_lag`] measures and [`FairGate::tick`] runs.
+pub const TICK: Duration = Duration::from_millis(5);
+/// Ticks between two decreases of a source's limit (50 ms).
+pub const DECREASE_EVERY: u32 = 10;
+/// Tokens a limited source may save up: a short burst starts at once.
+pub const BURST: f64 = 8.0;
+/// Weight of the last tick in a source's smoothed rate (about 50 ms of memory).
+const RATE_WEIGHT: f64 = 0.1;
+/// A source whose smoothed rate is below this (requests per second) and that has nothing
+/// waiting is not sending: it is not counted among the sources to protect, and is forgotten.
+const SENDING: f64 = 1.0;
+
+/// Why a request was not admitted: its source's queue was full.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refused;
+
+#[derive(Default)]
+struct SourceState {
+    /// Requests started since the last tick.
+    started: u32,
+    /// Smoothed requests started per second.
+    rate: f64,
+    /// Rate limit in requests per second, None: unlimited.
+    limit: Option<f64>,
+    tokens: f64,
+    /// Requests waiting, oldest first; a dropped receiver is a request given up.
+    queue: VecDeque<oneshot::Sender<()>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    sources: HashMap<Arc<str>, SourceState>,
+    /// Ticks since the last decrease.
+    since_decrease: u32,
+}
+
+/// The gate all requests pass (see the module doc): one short lock per request.
+pub struct FairGate {
+    inner: Mutex<Inner>,
+    enabled: AtomicBool,
+    max_queue: AtomicU32,
+    /// `min_rate` as f64 bits.
+    min_rate: std::sync::atomic::AtomicU64,
+}
+
+impl Default for FairGate {
+    fn default() -> Self {
+        let g = FairGate {
+            inner: Mutex::default(),
+            enabled: AtomicBool::new(true),
+            max_queue: AtomicU32::new(0),
+            min_rate: Default::default(),
+        };
+        g.configure(&FairConfig::default());
+        g
+    }
+}
+
+impl FairGate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn min_rate(&self) -> f64 {
+        f64::from_bits(self.min_rate.load(Ordering::Relaxed))
+    }
+
+    /// Sets the gate's settings (the agent's flags). Turning it off lifts every limit and
+    /// starts every waiting request.
+    pub fn configure(&self, config: &FairConfig) {
+        self.enabled.store(config.enabled, Ordering::Relaxed);
+        self.max_queue.store(config.max_queue, Ordering::Relaxed);
+        self.min_rate.store(config.min_rate.max(1.0).to_bits(), Ordering::Relaxed);
+        if !config.enabled {
+            for s in self.lock().sources.values_mut() {
+                s.limit = None;
+                for w in s.queue.drain(..) {
+                    let _ = w.send(());
+                }
+            }
+        }
+    }
+
+    /// `source`'s rate limit (requests per second; None: unlimited) and waiting requests.
+    pub fn usage(&self, source: &str) -> (Option<f64>, usize) {
+        self.lock().sources.get(source).map_or((None, 0), |s| (s.limit, s.queue.len()))
+    }
+
+    /// Admits a request of `source`: at once (false), after waiting for a token (true), or
+    /// `Refused` when its source already has `max_queue` requests waiting. Cancel-safe: a
+    /// request dropped while waiting gives its place up.
+    pub async fn enter(&self, source: &str) -> Result<bool, Refused> {
+        let rx = {
+            let mut inner = self.lock();
+            let state = match inner.sources.get_mut(source) {
+                Some(s) => s,
+                None => inner.sources.entry(Arc::from(source)).or_default(),
+            };
+            if state.limit.is_none() || (state.queue.is_empty() && state.tokens >= 1.0) {
+                if state.limit.is_some() {
+                    state.tokens -= 1.0;
+                }
+                state.started = state.started.saturating_add(1);
+                return Ok(false);
+            }
+            let max_queue = usize::try_from(self.max_queue.load(Ordering::Relaxed)).unwrap_or(usize::MAX);
+            if state.queue.len() >= max_queue {
+                // Requests that gave up while waiting do not hold places.
+                state.queue.retain(|w| !w.is_closed());
+            }
+            if state.queue.len() >= max_queue {
+                return Err(Refused);
+            }
+            let (tx, rx) = oneshot::channel();
+            state.queue.push_back(tx);
+            rx
+        };
+        // The sender is dropped unsent only when the gate is: never while the proxy runs.
+        rx.await.map(|()| true).map_err(|_| Refused)
+    }
+
+    /// One tick: `late` is how late the ticker's timer fired. Updates rates and limits and
+    /// starts the waiting requests their sources' new tokens allow.
+    pub fn tick(&self, late: Duration, lag: Duration) {
+        let secs = TICK.as_secs_f64();
+        let min_rate = self.min_rate();
+        let enabled = self.enabled.load(Ordering::Relaxed);
+        let mut inner = self.lock();
+        inner.since_decrease = inner.since_decrease.saturating_add(1);
+        let mut sending = 0;
+        let mut heaviest: Option<(Arc<str>, f64)> = None;
+        for (name, s) in inner.sources.iter_mut() {
+            let now = f64::from(s.started) / secs;
+            s.started = 0;
+            s.rate += RATE_WEIGHT * (now - s.rate);
+            if s.rate >= SENDING || !s.queue.is_empty() {
+                sending += 1;
+            }
+            if heaviest.as_ref().is_none_or(|(_, r)| s.rate > *r) {
+                heaviest = Some((name.clone(), s.rate));
+            }
+        }
+        let behind = enabled && late >= lag;
+        if behind && sending >= 2 && inner.since_decrease >= DECREASE_EVERY {
+            if let Some((name, rate)) = heaviest.filter(|(_, r)| *r > min_rate) {
+                if let Some(s) = inner.sources.get_mut(&name) {
+                    let limit = (s.limit.unwrap_or(f64::INFINITY).min(rate) / 2.0).max(min_rate);
+                    tracing::debug!(source = %name, rate, limit, late_us = late.as_micros() as u64, "event loop behind: limiting the heaviest source");
+                    s.limit = Some(limit);
+                    s.tokens = s.tokens.min(BURST);
+                    inner.since_decrease = 0;
+                }
+            }
+        }
+        for s in inner.sources.values_mut() {
+            let Some(limit) = s.limit.as_mut() else { continue };
+            if !behind {
+                *limit += min_rate * secs;
+            }
+            if !enabled || (*limit > 4.0 * s.rate.max(min_rate) && s.queue.is_empty()) {
+                // Far above what the source sends: no longer needed.
+                s.limit = None;
+                for w in s.queue.drain(..) {
+                    let _ = w.send(());
+                }
+                continue;
+            }
+            s.tokens = (s.tokens + *limit * secs).min(BURST);
+            while s.tokens >= 1.0 {
+                let Some(w) = s.queue.pop_front() else { break };
+                if w.send(()).is_ok() {
+                    s.tokens -= 1.0;
+                    s.started = s.started.saturating_add(1);
+                }
+            }
+        }
+        inner.sources.retain(|_, s| s.rate >= SENDING / 100.0 || s.started > 0 || !s.queue.is_empty());
+    }
+}
+
+/// Measures the loop's lateness every [`TICK`] and hands it to `gate` (see the module doc).
+/// Runs for the agent's lifetime.
+pub async fn watch_lag(gate: Arc<FairGate>, lag: Duration) {
+    loop {
+        let asked = tokio::time::Instant::now();
+        tokio::time::sleep(TICK).await;
+        gate.tick(asked.elapsed().saturating_sub(TICK), lag);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LAG: Duration = Duration::from_millis(2);
+    const LATE: Duration = Duration::from_millis(3);
+
+    fn gate(max_queue: u32) -> Arc<FairGate> {
+        let g = Arc::new(FairGate::default());
+        g.configure(&FairConfig { enabled: true, max_queue, lag: LAG, min_rate: 1000.0 });
+        g
+    }
+
+    /// Polls `f` once: Some(output) if it is ready.
+    fn now<F: std::future::Future + Unpin>(f: &mut F) -> Option<F::Output> {
+        use futures_util::FutureExt as _;
+        f.now_or_never()
+    }
+
+    /// `n` requests of `source` that started at once (panics if one waited).
+    async fn send(g: &FairGate, source: &str, n: u32) {
+        for _ in 0..n {
+            assert_eq!(g.enter(source).await, Ok(false), "{source}'s request must start at once");
+        }
+    }
+
+    /// `n` requests of `source`, each polled once (a request that must wait gives up).
+    fn try_send(g: &FairGate, source: &str, n: u32) {
+        for _ in 0..n {
+            let _ = now(&mut Box::pin(g.enter(source)));
+        }
+    }
+
+    /// Ticks with `b` trying 100 requests a tick (20,000/s) and `a` sending one a tick
+    /// (200/s, never held), until the smoothed rates are close to that.
+    async fn warm_up(g: &FairGate, late: Duration) {
+        for _ in 0..60 {
+            try_send(g, "b", 100);
+            send(g, "a", 1).await;
+            g.tick(late, LAG);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_loop_on_time_limits_nobody() {
+        let g = gate(8);
+        warm_up(&g, Duration::from_micros(500)).await;
+        assert_eq!(g.usage("b"), (None, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_single_busy_source_is_never_limited() {
+        let g = gate(8);
+        for _ in 0..60 {
+            send(&g, "b", 100).await;
+            g.tick(LATE, LAG);
+        }
+        assert_eq!(g.usage("b"), (None, 0), "nobody to protect");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_loop_halves_the_heaviest_source_and_never_limits_the_light_one() {
+        let g = gate(8);
+        warm_up(&g, LATE).await;
+        let (limit, _) = g.usage("b");
+        let limit = limit.expect("b is limited");
+        assert!((1000.0..=10_000.0).contains(&limit), "b's limit {limit}");
+        assert_eq!(g.usage("a"), (None, 0), "a is under min_rate");
+        // Decreases come at most once per DECREASE_EVERY ticks, down to min_rate.
+        for _ in 0..DECREASE_EVERY * 10 {
+            send(&g, "a", 1).await;
+            try_send(&g, "b", 100);
+            g.tick(LATE, LAG);
+        }
+        assert_eq!(g.usage("b").0, Some(1000.0), "at min_rate");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_limited_source_waits_for_tokens_and_past_its_queue_is_refused() {
+        let g = gate(3);
+        warm_up(&g, LATE).await;
+        // Spend b's saved tokens.
+        while now(&mut Box::pin(g.enter("b"))).is_some() {}
+        // The pending request above gave up when dropped; queue three.
+        let mut waiting: Vec<_> = (0..3).map(|_| Box::pin(g.enter("b"))).collect();
+        for w in &mut waiting {
+            assert!(now(w).is_none(), "b waits for a token");
+        }
+        assert_eq!(g.enter("b").await, Err(Refused), "b's queue is full");
+        drop(waiting.pop()); // a client gave up: its place is free again
+        let mut w3 = Box::pin(g.enter("b"));
+        assert!(now(&mut w3).is_none());
+        // The light source is never held.
+        send(&g, "a", 5).await;
+        // b's limit is at least min_rate: 5 tokens per tick, the three start at the next tick.
+        g.tick(LATE, LAG);
+        assert_eq!(now(&mut waiting[0]), Some(Ok(true)));
+        assert_eq!(now(&mut waiting[1]), Some(Ok(true)));
+        assert_eq!(now(&mut w3), Some(Ok(true)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn limits_rise_when_the_loop_is_on_time_and_are_lifted_when_unneeded() {
+        let g = gate(8);
+        warm_up(&g, LATE).await;
+        let before = g.usage("b").0.expect("limited");
+        // b now sends 2 a tick (400/s): the limit rises each tick on time, then is lifted.
+        for _ in 0..10 {
+            send(&g, "a", 1).await;
+            g.tick(Duration::ZERO, LAG);
+        }
+        let after = g.usage("b").0.expect("still limited");
+        assert!(after >= before + 10.0 * 1000.0 * TICK.as_secs_f64() - 1e-6, "{before} -> {after}");
+        for _ in 0..4000 {
+            g.tick(Duration::ZERO, LAG);
+        }
+        assert_eq!(g.usage("b"), (None, 0), "lifted");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn turned_off_it_limits_nobody_and_releases_the_waiting() {
+        let g = gate(8);
+        warm_up(&g, LATE).await;
+        while now(&mut Box::pin(g.enter("b"))).is_some() {}
+        let mut w = Box::pin(g.enter("b"));
+        assert!(now(&mut w).is_none());
+        g.configure(&FairConfig { enabled: false, ..FairConfig::default() });
+        assert_eq!(now(&mut w), Some(Ok(true)));
+        assert_eq!(g.usage("b"), (None, 0));
+        for _ in 0..60 {
+            send(&g, "b", 100).await;
+            send(&g, "a", 1).await;
+            g.tick(LATE, LAG);
+        }
+        assert_eq!(g.usage("b"), (None, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_watcher_measures_the_timers_lateness() {
+        // On the paused clock a blocked worker is the clock advanced past a tick's deadline.
+        let g = gate(8);
+        tokio::spawn(watch_lag(g.clone(), LAG));
+        warm_up(&g, Duration::ZERO).await;
+        for _ in 0..DECREASE_EVERY + 2 {
+            send(&g, "b", 100).await;
+            send(&g, "a", 1).await;
+            tokio::time::sleep(TICK).await;
+        }
+        assert_eq!(g.usage("b").0, None, "ticks on time");
+        send(&g, "b", 100).await;
+        send(&g, "a", 1).await;
+        tokio::time::advance(TICK * 2).await;
+        tokio::task::yield_now().await;
+        assert!(g.usage("b").0.is_some(), "a tick 5 ms late limits b");
+    }
+}
