@@ -1234,19 +1234,22 @@ mod tests {
         dir.add_str("vs.yaml", "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a}\nspec:\n  hosts: [a]\n  http:\n  - route:\n    - destination: {host: a}\n").expect("file");
         let route = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: ns}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: echo, port: 80}]\n";
         let class = "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: mesh}\nspec: {controllerName: example.com/mesh}\n";
+        let tls = "apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TLSRoute\nmetadata: {name: t, namespace: ns}\nspec: {}\n";
         let sources = ConfigSources {
             dir,
             crds: Arc::default(),
             gateway_api: Arc::new(vec![
                 ("k8s:GatewayClass/mesh".into(), class.into()),
                 ("k8s:HTTPRoute/ns/r".into(), route.into()),
+                ("k8s:TLSRoute/ns/t".into(), tls.into()),
             ]),
         };
         let merged = sources.merged();
         assert_eq!(merged.virtual_services.len(), 1);
         assert_eq!(merged.http_routes.len(), 1);
         assert!(merged.rejected.is_empty());
-        assert!(merged.skipped.iter().any(|s| s.contains("GatewayClass mesh")), "{:?}", merged.skipped);
+        assert_eq!(merged.gateway_classes.len(), 1, "GatewayClass admitted");
+        assert!(merged.skipped.iter().any(|s| s.contains("TLSRoute")), "{:?}", merged.skipped);
         let on = Cli::try_parse_from(["mesh", "--registry", "r.yaml"]).expect("parse");
         assert_eq!(on.agent.gateway_api, Switch::On);
         let off = Cli::try_parse_from(["mesh", "--registry", "r.yaml", "--gateway-api", "off"]).expect("parse");
