@@ -312,11 +312,11 @@ fn a_pod_streaming_large_bodies_is_shed_before_the_agent_runs_out_of_memory() ->
     assert_eq!(shed(&[("source_workload", "client-a")]), 0, "pod A is never shed:\n{m}");
     let om = metric(&m, "istio_requests_total", &[("source_workload", "client-b"), ("response_flags", "OM")]);
     assert!(om > 0, "B's shed requests carry Envoy's OM flag:\n{m}");
-    // The bound is the cgroup limit the budget would be derived from (budget = 80 % of it): the
-    // budget's own margin. What passes the budget is growth between two 100 ms samples and the
-    // copy each finished read-ahead body is made into (twice its size for a moment, not
-    // counted), which B's ~50 surviving uploads make at about the same time.
-    assert!(peak < BUDGET_MIB * MIB / 4 * 5, "the agent's RSS went past its budget's cgroup limit: {report}");
+    // The budget itself: shedding starts at 90 % of it (115 MiB), and the overshoot left is the
+    // growth between two 100 ms samples (peak 118.6–118.9 MiB in three runs). Before read-ahead
+    // bodies were kept as the frames they arrived in, each finished one was copied into one
+    // buffer (twice its size for a moment, not counted) and the peak reached 134.7–165.9 MiB.
+    assert!(peak < BUDGET_MIB * MIB, "the agent's RSS went past its budget: {report}");
     assert!(after <= bound, "memory was not given back within 10 s: {report}");
     let a_total = metric(&m, "istio_requests_total", &[("reporter", "source"), ("source_workload", "client-a")]);
     let a_ok = metric(

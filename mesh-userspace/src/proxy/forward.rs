@@ -5,7 +5,6 @@
 //! becomes a reply and a response flag; downstream (client) failures never reach it.
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
@@ -16,7 +15,7 @@ use tokio::time::Instant;
 
 use super::{
     http::{
-        downstream_body_error, empty, full, local_reply, read_body, strip_hop_by_hop, BodyError, ProxyBody, ReadBody,
+        downstream_body_error, empty, local_reply, read_body, strip_hop_by_hop, BodyError, Chunks, ProxyBody, ReadBody,
         ReqBody,
     },
     lb::{Admitted, Picked},
@@ -88,7 +87,7 @@ async fn read_ahead(
     let mut budget = source.caps.as_ref().map_or_else(BodyBudget::unlimited, |c| c.body_budget().for_ticket(ticket));
     if body.is_end_stream() {
         // Most requests: nothing to wait for, no timer to set up.
-        return Ok((ReqBody::Buffered(Bytes::new()), budget));
+        return Ok((ReqBody::Buffered(Chunks::default()), budget));
     }
     let on_timeout = {
         let state = state.clone();
@@ -262,7 +261,7 @@ impl<'a> Tries<'a> {
         picked: &Picked,
     ) -> Result<Request<ProxyBody>, http::uri::InvalidUri> {
         let body = match self.body.as_mut() {
-            Some(ReqBody::Buffered(b)) => full(b.clone()),
+            Some(ReqBody::Buffered(b)) => b.body(),
             Some(ReqBody::Streaming(..)) => match self.body.take() {
                 Some(ReqBody::Streaming(s, _)) => rec.count_streamed_body(s),
                 _ => empty(),
@@ -541,11 +540,11 @@ fn spawn_mirror(
     cluster: Arc<crate::routing::Cluster>,
     parts: &http::request::Parts,
     path_and_query: &str,
-    body: Bytes,
+    body: Chunks,
 ) {
     let Some(picked) = state.lb.pick(&cluster, None, &[]) else { return };
     let Ok(uri) = format!("http://{}{}", picked.endpoint.addr, path_and_query).parse::<Uri>() else { return };
-    let mut req = Request::new(full(body));
+    let mut req = Request::new(body.body());
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = uri;
     *req.headers_mut() = parts.headers.clone();

@@ -331,10 +331,60 @@ fn check_request_head<B>(limits: &super::Limits, req: &Request<B>) -> Option<Res
 }
 
 pub(super) enum ReqBody {
-    Buffered(Bytes),
+    /// Read whole: replayable for retries and mirrors.
+    Buffered(Chunks),
     /// Streams through once; `.1` is set when the *client's* side of it failed (malformed chunk,
     /// client reset), so the upstream error that follows is not blamed on the endpoint.
     Streaming(ProxyBody, Arc<std::sync::OnceLock<String>>),
+}
+
+/// A request body read ahead, kept as the frames it arrived in: joining them into one buffer
+/// would hold the body twice for a moment, uncounted by the memory budget, for every body that
+/// completes (what took the noisy-neighbour e2e's peak past its budget's cgroup limit).
+#[derive(Clone, Default)]
+pub(super) struct Chunks(Vec<Bytes>);
+
+impl Chunks {
+    /// The body's length in bytes.
+    pub(super) fn len(&self) -> usize {
+        self.0.iter().map(Bytes::len).sum()
+    }
+
+    /// A body sending these chunks (sharing them: a retry or a mirror copies nothing), with an
+    /// exact size, so an HTTP/1 upstream gets a Content-Length as it would for one buffer.
+    pub(super) fn body(&self) -> ProxyBody {
+        let remaining = self.len() as u64;
+        ChunksBody { chunks: self.0.clone().into_iter(), remaining }.boxed()
+    }
+}
+
+struct ChunksBody {
+    chunks: std::vec::IntoIter<Bytes>,
+    remaining: u64,
+}
+
+impl hyper::body::Body for ChunksBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BodyError>>> {
+        let next = self.chunks.next();
+        if let Some(b) = &next {
+            self.remaining = self.remaining.saturating_sub(b.len() as u64);
+        }
+        std::task::Poll::Ready(next.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.remaining)
+    }
 }
 
 /// The request body as the proxy reads it: the client's, under the body idle timeout.
@@ -372,7 +422,7 @@ pub(super) async fn read_body(
     budget: &mut super::limits::BodyBudget,
 ) -> Result<ReadBody, Response<ProxyBody>> {
     if body.is_end_stream() {
-        return Ok(ReadBody { body: ReqBody::Buffered(Bytes::new()), over_budget: false });
+        return Ok(ReadBody { body: ReqBody::Buffered(Chunks::default()), over_budget: false });
     }
     let failed: Arc<std::sync::OnceLock<String>> = Arc::default();
     let flag = failed.clone();
@@ -383,10 +433,17 @@ pub(super) async fn read_body(
     let upper = body.size_hint().upper();
     if let Some(n) = upper.filter(|n| *n <= limit) {
         if budget.try_take(n) {
-            return match body.collect().await {
-                Ok(c) => Ok(ReadBody { body: ReqBody::Buffered(c.to_bytes()), over_budget: false }),
-                Err(e) => Err(downstream_body_error(&e)),
-            };
+            let mut body = body;
+            let mut chunks = Vec::new();
+            // Trailers after a Content-Length body are dropped, as a one-buffer copy did.
+            while let Some(frame) = body.frame().await {
+                match frame.map(hyper::body::Frame::into_data) {
+                    Ok(Ok(data)) if !data.is_empty() => chunks.push(data),
+                    Ok(_) => {}
+                    Err(e) => return Err(downstream_body_error(&e)),
+                }
+            }
+            return Ok(ReadBody { body: ReqBody::Buffered(Chunks(chunks)), over_budget: false });
         }
         return Ok(ReadBody { body: ReqBody::Streaming(body.map_err(mark).boxed(), failed), over_budget: true });
     }
@@ -401,26 +458,14 @@ pub(super) async fn read_body(
     while read <= limit && !over_budget {
         match body.frame().await {
             None => {
-                let mut buf = bytes::BytesMut::with_capacity(usize::try_from(read).unwrap_or(0));
-                let mut trailers = None;
-                for f in head {
-                    match f.into_data() {
-                        Ok(d) => buf.extend_from_slice(&d),
-                        Err(f) => trailers = f.into_trailers().ok(),
-                    }
-                }
-                if trailers.is_some() {
+                if head.iter().any(|f| f.is_trailers()) {
                     // Trailers cannot be replayed from bytes; stream them instead.
-                    let frames = buf.freeze();
-                    let stream = futures_util::stream::iter(
-                        [Ok(hyper::body::Frame::data(frames))]
-                            .into_iter()
-                            .chain(trailers.map(|t| Ok(hyper::body::Frame::trailers(t)))),
-                    );
+                    let stream = futures_util::stream::iter(head.into_iter().map(Ok));
                     let body = ReqBody::Streaming(http_body_util::StreamBody::new(stream).boxed(), failed);
                     return Ok(ReadBody { body, over_budget: false });
                 }
-                return Ok(ReadBody { body: ReqBody::Buffered(buf.freeze()), over_budget: false });
+                let chunks = head.into_iter().filter_map(|f| f.into_data().ok()).filter(|d| !d.is_empty()).collect();
+                return Ok(ReadBody { body: ReqBody::Buffered(Chunks(chunks)), over_budget: false });
             }
             Some(Err(e)) => return Err(downstream_body_error(&e)),
             Some(Ok(f)) => {
@@ -436,4 +481,25 @@ pub(super) async fn read_body(
     let rest = http_body_util::BodyStream::new(body.map_err(mark));
     let stream = futures_util::StreamExt::chain(futures_util::stream::iter(head.into_iter().map(Ok)), rest);
     Ok(ReadBody { body: ReqBody::Streaming(http_body_util::StreamBody::new(stream).boxed(), failed), over_budget })
+}
+
+#[cfg(test)]
+mod chunks_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_read_ahead_body_replays_its_frames_with_an_exact_size() {
+        let chunks = Chunks(vec![Bytes::from_static(b"ab"), Bytes::from_static(b"cde"), Bytes::from_static(b"f")]);
+        assert_eq!(chunks.len(), 6);
+        // Twice (a retry), sharing the frames: same bytes, and an exact size each time so an
+        // HTTP/1 upstream gets Content-Length.
+        for _ in 0..2 {
+            let body = chunks.body();
+            assert_eq!(body.size_hint().exact(), Some(6));
+            assert_eq!(body.collect().await.expect("body").to_bytes(), Bytes::from_static(b"abcdef"));
+        }
+        let empty = Chunks::default().body();
+        assert!(empty.is_end_stream());
+        assert_eq!(empty.size_hint().exact(), Some(0));
+    }
 }
