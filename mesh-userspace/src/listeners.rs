@@ -91,16 +91,6 @@ impl<W: Clone + PartialEq + std::fmt::Display> ListenerSet<W> {
     pub fn inherited_done(&mut self) {
         self.inherited.clear();
     }
-
-    /// What each open port serves.
-    pub fn serving(&self) -> impl Iterator<Item = (u16, &W)> {
-        self.running.iter().map(|(p, s)| (*p, &s.what))
-    }
-
-    /// The address listeners bind to.
-    pub fn bind(&self) -> IpAddr {
-        self.bind
-    }
 }
 
 #[cfg(test)]
@@ -163,7 +153,7 @@ mod tests {
         // Not wanted any more: closed.
         set.reconcile(&HashMap::new(), say).await;
         assert!(ask(a).await.is_err(), "port {a} still served");
-        assert_eq!(set.serving().count(), 0);
+        assert!(set.export().expect("export").is_empty());
     }
 
     #[tokio::test(flavor = "current_thread")]
