@@ -60,7 +60,9 @@ const ENDPOINTS: &str =
 /// Serves `listener` until the proxy drains.
 pub async fn serve(admin: Admin, listener: TcpListener) {
     let drain = admin.state.clone();
-    proxy::accept_until_drain(listener, "admin", &drain.drain, |stream, _| {
+    // Admin connections (probes, scrapes on keep-alive) do not hold up the drain: its guard is
+    // dropped at once.
+    proxy::accept_until_drain(listener, "admin", &drain.drain, |stream, _, _not_held| {
         let admin = admin.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {

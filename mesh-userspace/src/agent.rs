@@ -1144,7 +1144,8 @@ async fn drain(state: &ProxyState, deadline: Duration) {
     state.drain.start();
     let active = state.drain.active();
     if active > 0 {
-        tracing::info!(connections = active, deadline = ?deadline, "draining in-flight connections");
+        // Each listener counts too until it has taken what the kernel had queued.
+        tracing::info!(connections_and_listeners = active, deadline = ?deadline, "draining in-flight connections");
     }
     let left = state.drain.wait_idle(deadline).await;
     if left > 0 {

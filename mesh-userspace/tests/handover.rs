@@ -15,7 +15,7 @@ use std::{
 };
 
 use mesh::{
-    drain::Drain,
+    drain::{ConnGuard, Drain},
     handover::{self, Inherited, Offer, Role},
     proxy::accept_until_drain,
 };
@@ -23,11 +23,12 @@ use tokio::io::AsyncWriteExt;
 
 const CHILD_ENV: &str = "MESH_HANDOVER_TEST_SOCKET";
 
-/// Answers every connection with `name` and closes it.
-fn answer(stream: tokio::net::TcpStream, name: &'static str) {
+/// Answers every connection with `name` and closes it; the drain waits for it (`in_flight`).
+fn answer(stream: tokio::net::TcpStream, name: &'static str, in_flight: ConnGuard) {
     tokio::spawn(async move {
         let mut stream = stream;
         let _ = stream.write_all(name.as_bytes()).await;
+        drop(in_flight);
     });
 }
 
@@ -43,7 +44,9 @@ fn handover_child() {
         let listener = Inherited::listener(fd).expect("adopt");
         let drain = Drain::default();
         let serving =
-            tokio::spawn(async move { accept_until_drain(listener, "new", &drain, |s, _| answer(s, "new")).await });
+            tokio::spawn(
+                async move { accept_until_drain(listener, "new", &drain, |s, _, g| answer(s, "new", g)).await },
+            );
         received.predecessor.ready().expect("ready");
         // Serve until the parent is done with us (it kills this process); bounded.
         let _ = tokio::time::timeout(Duration::from_secs(30), serving).await;
@@ -68,7 +71,8 @@ fn a_client_connecting_throughout_a_two_process_handover_is_never_refused() {
         };
         let drain = Arc::new(Drain::default());
         let d = drain.clone();
-        let old = tokio::spawn(async move { accept_until_drain(listener, "old", &d, |s, _| answer(s, "old")).await });
+        let old =
+            tokio::spawn(async move { accept_until_drain(listener, "old", &d, |s, _, g| answer(s, "old", g)).await });
         let server = handover::Server::bind(&socket).expect("handover socket");
 
         // A client connecting back to back for the whole test.

@@ -313,22 +313,27 @@ pub async fn accept(listener: &TcpListener, listener_of: &str) -> (TcpStream, So
 /// serves what the kernel had already queued (closing the listener would reset those) and
 /// returns, dropping this task's handle on the socket. A successor holding the same socket keeps
 /// accepting on it.
+///
+/// Each connection comes with its drain guard, taken as it leaves the kernel's queue: `handle`
+/// moves it into the connection's task, so the drain waits for every connection accepted
+/// before it. The listener holds one too until its last sweep of the queue is done.
 pub async fn accept_until_drain(
     listener: TcpListener,
     listener_of: &str,
     drain: &crate::drain::Drain,
-    mut handle: impl FnMut(TcpStream, SocketAddr),
+    mut handle: impl FnMut(TcpStream, SocketAddr, crate::drain::ConnGuard),
 ) {
     use futures_util::FutureExt as _;
+    let _sweeping = drain.track();
     loop {
         tokio::select! {
             biased;
             _ = drain.signaled() => break,
-            (stream, peer) = accept(&listener, listener_of) => handle(stream, peer),
+            (stream, peer) = accept(&listener, listener_of) => handle(stream, peer, drain.track()),
         }
     }
     while let Some(Ok((stream, peer))) = listener.accept().now_or_never() {
-        handle(stream, peer);
+        handle(stream, peer, drain.track());
     }
     tracing::debug!(listener = %listener_of, "stopped accepting (draining)");
 }
@@ -350,7 +355,7 @@ pub async fn serve_pod_listener(
     state.sources.lock().unwrap_or_else(|e| e.into_inner()).push((name.clone(), Arc::downgrade(&caps)));
     // The pod's metric labels, resolved again only when the agent publishes a changed pod.
     let mut labels: Option<(Arc<Workload>, Arc<crate::metrics::PeerLabels>)> = None;
-    accept_until_drain(listener, &name, &st.drain, |stream, peer| {
+    accept_until_drain(listener, &name, &st.drain, |stream, peer, in_flight| {
         let workload = workload.load_full();
         let pod_labels = match &labels {
             Some((w, l)) if Arc::ptr_eq(w, &workload) => l.clone(),
@@ -387,7 +392,7 @@ pub async fn serve_pod_listener(
         let state = state.clone();
         tokio::spawn(
             async move {
-                let _conn_slot = conn_slot;
+                let _held = (in_flight, conn_slot);
                 let SocketAddr::V4(peer4) = peer else {
                     tracing::warn!("IPv6 client on an IPv4 listener; dropping");
                     return;
@@ -530,7 +535,6 @@ pub async fn serve_http(state: Arc<ProxyState>, source: Source, entry: Entry, st
     // Responses are written whole; Nagle would only hold the next one back behind the client's
     // delayed ACK of the previous (Envoy and nginx set it too).
     let _ = stream.set_nodelay(true);
-    let _in_flight = state.drain.track();
     let activity = limits::ConnActivity::counting(source.caps.as_ref().map(|c| c.head_counter()));
     let src = source.workload.as_ref().map_or("ingress", |w| w.name.as_str()).to_owned();
     let source_for_refusals = source.clone();
@@ -856,7 +860,6 @@ async fn serve_tcp(state: Arc<ProxyState>, source: Source, service: Arc<Service>
     use crate::metrics::{Flags, PeerLabels, Protocol, Reporter, TrafficLabels};
     // A byte stream has no message boundary to stop at: it runs until it ends or the drain
     // deadline ends the process.
-    let _in_flight = state.drain.track();
     let cluster = {
         let table = state.routes.load();
         table.route_tcp(source.workload.as_deref(), &service, port, &mut rand::thread_rng())
@@ -946,13 +949,15 @@ async fn serve_tcp(state: Arc<ProxyState>, source: Source, service: Arc<Service>
 pub async fn serve_nodeport(state: Arc<ProxyState>, listener: TcpListener, service: Arc<Service>, port: u16) {
     let st = state.clone();
     let name = service.name.clone();
-    accept_until_drain(listener, &name, &st.drain, |stream, peer| {
+    accept_until_drain(listener, &name, &st.drain, |stream, peer, in_flight| {
         let state = state.clone();
         let service = service.clone();
         let span = tracing::info_span!("ingress", nodeport_service = %service.name, peer = %peer);
-        tokio::spawn(
-            serve_service_conn(state, Source::new(None, Some(peer), None), service, port, stream).instrument(span),
-        );
+        let served = serve_service_conn(state, Source::new(None, Some(peer), None), service, port, stream);
+        tokio::spawn(async move {
+            served.instrument(span).await;
+            drop(in_flight)
+        });
     })
     .await;
 }
@@ -960,11 +965,15 @@ pub async fn serve_nodeport(state: Arc<ProxyState>, listener: TcpListener, servi
 /// Ingress listener for an Istio Gateway server port.
 pub async fn serve_gateway(state: Arc<ProxyState>, listener: TcpListener, name: String, namespace: String, port: u16) {
     let st = state.clone();
-    accept_until_drain(listener, &name, &st.drain, |stream, peer| {
+    accept_until_drain(listener, &name, &st.drain, |stream, peer, in_flight| {
         let state = state.clone();
         let entry = Entry::Gateway { name: name.clone(), namespace: namespace.clone(), port };
         let span = tracing::info_span!("gateway", gateway = %name, peer = %peer);
-        tokio::spawn(serve_http(state, Source::new(None, Some(peer), None), entry, stream).instrument(span));
+        let served = serve_http(state, Source::new(None, Some(peer), None), entry, stream);
+        tokio::spawn(async move {
+            served.instrument(span).await;
+            drop(in_flight)
+        });
     })
     .await;
 }

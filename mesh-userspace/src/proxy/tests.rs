@@ -2025,3 +2025,42 @@ async fn grpc_requests_are_grpc_with_the_status_from_the_trailers() {
     assert_eq!(flags, "-");
     assert_eq!(state.metrics.get("istio_requests_total", &[("request_protocol", "http")]), 0);
 }
+
+/// The drain counts a connection from the moment its listener accepts it, not from when its
+/// task first runs: a drain that starts in between (a handover's, just after an accept) waits
+/// for it rather than finding nothing in flight and letting the agent exit with it unanswered.
+#[tokio::test(flavor = "current_thread")]
+async fn drain_waits_for_a_connection_accepted_just_before_it() {
+    let drain = Arc::new(crate::drain::Drain::default());
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let served = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (d, s) = (drain.clone(), served.clone());
+    let listener = tokio::spawn(async move {
+        accept_until_drain(l, "test", &d, |stream, _, in_flight| {
+            // The drain starts before the connection's task has run at all.
+            d.start();
+            let s = s.clone();
+            tokio::spawn(async move {
+                tokio::task::yield_now().await;
+                drop(stream);
+                s.store(true, Ordering::SeqCst);
+                drop(in_flight);
+            });
+        })
+        .await
+    });
+    // The agent's side, a task like the connection's (the test's own future is polled after
+    // the runtime's tasks, which would hide the order this is about).
+    let agent = tokio::spawn({
+        let drain = drain.clone();
+        async move {
+            drain.signaled().await;
+            drain.wait_idle(Duration::from_secs(5)).await
+        }
+    });
+    let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    assert_eq!(agent.await.expect("agent task"), 0, "drained");
+    assert!(served.load(Ordering::SeqCst), "the drain ended before the connection accepted before it");
+    listener.await.expect("listener task");
+}
