@@ -309,6 +309,8 @@ impl Drop for RequestGuard {
 /// pod runs (its annotations were edited), for new connections and requests.
 pub struct SourceCaps {
     connections: Arc<AtomicU32>,
+    /// Of `connections`, those parked (no hyper state; see `proxy::parked`).
+    parked: AtomicU32,
     requests: Arc<AtomicU32>,
     body_bytes: Arc<AtomicU64>,
     head_bytes: Arc<AtomicU64>,
@@ -323,6 +325,15 @@ pub struct SourceCaps {
     /// Unfinished requests by start order (the key), each with what it holds.
     tickets: std::sync::Mutex<std::collections::BTreeMap<u64, Arc<Ticket>>>,
     next_ticket: AtomicU64,
+}
+
+/// One parked connection of a source (see [`SourceCaps::park`]).
+pub(crate) struct ParkedSlot<'a>(&'a SourceCaps);
+
+impl Drop for ParkedSlot<'_> {
+    fn drop(&mut self) {
+        self.0.parked.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// One unfinished request of a source, as the overload manager sees it: the read-ahead body
@@ -455,6 +466,7 @@ impl SourceCaps {
     pub fn new(limits: &Limits) -> Arc<Self> {
         Arc::new(SourceCaps {
             connections: Arc::default(),
+            parked: AtomicU32::new(0),
             requests: Arc::default(),
             body_bytes: Arc::default(),
             head_bytes: Arc::default(),
@@ -468,19 +480,34 @@ impl SourceCaps {
         })
     }
 
+    /// Counts one of its connections as parked until the guard is dropped.
+    pub(crate) fn park(&self) -> ParkedSlot<'_> {
+        self.parked.fetch_add(1, Ordering::AcqRel);
+        ParkedSlot(self)
+    }
+
+    /// How many of its connections are parked.
+    pub fn parked(&self) -> u32 {
+        self.parked.load(Ordering::Acquire)
+    }
+
     /// The counter of request head bytes its connections hold (see [`ConnActivity::counting`]).
     pub(crate) fn head_counter(&self) -> Arc<AtomicU64> {
         self.head_bytes.clone()
     }
 
     /// What the source is counted as holding in the proxy, in bytes: its buffered request bodies
-    /// and pending request heads as they are, plus a fixed estimate per connection and per
-    /// request in flight (`overload::CONNECTION_BYTES`, `overload::REQUEST_BYTES`).
+    /// and pending request heads as they are, plus a fixed estimate per connection (less for a
+    /// parked one) and per request in flight (`overload::CONNECTION_BYTES`,
+    /// `overload::PARKED_CONNECTION_BYTES`, `overload::REQUEST_BYTES`).
     pub fn held_bytes(&self) -> u64 {
-        use super::overload::{CONNECTION_BYTES, REQUEST_BYTES};
+        use super::overload::{CONNECTION_BYTES, PARKED_CONNECTION_BYTES, REQUEST_BYTES};
         let (c, r, b) = self.usage();
-        u64::from(c)
+        // Read after the total: a connection parking in between is counted once, as parked.
+        let parked = self.parked.load(Ordering::Acquire).min(c);
+        u64::from(c - parked)
             .saturating_mul(CONNECTION_BYTES)
+            .saturating_add(u64::from(parked).saturating_mul(PARKED_CONNECTION_BYTES))
             .saturating_add(u64::from(r).saturating_mul(REQUEST_BYTES))
             .saturating_add(b)
             .saturating_add(self.head_bytes.load(Ordering::Acquire))
@@ -846,6 +873,19 @@ mod tests {
             idle_timeout: Duration::from_secs(3600),
             ..Limits::default()
         }
+    }
+
+    #[test]
+    fn a_parked_connection_is_counted_as_holding_less_than_a_served_one() {
+        use crate::proxy::overload::{CONNECTION_BYTES, PARKED_CONNECTION_BYTES};
+        let caps = SourceCaps::new(&limits());
+        let (_a, _b) = (caps.connection().expect("a"), caps.connection().expect("b"));
+        assert_eq!(caps.held_bytes(), 2 * CONNECTION_BYTES);
+        let parked = caps.park();
+        assert_eq!(caps.parked(), 1);
+        assert_eq!(caps.held_bytes(), CONNECTION_BYTES + PARKED_CONNECTION_BYTES);
+        drop(parked);
+        assert_eq!(caps.held_bytes(), 2 * CONNECTION_BYTES, "served again: counted in full");
     }
 
     #[tokio::test(start_paused = true)]

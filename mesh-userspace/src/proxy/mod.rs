@@ -694,6 +694,7 @@ async fn parked(
     caps: Option<&limits::SourceCaps>,
     fresh: bool,
 ) -> bool {
+    let _parked = caps.map(limits::SourceCaps::park);
     let shed = async {
         match caps {
             Some(c) => c.idle_shed().await,

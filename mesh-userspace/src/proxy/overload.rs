@@ -29,6 +29,11 @@ pub const CGROUP_BUDGET_PERCENT: u64 = 80;
 /// What one open client connection is counted as holding: its task, hyper's read and write
 /// buffers and the socket's bookkeeping. The issue measured ~21 KB per idle keep-alive connection.
 pub const CONNECTION_BYTES: u64 = 20 << 10;
+/// What a parked connection (idle HTTP/1, its hyper buffers given back; see `proxy::parked`) is
+/// counted as holding instead: its task and small shared structs. Counting it less than a
+/// served one is also what has the allocator trimmed when connections park (a drop in held
+/// bytes), so the buffers they freed leave the RSS.
+pub const PARKED_CONNECTION_BYTES: u64 = 4 << 10;
 /// What one request in flight is counted as holding besides its read-ahead body: its task, the
 /// request and response heads and its share of an upstream connection's buffers.
 pub const REQUEST_BYTES: u64 = 16 << 10;
@@ -142,12 +147,12 @@ pub struct MemoryReturn {
 
 impl MemoryReturn {
     /// Whether to trim now, given the bytes all sources hold and the budget: after a look that
-    /// shed or ended an overload, or when held bytes fell by a sixteenth of the budget since the
+    /// shed or ended an overload, or when held bytes fell by a 64th of the budget since the
     /// last trim (at most once per [`TRIM_EVERY`]); then [`FOLLOW_UP_TRIMS`] more, [`TRIM_EVERY`]
     /// apart.
     pub fn should_trim(&mut self, now: Instant, held: u64, budget: u64) -> bool {
         self.peak_held = self.peak_held.max(held);
-        let dropped = self.peak_held.saturating_sub(held) >= (budget / 16).max(1 << 20);
+        let dropped = self.peak_held.saturating_sub(held) >= (budget / 64).max(1 << 20);
         let due = self.last_trim.is_none_or(|t| now.saturating_duration_since(t) >= TRIM_EVERY);
         if std::mem::take(&mut self.after_shed) || (dropped && due) {
             self.last_trim = Some(now);
@@ -507,7 +512,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn memory_is_trimmed_after_a_shed_and_after_a_large_drop_at_most_once_a_second() {
         let mut m = MemoryReturn::default();
-        let budget = 160 * MIB; // a sixteenth: 10 MiB
+        let budget = 640 * MIB; // a 64th: 10 MiB
         assert!(!m.should_trim(Instant::now(), 50 * MIB, budget));
         assert!(!m.should_trim(Instant::now(), 41 * MIB, budget), "9 MiB is not a large drop");
         assert!(m.should_trim(Instant::now(), 40 * MIB, budget), "10 MiB below the peak");
