@@ -1,5 +1,8 @@
 //! Compiling (config, registry) into a [`RouteTable`]: resolve hosts like Istio, build each
 //! cluster once, check what Istio's validation checks, and collect every error with its place.
+//! A VirtualService's HTTP rules are compiled in [`http_rules`].
+mod http_rules;
+
 use std::{collections::HashMap, sync::Arc};
 
 use http::{HeaderName, HeaderValue};
@@ -51,157 +54,13 @@ fn service_key<'h>(host: &'h str, ns: &'h str) -> Option<(&'h str, &'h str)> {
 }
 
 pub fn compile(config: &config::Config, registry: &Registry) -> (RouteTable, Vec<config::Rejected>) {
-    let services = registry.services.iter().map(|s| ((s.namespace.as_str(), s.name.as_str()), s)).collect();
-    let mut b = Builder {
-        services,
-        pods_by_label: registry.label_index(),
-        rules: HashMap::new(),
-        clusters: HashMap::new(),
-        placeholders: HashMap::new(),
-        errors: Vec::new(),
-        warnings: Vec::new(),
-        default_retries: Arc::new(RetryPolicy::istio_default()),
-        reference_grants: &config.reference_grants,
-        served_gateways: Vec::new(),
-        namespace_labels: &config.namespace_labels,
-    };
+    let mut b = Builder::new(config, registry);
     let mut rejected = Vec::new();
-    // The errors pushed since `before` belong to one object: it is rejected, the others go on.
-    let mut take = |b: &mut Builder, before: usize, kind: &'static str, name: &str, ns: &str, file: &Arc<str>| {
-        if b.errors.len() == before {
-            return false;
-        }
-        let errors = b.errors.split_off(before);
-        let object = Some(config::ObjectKey { kind, namespace: ns.to_owned(), name: name.to_owned() });
-        rejected.push(config::Rejected { object, file: file.clone(), errors });
-        true
-    };
-    for dr in &config.destination_rules {
-        let before = b.errors.len();
-        b.check_destination_rule(dr);
-        if take(&mut b, before, "DestinationRule", &dr.name, &dr.namespace, &dr.at.file) {
-            continue;
-        }
-        match service_key(&dr.spec.host, &dr.namespace) {
-            Some(key) => {
-                if let Some(prev) = b.rules.get(key.0).and_then(|m| m.get(key.1)) {
-                    b.warnings.push(format!(
-                        "DestinationRules {} and {} both configure host {}; using {} (like Istio, the first one)",
-                        prev.key(),
-                        dr.key(),
-                        dr.spec.host,
-                        prev.key()
-                    ));
-                } else {
-                    b.rules.entry(key.0).or_default().insert(key.1, dr);
-                }
-            }
-            None => b.warnings.push(format!(
-                "DestinationRule {}: host {:?} is not a cluster service; ignored",
-                dr.key(),
-                config::cut(&dr.spec.host, 80)
-            )),
-        }
-    }
-
+    b.destination_rules(config, &mut rejected);
     let mut table = RouteTable { default_retries: b.default_retries.clone(), ..RouteTable::default() };
-    for svc in &registry.services {
-        for p in &svc.ports {
-            if let Some(c) = b.cluster(svc, None, p.port, &dr_path_none()) {
-                table
-                    .defaults
-                    .entry(svc.namespace.clone())
-                    .or_default()
-                    .entry(svc.name.clone())
-                    .or_default()
-                    .push((p.port, c));
-            }
-        }
-    }
-
-    for gw in &config.gateways {
-        let before = b.errors.len();
-        let mut listeners = Vec::new();
-        for (i, server) in gw.spec.servers.iter().enumerate() {
-            // Port 0 on a unix socket is valid Istio (validate checks it); the node has no such
-            // listener to open.
-            if server.port.number == 0 && server.bind.as_deref().is_some_and(|b| b.starts_with("unix://")) {
-                b.warnings.push(format!("Gateway {}: servers[{i}] binds a unix socket; not served", gw.key()));
-                continue;
-            }
-            match u16::try_from(server.port.number) {
-                Ok(port) if port > 0 => listeners.push(GatewayListener {
-                    name: gw.name.clone(),
-                    namespace: gw.namespace.clone(),
-                    port,
-                    hosts: server.hosts.clone(),
-                }),
-                _ => b.errors.push(gw.at.error(
-                    format!("spec.servers[{i}].port.number"),
-                    format!("{} is not a port number", server.port.number),
-                )),
-            }
-            if server.tls.is_some() {
-                b.warnings.push(format!(
-                    "Gateway {}: servers[{i}].tls is not supported; the port is served as plain HTTP",
-                    gw.key()
-                ));
-            }
-        }
-        if !take(&mut b, before, "Gateway", &gw.name, &gw.namespace, &gw.at.file) {
-            table.gateways.extend(listeners);
-        }
-    }
-
-    for vs in &config.virtual_services {
-        let before = b.errors.len();
-        let compiled = b.virtual_service(vs);
-        if take(&mut b, before, "VirtualService", &vs.name, &vs.namespace, &vs.at.file) {
-            continue;
-        }
-        let Some(compiled) = compiled else { continue };
-        let compiled = Arc::new(compiled);
-        if compiled.mesh {
-            for host in &vs.spec.hosts {
-                match service_key(host, &vs.namespace) {
-                    Some(key) => {
-                        if !b.services.contains_key(&key) {
-                            b.warnings.push(format!(
-                                "VirtualService {}: host {host:?} is not a service in the registry",
-                                vs.key()
-                            ));
-                        }
-                        if let Some(prev) = table.mesh_vs.get(key.0).and_then(|m| m.get(key.1)) {
-                            b.warnings.push(format!(
-                                "VirtualServices {} and {} both route host {host}; {} applies (first loaded)",
-                                prev.key, compiled.key, prev.key
-                            ));
-                        } else {
-                            table
-                                .mesh_vs
-                                .entry(key.0.to_owned())
-                                .or_default()
-                                .insert(key.1.to_owned(), compiled.clone());
-                        }
-                    }
-                    None if host.contains('*') => table.mesh_wildcard_vs.push(compiled.clone()),
-                    None => b.warnings.push(format!(
-                        "VirtualService {}: host {:?} is outside the cluster; no ServiceEntry support",
-                        vs.key(),
-                        config::cut(host, 80)
-                    )),
-                }
-            }
-        }
-        if !compiled.gateways.is_empty() {
-            for (ns, name) in &compiled.gateways {
-                if !config.gateways.iter().any(|g| &g.name == name && &g.namespace == ns) {
-                    b.warnings.push(format!("VirtualService {}: Gateway {ns}/{name} is not defined", vs.key()));
-                }
-            }
-            table.gateway_vs.push(compiled);
-        }
-    }
+    b.default_clusters(registry, &mut table);
+    b.istio_gateways(config, &mut table, &mut rejected);
+    b.virtual_services(config, &mut table, &mut rejected);
     // Gateway API Gateways: served ones listen like Istio Gateways; routes attach below.
     b.served_gateways = b.kube_gateways(config, &mut table);
     // Gateway API HTTPRoutes bound to Services (GAMMA) or Gateways, compiled into the same form.
@@ -217,6 +76,198 @@ pub fn compile(config: &config::Config, registry: &Registry) -> (RouteTable, Vec
     }
     table.warnings = b.warnings;
     (table, rejected)
+}
+
+/// The steps of [`compile`], one kind of object each.
+impl<'a> Builder<'a> {
+    fn new(config: &'a config::Config, registry: &'a Registry) -> Self {
+        let services = registry.services.iter().map(|s| ((s.namespace.as_str(), s.name.as_str()), s)).collect();
+        Builder {
+            services,
+            pods_by_label: registry.label_index(),
+            rules: HashMap::new(),
+            clusters: HashMap::new(),
+            placeholders: HashMap::new(),
+            errors: Vec::new(),
+            warnings: Vec::new(),
+            default_retries: Arc::new(RetryPolicy::istio_default()),
+            reference_grants: &config.reference_grants,
+            served_gateways: Vec::new(),
+            namespace_labels: &config.namespace_labels,
+        }
+    }
+
+    /// The errors pushed since `before` belong to one object: it is rejected, the others go on.
+    fn reject_since(
+        &mut self,
+        rejected: &mut Vec<config::Rejected>,
+        before: usize,
+        kind: &'static str,
+        (name, ns): (&str, &str),
+        file: &Arc<str>,
+    ) -> bool {
+        if self.errors.len() == before {
+            return false;
+        }
+        let errors = self.errors.split_off(before);
+        let object = Some(config::ObjectKey { kind, namespace: ns.to_owned(), name: name.to_owned() });
+        rejected.push(config::Rejected { object, file: file.clone(), errors });
+        true
+    }
+
+    /// Checks every DestinationRule and indexes the valid ones by host (the first one per host).
+    fn destination_rules(&mut self, config: &'a config::Config, rejected: &mut Vec<config::Rejected>) {
+        for dr in &config.destination_rules {
+            let before = self.errors.len();
+            self.check_destination_rule(dr);
+            if self.reject_since(rejected, before, "DestinationRule", (&dr.name, &dr.namespace), &dr.at.file) {
+                continue;
+            }
+            match service_key(&dr.spec.host, &dr.namespace) {
+                Some(key) => {
+                    if let Some(prev) = self.rules.get(key.0).and_then(|m| m.get(key.1)) {
+                        self.warnings.push(format!(
+                            "DestinationRules {} and {} both configure host {}; using {} (like Istio, the first one)",
+                            prev.key(),
+                            dr.key(),
+                            dr.spec.host,
+                            prev.key()
+                        ));
+                    } else {
+                        self.rules.entry(key.0).or_default().insert(key.1, dr);
+                    }
+                }
+                None => self.warnings.push(format!(
+                    "DestinationRule {}: host {:?} is not a cluster service; ignored",
+                    dr.key(),
+                    config::cut(&dr.spec.host, 80)
+                )),
+            }
+        }
+    }
+
+    /// The cluster of every service port, for traffic no VirtualService routes.
+    fn default_clusters(&mut self, registry: &Registry, table: &mut RouteTable) {
+        for svc in &registry.services {
+            for p in &svc.ports {
+                if let Some(c) = self.cluster(svc, None, p.port, &dr_path_none()) {
+                    table
+                        .defaults
+                        .entry(svc.namespace.clone())
+                        .or_default()
+                        .entry(svc.name.clone())
+                        .or_default()
+                        .push((p.port, c));
+                }
+            }
+        }
+    }
+
+    /// The listeners of the Istio Gateways.
+    fn istio_gateways(
+        &mut self,
+        config: &config::Config,
+        table: &mut RouteTable,
+        rejected: &mut Vec<config::Rejected>,
+    ) {
+        for gw in &config.gateways {
+            let before = self.errors.len();
+            let mut listeners = Vec::new();
+            for (i, server) in gw.spec.servers.iter().enumerate() {
+                // Port 0 on a unix socket is valid Istio (validate checks it); the node has no such
+                // listener to open.
+                if server.port.number == 0 && server.bind.as_deref().is_some_and(|b| b.starts_with("unix://")) {
+                    self.warnings.push(format!("Gateway {}: servers[{i}] binds a unix socket; not served", gw.key()));
+                    continue;
+                }
+                match u16::try_from(server.port.number) {
+                    Ok(port) if port > 0 => listeners.push(GatewayListener {
+                        name: gw.name.clone(),
+                        namespace: gw.namespace.clone(),
+                        port,
+                        hosts: server.hosts.clone(),
+                    }),
+                    _ => self.errors.push(gw.at.error(
+                        format!("spec.servers[{i}].port.number"),
+                        format!("{} is not a port number", server.port.number),
+                    )),
+                }
+                if server.tls.is_some() {
+                    self.warnings.push(format!(
+                        "Gateway {}: servers[{i}].tls is not supported; the port is served as plain HTTP",
+                        gw.key()
+                    ));
+                }
+            }
+            if !self.reject_since(rejected, before, "Gateway", (&gw.name, &gw.namespace), &gw.at.file) {
+                table.gateways.extend(listeners);
+            }
+        }
+    }
+
+    /// Compiles every VirtualService and files it under its mesh hosts and its Gateways.
+    fn virtual_services(
+        &mut self,
+        config: &config::Config,
+        table: &mut RouteTable,
+        rejected: &mut Vec<config::Rejected>,
+    ) {
+        for vs in &config.virtual_services {
+            let before = self.errors.len();
+            let compiled = self.virtual_service(vs);
+            if self.reject_since(rejected, before, "VirtualService", (&vs.name, &vs.namespace), &vs.at.file) {
+                continue;
+            }
+            let Some(compiled) = compiled else { continue };
+            let compiled = Arc::new(compiled);
+            if compiled.mesh {
+                self.mesh_hosts(vs, &compiled, table);
+            }
+            if !compiled.gateways.is_empty() {
+                for (ns, name) in &compiled.gateways {
+                    if !config.gateways.iter().any(|g| &g.name == name && &g.namespace == ns) {
+                        self.warnings.push(format!("VirtualService {}: Gateway {ns}/{name} is not defined", vs.key()));
+                    }
+                }
+                table.gateway_vs.push(compiled);
+            }
+        }
+    }
+
+    /// Files a mesh VirtualService under each of its hosts (the first loaded wins a host).
+    fn mesh_hosts(
+        &mut self,
+        vs: &Sourced<config::VirtualServiceSpec>,
+        compiled: &Arc<CompiledVs>,
+        table: &mut RouteTable,
+    ) {
+        for host in &vs.spec.hosts {
+            match service_key(host, &vs.namespace) {
+                Some(key) => {
+                    if !self.services.contains_key(&key) {
+                        self.warnings.push(format!(
+                            "VirtualService {}: host {host:?} is not a service in the registry",
+                            vs.key()
+                        ));
+                    }
+                    if let Some(prev) = table.mesh_vs.get(key.0).and_then(|m| m.get(key.1)) {
+                        self.warnings.push(format!(
+                            "VirtualServices {} and {} both route host {host}; {} applies (first loaded)",
+                            prev.key, compiled.key, prev.key
+                        ));
+                    } else {
+                        table.mesh_vs.entry(key.0.to_owned()).or_default().insert(key.1.to_owned(), compiled.clone());
+                    }
+                }
+                None if host.contains('*') => table.mesh_wildcard_vs.push(compiled.clone()),
+                None => self.warnings.push(format!(
+                    "VirtualService {}: host {:?} is outside the cluster; no ServiceEntry support",
+                    vs.key(),
+                    config::cut(host, 80)
+                )),
+            }
+        }
+    }
 }
 
 fn dr_path_none() -> (Arc<Locator>, &'static dyn Fn() -> String) {
@@ -569,288 +620,6 @@ impl Builder<'_> {
             gateways,
             mesh,
         })
-    }
-
-    fn http_rule(
-        &mut self,
-        r: &config::HttpRoute,
-        vs: &Sourced<config::VirtualServiceSpec>,
-        index: usize,
-    ) -> Option<HttpRule> {
-        let at = &vs.at;
-        // The rule's path is only needed for errors; build it once, then.
-        let cell = std::cell::OnceCell::new();
-        let path = || cell.get_or_init(|| format!("spec.http[{index}]")).as_str();
-        let mut matches = Vec::new();
-        for (j, m) in r.matches.iter().enumerate() {
-            matches.push(self.match_request(m, vs, &|| format!("{}.match[{j}]", path())));
-        }
-        if r.delegate.is_some() {
-            // A root rule delegating to another VirtualService: not supported, reported by
-            // config::validate; the rule routes nothing.
-            return None;
-        }
-        let action = match (&r.redirect, r.route.is_empty()) {
-            (Some(_), false) => {
-                self.errors
-                    .push(at.error(format!("{}.redirect", path()), "a rule has either route or redirect, not both"));
-                return None;
-            }
-            (Some(rd), true) => Action::Redirect(Redirect {
-                uri: rd.uri.clone(),
-                authority: rd.authority.clone(),
-                port: rd.port.and_then(|p| u16::try_from(p).ok()),
-                scheme: rd.scheme.clone(),
-                // 0 is unset (Istio); any 3xx is Istio's range.
-                code: match rd.redirect_code {
-                    None | Some(0) => 301,
-                    Some(c @ 300..=399) => c as u16,
-                    Some(c) => {
-                        self.errors.push(at.error(
-                            format!("{}.redirect.redirectCode", path()),
-                            format!("{c} is not a valid redirect code, must be 3xx"),
-                        ));
-                        301
-                    }
-                },
-                prefix_rewrite: rd.prefix_rewrite.clone().filter(|p| !p.is_empty()),
-                gateway: false,
-            }),
-            (None, true) if r.direct_response.is_some() => {
-                let d = r.direct_response.as_ref();
-                let status = d.map_or(0, |d| d.status);
-                self.warnings.push(
-                    at.error(
-                        format!("{}.directResponse", path()),
-                        "directResponse is accepted as Istio does, but the node proxy answers 404 instead",
-                    )
-                    .to_string(),
-                );
-                Action::DirectResponse {
-                    status: u16::try_from(status).unwrap_or(0),
-                    body: d.and_then(|d| d.body.as_ref()).and_then(|b| b.string.clone()),
-                }
-            }
-            (None, true) => {
-                self.errors.push(at.error(path().to_owned(), "a rule needs a route (or a redirect)"));
-                return None;
-            }
-            (None, false) => Action::Route(self.weighted(
-                r.route.iter().map(|d| (&d.destination, d.weight, d.headers.as_ref())),
-                &vs.namespace,
-                at,
-                &|| format!("{}.route", path()),
-            )),
-        };
-        let mut fault = FaultSpec::default();
-        if let Some(f) = &r.fault {
-            if let Some(d) = &f.delay {
-                let fp = format!("{}.fault.delay", path());
-                let pct = match (&d.percentage, d.percent) {
-                    (Some(p), _) => self.percent(Some(p.value), at, format!("{fp}.percentage.value")),
-                    (None, Some(p)) => self.percent(Some(p as f64), at, format!("{fp}.percent")),
-                    (None, None) => {
-                        self.warnings.push(format!(
-                            "VirtualService {}: {fp} has no percentage: Istio injects it into 0% of requests",
-                            vs.key()
-                        ));
-                        0.0
-                    }
-                };
-                match (&d.fixed_delay, &d.exponential_delay) {
-                    (Some(fd), _) => match parse_duration(fd) {
-                        Ok(dur) => fault.delay = Some((dur, pct)),
-                        Err(e) => self.errors.push(at.error(format!("{fp}.fixedDelay"), e)),
-                    },
-                    (None, Some(_)) => self.errors.push(at.error(
-                        format!("{fp}.exponentialDelay"),
-                        "exponentialDelay is not supported by Istio; use fixedDelay",
-                    )),
-                    // Valid Istio (a warning from config::validate): nothing to delay.
-                    (None, None) => {}
-                }
-            }
-            if let Some(a) = &f.abort {
-                let fp = format!("{}.fault.abort", path());
-                let pct = match &a.percentage {
-                    Some(p) => self.percent(Some(p.value), at, format!("{fp}.percentage.value")),
-                    None => {
-                        self.warnings.push(format!(
-                            "VirtualService {}: {fp} has no percentage: Istio injects it into 0% of requests",
-                            vs.key()
-                        ));
-                        0.0
-                    }
-                };
-                // gRPC-status aborts and an abort with no error type are valid Istio; they are
-                // reported by config::validate and inject nothing here.
-                if let Some(s) = a.http_status {
-                    match u16::try_from(s) {
-                        Ok(s) if (200..=600).contains(&s) => fault.abort = Some((s, pct)),
-                        _ => self.errors.push(
-                            at.error(format!("{fp}.httpStatus"), format!("HTTP status {s} is not in range 200-599")),
-                        ),
-                    }
-                }
-            }
-        }
-        let timeout = self.duration(&r.timeout, at, || format!("{}.timeout", path()));
-        let retries = match &r.retries {
-            None => self.default_retries.clone(),
-            Some(rt) => {
-                if rt.attempts < 0 {
-                    self.errors.push(at.error(format!("{}.retries.attempts", path()), "attempts must be >= 0"));
-                }
-                let retry_on = match RetryOn::parse(rt.retry_on.as_deref().unwrap_or(ISTIO_DEFAULT_RETRY_ON)) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        self.errors.push(at.error(format!("{}.retries.retryOn", path()), e));
-                        RetryOn::default()
-                    }
-                };
-                Arc::new(RetryPolicy {
-                    attempts: rt.attempts.max(0) as u32,
-                    per_try_timeout: self
-                        .duration(&rt.per_try_timeout, at, || format!("{}.retries.perTryTimeout", path())),
-                    retry_on,
-                    backoff: None,
-                })
-            }
-        };
-        let (request_headers, response_headers) =
-            r.headers.as_ref().map(|h| self.header_ops(h, at, &format!("{}.headers", path()))).unwrap_or_default();
-        let mirrors = match &r.mirror {
-            Some(m) => {
-                let pct = match (&r.mirror_percentage, r.mirror_percent) {
-                    (Some(p), _) => self.percent(Some(p.value), at, format!("{}.mirrorPercentage.value", path())),
-                    (None, Some(p)) => self.percent(Some(p as f64), at, format!("{}.mirrorPercent", path())),
-                    (None, None) => 100.0,
-                };
-                self.destination(m, &vs.namespace, at, &|| format!("{}.mirror", path())).map(|d| (d, pct))
-            }
-            None => None,
-        }
-        .into_iter()
-        .collect();
-        Some(HttpRule {
-            name: r.name.clone(),
-            matches,
-            action,
-            fault,
-            timeout,
-            retries,
-            rewrite_uri: r.rewrite.as_ref().and_then(|rw| rw.uri.clone()),
-            rewrite_whole_path: false,
-            rewrite_authority: r.rewrite.as_ref().and_then(|rw| rw.authority.clone()),
-            request_headers,
-            response_headers,
-            mirrors,
-        })
-    }
-
-    fn match_request(
-        &mut self,
-        m: &config::HttpMatchRequest,
-        vs: &Sourced<config::VirtualServiceSpec>,
-        path: &dyn Fn() -> String,
-    ) -> MatchRequest {
-        let at = &vs.at;
-        let mut conds = Vec::new();
-        if let Some(u) = &m.uri {
-            if let Some(c) = self.string_match(at, u, m.ignore_uri_case, || format!("{}.uri", path())) {
-                conds.push(Cond::Uri(c, m.ignore_uri_case));
-            }
-        }
-        for (field, v, mk) in [
-            ("scheme", &m.scheme, Cond::Scheme as fn(StrMatch) -> Cond),
-            ("method", &m.method, Cond::Method),
-            ("authority", &m.authority, Cond::Authority),
-        ] {
-            if let Some(v) = v {
-                if let Some(c) = self.string_match(at, v, false, || format!("{}.{field}", path())) {
-                    conds.push(mk(c));
-                }
-            }
-        }
-        for (field, map, without) in [("headers", &m.headers, false), ("withoutHeaders", &m.without_headers, true)] {
-            for (name, v) in map {
-                // `regex: "*"` in withoutHeaders is Istio's "present": the header must be absent.
-                let star = config::StringMatch { regex: None, ..v.clone() };
-                let v = if without && v.regex.as_deref() == Some("*") { &star } else { v };
-                if config::validate::is_jwt_claim(name) {
-                    // No JWT is authenticated by the node proxy, so no claim is ever present.
-                    if !without {
-                        conds.push(Cond::Never(format!(
-                            "JWT claim {} (the node proxy authenticates no JWT)",
-                            config::cut(name, 60)
-                        )));
-                    }
-                    continue;
-                }
-                if name.starts_with(':') {
-                    let Some(c) = self.string_match(at, v, false, || format!("{}.{field}.{name}", path())) else {
-                        continue;
-                    };
-                    match (name.as_str(), without) {
-                        (":authority", false) => conds.push(Cond::Authority(c)),
-                        (":method", false) => conds.push(Cond::Method(c)),
-                        (":scheme", false) => conds.push(Cond::Scheme(c)),
-                        (":path", false) => conds.push(Cond::Uri(c, false)),
-                        // A request has no :status, so it never matches and is always "without" it.
-                        (":status", false) => conds.push(Cond::Never(format!("{name} (requests have no status)"))),
-                        (":status", true) => {}
-                        // Every request has :authority, :method, :scheme and :path; negating a
-                        // value on them is not supported, so such a rule never matches (and
-                        // `mesh explain` says why) rather than matching too much.
-                        (_, true) => {
-                            conds.push(Cond::Never(format!("withoutHeaders {name} (not supported on a pseudo header)")))
-                        }
-                        _ => conds.push(Cond::Never(format!("unknown pseudo header {name}"))),
-                    }
-                    continue;
-                }
-                let Ok(hn) = HeaderName::from_bytes(name.as_bytes()) else {
-                    self.errors.push(at.error(
-                        format!("{}.{field}.{name}", path()),
-                        format!("header name {} is not a valid header name", config::cut(name, 60)),
-                    ));
-                    continue;
-                };
-                if let Some(c) = self.string_match(at, v, false, || format!("{}.{field}.{name}", path())) {
-                    conds.push(if without { Cond::WithoutHeader(hn, c) } else { Cond::Header(hn, c) });
-                }
-            }
-        }
-        for (name, v) in &m.query_params {
-            if let Some(c) = self.string_match(at, v, false, || format!("{}.queryParams.{name}", path())) {
-                conds.push(Cond::Query(name.clone(), c));
-            }
-        }
-        if let Some(p) = m.port {
-            match u16::try_from(p) {
-                Ok(p) if p > 0 => conds.push(Cond::Port(p)),
-                _ => self.errors.push(at.error(format!("{}.port", path()), format!("{p} is not a port number"))),
-            }
-        }
-        if !m.source_labels.is_empty() {
-            conds.push(Cond::SourceLabels(m.source_labels.clone()));
-        }
-        if let Some(ns) = &m.source_namespace {
-            conds.push(Cond::SourceNamespace(ns.clone()));
-        }
-        if !m.gateways.is_empty() {
-            let gws = m
-                .gateways
-                .iter()
-                .map(|g| match g.split_once('/') {
-                    Some((ns, n)) => (ns.to_owned(), n.to_owned()),
-                    None if g == "mesh" => (String::new(), g.clone()),
-                    None => (vs.namespace.clone(), g.clone()),
-                })
-                .collect();
-            conds.push(Cond::Gateways(gws));
-        }
-        MatchRequest { name: m.name.clone(), conds }
     }
 }
 

@@ -94,6 +94,23 @@ fn retries_line(r: &RetryPolicy) -> String {
 /// condition tried and why it did or did not match.
 pub fn explain(table: &RouteTable, req: &RequestInfo<'_>) -> Explanation {
     let mut out = String::new();
+    request_lines(&mut out, req);
+    let Some(vs) = table.virtual_service(req) else {
+        no_virtual_service(&mut out, table, req);
+        return Explanation { text: out, matched: None };
+    };
+    let origin = format!("{}:{}", vs.origin.file, vs.origin.at("metadata").0);
+    let _ = writeln!(out, "\nVirtualService {} ({origin}) hosts {:?}", vs.key, vs.hosts);
+    let Some(i) = first_matching_rule(&mut out, vs, req) else {
+        let _ = writeln!(out, "\nNo http rule matched: the proxy answers 404 (route not found).");
+        return Explanation { text: out, matched: None };
+    };
+    rule_lines(&mut out, &vs.http[i], req);
+    Explanation { text: out, matched: Some((vs.key.to_string(), i)) }
+}
+
+/// The request, where it comes from and where it goes.
+fn request_lines(out: &mut String, req: &RequestInfo<'_>) {
     let src = req.source.map_or("(ingress: no source workload)".to_string(), |w| {
         format!("{}/{} {}", w.namespace, w.name, fmt_labels(&w.labels))
     });
@@ -119,39 +136,40 @@ pub fn explain(table: &RouteTable, req: &RequestInfo<'_>) -> Explanation {
             let _ = writeln!(out, "via:      Gateway {namespace}/{name} port {port}");
         }
     }
-    let Some(vs) = table.virtual_service(req) else {
-        match req.context {
-            Context::Mesh { service, port } => {
-                let _ = writeln!(
-                    out,
-                    "\nNo VirtualService applies to {}: plain Kubernetes routing (all endpoints, round robin).",
-                    service.fqdn()
-                );
-                if let Some(c) = table.default_cluster(service, port) {
-                    cluster_line(&mut out, "  ", c);
-                }
-                let _ = writeln!(out, "  retries: {} (Istio's default)", retries_line(&RetryPolicy::istio_default()));
+}
+
+/// No VirtualService applies: plain Kubernetes routing in the mesh, 404 at a Gateway.
+fn no_virtual_service(out: &mut String, table: &RouteTable, req: &RequestInfo<'_>) {
+    match req.context {
+        Context::Mesh { service, port } => {
+            let _ = writeln!(
+                out,
+                "\nNo VirtualService applies to {}: plain Kubernetes routing (all endpoints, round robin).",
+                service.fqdn()
+            );
+            if let Some(c) = table.default_cluster(service, port) {
+                cluster_line(out, "  ", c);
             }
-            Context::Gateway { .. } => {
-                let _ = writeln!(out, "\nNo VirtualService bound to this Gateway matches the host: 404.");
-            }
+            let _ = writeln!(out, "  retries: {} (Istio's default)", retries_line(&RetryPolicy::istio_default()));
         }
-        return Explanation { text: out, matched: None };
-    };
-    let origin = format!("{}:{}", vs.origin.file, vs.origin.at("metadata").0);
-    let _ = writeln!(out, "\nVirtualService {} ({origin}) hosts {:?}", vs.key, vs.hosts);
-    let mut matched = None;
+        Context::Gateway { .. } => {
+            let _ = writeln!(out, "\nNo VirtualService bound to this Gateway matches the host: 404.");
+        }
+    }
+}
+
+/// Tries the http rules in order, saying why each that does not match fails; the index of the
+/// first that matches.
+fn first_matching_rule(out: &mut String, vs: &CompiledVs, req: &RequestInfo<'_>) -> Option<usize> {
     for (i, rule) in vs.http.iter().enumerate() {
         let label = rule.name.as_ref().map(|n| format!(" \"{n}\"")).unwrap_or_default();
         if rule.matches.is_empty() {
             let _ = writeln!(out, "  http[{i}]{label}: MATCHES (no match conditions: catches everything)");
-            matched = Some((i, None));
-            break;
+            return Some(i);
         }
         if let Some(m) = rule.matches.iter().find(|m| m.test(req)) {
             let _ = writeln!(out, "  http[{i}]{label}: MATCHES ({} condition(s) hold)", m.conds.len());
-            matched = Some((i, Some(m)));
-            break;
+            return Some(i);
         }
         let _ = writeln!(out, "  http[{i}]{label}: no match");
         for (j, m) in rule.matches.iter().enumerate() {
@@ -160,18 +178,18 @@ pub fn explain(table: &RouteTable, req: &RequestInfo<'_>) -> Explanation {
             }
         }
     }
-    let Some((i, _m)) = matched else {
-        let _ = writeln!(out, "\nNo http rule matched: the proxy answers 404 (route not found).");
-        return Explanation { text: out, matched: None };
-    };
-    let rule = &vs.http[i];
+    None
+}
+
+/// What the matched rule does with the request.
+fn rule_lines(out: &mut String, rule: &HttpRule, req: &RequestInfo<'_>) {
     match &rule.action {
         Action::Redirect(r) => {
             let _ = writeln!(out, "\n  redirect {} to {}", r.code, r.location(req));
         }
         Action::Route(dests) => {
             let _ = writeln!(out, "\n  destinations (weighted pick per request):");
-            dest_lines(&mut out, dests, req.port());
+            dest_lines(out, dests, req.port());
         }
         Action::DirectResponse { status, body } => {
             let _ = writeln!(
@@ -212,5 +230,4 @@ pub fn explain(table: &RouteTable, req: &RequestInfo<'_>) -> Explanation {
     for (m, pct) in &rule.mirrors {
         let _ = writeln!(out, "  mirror:  {pct}% to {} subset {}", m.host, m.subset.as_deref().unwrap_or("-"));
     }
-    Explanation { text: out, matched: Some((vs.key.to_string(), i)) }
 }

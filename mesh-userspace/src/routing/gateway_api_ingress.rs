@@ -127,19 +127,7 @@ impl Builder<'_> {
                     continue;
                 }
                 candidates += 1;
-                let why = if !l.allows_kind(kind) {
-                    Some(format!("listener {:?} does not allow kind {kind} (NotAllowedByListeners)", l.name))
-                } else if l.protocol != "HTTP" {
-                    Some(format!("listener {:?} is {} (not served: TLS not implemented)", l.name, l.protocol))
-                } else if !namespace_allowed(l, &g.namespace, &route.namespace, self.namespace_labels) {
-                    Some(format!(
-                        "listener {:?} does not allow routes from namespace {:?} (NotAllowedByListeners)",
-                        l.name, route.namespace
-                    ))
-                } else {
-                    None
-                };
-                if let Some(why) = why {
+                if let Some(why) = listener_refusal(l, kind, &g.namespace, &route.namespace, self.namespace_labels) {
                     reasons.push(why);
                     continue;
                 }
@@ -162,12 +150,7 @@ impl Builder<'_> {
                 attached = true;
             }
             if candidates == 0 {
-                let what = match (&p.section_name, p.port) {
-                    (Some(s), Some(port)) => format!("no listener {s:?} with port {port}"),
-                    (Some(s), None) => format!("no listener {s:?}"),
-                    (None, Some(port)) => format!("no listener with port {port}"),
-                    (None, None) => "no listener".into(),
-                };
+                let what = no_listener(p.section_name.as_deref(), p.port);
                 warn(self, format!("Gateway {ns}/{} has {what} (NoMatchingParent)", g.name));
             } else if !attached {
                 warn(self, reasons.join("; "));
@@ -195,6 +178,39 @@ fn class_served(spec: &KubeGatewaySpec, config: &config::Config) -> Result<(), S
             config::cut(class, 60),
             gw::CLASS_NAMES
         )),
+    }
+}
+
+/// Why a listener a parentRef picked does not take the route (kind, protocol, namespace), if it
+/// does not.
+fn listener_refusal(
+    l: &Listener,
+    kind: &str,
+    gateway_ns: &str,
+    route_ns: &str,
+    labels: &BTreeMap<String, BTreeMap<String, String>>,
+) -> Option<String> {
+    if !l.allows_kind(kind) {
+        Some(format!("listener {:?} does not allow kind {kind} (NotAllowedByListeners)", l.name))
+    } else if l.protocol != "HTTP" {
+        Some(format!("listener {:?} is {} (not served: TLS not implemented)", l.name, l.protocol))
+    } else if !namespace_allowed(l, gateway_ns, route_ns, labels) {
+        Some(format!(
+            "listener {:?} does not allow routes from namespace {:?} (NotAllowedByListeners)",
+            l.name, route_ns
+        ))
+    } else {
+        None
+    }
+}
+
+/// What a parentRef's `sectionName` and `port` asked for, when no listener has it.
+fn no_listener(section_name: Option<&str>, port: Option<i64>) -> String {
+    match (section_name, port) {
+        (Some(s), Some(port)) => format!("no listener {s:?} with port {port}"),
+        (Some(s), None) => format!("no listener {s:?}"),
+        (None, Some(port)) => format!("no listener with port {port}"),
+        (None, None) => "no listener".into(),
     }
 }
 
