@@ -702,7 +702,7 @@ async fn parked(
         }
     };
     tokio::select! {
-        r = io.get_ref().readable() => r.is_ok(),
+        r = client_sent(io.get_ref()) => r.is_ok(),
         e = activity.watch(&state.limits) => {
             count_expiry(state, src, e);
             false
@@ -714,7 +714,35 @@ async fn parked(
             false
         }
         _ = state.drain.signaled() => {
-            fresh && matches!(tokio::time::timeout(DRAIN_FIRST_REQUEST_GRACE, io.get_ref().readable()).await, Ok(Ok(())))
+            fresh && matches!(tokio::time::timeout(DRAIN_FIRST_REQUEST_GRACE, client_sent(io.get_ref())).await, Ok(Ok(())))
+        }
+    }
+}
+
+/// Resolves once the client has sent something (or closed, or the socket failed). Tokio's
+/// `readable()` alone is not that: it reports a freshly accepted socket readable before any byte
+/// arrived, which took never-used connections out of [`parked`] at once — to wait in the
+/// preface peek instead, where neither the overload manager's shedding nor the drain reached
+/// them. A peek that would block clears that readiness and waits again.
+async fn client_sent(stream: &TcpStream) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    loop {
+        stream.readable().await?;
+        let peeked = stream.try_io(tokio::io::Interest::READABLE, || {
+            let mut byte = 0u8;
+            // SAFETY: a one-byte buffer we own; MSG_PEEK leaves the byte for hyper, and the
+            // socket is non-blocking (tokio's), so this never waits.
+            let n = unsafe { libc::recv(stream.as_raw_fd(), (&raw mut byte).cast(), 1, libc::MSG_PEEK) };
+            if n < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        });
+        match peeked {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            // Bytes or end of stream: the caller reads either. An error: the socket is done.
+            _ => return Ok(()),
         }
     }
 }

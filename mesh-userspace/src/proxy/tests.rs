@@ -1685,6 +1685,13 @@ async fn the_overload_manager_resets_the_heaviest_sources_oldest_requests_and_re
         head.extend_from_slice(&buf[..n]);
     }
     assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+    // And a connection it opened and never used.
+    let mut never_used = tokio::net::TcpStream::connect(noisy).await.expect("connect");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !state.source_gauges().contains("mesh_downstream_connections{source_workload=\"noisy\"} 6") {
+        assert!(Instant::now() < deadline, "never-used connection not accepted:\n{}", state.source_gauges());
+        tokio::task::yield_now().await;
+    }
     // Under the high watermark nothing happens.
     let plan = overload::look(&state, 9 << 20);
     assert!(!plan.overloaded);
@@ -1725,9 +1732,15 @@ async fn the_overload_manager_resets_the_heaviest_sources_oldest_requests_and_re
     })
     .await;
     assert!(closed.is_ok(), "noisy's idle keep-alive connection must be closed while it is shed");
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 16];
+        while matches!(never_used.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    assert!(closed.is_ok(), "noisy's never-used connection must be closed while it is shed");
     let idle_closed =
         state.metrics.get("mesh_overload_shed_total", &[("source_workload", "noisy"), ("action", "idle_closed")]);
-    assert_eq!(idle_closed, 1);
+    assert_eq!(idle_closed, 2);
     // While overloaded noisy's new connections are closed at once; quiet is served.
     let reply = raw(noisy, b"GET /reviews/0 HTTP/1.1\r\nhost: reviews\r\n\r\n", "\r\n\r\n").await;
     assert!(reply.is_empty(), "a shed source's new connection must be closed: {reply}");
