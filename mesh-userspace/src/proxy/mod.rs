@@ -601,7 +601,7 @@ pub async fn serve_http(state: Arc<ProxyState>, source: Source, entry: Entry, st
     if http2 {
         // Boxed, as the hyper connection is in `serve_http1`: the task of an idle connection
         // keeps the size of its largest state, so no hyper state may be inline in it.
-        Box::pin(serve_http2(&state, &activity, io, svc, &src)).await;
+        Box::pin(serve_http2(&state, &activity, io, svc, &src, source_for_refusals.caps.as_deref())).await;
     } else {
         serve_http1(&state, &activity, io, svc, &src, &source_for_refusals).await;
     }
@@ -614,6 +614,7 @@ async fn serve_http2<S>(
     io: limits::ActivityIo<TcpStream>,
     svc: S,
     src: &str,
+    caps: Option<&limits::SourceCaps>,
 ) where
     S: ConnService + Clone + Send + 'static,
 {
@@ -625,6 +626,12 @@ async fn serve_http2<S>(
         .max_concurrent_streams(limits.http2_max_concurrent_streams);
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
+    let shed = async {
+        match caps {
+            Some(c) => c.idle_shed().await,
+            None => std::future::pending().await,
+        }
+    };
     let expired = tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {
@@ -633,6 +640,15 @@ async fn serve_http2<S>(
             return;
         }
         e = activity.watch(limits) => e,
+        () = shed => {
+            // The overload manager sheds this source: GOAWAY, as Envoy's overload action
+            // `disable_http_keepalive` does; its streams in flight finish (or are reset by the
+            // manager), new ones go elsewhere or wait for a new connection, which is refused.
+            state.metrics.inc("mesh_overload_shed_total", &[("source_workload", src), ("action", "goaway")]);
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(limits.request_headers_timeout, conn).await;
+            return;
+        }
         _ = state.drain.signaled() => {
             // GOAWAY; streams in flight finish.
             conn.as_mut().graceful_shutdown();

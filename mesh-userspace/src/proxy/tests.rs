@@ -1685,10 +1685,20 @@ async fn the_overload_manager_resets_the_heaviest_sources_oldest_requests_and_re
         head.extend_from_slice(&buf[..n]);
     }
     assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
-    // And a connection it opened and never used.
+    // And an HTTP/2 connection after one request,
+    let (mut h2, h2_conn) = hyper::client::conn::http2::handshake(
+        TokioExecutor::new(),
+        TokioIo::new(tokio::net::TcpStream::connect(noisy).await.expect("connect")),
+    )
+    .await
+    .expect("h2 handshake");
+    let h2_conn = tokio::spawn(h2_conn);
+    let req = ::http::Request::builder().uri("http://reviews/reviews/0").body(Empty::<Bytes>::new()).expect("req");
+    assert_eq!(h2.send_request(req).await.expect("h2 response").status(), 200);
+    // and a connection it opened and never used.
     let mut never_used = tokio::net::TcpStream::connect(noisy).await.expect("connect");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !state.source_gauges().contains("mesh_downstream_connections{source_workload=\"noisy\"} 6") {
+    while !state.source_gauges().contains("mesh_downstream_connections{source_workload=\"noisy\"} 7") {
         assert!(Instant::now() < deadline, "never-used connection not accepted:\n{}", state.source_gauges());
         tokio::task::yield_now().await;
     }
@@ -1738,6 +1748,10 @@ async fn the_overload_manager_resets_the_heaviest_sources_oldest_requests_and_re
     })
     .await;
     assert!(closed.is_ok(), "noisy's never-used connection must be closed while it is shed");
+    // Its HTTP/2 connection is told GOAWAY, and ends.
+    let ended = tokio::time::timeout(Duration::from_secs(5), h2_conn).await;
+    assert!(ended.is_ok(), "noisy's HTTP/2 connection must get GOAWAY while it is shed");
+    assert_eq!(state.metrics.get("mesh_overload_shed_total", &[("source_workload", "noisy"), ("action", "goaway")]), 1);
     let idle_closed =
         state.metrics.get("mesh_overload_shed_total", &[("source_workload", "noisy"), ("action", "idle_closed")]);
     assert_eq!(idle_closed, 2);
