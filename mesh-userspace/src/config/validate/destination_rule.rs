@@ -3,8 +3,8 @@ use super::load_balancer::load_balancer;
 use super::virtual_service::subset_name;
 use super::{enum_value, export_to, fqdn, int32, ip_address, labels, metadata, port, q, wildcard_domain, Validation};
 use crate::config::{
-    cut, parse_duration, ClientTlsSettings, ConnectionPoolSettings, DestinationRuleSpec, OutlierDetectionSettings,
-    Sourced, TrafficPolicy,
+    cut, parse_duration, ClientTlsSettings, ConnectionPoolSettings, DestinationRuleSpec, HttpSettings,
+    OutlierDetectionSettings, PortTrafficPolicy, Sourced, TcpSettings, TrafficPolicy, TunnelSettings,
 };
 
 pub fn destination_rule(dr: &Sourced<DestinationRuleSpec>) -> Validation {
@@ -79,49 +79,10 @@ fn traffic_policy(v: &mut Validation, base: &str, tp: &TrafficPolicy, namespace:
         client_tls(v, &format!("{base}.tls"), t, namespace);
     }
     for (i, pl) in tp.port_level_settings.iter().enumerate() {
-        let pp = format!("{base}.portLevelSettings[{i}]");
-        match &pl.port {
-            None => v.error(pp.clone(), "portTrafficPolicy must have valid port"),
-            Some(p) => v.check(format!("{pp}.port.number"), port(i64::from(p.number))),
-        }
-        if pl.outlier_detection.is_none()
-            && pl.connection_pool.is_none()
-            && pl.load_balancer.is_none()
-            && pl.tls.is_none()
-        {
-            v.error(pp, "port traffic policy must have at least one field");
-            continue;
-        }
-        if let Some(o) = &pl.outlier_detection {
-            outlier_detection(v, &format!("{pp}.outlierDetection"), o);
-        }
-        if let Some(c) = &pl.connection_pool {
-            connection_pool(v, &format!("{pp}.connectionPool"), c);
-        }
-        if let Some(lb) = &pl.load_balancer {
-            load_balancer(v, &format!("{pp}.loadBalancer"), lb, pl.outlier_detection.is_some());
-        }
-        if let Some(t) = &pl.tls {
-            client_tls(v, &format!("{pp}.tls"), t, namespace);
-        }
+        port_traffic_policy(v, &format!("{base}.portLevelSettings[{i}]"), pl, namespace);
     }
     if let Some(t) = &tp.tunnel {
-        let tp_ = format!("{base}.tunnel");
-        if let Some(p) = t.protocol.as_deref().filter(|p| !p.is_empty()) {
-            if p != "CONNECT" && p != "POST" {
-                v.error(format!("{tp_}.protocol"), "tunnel protocol must be \"CONNECT\" or \"POST\"");
-            }
-        }
-        if let (Err(f), Err(i)) = (fqdn(&t.target_host), ip_address(&t.target_host)) {
-            v.error(
-                format!("{tp_}.targetHost"),
-                format!("tunnel target host must be valid FQDN or IP address: {f}; {i}"),
-            );
-        }
-        if let Err(e) = port(i64::from(t.target_port)) {
-            v.error(format!("{tp_}.targetPort"), format!("tunnel target port is invalid: {e}"));
-        }
-        v.not_enforced(tp_);
+        tunnel(v, &format!("{base}.tunnel"), t);
     }
     if let Some(pp) = &tp.proxy_protocol {
         enum_value(v, format!("{base}.proxyProtocol.version"), pp.version.as_deref(), &["V1", "V2"]);
@@ -137,6 +98,118 @@ fn traffic_policy(v: &mut Validation, base: &str, tp: &TrafficPolicy, namespace:
         v.duration(format!("{rp}.budgetInterval"), rb.budget_interval.as_deref());
         v.not_enforced(rp);
     }
+}
+
+/// `connectionPool.http`: non-negative int32 limits, keepalive interval and timeout.
+fn http_pool(v: &mut Validation, hp: &str, h: &HttpSettings) {
+    for (field, n, msg) in [
+        ("http1MaxPendingRequests", h.http1_max_pending_requests, "http1 max pending requests must be non-negative"),
+        ("http2MaxRequests", h.http2_max_requests, "http2 max requests must be non-negative"),
+        ("maxRequestsPerConnection", h.max_requests_per_connection, "max requests per connection must be non-negative"),
+        ("maxRetries", h.max_retries, "max retries must be non-negative"),
+        ("maxConcurrentStreams", h.max_concurrent_streams, "max concurrent streams must be non-negative"),
+    ] {
+        match n {
+            Some(n) if n < 0 => v.error(format!("{hp}.{field}"), msg),
+            n => int32(v, format!("{hp}.{field}"), n),
+        }
+    }
+    v.duration(format!("{hp}.idleTimeout"), h.idle_timeout.as_deref());
+    // h2UpgradePolicy's enum is checked when the route table is compiled (policy.rs), with
+    // the same path and the values it accepts.
+    if h.h2_upgrade_policy.as_deref() == Some("UPGRADE") && h.use_client_protocol == Some(true) {
+        v.error(
+            format!("{hp}.useClientProtocol"),
+            "use client protocol must not be true when H2UpgradePolicy is UPGRADE",
+        );
+    }
+    if let Some(k) = &h.http2_keep_alive {
+        let kp = format!("{hp}.http2KeepAlive");
+        if k.interval.is_none() {
+            v.error(kp.clone(), "http2 keepalive interval is required");
+        }
+        v.duration(format!("{kp}.interval"), k.interval.as_deref());
+        if k.timeout.is_none() {
+            v.error(kp.clone(), "http2 keepalive timeout is required");
+        }
+        v.duration(format!("{kp}.timeout"), k.timeout.as_deref());
+        v.not_enforced(kp);
+    }
+    if h.max_concurrent_streams.is_some() {
+        v.not_enforced(format!("{hp}.maxConcurrentStreams"));
+    }
+}
+
+/// `connectionPool.tcp`: connection limit, timeouts and keepalive.
+fn tcp_pool(v: &mut Validation, tp: &str, t: &TcpSettings) {
+    match t.max_connections {
+        Some(n) if n < 0 => v.error(format!("{tp}.maxConnections"), "max connections must be non-negative"),
+        n => int32(v, format!("{tp}.maxConnections"), n),
+    }
+    v.duration(format!("{tp}.connectTimeout"), t.connect_timeout.as_deref());
+    v.duration(format!("{tp}.maxConnectionDuration"), t.max_connection_duration.as_deref());
+    if let Some(it) = t.idle_timeout.as_deref() {
+        // Whole milliseconds of 0 disable the timeout and are not checked further (Istio).
+        match parse_duration(it) {
+            Ok(d) if d.as_millis() == 0 => {}
+            _ => {
+                v.duration(format!("{tp}.idleTimeout"), Some(it));
+            }
+        }
+    }
+    if let Some(k) = &t.tcp_keepalive {
+        v.duration(format!("{tp}.tcpKeepalive.time"), k.time.as_deref());
+        v.duration(format!("{tp}.tcpKeepalive.interval"), k.interval.as_deref());
+        v.not_enforced(format!("{tp}.tcpKeepalive"));
+    }
+    for (field, set) in
+        [("maxConnectionDuration", t.max_connection_duration.is_some()), ("idleTimeout", t.idle_timeout.is_some())]
+    {
+        if set {
+            v.not_enforced(format!("{tp}.{field}"));
+        }
+    }
+}
+
+/// One of `portLevelSettings`: a port and at least one policy.
+fn port_traffic_policy(v: &mut Validation, pp: &str, pl: &PortTrafficPolicy, namespace: &str) {
+    match &pl.port {
+        None => v.error(pp.to_owned(), "portTrafficPolicy must have valid port"),
+        Some(p) => v.check(format!("{pp}.port.number"), port(i64::from(p.number))),
+    }
+    if pl.outlier_detection.is_none() && pl.connection_pool.is_none() && pl.load_balancer.is_none() && pl.tls.is_none()
+    {
+        v.error(pp, "port traffic policy must have at least one field");
+        return;
+    }
+    if let Some(o) = &pl.outlier_detection {
+        outlier_detection(v, &format!("{pp}.outlierDetection"), o);
+    }
+    if let Some(c) = &pl.connection_pool {
+        connection_pool(v, &format!("{pp}.connectionPool"), c);
+    }
+    if let Some(lb) = &pl.load_balancer {
+        load_balancer(v, &format!("{pp}.loadBalancer"), lb, pl.outlier_detection.is_some());
+    }
+    if let Some(t) = &pl.tls {
+        client_tls(v, &format!("{pp}.tls"), t, namespace);
+    }
+}
+
+/// `tunnel`: CONNECT or POST to a valid host and port; not enforced.
+fn tunnel(v: &mut Validation, tp_: &str, t: &TunnelSettings) {
+    if let Some(p) = t.protocol.as_deref().filter(|p| !p.is_empty()) {
+        if p != "CONNECT" && p != "POST" {
+            v.error(format!("{tp_}.protocol"), "tunnel protocol must be \"CONNECT\" or \"POST\"");
+        }
+    }
+    if let (Err(f), Err(i)) = (fqdn(&t.target_host), ip_address(&t.target_host)) {
+        v.error(format!("{tp_}.targetHost"), format!("tunnel target host must be valid FQDN or IP address: {f}; {i}"));
+    }
+    if let Err(e) = port(i64::from(t.target_port)) {
+        v.error(format!("{tp_}.targetPort"), format!("tunnel target port is invalid: {e}"));
+    }
+    v.not_enforced(tp_.to_owned());
 }
 
 fn percent_0_100(v: &mut Validation, path: String, p: Option<i64>) {
@@ -190,81 +263,10 @@ fn connection_pool(v: &mut Validation, base: &str, c: &ConnectionPoolSettings) {
         return;
     }
     if let Some(h) = &c.http {
-        let hp = format!("{base}.http");
-        for (field, n, msg) in [
-            (
-                "http1MaxPendingRequests",
-                h.http1_max_pending_requests,
-                "http1 max pending requests must be non-negative",
-            ),
-            ("http2MaxRequests", h.http2_max_requests, "http2 max requests must be non-negative"),
-            (
-                "maxRequestsPerConnection",
-                h.max_requests_per_connection,
-                "max requests per connection must be non-negative",
-            ),
-            ("maxRetries", h.max_retries, "max retries must be non-negative"),
-            ("maxConcurrentStreams", h.max_concurrent_streams, "max concurrent streams must be non-negative"),
-        ] {
-            match n {
-                Some(n) if n < 0 => v.error(format!("{hp}.{field}"), msg),
-                n => int32(v, format!("{hp}.{field}"), n),
-            }
-        }
-        v.duration(format!("{hp}.idleTimeout"), h.idle_timeout.as_deref());
-        // h2UpgradePolicy's enum is checked when the route table is compiled (policy.rs), with
-        // the same path and the values it accepts.
-        if h.h2_upgrade_policy.as_deref() == Some("UPGRADE") && h.use_client_protocol == Some(true) {
-            v.error(
-                format!("{hp}.useClientProtocol"),
-                "use client protocol must not be true when H2UpgradePolicy is UPGRADE",
-            );
-        }
-        if let Some(k) = &h.http2_keep_alive {
-            let kp = format!("{hp}.http2KeepAlive");
-            if k.interval.is_none() {
-                v.error(kp.clone(), "http2 keepalive interval is required");
-            }
-            v.duration(format!("{kp}.interval"), k.interval.as_deref());
-            if k.timeout.is_none() {
-                v.error(kp.clone(), "http2 keepalive timeout is required");
-            }
-            v.duration(format!("{kp}.timeout"), k.timeout.as_deref());
-            v.not_enforced(kp);
-        }
-        if h.max_concurrent_streams.is_some() {
-            v.not_enforced(format!("{hp}.maxConcurrentStreams"));
-        }
+        http_pool(v, &format!("{base}.http"), h);
     }
     if let Some(t) = &c.tcp {
-        let tp = format!("{base}.tcp");
-        match t.max_connections {
-            Some(n) if n < 0 => v.error(format!("{tp}.maxConnections"), "max connections must be non-negative"),
-            n => int32(v, format!("{tp}.maxConnections"), n),
-        }
-        v.duration(format!("{tp}.connectTimeout"), t.connect_timeout.as_deref());
-        v.duration(format!("{tp}.maxConnectionDuration"), t.max_connection_duration.as_deref());
-        if let Some(it) = t.idle_timeout.as_deref() {
-            // Whole milliseconds of 0 disable the timeout and are not checked further (Istio).
-            match parse_duration(it) {
-                Ok(d) if d.as_millis() == 0 => {}
-                _ => {
-                    v.duration(format!("{tp}.idleTimeout"), Some(it));
-                }
-            }
-        }
-        if let Some(k) = &t.tcp_keepalive {
-            v.duration(format!("{tp}.tcpKeepalive.time"), k.time.as_deref());
-            v.duration(format!("{tp}.tcpKeepalive.interval"), k.interval.as_deref());
-            v.not_enforced(format!("{tp}.tcpKeepalive"));
-        }
-        for (field, set) in
-            [("maxConnectionDuration", t.max_connection_duration.is_some()), ("idleTimeout", t.idle_timeout.is_some())]
-        {
-            if set {
-                v.not_enforced(format!("{tp}.{field}"));
-            }
-        }
+        tcp_pool(v, &format!("{base}.tcp"), t);
     }
 }
 

@@ -168,7 +168,6 @@ fn server_tls(v: &mut Validation, base: &str, t: &ServerTlsSettings) {
     if t.credential_names.len() > 2 {
         v.error(format!("{base}.credentialNames"), "Too many: must have at most 2 items");
     }
-    let set = |s: &Option<String>| s.as_deref().is_some_and(|s| !s.is_empty());
     let mode = t.mode.as_deref().unwrap_or("PASSTHROUGH");
     if matches!(t.min_protocol_version.as_deref(), Some("TLSV1_0" | "TLSV1_1")) && t.cipher_suites.is_empty() {
         v.warn(
@@ -177,34 +176,23 @@ fn server_tls(v: &mut Validation, base: &str, t: &ServerTlsSettings) {
         );
     }
     if mode == "ISTIO_MUTUAL" {
-        for (is, what) in [
-            (set(&t.server_certificate), "server certificate"),
-            (set(&t.private_key), "private key"),
-            (set(&t.ca_certificates), "CA bundle"),
-            (!t.tls_certificates.is_empty(), "tlsCertificates"),
-            (set(&t.credential_name), "credentialName"),
-            (!t.credential_names.is_empty(), "credentialNames"),
-        ] {
-            if is {
-                v.error(base.to_owned(), format!("ISTIO_MUTUAL TLS cannot have associated {what}"));
-            }
-        }
+        istio_mutual(v, base, t);
         return;
     }
     if (mode == "PASSTHROUGH" || mode == "AUTO_PASSTHROUGH")
-        && (set(&t.ca_crl)
-            || set(&t.server_certificate)
-            || set(&t.private_key)
-            || set(&t.ca_certificates)
+        && (is_set(&t.ca_crl)
+            || is_set(&t.server_certificate)
+            || is_set(&t.private_key)
+            || is_set(&t.ca_certificates)
             || !t.tls_certificates.is_empty()
-            || set(&t.credential_name)
+            || is_set(&t.credential_name)
             || !t.credential_names.is_empty())
     {
         v.warn(base.to_owned(), format!("{mode} mode does not use certificates, they will be ignored"));
     }
     let sources = [
-        set(&t.server_certificate) && set(&t.private_key),
-        set(&t.credential_name),
+        is_set(&t.server_certificate) && is_set(&t.private_key),
+        is_set(&t.credential_name),
         !t.credential_names.is_empty(),
         !t.tls_certificates.is_empty(),
     ];
@@ -215,34 +203,14 @@ fn server_tls(v: &mut Validation, base: &str, t: &ServerTlsSettings) {
         );
     }
     let terminating = matches!(mode, "SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL");
-    if terminating && (set(&t.credential_name) || !t.credential_names.is_empty()) {
+    if terminating && (is_set(&t.credential_name) || !t.credential_names.is_empty()) {
         return;
     }
     if terminating {
-        let prefix = if mode == "SIMPLE" { "SIMPLE TLS" } else { "MUTUAL TLS" };
-        if mode != "SIMPLE" && !set(&t.ca_certificates) {
-            v.error(base.to_owned(), format!("{prefix} requires a client CA bundle"));
-        }
-        // The CRD says maxItems 2; Istio's webhook (and its tests) only warn.
-        if t.tls_certificates.len() > 2 {
-            v.warn(format!("{base}.tlsCertificates"), format!("{prefix} can support up to 2 server certificates"));
-        }
-        let certs: Vec<(bool, bool)> = if t.tls_certificates.is_empty() {
-            vec![(set(&t.server_certificate), set(&t.private_key))]
-        } else {
-            t.tls_certificates.iter().map(|c| (set(&c.server_certificate), set(&c.private_key))).collect()
-        };
-        for (cert, key) in certs {
-            if !cert {
-                v.error(base.to_owned(), format!("{prefix} requires a server certificate"));
-            }
-            if !key {
-                v.error(base.to_owned(), format!("{prefix} requires a private key"));
-            }
-        }
+        server_certificates(v, base, t, mode);
     }
-    if set(&t.ca_crl) {
-        if set(&t.credential_name) {
+    if is_set(&t.ca_crl) {
+        if is_set(&t.credential_name) {
             v.error(
                 base.to_owned(),
                 "CRL is not supported with credentialName. CRL has to be specified in the credential",
@@ -250,6 +218,53 @@ fn server_tls(v: &mut Validation, base: &str, t: &ServerTlsSettings) {
         }
         if mode == "SIMPLE" {
             v.error(base.to_owned(), "CRL is not supported with SIMPLE TLS");
+        }
+    }
+}
+
+/// Whether an optional string field is set to something.
+fn is_set(s: &Option<String>) -> bool {
+    s.as_deref().is_some_and(|s| !s.is_empty())
+}
+
+/// ISTIO_MUTUAL takes its certificates from the mesh: none may be given.
+fn istio_mutual(v: &mut Validation, base: &str, t: &ServerTlsSettings) {
+    for (is, what) in [
+        (is_set(&t.server_certificate), "server certificate"),
+        (is_set(&t.private_key), "private key"),
+        (is_set(&t.ca_certificates), "CA bundle"),
+        (!t.tls_certificates.is_empty(), "tlsCertificates"),
+        (is_set(&t.credential_name), "credentialName"),
+        (!t.credential_names.is_empty(), "credentialNames"),
+    ] {
+        if is {
+            v.error(base.to_owned(), format!("ISTIO_MUTUAL TLS cannot have associated {what}"));
+        }
+    }
+}
+
+/// SIMPLE and MUTUAL without a credential name: a certificate and key for each server
+/// certificate, and a client CA bundle for MUTUAL.
+fn server_certificates(v: &mut Validation, base: &str, t: &ServerTlsSettings, mode: &str) {
+    let prefix = if mode == "SIMPLE" { "SIMPLE TLS" } else { "MUTUAL TLS" };
+    if mode != "SIMPLE" && !is_set(&t.ca_certificates) {
+        v.error(base.to_owned(), format!("{prefix} requires a client CA bundle"));
+    }
+    // The CRD says maxItems 2; Istio's webhook (and its tests) only warn.
+    if t.tls_certificates.len() > 2 {
+        v.warn(format!("{base}.tlsCertificates"), format!("{prefix} can support up to 2 server certificates"));
+    }
+    let certs: Vec<(bool, bool)> = if t.tls_certificates.is_empty() {
+        vec![(is_set(&t.server_certificate), is_set(&t.private_key))]
+    } else {
+        t.tls_certificates.iter().map(|c| (is_set(&c.server_certificate), is_set(&c.private_key))).collect()
+    };
+    for (cert, key) in certs {
+        if !cert {
+            v.error(base.to_owned(), format!("{prefix} requires a server certificate"));
+        }
+        if !key {
+            v.error(base.to_owned(), format!("{prefix} requires a private key"));
         }
     }
 }

@@ -67,103 +67,75 @@ pub fn header_value(value: &str) -> Result<(), String> {
     if value.bytes().any(|c| (c <= 0x08) || (0x0a..=0x1f).contains(&c) || c == 0x7f) {
         return Err(format!("header value configuration {} is invalid", q(value)));
     }
-    #[derive(PartialEq)]
-    enum S {
-        Literal,
-        VarName,
-        ExpectArray,
-        ExpectString,
-        Str,
-        DelimOrEnd,
-        ArgsEnd,
-        VarEnd,
-    }
     let b = value.as_bytes();
-    let mut state = S::Literal;
+    let mut state = Format::Literal;
     let mut pos = 0;
-    let err = |m: &str| Err(format!("header value configuration: invalid header configuration. {m}"));
-    while pos < b.len() {
-        let ch = b[pos];
-        let has_next = pos + 1 < b.len();
-        match state {
-            S::Literal => {
-                if ch == b'%' {
-                    if !has_next {
-                        return err("Un-escaped %");
-                    }
-                    if b[pos + 1] == b'%' {
-                        pos += 1;
-                    } else {
-                        state = S::VarName;
-                    }
-                }
-            }
-            S::VarName => {
-                if ch == b'%' {
-                    state = S::Literal;
-                } else if ch == b'(' {
-                    state = S::ExpectArray;
-                }
-            }
-            S::ExpectArray => {
-                if ch == b'[' {
-                    state = S::ExpectString;
-                } else if ch != b' ' {
-                    state = S::Str;
-                }
-            }
-            S::DelimOrEnd => {
-                if ch == b',' {
-                    state = S::ExpectString;
-                } else if ch == b']' {
-                    state = S::ArgsEnd;
-                } else if ch != b' ' {
-                    return err("Expecting ',', ']', or whitespace");
-                }
-            }
-            S::ExpectString => {
-                if ch == b'"' {
-                    state = S::Str;
-                } else if ch != b' ' {
-                    return err("Expecting '\"'");
-                }
-            }
-            S::Str => {
-                if ch == b'\\' {
-                    if !has_next {
-                        return err("Un-terminated backslash in JSON string");
-                    }
-                    pos += 1;
-                } else if ch == b')' {
-                    state = S::VarEnd;
-                } else if ch == b'"' {
-                    state = S::DelimOrEnd;
-                }
-            }
-            S::ArgsEnd => {
-                if ch == b')' {
-                    state = S::VarEnd;
-                } else if ch != b' ' {
-                    return err("Expecting ')' or whitespace");
-                }
-            }
-            S::VarEnd => {
-                if ch == b'%' {
-                    state = S::Literal;
-                } else if ch != b' ' {
-                    return err("Expecting '%' or whitespace after");
-                }
-            }
-        }
-        pos += 1;
+    while let Some(&ch) = b.get(pos) {
+        let (next, skip) = format_step(state, ch, b.get(pos + 1).copied())
+            .map_err(|m| format!("header value configuration: invalid header configuration. {m}"))?;
+        state = next;
+        pos += 1 + skip;
     }
-    if state != S::Literal {
+    if state != Format::Literal {
         return Err(format!(
             "header value configuration: invalid header configuration. Un-terminated variable expression {}",
             q(value)
         ));
     }
     Ok(())
+}
+
+/// Where Envoy's header format parser is (header_value_validator.go's states).
+#[derive(Clone, Copy, PartialEq)]
+enum Format {
+    Literal,
+    VarName,
+    ExpectArray,
+    ExpectString,
+    Str,
+    DelimOrEnd,
+    ArgsEnd,
+    VarEnd,
+}
+
+/// One byte of the parser: the next state and how many more bytes it consumed (the second `%`
+/// of `%%`, the byte after a backslash), or why the value is rejected. `next` is the byte after.
+fn format_step(state: Format, ch: u8, next: Option<u8>) -> Result<(Format, usize), &'static str> {
+    use Format as S;
+    Ok(match state {
+        S::Literal if ch == b'%' => match next {
+            None => return Err("Un-escaped %"),
+            Some(b'%') => (S::Literal, 1),
+            Some(_) => (S::VarName, 0),
+        },
+        S::Literal => (S::Literal, 0),
+        S::VarName if ch == b'%' => (S::Literal, 0),
+        S::VarName if ch == b'(' => (S::ExpectArray, 0),
+        S::VarName => (S::VarName, 0),
+        S::ExpectArray if ch == b'[' => (S::ExpectString, 0),
+        S::ExpectArray if ch != b' ' => (S::Str, 0),
+        S::ExpectArray => (S::ExpectArray, 0),
+        S::DelimOrEnd if ch == b',' => (S::ExpectString, 0),
+        S::DelimOrEnd if ch == b']' => (S::ArgsEnd, 0),
+        S::DelimOrEnd if ch != b' ' => return Err("Expecting ',', ']', or whitespace"),
+        S::DelimOrEnd => (S::DelimOrEnd, 0),
+        S::ExpectString if ch == b'"' => (S::Str, 0),
+        S::ExpectString if ch != b' ' => return Err("Expecting '\"'"),
+        S::ExpectString => (S::ExpectString, 0),
+        S::Str if ch == b'\\' => match next {
+            None => return Err("Un-terminated backslash in JSON string"),
+            Some(_) => (S::Str, 1),
+        },
+        S::Str if ch == b')' => (S::VarEnd, 0),
+        S::Str if ch == b'"' => (S::DelimOrEnd, 0),
+        S::Str => (S::Str, 0),
+        S::ArgsEnd if ch == b')' => (S::VarEnd, 0),
+        S::ArgsEnd if ch != b' ' => return Err("Expecting ')' or whitespace"),
+        S::ArgsEnd => (S::ArgsEnd, 0),
+        S::VarEnd if ch == b'%' => (S::Literal, 0),
+        S::VarEnd if ch != b' ' => return Err("Expecting '%' or whitespace after"),
+        S::VarEnd => (S::VarEnd, 0),
+    })
 }
 
 pub(super) fn header_operations(v: &mut Validation, base: &str, h: &Headers) {

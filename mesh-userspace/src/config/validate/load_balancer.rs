@@ -2,7 +2,7 @@
 use std::collections::BTreeMap;
 
 use super::{enum_value, Validation};
-use crate::config::{cut, parse_duration, LoadBalancerSettings, LocalityLbSetting};
+use crate::config::{cut, parse_duration, ConsistentHash, HttpCookie, LoadBalancerSettings, LocalityLbSetting, Warmup};
 
 pub(super) fn is_prime(x: u64) -> bool {
     if x != 0 && x < 4 {
@@ -39,78 +39,7 @@ pub(super) fn load_balancer(v: &mut Validation, base: &str, lb: &LoadBalancerSet
         v.not_enforced(format!("{base}.backendUtilization"));
     }
     if let Some(ch) = &lb.consistent_hash {
-        let cp = format!("{base}.consistentHash");
-        let keys = [
-            ch.http_header_name.is_some(),
-            ch.http_cookie.is_some(),
-            ch.use_source_ip.is_some(),
-            ch.http_query_parameter_name.is_some(),
-        ];
-        if keys.iter().filter(|b| **b).count() > 1 {
-            v.error(
-                cp.clone(),
-                "must validate one and only one schema (oneOf): set only one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName",
-            );
-        }
-        if ch.ring_hash.is_some() && ch.maglev.is_some() {
-            v.error(cp.clone(), "must validate one and only one schema (oneOf): set only one of ringHash, maglev");
-        }
-        if let Some(c) = &ch.http_cookie {
-            let kp = format!("{cp}.httpCookie");
-            if c.name.is_empty() {
-                v.error(format!("{kp}.name"), "name required for HttpCookie");
-            }
-            let mut names = std::collections::HashSet::new();
-            for (i, a) in c.attributes.iter().enumerate() {
-                if a.name.is_empty() {
-                    v.error(format!("{kp}.attributes[{i}].name"), "cookie attribute name cannot be empty");
-                } else if !names.insert(a.name.as_str()) {
-                    v.error(
-                        format!("{kp}.attributes[{i}].name"),
-                        format!("duplicate cookie attribute name: {}", cut(&a.name, 60)),
-                    );
-                }
-            }
-            if let Some(ttl) = c.ttl.as_deref() {
-                if let Err(e) = parse_duration(ttl) {
-                    v.error(format!("{kp}.ttl"), e);
-                }
-            }
-            if c.path.is_some() || !c.attributes.is_empty() {
-                v.not_enforced(format!("{kp}.attributes"));
-            }
-        }
-        if ch.minimum_ring_size.is_some_and(|n| n != 0) {
-            v.warn(
-                format!("{cp}.minimumRingSize"),
-                "consistent hash MinimumRingSize is deprecated, use ConsistentHashLB's RingHash configuration instead",
-            );
-            if ch.ring_hash.is_some() || ch.maglev.is_some() {
-                v.error(
-                    format!("{cp}.minimumRingSize"),
-                    "only one of MinimumRingSize or Maglev/Ringhash can be specified",
-                );
-            }
-        }
-        if let Some(m) = &ch.maglev {
-            let mp = format!("{cp}.maglev.tableSize");
-            if m.table_size == 0 {
-                v.error(mp.clone(), "tableSize must be set for maglev");
-            }
-            if m.table_size >= 5_000_011 {
-                v.error(mp.clone(), "tableSize must be less than 5000011 for maglev");
-            }
-            if !is_prime(m.table_size) {
-                v.error(mp, "tableSize must be a prime number for maglev");
-            }
-        }
-        if ch.http_header_name.is_none()
-            && ch.http_cookie.is_none()
-            && ch.use_source_ip.is_none()
-            && ch.http_query_parameter_name.is_none()
-        {
-            v.warn(cp, "consistentHash without a hash key: requests are spread at random");
-        }
+        consistent_hash(v, &format!("{base}.consistentHash"), ch);
     }
     if lb.locality_lb_setting.is_some() && lb.zone_aware_lb_setting.is_some() {
         v.error(base.to_owned(), "only one of localityLbSetting and zoneAwareLbSetting can be set");
@@ -124,28 +53,108 @@ pub(super) fn load_balancer(v: &mut Validation, base: &str, lb: &LoadBalancerSet
         v.not_enforced(format!("{base}.zoneAwareLbSetting"));
     }
     if let Some(w) = &lb.warmup {
-        let wp = format!("{base}.warmup");
-        match &w.duration {
-            None => v.error(format!("{wp}.duration"), "duration is required"),
-            Some(d) => {
-                v.duration(format!("{wp}.duration"), Some(d));
-            }
-        }
-        if w.minimum_percent.is_some_and(|p| p > 100.0) {
-            v.error(format!("{wp}.minimumPercent"), "minimumPercent value should be less than or equal to 100");
-        }
-        if w.minimum_percent.is_some_and(|p| p < 0.0) {
-            v.error(format!("{wp}.minimumPercent"), "minimumPercent should be greater than or equal to 0");
-        }
-        if w.aggression.is_some_and(|a| a <= 0.0) {
-            v.error(format!("{wp}.aggression"), "aggression should be greater than 0");
-        }
-        v.not_enforced(wp);
+        warmup(v, &format!("{base}.warmup"), w);
     }
     if let Some(d) = &lb.warmup_duration_secs {
         v.duration(format!("{base}.warmupDurationSecs"), Some(d));
         v.not_enforced(format!("{base}.warmupDurationSecs"));
     }
+}
+
+/// `consistentHash`: one hash key, one of ringHash and maglev, a prime maglev table.
+fn consistent_hash(v: &mut Validation, cp: &str, ch: &ConsistentHash) {
+    let keys = [
+        ch.http_header_name.is_some(),
+        ch.http_cookie.is_some(),
+        ch.use_source_ip.is_some(),
+        ch.http_query_parameter_name.is_some(),
+    ];
+    if keys.iter().filter(|b| **b).count() > 1 {
+        v.error(
+            cp.to_owned(),
+            "must validate one and only one schema (oneOf): set only one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName",
+        );
+    }
+    if ch.ring_hash.is_some() && ch.maglev.is_some() {
+        v.error(cp.to_owned(), "must validate one and only one schema (oneOf): set only one of ringHash, maglev");
+    }
+    if let Some(c) = &ch.http_cookie {
+        http_cookie(v, &format!("{cp}.httpCookie"), c);
+    }
+    if ch.minimum_ring_size.is_some_and(|n| n != 0) {
+        v.warn(
+            format!("{cp}.minimumRingSize"),
+            "consistent hash MinimumRingSize is deprecated, use ConsistentHashLB's RingHash configuration instead",
+        );
+        if ch.ring_hash.is_some() || ch.maglev.is_some() {
+            v.error(format!("{cp}.minimumRingSize"), "only one of MinimumRingSize or Maglev/Ringhash can be specified");
+        }
+    }
+    if let Some(m) = &ch.maglev {
+        let mp = format!("{cp}.maglev.tableSize");
+        if m.table_size == 0 {
+            v.error(mp.clone(), "tableSize must be set for maglev");
+        }
+        if m.table_size >= 5_000_011 {
+            v.error(mp.clone(), "tableSize must be less than 5000011 for maglev");
+        }
+        if !is_prime(m.table_size) {
+            v.error(mp, "tableSize must be a prime number for maglev");
+        }
+    }
+    if ch.http_header_name.is_none()
+        && ch.http_cookie.is_none()
+        && ch.use_source_ip.is_none()
+        && ch.http_query_parameter_name.is_none()
+    {
+        v.warn(cp.to_owned(), "consistentHash without a hash key: requests are spread at random");
+    }
+}
+
+/// A consistent-hash cookie: a name, distinct attribute names, a valid TTL.
+fn http_cookie(v: &mut Validation, kp: &str, c: &HttpCookie) {
+    if c.name.is_empty() {
+        v.error(format!("{kp}.name"), "name required for HttpCookie");
+    }
+    let mut names = std::collections::HashSet::new();
+    for (i, a) in c.attributes.iter().enumerate() {
+        if a.name.is_empty() {
+            v.error(format!("{kp}.attributes[{i}].name"), "cookie attribute name cannot be empty");
+        } else if !names.insert(a.name.as_str()) {
+            v.error(
+                format!("{kp}.attributes[{i}].name"),
+                format!("duplicate cookie attribute name: {}", cut(&a.name, 60)),
+            );
+        }
+    }
+    if let Some(ttl) = c.ttl.as_deref() {
+        if let Err(e) = parse_duration(ttl) {
+            v.error(format!("{kp}.ttl"), e);
+        }
+    }
+    if c.path.is_some() || !c.attributes.is_empty() {
+        v.not_enforced(format!("{kp}.attributes"));
+    }
+}
+
+/// `warmup`: a duration, a minimum percent in 0..=100, a positive aggression.
+fn warmup(v: &mut Validation, wp: &str, w: &Warmup) {
+    match &w.duration {
+        None => v.error(format!("{wp}.duration"), "duration is required"),
+        Some(d) => {
+            v.duration(format!("{wp}.duration"), Some(d));
+        }
+    }
+    if w.minimum_percent.is_some_and(|p| p > 100.0) {
+        v.error(format!("{wp}.minimumPercent"), "minimumPercent value should be less than or equal to 100");
+    }
+    if w.minimum_percent.is_some_and(|p| p < 0.0) {
+        v.error(format!("{wp}.minimumPercent"), "minimumPercent should be greater than or equal to 0");
+    }
+    if w.aggression.is_some_and(|a| a <= 0.0) {
+        v.error(format!("{wp}.aggression"), "aggression should be greater than 0");
+    }
+    v.not_enforced(wp.to_owned());
 }
 
 fn failover_labels() -> [&'static str; 3] {

@@ -4,8 +4,9 @@ use super::{
     dns1123_preconditions, export_to, gateway_names, host_subset_of, hosts_match, ip_subnet, is_dns1123_label, is_ip,
     is_jwt_claim, labels, metadata, port, q, wildcard_domain, Validation,
 };
-use crate::config::{cut, Destination, RouteDestination, Sourced, VirtualServiceSpec};
+use crate::config::{cut, Destination, RouteDestination, Sourced, TcpRoute, TlsRoute, VirtualServiceSpec};
 
+/// `ValidateVirtualService`: hosts, gateways and every route, in Istio's order.
 pub fn virtual_service(vs: &Sourced<VirtualServiceSpec>) -> Validation {
     let mut v = Validation::default();
     metadata(&mut v, vs);
@@ -14,41 +15,72 @@ pub fn virtual_service(vs: &Sourced<VirtualServiceSpec>) -> Validation {
     // Istio's isGateway: no `mesh` among the gateways (true also when there are none).
     let is_gateway = !has_mesh;
     let applies_to_gateway = !spec.gateways.is_empty() && !has_mesh;
-    let applies_to_mesh = !applies_to_gateway;
     if spec.hosts.is_empty() {
-        // A delegate VirtualService (Istio validates it only through its root).
-        if !spec.gateways.is_empty() {
-            v.error("spec.gateways", "delegate virtual service must have no gateways specified");
-        }
-        if !spec.tls.is_empty() {
-            v.error("spec.tls", "delegate virtual service must have no tls route specified");
-        }
-        if !spec.tcp.is_empty() {
-            v.error("spec.tcp", "delegate virtual service must have no tcp route specified");
-        }
-        v.warn("spec.hosts", "a VirtualService without hosts is a delegate; delegation is not supported by the node proxy, so it routes nothing");
+        delegate(&mut v, spec);
     }
     if !spec.gateways.is_empty() {
         gateway_names(&mut v, "spec.gateways", &spec.gateways);
     }
     if !applies_to_gateway {
-        for (i, r) in spec.http.iter().enumerate() {
-            for (j, m) in r.matches.iter().enumerate() {
-                for (field, map) in [("headers", &m.headers), ("withoutHeaders", &m.without_headers)] {
-                    for name in map.keys().filter(|n| is_jwt_claim(n)) {
-                        v.error(
-                            format!("spec.http[{i}].match[{j}].{field}.{name}"),
-                            format!(
-                                "JWT claim based routing (key: {}) is only supported for gateway, found no gateways: {:?}",
-                                cut(name, 60),
-                                spec.gateways
-                            ),
-                        );
-                    }
+        jwt_claims_need_a_gateway(&mut v, spec);
+    }
+    hosts(&mut v, spec, applies_to_gateway);
+    if spec.http.is_empty() && spec.tcp.is_empty() && spec.tls.is_empty() {
+        v.error("spec", "http, tcp or tls must be provided in virtual service");
+    }
+    for (i, r) in spec.http.iter().enumerate() {
+        http_route(&mut v, &format!("spec.http[{i}]"), r, spec.hosts.is_empty());
+    }
+    for (i, t) in spec.tls.iter().enumerate() {
+        tls_route(&mut v, &format!("spec.tls[{i}]"), t, is_gateway, &spec.hosts);
+    }
+    if !spec.tls.is_empty() {
+        v.warn("spec.tls", "tls routes are accepted as Istio does, but not served by the node proxy");
+    }
+    for (i, t) in spec.tcp.iter().enumerate() {
+        tcp_route(&mut v, &format!("spec.tcp[{i}]"), t);
+    }
+    export_to(&mut v, &vs.namespace, &spec.export_to, false);
+    v
+}
+
+/// A VirtualService without hosts is a delegate (Istio validates it only through its root).
+fn delegate(v: &mut Validation, spec: &VirtualServiceSpec) {
+    if !spec.gateways.is_empty() {
+        v.error("spec.gateways", "delegate virtual service must have no gateways specified");
+    }
+    if !spec.tls.is_empty() {
+        v.error("spec.tls", "delegate virtual service must have no tls route specified");
+    }
+    if !spec.tcp.is_empty() {
+        v.error("spec.tcp", "delegate virtual service must have no tcp route specified");
+    }
+    v.warn("spec.hosts", "a VirtualService without hosts is a delegate; delegation is not supported by the node proxy, so it routes nothing");
+}
+
+/// Header matches on JWT claims, which only a gateway can evaluate.
+fn jwt_claims_need_a_gateway(v: &mut Validation, spec: &VirtualServiceSpec) {
+    for (i, r) in spec.http.iter().enumerate() {
+        for (j, m) in r.matches.iter().enumerate() {
+            for (field, map) in [("headers", &m.headers), ("withoutHeaders", &m.without_headers)] {
+                for name in map.keys().filter(|n| is_jwt_claim(n)) {
+                    v.error(
+                        format!("spec.http[{i}].match[{j}].{field}.{name}"),
+                        format!(
+                            "JWT claim based routing (key: {}) is only supported for gateway, found no gateways: {:?}",
+                            cut(name, 60),
+                            spec.gateways
+                        ),
+                    );
                 }
             }
         }
     }
+}
+
+/// Each host a valid domain (`*` only on a gateway), no two hosts overlapping.
+fn hosts(v: &mut Validation, spec: &VirtualServiceSpec, applies_to_gateway: bool) {
+    let applies_to_mesh = !applies_to_gateway;
     let sni = spec.tls.iter().any(|t| t.matches.iter().any(|m| !m.sni_hosts.is_empty()));
     let mut all_hosts_valid = true;
     for (i, h) in spec.hosts.iter().enumerate() {
@@ -85,65 +117,56 @@ pub fn virtual_service(vs: &Sourced<VirtualServiceSpec>) -> Validation {
             }
         }
     }
-    if spec.http.is_empty() && spec.tcp.is_empty() && spec.tls.is_empty() {
-        v.error("spec", "http, tcp or tls must be provided in virtual service");
+}
+
+/// `validateTLSRoute`: matches with SNI hosts, and destinations.
+fn tls_route(v: &mut Validation, base: &str, t: &TlsRoute, is_gateway: bool, hosts: &[String]) {
+    if t.matches.is_empty() {
+        v.error(base.to_owned(), "TLS route must have at least one match condition");
     }
-    for (i, r) in spec.http.iter().enumerate() {
-        http_route(&mut v, &format!("spec.http[{i}]"), r, spec.hosts.is_empty());
+    for (j, m) in t.matches.iter().enumerate() {
+        let mp = format!("{base}.match[{j}]");
+        if m.sni_hosts.is_empty() {
+            v.error(mp.clone(), "TLS match must have at least one SNI host");
+        }
+        for (k, h) in m.sni_hosts.iter().enumerate() {
+            sni_host(v, format!("{mp}.sniHosts[{k}]"), h, is_gateway, hosts);
+        }
+        for (k, s) in m.destination_subnets.iter().enumerate() {
+            v.check(format!("{mp}.destinationSubnets[{k}]"), ip_subnet(s));
+        }
+        if let Some(p) = m.port.filter(|p| *p != 0) {
+            v.check(format!("{mp}.port"), port(i64::from(p)));
+        }
+        v.check(format!("{mp}.sourceLabels"), labels(&m.source_labels));
+        gateway_names(v, &format!("{mp}.gateways"), &m.gateways);
     }
-    for (i, t) in spec.tls.iter().enumerate() {
-        let base = format!("spec.tls[{i}]");
-        if t.matches.is_empty() {
-            v.error(base.clone(), "TLS route must have at least one match condition");
-        }
-        for (j, m) in t.matches.iter().enumerate() {
-            let mp = format!("{base}.match[{j}]");
-            if m.sni_hosts.is_empty() {
-                v.error(mp.clone(), "TLS match must have at least one SNI host");
-            }
-            for (k, h) in m.sni_hosts.iter().enumerate() {
-                sni_host(&mut v, format!("{mp}.sniHosts[{k}]"), h, is_gateway, &spec.hosts);
-            }
-            for (k, s) in m.destination_subnets.iter().enumerate() {
-                v.check(format!("{mp}.destinationSubnets[{k}]"), ip_subnet(s));
-            }
-            if let Some(p) = m.port.filter(|p| *p != 0) {
-                v.check(format!("{mp}.port"), port(i64::from(p)));
-            }
-            v.check(format!("{mp}.sourceLabels"), labels(&m.source_labels));
-            gateway_names(&mut v, &format!("{mp}.gateways"), &m.gateways);
-        }
-        if t.route.is_empty() {
-            v.error(base.clone(), "TLS route is required");
-        }
-        route_destinations(&mut v, &format!("{base}.route"), &t.route);
+    if t.route.is_empty() {
+        v.error(base.to_owned(), "TLS route is required");
     }
-    if !spec.tls.is_empty() {
-        v.warn("spec.tls", "tls routes are accepted as Istio does, but not served by the node proxy");
-    }
-    for (i, t) in spec.tcp.iter().enumerate() {
-        let base = format!("spec.tcp[{i}]");
-        for (j, m) in t.matches.iter().enumerate() {
-            let mp = format!("{base}.match[{j}]");
-            for (k, s) in m.destination_subnets.iter().enumerate() {
-                v.check(format!("{mp}.destinationSubnets[{k}]"), ip_subnet(s));
-            }
-            if !m.destination_subnets.is_empty() || m.source_subnet.is_some() {
-                v.not_enforced(format!("{mp}.destinationSubnets"));
-            }
-            if let Some(p) = m.port.filter(|p| *p != 0) {
-                v.check(format!("{mp}.port"), port(i64::from(p)));
-            }
-            v.check(format!("{mp}.sourceLabels"), labels(&m.source_labels));
-            gateway_names(&mut v, &format!("{mp}.gateways"), &m.gateways);
+    route_destinations(v, &format!("{base}.route"), &t.route);
+}
+
+/// `validateTCPRoute`: matches and destinations.
+fn tcp_route(v: &mut Validation, base: &str, t: &TcpRoute) {
+    for (j, m) in t.matches.iter().enumerate() {
+        let mp = format!("{base}.match[{j}]");
+        for (k, s) in m.destination_subnets.iter().enumerate() {
+            v.check(format!("{mp}.destinationSubnets[{k}]"), ip_subnet(s));
         }
-        if t.route.is_empty() {
-            v.error(base.clone(), "TCP route is required");
+        if !m.destination_subnets.is_empty() || m.source_subnet.is_some() {
+            v.not_enforced(format!("{mp}.destinationSubnets"));
         }
-        route_destinations(&mut v, &format!("{base}.route"), &t.route);
+        if let Some(p) = m.port.filter(|p| *p != 0) {
+            v.check(format!("{mp}.port"), port(i64::from(p)));
+        }
+        v.check(format!("{mp}.sourceLabels"), labels(&m.source_labels));
+        gateway_names(v, &format!("{mp}.gateways"), &m.gateways);
     }
-    export_to(&mut v, &vs.namespace, &spec.export_to, false);
-    v
+    if t.route.is_empty() {
+        v.error(base.to_owned(), "TCP route is required");
+    }
+    route_destinations(v, &format!("{base}.route"), &t.route);
 }
 
 /// `agent.ValidateWildcardDomainForVirtualServiceBoundToGateway`: also the `outbound_.<port>_._.<host>`
