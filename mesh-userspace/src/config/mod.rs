@@ -498,15 +498,7 @@ impl Config {
         let head: Option<Head> =
             serde_yaml::from_str(&doc.text).map_err(|e| (None, vec![yaml_error(&at, doc.line_offset, e, "")]))?;
         let Some(head) = head else { return Ok(()) };
-        let text = |v: &Option<serde_yaml::Value>| v.as_ref().and_then(|v| v.as_str()).unwrap_or("").to_owned();
-        let api_version = text(&head.api_version);
-        let kind = text(&head.kind);
-        let meta = head.metadata.unwrap_or_default();
-        let name = text(&meta.name);
-        let namespace = match text(&meta.namespace) {
-            ns if ns.is_empty() => "default".to_owned(),
-            ns => ns,
-        };
+        let (api_version, kind, name, namespace) = head.fields();
         let group = api_version.split_once('/').map_or("", |(g, _)| g);
         if group == gateway_api::GROUP {
             return self.add_gateway_api_document(
@@ -520,20 +512,7 @@ impl Config {
             );
         }
         if api_version == "v1" && kind == "Namespace" {
-            // Kept for listener `allowedRoutes` selectors; otherwise skipped like other kinds.
-            #[derive(serde::Deserialize)]
-            struct Ns {
-                #[serde(default)]
-                metadata: NsMeta,
-            }
-            #[derive(Default, serde::Deserialize)]
-            struct NsMeta {
-                #[serde(default)]
-                labels: std::collections::BTreeMap<String, String>,
-            }
-            if let Ok(ns) = serde_yaml::from_str::<Ns>(&doc.text) {
-                self.namespace_labels.insert(name.clone(), ns.metadata.labels);
-            }
+            self.keep_namespace_labels(&name, &doc.text);
         }
         if group == telemetry::GROUP {
             return self.add_telemetry_document((&doc.text, doc.line_offset), at, &api_version, &kind, name, namespace);
@@ -556,20 +535,9 @@ impl Config {
             return reject("apiVersion", format!("missing `apiVersion`: {kind} is {API_GROUP}/v1"));
         }
         if group != API_GROUP {
-            if ours.is_some() && !group.ends_with("k8s.io") {
-                // A misspelt group would otherwise make a routing rule silently not exist.
-                return reject(
-                    "apiVersion",
-                    format!("apiVersion {:?} is not Istio's: {kind} is {API_GROUP}/v1", cut(&api_version, 60)),
-                );
-            }
-            self.skipped.push(format!(
-                "{file}: {} {} {} (not Istio networking; ignored)",
-                cut(&api_version, 60),
-                cut(&kind, 40),
-                cut(&name, 60)
-            ));
-            return Ok(());
+            return self
+                .skip_other_group(file, &api_version, &kind, &name, ours.is_some())
+                .or_else(|m| reject("apiVersion", m));
         }
         let version = api_version.split('/').nth(1).unwrap_or("");
         if !API_VERSIONS.contains(&version) {
@@ -582,12 +550,7 @@ impl Config {
             );
         }
         if ours.is_none() {
-            if OTHER_ISTIO_KINDS.contains(&kind.as_str()) {
-                // ServiceEntry, Sidecar, EnvoyFilter...: valid Istio, not something this mesh acts on.
-                self.skipped.push(format!("{file}: {kind} {} (not supported; ignored)", cut(&name, 60)));
-                return Ok(());
-            }
-            return reject("kind", format!("unknown kind {:?} in {API_GROUP}", cut(&kind, 40)));
+            return self.skip_other_istio_kind(file, &kind, &name).or_else(|m| reject("kind", m));
         }
         if name.is_empty() {
             return reject("metadata.name", "missing metadata.name".into());
@@ -595,6 +558,69 @@ impl Config {
         if let Err(e) = check_object_name(&name).and_then(|()| check_object_name(&namespace)) {
             return reject("metadata", e);
         }
+        self.admit_istio((&doc.text, doc.line_offset), at, &kind, key)
+    }
+
+    /// Kept for listener `allowedRoutes` selectors; otherwise skipped like other kinds.
+    fn keep_namespace_labels(&mut self, name: &str, text: &str) {
+        #[derive(serde::Deserialize)]
+        struct Ns {
+            #[serde(default)]
+            metadata: NsMeta,
+        }
+        #[derive(Default, serde::Deserialize)]
+        struct NsMeta {
+            #[serde(default)]
+            labels: std::collections::BTreeMap<String, String>,
+        }
+        if let Ok(ns) = serde_yaml::from_str::<Ns>(text) {
+            self.namespace_labels.insert(name.to_owned(), ns.metadata.labels);
+        }
+    }
+
+    /// A document of another API group: skipped with a note, or (an Istio kind in a group
+    /// that is not Kubernetes') the message rejecting its apiVersion.
+    fn skip_other_group(
+        &mut self,
+        file: &str,
+        api_version: &str,
+        kind: &str,
+        name: &str,
+        ours: bool,
+    ) -> Result<(), String> {
+        let group = api_version.split_once('/').map_or("", |(g, _)| g);
+        if ours && !group.ends_with("k8s.io") {
+            // A misspelt group would otherwise make a routing rule silently not exist.
+            return Err(format!("apiVersion {:?} is not Istio's: {kind} is {API_GROUP}/v1", cut(api_version, 60)));
+        }
+        self.skipped.push(format!(
+            "{file}: {} {} {} (not Istio networking; ignored)",
+            cut(api_version, 60),
+            cut(kind, 40),
+            cut(name, 60)
+        ));
+        Ok(())
+    }
+
+    /// An Istio kind this mesh does not act on: skipped with a note; else the message rejecting
+    /// the unknown kind.
+    fn skip_other_istio_kind(&mut self, file: &str, kind: &str, name: &str) -> Result<(), String> {
+        if OTHER_ISTIO_KINDS.contains(&kind) {
+            // ServiceEntry, Sidecar, EnvoyFilter...: valid Istio, not something this mesh acts on.
+            self.skipped.push(format!("{file}: {kind} {} (not supported; ignored)", cut(name, 60)));
+            return Ok(());
+        }
+        Err(format!("unknown kind {:?} in {API_GROUP}", cut(kind, 40)))
+    }
+
+    /// An Istio kind whose header is checked: typed, validated, and upserted when valid.
+    fn admit_istio(
+        &mut self,
+        (text, line_offset): (&str, usize),
+        at: Arc<Locator>,
+        kind: &str,
+        key: Option<ObjectKey>,
+    ) -> Result<(), (Option<ObjectKey>, Vec<ConfigError>)> {
         let typed_err = |e| (key.clone(), vec![e]);
         // Istio's own validation of the object alone (its webhook and CRD rules): errors reject
         // the object, warnings are reported with it.
@@ -606,24 +632,24 @@ impl Config {
                 Err((key.clone(), v.errors.into_iter().map(|(p, m)| at.error(p, m)).collect::<Vec<_>>()))
             }
         };
-        match kind.as_str() {
+        match kind {
             "VirtualService" => {
-                let r: Resource<VirtualServiceSpec> = typed(&doc.text, &at, doc.line_offset).map_err(typed_err)?;
+                let r: Resource<VirtualServiceSpec> = typed(text, &at, line_offset).map_err(typed_err)?;
                 let o = sourced(r, at);
                 checked(validate::virtual_service(&o), &o.at, &mut self.warnings)?;
-                upsert(&mut self.virtual_services, o, &kind, &mut self.skipped);
+                upsert(&mut self.virtual_services, o, kind, &mut self.skipped);
             }
             "DestinationRule" => {
-                let r: Resource<DestinationRuleSpec> = typed(&doc.text, &at, doc.line_offset).map_err(typed_err)?;
+                let r: Resource<DestinationRuleSpec> = typed(text, &at, line_offset).map_err(typed_err)?;
                 let o = sourced(r, at);
                 checked(validate::destination_rule(&o), &o.at, &mut self.warnings)?;
-                upsert(&mut self.destination_rules, o, &kind, &mut self.skipped);
+                upsert(&mut self.destination_rules, o, kind, &mut self.skipped);
             }
             _ => {
-                let r: Resource<GatewaySpec> = typed(&doc.text, &at, doc.line_offset).map_err(typed_err)?;
+                let r: Resource<GatewaySpec> = typed(text, &at, line_offset).map_err(typed_err)?;
                 let o = sourced(r, at);
                 checked(validate::gateway(&o), &o.at, &mut self.warnings)?;
-                upsert(&mut self.gateways, o, &kind, &mut self.skipped);
+                upsert(&mut self.gateways, o, kind, &mut self.skipped);
             }
         }
         Ok(())
@@ -640,6 +666,22 @@ struct Head {
     kind: Option<serde_yaml::Value>,
     #[serde(default)]
     metadata: Option<HeadMeta>,
+}
+
+impl Head {
+    /// apiVersion, kind, name and namespace (`default` when not given), as strings.
+    fn fields(self) -> (String, String, String, String) {
+        let text = |v: &Option<serde_yaml::Value>| v.as_ref().and_then(|v| v.as_str()).unwrap_or("").to_owned();
+        let api_version = text(&self.api_version);
+        let kind = text(&self.kind);
+        let meta = self.metadata.unwrap_or_default();
+        let name = text(&meta.name);
+        let namespace = match text(&meta.namespace) {
+            ns if ns.is_empty() => "default".to_owned(),
+            ns => ns,
+        };
+        (api_version, kind, name, namespace)
+    }
 }
 
 #[derive(Default, serde::Deserialize)]

@@ -282,27 +282,7 @@ pub fn validate(t: &TelemetrySpec) -> Validation {
         v.error("spec", "only one of targetRefs or workloadSelector can be set");
     }
     if let Some(s) = &t.selector {
-        for (k, val) in &s.match_labels {
-            let path = format!("spec.selector.matchLabels.{k}");
-            if k.is_empty() {
-                v.error(&path, format!("empty key is not supported in selector: {:?}", format!("{k}={val}")));
-            }
-            if k.contains('*') || val.contains('*') {
-                v.error(
-                    &path,
-                    format!("wildcard is not supported in selector: {:?}", format!("{}={}", cut(k, 60), cut(val, 60))),
-                );
-            }
-            if val.len() > 63 {
-                v.error(&path, "label value may not be longer than 63 characters");
-            }
-        }
-        if s.match_labels.is_empty() {
-            v.warn("spec.selector", "workload selector specified without labels");
-        }
-        if s.match_labels.len() > 4096 {
-            v.error("spec.selector.matchLabels", "at most 4096 labels");
-        }
+        selector(&mut v, s);
     }
     let refs = t.target_ref.iter().map(|r| ("spec.targetRef".to_string(), r));
     let refs = refs.chain(t.target_refs.iter().enumerate().map(|(i, r)| (format!("spec.targetRefs[{i}]"), r)));
@@ -316,105 +296,146 @@ pub fn validate(t: &TelemetrySpec) -> Validation {
         }
     }
     for (i, l) in t.access_logging.iter().enumerate() {
-        let path = format!("spec.accessLogging[{i}]");
-        providers(&mut v, &path, &l.providers);
-        for (j, p) in l.providers.iter().enumerate() {
-            if !p.name.is_empty() && p.name != ENVOY_PROVIDER {
-                v.warn(
-                    format!("{path}.providers[{j}].name"),
-                    format!("provider {:?} is not one this mesh has (only {ENVOY_PROVIDER:?}, Envoy's log to stdout): it is ignored", cut(&p.name, 60)),
-                );
-            }
-        }
-        if let Some(f) = &l.filter {
-            // Istio parses the expression as CEL; no CEL parser here, so an invalid expression
-            // is not rejected. Not evaluated either: every request is logged.
-            v.warn(
-                format!("{path}.filter"),
-                format!("filter {:?} is not implemented: every request is logged", cut(&f.expression, 60)),
-            );
-        }
+        access_logging(&mut v, &format!("spec.accessLogging[{i}]"), l);
     }
     if t.tracing.len() > 1 {
         v.warn("spec.tracing", "multiple tracing is not currently supported");
     }
     for (i, tr) in t.tracing.iter().enumerate() {
-        let path = format!("spec.tracing[{i}]");
-        if tr.providers.len() > 1 {
-            v.warn(&path, "multiple providers is not currently supported");
-        }
-        providers(&mut v, &path, &tr.providers);
-        if let Some(p) = tr.random_sampling_percentage {
-            if !(0.0..=100.0).contains(&p) {
-                v.error(
-                    format!("{path}.randomSamplingPercentage"),
-                    "randomSamplingPercentage must be in range [0.0, 100.0]",
-                );
-            }
-        }
-        for (name, tag) in &tr.custom_tags {
-            let tp = format!("{path}.customTags.{name}");
-            if name.is_empty() {
-                v.error(&tp, "tag name may not be empty");
-            }
-            let set = [tag.literal.is_some(), tag.environment.is_some(), tag.header.is_some(), tag.formatter.is_some()];
-            if set.iter().filter(|s| **s).count() > 1 {
-                v.error(&tp, "only one of literal, environment, header or formatter may be set");
-            }
-            if tag.literal.as_ref().is_some_and(|l| l.value.is_empty()) {
-                v.error(format!("{tp}.literal.value"), "literal tag value may not be empty");
-            }
-            if tag.header.as_ref().is_some_and(|h| h.name.is_empty()) {
-                v.error(format!("{tp}.header.name"), "header tag name may not be empty");
-            }
-            if tag.environment.as_ref().is_some_and(|e| e.name.is_empty()) {
-                v.error(format!("{tp}.environment.name"), "environment tag name may not be empty");
-            }
-            if tag.formatter.as_ref().is_some_and(|f| f.value.is_empty()) {
-                v.error(format!("{tp}.formatter.value"), "formatter tag value may not be empty");
-            }
-        }
-        v.warn(&path, "tracing is not implemented by the node proxy: accepted, no spans are sent");
+        tracing(&mut v, &format!("spec.tracing[{i}]"), tr);
     }
     for (i, m) in t.metrics.iter().enumerate() {
-        let path = format!("spec.metrics[{i}]");
-        providers(&mut v, &path, &m.providers);
-        if let Some(d) = &m.reporting_interval {
-            let ok = super::parse_duration(d).is_ok_and(|d| d >= std::time::Duration::from_millis(1));
-            if !ok {
-                v.error(format!("{path}.reportingInterval"), "must be a valid duration greater than 1ms");
-            }
-        }
-        for (j, o) in m.overrides.iter().enumerate() {
-            let op = format!("{path}.overrides[{j}]");
-            for (tag, to) in &o.tag_overrides {
-                let tp = format!("{op}.tagOverrides.{tag}");
-                if tag.is_empty() {
-                    v.warn(&tp, "tagOverrides.name may not be empty");
-                }
-                match to.operation {
-                    // UPSERT is the default operation.
-                    None | Some(TagOperation::Upsert) if to.value.as_deref().unwrap_or("").is_empty() => {
-                        v.error(&tp, "value must be set when operation is UPSERT");
-                    }
-                    Some(TagOperation::Remove) if to.value.is_some() => {
-                        v.error(&tp, "value must not be set when operation is REMOVE");
-                    }
-                    _ => {}
-                }
-            }
-            if let Some(mm) = &o.match_ {
-                if mm.metric.is_some() && mm.custom_metric.is_some() {
-                    v.error(format!("{op}.match"), "only one of metric or customMetric may be set");
-                }
-                if mm.custom_metric.as_deref() == Some("") {
-                    v.error(format!("{op}.match.customMetric"), "customMetric may not be empty");
-                }
-            }
-        }
-        v.warn(&path, "metrics customisation is not implemented by the node proxy: accepted, the standard metrics are reported unchanged");
+        metrics(&mut v, &format!("spec.metrics[{i}]"), m);
     }
     v
+}
+
+/// `workloadSelector`: labels without wildcards, values of at most 63 characters.
+fn selector(v: &mut Validation, s: &WorkloadSelector) {
+    for (k, val) in &s.match_labels {
+        let path = format!("spec.selector.matchLabels.{k}");
+        if k.is_empty() {
+            v.error(&path, format!("empty key is not supported in selector: {:?}", format!("{k}={val}")));
+        }
+        if k.contains('*') || val.contains('*') {
+            v.error(
+                &path,
+                format!("wildcard is not supported in selector: {:?}", format!("{}={}", cut(k, 60), cut(val, 60))),
+            );
+        }
+        if val.len() > 63 {
+            v.error(&path, "label value may not be longer than 63 characters");
+        }
+    }
+    if s.match_labels.is_empty() {
+        v.warn("spec.selector", "workload selector specified without labels");
+    }
+    if s.match_labels.len() > 4096 {
+        v.error("spec.selector.matchLabels", "at most 4096 labels");
+    }
+}
+
+/// One `accessLogging` entry: its providers, and the filter this mesh does not evaluate.
+fn access_logging(v: &mut Validation, path: &str, l: &AccessLogging) {
+    providers(v, path, &l.providers);
+    for (j, p) in l.providers.iter().enumerate() {
+        if !p.name.is_empty() && p.name != ENVOY_PROVIDER {
+            v.warn(
+                format!("{path}.providers[{j}].name"),
+                format!("provider {:?} is not one this mesh has (only {ENVOY_PROVIDER:?}, Envoy's log to stdout): it is ignored", cut(&p.name, 60)),
+            );
+        }
+    }
+    if let Some(f) = &l.filter {
+        // Istio parses the expression as CEL; no CEL parser here, so an invalid expression
+        // is not rejected. Not evaluated either: every request is logged.
+        v.warn(
+            format!("{path}.filter"),
+            format!("filter {:?} is not implemented: every request is logged", cut(&f.expression, 60)),
+        );
+    }
+}
+
+/// One `tracing` entry: providers, sampling percentage and custom tags (accepted, not acted on).
+fn tracing(v: &mut Validation, path: &str, tr: &Tracing) {
+    if tr.providers.len() > 1 {
+        v.warn(path, "multiple providers is not currently supported");
+    }
+    providers(v, path, &tr.providers);
+    if let Some(p) = tr.random_sampling_percentage {
+        if !(0.0..=100.0).contains(&p) {
+            v.error(
+                format!("{path}.randomSamplingPercentage"),
+                "randomSamplingPercentage must be in range [0.0, 100.0]",
+            );
+        }
+    }
+    for (name, tag) in &tr.custom_tags {
+        custom_tag(v, &format!("{path}.customTags.{name}"), name, tag);
+    }
+    v.warn(path, "tracing is not implemented by the node proxy: accepted, no spans are sent");
+}
+
+/// One custom tag: a name and exactly one non-empty source.
+fn custom_tag(v: &mut Validation, tp: &str, name: &str, tag: &CustomTag) {
+    if name.is_empty() {
+        v.error(tp, "tag name may not be empty");
+    }
+    let set = [tag.literal.is_some(), tag.environment.is_some(), tag.header.is_some(), tag.formatter.is_some()];
+    if set.iter().filter(|s| **s).count() > 1 {
+        v.error(tp, "only one of literal, environment, header or formatter may be set");
+    }
+    if tag.literal.as_ref().is_some_and(|l| l.value.is_empty()) {
+        v.error(format!("{tp}.literal.value"), "literal tag value may not be empty");
+    }
+    if tag.header.as_ref().is_some_and(|h| h.name.is_empty()) {
+        v.error(format!("{tp}.header.name"), "header tag name may not be empty");
+    }
+    if tag.environment.as_ref().is_some_and(|e| e.name.is_empty()) {
+        v.error(format!("{tp}.environment.name"), "environment tag name may not be empty");
+    }
+    if tag.formatter.as_ref().is_some_and(|f| f.value.is_empty()) {
+        v.error(format!("{tp}.formatter.value"), "formatter tag value may not be empty");
+    }
+}
+
+/// One `metrics` entry: providers, reporting interval and tag overrides (accepted, not acted on).
+fn metrics(v: &mut Validation, path: &str, m: &Metrics) {
+    providers(v, path, &m.providers);
+    if let Some(d) = &m.reporting_interval {
+        let ok = super::parse_duration(d).is_ok_and(|d| d >= std::time::Duration::from_millis(1));
+        if !ok {
+            v.error(format!("{path}.reportingInterval"), "must be a valid duration greater than 1ms");
+        }
+    }
+    for (j, o) in m.overrides.iter().enumerate() {
+        let op = format!("{path}.overrides[{j}]");
+        for (tag, to) in &o.tag_overrides {
+            let tp = format!("{op}.tagOverrides.{tag}");
+            if tag.is_empty() {
+                v.warn(&tp, "tagOverrides.name may not be empty");
+            }
+            match to.operation {
+                // UPSERT is the default operation.
+                None | Some(TagOperation::Upsert) if to.value.as_deref().unwrap_or("").is_empty() => {
+                    v.error(&tp, "value must be set when operation is UPSERT");
+                }
+                Some(TagOperation::Remove) if to.value.is_some() => {
+                    v.error(&tp, "value must not be set when operation is REMOVE");
+                }
+                _ => {}
+            }
+        }
+        if let Some(mm) = &o.match_ {
+            if mm.metric.is_some() && mm.custom_metric.is_some() {
+                v.error(format!("{op}.match"), "only one of metric or customMetric may be set");
+            }
+            if mm.custom_metric.as_deref() == Some("") {
+                v.error(format!("{op}.match.customMetric"), "customMetric may not be empty");
+            }
+        }
+    }
+    v.warn(path, "metrics customisation is not implemented by the node proxy: accepted, the standard metrics are reported unchanged");
 }
 
 /// `validateTelemetryProviders` and the CRD's `minLength: 1`.
