@@ -310,7 +310,7 @@ impl Drop for RequestGuard {
 pub struct SourceCaps {
     connections: Arc<AtomicU32>,
     /// Of `connections`, those parked (no hyper state; see `proxy::parked`).
-    parked: AtomicU32,
+    parked: Arc<AtomicU32>,
     requests: Arc<AtomicU32>,
     body_bytes: Arc<AtomicU64>,
     head_bytes: Arc<AtomicU64>,
@@ -325,15 +325,6 @@ pub struct SourceCaps {
     /// Unfinished requests by start order (the key), each with what it holds.
     tickets: std::sync::Mutex<std::collections::BTreeMap<u64, Arc<Ticket>>>,
     next_ticket: AtomicU64,
-}
-
-/// One parked connection of a source (see [`SourceCaps::park`]).
-pub(crate) struct ParkedSlot<'a>(&'a SourceCaps);
-
-impl Drop for ParkedSlot<'_> {
-    fn drop(&mut self) {
-        self.0.parked.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 /// One unfinished request of a source, as the overload manager sees it: the read-ahead body
@@ -466,7 +457,7 @@ impl SourceCaps {
     pub fn new(limits: &Limits) -> Arc<Self> {
         Arc::new(SourceCaps {
             connections: Arc::default(),
-            parked: AtomicU32::new(0),
+            parked: Arc::default(),
             requests: Arc::default(),
             body_bytes: Arc::default(),
             head_bytes: Arc::default(),
@@ -480,10 +471,11 @@ impl SourceCaps {
         })
     }
 
-    /// Counts one of its connections as parked until the guard is dropped.
-    pub(crate) fn park(&self) -> ParkedSlot<'_> {
+    /// Counts one of its connections as parked until the slot is dropped (no cap: a parked
+    /// connection already holds a connection slot).
+    pub(crate) fn park(&self) -> CapSlot {
         self.parked.fetch_add(1, Ordering::AcqRel);
-        ParkedSlot(self)
+        CapSlot(self.parked.clone())
     }
 
     /// How many of its connections are parked.

@@ -626,12 +626,7 @@ async fn serve_http2<S>(
         .max_concurrent_streams(limits.http2_max_concurrent_streams);
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
-    let shed = async {
-        match caps {
-            Some(c) => c.idle_shed().await,
-            None => std::future::pending().await,
-        }
-    };
+    let shed = shed_signal(caps);
     let expired = tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {
@@ -711,12 +706,7 @@ async fn parked(
     fresh: bool,
 ) -> bool {
     let _parked = caps.map(limits::SourceCaps::park);
-    let shed = async {
-        match caps {
-            Some(c) => c.idle_shed().await,
-            None => std::future::pending().await,
-        }
-    };
+    let shed = shed_signal(caps);
     tokio::select! {
         r = client_sent(io.get_ref()) => r.is_ok(),
         e = activity.watch(&state.limits) => {
@@ -732,6 +722,15 @@ async fn parked(
         _ = state.drain.signaled() => {
             fresh && matches!(tokio::time::timeout(DRAIN_FIRST_REQUEST_GRACE, client_sent(io.get_ref())).await, Ok(Ok(())))
         }
+    }
+}
+
+/// Resolves while the overload manager sheds the connection's source (never for ingress, which
+/// has no source caps): its idle connections are closed, its HTTP/2 ones told GOAWAY.
+async fn shed_signal(caps: Option<&limits::SourceCaps>) {
+    match caps {
+        Some(c) => c.idle_shed().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -990,6 +989,14 @@ async fn serve_tcp(state: Arc<ProxyState>, source: Source, service: Arc<Service>
     }
 }
 
+/// Runs an accepted connection's task, holding its drain guard until the task ends.
+fn spawn_counted(served: impl std::future::Future<Output = ()> + Send + 'static, in_flight: crate::drain::ConnGuard) {
+    tokio::spawn(async move {
+        served.await;
+        drop(in_flight)
+    });
+}
+
 /// Ingress listener for a NodePort service: no source workload, destination fixed.
 pub async fn serve_nodeport(state: Arc<ProxyState>, listener: TcpListener, service: Arc<Service>, port: u16) {
     let st = state.clone();
@@ -999,10 +1006,7 @@ pub async fn serve_nodeport(state: Arc<ProxyState>, listener: TcpListener, servi
         let service = service.clone();
         let span = tracing::info_span!("ingress", nodeport_service = %service.name, peer = %peer);
         let served = serve_service_conn(state, Source::new(None, Some(peer), None), service, port, stream);
-        tokio::spawn(async move {
-            served.instrument(span).await;
-            drop(in_flight)
-        });
+        spawn_counted(served.instrument(span), in_flight);
     })
     .await;
 }
@@ -1015,10 +1019,7 @@ pub async fn serve_gateway(state: Arc<ProxyState>, listener: TcpListener, name: 
         let entry = Entry::Gateway { name: name.clone(), namespace: namespace.clone(), port };
         let span = tracing::info_span!("gateway", gateway = %name, peer = %peer);
         let served = serve_http(state, Source::new(None, Some(peer), None), entry, stream);
-        tokio::spawn(async move {
-            served.instrument(span).await;
-            drop(in_flight)
-        });
+        spawn_counted(served.instrument(span), in_flight);
     })
     .await;
 }
