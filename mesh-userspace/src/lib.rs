@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod admission;
 pub mod agent;
+pub mod allocator;
 pub mod cli_routing;
 pub mod config;
 #[allow(missing_docs)]

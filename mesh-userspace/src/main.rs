@@ -61,6 +61,16 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
     b.enable_all().build().map_err(|e| e.to_string())
 }
 
+/// jemalloc, so memory freed by bursts and idle connections goes back (see `mesh::allocator`).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// The C `const char *malloc_conf` jemalloc reads at its first allocation: a thin pointer to
+/// the first byte of the NUL-terminated options.
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+static malloc_conf: &u8 = &mesh::allocator::MALLOC_CONF[0];
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -70,13 +80,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match Cli::parse().cmd {
-        Cmd::Agent(args) => {
-            mesh::proxy::overload::configure_allocator();
-            runtime()
-                .map_err(anyhow::Error::msg)
-                .and_then(|rt| rt.block_on(mesh::agent::run(args)))
-                .map(|()| ExitCode::SUCCESS)
-        }
+        Cmd::Agent(args) => runtime()
+            .map_err(anyhow::Error::msg)
+            .and_then(|rt| rt.block_on(mesh::agent::run(args)))
+            .map(|()| ExitCode::SUCCESS),
         Cmd::Validate(args) => mesh::cli_routing::validate(args),
         Cmd::Explain(args) => mesh::cli_routing::explain(args),
     };

@@ -134,8 +134,8 @@ fn configure(args: &AgentArgs, kernel: &Kernel) -> Result<()> {
     bpf.set_log_level(kernel_level)?;
     tracing::debug!(level = kernel_level, "eBPF log level set");
     bpf.set_fail_mode(args.fail_mode)?;
-    // SAFETY: malloc_trim has no preconditions. Loading parsed the kernel's BTF (megabytes, now freed); return it.
-    unsafe { libc::malloc_trim(0) };
+    // Loading parsed the kernel's BTF (megabytes, now freed); return it.
+    crate::allocator::purge();
     Ok(())
 }
 

@@ -7,7 +7,7 @@
 //!   one's oldest unfinished requests to reset, out. Unit-tested on its own.
 //! - [`run`], the task that samples the process RSS (`/proc/self/statm`, every [`TICK`]: no
 //!   syscall on the request path), asks [`decide`], applies the answer to the per-source state in
-//!   `limits.rs` and returns freed memory to the kernel (`malloc_trim`).
+//!   `limits.rs` and returns freed memory to the kernel ([`crate::allocator::purge`]).
 use std::{
     path::{Path, PathBuf},
     sync::{
@@ -31,7 +31,7 @@ pub const CGROUP_BUDGET_PERCENT: u64 = 80;
 pub const CONNECTION_BYTES: u64 = 20 << 10;
 /// What a parked connection (idle HTTP/1, its hyper buffers given back; see `proxy::parked`) is
 /// counted as holding instead: its task and small shared structs. Counting it less than a
-/// served one is also what has the allocator trimmed when connections park (a drop in held
+/// served one is also what has the allocator purged when connections park (a drop in held
 /// bytes), so the buffers they freed leave the RSS.
 pub const PARKED_CONNECTION_BYTES: u64 = 4 << 10;
 /// What one request in flight is counted as holding besides its read-ahead body: its task, the
@@ -41,10 +41,10 @@ pub const REQUEST_BYTES: u64 = 16 << 10;
 /// adds 100 MB between two looks, which the margin between the high watermark and the cgroup
 /// limit (the budget's 10 % plus the 20 % the budget leaves) covers for the budgets used here.
 pub const TICK: Duration = Duration::from_millis(100);
-/// `malloc_trim` runs at most this often for a drop in held bytes (it walks every arena).
-const TRIM_EVERY: Duration = Duration::from_secs(1);
-/// Trims after the one a drop or a shed triggers, one per [`TRIM_EVERY`].
-const FOLLOW_UP_TRIMS: u8 = 4;
+/// The allocator is purged at most this often for a drop in held bytes.
+const PURGE_EVERY: Duration = Duration::from_secs(1);
+/// Purges after the one a drop or a shed triggers, one per [`PURGE_EVERY`].
+const FOLLOW_UP_PURGES: u8 = 4;
 
 /// The budget and its watermarks, in bytes of process RSS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,18 +127,18 @@ pub fn decide(w: &Watermarks, was_overloaded: bool, usage: u64, sources: &[Sourc
     plan
 }
 
-/// When to give freed memory back to the kernel. glibc keeps freed heap memory in its arenas
-/// (and raises its mmap threshold after a large free, so later large buffers come from arenas
-/// too): without a trim, the RSS of a burst stays after the burst.
+/// When to give freed memory back to the kernel. jemalloc returns freed pages on its own only
+/// when it is next used (its decay runs inside allocations): an agent gone quiet after a burst
+/// would keep the burst's RSS; a purge returns them at once.
 #[derive(Debug, Default)]
 pub struct MemoryReturn {
-    /// The most bytes held by all sources since the last trim.
+    /// The most bytes held by all sources since the last purge.
     peak_held: u64,
-    last_trim: Option<Instant>,
-    /// The last look shed requests or ended an overload: trim before the next sample, so it sees
+    last_purge: Option<Instant>,
+    /// The last look shed requests or ended an overload: purge before the next sample, so it sees
     /// what the reset requests gave back.
     after_shed: bool,
-    /// More trims, a second apart, after a drop or a shed: the connections and tasks of the
+    /// More purges, a second apart, after a drop or a shed: the connections and tasks of the
     /// requests that ended go a moment after their bytes stop being counted, and idle upstream
     /// connections 1.5 s later (their idle timeout).
     again_at: Option<Instant>,
@@ -146,25 +146,25 @@ pub struct MemoryReturn {
 }
 
 impl MemoryReturn {
-    /// Whether to trim now, given the bytes all sources hold and the budget: after a look that
+    /// Whether to purge now, given the bytes all sources hold and the budget: after a look that
     /// shed or ended an overload, or when held bytes fell by a 64th of the budget since the
-    /// last trim (at most once per [`TRIM_EVERY`]); then [`FOLLOW_UP_TRIMS`] more, [`TRIM_EVERY`]
+    /// last purge (at most once per [`PURGE_EVERY`]); then [`FOLLOW_UP_PURGES`] more, [`PURGE_EVERY`]
     /// apart.
-    pub fn should_trim(&mut self, now: Instant, held: u64, budget: u64) -> bool {
+    pub fn should_purge(&mut self, now: Instant, held: u64, budget: u64) -> bool {
         self.peak_held = self.peak_held.max(held);
         let dropped = self.peak_held.saturating_sub(held) >= (budget / 64).max(1 << 20);
-        let due = self.last_trim.is_none_or(|t| now.saturating_duration_since(t) >= TRIM_EVERY);
+        let due = self.last_purge.is_none_or(|t| now.saturating_duration_since(t) >= PURGE_EVERY);
         if std::mem::take(&mut self.after_shed) || (dropped && due) {
-            self.last_trim = Some(now);
-            self.again_at = now.checked_add(TRIM_EVERY);
-            self.again_left = FOLLOW_UP_TRIMS;
+            self.last_purge = Some(now);
+            self.again_at = now.checked_add(PURGE_EVERY);
+            self.again_left = FOLLOW_UP_PURGES;
             self.peak_held = held;
             return true;
         }
         if self.again_left > 0 && self.again_at.is_some_and(|t| now >= t) {
             self.again_left -= 1;
-            self.again_at = now.checked_add(TRIM_EVERY);
-            self.last_trim = Some(now);
+            self.again_at = now.checked_add(PURGE_EVERY);
+            self.last_purge = Some(now);
             return true;
         }
         false
@@ -245,60 +245,31 @@ pub fn look(state: &super::ProxyState, usage: u64) -> Plan {
     plan
 }
 
-/// How freed memory goes back to the kernel (`MESH_MEMORY_RETURN`, for measuring the choice;
-/// see README, Tenant isolation).
+/// Whether the manager purges the allocator (`MESH_MEMORY_RETURN`, a switch kept for measuring
+/// the memory return; see README, Tenant isolation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MemoryReturnMode {
-    /// One malloc arena (`M_ARENA_MAX` 1, set at start) and `malloc_trim(0)` per
-    /// [`MemoryReturn`] (the default). Trimming alone left the worker threads' arenas holding
-    /// ~12 MiB after a 120 MiB burst; with one arena the RSS went back to within 10 %.
-    Trim,
-    /// `malloc_trim(0)` per [`MemoryReturn`], glibc's default arenas (one per thread, up to
-    /// 8 per core).
-    TrimOnly,
-    /// `mallopt` at start: a fixed 128 KiB mmap threshold (large buffers are mmapped and given
-    /// back when freed), 128 KiB trim threshold, at most 2 arenas; no trim.
-    Mallopt,
-    /// Neither: glibc's defaults.
+    /// [`crate::allocator::purge`] per [`MemoryReturn`] (the default).
+    Purge,
+    /// No purge: only jemalloc's own decay, which runs when the allocator is next used.
     Off,
 }
 
 impl MemoryReturnMode {
-    /// The mode `MESH_MEMORY_RETURN` names (`trim`, `trim-only`, `mallopt`, `off`); anything
-    /// else is `Trim`.
+    /// `off` when `MESH_MEMORY_RETURN` says so, `Purge` for anything else.
     pub fn from_env() -> Self {
         match std::env::var("MESH_MEMORY_RETURN").as_deref() {
-            Ok("trim-only") => MemoryReturnMode::TrimOnly,
-            Ok("mallopt") => MemoryReturnMode::Mallopt,
             Ok("off") => MemoryReturnMode::Off,
-            _ => MemoryReturnMode::Trim,
+            _ => MemoryReturnMode::Purge,
         }
     }
 }
 
-/// Sets glibc's tunables for the memory return mode; before the runtime starts, so the worker
-/// threads' arenas are under `M_ARENA_MAX` too.
-pub fn configure_allocator() {
-    let mode = MemoryReturnMode::from_env();
-    if mode == MemoryReturnMode::Trim {
-        // SAFETY: as below.
-        unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
-    }
-    if mode == MemoryReturnMode::Mallopt {
-        // SAFETY: mallopt only changes glibc's tunables; a value it refuses is ignored (returns 0).
-        unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
-            libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 10);
-            libc::mallopt(libc::M_ARENA_MAX, 2);
-        }
-    }
-}
-
-/// The overload manager: every [`TICK`], trims the allocator when due, samples the RSS and makes
+/// The overload manager: every [`TICK`], purges the allocator when due, samples the RSS and makes
 /// a [`look`]. Runs until the process ends.
 pub async fn run(state: Arc<super::ProxyState>) {
     let mode = MemoryReturnMode::from_env();
-    if mode != MemoryReturnMode::Trim {
+    if mode != MemoryReturnMode::Purge {
         tracing::info!(?mode, "memory return mode (MESH_MEMORY_RETURN)");
     }
     let page = page_size();
@@ -308,9 +279,10 @@ pub async fn run(state: Arc<super::ProxyState>) {
     loop {
         interval.tick().await;
         let held = state.live_sources().iter().fold(0u64, |t, (_, c)| t.saturating_add(c.held_bytes()));
-        let trims = matches!(mode, MemoryReturnMode::Trim | MemoryReturnMode::TrimOnly);
-        if memory.should_trim(Instant::now(), held, state.overload.watermarks.budget) && trims {
-            trim();
+        if memory.should_purge(Instant::now(), held, state.overload.watermarks.budget)
+            && mode == MemoryReturnMode::Purge
+        {
+            crate::allocator::purge();
         }
         let Some(usage) = std::fs::read_to_string("/proc/self/statm").ok().and_then(|s| parse_statm(&s, page)) else {
             tracing::warn!("cannot read /proc/self/statm; the overload manager stops");
@@ -322,14 +294,6 @@ pub async fn run(state: Arc<super::ProxyState>) {
             memory.shed();
         }
     }
-}
-
-/// Gives the allocator's free memory back to the kernel.
-fn trim() {
-    let started = std::time::Instant::now();
-    // SAFETY: malloc_trim has no preconditions; it only returns free pages of glibc's arenas.
-    unsafe { libc::malloc_trim(0) };
-    tracing::debug!(took_us = started.elapsed().as_micros() as u64, "malloc_trim");
 }
 
 fn page_size() -> u64 {
@@ -510,30 +474,30 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn memory_is_trimmed_after_a_shed_and_after_a_large_drop_at_most_once_a_second() {
+    async fn memory_is_purged_after_a_shed_and_after_a_large_drop_at_most_once_a_second() {
         let mut m = MemoryReturn::default();
         let budget = 640 * MIB; // a 64th: 10 MiB
-        assert!(!m.should_trim(Instant::now(), 50 * MIB, budget));
-        assert!(!m.should_trim(Instant::now(), 41 * MIB, budget), "9 MiB is not a large drop");
-        assert!(m.should_trim(Instant::now(), 40 * MIB, budget), "10 MiB below the peak");
-        assert!(!m.should_trim(Instant::now(), 40 * MIB, budget));
+        assert!(!m.should_purge(Instant::now(), 50 * MIB, budget));
+        assert!(!m.should_purge(Instant::now(), 41 * MIB, budget), "9 MiB is not a large drop");
+        assert!(m.should_purge(Instant::now(), 40 * MIB, budget), "10 MiB below the peak");
+        assert!(!m.should_purge(Instant::now(), 40 * MIB, budget));
         // Up and down again within the second: not yet; after it: yes.
-        assert!(!m.should_trim(Instant::now(), 80 * MIB, budget));
-        assert!(!m.should_trim(Instant::now(), 10 * MIB, budget), "rate-limited");
-        tokio::time::advance(TRIM_EVERY).await;
-        assert!(m.should_trim(Instant::now(), 10 * MIB, budget));
+        assert!(!m.should_purge(Instant::now(), 80 * MIB, budget));
+        assert!(!m.should_purge(Instant::now(), 10 * MIB, budget), "rate-limited");
+        tokio::time::advance(PURGE_EVERY).await;
+        assert!(m.should_purge(Instant::now(), 10 * MIB, budget));
         // Then a few more, a second apart, then no more.
-        assert!(!m.should_trim(Instant::now(), 10 * MIB, budget));
-        for _ in 0..FOLLOW_UP_TRIMS {
-            tokio::time::advance(TRIM_EVERY).await;
-            assert!(m.should_trim(Instant::now(), 10 * MIB, budget), "a follow-up trim");
+        assert!(!m.should_purge(Instant::now(), 10 * MIB, budget));
+        for _ in 0..FOLLOW_UP_PURGES {
+            tokio::time::advance(PURGE_EVERY).await;
+            assert!(m.should_purge(Instant::now(), 10 * MIB, budget), "a follow-up purge");
         }
-        tokio::time::advance(TRIM_EVERY).await;
-        assert!(!m.should_trim(Instant::now(), 10 * MIB, budget));
-        // A shed trims at the next look, whatever the rate limit.
+        tokio::time::advance(PURGE_EVERY).await;
+        assert!(!m.should_purge(Instant::now(), 10 * MIB, budget));
+        // A shed purges at the next look, whatever the rate limit.
         m.shed();
-        assert!(m.should_trim(Instant::now(), 10 * MIB, budget));
-        assert!(!m.should_trim(Instant::now(), 10 * MIB, budget));
+        assert!(m.should_purge(Instant::now(), 10 * MIB, budget));
+        assert!(!m.should_purge(Instant::now(), 10 * MIB, budget));
     }
 
     #[test]
