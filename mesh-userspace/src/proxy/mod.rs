@@ -156,8 +156,9 @@ impl ProxyState {
     /// `mesh_downstream_connections`, `mesh_downstream_requests_active`,
     /// `mesh_downstream_buffered_body_bytes` and `mesh_downstream_held_bytes` (what the overload
     /// manager counts it as holding), by `source_workload`; and the node's memory:
-    /// `mesh_memory_budget_bytes`, `mesh_memory_resident_bytes` (the manager's last RSS sample)
-    /// and `mesh_overload_active`.
+    /// `mesh_memory_budget_bytes`, `mesh_memory_resident_bytes` (the manager's last RSS sample),
+    /// `mesh_memory_socket_bytes` (its last sample of the kernel's socket buffers charged to the
+    /// agent's cgroup) and `mesh_overload_active`.
     pub fn source_gauges(&self) -> String {
         use std::fmt::Write as _;
         let mut usage: std::collections::BTreeMap<String, [u64; 4]> = Default::default();
@@ -188,6 +189,7 @@ impl ProxyState {
         for (name, v) in [
             ("mesh_memory_budget_bytes", o.watermarks.budget),
             ("mesh_memory_resident_bytes", o.resident()),
+            ("mesh_memory_socket_bytes", o.socket()),
             ("mesh_overload_active", u64::from(o.active())),
         ] {
             let _ = writeln!(out, "# TYPE {name} gauge\n{name} {v}");

@@ -182,18 +182,30 @@ pub struct Overload {
     /// The budget and watermarks, fixed at start.
     pub watermarks: Watermarks,
     resident: AtomicU64,
+    socket: AtomicU64,
     active: AtomicBool,
 }
 
 impl Overload {
     /// No sample yet, not overloaded.
     pub fn new(budget: u64) -> Self {
-        Overload { watermarks: Watermarks::new(budget), resident: AtomicU64::new(0), active: AtomicBool::new(false) }
+        Overload {
+            watermarks: Watermarks::new(budget),
+            resident: AtomicU64::new(0),
+            socket: AtomicU64::new(0),
+            active: AtomicBool::new(false),
+        }
     }
 
     /// The last RSS sample, in bytes.
     pub fn resident(&self) -> u64 {
         self.resident.load(Ordering::Relaxed)
+    }
+
+    /// The last sample of the kernel's socket buffers charged to the agent's cgroup, in bytes (0
+    /// when the cgroup does not say: see [`SocketMemory`]).
+    pub fn socket(&self) -> u64 {
+        self.socket.load(Ordering::Relaxed)
     }
 
     /// Whether the proxy is shedding load now.
@@ -276,6 +288,9 @@ pub async fn run(state: Arc<super::ProxyState>) {
     let mut interval = tokio::time::interval(TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut memory = MemoryReturn::default();
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let sockets = SocketMemory::find(&own, Path::new("/sys/fs/cgroup"));
+    tracing::info!(source = ?sockets, "kernel socket buffers counted in the memory budget from");
     loop {
         interval.tick().await;
         let held = state.live_sources().iter().fold(0u64, |t, (_, c)| t.saturating_add(c.held_bytes()));
@@ -284,16 +299,25 @@ pub async fn run(state: Arc<super::ProxyState>) {
         {
             crate::allocator::purge();
         }
-        let Some(usage) = std::fs::read_to_string("/proc/self/statm").ok().and_then(|s| parse_statm(&s, page)) else {
+        let Some((rss, socket)) = sample(page, &sockets) else {
             tracing::warn!("cannot read /proc/self/statm; the overload manager stops");
             return;
         };
+        state.overload.socket.store(socket, Ordering::Relaxed);
         let was = state.overload.active();
-        let plan = look(&state, usage);
+        let plan = look(&state, rss.saturating_add(socket));
         if plan.free.iter().any(|f| *f > 0) || (was && !plan.overloaded) {
             memory.shed();
         }
     }
+}
+
+/// The process's RSS and the socket buffers charged to its cgroup, in bytes. The socket buffers
+/// count against the budget too: they are charged to the cgroup whose limit OOM-kills the agent,
+/// outside its RSS (a client that stops reading its responses fills them, not the heap).
+fn sample(page: u64, sockets: &SocketMemory) -> Option<(u64, u64)> {
+    let rss = parse_statm(&std::fs::read_to_string("/proc/self/statm").ok()?, page)?;
+    Some((rss, sockets.read().unwrap_or(0)))
 }
 
 fn page_size() -> u64 {
@@ -305,6 +329,62 @@ fn page_size() -> u64 {
 /// The resident set size in bytes from `/proc/self/statm` (its second field, in pages).
 pub fn parse_statm(text: &str, page: u64) -> Option<u64> {
     text.split_whitespace().nth(1)?.parse::<u64>().ok()?.checked_mul(page)
+}
+
+/// Where the kernel's socket buffers charged to the agent's cgroup are read: cgroup v2's
+/// `memory.stat` `sock` line, or cgroup v1's `memory.kmem.tcp.usage_in_bytes` (counted only
+/// when the cgroup sets a TCP limit, else 0). Neither found (the agent in the root cgroup): none
+/// are counted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SocketMemory {
+    /// A cgroup v2 `memory.stat`.
+    V2Stat(PathBuf),
+    /// A cgroup v1 `memory.kmem.tcp.usage_in_bytes`.
+    V1KmemTcp(PathBuf),
+    /// Not read.
+    None,
+}
+
+impl SocketMemory {
+    /// Finds the file for the process whose `/proc/self/cgroup` is `self_cgroup`, under the
+    /// cgroup mount `root` (`/sys/fs/cgroup`): v2 mounted there (unified) or at `unified/`
+    /// (hybrid, when it has the memory controller), else v1's `memory/`.
+    pub fn find(self_cgroup: &str, root: &Path) -> Self {
+        if let Some(p) = cgroup_path(self_cgroup).map(|p| p.trim_start_matches('/')).filter(|p| !p.is_empty()) {
+            for v2 in [root.to_path_buf(), root.join("unified")] {
+                let stat = v2.join(p).join("memory.stat");
+                if stat.is_file() {
+                    return SocketMemory::V2Stat(stat);
+                }
+            }
+        }
+        let v1 = self_cgroup.lines().find_map(|l| {
+            let (_, rest) = l.split_once(':')?;
+            let (controllers, path) = rest.split_once(':')?;
+            controllers.split(',').any(|c| c == "memory").then_some(path)
+        });
+        if let Some(p) = v1.map(|p| p.trim_start_matches('/')).filter(|p| !p.is_empty()) {
+            let usage = root.join("memory").join(p).join("memory.kmem.tcp.usage_in_bytes");
+            if usage.is_file() {
+                return SocketMemory::V1KmemTcp(usage);
+            }
+        }
+        SocketMemory::None
+    }
+
+    /// The bytes now, or None when the file cannot be read or parsed.
+    pub fn read(&self) -> Option<u64> {
+        match self {
+            SocketMemory::V2Stat(p) => parse_memory_stat_sock(&std::fs::read_to_string(p).ok()?),
+            SocketMemory::V1KmemTcp(p) => std::fs::read_to_string(p).ok()?.trim().parse().ok(),
+            SocketMemory::None => None,
+        }
+    }
+}
+
+/// The `sock` line of a cgroup v2 `memory.stat`: bytes in network transmission buffers.
+pub fn parse_memory_stat_sock(text: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix("sock ")?.trim().parse().ok())
 }
 
 /// Where the default budget came from.
@@ -516,6 +596,36 @@ mod tests {
         std::fs::remove_file(d.path().join("memory.max")).expect("rm");
         assert_eq!(default_budget("0::/kubepods/pod1/ctr\n", d.path()), (DEFAULT_BUDGET, BudgetOrigin::Default));
         assert_eq!(default_budget("1:name=systemd:/x\n", d.path()).1, BudgetOrigin::Default);
+    }
+
+    #[test]
+    fn socket_buffers_are_read_from_the_agents_cgroup_v2_or_v1() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let v2 = d.path().join("kubepods/pod1/ctr");
+        std::fs::create_dir_all(&v2).expect("mkdir");
+        std::fs::write(v2.join("memory.stat"), "anon 1000\nfile 0\nsock 7340032\nshmem 0\n").expect("write");
+        let found = SocketMemory::find("0::/kubepods/pod1/ctr\n", d.path());
+        assert_eq!(found, SocketMemory::V2Stat(v2.join("memory.stat")));
+        assert_eq!(found.read(), Some(7 * MIB));
+        // What the manager samples: the socket bytes beside the RSS (summed into the usage).
+        let (rss, socket) = sample(page_size(), &found).expect("sample");
+        assert!(rss > 0);
+        assert_eq!(socket, 7 * MIB);
+
+        // Hybrid: cgroup v2 at unified/ without the memory controller, memory on v1.
+        let h = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(h.path().join("unified/x")).expect("mkdir");
+        let v1 = h.path().join("memory/x");
+        std::fs::create_dir_all(&v1).expect("mkdir");
+        std::fs::write(v1.join("memory.kmem.tcp.usage_in_bytes"), "4096\n").expect("write");
+        let found = SocketMemory::find("6:memory:/x\n0::/x\n", h.path());
+        assert_eq!(found, SocketMemory::V1KmemTcp(v1.join("memory.kmem.tcp.usage_in_bytes")));
+        assert_eq!(found.read(), Some(4096));
+
+        // The root cgroup has no memory.stat: nothing counted.
+        assert_eq!(SocketMemory::find("0::/\n", d.path()), SocketMemory::None);
+        assert_eq!(sample(page_size(), &SocketMemory::None).map(|s| s.1), Some(0));
+        assert_eq!(parse_memory_stat_sock("socket 5\nsock x\n"), None);
     }
 
     #[test]
