@@ -26,6 +26,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use clap::Parser;
 use mesh_e2e::*;
 
 const PREFIX: &str = "bn";
@@ -45,6 +46,50 @@ const CORE_PROXY: u32 = 1;
 const CORE_LOAD: u32 = 0;
 const BACKENDS: [(&str, &str, u8); 3] = [("web-v1", "v1", 21), ("web-v2", "v2", 22), ("web-v3", "v3", 23)];
 
+/// The command line (`cargo xtask bench` passes its arguments through). `--quick` changes the
+/// defaults of `--duration`, `--repeats`, `--profile` and `--idle-connections`; a value given
+/// explicitly wins over it. A flag given twice takes its last value.
+#[derive(Parser, Debug)]
+#[command(name = "mesh-bench", args_override_self = true)]
+#[command(about = "The mesh against Envoy, nginx and haproxy on this machine: same backends, rules and load")]
+struct Args {
+    /// Harness check, not for conclusions: 1 s × 2 repeats, two cells, no profile, 1000 idle connections.
+    #[arg(long)]
+    quick: bool,
+    /// Where report.md, rps.svg and results.json are written [default: target/bench in the workspace].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Seconds per measured run [default: 5, 1 with --quick].
+    #[arg(long, value_name = "SECS")]
+    duration: Option<u32>,
+    /// Measured runs per contender and cell [default: 3, 2 with --quick].
+    #[arg(long, value_name = "N")]
+    repeats: Option<usize>,
+    /// Total request rate of the fixed-rate cell.
+    #[arg(long, value_name = "RPS", default_value_t = 4000)]
+    rate: u32,
+    /// Profile the mesh proxy with perf (the default without --quick).
+    #[arg(long, overrides_with = "no_profile")]
+    profile: bool,
+    /// Do not profile the mesh proxy.
+    #[arg(long, overrides_with = "profile")]
+    no_profile: bool,
+    /// Skip the eBPF connect4 vs iptables REDIRECT comparison.
+    #[arg(long)]
+    no_redirect: bool,
+    /// Contenders to start (direct,mesh,envoy,nginx,haproxy; all by default); the mesh is always there.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    contenders: Option<Vec<String>>,
+    /// Idle keep-alive connections of the per-connection memory cell [default: 5000, 1000 with --quick].
+    #[arg(long, value_name = "N")]
+    idle_connections: Option<usize>,
+    /// Run only the idle-connection cell (to iterate on per-connection memory).
+    #[arg(long)]
+    idle_only: bool,
+}
+
+/// The run's settings, the defaults `--quick` implies resolved.
+#[derive(Debug, PartialEq)]
 struct Opts {
     quick: bool,
     out: PathBuf,
@@ -61,54 +106,23 @@ struct Opts {
     idle_only: bool,
 }
 
-fn parse_args() -> Result<Opts> {
-    let mut o = Opts {
-        quick: false,
-        out: workspace().join("target/bench"),
-        duration: 5,
-        repeats: 3,
-        rate: 4000,
-        profile: true,
-        only: None,
-        redirect: true,
-        idle_connections: 5000,
-        idle_only: false,
-    };
-    let (mut duration, mut repeats, mut profile, mut idle) = (None, None, None, None);
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut val = |name: &str| it.next().cloned().with_context(|| format!("{name} needs a value"));
-        match a.as_str() {
-            "--quick" => o.quick = true,
-            "--out" => o.out = PathBuf::from(val("--out")?),
-            "--duration" => duration = Some(val("--duration")?.parse().context("--duration SECS")?),
-            "--repeats" => repeats = Some(val("--repeats")?.parse().context("--repeats N")?),
-            "--rate" => o.rate = val("--rate")?.parse().context("--rate RPS")?,
-            "--no-profile" => profile = Some(false),
-            "--profile" => profile = Some(true),
-            "--no-redirect" => o.redirect = false,
-            "--contenders" => o.only = Some(val("--contenders")?.split(',').map(str::to_owned).collect()),
-            "--idle-connections" => idle = Some(val("--idle-connections")?.parse().context("--idle-connections N")?),
-            "--idle-only" => o.idle_only = true,
-            "-h" | "--help" => {
-                println!("mesh-bench [--quick] [--out DIR] [--duration SECS] [--repeats N] [--rate RPS] [--profile|--no-profile] [--no-redirect] [--contenders direct,mesh,envoy,nginx,haproxy] [--idle-connections N] [--idle-only]");
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument {other:?} (try --help)"),
+impl From<Args> for Opts {
+    fn from(a: Args) -> Opts {
+        let q = a.quick;
+        let profile = if a.no_profile { false } else { a.profile || !q };
+        Opts {
+            quick: q,
+            out: a.out.unwrap_or_else(|| workspace().join("target/bench")),
+            duration: a.duration.unwrap_or(if q { 1 } else { 5 }).max(1),
+            repeats: a.repeats.unwrap_or(if q { 2 } else { 3 }).max(1),
+            rate: a.rate,
+            profile,
+            only: a.contenders,
+            redirect: !a.no_redirect,
+            idle_connections: a.idle_connections.unwrap_or(if q { 1000 } else { 5000 }).max(1),
+            idle_only: a.idle_only,
         }
     }
-    if o.quick {
-        o.duration = 1;
-        o.repeats = 2;
-        o.profile = false;
-        o.idle_connections = 1000;
-    }
-    o.idle_connections = idle.unwrap_or(o.idle_connections).max(1);
-    o.duration = duration.unwrap_or(o.duration).max(1);
-    o.repeats = repeats.unwrap_or(o.repeats).max(1);
-    o.profile = profile.unwrap_or(o.profile);
-    Ok(o)
 }
 
 /// How load is offered in a cell.
@@ -175,7 +189,7 @@ fn main() -> Result<()> {
         let addr = args.get(3).and_then(|a| a.parse().ok()).context("--idle-client N ADDR")?;
         return idle_client(n, addr);
     }
-    let o = parse_args()?;
+    let o = Opts::from(Args::parse());
     if let Some(why) = ebpf_unavailable() {
         bail!("cannot run the benchmark: {why}");
     }
@@ -2191,5 +2205,51 @@ impl Report<'_> {
             .collect();
         serde_json::to_string_pretty(&serde_json::json!({"quick": self.opts.quick, "loadavg": self.loadavg, "cells": cells, "redirect": redirect, "memory": mem, "config_scale": {"objects": self.config_scale.objects, "bytes": self.config_scale.bytes, "secs": self.config_scale.secs, "max_rss_kb": self.config_scale.max_rss_kb}, "restart": {"pods": self.restart.pods, "virtual_services": self.restart.virtual_services, "secs": self.restart.secs}, "disruption": {"rate": self.disruption.rate, "restarts": self.disruption.restarts, "rows": self.disruption.rows.iter().map(|(h, ok, f)| serde_json::json!({"how": h, "ok": ok, "failed": f})).collect::<Vec<_>>()}, "request_metrics": {"off": self.metrics.off.iter().map(|s| serde_json::json!({"rps": s.rps(), "cpu_s_per_1k": s.cpu_per_1k(), "errors": s.errors, "non2xx": s.non2xx})).collect::<Vec<_>>(), "on": self.metrics.on.iter().map(|s| serde_json::json!({"rps": s.rps(), "cpu_s_per_1k": s.cpu_per_1k(), "errors": s.errors, "non2xx": s.non2xx})).collect::<Vec<_>>(), "ratios": self.metrics.ratios()}, "idle_connections": {"connections": self.idle.n, "rss_idle_kb": self.idle.rss_idle_kb, "rss_loaded_kb": self.idle.rss_loaded_kb, "kb_per_connection": self.idle.kb_per_connection()}, "targets": targets}))
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(args: &[&str]) -> Opts {
+        Opts::from(Args::try_parse_from(std::iter::once("mesh-bench").chain(args.iter().copied())).expect("parses"))
+    }
+
+    #[test]
+    fn defaults_and_quick_defaults() {
+        let full = opts(&[]);
+        assert_eq!((full.duration, full.repeats, full.rate, full.idle_connections), (5, 3, 4000, 5000));
+        assert!(full.profile && full.redirect && !full.quick && !full.idle_only && full.only.is_none());
+        assert!(full.out.ends_with("target/bench"));
+        let quick = opts(&["--quick"]);
+        assert_eq!((quick.duration, quick.repeats, quick.idle_connections), (1, 2, 1000));
+        assert!(!quick.profile && quick.quick);
+    }
+
+    #[test]
+    fn explicit_values_win_over_quick_and_are_at_least_one() {
+        let o = opts(&["--duration", "7", "--quick", "--repeats", "4", "--idle-connections", "9", "--profile"]);
+        assert_eq!((o.duration, o.repeats, o.idle_connections, o.profile), (7, 4, 9, true));
+        let o = opts(&["--duration", "0", "--repeats", "0", "--idle-connections", "0"]);
+        assert_eq!((o.duration, o.repeats, o.idle_connections), (1, 1, 1));
+    }
+
+    #[test]
+    fn last_flag_wins_and_lists_split_on_commas() {
+        assert!(!opts(&["--profile", "--no-profile"]).profile);
+        assert!(opts(&["--quick", "--no-profile", "--profile"]).profile);
+        assert_eq!(opts(&["--rate", "10", "--rate", "20"]).rate, 20);
+        let o = opts(&["--contenders", "mesh,nginx", "--no-redirect", "--out", "/tmp/x", "--idle-only"]);
+        assert_eq!(o.only, Some(vec!["mesh".to_string(), "nginx".to_string()]));
+        assert!(!o.redirect && o.idle_only);
+        assert_eq!(o.out, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn unknown_arguments_and_bad_numbers_are_refused() {
+        for bad in [&["--nope"][..], &["--duration", "x"], &["--repeats"]] {
+            assert!(Args::try_parse_from(std::iter::once("mesh-bench").chain(bad.iter().copied())).is_err(), "{bad:?}");
+        }
     }
 }
