@@ -1,0 +1,369 @@
+//! `cargo xtask bench`: the mesh against what users would pick instead, in one run, on this
+//! machine, with the same backends, the same routing rules and the same load.
+//!
+//! Usage: mesh-bench [--quick] [--out DIR] [--duration SECS] [--repeats N] [--rate RPS] [--no-profile]
+//!        mesh-bench --idle-only [--quick] [--idle-connections N]   (just the idle-connection cell)
+//!
+//! One local node (prefix `bn`, pods 10.244.240.x): backend pods web-v1/v2/v3 (e2e-backend), a
+//! client pod enrolled in the mesh, and a second client pod `ipt` for the redirect comparison.
+//! Contenders, all running at once and measured in turn (repeats interleaved, so slow drifts of
+//! the machine hit every contender alike):
+//!   direct   client pod → backend pod, no proxy
+//!   mesh     client pod connect(VIP) → eBPF connect4 → node proxy (one tokio worker) → backend
+//!   envoy    client pod → Envoy on 127.0.0.1 in the client pod (a sidecar), --concurrency 1
+//!   nginx    likewise, worker_processes 1
+//!   haproxy  likewise, nbthread 1
+//! Every proxy routes `end-user: jason` to v2 and everything else 50/50 to v1/v3.
+//! Proxies (and the agent) are pinned to core 1; load generators and backends to core 0.
+use std::{collections::BTreeMap, fs, net::Ipv4Addr, time::Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use mesh_e2e::*;
+
+mod contenders;
+mod costs;
+mod export;
+mod idle;
+mod load;
+mod markdown;
+mod opts;
+mod profile;
+mod redirect;
+mod report;
+mod routing_check;
+mod tools;
+
+use contenders::{setup_pods, start_backends, start_envoy, start_haproxy, start_mesh, start_nginx};
+use costs::{config_scale, connection_disruption, metrics_cost, restart_cost};
+use idle::{idle_client, idle_connections};
+use load::{measure, proc_tree, proc_tree_status, run_load, WRK_LUA};
+use opts::{Args, Opts};
+use profile::profile_mesh;
+use redirect::redirect_comparison;
+use report::Report;
+use routing_check::check_routing;
+use tools::Tools;
+
+const PREFIX: &str = "bn";
+const SUBNET: u8 = 240;
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 240, 10);
+const SVC_PORT: u16 = 9080;
+const BACKEND_PORT: u16 = 8080;
+const ADMIN: &str = "127.0.0.1:15320";
+const ENVOY_PORT: u16 = 18001;
+const ENVOY_ADMIN: u16 = 18901;
+const NGINX_PORT: u16 = 18002;
+const NGINX_H2_PORT: u16 = 18012;
+const HAPROXY_PORT: u16 = 18003;
+const HAPROXY_H2_PORT: u16 = 18013;
+const PROXY_OUTBOUND_PORT: u16 = 15001;
+const CORE_PROXY: u32 = 1;
+const CORE_LOAD: u32 = 0;
+const BACKENDS: [(&str, &str, u8); 3] = [("web-v1", "v1", 21), ("web-v2", "v2", 22), ("web-v3", "v3", 23)];
+
+/// How load is offered in a cell.
+#[derive(Clone)]
+enum Load {
+    /// wrk, HTTP/1.1 keep-alive (or a new connection per request), fixed number of connections.
+    Wrk { conns: u32, jason: bool, close: bool },
+    /// h2load --h1 at a fixed total request rate.
+    Rate { clients: u32 },
+    /// h2load, HTTP/2 prior knowledge (h2c), `clients` connections × `streams` in flight.
+    H2 { clients: u32, streams: u32 },
+}
+
+#[derive(Clone)]
+struct Cell {
+    key: &'static str,
+    title: String,
+    load: Load,
+    contenders: Vec<&'static str>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Sample {
+    requests: u64,
+    secs: f64,
+    errors: u64,
+    non2xx: u64,
+    p50_us: f64,
+    p99_us: f64,
+    p999_us: f64,
+    cpu_s: Option<f64>,
+    /// The kernel's share of cpu_s (stime).
+    sys_s: Option<f64>,
+}
+
+impl Sample {
+    /// 2xx responses per second: a proxy answering fast errors must not win.
+    fn rps(&self) -> f64 {
+        self.requests.saturating_sub(self.non2xx) as f64 / self.secs.max(1e-9)
+    }
+    /// A run with any failed request or non-2xx answer says nothing about speed.
+    fn clean(&self) -> bool {
+        self.errors == 0 && self.non2xx == 0
+    }
+    fn cpu_per_1k(&self) -> Option<f64> {
+        self.cpu_s.map(|c| c * 1000.0 / (self.requests.max(1) as f64))
+    }
+}
+
+struct Contender {
+    name: &'static str,
+    /// The node's label of the proxy process (None: no proxy).
+    proc_label: Option<&'static str>,
+    url: String,
+    url_h2: Option<String>,
+    idle_rss_kb: u64,
+}
+
+fn main() -> Result<()> {
+    // Re-executed inside the client pod by the idle-connection cell.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--idle-client") {
+        let n = args.get(2).and_then(|n| n.parse().ok()).context("--idle-client N ADDR")?;
+        let addr = args.get(3).and_then(|a| a.parse().ok()).context("--idle-client N ADDR")?;
+        return idle_client(n, addr);
+    }
+    let o = Opts::from(Args::parse());
+    if let Some(why) = ebpf_unavailable() {
+        bail!("cannot run the benchmark: {why}");
+    }
+    fs::create_dir_all(&o.out)?;
+    if o.idle_only {
+        let mut node = Node::new(PREFIX, SUBNET)?;
+        let run_dir = node.dir.clone();
+        setup_pods(&mut node)?;
+        start_backends(&mut node)?;
+        start_mesh(&mut node, &run_dir, &[])?;
+        let idle = idle_connections(&mut node, &run_dir, o.idle_connections)?;
+        println!("{}", idle.target().line());
+        return Ok(());
+    }
+    let started = Instant::now();
+    let loadavg = fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ");
+    println!(
+        "mesh-bench: {} mode, {} s × {} repeats per cell, load average at start {loadavg}",
+        if o.quick { "quick" } else { "full" },
+        o.duration,
+        o.repeats
+    );
+
+    // Config scale first, on a quiet machine: `mesh validate` of 10,000 VirtualServices.
+    let config_scale = config_scale(&o.out, if o.quick { 1 } else { 3 })?;
+    let restart = restart_cost(if o.quick { 1 } else { 3 })?;
+    let disruption = connection_disruption(if o.quick { 2 } else { 5 })?;
+
+    let tools = Tools::find()?;
+    let mut node = Node::new(PREFIX, SUBNET)?;
+    let run_dir = node.dir.clone();
+    setup_pods(&mut node)?;
+    start_backends(&mut node)?;
+    let wanted = |name: &str| o.only.as_ref().is_none_or(|l| l.iter().any(|w| w == name));
+    let mut contenders = vec![Contender {
+        name: "direct",
+        proc_label: None,
+        url: format!("http://10.244.{SUBNET}.{}:{BACKEND_PORT}/", BACKENDS[0].2),
+        url_h2: None,
+        idle_rss_kb: 0,
+    }];
+    if !wanted("direct") {
+        contenders.clear();
+    }
+    contenders.push(start_mesh(&mut node, &run_dir, &[])?);
+    if let Some(envoy) = tools.envoy.as_ref().filter(|_| wanted("envoy")) {
+        contenders.push(start_envoy(&mut node, &run_dir, envoy)?);
+    }
+    if tools.nginx && wanted("nginx") {
+        contenders.push(start_nginx(&mut node, &run_dir)?);
+    }
+    if tools.haproxy && wanted("haproxy") {
+        contenders.push(start_haproxy(&mut node, &run_dir)?);
+    }
+    let names: Vec<&'static str> = contenders.iter().map(|c| c.name).collect();
+    let proxies: Vec<&'static str> = names.iter().copied().filter(|n| *n != "direct").collect();
+    let lua = run_dir.join("report.lua");
+    fs::write(&lua, WRK_LUA)?;
+
+    // Peak RSS "under load": the kernel's high-water mark is reset once every proxy is up, so
+    // start-up transients (the agent's eBPF load parses the kernel BTF) are not counted.
+    for c in &contenders {
+        if let Some(pid) = c.proc_label.and_then(|l| node.pid(l)) {
+            for p in proc_tree(pid) {
+                let _ = fs::write(format!("/proc/{p}/clear_refs"), "5");
+            }
+        }
+    }
+    // Correctness first: every proxy applies the same rules (jason → v2 only; others v1/v3).
+    let routing = check_routing(&node, &contenders)?;
+    // Idle RSS now, for every contender alike: up, routes compiled, pods enrolled, requests served.
+    for c in &mut contenders {
+        if let Some(pid) = c.proc_label.and_then(|l| node.pid(l)) {
+            c.idle_rss_kb = proc_tree_status(pid, "VmRSS:");
+        }
+    }
+
+    let mut cells = vec![];
+    let wrk = |key, title: &str, conns, jason, who: &Vec<&'static str>| Cell {
+        key,
+        title: title.to_string(),
+        load: Load::Wrk { conns, jason, close: false },
+        contenders: who.clone(),
+    };
+    if o.quick {
+        cells.push(wrk("c32", "HTTP/1.1 keep-alive, 32 connections", 32, false, &names));
+        cells.push(Cell {
+            key: "rate",
+            title: format!("HTTP/1.1 at a fixed {} req/s (32 connections)", o.rate),
+            load: Load::Rate { clients: 32 },
+            contenders: names.clone(),
+        });
+    } else {
+        cells.push(wrk("c1", "HTTP/1.1 keep-alive, 1 connection", 1, false, &names));
+        cells.push(wrk("c32", "HTTP/1.1 keep-alive, 32 connections", 32, false, &names));
+        cells.push(wrk("c256", "HTTP/1.1 keep-alive, 256 connections", 256, false, &names));
+        cells.push(wrk(
+            "jason-c32",
+            "HTTP/1.1, `end-user: jason` (header rule → v2), 32 connections",
+            32,
+            true,
+            &names,
+        ));
+        cells.push(Cell {
+            key: "rate",
+            title: format!("HTTP/1.1 at a fixed {} req/s (32 connections)", o.rate),
+            load: Load::Rate { clients: 32 },
+            contenders: names.clone(),
+        });
+        cells.push(Cell {
+            key: "h2-c32",
+            title: "HTTP/2 (h2c), 4 connections × 8 streams".into(),
+            load: Load::H2 { clients: 4, streams: 8 },
+            contenders: proxies.clone(),
+        });
+    }
+
+    let mut results: BTreeMap<(&'static str, &'static str), Vec<Sample>> = BTreeMap::new();
+    let warm = if o.quick { 1 } else { 2 };
+    for cell in &cells {
+        println!("== {} ==", cell.title);
+        for c in contenders.iter().filter(|c| cell.contenders.contains(&c.name)) {
+            // Warm-up: upstream pools grow to the cell's concurrency, caches fill.
+            let _ = run_load(&node, "client", None, c, &cell.load, warm, &lua, o.rate, &run_dir)?;
+        }
+        for r in 0..o.repeats {
+            for c in contenders.iter().filter(|c| cell.contenders.contains(&c.name)) {
+                let s = measure(&node, "client", None, c, &cell.load, o.duration, &lua, o.rate, &run_dir)?;
+                println!(
+                    "   {:>8} #{}: {:>9.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  p99.9 {:>7.3} ms{}{}",
+                    c.name,
+                    r + 1,
+                    s.rps(),
+                    s.p50_us / 1e3,
+                    s.p99_us / 1e3,
+                    s.p999_us / 1e3,
+                    s.cpu_per_1k()
+                        .map(|v| format!(
+                            "  cpu {v:.3} s/1k req ({:.0}% sys)",
+                            100.0 * s.sys_s.unwrap_or(0.0) / s.cpu_s.unwrap_or(1.0).max(1e-9)
+                        ))
+                        .unwrap_or_default(),
+                    if s.errors + s.non2xx > 0 {
+                        format!("  errors {} non-2xx {}", s.errors, s.non2xx)
+                    } else {
+                        String::new()
+                    }
+                );
+                results.entry((cell.key, c.name)).or_default().push(s);
+            }
+        }
+    }
+
+    // Redirect mechanism alone: a new connection per request through the same node proxy,
+    // redirected by connect4 (client pod) or by iptables REDIRECT (ipt pod, not enrolled cgroup).
+    if o.redirect {
+        println!("== redirect mechanism: new connection per request ==");
+    }
+    let mesh = contenders.iter().find(|c| c.name == "mesh").context("no mesh")?;
+    let redirect = if o.redirect { Some(redirect_comparison(&mut node, mesh, &o, &lua, &run_dir)?) } else { None };
+
+    let mut peaks = BTreeMap::new();
+    for c in &contenders {
+        if let Some(label) = c.proc_label {
+            let pid = node.pid(label).context("proxy pid")?;
+            peaks.insert(c.name, proc_tree_status(pid, "VmHWM:"));
+        }
+    }
+
+    let profile = if o.profile {
+        match profile_mesh(&node, mesh, &lua, &run_dir) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("mesh-bench: no profile: {e:#}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    // Last, as it restarts the agent: what the request metrics cost.
+    println!("== request metrics: --request-metrics off vs on, HTTP/1.1 keep-alive, 32 connections ==");
+    let metrics = metrics_cost(&mut node, &run_dir, &o, &lua, warm)?;
+    for (setting, s) in metrics.off.iter().zip(&metrics.on).flat_map(|(a, b)| [("off", a), ("on", b)]) {
+        println!(
+            "   {setting:>8}: {:>9.0} req/s  p50 {:>7.3} ms  cpu {}{}",
+            s.rps(),
+            s.p50_us / 1e3,
+            s.cpu_per_1k().map(|v| format!("{v:.3} s/1k req")).unwrap_or_else(|| "n/a".into()),
+            if s.clean() { String::new() } else { format!("  errors {} non-2xx {}", s.errors, s.non2xx) }
+        );
+    }
+
+    // After the other cells (it restarts the agent): what idle keep-alive connections cost.
+    println!("== {} idle keep-alive HTTP/1.1 connections ==", o.idle_connections);
+    let idle = idle_connections(&mut node, &run_dir, o.idle_connections)?;
+
+    let report = Report {
+        idle: &idle,
+        opts: &o,
+        metrics: &metrics,
+        loadavg,
+        tools: &tools,
+        cells: &cells,
+        contenders: &contenders,
+        results: &results,
+        redirect: redirect.as_ref(),
+        peaks: &peaks,
+        routing: &routing,
+        profile: profile.as_deref(),
+        config_scale: &config_scale,
+        restart: &restart,
+        disruption: &disruption,
+        elapsed: started.elapsed(),
+    };
+    let md = report.markdown();
+    fs::write(o.out.join("report.md"), &md)?;
+    fs::write(o.out.join("rps.svg"), report.svg_rps())?;
+    fs::write(o.out.join("results.json"), report.json())?;
+    if let Some(p) = &profile {
+        fs::write(o.out.join("profile.txt"), p)?;
+    }
+    println!("\n{}", report.targets_text());
+    println!(
+        "report: {}  chart: {}  ({:.0} s)",
+        o.out.join("report.md").display(),
+        o.out.join("rps.svg").display(),
+        started.elapsed().as_secs_f64()
+    );
+    let _ = names;
+    drop(node);
+    // The iptables rule lived only in the ipt pod's netns, which the node removed.
+    Ok(())
+}
