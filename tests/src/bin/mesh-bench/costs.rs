@@ -15,7 +15,7 @@ use mesh_e2e::*;
 
 use crate::{
     contenders::start_mesh,
-    load::{measure, run_load},
+    load::{measure, run_load, LoadGen},
     Load, Opts, Sample,
 };
 
@@ -28,6 +28,19 @@ pub(crate) struct MetricsCost {
 }
 
 impl MetricsCost {
+    /// One line per run on stdout, off and on alternating as they ran.
+    pub(crate) fn print(&self) {
+        for (setting, s) in self.off.iter().zip(&self.on).flat_map(|(a, b)| [("off", a), ("on", b)]) {
+            println!(
+                "   {setting:>8}: {:>9.0} req/s  p50 {:>7.3} ms  cpu {}{}",
+                s.rps(),
+                s.p50_us / 1e3,
+                s.cpu_per_1k().map(|v| format!("{v:.3} s/1k req")).unwrap_or_else(|| "n/a".into()),
+                if s.clean() { String::new() } else { format!("  errors {} non-2xx {}", s.errors, s.non2xx) }
+            );
+        }
+    }
+
     /// The per-repeat ratios of CPU per request, on ÷ off; None when a run has no CPU reading
     /// or any failed or non-2xx request.
     pub(crate) fn ratios(&self) -> Option<Vec<f64>> {
@@ -50,8 +63,9 @@ pub(crate) fn metrics_cost(node: &mut Node, dir: &Path, o: &Opts, lua: &Path, wa
     let mut run = |setting: &str| -> Result<Sample> {
         node.stop("agent")?;
         let c = start_mesh(node, dir, &["--request-metrics", setting])?;
-        let _ = run_load(node, "client", None, &c, &load, warm, lua, o.rate, dir)?;
-        measure(node, "client", None, &c, &load, o.duration, lua, o.rate, dir)
+        let g = LoadGen::client(lua, o.rate, dir);
+        let _ = run_load(node, &g, &c, &load, warm)?;
+        measure(node, &g, &c, &load, o.duration)
     };
     let (mut off, mut on) = (vec![], vec![]);
     for _ in 0..o.repeats.max(1) {
@@ -215,22 +229,29 @@ pub(crate) fn connection_disruption(restarts: usize) -> Result<Disruption> {
             // The load runs on between restarts, so each one starts from a steady state.
             std::thread::sleep(Duration::from_millis(1500));
         }
-        let (mut ok, mut failed) = (0, 0);
-        for load in [&keep, &close] {
-            node.wait(load, Duration::from_secs(60))?;
-            let log = node.log(load);
-            let line = log.lines().find(|l| l.starts_with("ok=")).with_context(|| format!("{load}: {log}"))?;
-            let field = |name: &str| {
-                line.split_whitespace().find_map(|f| f.strip_prefix(name)?.strip_prefix('=')?.parse::<u64>().ok())
-            };
-            ok += field("ok").unwrap_or(0);
-            failed += field("failed").unwrap_or(0);
-        }
+        let (ok, failed) = load_tally(&mut node, &[&keep, &close])?;
         println!("   {how}: {ok} ok, {failed} failed over {restarts} restarts");
         rows.push((how, ok, failed));
     }
     node.stop(&format!("agent-{n}"))?;
     Ok(Disruption { rate: RATE, restarts, rows })
+}
+
+/// Waits for the e2e-backend load clients `labels` to end and sums their `ok=` and `failed=`
+/// counts.
+fn load_tally(node: &mut Node, labels: &[&str]) -> Result<(u64, u64)> {
+    let (mut ok, mut failed) = (0, 0);
+    for load in labels {
+        node.wait(load, Duration::from_secs(60))?;
+        let log = node.log(load);
+        let line = log.lines().find(|l| l.starts_with("ok=")).with_context(|| format!("{load}: {log}"))?;
+        let field = |name: &str| {
+            line.split_whitespace().find_map(|f| f.strip_prefix(name)?.strip_prefix('=')?.parse::<u64>().ok())
+        };
+        ok += field("ok").unwrap_or(0);
+        failed += field("failed").unwrap_or(0);
+    }
+    Ok((ok, failed))
 }
 
 /// `mesh validate` of one file of 10,000 VirtualServices (parse, Istio's validation, compile):

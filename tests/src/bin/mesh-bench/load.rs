@@ -17,28 +17,68 @@ done = function(summary, latency, requests)
 end
 "#;
 
-/// Runs a load in `pod` (or, with `cgroup`, in the pod's netns but that cgroup) and parses it.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn run_load(
-    node: &Node,
-    pod: &str,
-    cgroup: Option<&Path>,
-    c: &Contender,
-    load: &Load,
-    secs: u32,
-    lua: &Path,
-    rate: u32,
-    dir: &Path,
-) -> Result<Sample> {
+/// Where a load generator runs and what it is given besides the load itself.
+#[derive(Clone, Copy)]
+pub(crate) struct LoadGen<'a> {
+    /// The pod whose netns (and, without `cgroup`, whose cgroup) the generator runs in.
+    pub(crate) pod: &'a str,
+    /// A cgroup to run in instead of the pod's: the redirect comparison's un-enrolled client.
+    pub(crate) cgroup: Option<&'a Path>,
+    /// The wrk script that prints the MESHBENCH line ([`WRK_LUA`]).
+    pub(crate) lua: &'a Path,
+    /// Total request rate of a [`Load::Rate`] load.
+    pub(crate) rate: u32,
+    /// The run directory (h2load's request log goes there).
+    pub(crate) dir: &'a Path,
+}
+
+impl<'a> LoadGen<'a> {
+    /// The enrolled client pod, in its own cgroup.
+    pub(crate) fn client(lua: &'a Path, rate: u32, dir: &'a Path) -> Self {
+        LoadGen { pod: "client", cgroup: None, lua, rate, dir }
+    }
+}
+
+/// Runs a load from `g` against `c` for `secs` seconds and parses it.
+pub(crate) fn run_load(node: &Node, g: &LoadGen, c: &Contender, load: &Load, secs: u32) -> Result<Sample> {
+    let log = g.dir.join("h2load.log");
+    let (args, h2load) = load_command(g, c, load, secs, &log)?;
+    let _ = fs::remove_file(&log);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = match g.cgroup {
+        None => node.exec(g.pod, &args)?,
+        Some(cg) => {
+            let ns = &node.pod(g.pod)?.netns;
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("echo $$ > {}/cgroup.procs && exec ip netns exec {ns} \"$@\"", cg.display()))
+                .arg("sh")
+                .args(&args)
+                .output()?
+        }
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("{} load against {} failed: {}{}", args[3], c.name, stdout, String::from_utf8_lossy(&out.stderr));
+    }
+    if h2load {
+        parse_h2load(&stdout, &log, secs).with_context(|| format!("h2load output for {}:\n{stdout}", c.name))
+    } else {
+        parse_wrk(&stdout).with_context(|| format!("wrk output for {}:\n{stdout}", c.name))
+    }
+}
+
+/// The pinned load generator's command line for `load`, and whether it is h2load (which reports
+/// through its request log `log`) rather than wrk.
+fn load_command(g: &LoadGen, c: &Contender, load: &Load, secs: u32, log: &Path) -> Result<(Vec<String>, bool)> {
     let core = CORE_LOAD.to_string();
     let d = format!("{secs}s");
-    let log = dir.join("h2load.log");
     let log_arg = format!("--log-file={}", log.display());
     let mut args: Vec<String> = vec!["taskset".into(), "-c".into(), core];
     let h2load = match load {
         Load::Wrk { conns, jason, close } => {
             args.extend(["wrk", "-t1", "-c", &conns.to_string(), "-d", &d, "--timeout", "5s", "-s"].map(String::from));
-            args.push(lua.display().to_string());
+            args.push(g.lua.display().to_string());
             if *jason {
                 args.extend(["-H".into(), "end-user: jason".into()]);
             }
@@ -49,7 +89,7 @@ pub(crate) fn run_load(
             false
         }
         Load::Rate { clients } => {
-            let per = (rate / clients).max(1);
+            let per = (g.rate / clients).max(1);
             args.extend(
                 [
                     "h2load",
@@ -77,29 +117,7 @@ pub(crate) fn run_load(
             true
         }
     };
-    let _ = fs::remove_file(&log);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = match cgroup {
-        None => node.exec(pod, &args)?,
-        Some(cg) => {
-            let ns = &node.pod(pod)?.netns;
-            Command::new("sh")
-                .arg("-c")
-                .arg(format!("echo $$ > {}/cgroup.procs && exec ip netns exec {ns} \"$@\"", cg.display()))
-                .arg("sh")
-                .args(&args)
-                .output()?
-        }
-    };
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        bail!("{} load against {} failed: {}{}", args[3], c.name, stdout, String::from_utf8_lossy(&out.stderr));
-    }
-    if h2load {
-        parse_h2load(&stdout, &log, secs).with_context(|| format!("h2load output for {}:\n{stdout}", c.name))
-    } else {
-        parse_wrk(&stdout).with_context(|| format!("wrk output for {}:\n{stdout}", c.name))
-    }
+    Ok((args, h2load))
 }
 
 pub(crate) fn parse_wrk(out: &str) -> Result<Sample> {
@@ -169,21 +187,10 @@ pub(crate) fn parse_h2load(out: &str, log: &Path, secs: u32) -> Result<Sample> {
 }
 
 /// One measured run: the load plus the proxy's CPU time over it.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn measure(
-    node: &Node,
-    pod: &str,
-    cgroup: Option<&Path>,
-    c: &Contender,
-    load: &Load,
-    secs: u32,
-    lua: &Path,
-    rate: u32,
-    dir: &Path,
-) -> Result<Sample> {
+pub(crate) fn measure(node: &Node, g: &LoadGen, c: &Contender, load: &Load, secs: u32) -> Result<Sample> {
     let pid = c.proc_label.and_then(|l| node.pid(l));
     let before = pid.map(proc_tree_cpu);
-    let mut s = run_load(node, pod, cgroup, c, load, secs, lua, rate, dir)?;
+    let mut s = run_load(node, g, c, load, secs)?;
     if let (Some(pid), Some((user, sys))) = (pid, before) {
         let (u, y) = proc_tree_cpu(pid);
         s.cpu_s = Some(u - user + y - sys);

@@ -15,12 +15,13 @@
 //!   haproxy  likewise, nbthread 1
 //! Every proxy routes `end-user: jason` to v2 and everything else 50/50 to v1/v3.
 //! Proxies (and the agent) are pinned to core 1; load generators and backends to core 0.
-use std::{collections::BTreeMap, fs, net::Ipv4Addr, time::Instant};
+use std::{collections::BTreeMap, fs, net::Ipv4Addr, path::Path, time::Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use mesh_e2e::*;
 
+mod cells;
 mod contenders;
 mod costs;
 mod export;
@@ -34,15 +35,19 @@ mod report;
 mod routing_check;
 mod tools;
 
+#[cfg(test)]
+mod report_tests;
+
+use cells::{load_cells, run_cells, Results};
 use contenders::{setup_pods, start_backends, start_envoy, start_haproxy, start_mesh, start_nginx};
-use costs::{config_scale, connection_disruption, metrics_cost, restart_cost};
-use idle::{idle_client, idle_connections};
-use load::{measure, proc_tree, proc_tree_status, run_load, WRK_LUA};
+use costs::{config_scale, connection_disruption, metrics_cost, restart_cost, MetricsCost};
+use idle::{idle_client, idle_connections, IdleConnections};
+use load::{proc_tree, proc_tree_status, LoadGen, WRK_LUA};
 use opts::{Args, Opts};
 use profile::profile_mesh;
-use redirect::redirect_comparison;
+use redirect::{redirect_comparison, RedirectResult};
 use report::Report;
-use routing_check::check_routing;
+use routing_check::{check_routing, RoutingCheck};
 use tools::Tools;
 
 const PREFIX: &str = "bn";
@@ -132,15 +137,26 @@ fn main() -> Result<()> {
     }
     fs::create_dir_all(&o.out)?;
     if o.idle_only {
-        let mut node = Node::new(PREFIX, SUBNET)?;
-        let run_dir = node.dir.clone();
-        setup_pods(&mut node)?;
-        start_backends(&mut node)?;
-        start_mesh(&mut node, &run_dir, &[])?;
-        let idle = idle_connections(&mut node, &run_dir, o.idle_connections)?;
-        println!("{}", idle.target().line());
-        return Ok(());
+        return idle_only(&o);
     }
+    run(&o)
+}
+
+/// `--idle-only`: the node, its backends and the mesh, then just the idle-connection cell.
+fn idle_only(o: &Opts) -> Result<()> {
+    let mut node = Node::new(PREFIX, SUBNET)?;
+    let run_dir = node.dir.clone();
+    setup_pods(&mut node)?;
+    start_backends(&mut node)?;
+    start_mesh(&mut node, &run_dir, &[])?;
+    let idle = idle_connections(&mut node, &run_dir, o.idle_connections)?;
+    println!("{}", idle.target().line());
+    Ok(())
+}
+
+/// The whole bench: the cells with a node of their own first, on a quiet machine, then the
+/// contenders' node; writes the report, the chart and the JSON into `o.out`.
+fn run(o: &Opts) -> Result<()> {
     let started = Instant::now();
     let loadavg = fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
@@ -161,45 +177,60 @@ fn main() -> Result<()> {
     let disruption = connection_disruption(if o.quick { 2 } else { 5 })?;
 
     let tools = Tools::find()?;
+    let m = contenders_node(o, &tools)?;
+    let report = Report {
+        idle: &m.idle,
+        opts: o,
+        metrics: &m.metrics,
+        loadavg,
+        tools: &tools,
+        cells: &m.cells,
+        contenders: &m.contenders,
+        results: &m.results,
+        redirect: m.redirect.as_ref(),
+        peaks: &m.peaks,
+        routing: &m.routing,
+        profile: m.profile.as_deref(),
+        config_scale: &config_scale,
+        restart: &restart,
+        disruption: &disruption,
+        elapsed: started.elapsed(),
+    };
+    write_report(&report, o, started)?;
+    drop(m);
+    Ok(())
+}
+
+/// What the contenders' node measured, owned until the report borrows it.
+struct NodeResults {
+    contenders: Vec<Contender>,
+    cells: Vec<Cell>,
+    results: Results,
+    routing: RoutingCheck,
+    redirect: Option<RedirectResult>,
+    peaks: BTreeMap<&'static str, u64>,
+    profile: Option<String>,
+    metrics: MetricsCost,
+    idle: IdleConnections,
+    /// Kept until the report is written, so its teardown is not in the report's elapsed time.
+    /// Dropping it removes the pods, and the ipt pod's iptables rule with its netns.
+    _node: Node,
+}
+
+/// The node the contenders share: every contender started, routing checked, the load cells,
+/// the redirect comparison, peak memory and the profile; last the cells that restart the agent
+/// (request metrics, idle connections).
+fn contenders_node(o: &Opts, tools: &Tools) -> Result<NodeResults> {
     let mut node = Node::new(PREFIX, SUBNET)?;
     let run_dir = node.dir.clone();
     setup_pods(&mut node)?;
     start_backends(&mut node)?;
-    let wanted = |name: &str| o.only.as_ref().is_none_or(|l| l.iter().any(|w| w == name));
-    let mut contenders = vec![Contender {
-        name: "direct",
-        proc_label: None,
-        url: format!("http://10.244.{SUBNET}.{}:{BACKEND_PORT}/", BACKENDS[0].2),
-        url_h2: None,
-        idle_rss_kb: 0,
-    }];
-    if !wanted("direct") {
-        contenders.clear();
-    }
-    contenders.push(start_mesh(&mut node, &run_dir, &[])?);
-    if let Some(envoy) = tools.envoy.as_ref().filter(|_| wanted("envoy")) {
-        contenders.push(start_envoy(&mut node, &run_dir, envoy)?);
-    }
-    if tools.nginx && wanted("nginx") {
-        contenders.push(start_nginx(&mut node, &run_dir)?);
-    }
-    if tools.haproxy && wanted("haproxy") {
-        contenders.push(start_haproxy(&mut node, &run_dir)?);
-    }
+    let mut contenders = start_contenders(&mut node, &run_dir, tools, o)?;
     let names: Vec<&'static str> = contenders.iter().map(|c| c.name).collect();
-    let proxies: Vec<&'static str> = names.iter().copied().filter(|n| *n != "direct").collect();
     let lua = run_dir.join("report.lua");
     fs::write(&lua, WRK_LUA)?;
 
-    // Peak RSS "under load": the kernel's high-water mark is reset once every proxy is up, so
-    // start-up transients (the agent's eBPF load parses the kernel BTF) are not counted.
-    for c in &contenders {
-        if let Some(pid) = c.proc_label.and_then(|l| node.pid(l)) {
-            for p in proc_tree(pid) {
-                let _ = fs::write(format!("/proc/{p}/clear_refs"), "5");
-            }
-        }
-    }
+    reset_peak_rss(&node, &contenders);
     // Correctness first: every proxy applies the same rules (jason → v2 only; others v1/v3).
     let routing = check_routing(&node, &contenders)?;
     // Idle RSS now, for every contender alike: up, routes compiled, pods enrolled, requests served.
@@ -209,81 +240,8 @@ fn main() -> Result<()> {
         }
     }
 
-    let mut cells = vec![];
-    let wrk = |key, title: &str, conns, jason, who: &Vec<&'static str>| Cell {
-        key,
-        title: title.to_string(),
-        load: Load::Wrk { conns, jason, close: false },
-        contenders: who.clone(),
-    };
-    if o.quick {
-        cells.push(wrk("c32", "HTTP/1.1 keep-alive, 32 connections", 32, false, &names));
-        cells.push(Cell {
-            key: "rate",
-            title: format!("HTTP/1.1 at a fixed {} req/s (32 connections)", o.rate),
-            load: Load::Rate { clients: 32 },
-            contenders: names.clone(),
-        });
-    } else {
-        cells.push(wrk("c1", "HTTP/1.1 keep-alive, 1 connection", 1, false, &names));
-        cells.push(wrk("c32", "HTTP/1.1 keep-alive, 32 connections", 32, false, &names));
-        cells.push(wrk("c256", "HTTP/1.1 keep-alive, 256 connections", 256, false, &names));
-        cells.push(wrk(
-            "jason-c32",
-            "HTTP/1.1, `end-user: jason` (header rule → v2), 32 connections",
-            32,
-            true,
-            &names,
-        ));
-        cells.push(Cell {
-            key: "rate",
-            title: format!("HTTP/1.1 at a fixed {} req/s (32 connections)", o.rate),
-            load: Load::Rate { clients: 32 },
-            contenders: names.clone(),
-        });
-        cells.push(Cell {
-            key: "h2-c32",
-            title: "HTTP/2 (h2c), 4 connections × 8 streams".into(),
-            load: Load::H2 { clients: 4, streams: 8 },
-            contenders: proxies.clone(),
-        });
-    }
-
-    let mut results: BTreeMap<(&'static str, &'static str), Vec<Sample>> = BTreeMap::new();
-    let warm = if o.quick { 1 } else { 2 };
-    for cell in &cells {
-        println!("== {} ==", cell.title);
-        for c in contenders.iter().filter(|c| cell.contenders.contains(&c.name)) {
-            // Warm-up: upstream pools grow to the cell's concurrency, caches fill.
-            let _ = run_load(&node, "client", None, c, &cell.load, warm, &lua, o.rate, &run_dir)?;
-        }
-        for r in 0..o.repeats {
-            for c in contenders.iter().filter(|c| cell.contenders.contains(&c.name)) {
-                let s = measure(&node, "client", None, c, &cell.load, o.duration, &lua, o.rate, &run_dir)?;
-                println!(
-                    "   {:>8} #{}: {:>9.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  p99.9 {:>7.3} ms{}{}",
-                    c.name,
-                    r + 1,
-                    s.rps(),
-                    s.p50_us / 1e3,
-                    s.p99_us / 1e3,
-                    s.p999_us / 1e3,
-                    s.cpu_per_1k()
-                        .map(|v| format!(
-                            "  cpu {v:.3} s/1k req ({:.0}% sys)",
-                            100.0 * s.sys_s.unwrap_or(0.0) / s.cpu_s.unwrap_or(1.0).max(1e-9)
-                        ))
-                        .unwrap_or_default(),
-                    if s.errors + s.non2xx > 0 {
-                        format!("  errors {} non-2xx {}", s.errors, s.non2xx)
-                    } else {
-                        String::new()
-                    }
-                );
-                results.entry((cell.key, c.name)).or_default().push(s);
-            }
-        }
-    }
+    let cells = load_cells(o, &names);
+    let results = run_cells(&node, &contenders, &cells, o, &LoadGen::client(&lua, o.rate, &run_dir))?;
 
     // Redirect mechanism alone: a new connection per request through the same node proxy,
     // redirected by connect4 (client pod) or by iptables REDIRECT (ipt pod, not enrolled cgroup).
@@ -291,68 +249,82 @@ fn main() -> Result<()> {
         println!("== redirect mechanism: new connection per request ==");
     }
     let mesh = contenders.iter().find(|c| c.name == "mesh").context("no mesh")?;
-    let redirect = if o.redirect { Some(redirect_comparison(&mut node, mesh, &o, &lua, &run_dir)?) } else { None };
-
-    let mut peaks = BTreeMap::new();
-    for c in &contenders {
-        if let Some(label) = c.proc_label {
-            let pid = node.pid(label).context("proxy pid")?;
-            peaks.insert(c.name, proc_tree_status(pid, "VmHWM:"));
-        }
-    }
-
+    let redirect = if o.redirect { Some(redirect_comparison(&mut node, mesh, o, &lua, &run_dir)?) } else { None };
+    let peaks = peak_rss(&node, &contenders)?;
     let profile = if o.profile {
-        match profile_mesh(&node, mesh, &lua, &run_dir) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                eprintln!("mesh-bench: no profile: {e:#}");
-                None
-            }
-        }
+        profile_mesh(&node, mesh, &lua, &run_dir).map_err(|e| eprintln!("mesh-bench: no profile: {e:#}")).ok()
     } else {
         None
     };
 
     // Last, as it restarts the agent: what the request metrics cost.
     println!("== request metrics: --request-metrics off vs on, HTTP/1.1 keep-alive, 32 connections ==");
-    let metrics = metrics_cost(&mut node, &run_dir, &o, &lua, warm)?;
-    for (setting, s) in metrics.off.iter().zip(&metrics.on).flat_map(|(a, b)| [("off", a), ("on", b)]) {
-        println!(
-            "   {setting:>8}: {:>9.0} req/s  p50 {:>7.3} ms  cpu {}{}",
-            s.rps(),
-            s.p50_us / 1e3,
-            s.cpu_per_1k().map(|v| format!("{v:.3} s/1k req")).unwrap_or_else(|| "n/a".into()),
-            if s.clean() { String::new() } else { format!("  errors {} non-2xx {}", s.errors, s.non2xx) }
-        );
-    }
-
+    let metrics = metrics_cost(&mut node, &run_dir, o, &lua, if o.quick { 1 } else { 2 })?;
+    metrics.print();
     // After the other cells (it restarts the agent): what idle keep-alive connections cost.
     println!("== {} idle keep-alive HTTP/1.1 connections ==", o.idle_connections);
     let idle = idle_connections(&mut node, &run_dir, o.idle_connections)?;
+    Ok(NodeResults { contenders, cells, results, routing, redirect, peaks, profile, metrics, idle, _node: node })
+}
 
-    let report = Report {
-        idle: &idle,
-        opts: &o,
-        metrics: &metrics,
-        loadavg,
-        tools: &tools,
-        cells: &cells,
-        contenders: &contenders,
-        results: &results,
-        redirect: redirect.as_ref(),
-        peaks: &peaks,
-        routing: &routing,
-        profile: profile.as_deref(),
-        config_scale: &config_scale,
-        restart: &restart,
-        disruption: &disruption,
-        elapsed: started.elapsed(),
-    };
+/// `direct` (unless `--contenders` leaves it out), the mesh (always), and each peer proxy that
+/// is installed and wanted.
+fn start_contenders(node: &mut Node, run_dir: &Path, tools: &Tools, o: &Opts) -> Result<Vec<Contender>> {
+    let wanted = |name: &str| o.only.as_ref().is_none_or(|l| l.iter().any(|w| w == name));
+    let mut contenders = vec![];
+    if wanted("direct") {
+        contenders.push(Contender {
+            name: "direct",
+            proc_label: None,
+            url: format!("http://10.244.{SUBNET}.{}:{BACKEND_PORT}/", BACKENDS[0].2),
+            url_h2: None,
+            idle_rss_kb: 0,
+        });
+    }
+    contenders.push(start_mesh(node, run_dir, &[])?);
+    if let Some(envoy) = tools.envoy.as_ref().filter(|_| wanted("envoy")) {
+        contenders.push(start_envoy(node, run_dir, envoy)?);
+    }
+    if tools.nginx && wanted("nginx") {
+        contenders.push(start_nginx(node, run_dir)?);
+    }
+    if tools.haproxy && wanted("haproxy") {
+        contenders.push(start_haproxy(node, run_dir)?);
+    }
+    Ok(contenders)
+}
+
+/// Peak RSS "under load": the kernel's high-water mark is reset once every proxy is up, so
+/// start-up transients (the agent's eBPF load parses the kernel BTF) are not counted.
+fn reset_peak_rss(node: &Node, contenders: &[Contender]) {
+    for c in contenders {
+        if let Some(pid) = c.proc_label.and_then(|l| node.pid(l)) {
+            for p in proc_tree(pid) {
+                let _ = fs::write(format!("/proc/{p}/clear_refs"), "5");
+            }
+        }
+    }
+}
+
+/// Each proxy's peak RSS (VmHWM over its process tree) since [`reset_peak_rss`].
+fn peak_rss(node: &Node, contenders: &[Contender]) -> Result<BTreeMap<&'static str, u64>> {
+    let mut peaks = BTreeMap::new();
+    for c in contenders {
+        if let Some(label) = c.proc_label {
+            let pid = node.pid(label).context("proxy pid")?;
+            peaks.insert(c.name, proc_tree_status(pid, "VmHWM:"));
+        }
+    }
+    Ok(peaks)
+}
+
+/// Writes report.md, rps.svg, results.json (and profile.txt) and prints the targets.
+fn write_report(report: &Report, o: &Opts, started: Instant) -> Result<()> {
     let md = report.markdown();
     fs::write(o.out.join("report.md"), &md)?;
     fs::write(o.out.join("rps.svg"), report.svg_rps())?;
     fs::write(o.out.join("results.json"), report.json())?;
-    if let Some(p) = &profile {
+    if let Some(p) = report.profile {
         fs::write(o.out.join("profile.txt"), p)?;
     }
     println!("\n{}", report.targets_text());
@@ -362,8 +334,5 @@ fn main() -> Result<()> {
         o.out.join("rps.svg").display(),
         started.elapsed().as_secs_f64()
     );
-    let _ = names;
-    drop(node);
-    // The iptables rule lived only in the ipt pod's netns, which the node removed.
     Ok(())
 }

@@ -10,8 +10,22 @@ use crate::{
 };
 
 impl Report<'_> {
+    /// The report as markdown, section by section.
     pub(crate) fn markdown(&self) -> String {
         let mut m = String::new();
+        self.md_setup(&mut m);
+        self.md_targets(&mut m);
+        self.md_throughput(&mut m);
+        self.md_cpu(&mut m);
+        self.md_memory(&mut m);
+        self.md_costs(&mut m);
+        self.md_redirect(&mut m);
+        self.md_tail(&mut m);
+        m
+    }
+
+    /// The title, how it was run, the machine, pinning, paths, method and the routing check.
+    fn md_setup(&self, m: &mut String) {
         let o = self.opts;
         let _ = writeln!(
             m,
@@ -44,6 +58,10 @@ impl Report<'_> {
         for (who, row) in &self.routing.rows {
             let _ = writeln!(m, "  * {who}: {row}");
         }
+    }
+
+    /// The targets table.
+    fn md_targets(&self, m: &mut String) {
         let _ = writeln!(m, "\n## Targets\n\n| target | result | numbers |\n|---|---|---|");
         for t in self.targets() {
             let v = match t.met {
@@ -53,6 +71,10 @@ impl Report<'_> {
             };
             let _ = writeln!(m, "| {} | {v} | {} |", t.what, t.numbers);
         }
+    }
+
+    /// A table per load cell, with the mesh ÷ peer ratios, and the chart.
+    fn md_throughput(&self, m: &mut String) {
         let _ = writeln!(m, "\n## Throughput and latency\n");
         for cell in self.cells {
             let _ = writeln!(m, "### {}\n", cell.title);
@@ -93,6 +115,10 @@ impl Report<'_> {
             let _ = writeln!(m);
         }
         let _ = writeln!(m, "![requests per second](rps.svg)\n");
+    }
+
+    /// Proxy CPU per request, user and kernel.
+    fn md_cpu(&self, m: &mut String) {
         let cpu_cell = if self.samples("c256", "mesh").is_some() { "c256" } else { "c32" };
         let _ = writeln!(
             m,
@@ -107,6 +133,10 @@ impl Report<'_> {
             let _ = writeln!(m, "| {} | {:.1} | {:.1} | {:.1} |", c.name, tot - sys, sys, tot);
         }
         let _ = writeln!(m);
+    }
+
+    /// Idle and peak RSS per proxy, and the idle-connection cell.
+    fn md_memory(&self, m: &mut String) {
         let _ = writeln!(
             m,
             "## Memory\n\n| proxy | idle RSS MB | peak RSS MB under load (VmHWM since start-up) |\n|---|---|---|"
@@ -131,6 +161,10 @@ impl Report<'_> {
             idle.rss_loaded_kb as f64 / 1024.0,
             idle.kb_per_connection()
         );
+    }
+
+    /// Config scale, restart cost and connection disruption.
+    fn md_costs(&self, m: &mut String) {
         let cs = self.config_scale;
         let _ = writeln!(
             m,
@@ -159,6 +193,10 @@ impl Report<'_> {
         for (how, ok, failed) in &d.rows {
             let _ = writeln!(m, "| {how} | {ok} | {failed} | {:.1} |", *failed as f64 / d.restarts.max(1) as f64);
         }
+    }
+
+    /// The redirect comparison, when it ran.
+    fn md_redirect(&self, m: &mut String) {
         if let Some(r) = self.redirect {
             let _ = writeln!(m, "\n## Redirect mechanism alone: eBPF connect4 vs iptables REDIRECT\n");
             let _ = writeln!(
@@ -182,6 +220,10 @@ impl Report<'_> {
                 );
             }
         }
+    }
+
+    /// The sk_msg note and the profile, when there is one.
+    fn md_tail(&self, m: &mut String) {
         let _ = writeln!(
             m,
             "\n## Same-node socket path: sk_msg / sockhash bypass\n\n**Not implemented.** The mesh has no `sk_msg`/sockhash program: same-node traffic goes through the loopback (client → in-pod listener) and the veth/bridge (proxy → backend) like every other contender, so there is no with/without comparison to report.\n"
@@ -189,6 +231,5 @@ impl Report<'_> {
         if let Some(p) = self.profile {
             let _ = writeln!(m, "## Profile of the mesh proxy\n\n`perf record -e cpu-clock -F 2999 -p <agent>` during 5 s of `wrk -c 32`; self time by symbol (≥ 0.7%):\n\n```\n{p}\n```\n");
         }
-        m
     }
 }

@@ -5,7 +5,11 @@ use std::{path::Path, process::Command};
 use anyhow::{bail, Context, Result};
 use mesh_e2e::Node;
 
-use crate::{load::run_load, tools::have, Contender, Load};
+use crate::{
+    load::{run_load, LoadGen},
+    tools::have,
+    Contender, Load,
+};
 
 pub(crate) fn profile_mesh(node: &Node, mesh: &Contender, lua: &Path, dir: &Path) -> Result<String> {
     if !have("perf") {
@@ -20,7 +24,8 @@ pub(crate) fn profile_mesh(node: &Node, mesh: &Contender, lua: &Path, dir: &Path
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()?;
-    let _ = run_load(node, "client", None, mesh, &Load::Wrk { conns: 32, jason: false, close: false }, 5, lua, 0, dir);
+    let wrk = Load::Wrk { conns: 32, jason: false, close: false };
+    let _ = run_load(node, &LoadGen::client(lua, 0, dir), mesh, &wrk, 5);
     // SAFETY: SIGINT to the perf process we spawned; it writes its data and exits.
     unsafe { libc::kill(rec.id() as i32, libc::SIGINT) };
     rec.wait()?;

@@ -7,7 +7,7 @@ use anyhow::Result;
 use mesh_e2e::*;
 
 use crate::{
-    load::{measure, run_load},
+    load::{measure, run_load, LoadGen},
     Contender, Load, Opts, Sample, PREFIX, PROXY_OUTBOUND_PORT, SVC_PORT, VIP,
 };
 
@@ -42,12 +42,14 @@ pub(crate) fn redirect_comparison(
     let conns = 32;
     let load = Load::Wrk { conns, jason: false, close: true };
     let warm = 1;
-    let _ = run_load(node, "client", None, mesh, &load, warm, lua, 0, dir)?;
-    let _ = run_load(node, "ipt", Some(&cg), mesh, &load, warm, lua, 0, dir)?;
+    let ebpf_client = LoadGen::client(lua, 0, dir);
+    let ipt_client = LoadGen { pod: "ipt", cgroup: Some(&cg), ..ebpf_client };
+    let _ = run_load(node, &ebpf_client, mesh, &load, warm)?;
+    let _ = run_load(node, &ipt_client, mesh, &load, warm)?;
     let (mut ebpf, mut iptables) = (vec![], vec![]);
     for r in 0..o.repeats {
-        let a = measure(node, "client", None, mesh, &load, o.duration, lua, 0, dir)?;
-        let b = measure(node, "ipt", Some(&cg), mesh, &load, o.duration, lua, 0, dir)?;
+        let a = measure(node, &ebpf_client, mesh, &load, o.duration)?;
+        let b = measure(node, &ipt_client, mesh, &load, o.duration)?;
         for (name, s) in [("eBPF connect4", &a), ("iptables REDIRECT", &b)] {
             println!(
                 "   {name:>17} #{}: {:>8.0} conn/s  p50 {:.3} ms  p99 {:.3} ms{}",

@@ -102,8 +102,21 @@ impl Report<'_> {
         self.contenders.iter().any(|c| c.name == who)
     }
 
+    /// What the run is judged by, in the report's order; a target whose inputs are missing or
+    /// invalid (a peer not installed, failed requests) is n/a rather than met or not.
     pub(crate) fn targets(&self) -> Vec<Target> {
         let mut t = vec![];
+        self.throughput_targets(&mut t);
+        self.latency_targets(&mut t);
+        self.cost_targets(&mut t);
+        self.memory_targets(&mut t);
+        self.metrics_target(&mut t);
+        self.redirect_target(&mut t);
+        t
+    }
+
+    /// Requests per second against nginx and Envoy in the saturating cells.
+    fn throughput_targets(&self, t: &mut Vec<Target>) {
         let sat_cells: Vec<&str> = ["c32", "c256"].into_iter().filter(|c| self.samples(c, "mesh").is_some()).collect();
         for (peer, factor) in [("nginx", 1.2), ("envoy", 5.0)] {
             let what = format!("mesh req/s ≥ {factor}× {peer}'s at one worker ({})", sat_cells.join(", "));
@@ -137,6 +150,10 @@ impl Report<'_> {
             }
             t.push(Target { what, met: Some(met), numbers: nums.join("; ") });
         }
+    }
+
+    /// Added median latency against nginx, tail latency at a fixed rate against Envoy.
+    fn latency_targets(&self, t: &mut Vec<Target>) {
         let lat_cell = if self.samples("c1", "mesh").is_some() { "c1" } else { "c32" };
         if self.has("nginx") {
             let added = |who: &str| {
@@ -163,6 +180,10 @@ impl Report<'_> {
                 ),
             });
         }
+    }
+
+    /// Config scale, restart time and handover disruption.
+    fn cost_targets(&self, t: &mut Vec<Target>) {
         let cs = self.config_scale;
         let (secs, rss) = (median(&cs.secs), median(&cs.max_rss_kb.iter().map(|k| *k as f64).collect::<Vec<_>>()));
         t.push(Target {
@@ -192,6 +213,10 @@ impl Report<'_> {
                 ),
             });
         }
+    }
+
+    /// Idle and peak RSS, and RSS per idle connection.
+    fn memory_targets(&self, t: &mut Vec<Target>) {
         let idle = self.contenders.iter().find(|c| c.name == "mesh").map(|c| c.idle_rss_kb).unwrap_or(0);
         t.push(Target {
             what: "mesh RSS ≤ 20 MB idle".into(),
@@ -211,6 +236,10 @@ impl Report<'_> {
                 ),
             });
         }
+    }
+
+    /// The CPU cost of the request metrics.
+    fn metrics_target(&self, t: &mut Vec<Target>) {
         let mc = self.metrics;
         let what = format!(
             "mesh CPU per request with --request-metrics on ≤ 1.03× off (c32 keep-alive, median of {} interleaved pairs)",
@@ -244,7 +273,11 @@ impl Report<'_> {
                 ),
             }),
         }
-        let Some(redirect) = self.redirect else { return t };
+    }
+
+    /// eBPF connect4 against iptables REDIRECT, when the comparison ran.
+    fn redirect_target(&self, t: &mut Vec<Target>) {
+        let Some(redirect) = self.redirect else { return };
         let (e, i): (Vec<f64>, Vec<f64>) =
             (redirect.ebpf.iter().map(Sample::rps).collect(), redirect.iptables.iter().map(Sample::rps).collect());
         let r: Vec<f64> = e.iter().zip(&i).map(|(a, b)| a / b).collect();
@@ -253,7 +286,6 @@ impl Report<'_> {
             met: Some(median(&r) >= 1.0),
             numbers: format!("eBPF {} conn/s, iptables {} conn/s; ratio {}", fmt_rps(&e), fmt_rps(&i), fmt_ratio(&r)),
         });
-        t
     }
 
     pub(crate) fn targets_text(&self) -> String {
