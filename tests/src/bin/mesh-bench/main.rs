@@ -1,8 +1,9 @@
 //! `cargo xtask bench`: the mesh against what users would pick instead, in one run, on this
 //! machine, with the same backends, the same routing rules and the same load.
 //!
-//! Usage: mesh-bench [--quick] [--out DIR] [--duration SECS] [--repeats N] [--rate RPS] [--no-profile]
-//!        mesh-bench --idle-only [--quick] [--idle-connections N]   (just the idle-connection cell)
+//! Usage: `mesh-bench --help` (flags in `opts.rs`); `mesh-bench --idle-only [--quick]
+//! [--idle-connections N]` runs just the idle-connection cell. Each cell has its module; this
+//! file holds the shared types and runs the cells in order.
 //!
 //! One local node (prefix `bn`, pods 10.244.240.x): backend pods web-v1/v2/v3 (e2e-backend), a
 //! client pod enrolled in the mesh, and a second client pod `ipt` for the redirect comparison.
