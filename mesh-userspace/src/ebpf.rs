@@ -14,15 +14,14 @@ use std::{
     collections::HashMap,
     fs::File,
     net::{Ipv4Addr, SocketAddrV4},
-    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, OwnedFd},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
 
 use aya::{
     maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray},
-    programs::{CgroupSockAddr, SockOps},
-    Ebpf, EbpfLoader,
+    Ebpf,
 };
 use aya_log::EbpfLogger;
 use mesh_common::{
@@ -30,128 +29,16 @@ use mesh_common::{
     MAP_LOG_LEVEL, MAP_ORIG_BY_COOKIE, MAP_ORIG_BY_TUPLE, MAP_SERVICES, MAP_STATS, PROG_CONNECT4, PROG_CONNECT6,
     PROG_SOCK_OPS,
 };
-use thiserror::Error;
 
 use crate::ebpf_log::{Forwarder, PodNames};
 
-/// Why loading, attaching, adopting or using the eBPF programs and maps failed; each message says
-/// what to check or do.
-#[derive(Debug, Error)]
-pub enum EbpfError {
-    #[error(
-        "eBPF object not found (looked in: {looked}); build it with `cargo xtask build-ebpf` \
-         or point MESH_EBPF_OBJECT / --ebpf-object at it"
-    )]
-    /// No eBPF object where the agent looked.
-    ObjectMissing {
-        /// The places tried.
-        looked: String,
-    },
-    #[error("cannot load eBPF object {path}: {source}; the kernel needs CONFIG_BPF_SYSCALL and CONFIG_CGROUP_BPF, and the agent CAP_SYS_ADMIN (CAP_BPF + CAP_NET_ADMIN alone do not load these programs, and container runtimes' default seccomp profiles allow bpf() only with CAP_SYS_ADMIN)")]
-    // Boxed: aya 0.14's EbpfError is 128 bytes and would make every Result here that large.
-    /// The object could not be loaded into the kernel.
-    Load {
-        /// The object file.
-        path: PathBuf,
-        /// aya's reason.
-        source: Box<aya::EbpfError>,
-    },
-    #[error("eBPF object has no program {0}; rebuild it with `cargo xtask build-ebpf`")]
-    /// The object lacks a program (built from another version).
-    NoProgram(&'static str),
-    #[error("eBPF object has no map {0}; rebuild it with `cargo xtask build-ebpf`")]
-    /// The object lacks a map (built from another version).
-    NoMap(&'static str),
-    #[error("loading/attaching program {name}: {source}")]
-    /// A program could not be loaded (the verifier's verdict is in `source`).
-    Program {
-        /// The program.
-        name: &'static str,
-        /// aya's reason.
-        source: Box<aya::programs::ProgramError>,
-    },
-    #[error("map {name}: {source}")]
-    /// Reading or writing a map failed.
-    Map {
-        /// The map.
-        name: &'static str,
-        /// aya's reason.
-        source: Box<aya::maps::MapError>,
-    },
-    #[error("cannot open cgroup {path}: {source}; is cgroup v2 mounted there? (hybrid layouts mount it at /sys/fs/cgroup/unified)")]
-    /// The cgroup to attach to cannot be opened.
-    Cgroup {
-        /// The cgroup directory (`--cgroup-root`).
-        path: PathBuf,
-        /// The open error.
-        source: std::io::Error,
-    },
-    #[error("eBPF object has no aya-log ring buffer; rebuild it with `cargo xtask build-ebpf`: {0}")]
-    /// aya-log could not be set up on the object.
-    Log(#[from] aya_log::Error),
-    #[error("attaching program {name} (BPF_LINK_CREATE, Linux >= 5.7): {source}")]
-    /// A program could not be attached (`BPF_LINK_CREATE`).
-    Link {
-        /// The program.
-        name: &'static str,
-        /// The kernel's error.
-        source: std::io::Error,
-    },
-    #[error("handed-over map {name}: {source}")]
-    /// A map descriptor received from the predecessor is not the map expected.
-    Adopt {
-        /// The map.
-        name: &'static str,
-        /// aya's reason.
-        source: Box<aya::maps::MapError>,
-    },
-    #[error("the predecessor handed over no map {0}")]
-    /// The predecessor did not send this map.
-    AdoptMissing(&'static str),
-    #[error("duplicating a descriptor for the handover: {0}")]
-    /// A descriptor could not be duplicated for a successor.
-    Dup(std::io::Error),
-    #[error("the predecessor's maps are of layout {theirs} and this agent (layout {ours}) has no migration from it")]
-    /// A layout this version cannot migrate from.
-    NoMigration {
-        /// The predecessor's layout.
-        theirs: u32,
-        /// This agent's.
-        ours: u32,
-    },
-    #[error("map {name}: the loader created map {new} instead of reusing the predecessor's map {old}")]
-    /// The loader did not reuse a pinned map (nothing was changed in the kernel).
-    NotShared {
-        /// The map.
-        name: &'static str,
-        /// The predecessor's map id.
-        old: u32,
-        /// The id of the map the loader holds.
-        new: u32,
-    },
-    #[error("replacing the program behind link {name} (BPF_LINK_UPDATE): {source}")]
-    /// A link's program could not be replaced.
-    LinkUpdate {
-        /// The program.
-        name: &'static str,
-        /// The kernel's error.
-        source: std::io::Error,
-    },
-    #[error("handing the predecessor's maps to the loader: {0}")]
-    /// The maps could not be pinned for the loader to reuse.
-    Scratch(#[from] crate::ebpf_pin::PinError),
-    #[error("migrating the predecessor's maps: {0}")]
-    /// A map's entries could not be carried into this layout.
-    Migrate(#[from] crate::ebpf_upgrade::MigrateError),
-}
+mod error;
+mod link;
+mod load;
 
-/// The kernel id of the map behind `fd`.
-fn map_id_of_fd(fd: &OwnedFd) -> Result<u32, EbpfError> {
-    let name = "(map id)";
-    let data = MapData::from_fd(fd.try_clone().map_err(EbpfError::Dup)?)
-        .map_err(|source| EbpfError::Map { name, source: source.into() })?;
-    Ok(data.info().map_err(|source| EbpfError::Map { name, source: source.into() })?.id())
-}
+pub use error::EbpfError;
+use link::link_create;
+use load::{check_shared, held_map_fd, load_programs, load_sharing, map_fd, swap_programs};
 
 /// Version of the maps' names and key/value layouts (mesh-common). A successor adopts the
 /// predecessor's maps and links only when this matches; bump it whenever a map changes.
@@ -180,48 +67,6 @@ pub const SHARED_MAPS: [&str; 8] = [
     MAP_CONFIG,
     MAP_ORIG_BY_COOKIE,
 ];
-
-// enum bpf_attach_type (include/uapi/linux/bpf.h).
-const BPF_CGROUP_SOCK_OPS: u32 = 3;
-const BPF_CGROUP_INET4_CONNECT: u32 = 10;
-const BPF_CGROUP_INET6_CONNECT: u32 = 11;
-const BPF_LINK_CREATE: libc::c_long = 28;
-
-/// `union bpf_attr` as BPF_LINK_CREATE reads it; the tail must be zero.
-#[repr(C)]
-struct LinkCreateAttr {
-    prog_fd: u32,
-    target_fd: u32,
-    attach_type: u32,
-    flags: u32,
-    _rest: [u64; 8],
-}
-
-/// Attaches `prog` to the cgroup with a BPF link; the program stays attached while the returned
-/// descriptor (or a duplicate of it, in this or another process) is open.
-fn link_create(prog: impl AsFd, cgroup: &File, attach_type: u32) -> std::io::Result<OwnedFd> {
-    let attr = LinkCreateAttr {
-        prog_fd: prog.as_fd().as_raw_fd() as u32,
-        target_fd: cgroup.as_raw_fd() as u32,
-        attach_type,
-        flags: 0,
-        _rest: [0; 8],
-    };
-    // SAFETY: bpf(2) reads `size` bytes of a properly initialised attr; the fds are live.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_CREATE,
-            &attr as *const LinkCreateAttr,
-            std::mem::size_of::<LinkCreateAttr>() as libc::c_uint,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just returned this new descriptor to us.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
 
 /// Where to find the compiled eBPF object: explicit path, `MESH_EBPF_OBJECT`, next to the
 /// binary, then the workspace build output.
@@ -319,89 +164,6 @@ pub struct MeshEbpf {
     logger: Mutex<Option<EbpfLogger<Forwarder>>>,
     names: Arc<Mutex<PodNames>>,
     cgroup_root: PathBuf,
-}
-
-/// Loads every linked program of `bpf` into the kernel (the verifier runs here) and returns each
-/// with the hook it attaches to and a descriptor of it.
-fn load_programs(bpf: &mut Ebpf) -> Result<Vec<(&'static str, u32, OwnedFd)>, EbpfError> {
-    let mut out = Vec::new();
-    for (name, attach_type) in [
-        (PROG_CONNECT4, BPF_CGROUP_INET4_CONNECT),
-        (PROG_CONNECT6, BPF_CGROUP_INET6_CONNECT),
-        (PROG_SOCK_OPS, BPF_CGROUP_SOCK_OPS),
-    ] {
-        let err = |source: aya::programs::ProgramError| EbpfError::Program { name, source: source.into() };
-        let program = bpf.program_mut(name).ok_or(EbpfError::NoProgram(name))?;
-        let fd = if attach_type == BPF_CGROUP_SOCK_OPS {
-            let prog: &mut SockOps = program.try_into().map_err(err)?;
-            prog.load().map_err(err)?;
-            prog.fd().map_err(err)?.as_fd().try_clone_to_owned()
-        } else {
-            let prog: &mut CgroupSockAddr = program.try_into().map_err(err)?;
-            prog.load().map_err(err)?;
-            prog.fd().map_err(err)?.as_fd().try_clone_to_owned()
-        };
-        out.push((name, attach_type, fd.map_err(EbpfError::Dup)?));
-    }
-    Ok(out)
-}
-
-/// A duplicate descriptor of map `name` that `bpf` still holds (one the agent does not take).
-fn held_map_fd(bpf: &Ebpf, name: &'static str) -> Result<OwnedFd, EbpfError> {
-    map_fd(name, bpf.map(name).ok_or(EbpfError::NoMap(name))?)
-}
-
-/// A duplicate descriptor of `map` (one of the kinds the mesh uses).
-fn map_fd(name: &'static str, map: &Map) -> Result<OwnedFd, EbpfError> {
-    match map {
-        Map::HashMap(d) | Map::LruHashMap(d) | Map::PerCpuArray(d) | Map::Array(d) => {
-            d.fd().as_fd().try_clone_to_owned().map_err(EbpfError::Dup)
-        }
-        _ => Err(EbpfError::NoMap(name)),
-    }
-}
-
-/// Loads `object` with the maps in `shared` reused instead of created: pinned for a moment in
-/// `scratch` (a bpffs directory) for aya's `EbpfLoader::map_pin_path`, unpinned once loaded.
-/// Without a scratch directory every map is created anew.
-fn load_sharing(object: &Path, scratch: Option<&Path>, shared: &HashMap<String, OwnedFd>) -> Result<Ebpf, EbpfError> {
-    let share = match scratch {
-        Some(dir) if !shared.is_empty() => Some(crate::ebpf_pin::Scratch::pin(dir, shared)?),
-        _ => None,
-    };
-    let mut loader = EbpfLoader::new();
-    if let Some(share) = &share {
-        for name in SHARED_MAPS.iter().filter(|n| shared.contains_key(**n)) {
-            loader.map_pin_path(name, share.path(name));
-        }
-    }
-    let loaded = loader.load_file(object);
-    // The loader holds descriptors now; the pins were only its way to find the maps.
-    drop(share);
-    loaded.map_err(|source| EbpfError::Load { path: object.to_path_buf(), source: source.into() })
-}
-
-/// Fails unless the maps `bpf` holds under `names` are the very maps of `theirs` (the loader
-/// reused the pinned ones rather than creating its own).
-fn check_shared(theirs: &HashMap<String, OwnedFd>, bpf: &Ebpf, names: &[&'static str]) -> Result<(), EbpfError> {
-    for name in names {
-        let (old, new) = (map_id_of_fd(&theirs[*name])?, map_id_of_fd(&held_map_fd(bpf, name)?)?);
-        if old != new {
-            return Err(EbpfError::NotShared { name, old, new });
-        }
-    }
-    Ok(())
-}
-
-/// Makes each of `links` run the program of the same name in `progs` (`BPF_LINK_UPDATE`,
-/// atomic per link).
-fn swap_programs(links: &[(String, OwnedFd)], progs: &[(&'static str, u32, OwnedFd)]) -> Result<(), EbpfError> {
-    for (name, _, prog) in progs {
-        let (_, link) = links.iter().find(|(l, _)| l == name).ok_or(EbpfError::AdoptMissing(name))?;
-        crate::ebpf_upgrade::link_update(link.as_fd(), prog.as_fd())
-            .map_err(|source| EbpfError::LinkUpdate { name, source })?;
-    }
-    Ok(())
 }
 
 impl MeshEbpf {
