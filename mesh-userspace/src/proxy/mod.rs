@@ -561,6 +561,9 @@ pub async fn serve_http(state: Arc<ProxyState>, source: Source, entry: Entry, st
                         ),
                     );
                     r.headers_mut().insert("x-envoy-overloaded", ::http::HeaderValue::from_static("true"));
+                    // Counted like any request under its source, routed nowhere (Envoy's `UO`:
+                    // a concurrency limit full, answered with `x-envoy-overloaded`).
+                    let r = telemetry::record_request_cap_refusal(&state, &source, &req, r);
                     return Box::pin(std::future::ready(Ok(r)));
                 }
                 Some(Some(slot)) => Some(slot),

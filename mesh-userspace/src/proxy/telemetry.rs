@@ -348,6 +348,23 @@ pub fn record_fair_share_refusal(state: &Arc<ProxyState>, source: &Source) {
     rec.flag(crate::metrics::Flags::OM);
 }
 
+/// Records a request its source's in-flight cap refused before routing, as `resp` (the 503 with
+/// `x-envoy-overloaded`) is sent: under its source, every destination label `unknown` (as Istio
+/// reports a request no route took anywhere) and Envoy's `UO`, the flag Envoy sets when a
+/// concurrency limit (a circuit breaker's `max_requests`) refuses a request with that same reply.
+/// The request's own head goes to the access log line when the log is on.
+pub fn record_request_cap_refusal<B>(
+    state: &Arc<ProxyState>,
+    source: &Source,
+    req: &Request<B>,
+    resp: Response<ProxyBody>,
+) -> Response<ProxyBody> {
+    let mut rec = RequestRecord::new(state.clone(), source, req);
+    rec.note_request_id(req.headers());
+    rec.flag(Flags::UO);
+    rec.respond(resp)
+}
+
 /// Records a request whose head hyper or the proxy refused before routing (431, 400).
 pub fn record_refusal(state: &Arc<ProxyState>, source: &Source, code: u16) {
     let mut rec = RequestRecord::new(state.clone(), source, &Request::new(()));

@@ -1412,6 +1412,47 @@ async fn a_source_over_its_caps_is_refused_while_another_is_served() {
     assert_eq!(overflowed(), 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_over_its_sources_cap_is_an_istio_503_uo_to_an_unknown_destination() {
+    let (registry, _, _, _, _) = setup(0).await;
+    let limits = Limits { per_source_max_requests: 1, ..Limits::default() };
+    let state = ProxyState::with_limits(registry.clone(), table(&vs("v1"), &registry), Arc::new(ToReviews), limits);
+    state.access_log.set_mode(access_log::AccessLogMode::Text);
+    let mut lines = access_log_lines(&state);
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let noisy = l.local_addr().expect("addr");
+    let w = Arc::new(ArcSwap::from(workload("noisy", &[("app", "noisy"), ("version", "v7")], 80)));
+    tokio::spawn(serve_pod_listener(state.clone(), w, l, 0));
+    // The first request holds the source's one slot at the backend; the second is refused.
+    let held = tokio::spawn(get(noisy, &[("x-hold", "1"), ("x-request-id", "held")]));
+    arrived(v1_addr(&registry), 1).await;
+    let (status, headers, _, _) = get_full(noisy, "/reviews/0", &[("x-request-id", "over")]).await;
+    assert_eq!(status, 503);
+    assert!(headers.contains_key("x-envoy-overloaded"), "{headers:?}");
+    let refused = [
+        ("source_workload", "noisy"),
+        ("source_version", "v7"),
+        ("response_code", "503"),
+        ("destination_service", "unknown"),
+        ("destination_service_name", "unknown"),
+        ("destination_workload", "unknown"),
+    ];
+    assert_eq!(recorded_flags(&state, &refused).await, "UO");
+    let source: Vec<_> = refused.iter().copied().chain([("reporter", "source")]).collect();
+    assert_eq!(state.metrics.get("istio_request_duration_milliseconds_count", &source), 1);
+    assert_eq!(state.metrics.get("istio_request_bytes_count", &source), 1);
+    assert!(state.metrics.get("istio_response_bytes_sum", &source) > 0, "the 503's head and body");
+    // No server saw it.
+    assert_eq!(state.metrics.get("istio_requests_total", &[("reporter", "destination")]), 0);
+    let line = next_line(&mut lines).await;
+    assert!(line.contains("\"GET /reviews/0 HTTP/1.1\" 503 UO 0 "), "{line}");
+    assert!(line.contains("\"over\"") && line.ends_with("\"-\""), "no upstream host: {line}");
+    release_all(&registry);
+    assert_eq!(held.await.expect("held").0, 200);
+    let line = next_line(&mut lines).await;
+    assert!(line.contains("\"held\"") && line.contains(" 200 - "), "{line}");
+}
+
 /// Opens `n` connections to `addr` and has each served one request (200); returns them, still
 /// open (keep-alive).
 async fn served_connections(addr: SocketAddr, n: usize) -> Vec<hyper::client::conn::http1::SendRequest<Empty<Bytes>>> {
