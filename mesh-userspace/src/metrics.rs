@@ -153,10 +153,16 @@ impl IstioMetrics {
         self.tcp_opened.get_or_create(labels).inc();
     }
 
-    /// Counts a TCP connection closed with the bytes it carried (`sent` to the client,
-    /// `received` from it).
+    /// Counts a TCP connection closed with the bytes it carried since they were last reported
+    /// (`sent` to the client, `received` from it).
     pub fn tcp_closed(&self, labels: &TrafficLabels, sent: u64, received: u64) {
         self.tcp_closed.get_or_create(labels).inc();
+        self.tcp_bytes(labels, sent, received);
+    }
+
+    /// Adds bytes a TCP connection carried (`sent` to the client, `received` from it): at every
+    /// reporting interval while it is open, and the rest at close.
+    pub fn tcp_bytes(&self, labels: &TrafficLabels, sent: u64, received: u64) {
         if sent > 0 {
             self.tcp_sent.get_or_create(labels).inc_by(sent);
         }

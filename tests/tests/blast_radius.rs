@@ -129,6 +129,40 @@ fn bad_routing_objects_never_cost_a_request() -> anyhow::Result<()> {
             && c["endpoints"][0]["workload"] == "reviews-v1"),
         "reviews v1 cluster in {clusters:?}"
     );
+    // `mesh explain --live` against this agent names the route and subset the offline explain
+    // names for the same (good) objects: the rejected object is in neither.
+    let explain = |extra: &[&str]| -> anyhow::Result<String> {
+        let out = std::process::Command::new(mesh_e2e::bin("mesh"))
+            .arg("explain")
+            .args(extra)
+            .args(["--from", "productpage-v1", "--url", "http://reviews:9080/reviews/0", "-H", "end-user: jason"])
+            .output()?;
+        anyhow::ensure!(out.status.success(), "mesh explain {extra:?}: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    let live = explain(&["--live", &format!("http://{ADMIN}")])?;
+    let registry = workspace().join("deploy/bookinfo/local-registry.yaml");
+    let mut offline_args = vec!["--registry".to_owned(), registry.display().to_string()];
+    for f in [base[0], base[1], "reviews-v1.yaml"] {
+        offline_args.extend(["--config".to_owned(), dir.join(f).display().to_string()]);
+    }
+    let offline = explain(&offline_args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    // The route's object, its destination and cluster: the lines that do not name a file (the
+    // agent read the objects from its own ConfigMap directory).
+    let named: Vec<&str> = offline
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("VirtualService reviews.default") || l.starts_with('→') || l.starts_with("cluster "))
+        .map(|l| l.split(" (").next().unwrap_or(l))
+        .collect();
+    assert!(
+        named.iter().any(|l| l.contains("subset v1"))
+            && named.iter().any(|l| l.starts_with("cluster outbound|9080|v1|reviews.default.svc.cluster.local")),
+        "offline explain:\n{offline}"
+    );
+    for l in &named {
+        assert!(live.contains(l), "live explain lacks {l:?}:\n{live}\noffline:\n{offline}");
+    }
 
     // A fixed-rate load through the gateway (productpage → reviews/details/ratings, all
     // redirected by the kernel into the node proxy) for the whole test.

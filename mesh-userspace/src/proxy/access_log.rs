@@ -129,7 +129,7 @@ impl AccessLog {
 pub struct Fields {
     /// When the request started.
     pub start: Option<SystemTime>,
-    /// `:method`.
+    /// `:method` (empty for a TCP connection, as its path).
     pub method: String,
     /// The path as the client sent it.
     pub path: String,
@@ -169,7 +169,22 @@ fn or_dash(v: &Option<String>) -> &str {
     v.as_deref().unwrap_or("-")
 }
 
-/// Envoy's default access log format:
+/// An HTTP field a TCP connection's line does not have (empty, or `-` already): `-` in text.
+fn dash_empty(v: &str) -> &str {
+    if v.is_empty() {
+        "-"
+    } else {
+        v
+    }
+}
+
+/// The same as JSON's `null`, as Envoy's JSON formatter writes an unset value.
+fn null_empty(v: &str) -> Option<&str> {
+    (!v.is_empty() && v != "-").then_some(v)
+}
+
+/// Envoy's default access log format (for a TCP connection, Envoy's TCP proxy writes the same
+/// with `-` for the request's fields and response code 0):
 /// `[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" %RESPONSE_CODE%
 /// %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%
 /// "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" "%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%"
@@ -180,9 +195,9 @@ pub fn text_line(f: &Fields, o: &Outcome) -> String {
     let host = f.upstream_host.map_or_else(|| "-".to_owned(), |h| h.to_string());
     format!(
         "[{start}] \"{} {} {}\" {} {} {} {} {} {ust} \"{}\" \"{}\" \"{}\" \"{}\" \"{host}\"\n",
-        f.method,
-        f.path,
-        f.protocol,
+        dash_empty(&f.method),
+        dash_empty(&f.path),
+        dash_empty(f.protocol),
         o.code,
         o.flags,
         o.bytes_received,
@@ -199,9 +214,9 @@ pub fn text_line(f: &Fields, o: &Outcome) -> String {
 pub fn json_line(f: &Fields, o: &Outcome) -> String {
     let v = serde_json::json!({
         "start_time": f.start.map(rfc3339_millis),
-        "method": f.method,
-        "path": f.path,
-        "protocol": f.protocol,
+        "method": null_empty(&f.method),
+        "path": null_empty(&f.path),
+        "protocol": null_empty(f.protocol),
         "response_code": o.code,
         "response_flags": o.flags.to_string(),
         "bytes_received": o.bytes_received,

@@ -563,6 +563,9 @@ pub async fn serve_http(state: Arc<ProxyState>, source: Source, entry: Entry, st
                         ),
                     );
                     r.headers_mut().insert("x-envoy-overloaded", ::http::HeaderValue::from_static("true"));
+                    // Counted like any request under its source, routed nowhere (Envoy's `UO`:
+                    // a concurrency limit full, answered with `x-envoy-overloaded`).
+                    let r = telemetry::record_request_cap_refusal(&state, &source, &req, r);
                     return Box::pin(std::future::ready(Ok(r)));
                 }
                 Some(Some(slot)) => Some(slot),
@@ -902,8 +905,7 @@ fn hyper_refusal(e: &(dyn std::error::Error + 'static)) -> Option<u16> {
     }
 }
 
-async fn serve_tcp(state: Arc<ProxyState>, source: Source, service: Arc<Service>, port: u16, mut stream: TcpStream) {
-    use crate::metrics::{Flags, PeerLabels, Protocol, Reporter, TrafficLabels};
+async fn serve_tcp(state: Arc<ProxyState>, source: Source, service: Arc<Service>, port: u16, stream: TcpStream) {
     // A byte stream has no message boundary to stop at: it runs until it ends or the drain
     // deadline ends the process.
     let cluster = {
@@ -915,36 +917,19 @@ async fn serve_tcp(state: Arc<ProxyState>, source: Source, service: Arc<Service>
         tracing::warn!(service = %service.name, port, "no TCP route; closing");
         return;
     };
-    let metrics_on = state.request_metrics.load(std::sync::atomic::Ordering::Relaxed);
-    let istio = &state.metrics.istio;
-    let mut labels = TrafficLabels {
-        reporter: Reporter::Source,
-        source: source.telemetry.labels.clone(),
-        destination: PeerLabels::unknown(),
-        service: cluster.telemetry().service.clone(),
-        protocol: Protocol::Tcp,
-        code: 0,
-        grpc_status: None,
-        flags: Flags::default(),
-    };
-    // A connection that could not be proxied is opened and closed at once, with its flag.
-    let refused = |mut labels: TrafficLabels, flag: Flags| {
-        if metrics_on {
-            labels.flags.set(flag);
-            istio.tcp_opened(&labels);
-            istio.tcp_closed(&labels, 0, 0);
-        }
-    };
+    // Metrics and the access log line: recorded when `record` is dropped, whichever way this
+    // function ends.
+    let mut record = telemetry::TcpRecord::new(state.clone(), &source, &cluster);
     let Some(picked) = state.lb.pick(&cluster, None, &[]) else {
         tracing::warn!(cluster = %cluster.name, "no healthy upstream for TCP connection; closing");
         state.metrics.inc(
             "mesh_tcp_connections_total",
             &[("source_workload", &src), ("destination_service", &service.name), ("result", "no_endpoint")],
         );
-        refused(labels, Flags::UH);
+        record.refused(crate::metrics::Flags::UH);
         return;
     };
-    labels.destination = cluster.telemetry().endpoint(picked.endpoint.addr);
+    record.set_endpoint(&cluster, picked.endpoint.addr);
     let mut upstream = match TcpStream::connect(picked.endpoint.addr).await {
         Ok(s) => s,
         Err(e) => {
@@ -954,7 +939,7 @@ async fn serve_tcp(state: Arc<ProxyState>, source: Source, service: Arc<Service>
                 "mesh_tcp_connections_total",
                 &[("source_workload", &src), ("destination_service", &service.name), ("result", "connect_failure")],
             );
-            refused(labels, Flags::UF);
+            record.refused(crate::metrics::Flags::UF);
             return;
         }
     };
@@ -963,31 +948,27 @@ async fn serve_tcp(state: Arc<ProxyState>, source: Source, service: Arc<Service>
         "mesh_tcp_connections_total",
         &[("source_workload", &src), ("destination_service", &service.name), ("result", "ok")],
     );
-    // Both sides' series when the endpoint is a mesh pod (see README, Telemetry: reporter).
-    let server_side =
-        labels.destination.mesh.then(|| TrafficLabels { reporter: Reporter::Destination, ..labels.clone() });
-    if metrics_on {
-        istio.tcp_opened(&labels);
-        if let Some(l) = &server_side {
-            istio.tcp_opened(l);
-        }
-    }
-    let (up, down) = match tokio::io::copy_bidirectional(&mut stream, &mut upstream).await {
-        Ok((up, down)) => {
-            tracing::info!(endpoint = %picked.endpoint.addr, bytes_up = up, bytes_down = down, "tcp connection closed");
-            (up, down)
-        }
-        Err(e) => {
-            tracing::debug!(error = %e, "tcp connection ended with error");
-            (0, 0)
+    record.connected();
+    let mut client = telemetry::CountedIo::new(stream, record.bytes());
+    let relay = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+    tokio::pin!(relay);
+    // The byte counters while the connection is open, as Istio's stats filter reports them.
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + telemetry::TCP_REPORTING_INTERVAL,
+        telemetry::TCP_REPORTING_INTERVAL,
+    );
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let relayed = loop {
+        tokio::select! {
+            r = &mut relay => break r,
+            _ = tick.tick(), if record.reporting() => record.report(),
         }
     };
-    if metrics_on {
-        // Sent is what went to the client, received what came from it.
-        istio.tcp_closed(&labels, down, up);
-        if let Some(l) = &server_side {
-            istio.tcp_closed(l, down, up);
+    match relayed {
+        Ok((up, down)) => {
+            tracing::info!(endpoint = %picked.endpoint.addr, bytes_up = up, bytes_down = down, "tcp connection closed")
         }
+        Err(e) => tracing::debug!(error = %e, "tcp connection ended with error"),
     }
 }
 

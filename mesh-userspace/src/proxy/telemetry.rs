@@ -348,8 +348,259 @@ pub fn record_fair_share_refusal(state: &Arc<ProxyState>, source: &Source) {
     rec.flag(crate::metrics::Flags::OM);
 }
 
+/// Records a request its source's in-flight cap refused before routing, as `resp` (the 503 with
+/// `x-envoy-overloaded`) is sent: under its source, every destination label `unknown` (as Istio
+/// reports a request no route took anywhere) and Envoy's `UO`, the flag Envoy sets when a
+/// concurrency limit (a circuit breaker's `max_requests`) refuses a request with that same reply.
+/// The request's own head goes to the access log line when the log is on.
+pub fn record_request_cap_refusal<B>(
+    state: &Arc<ProxyState>,
+    source: &Source,
+    req: &Request<B>,
+    resp: Response<ProxyBody>,
+) -> Response<ProxyBody> {
+    let mut rec = RequestRecord::new(state.clone(), source, req);
+    rec.note_request_id(req.headers());
+    rec.flag(Flags::UO);
+    rec.respond(resp)
+}
+
 /// Records a request whose head hyper or the proxy refused before routing (431, 400).
 pub fn record_refusal(state: &Arc<ProxyState>, source: &Source, code: u16) {
     let mut rec = RequestRecord::new(state.clone(), source, &Request::new(()));
     rec.code = Some(code);
+}
+
+/// How often a relayed TCP connection's byte counters are reported while it is open: Istio's
+/// stats filter default `tcp_reporting_duration` (5 s, istio/proxy `istio_stats`), so a long
+/// connection's traffic shows in `istio_tcp_*_bytes_total` as it flows, not only at its close.
+pub const TCP_REPORTING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Bytes a relayed TCP connection has carried so far, counted as they pass its client side.
+#[derive(Default)]
+pub struct TcpBytes {
+    /// To the client.
+    sent: AtomicU64,
+    /// From the client.
+    received: AtomicU64,
+}
+
+impl TcpBytes {
+    fn load(&self) -> (u64, u64) {
+        (self.sent.load(Ordering::Relaxed), self.received.load(Ordering::Relaxed))
+    }
+}
+
+/// The client's socket of a relayed TCP connection, counting what is read from it and written to
+/// it into a [`TcpBytes`] the reporting ticks read while the relay runs.
+pub struct CountedIo<S> {
+    inner: S,
+    bytes: Arc<TcpBytes>,
+}
+
+impl<S> CountedIo<S> {
+    /// `inner`, counted into `bytes`.
+    pub fn new(inner: S, bytes: Arc<TcpBytes>) -> Self {
+        CountedIo { inner, bytes }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for CountedIo<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len().saturating_sub(before);
+        if n > 0 {
+            self.bytes.received.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for CountedIo<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &polled {
+            self.bytes.sent.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = &polled {
+            self.bytes.sent.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// One relayed TCP connection's Istio metrics and access log line, as Istio's stats filter and
+/// Envoy's TCP proxy make them: `istio_tcp_connections_opened_total` when the upstream connection
+/// is up, the byte counters every [`TCP_REPORTING_INTERVAL`] while it is open ([`report`]), and at
+/// the end (when dropped) the rest of the bytes, `istio_tcp_connections_closed_total` and one
+/// access log line. A connection that could not be relayed (no endpoint, connect failure) is
+/// opened and closed at once with its flag, as Envoy reports it.
+///
+/// [`report`]: TcpRecord::report
+pub struct TcpRecord {
+    state: Arc<ProxyState>,
+    /// The client side's series (`reporter="source"`).
+    labels: TrafficLabels,
+    /// Whether the server side's series is reported too: the endpoint is a mesh pod.
+    server_side: bool,
+    metrics: bool,
+    opened: bool,
+    log: Option<(AccessLogMode, Box<Fields>)>,
+    started: Instant,
+    bytes: Arc<TcpBytes>,
+    /// What the counters had at the last report.
+    reported: (u64, u64),
+}
+
+impl TcpRecord {
+    /// A connection from `source` to the service of `cluster`.
+    pub fn new(state: Arc<ProxyState>, source: &Source, cluster: &crate::routing::Cluster) -> Self {
+        let metrics = state.request_metrics.load(Ordering::Relaxed);
+        let mode = state.access_log.mode_for(source.workload.as_deref());
+        // Envoy's TCP proxy has no request: the HTTP fields stay empty and print as `-`.
+        let log = (mode != AccessLogMode::Off).then(|| {
+            let fields = Fields {
+                start: Some(std::time::SystemTime::now()),
+                protocol: "-",
+                upstream_cluster: Some(cluster.name.clone()),
+                ..Default::default()
+            };
+            (mode, Box::new(fields))
+        });
+        TcpRecord {
+            labels: TrafficLabels {
+                reporter: Reporter::Source,
+                source: source.telemetry.labels.clone(),
+                destination: PeerLabels::unknown(),
+                service: cluster.telemetry().service.clone(),
+                protocol: Protocol::Tcp,
+                code: 0,
+                grpc_status: None,
+                flags: Flags::default(),
+            },
+            server_side: false,
+            metrics,
+            opened: false,
+            log,
+            started: Instant::now(),
+            bytes: Default::default(),
+            reported: (0, 0),
+            state,
+        }
+    }
+
+    /// The connection goes to the endpoint `addr` of `cluster`.
+    pub fn set_endpoint(&mut self, cluster: &crate::routing::Cluster, addr: std::net::SocketAddr) {
+        self.labels.destination = cluster.telemetry().endpoint(addr);
+        if let Some((_, f)) = self.log.as_mut() {
+            f.upstream_host = Some(addr);
+        }
+    }
+
+    /// The connection could not be relayed, for the reason `flag` names; recorded at once.
+    pub fn refused(mut self, flag: Flags) {
+        self.labels.flags.set(flag);
+    }
+
+    /// The upstream connection is up: counted opened, on both sides' series when the endpoint
+    /// is a mesh pod (see README, Telemetry: reporter).
+    pub fn connected(&mut self) {
+        self.server_side = self.labels.destination.mesh;
+        self.open();
+    }
+
+    fn open(&mut self) {
+        if std::mem::replace(&mut self.opened, true) || !self.metrics {
+            return;
+        }
+        let istio = &self.state.metrics.istio;
+        istio.tcp_opened(&self.labels);
+        if self.server_side {
+            istio.tcp_opened(&self.server_labels());
+        }
+    }
+
+    fn server_labels(&self) -> TrafficLabels {
+        TrafficLabels { reporter: Reporter::Destination, ..self.labels.clone() }
+    }
+
+    /// The counters the relay adds to (wrap the client's socket in a [`CountedIo`] with them).
+    pub fn bytes(&self) -> Arc<TcpBytes> {
+        self.bytes.clone()
+    }
+
+    /// Whether the periodic reports have anything to do (metrics on).
+    pub fn reporting(&self) -> bool {
+        self.metrics
+    }
+
+    /// Adds the bytes carried since the last report to the byte counters.
+    pub fn report(&mut self) {
+        if !self.metrics {
+            return;
+        }
+        let (sent, received) = self.bytes.load();
+        let delta = (sent.saturating_sub(self.reported.0), received.saturating_sub(self.reported.1));
+        self.reported = (sent, received);
+        let istio = &self.state.metrics.istio;
+        istio.tcp_bytes(&self.labels, delta.0, delta.1);
+        if self.server_side {
+            istio.tcp_bytes(&self.server_labels(), delta.0, delta.1);
+        }
+    }
+}
+
+impl Drop for TcpRecord {
+    fn drop(&mut self) {
+        self.open();
+        self.report();
+        if self.metrics {
+            let istio = &self.state.metrics.istio;
+            istio.tcp_closed(&self.labels, 0, 0);
+            if self.server_side {
+                istio.tcp_closed(&self.server_labels(), 0, 0);
+            }
+        }
+        if let Some((mode, fields)) = self.log.take() {
+            let (sent, received) = self.bytes.load();
+            let outcome = Outcome {
+                code: 0,
+                flags: self.labels.flags,
+                bytes_received: received,
+                bytes_sent: sent,
+                duration_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            };
+            let line = match mode {
+                AccessLogMode::Json => super::access_log::json_line(&fields, &outcome),
+                _ => super::access_log::text_line(&fields, &outcome),
+            };
+            self.state.access_log.push(line, &self.state.metrics);
+        }
+    }
 }

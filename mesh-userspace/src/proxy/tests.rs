@@ -747,6 +747,129 @@ async fn a_server_first_protocol_on_an_undeclared_port_falls_back_to_tcp() {
     assert_eq!(read(&mut lines).await, "got GET / HTTP/1.1");
 }
 
+/// A proxy for a `mail` service on a port declared TCP (the banner backend behind it) and a
+/// listener handing it connections from a `client` pod.
+async fn tcp_mail_proxy() -> (Arc<ProxyState>, SocketAddr, SocketAddr) {
+    let backend = banner_backend().await;
+    let mail = Arc::new(Service {
+        name: "mail".into(),
+        namespace: "default".into(),
+        cluster_ip: Some(Ipv4Addr::new(10, 96, 0, 25)),
+        ports: vec![ServicePort {
+            name: Some("tcp-smtp".into()),
+            port: 25,
+            target_port: TargetPort::Number(backend.port()),
+            node_port: None,
+            protocol: AppProtocol::Tcp,
+        }],
+        selector: [("app".to_string(), "mail".to_string())].into_iter().collect(),
+        ..Default::default()
+    });
+    let client = workload("client", &[("app", "client")], 80);
+    let registry = Registry {
+        services: vec![mail.clone()],
+        workloads: vec![workload("mail-1", &[("app", "mail")], backend.port()), client.clone()],
+        ..Default::default()
+    };
+    let state = ProxyState::new(registry.clone(), table("", &registry), Arc::new(NoOriginalDst));
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind front");
+    let addr = l.local_addr().expect("addr");
+    let st = state.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, peer)) = l.accept().await else { return };
+            let source = Source::new(Some(client.clone()), Some(peer), None);
+            tokio::spawn(serve_service_conn(st.clone(), source, mail.clone(), 25, s));
+        }
+    });
+    (state, addr, backend)
+}
+
+/// One SMTP-like exchange over `s`: the greeting (24 bytes to the client), `HELO x` (8 bytes
+/// from it) and its echo (12 bytes to it).
+async fn tcp_exchange(s: &mut tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut greeting = [0u8; 24];
+    s.read_exact(&mut greeting).await.expect("greeting");
+    assert_eq!(&greeting, b"220 mail.example ready\r\n");
+    s.write_all(b"HELO x\r\n").await.expect("write");
+    let mut echo = [0u8; 12];
+    s.read_exact(&mut echo).await.expect("echo");
+    assert_eq!(&echo, b"got HELO x\r\n");
+}
+
+// Paused clock: the only timers are the proxy's reporting interval and the test's sleep, so the
+// report after one interval is the interval's, with the connection still open.
+#[tokio::test(start_paused = true)]
+async fn a_tcp_connections_bytes_are_reported_every_interval_while_it_is_open() {
+    use tokio::io::AsyncReadExt;
+    let (state, addr, _) = tcp_mail_proxy().await;
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tcp_exchange(&mut s).await;
+    let source = [("reporter", "source"), ("source_workload", "client"), ("destination_workload", "mail-1")];
+    let dest = [("reporter", "destination"), ("source_workload", "client"), ("destination_workload", "mail-1")];
+    let m = |name: &str, labels: &[(&str, &str)]| state.metrics.get(name, labels);
+    // Opened as soon as the upstream connection is up.
+    assert_eq!(m("istio_tcp_connections_opened_total", &source), 1);
+    assert_eq!(m("istio_tcp_connections_opened_total", &dest), 1);
+    tokio::time::sleep(telemetry::TCP_REPORTING_INTERVAL + Duration::from_millis(1)).await;
+    // Still open: the interval's report has the bytes so far.
+    assert_eq!(m("istio_tcp_sent_bytes_total", &source), 36);
+    assert_eq!(m("istio_tcp_received_bytes_total", &source), 8);
+    assert_eq!(m("istio_tcp_sent_bytes_total", &dest), 36);
+    assert_eq!(m("istio_tcp_connections_closed_total", &[]), 0);
+    // More bytes, then the close: only what the reports have not counted is added.
+    tokio::io::AsyncWriteExt::write_all(&mut s, b"QUIT\r\n").await.expect("write");
+    let mut echo = [0u8; 10];
+    s.read_exact(&mut echo).await.expect("echo");
+    drop(s);
+    for _ in 0..1000 {
+        if m("istio_tcp_connections_closed_total", &source) == 1 {
+            break;
+        }
+        // Lets the runtime poll the sockets (the close travels client → proxy → backend and back).
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(m("istio_tcp_connections_closed_total", &source), 1);
+    assert_eq!(m("istio_tcp_connections_closed_total", &dest), 1);
+    assert_eq!(m("istio_tcp_sent_bytes_total", &source), 46);
+    assert_eq!(m("istio_tcp_received_bytes_total", &source), 14);
+    assert_eq!(m("istio_tcp_connections_opened_total", &source), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_tcp_connection_writes_one_access_log_line_at_close() {
+    let (state, addr, backend) = tcp_mail_proxy().await;
+    let mut lines = access_log_lines(&state);
+    state.access_log.set_mode(access_log::AccessLogMode::Text);
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tcp_exchange(&mut s).await;
+    drop(s);
+    let line = next_line(&mut lines).await;
+    // Envoy's default format as its TCP proxy writes it: no request, code 0, bytes both ways.
+    let re = regex::Regex::new(&format!(
+        r#"^\[\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{{3}}Z\] "- - -" 0 - 8 36 \d+ - "-" "-" "-" "-" "{}"$"#,
+        regex::escape(&backend.to_string())
+    ))
+    .expect("regex");
+    assert!(re.is_match(&line), "not Envoy's TCP default format: {line}");
+
+    state.access_log.set_mode(access_log::AccessLogMode::Json);
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tcp_exchange(&mut s).await;
+    drop(s);
+    let line = next_line(&mut lines).await;
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    for key in ["method", "path", "protocol", "user_agent", "request_id", "authority", "upstream_service_time"] {
+        assert!(v.get(key).is_some_and(serde_json::Value::is_null), "{key} null: {line}");
+    }
+    assert_eq!(v["response_code"], 0, "{line}");
+    assert_eq!(v["response_flags"], "-", "{line}");
+    assert_eq!((v["bytes_received"].as_u64(), v["bytes_sent"].as_u64()), (Some(8), Some(36)), "{line}");
+    assert_eq!(v["upstream_host"], backend.to_string(), "{line}");
+    assert_eq!(v["upstream_cluster"], "outbound|25||mail.default.svc.cluster.local", "{line}");
+}
+
 #[test]
 fn unknown_h2_upgrade_policy_is_rejected_with_its_path() {
     let yaml = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec:\n  host: reviews\n  trafficPolicy:\n    connectionPool:\n      http: {h2UpgradePolicy: ALWAYS}\n";
@@ -1410,6 +1533,47 @@ async fn a_source_over_its_caps_is_refused_while_another_is_served() {
     codes.sort();
     assert_eq!(codes, vec![200, 503]);
     assert_eq!(overflowed(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_over_its_sources_cap_is_an_istio_503_uo_to_an_unknown_destination() {
+    let (registry, _, _, _, _) = setup(0).await;
+    let limits = Limits { per_source_max_requests: 1, ..Limits::default() };
+    let state = ProxyState::with_limits(registry.clone(), table(&vs("v1"), &registry), Arc::new(ToReviews), limits);
+    state.access_log.set_mode(access_log::AccessLogMode::Text);
+    let mut lines = access_log_lines(&state);
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let noisy = l.local_addr().expect("addr");
+    let w = Arc::new(ArcSwap::from(workload("noisy", &[("app", "noisy"), ("version", "v7")], 80)));
+    tokio::spawn(serve_pod_listener(state.clone(), w, l, 0));
+    // The first request holds the source's one slot at the backend; the second is refused.
+    let held = tokio::spawn(get(noisy, &[("x-hold", "1"), ("x-request-id", "held")]));
+    arrived(v1_addr(&registry), 1).await;
+    let (status, headers, _, _) = get_full(noisy, "/reviews/0", &[("x-request-id", "over")]).await;
+    assert_eq!(status, 503);
+    assert!(headers.contains_key("x-envoy-overloaded"), "{headers:?}");
+    let refused = [
+        ("source_workload", "noisy"),
+        ("source_version", "v7"),
+        ("response_code", "503"),
+        ("destination_service", "unknown"),
+        ("destination_service_name", "unknown"),
+        ("destination_workload", "unknown"),
+    ];
+    assert_eq!(recorded_flags(&state, &refused).await, "UO");
+    let source: Vec<_> = refused.iter().copied().chain([("reporter", "source")]).collect();
+    assert_eq!(state.metrics.get("istio_request_duration_milliseconds_count", &source), 1);
+    assert_eq!(state.metrics.get("istio_request_bytes_count", &source), 1);
+    assert!(state.metrics.get("istio_response_bytes_sum", &source) > 0, "the 503's head and body");
+    // No server saw it.
+    assert_eq!(state.metrics.get("istio_requests_total", &[("reporter", "destination")]), 0);
+    let line = next_line(&mut lines).await;
+    assert!(line.contains("\"GET /reviews/0 HTTP/1.1\" 503 UO 0 "), "{line}");
+    assert!(line.contains("\"over\"") && line.ends_with("\"-\""), "no upstream host: {line}");
+    release_all(&registry);
+    assert_eq!(held.await.expect("held").0, 200);
+    let line = next_line(&mut lines).await;
+    assert!(line.contains("\"held\"") && line.contains(" 200 - "), "{line}");
 }
 
 /// Opens `n` connections to `addr` and has each served one request (200); returns them, still
