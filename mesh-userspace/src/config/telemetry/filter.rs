@@ -33,6 +33,9 @@ pub struct LogFilter {
     expression: String,
     request_headers: bool,
     response_headers: bool,
+    /// The top-level attributes (`request`, `response`...) the expression names: only those are
+    /// built per request.
+    variables: Vec<&'static str>,
 }
 
 impl std::fmt::Debug for LogFilter {
@@ -71,7 +74,10 @@ impl LogFilter {
         // Conservative: a mention of `headers` anywhere (even in a string) makes the proxy keep
         // that request's headers for the filter; other requests keep nothing.
         let request_headers = expression.contains("headers");
+        let references = program.references();
+        let variables = VARIABLES.iter().copied().filter(|v| references.has_variable(v)).collect();
         Ok(LogFilter {
+            variables,
             program,
             env: Arc::new(Env::stdlib()),
             expression: expression.to_owned(),
@@ -99,7 +105,7 @@ impl LogFilter {
     /// `false`, a non-boolean, an error — is not logged, as in Envoy.
     pub fn matches(&self, attrs: &Attributes<'_>) -> bool {
         let mut ctx = Context::with_env(self.env.clone());
-        for (name, value) in attrs.to_values() {
+        for (name, value) in attrs.to_values(&self.variables) {
             // Conversion of the plain maps built here cannot fail; if it ever did the variable is
             // absent and the expression errors, i.e. not logged.
             if let Ok(v) = Box::<dyn Val>::try_from(value) {
@@ -177,9 +183,36 @@ fn headers(h: &http::HeaderMap) -> Value {
     Value::from(m)
 }
 
+/// Envoy's top-level attribute names this proxy fills in.
+const VARIABLES: [&str; 6] = ["request", "response", "source", "upstream", "xds", "connection"];
+
 impl Attributes<'_> {
-    /// The top-level variables (`request`, `response`, `source`, `upstream`, `xds`, `connection`).
-    fn to_values(&self) -> Vec<(&'static str, Value)> {
+    /// The top-level variables among `wanted` (of [`VARIABLES`]).
+    fn to_values(&self, wanted: &[&'static str]) -> Vec<(&'static str, Value)> {
+        wanted.iter().map(|&name| (name, self.value(name))).collect()
+    }
+
+    /// One top-level variable's map.
+    fn value(&self, name: &str) -> Value {
+        match name {
+            "request" => self.request(),
+            "response" => self.response(),
+            "source" => addr(self.source),
+            "upstream" => addr(self.upstream),
+            "xds" => {
+                let mut xds: HashMap<&'static str, Value> = HashMap::new();
+                if let Some(c) = self.cluster {
+                    xds.insert("cluster_name", string(c));
+                }
+                Value::from(xds)
+            }
+            // No TLS between the node proxy and pods (see the README's Telemetry section).
+            "connection" => Value::from(HashMap::from([("mtls", Value::Bool(false))])),
+            _ => Value::Null,
+        }
+    }
+
+    fn request(&self) -> Value {
         let mut request: HashMap<&'static str, Value> = HashMap::with_capacity(12);
         request.insert("method", string(self.method));
         request.insert("path", string(self.path));
@@ -199,6 +232,10 @@ impl Attributes<'_> {
         if let Some(h) = self.request_headers {
             request.insert("headers", headers(h));
         }
+        Value::from(request)
+    }
+
+    fn response(&self) -> Value {
         let mut response: HashMap<&'static str, Value> = HashMap::with_capacity(6);
         if self.code != 0 {
             response.insert("code", Value::Int(i64::from(self.code)));
@@ -211,29 +248,18 @@ impl Attributes<'_> {
         if let Some(h) = self.response_headers {
             response.insert("headers", headers(h));
         }
-        let addr = |a: Option<SocketAddr>| {
-            let mut m: HashMap<&'static str, Value> = HashMap::new();
-            if let Some(a) = a {
-                m.insert("address", string(&a.to_string()));
-                m.insert("port", Value::Int(i64::from(a.port())));
-            }
-            Value::from(m)
-        };
-        let mut xds: HashMap<&'static str, Value> = HashMap::new();
-        if let Some(c) = self.cluster {
-            xds.insert("cluster_name", string(c));
-        }
-        // No TLS between the node proxy and pods (see the README's Telemetry section).
-        let connection = HashMap::from([("mtls", Value::Bool(false))]);
-        vec![
-            ("request", Value::from(request)),
-            ("response", Value::from(response)),
-            ("source", addr(self.source)),
-            ("upstream", addr(self.upstream)),
-            ("xds", Value::from(xds)),
-            ("connection", Value::from(connection)),
-        ]
+        Value::from(response)
     }
+}
+
+/// `source` / `upstream`: `address` (`ip:port`) and `port`, absent when unknown.
+fn addr(a: Option<SocketAddr>) -> Value {
+    let mut m: HashMap<&'static str, Value> = HashMap::new();
+    if let Some(a) = a {
+        m.insert("address", string(&a.to_string()));
+        m.insert("port", Value::Int(i64::from(a.port())));
+    }
+    Value::from(m)
 }
 
 #[cfg(test)]
