@@ -144,7 +144,8 @@ pub(super) fn access_log_overrides(
     registry: &Registry,
     state: &ProxyState,
 ) -> Option<proxy::access_log::WorkloadOverrides> {
-    use crate::config::telemetry::{access_log_providers, ENVOY_PROVIDER};
+    use crate::config::telemetry::{access_log_filters, ENVOY_PROVIDER};
+    use proxy::access_log::PodLog;
     if !config.telemetries.iter().any(|t| !t.spec.access_logging.is_empty()) {
         return None;
     }
@@ -152,8 +153,13 @@ pub(super) fn access_log_overrides(
         if state.access_log.mode() == proxy::access_log::AccessLogMode::Off { &[] } else { &[ENVOY_PROVIDER] };
     let mut map = proxy::access_log::WorkloadOverrides::new();
     for w in registry.workloads.iter().filter(|w| w.enroll && w.netns.is_some()) {
-        let on = access_log_providers(config, w, defaults).contains(ENVOY_PROVIDER);
-        map.entry(w.namespace.clone()).or_default().insert(w.name.clone(), on);
+        let log = match access_log_filters(config, w, defaults).remove(ENVOY_PROVIDER) {
+            None => PodLog::Off,
+            // An expression that does not parse was rejected at admission; `program` is None
+            // only for one that bypassed it, logged as with no filter.
+            Some(f) => PodLog::On(f.and_then(|f| f.program())),
+        };
+        map.entry(w.namespace.clone()).or_default().insert(w.name.clone(), log);
     }
     Some(map)
 }

@@ -44,7 +44,8 @@ fn telemetry_access_logging_decides_per_pod_with_the_flag_as_the_default_provide
     let state = ProxyState::new(registry.clone(), RouteTable::kubernetes_only(&registry), Arc::new(NoOriginalDst));
     let on = |state: &ProxyState| {
         let o = access_log_overrides(&config, &registry, state).expect("a Telemetry has accessLogging");
-        let mut v: Vec<(String, bool)> = o["default"].iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let mut v: Vec<(String, bool)> =
+            o["default"].iter().map(|(k, v)| (k.clone(), matches!(v, proxy::access_log::PodLog::On(_)))).collect();
         v.sort();
         v
     };
@@ -60,6 +61,15 @@ fn telemetry_access_logging_decides_per_pod_with_the_flag_as_the_default_provide
         [("details-v1".into(), true), ("productpage-v1".into(), true), ("ratings-v1".into(), false)]
     );
     assert!(access_log_overrides(&Config::default(), &registry, &state).is_none());
+    // A filter travels with the pod's decision, compiled once at admission.
+    let filtered = format!("{yaml}---\napiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{name: errors, namespace: default}}\nspec:\n  selector: {{matchLabels: {{app: details}}}}\n  accessLogging:\n  - providers: [{{name: envoy}}]\n    filter: {{expression: \"response.code >= 400\"}}\n");
+    let config = Config::parse_str("telemetry.yaml", &filtered).expect("telemetry parses");
+    let o = access_log_overrides(&config, &registry, &state).expect("a Telemetry has accessLogging");
+    match &o["default"]["details-v1"] {
+        proxy::access_log::PodLog::On(Some(f)) => assert_eq!(f.expression(), "response.code >= 400"),
+        other => panic!("details-v1 logs with its filter, got {other:?}"),
+    }
+    assert!(matches!(o["default"]["productpage-v1"], proxy::access_log::PodLog::On(None)));
 }
 
 /// Gateway API objects from the API server go through the files' admission: an HTTPRoute is

@@ -114,7 +114,7 @@ pub struct AccessLogging {
     /// Turns logging off for those providers.
     #[serde(default)]
     pub disabled: Option<bool>,
-    /// A CEL expression choosing the requests to log: accepted, not evaluated (all are logged).
+    /// A CEL expression choosing the requests to log ([`filter`]).
     #[serde(default)]
     pub filter: Option<Filter>,
 }
@@ -123,9 +123,20 @@ pub struct AccessLogging {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Filter {
-    /// CEL.
+    /// CEL over Envoy's attributes; a request is logged when it evaluates to `true`.
     #[serde(default)]
     pub expression: String,
+    /// The expression compiled at admission (None until then, or if it does not parse).
+    #[serde(skip)]
+    pub compiled: Option<std::sync::Arc<filter::LogFilter>>,
+}
+
+impl Filter {
+    /// The compiled program: the one admission made, else compiled now (an object built without
+    /// admission); None when the expression does not parse.
+    pub fn program(&self) -> Option<std::sync::Arc<filter::LogFilter>> {
+        self.compiled.clone().or_else(|| filter::LogFilter::compile(&self.expression).ok().map(std::sync::Arc::new))
+    }
 }
 
 /// `tracing[]` (not implemented: checked, then warned about).
@@ -335,7 +346,8 @@ fn selector(v: &mut Validation, s: &WorkloadSelector) {
     }
 }
 
-/// One `accessLogging` entry: its providers, and the filter this mesh does not evaluate.
+/// One `accessLogging` entry: its providers, and its filter (CEL, parsed as Istio's
+/// `validateTelemetryFilter` does: syntax only).
 fn access_logging(v: &mut Validation, path: &str, l: &AccessLogging) {
     providers(v, path, &l.providers);
     for (j, p) in l.providers.iter().enumerate() {
@@ -347,12 +359,16 @@ fn access_logging(v: &mut Validation, path: &str, l: &AccessLogging) {
         }
     }
     if let Some(f) = &l.filter {
-        // Istio parses the expression as CEL; no CEL parser here, so an invalid expression
-        // is not rejected. Not evaluated either: every request is logged.
-        v.warn(
-            format!("{path}.filter"),
-            format!("filter {:?} is not implemented: every request is logged", cut(&f.expression, 60)),
-        );
+        if let Err(e) = filter::LogFilter::compile(&f.expression) {
+            v.error(format!("{path}.filter.expression"), e.to_string());
+        } else if ["duration", "timestamp", "request.time"].iter().any(|w| f.expression.contains(w)) {
+            // No CEL duration/timestamp type here: `request.duration`, `request.time` and the
+            // `duration()`/`timestamp()` functions are errors when evaluated, i.e. not logged.
+            v.warn(
+                format!("{path}.filter.expression"),
+                "durations and timestamps (request.duration, request.time, duration(), timestamp()) are not available here: an expression reading one is false for every request",
+            );
+        }
     }
 }
 
@@ -530,6 +546,17 @@ fn is_namespace_wide(t: &TelemetrySpec) -> bool {
 /// `defaultProviders.accessLogging`), a `disabled: true` entry turning its providers off. With
 /// no Telemetry at all, the default providers.
 pub fn access_log_providers(config: &Config, source: &Workload, default_providers: &[&str]) -> BTreeSet<String> {
+    access_log_filters(config, source, default_providers).into_keys().collect()
+}
+
+/// [`access_log_providers`] with each enabled provider's filter, as Istio's `mergeLogs` picks
+/// it: the filter of the last entry (of any level, for this side) that names the provider in its
+/// `providers`; an entry with no `providers`, or a default provider never named, has none.
+pub fn access_log_filters<'a>(
+    config: &'a Config,
+    source: &Workload,
+    default_providers: &[&str],
+) -> BTreeMap<String, Option<&'a Filter>> {
     let mode = WorkloadMode::Client;
     let levels: Vec<&[AccessLogging]> = applicable(config, source)
         .into_iter()
@@ -538,9 +565,15 @@ pub fn access_log_providers(config: &Config, source: &Workload, default_provider
         .collect();
     let defaults = || default_providers.iter().map(|p| p.to_string()).collect::<Vec<_>>();
     if levels.is_empty() {
-        return defaults().into_iter().collect();
+        return defaults().into_iter().map(|p| (p, None)).collect();
     }
     let names = |l: &AccessLogging| l.providers.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
+    let mut filters: BTreeMap<String, Option<&Filter>> = BTreeMap::new();
+    for l in levels.iter().flat_map(|level| level.iter()).filter(|l| mode_applies(l.match_.as_ref(), mode)) {
+        for p in names(l) {
+            filters.insert(p, l.filter.as_ref());
+        }
+    }
     // Which providers are in scope: those the last level naming any (for this side) names.
     let mut in_scope = defaults();
     for level in &levels {
@@ -550,7 +583,8 @@ pub fn access_log_providers(config: &Config, source: &Workload, default_provider
             in_scope = named.into_iter().collect();
         }
     }
-    let mut enabled: BTreeMap<String, bool> = BTreeMap::new();
+    // Per provider: Some(filter) enabled, None disabled.
+    let mut enabled: BTreeMap<String, Option<Option<&Filter>>> = BTreeMap::new();
     let mut parent = defaults();
     for l in levels.iter().flat_map(|level| level.iter()) {
         let mut providers = names(l);
@@ -562,10 +596,11 @@ pub fn access_log_providers(config: &Config, source: &Workload, default_provider
             continue;
         }
         for p in providers.into_iter().filter(|p| in_scope.contains(p)) {
-            enabled.insert(p, !l.disabled.unwrap_or(false));
+            let on = (!l.disabled.unwrap_or(false)).then(|| filters.get(&p).copied().flatten());
+            enabled.insert(p, on);
         }
     }
-    enabled.into_iter().filter(|(_, on)| *on).map(|(p, _)| p).collect()
+    enabled.into_iter().filter_map(|(p, f)| f.map(|f| (p, f))).collect()
 }
 
 /// Whether the Telemetry objects in `config` turn Envoy's access log (provider `envoy`) on for
@@ -574,6 +609,8 @@ pub fn access_log_providers(config: &Config, source: &Workload, default_provider
 pub fn access_logging_enabled(config: &Config, source: &Workload) -> bool {
     access_log_providers(config, source, &[]).contains(ENVOY_PROVIDER)
 }
+
+pub mod filter;
 
 #[cfg(test)]
 mod tests;
@@ -628,6 +665,11 @@ impl Config {
         self.warnings.extend(v.warnings.into_iter().map(|(p, m)| o.at.error(p, m).to_string()));
         if !v.errors.is_empty() {
             return Err((key, v.errors.into_iter().map(|(p, m)| o.at.error(p, m)).collect()));
+        }
+        let mut o = o;
+        for f in o.spec.access_logging.iter_mut().filter_map(|l| l.filter.as_mut()) {
+            // Parsed once more (validation did not keep it): the proxy evaluates this one.
+            f.compiled = f.program();
         }
         super::upsert(&mut self.telemetries, o, kind, &mut self.skipped);
         Ok(())

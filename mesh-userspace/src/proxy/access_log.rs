@@ -3,9 +3,10 @@
 //! handed to a writer task through a bounded channel: a full channel drops the line and counts it
 //! (`mesh_access_log_dropped_total`), so a slow stdout never holds a request up.
 use std::{
+    net::SocketAddr,
     sync::{
         atomic::{AtomicU8, Ordering},
-        Mutex,
+        Arc, Mutex,
     },
     time::SystemTime,
 };
@@ -15,7 +16,11 @@ use tokio::{
     sync::mpsc,
 };
 
-use crate::metrics::{Flags, Metrics};
+pub use crate::config::telemetry::filter::LogFilter;
+use crate::{
+    config::telemetry::filter::Attributes,
+    metrics::{Flags, Metrics},
+};
 
 /// The access log's format, or off.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -32,8 +37,27 @@ pub enum AccessLogMode {
 /// Lines that may wait for the writer; past this the log drops lines rather than memory grows.
 pub const DEFAULT_CAPACITY: usize = 4096;
 
-/// Per source pod (namespace → name → on/off), what Istio's `Telemetry` resources decide.
-pub type WorkloadOverrides = std::collections::HashMap<String, std::collections::HashMap<String, bool>>;
+/// Per source pod (namespace → name), what Istio's `Telemetry` resources decide.
+pub type WorkloadOverrides = std::collections::HashMap<String, std::collections::HashMap<String, PodLog>>;
+
+/// One pod's access log as its `Telemetry` resources set it.
+#[derive(Clone, Debug)]
+pub enum PodLog {
+    /// No line for its requests.
+    Off,
+    /// A line for each request, or, with a filter, for each request it evaluates to `true` on.
+    On(Option<Arc<LogFilter>>),
+}
+
+impl From<bool> for PodLog {
+    fn from(on: bool) -> Self {
+        if on {
+            PodLog::On(None)
+        } else {
+            PodLog::Off
+        }
+    }
+}
 
 /// The switch, the channel and its receiving end until a writer takes it.
 pub struct AccessLog {
@@ -85,14 +109,20 @@ impl AccessLog {
     /// The mode for a request from `source`: the flag's, unless a `Telemetry` resource turns the
     /// log on (in the flag's format, Envoy's text when the flag is off) or off for that pod.
     pub fn mode_for(&self, source: Option<&crate::registry::Workload>) -> AccessLogMode {
+        self.for_source(source).0
+    }
+
+    /// [`AccessLog::mode_for`] and the `Telemetry` filter deciding which of the pod's requests
+    /// get a line (None: all of them).
+    pub fn for_source(&self, source: Option<&crate::registry::Workload>) -> (AccessLogMode, Option<Arc<LogFilter>>) {
         let base = self.mode();
         let overrides = self.overrides.load();
-        let (Some(map), Some(w)) = (overrides.as_deref(), source) else { return base };
+        let (Some(map), Some(w)) = (overrides.as_deref(), source) else { return (base, None) };
         match map.get(w.namespace.as_str()).and_then(|m| m.get(w.name.as_str())) {
-            Some(true) if base == AccessLogMode::Off => AccessLogMode::Text,
-            Some(true) => base,
-            Some(false) => AccessLogMode::Off,
-            None => base,
+            Some(PodLog::On(f)) if base == AccessLogMode::Off => (AccessLogMode::Text, f.clone()),
+            Some(PodLog::On(f)) => (base, f.clone()),
+            Some(PodLog::Off) => (AccessLogMode::Off, None),
+            None => (base, None),
         }
     }
 
@@ -149,6 +179,62 @@ pub struct Fields {
     pub upstream_cluster: Option<String>,
     /// Milliseconds from sending the request upstream to the response head.
     pub upstream_service_time: Option<u64>,
+    /// The `Telemetry` filter: the line is written only when it evaluates to `true`.
+    pub filter: Option<Arc<LogFilter>>,
+    /// The client address as accepted (`source.address`), for the filter.
+    pub peer: Option<SocketAddr>,
+    /// The request's headers, kept only for a filter that reads them.
+    pub request_headers: Option<http::HeaderMap>,
+    /// The response's headers, kept only for a filter that reads them.
+    pub response_headers: Option<http::HeaderMap>,
+}
+
+impl Fields {
+    /// Whether this request gets its line: no filter, or the filter evaluates to `true` over
+    /// its Envoy attributes.
+    pub fn wanted(&self, o: &Outcome) -> bool {
+        let Some(filter) = &self.filter else { return true };
+        let attrs = Attributes {
+            method: &self.method,
+            path: &self.path,
+            host: self.authority.as_deref(),
+            // The node proxy serves plaintext HTTP only (no TLS on its listeners).
+            scheme: "http",
+            protocol: self.protocol,
+            request_id: self.request_id.as_deref(),
+            user_agent: self.user_agent.as_deref(),
+            referer: self.request_headers.as_ref().and_then(|h| h.get(http::header::REFERER)?.to_str().ok()),
+            request_headers: self.request_headers.as_ref(),
+            request_size: o.bytes_received,
+            code: o.code,
+            flags: envoy_flag_bits(o.flags),
+            response_headers: self.response_headers.as_ref(),
+            response_size: o.bytes_sent,
+            grpc_status: o.grpc_status,
+            source: self.peer,
+            upstream: self.upstream_host,
+            cluster: self.upstream_cluster.as_deref(),
+        };
+        filter.matches(&attrs)
+    }
+}
+
+/// Envoy's `response.flags` bits (`StreamInfo::CoreResponseFlag`) of the flags this proxy sets.
+fn envoy_flag_bits(f: Flags) -> u64 {
+    const BITS: [(Flags, u64); 11] = [
+        (Flags::UH, 0x2),
+        (Flags::UT, 0x4),
+        (Flags::UF, 0x20),
+        (Flags::UC, 0x40),
+        (Flags::UO, 0x80),
+        (Flags::NR, 0x100),
+        (Flags::DI, 0x200),
+        (Flags::FI, 0x400),
+        (Flags::DC, 0x4000),
+        (Flags::URX, 0x8000),
+        (Flags::OM, 0x200_0000),
+    ];
+    BITS.iter().filter(|(flag, _)| f.contains(*flag)).fold(0, |bits, (_, b)| bits | b)
 }
 
 /// The outcome filled in when the request is recorded.
@@ -163,6 +249,8 @@ pub struct Outcome {
     pub bytes_sent: u64,
     /// Milliseconds from start to the last byte.
     pub duration_ms: u64,
+    /// `grpc-status` of a gRPC response.
+    pub grpc_status: Option<u16>,
 }
 
 fn or_dash(v: &Option<String>) -> &str {

@@ -88,7 +88,7 @@ impl RequestRecord {
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         let line = req.method().as_str().len() + req.uri().path_and_query().map_or(1, |p| p.as_str().len()) + 11;
-        let mode = state.access_log.mode_for(source.workload.as_deref());
+        let (mode, filter) = state.access_log.for_source(source.workload.as_deref());
         let log = (mode != AccessLogMode::Off).then(|| {
             let h = |n: http::header::HeaderName| req.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
             let fields = Fields {
@@ -106,6 +106,10 @@ impl RequestRecord {
                 user_agent: h(http::header::USER_AGENT),
                 request_id: None,
                 authority: h(http::header::HOST).or_else(|| req.uri().authority().map(|a| a.to_string())),
+                peer: source.peer,
+                // Copied only for a Telemetry filter that reads `request.headers`.
+                request_headers: filter.as_ref().filter(|f| f.wants_request_headers()).map(|_| req.headers().clone()),
+                filter,
                 ..Default::default()
             };
             (mode, Box::new(fields))
@@ -142,6 +146,10 @@ impl RequestRecord {
     pub fn note_request_id(&mut self, headers: &HeaderMap) {
         if let Some((_, f)) = self.log.as_mut() {
             f.request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+            // The filter's `request.headers` has the id the proxy generated, as Envoy's does.
+            if let (Some(kept), Some(id)) = (f.request_headers.as_mut(), headers.get("x-request-id")) {
+                kept.insert("x-request-id", id.clone());
+            }
         }
     }
 
@@ -200,6 +208,11 @@ impl RequestRecord {
     /// made when the body ends (or the client leaves during it).
     pub fn respond(mut self, resp: Response<ProxyBody>) -> Response<ProxyBody> {
         self.code = Some(resp.status().as_u16());
+        if let Some((_, f)) = self.log.as_mut() {
+            if f.filter.as_ref().is_some_and(|f| f.wants_response_headers()) {
+                f.response_headers = Some(resp.headers().clone());
+            }
+        }
         if !self.active() {
             return resp;
         }
@@ -234,12 +247,16 @@ impl RequestRecord {
                 bytes_received: request_body,
                 bytes_sent: self.response_body,
                 duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+                grpc_status: self.grpc_status,
             };
-            let line = match mode {
-                AccessLogMode::Json => super::access_log::json_line(&fields, &outcome),
-                _ => super::access_log::text_line(&fields, &outcome),
-            };
-            self.state.access_log.push(line, &self.state.metrics);
+            // A Telemetry filter that says no (or fails) means no line, as in Envoy.
+            if fields.wanted(&outcome) {
+                let line = match mode {
+                    AccessLogMode::Json => super::access_log::json_line(&fields, &outcome),
+                    _ => super::access_log::text_line(&fields, &outcome),
+                };
+                self.state.access_log.push(line, &self.state.metrics);
+            }
         }
         if !self.metrics {
             return;

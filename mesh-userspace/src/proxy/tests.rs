@@ -2170,7 +2170,7 @@ async fn telemetry_overrides_turn_the_access_log_on_or_off_per_source_pod() {
     let addr = front(state.clone(), reviews, client.clone()).await;
     let set = |on: bool| {
         let mut m = access_log::WorkloadOverrides::new();
-        m.entry(client.namespace.clone()).or_default().insert(client.name.clone(), on);
+        m.entry(client.namespace.clone()).or_default().insert(client.name.clone(), on.into());
         state.access_log.set_overrides(Some(m));
     };
     // The flag is off; a Telemetry turns the log on for this pod: Envoy's text format.
@@ -2187,6 +2187,49 @@ async fn telemetry_overrides_turn_the_access_log_on_or_off_per_source_pod() {
     let line = next_line(&mut lines).await;
     let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
     assert_eq!(v["request_id"], "t-3", "t-2 must not be logged: {line}");
+}
+
+/// A Telemetry `filter` decides per request: a line only where the CEL expression is true over
+/// Envoy's attributes (the response code, a request header); an attribute the proxy does not
+/// have makes it false. Fails when the filter is ignored (every request would have a line).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_filter_expressions_choose_the_requests_logged() {
+    // reviews-v1 answers its first request with a 503.
+    let (registry, reviews, client, _, _) = setup(1).await;
+    let state = ProxyState::new(registry.clone(), table(&vs("v1"), &registry), Arc::new(NoOriginalDst));
+    let mut lines = access_log_lines(&state);
+    let addr = front(state.clone(), reviews, client.clone()).await;
+    let set = |expr: Option<&str>| {
+        let filter = expr.map(|e| Arc::new(access_log::LogFilter::compile(e).expect("parses")));
+        let mut m = access_log::WorkloadOverrides::new();
+        m.entry(client.namespace.clone()).or_default().insert(client.name.clone(), access_log::PodLog::On(filter));
+        state.access_log.set_overrides(Some(m));
+    };
+    set(Some("response.code >= 400 || request.headers['x-log'] == 'yes'"));
+    assert_eq!(get(addr, &[("x-request-id", "f-1")]).await.0, 503);
+    let line = next_line(&mut lines).await;
+    assert!(line.contains("\" 503 ") && line.contains("\"f-1\""), "{line}");
+    // A 200 without the header: no line.
+    assert_eq!(get(addr, &[("x-request-id", "f-2")]).await.0, 200);
+    assert_eq!(get(addr, &[("x-request-id", "f-3"), ("x-log", "yes")]).await.0, 200);
+    let line = next_line(&mut lines).await;
+    assert!(line.contains("\"f-3\""), "f-2 must not be logged: {line}");
+    // Envoy's other attributes, as this request saw them.
+    set(Some(
+        "request.method == 'GET' && request.url_path == '/reviews/0' && request.host == 'reviews:9080' && \
+         upstream.address.startsWith('127.0.0.1:') && xds.cluster_name.startsWith('outbound|9080|v1|reviews') && \
+         response.flags == 0 && source.port > 0 && request.id == 'f-4' && request.headers['x-request-id'] == 'f-4' && \
+         response.headers['content-length'] != ''",
+    ));
+    assert_eq!(get(addr, &[("x-request-id", "f-4")]).await.0, 200);
+    assert!(next_line(&mut lines).await.contains("\"f-4\""));
+    // No duration type here: an expression reading one errors, and errors are false (Envoy).
+    set(Some("request.duration > duration('0s') || !(request.duration > duration('0s'))"));
+    assert_eq!(get(addr, &[("x-request-id", "f-5")]).await.0, 200);
+    set(None);
+    assert_eq!(get(addr, &[("x-request-id", "f-6")]).await.0, 200);
+    let line = next_line(&mut lines).await;
+    assert!(line.contains("\"f-6\""), "f-5 must not be logged: {line}");
 }
 
 // Paused clock, as in the DC metrics test: the client leaves 100 ms into a 5 s delay.
