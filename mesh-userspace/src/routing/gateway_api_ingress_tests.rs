@@ -688,7 +688,7 @@ fn explain_gateway_bound_routes_attachment_vhosts_and_rule() {
         format!("    parentRefs[1] Gateway {INFRA}/{gw} sectionName \"listener-4\": attached on port 80 for host(s) [\"*.foo.com\"]"),
         format!("    parentRefs[0] Gateway {INFRA}/{gw} sectionName \"listener-9\": NOT ATTACHED: Gateway {INFRA}/{gw} has no listener \"listener-9\" (NoMatchingParent)"),
         format!("    parentRefs[0] Gateway {INFRA}/{gw} sectionName \"listener-1\": NOT ATTACHED: no host name of the route matches listener \"listener-1\" (bar.com) (NoMatchingListenerHostname)"),
-        format!("  HTTPRoute other/elsewhere (extra.yaml:"),
+        "  HTTPRoute other/elsewhere (extra.yaml:".into(),
         format!("    parentRefs[0] Gateway {INFRA}/{gw} sectionName \"listener-1\": NOT ATTACHED: listener \"listener-1\" does not allow routes from namespace \"other\" (NotAllowedByListeners)"),
         "  virtual hosts on port 80, most specific first (the first that matches Host \"baz.bar.com\" serves the request):".into(),
         "    \"*.bar.com\": routes backend-v3.gateway-conformance-infra  ← selected".into(),
