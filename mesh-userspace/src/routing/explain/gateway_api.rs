@@ -194,11 +194,16 @@ pub(super) fn parent_lines(out: &mut String, table: &RouteTable, req: &RequestIn
 /// time), saying for each earlier rule every condition that failed; the index of the first
 /// that matches.
 pub(super) fn first_matching_rule(out: &mut String, vs: &CompiledVs, req: &RequestInfo<'_>) -> Option<usize> {
+    let grpc = vs.http.iter().any(|r| r.origin.as_ref().is_some_and(|o| o.route.starts_with("GRPCRoute")));
     let _ = writeln!(
         out,
-        "\nRules of the attached routes in the spec's precedence order (a client's consumer routes first; then \
-         Exact path, longest PathPrefix, RegularExpression, method, most header matches, most query param matches, \
-         oldest route, namespace/name, rule and match order); the first that matches applies:"
+        "\nRules of the attached routes in the spec's precedence order (a client's consumer routes first; then {}, \
+         oldest route, namespace/name, rule and match order); the first that matches applies:",
+        if grpc {
+            "the most characters in the matched service, then method, most header matches"
+        } else {
+            "Exact path, longest PathPrefix, RegularExpression, method, most header matches, most query param matches"
+        }
     );
     for (i, rule) in vs.http.iter().enumerate() {
         let label = match &rule.origin {

@@ -300,9 +300,10 @@ pub(super) fn precedence_words(route: &Sourced<HttpRouteSpec>, m: &gw::HttpRoute
     };
     let mut out = Vec::new();
     match m.grpc_rank {
-        Some((service, method)) => {
-            out.push(format!("gRPC service {}, method {}", plural(service, "char"), plural(method, "char")))
-        }
+        Some((service, method)) => out.push(match (service, method) {
+            (0, 0) => "no gRPC service or method match".to_string(),
+            _ => format!("gRPC service {}, method {}", plural(service, "char"), plural(method, "char")),
+        }),
         None => {
             let (ptype, value) = m.path.as_ref().and_then(|p| p.resolved()).unwrap_or((PathType::PathPrefix, "/"));
             out.push(match ptype {
