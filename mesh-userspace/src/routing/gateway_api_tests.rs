@@ -1158,3 +1158,25 @@ fn explain_says_a_virtual_service_for_the_same_service_wins() {
         assert!(text.contains(&want), "want {want:?} in\n{text}");
     }
 }
+
+#[test]
+fn explain_grpcroute_rules_in_grpc_precedence() {
+    // MeshGRPCRouteRequestHeaderModifier verbatim: header-only matches, bound to port 7070.
+    let t = table_of(&[fixture!("grpcroute-request-header-modifier.yaml")]);
+    let path = "/gateway_api_conformance.echo_basic.grpcecho.GrpcEcho/Echo";
+    let text = explain_from(&t, NS, "echo:7070", path, &[("x-test-case", "add")]);
+    let route = format!("GRPCRoute {NS}/grpc-request-header-modifier");
+    for want in [
+        format!("  {route} (grpcroute-request-header-modifier.yaml:3)"),
+        format!("    parentRefs[0] Service {NS}/echo port 7070: attached; producer route: APPLIES"),
+        "then the most characters in the matched service, then method, most header matches,".into(),
+        format!("  [0] {route} rules[0] matches[0] (grpcroute-request-header-modifier.yaml:14): no match"),
+        "        precedence: no gRPC service or method match, 1 header match, no creationTimestamp".into(),
+        "        ✗ header x-test-case exact \"set\" ≠ \"add\"".into(),
+        format!("  [1] {route} rules[1] matches[0] (grpcroute-request-header-modifier.yaml:27): MATCHES"),
+        format!("    → weight 1 (100%)  Service {NS}/echo-v1 port 7070"),
+        "  filter:  RequestHeaderModifier add [x-header-add: \"add-appends-values\"]".into(),
+    ] {
+        assert!(text.contains(&want), "want {want:?} in\n{text}");
+    }
+}
