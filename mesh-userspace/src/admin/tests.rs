@@ -240,6 +240,38 @@ async fn config_dump_shows_objects_clusters_health_and_pods() {
     );
 }
 
+/// `/explain` for a Service bound by an HTTPRoute: the live text is the offline one too (the
+/// Gateway API explanation is computed from the same table), route attachment and all.
+#[tokio::test]
+async fn live_explain_of_an_httproute_is_the_offline_explanation() {
+    use crate::cli_routing::{explain_request, ExplainRequest};
+    let registry = bookinfo_registry();
+    let route = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: reviews, namespace: default}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: reviews, port: 9080}]\n  rules:\n  - name: jason\n    matches: [{headers: [{name: end-user, value: jason}]}]\n    backendRefs: [{name: ratings, port: 9080}]\n  - backendRefs: [{name: reviews, port: 9080}]\n";
+    let mut config = Config::default();
+    config.add_str("route.yaml", route).expect("the route");
+    let table = RouteTable::compile(&config, &registry).expect("compiles");
+    let req = ExplainRequest {
+        from: Some("default/productpage-v1".into()),
+        url: "http://reviews:9080/reviews/0".into(),
+        headers: vec!["end-user: alice".into()],
+        method: "GET".into(),
+        ..ExplainRequest::default()
+    };
+    let offline = explain_request(&table, &registry, &req).expect("offline explain");
+    for want in [
+        "parentRefs[0] Service default/reviews port 9080: attached; producer route: APPLIES",
+        "[0] HTTPRoute default/reviews rules[0] \"jason\" matches[0] (route.yaml:8): no match",
+        "✗ header end-user exact \"jason\" ≠ \"alice\"",
+        "[1] HTTPRoute default/reviews rules[1] matches[0] (route.yaml:10): MATCHES",
+    ] {
+        assert!(offline.contains(want), "want {want:?} in\n{offline}");
+    }
+    let state = ProxyState::new(registry, table, Arc::new(NoOriginalDst));
+    let addr = start(admin_for(state, true)).await;
+    let (code, live) = get(addr, &format!("/explain?{}", req.to_query())).await;
+    assert_eq!((code, &live), (200, &offline));
+}
+
 /// `mesh explain --live` through the admin server: the same text as the offline explain over the
 /// same config and registry, and a 400 saying why for a request it cannot explain.
 #[tokio::test]

@@ -474,6 +474,7 @@ impl Builder<'_> {
                     response_headers: rs,
                     fail_with: None,
                     mirrors: Vec::new(),
+                    fail_reason: None,
                 });
             }
         }
@@ -619,6 +620,7 @@ impl Builder<'_> {
             tcp,
             gateways,
             mesh,
+            gateway_api: false,
         })
     }
 }

@@ -4,6 +4,8 @@ use std::fmt::{self, Write};
 
 use super::{matcher::fmt_labels, *};
 
+mod gateway_api;
+
 /// The answer of `mesh explain`: a human-readable trace of the routing decision.
 pub struct Explanation {
     /// The trace, one step a line.
@@ -95,10 +97,31 @@ fn retries_line(r: &RetryPolicy) -> String {
 pub fn explain(table: &RouteTable, req: &RequestInfo<'_>) -> Explanation {
     let mut out = String::new();
     request_lines(&mut out, req);
+    let listed = gateway_api::parent_lines(&mut out, table, req);
     let Some(vs) = table.virtual_service(req) else {
-        no_virtual_service(&mut out, table, req);
+        no_virtual_service(&mut out, table, req, &listed);
         return Explanation { text: out, matched: None };
     };
+    if vs.gateway_api {
+        let Some(i) = gateway_api::first_matching_rule(&mut out, vs, req) else {
+            let _ = writeln!(out, "\nNo rule matched: the proxy answers 404 (route not found).");
+            return Explanation { text: out, matched: None };
+        };
+        gateway_api::rule_lines(&mut out, &vs.http[i], req);
+        return Explanation { text: out, matched: Some((vs.key.to_string(), i)) };
+    }
+    if listed.attached > 0 {
+        if let Context::Mesh { service, .. } = req.context {
+            // The rule the compiler applies (routing/gateway_api.rs), documented in the README.
+            let _ = writeln!(
+                out,
+                "\nVirtualService {} also routes Service {}/{}: the VirtualService applies and the routes above are \
+                 ignored for this Service (an HTTPRoute never silently changes routing a VirtualService already does; \
+                 `mesh validate` warns).",
+                vs.key, service.namespace, service.name
+            );
+        }
+    }
     let origin = format!("{}:{}", vs.origin.file, vs.origin.at("metadata").0);
     let _ = writeln!(out, "\nVirtualService {} ({origin}) hosts {:?}", vs.key, vs.hosts);
     let Some(i) = first_matching_rule(&mut out, vs, req) else {
@@ -139,12 +162,13 @@ fn request_lines(out: &mut String, req: &RequestInfo<'_>) {
 }
 
 /// No VirtualService applies: plain Kubernetes routing in the mesh, 404 at a Gateway.
-fn no_virtual_service(out: &mut String, table: &RouteTable, req: &RequestInfo<'_>) {
+fn no_virtual_service(out: &mut String, table: &RouteTable, req: &RequestInfo<'_>, listed: &gateway_api::Listed) {
     match req.context {
         Context::Mesh { service, port } => {
+            let what = if listed.routes > 0 { "No VirtualService and no attached route" } else { "No VirtualService" };
             let _ = writeln!(
                 out,
-                "\nNo VirtualService applies to {}: plain Kubernetes routing (all endpoints, round robin).",
+                "\n{what} applies to {}: plain Kubernetes routing (all endpoints, round robin).",
                 service.fqdn()
             );
             if let Some(c) = table.default_cluster(service, port) {
@@ -152,8 +176,12 @@ fn no_virtual_service(out: &mut String, table: &RouteTable, req: &RequestInfo<'_
             }
             let _ = writeln!(out, "  retries: {} (Istio's default)", retries_line(&RetryPolicy::istio_default()));
         }
-        Context::Gateway { .. } => {
-            let _ = writeln!(out, "\nNo VirtualService bound to this Gateway matches the host: 404.");
+        Context::Gateway { name, namespace, port } => {
+            if table.gateway_api_vs.iter().any(|v| v.port == port && v.name == name && v.namespace == namespace) {
+                let _ = writeln!(out, "\nNo virtual host of this Gateway port matches the host: 404.");
+            } else {
+                let _ = writeln!(out, "\nNo VirtualService bound to this Gateway matches the host: 404.");
+            }
         }
     }
 }

@@ -64,6 +64,67 @@ struct Entry {
     rule: HttpRule,
 }
 
+/// Where a compiled rule came from, for `mesh explain` (never read when routing).
+#[derive(Debug)]
+pub(crate) struct RuleOrigin {
+    /// `HTTPRoute namespace/name` (or `GRPCRoute ...`).
+    pub route: String,
+    /// Index in the route's `rules`, and the rule's `name` if it has one.
+    pub rule: usize,
+    pub rule_name: Option<String>,
+    /// Index in the rule's `matches` (each match is compiled into its own rule).
+    pub match_index: usize,
+    /// The route's document and the match's field path in it (`file:line` worked out when shown).
+    pub at: Arc<Locator>,
+    pub path: String,
+    /// The match's precedence key in words (the spec's order: path, method, headers, query
+    /// params, age).
+    pub precedence: String,
+}
+
+/// An admitted HTTPRoute or GRPCRoute and what became of each of its parentRefs, for `mesh
+/// explain` (the warnings of `mesh validate` say the same for the refs that did not attach).
+#[derive(Debug)]
+pub(crate) struct RouteReport {
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+    pub at: Arc<Locator>,
+    pub parents: Vec<ParentReport>,
+}
+
+/// One parentRef of a route: what it names, whether it attached, and why not.
+#[derive(Debug)]
+pub(crate) struct ParentReport {
+    /// Index in `spec.parentRefs`.
+    pub index: usize,
+    pub target: ParentTarget,
+    /// The route attached there (for a Gateway: to at least one listener).
+    pub attached: bool,
+    /// A Gateway parent's virtual hosts (Gateway, port, host name) the route attached to.
+    pub vhosts: Vec<VhostKey>,
+    /// Why it did not attach; for a Gateway, why each listener it picked refused it.
+    pub refused: Vec<String>,
+}
+
+/// What a parentRef names.
+#[derive(Debug)]
+pub(crate) enum ParentTarget {
+    /// A Service (mesh binding, GAMMA), and the `port` if the parentRef gives one.
+    Service { namespace: String, name: String, port: Option<i64> },
+    /// A Gateway (ingress binding) and the `sectionName` / `port` that pick its listeners.
+    Gateway { namespace: String, name: String, section_name: Option<String>, port: Option<i64> },
+    /// Another kind: no route attaches to it here.
+    Other(String),
+}
+
+impl RouteReport {
+    /// `HTTPRoute namespace/name`.
+    pub(crate) fn title(&self) -> String {
+        format!("{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
 type Rejections = Vec<(ObjectKey, Arc<str>, Vec<ConfigError>)>;
 /// Per Service (namespace, name): where its first route was written, the routes' names, and the
 /// port of each parentRef to it (None: every port).
@@ -78,7 +139,8 @@ impl Builder<'_> {
         let mut names: Attached = BTreeMap::new();
         for route in routes {
             let before = self.errors.len();
-            let mine = self.http_route(route, &mut names);
+            let mut reports = Vec::new();
+            let mine = self.http_route(route, &mut names, &mut reports);
             if self.errors.len() > before {
                 let errors = self.errors.split_off(before);
                 let key =
@@ -86,6 +148,14 @@ impl Builder<'_> {
                 rejected.push((key, route.at.file.clone(), errors));
                 continue;
             }
+            reports.sort_by_key(|p: &ParentReport| p.index);
+            table.gateway_api_routes.push(RouteReport {
+                kind: route.spec.kind(),
+                namespace: route.namespace.clone(),
+                name: route.name.clone(),
+                at: route.at.clone(),
+                parents: reports,
+            });
             entries.extend(mine);
         }
         // Stable: equal keys keep the order they were compiled in.
@@ -130,6 +200,7 @@ impl Builder<'_> {
                 tcp: Vec::new(),
                 gateways: Vec::new(),
                 mesh: true,
+                gateway_api: true,
             });
             table.mesh_vs.entry(ns).or_default().insert(name, compiled);
         }
@@ -158,6 +229,7 @@ impl Builder<'_> {
                 tcp: Vec::new(),
                 gateways: vec![(ns.clone(), name.clone())],
                 mesh: false,
+                gateway_api: true,
             });
             table.gateway_api_vs.push(GatewayApiVhost { namespace: ns, name, port, host, vs });
         }
@@ -167,10 +239,15 @@ impl Builder<'_> {
 
     /// One route's entries (a consumer route's catch-alls, then its rules), recording in `names`
     /// where it attaches.
-    fn http_route(&mut self, route: &Sourced<HttpRouteSpec>, names: &mut Attached) -> Vec<Entry> {
+    fn http_route(
+        &mut self,
+        route: &Sourced<HttpRouteSpec>,
+        names: &mut Attached,
+        reports: &mut Vec<ParentReport>,
+    ) -> Vec<Entry> {
         let at = &route.at;
-        let parents = self.service_parents(route);
-        let vhosts = self.gateway_parents(route);
+        let parents = self.service_parents(route, reports);
+        let vhosts = self.gateway_parents(route, reports);
         if parents.is_empty() && vhosts.is_empty() {
             return Vec::new();
         }
@@ -221,8 +298,12 @@ impl Builder<'_> {
     }
 
     /// The Service parentRefs of a route that resolve (Service, and port if given); the others
-    /// are warned about.
-    fn service_parents(&mut self, route: &Sourced<HttpRouteSpec>) -> Vec<(Arc<Service>, Option<u16>)> {
+    /// are warned about. Each is reported in `reports`.
+    fn service_parents(
+        &mut self,
+        route: &Sourced<HttpRouteSpec>,
+        reports: &mut Vec<ParentReport>,
+    ) -> Vec<(Arc<Service>, Option<u16>)> {
         let at = &route.at;
         let mut parents: Vec<(Arc<Service>, Option<u16>)> = Vec::new();
         for (i, p) in route.spec.parent_refs.iter().enumerate() {
@@ -230,34 +311,38 @@ impl Builder<'_> {
                 continue; // warned by config::gateway_api::validate
             }
             let ns = p.namespace.as_deref().unwrap_or(&route.namespace);
-            let warn = |b: &mut Self, msg: String| {
-                b.warnings.push(at.error(format!("spec.parentRefs[{i}]"), msg).to_string());
+            let mut report = ParentReport {
+                index: i,
+                target: ParentTarget::Service { namespace: ns.to_owned(), name: p.name.clone(), port: p.port },
+                attached: false,
+                vhosts: Vec::new(),
+                refused: Vec::new(),
+            };
+            let refuse = |b: &mut Self, report: &mut ParentReport, msg: String| {
+                b.warnings.push(
+                    at.error(format!("spec.parentRefs[{i}]"), format!("{msg}; the route is not attached")).to_string(),
+                );
+                report.refused.push(msg);
             };
             let Some(svc) = self.services.get(&(ns, p.name.as_str())).map(|s| (*s).clone()) else {
-                warn(
-                    self,
-                    format!(
-                        "Service {ns}/{} is not in the registry; the route is not attached",
-                        config::cut(&p.name, 60)
-                    ),
-                );
+                refuse(self, &mut report, format!("Service {ns}/{} is not in the registry", config::cut(&p.name, 60)));
+                reports.push(report);
                 continue;
             };
             let port = match p.port.map(u16::try_from) {
                 None => None,
                 Some(Ok(port)) if svc.port(port).is_some() => Some(port),
                 Some(_) => {
-                    warn(
-                        self,
-                        format!(
-                            "Service {ns}/{} has no port {}; the route is not attached",
-                            svc.name,
-                            p.port.unwrap_or(0)
-                        ),
-                    );
+                    let ports = svc.ports.iter().map(|p| p.port.to_string()).collect::<Vec<_>>().join(", ");
+                    let msg =
+                        format!("Service {ns}/{} has no port {} (its ports: {ports})", svc.name, p.port.unwrap_or(0));
+                    refuse(self, &mut report, msg);
+                    reports.push(report);
                     continue;
                 }
             };
+            report.attached = true;
+            reports.push(report);
             parents.push((svc, port));
         }
         parents
@@ -272,10 +357,20 @@ impl Builder<'_> {
         vhosts: &[VhostKey],
     ) -> Vec<Entry> {
         let mut out = Vec::new();
+        let title = format!("{} {}/{}", route.spec.kind(), route.namespace, route.name);
         for (ri, rule) in route.spec.rules().iter().enumerate() {
-            let Some(base) = self.gateway_rule(route, ri, rule) else { continue };
+            let Some(mut base) = self.gateway_rule(route, ri, rule) else { continue };
             for (mi, m) in rule.matches().iter().enumerate() {
                 let (conds, order) = self.gateway_match(route, ri, mi, m);
+                base.origin = Some(Arc::new(RuleOrigin {
+                    route: title.clone(),
+                    rule: ri,
+                    rule_name: rule.name.clone(),
+                    match_index: mi,
+                    at: route.at.clone(),
+                    path: format!("spec.rules[{ri}].matches[{mi}]"),
+                    precedence: rules::precedence_words(route, m),
+                }));
                 for (svc, port) in parents {
                     let mut conds = conds.clone();
                     if let Some(p) = port {
@@ -384,13 +479,21 @@ impl Builder<'_> {
                         mirrors.extend(self.mirror(route, m, &format!("{fat}.requestMirror")));
                     }
                 }
-                WeightedDest { dest, weight, request_headers: rq, response_headers: rs, fail_with: None, mirrors }
+                WeightedDest {
+                    dest,
+                    weight,
+                    request_headers: rq,
+                    response_headers: rs,
+                    fail_with: None,
+                    mirrors,
+                    fail_reason: None,
+                }
             }
             Err(why) => {
                 self.warnings.push(at.error(path, format!("{why}; its share of the requests gets 500")).to_string());
                 let ns = b.namespace.as_deref().unwrap_or(&route.namespace);
                 let port = b.port.and_then(|p| u16::try_from(p).ok()).unwrap_or(0);
-                WeightedDest { weight, ..self.failing(ns, &b.name, port) }
+                WeightedDest { weight, fail_reason: Some(Arc::from(why)), ..self.failing(ns, &b.name, port) }
             }
         }
     }
@@ -441,6 +544,7 @@ impl Builder<'_> {
             response_headers: HeaderOps::default(),
             fail_with: Some(500),
             mirrors: Vec::new(),
+            fail_reason: None,
         }
     }
 
@@ -469,6 +573,7 @@ impl Builder<'_> {
             response_headers: HeaderOps::default(),
             fail_with: None,
             mirrors: Vec::new(),
+            fail_reason: None,
         };
         HttpRule::generated(
             format!("port {port}: no HTTPRoute is bound to it (plain Kubernetes routing)"),

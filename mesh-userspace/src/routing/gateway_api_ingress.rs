@@ -8,7 +8,11 @@
 //! ordered as for mesh routes.
 use std::collections::BTreeMap;
 
-use super::{build::Builder, *};
+use super::{
+    build::Builder,
+    gateway_api::{ParentReport, ParentTarget},
+    *,
+};
 use crate::config::{
     self,
     gateway_api::{self as gw, FromNamespaces, HttpRouteSpec, KubeGatewaySpec, Listener, GROUP},
@@ -91,32 +95,64 @@ impl Builder<'_> {
     /// The virtual hosts a route attaches to through its Gateway parentRefs, per the spec:
     /// `sectionName` / `port` pick listeners, which must be HTTP, allow the route's kind and
     /// namespace, and share a host name with the route. A parentRef that attaches nowhere is warned.
-    pub(super) fn gateway_parents(&mut self, route: &Sourced<HttpRouteSpec>) -> Vec<VhostKey> {
+    pub(super) fn gateway_parents(
+        &mut self,
+        route: &Sourced<HttpRouteSpec>,
+        reports: &mut Vec<ParentReport>,
+    ) -> Vec<VhostKey> {
         let mut out: Vec<VhostKey> = Vec::new();
         let kind = route.spec.kind();
         for (i, p) in route.spec.parent_refs.iter().enumerate() {
-            if p.is_service()
-                || p.group.as_deref().unwrap_or(GROUP) != GROUP
-                || p.kind.as_deref().unwrap_or("Gateway") != "Gateway"
-            {
+            if p.is_service() {
+                continue;
+            }
+            if p.group.as_deref().unwrap_or(GROUP) != GROUP || p.kind.as_deref().unwrap_or("Gateway") != "Gateway" {
+                // Warned by config::gateway_api::validate.
+                reports.push(ParentReport {
+                    index: i,
+                    target: ParentTarget::Other(format!(
+                        "{}/{} {}",
+                        config::cut(p.group.as_deref().unwrap_or(GROUP), 60),
+                        config::cut(p.kind.as_deref().unwrap_or("Gateway"), 60),
+                        config::cut(&p.name, 60)
+                    )),
+                    attached: false,
+                    vhosts: Vec::new(),
+                    refused: vec!["not a Service or a Gateway: nothing here attaches routes to it".into()],
+                });
                 continue;
             }
             let ns = p.namespace.as_deref().unwrap_or(&route.namespace);
-            let warn = |b: &mut Self, msg: String| {
+            let mut report = ParentReport {
+                index: i,
+                target: ParentTarget::Gateway {
+                    namespace: ns.to_owned(),
+                    name: p.name.clone(),
+                    section_name: p.section_name.clone(),
+                    port: p.port,
+                },
+                attached: false,
+                vhosts: Vec::new(),
+                refused: Vec::new(),
+            };
+            let warn = |b: &mut Self, report: &mut ParentReport, msg: String| {
                 b.warnings.push(
                     route
                         .at
                         .error(format!("spec.parentRefs[{i}]"), format!("{msg}; the route is not attached to it"))
                         .to_string(),
                 );
+                report.refused.push(msg);
             };
             let Some(g) = self.served_gateways.iter().find(|g| g.namespace == ns && g.name == p.name) else {
-                warn(self, format!("Gateway {ns}/{} is not defined", config::cut(&p.name, 60)));
+                warn(self, &mut report, format!("Gateway {ns}/{} is not defined", config::cut(&p.name, 60)));
+                reports.push(report);
                 continue;
             };
             if let Err(why) = &g.served {
                 let why = why.clone();
-                warn(self, format!("Gateway {ns}/{} is not served ({why})", g.name));
+                warn(self, &mut report, format!("Gateway {ns}/{} is not served ({why})", g.name));
+                reports.push(report);
                 continue;
             }
             let mut reasons: Vec<String> = Vec::new();
@@ -143,6 +179,9 @@ impl Builder<'_> {
                 let Ok(port) = u16::try_from(l.port) else { continue };
                 for h in hosts {
                     let key = (g.namespace.clone(), g.name.clone(), port, h);
+                    if !report.vhosts.contains(&key) {
+                        report.vhosts.push(key.clone());
+                    }
                     if !out.contains(&key) {
                         out.push(key);
                     }
@@ -151,10 +190,17 @@ impl Builder<'_> {
             }
             if candidates == 0 {
                 let what = no_listener(p.section_name.as_deref(), p.port);
-                warn(self, format!("Gateway {ns}/{} has {what} (NoMatchingParent)", g.name));
+                warn(self, &mut report, format!("Gateway {ns}/{} has {what} (NoMatchingParent)", g.name));
             } else if !attached {
-                warn(self, reasons.join("; "));
+                let why = reasons.join("; ");
+                warn(self, &mut report, why);
+                report.refused = reasons;
+            } else {
+                // Attached to some listeners: the others' reasons still explain a request there.
+                report.refused = reasons;
             }
+            report.attached = attached;
+            reports.push(report);
         }
         out
     }

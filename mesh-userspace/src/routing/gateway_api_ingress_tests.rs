@@ -655,3 +655,54 @@ fn hostname_intersection_as_the_spec_defines_it() {
     assert!(vhost_matches("*.bar.com", "a.b.bar.com") && !vhost_matches("*.bar.com", "bar.com"));
     assert!(vhost_matches("Foo.com", "foo.COM") && vhost_matches("*", "x"));
 }
+
+/// What `mesh explain` says for a request to `host` on port 80 of Gateway `gateway`.
+fn explain_at(t: &RouteTable, gateway: &str, host: &str, path: &str) -> String {
+    let uri: http::Uri = path.parse().unwrap();
+    let info = RequestInfo {
+        context: Context::Gateway { name: gateway, namespace: INFRA, port: 80 },
+        source: None,
+        method: &http::Method::GET,
+        uri: &uri,
+        authority: Some(host),
+        scheme: "http",
+        headers: &HeaderMap::new(),
+    };
+    t.explain(&info).text
+}
+
+#[test]
+fn explain_gateway_bound_routes_attachment_vhosts_and_rule() {
+    // HTTPRouteListenerHostnameMatching verbatim, plus routes that do not attach: a listener the
+    // Gateway does not have, a host name no listener takes, a namespace the listeners refuse.
+    let gw = "httproute-listener-hostname-matching";
+    let extra = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: no-section, namespace: {INFRA}}}\nspec:\n  parentRefs: [{{name: {gw}, sectionName: listener-9}}]\n  rules:\n  - backendRefs: [{{name: infra-backend-v1, port: 8080}}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: other-host, namespace: {INFRA}}}\nspec:\n  parentRefs: [{{name: {gw}, sectionName: listener-1}}]\n  hostnames: [example.org]\n  rules:\n  - backendRefs: [{{name: infra-backend-v1, port: 8080}}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: elsewhere, namespace: other}}\nspec:\n  parentRefs: [{{name: {gw}, namespace: {INFRA}, sectionName: listener-1}}]\n  rules:\n  - backendRefs: [{{name: infra-backend-v1, namespace: {INFRA}, port: 8080}}]\n"
+    );
+    let t = table_of(&[fixture!("httproute-listener-hostname-matching.yaml"), ("extra.yaml", &extra)]);
+    let text = explain_at(&t, gw, "baz.bar.com", "/");
+    for want in [
+        format!("Gateway API routes with a parentRef to Gateway {INFRA}/{gw}:"),
+        format!("  HTTPRoute {INFRA}/backend-v3 (httproute-listener-hostname-matching.yaml:"),
+        format!("    parentRefs[0] Gateway {INFRA}/{gw} sectionName \"listener-3\": attached on port 80 for host(s) [\"*.bar.com\"]"),
+        format!("    parentRefs[1] Gateway {INFRA}/{gw} sectionName \"listener-4\": attached on port 80 for host(s) [\"*.foo.com\"]"),
+        format!("    parentRefs[0] Gateway {INFRA}/{gw} sectionName \"listener-9\": NOT ATTACHED: Gateway {INFRA}/{gw} has no listener \"listener-9\" (NoMatchingParent)"),
+        format!("    parentRefs[0] Gateway {INFRA}/{gw} sectionName \"listener-1\": NOT ATTACHED: no host name of the route matches listener \"listener-1\" (bar.com) (NoMatchingListenerHostname)"),
+        "  HTTPRoute other/elsewhere (extra.yaml:".into(),
+        format!("    parentRefs[0] Gateway {INFRA}/{gw} sectionName \"listener-1\": NOT ATTACHED: listener \"listener-1\" does not allow routes from namespace \"other\" (NotAllowedByListeners)"),
+        "  virtual hosts on port 80, most specific first (the first that matches Host \"baz.bar.com\" serves the request):".into(),
+        "    \"*.bar.com\": routes backend-v3.gateway-conformance-infra  ← selected".into(),
+        format!("  [0] HTTPRoute {INFRA}/backend-v3 rules[0] matches[0] (httproute-listener-hostname-matching.yaml:"),
+        format!("    → weight 1 (100%)  Service {V3} port 8080"),
+    ] {
+        assert!(text.contains(&want), "want {want:?} in\n{text}");
+    }
+    // The exact names come first; the selected one is the most specific that matches.
+    let exact = text.find("    \"foo.bar.com\": routes").expect("foo.bar.com listed");
+    assert!(exact < text.find("    \"*.bar.com\"").unwrap(), "{text}");
+    assert!(!text.contains("\"foo.bar.com\": routes backend-v2.gateway-conformance-infra  ← selected"), "{text}");
+    // No virtual host serves foo.com: 404, and explain says so.
+    let text = explain_at(&t, gw, "foo.com", "/");
+    assert!(!text.contains("← selected"), "{text}");
+    assert!(text.contains("No virtual host of this Gateway port matches the host: 404."), "{text}");
+}

@@ -195,7 +195,7 @@ impl Cond {
         }
     }
 
-    fn explain_failure(&self, req: &RequestInfo<'_>) -> String {
+    pub(crate) fn explain_failure(&self, req: &RequestInfo<'_>) -> String {
         let header = |n: &HeaderName| {
             req.headers.get(n).map_or("absent".to_string(), |v| format!("{:?}", v.to_str().unwrap_or("<binary>")))
         };

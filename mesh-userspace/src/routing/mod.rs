@@ -266,6 +266,8 @@ pub(crate) struct WeightedDest {
     pub fail_with: Option<u16>,
     /// Gateway API `RequestMirror` filters of this backendRef: mirrored when it is picked.
     pub mirrors: Vec<(DestClusters, f64)>,
+    /// Why `fail_with` is set (the backendRef that does not resolve, and why), for `mesh explain`.
+    pub fail_reason: Option<Arc<str>>,
 }
 
 #[derive(Clone, Debug)]
@@ -318,6 +320,9 @@ pub(crate) struct HttpRule {
     pub response_headers: HeaderOps,
     /// Each mirror with the percentage of requests it gets.
     pub mirrors: Vec<(DestClusters, f64)>,
+    /// Gateway API: the route, rule and match this rule was compiled from, for `mesh explain`
+    /// (never read when routing).
+    pub origin: Option<Arc<gateway_api::RuleOrigin>>,
 }
 
 impl HttpRule {
@@ -337,6 +342,7 @@ impl HttpRule {
             request_headers: HeaderOps::default(),
             response_headers: HeaderOps::default(),
             mirrors: Vec::new(),
+            origin: None,
         }
     }
 }
@@ -362,6 +368,8 @@ pub(crate) struct CompiledVs {
     /// Gateways (namespace, name) this VS is bound to, plus `mesh`.
     pub gateways: Vec<(String, String)>,
     pub mesh: bool,
+    /// Compiled from Gateway API routes (HTTPRoute, GRPCRoute), not a VirtualService.
+    pub gateway_api: bool,
 }
 
 /// One Gateway server port the agent listens on (`--ingress-bind`), with the hosts it admits.
@@ -407,6 +415,9 @@ pub struct RouteTable {
     pub(crate) gateways: Vec<GatewayListener>,
     /// Gateway API Gateways' virtual hosts, most specific host name first.
     pub(crate) gateway_api_vs: Vec<GatewayApiVhost>,
+    /// Every admitted HTTPRoute/GRPCRoute with where each parentRef attached or why not: what
+    /// `mesh explain` says about routes (the rules themselves are in the compiled tables).
+    pub(crate) gateway_api_routes: Vec<gateway_api::RouteReport>,
     /// Things `mesh validate` reports that do not stop the config from applying.
     pub warnings: Vec<String>,
 }

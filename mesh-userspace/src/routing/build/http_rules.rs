@@ -45,6 +45,7 @@ impl Builder<'_> {
             request_headers,
             response_headers,
             mirrors,
+            origin: None,
         })
     }
 

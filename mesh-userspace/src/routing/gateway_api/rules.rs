@@ -187,6 +187,7 @@ impl Builder<'_> {
             request_headers,
             response_headers,
             mirrors,
+            origin: None,
         })
     }
 
@@ -211,7 +212,17 @@ impl Builder<'_> {
                 // No backend, or all weights 0: nothing may be forwarded, so every request that
                 // matches gets 500 (as Istio configures Envoy for gateway-semantics routes).
                 if dests.iter().all(|d| d.weight == 0) {
-                    dests = vec![self.failing(&route.namespace, "(no backend)", 0)];
+                    let why = if unresolvable_filter {
+                        "an ExtensionRef filter cannot be resolved (the spec: such a rule answers 500)"
+                    } else if dests.is_empty() {
+                        "the rule has no backendRefs"
+                    } else {
+                        "every backendRef has weight 0"
+                    };
+                    dests = vec![WeightedDest {
+                        fail_reason: Some(Arc::from(why)),
+                        ..self.failing(&route.namespace, "(no backend)", 0)
+                    }];
                 }
                 Action::Route(dests)
             }
@@ -278,4 +289,38 @@ fn gateway_retry(rt: &gw::HttpRouteRetry, per_try_timeout: Option<std::time::Dur
         retry_on,
         backoff: rt.backoff.as_deref().and_then(|b| gw::parse_gep_duration(b).ok()),
     }
+}
+
+/// A match's precedence key in words, for `mesh explain`: what the spec sorts matches by.
+pub(super) fn precedence_words(route: &Sourced<HttpRouteSpec>, m: &gw::HttpRouteMatch) -> String {
+    let plural = |n: usize, what: &str| match (n, what.ends_with("ch")) {
+        (1, _) => format!("1 {what}"),
+        (_, true) => format!("{n} {what}es"),
+        (_, false) => format!("{n} {what}s"),
+    };
+    let mut out = Vec::new();
+    match m.grpc_rank {
+        Some((service, method)) => out.push(match (service, method) {
+            (0, 0) => "no gRPC service or method match".to_string(),
+            _ => format!("gRPC service {}, method {}", plural(service, "char"), plural(method, "char")),
+        }),
+        None => {
+            let (ptype, value) = m.path.as_ref().and_then(|p| p.resolved()).unwrap_or((PathType::PathPrefix, "/"));
+            out.push(match ptype {
+                PathType::Exact => format!("Exact path {value:?}"),
+                PathType::PathPrefix => format!("PathPrefix {value:?} ({})", plural(value.len(), "char")),
+                PathType::RegularExpression => format!("RegularExpression path {value:?}"),
+            });
+            out.push(m.method.as_ref().map_or("any method".into(), |method| format!("method {method}")));
+        }
+    }
+    // As compiled: a repeated name counts once (only the first is considered).
+    let headers: std::collections::HashSet<String> = m.headers.iter().map(|h| h.name.to_ascii_lowercase()).collect();
+    out.push(plural(headers.len(), "header match"));
+    if m.grpc_rank.is_none() {
+        let query: std::collections::HashSet<&str> = m.query_params.iter().map(|q| q.name.as_str()).collect();
+        out.push(plural(query.len(), "query param match"));
+    }
+    out.push(route.spec.created.as_ref().map_or("no creationTimestamp".into(), |c| format!("created {c}")));
+    out.join(", ")
 }
