@@ -499,13 +499,15 @@ impl TcpRecord {
     /// A connection from `source` to the service of `cluster`.
     pub fn new(state: Arc<ProxyState>, source: &Source, cluster: &crate::routing::Cluster) -> Self {
         let metrics = state.request_metrics.load(Ordering::Relaxed);
-        let mode = state.access_log.mode_for(source.workload.as_deref());
-        // Envoy's TCP proxy has no request: the HTTP fields stay empty and print as `-`.
+        let (mode, filter) = state.access_log.for_source(source.workload.as_deref());
+        // Envoy's TCP proxy has no request: the HTTP fields stay empty and print as `-`. A
+        // Telemetry filter applies as to requests (one on `response.code` is false here: no code).
         let log = (mode != AccessLogMode::Off).then(|| {
             let fields = Fields {
                 start: Some(std::time::SystemTime::now()),
                 protocol: "-",
                 upstream_cluster: Some(cluster.name.clone()),
+                filter,
                 ..Default::default()
             };
             (mode, Box::new(fields))
@@ -612,12 +614,15 @@ impl Drop for TcpRecord {
                 bytes_received: received,
                 bytes_sent: sent,
                 duration_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                grpc_status: None,
             };
-            let line = match mode {
-                AccessLogMode::Json => super::access_log::json_line(&fields, &outcome),
-                _ => super::access_log::text_line(&fields, &outcome),
-            };
-            self.state.access_log.push(line, &self.state.metrics);
+            if fields.wanted(&outcome) {
+                let line = match mode {
+                    AccessLogMode::Json => super::access_log::json_line(&fields, &outcome),
+                    _ => super::access_log::text_line(&fields, &outcome),
+                };
+                self.state.access_log.push(line, &self.state.metrics);
+            }
         }
     }
 }

@@ -868,6 +868,33 @@ async fn a_relayed_tcp_connection_writes_one_access_log_line_at_close() {
     assert_eq!((v["bytes_received"].as_u64(), v["bytes_sent"].as_u64()), (Some(8), Some(36)), "{line}");
     assert_eq!(v["upstream_host"], backend.to_string(), "{line}");
     assert_eq!(v["upstream_cluster"], "outbound|25||mail.default.svc.cluster.local", "{line}");
+
+    // A Telemetry filter applies to TCP lines too: one on the response code is false (a TCP
+    // connection has none), so the first connection writes nothing; the second, under a filter on
+    // its cluster, writes its line (told apart by its bytes: one exchange more).
+    let set = |expr: &str| {
+        let filter = Some(Arc::new(access_log::LogFilter::compile(expr).expect("parses")));
+        let mut m = access_log::WorkloadOverrides::new();
+        m.entry("default".to_owned()).or_default().insert("client".to_owned(), access_log::PodLog::On(filter));
+        state.access_log.set_overrides(Some(m));
+    };
+    set("response.code >= 400");
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tcp_exchange(&mut s).await;
+    drop(s);
+    set("xds.cluster_name == 'outbound|25||mail.default.svc.cluster.local'");
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tcp_exchange(&mut s).await;
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        s.write_all(b"HELO x\r\n").await.expect("write");
+        let mut echo = [0u8; 12];
+        s.read_exact(&mut echo).await.expect("echo");
+    }
+    drop(s);
+    let line = next_line(&mut lines).await;
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!((v["bytes_received"].as_u64(), v["bytes_sent"].as_u64()), (Some(16), Some(48)), "{line}");
 }
 
 #[test]
