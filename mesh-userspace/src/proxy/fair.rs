@@ -143,33 +143,63 @@ impl FairGate {
     /// `Refused` when its source already has `max_queue` requests waiting. Cancel-safe: a
     /// request dropped while waiting gives its place up.
     pub async fn enter(&self, source: &str) -> Result<bool, Refused> {
-        let rx = {
-            let mut inner = self.lock();
-            let state = match inner.sources.get_mut(source) {
-                Some(s) => s,
-                None => inner.sources.entry(Arc::from(source)).or_default(),
-            };
-            if state.limit.is_none() || (state.queue.is_empty() && state.tokens >= 1.0) {
-                if state.limit.is_some() {
-                    state.tokens -= 1.0;
+        match self.admit(source, true)? {
+            None => Ok(false),
+            // The sender is dropped unsent only when the gate is: never while the proxy runs.
+            Some(rx) => rx.await.map(|()| true).map_err(|_| Refused),
+        }
+    }
+
+    /// Paces `source`'s new connections: its pod's listener awaits this before each accept. A
+    /// limited source's connection takes one of its tokens as a request does, so a pod flooding
+    /// connects waits in its own listen backlog instead of taking the loop's turns for accepts
+    /// and tasks; an unlimited source passes at once and is not counted (its requests are).
+    /// Returns whether it waited. A full queue is tried again a tick later. Cancel-safe.
+    pub async fn accept_turn(&self, source: &str) -> bool {
+        loop {
+            match self.admit(source, false) {
+                Ok(None) => return false,
+                Ok(Some(rx)) => {
+                    if rx.await.is_ok() {
+                        return true;
+                    }
                 }
-                state.started = state.started.saturating_add(1);
-                return Ok(false);
+                Err(Refused) => tokio::time::sleep(TICK).await,
             }
-            let max_queue = usize::try_from(self.max_queue.load(Ordering::Relaxed)).unwrap_or(usize::MAX);
-            if state.queue.len() >= max_queue {
-                // Requests that gave up while waiting do not hold places.
-                state.queue.retain(|w| !w.is_closed());
-            }
-            if state.queue.len() >= max_queue {
-                return Err(Refused);
-            }
-            let (tx, rx) = oneshot::channel();
-            state.queue.push_back(tx);
-            rx
+        }
+    }
+
+    /// At once (None), or the place in the queue a token will be sent to; `Refused` past
+    /// `max_queue`. An unlimited source is counted only when `count_unlimited`.
+    fn admit(&self, source: &str, count_unlimited: bool) -> Result<Option<oneshot::Receiver<()>>, Refused> {
+        let mut inner = self.lock();
+        let state = match inner.sources.get_mut(source) {
+            Some(s) => s,
+            None if !count_unlimited => return Ok(None),
+            None => inner.sources.entry(Arc::from(source)).or_default(),
         };
-        // The sender is dropped unsent only when the gate is: never while the proxy runs.
-        rx.await.map(|()| true).map_err(|_| Refused)
+        if state.limit.is_none() {
+            if count_unlimited {
+                state.started = state.started.saturating_add(1);
+            }
+            return Ok(None);
+        }
+        if state.queue.is_empty() && state.tokens >= 1.0 {
+            state.tokens -= 1.0;
+            state.started = state.started.saturating_add(1);
+            return Ok(None);
+        }
+        let max_queue = usize::try_from(self.max_queue.load(Ordering::Relaxed)).unwrap_or(usize::MAX);
+        if state.queue.len() >= max_queue {
+            // Requests that gave up while waiting do not hold places.
+            state.queue.retain(|w| !w.is_closed());
+        }
+        if state.queue.len() >= max_queue {
+            return Err(Refused);
+        }
+        let (tx, rx) = oneshot::channel();
+        state.queue.push_back(tx);
+        Ok(Some(rx))
     }
 
     /// One tick: `late` is how late the ticker's timer fired. Updates rates and limits and
@@ -340,6 +370,31 @@ mod tests {
         assert_eq!(now(&mut waiting[0]), Some(Ok(true)));
         assert_eq!(now(&mut waiting[1]), Some(Ok(true)));
         assert_eq!(now(&mut w3), Some(Ok(true)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_limited_sources_connections_take_its_tokens_and_an_unlimited_ones_pass() {
+        let g = gate(3);
+        // Unlimited: at once, and not counted as sending (a source the gate never saw stays
+        // unseen).
+        assert_eq!(now(&mut Box::pin(g.accept_turn("c"))), Some(false));
+        assert_eq!(g.usage("c"), (None, 0));
+        warm_up(&g, LATE).await;
+        assert!(g.usage("b").0.is_some(), "b is limited");
+        // b's saved tokens go to connections as to requests; then a connection waits.
+        let mut spent = 0;
+        while now(&mut Box::pin(g.accept_turn("b"))) == Some(false) {
+            spent += 1;
+            assert!(spent <= 2 * BURST as usize, "b's connections never wait for tokens");
+        }
+        let mut next = Box::pin(g.accept_turn("b"));
+        assert_eq!(now(&mut next), None, "b's next connection waits for a token");
+        // In b's queue like a request (behind the place the loop's last try gave up).
+        assert_eq!(g.usage("b").1, 2);
+        g.tick(LATE, LAG);
+        assert_eq!(now(&mut next), Some(true), "accepted at the next tick");
+        // The light source's connections pass.
+        assert_eq!(now(&mut Box::pin(g.accept_turn("a"))), Some(false));
     }
 
     #[tokio::test(start_paused = true)]

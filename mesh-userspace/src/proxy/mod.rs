@@ -323,11 +323,33 @@ pub async fn accept_until_drain(
     listener: TcpListener,
     listener_of: &str,
     drain: &crate::drain::Drain,
+    handle: impl FnMut(TcpStream, SocketAddr, crate::drain::ConnGuard),
+) {
+    accept_paced_until_drain(listener, listener_of, drain, None, handle).await;
+}
+
+/// [`accept_until_drain`] for one source workload's listener: before each accept it waits for
+/// the source's turn ([`fair::FairGate::accept_turn`]; only while the source is rate-limited),
+/// counting each wait in `mesh_fair_share_total{source_workload,action="connection_paced"}`.
+pub async fn accept_paced_until_drain(
+    listener: TcpListener,
+    listener_of: &str,
+    drain: &crate::drain::Drain,
+    pace: Option<(&ProxyState, &str)>,
     mut handle: impl FnMut(TcpStream, SocketAddr, crate::drain::ConnGuard),
 ) {
     use futures_util::FutureExt as _;
     let _sweeping = drain.track();
     loop {
+        if let Some((state, source)) = pace {
+            tokio::select! {
+                biased;
+                _ = drain.signaled() => break,
+                waited = state.fair.accept_turn(source) => if waited {
+                    state.metrics.inc("mesh_fair_share_total", &[("source_workload", source), ("action", "connection_paced")]);
+                },
+            }
+        }
         tokio::select! {
             biased;
             _ = drain.signaled() => break,
@@ -357,7 +379,9 @@ pub async fn serve_pod_listener(
     state.sources.lock().unwrap_or_else(|e| e.into_inner()).push((name.clone(), Arc::downgrade(&caps)));
     // The pod's metric labels, resolved again only when the agent publishes a changed pod.
     let mut labels: Option<(Arc<Workload>, Arc<crate::metrics::PeerLabels>)> = None;
-    accept_until_drain(listener, &name, &st.drain, |stream, peer, in_flight| {
+    // A pod flooding connects while the loop is behind waits in its own backlog (`fair.rs`).
+    let paced = (&*st, name.as_str());
+    accept_paced_until_drain(listener, &name, &st.drain, Some(paced), |stream, peer, in_flight| {
         let workload = workload.load_full();
         let pod_labels = match &labels {
             Some((w, l)) if Arc::ptr_eq(w, &workload) => l.clone(),

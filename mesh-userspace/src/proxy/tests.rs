@@ -573,6 +573,53 @@ async fn protocol_backend() -> SocketAddr {
     addr
 }
 
+/// Service `name` at ClusterIP `vip` with one port (`name`, number, protocol) leading to its one
+/// endpoint `NAME-1` at `backend`, in a registry with a `client` pod.
+fn one_endpoint_service(
+    name: &str,
+    vip: [u8; 4],
+    (port_name, port, protocol): (Option<&str>, u16, AppProtocol),
+    backend: SocketAddr,
+) -> (Arc<Service>, Arc<Workload>, Registry) {
+    let service = Arc::new(Service {
+        name: name.into(),
+        namespace: "default".into(),
+        cluster_ip: Some(Ipv4Addr::from(vip)),
+        ports: vec![ServicePort {
+            name: port_name.map(Into::into),
+            port,
+            target_port: TargetPort::Number(backend.port()),
+            node_port: None,
+            protocol,
+        }],
+        selector: [("app".to_string(), name.to_string())].into_iter().collect(),
+        ..Default::default()
+    });
+    let client = workload("client", &[("app", "client")], 80);
+    let registry = Registry {
+        services: vec![service.clone()],
+        workloads: vec![workload(&format!("{name}-1"), &[("app", name)], backend.port()), client.clone()],
+        ..Default::default()
+    };
+    (service, client, registry)
+}
+
+/// A listener handing `state`'s proxy the connections it accepts as `client`'s to `port` of
+/// `service` (what a pod's listener does after the original-destination lookup).
+async fn front_for(state: &Arc<ProxyState>, client: Arc<Workload>, service: Arc<Service>, port: u16) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind front");
+    let addr = l.local_addr().expect("addr");
+    let st = state.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, peer)) = l.accept().await else { return };
+            let source = Source::new(Some(client.clone()), Some(peer), None);
+            tokio::spawn(serve_service_conn(st.clone(), source, service.clone(), port, s));
+        }
+    });
+    addr
+}
+
 /// A proxy in front of one `greeter` service whose port 50051 is declared as `protocol`, with
 /// `pool` as the DestinationRule's `connectionPool.http`.
 async fn greeter_proxy(protocol: AppProtocol, pool: &str) -> SocketAddr {
@@ -582,39 +629,11 @@ async fn greeter_proxy(protocol: AppProtocol, pool: &str) -> SocketAddr {
 /// [`greeter_proxy`] with its proxy state.
 async fn greeter_proxy_state(protocol: AppProtocol, pool: &str) -> (SocketAddr, Arc<ProxyState>) {
     let backend = protocol_backend().await;
-    let greeter = Arc::new(Service {
-        name: "greeter".into(),
-        namespace: "default".into(),
-        cluster_ip: Some(Ipv4Addr::new(10, 96, 0, 50)),
-        ports: vec![ServicePort {
-            name: None,
-            port: 50051,
-            target_port: TargetPort::Number(backend.port()),
-            node_port: None,
-            protocol,
-        }],
-        selector: [("app".to_string(), "greeter".to_string())].into_iter().collect(),
-        ..Default::default()
-    });
-    let client = workload("client", &[("app", "client")], 80);
-    let registry = Registry {
-        services: vec![greeter.clone()],
-        workloads: vec![workload("greeter-1", &[("app", "greeter")], backend.port()), client.clone()],
-        ..Default::default()
-    };
+    let (greeter, client, registry) =
+        one_endpoint_service("greeter", [10, 96, 0, 50], (None, 50051, protocol), backend);
     let dr = format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: greeter}}\nspec:\n  host: greeter\n  trafficPolicy:\n    connectionPool:\n      http: {pool}\n");
     let state = ProxyState::new(registry.clone(), table(&dr, &registry), Arc::new(NoOriginalDst));
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind front");
-    let addr = l.local_addr().expect("addr");
-    let st = state.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, peer)) = l.accept().await else { return };
-            let source = Source::new(Some(client.clone()), Some(peer), None);
-            tokio::spawn(serve_service_conn(st.clone(), source, greeter.clone(), 50051, s));
-        }
-    });
-    (addr, state)
+    (front_for(&state, client, greeter, 50051).await, state)
 }
 
 /// One request over HTTP/2 (prior knowledge) or HTTP/1.1 with `te: trailers`; returns the body
@@ -699,37 +718,11 @@ async fn banner_backend() -> SocketAddr {
 async fn a_server_first_protocol_on_an_undeclared_port_falls_back_to_tcp() {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     let backend = banner_backend().await;
-    let mail = Arc::new(Service {
-        name: "mail".into(),
-        namespace: "default".into(),
-        cluster_ip: Some(Ipv4Addr::new(10, 96, 0, 25)),
-        // No protocol and no `name` prefix: Istio sniffs such a port.
-        ports: vec![ServicePort {
-            name: None,
-            port: 25,
-            target_port: TargetPort::Number(backend.port()),
-            node_port: None,
-            protocol: AppProtocol::Unknown,
-        }],
-        selector: [("app".to_string(), "mail".to_string())].into_iter().collect(),
-        ..Default::default()
-    });
-    let client = workload("client", &[("app", "client")], 80);
-    let registry = Registry {
-        services: vec![mail.clone()],
-        workloads: vec![workload("mail-1", &[("app", "mail")], backend.port()), client.clone()],
-        ..Default::default()
-    };
+    // No protocol and no `name` prefix: Istio sniffs such a port.
+    let (mail, client, registry) =
+        one_endpoint_service("mail", [10, 96, 0, 25], (None, 25, AppProtocol::Unknown), backend);
     let state = ProxyState::new(registry.clone(), table("", &registry), Arc::new(NoOriginalDst));
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind front");
-    let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, peer)) = l.accept().await else { return };
-            let source = Source::new(Some(client.clone()), Some(peer), None);
-            tokio::spawn(serve_service_conn(state.clone(), source, mail.clone(), 25, s));
-        }
-    });
+    let addr = front_for(&state, client, mail, 25).await;
     // The client waits for the greeting, as an SMTP client does: the proxy must give up on
     // sniffing (the client is silent) and connect upstream, or both sides wait forever.
     let s = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -751,37 +744,10 @@ async fn a_server_first_protocol_on_an_undeclared_port_falls_back_to_tcp() {
 /// listener handing it connections from a `client` pod.
 async fn tcp_mail_proxy() -> (Arc<ProxyState>, SocketAddr, SocketAddr) {
     let backend = banner_backend().await;
-    let mail = Arc::new(Service {
-        name: "mail".into(),
-        namespace: "default".into(),
-        cluster_ip: Some(Ipv4Addr::new(10, 96, 0, 25)),
-        ports: vec![ServicePort {
-            name: Some("tcp-smtp".into()),
-            port: 25,
-            target_port: TargetPort::Number(backend.port()),
-            node_port: None,
-            protocol: AppProtocol::Tcp,
-        }],
-        selector: [("app".to_string(), "mail".to_string())].into_iter().collect(),
-        ..Default::default()
-    });
-    let client = workload("client", &[("app", "client")], 80);
-    let registry = Registry {
-        services: vec![mail.clone()],
-        workloads: vec![workload("mail-1", &[("app", "mail")], backend.port()), client.clone()],
-        ..Default::default()
-    };
+    let (mail, client, registry) =
+        one_endpoint_service("mail", [10, 96, 0, 25], (Some("tcp-smtp"), 25, AppProtocol::Tcp), backend);
     let state = ProxyState::new(registry.clone(), table("", &registry), Arc::new(NoOriginalDst));
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind front");
-    let addr = l.local_addr().expect("addr");
-    let st = state.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, peer)) = l.accept().await else { return };
-            let source = Source::new(Some(client.clone()), Some(peer), None);
-            tokio::spawn(serve_service_conn(st.clone(), source, mail.clone(), 25, s));
-        }
-    });
+    let addr = front_for(&state, client, mail, 25).await;
     (state, addr, backend)
 }
 
@@ -1410,39 +1376,11 @@ async fn single_backend_proxy(
     extra: &str,
     limits: Limits,
 ) -> (SocketAddr, Arc<ProxyState>) {
-    let svc = Arc::new(Service {
-        name: "web".into(),
-        namespace: "default".into(),
-        cluster_ip: Some(Ipv4Addr::new(10, 96, 0, 60)),
-        ports: vec![ServicePort {
-            name: Some("http".into()),
-            port: 80,
-            target_port: TargetPort::Number(backend.port()),
-            node_port: None,
-            protocol: AppProtocol::Http,
-        }],
-        selector: [("app".to_string(), "web".to_string())].into_iter().collect(),
-        ..Default::default()
-    });
-    let client = workload("client", &[("app", "client")], 80);
-    let registry = Registry {
-        services: vec![svc.clone()],
-        workloads: vec![workload("web-1", &[("app", "web")], backend.port()), client.clone()],
-        ..Default::default()
-    };
+    let (svc, client, registry) =
+        one_endpoint_service("web", [10, 96, 0, 60], (Some("http"), 80, AppProtocol::Http), backend);
     let vs = format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: web}}\nspec:\n  hosts: [web]\n  http:\n  - route:\n    - destination: {{host: web}}\n    retries: {{attempts: {attempts}}}\n{extra}");
     let state = ProxyState::with_limits(registry.clone(), table(&vs, &registry), Arc::new(NoOriginalDst), limits);
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind front");
-    let addr = l.local_addr().expect("addr");
-    let st = state.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, peer)) = l.accept().await else { return };
-            let source = Source::new(Some(client.clone()), Some(peer), None);
-            tokio::spawn(serve_service_conn(st.clone(), source, svc.clone(), 80, s));
-        }
-    });
-    (addr, state)
+    (front_for(&state, client, svc, 80).await, state)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -60,6 +60,18 @@ pub(super) struct Listed {
     pub attached: usize,
 }
 
+impl Listed {
+    /// Writes `r`'s heading (name and place) the first time one of its parentRefs comes up:
+    /// `refs` holds a route's parentRefs next to each other, `last` is the route written last.
+    fn heading(&mut self, out: &mut String, last: &mut Option<*const RouteReport>, r: &RouteReport) {
+        if *last != Some(r as *const RouteReport) {
+            self.routes += 1;
+            let _ = writeln!(out, "  {} ({})", r.title(), place(&r.at, "metadata"));
+            *last = Some(r as *const RouteReport);
+        }
+    }
+}
+
 /// Lists the routes with a parentRef to the request's Service (mesh, GAMMA) or Gateway, each
 /// parentRef's fate and whether it applies to this request; for a Gateway, also its virtual
 /// hosts on the port and which one the Host picks.
@@ -100,11 +112,7 @@ pub(super) fn parent_lines(out: &mut String, table: &RouteTable, req: &RequestIn
             });
             let mut last: Option<*const RouteReport> = None;
             for (r, p) in &refs {
-                if last != Some(*r as *const RouteReport) {
-                    listed.routes += 1;
-                    let _ = writeln!(out, "  {} ({})", r.title(), place(&r.at, "metadata"));
-                    last = Some(*r as *const RouteReport);
-                }
+                listed.heading(out, &mut last, r);
                 let verdict = if !p.attached {
                     format!("NOT ATTACHED: {}", p.refused.join("; "))
                 } else if !port_covers(p, port) {
@@ -146,11 +154,7 @@ pub(super) fn parent_lines(out: &mut String, table: &RouteTable, req: &RequestIn
             let _ = writeln!(out, "\nGateway API routes with a parentRef to Gateway {namespace}/{name}:");
             let mut last: Option<*const RouteReport> = None;
             for (r, p) in &refs {
-                if last != Some(*r as *const RouteReport) {
-                    listed.routes += 1;
-                    let _ = writeln!(out, "  {} ({})", r.title(), place(&r.at, "metadata"));
-                    last = Some(*r as *const RouteReport);
-                }
+                listed.heading(out, &mut last, r);
                 let here: Vec<&str> = p.vhosts.iter().filter(|v| v.2 == port).map(|v| v.3.as_str()).collect();
                 let verdict = if !p.attached {
                     format!("NOT ATTACHED: {}", p.refused.join("; "))
