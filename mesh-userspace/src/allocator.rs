@@ -31,9 +31,15 @@ const PURGE_ALL_ARENAS: &std::ffi::CStr = c"arena.4096.purge";
 /// most once a second, and the agent once after loading eBPF (the kernel's BTF, parsed and freed).
 pub fn purge() {
     let started = Instant::now();
+    let rc = purge_all_arenas();
+    tracing::debug!(rc, took_us = started.elapsed().as_micros() as u64, "allocator purge");
+}
+
+/// The `arena.<all>.purge` command; jemalloc's answer (0: done, ENOENT: an unknown name).
+fn purge_all_arenas() -> std::ffi::c_int {
     // SAFETY: "arena.<i>.purge" is a command: jemalloc reads no value and writes none, and the
     // null old/new pointers with zero lengths say so. The name is a NUL-terminated C string.
-    let rc = unsafe {
+    unsafe {
         tikv_jemalloc_sys::mallctl(
             PURGE_ALL_ARENAS.as_ptr(),
             std::ptr::null_mut(),
@@ -41,8 +47,7 @@ pub fn purge() {
             std::ptr::null_mut(),
             0,
         )
-    };
-    tracing::debug!(rc, took_us = started.elapsed().as_micros() as u64, "allocator purge");
+    }
 }
 
 #[cfg(test)]
@@ -57,16 +62,6 @@ mod tests {
     fn purge_is_a_known_command() {
         // The system allocator is the test binary's global one, but jemalloc is linked and its
         // control interface answers: 0 means the name was understood (ENOENT otherwise).
-        // SAFETY: as in purge().
-        let rc = unsafe {
-            tikv_jemalloc_sys::mallctl(
-                super::PURGE_ALL_ARENAS.as_ptr(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                0,
-            )
-        };
-        assert_eq!(rc, 0);
+        assert_eq!(super::purge_all_arenas(), 0);
     }
 }

@@ -153,11 +153,9 @@ impl IstioMetrics {
         self.tcp_opened.get_or_create(labels).inc();
     }
 
-    /// Counts a TCP connection closed with the bytes it carried since they were last reported
-    /// (`sent` to the client, `received` from it).
-    pub fn tcp_closed(&self, labels: &TrafficLabels, sent: u64, received: u64) {
+    /// Counts a TCP connection closed (its last bytes are reported by [`Self::tcp_bytes`] first).
+    pub fn tcp_closed(&self, labels: &TrafficLabels) {
         self.tcp_closed.get_or_create(labels).inc();
-        self.tcp_bytes(labels, sent, received);
     }
 
     /// Adds bytes a TCP connection carried (`sent` to the client, `received` from it): at every

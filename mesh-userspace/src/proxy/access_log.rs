@@ -106,14 +106,10 @@ impl AccessLog {
         self.overrides.store(overrides.map(std::sync::Arc::new));
     }
 
-    /// The mode for a request from `source`: the flag's, unless a `Telemetry` resource turns the
-    /// log on (in the flag's format, Envoy's text when the flag is off) or off for that pod.
-    pub fn mode_for(&self, source: Option<&crate::registry::Workload>) -> AccessLogMode {
-        self.for_source(source).0
-    }
-
-    /// [`AccessLog::mode_for`] and the `Telemetry` filter deciding which of the pod's requests
-    /// get a line (None: all of them).
+    /// The mode for a request or connection from `source` — the flag's, unless a `Telemetry`
+    /// resource turns the log on (in the flag's format, Envoy's text when the flag is off) or off
+    /// for that pod — and the `Telemetry` filter deciding which of its requests get a line (None:
+    /// all of them).
     pub fn for_source(&self, source: Option<&crate::registry::Workload>) -> (AccessLogMode, Option<Arc<LogFilter>>) {
         let base = self.mode();
         let overrides = self.overrides.load();
@@ -123,6 +119,18 @@ impl AccessLog {
             Some(PodLog::On(f)) => (base, f.clone()),
             Some(PodLog::Off) => (AccessLogMode::Off, None),
             None => (base, None),
+        }
+    }
+
+    /// Writes the line of a request or TCP connection (`fields`, `outcome`) in `mode` when its
+    /// `Telemetry` filter wants it (a filter that says no, or fails, means no line, as in Envoy).
+    pub fn write(&self, mode: AccessLogMode, fields: &Fields, outcome: &Outcome, metrics: &Metrics) {
+        if fields.wanted(outcome) {
+            let line = match mode {
+                AccessLogMode::Json => json_line(fields, outcome),
+                _ => text_line(fields, outcome),
+            };
+            self.push(line, metrics);
         }
     }
 

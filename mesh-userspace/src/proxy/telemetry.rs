@@ -249,14 +249,7 @@ impl RequestRecord {
                 duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
                 grpc_status: self.grpc_status,
             };
-            // A Telemetry filter that says no (or fails) means no line, as in Envoy.
-            if fields.wanted(&outcome) {
-                let line = match mode {
-                    AccessLogMode::Json => super::access_log::json_line(&fields, &outcome),
-                    _ => super::access_log::text_line(&fields, &outcome),
-                };
-                self.state.access_log.push(line, &self.state.metrics);
-            }
+            self.state.access_log.write(mode, &fields, &outcome, &self.state.metrics);
         }
         if !self.metrics {
             return;
@@ -601,9 +594,9 @@ impl Drop for TcpRecord {
         self.report();
         if self.metrics {
             let istio = &self.state.metrics.istio;
-            istio.tcp_closed(&self.labels, 0, 0);
+            istio.tcp_closed(&self.labels);
             if self.server_side {
-                istio.tcp_closed(&self.server_labels(), 0, 0);
+                istio.tcp_closed(&self.server_labels());
             }
         }
         if let Some((mode, fields)) = self.log.take() {
@@ -616,13 +609,7 @@ impl Drop for TcpRecord {
                 duration_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
                 grpc_status: None,
             };
-            if fields.wanted(&outcome) {
-                let line = match mode {
-                    AccessLogMode::Json => super::access_log::json_line(&fields, &outcome),
-                    _ => super::access_log::text_line(&fields, &outcome),
-                };
-                self.state.access_log.push(line, &self.state.metrics);
-            }
+            self.state.access_log.write(mode, &fields, &outcome, &self.state.metrics);
         }
     }
 }
