@@ -113,32 +113,7 @@ pub(super) fn parent_lines(out: &mut String, table: &RouteTable, req: &RequestIn
             let mut last: Option<*const RouteReport> = None;
             for (r, p) in &refs {
                 listed.heading(out, &mut last, r);
-                let verdict = if !p.attached {
-                    format!("NOT ATTACHED: {}", p.refused.join("; "))
-                } else if !port_covers(p, port) {
-                    format!("attached to that port only: does not apply to this request (port {port})")
-                } else if r.namespace != service.namespace {
-                    let who = client
-                        .map_or("the request has no source pod".to_string(), |c| format!("this client is in {c}"));
-                    if Some(r.namespace.as_str()) == client {
-                        format!(
-                            "attached; consumer route of namespace {}: APPLIES ({who}), and replaces the producer routes for its clients",
-                            r.namespace
-                        )
-                    } else {
-                        format!(
-                            "attached; consumer route of namespace {}: applies to that namespace's clients only, not this request ({who})",
-                            r.namespace
-                        )
-                    }
-                } else if consumers_here {
-                    format!(
-                        "attached; producer route: does not apply to this client, whose namespace {} has consumer routes for this Service (they take precedence)",
-                        client.unwrap_or("")
-                    )
-                } else {
-                    "attached; producer route: APPLIES (to clients of every namespace)".to_string()
-                };
+                let verdict = mesh_verdict(r, p, &service.namespace, port, client, consumers_here);
                 let _ = writeln!(out, "    parentRefs[{}] {}: {verdict}", p.index, target_text(&p.target));
             }
         }
@@ -155,20 +130,7 @@ pub(super) fn parent_lines(out: &mut String, table: &RouteTable, req: &RequestIn
             let mut last: Option<*const RouteReport> = None;
             for (r, p) in &refs {
                 listed.heading(out, &mut last, r);
-                let here: Vec<&str> = p.vhosts.iter().filter(|v| v.2 == port).map(|v| v.3.as_str()).collect();
-                let verdict = if !p.attached {
-                    format!("NOT ATTACHED: {}", p.refused.join("; "))
-                } else if here.is_empty() {
-                    let ports: std::collections::BTreeSet<u16> = p.vhosts.iter().map(|v| v.2).collect();
-                    format!("attached on port(s) {ports:?} only: does not apply to this request (port {port})")
-                } else {
-                    let others = if p.refused.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" (other listeners refused it: {})", p.refused.join("; "))
-                    };
-                    format!("attached on port {port} for host(s) {here:?}{others}")
-                };
+                let verdict = gateway_verdict(p, port);
                 let _ = writeln!(out, "    parentRefs[{}] {}: {verdict}", p.index, target_text(&p.target));
             }
             let host = request_host(req);
@@ -192,6 +154,62 @@ pub(super) fn parent_lines(out: &mut String, table: &RouteTable, req: &RequestIn
         }
     }
     listed
+}
+
+/// What happened to a Service parentRef `p` of route `r`, for a request to `port` of a Service in
+/// `service_ns` from a client in `client` (`consumers_here`: that namespace has consumer routes
+/// for this Service and port, which replace the producer routes).
+fn mesh_verdict(
+    r: &RouteReport,
+    p: &ParentReport,
+    service_ns: &str,
+    port: u16,
+    client: Option<&str>,
+    consumers_here: bool,
+) -> String {
+    if !p.attached {
+        format!("NOT ATTACHED: {}", p.refused.join("; "))
+    } else if !port_covers(p, port) {
+        format!("attached to that port only: does not apply to this request (port {port})")
+    } else if r.namespace != service_ns {
+        let who = client.map_or("the request has no source pod".to_string(), |c| format!("this client is in {c}"));
+        if Some(r.namespace.as_str()) == client {
+            format!(
+                "attached; consumer route of namespace {}: APPLIES ({who}), and replaces the producer routes for its clients",
+                r.namespace
+            )
+        } else {
+            format!(
+                "attached; consumer route of namespace {}: applies to that namespace's clients only, not this request ({who})",
+                r.namespace
+            )
+        }
+    } else if consumers_here {
+        format!(
+            "attached; producer route: does not apply to this client, whose namespace {} has consumer routes for this Service (they take precedence)",
+            client.unwrap_or("")
+        )
+    } else {
+        "attached; producer route: APPLIES (to clients of every namespace)".to_string()
+    }
+}
+
+/// What happened to a Gateway parentRef `p`, for a request to the Gateway's `port`.
+fn gateway_verdict(p: &ParentReport, port: u16) -> String {
+    let here: Vec<&str> = p.vhosts.iter().filter(|v| v.2 == port).map(|v| v.3.as_str()).collect();
+    if !p.attached {
+        format!("NOT ATTACHED: {}", p.refused.join("; "))
+    } else if here.is_empty() {
+        let ports: std::collections::BTreeSet<u16> = p.vhosts.iter().map(|v| v.2).collect();
+        format!("attached on port(s) {ports:?} only: does not apply to this request (port {port})")
+    } else {
+        let others = if p.refused.is_empty() {
+            String::new()
+        } else {
+            format!(" (other listeners refused it: {})", p.refused.join("; "))
+        };
+        format!("attached on port {port} for host(s) {here:?}{others}")
+    }
 }
 
 /// Tries the rules of the compiled routes in order (the spec's precedence, decided at compile
