@@ -92,6 +92,9 @@ pub struct FairGate {
     inner: Mutex<Inner>,
     enabled: AtomicBool,
     max_queue: AtomicU32,
+    /// Sources with a rate limit after the last tick: while it is 0, [`FairGate::holding`]
+    /// (asked on every read of an HTTP/2 connection) answers without taking the lock.
+    limited: AtomicU32,
     /// `min_rate` as f64 bits.
     min_rate: std::sync::atomic::AtomicU64,
 }
@@ -102,6 +105,7 @@ impl Default for FairGate {
             inner: Mutex::default(),
             enabled: AtomicBool::new(true),
             max_queue: AtomicU32::new(0),
+            limited: AtomicU32::new(0),
             min_rate: Default::default(),
         };
         g.configure(&FairConfig::default());
@@ -125,6 +129,7 @@ impl FairGate {
         self.max_queue.store(config.max_queue, Ordering::Relaxed);
         self.min_rate.store(config.min_rate.max(1.0).to_bits(), Ordering::Relaxed);
         if !config.enabled {
+            self.limited.store(0, Ordering::Relaxed);
             for s in self.lock().sources.values_mut() {
                 s.limit = None;
                 for w in s.queue.drain(..) {
@@ -137,6 +142,13 @@ impl FairGate {
     /// `source`'s rate limit (requests per second; None: unlimited) and waiting requests.
     pub fn usage(&self, source: &str) -> (Option<f64>, usize) {
         self.lock().sources.get(source).map_or((None, 0), |s| (s.limit, s.queue.len()))
+    }
+
+    /// Whether `source` has requests waiting for tokens: its HTTP/2 connections stop reading
+    /// new streams until they have started ([`PacedReads`]).
+    pub fn holding(&self, source: &str) -> bool {
+        self.limited.load(Ordering::Relaxed) > 0
+            && self.lock().sources.get(source).is_some_and(|s| s.queue.iter().any(|w| !w.is_closed()))
     }
 
     /// Admits a request of `source`: at once (false), after waiting for a token (true), or
@@ -258,6 +270,99 @@ impl FairGate {
             }
         }
         inner.sources.retain(|_, s| s.rate >= SENDING / 100.0 || s.started > 0 || !s.queue.is_empty());
+        let limited = inner.sources.values().filter(|s| s.limit.is_some()).count();
+        self.limited.store(u32::try_from(limited).unwrap_or(u32::MAX), Ordering::Relaxed);
+    }
+}
+
+/// The read side of a pod's HTTP/2 connection, paced by its source's turn. An HTTP/1 connection
+/// is held back by its request waiting in [`FairGate::enter`] (hyper reads the next request
+/// only after the response), but an HTTP/2 connection keeps reading: every new stream of a
+/// limited source would be decoded, queued and, past `max_queue`, refused — loop time the flood
+/// takes from the other pods, and a refusal the client answers by sending again. So while the
+/// source has requests waiting, its HTTP/2 connections read nothing more: new streams stay in
+/// the socket (TCP pushes back on the client) until the waiting ones have started, checked once
+/// per [`TICK`], when tokens come. Writes are never held: responses in flight keep flowing.
+///
+/// A stream already started whose request body is still arriving waits too, while its source
+/// has others waiting; that is the limited source slowing itself, never another pod.
+pub struct PacedReads<IO> {
+    io: IO,
+    /// The gate and the pod's source name; None: ingress, never paced.
+    pace: Option<(Arc<FairGate>, Arc<str>)>,
+    /// Set while reads are held: the tick to look again at.
+    pause: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<IO> PacedReads<IO> {
+    /// `io` read at `source`'s pace (None: not paced).
+    pub fn new(io: IO, pace: Option<(Arc<FairGate>, Arc<str>)>) -> Self {
+        PacedReads { io, pace, pause: None }
+    }
+
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &IO {
+        &self.io
+    }
+}
+
+impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for PacedReads<IO> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::future::Future as _;
+        let this = &mut *self;
+        if let Some((gate, source)) = &this.pace {
+            loop {
+                if let Some(pause) = this.pause.as_mut() {
+                    std::task::ready!(pause.as_mut().poll(cx));
+                    this.pause = None;
+                }
+                if !gate.holding(source) {
+                    break;
+                }
+                this.pause = Some(Box::pin(tokio::time::sleep(TICK)));
+            }
+        }
+        std::pin::Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for PacedReads<IO> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -395,6 +500,45 @@ mod tests {
         assert_eq!(now(&mut next), Some(true), "accepted at the next tick");
         // The light source's connections pass.
         assert_eq!(now(&mut Box::pin(g.accept_turn("a"))), Some(false));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_sources_http2_reads_wait_until_its_waiting_requests_start() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let g = gate(8);
+        assert!(!g.holding("b"), "nobody limited");
+        warm_up(&g, LATE).await;
+        while now(&mut Box::pin(g.enter("b"))).is_some() {}
+        // The request polled last gave up: a place nobody waits in does not hold b.
+        assert!(!g.holding("b"));
+        let mut waiting = Box::pin(g.enter("b"));
+        assert!(now(&mut waiting).is_none());
+        assert!(g.holding("b"));
+        assert!(!g.holding("a"));
+
+        let (mut b_client, b_server) = tokio::io::duplex(64);
+        let (mut a_client, a_server) = tokio::io::duplex(64);
+        let mut b_conn = PacedReads::new(b_server, Some((g.clone(), Arc::from("b"))));
+        let mut a_conn = PacedReads::new(a_server, Some((g.clone(), Arc::from("a"))));
+        b_client.write_all(b"next").await.expect("write");
+        a_client.write_all(b"next").await.expect("write");
+        // Responses are never held.
+        assert!(matches!(now(&mut Box::pin(b_conn.write_all(b"resp"))), Some(Ok(()))));
+        let mut resp = [0u8; 4];
+        b_client.read_exact(&mut resp).await.expect("response");
+
+        let mut a_buf = [0u8; 4];
+        let a_read = now(&mut Box::pin(a_conn.read(&mut a_buf))).map(|r| r.expect("read"));
+        assert_eq!(a_read, Some(4), "another pod's connection reads at once");
+        let mut b_buf = [0u8; 4];
+        let mut b_read = Box::pin(b_conn.read(&mut b_buf));
+        assert!(now(&mut b_read).is_none(), "b's new streams wait in the socket");
+        tokio::time::advance(TICK).await;
+        assert!(now(&mut b_read).is_none(), "still held: b's request has not started");
+        g.tick(LATE, LAG);
+        assert_eq!(now(&mut waiting), Some(Ok(true)));
+        tokio::time::advance(TICK).await;
+        assert_eq!(now(&mut b_read).map(|r| r.expect("read")), Some(4), "read once b's queue has started");
     }
 
     #[tokio::test(start_paused = true)]

@@ -653,6 +653,8 @@ async fn serve_http2<S>(
         .http2()
         .max_header_list_size(limits.max_request_headers_bytes)
         .max_concurrent_streams(limits.http2_max_concurrent_streams);
+    // A pod's streams are read at its pace while the fairness gate holds it (`fair.rs`).
+    let io = fair::PacedReads::new(io, caps.map(|_| (state.fair.clone(), Arc::from(src))));
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let shed = shed_signal(caps);

@@ -13,6 +13,11 @@
 //!                                 requests the server refused without processing them (a stream
 //!                                 above a GOAWAY's last stream id, RFC 9113 §6.8), which every
 //!                                 HTTP/2 and gRPC client retries on a new connection.
+//! e2e-h2 flood HOST:PORT CONNS STREAMS SECONDS
+//!                                 as many requests as the server takes: CONNS connections, each
+//!                                 with STREAMS streams always in flight; prints `codes ok=N
+//!                                 overloaded=M other=O errors=E` (`overloaded`: 503 with
+//!                                 `x-envoy-overloaded`)
 //! e2e-h2 grpc-calls HOST:PORT PATH N
 //!                                 N gRPC unary calls to PATH (`/service/method`), one after the
 //!                                 other on one h2c connection as a gRPC channel makes them;
@@ -43,7 +48,9 @@ async fn main() {
         Some("serve") if args.len() == 4 => serve(&args[2], &args[3]).await,
         Some("load") if args.len() == 6 => load(&args[2], &args[3], &args[4], &args[5]).await,
         Some("grpc-calls") if args.len() == 5 => grpc_calls(&args[2], &args[3], &args[4]).await,
-        _ => Err("usage: e2e-h2 serve NAME ADDR | load HOST:PORT RATE SECONDS h2c|grpc | grpc-calls HOST:PORT PATH N"
+        Some("flood") if args.len() == 6 => flood(&args[2], &args[3], &args[4], &args[5]).await,
+        _ => Err("usage: e2e-h2 serve NAME ADDR | load HOST:PORT RATE SECONDS h2c|grpc | grpc-calls HOST:PORT PATH N \
+                  | flood HOST:PORT CONNS STREAMS SECONDS"
             .to_string()),
     };
     if let Err(e) = result {
@@ -298,5 +305,76 @@ async fn load(host: &str, rate: &str, secs: &str, kind: &str) -> Result<(), Stri
     for e in tally.errors.lock().unwrap_or_else(|e| e.into_inner()).iter() {
         println!("error: {e}");
     }
+    Ok(())
+}
+
+#[derive(Default)]
+struct FloodTally {
+    ok: AtomicU64,
+    overloaded: AtomicU64,
+    other: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// A pod flooding streams: `conns` connections, `streams` requests in flight on each, each
+/// stream sending its next request as soon as it has its answer, for `secs` seconds.
+async fn flood(host: &str, conns: &str, streams: &str, secs: &str) -> Result<(), String> {
+    let conns: u32 = conns.parse().map_err(|_| format!("connections {conns:?}"))?;
+    let streams: u32 = streams.parse().map_err(|_| format!("streams {streams:?}"))?;
+    let secs: u64 = secs.parse().map_err(|_| format!("seconds {secs:?}"))?;
+    let addr = tokio::net::lookup_host(host).await.map_err(|e| format!("{host}: {e}"))?.next().ok_or("no address")?;
+    let until = Instant::now() + Duration::from_secs(secs);
+    let tally = Arc::new(FloodTally::default());
+    let host: Arc<str> = host.into();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..conns {
+        let (tally, host) = (tally.clone(), host.clone());
+        tasks.spawn(async move {
+            while Instant::now() < until {
+                let Ok(sender) = connect(addr).await else {
+                    tally.errors.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                let mut streams_of_conn = tokio::task::JoinSet::new();
+                for _ in 0..streams {
+                    let (mut sender, tally, host) = (sender.clone(), tally.clone(), host.clone());
+                    streams_of_conn.spawn(async move {
+                        let mut n = 0u64;
+                        while Instant::now() < until && !sender.is_closed() {
+                            n += 1;
+                            let Ok(req) = request(&host, false, n) else { return };
+                            let sent = async {
+                                sender.ready().await?;
+                                sender.send_request(req).await
+                            };
+                            let Ok(resp) = sent.await else {
+                                tally.errors.fetch_add(1, Ordering::Relaxed);
+                                return;
+                            };
+                            let overloaded = resp.headers().contains_key("x-envoy-overloaded");
+                            let counter = match resp.status() {
+                                StatusCode::OK => &tally.ok,
+                                StatusCode::SERVICE_UNAVAILABLE if overloaded => &tally.overloaded,
+                                _ => &tally.other,
+                            };
+                            counter.fetch_add(1, Ordering::Relaxed);
+                            let _ = resp.into_body().collect().await;
+                        }
+                    });
+                }
+                while streams_of_conn.join_next().await.is_some() {}
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    println!(
+        "codes ok={} overloaded={} other={} errors={}",
+        get(&tally.ok),
+        get(&tally.overloaded),
+        get(&tally.other),
+        get(&tally.errors)
+    );
     Ok(())
 }
