@@ -42,6 +42,8 @@ pub struct Step {
     /// Loads as an anonymous user and as jason.
     pub anonymous: usize,
     pub jason: usize,
+    /// What the pages must show after the step ([`Expect::check`]).
+    pub expect: Expect,
 }
 
 pub const STEPS: &[Step] = &[
@@ -51,6 +53,7 @@ pub const STEPS: &[Step] = &[
         files: &[],
         anonymous: 60,
         jason: 0,
+        expect: Expect::Shown,
     },
     Step {
         name: "gateway",
@@ -58,6 +61,7 @@ pub const STEPS: &[Step] = &[
         files: &["bookinfo-gateway.yaml"],
         anonymous: 30,
         jason: 0,
+        expect: Expect::Shown,
     },
     Step {
         name: "destination-rules",
@@ -65,6 +69,7 @@ pub const STEPS: &[Step] = &[
         files: &["bookinfo-gateway.yaml", "destination-rule-all.yaml"],
         anonymous: 60,
         jason: 0,
+        expect: Expect::Shown,
     },
     Step {
         name: "all-v1",
@@ -72,6 +77,7 @@ pub const STEPS: &[Step] = &[
         files: &["bookinfo-gateway.yaml", "destination-rule-all.yaml", "virtual-service-all-v1.yaml"],
         anonymous: 40,
         jason: 20,
+        expect: Expect::Shown,
     },
     Step {
         name: "jason-v2",
@@ -84,6 +90,7 @@ pub const STEPS: &[Step] = &[
         ],
         anonymous: 40,
         jason: 40,
+        expect: Expect::Shown,
     },
     Step {
         name: "jason-delay",
@@ -96,6 +103,7 @@ pub const STEPS: &[Step] = &[
         ],
         anonymous: 40,
         jason: 4,
+        expect: Expect::Shown,
     },
     Step {
         name: "back-to-v1",
@@ -103,6 +111,7 @@ pub const STEPS: &[Step] = &[
         files: &["bookinfo-gateway.yaml", "destination-rule-all.yaml", "virtual-service-all-v1.yaml"],
         anonymous: 40,
         jason: 10,
+        expect: Expect::Shown,
     },
     Step {
         name: "50-v3",
@@ -115,6 +124,7 @@ pub const STEPS: &[Step] = &[
         ],
         anonymous: 400,
         jason: 0,
+        expect: Expect::Shown,
     },
     Step {
         name: "v3",
@@ -127,8 +137,235 @@ pub const STEPS: &[Step] = &[
         ],
         anonymous: 60,
         jason: 0,
+        expect: Expect::Shown,
     },
 ];
+
+/// Which API the walkthrough configures routing with (`bookinfo-demo --api`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Api {
+    /// VirtualServices and DestinationRules (`deploy/bookinfo/networking/`).
+    Istio,
+    /// Gateway API HTTPRoutes to per-version Services (`deploy/bookinfo/gateway-api/`).
+    Gateway,
+}
+
+impl Api {
+    pub fn parse(s: &str) -> Option<Api> {
+        match s {
+            "istio" => Some(Api::Istio),
+            "gateway" => Some(Api::Gateway),
+            _ => None,
+        }
+    }
+
+    pub fn steps(self) -> &'static [Step] {
+        match self {
+            Api::Istio => STEPS,
+            Api::Gateway => GATEWAY_STEPS,
+        }
+    }
+
+    /// The directory holding the routing files the steps apply.
+    pub fn networking(self) -> PathBuf {
+        workspace().join(match self {
+            Api::Istio => "deploy/bookinfo/networking",
+            Api::Gateway => "deploy/bookinfo/gateway-api",
+        })
+    }
+
+    /// The registry files beside `local-registry.yaml`: the Gateway API tasks route to one
+    /// Service per version (Istio's `platform/kube/bookinfo-versions.yaml`), where the Istio
+    /// tasks use DestinationRule subsets instead.
+    pub fn extra_registries(self) -> Vec<PathBuf> {
+        match self {
+            Api::Istio => Vec::new(),
+            Api::Gateway => vec![workspace().join("deploy/bookinfo/bookinfo-versions.yaml")],
+        }
+    }
+}
+
+/// The Gateway API variants of the Bookinfo tasks (Istio's `samples/bookinfo/gateway-api/`,
+/// verbatim). Every HTTPRoute of these files is named after its Service, so a later file
+/// replaces the earlier one's route of the same name (files load in name order, like a second
+/// `kubectl apply`): `route-reviews-*.yaml` replaces the `reviews` route of `route-all-v1.yaml`.
+pub const GATEWAY_STEPS: &[Step] = &[
+    Step {
+        name: "gateway",
+        title: "1. Ingress: bookinfo-gateway.yaml (Gateway API Gateway on port 80 + HTTPRoute), no routes yet",
+        files: &["bookinfo-gateway.yaml"],
+        anonymous: 60,
+        jason: 0,
+        expect: Expect::Spread,
+    },
+    Step {
+        name: "all-v1",
+        title: "2. route-all-v1.yaml: HTTPRoutes send every service to its v1 Service",
+        files: &["bookinfo-gateway.yaml", "route-all-v1.yaml"],
+        anonymous: 40,
+        jason: 20,
+        expect: Expect::All("v1"),
+    },
+    Step {
+        name: "jason-v2",
+        title: "3. route-reviews-test-v2.yaml (request-routing task): end-user jason to reviews-v2, others reviews-v1",
+        files: &["bookinfo-gateway.yaml", "route-all-v1.yaml", "route-reviews-test-v2.yaml"],
+        anonymous: 40,
+        jason: 40,
+        expect: Expect::Jason { jason: "v2", others: "v1" },
+    },
+    Step {
+        name: "jason-delay",
+        title: "4. virtual-service-ratings-test-delay.yaml (fault-injection task): jason's calls to ratings get a 7 s delay",
+        files: &[
+            "bookinfo-gateway.yaml",
+            "route-all-v1.yaml",
+            "route-reviews-test-v2.yaml",
+            "destination-rule-all.yaml",
+            "virtual-service-ratings-test-delay.yaml",
+        ],
+        anonymous: 40,
+        jason: 4,
+        expect: Expect::JasonDelayed { others: "v1" },
+    },
+    Step {
+        name: "reviews-v1",
+        title: "5. route-reviews-v1.yaml: reviews back to reviews-v1 for everybody",
+        files: &["bookinfo-gateway.yaml", "route-all-v1.yaml", "route-reviews-v1.yaml"],
+        anonymous: 40,
+        jason: 10,
+        expect: Expect::All("v1"),
+    },
+    Step {
+        name: "90-10",
+        title: "6. route-reviews-90-10.yaml: reviews-v1 90% / reviews-v2 10%",
+        files: &["bookinfo-gateway.yaml", "route-all-v1.yaml", "route-reviews-90-10.yaml"],
+        anonymous: 400,
+        jason: 0,
+        expect: Expect::Split { first: "v1", second: "v2", second_share: 0.1 },
+    },
+    Step {
+        name: "50-v3",
+        title: "7. route-reviews-50-v3.yaml: reviews-v1 50% / reviews-v3 50%",
+        files: &["bookinfo-gateway.yaml", "route-all-v1.yaml", "route-reviews-50-v3.yaml"],
+        anonymous: 400,
+        jason: 0,
+        expect: Expect::Split { first: "v1", second: "v3", second_share: 0.5 },
+    },
+    Step {
+        name: "v3",
+        title: "8. route-reviews-v3.yaml: 100% reviews-v3",
+        files: &["bookinfo-gateway.yaml", "route-all-v1.yaml", "route-reviews-v3.yaml"],
+        anonymous: 60,
+        jason: 0,
+        expect: Expect::All("v3"),
+    },
+];
+
+/// productpage's budget for reviews: a 3 s timeout, tried twice (`bookinfo/`, as Istio's).
+pub const PRODUCTPAGE_REVIEWS_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The documented outcome of a step, checked on the page loads.
+#[derive(Clone, Copy, Debug)]
+pub enum Expect {
+    /// Printed, not checked (the Istio walkthrough).
+    Shown,
+    /// No routes: reviews v1, v2 and v3 a third each (binomial 99.9%).
+    Spread,
+    /// Every page, anonymous and jason's, showed this reviews version.
+    All(&'static str),
+    /// jason's pages showed `jason`, everybody else's `others`.
+    Jason { jason: &'static str, others: &'static str },
+    /// The anonymous pages showed `first` or `second`, `second_share` of them `second`
+    /// (binomial 99.9%).
+    Split { first: &'static str, second: &'static str, second_share: f64 },
+    /// jason's calls from reviews-v2 to ratings are delayed (the fault's `fixedDelay`): at or
+    /// above productpage's 3 s timeout to reviews, tried twice, his page gives up after ~6 s
+    /// showing reviews unavailable; below it, his page shows v2 after the delay. Everybody else
+    /// gets `others` without delay.
+    JasonDelayed { others: &'static str },
+}
+
+impl Expect {
+    /// Checks the loads of one step; `Ok` says what held. `delay` is the fault's `fixedDelay`.
+    pub fn check(self, anonymous: &Tally, jason: &Tally, delay: Duration) -> Result<String, String> {
+        let all = |t: &Tally, v: &str, who: &str| -> Result<(), String> {
+            if t.count_reviews(v) == t.loads.len() {
+                Ok(())
+            } else {
+                Err(format!("{who}: expected reviews {v} on every page, got {}", t.summary()))
+            }
+        };
+        for (t, who) in [(anonymous, "anonymous"), (jason, "jason")] {
+            if t.errors() > 0 {
+                return Err(format!("{who}: {} pages failed: {}", t.errors(), t.summary()));
+            }
+        }
+        match self {
+            Expect::Shown => Ok("not checked".into()),
+            Expect::Spread => {
+                let n = anonymous.loads.len();
+                for v in ["v1", "v2", "v3"] {
+                    if !within_binomial(anonymous.count_reviews(v), n, 1.0 / 3.0) {
+                        return Err(format!("reviews {v} is not a third of {n}: {}", anonymous.summary()));
+                    }
+                }
+                Ok(format!("v1, v2 and v3 each a third of {n} (binomial 99.9%)"))
+            }
+            Expect::All(v) => {
+                all(anonymous, v, "anonymous")?;
+                all(jason, v, "jason")?;
+                Ok(format!("every page showed reviews {v}"))
+            }
+            Expect::Jason { jason: j, others } => {
+                all(jason, j, "jason")?;
+                all(anonymous, others, "anonymous")?;
+                Ok(format!("jason's pages showed reviews {j}, everybody else's {others}"))
+            }
+            Expect::Split { first, second, second_share } => {
+                let n = anonymous.loads.len();
+                let (a, b) = (anonymous.count_reviews(first), anonymous.count_reviews(second));
+                if a + b != n {
+                    return Err(format!("expected only reviews {first} and {second}: {}", anonymous.summary()));
+                }
+                if !within_binomial(b, n, second_share) {
+                    return Err(format!(
+                        "reviews {second} {b} of {n} is not {:.0}% (binomial 99.9%): {}",
+                        second_share * 100.0,
+                        anonymous.summary()
+                    ));
+                }
+                Ok(format!(
+                    "{first} {a} / {second} {b} of {n}: within the binomial 99.9% bound of {:.0}%",
+                    second_share * 100.0
+                ))
+            }
+            Expect::JasonDelayed { others } => {
+                all(anonymous, others, "anonymous")?;
+                if let Some(l) = anonymous.loads.iter().find(|l| l.latency >= delay) {
+                    return Err(format!("an anonymous page took {:?}: the delay is jason's only", l.latency));
+                }
+                // productpage tries reviews twice, each cut at 3 s.
+                let budget = PRODUCTPAGE_REVIEWS_TIMEOUT * 2;
+                let (shown, lo, hi) = if delay >= PRODUCTPAGE_REVIEWS_TIMEOUT {
+                    // It gives up before the delay ends: after both timeouts, never after the delay.
+                    ("unavailable", budget, delay.max(budget + Duration::from_millis(500)))
+                } else {
+                    // The page's own work is a few ms; half a second more fails a delay applied
+                    // twice while leaving room for a loaded machine.
+                    ("v2", delay, delay + Duration::from_millis(500))
+                };
+                all(jason, shown, "jason")?;
+                if let Some(l) = jason.loads.iter().find(|l| l.latency < lo || l.latency >= hi) {
+                    return Err(format!("jason's page took {:?}, expected {lo:?}..{hi:?}", l.latency));
+                }
+                Ok(format!(
+                    "jason's pages showed reviews {shown} after {lo:?}..{hi:?}, everybody else's {others} without delay"
+                ))
+            }
+        }
+    }
+}
 
 /// What one page load showed.
 #[derive(Clone, Debug)]
@@ -204,6 +441,12 @@ impl Bookinfo {
 
     /// Starts the node with `files` already in the watched directory when the agent starts.
     pub fn start_with(networking: &Path, files: &[&str]) -> Result<Bookinfo> {
+        Bookinfo::start_with_registries(networking, files, &[])
+    }
+
+    /// Like [`start_with`](Self::start_with), the agent also given `registries` after
+    /// `local-registry.yaml` (e.g. the per-version Services the Gateway API tasks route to).
+    pub fn start_with_registries(networking: &Path, files: &[&str], registries: &[PathBuf]) -> Result<Bookinfo> {
         let mut node = Node::new("bk", 0)?;
         for (pod, _, _, octet) in PODS {
             node.add_pod(pod, *octet, SERVICES)?;
@@ -227,6 +470,7 @@ impl Bookinfo {
             Command::new(bin("mesh"))
                 .args(["agent", "--registry"])
                 .arg(&registry)
+                .args(registries.iter().flat_map(|r| [std::ffi::OsStr::new("--registry"), r.as_os_str()]))
                 .arg("--config")
                 .arg(&bk.config_dir)
                 .args(["--admin", ADMIN, "--ingress-bind", "127.0.0.1"])
@@ -367,6 +611,19 @@ pub fn page_load(addr: SocketAddr, user: Option<&str>) -> Result<PageLoad> {
     Ok(PageLoad { status, reviews, stars, latency: started.elapsed() })
 }
 
+/// The `fixedDelay` (whole seconds or milliseconds, as Istio's samples write it) of the fault in
+/// the step's files, if any: what [`Expect::JasonDelayed`] checks against.
+pub fn fixed_delay(networking: &Path, files: &[&str]) -> Option<Duration> {
+    files.iter().find_map(|f| {
+        let text = fs::read_to_string(networking.join(f)).ok()?;
+        let v = text.lines().find_map(|l| l.trim().strip_prefix("fixedDelay:"))?.trim();
+        match v.strip_suffix("ms") {
+            Some(ms) => ms.parse().ok().map(Duration::from_millis),
+            None => v.strip_suffix('s')?.parse().ok().map(Duration::from_secs),
+        }
+    })
+}
+
 /// Two-sided binomial bound: is `k` of `n` consistent with probability `p` at ~99.9% (z=3.29)?
 pub fn within_binomial(k: usize, n: usize, p: f64) -> bool {
     let mean = n as f64 * p;
@@ -383,7 +640,82 @@ pub fn fail_if(cond: bool, msg: impl FnOnce() -> String) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::within_binomial;
+    use std::time::Duration;
+
+    use super::{fixed_delay, within_binomial, Api, Expect, PageLoad, Tally, GATEWAY_STEPS};
+
+    /// `n` page loads showing `reviews` after `ms`.
+    fn loads(n: usize, reviews: &str, ms: u64) -> Vec<PageLoad> {
+        let stars = match reviews {
+            "v2" => "black",
+            "v3" => "red",
+            "v1" => "none",
+            other => other,
+        };
+        let l =
+            PageLoad { status: 200, reviews: reviews.into(), stars: stars.into(), latency: Duration::from_millis(ms) };
+        vec![l; n]
+    }
+
+    fn tally(parts: &[(usize, &str, u64)]) -> Tally {
+        Tally { loads: parts.iter().flat_map(|&(n, v, ms)| loads(n, v, ms)).collect() }
+    }
+
+    /// The gateway walkthrough's checks fail on the outcomes a wrong route would give.
+    #[test]
+    fn gateway_step_checks_fail_on_wrong_outcomes() {
+        let none = Tally::default();
+        let split = Expect::Split { first: "v1", second: "v2", second_share: 0.1 };
+        assert!(split.check(&tally(&[(360, "v1", 2), (40, "v2", 2)]), &none, Duration::ZERO).is_ok());
+        // 75/25 (a wrong weight), or a third version, fails.
+        assert!(split.check(&tally(&[(300, "v1", 2), (100, "v2", 2)]), &none, Duration::ZERO).is_err());
+        assert!(split.check(&tally(&[(355, "v1", 2), (40, "v2", 2), (5, "v3", 2)]), &none, Duration::ZERO).is_err());
+        // A failed page fails any step.
+        let mut failed = tally(&[(10, "v1", 2)]);
+        failed.loads[0].status = 503;
+        assert!(Expect::All("v1").check(&failed, &none, Duration::ZERO).is_err());
+
+        let jason = Expect::Jason { jason: "v2", others: "v1" };
+        assert!(jason.check(&tally(&[(20, "v1", 2)]), &tally(&[(20, "v2", 2)]), Duration::ZERO).is_ok());
+        assert!(jason.check(&tally(&[(20, "v1", 2)]), &tally(&[(20, "v1", 2)]), Duration::ZERO).is_err());
+        assert!(jason.check(&tally(&[(19, "v1", 2), (1, "v2", 2)]), &tally(&[(20, "v2", 2)]), Duration::ZERO).is_err());
+
+        let delayed = Expect::JasonDelayed { others: "v1" };
+        let others = tally(&[(20, "v1", 2)]);
+        // Below productpage's 3 s timeout: v2 after the delay, once.
+        let one = Duration::from_secs(1);
+        assert!(delayed.check(&others, &tally(&[(3, "v2", 1100)]), one).is_ok());
+        assert!(delayed.check(&others, &tally(&[(3, "v2", 2100)]), one).is_err(), "the delay applied twice");
+        assert!(delayed.check(&others, &tally(&[(3, "v2", 20)]), one).is_err(), "no delay");
+        assert!(
+            delayed.check(&tally(&[(20, "v1", 1200)]), &tally(&[(3, "v2", 1100)]), one).is_err(),
+            "everybody delayed"
+        );
+        // At or above it: unavailable after productpage's two 3 s tries, before the delay ends.
+        let seven = Duration::from_secs(7);
+        assert!(delayed.check(&others, &tally(&[(4, "unavailable", 6007)]), seven).is_ok());
+        assert!(delayed.check(&others, &tally(&[(4, "unavailable", 3007)]), seven).is_err(), "one try only");
+        assert!(delayed.check(&others, &tally(&[(4, "v2", 7010)]), seven).is_err());
+
+        assert!(Expect::Spread
+            .check(&tally(&[(20, "v1", 2), (20, "v2", 2), (20, "v3", 2)]), &none, Duration::ZERO)
+            .is_ok());
+        assert!(Expect::Spread.check(&tally(&[(60, "v1", 2)]), &none, Duration::ZERO).is_err());
+    }
+
+    /// The delay the fault step checks is the one in Istio's file (7 s), read, not assumed.
+    #[test]
+    fn fault_step_delay_is_read_from_its_file() {
+        let step = GATEWAY_STEPS.iter().find(|s| s.name == "jason-delay").expect("fault step");
+        assert_eq!(fixed_delay(&Api::Gateway.networking(), step.files), Some(Duration::from_secs(7)));
+        let other = GATEWAY_STEPS.iter().find(|s| s.name == "all-v1").expect("all-v1");
+        assert_eq!(fixed_delay(&Api::Gateway.networking(), other.files), None);
+        let dir = std::env::temp_dir().join(format!("mesh-e2e-fixed-delay-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::write(dir.join("d.yaml"), "fault:\n  delay:\n    fixedDelay: 1500ms\n").expect("write");
+        assert_eq!(fixed_delay(&dir, &["d.yaml"]), Some(Duration::from_millis(1500)));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     /// Successes of `n` draws with probability `p` from a fixed-seed xorshift generator.
     fn draws(state: &mut u64, n: usize, p: f64) -> usize {
