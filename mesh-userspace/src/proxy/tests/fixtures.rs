@@ -14,10 +14,10 @@ pub(super) use http_body_util::{BodyExt, Empty};
 pub(super) use hyper_util::rt::{TokioExecutor, TokioIo};
 pub(super) use tokio::{net::TcpListener, sync::Semaphore, time::Instant};
 
-pub(super) use super::super::*;
+pub(super) use super::super::{http_conn::PARK_IDLE_HTTP1_AFTER, *};
 pub(super) use crate::{
     config::Config,
-    registry::{AppProtocol, ContainerPort, ServicePort, TargetPort},
+    registry::{AppProtocol, ContainerPort, Service, ServicePort, TargetPort},
 };
 
 pub(super) struct NoOriginalDst;
