@@ -324,19 +324,7 @@ async fn serve_http1<S>(
     S: ConnService + Unpin,
 {
     let limits = &state.limits;
-    let mut h1 = hyper::server::conn::http1::Builder::new();
-    // The header timeout is ours (ConnActivity): hyper's would start as soon as the connection
-    // is idle and cut idle keep-alive connections. It is left at hyper's default, which with no
-    // timer installed is off; an explicit `None` is not the same to hyper 1.12: its graceful
-    // shutdown then no longer marks the response in flight `Connection: close` (the drain test
-    // catches it). The read buffer limit is a head-size limit: a head that does not fit is
-    // answered 431 (hyper's Parse::TooLarge). Bodies are read in chunks of it.
-    h1.max_buf_size(
-        usize::try_from(limits.max_request_headers_bytes).unwrap_or(usize::MAX).max(limits::HYPER_MIN_BUF_SIZE),
-    );
-    if limits.max_request_headers_count != limits::HYPER_DEFAULT_MAX_HEADERS {
-        h1.max_headers(limits.max_request_headers_count);
-    }
+    let h1 = http1_builder(limits);
     // While hyper serves, the idle clock parks the connection first (unless the idle timeout
     // itself is that short); the idle timeout proper then runs while it is parked.
     let park = limits.idle_timeout > PARK_IDLE_HTTP1_AFTER;
@@ -384,12 +372,7 @@ async fn serve_http1<S>(
             }
         };
         if let Err(e) = ended {
-            tracing::debug!(error = %e, "http connection ended with error");
-            // A head hyper refused itself (too large across reads, unparsable) was answered by
-            // hyper and never reached `http::handle`: counted here, under its source.
-            if let Some(code) = hyper_refusal(&e) {
-                telemetry::record_refusal(state, source_for_refusals, code);
-            }
+            http1_failed(state, source_for_refusals, &e);
             return;
         }
         let parts = conn.into_parts();
@@ -408,6 +391,34 @@ async fn serve_http1<S>(
         if unread.is_empty() && !parked(state, activity, &io, src, source_for_refusals.caps.as_deref(), false).await {
             return;
         }
+    }
+}
+
+/// The HTTP/1 server of a client connection, held to the downstream limits.
+fn http1_builder(limits: &Limits) -> hyper::server::conn::http1::Builder {
+    let mut h1 = hyper::server::conn::http1::Builder::new();
+    // The header timeout is ours (ConnActivity): hyper's would start as soon as the connection
+    // is idle and cut idle keep-alive connections. It is left at hyper's default, which with no
+    // timer installed is off; an explicit `None` is not the same to hyper 1.12: its graceful
+    // shutdown then no longer marks the response in flight `Connection: close` (the drain test
+    // catches it). The read buffer limit is a head-size limit: a head that does not fit is
+    // answered 431 (hyper's Parse::TooLarge). Bodies are read in chunks of it.
+    h1.max_buf_size(
+        usize::try_from(limits.max_request_headers_bytes).unwrap_or(usize::MAX).max(limits::HYPER_MIN_BUF_SIZE),
+    );
+    if limits.max_request_headers_count != limits::HYPER_DEFAULT_MAX_HEADERS {
+        h1.max_headers(limits.max_request_headers_count);
+    }
+    h1
+}
+
+/// An HTTP/1 connection hyper ended with an error: logged, and a head hyper refused itself (too
+/// large across reads, unparsable) was answered by hyper and never reached `http::handle`:
+/// counted here, under its source.
+fn http1_failed(state: &Arc<ProxyState>, source: &Source, e: &hyper::Error) {
+    tracing::debug!(error = %e, "http connection ended with error");
+    if let Some(code) = hyper_refusal(e) {
+        telemetry::record_refusal(state, source, code);
     }
 }
 

@@ -66,42 +66,57 @@ pub async fn serve_pod_listener(
         let caps = caps.clone();
         let span = tracing::info_span!("conn", src = %workload.name, peer = %peer);
         let state = state.clone();
+        let conn = Redirected { stream, peer, workload, caps, pod_labels };
         tokio::spawn(
             async move {
                 let _held = (in_flight, conn_slot);
-                let SocketAddr::V4(peer4) = peer else {
-                    tracing::warn!("IPv6 client on an IPv4 listener; dropping");
-                    return;
-                };
-                // connect4 records the original destination of what it rewrote; a connection an
-                // iptables REDIRECT rule in the pod sent here (Istio's iptables mode, and the
-                // benchmark's comparison) has it in conntrack instead.
-                let Some(orig) =
-                    state.original_dst.take(netns_cookie, peer4).or_else(|| conntrack_original_dst(&stream))
-                else {
-                    // Anything else dialled 127.0.0.1:15001 directly and has no meaningful destination.
-                    tracing::warn!("no original destination recorded for this connection; closing");
-                    state.metrics.inc("mesh_connections_rejected_total", &[("reason", "no_original_dst")]);
-                    return;
-                };
-                let service = state.registry.load().service_by_vip(*orig.ip(), orig.port()).cloned();
-                let Some(service) = service else {
-                    tracing::warn!(dst = %orig, "original destination is no longer a mesh service; closing");
-                    state.metrics.inc("mesh_connections_rejected_total", &[("reason", "unknown_service")]);
-                    return;
-                };
-                let source = Source {
-                    workload: Some(workload),
-                    peer: Some(peer),
-                    caps: Some(caps),
-                    telemetry: telemetry::ConnTelemetry::new(pod_labels),
-                };
-                serve_service_conn(state, source, service, orig.port(), stream).await;
+                serve_redirected(state, netns_cookie, conn).await;
             }
             .instrument(span),
         );
     })
     .await;
+}
+
+/// A connection a pod's listener accepted, with the pod as it was then.
+struct Redirected {
+    stream: TcpStream,
+    peer: SocketAddr,
+    workload: Arc<Workload>,
+    caps: Arc<limits::SourceCaps>,
+    pod_labels: Arc<crate::metrics::PeerLabels>,
+}
+
+/// Serves one redirected connection: its original destination (the eBPF maps, else conntrack)
+/// names the service, and the pod that connected is its source.
+async fn serve_redirected(state: Arc<ProxyState>, netns_cookie: u64, conn: Redirected) {
+    let Redirected { stream, peer, workload, caps, pod_labels } = conn;
+    let SocketAddr::V4(peer4) = peer else {
+        tracing::warn!("IPv6 client on an IPv4 listener; dropping");
+        return;
+    };
+    // connect4 records the original destination of what it rewrote; a connection an
+    // iptables REDIRECT rule in the pod sent here (Istio's iptables mode, and the
+    // benchmark's comparison) has it in conntrack instead.
+    let Some(orig) = state.original_dst.take(netns_cookie, peer4).or_else(|| conntrack_original_dst(&stream)) else {
+        // Anything else dialled 127.0.0.1:15001 directly and has no meaningful destination.
+        tracing::warn!("no original destination recorded for this connection; closing");
+        state.metrics.inc("mesh_connections_rejected_total", &[("reason", "no_original_dst")]);
+        return;
+    };
+    let service = state.registry.load().service_by_vip(*orig.ip(), orig.port()).cloned();
+    let Some(service) = service else {
+        tracing::warn!(dst = %orig, "original destination is no longer a mesh service; closing");
+        state.metrics.inc("mesh_connections_rejected_total", &[("reason", "unknown_service")]);
+        return;
+    };
+    let source = Source {
+        workload: Some(workload),
+        peer: Some(peer),
+        caps: Some(caps),
+        telemetry: telemetry::ConnTelemetry::new(pod_labels),
+    };
+    serve_service_conn(state, source, service, orig.port(), stream).await;
 }
 
 /// The pre-NAT destination of a connection redirected by netfilter (`SO_ORIGINAL_DST`); None when
