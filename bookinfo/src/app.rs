@@ -199,15 +199,8 @@ async fn productpage(ctx: &Ctx, req: &Request<Incoming>) -> Response<Body> {
     let Role::Productpage { details, reviews } = &ctx.role else { return text(StatusCode::NOT_FOUND, "not found") };
     let path = req.uri().path();
     let user = end_user(req.headers());
-    match path {
-        "/" => return redirect("/productpage", None),
-        "/login" => {
-            let name =
-                req.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("user="))).unwrap_or("jason");
-            return redirect("/productpage", Some(format!("session={name}; Path=/")));
-        }
-        "/logout" => return redirect("/productpage", Some("session=; Path=/; Max-Age=0".into())),
-        _ => {}
+    if let Some(r) = session_route(req) {
+        return r;
     }
     let api = path.strip_prefix("/api/v1/products");
     let wants_details = matches!(api, Some("/0")) || path == "/productpage";
@@ -229,20 +222,7 @@ async fn productpage(ctx: &Ctx, req: &Request<Incoming>) -> Response<Body> {
     } else {
         None
     };
-    let mut reviews_v = None;
-    if wants_reviews {
-        // Like the real productpage: 3 s timeout, one retry, then give up.
-        for _ in 0..2 {
-            if let Ok((s, b)) =
-                call(ctx, &format!("{reviews}/reviews/0"), req.headers(), user.as_deref(), Duration::from_secs(3)).await
-            {
-                if s.is_success() {
-                    reviews_v = serde_json::from_slice::<Value>(&b).ok();
-                    break;
-                }
-            }
-        }
-    }
+    let reviews_v = if wants_reviews { fetch_reviews(ctx, reviews, req, user.as_deref()).await } else { None };
     match api {
         Some("/0") => details_v.map_or_else(
             || json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"error": DETAILS_UNAVAILABLE})),
@@ -252,24 +232,50 @@ async fn productpage(ctx: &Ctx, req: &Request<Incoming>) -> Response<Body> {
             || json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"error": REVIEWS_UNAVAILABLE})),
             |v| json_response(StatusCode::OK, v),
         ),
-        _ => {
-            let (version, stars) = summarize_reviews(reviews_v.as_ref());
-            let mut r = Response::new(Full::new(Bytes::from(page_html(
-                user.as_deref(),
-                details_v.as_ref(),
-                reviews_v.as_ref(),
-                &version,
-                &stars,
-            ))));
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
-            for (k, v) in [("x-bookinfo-reviews", &version), ("x-bookinfo-stars", &stars)] {
-                if let Ok(v) = HeaderValue::from_str(v) {
-                    r.headers_mut().insert(k, v);
-                }
+        _ => product_page(user.as_deref(), details_v.as_ref(), reviews_v.as_ref()),
+    }
+}
+
+/// The sign-in routes: `/` and `/logout` redirect to the page, `/login` sets the session cookie.
+fn session_route(req: &Request<Incoming>) -> Option<Response<Body>> {
+    match req.uri().path() {
+        "/" => Some(redirect("/productpage", None)),
+        "/login" => {
+            let name =
+                req.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("user="))).unwrap_or("jason");
+            Some(redirect("/productpage", Some(format!("session={name}; Path=/"))))
+        }
+        "/logout" => Some(redirect("/productpage", Some("session=; Path=/; Max-Age=0".into()))),
+        _ => None,
+    }
+}
+
+/// The reviews of product 0 from `reviews`, or None when it could not be reached.
+async fn fetch_reviews(ctx: &Ctx, reviews: &str, req: &Request<Incoming>, user: Option<&str>) -> Option<Value> {
+    // Like the real productpage: 3 s timeout, one retry, then give up.
+    for _ in 0..2 {
+        if let Ok((s, b)) =
+            call(ctx, &format!("{reviews}/reviews/0"), req.headers(), user, Duration::from_secs(3)).await
+        {
+            if s.is_success() {
+                return serde_json::from_slice::<Value>(&b).ok();
             }
-            r
         }
     }
+    None
+}
+
+/// The HTML page, with the reviews version and star colour it shows in `x-bookinfo-*` headers.
+fn product_page(user: Option<&str>, details: Option<&Value>, reviews: Option<&Value>) -> Response<Body> {
+    let (version, stars) = summarize_reviews(reviews);
+    let mut r = Response::new(Full::new(Bytes::from(page_html(user, details, reviews, &version, &stars))));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    for (k, v) in [("x-bookinfo-reviews", &version), ("x-bookinfo-stars", &stars)] {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            r.headers_mut().insert(k, v);
+        }
+    }
+    r
 }
 
 fn redirect(to: &'static str, cookie: Option<String>) -> Response<Body> {

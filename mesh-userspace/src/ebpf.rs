@@ -2,8 +2,10 @@
 //!
 //! Programs are attached with BPF links (not legacy `BPF_PROG_ATTACH`), pinned only with
 //! `--bpf-pin-dir` (`ebpf_pin`): otherwise the kernel detaches them when the last link fd closes,
-//! so an agent that crashes or is killed leaves nothing attached. `Drop` detaches explicitly on a
-//! clean exit as well.
+//! so an agent that crashes or is killed leaves nothing attached. A clean exit works the same
+//! way (there is no `Drop` impl): dropping [`MeshEbpf`], or [`MeshEbpf::detach`], closes the link
+//! descriptors, and the kernel detaches the programs unless they are pinned or a successor holds
+//! duplicates.
 //!
 //! A successor agent takes the link and map descriptors over (see `handover`): the same links
 //! stay attached and the same maps keep the enrollments, VIPs and original destinations; it then

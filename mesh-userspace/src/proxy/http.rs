@@ -11,7 +11,7 @@ use rand::Rng;
 
 use super::{telemetry::RequestRecord, ProxyState, Source};
 use crate::metrics::Flags;
-use crate::routing::{Context, Decision, RequestInfo};
+use crate::routing::{Context, Decision, RequestInfo, RouteTable};
 
 /// Errors of a body passing through the proxy: hyper's, or the proxy's own (a request body idle
 /// timeout), which hyper then turns into a reset of the stream it was sending. A concrete type,
@@ -181,28 +181,7 @@ pub async fn handle(
     rec.note_request_id(req.headers());
     // The table is pinned for the whole request: a reload while it runs does not change its route.
     let table = state.routes.load_full();
-    let authority = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()));
-    let context = match &entry {
-        Entry::Service { service, port } => Context::Mesh { service, port: *port },
-        Entry::Gateway { name, namespace, port } => Context::Gateway { name, namespace, port: *port },
-    };
-    let decision = {
-        let info = RequestInfo {
-            context,
-            source: source.workload.as_deref(),
-            method: req.method(),
-            uri: req.uri(),
-            authority: authority.as_deref(),
-            scheme: "http",
-            headers: req.headers(),
-        };
-        table.route(&info, &mut rand::thread_rng())
-    };
+    let decision = route(&table, &entry, &source, &req);
     let resp = match decision {
         Decision::NoRoute { reason } => {
             rec.flag(Flags::NR);
@@ -220,26 +199,7 @@ pub async fn handle(
         }
         Decision::Forward(fwd) => {
             rec.set_cluster(&fwd.cluster);
-            let forwarded = super::forward::forward(&state, &source, *fwd, req, &mut rec, shed.clone());
-            match &shed {
-                None => forwarded.await,
-                Some(t) => {
-                    // Reset by the overload manager before a response came: the request (its
-                    // read-ahead body, its upstream request) is dropped here.
-                    let done = tokio::select! {
-                        biased;
-                        _ = t.shed_signal() => None,
-                        r = forwarded => Some(r),
-                    };
-                    match done {
-                        Some(r) => r,
-                        None => {
-                            rec.flag(Flags::OM);
-                            overloaded_reply(http1)
-                        }
-                    }
-                }
-            }
+            forward_unless_shed(&state, &source, *fwd, req, &mut rec, shed, http1).await
         }
     };
     // After the head, a reset ends the response body with an error: hyper resets the stream
@@ -251,6 +211,60 @@ pub async fn handle(
     };
     // Metrics and the access log line are made when the response ends (see RequestRecord).
     Ok(rec.respond(resp))
+}
+
+/// Asks `table` for the route of `req`, which arrived at `entry` from `source`.
+fn route(table: &RouteTable, entry: &Entry, source: &Source, req: &Request<Incoming>) -> Decision {
+    let authority = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()));
+    let context = match entry {
+        Entry::Service { service, port } => Context::Mesh { service, port: *port },
+        Entry::Gateway { name, namespace, port } => Context::Gateway { name, namespace, port: *port },
+    };
+    let info = RequestInfo {
+        context,
+        source: source.workload.as_deref(),
+        method: req.method(),
+        uri: req.uri(),
+        authority: authority.as_deref(),
+        scheme: "http",
+        headers: req.headers(),
+    };
+    table.route(&info, &mut rand::thread_rng())
+}
+
+/// Forwards a routed request ([`super::forward::forward`]); when the overload manager resets it
+/// (`shed`) before a response came, the request (its read-ahead body, its upstream request) is
+/// dropped and the client gets the overload reply.
+async fn forward_unless_shed(
+    state: &Arc<ProxyState>,
+    source: &Source,
+    fwd: crate::routing::Forward,
+    req: Request<Incoming>,
+    rec: &mut RequestRecord,
+    shed: Option<Arc<super::limits::Ticket>>,
+    http1: bool,
+) -> Response<ProxyBody> {
+    let forwarded = super::forward::forward(state, source, fwd, req, rec, shed.clone());
+    let Some(t) = &shed else {
+        return forwarded.await;
+    };
+    let done = tokio::select! {
+        biased;
+        _ = t.shed_signal() => None,
+        r = forwarded => Some(r),
+    };
+    match done {
+        Some(r) => r,
+        None => {
+            rec.flag(Flags::OM);
+            overloaded_reply(http1)
+        }
+    }
 }
 
 /// Envoy's overload manager reply: 503 with `x-envoy-overloaded`. HTTP/1 closes the connection:

@@ -29,10 +29,10 @@ pub const CGROUP_BUDGET_PERCENT: u64 = 80;
 /// What one open client connection is counted as holding: its task, hyper's read and write
 /// buffers and the socket's bookkeeping. The issue measured ~21 KB per idle keep-alive connection.
 pub const CONNECTION_BYTES: u64 = 20 << 10;
-/// What a parked connection (idle HTTP/1, its hyper buffers given back; see `proxy::parked`) is
-/// counted as holding instead: its task and small shared structs. Counting it less than a
-/// served one is also what has the allocator purged when connections park (a drop in held
-/// bytes), so the buffers they freed leave the RSS.
+/// What a parked connection (idle HTTP/1, its hyper buffers given back; see
+/// `proxy::http_conn::parked`) is counted as holding instead: its task and small shared structs.
+/// Counting it less than a served one is also what has the allocator purged when connections
+/// park (a drop in held bytes), so the buffers they freed leave the RSS.
 pub const PARKED_CONNECTION_BYTES: u64 = 4 << 10;
 /// What one request in flight is counted as holding besides its read-ahead body: its task, the
 /// request and response heads and its share of an upstream connection's buffers.

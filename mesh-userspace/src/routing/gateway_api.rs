@@ -676,5 +676,5 @@ impl Redirect {
 }
 
 #[cfg(test)]
-#[path = "gateway_api_tests.rs"]
+#[path = "gateway_api_tests/mod.rs"]
 mod tests;
