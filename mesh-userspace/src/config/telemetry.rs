@@ -139,148 +139,6 @@ impl Filter {
     }
 }
 
-/// `tracing[]` (not implemented: checked, then warned about).
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Tracing {
-    #[serde(default, rename = "match")]
-    #[allow(missing_docs)]
-    pub match_: Option<ModeSelector>,
-    #[serde(default)]
-    #[allow(missing_docs)]
-    pub providers: Vec<ProviderRef>,
-    #[serde(default)]
-    #[allow(missing_docs)]
-    pub random_sampling_percentage: Option<f64>,
-    #[serde(default)]
-    #[allow(missing_docs)]
-    pub disable_span_reporting: Option<bool>,
-    #[serde(default)]
-    #[allow(missing_docs)]
-    pub disable_context_propagation: Option<bool>,
-    #[serde(default)]
-    #[allow(missing_docs)]
-    pub enable_istio_tags: Option<bool>,
-    #[serde(default)]
-    #[allow(missing_docs)]
-    pub use_request_id_for_trace_sampling: Option<bool>,
-    #[serde(default)]
-    #[allow(missing_docs)]
-    pub custom_tags: BTreeMap<String, CustomTag>,
-}
-
-/// `tracing[].customTags.<name>`: exactly one of its fields.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[allow(missing_docs)]
-pub struct CustomTag {
-    #[serde(default)]
-    pub literal: Option<TagValue>,
-    #[serde(default)]
-    pub environment: Option<TagNamed>,
-    #[serde(default)]
-    pub header: Option<TagNamed>,
-    #[serde(default)]
-    pub formatter: Option<TagValue>,
-}
-
-/// A literal or formatter tag.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[allow(missing_docs)]
-pub struct TagValue {
-    #[serde(default)]
-    pub value: String,
-}
-
-/// An environment or header tag.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[allow(missing_docs)]
-pub struct TagNamed {
-    #[serde(default)]
-    pub name: String,
-    #[serde(default)]
-    pub default_value: Option<String>,
-}
-
-/// `metrics[]` (not implemented: checked, then warned about).
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[allow(missing_docs)]
-pub struct Metrics {
-    #[serde(default)]
-    pub providers: Vec<ProviderRef>,
-    #[serde(default)]
-    pub overrides: Vec<MetricsOverride>,
-    #[serde(default)]
-    pub reporting_interval: Option<String>,
-}
-
-/// `metrics[].overrides[]`.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[allow(missing_docs)]
-pub struct MetricsOverride {
-    #[serde(default, rename = "match")]
-    pub match_: Option<MetricSelector>,
-    #[serde(default)]
-    pub disabled: Option<bool>,
-    #[serde(default)]
-    pub tag_overrides: BTreeMap<String, TagOverride>,
-}
-
-/// `metrics[].overrides[].match`.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[allow(missing_docs)]
-pub struct MetricSelector {
-    #[serde(default)]
-    pub metric: Option<IstioMetric>,
-    #[serde(default)]
-    pub custom_metric: Option<String>,
-    #[serde(default)]
-    pub mode: Option<WorkloadMode>,
-}
-
-/// The standard metrics a Telemetry can select.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-#[allow(missing_docs)]
-pub enum IstioMetric {
-    AllMetrics,
-    RequestCount,
-    RequestDuration,
-    RequestSize,
-    ResponseSize,
-    TcpOpenedConnections,
-    TcpClosedConnections,
-    TcpSentBytes,
-    TcpReceivedBytes,
-    GrpcRequestMessages,
-    GrpcResponseMessages,
-}
-
-/// `tagOverrides.<tag>`.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[allow(missing_docs)]
-pub struct TagOverride {
-    #[serde(default)]
-    pub operation: Option<TagOperation>,
-    #[serde(default)]
-    pub value: Option<String>,
-}
-
-/// `tagOverrides.<tag>.operation`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-#[allow(missing_docs)]
-pub enum TagOperation {
-    Upsert,
-    Remove,
-}
-
 /// Istio's verdict on one Telemetry (`ValidateTelemetry` and the CRD rules), plus warnings for
 /// what the node proxy does not do.
 pub fn validate(t: &TelemetrySpec) -> Validation {
@@ -610,7 +468,13 @@ pub fn access_logging_enabled(config: &Config, source: &Workload) -> bool {
     access_log_providers(config, source, &[]).contains(ENVOY_PROVIDER)
 }
 
+mod checked;
 pub mod filter;
+
+pub use self::checked::{
+    CustomTag, IstioMetric, MetricSelector, Metrics, MetricsOverride, TagNamed, TagOperation, TagOverride, TagValue,
+    Tracing,
+};
 
 #[cfg(test)]
 mod tests;

@@ -7,7 +7,7 @@
 //!   one's oldest unfinished requests to reset, out. Unit-tested on its own.
 //! - [`run`], the task that samples the process RSS (`/proc/self/statm`, every [`TICK`]: no
 //!   syscall on the request path), asks [`decide`], applies the answer to the per-source state in
-//!   `limits.rs` and returns freed memory to the kernel ([`crate::allocator::purge`]).
+//!   `limits/source.rs` and returns freed memory to the kernel ([`crate::allocator::purge`]).
 use std::{
     path::{Path, PathBuf},
     sync::{
