@@ -52,7 +52,7 @@ impl Feeds {
         };
         let gateway_api = match (&client, args.gateway_api) {
             (Some(client), Switch::On) => match discovery::gateway_api::spawn(client.clone()).await {
-                Ok(rx) => rx,
+                Ok(rx) => Some(rx),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot discover the Gateway API objects; using --config only for them");
                     None

@@ -20,15 +20,17 @@ pub const KINDS: [&str; 5] = ["HTTPRoute", "GRPCRoute", "ReferenceGrant", "Gatew
 /// (ReferenceGrant was v1beta1-only before Gateway API v1.3).
 pub const VERSIONS: [&str; 2] = ["v1", "v1beta1"];
 
-/// Discovers the Gateway API group and watches its kinds. `Ok(None)` when the group is not
-/// served (the CRDs are not installed): not an error, the mesh runs on the other sources; the
-/// group is looked up once, so CRDs installed later take an agent restart.
-pub async fn spawn(client: Client) -> Result<Option<watch::Receiver<Option<Documents>>>, kube::Error> {
+/// Discovers the Gateway API group and watches its kinds, and the cluster's Namespaces (their
+/// labels are what a listener's `allowedRoutes` `Selector` matches, for Gateways of the API
+/// server and of `--config` alike). A group that is not served (the CRDs are not installed) is
+/// not an error: the Namespaces alone are watched. The group is looked up once, so CRDs
+/// installed later take an agent restart.
+pub async fn spawn(client: Client) -> Result<watch::Receiver<Option<Documents>>, kube::Error> {
     let group = match kube::discovery::group(&client, GROUP).await {
         Ok(group) => group,
         Err(kube::Error::Discovery(kube::error::DiscoveryError::MissingApiGroup(_))) => {
             tracing::info!(group = GROUP, "Gateway API CRDs not installed; HTTPRoutes are read from --config only");
-            return Ok(None);
+            return Ok(watch_kinds(client, Vec::new(), document, true));
         }
         Err(e) => return Err(e),
     };
@@ -39,7 +41,7 @@ pub async fn spawn(client: Client) -> Result<Option<watch::Receiver<Option<Docum
             None => tracing::info!(%kind, group = GROUP, "kind not served by the API server; skipped"),
         }
     }
-    Ok(Some(watch_kinds(client, served, document)))
+    Ok(watch_kinds(client, served, document, true))
 }
 
 /// The resource of `kind` at the most preferred of [`VERSIONS`] that serves it. kube's

@@ -8,8 +8,10 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use k8s_openapi::api::core::v1::Namespace;
 use kube::{
     api::{ApiResource, DynamicObject},
+    core::PartialObjectMeta,
     Api, Client, ResourceExt as _,
 };
 use serde_json::json;
@@ -25,6 +27,7 @@ pub type Documents = Arc<Vec<(String, String)>>;
 
 #[derive(Default)]
 struct Shared {
+    /// One store per watched kind, by kind name: the map's order is the documents' order.
     stores: Mutex<BTreeMap<&'static str, Store<(String, String)>>>,
     changed: Notify,
 }
@@ -40,18 +43,32 @@ pub async fn spawn(client: Client) -> Result<watch::Receiver<Option<Documents>>,
             None => tracing::warn!(%kind, group = GROUP, "kind not served by the API server; skipped"),
         }
     }
-    Ok(watch_kinds(client, served, document))
+    Ok(watch_kinds(client, served, document, false))
 }
 
 /// Watches each (kind, served resource) and publishes the documents of all of them, in a stable
 /// order (kind, then namespace/name), once every kind has been listed and after each change.
-/// Nothing is published while no kind is served.
+/// With `namespaces`, the cluster's Namespaces are watched too (metadata only) and published as
+/// `v1` `Namespace` documents carrying their labels. Nothing is published while nothing is
+/// watched.
 pub(super) fn watch_kinds(
     client: Client,
     served: Vec<(&'static str, ApiResource)>,
     document: fn(&ApiResource, &DynamicObject) -> (String, String),
+    namespaces: bool,
 ) -> watch::Receiver<Option<Documents>> {
     let shared = Arc::new(Shared::default());
+    if namespaces {
+        locked(&shared.stores, |s| s.insert(NAMESPACE, Store::default()));
+        let (a, b) = (shared.clone(), shared.clone());
+        tokio::spawn(watch_into(
+            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+            (),
+            move |f| locked(&a.stores, |s| s.get_mut(NAMESPACE).is_some_and(f)),
+            move || b.changed.notify_one(),
+            |o| Some(namespace_document(o)),
+        ));
+    }
     for (kind, resource) in served {
         tracing::info!(%kind, api_version = %resource.api_version, "watching routing objects");
         locked(&shared.stores, |s| s.insert(kind, Store::default()));
@@ -83,6 +100,20 @@ pub(super) fn watch_kinds(
         }
     });
     rx
+}
+
+/// The store key of the Namespaces (no kind of a watched group is called that).
+const NAMESPACE: &str = "Namespace";
+
+/// A Namespace as the `v1` document a user would put in the config directory: its name and
+/// labels, all a Gateway listener's `allowedRoutes.namespaces.selector` looks at. It goes through
+/// the same admission as the directory's (which keeps the labels), so a Namespace of the API
+/// server replaces a directory document of the same name.
+pub fn namespace_document(o: &PartialObjectMeta<Namespace>) -> (String, String) {
+    let name = o.name_any();
+    let labels = o.metadata.labels.clone().unwrap_or_default();
+    let doc = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}});
+    (format!("k8s:Namespace/{name}"), serde_yaml::to_string(&doc).unwrap_or_default())
 }
 
 /// The object as the YAML a user applies: apiVersion, kind, name, namespace and spec (status,

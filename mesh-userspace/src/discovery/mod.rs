@@ -5,3 +5,8 @@ pub mod gateway_api;
 pub mod istio;
 pub mod kube;
 pub mod sandbox;
+
+#[cfg(test)]
+mod fake_api;
+#[cfg(test)]
+mod namespace_tests;
