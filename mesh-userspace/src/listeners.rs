@@ -156,6 +156,24 @@ mod tests {
         assert!(set.export().expect("export").is_empty());
     }
 
+    /// Issue 16: a Gateway whose port changed is served on the new port at once and no longer
+    /// on the old one.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_gateway_whose_port_changed_moves_to_the_new_port() {
+        let mut set = ListenerSet::new("test", IpAddr::V4(Ipv4Addr::LOCALHOST), HashMap::new());
+        let (a, b) = (free_port(), free_port());
+        set.reconcile(&HashMap::from([(a, "gw")]), say).await;
+        assert_eq!(ask(a).await.expect("a"), "gw");
+        set.reconcile(&HashMap::from([(b, "gw")]), say).await;
+        assert!(!set.has_failed());
+        assert_eq!(ask(b).await.expect("b"), "gw");
+        assert!(ask(a).await.is_err(), "old port {a} still served");
+        // And back: the port just closed can be bound again at once.
+        set.reconcile(&HashMap::from([(a, "gw")]), say).await;
+        assert!(!set.has_failed(), "re-binding the old port failed");
+        assert_eq!(ask(a).await.expect("a"), "gw");
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn an_inherited_socket_is_served_instead_of_binding() {
         let port = free_port();

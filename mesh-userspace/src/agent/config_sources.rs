@@ -44,7 +44,7 @@ impl Feeds {
             (Some(client), true) => match discovery::istio::spawn(client.clone()).await {
                 Ok(rx) => Some(rx),
                 Err(e) => {
-                    tracing::error!(error = %e, "cannot watch Istio routing objects (are the networking.istio.io CRDs installed?); using --config only");
+                    tracing::error!(error = %e, "cannot look up the networking.istio.io API group; Istio routing objects from --config only");
                     None
                 }
             },
@@ -52,7 +52,7 @@ impl Feeds {
         };
         let gateway_api = match (&client, args.gateway_api) {
             (Some(client), Switch::On) => match discovery::gateway_api::spawn(client.clone()).await {
-                Ok(rx) => rx,
+                Ok(rx) => Some(rx),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot discover the Gateway API objects; using --config only for them");
                     None

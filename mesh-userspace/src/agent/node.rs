@@ -298,15 +298,16 @@ impl NodeReconciler {
     }
 
     /// One ingress listener per port of the Gateways in the live config, opened and closed as
-    /// Gateways come and go with config reloads. Two Gateways on one port: the first listed
-    /// gets it, the other is warned about.
+    /// Gateways come and go with config reloads. Two Gateways on one port share its listener,
+    /// opened for the first listed: the route table serves the virtual hosts of every Gateway
+    /// on the port (routing/gateway_merge.rs), so another joining does not re-bind it.
     async fn reconcile_gateways(&mut self) {
         let mut wanted: HashMap<u16, GatewayRef> = HashMap::new();
         for gw in self.state.routes.load().gateways() {
             let want = GatewayRef { name: gw.name, namespace: gw.namespace };
             match wanted.get(&gw.port) {
                 Some(other) if *other != want => {
-                    tracing::warn!(gateway = %want, port = gw.port, serving = %other, "port already served by another Gateway");
+                    tracing::debug!(gateway = %want, port = gw.port, listener = %other, "Gateways share the port's listener");
                 }
                 Some(_) => {}
                 None => {

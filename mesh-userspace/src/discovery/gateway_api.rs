@@ -11,7 +11,7 @@ use kube::{
 use serde_json::json;
 use tokio::sync::watch;
 
-use super::istio::{watch_kinds, Documents};
+use super::group_watch::{watch_group, Documents, GroupKinds, REDISCOVER};
 
 pub const GROUP: &str = crate::config::gateway_api::GROUP;
 /// GatewayClass is cluster-scoped; the others are namespaced.
@@ -20,26 +20,14 @@ pub const KINDS: [&str; 5] = ["HTTPRoute", "GRPCRoute", "ReferenceGrant", "Gatew
 /// (ReferenceGrant was v1beta1-only before Gateway API v1.3).
 pub const VERSIONS: [&str; 2] = ["v1", "v1beta1"];
 
-/// Discovers the Gateway API group and watches its kinds. `Ok(None)` when the group is not
-/// served (the CRDs are not installed): not an error, the mesh runs on the other sources; the
-/// group is looked up once, so CRDs installed later take an agent restart.
-pub async fn spawn(client: Client) -> Result<Option<watch::Receiver<Option<Documents>>>, kube::Error> {
-    let group = match kube::discovery::group(&client, GROUP).await {
-        Ok(group) => group,
-        Err(kube::Error::Discovery(kube::error::DiscoveryError::MissingApiGroup(_))) => {
-            tracing::info!(group = GROUP, "Gateway API CRDs not installed; HTTPRoutes are read from --config only");
-            return Ok(None);
-        }
-        Err(e) => return Err(e),
-    };
-    let mut served = Vec::new();
-    for kind in KINDS {
-        match served_resource(&group, kind) {
-            Some(resource) => served.push((kind, resource)),
-            None => tracing::info!(%kind, group = GROUP, "kind not served by the API server; skipped"),
-        }
-    }
-    Ok(Some(watch_kinds(client, served, document)))
+/// Watches the Gateway API kinds, and the cluster's Namespaces (their labels are what a
+/// listener's `allowedRoutes` `Selector` matches, for Gateways of the API server and of
+/// `--config` alike). A group that is not served (the CRDs are not installed) is not an error:
+/// the Namespaces alone are watched, and the group is looked up again every [`REDISCOVER`], so
+/// CRDs installed later are watched without a restart (and deleted ones stop being watched).
+pub async fn spawn(client: Client) -> Result<watch::Receiver<Option<Documents>>, kube::Error> {
+    let what = GroupKinds { group: GROUP, kinds: &KINDS, resolve: served_resource, document };
+    watch_group(client, what, true, REDISCOVER).await
 }
 
 /// The resource of `kind` at the most preferred of [`VERSIONS`] that serves it. kube's

@@ -3,86 +3,32 @@
 //! ConfigMap. The served version (v1, v1beta1 or v1alpha3) is discovered; each object is turned
 //! back into the YAML document a user would have written and handed to the same strict parser
 //! as the ConfigMap's files, under a source name such as `k8s:VirtualService/default/reviews`.
-use std::{
-    collections::BTreeMap,
-    sync::{Arc, Mutex},
-};
-
 use kube::{
     api::{ApiResource, DynamicObject},
-    Api, Client, ResourceExt as _,
+    discovery::ApiGroup,
+    Client, ResourceExt as _,
 };
 use serde_json::json;
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
-use super::kube::{locked, watch_into, Store};
+pub use super::group_watch::Documents;
+use super::group_watch::{watch_group, GroupKinds, REDISCOVER};
 
 pub const GROUP: &str = "networking.istio.io";
 pub const KINDS: [&str; 3] = ["VirtualService", "DestinationRule", "Gateway"];
 
-/// Routing documents from the API server: (source name, YAML text), in a stable order.
-pub type Documents = Arc<Vec<(String, String)>>;
-
-#[derive(Default)]
-struct Shared {
-    stores: Mutex<BTreeMap<&'static str, Store<(String, String)>>>,
-    changed: Notify,
-}
-
-/// Discovers the Istio networking group and watches its routing kinds. Fails when the group is
-/// not served (the CRDs are not installed): the caller says so and runs with the ConfigMap only.
+/// Discovers the Istio networking group and watches its routing kinds. A group that is not
+/// served (the CRDs are not installed) is looked up again every [`REDISCOVER`], so CRDs
+/// installed later are watched without a restart; Err only when the first look-up fails
+/// otherwise: the caller says so and runs with the ConfigMap only.
 pub async fn spawn(client: Client) -> Result<watch::Receiver<Option<Documents>>, kube::Error> {
-    let group = kube::discovery::group(&client, GROUP).await?;
-    let mut served = Vec::new();
-    for kind in KINDS {
-        match group.recommended_kind(kind) {
-            Some((resource, _caps)) => served.push((kind, resource)),
-            None => tracing::warn!(%kind, group = GROUP, "kind not served by the API server; skipped"),
-        }
-    }
-    Ok(watch_kinds(client, served, document))
+    let what = GroupKinds { group: GROUP, kinds: &KINDS, resolve: recommended, document };
+    watch_group(client, what, false, REDISCOVER).await
 }
 
-/// Watches each (kind, served resource) and publishes the documents of all of them, in a stable
-/// order (kind, then namespace/name), once every kind has been listed and after each change.
-/// Nothing is published while no kind is served.
-pub(super) fn watch_kinds(
-    client: Client,
-    served: Vec<(&'static str, ApiResource)>,
-    document: fn(&ApiResource, &DynamicObject) -> (String, String),
-) -> watch::Receiver<Option<Documents>> {
-    let shared = Arc::new(Shared::default());
-    for (kind, resource) in served {
-        tracing::info!(%kind, api_version = %resource.api_version, "watching routing objects");
-        locked(&shared.stores, |s| s.insert(kind, Store::default()));
-        let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
-        let (a, b) = (shared.clone(), shared.clone());
-        let ar = resource.clone();
-        tokio::spawn(watch_into(
-            api,
-            resource,
-            move |f| locked(&a.stores, |s| s.get_mut(kind).is_some_and(f)),
-            move || b.changed.notify_one(),
-            move |o| Some(document(&ar, o)),
-        ));
-    }
-    let (tx, rx) = watch::channel(None);
-    tokio::spawn(async move {
-        loop {
-            shared.changed.notified().await;
-            let docs = locked(&shared.stores, |stores| {
-                stores
-                    .values()
-                    .all(|s| s.synced())
-                    .then(|| stores.values().flat_map(|s| s.values().map(|d| (**d).clone())).collect::<Vec<_>>())
-            });
-            let Some(docs) = docs else { continue };
-            if tx.borrow().as_deref() != Some(&docs) && tx.send(Some(Arc::new(docs))).is_err() {
-                return;
-            }
-        }
-    });
-    rx
+/// The resource of `kind` at the group's preferred version that serves it.
+fn recommended(group: &ApiGroup, kind: &str) -> Option<ApiResource> {
+    group.recommended_kind(kind).map(|(resource, _caps)| resource)
 }
 
 /// The object as the YAML a user applies: apiVersion, kind, name, namespace and spec (status,

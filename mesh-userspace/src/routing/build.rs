@@ -69,6 +69,8 @@ pub fn compile(config: &config::Config, registry: &Registry) -> (RouteTable, Vec
     for (object, file, errors) in b.http_routes(&routes, &mut table) {
         rejected.push(config::Rejected { object: Some(object), file, errors });
     }
+    // Gateways sharing a port are served together: what cannot be merged is warned.
+    b.shared_gateway_ports(&table);
     // Anything left was not attributed to an object (cannot happen today); never drop it silently.
     if !b.errors.is_empty() {
         let file: Arc<str> = Arc::from("config");

@@ -207,33 +207,58 @@ impl Builder<'_> {
         rejected
     }
 
-    /// One virtual host per (Gateway, port, host name) with the rules attached there, most
-    /// specific host name first (see `gateway_api_ingress`).
+    /// One virtual host per (port, host name) with the rules attached there, most specific host
+    /// name first (see `gateway_api_ingress`). Gateways sharing a port share the node's listener
+    /// there, so the same host name of two of them is one virtual host: as Istio appends the
+    /// routes of a host its merged route config already has, the rules of the first Gateway
+    /// (namespace/name order) come first, then the next one's (warned with both names).
     fn gateway_vhosts(
         &mut self,
         by_vhost: BTreeMap<VhostKey, Vec<HttpRule>>,
         names: &Attached,
         table: &mut RouteTable,
     ) {
+        // (port, host) → per Gateway: namespace, name, where, route names, rules.
+        type Part = (String, String, Arc<Locator>, String, Vec<HttpRule>);
+        let mut merged: BTreeMap<(u16, String), Vec<Part>> = BTreeMap::new();
         for ((ns, name, port, host), http) in by_vhost {
             let (origin, route_names) = match names.get(&(format!("{ns}/{name}:{port}"), host.clone())) {
                 Some((origin, route_names, _)) => (origin.clone(), route_names.join("+")),
                 None => (Arc::new(Locator::default()), String::new()),
             };
+            merged.entry((port, host.to_ascii_lowercase())).or_default().push((ns, name, origin, route_names, http));
+        }
+        for ((port, host), parts) in merged {
+            if let [(ns_a, a, ..), rest @ ..] = parts.as_slice() {
+                for (ns_b, b, ..) in rest {
+                    self.warnings.push(format!(
+                        "Gateways {ns_a}/{a} and {ns_b}/{b} (gateway.networking.k8s.io) both serve host {host} on port \
+                         {port}: merged on one listener, the rules of {ns_a}/{a} first"
+                    ));
+                }
+            }
+            let mut parts = parts.into_iter();
+            let Some((ns, name, origin, mut key, mut http)) = parts.next() else { continue };
+            let mut gateways = vec![(ns.clone(), name.clone())];
+            for (ns_b, b, _, key_b, http_b) in parts {
+                key = format!("{key}+{key_b}");
+                http.extend(http_b);
+                gateways.push((ns_b, b));
+            }
             let vs = Arc::new(CompiledVs {
                 namespace: ns.clone(),
-                key: Arc::from(route_names),
+                key: Arc::from(key),
                 origin,
                 hosts: vec![host.clone()],
                 http,
                 tcp: Vec::new(),
-                gateways: vec![(ns.clone(), name.clone())],
+                gateways,
                 mesh: false,
                 gateway_api: true,
             });
             table.gateway_api_vs.push(GatewayApiVhost { namespace: ns, name, port, host, vs });
         }
-        // Stable: ties keep (namespace, name, port, host) order.
+        // Stable: ties keep (port, host) order.
         table.gateway_api_vs.sort_by_key(|v| gateway_api_ingress::vhost_rank(&v.host));
     }
 

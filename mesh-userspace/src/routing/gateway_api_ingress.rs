@@ -319,9 +319,12 @@ pub(super) fn vhost_matches(vhost: &str, host: &str) -> bool {
     vhost == "*" || covers(vhost, host) || vhost.eq_ignore_ascii_case(host)
 }
 
+/// How specific a virtual host name is: smaller is more specific.
+pub(super) type VhostRank = (u8, std::cmp::Reverse<usize>);
+
 /// Sort key of a virtual host, most specific first: exact names, then wildcards by longer
 /// suffix, then `*` (Envoy's virtual host selection, which Istio relies on).
-pub(super) fn vhost_rank(vhost: &str) -> (u8, std::cmp::Reverse<usize>) {
+pub(super) fn vhost_rank(vhost: &str) -> VhostRank {
     match vhost {
         "*" => (2, std::cmp::Reverse(0)),
         v if v.starts_with("*.") => (1, std::cmp::Reverse(v.len())),

@@ -153,8 +153,9 @@ fn served_gateways_listen_once_per_port_and_tls_listeners_are_warned() {
 fn httproute_simple_same_namespace() {
     let t = table_of(&[fixture!("httproute-simple-same-namespace.yaml")]);
     expect_backends(&t, "same-namespace", &[("gw.example", "/", &[], Some(V1))]);
-    // Another Gateway on the same port serves nothing of it.
-    expect_backends(&t, "all-namespaces", &[("gw.example", "/", &[], None)]);
+    // Another Gateway on the same port shares the node's listener there: the port's virtual
+    // hosts are served whichever Gateway it was opened for (routing/gateway_merge_tests.rs).
+    expect_backends(&t, "all-namespaces", &[("gw.example", "/", &[], Some(V1))]);
 }
 
 #[test]

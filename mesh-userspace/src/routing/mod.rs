@@ -6,6 +6,7 @@ mod decide;
 pub mod explain;
 mod gateway_api;
 mod gateway_api_ingress;
+mod gateway_merge;
 pub mod matcher;
 mod policy;
 
@@ -503,40 +504,55 @@ impl RouteTable {
                 let fqdn = service.fqdn();
                 self.mesh_wildcard_vs.iter().find(|vs| vs.hosts.iter().any(|h| host_matches(h, &fqdn)))
             }),
-            Context::Gateway { name, namespace, port } => {
+            Context::Gateway { port, .. } => {
                 let host = req
                     .authority
                     .map(|a| a.rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok()).map_or(a, |(h, _)| h));
-                // A Gateway API Gateway: the most specific virtual host of that port matching the
-                // host (sorted so at compile time); none matching is 404.
-                let mut vhosts = self
+                // Every Gateway with servers (Istio) or HTTP listeners (Gateway API) on `port`
+                // shares the node's one listener there, whichever Gateway it was opened for: as
+                // Istio merges the servers of Gateways on one port into one route config, their
+                // virtual hosts are served together and the most specific host name matching
+                // `Host` wins (exact, longest `*.` suffix, `*`; a tie: the Istio Gateway's).
+                // A Gateway API virtual host is the most specific of its port (sorted at compile
+                // time, the same host of two Gateways merged: gateway_merge.rs).
+                let api = self
                     .gateway_api_vs
                     .iter()
-                    .filter(|v| v.port == port && v.name == name && v.namespace == namespace)
-                    .peekable();
-                if vhosts.peek().is_some() {
-                    let host = host.unwrap_or("");
-                    return vhosts.find(|v| gateway_api_ingress::vhost_matches(&v.host, host)).map(|v| &v.vs);
+                    .find(|v| v.port == port && gateway_api_ingress::vhost_matches(&v.host, host.unwrap_or("")));
+                match (api, self.istio_gateway_vs(port, host)) {
+                    (Some(a), Some((_, rank))) if rank > gateway_api_ingress::vhost_rank(&a.host) => Some(&a.vs),
+                    (_, Some((vs, _))) => Some(vs),
+                    (Some(a), None) => Some(&a.vs),
+                    (None, None) => None,
                 }
-                // Istio serves on a Gateway port only the hosts its servers admit there (the
-                // virtual host is the intersection of the server's and the VirtualService's
-                // hosts); any other host gets 404, whatever the VirtualService says.
-                let servers: Vec<&GatewayListener> = self
-                    .gateways
-                    .iter()
-                    .filter(|g| g.name == name && g.namespace == namespace && g.port == port)
-                    .collect();
-                self.gateway_vs.iter().find(|vs| {
-                    vs.gateways.iter().any(|(ns, n)| n == name && ns == namespace)
-                        && vs.hosts.iter().any(|h| host.is_some_and(|host| host_matches(h, host)) || h == "*")
-                        && servers.iter().any(|g| {
-                            g.hosts
-                                .iter()
-                                .any(|sh| server_host_admits(sh, namespace, &vs.namespace, host.unwrap_or("")))
-                        })
-                })
             }
         }
+    }
+
+    /// The first VirtualService bound to an Istio Gateway with a server on `port` that admits
+    /// `host`, with the rank of its most specific host name matching it. Istio serves on a
+    /// Gateway port only the hosts its servers admit there (the virtual host is the intersection
+    /// of the server's and the VirtualService's hosts); any other host gets 404, whatever the
+    /// VirtualService says.
+    fn istio_gateway_vs(
+        &self,
+        port: u16,
+        host: Option<&str>,
+    ) -> Option<(&Arc<CompiledVs>, gateway_api_ingress::VhostRank)> {
+        let servers: Vec<&GatewayListener> = self.gateways.iter().filter(|g| g.port == port).collect();
+        self.gateway_vs.iter().find_map(|vs| {
+            let rank = vs
+                .hosts
+                .iter()
+                .filter(|h| host.is_some_and(|host| host_matches(h, host)) || *h == "*")
+                .map(|h| gateway_api_ingress::vhost_rank(h))
+                .min()?;
+            let admitted = servers.iter().any(|g| {
+                vs.gateways.iter().any(|(ns, n)| *n == g.name && *ns == g.namespace)
+                    && g.hosts.iter().any(|sh| server_host_admits(sh, &g.namespace, &vs.namespace, host.unwrap_or("")))
+            });
+            admitted.then_some((vs, rank))
+        })
     }
 
     pub(crate) fn mesh_vs_for(&self, service: &Service) -> Option<&Arc<CompiledVs>> {
