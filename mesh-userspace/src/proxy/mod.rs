@@ -8,6 +8,7 @@ pub mod lb;
 pub mod limits;
 pub mod overload;
 pub mod telemetry;
+pub mod tls;
 
 pub use self::limits::Limits;
 
@@ -564,59 +565,7 @@ pub async fn serve_http(state: Arc<ProxyState>, source: Source, entry: Entry, st
     let activity = limits::ConnActivity::counting(source.caps.as_ref().map(|c| c.head_counter()));
     let src = source.workload.as_ref().map_or("ingress", |w| w.name.as_str()).to_owned();
     let source_for_refusals = source.clone();
-    let svc = {
-        let state = state.clone();
-        let activity = activity.clone();
-        let src = src.clone();
-        hyper::service::service_fn(move |req| -> ServiceFuture {
-            // Held until hyper drops the response body (written, or the client left), so the
-            // idle and header timers only run between requests.
-            let guard = activity.begin();
-            activity.request_has_body(!hyper::body::Body::is_end_stream(req.body()));
-            // The source's requests in flight, held like the guard until the response is sent.
-            let slot = match source.caps.as_ref().map(|c| c.request()) {
-                Some(None) => {
-                    state
-                        .metrics
-                        .inc("mesh_downstream_overflow_total", &[("source_workload", &src), ("limit", "requests")]);
-                    let mut r = http::local_reply(
-                        ::http::StatusCode::SERVICE_UNAVAILABLE,
-                        format!(
-                            "source workload {src} has too many requests in flight (limit {})",
-                            source.caps.as_ref().map_or(state.limits.per_source_max_requests, |c| c.maxima().1)
-                        ),
-                    );
-                    r.headers_mut().insert("x-envoy-overloaded", ::http::HeaderValue::from_static("true"));
-                    // Counted like any request under its source, routed nowhere (Envoy's `UO`:
-                    // a concurrency limit full, answered with `x-envoy-overloaded`).
-                    let r = telemetry::record_request_cap_refusal(&state, &source, &req, r);
-                    return Box::pin(std::future::ready(Ok(r)));
-                }
-                Some(Some(slot)) => Some(slot),
-                None => None,
-            };
-            let handled = http::handle(state.clone(), source.clone(), entry.clone(), req);
-            let (state, source, src) = (state.clone(), source.clone(), src.clone());
-            Box::pin(async move {
-                // At once, unless the event loop fell behind and this source is the one slowed
-                // down (`fair.rs`).
-                match state.fair.enter(&src).await {
-                    Ok(false) => {}
-                    Ok(true) => {
-                        state.metrics.inc("mesh_fair_share_total", &[("source_workload", &src), ("action", "queued")])
-                    }
-                    Err(fair::Refused) => return Ok(fair_share_refusal(&state, &source, &src)),
-                }
-                let resp = handled.await?;
-                Ok::<_, std::convert::Infallible>(resp.map(|body| {
-                    http_body_util::BodyExt::boxed(http_body_util::BodyExt::map_frame(body, move |f| {
-                        let _held = (&guard, &slot);
-                        f
-                    }))
-                }))
-            })
-        })
-    };
+    let svc = conn_service(&state, source, entry, &activity, &src);
     let limits = &state.limits;
     let io = limits::ActivityIo::new(stream, activity.clone());
     // Until its first bytes the connection is parked: no hyper state at all.
@@ -636,16 +585,80 @@ pub async fn serve_http(state: Arc<ProxyState>, source: Source, entry: Entry, st
     }
 }
 
-/// Serves an HTTP/2 (h2c) connection until the client closes, a limit ends it or the drain.
-async fn serve_http2<S>(
+/// The per-request service of one client connection (plain or TLS): each request through
+/// [`http::handle`], held to its source's caps and fairness turn.
+fn conn_service(
+    state: &Arc<ProxyState>,
+    source: Source,
+    entry: Entry,
+    activity: &Arc<limits::ConnActivity>,
+    src: &str,
+) -> impl ConnService + Clone + Send + Unpin + 'static {
+    let state = state.clone();
+    let activity = activity.clone();
+    let src = src.to_owned();
+    hyper::service::service_fn(move |req| -> ServiceFuture {
+        // Held until hyper drops the response body (written, or the client left), so the
+        // idle and header timers only run between requests.
+        let guard = activity.begin();
+        activity.request_has_body(!hyper::body::Body::is_end_stream(req.body()));
+        // The source's requests in flight, held like the guard until the response is sent.
+        let slot = match source.caps.as_ref().map(|c| c.request()) {
+            Some(None) => {
+                state
+                    .metrics
+                    .inc("mesh_downstream_overflow_total", &[("source_workload", &src), ("limit", "requests")]);
+                let mut r = http::local_reply(
+                    ::http::StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "source workload {src} has too many requests in flight (limit {})",
+                        source.caps.as_ref().map_or(state.limits.per_source_max_requests, |c| c.maxima().1)
+                    ),
+                );
+                r.headers_mut().insert("x-envoy-overloaded", ::http::HeaderValue::from_static("true"));
+                // Counted like any request under its source, routed nowhere (Envoy's `UO`:
+                // a concurrency limit full, answered with `x-envoy-overloaded`).
+                let r = telemetry::record_request_cap_refusal(&state, &source, &req, r);
+                return Box::pin(std::future::ready(Ok(r)));
+            }
+            Some(Some(slot)) => Some(slot),
+            None => None,
+        };
+        let handled = http::handle(state.clone(), source.clone(), entry.clone(), req);
+        let (state, source, src) = (state.clone(), source.clone(), src.clone());
+        Box::pin(async move {
+            // At once, unless the event loop fell behind and this source is the one slowed
+            // down (`fair.rs`).
+            match state.fair.enter(&src).await {
+                Ok(false) => {}
+                Ok(true) => {
+                    state.metrics.inc("mesh_fair_share_total", &[("source_workload", &src), ("action", "queued")])
+                }
+                Err(fair::Refused) => return Ok(fair_share_refusal(&state, &source, &src)),
+            }
+            let resp = handled.await?;
+            Ok::<_, std::convert::Infallible>(resp.map(|body| {
+                http_body_util::BodyExt::boxed(http_body_util::BodyExt::map_frame(body, move |f| {
+                    let _held = (&guard, &slot);
+                    f
+                }))
+            }))
+        })
+    })
+}
+
+/// Serves an HTTP/2 connection (h2c, or h2 inside TLS) until the client closes, a limit ends it
+/// or the drain.
+async fn serve_http2<S, T>(
     state: &Arc<ProxyState>,
     activity: &limits::ConnActivity,
-    io: limits::ActivityIo<TcpStream>,
+    io: limits::ActivityIo<T>,
     svc: S,
     src: &str,
     caps: Option<&limits::SourceCaps>,
 ) where
     S: ConnService + Clone + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let limits = &state.limits;
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -830,19 +843,7 @@ async fn serve_http1<S>(
     S: ConnService + Unpin,
 {
     let limits = &state.limits;
-    let mut h1 = hyper::server::conn::http1::Builder::new();
-    // The header timeout is ours (ConnActivity): hyper's would start as soon as the connection
-    // is idle and cut idle keep-alive connections. It is left at hyper's default, which with no
-    // timer installed is off; an explicit `None` is not the same to hyper 1.12: its graceful
-    // shutdown then no longer marks the response in flight `Connection: close` (the drain test
-    // catches it). The read buffer limit is a head-size limit: a head that does not fit is
-    // answered 431 (hyper's Parse::TooLarge). Bodies are read in chunks of it.
-    h1.max_buf_size(
-        usize::try_from(limits.max_request_headers_bytes).unwrap_or(usize::MAX).max(limits::HYPER_MIN_BUF_SIZE),
-    );
-    if limits.max_request_headers_count != limits::HYPER_DEFAULT_MAX_HEADERS {
-        h1.max_headers(limits.max_request_headers_count);
-    }
+    let h1 = http1_builder(limits);
     // While hyper serves, the idle clock parks the connection first (unless the idle timeout
     // itself is that short); the idle timeout proper then runs while it is parked.
     let park = limits.idle_timeout > PARK_IDLE_HTTP1_AFTER;
@@ -915,6 +916,24 @@ async fn serve_http1<S>(
             return;
         }
     }
+}
+
+/// hyper's HTTP/1 server as the downstream limits configure it (plain and TLS connections).
+fn http1_builder(limits: &Limits) -> hyper::server::conn::http1::Builder {
+    let mut h1 = hyper::server::conn::http1::Builder::new();
+    // The header timeout is ours (ConnActivity): hyper's would start as soon as the connection
+    // is idle and cut idle keep-alive connections. It is left at hyper's default, which with no
+    // timer installed is off; an explicit `None` is not the same to hyper 1.12: its graceful
+    // shutdown then no longer marks the response in flight `Connection: close` (the drain test
+    // catches it). The read buffer limit is a head-size limit: a head that does not fit is
+    // answered 431 (hyper's Parse::TooLarge). Bodies are read in chunks of it.
+    h1.max_buf_size(
+        usize::try_from(limits.max_request_headers_bytes).unwrap_or(usize::MAX).max(limits::HYPER_MIN_BUF_SIZE),
+    );
+    if limits.max_request_headers_count != limits::HYPER_DEFAULT_MAX_HEADERS {
+        h1.max_headers(limits.max_request_headers_count);
+    }
+    h1
 }
 
 /// The status hyper's HTTP/1 server answered a request head it refused with, if it did.
@@ -1018,14 +1037,17 @@ pub async fn serve_nodeport(state: Arc<ProxyState>, listener: TcpListener, servi
     .await;
 }
 
-/// Ingress listener for an Istio Gateway server port.
+/// Ingress listener for a Gateway port (an Istio Gateway's servers, a Gateway API Gateway's
+/// listeners).
 pub async fn serve_gateway(state: Arc<ProxyState>, listener: TcpListener, name: String, namespace: String, port: u16) {
     let st = state.clone();
     accept_until_drain(listener, &name, &st.drain, |stream, peer, in_flight| {
         let state = state.clone();
         let entry = Entry::Gateway { name: name.clone(), namespace: namespace.clone(), port };
         let span = tracing::info_span!("gateway", gateway = %name, peer = %peer);
-        let served = serve_http(state, Source::new(None, Some(peer), None), entry, stream);
+        // TLS-terminated when the live table has certificates for the port (looked up per
+        // connection, so a rotated Secret applies to the next handshake), else plain HTTP.
+        let served = tls::serve_gateway_conn(state, Source::new(None, Some(peer), None), entry, stream);
         spawn_counted(served.instrument(span), in_flight);
     })
     .await;
