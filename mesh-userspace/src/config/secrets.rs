@@ -3,7 +3,11 @@
 //! `stringData` merged over it as the API server does — and parsed as a certificate only when a
 //! served listener names the Secret (`routing::gateway_tls`), so a broken Secret nothing uses
 //! costs nothing and warns about nothing.
-use std::{collections::BTreeMap, fmt, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    sync::Arc,
+};
 
 use super::{Config, Locator};
 
@@ -77,5 +81,26 @@ impl Config {
             at,
         };
         self.secrets.insert((namespace.to_owned(), name.to_owned()), secret);
+    }
+
+    /// The namespaces the Gateways take TLS certificates from: each Gateway API listener's
+    /// `certificateRefs` namespaces (the Gateway's when unset) and the namespace of each Istio
+    /// Gateway with a `credentialName`. What the API server's Secret watch covers.
+    pub fn tls_secret_namespaces(&self) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for g in &self.kube_gateways {
+            for t in g.spec.listeners.iter().filter_map(|l| l.tls.as_ref()) {
+                for r in &t.certificate_refs {
+                    let ns = r.get("namespace").and_then(serde_yaml::Value::as_str).unwrap_or(&g.namespace);
+                    out.insert(ns.to_owned());
+                }
+            }
+        }
+        for g in &self.gateways {
+            if g.spec.servers.iter().any(|s| s.tls.as_ref().is_some_and(|t| t.credential_name.is_some())) {
+                out.insert(g.namespace.clone());
+            }
+        }
+        out
     }
 }

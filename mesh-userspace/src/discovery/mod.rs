@@ -5,3 +5,4 @@ pub mod gateway_api;
 pub mod istio;
 pub mod kube;
 pub mod sandbox;
+pub mod secrets;
