@@ -189,3 +189,17 @@ fn istio_simple_servers_terminate_with_their_credential_name_and_other_modes_sta
     let certs = t.gateway_tls("infra", "ingress", 443).expect("the api server is still served");
     assert!(certs.pick(Some("www.example.com")).is_none());
 }
+
+#[test]
+fn the_secret_watch_covers_the_namespaces_the_gateways_take_certificates_from() {
+    let istio = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: ingress, namespace: edge}\nspec:\n  servers:\n  - port: {number: 443, name: https, protocol: HTTPS}\n    hosts: [\"*\"]\n    tls: {mode: SIMPLE, credentialName: c}\n---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: plain, namespace: elsewhere}\nspec:\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [\"*\"]\n";
+    let mut config = Config::default();
+    for (f, text) in [gateway("certs"), ("istio.yaml", istio.into())] {
+        config.add_str(f, &text).expect("config");
+    }
+    let namespaces: Vec<String> = config.tls_secret_namespaces().into_iter().collect();
+    assert_eq!(namespaces, ["certs", "edge"]);
+    let mut config = Config::default();
+    config.add_str("gateway.yaml", &gateway("infra").1).expect("config");
+    assert_eq!(config.tls_secret_namespaces().into_iter().collect::<Vec<_>>(), ["infra"]);
+}
