@@ -65,13 +65,11 @@ pub fn spawn(client: Client) -> (watch::Sender<BTreeSet<String>>, watch::Receive
                     let wanted = wanted_rx.borrow_and_update().clone();
                     namespaces.retain(|ns, _| wanted.contains(ns));
                     for ns in wanted {
-                        if !namespaces.contains_key(&ns) {
+                        if let std::collections::btree_map::Entry::Vacant(slot) = namespaces.entry(ns) {
+                            let ns = slot.key().clone();
                             tracing::info!(namespace = %ns, "watching kubernetes.io/tls Secrets for Gateway listeners");
-                            let task = tokio::spawn(watch_namespace(client.clone(), ns.clone(), events_tx.clone()));
-                            namespaces.insert(
-                                ns,
-                                Namespace { live: BTreeMap::new(), resync: None, synced: false, task: Some(task) },
-                            );
+                            let task = tokio::spawn(watch_namespace(client.clone(), ns, events_tx.clone()));
+                            slot.insert(Namespace { live: BTreeMap::new(), resync: None, synced: false, task: Some(task) });
                         }
                     }
                     true
