@@ -144,7 +144,7 @@ fn registry_with_echo(backend: SocketAddr) -> Registry {
 /// A Gateway API Gateway `web` with an HTTPS listener on 8443 for `www.example.com` (Secret
 /// `www`) and one with no hostname (Secret `fallback`), and a route of both to echo.
 fn gateway_config(www: &Leaf, fallback: &Leaf) -> Config {
-    let gateway = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: web, namespace: default}\nspec:\n  gatewayClassName: mesh\n  listeners:\n  - {name: www, port: 8443, protocol: HTTPS, hostname: www.example.com, tls: {certificateRefs: [{name: www}]}}\n  - {name: any, port: 8443, protocol: HTTPS, tls: {mode: Terminate, certificateRefs: [{kind: Secret, group: '', name: fallback}]}}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: echo, namespace: default}\nspec:\n  parentRefs: [{name: web}]\n  rules:\n  - backendRefs: [{name: echo, port: 80}]\n";
+    let gateway = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: web, namespace: default}\nspec:\n  gatewayClassName: mesh\n  listeners:\n  - {name: www, port: 8443, protocol: HTTPS, hostname: www.example.com, tls: {certificateRefs: [{name: www}]}}\n  - {name: any, port: 8443, protocol: HTTPS, tls: {mode: Terminate, certificateRefs: [{kind: Secret, group: '', name: fallback}]}}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: echo, namespace: default}\nspec:\n  parentRefs: [{name: web}]\n  rules:\n  - backendRefs: [{name: echo, port: 80}]\n  - matches: [{path: {type: PathPrefix, value: /old}}]\n    filters: [{type: RequestRedirect, requestRedirect: {hostname: moved.example.com}}]\n";
     let mut config = Config::default();
     for (f, text) in [
         ("gateway.yaml", gateway.to_owned()),
@@ -189,7 +189,7 @@ async fn connect(
 }
 
 /// GET `path` with `host` over an established TLS connection, as HTTP/1.1 or h2 (what ALPN
-/// chose): the response's version, status and body.
+/// chose): the response's version, status and body (a redirect's: its `Location`).
 async fn get(
     tls: tokio_rustls::client::TlsStream<TcpStream>,
     host: &str,
@@ -213,6 +213,10 @@ async fn get(
         send.send_request(req).await.expect("h1 response")
     };
     let (version, status) = (resp.version(), resp.status().as_u16());
+    if resp.status().is_redirection() {
+        let location = resp.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        return (version, status, location);
+    }
     let body = resp.into_body().collect().await.expect("body").to_bytes();
     (version, status, String::from_utf8_lossy(&body).into_owned())
 }
@@ -253,6 +257,12 @@ async fn https_through_a_gateway_listener_by_sni_over_http1_and_h2_and_a_rotated
     let (tls, presented) = connect(&h1, addr, "www.example.com").await.expect("handshake after rotation");
     assert_eq!(presented, rotated.der, "the rotated certificate was not used");
     assert_eq!(get(tls, "www.example.com", "/again").await.1, 200);
+
+    // A redirect with no scheme keeps the request's, which on a TLS port is https.
+    let (tls, _) = connect(&h1, addr, "www.example.com").await.expect("handshake");
+    let (_, status, location) = get(tls, "www.example.com", "/old").await;
+    assert_eq!(status, 302);
+    assert!(location.starts_with("https://moved.example.com"), "Location {location:?}");
 }
 
 #[tokio::test]

@@ -465,6 +465,12 @@ impl RouteTable {
         self.gateways.clone()
     }
 
+    /// Whether a Gateway port terminates TLS: its requests' scheme is `https` (what `scheme`
+    /// matches see and what a redirect without a scheme keeps).
+    pub fn gateway_terminates_tls(&self, namespace: &str, name: &str, port: u16) -> bool {
+        self.gateway_tls.iter().any(|t| t.port == port && t.name == name && t.namespace == namespace)
+    }
+
     /// The certificates a Gateway port terminates TLS with; None: the port is plain HTTP.
     pub fn gateway_tls(&self, namespace: &str, name: &str, port: u16) -> Option<crate::proxy::tls::ServerCerts> {
         // Once per accepted connection, over a handful of Gateway ports.
