@@ -26,6 +26,11 @@ pub(super) struct Feeds {
     pub(super) crds: Option<watch::Receiver<Option<Documents>>>,
     /// The Gateway API objects (`--gateway-api`); None once the watch is gone.
     pub(super) gateway_api: Option<watch::Receiver<Option<Documents>>>,
+    /// The `kubernetes.io/tls` Secrets of TLS Gateway listeners (`--kubernetes`); None once the
+    /// watch is gone.
+    pub(super) secrets: Option<watch::Receiver<Option<Documents>>>,
+    /// The namespaces the Secret watch covers, set after each config merge.
+    secret_namespaces: Option<watch::Sender<std::collections::BTreeSet<String>>>,
 }
 
 impl Feeds {
@@ -60,7 +65,26 @@ impl Feeds {
             },
             _ => None,
         };
-        Ok(Feeds { registries, registry_open: true, updates: None, crds, gateway_api })
+        let (secret_namespaces, secrets) = match client {
+            Some(client) => {
+                let (tx, rx) = discovery::secrets::spawn(client);
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
+        Ok(Feeds { registries, registry_open: true, updates: None, crds, gateway_api, secrets, secret_namespaces })
+    }
+
+    /// Points the Secret watch at the namespaces `config`'s Gateways take certificates from.
+    pub(super) fn want_secrets(&self, config: &Config) {
+        if let Some(tx) = &self.secret_namespaces {
+            let wanted = config.tls_secret_namespaces();
+            tx.send_if_modified(|w| {
+                let changed = *w != wanted;
+                *w = wanted;
+                changed
+            });
+        }
     }
 }
 
@@ -102,13 +126,14 @@ pub(super) struct ConfigSources {
     pub(super) dir: Config,
     pub(super) crds: Documents,
     pub(super) gateway_api: Documents,
+    pub(super) secrets: Documents,
 }
 
 impl ConfigSources {
     /// The files, then the API objects (an object replaces a file document of the same name).
     pub(super) fn merged(&self) -> Config {
         let mut config = self.dir.clone();
-        for (source, text) in self.crds.iter().chain(self.gateway_api.iter()) {
+        for (source, text) in self.crds.iter().chain(self.gateway_api.iter()).chain(self.secrets.iter()) {
             let skipped = config.skipped.len();
             // A bad object is recorded in `config.rejected`; admission decides what to keep.
             let _ = config.add_str(source, text);

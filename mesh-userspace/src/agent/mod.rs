@@ -57,7 +57,12 @@ const ENROLL_RETRY: Duration = Duration::from_millis(250);
 pub async fn run(args: AgentArgs) -> Result<()> {
     let mut kernel = kernel::start(&args).await?;
     let mut feeds = Feeds::start(&args).await?;
-    let sources = ConfigSources { dir: initial_config(&args), crds: Arc::default(), gateway_api: Arc::default() };
+    let sources = ConfigSources {
+        dir: initial_config(&args),
+        crds: Arc::default(),
+        gateway_api: Arc::default(),
+        secrets: Arc::default(),
+    };
     let state = start_proxy(&args, &kernel.bpf);
     let admin = start_admin(&args, &state, &kernel.bpf, &mut kernel.inherited).await?;
     feeds.updates = match args.config.clone() {
@@ -203,7 +208,9 @@ impl Agent {
     /// the first; the config read at start is admitted with it.
     async fn start_serving(&mut self) {
         // The files as found at start; a bad object among them is rejected, the rest served.
-        self.node.admission_candidate = Some(self.sources.merged());
+        let config = self.sources.merged();
+        self.feeds.want_secrets(&config);
+        self.node.admission_candidate = Some(config);
         let initial = self.feeds.registries.borrow_and_update().clone();
         if let Some(registry) = initial {
             self.registry_arrived(registry).await;
@@ -259,13 +266,25 @@ impl Agent {
                         None => Flow::Continue,
                     }
                 }
+                changed = async { match self.feeds.secrets.as_mut() { Some(rx) => rx.changed().await, None => std::future::pending().await } } => {
+                    match take_documents(&mut self.feeds.secrets, changed) {
+                        Some(docs) => { self.sources.secrets = docs; Flow::Reconfigure }
+                        None => Flow::Continue,
+                    }
+                }
                 _ = retry.tick(), if self.node.has_failed() => { self.node.retry_failed().await; Flow::Continue }
                 _ = &mut shutdown, if !self.stop_requested => self.shutdown_requested(),
             };
             match flow {
                 Flow::Continue => {}
                 // Every change of the files or the API objects is admitted object by object.
-                Flow::Reconfigure => self.node.apply_config(self.sources.merged()).await,
+                Flow::Reconfigure => {
+                    let config = self.sources.merged();
+                    // The Secret watch follows the Gateways: a namespace newly named is watched,
+                    // and its Secrets arrive as another reconfigure.
+                    self.feeds.want_secrets(&config);
+                    self.node.apply_config(config).await
+                }
                 Flow::Exit(successor) => return successor,
             }
         }

@@ -91,6 +91,7 @@ fn gateway_api_objects_are_merged_through_the_same_admission() {
             ("k8s:HTTPRoute/ns/r".into(), route.into()),
             ("k8s:TLSRoute/ns/t".into(), tls.into()),
         ]),
+        secrets: Arc::default(),
     };
     let merged = sources.merged();
     assert_eq!(merged.virtual_services.len(), 1);

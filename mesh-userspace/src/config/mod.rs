@@ -6,6 +6,7 @@
 // Not fully documented yet (see the note in lib.rs).
 #[allow(missing_docs)]
 pub mod gateway_api;
+pub mod secrets;
 pub mod telemetry;
 #[allow(missing_docs)]
 pub mod types;
@@ -72,6 +73,8 @@ pub struct Config {
     /// Labels of the `v1` `Namespace` documents read (for a Gateway listener's
     /// `allowedRoutes.namespaces.from: Selector`); a namespace with no document has none.
     pub namespace_labels: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+    /// `v1` `Secret` documents by (namespace, name): the certificates of TLS Gateway listeners.
+    pub secrets: std::collections::BTreeMap<(String, String), secrets::SecretDoc>,
     /// Istio `Telemetry` objects (`telemetry.istio.io`), see [`telemetry`].
     pub telemetries: Vec<Sourced<telemetry::TelemetrySpec>>,
     /// Documents of other kinds (a Service, a ConfigMap...) found in the files: skipped, reported.
@@ -355,6 +358,10 @@ impl Config {
         }
         if api_version == "v1" && kind == "Namespace" {
             self.keep_namespace_labels(&name, &doc.text);
+        }
+        if api_version == "v1" && kind == "Secret" {
+            self.keep_secret(&name, &namespace, &doc.text, at);
+            return Ok(());
         }
         if group == telemetry::GROUP {
             return self.add_telemetry_document((&doc.text, doc.line_offset), at, &api_version, &kind, name, namespace);

@@ -6,6 +6,7 @@ pub mod group_watch;
 pub mod istio;
 pub mod kube;
 pub mod sandbox;
+pub mod secrets;
 
 #[cfg(test)]
 mod fake_api;

@@ -43,6 +43,7 @@ const COUNTERS: &[(&str, &str)] = &[
     ("mesh_overflow_total", "Requests refused by a cluster's connection pool limits (circuit breaker)"),
     ("mesh_retry_overflow_total", "Retries not made because the cluster's maxRetries were outstanding"),
     ("mesh_downstream_timeouts_total", "Client connections or requests ended by a downstream timeout"),
+    ("mesh_tls_handshake_failures_total", "TLS handshakes on ingress Gateway ports that failed or timed out"),
     ("mesh_downstream_overflow_total", "Connections or requests refused by a source workload's caps"),
     (
         "mesh_overload_shed_total",

@@ -231,7 +231,10 @@ fn route(table: &RouteTable, entry: &Entry, source: &Source, req: &Request<Incom
         method: req.method(),
         uri: req.uri(),
         authority: authority.as_deref(),
-        scheme: "http",
+        scheme: match entry {
+            Entry::Gateway { name, namespace, port } if table.gateway_terminates_tls(namespace, name, *port) => "https",
+            _ => "http",
+        },
         headers: req.headers(),
     };
     table.route(&info, &mut rand::thread_rng())

@@ -24,12 +24,12 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// What a connection's service returns per request: boxed, so that an HTTP/1 connection can be
 /// polled without shutdown (hyper requires an `Unpin` future for it) and taken apart when idle.
-type ServiceFuture = std::pin::Pin<
+pub(super) type ServiceFuture = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<::http::Response<ProxyBody>, std::convert::Infallible>> + Send>,
 >;
 
 /// The per-request service `serve_http` builds, as its HTTP/1 and HTTP/2 halves take it.
-trait ConnService:
+pub(super) trait ConnService:
     hyper::service::Service<
     ::http::Request<hyper::body::Incoming>,
     Response = ::http::Response<ProxyBody>,
@@ -58,59 +58,7 @@ pub async fn serve_http(state: Arc<ProxyState>, source: Source, entry: Entry, st
     let activity = limits::ConnActivity::counting(source.caps.as_ref().map(|c| c.head_counter()));
     let src = source.workload.as_ref().map_or("ingress", |w| w.name.as_str()).to_owned();
     let source_for_refusals = source.clone();
-    let svc = {
-        let state = state.clone();
-        let activity = activity.clone();
-        let src = src.clone();
-        hyper::service::service_fn(move |req| -> ServiceFuture {
-            // Held until hyper drops the response body (written, or the client left), so the
-            // idle and header timers only run between requests.
-            let guard = activity.begin();
-            activity.request_has_body(!hyper::body::Body::is_end_stream(req.body()));
-            // The source's requests in flight, held like the guard until the response is sent.
-            let slot = match source.caps.as_ref().map(|c| c.request()) {
-                Some(None) => {
-                    state
-                        .metrics
-                        .inc("mesh_downstream_overflow_total", &[("source_workload", &src), ("limit", "requests")]);
-                    let mut r = http::local_reply(
-                        ::http::StatusCode::SERVICE_UNAVAILABLE,
-                        format!(
-                            "source workload {src} has too many requests in flight (limit {})",
-                            source.caps.as_ref().map_or(state.limits.per_source_max_requests, |c| c.maxima().1)
-                        ),
-                    );
-                    r.headers_mut().insert("x-envoy-overloaded", ::http::HeaderValue::from_static("true"));
-                    // Counted like any request under its source, routed nowhere (Envoy's `UO`:
-                    // a concurrency limit full, answered with `x-envoy-overloaded`).
-                    let r = telemetry::record_request_cap_refusal(&state, &source, &req, r);
-                    return Box::pin(std::future::ready(Ok(r)));
-                }
-                Some(Some(slot)) => Some(slot),
-                None => None,
-            };
-            let handled = http::handle(state.clone(), source.clone(), entry.clone(), req);
-            let (state, source, src) = (state.clone(), source.clone(), src.clone());
-            Box::pin(async move {
-                // At once, unless the event loop fell behind and this source is the one slowed
-                // down (`fair.rs`).
-                match state.fair.enter(&src).await {
-                    Ok(false) => {}
-                    Ok(true) => {
-                        state.metrics.inc("mesh_fair_share_total", &[("source_workload", &src), ("action", "queued")])
-                    }
-                    Err(fair::Refused) => return Ok(fair_share_refusal(&state, &source, &src)),
-                }
-                let resp = handled.await?;
-                Ok::<_, std::convert::Infallible>(resp.map(|body| {
-                    http_body_util::BodyExt::boxed(http_body_util::BodyExt::map_frame(body, move |f| {
-                        let _held = (&guard, &slot);
-                        f
-                    }))
-                }))
-            })
-        })
-    };
+    let svc = conn_service(&state, source, entry, &activity, &src);
     let limits = &state.limits;
     let io = limits::ActivityIo::new(stream, activity.clone());
     // Until its first bytes the connection is parked: no hyper state at all.
@@ -130,16 +78,80 @@ pub async fn serve_http(state: Arc<ProxyState>, source: Source, entry: Entry, st
     }
 }
 
-/// Serves an HTTP/2 (h2c) connection until the client closes, a limit ends it or the drain.
-async fn serve_http2<S>(
+/// The per-request service of one client connection (plain or TLS): each request through
+/// [`http::handle`], held to its source's caps and fairness turn.
+pub(super) fn conn_service(
+    state: &Arc<ProxyState>,
+    source: Source,
+    entry: Entry,
+    activity: &Arc<limits::ConnActivity>,
+    src: &str,
+) -> impl ConnService + Clone + Send + Unpin + 'static {
+    let state = state.clone();
+    let activity = activity.clone();
+    let src = src.to_owned();
+    hyper::service::service_fn(move |req| -> ServiceFuture {
+        // Held until hyper drops the response body (written, or the client left), so the
+        // idle and header timers only run between requests.
+        let guard = activity.begin();
+        activity.request_has_body(!hyper::body::Body::is_end_stream(req.body()));
+        // The source's requests in flight, held like the guard until the response is sent.
+        let slot = match source.caps.as_ref().map(|c| c.request()) {
+            Some(None) => {
+                state
+                    .metrics
+                    .inc("mesh_downstream_overflow_total", &[("source_workload", &src), ("limit", "requests")]);
+                let mut r = http::local_reply(
+                    ::http::StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "source workload {src} has too many requests in flight (limit {})",
+                        source.caps.as_ref().map_or(state.limits.per_source_max_requests, |c| c.maxima().1)
+                    ),
+                );
+                r.headers_mut().insert("x-envoy-overloaded", ::http::HeaderValue::from_static("true"));
+                // Counted like any request under its source, routed nowhere (Envoy's `UO`:
+                // a concurrency limit full, answered with `x-envoy-overloaded`).
+                let r = telemetry::record_request_cap_refusal(&state, &source, &req, r);
+                return Box::pin(std::future::ready(Ok(r)));
+            }
+            Some(Some(slot)) => Some(slot),
+            None => None,
+        };
+        let handled = http::handle(state.clone(), source.clone(), entry.clone(), req);
+        let (state, source, src) = (state.clone(), source.clone(), src.clone());
+        Box::pin(async move {
+            // At once, unless the event loop fell behind and this source is the one slowed
+            // down (`fair.rs`).
+            match state.fair.enter(&src).await {
+                Ok(false) => {}
+                Ok(true) => {
+                    state.metrics.inc("mesh_fair_share_total", &[("source_workload", &src), ("action", "queued")])
+                }
+                Err(fair::Refused) => return Ok(fair_share_refusal(&state, &source, &src)),
+            }
+            let resp = handled.await?;
+            Ok::<_, std::convert::Infallible>(resp.map(|body| {
+                http_body_util::BodyExt::boxed(http_body_util::BodyExt::map_frame(body, move |f| {
+                    let _held = (&guard, &slot);
+                    f
+                }))
+            }))
+        })
+    })
+}
+
+/// Serves an HTTP/2 connection (h2c, or h2 inside TLS) until the client closes, a limit ends it
+/// or the drain.
+pub(super) async fn serve_http2<S, T>(
     state: &Arc<ProxyState>,
     activity: &limits::ConnActivity,
-    io: limits::ActivityIo<TcpStream>,
+    io: limits::ActivityIo<T>,
     svc: S,
     src: &str,
     caps: Option<&limits::SourceCaps>,
 ) where
     S: ConnService + Clone + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let limits = &state.limits;
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -201,7 +213,7 @@ fn fair_share_refusal(state: &Arc<ProxyState>, source: &Source, src: &str) -> ::
     r
 }
 
-fn count_expiry(state: &ProxyState, src: &str, expired: limits::Expired) {
+pub(super) fn count_expiry(state: &ProxyState, src: &str, expired: limits::Expired) {
     state.metrics.inc("mesh_downstream_timeouts_total", &[("source_workload", src), ("reason", expired.as_str())]);
     tracing::debug!(reason = expired.as_str(), "closing client connection");
 }
@@ -397,7 +409,7 @@ async fn serve_http1<S>(
 }
 
 /// The HTTP/1 server of a client connection, held to the downstream limits.
-fn http1_builder(limits: &Limits) -> hyper::server::conn::http1::Builder {
+pub(super) fn http1_builder(limits: &Limits) -> hyper::server::conn::http1::Builder {
     let mut h1 = hyper::server::conn::http1::Builder::new();
     // The header timeout is ours (ConnActivity): hyper's would start as soon as the connection
     // is idle and cut idle keep-alive connections. It is left at hyper's default, which with no
@@ -417,7 +429,7 @@ fn http1_builder(limits: &Limits) -> hyper::server::conn::http1::Builder {
 /// An HTTP/1 connection hyper ended with an error: logged, and a head hyper refused itself (too
 /// large across reads, unparsable) was answered by hyper and never reached `http::handle`:
 /// counted here, under its source.
-fn http1_failed(state: &Arc<ProxyState>, source: &Source, e: &hyper::Error) {
+pub(super) fn http1_failed(state: &Arc<ProxyState>, source: &Source, e: &hyper::Error) {
     tracing::debug!(error = %e, "http connection ended with error");
     if let Some(code) = hyper_refusal(e) {
         telemetry::record_refusal(state, source, code);

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
-use super::{accept_until_drain, dispatch::serve_service_conn, http::Entry, http_conn::serve_http, ProxyState, Source};
+use super::{accept_until_drain, dispatch::serve_service_conn, http::Entry, ProxyState, Source};
 use crate::registry::Service;
 
 /// Runs an accepted connection's task, holding its drain guard until the task ends.
@@ -29,14 +29,17 @@ pub async fn serve_nodeport(state: Arc<ProxyState>, listener: TcpListener, servi
     .await;
 }
 
-/// Ingress listener for an Istio Gateway server port.
+/// Ingress listener for a Gateway port (an Istio Gateway's servers, a Gateway API Gateway's
+/// listeners).
 pub async fn serve_gateway(state: Arc<ProxyState>, listener: TcpListener, name: String, namespace: String, port: u16) {
     let st = state.clone();
     accept_until_drain(listener, &name, &st.drain, |stream, peer, in_flight| {
         let state = state.clone();
         let entry = Entry::Gateway { name: name.clone(), namespace: namespace.clone(), port };
         let span = tracing::info_span!("gateway", gateway = %name, peer = %peer);
-        let served = serve_http(state, Source::new(None, Some(peer), None), entry, stream);
+        // TLS-terminated when the live table has certificates for the port (looked up per
+        // connection, so a rotated Secret applies to the next handshake), else plain HTTP.
+        let served = super::tls::serve_gateway_conn(state, Source::new(None, Some(peer), None), entry, stream);
         spawn_counted(served.instrument(span), in_flight);
     })
     .await;

@@ -19,6 +19,7 @@ pub mod overload;
 mod pod_listener;
 mod tcp;
 pub mod telemetry;
+pub mod tls;
 mod upstream;
 
 pub use self::{

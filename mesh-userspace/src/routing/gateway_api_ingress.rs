@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use super::{
     build::Builder,
     gateway_api::{ParentReport, ParentTarget},
-    *,
+    gateway_tls, *,
 };
 use crate::config::{
     self,
@@ -26,6 +26,8 @@ pub(super) struct ServedGateway {
     /// Err: why no listener of it is served (its class is another controller's).
     pub served: Result<(), String>,
     pub listeners: Vec<Listener>,
+    /// Per listener: why it is not served (its protocol, its certificate...), if it is not.
+    pub refused: Vec<Option<String>>,
 }
 
 /// Where a route attaches: (Gateway namespace, Gateway name, port, virtual host name).
@@ -33,51 +35,65 @@ pub(super) type VhostKey = (String, String, u16, String);
 
 impl Builder<'_> {
     /// Decides which Gateways are served (their class is ours) and adds one ingress listener per
-    /// distinct port of their HTTP listeners to `table.gateways`.
+    /// distinct port of their HTTP and HTTPS listeners to `table.gateways` (an HTTPS port's
+    /// certificates to `table.gateway_tls`).
     pub(super) fn kube_gateways(&mut self, config: &config::Config, table: &mut RouteTable) -> Vec<ServedGateway> {
         let mut out = Vec::new();
         for g in &config.kube_gateways {
             let served = class_served(&g.spec, config);
+            let mut refused: Vec<Option<String>> = vec![None; g.spec.listeners.len()];
             let key = format!("{}/{}", g.namespace, g.name);
             match &served {
                 Err(why) => self.warnings.push(format!("Gateway {key} (gateway.networking.k8s.io): {why}; not served")),
                 Ok(()) => {
-                    let mut ports: BTreeMap<u16, Vec<String>> = BTreeMap::new();
+                    let mut ports = gateway_tls::Ports::new();
                     for (i, l) in g.spec.listeners.iter().enumerate() {
                         let Ok(port) = u16::try_from(l.port) else { continue }; // validated 1-65535
-                        match l.protocol.as_str() {
-                            "HTTP" => ports
-                                .entry(port)
-                                .or_default()
-                                .push(l.hostname.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| "*".into())),
-                            "HTTPS" | "TLS" => self.warnings.push(
+                        let host = l.hostname.clone().filter(|h| !h.is_empty());
+                        let added = match l.protocol.as_str() {
+                            "HTTP" => {
+                                gateway_tls::add_listener(&mut ports, port, [host.unwrap_or_else(|| "*".into())], None)
+                            }
+                            "HTTPS" => self.https_listener(config, g, i, l).and_then(|key| {
+                                let sni = vec![host.clone()];
+                                gateway_tls::add_listener(
+                                    &mut ports,
+                                    port,
+                                    [host.unwrap_or_else(|| "*".into())],
+                                    Some((sni, key)),
+                                )
+                            }),
+                            "TLS" => Err("TLS listeners (TLSRoute, Passthrough) are not implemented".into()),
+                            p => Err(format!("{p}Route is not implemented")),
+                        };
+                        if let Err(why) = added {
+                            let path = if l.protocol == "HTTPS" {
+                                format!("spec.listeners[{i}].tls")
+                            } else {
+                                format!("spec.listeners[{i}]")
+                            };
+                            self.warnings.push(
                                 g.at.error(
-                                    format!("spec.listeners[{i}]"),
-                                    format!(
-                                        "listener {:?} ({} port {port}) not served (TLS not implemented)",
-                                        l.name, l.protocol
-                                    ),
+                                    path,
+                                    format!("listener {:?} ({} port {port}) not served: {why}", l.name, l.protocol),
                                 )
                                 .to_string(),
-                            ),
-                            p => self.warnings.push(
-                                g.at.error(
-                                    format!("spec.listeners[{i}]"),
-                                    format!(
-                                        "listener {:?} ({p} port {port}) not served ({p}Route is not implemented)",
-                                        l.name
-                                    ),
-                                )
-                                .to_string(),
-                            ),
+                            );
+                            refused[i] = Some(why);
                         }
                     }
-                    for (port, hosts) in ports {
+                    for (port, listeners) in ports {
+                        if let Err(why) = gateway_tls::push_port_certs(table, (&g.namespace, &g.name), port, &listeners)
+                        {
+                            self.warnings
+                                .push(format!("Gateway {}/{} port {port} not served: {why}", g.namespace, g.name));
+                            continue;
+                        }
                         table.gateways.push(GatewayListener {
                             name: g.name.clone(),
                             namespace: g.namespace.clone(),
                             port,
-                            hosts,
+                            hosts: listeners.hosts,
                         });
                     }
                 }
@@ -87,6 +103,7 @@ impl Builder<'_> {
                 name: g.name.clone(),
                 served,
                 listeners: g.spec.listeners.clone(),
+                refused,
             });
         }
         out
@@ -158,12 +175,19 @@ impl Builder<'_> {
             let mut reasons: Vec<String> = Vec::new();
             let mut attached = false;
             let mut candidates = 0;
-            for l in &g.listeners {
+            for (l, unserved) in g.listeners.iter().zip(&g.refused) {
                 if p.section_name.as_deref().is_some_and(|s| s != l.name) || p.port.is_some_and(|port| port != l.port) {
                     continue;
                 }
                 candidates += 1;
-                if let Some(why) = listener_refusal(l, kind, &g.namespace, &route.namespace, self.namespace_labels) {
+                if let Some(why) = listener_refusal(
+                    l,
+                    unserved.as_deref(),
+                    kind,
+                    &g.namespace,
+                    &route.namespace,
+                    self.namespace_labels,
+                ) {
                     reasons.push(why);
                     continue;
                 }
@@ -206,6 +230,40 @@ impl Builder<'_> {
     }
 }
 
+impl Builder<'_> {
+    /// The certificate an `HTTPS` listener terminates TLS with: its first `certificateRef`'s
+    /// Secret. Err: why the listener is not served.
+    fn https_listener(
+        &mut self,
+        config: &config::Config,
+        g: &Sourced<KubeGatewaySpec>,
+        i: usize,
+        l: &Listener,
+    ) -> Result<Arc<rustls::sign::CertifiedKey>, String> {
+        let Some(tls) = &l.tls else { return Err("no tls (certificateRefs) configured".into()) };
+        if tls.mode.as_deref().is_some_and(|m| m != "Terminate") {
+            return Err("only tls.mode Terminate is served on HTTPS".into());
+        }
+        let Some(first) = tls.certificate_refs.first() else {
+            return Err("no certificateRefs (tls.options alone name no certificate)".into());
+        };
+        if tls.certificate_refs.len() > 1 {
+            self.warnings.push(
+                g.at.error(
+                    format!("spec.listeners[{i}].tls.certificateRefs"),
+                    format!(
+                        "listener {:?}: only the first of {} certificateRefs is used",
+                        l.name,
+                        tls.certificate_refs.len()
+                    ),
+                )
+                .to_string(),
+            );
+        }
+        gateway_tls::certificate_ref(config, &g.namespace, first)
+    }
+}
+
 /// A Gateway's class is served when a GatewayClass of that name has one of our controllerNames,
 /// or, with no such GatewayClass, when it is `mesh` or `istio`.
 fn class_served(spec: &KubeGatewaySpec, config: &config::Config) -> Result<(), String> {
@@ -231,6 +289,7 @@ fn class_served(spec: &KubeGatewaySpec, config: &config::Config) -> Result<(), S
 /// does not.
 fn listener_refusal(
     l: &Listener,
+    unserved: Option<&str>,
     kind: &str,
     gateway_ns: &str,
     route_ns: &str,
@@ -238,8 +297,10 @@ fn listener_refusal(
 ) -> Option<String> {
     if !l.allows_kind(kind) {
         Some(format!("listener {:?} does not allow kind {kind} (NotAllowedByListeners)", l.name))
-    } else if l.protocol != "HTTP" {
-        Some(format!("listener {:?} is {} (not served: TLS not implemented)", l.name, l.protocol))
+    } else if let Some(why) = unserved {
+        Some(format!("listener {:?} ({}) is not served: {why}", l.name, l.protocol))
+    } else if l.protocol != "HTTP" && l.protocol != "HTTPS" {
+        Some(format!("listener {:?} is {} (not served)", l.name, l.protocol))
     } else if !namespace_allowed(l, gateway_ns, route_ns, labels) {
         Some(format!(
             "listener {:?} does not allow routes from namespace {:?} (NotAllowedByListeners)",

@@ -7,6 +7,7 @@ pub mod explain;
 mod gateway_api;
 mod gateway_api_ingress;
 mod gateway_merge;
+mod gateway_tls;
 pub mod matcher;
 mod policy;
 
@@ -386,6 +387,15 @@ pub struct GatewayListener {
     pub hosts: Vec<String>,
 }
 
+/// A Gateway port served with TLS and its certificates, picked by SNI.
+#[derive(Debug)]
+pub(crate) struct GatewayTls {
+    pub namespace: String,
+    pub name: String,
+    pub port: u16,
+    pub certs: crate::proxy::tls::ServerCerts,
+}
+
 /// The routes attached to one port of a Gateway API Gateway for one host name (`exact`,
 /// `*.suffix` or `*`), in precedence order.
 #[derive(Debug)]
@@ -414,6 +424,9 @@ pub struct RouteTable {
     pub(crate) defaults: HashMap<String, HashMap<String, PortClusters>>,
     pub(crate) default_retries: Arc<RetryPolicy>,
     pub(crate) gateways: Vec<GatewayListener>,
+    /// The certificates of Gateway ports served with TLS: (namespace, name, port) → certificates
+    /// by SNI (`gateway_tls.rs`).
+    pub(crate) gateway_tls: Vec<GatewayTls>,
     /// Gateway API Gateways' virtual hosts, most specific host name first.
     pub(crate) gateway_api_vs: Vec<GatewayApiVhost>,
     /// Every admitted HTTPRoute/GRPCRoute with where each parentRef attached or why not: what
@@ -451,6 +464,21 @@ impl RouteTable {
     /// The Gateway servers to listen for (the agent reconciles its ingress listeners to this).
     pub fn gateways(&self) -> Vec<GatewayListener> {
         self.gateways.clone()
+    }
+
+    /// Whether a Gateway port terminates TLS: its requests' scheme is `https` (what `scheme`
+    /// matches see and what a redirect without a scheme keeps).
+    pub fn gateway_terminates_tls(&self, namespace: &str, name: &str, port: u16) -> bool {
+        self.gateway_tls.iter().any(|t| t.port == port && t.name == name && t.namespace == namespace)
+    }
+
+    /// The certificates a Gateway port terminates TLS with; None: the port is plain HTTP.
+    pub fn gateway_tls(&self, namespace: &str, name: &str, port: u16) -> Option<crate::proxy::tls::ServerCerts> {
+        // Once per accepted connection, over a handful of Gateway ports.
+        self.gateway_tls
+            .iter()
+            .find(|t| t.port == port && t.name == name && t.namespace == namespace)
+            .map(|t| t.certs.clone())
     }
 
     /// The ports of [`RouteTable::gateways`].

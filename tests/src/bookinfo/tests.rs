@@ -11,8 +11,7 @@ fn loads(n: usize, reviews: &str, ms: u64) -> Vec<PageLoad> {
         "v1" => "none",
         other => other,
     };
-    let l =
-        PageLoad { status: 200, reviews: reviews.into(), stars: stars.into(), latency: Duration::from_millis(ms) };
+    let l = PageLoad { status: 200, reviews: reviews.into(), stars: stars.into(), latency: Duration::from_millis(ms) };
     vec![l; n]
 }
 
@@ -46,10 +45,7 @@ fn gateway_step_checks_fail_on_wrong_outcomes() {
     assert!(delayed.check(&others, &tally(&[(3, "v2", 1100)]), one).is_ok());
     assert!(delayed.check(&others, &tally(&[(3, "v2", 2100)]), one).is_err(), "the delay applied twice");
     assert!(delayed.check(&others, &tally(&[(3, "v2", 20)]), one).is_err(), "no delay");
-    assert!(
-        delayed.check(&tally(&[(20, "v1", 1200)]), &tally(&[(3, "v2", 1100)]), one).is_err(),
-        "everybody delayed"
-    );
+    assert!(delayed.check(&tally(&[(20, "v1", 1200)]), &tally(&[(3, "v2", 1100)]), one).is_err(), "everybody delayed");
     // At or above it: unavailable after productpage's two 3 s tries, before the delay ends.
     let seven = Duration::from_secs(7);
     assert!(delayed.check(&others, &tally(&[(4, "unavailable", 6007)]), seven).is_ok());

@@ -48,12 +48,23 @@ impl ReferenceGrantSpec {
     /// Whether this grant (in the Service's namespace) lets a `from_kind` (`HTTPRoute`,
     /// `GRPCRoute`) of `from_namespace` reference the Service `name`.
     pub fn allows_service(&self, from_kind: &str, from_namespace: &str, name: &str) -> bool {
+        self.allows_core(from_kind, from_namespace, "Service", name)
+    }
+
+    /// Whether this grant (in the Secret's namespace) lets a `Gateway` of `from_namespace`
+    /// reference the Secret `name` (a listener's `certificateRefs`).
+    pub fn allows_secret(&self, from_namespace: &str, name: &str) -> bool {
+        self.allows_core("Gateway", from_namespace, "Secret", name)
+    }
+
+    /// A `from_kind` of [`GROUP`] in `from_namespace` may reference the core `to_kind` `name`.
+    fn allows_core(&self, from_kind: &str, from_namespace: &str, to_kind: &str, name: &str) -> bool {
         self.from
             .iter()
             .any(|f| f.group.as_deref() == Some(GROUP) && f.kind == from_kind && f.namespace == from_namespace)
             && self.to.iter().any(|t| {
                 t.group.as_deref().is_some_and(core_group)
-                    && t.kind == "Service"
+                    && t.kind == to_kind
                     && t.name.as_deref().is_none_or(|n| n == name)
             })
     }

@@ -35,7 +35,9 @@ const GRPC_ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/grpcroutes";
 const REFERENCE_GRANTS: &str = "/apis/gateway.networking.k8s.io/v1beta1/referencegrants";
 const K8S_GATEWAYS: &str = "/apis/gateway.networking.k8s.io/v1/gateways";
 const GATEWAY_CLASSES: &str = "/apis/gateway.networking.k8s.io/v1/gatewayclasses";
-const COLLECTIONS: [&str; 12] = [
+/// The one namespace the Secret watch test looks into.
+const INFRA_SECRETS: &str = "/api/v1/namespaces/infra/secrets";
+const COLLECTIONS: [&str; 13] = [
     SERVICES,
     SLICES,
     PODS,
@@ -48,6 +50,7 @@ const COLLECTIONS: [&str; 12] = [
     REFERENCE_GRANTS,
     K8S_GATEWAYS,
     GATEWAY_CLASSES,
+    INFRA_SECRETS,
 ];
 
 #[derive(Default)]
@@ -214,7 +217,10 @@ impl FakeApi {
             });
             return Response::new(StreamBody::new(stream).boxed_unsync());
         }
-        s.log.push(format!("LIST {kind_path}"));
+        match query.get("fieldSelector") {
+            Some(f) => s.log.push(format!("LIST {kind_path} fieldSelector={f}")),
+            None => s.log.push(format!("LIST {kind_path}")),
+        }
         if let Some(i) = s.fail_next_list.iter().position(|p| *p == kind_path) {
             s.fail_next_list.remove(i);
             return status(
@@ -799,4 +805,67 @@ async fn selectorless_services_take_their_endpoints_from_endpoint_slices() {
 
     api.apply(SLICES, apiserver_slice(&["192.0.2.10", "192.0.2.11"]), true);
     registry_where(&mut rx, "a second API server", |r| addrs(r) == ["192.0.2.10:6443", "192.0.2.11:6443"]).await;
+}
+
+fn tls_secret(name: &str, crt: &str) -> Value {
+    // base64 of "crt-<crt>" would do as well: the watch does not parse certificates.
+    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "infra"},
+        "type": "kubernetes.io/tls", "data": {"tls.crt": crt, "tls.key": "a2V5", "ca.crt": "Y2E="}})
+}
+
+/// The Secret documents once `cond` holds for them.
+async fn secret_docs_where(
+    rx: &mut watch::Receiver<Option<crate::discovery::istio::Documents>>,
+    mut cond: impl FnMut(&[(String, String)]) -> bool,
+) -> crate::discovery::istio::Documents {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Some(d) = rx.borrow_and_update().clone().filter(|d| cond(d)) {
+                return d;
+            }
+            rx.changed().await.expect("secret watch running");
+        }
+    })
+    .await
+    .expect("secret documents within 5 s")
+}
+
+#[tokio::test]
+async fn tls_secrets_are_watched_only_in_the_namespaces_asked_for_and_follow_changes() {
+    let api = FakeApi::default();
+    api.seed(INFRA_SECRETS, tls_secret("cert", "Y3J0"));
+    let (want, mut rx) = crate::discovery::secrets::spawn(client(api.clone()));
+    // Nothing asked for: an empty set, and nothing listed.
+    secret_docs_where(&mut rx, <[_]>::is_empty).await;
+    assert_eq!(api.count("LIST"), 0, "{:?}", api.log());
+
+    want.send_replace(["infra".to_owned()].into());
+    let docs = secret_docs_where(&mut rx, |d| !d.is_empty()).await;
+    assert_eq!(docs.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>(), ["k8s:Secret/infra/cert"]);
+    // Listed with the type selector; admitted as a config Secret, with only the two keys.
+    let listed = |l: &String| {
+        l.starts_with(&format!("LIST {INFRA_SECRETS} fieldSelector=type"))
+            && l.contains("kubernetes.io")
+            && l.ends_with("tls")
+    };
+    assert!(api.log().iter().any(listed), "{:?}", api.log());
+    let mut config = crate::config::Config::default();
+    config.add_str(&docs[0].0, &docs[0].1).expect("document");
+    let secret = &config.secrets[&("infra".to_owned(), "cert".to_owned())];
+    assert_eq!(secret.secret_type, "kubernetes.io/tls");
+    assert_eq!(secret.data.keys().map(String::as_str).collect::<Vec<_>>(), ["tls.crt", "tls.key"]);
+    assert_eq!(&*secret.data["tls.crt"], b"crt");
+
+    // Rotated: the new data arrives; deleted: gone.
+    wait_for(|| api.count(&format!("WATCH {INFRA_SECRETS}")) >= 1).await;
+    api.apply(INFRA_SECRETS, tls_secret("cert", "bmV3"), true);
+    secret_docs_where(&mut rx, |d| d.iter().any(|(_, t)| t.contains("bmV3"))).await;
+    api.delete(INFRA_SECRETS, "infra", "cert", true);
+    secret_docs_where(&mut rx, <[_]>::is_empty).await;
+
+    // The namespace no longer asked for: its Secrets leave the set.
+    api.apply(INFRA_SECRETS, tls_secret("cert", "Y3J0"), true);
+    secret_docs_where(&mut rx, |d| !d.is_empty()).await;
+    want.send_replace(Default::default());
+    secret_docs_where(&mut rx, <[_]>::is_empty).await;
 }
