@@ -657,49 +657,6 @@ fn http2_cluster(c: &Arc<Cluster>) -> Arc<Cluster> {
     })
 }
 
-impl Redirect {
-    /// Location for an HTTPRoute `RequestRedirect`: scheme, then host (the filter's, else the
-    /// request's without its port), then the port: the filter's, else the scheme's well-known
-    /// one when the filter sets a scheme, else the port the request was sent to (the "listener
-    /// port", here the Service port); left out when it is the scheme's default.
-    pub(super) fn gateway_location(&self, req: &RequestInfo<'_>, matched_prefix: Option<&str>) -> String {
-        let scheme = self.scheme.as_deref().unwrap_or(req.scheme);
-        let host = match &self.authority {
-            Some(h) => h.as_str(),
-            None => {
-                let a = req.authority.unwrap_or("");
-                a.rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok()).map_or(a, |(h, _)| h)
-            }
-        };
-        let port = self.port.unwrap_or(match (self.scheme.as_deref(), scheme) {
-            (Some(_), "http") => 80,
-            (Some(_), "https") => 443,
-            _ => req.port(),
-        });
-        let default_port = (scheme == "http" && port == 80) || (scheme == "https" && port == 443);
-        let path = req.uri.path();
-        let path = match (&self.uri, &self.prefix_rewrite) {
-            (Some(full), _) => full.clone(),
-            (None, Some(p)) => {
-                let rest = matched_prefix.and_then(|m| path.strip_prefix(m)).unwrap_or(path);
-                let s = format!("{}{rest}", p.trim_end_matches('/'));
-                if s.is_empty() {
-                    "/".to_owned()
-                } else {
-                    s
-                }
-            }
-            (None, None) => path.to_owned(),
-        };
-        let query = req.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
-        if default_port {
-            format!("{scheme}://{host}{path}{query}")
-        } else {
-            format!("{scheme}://{host}:{port}{path}{query}")
-        }
-    }
-}
-
 #[cfg(test)]
 #[path = "gateway_api_tests/mod.rs"]
 mod tests;
