@@ -5,7 +5,10 @@
 //! headers), and every request sent by curl from a meshed client pod to the Service VIP, through
 //! the eBPF redirect and the node proxy. Each request of the Go test's table is asserted on the
 //! pod that answered, the path it received and, for redirects, the whole `Location` (which
-//! upstream's harness skips). GRPCRoute: MeshGRPCRouteWeight over h2c.
+//! upstream's harness skips). Covered: MeshBasic, MeshPorts, MeshTrafficSplit, MeshHTTPRouteWeight,
+//! MeshHTTPRouteMatching, MeshHTTPRouteQueryParamMatching, the redirect tests (path, host and
+//! status, port, scheme, 303/307/308), MeshHTTPRouteRewritePath,
+//! MeshHTTPRouteRequestHeaderModifier; GRPCRoute: MeshGRPCRouteWeight over h2c.
 use std::{
     collections::BTreeMap,
     fs,
@@ -418,6 +421,72 @@ fn gateway_api_mesh_conformance_on_the_local_node() -> anyhow::Result<()> {
         }
         for k in *absent {
             assert_eq!(s.got(k), "", "{path}: {k} present: {s:?}");
+        }
+    }
+
+    // MeshHTTPRouteQueryParamMatching: the query string reaches the proxy's matcher unchanged.
+    mesh.apply(Some("httproute-query-param-matching.yaml"))?;
+    for (path, headers, want) in [
+        ("/?animal=whale", &[][..], Some("echo-v1")),
+        ("/?animal=dolphin", &[], Some("echo-v2")),
+        ("/?animal=whale&otherparam=irrelevant", &[], Some("echo-v1")),
+        ("/?animal=dolphin&color=yellow", &[], Some("echo-v2")),
+        ("/?color=blue", &[], None),
+        ("/?animal=dog", &[], None),
+        ("/?animal=whaledolphin", &[], None),
+        ("/", &[], None),
+        ("/path1?animal=whale", &[], Some("echo-v1")),
+        ("/?animal=whale", &[("version", "one")], Some("echo-v2")),
+        ("/path3?animal=shark", &[], Some("echo-v1")),
+        ("/path4?animal=kraken", &[("version", "three")], Some("echo-v1")),
+        ("/?animal=shark", &[], None),
+        ("/path4?animal=kraken", &[], None),
+        ("/path5?animal=hydra", &[], Some("echo-v1")),
+    ] {
+        let s = mesh.get("echo", path, headers)?;
+        match want {
+            Some(b) => assert_eq!((s.status, s.backend()), (200, b), "{path} {headers:?}: {s:?}"),
+            None => assert_eq!((s.status, s.pod.as_str()), (404, ""), "{path} {headers:?}: {s:?}"),
+        }
+    }
+
+    // The other redirect tests (host and status, port, scheme, 303/307/308): status and the
+    // whole Location, answered by the proxy.
+    for (file, cases) in [
+        (
+            "httproute-redirect-host-and-status.yaml",
+            &[
+                ("/hostname-redirect", 302, "http://example.org/hostname-redirect"),
+                ("/host-and-status", 301, "http://example.org/host-and-status"),
+            ][..],
+        ),
+        (
+            "httproute-redirect-port.yaml",
+            &[
+                ("/port", 302, "http://echo:8083/port"),
+                ("/port-and-host", 302, "http://example.org:8083/port-and-host"),
+                ("/port-and-status", 301, "http://echo:8083/port-and-status"),
+                ("/port-and-host-and-status", 302, "http://example.org:8083/port-and-host-and-status"),
+            ],
+        ),
+        (
+            "httproute-redirect-scheme.yaml",
+            &[
+                ("/scheme", 302, "https://echo/scheme"),
+                ("/scheme-and-host", 302, "https://example.org/scheme-and-host"),
+                ("/scheme-and-status", 301, "https://echo/scheme-and-status"),
+                ("/scheme-and-host-and-status", 302, "https://example.org/scheme-and-host-and-status"),
+            ],
+        ),
+        ("httproute-303-redirect.yaml", &[("/redirect", 303, "http://echo/redirect")]),
+        ("httproute-307-redirect.yaml", &[("/temporary", 307, "http://echo/temporary")]),
+        ("httproute-308-redirect.yaml", &[("/permanent", 308, "http://echo/permanent")]),
+    ] {
+        mesh.apply(Some(file))?;
+        for (path, status, location) in cases {
+            let s = mesh.get("echo", path, &[])?;
+            assert_eq!((s.status, s.answered("location").as_str()), (*status, *location), "{file} {path}: {s:?}");
+            assert!(s.pod.is_empty(), "{file}: a redirect is answered by the proxy, not a backend: {s:?}");
         }
     }
 
