@@ -5,7 +5,8 @@
 //! headers), and every request sent by curl from a meshed client pod to the Service VIP, through
 //! the eBPF redirect and the node proxy. Each request of the Go test's table is asserted on the
 //! pod that answered, the path it received and, for redirects, the whole `Location` (which
-//! upstream's harness skips). Covered: MeshBasic, MeshPorts, MeshTrafficSplit, MeshHTTPRouteWeight,
+//! upstream's harness skips). Covered: MeshBasic, MeshPorts, MeshFrontend, MeshFrontendHostname,
+//! MeshConsumerRoute, MeshTrafficSplit, MeshHTTPRouteWeight,
 //! MeshHTTPRouteMatching, MeshHTTPRouteQueryParamMatching, the redirect tests (path, host and
 //! status, port, scheme, 303/307/308), MeshHTTPRouteRewritePath,
 //! MeshHTTPRouteRequestHeaderModifier; GRPCRoute: MeshGRPCRouteWeight over h2c.
@@ -23,6 +24,9 @@ use mesh_e2e::*;
 
 const NS: &str = "gateway-conformance-mesh";
 const ADMIN: &str = "127.0.0.1:15129";
+/// MeshConsumerRoute's client: a meshed pod in the consumer route's namespace.
+const CONSUMER_NS: &str = "gateway-conformance-mesh-consumer";
+const CONSUMER_POD: &str = "consumer";
 const SERVICES: [(&str, Ipv4Addr); 3] = [
     ("echo", Ipv4Addr::new(10, 96, 0, 60)),
     ("echo-v1", Ipv4Addr::new(10, 96, 0, 61)),
@@ -75,8 +79,12 @@ struct Mesh {
 impl Mesh {
     fn start() -> anyhow::Result<Mesh> {
         let mut node = Node::new("gw", 209)?;
-        let hosts: Vec<(&str, Ipv4Addr)> = SERVICES.to_vec();
+        // Short names and, for requests across namespaces, `<service>.<namespace>`.
+        let fqdns: Vec<(String, Ipv4Addr)> = SERVICES.iter().map(|(n, ip)| (format!("{n}.{NS}"), *ip)).collect();
+        let mut hosts: Vec<(&str, Ipv4Addr)> = SERVICES.to_vec();
+        hosts.extend(fqdns.iter().map(|(n, ip)| (n.as_str(), *ip)));
         node.add_pod("client", 10, &hosts)?;
+        node.add_pod(CONSUMER_POD, 12, &hosts)?;
         for (pod, _, octet) in ECHO_PODS {
             node.add_pod(pod, octet, &hosts)?;
         }
@@ -102,6 +110,9 @@ impl Mesh {
         }
         let in_ns = |y: String| y.replace("namespace: default", &format!("namespace: {NS}"));
         registry += &in_ns(node.pod_yaml("client", &[("app", "client")], 1, true)?);
+        registry += &node
+            .pod_yaml(CONSUMER_POD, &[("app", "client")], 1, true)?
+            .replace("namespace: default", &format!("namespace: {CONSUMER_NS}"));
         for (pod, version, _) in ECHO_PODS {
             let y = in_ns(node.pod_yaml(pod, &[("app", "echo"), ("version", version)], 8080, true)?);
             registry +=
@@ -172,9 +183,13 @@ impl Mesh {
     }
 
     fn curl(&self, args: &[&str]) -> anyhow::Result<String> {
+        self.curl_from("client", args)
+    }
+
+    fn curl_from(&self, pod: &str, args: &[&str]) -> anyhow::Result<String> {
         let mut all = vec!["curl", "-sS", "--max-time", "20"];
         all.extend_from_slice(args);
-        let out = self.node.exec("client", &all)?;
+        let out = self.node.exec(pod, &all)?;
         ensure!(
             out.status.success(),
             "curl {args:?}: {}\nagent log:\n{}",
@@ -187,6 +202,11 @@ impl Mesh {
     /// One GET from the meshed client pod to `http://{host}{path}` (`host` is `echo`,
     /// `echo-v1:8080`...: the Service VIP from the pod's /etc/hosts).
     fn get(&self, host: &str, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<Seen> {
+        self.get_from("client", host, path, headers)
+    }
+
+    /// [`Mesh::get`] from the meshed pod `pod`.
+    fn get_from(&self, pod: &str, host: &str, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<Seen> {
         let url = format!("http://{host}{path}");
         let hs: Vec<String> = headers.iter().map(|(k, v)| format!("{k}: {v}")).collect();
         let mut args = vec!["-D", "-"];
@@ -194,7 +214,7 @@ impl Mesh {
             args.extend(["-H", h.as_str()]);
         }
         args.push(&url);
-        let out = self.curl(&args)?;
+        let out = self.curl_from(pod, &args)?;
         let (head, body) = out.split_once("\r\n\r\n").with_context(|| format!("no response head: {out:?}"))?;
         let mut lines = head.lines();
         let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok());
@@ -279,6 +299,29 @@ fn gateway_api_mesh_conformance_on_the_local_node() -> anyhow::Result<()> {
         let s = mesh.get(host, "/", &[])?;
         assert_eq!((s.status, s.backend(), s.answered("x-header-set").as_str()), (200, "echo-v2", "v2"), "{host}");
     }
+
+    // MeshFrontend: a route whose parent is the Service echo-v2 applies to what a client sends
+    // to that Service's VIP, never to what it sends straight to a pod IP.
+    mesh.apply(Some("mesh-frontend.yaml"))?;
+    let s = mesh.get("echo-v2", "/", &[])?;
+    assert_eq!((s.status, s.backend(), s.answered("x-header-set").as_str()), (200, "echo-v2", "set"), "{s:?}");
+    let v2_pod = format!("{}:8080", mesh.node.pod(ECHO_PODS[1].0)?.ip);
+    let s = mesh.get(&v2_pod, "/", &[])?;
+    assert_eq!((s.status, s.backend(), s.answered("x-header-set").as_str()), (200, "echo-v2", ""), "{s:?}");
+    // MeshFrontendHostname: selected by the VIP dialled, not the Host header.
+    let s = mesh.get("echo-v2", "/", &[("Host", "echo-v1")])?;
+    assert_eq!((s.status, s.backend(), s.answered("x-header-set").as_str()), (200, "echo-v2", "set"), "{s:?}");
+    let s = mesh.get("echo-v1", "/", &[("Host", "echo-v2")])?;
+    assert_eq!((s.status, s.backend(), s.answered("x-header-set").as_str()), (200, "echo-v1", ""), "{s:?}");
+
+    // MeshConsumerRoute: the route in the consumer's namespace applies to that namespace's
+    // clients only.
+    mesh.apply(Some("mesh-consumer-route.yaml"))?;
+    let fqdn = format!("echo-v1.{NS}");
+    let s = mesh.get_from(CONSUMER_POD, &fqdn, "/", &[])?;
+    assert_eq!((s.status, s.backend(), s.answered("x-header-set").as_str()), (200, "echo-v1", "set"), "{s:?}");
+    let s = mesh.get(&fqdn, "/", &[])?;
+    assert_eq!((s.status, s.backend(), s.answered("x-header-set").as_str()), (200, "echo-v1", ""), "{s:?}");
 
     // MeshTrafficSplit.
     mesh.apply(Some("mesh-split.yaml"))?;
