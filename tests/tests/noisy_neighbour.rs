@@ -77,6 +77,24 @@ fn finish_load(node: &mut Node, label: &str) -> anyhow::Result<Vec<(String, f64,
     Ok(out)
 }
 
+/// Pod A hit none of `limits` (counted under its workload in the metrics `m`), every request of
+/// it was a 200, and the agent exits cleanly.
+fn a_untouched_and_agent_stops(node: &mut Node, m: &str, limits: &[&str]) -> anyhow::Result<()> {
+    for name in limits {
+        assert_eq!(metric(m, name, &[("source_workload", "client-a")]), 0, "pod A must not hit a limit:\n{m}");
+    }
+    let a_total = metric(m, "istio_requests_total", &[("reporter", "source"), ("source_workload", "client-a")]);
+    let a_ok = metric(
+        m,
+        "istio_requests_total",
+        &[("reporter", "source"), ("source_workload", "client-a"), ("response_code", "200")],
+    );
+    assert_eq!(a_total, a_ok, "every request of pod A was a 200:\n{m}");
+    let status = node.stop("agent")?;
+    assert!(status.success(), "agent exited with {status}:\n{}", node.log("agent"));
+    Ok(())
+}
+
 /// A node with pods client-a, client-b (both enrolled) and web-a (the `web` service's backend),
 /// and the agent started with `args`; returns it and the e2e-backend binary's path.
 fn start_node(prefix: &str, subnet: u8, args: &[&str]) -> anyhow::Result<(Node, String)> {
@@ -212,19 +230,7 @@ fn a_misbehaving_pod_does_not_degrade_its_neighbour() -> anyhow::Result<()> {
     for (got, want, what) in expected {
         assert_eq!(got, want, "pod B's {what} in the agent's metrics:\n{m}");
     }
-    for name in ["mesh_downstream_timeouts_total", "mesh_downstream_overflow_total"] {
-        assert_eq!(metric(&m, name, &[("source_workload", "client-a")]), 0, "pod A must not hit a limit:\n{m}");
-    }
-    let a_total = metric(&m, "istio_requests_total", &[("reporter", "source"), ("source_workload", "client-a")]);
-    let a_ok = metric(
-        &m,
-        "istio_requests_total",
-        &[("reporter", "source"), ("source_workload", "client-a"), ("response_code", "200")],
-    );
-    assert_eq!(a_total, a_ok, "every request of pod A was a 200:\n{m}");
-    let status = node.stop("agent")?;
-    assert!(status.success(), "agent exited with {status}:\n{}", node.log("agent"));
-    Ok(())
+    a_untouched_and_agent_stops(&mut node, &m, &["mesh_downstream_timeouts_total", "mesh_downstream_overflow_total"])
 }
 
 /// The agent's resident set size in bytes.
@@ -433,19 +439,11 @@ fn a_pod_flooding_connections_and_requests_does_not_degrade_its_neighbour() -> a
         overflow > 0 && overflow <= refused_sum + windows_run * FLOOD_WORKERS as u64,
         "B's refused connections are counted under B ({overflow}): {report}\n{m}"
     );
-    for name in ["mesh_downstream_timeouts_total", "mesh_downstream_overflow_total", "mesh_overload_shed_total"] {
-        assert_eq!(metric(&m, name, &[("source_workload", "client-a")]), 0, "pod A must not hit a limit:\n{m}");
-    }
-    let a_total = metric(&m, "istio_requests_total", &[("reporter", "source"), ("source_workload", "client-a")]);
-    let a_ok = metric(
+    a_untouched_and_agent_stops(
+        &mut node,
         &m,
-        "istio_requests_total",
-        &[("reporter", "source"), ("source_workload", "client-a"), ("response_code", "200")],
-    );
-    assert_eq!(a_total, a_ok, "every request of pod A was a 200:\n{m}");
-    let status = node.stop("agent")?;
-    assert!(status.success(), "agent exited with {status}:\n{}", node.log("agent"));
-    Ok(())
+        &["mesh_downstream_timeouts_total", "mesh_downstream_overflow_total", "mesh_overload_shed_total"],
+    )
 }
 
 /// Pod B's HTTP/2 flood: connections, streams always in flight on each (the proxy's default
@@ -505,17 +503,9 @@ fn a_pod_flooding_http2_streams_does_not_degrade_its_neighbour() -> anyhow::Resu
     println!("{report}");
     assert!(within, "pod A's p99 next to B's HTTP/2 flood over 2 × {alone:.2} + 3 ms in every window: {report}");
     assert!(fair("queued") > 0, "pod B's flood was never slowed down: {report}");
-    for name in ["mesh_downstream_timeouts_total", "mesh_downstream_overflow_total", "mesh_overload_shed_total"] {
-        assert_eq!(metric(&m, name, &[("source_workload", "client-a")]), 0, "pod A must not hit a limit:\n{m}");
-    }
-    let a_total = metric(&m, "istio_requests_total", &[("reporter", "source"), ("source_workload", "client-a")]);
-    let a_ok = metric(
+    a_untouched_and_agent_stops(
+        &mut node,
         &m,
-        "istio_requests_total",
-        &[("reporter", "source"), ("source_workload", "client-a"), ("response_code", "200")],
-    );
-    assert_eq!(a_total, a_ok, "every request of pod A was a 200:\n{m}");
-    let status = node.stop("agent")?;
-    assert!(status.success(), "agent exited with {status}:\n{}", node.log("agent"));
-    Ok(())
+        &["mesh_downstream_timeouts_total", "mesh_downstream_overflow_total", "mesh_overload_shed_total"],
+    )
 }
