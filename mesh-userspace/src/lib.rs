@@ -10,7 +10,6 @@ pub mod agent;
 pub mod allocator;
 pub mod cli_routing;
 pub mod config;
-#[allow(missing_docs)]
 pub mod discovery;
 pub mod drain;
 pub mod ebpf;

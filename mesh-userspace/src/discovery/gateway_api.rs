@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use super::group_watch::{watch_group, Documents, GroupKinds, REDISCOVER};
 
+/// `gateway.networking.k8s.io`.
 pub const GROUP: &str = crate::config::gateway_api::GROUP;
 /// GatewayClass is cluster-scoped; the others are namespaced.
 pub const KINDS: [&str; 5] = ["HTTPRoute", "GRPCRoute", "ReferenceGrant", "Gateway", "GatewayClass"];

@@ -14,7 +14,9 @@ use tokio::sync::watch;
 pub use super::group_watch::Documents;
 use super::group_watch::{watch_group, GroupKinds, REDISCOVER};
 
+/// The API group of Istio's networking CRDs.
 pub const GROUP: &str = "networking.istio.io";
+/// The Istio kinds watched (each at the version the cluster serves).
 pub const KINDS: [&str; 3] = ["VirtualService", "DestinationRule", "Gateway"];
 
 /// Discovers the Istio networking group and watches its routing kinds. A group that is not

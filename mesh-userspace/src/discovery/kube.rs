@@ -61,10 +61,12 @@ impl<T> Clone for Store<T> {
 }
 
 impl<T> Store<T> {
+    /// Whether the kind's first list has completed.
     pub fn synced(&self) -> bool {
         self.synced
     }
 
+    /// The live objects, in (namespace, name) order.
     pub fn values(&self) -> impl Iterator<Item = &Arc<T>> {
         self.live.values()
     }
@@ -82,7 +84,9 @@ impl<T> Store<T> {
 /// The ready addresses of one EndpointSlice.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SliceInfo {
+    /// The Service the slice belongs to (its `kubernetes.io/service-name` label).
     pub service: String,
+    /// The addresses of its endpoints that are ready (or whose readiness is not given).
     pub ready: Vec<Ipv4Addr>,
     /// The slice's TCP ports by name (what a selectorless service's ports are paired with).
     pub ports: Vec<(Option<String>, u16)>,
@@ -91,15 +95,20 @@ pub struct SliceInfo {
 /// A Namespace's enrollment decision from its labels.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NamespaceInfo {
+    /// Its pods are enrolled unless a pod opts out (mesh or Istio injection label).
     pub enrolled: bool,
 }
 
 /// Everything watched, as slim copies.
 #[derive(Clone, Debug, Default)]
 pub struct ClusterState {
+    /// Services, converted to registry services (VIP, ports, selector).
     pub services: Store<Service>,
+    /// EndpointSlices: the endpoints of selectorless Services.
     pub slices: Store<SliceInfo>,
+    /// Pods of the whole cluster (endpoints), and which of them run on this node.
     pub pods: Store<PodInfo>,
+    /// Namespaces' enrollment labels.
     pub namespaces: Store<NamespaceInfo>,
 }
 
@@ -114,8 +123,11 @@ impl ClusterState {
 /// A pod of this node that should be enrolled, waiting for its sandbox to be located.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LocalPod {
+    /// Its index in the registry's workloads.
     pub index: usize,
+    /// The pod's UID (its cgroup's name).
     pub uid: String,
+    /// Its QoS class (`Guaranteed`, `Burstable`, `BestEffort`): the kubelet's cgroup parent.
     pub qos_class: Option<String>,
 }
 
@@ -192,6 +204,7 @@ pub fn attach_sandboxes(
 
 // ---- conversions from the API objects (nothing here trusts a field to be present) ----
 
+/// A Namespace's enrollment: `mesh-injection` enabled/disabled, else Istio's `istio-injection`.
 pub fn namespace_info(ns: &Namespace) -> NamespaceInfo {
     let labels = ns.metadata.labels.as_ref();
     let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
@@ -203,6 +216,8 @@ pub fn namespace_info(ns: &Namespace) -> NamespaceInfo {
     NamespaceInfo { enrolled }
 }
 
+/// An IPv4 EndpointSlice's Service, ready addresses and TCP ports; None for other address
+/// types or a slice without its Service label.
 pub fn slice_info(slice: &EndpointSlice) -> Option<SliceInfo> {
     let service = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?.clone();
     if slice.address_type != "IPv4" {

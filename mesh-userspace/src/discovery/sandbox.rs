@@ -20,7 +20,10 @@ use std::{
 /// A pod's place on the node, as the agent needs it to enroll the pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodSandbox {
+    /// The pod's cgroup v2 directory: the cgroup programs attach there.
     pub cgroup: PathBuf,
+    /// The pod's network namespace (`/proc/<pid>/ns/net` of one of its processes): its
+    /// listener is opened inside it.
     pub netns: PathBuf,
 }
 
@@ -31,18 +34,34 @@ pub enum LocateError {
         "no cgroup for pod UID {uid} below {root} (looked for kubelet's cgroupfs and systemd layouts); \
          is --kubelet-cgroup-root the cgroup v2 mount the kubelet uses?"
     )]
-    NoCgroup { uid: String, root: PathBuf },
+    /// No cgroup of the pod below the kubelet's cgroup root (not started, or another layout).
+    NoCgroup {
+        /// The pod's UID.
+        uid: String,
+        /// The cgroup root looked below (`--kubelet-cgroup-root`).
+        root: PathBuf,
+    },
     #[error("cgroup {cgroup} has no process yet (pod sandbox starting?)")]
-    NoProcess { cgroup: PathBuf },
+    /// The cgroup exists but holds no process to find the network namespace by.
+    NoProcess {
+        /// The pod's cgroup.
+        cgroup: PathBuf,
+    },
     #[error(
         "the processes in cgroup {cgroup} are still in the node's network namespace \
          (pod sandbox starting, or a hostNetwork pod)"
     )]
-    HostNetns { cgroup: PathBuf },
+    /// The pod's processes share the node's network namespace.
+    HostNetns {
+        /// The pod's cgroup.
+        cgroup: PathBuf,
+    },
 }
 
 /// Finds pods' sandboxes. A trait so discovery can be tested without a kubelet on the machine.
 pub trait PodLocator: Send + Sync {
+    /// The sandbox of the pod with `uid` (and QoS class, which picks the kubelet's cgroup
+    /// parent), or why it cannot be found yet.
     fn locate(&self, uid: &str, qos_class: Option<&str>) -> Result<PodSandbox, LocateError>;
 }
 
