@@ -118,25 +118,13 @@ impl Builder<'_> {
         reports: &mut Vec<ParentReport>,
     ) -> Vec<VhostKey> {
         let mut out: Vec<VhostKey> = Vec::new();
-        let kind = route.spec.kind();
         for (i, p) in route.spec.parent_refs.iter().enumerate() {
             if p.is_service() {
                 continue;
             }
             if p.group.as_deref().unwrap_or(GROUP) != GROUP || p.kind.as_deref().unwrap_or("Gateway") != "Gateway" {
                 // Warned by config::gateway_api::validate.
-                reports.push(ParentReport {
-                    index: i,
-                    target: ParentTarget::Other(format!(
-                        "{}/{} {}",
-                        config::cut(p.group.as_deref().unwrap_or(GROUP), 60),
-                        config::cut(p.kind.as_deref().unwrap_or("Gateway"), 60),
-                        config::cut(&p.name, 60)
-                    )),
-                    attached: false,
-                    vhosts: Vec::new(),
-                    refused: vec!["not a Service or a Gateway: nothing here attaches routes to it".into()],
-                });
+                reports.push(foreign_parent(i, p));
                 continue;
             }
             let ns = p.namespace.as_deref().unwrap_or(&route.namespace);
@@ -172,46 +160,7 @@ impl Builder<'_> {
                 reports.push(report);
                 continue;
             }
-            let mut reasons: Vec<String> = Vec::new();
-            let mut attached = false;
-            let mut candidates = 0;
-            for (l, unserved) in g.listeners.iter().zip(&g.refused) {
-                if p.section_name.as_deref().is_some_and(|s| s != l.name) || p.port.is_some_and(|port| port != l.port) {
-                    continue;
-                }
-                candidates += 1;
-                if let Some(why) = listener_refusal(
-                    l,
-                    unserved.as_deref(),
-                    kind,
-                    &g.namespace,
-                    &route.namespace,
-                    self.namespace_labels,
-                ) {
-                    reasons.push(why);
-                    continue;
-                }
-                let hosts = intersect(l.hostname.as_deref(), &route.spec.hostnames);
-                if hosts.is_empty() {
-                    reasons.push(format!(
-                        "no host name of the route matches listener {:?} ({}) (NoMatchingListenerHostname)",
-                        l.name,
-                        l.hostname.as_deref().unwrap_or("*")
-                    ));
-                    continue;
-                }
-                let Ok(port) = u16::try_from(l.port) else { continue };
-                for h in hosts {
-                    let key = (g.namespace.clone(), g.name.clone(), port, h);
-                    if !report.vhosts.contains(&key) {
-                        report.vhosts.push(key.clone());
-                    }
-                    if !out.contains(&key) {
-                        out.push(key);
-                    }
-                }
-                attached = true;
-            }
+            let (attached, candidates, reasons) = self.attach_to_listeners(route, p, g, &mut report, &mut out);
             if candidates == 0 {
                 let what = no_listener(p.section_name.as_deref(), p.port);
                 warn(self, &mut report, format!("Gateway {ns}/{} has {what} (NoMatchingParent)", g.name));
@@ -227,6 +176,56 @@ impl Builder<'_> {
             reports.push(report);
         }
         out
+    }
+
+    /// Attaches `route` to the listeners of the served Gateway `g` its parentRef `p` selects
+    /// (`sectionName`, `port`): each listener's virtual hosts go into `report` and `out`.
+    /// Returns whether any attached, how many listeners `p` selected, and why the others refused.
+    fn attach_to_listeners(
+        &self,
+        route: &Sourced<HttpRouteSpec>,
+        p: &gw::ParentReference,
+        g: &ServedGateway,
+        report: &mut ParentReport,
+        out: &mut Vec<VhostKey>,
+    ) -> (bool, usize, Vec<String>) {
+        let kind = route.spec.kind();
+        let mut reasons: Vec<String> = Vec::new();
+        let mut attached = false;
+        let mut candidates = 0;
+        for (l, unserved) in g.listeners.iter().zip(&g.refused) {
+            if p.section_name.as_deref().is_some_and(|s| s != l.name) || p.port.is_some_and(|port| port != l.port) {
+                continue;
+            }
+            candidates += 1;
+            if let Some(why) =
+                listener_refusal(l, unserved.as_deref(), kind, &g.namespace, &route.namespace, self.namespace_labels)
+            {
+                reasons.push(why);
+                continue;
+            }
+            let hosts = intersect(l.hostname.as_deref(), &route.spec.hostnames);
+            if hosts.is_empty() {
+                reasons.push(format!(
+                    "no host name of the route matches listener {:?} ({}) (NoMatchingListenerHostname)",
+                    l.name,
+                    l.hostname.as_deref().unwrap_or("*")
+                ));
+                continue;
+            }
+            let Ok(port) = u16::try_from(l.port) else { continue };
+            for h in hosts {
+                let key = (g.namespace.clone(), g.name.clone(), port, h);
+                if !report.vhosts.contains(&key) {
+                    report.vhosts.push(key.clone());
+                }
+                if !out.contains(&key) {
+                    out.push(key);
+                }
+            }
+            attached = true;
+        }
+        (attached, candidates, reasons)
     }
 }
 
@@ -390,6 +389,22 @@ pub(super) fn vhost_rank(vhost: &str) -> VhostRank {
         "*" => (2, std::cmp::Reverse(0)),
         v if v.starts_with("*.") => (1, std::cmp::Reverse(v.len())),
         v => (0, std::cmp::Reverse(v.len())),
+    }
+}
+
+/// The report of a parentRef that is neither a Service nor a Gateway: attached nowhere.
+fn foreign_parent(index: usize, p: &gw::ParentReference) -> ParentReport {
+    ParentReport {
+        index,
+        target: ParentTarget::Other(format!(
+            "{}/{} {}",
+            config::cut(p.group.as_deref().unwrap_or(GROUP), 60),
+            config::cut(p.kind.as_deref().unwrap_or("Gateway"), 60),
+            config::cut(&p.name, 60)
+        )),
+        attached: false,
+        vhosts: Vec::new(),
+        refused: vec!["not a Service or a Gateway: nothing here attaches routes to it".into()],
     }
 }
 
