@@ -323,7 +323,8 @@ async fn flood(host: &str, conns: &str, streams: &str, secs: &str) -> Result<(),
     let streams: u32 = streams.parse().map_err(|_| format!("streams {streams:?}"))?;
     let secs: u64 = secs.parse().map_err(|_| format!("seconds {secs:?}"))?;
     let addr = tokio::net::lookup_host(host).await.map_err(|e| format!("{host}: {e}"))?.next().ok_or("no address")?;
-    let until = Instant::now() + Duration::from_secs(secs);
+    let until =
+        Instant::now().checked_add(Duration::from_secs(secs)).ok_or_else(|| format!("seconds {secs}: out of range"))?;
     let tally = Arc::new(FloodTally::default());
     let host: Arc<str> = host.into();
     let mut tasks = tokio::task::JoinSet::new();

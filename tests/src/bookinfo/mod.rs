@@ -349,11 +349,11 @@ impl Expect {
                 let budget = PRODUCTPAGE_REVIEWS_TIMEOUT * 2;
                 let (shown, lo, hi) = if delay >= PRODUCTPAGE_REVIEWS_TIMEOUT {
                     // It gives up before the delay ends: after both timeouts, never after the delay.
-                    ("unavailable", budget, delay.max(budget + Duration::from_millis(500)))
+                    ("unavailable", budget, delay.max(budget.saturating_add(Duration::from_millis(500))))
                 } else {
                     // The page's own work is a few ms; half a second more fails a delay applied
                     // twice while leaving room for a loaded machine.
-                    ("v2", delay, delay + Duration::from_millis(500))
+                    ("v2", delay, delay.saturating_add(Duration::from_millis(500)))
                 };
                 all(jason, shown, "jason")?;
                 if let Some(l) = jason.loads.iter().find(|l| l.latency < lo || l.latency >= hi) {
