@@ -234,33 +234,8 @@ fn redirect(ctx: &SockAddrContext, dst_ip: u32, user_port: u32) -> Result<Verdic
     };
     if !proxy_listening(ctx, enrollment.proxy_port) {
         // Checked before the record is written: a fail-open connect leaves nothing behind.
-        let closed = MESH_CONFIG.get(config::FAIL_MODE).is_some_and(|m| *m == config::FAIL_CLOSED);
-        event(if closed { events::FAIL_CLOSED } else { events::FAIL_OPEN });
-        if log_on(log_level::DEBUG) {
-            if closed {
-                debug!(
-                    ctx,
-                    "no node proxy listening on 127.0.0.1:{}: connect to {:i}:{} refused (fail closed) cgroup={}",
-                    enrollment.proxy_port,
-                    u32::from_be(dst_ip),
-                    dst_port,
-                    cgroup_id
-                );
-            } else {
-                debug!(
-                    ctx,
-                    "no node proxy listening on 127.0.0.1:{}: connect to {:i}:{} not redirected (fail open) cgroup={}",
-                    enrollment.proxy_port,
-                    u32::from_be(dst_ip),
-                    dst_port,
-                    cgroup_id
-                );
-            }
-        }
-        return Ok(if closed { Verdict::Refuse } else { Verdict::Pass });
+        return Ok(no_proxy(ctx, enrollment.proxy_port, dst_ip, dst_port, cgroup_id));
     }
-    // SAFETY: ctx.sock_addr is the program's valid context pointer, which this helper takes.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut _) };
     let orig = OriginalDst {
         ip4: dst_ip,
         port: dst_port,
@@ -268,21 +243,7 @@ fn redirect(ctx: &SockAddrContext, dst_ip: u32, user_port: u32) -> Result<Verdic
         workload_id: enrollment.workload_id,
         service_id: service.service_id,
     };
-    if let Err(err) = MESH_ORIG_BY_COOKIE.insert(cookie, orig, 0) {
-        // Not redirecting is the safe failure: the connect goes where it was going.
-        event(events::MAP_INSERT_FAILED);
-        if log_on(log_level::DEBUG) {
-            debug!(
-                ctx,
-                "connect not redirected: MESH_ORIG_BY_COOKIE insert failed (errno {}) for {:i}:{} cgroup={}",
-                -(err as i64),
-                u32::from_be(dst_ip),
-                dst_port,
-                cgroup_id
-            );
-        }
-        return Err(());
-    }
+    record_original(ctx, &orig, cgroup_id)?;
     count(stats::CONNECT_REDIRECTED);
     if log_on(log_level::DEBUG) {
         debug!(
@@ -295,6 +256,64 @@ fn redirect(ctx: &SockAddrContext, dst_ip: u32, user_port: u32) -> Result<Verdic
         );
     }
     Ok(Verdict::Redirect(enrollment.proxy_port.to_be() as u32))
+}
+
+/// The verdict for a connect with no proxy listening in the pod: the node's fail mode picks
+/// the original destination (open) or EPERM (closed).
+#[inline(always)]
+fn no_proxy(ctx: &SockAddrContext, proxy_port: u16, dst_ip: u32, dst_port: u16, cgroup_id: u64) -> Verdict {
+    let closed = MESH_CONFIG.get(config::FAIL_MODE).is_some_and(|m| *m == config::FAIL_CLOSED);
+    event(if closed { events::FAIL_CLOSED } else { events::FAIL_OPEN });
+    if log_on(log_level::DEBUG) {
+        if closed {
+            debug!(
+                ctx,
+                "no node proxy listening on 127.0.0.1:{}: connect to {:i}:{} refused (fail closed) cgroup={}",
+                proxy_port,
+                u32::from_be(dst_ip),
+                dst_port,
+                cgroup_id
+            );
+        } else {
+            debug!(
+                ctx,
+                "no node proxy listening on 127.0.0.1:{}: connect to {:i}:{} not redirected (fail open) cgroup={}",
+                proxy_port,
+                u32::from_be(dst_ip),
+                dst_port,
+                cgroup_id
+            );
+        }
+    }
+    if closed {
+        Verdict::Refuse
+    } else {
+        Verdict::Pass
+    }
+}
+
+/// Records the connect's original destination under its socket cookie, where sock_ops moves it
+/// once the connection is established. A failed insert means no redirect: the connect goes where
+/// it was going, which is the safe failure.
+#[inline(always)]
+fn record_original(ctx: &SockAddrContext, orig: &OriginalDst, cgroup_id: u64) -> Result<(), ()> {
+    // SAFETY: ctx.sock_addr is the program's valid context pointer, which this helper takes.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut _) };
+    if let Err(err) = MESH_ORIG_BY_COOKIE.insert(cookie, *orig, 0) {
+        event(events::MAP_INSERT_FAILED);
+        if log_on(log_level::DEBUG) {
+            debug!(
+                ctx,
+                "connect not redirected: MESH_ORIG_BY_COOKIE insert failed (errno {}) for {:i}:{} cgroup={}",
+                -(err as i64),
+                u32::from_be(orig.ip4),
+                orig.port,
+                cgroup_id
+            );
+        }
+        return Err(());
+    }
+    Ok(())
 }
 
 /// Moves a redirected connection's original destination to the key the proxy computes from

@@ -123,7 +123,8 @@ pub struct KernelStats {
 
 /// What the programs do with an enrolled pod's connect to a service VIP when nothing listens at
 /// the redirect target in the pod (the agent is dead, or the pod's listener is gone).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum FailMode {
     /// The connect goes to its original destination, outside the mesh (kube-proxy or the CNI
     /// serves the VIP on a cluster).

@@ -35,7 +35,7 @@ pub const DEFAULT_SOCKET: &str = "/run/mesh/handover.sock";
 /// The kernel's SCM_MAX_FD is 253 descriptors per message.
 pub const MAX_FDS_PER_MESSAGE: usize = 250;
 /// How long a transfer may stall before the new agent gives up.
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
+const IO_TIMEOUT: Duration = crate::settings::FIXED.handover_io_timeout;
 const MAX_HEADER: u32 = 64 << 20;
 
 /// What a handed-over file descriptor is.

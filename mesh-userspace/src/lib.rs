@@ -26,3 +26,4 @@ pub mod quantity;
 pub mod registry;
 pub mod reload;
 pub mod routing;
+pub mod settings;

@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
   mesh explain --config deploy/bookinfo/networking --registry deploy/bookinfo/local-registry.yaml \\
        --from productpage-v1 --url http://reviews:9080/reviews/0 -H 'end-user: jason'
 
-Logs: RUST_LOG=debug (default info). Proxy worker threads: MESH_WORKER_THREADS=N (default one per core)."
+Logs: RUST_LOG=debug (default info). Proxy worker threads: --worker-threads or MESH_WORKER_THREADS=N (default one per core)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -42,22 +42,19 @@ enum Cmd {
     Explain(mesh::cli_routing::ExplainArgs),
 }
 
-/// The agent's runtime: multi-threaded, one worker per core unless `MESH_WORKER_THREADS` says
-/// otherwise (benchmarks give every proxy one worker). One worker means tokio's current-thread
-/// scheduler, an event loop like one nginx worker: the multi-thread scheduler with a single
-/// worker still pays for its shared queues and wake-ups (c32 proxy CPU per 1000 requests 0.043 s
-/// → 0.031 s in the same bench runs, nginx 0.031–0.032 s).
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if let Ok(v) = std::env::var("MESH_WORKER_THREADS") {
-        match v.trim().parse::<usize>() {
-            Ok(1) => b = tokio::runtime::Builder::new_current_thread(),
-            Ok(n) if n > 0 => {
-                b.worker_threads(n);
-            }
-            _ => return Err(format!("MESH_WORKER_THREADS={v:?}: expected a positive number of threads")),
+/// The agent's runtime: multi-threaded, one worker per core unless `--worker-threads` says
+/// otherwise (benchmarks give every proxy one worker); one worker is tokio's current-thread
+/// scheduler.
+fn runtime(worker_threads: Option<usize>) -> Result<tokio::runtime::Runtime, String> {
+    let mut b = match worker_threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
         }
-    }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     b.enable_all().build().map_err(|e| e.to_string())
 }
 
@@ -80,7 +77,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match Cli::parse().cmd {
-        Cmd::Agent(args) => runtime()
+        Cmd::Agent(args) => runtime(args.worker_threads)
             .map_err(anyhow::Error::msg)
             .and_then(|rt| rt.block_on(mesh::agent::run(args)))
             .map(|()| ExitCode::SUCCESS),

@@ -12,6 +12,7 @@ use crate::{
     proxy::ProxyState,
     reload::Applied,
     routing::{Cluster, LbPolicy},
+    settings::Settings,
 };
 
 /// The whole dump.
@@ -23,6 +24,8 @@ pub struct ConfigDump {
     pub clusters: Vec<ClusterView>,
     /// The pods this agent has enrolled.
     pub pods: Vec<PodView>,
+    /// The flags' values and the build's fixed tunables (`settings.rs`).
+    pub settings: Settings,
 }
 
 /// The routing config as last admitted.
@@ -188,9 +191,16 @@ pub struct Published {
     pub config: arc_swap::ArcSwap<(Applied, u64)>,
     /// The enrolled pods.
     pub pods: arc_swap::ArcSwap<Vec<PodView>>,
+    /// What the agent runs with, fixed for its lifetime.
+    pub settings: Settings,
 }
 
 impl Published {
+    /// Nothing applied or enrolled yet.
+    pub fn new(settings: Settings) -> Self {
+        Published { config: Default::default(), pods: Default::default(), settings }
+    }
+
     /// Records an applied reload: the next one's generation is one more.
     pub fn config_applied(&self, applied: Applied) {
         let generation = self.config.load().1.saturating_add(1);
@@ -206,6 +216,7 @@ pub fn config_dump(state: &ProxyState, published: &Published) -> ConfigDump {
         config: config_view(applied, *generation),
         clusters: state.routes.load().clusters().iter().map(|c| cluster_view(state, c)).collect(),
         pods: published.pods.load().to_vec(),
+        settings: published.settings.clone(),
     }
 }
 

@@ -238,6 +238,17 @@ async fn config_dump_shows_objects_clusters_health_and_pods() {
             "labels": {"app": "productpage"}, "netns": "/var/run/netns/productpage-v1", "netns_cookie": 4097,
             "cgroup": "/sys/fs/cgroup/unified/mesh/productpage-v1", "cgroup_id": 1234}])
     );
+    // The tunables, durations as the flags write them (the test's Published has the defaults).
+    let settings = &dump["settings"];
+    assert_eq!(settings["limits"]["idle_timeout"], "1h", "{settings}");
+    assert_eq!(settings["limits"]["max_request_headers_bytes"], 61440);
+    assert_eq!(settings["memory_budget_origin"], "default");
+    assert_eq!(settings["fair_share"]["lag"], "2ms");
+    assert_eq!(settings["drain_timeout"], "30s");
+    assert_eq!(settings["fail_mode"], "open");
+    assert_eq!(settings["worker_threads"], serde_json::Value::Null);
+    assert_eq!(settings["fixed"]["protocol_sniff_timeout"], "200ms");
+    assert_eq!(settings["fixed"]["upstream_max_idle_per_host"], 256);
 }
 
 /// `/explain` for a Service bound by an HTTPRoute: the live text is the offline one too (the

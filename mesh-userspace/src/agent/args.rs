@@ -8,7 +8,7 @@ use std::{
 
 use clap::Args;
 
-use crate::{ebpf, handover, proxy};
+use crate::{ebpf, handover, proxy, settings::Settings};
 
 #[derive(Args, Debug, Clone)]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["registry", "kubernetes"])))]
@@ -158,6 +158,11 @@ pub struct AgentArgs {
     /// dropped and counted (`mesh_access_log_dropped_total`), never waited for.
     #[arg(long, value_enum, default_value_t = proxy::access_log::AccessLogMode::Off)]
     pub access_log: proxy::access_log::AccessLogMode,
+    /// The proxy's worker threads (default one per core). `1` runs tokio's single-threaded
+    /// scheduler, an event loop like one nginx worker: the multi-threaded one with one worker
+    /// still pays for its shared queues and wake-ups.
+    #[arg(long, env = "MESH_WORKER_THREADS", value_parser = worker_threads)]
+    pub worker_threads: Option<usize>,
 }
 
 /// An on/off flag value.
@@ -192,6 +197,12 @@ fn request_headers_count(s: &str) -> Result<usize, String> {
     usize::try_from(n).map_err(|_| format!("{s:?}: too large"))
 }
 
+/// A worker thread count: 1 to 1024.
+fn worker_threads(s: &str) -> Result<usize, String> {
+    let n = crate::quantity::parse_count(s, 1, 1024).map_err(|e| e.to_string())?;
+    usize::try_from(n).map_err(|_| format!("{s:?}: too large"))
+}
+
 /// A read-ahead budget in bytes (Kubernetes quantity suffixes allowed): 1 byte to
 /// [`proxy::limits::MAX_BUFFER_BYTES`].
 fn buffer_bytes(s: &str) -> Result<u64, String> {
@@ -204,10 +215,26 @@ impl AgentArgs {
         self.pretend_map_layout.unwrap_or(ebpf::MAP_LAYOUT)
     }
 
-    /// The proxy's downstream limits: the defaults, with what the flags set.
+    /// Everything the flags set, with the build's fixed tunables: what the agent runs with and
+    /// `/config_dump` shows. Reads the agent's cgroup once, for the default memory budget.
+    pub fn settings(&self) -> Settings {
+        let (budget, memory_budget_origin) = self.memory_budget();
+        Settings {
+            limits: proxy::Limits { memory_budget: budget, ..self.limits() },
+            memory_budget_origin,
+            fair_share: self.fair_share(),
+            drain_timeout: self.drain_timeout,
+            fail_mode: self.fail_mode,
+            worker_threads: self.worker_threads,
+            fixed: crate::settings::FIXED,
+        }
+    }
+
+    /// The proxy's downstream limits: the defaults, with what the flags set (the memory budget
+    /// is the default one; [`AgentArgs::settings`] resolves the real one).
     pub fn limits(&self) -> proxy::Limits {
         proxy::Limits {
-            memory_budget: self.memory_budget().0,
+            memory_budget: self.memory_budget.unwrap_or(proxy::overload::DEFAULT_BUDGET),
             request_headers_timeout: self.request_headers_timeout,
             idle_timeout: self.idle_timeout,
             // At most 8192 KiB (the flag's range), so this never saturates in practice.

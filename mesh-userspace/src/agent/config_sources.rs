@@ -1,7 +1,7 @@
 //! Where the node's registry and routing config come from: the registry YAML files or the API
 //! server's discovery, and the --config directory merged with the Istio and Gateway API objects
 //! watched on the API server. Also what Telemetry objects say about each pod's access log.
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
 use tokio::sync::{mpsc, watch};
@@ -116,7 +116,7 @@ fn registry_source(args: &AgentArgs, client: Option<kube::Client>) -> Result<wat
         proc_root: args.proc_root.clone(),
     };
     tracing::info!(%node, kubelet_cgroup_root = %layout.cgroup_root.display(), "discovering from the Kubernetes API server");
-    let options = KubeOptions { node, retry: Duration::from_millis(250) };
+    let options = KubeOptions { node, retry: crate::settings::FIXED.kube_retry };
     Ok(discovery::kube::spawn(client, options, Arc::new(layout)))
 }
 

@@ -45,11 +45,11 @@ use crate::{
     proxy::{self, ProxyState},
     registry::Registry,
     routing::RouteTable,
+    settings::Settings,
 };
 
-/// How often enrollments that failed (a pod's netns vanished between discovery and setns, say)
-/// are tried again.
-const ENROLL_RETRY: Duration = Duration::from_millis(250);
+/// How often enrollments that failed are tried again.
+const ENROLL_RETRY: Duration = crate::settings::FIXED.enroll_retry;
 
 /// Runs the agent until SIGTERM/SIGINT or until a successor has taken over, then drains and
 /// returns: take over from a running agent or load the eBPF programs, then reconcile the node to
@@ -63,8 +63,9 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         gateway_api: Arc::default(),
         secrets: Arc::default(),
     };
-    let state = start_proxy(&args, &kernel.bpf);
-    let admin = start_admin(&args, &state, &kernel.bpf, &mut kernel.inherited).await?;
+    let settings = args.settings();
+    let state = start_proxy(&args, &settings, &kernel.bpf);
+    let admin = start_admin(&args, settings, &state, &kernel.bpf, &mut kernel.inherited).await?;
     feeds.updates = match args.config.clone() {
         Some(dir) => Some(crate::config::watch::spawn_watcher(dir)?),
         None => None,
@@ -78,18 +79,18 @@ pub async fn run(args: AgentArgs) -> Result<()> {
 
 /// The proxy's shared state, configured from the flags, with its overload, fairness and access
 /// log tasks running.
-fn start_proxy(args: &AgentArgs, bpf: &Arc<MeshEbpf>) -> Arc<ProxyState> {
+fn start_proxy(args: &AgentArgs, settings: &Settings, bpf: &Arc<MeshEbpf>) -> Arc<ProxyState> {
     let state = ProxyState::with_limits(
         Registry::default(),
         RouteTable::kubernetes_only(&Registry::default()),
         bpf.clone(),
-        args.limits(),
+        settings.limits.clone(),
     );
     state.request_metrics.store(args.request_metrics == Switch::On, Ordering::Relaxed);
-    let (budget, origin) = args.memory_budget();
-    tracing::info!(budget, ?origin, "memory budget");
+    let origin = &settings.memory_budget_origin;
+    tracing::info!(budget = settings.limits.memory_budget, ?origin, "memory budget");
     tokio::spawn(proxy::overload::run(state.clone()));
-    let fair = args.fair_share();
+    let fair = settings.fair_share;
     state.fair.configure(&fair);
     if fair.enabled {
         tokio::spawn(proxy::fair::watch_lag(state.fair.clone(), fair.lag));
@@ -113,6 +114,7 @@ struct AdminHandles {
 /// Serves health, readiness and metrics on the admin listener (the predecessor's, or bound).
 async fn start_admin(
     args: &AgentArgs,
+    settings: Settings,
     state: &Arc<ProxyState>,
     bpf: &Arc<MeshEbpf>,
     inherited: &mut Inherited,
@@ -125,7 +127,7 @@ async fn start_admin(
         None => TcpListener::bind(args.admin).await.with_context(|| format!("admin address {}", args.admin))?,
     };
     let fd = admin.as_fd().try_clone_to_owned().context("admin listener")?;
-    let published = Arc::new(crate::admin::dump::Published::default());
+    let published = Arc::new(crate::admin::dump::Published::new(settings));
     let admin_state = crate::admin::Admin {
         state: state.clone(),
         kernel: bpf.clone(),

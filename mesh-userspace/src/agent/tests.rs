@@ -119,6 +119,42 @@ fn request_metrics_flag_defaults_on_and_turns_off() {
 }
 
 #[test]
+fn settings_from_no_flags_are_the_defaults_and_each_settings_flag_reaches_them() {
+    use clap::Parser as _;
+    let defaults = Cli::try_parse_from(["mesh", "--registry", "r.yaml"]).expect("parse").agent;
+    // The budget's origin depends on the cgroup the test runs in.
+    let mut settings = defaults.settings();
+    settings.limits.memory_budget = proxy::overload::DEFAULT_BUDGET;
+    settings.memory_budget_origin = proxy::overload::BudgetOrigin::Default;
+    assert_eq!(settings, Settings::default());
+    let set = Cli::try_parse_from([
+        "mesh",
+        "--registry",
+        "r.yaml",
+        "--memory-budget",
+        "100Mi",
+        "--drain-timeout",
+        "5s",
+        "--fail-mode",
+        "closed",
+        "--worker-threads",
+        "1",
+        "--fair-share-lag",
+        "7ms",
+    ])
+    .expect("parse")
+    .agent
+    .settings();
+    assert_eq!(set.limits.memory_budget, 100 << 20);
+    assert_eq!(set.memory_budget_origin, proxy::overload::BudgetOrigin::Flag);
+    assert_eq!(set.drain_timeout, Duration::from_secs(5));
+    assert_eq!(set.fail_mode, crate::ebpf::FailMode::Closed);
+    assert_eq!(set.worker_threads, Some(1));
+    assert_eq!(set.fair_share.lag, Duration::from_millis(7));
+    assert!(Cli::try_parse_from(["mesh", "--registry", "r.yaml", "--worker-threads", "0"]).is_err());
+}
+
+#[test]
 fn limit_flags_default_to_envoys_values_and_each_reaches_the_proxy_limits() {
     use clap::Parser as _;
     let defaults = Cli::try_parse_from(["mesh", "--registry", "r.yaml"]).expect("parse").agent.limits();

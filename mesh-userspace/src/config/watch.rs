@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::{Config, ConfigErrors};
 
-const DEBOUNCE: Duration = Duration::from_millis(100);
+const DEBOUNCE: Duration = crate::settings::FIXED.config_debounce;
 
 pub type Update = Result<Config, ConfigErrors>;
 

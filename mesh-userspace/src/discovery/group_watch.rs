@@ -29,7 +29,7 @@ pub type Documents = Arc<Vec<(String, String)>>;
 
 /// How often the group is looked up again: CRDs installed after the agent started are watched
 /// within this time, and deleted ones stop being watched.
-pub const REDISCOVER: Duration = Duration::from_secs(30);
+pub const REDISCOVER: Duration = crate::settings::FIXED.crd_rediscover;
 
 /// What to watch of one API group.
 pub(super) struct GroupKinds {

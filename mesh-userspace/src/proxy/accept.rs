@@ -1,10 +1,11 @@
 //! The accept loops: accept errors paused on, the drain honoured, a limited source paced, and
 //! each accepted connection handed on with its drain guard.
-use std::{net::SocketAddr, time::Duration};
+use std::net::SocketAddr;
 
 use tokio::net::{TcpListener, TcpStream};
 
 use super::ProxyState;
+use crate::settings::FIXED;
 
 /// The next connection on `listener`. Accept errors (the agent out of file descriptors, or
 /// memory for socket buffers) are logged and retried after a pause rather than spun on, and
@@ -20,8 +21,8 @@ pub async fn accept(listener: &TcpListener, listener_of: &str) -> (TcpStream, So
                     }
                     _ => "",
                 };
-                tracing::warn!(listener = %listener_of, error = %e, "accept failed{hint}; retrying in 50 ms");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tracing::warn!(listener = %listener_of, error = %e, retry_in = ?FIXED.accept_error_pause, "accept failed{hint}; retrying");
+                tokio::time::sleep(FIXED.accept_error_pause).await;
             }
         }
     }

@@ -1,6 +1,6 @@
 //! L7 or L4 for a connection bound for a service port: the port's declared protocol, or a short
 //! sniff for an HTTP request when it declares none.
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
@@ -33,7 +33,7 @@ pub async fn serve_service_conn(
 /// protocols) means opaque TCP.
 async fn sniff_http(stream: &TcpStream) -> bool {
     let mut buf = [0u8; 16];
-    let peek = tokio::time::timeout(Duration::from_millis(200), stream.peek(&mut buf)).await;
+    let peek = tokio::time::timeout(crate::settings::FIXED.protocol_sniff_timeout, stream.peek(&mut buf)).await;
     let n = match peek {
         Ok(Ok(n)) => n,
         _ => return false,

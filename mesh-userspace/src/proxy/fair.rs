@@ -32,13 +32,14 @@ use std::{
 use tokio::sync::oneshot;
 
 /// The gate's settings (`--fair-share*` flags).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct FairConfig {
     /// Whether sources are ever limited.
     pub enabled: bool,
     /// Requests of one limited source that may wait; past it they are refused.
     pub max_queue: u32,
     /// Timer lateness that counts as the loop falling behind.
+    #[serde(serialize_with = "crate::settings::duration")]
     pub lag: Duration,
     /// Requests per second below which a source is never limited, the lowest limit, and how
     /// much limits rise per second of ticks on time.
@@ -52,7 +53,7 @@ impl Default for FairConfig {
 }
 
 /// How often [`watch_lag`] measures and [`FairGate::tick`] runs.
-pub const TICK: Duration = Duration::from_millis(5);
+pub const TICK: Duration = crate::settings::FIXED.fair_share_tick;
 /// Ticks between two decreases of a source's limit (50 ms).
 pub const DECREASE_EVERY: u32 = 10;
 /// Tokens a limited source may save up: a short burst starts at once.

@@ -17,7 +17,7 @@ use super::{
 /// is its socket and a few small structs until the client sends again; then it gets a fresh
 /// hyper connection. A second is long past any request burst (re-creating hyper's state costs
 /// about what one request's parsing does) and far below keep-alive lifetimes (minutes).
-pub(super) const PARK_IDLE_HTTP1_AFTER: Duration = Duration::from_secs(1);
+pub(super) const PARK_IDLE_HTTP1_AFTER: Duration = crate::settings::FIXED.park_idle_http1_after;
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4); any other first bytes are HTTP/1.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

@@ -388,7 +388,8 @@ pub fn parse_memory_stat_sock(text: &str) -> Option<u64> {
 }
 
 /// Where the default budget came from.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum BudgetOrigin {
     /// `--memory-budget`.
     Flag,

@@ -90,7 +90,7 @@ pub(super) fn upstream_client(key: UpstreamKey) -> Client<HttpConnector, ProxyBo
     connector.set_connect_timeout(Some(key.connect_timeout));
     let mut builder = Client::builder(TokioExecutor::new());
     // A zero idle timeout means no pool at all: every request gets its own connection.
-    let max_idle = if key.idle_timeout.is_zero() { 0 } else { 256 };
+    let max_idle = if key.idle_timeout.is_zero() { 0 } else { crate::settings::FIXED.upstream_max_idle_per_host };
     builder
         .pool_idle_timeout(key.idle_timeout)
         .pool_max_idle_per_host(max_idle)

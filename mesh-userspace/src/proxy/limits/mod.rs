@@ -19,7 +19,7 @@ pub use self::source::{CapSlot, SourceCaps};
 use std::time::Duration;
 
 /// Downstream (client-side) limits of the node proxy.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Limits {
     /// An HTTP/1 request head must be complete this long after its first byte arrived, or the
     /// connection is closed. Envoy's `request_headers_timeout` is off by default; hyper's default
@@ -27,9 +27,11 @@ pub struct Limits {
     /// is 30 s: far beyond what a pod on the same node needs for a few KB of headers, short enough
     /// that a slowloris client holds a connection for 30 s instead of forever. The timer starts at
     /// the first byte, as Envoy's does, so an idle keep-alive connection is not cut by it.
+    #[serde(serialize_with = "crate::settings::duration")]
     pub request_headers_timeout: Duration,
     /// A client connection with no request in flight for this long is closed (HTTP/2: GOAWAY
     /// first). Istio's default for HTTP connections (Envoy `common_http_protocol_options.idle_timeout`).
+    #[serde(serialize_with = "crate::settings::duration")]
     pub idle_timeout: Duration,
     /// Largest HTTP/1 request head (request line and headers) accepted; larger gets
     /// `431 Request Header Fields Too Large`. Envoy's `max_request_headers_kb` default, 60 KiB.
@@ -54,6 +56,7 @@ pub struct Limits {
     /// app that works behind Istio's sidecars is never cut sooner here. What keeps one pod's
     /// stalled uploads from hurting others is its caps below, not this timer; the timer returns
     /// what a stalled request holds (a task, buffered bytes, an upstream connection).
+    #[serde(serialize_with = "crate::settings::duration")]
     pub request_body_idle_timeout: Duration,
     /// Request body bytes one source workload may hold in read-ahead buffers at once (the
     /// `max_buffered_body` buffers of all its requests in flight). A request that would go over
