@@ -3,16 +3,11 @@
 //! A file may hold many documents (`---`). Each document is parsed on its own so an error can be
 //! reported as `file:line:col: field.path: what was expected`; positions of fields are kept (a
 //! [`Locator`]) so errors found later, when the route table is compiled, point at the field too.
-// Not fully documented yet (see the note in lib.rs).
-#[allow(missing_docs)]
 pub mod gateway_api;
 pub mod secrets;
 pub mod telemetry;
-#[allow(missing_docs)]
 pub mod types;
-#[allow(missing_docs)]
 pub mod validate;
-#[allow(missing_docs)]
 pub mod watch;
 
 use std::{

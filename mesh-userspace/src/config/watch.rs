@@ -15,8 +15,15 @@ use super::{Config, ConfigErrors};
 
 const DEBOUNCE: Duration = crate::settings::FIXED.config_debounce;
 
+/// One delivery: the whole directory as [`Config::load_dir_all`] read it (bad documents in
+/// `rejected`), or why the directory could not be read.
 pub type Update = Result<Config, ConfigErrors>;
 
+/// Watches `dir` (not its subdirectories) and, after each burst of changes settles (100 ms with no
+/// event), sends the whole directory read again; nothing is sent before the first change.
+///
+/// Err when `dir` cannot be watched. The task ends when the receiver is dropped. Call within a
+/// Tokio runtime.
 pub fn spawn_watcher(dir: PathBuf) -> anyhow::Result<mpsc::Receiver<Update>> {
     let (raw_tx, mut raw_rx) = mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {

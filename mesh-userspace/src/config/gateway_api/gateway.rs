@@ -7,11 +7,14 @@ use serde::Deserialize;
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GatewayClassSpec {
+    /// `controllerName`: the controller serving this class's Gateways (`mesh/gateway-controller` or
+    /// `istio.io/gateway-controller` is this mesh).
     #[serde(default)]
     pub controller_name: String,
     /// Accepted, not used (no parameters are defined for this mesh).
     #[serde(default)]
     pub parameters_ref: Option<serde_yaml::Value>,
+    /// Free-text description of the class.
     #[serde(default)]
     pub description: Option<String>,
 }
@@ -52,8 +55,11 @@ pub fn validate_gateway_class(spec: &GatewayClassSpec) -> Validation {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KubeGatewaySpec {
+    /// `gatewayClassName`: the GatewayClass this Gateway belongs to; this mesh serves `mesh` and
+    /// `istio`, or a class naming its controller.
     #[serde(default)]
     pub gateway_class_name: String,
+    /// Where the Gateway accepts traffic: one entry per port, protocol and hostname.
     #[serde(default)]
     pub listeners: Vec<Listener>,
     /// Accepted, not used: the node listens on `--ingress-bind`, whatever address is asked for.
@@ -73,42 +79,55 @@ pub struct KubeGatewaySpec {
     pub backend_tls: Option<serde_yaml::Value>,
 }
 
+/// A `listeners` entry: a port, protocol and hostname that routes attach to.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Listener {
+    /// Name of the listener, unique in the Gateway; a route's `parentRefs[].sectionName` names it.
     #[serde(default)]
     pub name: String,
     /// None: every host name.
     #[serde(default)]
     pub hostname: Option<String>,
+    /// Port to listen on (1 to 65535).
     #[serde(default)]
     pub port: i64,
+    /// `HTTP`, `HTTPS`, `TLS`, `TCP` or `UDP`; only `HTTP` and `HTTPS` listeners are served.
     #[serde(default)]
     pub protocol: String,
     /// Accepted (the CRD's rules are checked); a listener with TLS is not served.
     #[serde(default)]
     pub tls: Option<ListenerTls>,
+    /// `allowedRoutes`: which routes (by namespace and kind) may attach; routes from the Gateway's
+    /// namespace when left out.
     #[serde(default)]
     pub allowed_routes: Option<AllowedRoutes>,
 }
 
+/// A listener's `tls`: how TLS is handled and the certificates to terminate it with.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ListenerTls {
     /// Default `Terminate`.
     #[serde(default)]
     pub mode: Option<String>,
+    /// `certificateRefs`: Secrets holding the certificate and key (kept unparsed); only the first
+    /// is used.
     #[serde(default)]
     pub certificate_refs: Vec<serde_yaml::Value>,
+    /// Implementation-specific TLS options (key/value); accepted, not used.
     #[serde(default)]
     pub options: Option<serde_yaml::Value>,
+    /// `frontendValidation`: how client certificates are verified (mutual TLS); accepted, not used.
     #[serde(default)]
     pub frontend_validation: Option<serde_yaml::Value>,
 }
 
+/// A listener's `allowedRoutes`.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AllowedRoutes {
+    /// From which namespaces routes may attach; `Same` when left out.
     #[serde(default)]
     pub namespaces: Option<RouteNamespaces>,
     /// Empty: the kinds the listener's protocol carries (HTTPRoute, GRPCRoute for HTTP).
@@ -116,32 +135,41 @@ pub struct AllowedRoutes {
     pub kinds: Vec<RouteGroupKind>,
 }
 
+/// `allowedRoutes.namespaces`.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteNamespaces {
     /// `All`, `Same` (the default) or `Selector`.
     #[serde(default)]
     pub from: Option<String>,
+    /// The namespaces admitted when `from` is `Selector`, by their labels.
     #[serde(default)]
     pub selector: Option<LabelSelector>,
 }
 
+/// A Kubernetes label selector (`matchLabels` and `matchExpressions`, ANDed).
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LabelSelector {
+    /// `matchLabels`: labels that must all be present with these values.
     #[serde(default)]
     pub match_labels: std::collections::BTreeMap<String, String>,
+    /// `matchExpressions`: requirements that must all hold.
     #[serde(default)]
     pub match_expressions: Vec<LabelSelectorRequirement>,
 }
 
+/// One `matchExpressions` requirement: a label key, an operator and values.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LabelSelectorRequirement {
+    /// The label's key.
     #[serde(default)]
     pub key: String,
+    /// `In`, `NotIn`, `Exists` or `DoesNotExist`.
     #[serde(default)]
     pub operator: String,
+    /// Values for `In` / `NotIn`; empty for `Exists` / `DoesNotExist`.
     #[serde(default)]
     pub values: Vec<String>,
 }
@@ -164,12 +192,14 @@ impl LabelSelector {
     }
 }
 
+/// An `allowedRoutes.kinds` entry: a route kind a listener admits.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteGroupKind {
     /// Default `gateway.networking.k8s.io`.
     #[serde(default)]
     pub group: Option<String>,
+    /// The route kind, e.g. `HTTPRoute`, `GRPCRoute`.
     #[serde(default)]
     pub kind: String,
 }
@@ -177,8 +207,11 @@ pub struct RouteGroupKind {
 /// Which namespaces' routes a listener admits.
 #[derive(Clone, Debug)]
 pub enum FromNamespaces {
+    /// `All`: routes from every namespace.
     All,
+    /// `Same`: routes from the Gateway's namespace only (the default).
     Same,
+    /// `Selector`: routes from namespaces whose labels the selector matches.
     Selector(LabelSelector),
 }
 

@@ -10,25 +10,33 @@ use serde::Deserialize;
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GrpcRouteSpec {
+    /// `parentRefs`: the Services (GAMMA mesh routing) or Gateways the route attaches to.
     #[serde(default)]
     pub parent_refs: Vec<ParentReference>,
+    /// Hostnames matched against the request's `:authority` (wildcard `*.` prefix allowed); empty
+    /// matches every host.
     #[serde(default)]
     pub hostnames: Vec<String>,
+    /// Rules tried for each call; none (or an empty list) is one rule matching every call.
     #[serde(default)]
     pub rules: Vec<GrpcRouteRule>,
 }
 
+/// One entry of a GRPCRoute's `rules`: matches, filters and weighted backends.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GrpcRouteRule {
+    /// Name of the rule, unique within the route.
     #[serde(default)]
     pub name: Option<String>,
+    /// Conditions ORed together; none matches every call.
     #[serde(default)]
     pub matches: Vec<GrpcRouteMatch>,
     /// Same shape as HTTPRoute's; only RequestHeaderModifier, ResponseHeaderModifier,
     /// RequestMirror and ExtensionRef are GRPCRoute filter types.
     #[serde(default)]
     pub filters: Vec<HttpRouteFilter>,
+    /// `backendRefs`: weighted backends the call is forwarded to (over HTTP/2).
     #[serde(default)]
     pub backend_refs: Vec<HttpBackendRef>,
     /// Experimental channel (GEP-1619): accepted, not enforced.
@@ -36,23 +44,29 @@ pub struct GrpcRouteRule {
     pub session_persistence: Option<serde_yaml::Value>,
 }
 
+/// One entry of a rule's `matches`: the gRPC method and headers must all match.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GrpcRouteMatch {
+    /// The gRPC service and/or method the call must be for; any when left out.
     #[serde(default)]
     pub method: Option<GrpcMethodMatch>,
+    /// Conditions on request metadata (headers); all must hold.
     #[serde(default)]
     pub headers: Vec<HttpHeaderMatch>,
 }
 
+/// A gRPC `method` match: service and/or method, exactly or by regex.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GrpcMethodMatch {
     /// `Exact` (default) or `RegularExpression`.
     #[serde(default, rename = "type")]
     pub kind: Option<String>,
+    /// Fully qualified gRPC service (e.g. `helloworld.Greeter`); any when left out.
     #[serde(default)]
     pub service: Option<String>,
+    /// Method name within the service (e.g. `SayHello`); any when left out.
     #[serde(default)]
     pub method: Option<String>,
 }

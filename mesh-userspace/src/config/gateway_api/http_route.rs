@@ -7,11 +7,17 @@ use super::{
 use crate::config::parse_duration;
 use serde::Deserialize;
 
+/// An HTTPRoute `spec` (`gateway.networking.k8s.io`): rules routing HTTP requests to backends,
+/// attached to parent Services (mesh) or Gateways.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRouteSpec {
+    /// `parentRefs`: what the route attaches to: a Service (GAMMA mesh routing, of that Service's
+    /// traffic) or a Gateway (ingress).
     #[serde(default)]
     pub parent_refs: Vec<ParentReference>,
+    /// Hostnames matched against the request's `Host` (wildcard `*.` prefix allowed); empty matches
+    /// every host.
     #[serde(default)]
     pub hostnames: Vec<String>,
     /// Left out, the API server defaults it to one rule matching every path (see [`Self::rules`]).
@@ -45,6 +51,7 @@ impl HttpRouteSpec {
     }
 }
 
+/// A `parentRefs` entry: a Gateway or Service the route attaches to.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ParentReference {
@@ -54,12 +61,18 @@ pub struct ParentReference {
     /// Default `Gateway`.
     #[serde(default)]
     pub kind: Option<String>,
+    /// Namespace of the parent; the route's own namespace when left out.
     #[serde(default)]
     pub namespace: Option<String>,
+    /// Name of the parent.
     #[serde(default)]
     pub name: String,
+    /// `sectionName`: the one Gateway listener (by name) to attach to; on a Service parent it is
+    /// warned about and the whole Service is bound.
     #[serde(default)]
     pub section_name: Option<String>,
+    /// Port of the parent to attach to (a Gateway listener's or a Service's port); all of them when
+    /// left out.
     #[serde(default)]
     pub port: Option<i64>,
 }
@@ -71,17 +84,26 @@ impl ParentReference {
     }
 }
 
+/// One entry of `rules`: matches, filters, backends, timeouts and retries.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRouteRule {
+    /// Name of the rule, unique within the route (for status and policy attachment).
     #[serde(default)]
     pub name: Option<String>,
+    /// `matches`: conditions ORed together; left out, one `PathPrefix /` match (see
+    /// [`Self::matches`]).
     #[serde(default, rename = "matches")]
     pub matches_as_written: Option<Vec<HttpRouteMatch>>,
+    /// Filters applied to requests matching the rule (header modifiers, redirect, rewrite,
+    /// mirror...).
     #[serde(default)]
     pub filters: Vec<HttpRouteFilter>,
+    /// `backendRefs`: weighted backends the request is forwarded to; with none (or all weights 0) a
+    /// matching request gets 500.
     #[serde(default)]
     pub backend_refs: Vec<HttpBackendRef>,
+    /// Request and per-try (`backendRequest`) timeouts.
     #[serde(default)]
     pub timeouts: Option<HttpRouteTimeouts>,
     /// GEP-1731 (experimental channel; Istio reads it): retried status codes, attempts, backoff.
@@ -102,6 +124,7 @@ impl HttpRouteRule {
     }
 }
 
+/// One entry of a rule's `matches`: every condition set must hold.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRouteMatch {
@@ -112,21 +135,30 @@ pub struct HttpRouteMatch {
     /// Left out: `PathPrefix /` (the CRD default).
     #[serde(default)]
     pub path: Option<HttpPathMatch>,
+    /// Conditions on request headers (case-insensitive names); all must hold.
     #[serde(default)]
     pub headers: Vec<HttpHeaderMatch>,
+    /// `queryParams`: conditions on query parameters (exact, case-sensitive names); all must hold.
     #[serde(default)]
     pub query_params: Vec<HttpHeaderMatch>,
+    /// The HTTP method the request must have.
     #[serde(default)]
     pub method: Option<String>,
 }
 
+/// The `type` of a path match.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PathType {
+    /// `Exact`: the path equals the value.
     Exact,
+    /// `PathPrefix`: the path starts with the value, element by element (`/foo` matches `/foo/bar`,
+    /// not `/foobar`).
     PathPrefix,
+    /// `RegularExpression`: the whole path matches the regex (dialect implementation-specific).
     RegularExpression,
 }
 
+/// A `path` match: its `type` and `value`.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpPathMatch {
@@ -155,37 +187,52 @@ impl HttpPathMatch {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpHeaderMatch {
+    /// `type`: `Exact` (the default) or `RegularExpression`.
     #[serde(default, rename = "type")]
     pub kind: Option<String>,
+    /// Name of the header (case-insensitive) or query parameter (case-sensitive).
     #[serde(default)]
     pub name: String,
+    /// The value to compare, or the regex for `RegularExpression`.
     #[serde(default)]
     pub value: String,
 }
 
 impl HttpHeaderMatch {
+    /// Whether `type` is `RegularExpression`.
     pub fn is_regex(&self) -> bool {
         self.kind.as_deref() == Some("RegularExpression")
     }
 }
 
+/// One `filters` entry: its `type` and the field of that type (set exactly that one).
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRouteFilter {
+    /// `type`: `RequestHeaderModifier`, `ResponseHeaderModifier`, `RequestMirror`,
+    /// `RequestRedirect`, `URLRewrite`, `ExtensionRef`, `CORS` or `ExternalAuth`.
     #[serde(default, rename = "type")]
     pub kind: String,
+    /// `requestHeaderModifier`: set, add and remove request headers before forwarding.
     #[serde(default)]
     pub request_header_modifier: Option<HeaderModifier>,
+    /// `responseHeaderModifier`: set, add and remove response headers before returning them.
     #[serde(default)]
     pub response_header_modifier: Option<HeaderModifier>,
+    /// `requestMirror`: copy requests to another backend.
     #[serde(default)]
     pub request_mirror: Option<RequestMirror>,
+    /// `requestRedirect`: answer with a redirect instead of forwarding.
     #[serde(default)]
     pub request_redirect: Option<RequestRedirect>,
+    /// `urlRewrite`: rewrite the hostname and/or path before forwarding.
     #[serde(default)]
     pub url_rewrite: Option<UrlRewrite>,
+    /// `extensionRef`: an implementation-specific filter; none is supported, so the rule answers
+    /// 500, as the spec asks.
     #[serde(default)]
     pub extension_ref: Option<serde_yaml::Value>,
+    /// `cors`: the CORS filter; accepted, not enforced (a warning says so).
     #[serde(default)]
     pub cors: Option<serde_yaml::Value>,
     /// Experimental channel.
@@ -198,10 +245,13 @@ pub struct HttpRouteFilter {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RequestMirror {
+    /// `backendRef`: the backend the copies are sent to (their responses are discarded).
     #[serde(default)]
     pub backend_ref: BackendObjectReference,
+    /// Share of requests mirrored, 0 to 100; excludes `fraction`.
     #[serde(default)]
     pub percent: Option<i64>,
+    /// Share of requests mirrored as a fraction; excludes `percent`.
     #[serde(default)]
     pub fraction: Option<Fraction>,
 }
@@ -222,9 +272,11 @@ impl RequestMirror {
     }
 }
 
+/// A `fraction`: `numerator / denominator` of the requests.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Fraction {
+    /// The numerator; at most the denominator.
     #[serde(default)]
     pub numerator: i64,
     /// Default 100.
@@ -236,14 +288,20 @@ pub struct Fraction {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BackendObjectReference {
+    /// API group of the backend; `""` (core) when left out.
     #[serde(default)]
     pub group: Option<String>,
+    /// Kind of the backend; `Service` when left out.
     #[serde(default)]
     pub kind: Option<String>,
+    /// Name of the backend.
     #[serde(default)]
     pub name: String,
+    /// Namespace of the backend; the route's own when left out (another needs a ReferenceGrant
+    /// there).
     #[serde(default)]
     pub namespace: Option<String>,
+    /// Port of the backend; required when the backend is a Service.
     #[serde(default)]
     pub port: Option<i64>,
 }
@@ -278,35 +336,49 @@ pub struct HttpRouteRetry {
     pub backoff: Option<String>,
 }
 
+/// A `requestHeaderModifier` / `responseHeaderModifier`: header operations.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderModifier {
+    /// Headers overwritten with the value (or added when absent).
     #[serde(default)]
     pub set: Vec<HttpHeader>,
+    /// Headers appended with the value, keeping any existing values.
     #[serde(default)]
     pub add: Vec<HttpHeader>,
+    /// Names of headers removed (case-insensitive).
     #[serde(default)]
     pub remove: Vec<String>,
 }
 
+/// A header name and value, as `set` and `add` take them.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpHeader {
+    /// The header's name (case-insensitive).
     #[serde(default)]
     pub name: String,
+    /// The header's value.
     #[serde(default)]
     pub value: String,
 }
 
+/// A `requestRedirect`: the request is answered with a redirect whose `Location` replaces parts of
+/// the URL.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RequestRedirect {
+    /// Scheme of the `Location` (`http` or `https`); the request's when left out.
     #[serde(default)]
     pub scheme: Option<String>,
+    /// Hostname of the `Location`; the request's `Host` when left out.
     #[serde(default)]
     pub hostname: Option<String>,
+    /// How the path of the `Location` is rewritten; the request's path when left out.
     #[serde(default)]
     pub path: Option<PathModifier>,
+    /// Port of the `Location`; left out, the well-known port of `scheme` when set, else the
+    /// listener's port.
     #[serde(default)]
     pub port: Option<i64>,
     /// Default 302.
@@ -314,22 +386,30 @@ pub struct RequestRedirect {
     pub status_code: Option<i64>,
 }
 
+/// A `urlRewrite`: changes to the request before it is forwarded.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UrlRewrite {
+    /// Replaces the `Host` header.
     #[serde(default)]
     pub hostname: Option<String>,
+    /// Rewrites the path (the whole path, or the prefix matched by a `PathPrefix` match).
     #[serde(default)]
     pub path: Option<PathModifier>,
 }
 
+/// A path modifier of `requestRedirect` / `urlRewrite`.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PathModifier {
+    /// `type`: `ReplaceFullPath` or `ReplacePrefixMatch`.
     #[serde(default, rename = "type")]
     pub kind: String,
+    /// `replaceFullPath`: the new path (for `ReplaceFullPath`).
     #[serde(default)]
     pub replace_full_path: Option<String>,
+    /// `replacePrefixMatch`: what replaces the prefix the rule's `PathPrefix` match matched (for
+    /// `ReplacePrefixMatch`).
     #[serde(default)]
     pub replace_prefix_match: Option<String>,
 }
@@ -337,11 +417,14 @@ pub struct PathModifier {
 /// What a path modifier does, once validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PathRewrite {
+    /// `ReplaceFullPath`: the whole path becomes this.
     Full(String),
+    /// `ReplacePrefixMatch`: the matched prefix becomes this.
     Prefix(String),
 }
 
 impl PathModifier {
+    /// What the modifier does; None when its `type` is unknown or the type's field is missing.
     pub fn resolved(&self) -> Option<PathRewrite> {
         match self.kind.as_str() {
             "ReplaceFullPath" => self.replace_full_path.clone().map(PathRewrite::Full),
@@ -351,6 +434,7 @@ impl PathModifier {
     }
 }
 
+/// A `backendRefs` entry: a weighted backend with its own filters.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpBackendRef {
@@ -360,31 +444,41 @@ pub struct HttpBackendRef {
     /// Default `Service`.
     #[serde(default)]
     pub kind: Option<String>,
+    /// Name of the backend.
     #[serde(default)]
     pub name: String,
+    /// Namespace of the backend; the route's own when left out (another needs a ReferenceGrant
+    /// there).
     #[serde(default)]
     pub namespace: Option<String>,
+    /// Port of the backend; required when the backend is a Service.
     #[serde(default)]
     pub port: Option<i64>,
     /// Default 1.
     #[serde(default)]
     pub weight: Option<i64>,
+    /// Filters applied only to requests sent to this backend.
     #[serde(default)]
     pub filters: Vec<HttpRouteFilter>,
 }
 
 impl HttpBackendRef {
+    /// Whether the backend is a core `Service` (group and kind left out, or `""`/`core` and
+    /// `Service`).
     pub fn is_service(&self) -> bool {
         matches!(self.group.as_deref(), None | Some("") | Some("core"))
             && matches!(self.kind.as_deref(), None | Some("Service"))
     }
 }
 
+/// A rule's `timeouts` (GEP-2257 durations; `0s` means none).
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpRouteTimeouts {
+    /// Timeout of the whole request, retries included, from the client's side.
     #[serde(default)]
     pub request: Option<String>,
+    /// `backendRequest`: timeout of each request to a backend (each try).
     #[serde(default)]
     pub backend_request: Option<String>,
 }

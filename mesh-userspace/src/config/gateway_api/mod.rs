@@ -20,6 +20,7 @@ pub use grpc_route::*;
 pub use http_route::*;
 pub use reference_grant::*;
 
+/// The Gateway API's group: `gateway.networking.k8s.io`.
 pub const GROUP: &str = "gateway.networking.k8s.io";
 /// HTTPRoute is served at v1 and (deprecated, same schema) v1beta1; so is ReferenceGrant.
 pub const VERSIONS: &[&str] = &["v1", "v1beta1"];

@@ -8,30 +8,38 @@ use serde::Deserialize;
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ReferenceGrantSpec {
+    /// Who may refer: kinds in given namespaces (e.g. HTTPRoutes of namespace `team-a`).
     #[serde(default)]
     pub from: Vec<ReferenceGrantFrom>,
+    /// What may be referred to in the grant's own namespace (e.g. Services, or one Service by
+    /// name).
     #[serde(default)]
     pub to: Vec<ReferenceGrantTo>,
 }
 
+/// A `from` entry: a kind of referring object and the namespace it lives in.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ReferenceGrantFrom {
     /// Required; `""` is the core group.
     #[serde(default)]
     pub group: Option<String>,
+    /// Kind of the referring object, e.g. `HTTPRoute`, `GRPCRoute`.
     #[serde(default)]
     pub kind: String,
+    /// Namespace of the referring objects.
     #[serde(default)]
     pub namespace: String,
 }
 
+/// A `to` entry: a kind (and optionally one name) in the grant's namespace that may be referred to.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ReferenceGrantTo {
     /// Required; `""` is the core group.
     #[serde(default)]
     pub group: Option<String>,
+    /// Kind of the referred object, e.g. `Service`.
     #[serde(default)]
     pub kind: String,
     /// None: every object of the kind in the grant's namespace.

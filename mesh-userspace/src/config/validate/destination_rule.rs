@@ -7,6 +7,8 @@ use crate::config::{
     OutlierDetectionSettings, PortTrafficPolicy, Sourced, TcpSettings, TrafficPolicy, TunnelSettings,
 };
 
+/// `ValidateDestinationRule`: host, subsets (unique names, labels), every traffic policy,
+/// `exportTo` and `workloadSelector`.
 pub fn destination_rule(dr: &Sourced<DestinationRuleSpec>) -> Validation {
     let mut v = Validation::default();
     metadata(&mut v, dr);

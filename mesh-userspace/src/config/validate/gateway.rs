@@ -21,6 +21,8 @@ fn protocol(p: &str) -> Option<&'static str> {
     })
 }
 
+/// `ValidateGateway`: the name, at least one server, unique port names, and each server's port,
+/// hosts, bind and TLS.
 pub fn gateway(gw: &Sourced<GatewaySpec>) -> Validation {
     let mut v = Validation::default();
     metadata(&mut v, gw);

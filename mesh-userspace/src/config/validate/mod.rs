@@ -29,7 +29,10 @@ pub use virtual_service::virtual_service;
 /// Errors and warnings, each with the field path it is about.
 #[derive(Debug, Default)]
 pub struct Validation {
+    /// What Istio rejects: (field path, Istio's message); any one rejects the object.
     pub errors: Vec<(String, String)>,
+    /// What Istio only warns about, or a field the node proxy does not act on: (field path,
+    /// message).
     pub warnings: Vec<(String, String)>,
 }
 
