@@ -65,158 +65,97 @@ fn describe_calls(before: &Calls, after: &Calls, secs: f64) -> String {
         .join("  ")
 }
 
-fn main() -> Result<()> {
+/// The demo's command line.
+struct DemoArgs {
+    /// Run only this step.
+    only: Option<String>,
+    /// Leave the node running at the end.
+    keep: bool,
+    /// Multiplies every step's page loads.
+    scale: f64,
+    /// Istio's VirtualServices or the Gateway API's HTTPRoutes.
+    api: Api,
+}
+
+/// The arguments, or None after `--help` was printed.
+fn parse_args() -> Result<Option<DemoArgs>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut only: Option<String> = None;
-    let mut keep = false;
-    let mut scale = 1.0f64;
-    let mut api = Api::Istio;
+    let mut demo = DemoArgs { only: None, keep: false, scale: 1.0, api: Api::Istio };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
-            "--step" => only = it.next().cloned(),
-            "--keep" => keep = true,
+            "--step" => demo.only = it.next().cloned(),
+            "--keep" => demo.keep = true,
             "--api" => {
                 let v = it.next().map(String::as_str).unwrap_or("");
-                api = Api::parse(v).ok_or_else(|| anyhow::anyhow!("--api {v:?}: istio or gateway"))?;
+                demo.api = Api::parse(v).ok_or_else(|| anyhow::anyhow!("--api {v:?}: istio or gateway"))?;
             }
-            "--loads-scale" => scale = it.next().and_then(|s| s.parse().ok()).unwrap_or(1.0),
+            "--loads-scale" => demo.scale = it.next().and_then(|s| s.parse().ok()).unwrap_or(1.0),
             "-h" | "--help" => {
                 println!(
                     "bookinfo-demo [--api istio|gateway] [--step NAME] [--keep] [--loads-scale F]\nsteps (--api istio, the default): {}\nsteps (--api gateway): {}",
                     STEPS.iter().map(|s| s.name).collect::<Vec<_>>().join(", "),
                     GATEWAY_STEPS.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
                 );
-                return Ok(());
+                return Ok(None);
             }
             other => bail!("unknown argument {other:?} (try --help)"),
         }
     }
-    let steps = api.steps();
-    if let Some(name) = &only {
+    if let Some(name) = &demo.only {
+        let steps = demo.api.steps();
         if !steps.iter().any(|s| s.name == name) {
             bail!("no step {name:?}; steps: {}", steps.iter().map(|s| s.name).collect::<Vec<_>>().join(", "));
         }
     }
-    if let Some(why) = mesh_e2e::ebpf_unavailable() {
-        bail!("cannot start the local node: {why}");
-    }
-    println!(
-        "Starting a local node: 6 Bookinfo pods (network namespaces + cgroups), the mesh agent (eBPF + node proxy)..."
-    );
-    let networking = api.networking();
-    let mut bk = Bookinfo::start_with_registries(&networking, &[], &api.extra_registries())?;
-    if api == Api::Gateway {
-        println!("Routing with the Kubernetes Gateway API: Istio's samples/bookinfo/gateway-api/ HTTPRoutes to the per-version Services of bookinfo-versions.yaml (reviews-v1, reviews-v2, ...).");
-    }
-    println!("Node up. productpage: NodePort http://127.0.0.1:{NODEPORT}/productpage ; agent metrics: http://{ADMIN}/metrics");
-    // A real Prometheus scraping the agent every second, when installed: after each step the
-    // demo prints what a dashboard would show next to what the pages showed.
+    Ok(Some(demo))
+}
+
+/// A real Prometheus scraping the agent every second, when installed (required under CI=true):
+/// after each step the demo prints what a dashboard would show next to what the pages showed.
+fn start_prometheus() -> Result<Option<Prometheus>> {
     let started = match prometheus::unavailable() {
         None => Prometheus::start(ADMIN.parse()?).map_err(|e| format!("{e:#}")),
         Some(why) => Err(why),
     };
-    let prom = match started {
+    match started {
         Ok(p) => {
             println!("Prometheus scraping the agent every 1 s: http://{}/graph\n", p.addr);
-            Some(p)
+            Ok(Some(p))
         }
         Err(why) if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => {
             bail!("no Prometheus under CI=true: {why}")
         }
         Err(why) => {
             println!("No read-back from Prometheus: {why}\n");
-            None
+            Ok(None)
         }
-    };
-
-    let mut failed = Vec::new();
-    for step in steps.iter().filter(|s| only.as_ref().is_none_or(|o| o == s.name)) {
-        println!("== {} ==", step.title);
-        if !step.files.is_empty() {
-            println!("   ConfigMap now holds: {}", step.files.join(", "));
-        }
-        if api == Api::Gateway && step.name == "jason-delay" {
-            println!("   Fault injection has no Gateway API form (HTTPRoute has no fault filter): as Istio's fault-injection");
-            println!("   task does, this step applies the VirtualService virtual-service-ratings-test-delay.yaml (and");
-            println!("   destination-rule-all.yaml for its subset v1). For ratings the VirtualService applies and the HTTPRoute");
-            println!("   ratings of route-all-v1.yaml is ignored (the agent warns); reviews stays on its HTTPRoute.");
-        }
-        bk.apply(step.files)?;
-        let via_gateway = step.files.contains(&"bookinfo-gateway.yaml");
-        println!(
-            "   page loads via {}",
-            if via_gateway {
-                format!("bookinfo-gateway http://127.0.0.1:{GATEWAY_PORT}/productpage")
-            } else {
-                format!("NodePort http://127.0.0.1:{NODEPORT}/productpage")
-            }
-        );
-        let before = match &prom {
-            Some(p) => Some((read_calls(p, api)?, std::time::Instant::now())),
-            None => None,
-        };
-        let mut shown = std::collections::BTreeMap::<String, usize>::new();
-        let mut tallies = [Tally::default(), Tally::default()];
-        for (i, (user, n)) in [(None, step.anonymous), (Some("jason"), step.jason)].into_iter().enumerate() {
-            let n = ((n as f64) * scale).ceil() as usize;
-            if n == 0 {
-                continue;
-            }
-            let who = user.unwrap_or("anonymous");
-            // Live progress on a terminal; in a log (CI, a pipe) every 25% only.
-            let tty = std::io::stdout().is_terminal();
-            let mut progress = |done: usize| {
-                if tty {
-                    print!("\r   {who:>9}: {done}/{n} loads");
-                    let _ = std::io::stdout().flush();
-                } else if n >= 20 && done.is_multiple_of(n / 4) && done < n {
-                    println!("   {who:>9}: {done}/{n} loads...");
-                }
-            };
-            let tally = bk.load_pages(n, user, via_gateway, &mut progress)?;
-            if tty {
-                print!("\r");
-            }
-            println!("   {who:>9}: {}", tally.summary());
-            for (version, count) in tally.by_reviews() {
-                *shown.entry(version).or_default() += count;
-            }
-            tallies[i] = tally;
-        }
-        if let (Some(p), Some((before, started))) = (&prom, before) {
-            p.wait_scraped_after(std::time::SystemTime::now(), Duration::from_secs(10))?;
-            let secs = started.elapsed().as_secs_f64().max(0.001);
-            let calls = describe_calls(&before, &read_calls(p, api)?, secs);
-            let pages: Vec<String> = shown.iter().map(|(v, n)| format!("{v} {n}")).collect();
-            println!("   pages showed reviews   {}", pages.join("  "));
-            println!(
-                "   Prometheus read back   {}   (productpage -> reviews calls by destination_version, over {secs:.1} s)",
-                calls
-            );
-        }
-        if api == Api::Gateway && step.name == "jason-delay" {
-            println!("   What really happens: reviews-v2 waits up to 10 s for ratings, but productpage gives up on reviews after 3 s,");
-            println!("   twice; so jason's page returns after ~6 s with \"Sorry, product reviews are currently unavailable for this book.\"");
-            println!("   (reviews=unavailable above); everyone else sees reviews v1, which does not call ratings, immediately.");
-        } else if step.name == "jason-delay" {
-            println!("   What really happens: the 7 s delay exceeds productpage's 3 s timeout to reviews, which it tries twice;");
-            println!("   so jason's page returns after ~6 s with \"Sorry, product reviews are currently unavailable for this book.\"");
-            println!("   (reviews=unavailable above); everyone else sees reviews v3 with red stars immediately.");
-        }
-        if !matches!(step.expect, Expect::Shown) {
-            let delay = fixed_delay(&networking, step.files).unwrap_or_default();
-            match step.expect.check(&tallies[0], &tallies[1], delay) {
-                Ok(held) => println!("   expected and seen: {held}"),
-                Err(why) => {
-                    println!("   NOT AS DOCUMENTED: {why}");
-                    failed.push(format!("{}: {why}", step.name));
-                }
-            }
-        }
-        println!();
     }
-    if keep {
+}
+
+fn main() -> Result<()> {
+    let Some(demo) = parse_args()? else { return Ok(()) };
+    if let Some(why) = mesh_e2e::ebpf_unavailable() {
+        bail!("cannot start the local node: {why}");
+    }
+    println!(
+        "Starting a local node: 6 Bookinfo pods (network namespaces + cgroups), the mesh agent (eBPF + node proxy)..."
+    );
+    let api = demo.api;
+    let networking = api.networking();
+    let mut bk = Bookinfo::start_with_registries(&networking, &[], &api.extra_registries())?;
+    if api == Api::Gateway {
+        println!("Routing with the Kubernetes Gateway API: Istio's samples/bookinfo/gateway-api/ HTTPRoutes to the per-version Services of bookinfo-versions.yaml (reviews-v1, reviews-v2, ...).");
+    }
+    println!("Node up. productpage: NodePort http://127.0.0.1:{NODEPORT}/productpage ; agent metrics: http://{ADMIN}/metrics");
+    let prom = start_prometheus()?;
+    let mut failed = Vec::new();
+    for step in api.steps().iter().filter(|s| demo.only.as_ref().is_none_or(|o| o == s.name)) {
+        if let Err(why) = run_step(&mut bk, prom.as_ref(), &demo, &networking, step)? {
+            failed.push(format!("{}: {why}", step.name));
+        }
+    }
+    if demo.keep {
         println!("--keep: node left running. Try:\n  curl -s http://127.0.0.1:{NODEPORT}/productpage | grep bookinfo:\n  curl -s -H 'cookie: session=jason' http://127.0.0.1:{GATEWAY_PORT}/productpage | grep bookinfo:\nPress Ctrl-C to tear it down.");
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         // Ctrl-C ends the process; Drop of the node does not run then, but the next run's
@@ -230,4 +169,123 @@ fn main() -> Result<()> {
         bail!("{} step(s) did not show the documented outcome:\n  {}", failed.len(), failed.join("\n  "));
     }
     Ok(())
+}
+
+/// One step: apply its files, load pages as anonymous and as jason, print what they showed (and
+/// what Prometheus counted), and check the documented outcome: Ok(Err(why)) when it differs.
+fn run_step(
+    bk: &mut Bookinfo,
+    prom: Option<&Prometheus>,
+    demo: &DemoArgs,
+    networking: &std::path::Path,
+    step: &Step,
+) -> Result<Result<(), String>> {
+    let api = demo.api;
+    println!("== {} ==", step.title);
+    if !step.files.is_empty() {
+        println!("   ConfigMap now holds: {}", step.files.join(", "));
+    }
+    if api == Api::Gateway && step.name == "jason-delay" {
+        println!(
+            "   Fault injection has no Gateway API form (HTTPRoute has no fault filter): as Istio's fault-injection"
+        );
+        println!("   task does, this step applies the VirtualService virtual-service-ratings-test-delay.yaml (and");
+        println!(
+            "   destination-rule-all.yaml for its subset v1). For ratings the VirtualService applies and the HTTPRoute"
+        );
+        println!("   ratings of route-all-v1.yaml is ignored (the agent warns); reviews stays on its HTTPRoute.");
+    }
+    bk.apply(step.files)?;
+    let via_gateway = step.files.contains(&"bookinfo-gateway.yaml");
+    println!(
+        "   page loads via {}",
+        if via_gateway {
+            format!("bookinfo-gateway http://127.0.0.1:{GATEWAY_PORT}/productpage")
+        } else {
+            format!("NodePort http://127.0.0.1:{NODEPORT}/productpage")
+        }
+    );
+    let before = match prom {
+        Some(p) => Some((read_calls(p, api)?, std::time::Instant::now())),
+        None => None,
+    };
+    let mut shown = std::collections::BTreeMap::<String, usize>::new();
+    let mut tallies = [Tally::default(), Tally::default()];
+    for (i, (user, n)) in [(None, step.anonymous), (Some("jason"), step.jason)].into_iter().enumerate() {
+        let n = ((n as f64) * demo.scale).ceil() as usize;
+        if n == 0 {
+            continue;
+        }
+        let tally = load_pages(bk, user, n, via_gateway)?;
+        for (version, count) in tally.by_reviews() {
+            *shown.entry(version).or_default() += count;
+        }
+        tallies[i] = tally;
+    }
+    if let (Some(p), Some((before, started))) = (prom, before) {
+        p.wait_scraped_after(std::time::SystemTime::now(), Duration::from_secs(10))?;
+        let secs = started.elapsed().as_secs_f64().max(0.001);
+        let calls = describe_calls(&before, &read_calls(p, api)?, secs);
+        let pages: Vec<String> = shown.iter().map(|(v, n)| format!("{v} {n}")).collect();
+        println!("   pages showed reviews   {}", pages.join("  "));
+        println!(
+            "   Prometheus read back   {}   (productpage -> reviews calls by destination_version, over {secs:.1} s)",
+            calls
+        );
+    }
+    explain_delay(api, step.name);
+    let mut outcome = Ok(());
+    if !matches!(step.expect, Expect::Shown) {
+        let delay = fixed_delay(networking, step.files).unwrap_or_default();
+        match step.expect.check(&tallies[0], &tallies[1], delay) {
+            Ok(held) => println!("   expected and seen: {held}"),
+            Err(why) => {
+                println!("   NOT AS DOCUMENTED: {why}");
+                outcome = Err(why);
+            }
+        }
+    }
+    println!();
+    Ok(outcome)
+}
+
+/// `n` page loads as `user` (None: anonymous), with live progress on a terminal (every 25 % in
+/// a log), and their one-line summary.
+fn load_pages(bk: &mut Bookinfo, user: Option<&str>, n: usize, via_gateway: bool) -> Result<Tally> {
+    let who = user.unwrap_or("anonymous");
+    let tty = std::io::stdout().is_terminal();
+    let mut progress = |done: usize| {
+        if tty {
+            print!("\r   {who:>9}: {done}/{n} loads");
+            let _ = std::io::stdout().flush();
+        } else if n >= 20 && done.is_multiple_of(n / 4) && done < n {
+            println!("   {who:>9}: {done}/{n} loads...");
+        }
+    };
+    let tally = bk.load_pages(n, user, via_gateway, &mut progress)?;
+    if tty {
+        print!("\r");
+    }
+    println!("   {who:>9}: {}", tally.summary());
+    Ok(tally)
+}
+
+/// What the fault-injection step really does to jason's page, in the demo's own words.
+fn explain_delay(api: Api, step: &str) {
+    if step != "jason-delay" {
+        return;
+    }
+    if api == Api::Gateway {
+        println!("   What really happens: reviews-v2 waits up to 10 s for ratings, but productpage gives up on reviews after 3 s,");
+        println!("   twice; so jason's page returns after ~6 s with \"Sorry, product reviews are currently unavailable for this book.\"");
+        println!(
+            "   (reviews=unavailable above); everyone else sees reviews v1, which does not call ratings, immediately."
+        );
+    } else {
+        println!(
+            "   What really happens: the 7 s delay exceeds productpage's 3 s timeout to reviews, which it tries twice;"
+        );
+        println!("   so jason's page returns after ~6 s with \"Sorry, product reviews are currently unavailable for this book.\"");
+        println!("   (reviews=unavailable above); everyone else sees reviews v3 with red stars immediately.");
+    }
 }

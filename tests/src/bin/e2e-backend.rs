@@ -399,6 +399,10 @@ fn answered(s: &TcpStream) -> bool {
     }
 }
 
+/// What one abuse mode saw: each request's status (None: closed or reset first), and extra
+/// text for the summary line.
+type Outcomes = (Vec<Option<u16>>, String);
+
 fn abuse(mode: &str, host: &str, args: &[String]) -> Result<(), String> {
     let addr = host.to_socket_addrs().map_err(|e| format!("{host}: {e}"))?.next().ok_or("no address")?;
     let num = |i: usize| -> Result<usize, String> {
@@ -406,130 +410,20 @@ fn abuse(mode: &str, host: &str, args: &[String]) -> Result<(), String> {
         a.parse().map_err(|_| format!("{mode}: {a:?} is not a number"))
     };
     let n = num(0)?;
-    let get = format!("GET /abuse HTTP/1.1\r\nhost: {host}\r\n\r\n");
-    let mut extra = String::new();
-    let outcomes: Vec<Option<u16>> = match mode {
-        "connections" => {
-            // All of them open at once, then one request on each: the ones over the source's
-            // cap were closed by the proxy at accept.
-            let mut conns = Vec::new();
-            for _ in 0..n {
-                conns.push(connect(addr)?);
-            }
-            let mut out = Vec::new();
-            for c in &mut conns {
-                out.push(send_and_status(c, get.as_bytes())?);
-            }
-            out
-        }
-        "headers" => {
-            let bytes = num(1)?;
-            let req = format!("GET /abuse HTTP/1.1\r\nhost: {host}\r\nx-big: {}\r\n\r\n", "a".repeat(bytes));
-            let mut out = Vec::new();
-            for _ in 0..n {
-                out.push(send_and_status(&mut connect(addr)?, req.as_bytes())?);
-            }
-            out
-        }
-        "slowloris" => {
-            let interval = Duration::from_millis(num(1)? as u64);
-            let threads: Vec<_> = (0..n)
-                .map(|_| {
-                    let host = host.to_owned();
-                    std::thread::spawn(move || -> Result<(Option<u16>, Duration), String> {
-                        let mut s = connect(addr)?;
-                        s.set_read_timeout(Some(interval)).map_err(|e| e.to_string())?;
-                        let started = Instant::now();
-                        s.write_all(format!("GET /slow HTTP/1.1\r\nhost: {host}\r\nx-slow: ").as_bytes())
-                            .map_err(|e| format!("write: {e}"))?;
-                        let mut buf = [0u8; 256];
-                        while started.elapsed() < Duration::from_secs(60) {
-                            match s.read(&mut buf) {
-                                Ok(0) => return Ok((None, started.elapsed())),
-                                Ok(_) => return Ok((Some(0), started.elapsed())),
-                                Err(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionReset) => {
-                                    return Ok((None, started.elapsed()))
-                                }
-                                Err(_) => {} // the interval passed: one more header byte
-                            }
-                            if s.write_all(b"a").is_err() {
-                                return Ok((None, started.elapsed()));
-                            }
-                        }
-                        Err("still open after 60 s".into())
-                    })
-                })
-                .collect();
-            let mut out = Vec::new();
-            let mut longest = Duration::ZERO;
-            let mut shortest = Duration::MAX;
-            for t in threads {
-                let (o, took) = t.join().map_err(|_| "slowloris thread panicked")??;
-                out.push(o);
-                longest = longest.max(took);
-                shortest = shortest.min(took);
-            }
-            extra = format!(" min_ms={} max_ms={}", shortest.as_millis(), longest.as_millis());
-            out
-        }
-        "stalled-body" => {
-            let (len, sent) = (num(1)?, num(2)?);
-            let head = format!("POST /upload HTTP/1.1\r\nhost: {host}\r\ncontent-length: {len}\r\n\r\n");
-            let mut req = head.into_bytes();
-            req.extend(std::iter::repeat_n(b'u', sent));
-            let threads: Vec<_> = (0..n)
-                .map(|_| {
-                    let req = req.clone();
-                    std::thread::spawn(move || {
-                        let started = Instant::now();
-                        connect(addr).and_then(|mut s| send_and_status(&mut s, &req)).map(|o| (o, started.elapsed()))
-                    })
-                })
-                .collect();
-            let mut out = Vec::new();
-            let mut longest = Duration::ZERO;
-            for t in threads {
-                let (o, took) = t.join().map_err(|_| "stalled-body thread panicked")??;
-                out.push(o);
-                longest = longest.max(took);
-            }
-            extra = format!(" max_ms={}", longest.as_millis());
-            out
-        }
+    let (outcomes, extra) = match mode {
+        "connections" => (abuse_connections(addr, host, n)?, String::new()),
+        "headers" => (abuse_headers(addr, host, n, num(1)?)?, String::new()),
+        "slowloris" => abuse_slowloris(addr, host, n, Duration::from_millis(num(1)? as u64))?,
+        "stalled-body" => abuse_stalled_body(addr, host, n, num(1)?, num(2)?)?,
         "slow-body" => {
             let (len, chunk, every) = (num(1)?, num(2)?.max(1), Duration::from_millis(num(3)? as u64));
-            let head = format!("POST /upload HTTP/1.1\r\nhost: {host}\r\ncontent-length: {len}\r\n\r\n");
-            let threads: Vec<_> = (0..n)
-                .map(|_| {
-                    let head = head.clone();
-                    std::thread::spawn(move || -> Option<u16> {
-                        // A connection the proxy refuses (or closes at accept) is an outcome too.
-                        let mut s = connect(addr).ok()?;
-                        s.write_all(head.as_bytes()).ok()?;
-                        let data = vec![b'u'; chunk];
-                        let mut sent = 0;
-                        while sent < len {
-                            std::thread::sleep(every);
-                            if answered(&s) {
-                                break;
-                            }
-                            let k = chunk.min(len - sent);
-                            if s.write_all(&data[..k]).is_err() {
-                                break;
-                            }
-                            sent += k;
-                        }
-                        status_of(&mut s).ok().flatten()
-                    })
-                })
-                .collect();
-            threads.into_iter().map(|t| t.join().ok().flatten()).collect()
+            (abuse_slow_body(addr, host, n, len, chunk, every), String::new())
         }
         "flood" => {
             let (idle, workers, secs) = (n, num(1)?, num(2)?);
             let (outcomes, idle_refused) = flood(addr, host, idle, workers, Duration::from_secs(secs as u64))?;
-            extra = format!(" requests={} idle_refused={idle_refused}", outcomes.len());
-            outcomes
+            let extra = format!(" requests={} idle_refused={idle_refused}", outcomes.len());
+            (outcomes, extra)
         }
         _ => {
             return Err(format!(
@@ -548,6 +442,140 @@ fn abuse(mode: &str, host: &str, args: &[String]) -> Result<(), String> {
     let codes: Vec<String> = codes.iter().map(|(c, k)| format!("{c}={k}")).collect();
     println!("codes {} closed={closed}{extra}", codes.join(" "));
     Ok(())
+}
+
+/// `n` connections open at once, then one request on each: the ones over the source's cap were
+/// closed by the proxy at accept.
+fn abuse_connections(addr: std::net::SocketAddr, host: &str, n: usize) -> Result<Vec<Option<u16>>, String> {
+    let get = format!("GET /abuse HTTP/1.1\r\nhost: {host}\r\n\r\n");
+    let mut conns = Vec::new();
+    for _ in 0..n {
+        conns.push(connect(addr)?);
+    }
+    let mut out = Vec::new();
+    for c in &mut conns {
+        out.push(send_and_status(c, get.as_bytes())?);
+    }
+    Ok(out)
+}
+
+/// `n` requests, one after another, each with a header of `bytes` bytes.
+fn abuse_headers(addr: std::net::SocketAddr, host: &str, n: usize, bytes: usize) -> Result<Vec<Option<u16>>, String> {
+    let req = format!("GET /abuse HTTP/1.1\r\nhost: {host}\r\nx-big: {}\r\n\r\n", "a".repeat(bytes));
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(send_and_status(&mut connect(addr)?, req.as_bytes())?);
+    }
+    Ok(out)
+}
+
+/// `n` connections sending one header byte per `interval`, never finishing the head; how long
+/// the proxy let them live.
+fn abuse_slowloris(addr: std::net::SocketAddr, host: &str, n: usize, interval: Duration) -> Result<Outcomes, String> {
+    let threads: Vec<_> = (0..n)
+        .map(|_| {
+            let host = host.to_owned();
+            std::thread::spawn(move || -> Result<(Option<u16>, Duration), String> {
+                let mut s = connect(addr)?;
+                s.set_read_timeout(Some(interval)).map_err(|e| e.to_string())?;
+                let started = Instant::now();
+                s.write_all(format!("GET /slow HTTP/1.1\r\nhost: {host}\r\nx-slow: ").as_bytes())
+                    .map_err(|e| format!("write: {e}"))?;
+                let mut buf = [0u8; 256];
+                while started.elapsed() < Duration::from_secs(60) {
+                    match s.read(&mut buf) {
+                        Ok(0) => return Ok((None, started.elapsed())),
+                        Ok(_) => return Ok((Some(0), started.elapsed())),
+                        Err(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionReset) => {
+                            return Ok((None, started.elapsed()))
+                        }
+                        Err(_) => {} // the interval passed: one more header byte
+                    }
+                    if s.write_all(b"a").is_err() {
+                        return Ok((None, started.elapsed()));
+                    }
+                }
+                Err("still open after 60 s".into())
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    let mut longest = Duration::ZERO;
+    let mut shortest = Duration::MAX;
+    for t in threads {
+        let (o, took) = t.join().map_err(|_| "slowloris thread panicked")??;
+        out.push(o);
+        longest = longest.max(took);
+        shortest = shortest.min(took);
+    }
+    Ok((out, format!(" min_ms={} max_ms={}", shortest.as_millis(), longest.as_millis())))
+}
+
+/// `n` POSTs announcing `len` body bytes that send `sent` and then stall.
+fn abuse_stalled_body(
+    addr: std::net::SocketAddr,
+    host: &str,
+    n: usize,
+    len: usize,
+    sent: usize,
+) -> Result<Outcomes, String> {
+    let head = format!("POST /upload HTTP/1.1\r\nhost: {host}\r\ncontent-length: {len}\r\n\r\n");
+    let mut req = head.into_bytes();
+    req.extend(std::iter::repeat_n(b'u', sent));
+    let threads: Vec<_> = (0..n)
+        .map(|_| {
+            let req = req.clone();
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                connect(addr).and_then(|mut s| send_and_status(&mut s, &req)).map(|o| (o, started.elapsed()))
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    let mut longest = Duration::ZERO;
+    for t in threads {
+        let (o, took) = t.join().map_err(|_| "stalled-body thread panicked")??;
+        out.push(o);
+        longest = longest.max(took);
+    }
+    Ok((out, format!(" max_ms={}", longest.as_millis())))
+}
+
+/// `n` POSTs of `len` body bytes sent `chunk` bytes every `every`, stopping early once answered.
+fn abuse_slow_body(
+    addr: std::net::SocketAddr,
+    host: &str,
+    n: usize,
+    len: usize,
+    chunk: usize,
+    every: Duration,
+) -> Vec<Option<u16>> {
+    let head = format!("POST /upload HTTP/1.1\r\nhost: {host}\r\ncontent-length: {len}\r\n\r\n");
+    let threads: Vec<_> = (0..n)
+        .map(|_| {
+            let head = head.clone();
+            std::thread::spawn(move || -> Option<u16> {
+                // A connection the proxy refuses (or closes at accept) is an outcome too.
+                let mut s = connect(addr).ok()?;
+                s.write_all(head.as_bytes()).ok()?;
+                let data = vec![b'u'; chunk];
+                let mut sent = 0;
+                while sent < len {
+                    std::thread::sleep(every);
+                    if answered(&s) {
+                        break;
+                    }
+                    let k = chunk.min(len - sent);
+                    if s.write_all(&data[..k]).is_err() {
+                        break;
+                    }
+                    sent += k;
+                }
+                status_of(&mut s).ok().flatten()
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().ok().flatten()).collect()
 }
 
 /// One GET on a keep-alive connection: its status and whether the server closes after it (None:

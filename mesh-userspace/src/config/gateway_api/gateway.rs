@@ -68,7 +68,8 @@ pub struct KubeGatewaySpec {
     /// Accepted, not used (labels and annotations for generated infrastructure; none is generated).
     #[serde(default)]
     pub infrastructure: Option<serde_yaml::Value>,
-    /// Accepted, not used (no TLS is implemented).
+    /// Gateway-wide TLS (client certificate towards backends, frontend client validation):
+    /// accepted, not used. Listener TLS (`listeners[].tls`) is implemented.
     #[serde(default)]
     pub tls: Option<serde_yaml::Value>,
     /// Accepted, not used (ListenerSets are not implemented).
@@ -95,7 +96,9 @@ pub struct Listener {
     /// `HTTP`, `HTTPS`, `TLS`, `TCP` or `UDP`; only `HTTP` and `HTTPS` listeners are served.
     #[serde(default)]
     pub protocol: String,
-    /// Accepted (the CRD's rules are checked); a listener with TLS is not served.
+    /// How an `HTTPS` listener terminates TLS: `mode: Terminate` with `certificateRefs`
+    /// (kubernetes.io/tls Secrets; another namespace's with a ReferenceGrant) is served; the
+    /// `TLS` protocol (Passthrough, TLSRoute) is not.
     #[serde(default)]
     pub tls: Option<ListenerTls>,
     /// `allowedRoutes`: which routes (by namespace and kind) may attach; routes from the Gateway's
