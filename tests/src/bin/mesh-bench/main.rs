@@ -30,6 +30,7 @@ mod idle;
 mod load;
 mod markdown;
 mod opts;
+mod peer_targets;
 mod profile;
 mod redirect;
 mod report;

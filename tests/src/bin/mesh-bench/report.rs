@@ -110,6 +110,7 @@ impl Report<'_> {
         self.latency_targets(&mut t);
         self.cost_targets(&mut t);
         self.memory_targets(&mut t);
+        self.peer_targets(&mut t);
         self.metrics_target(&mut t);
         self.redirect_target(&mut t);
         t
@@ -118,7 +119,7 @@ impl Report<'_> {
     /// Requests per second against nginx and Envoy in the saturating cells.
     fn throughput_targets(&self, t: &mut Vec<Target>) {
         let sat_cells: Vec<&str> = ["c32", "c256"].into_iter().filter(|c| self.samples(c, "mesh").is_some()).collect();
-        for (peer, factor) in [("nginx", 1.2), ("envoy", 5.0)] {
+        for (peer, factor) in [("nginx", 1.2), ("haproxy", 1.2), ("envoy", 5.0)] {
             let what = format!("mesh req/s ≥ {factor}× {peer}'s at one worker ({})", sat_cells.join(", "));
             if !self.has(peer) {
                 t.push(Target { what, met: None, numbers: format!("{peer} not in this run") });

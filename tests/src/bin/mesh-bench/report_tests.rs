@@ -198,6 +198,42 @@ fn targets_follow_the_numbers() {
 }
 
 #[test]
+fn peer_targets_follow_the_numbers() {
+    // Every contender's samples scale with its index: haproxy (4) and nginx (3) are slower and
+    // costlier per request than the mesh (1) at the base scale.
+    let f = Fixture::new(1.0);
+    assert_eq!(verdict(&f.report(), "mesh req/s ≥ 1.2× haproxy"), Some(false));
+    let mut f = Fixture::new(1.0);
+    for key in ["c32", "c256", "h2-c32"] {
+        for s in f.results.get_mut(&(key, "haproxy")).expect("haproxy cell") {
+            s.cpu_s = Some(1.0);
+            s.sys_s = Some(0.9);
+        }
+    }
+    // haproxy 0.1 s user over its requests; the mesh 0.3 s over fewer: over haproxy's.
+    assert_eq!(verdict(&f.report(), "mesh user-space CPU per request ≤ haproxy"), Some(false));
+    for key in ["c32", "c256", "h2-c32"] {
+        for s in f.results.get_mut(&(key, "mesh")).expect("mesh cell") {
+            s.sys_s = s.cpu_s;
+        }
+    }
+    assert_eq!(verdict(&f.report(), "mesh user-space CPU per request ≤ haproxy"), Some(true));
+    // One failed request makes it n/a.
+    f.results.get_mut(&("c256", "haproxy")).expect("c256")[0].errors = 1;
+    assert_eq!(verdict(&f.report(), "mesh user-space CPU per request ≤ haproxy"), None);
+    let mut f = Fixture::new(1.0);
+    assert_eq!(verdict(&f.report(), "mesh p99.9 ≤ nginx"), Some(true));
+    f.results.get_mut(&("c256", "mesh")).expect("c256")[1].p999_us = 1e9;
+    f.results.get_mut(&("c256", "mesh")).expect("c256")[2].p999_us = 1e9;
+    assert_eq!(verdict(&f.report(), "mesh p99.9 ≤ nginx"), Some(false));
+    assert_eq!(verdict(&f.report(), "mesh p99 at one connection ≤ nginx"), Some(true));
+    f.peaks.insert("mesh", f.peaks["nginx"]);
+    assert_eq!(verdict(&f.report(), "mesh peak RSS under load ≤ nginx"), Some(true));
+    f.peaks.insert("mesh", f.peaks["nginx"] + 1);
+    assert_eq!(verdict(&f.report(), "mesh peak RSS under load ≤ nginx"), Some(false));
+}
+
+#[test]
 fn json_and_chart_carry_every_cell_and_target() {
     let f = Fixture::new(1.0);
     let r = f.report();
