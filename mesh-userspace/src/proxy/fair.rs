@@ -11,7 +11,8 @@
 //!   rate, and above [`FairConfig::min_rate`]) a rate limit of half its rate, at most once per
 //!   [`DECREASE_EVERY`] ticks (the loop needs a moment to catch up);
 //! - a tick on time raises every limit by [`FairConfig::min_rate`] per second of ticks; a limit
-//!   far above the source's rate is lifted.
+//!   far above the source's rate is lifted, and so is every limit once fewer than two sources
+//!   are sending.
 //!
 //! A request of a limited source starts when its source has a token (tokens come at its limit,
 //! at most [`BURST`] saved); otherwise it waits in its source's queue (at most
@@ -253,8 +254,12 @@ impl FairGate {
             if !behind {
                 *limit += min_rate * secs;
             }
-            if !enabled || (*limit > 4.0 * s.rate.max(min_rate) && s.queue.is_empty()) {
-                // Far above what the source sends: no longer needed.
+            // Lifted when far above what the source sends, or when it is the only one left
+            // sending: nobody to protect. Without the second condition a limit set while a
+            // neighbour sent outlived it (it only rises by min_rate per second), and a pod
+            // alone on the node stayed at ~1,500 new connections/s for seconds, each waiting
+            // ~30 ms (the bench's connection-per-request cell, 10,000/s unlimited).
+            if !enabled || sending < 2 || (*limit > 4.0 * s.rate.max(min_rate) && s.queue.is_empty()) {
                 s.limit = None;
                 for w in s.queue.drain(..) {
                     let _ = w.send(());
@@ -401,6 +406,25 @@ mod tests {
             g.tick(LATE, LAG);
         }
         assert_eq!(g.usage("b"), (None, 0), "nobody to protect");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_limit_is_lifted_once_its_source_is_the_only_one_sending() {
+        let g = gate(8);
+        warm_up(&g, LATE).await;
+        assert!(g.usage("b").0.is_some(), "b is limited while a sends");
+        // Spend b's tokens and queue one request.
+        while now(&mut Box::pin(g.enter("b"))).is_some() {}
+        let mut waiting = Box::pin(g.enter("b"));
+        assert!(now(&mut waiting).is_none(), "b waits for a token");
+        // a stops; the loop stays late (b's flood). Once a's smoothed rate is under one request
+        // a second, b is alone: its limit goes and its queue starts.
+        for _ in 0..80 {
+            try_send(&g, "b", 100);
+            g.tick(LATE, LAG);
+        }
+        assert_eq!(g.usage("b"), (None, 0), "nobody left to protect");
+        assert_eq!(now(&mut waiting), Some(Ok(true)));
     }
 
     #[tokio::test(start_paused = true)]
