@@ -255,10 +255,8 @@ impl FairGate {
                 *limit += min_rate * secs;
             }
             // Lifted when far above what the source sends, or when it is the only one left
-            // sending: nobody to protect. Without the second condition a limit set while a
-            // neighbour sent outlived it (it only rises by min_rate per second), and a pod
-            // alone on the node stayed at ~1,500 new connections/s for seconds, each waiting
-            // ~30 ms (the bench's connection-per-request cell, 10,000/s unlimited).
+            // sending: nobody to protect. A limit set while a neighbour sent would otherwise
+            // outlive the neighbour (it only rises by min_rate per second of ticks on time).
             if !enabled || sending < 2 || (*limit > 4.0 * s.rate.max(min_rate) && s.queue.is_empty()) {
                 s.limit = None;
                 for w in s.queue.drain(..) {
