@@ -15,7 +15,7 @@ fn user_us(s: &Sample) -> Option<f64> {
 impl Report<'_> {
     /// The cells of `keys` in which both the mesh and `peer` ran with no failed request, or why
     /// the target is n/a.
-    fn clean_cells<'k>(&self, keys: &[&'k str], peer: &str) -> Result<Vec<&'k str>, String> {
+    pub(crate) fn clean_cells<'k>(&self, keys: &[&'k str], peer: &str) -> Result<Vec<&'k str>, String> {
         if !self.has(peer) {
             return Err(format!("{peer} not in this run"));
         }

@@ -121,24 +121,16 @@ impl Report<'_> {
         let sat_cells: Vec<&str> = ["c32", "c256"].into_iter().filter(|c| self.samples(c, "mesh").is_some()).collect();
         for (peer, factor) in [("nginx", 1.2), ("haproxy", 1.2), ("envoy", 5.0)] {
             let what = format!("mesh req/s ≥ {factor}× {peer}'s at one worker ({})", sat_cells.join(", "));
-            if !self.has(peer) {
-                t.push(Target { what, met: None, numbers: format!("{peer} not in this run") });
-                continue;
-            }
+            let cells = match self.clean_cells(&sat_cells, peer) {
+                Ok(c) => c,
+                Err(numbers) => {
+                    t.push(Target { what, met: None, numbers });
+                    continue;
+                }
+            };
             let mut met = true;
             let mut nums = vec![];
-            let dirty: Vec<String> = sat_cells
-                .iter()
-                .flat_map(|c| ["mesh", peer].map(|w| (c, w)))
-                .filter(|(c, w)| self.samples(c, w).is_some_and(|v| v.iter().any(|s| !s.clean())))
-                .map(|(c, w)| format!("{w} in {c}"))
-                .collect();
-            if !dirty.is_empty() {
-                let numbers = format!("invalid: failed or non-2xx requests ({})", dirty.join(", "));
-                t.push(Target { what, met: None, numbers });
-                continue;
-            }
-            for c in &sat_cells {
+            for c in &cells {
                 let r = self.ratios(c, "mesh", peer, Sample::rps);
                 met &= median(&r) >= factor;
                 let needed = factor * median(&self.series(c, peer, Sample::rps));
