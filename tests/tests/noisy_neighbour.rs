@@ -327,16 +327,7 @@ fn a_pod_streaming_large_bodies_is_shed_before_the_agent_runs_out_of_memory() ->
     // buffer (twice its size for a moment, not counted) and the peak reached 134.7–165.9 MiB.
     assert!(peak < BUDGET_MIB * MIB, "the agent's RSS went past its budget: {report}");
     assert!(after <= bound, "memory was not given back within 10 s: {report}");
-    let a_total = metric(&m, "istio_requests_total", &[("reporter", "source"), ("source_workload", "client-a")]);
-    let a_ok = metric(
-        &m,
-        "istio_requests_total",
-        &[("reporter", "source"), ("source_workload", "client-a"), ("response_code", "200")],
-    );
-    assert_eq!(a_total, a_ok, "every request of pod A was a 200:\n{m}");
-    let status = node.stop("agent")?;
-    assert!(status.success(), "agent exited with {status}:\n{}", node.log("agent"));
-    Ok(())
+    a_untouched_and_agent_stops(&mut node, &m, &[])
 }
 
 /// Pod B's flood: idle connections it opens, connections it floods requests on, seconds.

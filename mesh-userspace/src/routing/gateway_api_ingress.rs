@@ -83,18 +83,10 @@ impl Builder<'_> {
                         }
                     }
                     for (port, listeners) in ports {
-                        if let Err(why) = gateway_tls::push_port_certs(table, (&g.namespace, &g.name), port, &listeners)
-                        {
+                        if let Err(why) = gateway_tls::serve_port(table, (&g.namespace, &g.name), port, listeners) {
                             self.warnings
                                 .push(format!("Gateway {}/{} port {port} not served: {why}", g.namespace, g.name));
-                            continue;
                         }
-                        table.gateways.push(GatewayListener {
-                            name: g.name.clone(),
-                            namespace: g.namespace.clone(),
-                            port,
-                            hosts: listeners.hosts,
-                        });
                     }
                 }
             }

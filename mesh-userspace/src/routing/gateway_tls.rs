@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use rustls::sign::CertifiedKey;
 
-use super::{GatewayTls, RouteTable};
+use super::{GatewayListener, GatewayTls, RouteTable};
 use crate::{
     config::{
         self,
@@ -55,19 +55,25 @@ pub(super) fn add_listener(
     Ok(())
 }
 
-/// Files a TLS port's certificates in `table.gateway_tls` (a plain port: nothing). Err: its SNI
-/// table could not be built, and the port is not to be listened on.
-pub(super) fn push_port_certs(
+/// Serves one port of a Gateway (Istio's or the Gateway API's): files a TLS port's
+/// certificates in `table.gateway_tls`, then the port's listener in `table.gateways`. Err: its
+/// SNI table could not be built, and the port is not to be listened on.
+pub(super) fn serve_port(
     table: &mut RouteTable,
     (namespace, name): (&str, &str),
     port: u16,
-    listeners: &PortListeners,
+    listeners: PortListeners,
 ) -> Result<(), String> {
-    if !listeners.tls {
-        return Ok(());
+    if listeners.tls {
+        let certs = ServerCerts::new(listeners.certs).map_err(|e| e.to_string())?;
+        table.gateway_tls.push(GatewayTls { namespace: namespace.to_owned(), name: name.to_owned(), port, certs });
     }
-    let certs = ServerCerts::new(listeners.certs.clone()).map_err(|e| e.to_string())?;
-    table.gateway_tls.push(GatewayTls { namespace: namespace.to_owned(), name: name.to_owned(), port, certs });
+    table.gateways.push(GatewayListener {
+        name: name.to_owned(),
+        namespace: namespace.to_owned(),
+        port,
+        hosts: listeners.hosts,
+    });
     Ok(())
 }
 

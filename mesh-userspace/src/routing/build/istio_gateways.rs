@@ -54,16 +54,9 @@ impl Builder<'_> {
                 continue;
             }
             for (port, listeners) in ports {
-                if let Err(why) = gateway_tls::push_port_certs(table, (&gw.namespace, &gw.name), port, &listeners) {
+                if let Err(why) = gateway_tls::serve_port(table, (&gw.namespace, &gw.name), port, listeners) {
                     self.warnings.push(format!("Gateway {}: port {port} not served: {why}", gw.key()));
-                    continue;
                 }
-                table.gateways.push(GatewayListener {
-                    name: gw.name.clone(),
-                    namespace: gw.namespace.clone(),
-                    port,
-                    hosts: listeners.hosts,
-                });
             }
         }
     }
