@@ -2,7 +2,6 @@
 //! the proxy serves ([`crate::admission`]) and swap the table in with one atomic store. The agent
 //! calls this for every config change (watched directory, Istio objects, a new registry); the
 //! proxy tests call it too, so the reload race they check is the agent's.
-use std::sync::Arc;
 
 use crate::{admission::Admission, config::Config, proxy::ProxyState, registry::Registry};
 
@@ -59,7 +58,7 @@ pub fn apply_config_reporting(
                 }
             }
             // What istioctl analyze would say (a subset or Gateway nobody defines yet, ...).
-            state.routes.store(Arc::new(admitted.table));
+            state.publish_routes(admitted.table);
             for w in admitted.config.warnings.iter().chain(&warnings) {
                 tracing::warn!("routing config: {w}");
             }

@@ -137,8 +137,8 @@ impl Source {
 /// `Arc`; the route table and registry are swapped whole (readers never lock), the rest is
 /// fixed at start or internally synchronised.
 pub struct ProxyState {
-    /// The compiled routing table; replaced by the config reload task (`reload.rs`) only. A request
-    /// routes on the table it loaded when it started.
+    /// The compiled routing table; replaced by the config reload task (`reload.rs`) only, through
+    /// [`ProxyState::publish_routes`]. A request routes on the table it loaded when it started.
     pub routes: ArcSwap<RouteTable>,
     /// Services and workloads; replaced by the agent when discovery publishes a new registry.
     pub registry: ArcSwap<Registry>,
@@ -147,7 +147,8 @@ pub struct ProxyState {
     /// Upstream clients for clusters whose DestinationRule sets `connectionPool.http.idleTimeout`
     /// or `tcp.connectTimeout`.
     pool_clients: std::sync::Mutex<std::collections::HashMap<UpstreamKey, Client<HttpConnector, ProxyBody>>>,
-    /// Load-balancer and circuit-breaker state per cluster and endpoint, kept across reloads.
+    /// Hands each table's clusters their load-balancer and circuit-breaker state, kept across
+    /// reloads.
     pub lb: lb::LoadBalancer,
     /// The counters served at `/metrics`.
     pub metrics: Metrics,
@@ -185,13 +186,15 @@ impl ProxyState {
         original_dst: Arc<dyn OriginalDst>,
         limits: Limits,
     ) -> Arc<Self> {
+        let lb = lb::LoadBalancer::default();
+        lb.adopt(&routes);
         Arc::new(ProxyState {
             routes: ArcSwap::from_pointee(routes),
             registry: ArcSwap::from_pointee(registry),
             client: upstream_client(UpstreamKey::default_for(UpstreamProtocol::Http1)),
             client_h2: upstream_client(UpstreamKey::default_for(UpstreamProtocol::Http2)),
             pool_clients: Default::default(),
-            lb: lb::LoadBalancer::default(),
+            lb,
             metrics: Metrics::default(),
             request_metrics: std::sync::atomic::AtomicBool::new(true),
             access_log: Default::default(),
@@ -202,6 +205,14 @@ impl ProxyState {
             sources: Default::default(),
             fair: Default::default(),
         })
+    }
+
+    /// Makes `table` the one new requests route on, its clusters holding on to the state (ejections,
+    /// in-flight counts, round-robin positions) of the same clusters and endpoints in the table
+    /// it replaces.
+    pub fn publish_routes(&self, table: RouteTable) {
+        self.lb.adopt(&table);
+        self.routes.store(Arc::new(table));
     }
 
     /// Every live pod listener's caps, with its source workload's name.

@@ -253,7 +253,7 @@ async fn https_through_a_gateway_listener_by_sni_over_http1_and_h2_and_a_rotated
     // The Secret rotated: the listener is not reopened (same task, same socket), and the next
     // handshake presents the new certificate.
     let rotated = ca.leaf(&["www.example.com"]);
-    state.routes.store(Arc::new(compile(&gateway_config(&rotated, &fallback), &registry)));
+    state.publish_routes(compile(&gateway_config(&rotated, &fallback), &registry));
     let (tls, presented) = connect(&h1, addr, "www.example.com").await.expect("handshake after rotation");
     assert_eq!(presented, rotated.der, "the rotated certificate was not used");
     assert_eq!(get(tls, "www.example.com", "/again").await.1, 200);

@@ -336,6 +336,7 @@ impl Builder<'_> {
             connection_pool,
             outlier_detection,
             telemetry: Default::default(),
+            runtime: Default::default(),
         });
         self.clusters.insert(cache_key, cluster.clone());
         Some(cluster)

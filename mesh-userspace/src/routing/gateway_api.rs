@@ -556,6 +556,7 @@ impl Builder<'_> {
             connection_pool: ConnectionPool::default(),
             outlier_detection: None,
             telemetry: Default::default(),
+            runtime: Default::default(),
         });
         WeightedDest {
             dest: DestClusters {
@@ -654,6 +655,7 @@ fn http2_cluster(c: &Arc<Cluster>) -> Arc<Cluster> {
         connection_pool: ConnectionPool { h2_upgrade: true, use_client_protocol: false, ..c.connection_pool.clone() },
         outlier_detection: c.outlier_detection.clone(),
         telemetry: Default::default(),
+        runtime: Default::default(),
     })
 }
 

@@ -222,6 +222,10 @@ pub struct Cluster {
     /// The Istio metric labels of its service and endpoints, resolved on the first request that
     /// is recorded (not at compile: a reload with thousands of clusters pays nothing for it).
     pub telemetry: std::sync::OnceLock<Arc<crate::metrics::ClusterLabels>>,
+    /// The load balancer's state for it (round-robin position, requests in flight, endpoint
+    /// health): not part of what compiling decides, but owned here so a pick finds it without a
+    /// lookup. Set when the proxy adopts the table ([`crate::proxy::lb::LoadBalancer::adopt`]).
+    pub runtime: std::sync::OnceLock<crate::proxy::lb::ClusterRuntime>,
 }
 
 impl Cluster {
@@ -489,10 +493,20 @@ impl RouteTable {
     /// Every cluster of the table, once each, by name: the plain Kubernetes ones and every one a
     /// VirtualService routes or mirrors to (`/config_dump`).
     pub fn clusters(&self) -> Vec<Arc<Cluster>> {
-        let mut all: std::collections::BTreeMap<&str, &Arc<Cluster>> = std::collections::BTreeMap::new();
+        let mut all: std::collections::BTreeMap<String, Arc<Cluster>> = std::collections::BTreeMap::new();
+        self.for_each_cluster(&mut |c| {
+            if !all.contains_key(&c.name) {
+                all.insert(c.name.clone(), c.clone());
+            }
+        });
+        all.into_values().collect()
+    }
+
+    /// Calls `f` with every cluster the table can send a request to, as often as it appears.
+    pub fn for_each_cluster(&self, f: &mut dyn FnMut(&Arc<Cluster>)) {
         for ports in self.defaults.values().flat_map(|by_name| by_name.values()) {
             for (_, c) in ports {
-                all.entry(&c.name).or_insert(c);
+                f(c);
             }
         }
         let vses = self
@@ -515,11 +529,10 @@ impl RouteTable {
             let mirrors = vs.http.iter().flat_map(|r| &r.mirrors).chain(backend_mirrors).map(|(d, _)| d);
             for d in dests.chain(mirrors) {
                 for (_, c) in &d.by_port {
-                    all.entry(&c.name).or_insert(c);
+                    f(c);
                 }
             }
         }
-        all.into_values().cloned().collect()
     }
 
     /// The VirtualService that applies to this request's destination, if any.

@@ -1,294 +1,9 @@
-//! Endpoint selection and passive health (outlier detection): the only mutable per-cluster
-//! state of the proxy, kept apart from the immutable route table so a config reload keeps
-//! round-robin position, in-flight counts and ejections of endpoints that still exist.
-use std::{
-    collections::HashMap,
-    net::SocketAddr,
-    sync::{
-        atomic::{AtomicU64, AtomicUsize, Ordering},
-        Arc, Mutex,
-    },
-    time::Duration,
-};
+//! The load balancer's picks, outlier detection and what a reload keeps of its state.
 
-use rand::Rng;
-// tokio's Instant is std's outside tests; under a paused test clock it follows
-// `tokio::time::advance`, so ejection times can be tested without waiting them out.
-use tokio::time::Instant;
-
-use crate::{
-    registry::Endpoint,
-    routing::{Cluster, LbPolicy},
-};
-
-#[derive(Default)]
-struct EndpointHealth {
-    consecutive_5xx: u32,
-    consecutive_gateway: u32,
-    ejected_until: Option<Instant>,
-    ejections: u32,
-}
-
-#[derive(Default)]
-struct EndpointState {
-    in_flight: AtomicU64,
-    health: Mutex<EndpointHealth>,
-}
-
-/// Per-cluster and per-endpoint state the load balancer keeps between requests: round-robin
-/// positions, requests and retries in flight (connection-pool limits), endpoint health (outlier
-/// detection). Lives in [`super::ProxyState`], so it survives route table swaps.
-#[derive(Default)]
-pub struct LoadBalancer {
-    rr: Mutex<HashMap<String, Arc<AtomicUsize>>>,
-    /// Requests in flight per cluster, for the connection-pool limits (circuit breaking).
-    active: Mutex<HashMap<String, Arc<AtomicU64>>>,
-    /// Retries in flight per cluster, for `connectionPool.http.maxRetries`.
-    retrying: Mutex<HashMap<String, Arc<AtomicU64>>>,
-    endpoints: Mutex<HashMap<SocketAddr, Arc<EndpointState>>>,
-}
-
-/// A picked endpoint; dropping it ends the request for least-request accounting.
-pub struct Picked {
-    /// The endpoint to send the request to.
-    pub endpoint: Endpoint,
-    state: Arc<EndpointState>,
-}
-
-impl Drop for Picked {
-    fn drop(&mut self) {
-        self.state.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// A request admitted by the cluster's connection pool; dropping it frees the slot.
-pub struct Admitted(Arc<AtomicU64>);
-
-impl Drop for Admitted {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// The per-cluster counter, created on first use; no allocation once it exists (the hot path).
-fn counter_for<T: Default>(map: &Mutex<HashMap<String, Arc<T>>>, cluster: &str) -> Arc<T> {
-    let mut m = map.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(c) = m.get(cluster) {
-        return c.clone();
-    }
-    m.entry(cluster.to_owned()).or_default().clone()
-}
-
-/// One more in flight on `counter`, unless `limit` are already: the slot is held until dropped.
-fn take_slot(counter: Arc<AtomicU64>, limit: Option<u64>) -> Option<Admitted> {
-    let now = counter.fetch_add(1, Ordering::AcqRel);
-    if limit.is_some_and(|l| now >= l) {
-        counter.fetch_sub(1, Ordering::AcqRel);
-        return None;
-    }
-    Some(Admitted(counter))
-}
-
-impl LoadBalancer {
-    /// Envoy's circuit breaker as Istio configures it: with HTTP/1.1 upstreams a request holds a
-    /// connection, so at most `maxConnections` run and `http1MaxPendingRequests` more may wait;
-    /// `http2MaxRequests` caps concurrent requests. Past that the request is refused (503) rather
-    /// than queued without bound. None means the request overflowed.
-    pub fn admit(&self, cluster: &Cluster) -> Option<Admitted> {
-        let pool = &cluster.connection_pool;
-        let by_connections =
-            pool.max_connections.map(|c| u64::from(c) + u64::from(pool.http1_max_pending_requests.unwrap_or(0)));
-        let limit = match (by_connections, pool.http2_max_requests.map(u64::from)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        take_slot(counter_for(&self.active, &cluster.name), limit)
-    }
-
-    /// Envoy's retry circuit breaker (`maxRetries`): at most that many retries of requests to the
-    /// cluster may be outstanding at once, so a failing upstream is not hit by a retry storm.
-    /// None: the retry must not be made (the caller returns the response it has).
-    pub fn admit_retry(&self, cluster: &Cluster) -> Option<Admitted> {
-        take_slot(counter_for(&self.retrying, &cluster.name), cluster.connection_pool.max_retries.map(u64::from))
-    }
-
-    fn state(&self, addr: SocketAddr) -> Arc<EndpointState> {
-        let mut m = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
-        m.entry(addr).or_default().clone()
-    }
-
-    fn healthy(&self, now: Instant, ep: &Endpoint) -> bool {
-        let st = self.state(ep.addr);
-        let h = st.health.lock().unwrap_or_else(|e| e.into_inner());
-        h.ejected_until.is_none_or(|t| t <= now)
-    }
-
-    /// Whether outlier detection has `addr` ejected right now.
-    pub fn is_ejected(&self, addr: SocketAddr) -> bool {
-        self.ejected_for(addr).is_some()
-    }
-
-    /// How much longer outlier detection keeps `addr` ejected; None when it is not ejected.
-    pub fn ejected_for(&self, addr: SocketAddr) -> Option<std::time::Duration> {
-        let now = Instant::now();
-        let st = self.endpoints.lock().unwrap_or_else(|e| e.into_inner()).get(&addr).cloned()?;
-        let until = st.health.lock().unwrap_or_else(|e| e.into_inner()).ejected_until?;
-        (until > now).then(|| until - now)
-    }
-
-    /// Picks an endpoint of `cluster`, skipping ejected ones and, when possible, those in
-    /// `avoid` (already tried by this request's earlier attempts). `hash` is the consistent-hash
-    /// key when the policy asks for one.
-    pub fn pick(&self, cluster: &Cluster, hash: Option<u64>, avoid: &[SocketAddr]) -> Option<Picked> {
-        let now = Instant::now();
-        let all = &cluster.endpoints;
-        if all.is_empty() {
-            return None;
-        }
-        let mut candidates: Vec<&Endpoint> = all.iter().filter(|e| self.healthy(now, e)).collect();
-        // Envoy's panic threshold: with every endpoint ejected, balance over all of them rather
-        // than fail everything.
-        if candidates.is_empty() {
-            candidates = all.iter().collect();
-        }
-        if candidates.len() > 1 && !avoid.is_empty() {
-            let fresh: Vec<&Endpoint> = candidates.iter().copied().filter(|e| !avoid.contains(&e.addr)).collect();
-            if !fresh.is_empty() {
-                candidates = fresh;
-            }
-        }
-        let chosen: &Endpoint = match (&cluster.lb, hash) {
-            (LbPolicy::ConsistentHash(_), Some(h)) => {
-                // Rendezvous hashing: stable under endpoint churn without a ring to rebuild.
-                candidates.iter().max_by_key(|e| rendezvous_weight(h, e.addr)).copied()?
-            }
-            (LbPolicy::Random, _) => candidates[rand::thread_rng().gen_range(0..candidates.len())],
-            (LbPolicy::LeastRequest, _) => {
-                // Power of two choices, as Envoy's LEAST_REQUEST does.
-                let mut rng = rand::thread_rng();
-                let a = candidates[rng.gen_range(0..candidates.len())];
-                let b = candidates[rng.gen_range(0..candidates.len())];
-                let load = |e: &Endpoint| self.state(e.addr).in_flight.load(Ordering::Relaxed);
-                if load(b) < load(a) {
-                    b
-                } else {
-                    a
-                }
-            }
-            _ => {
-                let counter = counter_for(&self.rr, &cluster.name);
-                let i = counter.fetch_add(1, Ordering::Relaxed);
-                candidates[i % candidates.len()]
-            }
-        };
-        let state = self.state(chosen.addr);
-        state.in_flight.fetch_add(1, Ordering::Relaxed);
-        Some(Picked { endpoint: chosen.clone(), state })
-    }
-
-    /// Feeds a result into outlier detection. `status` None means a connect failure or reset.
-    pub fn report(&self, cluster: &Cluster, picked: &Picked, status: Option<u16>) {
-        let Some(od) = &cluster.outlier_detection else { return };
-        let gateway_error = matches!(status, None | Some(502..=504));
-        let server_error = matches!(status, None | Some(500..=599));
-        let mut h = picked.state.health.lock().unwrap_or_else(|e| e.into_inner());
-        if server_error {
-            h.consecutive_5xx += 1;
-        } else {
-            h.consecutive_5xx = 0;
-        }
-        if gateway_error {
-            h.consecutive_gateway += 1;
-        } else {
-            h.consecutive_gateway = 0;
-        }
-        let trip = od.consecutive_5xx_errors.is_some_and(|n| n > 0 && h.consecutive_5xx >= n)
-            || od.consecutive_gateway_errors.is_some_and(|n| n > 0 && h.consecutive_gateway >= n);
-        if !trip {
-            return;
-        }
-        drop(h);
-        let now = Instant::now();
-        let total = cluster.endpoints.len();
-        let ejected = cluster.endpoints.iter().filter(|e| !self.healthy(now, e)).count();
-        if !may_eject(total, ejected, od.max_ejection_percent) {
-            return;
-        }
-        let mut h = picked.state.health.lock().unwrap_or_else(|e| e.into_inner());
-        // Envoy lowers the ejection multiplier once per interval the host stays in: a host that
-        // behaved since its last ejection ended starts over rather than at its old maximum.
-        if let (Some(until), Some(interval)) = (h.ejected_until, Some(od.interval).filter(|i| !i.is_zero())) {
-            let healthy_for = now.saturating_duration_since(until);
-            let intervals = u32::try_from(healthy_for.as_nanos() / interval.as_nanos()).unwrap_or(u32::MAX);
-            h.ejections = h.ejections.saturating_sub(intervals);
-        }
-        h.ejections = h.ejections.saturating_add(1);
-        let time = ejection_time(od.base_ejection_time, h.ejections);
-        let Some(until) = now.checked_add(time) else {
-            tracing::warn!(endpoint = %picked.endpoint.addr, "ejection time out of the clock's range; not ejecting");
-            return;
-        };
-        h.ejected_until = Some(until);
-        h.consecutive_5xx = 0;
-        h.consecutive_gateway = 0;
-        tracing::warn!(endpoint = %picked.endpoint.addr, cluster = %cluster.name, for_ms = time.as_millis() as u64, "outlier detection ejected endpoint");
-    }
-}
-
-/// Envoy's default `max_ejection_time`: ejections grow with each one but never past this (or
-/// past `baseEjectionTime`, when that is larger). Istio does not expose the field.
-pub const MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
-/// Whatever the configuration says, no ejection outlasts this (a year): it keeps `Instant`
-/// arithmetic far from overflow and an absurd `baseEjectionTime` from meaning "forever".
-const EJECTION_CEILING: Duration = Duration::from_secs(365 * 24 * 3600);
-
-/// How long the `times`-th ejection lasts: baseEjectionTime × times, capped.
-/// An endpoint's rendezvous (highest random weight) score for a request's hash key: xxHash64
-/// (seed 0) of the key's 8 little-endian bytes, the endpoint's IP octets and its port's 2
-/// big-endian bytes. Specified bytes and a specified hash: agents of different builds pick the
-/// same endpoint for the same key.
-pub(crate) fn rendezvous_weight(key: u64, endpoint: SocketAddr) -> u64 {
-    let mut bytes = [0u8; 8 + 16 + 2];
-    bytes[..8].copy_from_slice(&key.to_le_bytes());
-    let ip_len = match endpoint.ip() {
-        std::net::IpAddr::V4(ip) => {
-            bytes[8..12].copy_from_slice(&ip.octets());
-            4
-        }
-        std::net::IpAddr::V6(ip) => {
-            bytes[8..24].copy_from_slice(&ip.octets());
-            16
-        }
-    };
-    let end = 8 + ip_len;
-    bytes[end..end + 2].copy_from_slice(&endpoint.port().to_be_bytes());
-    twox_hash::XxHash64::oneshot(0, &bytes[..end + 2])
-}
-
-fn ejection_time(base: Duration, times: u32) -> Duration {
-    let cap = MAX_EJECTION_TIME.max(base).min(EJECTION_CEILING);
-    base.checked_mul(times).map_or(cap, |t| t.min(cap))
-}
-
-/// maxEjectionPercent bounds how much of the cluster may be out at once, but as in Envoy one
-/// host may always be ejected, so Istio's default 10% works in clusters under 10 endpoints.
-/// 0% means never eject.
-fn may_eject(total: usize, ejected: usize, max_percent: u32) -> bool {
-    if max_percent == 0 || total == 0 {
-        return false;
-    }
-    if ejected == 0 {
-        return true;
-    }
-    let wanted = (ejected as u128 + 1) * 100;
-    wanted <= total as u128 * u128::from(max_percent.min(100))
-}
-
-#[cfg(test)]
-mod outlier_tests {
+mod outlier {
     use std::{collections::BTreeMap, net::Ipv4Addr};
 
-    use super::*;
+    use super::super::*;
     use crate::{
         registry::{Service, Workload},
         routing::OutlierDetection,
@@ -321,6 +36,7 @@ mod outlier_tests {
             connection_pool: Default::default(),
             outlier_detection: Some(od),
             telemetry: Default::default(),
+            runtime: Default::default(),
         }
     }
 
@@ -336,7 +52,7 @@ mod outlier_tests {
 
     /// Fails the request on endpoint `i` once (consecutive5xxErrors is 1).
     fn fail(lb: &LoadBalancer, c: &Cluster, i: usize) {
-        let state = lb.state(c.endpoints[i].addr);
+        let state = lb.runtime(c).endpoints[i].clone();
         state.in_flight.fetch_add(1, Ordering::Relaxed);
         let picked = Picked { endpoint: c.endpoints[i].clone(), state };
         lb.report(c, &picked, Some(503));
@@ -399,11 +115,10 @@ mod outlier_tests {
     }
 }
 
-#[cfg(test)]
-mod tests {
+mod picks {
     use std::{collections::BTreeMap, net::Ipv4Addr};
 
-    use super::*;
+    use super::super::*;
     use crate::{
         registry::{Service, Workload},
         routing::{ConnectionPool, HashOn, OutlierDetection},
@@ -439,6 +154,7 @@ mod tests {
             connection_pool: ConnectionPool::default(),
             outlier_detection,
             telemetry: Default::default(),
+            runtime: Default::default(),
         }
     }
 
@@ -583,5 +299,109 @@ mod tests {
         assert_eq!(picks(&lb, &c, 6), vec![1; 6], "second ejection shorter than 2 x baseEjectionTime");
         tokio::time::advance(Duration::from_secs(1)).await;
         assert!(picks(&lb, &c, 4).contains(&0), "not back after 2 x baseEjectionTime");
+    }
+}
+
+mod reload {
+    use std::{collections::BTreeMap, net::Ipv4Addr};
+
+    use super::super::*;
+    use crate::{
+        registry::{Service, Workload},
+        routing::{ConnectionPool, OutlierDetection},
+    };
+
+    fn endpoint(i: u8) -> Endpoint {
+        let ip = Ipv4Addr::new(10, 244, 1, i);
+        Endpoint {
+            workload: Arc::new(Workload {
+                name: format!("reviews-{i}"),
+                namespace: "default".into(),
+                labels: BTreeMap::new(),
+                ip: Some(ip),
+                container_ports: vec![],
+                netns: None,
+                cgroup: None,
+                enroll: true,
+                caps: Default::default(),
+            }),
+            addr: SocketAddr::from((ip, 9080)),
+        }
+    }
+
+    /// A freshly compiled cluster (as every reload makes): one request at a time, one 5xx ejects.
+    fn cluster(name: &str, endpoints: &[u8]) -> Arc<Cluster> {
+        Arc::new(Cluster {
+            name: name.into(),
+            service: Arc::new(Service::default()),
+            subset: None,
+            port: 9080,
+            endpoints: endpoints.iter().map(|i| endpoint(*i)).collect(),
+            lb: LbPolicy::RoundRobin,
+            connection_pool: ConnectionPool { max_connections: Some(1), ..Default::default() },
+            outlier_detection: Some(OutlierDetection {
+                consecutive_5xx_errors: Some(1),
+                consecutive_gateway_errors: None,
+                interval: Duration::from_secs(10),
+                base_ejection_time: Duration::from_secs(30),
+                max_ejection_percent: 100,
+            }),
+            telemetry: Default::default(),
+            runtime: Default::default(),
+        })
+    }
+
+    fn table(clusters: &[&Arc<Cluster>]) -> RouteTable {
+        let mut t = RouteTable::default();
+        let by_name = t.defaults.entry("default".into()).or_default();
+        for c in clusters {
+            by_name.entry(c.name.clone()).or_default().push((9080, Arc::clone(c)));
+        }
+        t
+    }
+
+    const REVIEWS: &str = "outbound|9080||reviews.default.svc.cluster.local";
+    const V1: &str = "outbound|9080|v1|reviews.default.svc.cluster.local";
+    const RATINGS: &str = "outbound|9080||ratings.default.svc.cluster.local";
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_keeps_ejections_and_requests_in_flight_and_forgets_what_is_gone() {
+        let lb = LoadBalancer::default();
+        let (reviews, ratings) = (cluster(REVIEWS, &[1, 2]), cluster(RATINGS, &[9]));
+        let first = table(&[&reviews, &ratings]);
+        lb.adopt(&first);
+        assert_eq!(lb.tracked(), (2, 3));
+        // Endpoint 1 fails once and is ejected; a request to reviews is in flight.
+        let p = lb.pick(&reviews, None, &[]).expect("endpoint");
+        assert_eq!(p.endpoint.addr, endpoint(1).addr);
+        lb.report(&reviews, &p, Some(503));
+        drop(p);
+        let in_flight = lb.admit(&reviews).expect("the first request is admitted");
+
+        // The reload compiles new clusters: reviews again, its v1 subset (endpoint 1 only), no
+        // ratings.
+        let (reviews2, v1) = (cluster(REVIEWS, &[1, 2]), cluster(V1, &[1]));
+        let second = table(&[&reviews2, &v1]);
+        lb.adopt(&second);
+        assert!(lb.admit(&reviews2).is_none(), "the request in flight before the reload no longer counts");
+        drop(in_flight);
+        assert!(lb.admit(&reviews2).is_some());
+        for _ in 0..4 {
+            let p = lb.pick(&reviews2, None, &[]).expect("endpoint");
+            assert_eq!(p.endpoint.addr, endpoint(2).addr, "the ejection was lost in the reload");
+        }
+        // The subset's cluster shares the endpoint's health with the service's.
+        assert!(lb.is_ejected(endpoint(1).addr));
+        let v1_state = &v1.runtime.get().expect("adopted").endpoints[0];
+        assert!(Arc::ptr_eq(v1_state, &reviews2.runtime.get().expect("adopted").endpoints[0]));
+        assert!(!v1_state.healthy(Instant::now()));
+
+        // Once the first table is gone, the next adoption forgets ratings and its endpoint.
+        drop((first, reviews, ratings));
+        lb.adopt(&second);
+        assert_eq!(lb.tracked(), (2, 2));
+        drop((second, reviews2, v1));
+        lb.adopt(&RouteTable::default());
+        assert_eq!(lb.tracked(), (0, 0), "state outlived every table that named it");
     }
 }
