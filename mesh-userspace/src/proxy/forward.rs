@@ -5,7 +5,11 @@
 //! becomes a reply and a response flag; downstream (client) failures never reach it.
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
+use http::{
+    header,
+    uri::{Authority, InvalidUri, PathAndQuery, Scheme},
+    HeaderMap, HeaderValue, Request, Response, StatusCode, Uri,
+};
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
@@ -58,7 +62,7 @@ pub(super) async fn forward(
         }
         rec.add_request_body(bytes.len());
     }
-    Tries::new(state, source, &fwd, &parts, path_and_query, body, activity).run(rec).await
+    Tries::new(state, source, &fwd, parts, path_and_query, body, activity).run(rec).await
 }
 
 /// The route's fault injection: waits out the delay, then answers the abort if there is one.
@@ -129,13 +133,13 @@ fn overflow_reply(state: &ProxyState, fwd: &Forward, rec: &mut RequestRecord) ->
 
 /// Applies the route's request header rules and rewrite to the request head; returns the path
 /// and query to send upstream.
-fn upstream_head(fwd: &Forward, parts: &mut http::request::Parts) -> String {
+fn upstream_head(fwd: &Forward, parts: &mut http::request::Parts) -> UpstreamPath {
     fwd.request_headers.apply(&mut parts.headers);
-    let mut path_and_query = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
+    let mut path_and_query = UpstreamPath::of(&parts.uri);
     if let Some(rw) = &fwd.rewrite {
         if let Some(p) = rw.apply_path(parts.uri.path()) {
             let query = parts.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
-            path_and_query = format!("{p}{query}");
+            path_and_query = UpstreamPath::from(format!("{p}{query}"));
         }
         if let Some(a) = &rw.authority {
             if let Ok(v) = HeaderValue::from_str(a) {
@@ -144,6 +148,63 @@ fn upstream_head(fwd: &Forward, parts: &mut http::request::Parts) -> String {
         }
     }
     path_and_query
+}
+
+/// The path and query every try and mirror sends: what `http://{endpoint}{path}` parses to.
+#[derive(Debug)]
+enum UpstreamPath {
+    /// An origin-form path whose parse kept its text as is: put behind the endpoint's authority
+    /// it is the URI that text parses to, with no parse per try.
+    Parsed(PathAndQuery),
+    /// Anything else (`*`, a rewritten path without its leading `/` or with a fragment): each
+    /// try parses the whole text, since that text's URI (or its error) is what the request gets.
+    Raw(String),
+}
+
+impl UpstreamPath {
+    /// The downstream request's path and query; none is `/`.
+    fn of(uri: &Uri) -> Self {
+        match uri.path_and_query() {
+            Some(pq) if pq.as_str().starts_with('/') => UpstreamPath::Parsed(pq.clone()),
+            Some(pq) => UpstreamPath::Raw(pq.as_str().to_owned()),
+            None => UpstreamPath::Parsed(PathAndQuery::from_static("/")),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            UpstreamPath::Parsed(pq) => pq.as_str(),
+            UpstreamPath::Raw(s) => s,
+        }
+    }
+}
+
+impl From<String> for UpstreamPath {
+    fn from(text: String) -> Self {
+        match PathAndQuery::try_from(text.as_str()) {
+            Ok(pq) if text.starts_with('/') && pq.as_str() == text => UpstreamPath::Parsed(pq),
+            _ => UpstreamPath::Raw(text),
+        }
+    }
+}
+
+/// `http://{addr}{path}` as a URI, or why that text is not one. `authority` is `addr`'s (see
+/// [`super::lb::authority_of`]).
+fn upstream_uri(authority: Option<&Authority>, addr: SocketAddr, path: &UpstreamPath) -> Result<Uri, InvalidUri> {
+    // The parser refuses a URI text longer than this; the joined one must be refused alike.
+    const MAX_URI_LEN: usize = u16::MAX as usize - 1;
+    if let (Some(authority), UpstreamPath::Parsed(pq)) = (authority, path) {
+        if "http://".len() + authority.as_str().len() + pq.as_str().len() <= MAX_URI_LEN {
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(Scheme::HTTP);
+            parts.authority = Some(authority.clone());
+            parts.path_and_query = Some(pq.clone());
+            if let Ok(uri) = Uri::from_parts(parts) {
+                return Ok(uri);
+            }
+        }
+    }
+    format!("http://{addr}{}", path.as_str()).parse()
 }
 
 /// What a request does after one try.
@@ -160,8 +221,9 @@ enum Next {
 struct Tries<'a> {
     state: &'a Arc<ProxyState>,
     fwd: &'a Forward,
-    parts: &'a http::request::Parts,
-    path_and_query: String,
+    /// The downstream head: its headers are moved into the last possible try, cloned for others.
+    parts: http::request::Parts,
+    path_and_query: UpstreamPath,
     /// `None` once a streamed body was sent (it is sent once) or for an empty one.
     body: Option<ReqBody>,
     /// Set when the client broke its own streamed body (see [`ReqBody::Streaming`]).
@@ -185,8 +247,8 @@ impl<'a> Tries<'a> {
         state: &'a Arc<ProxyState>,
         source: &Source,
         fwd: &'a Forward,
-        parts: &'a http::request::Parts,
-        path_and_query: String,
+        parts: http::request::Parts,
+        path_and_query: UpstreamPath,
         body: ReqBody,
         activity: Arc<StreamActivity>,
     ) -> Self {
@@ -255,11 +317,7 @@ impl<'a> Tries<'a> {
     }
 
     /// This try's request to `picked`: the head prepared once, the body replayed or streamed.
-    fn upstream_request(
-        &mut self,
-        rec: &mut RequestRecord,
-        picked: &Picked,
-    ) -> Result<Request<ProxyBody>, http::uri::InvalidUri> {
+    fn upstream_request(&mut self, rec: &mut RequestRecord, picked: &Picked) -> Result<Request<ProxyBody>, InvalidUri> {
         let body = match self.body.as_mut() {
             Some(ReqBody::Buffered(b)) => b.body(),
             Some(ReqBody::Streaming(..)) => match self.body.take() {
@@ -268,11 +326,17 @@ impl<'a> Tries<'a> {
             },
             None => empty(),
         };
-        let uri: Uri = format!("http://{}{}", picked.endpoint.addr, self.path_and_query).parse()?;
+        let uri = upstream_uri(picked.authority(), picked.endpoint.addr, &self.path_and_query)?;
+        let headers = if self.attempt >= self.max_attempts && !self.fresh_retry_possible() {
+            // No try can follow this one: nothing needs the headers after it.
+            std::mem::take(&mut self.parts.headers)
+        } else {
+            self.parts.headers.clone()
+        };
         let mut up = Request::new(body);
         *up.method_mut() = self.parts.method.clone();
         *up.uri_mut() = uri;
-        *up.headers_mut() = self.parts.headers.clone();
+        *up.headers_mut() = headers;
         *up.version_mut() = self.protocol.version();
         if self.protocol == UpstreamProtocol::Http1
             && self.fwd.cluster.connection_pool.max_requests_per_connection == Some(1)
@@ -359,11 +423,7 @@ impl<'a> Tries<'a> {
         last: bool,
         deadline_passed: bool,
     ) -> Next {
-        if failure.closed_before_response()
-            && !self.fresh_retry_done
-            && matches!(self.body, Some(ReqBody::Buffered(_)))
-            && !deadline_passed
-        {
+        if failure.closed_before_response() && self.fresh_retry_possible() && !deadline_passed {
             // Most likely the server's keep-alive timer fired as the connection was reused
             // (Istio retries this as `reset-before-request` by default). Once, on a new
             // connection, whatever the retry policy says, and not held against the endpoint.
@@ -396,6 +456,12 @@ impl<'a> Tries<'a> {
         }
         rec.flag(failure.flag());
         Next::Respond(failure.reply(deadline_passed))
+    }
+
+    /// A try closed under the request may be made once more, past the retry policy's tries
+    /// (see [`Self::on_failure`]): only with a body that can be sent again.
+    fn fresh_retry_possible(&self) -> bool {
+        !self.fresh_retry_done && matches!(self.body, Some(ReqBody::Buffered(_)))
     }
 
     fn retry_admitted(&mut self) -> bool {
@@ -539,11 +605,11 @@ fn spawn_mirror(
     state: &Arc<ProxyState>,
     cluster: Arc<crate::routing::Cluster>,
     parts: &http::request::Parts,
-    path_and_query: &str,
+    path_and_query: &UpstreamPath,
     body: Chunks,
 ) {
     let Some(picked) = state.lb.pick(&cluster, None, &[]) else { return };
-    let Ok(uri) = format!("http://{}{}", picked.endpoint.addr, path_and_query).parse::<Uri>() else { return };
+    let Ok(uri) = upstream_uri(picked.authority(), picked.endpoint.addr, path_and_query) else { return };
     let mut req = Request::new(body.body());
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = uri;
@@ -568,3 +634,7 @@ fn spawn_mirror(
         }
     });
 }
+
+#[cfg(test)]
+#[path = "forward_tests.rs"]
+mod tests;

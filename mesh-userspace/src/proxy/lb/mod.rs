@@ -15,6 +15,7 @@ use std::{
     time::Duration,
 };
 
+use http::uri::Authority;
 use rand::Rng;
 // tokio's Instant is std's outside tests; under a paused test clock it follows
 // `tokio::time::advance`, so ejection times can be tested without waiting them out.
@@ -36,13 +37,24 @@ struct EndpointHealth {
 /// One endpoint address's requests in flight and health. Shared by every cluster that has the
 /// address (a subset's cluster and the service's plain one): Envoy ejects a host, not a
 /// (host, cluster) pair, and least-request balancing counts all of a host's requests.
-#[derive(Default)]
 struct EndpointState {
     in_flight: AtomicU64,
     health: Mutex<EndpointHealth>,
+    /// The address as an upstream URI's authority, parsed once rather than on every try; None
+    /// if it does not parse (the try then parses the whole URI and answers that error).
+    authority: Option<Authority>,
+}
+
+/// `addr` as a URI authority: `10.0.0.1:80`, `[fd00::1]:80`.
+pub(super) fn authority_of(addr: SocketAddr) -> Option<Authority> {
+    addr.to_string().parse().ok()
 }
 
 impl EndpointState {
+    fn new(addr: SocketAddr) -> Self {
+        EndpointState { in_flight: AtomicU64::new(0), health: Mutex::default(), authority: authority_of(addr) }
+    }
+
     fn healthy(&self, now: Instant) -> bool {
         let h = self.health.lock().unwrap_or_else(|e| e.into_inner());
         h.ejected_until.is_none_or(|t| t <= now)
@@ -103,7 +115,7 @@ impl Live {
         if let Some(e) = self.endpoints.get(&addr).and_then(Weak::upgrade) {
             return e;
         }
-        let e = Arc::new(EndpointState::default());
+        let e = Arc::new(EndpointState::new(addr));
         self.endpoints.insert(addr, Arc::downgrade(&e));
         e
     }
@@ -127,6 +139,13 @@ pub struct Picked {
     /// The endpoint to send the request to.
     pub endpoint: Endpoint,
     state: Arc<EndpointState>,
+}
+
+impl Picked {
+    /// The endpoint's address as a URI authority (see [`authority_of`]).
+    pub fn authority(&self) -> Option<&Authority> {
+        self.state.authority.as_ref()
+    }
 }
 
 impl Drop for Picked {
