@@ -97,6 +97,9 @@ pub struct FairGate {
     /// Sources with a rate limit after the last tick: while it is 0, [`FairGate::holding`]
     /// (asked on every read of an HTTP/2 connection) answers without taking the lock.
     limited: AtomicU32,
+    /// Sources that may have requests waiting (a superset: a waiter may have given up since),
+    /// so that during a flood only the limited source's reads take the lock, not every pod's.
+    queued: arc_swap::ArcSwap<Vec<Arc<str>>>,
     /// `min_rate` as f64 bits.
     min_rate: std::sync::atomic::AtomicU64,
 }
@@ -108,6 +111,7 @@ impl Default for FairGate {
             enabled: AtomicBool::new(true),
             max_queue: AtomicU32::new(0),
             limited: AtomicU32::new(0),
+            queued: Default::default(),
             min_rate: Default::default(),
         };
         g.configure(&FairConfig::default());
@@ -132,6 +136,7 @@ impl FairGate {
         self.min_rate.store(config.min_rate.max(1.0).to_bits(), Ordering::Relaxed);
         if !config.enabled {
             self.limited.store(0, Ordering::Relaxed);
+            self.queued.store(Default::default());
             for s in self.lock().sources.values_mut() {
                 s.limit = None;
                 for w in s.queue.drain(..) {
@@ -150,6 +155,7 @@ impl FairGate {
     /// new streams until they have started ([`PacedReads`]).
     pub fn holding(&self, source: &str) -> bool {
         self.limited.load(Ordering::Relaxed) > 0
+            && self.queued.load().iter().any(|q| **q == *source)
             && self.lock().sources.get(source).is_some_and(|s| s.queue.iter().any(|w| !w.is_closed()))
     }
 
@@ -213,6 +219,12 @@ impl FairGate {
         }
         let (tx, rx) = oneshot::channel();
         state.queue.push_back(tx);
+        if !self.queued.load().iter().any(|q| **q == *source) {
+            // Under the gate's lock: the only other writer (tick) holds it too.
+            let mut queued = Vec::clone(&self.queued.load());
+            queued.push(Arc::from(source));
+            self.queued.store(Arc::new(queued));
+        }
         Ok(Some(rx))
     }
 
@@ -276,6 +288,11 @@ impl FairGate {
         inner.sources.retain(|_, s| s.rate >= SENDING / 100.0 || s.started > 0 || !s.queue.is_empty());
         let limited = inner.sources.values().filter(|s| s.limit.is_some()).count();
         self.limited.store(u32::try_from(limited).unwrap_or(u32::MAX), Ordering::Relaxed);
+        let queued: Vec<Arc<str>> =
+            inner.sources.iter().filter(|(_, s)| !s.queue.is_empty()).map(|(name, _)| name.clone()).collect();
+        if *self.queued.load().as_slice() != *queued {
+            self.queued.store(Arc::new(queued));
+        }
     }
 }
 
@@ -504,6 +521,13 @@ mod tests {
         assert!(now(&mut waiting).is_none());
         assert!(g.holding("b"));
         assert!(!g.holding("a"));
+        // Another pod's reads never wait for the gate's lock (the flood's requests take it).
+        let held = g.lock();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let other = g.clone();
+        std::thread::spawn(move || tx.send(other.holding("a")));
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(false), "a's read waited for the lock");
+        drop(held);
 
         let (mut b_client, b_server) = tokio::io::duplex(64);
         let (mut a_client, a_server) = tokio::io::duplex(64);
