@@ -1,266 +1,35 @@
-//! Discovery against a fake API server: kube-rs's real client and watchers talk to a
-//! `tower_test::mock` service that answers list and watch requests from scripted state, so the
-//! whole path (list → watch from resourceVersion → events → bookmark → 410 Gone → re-list) runs
-//! as it would against a kube-apiserver.
+//! Discovery against the fake API server (`discovery/fake_api.rs`): kube-rs's real client and
+//! watchers list, watch, resume from bookmarks and re-list after 410 Gone as they would against
+//! a kube-apiserver.
 use std::{
     collections::HashMap,
-    convert::Infallible,
     path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::{combinators::UnsyncBoxBody, BodyExt as _, StreamBody};
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use super::*;
+use crate::discovery::fake_api::{namespace, FakeApi, Group, NAMESPACES};
 use crate::discovery::sandbox::PodSandbox;
 use crate::registry::Workload;
-
-type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 const SERVICES: &str = "/api/v1/services";
 const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
 const PODS: &str = "/api/v1/pods";
-const NAMESPACES: &str = "/api/v1/namespaces";
 const VIRTUAL_SERVICES: &str = "/apis/networking.istio.io/v1/virtualservices";
 const DESTINATION_RULES: &str = "/apis/networking.istio.io/v1/destinationrules";
-const GATEWAYS: &str = "/apis/networking.istio.io/v1/gateways";
 const HTTP_ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/httproutes";
 const GRPC_ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/grpcroutes";
-/// Served at v1beta1 only, as before Gateway API v1.3: the watcher must find it there.
+/// Served at v1beta1 only, as before Gateway API v1.3 ([`Group::gateway_api_v1_2`]): the
+/// watcher must find it there.
 const REFERENCE_GRANTS: &str = "/apis/gateway.networking.k8s.io/v1beta1/referencegrants";
 const K8S_GATEWAYS: &str = "/apis/gateway.networking.k8s.io/v1/gateways";
 const GATEWAY_CLASSES: &str = "/apis/gateway.networking.k8s.io/v1/gatewayclasses";
 /// The one namespace the Secret watch test looks into.
 const INFRA_SECRETS: &str = "/api/v1/namespaces/infra/secrets";
-const COLLECTIONS: [&str; 13] = [
-    SERVICES,
-    SLICES,
-    PODS,
-    NAMESPACES,
-    VIRTUAL_SERVICES,
-    DESTINATION_RULES,
-    GATEWAYS,
-    HTTP_ROUTES,
-    GRPC_ROUTES,
-    REFERENCE_GRANTS,
-    K8S_GATEWAYS,
-    GATEWAY_CLASSES,
-    INFRA_SECRETS,
-];
-
-#[derive(Default)]
-struct Kind {
-    items: Vec<Value>,
-    watchers: Vec<mpsc::UnboundedSender<Bytes>>,
-}
-
-#[derive(Default)]
-struct ApiState {
-    kinds: HashMap<&'static str, Kind>,
-    rv: u64,
-    /// "LIST <path>" / "WATCH <path> rv=<n> bookmarks=<bool>" in arrival order.
-    log: Vec<String>,
-    /// Paths whose next list answers 500 (the watcher must back off and retry).
-    fail_next_list: Vec<&'static str>,
-    /// Whether the Istio CRDs are "installed" (served in API discovery).
-    istio: bool,
-    /// Whether the Gateway API CRDs are "installed".
-    gateway_api: bool,
-}
-
-/// The scripted API server. Objects live in `kinds`; changes made through it are sent to the
-/// open watches like the apiserver would, or silently (to simulate events a watcher missed).
-#[derive(Clone, Default)]
-struct FakeApi(Arc<Mutex<ApiState>>);
-
-fn key_of(v: &Value) -> (String, String) {
-    let m = &v["metadata"];
-    (m["namespace"].as_str().unwrap_or("").into(), m["name"].as_str().unwrap_or("").into())
-}
-
-impl FakeApi {
-    fn state(&self) -> std::sync::MutexGuard<'_, ApiState> {
-        self.0.lock().unwrap()
-    }
-
-    fn seed(&self, path: &'static str, mut obj: Value) {
-        let mut s = self.state();
-        s.rv += 1;
-        obj["metadata"]["resourceVersion"] = json!(s.rv.to_string());
-        s.kinds.entry(path).or_default().items.push(obj);
-    }
-
-    /// Adds or replaces an object; `notify` sends the watch event.
-    fn apply(&self, path: &'static str, mut obj: Value, notify: bool) {
-        let mut s = self.state();
-        s.rv += 1;
-        obj["metadata"]["resourceVersion"] = json!(s.rv.to_string());
-        let kind = s.kinds.entry(path).or_default();
-        let key = key_of(&obj);
-        let existed = kind.items.iter().position(|o| key_of(o) == key);
-        let ty = match existed {
-            Some(i) => {
-                kind.items[i] = obj.clone();
-                "MODIFIED"
-            }
-            None => {
-                kind.items.push(obj.clone());
-                "ADDED"
-            }
-        };
-        if notify {
-            send(kind, json!({"type": ty, "object": obj}));
-        }
-    }
-
-    fn delete(&self, path: &'static str, ns: &str, name: &str, notify: bool) {
-        let mut s = self.state();
-        s.rv += 1;
-        let rv = s.rv.to_string();
-        let kind = s.kinds.entry(path).or_default();
-        let Some(i) = kind.items.iter().position(|o| key_of(o) == (ns.to_owned(), name.to_owned())) else { return };
-        let mut obj = kind.items.remove(i);
-        obj["metadata"]["resourceVersion"] = json!(rv);
-        if notify {
-            send(kind, json!({"type": "DELETED", "object": obj}));
-        }
-    }
-
-    fn event(&self, path: &'static str, event: Value) {
-        let mut s = self.state();
-        send(s.kinds.entry(path).or_default(), event);
-    }
-
-    /// Ends the open watches of `path` (like the apiserver's watch timeout).
-    fn close_watches(&self, path: &'static str) {
-        self.state().kinds.entry(path).or_default().watchers.clear();
-    }
-
-    fn log(&self) -> Vec<String> {
-        self.state().log.clone()
-    }
-
-    fn count(&self, prefix: &str) -> usize {
-        self.log().iter().filter(|l| l.starts_with(prefix)).count()
-    }
-
-    fn respond(&self, req: &Request<kube::client::Body>) -> Response<Body> {
-        let path = req.uri().path().to_owned();
-        let query: HashMap<String, String> = req
-            .uri()
-            .query()
-            .unwrap_or("")
-            .split('&')
-            .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
-            .collect();
-        let mut s = self.state();
-        if path == "/apis" {
-            let mut groups = Vec::new();
-            if s.istio {
-                groups.push(json!({"name": "networking.istio.io",
-                        "versions": [{"groupVersion": "networking.istio.io/v1", "version": "v1"}],
-                        "preferredVersion": {"groupVersion": "networking.istio.io/v1", "version": "v1"}}));
-            }
-            if s.gateway_api {
-                groups.push(json!({"name": "gateway.networking.k8s.io",
-                        "versions": [{"groupVersion": "gateway.networking.k8s.io/v1", "version": "v1"},
-                                     {"groupVersion": "gateway.networking.k8s.io/v1beta1", "version": "v1beta1"}],
-                        "preferredVersion": {"groupVersion": "gateway.networking.k8s.io/v1", "version": "v1"}}));
-            }
-            return Response::new(full(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})));
-        }
-        if let Some(version) =
-            path.strip_prefix("/apis/gateway.networking.k8s.io/").filter(|v| s.gateway_api && !v.contains('/'))
-        {
-            let r = |plural: &str, kind: &str, namespaced: bool| json!({"name": plural, "singularName": "", "namespaced": namespaced, "kind": kind, "verbs": ["get", "list", "watch"]});
-            // As Gateway API v1.2 serves them: ReferenceGrant at v1beta1 only, the rest at both.
-            let mut resources = vec![
-                r("httproutes", "HTTPRoute", true),
-                r("gateways", "Gateway", true),
-                r("gatewayclasses", "GatewayClass", false),
-            ];
-            match version {
-                "v1" => resources.push(r("grpcroutes", "GRPCRoute", true)),
-                "v1beta1" => resources.push(r("referencegrants", "ReferenceGrant", true)),
-                _ => {}
-            }
-            return Response::new(full(json!({"kind": "APIResourceList", "apiVersion": "v1",
-                "groupVersion": format!("gateway.networking.k8s.io/{version}"), "resources": resources})));
-        }
-        if path == "/apis/networking.istio.io/v1" && s.istio {
-            let r = |plural: &str, kind: &str| json!({"name": plural, "singularName": "", "namespaced": true, "kind": kind, "verbs": ["get", "list", "watch"]});
-            return Response::new(full(
-                json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "networking.istio.io/v1",
-                "resources": [r("virtualservices", "VirtualService"), r("destinationrules", "DestinationRule"), r("gateways", "Gateway")]}),
-            ));
-        }
-        let Some(kind_path) = COLLECTIONS.into_iter().find(|p| *p == path) else {
-            return status(
-                StatusCode::NOT_FOUND,
-                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound", "message": path}),
-            );
-        };
-        if query.get("watch").map(String::as_str) == Some("true") {
-            let rv = query.get("resourceVersion").cloned().unwrap_or_default();
-            let bookmarks = query.get("allowWatchBookmarks").cloned().unwrap_or_default();
-            s.log.push(format!("WATCH {kind_path} rv={rv} bookmarks={bookmarks}"));
-            let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
-            s.kinds.entry(kind_path).or_default().watchers.push(tx);
-            let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-                let chunk = rx.recv().await?;
-                Some((Ok::<_, Infallible>(http_body::Frame::data(chunk)), rx))
-            });
-            return Response::new(StreamBody::new(stream).boxed_unsync());
-        }
-        match query.get("fieldSelector") {
-            Some(f) => s.log.push(format!("LIST {kind_path} fieldSelector={f}")),
-            None => s.log.push(format!("LIST {kind_path}")),
-        }
-        if let Some(i) = s.fail_next_list.iter().position(|p| *p == kind_path) {
-            s.fail_next_list.remove(i);
-            return status(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 500, "reason": "InternalError", "message": "etcd is sad"}),
-            );
-        }
-        let rv = s.rv.to_string();
-        let items = s.kinds.entry(kind_path).or_default().items.clone();
-        let body = json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": rv}, "items": items});
-        Response::new(full(body))
-    }
-}
-
-fn send(kind: &mut Kind, event: Value) {
-    let mut line = serde_json::to_vec(&event).unwrap();
-    line.push(b'\n');
-    let line = Bytes::from(line);
-    kind.watchers.retain(|w| w.send(line.clone()).is_ok());
-}
-
-fn full(v: Value) -> Body {
-    http_body_util::Full::new(Bytes::from(serde_json::to_vec(&v).unwrap())).boxed_unsync()
-}
-
-fn status(code: StatusCode, v: Value) -> Response<Body> {
-    let mut r = Response::new(full(v));
-    *r.status_mut() = code;
-    r
-}
-
-fn client(api: FakeApi) -> kube::Client {
-    let (mock, mut handle) = tower_test::mock::pair::<Request<kube::client::Body>, Response<Body>>();
-    tokio::spawn(async move {
-        while let Some((req, reply)) = handle.next_request().await {
-            reply.send_response(api.respond(&req));
-        }
-    });
-    kube::Client::new(mock, "default")
-}
 
 /// Locates pods from a table the test edits (a pod not in it has no process yet).
 #[derive(Default, Clone)]
@@ -285,10 +54,6 @@ impl TableLocator {
         };
         self.0.lock().unwrap().insert(uid.into(), s);
     }
-}
-
-fn namespace(name: &str, labels: Value) -> Value {
-    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})
 }
 
 fn service(name: &str, ns: &str, vip: &str) -> Value {
@@ -316,29 +81,32 @@ fn pod(name: &str, ns: &str, app: &str, version: &str, node: &str, ip: &str) -> 
 /// this node (`node-a`) and another.
 fn seeded() -> (FakeApi, TableLocator) {
     let api = FakeApi::default();
-    api.seed(NAMESPACES, namespace("default", json!({"istio-injection": "enabled"})));
-    api.seed(NAMESPACES, namespace("legacy", json!({})));
-    api.seed(NAMESPACES, namespace("kube-system", json!({"istio-injection": "enabled", "mesh-injection": "disabled"})));
-    api.seed(SERVICES, service("reviews", "default", "10.96.0.12"));
-    api.seed(SERVICES, json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "ext", "namespace": "default"}, "spec": {"type": "ExternalName", "externalName": "example.com"}}));
-    api.seed(
+    api.apply(NAMESPACES, namespace("default", json!({"istio-injection": "enabled"})));
+    api.apply(NAMESPACES, namespace("legacy", json!({})));
+    api.apply(
+        NAMESPACES,
+        namespace("kube-system", json!({"istio-injection": "enabled", "mesh-injection": "disabled"})),
+    );
+    api.apply(SERVICES, service("reviews", "default", "10.96.0.12"));
+    api.apply(SERVICES, json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "ext", "namespace": "default"}, "spec": {"type": "ExternalName", "externalName": "example.com"}}));
+    api.apply(
         SLICES,
         slice("reviews", "default", &[("10.244.0.11", true), ("10.244.1.12", true), ("10.244.0.13", false)]),
     );
-    api.seed(PODS, pod("reviews-v1", "default", "reviews", "v1", "node-a", "10.244.0.11"));
-    api.seed(PODS, pod("reviews-v2", "default", "reviews", "v2", "node-b", "10.244.1.12"));
-    api.seed(PODS, pod("reviews-v3", "default", "reviews", "v3", "node-a", "10.244.0.13"));
+    api.apply(PODS, pod("reviews-v1", "default", "reviews", "v1", "node-a", "10.244.0.11"));
+    api.apply(PODS, pod("reviews-v2", "default", "reviews", "v2", "node-b", "10.244.1.12"));
+    api.apply(PODS, pod("reviews-v3", "default", "reviews", "v3", "node-a", "10.244.0.13"));
     let mut opted_out = pod("ratings-v1", "default", "ratings", "v1", "node-a", "10.244.0.14");
     opted_out["metadata"]["annotations"] = json!({"sidecar.istio.io/inject": "false"});
-    api.seed(PODS, opted_out);
-    api.seed(PODS, pod("old-app", "legacy", "old", "v1", "node-a", "10.244.0.15"));
-    api.seed(PODS, pod("coredns", "kube-system", "dns", "v1", "node-a", "10.244.0.16"));
+    api.apply(PODS, opted_out);
+    api.apply(PODS, pod("old-app", "legacy", "old", "v1", "node-a", "10.244.0.15"));
+    api.apply(PODS, pod("coredns", "kube-system", "dns", "v1", "node-a", "10.244.0.16"));
     let mut host_net = pod("node-exporter", "default", "exporter", "v1", "node-a", "192.0.2.1");
     host_net["spec"]["hostNetwork"] = json!(true);
-    api.seed(PODS, host_net);
+    api.apply(PODS, host_net);
     let mut done = pod("migrate-job", "default", "job", "v1", "node-a", "10.244.0.11");
     done["status"]["phase"] = json!("Succeeded");
-    api.seed(PODS, done);
+    api.apply(PODS, done);
     let locator = TableLocator::default();
     for uid in ["uid-reviews-v1", "uid-reviews-v3", "uid-ratings-v1", "uid-old-app", "uid-coredns", "uid-node-exporter"]
     {
@@ -349,7 +117,7 @@ fn seeded() -> (FakeApi, TableLocator) {
 
 fn start(api: &FakeApi, locator: &TableLocator) -> watch::Receiver<Option<Arc<Registry>>> {
     let options = KubeOptions { node: "node-a".into(), retry: Duration::from_millis(20) };
-    spawn(client(api.clone()), options, Arc::new(locator.clone()))
+    spawn(api.client(), options, Arc::new(locator.clone()))
 }
 
 /// Waits (bounded) for a published registry satisfying `pred`.
@@ -445,25 +213,21 @@ async fn pods_added_and_deleted_after_start_are_enrolled_and_removed() {
     // Scheduled, then given an IP: enrolled when its sandbox has a process (the locator retry).
     let mut new = pod("details-v1", "default", "details", "v1", "node-a", "");
     new["status"] = json!({"phase": "Pending"});
-    api.apply(PODS, new.clone(), true);
+    api.apply(PODS, new.clone());
     let r = registry_where(&mut rx, "details-v1 listed", |r| workload(r, "details-v1").is_some()).await;
     assert!(workload(&r, "details-v1").unwrap().cgroup.is_none(), "no IP yet: nothing to enroll");
     new["status"] = json!({"phase": "Running", "podIP": "10.244.0.20"});
-    api.apply(PODS, new, true);
+    api.apply(PODS, new);
     let started = tokio::time::Instant::now();
     locator.add("uid-details-v1");
     registry_where(&mut rx, "details-v1 enrolled", |r| enrolled(r).contains(&"details-v1")).await;
     assert!(started.elapsed() < Duration::from_secs(1), "enrolled {:?} after its sandbox appeared", started.elapsed());
 
-    api.delete(PODS, "default", "reviews-v3", true);
+    api.delete(PODS, "default", "reviews-v3");
     registry_where(&mut rx, "reviews-v3 gone", |r| workload(r, "reviews-v3").is_none()).await;
 
     // Namespace opt-out at runtime un-enrolls its pods.
-    api.apply(
-        NAMESPACES,
-        namespace("default", json!({"istio-injection": "enabled", "mesh-injection": "disabled"})),
-        true,
-    );
+    api.apply(NAMESPACES, namespace("default", json!({"istio-injection": "enabled", "mesh-injection": "disabled"})));
     registry_where(&mut rx, "default namespace out of the mesh", |r| enrolled(r).is_empty()).await;
 }
 
@@ -476,8 +240,8 @@ async fn gone_410_relists_and_drops_what_was_deleted_meanwhile() {
     let lists_before = api.count(&format!("LIST {PODS}"));
 
     // Events the watcher never saw (its watch was too old), then the apiserver says 410 Gone.
-    api.delete(PODS, "default", "reviews-v3", false);
-    api.apply(PODS, pod("reviews-v4", "default", "reviews", "v4", "node-a", "10.244.0.21"), false);
+    api.delete_quietly(PODS, "default", "reviews-v3");
+    api.apply_quietly(PODS, pod("reviews-v4", "default", "reviews", "v4", "node-a", "10.244.0.21"));
     api.event(PODS, json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410, "reason": "Expired", "message": "too old resource version"}}));
 
     let r = registry_where(&mut rx, "re-listed pods", |r| workload(r, "reviews-v4").is_some()).await;
@@ -503,7 +267,7 @@ async fn bookmarks_move_the_resume_point_and_errors_keep_the_last_state() {
     assert_eq!(api.count(&format!("LIST {SERVICES}")), 1, "a bookmark resume must not re-list: {:?}", api.log());
 
     // The state survived all that.
-    api.apply(SERVICES, service("ratings", "default", "10.96.0.13"), true);
+    api.apply(SERVICES, service("ratings", "default", "10.96.0.13"));
     let r = registry_where(&mut rx, "ratings added", |r| r.service_by_host("ratings", "default").is_some()).await;
     assert_eq!(r.services.len(), first.services.len() + 1);
 }
@@ -511,7 +275,7 @@ async fn bookmarks_move_the_resume_point_and_errors_keep_the_last_state() {
 #[tokio::test]
 async fn nothing_is_published_until_every_kind_is_listed_and_failed_lists_are_retried() {
     let (api, locator) = seeded();
-    api.state().fail_next_list.push(SLICES);
+    api.fail_next_list(SLICES);
     let mut rx = start(&api, &locator);
     let r = registry_where(&mut rx, "anything", |_| true).await;
     // Had the registry been published before the slices were listed, reviews would have had no

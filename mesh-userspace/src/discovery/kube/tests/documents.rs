@@ -14,12 +14,12 @@ fn virtual_service(user: &str, subset: &str) -> Value {
 #[tokio::test]
 async fn istio_objects_are_read_from_the_api_server_as_routing_documents() {
     let api = FakeApi::default();
-    api.state().istio = true;
-    api.seed(VIRTUAL_SERVICES, virtual_service("jason", "v2"));
-    api.seed(DESTINATION_RULES, json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+    api.install(Group::istio());
+    api.apply(VIRTUAL_SERVICES, virtual_service("jason", "v2"));
+    api.apply(DESTINATION_RULES, json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
         "metadata": {"name": "reviews", "namespace": "default"},
         "spec": {"host": "reviews", "subsets": [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}]}}));
-    let mut rx = crate::discovery::istio::spawn(client(api.clone())).await.expect("group discovered");
+    let mut rx = crate::discovery::istio::spawn(api.client()).await.expect("group discovered");
 
     let docs = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
@@ -43,7 +43,7 @@ async fn istio_objects_are_read_from_the_api_server_as_routing_documents() {
 
     // kubectl apply of a changed object reaches the agent as a new document set.
     wait_for(|| api.count(&format!("WATCH {VIRTUAL_SERVICES}")) >= 1).await;
-    api.apply(VIRTUAL_SERVICES, virtual_service("kim", "v2"), true);
+    api.apply(VIRTUAL_SERVICES, virtual_service("kim", "v2"));
     let docs = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             rx.changed().await.expect("istio discovery running");
@@ -63,9 +63,10 @@ async fn istio_objects_are_read_from_the_api_server_as_routing_documents() {
 #[tokio::test]
 async fn missing_istio_crds_are_not_an_error() {
     let api = FakeApi::default();
-    let mut rx = crate::discovery::istio::spawn(client(api.clone())).await.expect("not an error");
+    let mut rx = crate::discovery::istio::spawn(api.client()).await.expect("not an error");
     let docs = next_documents(&mut rx, "no documents", |_| true).await;
-    assert!(docs.is_empty() && api.log().is_empty(), "{docs:?} {:?}", api.log());
+    // Only the group looked up: nothing listed or watched.
+    assert!(docs.is_empty() && api.log().iter().all(|l| l == "DISCOVER /apis"), "{docs:?} {:?}", api.log());
 }
 
 const GATEWAY_FIXTURES: [(&str, &str); 2] = [
@@ -134,26 +135,26 @@ async fn next_documents(
 #[tokio::test]
 async fn gateway_api_objects_from_the_api_server_drive_the_route_table() {
     let api = FakeApi::default();
-    api.state().gateway_api = true;
-    api.seed(
+    api.install(Group::gateway_api_v1_2());
+    api.apply(
         REFERENCE_GRANTS,
         json!({"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
         "metadata": {"name": "from-routes", "namespace": "gateway-conformance-mesh"},
         "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": "other"}],
                  "to": [{"group": "", "kind": "Service"}]}}),
     );
-    api.seed(
+    api.apply(
         GATEWAY_CLASSES,
         json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
         "metadata": {"name": "mesh"}, "spec": {"controllerName": "example.com/mesh"}}),
     );
-    api.seed(
+    api.apply(
         K8S_GATEWAYS,
         json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
         "metadata": {"name": "ingress", "namespace": "default"},
         "spec": {"gatewayClassName": "mesh", "listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}}),
     );
-    let mut rx = crate::discovery::gateway_api::spawn(client(api.clone())).await.expect("discovery");
+    let mut rx = crate::discovery::gateway_api::spawn(api.client()).await.expect("discovery");
 
     let docs = next_documents(&mut rx, "the listed objects", |_| true).await;
     let names: Vec<&str> = docs.iter().map(|(n, _)| n.as_str()).collect();
@@ -182,7 +183,7 @@ async fn gateway_api_objects_from_the_api_server_drive_the_route_table() {
     assert_eq!(echo_backend(&docs), "echo");
 
     wait_for(|| api.count(&format!("WATCH {HTTP_ROUTES}")) >= 1).await;
-    api.apply(HTTP_ROUTES, http_route("echo-v1"), true);
+    api.apply(HTTP_ROUTES, http_route("echo-v1"));
     let docs = next_documents(&mut rx, "the created HTTPRoute", |d| d.len() == 4).await;
     let route = &docs.iter().find(|(n, _)| n == "k8s:HTTPRoute/gateway-conformance-mesh/echo-split").expect("route").1;
     // The tie-breaker between routes is kept; the API server's own fields are not.
@@ -190,12 +191,12 @@ async fn gateway_api_objects_from_the_api_server_drive_the_route_table() {
     assert!(!route.contains("managedFields") && !route.contains("status"), "{route}");
     assert_eq!(echo_backend(&docs), "echo-v1");
 
-    api.apply(HTTP_ROUTES, http_route("echo-v2"), true);
+    api.apply(HTTP_ROUTES, http_route("echo-v2"));
     let docs =
         next_documents(&mut rx, "the modified HTTPRoute", |d| d.iter().any(|(_, t)| t.contains("echo-v2"))).await;
     assert_eq!(echo_backend(&docs), "echo-v2");
 
-    api.delete(HTTP_ROUTES, "gateway-conformance-mesh", "echo-split", true);
+    api.delete(HTTP_ROUTES, "gateway-conformance-mesh", "echo-split");
     let docs = next_documents(&mut rx, "the deleted HTTPRoute", |d| d.len() == 3).await;
     assert_eq!(echo_backend(&docs), "echo");
 }
@@ -205,10 +206,11 @@ async fn gateway_api_objects_from_the_api_server_drive_the_route_table() {
 #[tokio::test]
 async fn missing_gateway_api_crds_are_not_an_error() {
     let api = FakeApi::default();
-    let mut rx = crate::discovery::gateway_api::spawn(client(api.clone())).await.expect("not an error");
+    let mut rx = crate::discovery::gateway_api::spawn(api.client()).await.expect("not an error");
     let docs = next_documents(&mut rx, "the Namespaces", |_| true).await;
     assert!(docs.is_empty(), "{docs:?}");
-    assert!(api.log().iter().all(|l| l.contains(NAMESPACES)), "only Namespaces listed: {:?}", api.log());
+    let namespaces_or_lookup = |l: &String| l == "DISCOVER /apis" || l.split(' ').nth(1) == Some(NAMESPACES);
+    assert!(api.log().iter().all(namespaces_or_lookup), "only Namespaces listed: {:?}", api.log());
 }
 
 /// A service without a selector — the API server's own `kubernetes` service, which every
@@ -217,7 +219,7 @@ async fn missing_gateway_api_crds_are_not_an_error() {
 #[tokio::test]
 async fn selectorless_services_take_their_endpoints_from_endpoint_slices() {
     let (api, locator) = seeded();
-    api.seed(SERVICES, json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "kubernetes", "namespace": "default"},
+    api.apply(SERVICES, json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "kubernetes", "namespace": "default"},
         "spec": {"clusterIP": "10.96.0.1", "ports": [{"name": "https", "port": 443, "targetPort": 6443, "protocol": "TCP"}]}}));
     let apiserver_slice = |addrs: &[&str]| {
         let eps: Vec<Value> =
@@ -226,7 +228,7 @@ async fn selectorless_services_take_their_endpoints_from_endpoint_slices() {
                "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"kubernetes.io/service-name": "kubernetes"}},
                "addressType": "IPv4", "endpoints": eps, "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}]})
     };
-    api.seed(SLICES, apiserver_slice(&["192.0.2.10"]));
+    api.apply(SLICES, apiserver_slice(&["192.0.2.10"]));
     let mut rx = start(&api, &locator);
     let addrs = |r: &Registry| {
         let svc = r.service_by_host("kubernetes", "default").expect("kubernetes service").clone();
@@ -241,7 +243,7 @@ async fn selectorless_services_take_their_endpoints_from_endpoint_slices() {
     // No pod became an endpoint, and none of these addresses is a workload to enroll.
     assert!(r.workloads.iter().all(|w| w.ip != Some("192.0.2.10".parse().unwrap())));
 
-    api.apply(SLICES, apiserver_slice(&["192.0.2.10", "192.0.2.11"]), true);
+    api.apply(SLICES, apiserver_slice(&["192.0.2.10", "192.0.2.11"]));
     registry_where(&mut rx, "a second API server", |r| addrs(r) == ["192.0.2.10:6443", "192.0.2.11:6443"]).await;
 }
 
@@ -271,8 +273,8 @@ async fn secret_docs_where(
 #[tokio::test]
 async fn tls_secrets_are_watched_only_in_the_namespaces_asked_for_and_follow_changes() {
     let api = FakeApi::default();
-    api.seed(INFRA_SECRETS, tls_secret("cert", "Y3J0"));
-    let (want, mut rx) = crate::discovery::secrets::spawn(client(api.clone()));
+    api.apply(INFRA_SECRETS, tls_secret("cert", "Y3J0"));
+    let (want, mut rx) = crate::discovery::secrets::spawn(api.client());
     // Nothing asked for: an empty set, and nothing listed.
     secret_docs_where(&mut rx, <[_]>::is_empty).await;
     assert_eq!(api.count("LIST"), 0, "{:?}", api.log());
@@ -296,13 +298,13 @@ async fn tls_secrets_are_watched_only_in_the_namespaces_asked_for_and_follow_cha
 
     // Rotated: the new data arrives; deleted: gone.
     wait_for(|| api.count(&format!("WATCH {INFRA_SECRETS}")) >= 1).await;
-    api.apply(INFRA_SECRETS, tls_secret("cert", "bmV3"), true);
+    api.apply(INFRA_SECRETS, tls_secret("cert", "bmV3"));
     secret_docs_where(&mut rx, |d| d.iter().any(|(_, t)| t.contains("bmV3"))).await;
-    api.delete(INFRA_SECRETS, "infra", "cert", true);
+    api.delete(INFRA_SECRETS, "infra", "cert");
     secret_docs_where(&mut rx, <[_]>::is_empty).await;
 
     // The namespace no longer asked for: its Secrets leave the set.
-    api.apply(INFRA_SECRETS, tls_secret("cert", "Y3J0"), true);
+    api.apply(INFRA_SECRETS, tls_secret("cert", "Y3J0"));
     secret_docs_where(&mut rx, |d| !d.is_empty()).await;
     want.send_replace(Default::default());
     secret_docs_where(&mut rx, <[_]>::is_empty).await;
