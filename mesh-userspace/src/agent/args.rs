@@ -117,8 +117,8 @@ pub struct AgentArgs {
     /// How late the proxy's 5 ms timer must fire for the loop to count as behind.
     #[arg(long, default_value = "2ms", value_parser = positive_duration)]
     pub fair_share_lag: Duration,
-    /// Requests per second below which a pod is never limited (the lowest limit, and how fast
-    /// limits rise again per second).
+    /// Requests per second below which a pod is never limited, and the lowest limit (limits
+    /// rise again by 1000 req/s per second while the loop is on time).
     #[arg(long, default_value_t = 1000, value_parser = source_count)]
     pub fair_share_min_rate: u32,
     /// The node proxy's memory budget (RSS; e.g. 400Mi): past 90 % of it the sources holding the

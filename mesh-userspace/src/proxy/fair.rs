@@ -10,7 +10,7 @@
 //! - a tick `lag` late, with two or more sources sending, gives the heaviest source (the highest
 //!   rate, and above [`FairConfig::min_rate`]) a rate limit of half its rate, at most once per
 //!   [`DECREASE_EVERY`] ticks (the loop needs a moment to catch up);
-//! - a tick on time raises every limit by [`FairConfig::min_rate`] per second of ticks; a limit
+//! - a tick on time raises every limit by [`RISE`] per second of ticks; a limit
 //!   far above the source's rate is lifted, and so is every limit once fewer than two sources
 //!   are sending.
 //!
@@ -42,8 +42,7 @@ pub struct FairConfig {
     /// Timer lateness that counts as the loop falling behind.
     #[serde(serialize_with = "crate::settings::duration")]
     pub lag: Duration,
-    /// Requests per second below which a source is never limited, the lowest limit, and how
-    /// much limits rise per second of ticks on time.
+    /// Requests per second below which a source is never limited, and the lowest limit.
     pub min_rate: f64,
 }
 
@@ -57,6 +56,10 @@ impl Default for FairConfig {
 pub const TICK: Duration = crate::settings::FIXED.fair_share_tick;
 /// Ticks between two decreases of a source's limit (50 ms).
 pub const DECREASE_EVERY: u32 = 10;
+/// How much a limit rises (requests per second) per second of ticks on time: apart from the
+/// floor, so that a lower `--fair-share-min-rate` (closer tails for the neighbours of a flood)
+/// does not also slow the recovery of a busy pod limited during a lag.
+pub const RISE: f64 = 1000.0;
 /// Tokens a limited source may save up: a short burst starts at once.
 pub const BURST: f64 = 8.0;
 /// Weight of the last tick in a source's smoothed rate (about 50 ms of memory).
@@ -264,11 +267,11 @@ impl FairGate {
         for s in inner.sources.values_mut() {
             let Some(limit) = s.limit.as_mut() else { continue };
             if !behind {
-                *limit += min_rate * secs;
+                *limit += RISE * secs;
             }
             // Lifted when far above what the source sends, or when it is the only one left
             // sending: nobody to protect. A limit set while a neighbour sent would otherwise
-            // outlive the neighbour (it only rises by min_rate per second of ticks on time).
+            // outlive the neighbour (it only rises by RISE per second of ticks on time).
             if !enabled || sending < 2 || (*limit > 4.0 * s.rate.max(min_rate) && s.queue.is_empty()) {
                 s.limit = None;
                 for w in s.queue.drain(..) {
