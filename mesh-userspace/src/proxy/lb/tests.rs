@@ -1,30 +1,40 @@
 //! The load balancer's picks, outlier detection and what a reload keeps of its state.
 
-mod outlier {
-    use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
-    use super::super::*;
-    use crate::{
-        registry::{Service, Workload},
-        routing::OutlierDetection,
+use crate::registry::{Endpoint, Workload};
+
+/// An endpoint at `addr`, of a pod called `name`.
+fn endpoint(name: String, addr: SocketAddr) -> Endpoint {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(ip) => Some(ip),
+        std::net::IpAddr::V6(_) => None,
     };
+    Endpoint {
+        workload: Arc::new(Workload {
+            name,
+            namespace: "default".into(),
+            labels: BTreeMap::new(),
+            ip,
+            container_ports: vec![],
+            netns: None,
+            cgroup: None,
+            enroll: true,
+            caps: Default::default(),
+        }),
+        addr,
+    }
+}
+
+mod outlier {
+    use std::net::Ipv4Addr;
+
+    use super::{super::*, endpoint};
+    use crate::{registry::Service, routing::OutlierDetection};
 
     fn cluster(n: usize, od: OutlierDetection) -> Cluster {
         let endpoints = (0..n)
-            .map(|i| Endpoint {
-                workload: Arc::new(Workload {
-                    name: format!("w{i}"),
-                    namespace: "default".into(),
-                    labels: BTreeMap::new(),
-                    ip: Some(Ipv4Addr::LOCALHOST),
-                    container_ports: vec![],
-                    netns: None,
-                    cgroup: None,
-                    enroll: true,
-                    caps: Default::default(),
-                }),
-                addr: SocketAddr::from((Ipv4Addr::new(10, 0, 0, 1), 1000 + i as u16)),
-            })
+            .map(|i| endpoint(format!("w{i}"), SocketAddr::from((Ipv4Addr::new(10, 0, 0, 1), 1000 + i as u16))))
             .collect();
         Cluster {
             name: format!("outbound|80||c{n}"),
@@ -116,34 +126,16 @@ mod outlier {
 }
 
 mod picks {
-    use std::{collections::BTreeMap, net::Ipv4Addr};
+    use std::net::Ipv4Addr;
 
-    use super::super::*;
+    use super::{super::*, endpoint};
     use crate::{
-        registry::{Service, Workload},
+        registry::Service,
         routing::{ConnectionPool, HashOn, OutlierDetection},
     };
 
     fn cluster(n: u8, lb: LbPolicy, outlier_detection: Option<OutlierDetection>) -> Cluster {
-        let endpoints = (0..n)
-            .map(|i| {
-                let ip = Ipv4Addr::new(10, 244, 0, 10 + i);
-                Endpoint {
-                    workload: Arc::new(Workload {
-                        name: format!("reviews-{i}"),
-                        namespace: "default".into(),
-                        labels: BTreeMap::new(),
-                        ip: Some(ip),
-                        container_ports: vec![],
-                        netns: None,
-                        cgroup: None,
-                        enroll: true,
-                        caps: Default::default(),
-                    }),
-                    addr: SocketAddr::from((ip, 9080)),
-                }
-            })
-            .collect();
+        let endpoints = (0..n).map(|i| endpoint(format!("reviews-{i}"), addr(i))).collect();
         Cluster {
             name: "outbound|9080||reviews.default.svc.cluster.local".into(),
             service: Arc::new(Service::default()),
@@ -303,30 +295,16 @@ mod picks {
 }
 
 mod reload {
-    use std::{collections::BTreeMap, net::Ipv4Addr};
+    use std::net::Ipv4Addr;
 
     use super::super::*;
     use crate::{
-        registry::{Service, Workload},
+        registry::Service,
         routing::{ConnectionPool, OutlierDetection},
     };
 
     fn endpoint(i: u8) -> Endpoint {
-        let ip = Ipv4Addr::new(10, 244, 1, i);
-        Endpoint {
-            workload: Arc::new(Workload {
-                name: format!("reviews-{i}"),
-                namespace: "default".into(),
-                labels: BTreeMap::new(),
-                ip: Some(ip),
-                container_ports: vec![],
-                netns: None,
-                cgroup: None,
-                enroll: true,
-                caps: Default::default(),
-            }),
-            addr: SocketAddr::from((ip, 9080)),
-        }
+        super::endpoint(format!("reviews-{i}"), SocketAddr::from((Ipv4Addr::new(10, 244, 1, i), 9080)))
     }
 
     /// A freshly compiled cluster (as every reload makes): one request at a time, one 5xx ejects.
