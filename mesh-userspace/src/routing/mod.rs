@@ -493,17 +493,15 @@ impl RouteTable {
     /// Every cluster of the table, once each, by name: the plain Kubernetes ones and every one a
     /// VirtualService routes or mirrors to (`/config_dump`).
     pub fn clusters(&self) -> Vec<Arc<Cluster>> {
-        let mut all: std::collections::BTreeMap<String, Arc<Cluster>> = std::collections::BTreeMap::new();
+        let mut all: std::collections::BTreeMap<&str, &Arc<Cluster>> = std::collections::BTreeMap::new();
         self.for_each_cluster(&mut |c| {
-            if !all.contains_key(&c.name) {
-                all.insert(c.name.clone(), c.clone());
-            }
+            all.entry(&c.name).or_insert(c);
         });
-        all.into_values().collect()
+        all.into_values().cloned().collect()
     }
 
     /// Calls `f` with every cluster the table can send a request to, as often as it appears.
-    pub fn for_each_cluster(&self, f: &mut dyn FnMut(&Arc<Cluster>)) {
+    pub fn for_each_cluster<'a>(&'a self, f: &mut dyn FnMut(&'a Arc<Cluster>)) {
         for ports in self.defaults.values().flat_map(|by_name| by_name.values()) {
             for (_, c) in ports {
                 f(c);
