@@ -27,6 +27,12 @@ pub const MAP_EVENT_STATS: &str = "MESH_EVENT_STATS";
 pub const MAP_LOG_LEVEL: &str = "MESH_LOG_LEVEL";
 /// Map name: per-node settings the programs read, indexed by [`config`].
 pub const MAP_CONFIG: &str = "MESH_CONFIG";
+/// Map name: [`SockKey`] → socket, both ends of each bypassed pod ↔ proxy connection (a sockhash
+/// the `sk_msg` program redirects through).
+pub const MAP_SOCKS: &str = "MESH_SOCKS";
+/// Map name: [`SockKey`] → `u8`, the sockhash sockets whose data once went through TCP and must
+/// keep doing so (see [`PROG_SK_MSG`]).
+pub const MAP_SK_TCP: &str = "MESH_SK_TCP";
 
 /// Program name: the `cgroup/connect4` redirect.
 pub const PROG_CONNECT4: &str = "mesh_connect4";
@@ -34,6 +40,10 @@ pub const PROG_CONNECT4: &str = "mesh_connect4";
 pub const PROG_CONNECT6: &str = "mesh_connect6";
 /// Program name: the `sock_ops` program that re-keys original destinations by tuple.
 pub const PROG_SOCK_OPS: &str = "mesh_sock_ops";
+/// Program name: the `sk_msg` verdict on [`MAP_SOCKS`] that hands a bypassed socket's data to its
+/// peer's receive queue instead of TCP. Bytes that went through TCP first would be read after
+/// later bytes queued on the peer, so once a socket's data took TCP it always does ([`MAP_SK_TCP`]).
+pub const PROG_SK_MSG: &str = "mesh_sk_msg";
 
 /// Capacity of the per-connection maps; LRU so a burst of connections that the proxy never reads
 /// (a client that connects and dies) cannot exhaust them.
@@ -108,6 +118,39 @@ pub struct TupleKey {
     pub _pad: u16,
 }
 
+/// Key of the sockhash: one end of a connection as that end sees it (`getsockname` / `getpeername`)
+/// plus its network namespace. A socket's peer has the same key with local and remote swapped.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockKey {
+    /// Cookie of the network namespace the socket lives in.
+    pub netns_cookie: u64,
+    /// Local address, network byte order.
+    pub local_ip4: u32,
+    /// Remote address, network byte order.
+    pub remote_ip4: u32,
+    /// Local port, host byte order.
+    pub local_port: u16,
+    /// Remote port, host byte order.
+    pub remote_port: u16,
+    /// Explicit padding, always 0.
+    pub _pad: u32,
+}
+
+impl SockKey {
+    /// The key the other end of the same connection has.
+    pub const fn peer(&self) -> SockKey {
+        SockKey {
+            netns_cookie: self.netns_cookie,
+            local_ip4: self.remote_ip4,
+            remote_ip4: self.local_ip4,
+            local_port: self.remote_port,
+            remote_port: self.local_port,
+            _pad: 0,
+        }
+    }
+}
+
 /// Indexes of the per-CPU counters in the stats array map.
 pub mod stats {
     /// connect4/6 ran for an IPv4 (or IPv4-mapped) destination, from any process, enrolled or not.
@@ -116,8 +159,15 @@ pub mod stats {
     pub const CONNECT_REDIRECTED: u32 = 1;
     /// sock_ops moved an original destination to its tuple key.
     pub const ESTABLISHED_INDEXED: u32 = 2;
+    /// sock_ops put a socket in the sockhash (either end of a bypassed connection).
+    pub const SOCKETS_BYPASSED: u32 = 3;
+    /// sk_msg handed a sendmsg's data straight to the peer socket.
+    pub const SK_MSG_REDIRECTED: u32 = 4;
+    /// sk_msg let a sendmsg's data go through TCP (the peer was not in the sockhash yet, or this
+    /// socket's data had gone through TCP before).
+    pub const SK_MSG_TCP: u32 = 5;
     /// Number of counters (the map's size).
-    pub const COUNT: u32 = 3;
+    pub const COUNT: u32 = 6;
 }
 
 /// Indexes of the per-CPU counters in the event stats array map: one beside each kernel log
@@ -148,8 +198,11 @@ pub mod config {
     /// Index of the fail mode: what connect4/6 do when a VIP connect should be redirected but no
     /// socket listens at the redirect target in the caller's network namespace.
     pub const FAIL_MODE: u32 = 0;
+    /// Index of the sk_msg bypass switch: non-zero puts new pod ↔ proxy connections in the
+    /// sockhash (0, the default, leaves every byte to TCP).
+    pub const SK_MSG_BYPASS: u32 = 1;
     /// Number of settings (the map's size).
-    pub const COUNT: u32 = 1;
+    pub const COUNT: u32 = 2;
     /// Leave the connect to its original destination (kube-proxy / the CNI serves the VIP,
     /// outside the mesh). The default, and the map's initial value.
     pub const FAIL_OPEN: u32 = 0;
@@ -190,4 +243,6 @@ mod pod {
     unsafe impl aya::Pod for OriginalDst {}
     // SAFETY: repr(C) u64 + u32 + u16 + u16 `_pad` (16 bytes, 8-aligned): no implicit padding.
     unsafe impl aya::Pod for TupleKey {}
+    // SAFETY: repr(C) u64 + u32 + u32 + u16 + u16 + u32 `_pad` (24 bytes, 8-aligned): no implicit padding.
+    unsafe impl aya::Pod for SockKey {}
 }

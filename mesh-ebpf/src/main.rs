@@ -7,6 +7,13 @@
 //! * `mesh_sock_ops` (sock_ops): when that connection is established its local port is known; move
 //!   the record to a key the proxy can compute from `accept()`: (netns cookie, client ip, client port).
 //!
+//! * `mesh_sk_msg` (sk_msg, with `--sk-msg-bypass`): both ends of a redirected pod ↔ proxy
+//!   connection go into a sockhash when established; a sendmsg on either end then queues its data
+//!   straight on the peer socket, skipping TCP/IP and the loopback device. The first data of a
+//!   connection can be sent before the proxy's end is established (and in the sockhash); it goes
+//!   through TCP, and so does all later data of that socket, because the reader takes the peer
+//!   queue before the TCP one and would otherwise read later bytes first.
+//!
 //! Why not a `cgroup/getsockopt` SO_ORIGINAL_DST emulation: the proxy is ours, so it can read the
 //! map directly; one program less in the kernel and no per-getsockopt hook on every process of the node.
 //!
@@ -19,20 +26,20 @@
 
 use aya_ebpf::{
     bindings::{
-        bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, BPF_F_CURRENT_NETNS,
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_LISTEN,
+        bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1, sk_action::SK_PASS, BPF_ANY, BPF_F_CURRENT_NETNS,
+        BPF_F_INGRESS, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_TCP_LISTEN,
     },
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_sk_lookup_tcp, bpf_sk_release,
     },
-    macros::{cgroup_sock_addr, map, sock_ops},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
-    programs::{SockAddrContext, SockOpsContext},
+    macros::{cgroup_sock_addr, map, sk_msg, sock_ops},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash},
+    programs::{SkMsgContext, SockAddrContext, SockOpsContext},
 };
 use aya_log_ebpf::debug;
 use mesh_common::{
-    config, events, log_level, stats, Enrollment, OriginalDst, ServiceKey, ServiceValue, TupleKey, LOOPBACK_V4_BE,
-    MAX_CONNECTIONS, MAX_SERVICES, MAX_WORKLOADS, PROXY_OUTBOUND_PORT,
+    config, events, log_level, stats, Enrollment, OriginalDst, ServiceKey, ServiceValue, SockKey, TupleKey,
+    LOOPBACK_V4_BE, MAX_CONNECTIONS, MAX_SERVICES, MAX_WORKLOADS, PROXY_OUTBOUND_PORT,
 };
 
 /// cgroup v2 id of an enrolled pod → its enrollment. Owned by the agent.
@@ -64,6 +71,15 @@ static MESH_LOG_LEVEL: Array<u32> = Array::with_max_entries(1, 0);
 /// Per-node settings (`mesh_common::config`), written by the agent; zero is the default.
 #[map(name = "MESH_CONFIG")]
 static MESH_CONFIG: Array<u32> = Array::with_max_entries(config::COUNT, 0);
+
+/// Both ends of each bypassed pod ↔ proxy connection. A socket leaves on close (the kernel's doing).
+#[map(name = "MESH_SOCKS")]
+static MESH_SOCKS: SockHash<SockKey> = SockHash::with_max_entries(MAX_CONNECTIONS, 0);
+
+/// Sockhash sockets whose data once went through TCP. LRU: an entry outlives its socket (nothing
+/// removes it on close), and a later connection with the same key clears it when established.
+#[map(name = "MESH_SK_TCP")]
+static MESH_SK_TCP: LruHashMap<SockKey, u8> = LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
 
 #[inline(always)]
 fn bump(map: &PerCpuArray<u64>, idx: u32) {
@@ -323,10 +339,86 @@ fn mesh_sock_ops(ctx: SockOpsContext) -> u32 {
     let op = ctx.op();
     if op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
         let _ = try_established(&ctx);
-    } else if op == BPF_SOCK_OPS_TCP_CONNECT_CB {
-        // Nothing to do yet; present so future flags (sockhash bypass) have a hook point.
+    } else if op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
+        // The proxy's end of a pod's connection to its in-pod listener.
+        if ctx.local_ip4() == LOOPBACK_V4_BE && ctx.local_port() == PROXY_OUTBOUND_PORT as u32 {
+            bypass(&ctx);
+        }
     }
     0
+}
+
+/// A sock_ops or sk_msg context's remote port, host order. The kernel hands it in network order,
+/// in the upper 16 bits on little-endian hosts; either half is taken, whichever holds it.
+#[inline(always)]
+fn remote_port(raw: u32) -> u16 {
+    let be = if raw >> 16 != 0 { raw >> 16 } else { raw };
+    u16::from_be(be as u16)
+}
+
+/// Puts an established socket in the sockhash when the bypass is on. Failing leaves the
+/// connection to TCP, which is always correct.
+#[inline(always)]
+fn bypass(ctx: &SockOpsContext) {
+    if !MESH_CONFIG.get(config::SK_MSG_BYPASS).is_some_and(|on| *on != 0) {
+        return;
+    }
+    // SAFETY: ctx.ops is the program's valid context pointer, which this helper takes.
+    let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.ops as *mut _) };
+    let key = SockKey {
+        netns_cookie,
+        local_ip4: ctx.local_ip4(),
+        remote_ip4: ctx.remote_ip4(),
+        local_port: ctx.local_port() as u16,
+        remote_port: remote_port(ctx.remote_port()),
+        _pad: 0,
+    };
+    // A connection that reuses a closed one's addresses starts on the bypass again.
+    let _ = MESH_SK_TCP.remove(key);
+    // SAFETY: ctx.ops points at the kernel's bpf_sock_ops for this run, valid and not aliased
+    // by anything else the program holds; the helper only reads the socket from it.
+    let ops = unsafe { &mut *ctx.ops };
+    if MESH_SOCKS.update(key, ops, BPF_ANY as u64).is_ok() {
+        count(stats::SOCKETS_BYPASSED);
+    } else {
+        event(events::PROGRAM_ERROR);
+    }
+}
+
+/// Hands a bypassed socket's sendmsg to the peer's receive queue, unless this socket's data has
+/// gone through TCP before (see the module comment). Always passes: data that cannot be redirected
+/// goes through TCP.
+#[sk_msg]
+fn mesh_sk_msg(ctx: SkMsgContext) -> u32 {
+    // SAFETY: the kernel passes a valid sk_msg_md for the program's run.
+    let md = unsafe { &*ctx.msg };
+    // SAFETY: ctx.msg is the program's valid context pointer, which this helper takes.
+    let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.msg as *mut _) };
+    let me = SockKey {
+        netns_cookie,
+        local_ip4: md.local_ip4,
+        remote_ip4: md.remote_ip4,
+        local_port: md.local_port as u16,
+        remote_port: remote_port(md.remote_port),
+        _pad: 0,
+    };
+    // SAFETY: the value is only tested for presence; RCU keeps it valid for the run.
+    if unsafe { MESH_SK_TCP.get(me) }.is_some() {
+        count(stats::SK_MSG_TCP);
+        return SK_PASS;
+    }
+    if MESH_SOCKS.redirect_msg(&ctx, me.peer(), BPF_F_INGRESS as u64) == SK_PASS as i64 {
+        count(stats::SK_MSG_REDIRECTED);
+        return SK_PASS;
+    }
+    // The peer is not in the sockhash (not established yet, or already closed): this data goes
+    // through TCP, so everything after it must too. A failed insert (the LRU map is never full)
+    // would let a later sendmsg overtake this one; count it where an operator looks.
+    if MESH_SK_TCP.insert(me, 1, 0).is_err() {
+        event(events::MAP_INSERT_FAILED);
+    }
+    count(stats::SK_MSG_TCP);
+    SK_PASS
 }
 
 #[inline(always)]
@@ -373,6 +465,7 @@ fn try_established(ctx: &SockOpsContext) -> Result<(), ()> {
         }
     }
     count(stats::ESTABLISHED_INDEXED);
+    bypass(ctx);
     Ok(())
 }
 

@@ -114,6 +114,9 @@ fn metrics(state: &ProxyState, bpf: &dyn KernelCounters) -> String {
             ("mesh_kernel_program_errors_total", k.program_errors),
             ("mesh_kernel_connects_fail_open_total", k.connects_fail_open),
             ("mesh_kernel_connects_fail_closed_total", k.connects_fail_closed),
+            ("mesh_kernel_sockets_bypassed_total", k.sockets_bypassed),
+            ("mesh_kernel_sk_msg_redirected_total", k.sk_msg_redirected),
+            ("mesh_kernel_sk_msg_tcp_total", k.sk_msg_tcp),
         ],
         &gauges,
     )

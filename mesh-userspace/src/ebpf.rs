@@ -28,8 +28,8 @@ use aya::{
 use aya_log::EbpfLogger;
 use mesh_common::{
     Enrollment, OriginalDst, ServiceKey, ServiceValue, TupleKey, MAP_CONFIG, MAP_ENROLLED, MAP_EVENT_STATS,
-    MAP_LOG_LEVEL, MAP_ORIG_BY_COOKIE, MAP_ORIG_BY_TUPLE, MAP_SERVICES, MAP_STATS, PROG_CONNECT4, PROG_CONNECT6,
-    PROG_SOCK_OPS,
+    MAP_LOG_LEVEL, MAP_ORIG_BY_COOKIE, MAP_ORIG_BY_TUPLE, MAP_SERVICES, MAP_SK_TCP, MAP_SOCKS, MAP_STATS,
+    PROG_CONNECT4, PROG_CONNECT6, PROG_SOCK_OPS,
 };
 
 use crate::ebpf_log::{Forwarder, PodNames};
@@ -40,14 +40,16 @@ mod load;
 
 pub use error::EbpfError;
 use link::link_create;
-use load::{check_shared, held_map_fd, load_programs, load_sharing, map_fd, swap_programs};
+use load::{attach_sk_msg, check_shared, held_map_fd, load_programs, load_sharing, map_fd, swap_programs};
 
 /// Version of the maps' names and key/value layouts (mesh-common). A successor adopts the
 /// predecessor's maps and links only when this matches; bump it whenever a map changes.
 /// 2: `MESH_CONFIG` (fail mode) added, `MESH_EVENT_STATS` grew the fail-open/closed counters.
 /// 3: `MESH_ORIG_BY_COOKIE` handed over and pinned too, so a successor's programs can share it.
+/// 4: the sk_msg bypass: `MESH_SOCKS` and `MESH_SK_TCP` added (handed over and pinned: a socket's
+/// queued bytes would go with a sockhash that is freed), `MESH_CONFIG` and `MESH_STATS` grew.
 /// A successor migrates the maps of the layouts [`crate::ebpf_upgrade`] has a converter for.
-pub const MAP_LAYOUT: u32 = 3;
+pub const MAP_LAYOUT: u32 = 4;
 
 /// The programs, each attached by one link.
 pub const LINKED_PROGRAMS: [&str; 3] = [PROG_CONNECT4, PROG_CONNECT6, PROG_SOCK_OPS];
@@ -56,10 +58,14 @@ pub const LINKED_PROGRAMS: [&str; 3] = [PROG_CONNECT4, PROG_CONNECT6, PROG_SOCK_
 pub const USER_MAPS: [&str; 7] =
     [MAP_ENROLLED, MAP_SERVICES, MAP_ORIG_BY_TUPLE, MAP_STATS, MAP_EVENT_STATS, MAP_LOG_LEVEL, MAP_CONFIG];
 
+/// The maps only the programs use, which a successor must share all the same: connect4 writes
+/// the cookie map and sock_ops reads it (either may be the old program or the new one while the
+/// links are swapped); the sockhash holds sockets whose queued bytes are freed with it.
+pub const PROGRAM_MAPS: [&str; 3] = [MAP_ORIG_BY_COOKIE, MAP_SOCKS, MAP_SK_TCP];
+
 /// Every map a successor's programs must share with the predecessor's: the user-space maps plus
-/// the one only the programs use (connect4 writes it, sock_ops reads it; either may be the old
-/// program or the new one while the links are swapped).
-pub const SHARED_MAPS: [&str; 8] = [
+/// [`PROGRAM_MAPS`].
+pub const SHARED_MAPS: [&str; 10] = [
     MAP_ENROLLED,
     MAP_SERVICES,
     MAP_ORIG_BY_TUPLE,
@@ -68,6 +74,8 @@ pub const SHARED_MAPS: [&str; 8] = [
     MAP_LOG_LEVEL,
     MAP_CONFIG,
     MAP_ORIG_BY_COOKIE,
+    MAP_SOCKS,
+    MAP_SK_TCP,
 ];
 
 /// Where to find the compiled eBPF object: explicit path, `MESH_EBPF_OBJECT`, next to the
@@ -119,6 +127,13 @@ pub struct KernelStats {
     pub connects_fail_open: u64,
     /// The same, refused because the node is configured to fail closed.
     pub connects_fail_closed: u64,
+    /// Sockets put in the sk_msg bypass's sockhash (each end of a bypassed connection counts).
+    pub sockets_bypassed: u64,
+    /// sendmsg calls on a bypassed socket whose data went straight to the peer socket.
+    pub sk_msg_redirected: u64,
+    /// sendmsg calls on a bypassed socket whose data went through TCP (the peer was not in the
+    /// sockhash yet, or the socket's data had gone through TCP before).
+    pub sk_msg_tcp: u64,
 }
 
 /// What the programs do with an enrolled pod's connect to a service VIP when nothing listens at
@@ -165,6 +180,10 @@ pub struct MeshEbpf {
     config: Mutex<Array<MapData, u32>>,
     /// Taken by [`MeshEbpf::forward_kernel_logs`].
     logger: Mutex<Option<EbpfLogger<Forwarder>>>,
+    /// Why this agent's sk_msg program is not attached to the sockhash (the kernel lacks
+    /// CONFIG_NET_SOCK_MSG, or refused the program); None when it is, or when the predecessor's
+    /// program, adopted, still is.
+    sk_msg_unavailable: Mutex<Option<String>>,
     names: Arc<Mutex<PodNames>>,
     cgroup_root: PathBuf,
 }
@@ -192,7 +211,11 @@ impl MeshEbpf {
 
     /// Wraps a loaded object whose programs run behind `links`.
     fn from_loaded(mut bpf: Ebpf, links: Vec<(String, OwnedFd)>, cgroup_root: &Path) -> Result<MeshEbpf, EbpfError> {
-        let cookie = held_map_fd(&bpf, MAP_ORIG_BY_COOKIE)?;
+        let program_maps = PROGRAM_MAPS
+            .iter()
+            .map(|n| Ok::<_, EbpfError>((n.to_string(), held_map_fd(&bpf, n)?)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let sk_msg = attach_sk_msg(&mut bpf).err();
         let mut maps = HashMap::new();
         for name in USER_MAPS {
             maps.insert(name, bpf.take_map(name).ok_or(EbpfError::NoMap(name))?);
@@ -200,7 +223,8 @@ impl MeshEbpf {
         let names = Arc::new(Mutex::new(PodNames::default()));
         let logger = EbpfLogger::init_with_logger(&mut bpf, Forwarder { names: names.clone() })?;
         let mut me = Self::from_maps(maps, links, cgroup_root, names, Some(logger))?;
-        me.map_fds.push((MAP_ORIG_BY_COOKIE.to_owned(), cookie));
+        me.map_fds.extend(program_maps);
+        me.set_sk_msg_unavailable(sk_msg);
         me.bpf = Mutex::new(Some(bpf));
         Ok(me)
     }
@@ -224,6 +248,8 @@ impl MeshEbpf {
         let progs = load_programs(&mut bpf)?;
         check_shared(&maps, &bpf, &SHARED_MAPS)?;
         swap_programs(&self.links, &progs)?;
+        // After the swap: the old sk_msg program stays on the sockhash until ours replaces it.
+        self.set_sk_msg_unavailable(attach_sk_msg(&mut bpf).err());
         let logger = EbpfLogger::init_with_logger(&mut bpf, Forwarder { names: self.names.clone() })?;
         *lock(&self.logger) = Some(logger);
         *lock(&self.bpf) = Some(bpf);
@@ -325,13 +351,14 @@ impl MeshEbpf {
             };
             typed.insert(name, map);
         }
-        // Not used here, but a successor of ours needs it to run its programs on these maps.
-        let cookie = maps.remove(MAP_ORIG_BY_COOKIE);
+        // Not used here, but a successor of ours needs them to run its programs on these maps.
+        let program_maps: Vec<(String, OwnedFd)> =
+            PROGRAM_MAPS.iter().filter_map(|n| Some((n.to_string(), maps.remove(*n)?))).collect();
         tracing::info!(links = links.len(), "eBPF maps and links taken over from the previous agent");
         // The kernel log ring buffer stays with the programs' loader: after a handover the
         // events are counted (MAP_EVENT_STATS) but not forwarded as log lines.
         let mut me = Self::from_maps(typed, links, cgroup_root, Arc::new(Mutex::new(PodNames::default())), None)?;
-        me.map_fds.extend(cookie.map(|fd| (MAP_ORIG_BY_COOKIE.to_owned(), fd)));
+        me.map_fds.extend(program_maps);
         Ok(me)
     }
 
@@ -370,6 +397,7 @@ impl MeshEbpf {
             log_level: Mutex::new(log_level),
             config: Mutex::new(config),
             logger: Mutex::new(logger),
+            sk_msg_unavailable: Mutex::new(None),
             names,
             cgroup_root: cgroup_root.to_path_buf(),
         })
@@ -423,6 +451,27 @@ impl MeshEbpf {
         lock(&self.config)
             .set(mesh_common::config::FAIL_MODE, mode.map_value(), 0)
             .map_err(|source| EbpfError::Map { name: MAP_CONFIG, source: source.into() })
+    }
+
+    /// Turns the sk_msg bypass on or off for connections established from now on (a connection
+    /// keeps the path it started with). Fails, leaving it off, when this agent's sk_msg program
+    /// could not be attached.
+    pub fn set_sk_msg_bypass(&self, on: bool) -> Result<(), EbpfError> {
+        if on {
+            if let Some(why) = lock(&self.sk_msg_unavailable).clone() {
+                return Err(EbpfError::SkMsgUnavailable(why));
+            }
+        }
+        lock(&self.config)
+            .set(mesh_common::config::SK_MSG_BYPASS, u32::from(on), 0)
+            .map_err(|source| EbpfError::Map { name: MAP_CONFIG, source: source.into() })
+    }
+
+    fn set_sk_msg_unavailable(&self, why: Option<EbpfError>) {
+        if let Some(e) = &why {
+            tracing::warn!(error = %e, "the sk_msg bypass is unavailable on this node: pod ↔ proxy bytes go through TCP");
+        }
+        *lock(&self.sk_msg_unavailable) = why.map(|e| e.to_string());
     }
 
     /// Starts the task that forwards the kernel's log records into `tracing` (see
@@ -524,6 +573,9 @@ impl MeshEbpf {
             program_errors: sum(&self.event_stats, events::PROGRAM_ERROR),
             connects_fail_open: sum(&self.event_stats, events::FAIL_OPEN),
             connects_fail_closed: sum(&self.event_stats, events::FAIL_CLOSED),
+            sockets_bypassed: sum(&self.stats, stats::SOCKETS_BYPASSED),
+            sk_msg_redirected: sum(&self.stats, stats::SK_MSG_REDIRECTED),
+            sk_msg_tcp: sum(&self.stats, stats::SK_MSG_TCP),
         }
     }
 

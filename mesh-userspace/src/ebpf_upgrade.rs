@@ -216,20 +216,29 @@ impl<'a> RawMap<'a> {
 /// How one map's entries become entries of the same map in the new layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Convert {
-    /// The bytes mean the same in both layouts.
+    /// The bytes mean the same in both layouts: the successor's programs use the map itself.
     Unchanged,
+    /// The same keys and values in a map with more entries (an array that grew): copied.
+    Grown,
 }
 
 /// The maps of layout `from` that this version carries over, and how. Layout 3 only added the
 /// cookie map to what a successor receives (a layout-2 agent does not hand it over; its entries
-/// live for the microseconds of a handshake and are not carried).
+/// live for the microseconds of a handshake and are not carried). Layout 4 grew the settings
+/// and counter arrays (sk_msg switch and counters) and added the sockhash maps, which start
+/// empty: a predecessor without them put no socket in a sockhash.
 fn converter(from: u32, map: &str) -> Option<Convert> {
     const LAYOUT_2: [&str; 7] =
         [MAP_ENROLLED, MAP_SERVICES, MAP_ORIG_BY_TUPLE, MAP_STATS, MAP_EVENT_STATS, MAP_LOG_LEVEL, MAP_CONFIG];
-    match from {
-        2 if LAYOUT_2.contains(&map) => Some(Convert::Unchanged),
-        3 if LAYOUT_2.contains(&map) || map == MAP_ORIG_BY_COOKIE => Some(Convert::Unchanged),
-        _ => None,
+    let carried = match from {
+        2 => LAYOUT_2.contains(&map),
+        3 => LAYOUT_2.contains(&map) || map == MAP_ORIG_BY_COOKIE,
+        _ => false,
+    };
+    match carried {
+        true if map == MAP_STATS || map == MAP_CONFIG => Some(Convert::Grown),
+        true => Some(Convert::Unchanged),
+        false => None,
     }
 }
 
@@ -256,7 +265,7 @@ pub fn migrate(from: u32, name: &str, old: BorrowedFd<'_>, new: BorrowedFd<'_>) 
     let convert = converter(from, name).ok_or_else(|| MigrateError::NoConverter { from, map: name.to_owned() })?;
     let (old, new) = (RawMap::open(old).map_err(io)?, RawMap::open(new).map_err(io)?);
     match convert {
-        Convert::Unchanged => {
+        Convert::Unchanged | Convert::Grown => {
             if (old.map_type, old.key_size, old.value_len) != (new.map_type, new.key_size, new.value_len) {
                 return Err(MigrateError::Shape { map: name.to_owned(), old: old.shape(), new: new.shape() });
             }
@@ -321,9 +330,9 @@ mod tests {
         want.sort();
         assert_eq!(got, want);
 
-        // Per-CPU counters keep every CPU's slot.
+        // Per-CPU counters keep every CPU's slot, into the grown array of layout 4.
         let (Some(old), Some(new)) =
-            (create(BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, 3), create(BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, 3))
+            (create(BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, 3), create(BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, 6))
         else {
             return;
         };
@@ -339,6 +348,12 @@ mod tests {
     fn migration_refuses_unknown_layouts_and_changed_shapes() {
         assert!(can_migrate(2) && can_migrate(3));
         assert!(!can_migrate(1) && !can_migrate(4), "no converter: the caller loads fresh instead");
+        // Layout 4 grew the settings and counters (copied, not shared) and added the sockhash
+        // maps, which start empty.
+        assert!(is_unchanged(3, MAP_SERVICES) && is_unchanged(3, MAP_ORIG_BY_COOKIE));
+        assert!(!is_unchanged(3, MAP_STATS) && can_migrate_map(3, MAP_STATS));
+        assert!(!is_unchanged(2, MAP_CONFIG) && can_migrate_map(2, MAP_CONFIG));
+        assert!(!can_migrate_map(3, mesh_common::MAP_SOCKS) && !can_migrate_map(3, mesh_common::MAP_SK_TCP));
         let (Some(old), Some(new)) = (create(BPF_MAP_TYPE_HASH, 8, 8, 16), create(BPF_MAP_TYPE_HASH, 8, 16, 16)) else {
             return;
         };

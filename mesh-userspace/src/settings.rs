@@ -29,6 +29,8 @@ pub struct Settings {
     pub drain_timeout: Duration,
     /// What an enrolled pod's connect does when no proxy listens for it (`--fail-mode`).
     pub fail_mode: FailMode,
+    /// Whether pod ↔ proxy bytes bypass TCP through the sk_msg program (`--sk-msg-bypass`).
+    pub sk_msg_bypass: bool,
     /// The proxy's tokio worker threads (`--worker-threads` / `MESH_WORKER_THREADS`); None is one
     /// per core, 1 the single-threaded scheduler.
     pub worker_threads: Option<usize>,
@@ -45,6 +47,7 @@ impl Default for Settings {
             fair_share: FairConfig::default(),
             drain_timeout: Duration::from_secs(30),
             fail_mode: FailMode::Open,
+            sk_msg_bypass: false,
             worker_threads: None,
             fixed: FIXED,
         }

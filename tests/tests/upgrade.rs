@@ -226,7 +226,17 @@ fn twenty_consecutive_handovers_under_load_lose_nothing_and_leak_nothing() -> an
     if !require_ebpf("twenty_consecutive_handovers_under_load_lose_nothing_and_leak_nothing") {
         return Ok(());
     }
-    handovers_under_load("up20", 205, 15125, 20, &[])
+    handovers_under_load("up20", 205, 15125, 20, &[], &[])
+}
+
+#[test]
+fn handovers_with_the_sk_msg_bypass_lose_nothing() -> anyhow::Result<()> {
+    if !require_ebpf("handovers_with_the_sk_msg_bypass_lose_nothing") {
+        return Ok(());
+    }
+    // Every agent bypasses TCP on the pod leg: the sockhash (and the bytes queued on its
+    // sockets) passes from agent to agent, each attaching its own sk_msg program to it.
+    handovers_under_load("upsk", 211, 15131, 3, &[], &["--sk-msg-bypass"])
 }
 
 #[test]
@@ -236,12 +246,12 @@ fn handover_to_another_map_layout_migrates_the_maps_and_loses_nothing() -> anyho
     }
     // agent-0 pretends to be of layout 2 (it advertises and pins under it), so agent-1 loads
     // fresh maps, copies every entry into them, then swaps its programs in behind agent-0's links.
-    handovers_under_load("uplay", 208, 15128, 1, &["--pretend-map-layout", "2"])
+    handovers_under_load("uplay", 208, 15128, 1, &["--pretend-map-layout", "2"], &[])
 }
 
 /// A client pod under two HTTP/1 loads (keep-alive, connection per request) to a service VIP
 /// while `handovers` agents in turn take over from the one before (the first started with
-/// `first_args` too), each with the bpffs pins of a node (`--bpf-pin-dir`): no request fails,
+/// `first_args` too, and every one with `every`), each with the bpffs pins of a node (`--bpf-pin-dir`): no request fails,
 /// each successor runs its own programs behind the first agent's links, only one set of pins
 /// is left, descriptors do not grow, and the last agent's SIGTERM detaches and unpins all.
 fn handovers_under_load(
@@ -250,6 +260,7 @@ fn handovers_under_load(
     admin_port: u16,
     handovers: usize,
     first_args: &[&str],
+    every: &[&str],
 ) -> anyhow::Result<()> {
     let hosts = [("web", WEB_VIP)];
     let mut node = Node::new(name, subnet)?;
@@ -280,6 +291,7 @@ fn handovers_under_load(
                 .arg("--bpf-pin-dir")
                 .arg(&pins)
                 .args(extra)
+                .args(every)
                 .env("RUST_LOG", "info"),
         )
     };
@@ -358,6 +370,16 @@ fn handovers_under_load(
         assert_eq!(failed, 0, "{load}: {log}\nlast agent:\n{last_log}");
         let min_ok = if handovers > 1 { 3000 } else { 600 };
         assert!(ok >= min_ok, "{load}: fewer requests than the rate asks for: {log}");
+    }
+    if every.contains(&"--sk-msg-bypass") {
+        let m = http_get(admin, "/metrics")?;
+        let (redirected, sockets) = (
+            metric(&m, "mesh_kernel_sk_msg_redirected_total", &[]),
+            metric(&m, "mesh_kernel_sockets_bypassed_total", &[]),
+        );
+        eprintln!("sk_msg: redirected={redirected} sockets_bypassed={sockets}");
+        // Every connection-per-request request is a new pair of bypassed sockets.
+        assert!(redirected >= 600 && sockets >= 600, "the bypass was not taken through the handovers:\n{m}");
     }
     let last = format!("agent-{handovers}");
     let status = node.stop(&last)?;

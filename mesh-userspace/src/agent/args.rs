@@ -137,6 +137,13 @@ pub struct AgentArgs {
     /// such connect; the last agent started on the node decides.
     #[arg(long, value_enum, default_value_t = ebpf::FailMode::Open)]
     pub fail_mode: ebpf::FailMode,
+    /// Carry the bytes between a pod and its in-pod proxy listener socket to socket (an sk_msg
+    /// program on a sockhash) instead of through TCP/IP on loopback. Off by default: the kernel
+    /// queues redirected bytes on the reading socket without the TCP window's limit, so a peer
+    /// that stops reading lets the writer queue up to the node's TCP memory (see the README).
+    /// Left off, with a warning, when the kernel cannot attach the program.
+    #[arg(long)]
+    pub sk_msg_bypass: bool,
     /// Pin the eBPF maps and links in this bpffs directory (bpffs is mounted at /sys/fs/bpf when
     /// the directory is below it and nothing is mounted there), so that a crashed agent leaves
     /// the programs attached — `--fail-mode` keeps holding for enrolled pods — and the restarted
@@ -225,6 +232,7 @@ impl AgentArgs {
             fair_share: self.fair_share(),
             drain_timeout: self.drain_timeout,
             fail_mode: self.fail_mode,
+            sk_msg_bypass: self.sk_msg_bypass,
             worker_threads: self.worker_threads,
             fixed: crate::settings::FIXED,
         }

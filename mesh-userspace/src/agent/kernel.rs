@@ -134,6 +134,12 @@ fn configure(args: &AgentArgs, kernel: &Kernel) -> Result<()> {
     bpf.set_log_level(kernel_level)?;
     tracing::debug!(level = kernel_level, "eBPF log level set");
     bpf.set_fail_mode(args.fail_mode)?;
+    // Written either way: a predecessor's setting stays in the shared map otherwise.
+    match bpf.set_sk_msg_bypass(args.sk_msg_bypass) {
+        Ok(()) if args.sk_msg_bypass => tracing::info!("sk_msg bypass on: pod ↔ proxy bytes skip TCP/IP"),
+        Ok(()) => {}
+        Err(e) => tracing::warn!(error = %e, "--sk-msg-bypass ignored"),
+    }
     // Loading parsed the kernel's BTF (megabytes, now freed); return it.
     crate::allocator::purge();
     Ok(())

@@ -113,4 +113,7 @@ pub enum EbpfError {
     #[error("migrating the predecessor's maps: {0}")]
     /// A map's entries could not be carried into this layout.
     Migrate(#[from] crate::ebpf_upgrade::MigrateError),
+    /// The sk_msg bypass was asked for but this agent's program is not attached.
+    #[error("the sk_msg bypass is unavailable: {0}; the kernel needs CONFIG_NET_SOCK_MSG (Linux >= 4.17; 5.15 for the netns cookie the program keys sockets by)")]
+    SkMsgUnavailable(String),
 }

@@ -7,11 +7,11 @@ use std::{
 };
 
 use aya::{
-    maps::{Map, MapData},
-    programs::{CgroupSockAddr, SockOps},
+    maps::{Map, MapData, SockHash},
+    programs::{CgroupSockAddr, SkMsg, SockOps},
     Ebpf, EbpfLoader,
 };
-use mesh_common::{PROG_CONNECT4, PROG_CONNECT6, PROG_SOCK_OPS};
+use mesh_common::{SockKey, MAP_SOCKS, PROG_CONNECT4, PROG_CONNECT6, PROG_SK_MSG, PROG_SOCK_OPS};
 
 use super::{
     link::{BPF_CGROUP_INET4_CONNECT, BPF_CGROUP_INET6_CONNECT, BPF_CGROUP_SOCK_OPS},
@@ -51,6 +51,22 @@ pub(super) fn load_programs(bpf: &mut Ebpf) -> Result<Vec<(&'static str, u32, Ow
     Ok(out)
 }
 
+/// Loads the sk_msg program and attaches it to the sockhash (`BPF_PROG_ATTACH`, which replaces
+/// a predecessor's program on a shared sockhash; the sockets already in it keep the program they
+/// were inserted under). The attachment lives as long as `bpf`, or the map's last user reference.
+pub(super) fn attach_sk_msg(bpf: &mut Ebpf) -> Result<(), EbpfError> {
+    let name = PROG_SK_MSG;
+    let err = |source: aya::programs::ProgramError| EbpfError::Program { name, source: source.into() };
+    let socks = bpf.map(MAP_SOCKS).ok_or(EbpfError::NoMap(MAP_SOCKS))?;
+    let socks: SockHash<&MapData, SockKey> =
+        SockHash::try_from(socks).map_err(|source| EbpfError::Map { name: MAP_SOCKS, source: source.into() })?;
+    let fd = socks.fd().try_clone().map_err(EbpfError::Dup)?;
+    let program: &mut SkMsg = bpf.program_mut(name).ok_or(EbpfError::NoProgram(name))?.try_into().map_err(err)?;
+    program.load().map_err(err)?;
+    program.attach(&fd).map_err(err)?;
+    Ok(())
+}
+
 /// A duplicate descriptor of map `name` that `bpf` still holds (one the agent does not take).
 pub(super) fn held_map_fd(bpf: &Ebpf, name: &'static str) -> Result<OwnedFd, EbpfError> {
     map_fd(name, bpf.map(name).ok_or(EbpfError::NoMap(name))?)
@@ -59,7 +75,7 @@ pub(super) fn held_map_fd(bpf: &Ebpf, name: &'static str) -> Result<OwnedFd, Ebp
 /// A duplicate descriptor of `map` (one of the kinds the mesh uses).
 pub(super) fn map_fd(name: &'static str, map: &Map) -> Result<OwnedFd, EbpfError> {
     match map {
-        Map::HashMap(d) | Map::LruHashMap(d) | Map::PerCpuArray(d) | Map::Array(d) => {
+        Map::HashMap(d) | Map::LruHashMap(d) | Map::PerCpuArray(d) | Map::Array(d) | Map::SockHash(d) => {
             d.fd().as_fd().try_clone_to_owned().map_err(EbpfError::Dup)
         }
         _ => Err(EbpfError::NoMap(name)),

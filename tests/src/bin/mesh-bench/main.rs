@@ -35,6 +35,7 @@ mod profile;
 mod redirect;
 mod report;
 mod routing_check;
+mod skmsg;
 mod tools;
 
 #[cfg(test)]
@@ -50,6 +51,7 @@ use profile::profile_mesh;
 use redirect::{redirect_comparison, RedirectResult};
 use report::Report;
 use routing_check::{check_routing, RoutingCheck};
+use skmsg::{sk_msg_cost, SkMsgPair};
 use tools::Tools;
 
 const PREFIX: &str = "bn";
@@ -184,6 +186,7 @@ fn run(o: &Opts) -> Result<()> {
         idle: &m.idle,
         opts: o,
         metrics: &m.metrics,
+        sk_msg: &m.sk_msg,
         loadavg,
         tools: &tools,
         cells: &m.cells,
@@ -213,6 +216,7 @@ struct NodeResults {
     peaks: BTreeMap<&'static str, u64>,
     profile: Option<String>,
     metrics: MetricsCost,
+    sk_msg: Vec<SkMsgPair>,
     idle: IdleConnections,
     /// Kept until the report is written, so its teardown is not in the report's elapsed time.
     /// Dropping it removes the pods, and the ipt pod's iptables rule with its netns.
@@ -263,10 +267,24 @@ fn contenders_node(o: &Opts, tools: &Tools) -> Result<NodeResults> {
     println!("== request metrics: --request-metrics off vs on, HTTP/1.1 keep-alive, 32 connections ==");
     let metrics = metrics_cost(&mut node, &run_dir, o, &lua, if o.quick { 1 } else { 2 })?;
     metrics.print();
+    println!("== sk_msg bypass: --sk-msg-bypass off vs on, HTTP/1.1 keep-alive, 32 and 256 connections ==");
+    let sk_msg = sk_msg_cost(&mut node, &run_dir, o, &lua, if o.quick { 1 } else { 2 })?;
     // After the other cells (it restarts the agent): what idle keep-alive connections cost.
     println!("== {} idle keep-alive HTTP/1.1 connections ==", o.idle_connections);
     let idle = idle_connections(&mut node, &run_dir, o.idle_connections)?;
-    Ok(NodeResults { contenders, cells, results, routing, redirect, peaks, profile, metrics, idle, _node: node })
+    Ok(NodeResults {
+        contenders,
+        cells,
+        results,
+        routing,
+        redirect,
+        peaks,
+        profile,
+        metrics,
+        sk_msg,
+        idle,
+        _node: node,
+    })
 }
 
 /// `direct` (unless `--contenders` leaves it out), the mesh (always), and each peer proxy that

@@ -222,12 +222,9 @@ impl Report<'_> {
         }
     }
 
-    /// The sk_msg note and the profile, when there is one.
+    /// The sk_msg section and the profile, when there is one.
     fn md_tail(&self, m: &mut String) {
-        let _ = writeln!(
-            m,
-            "\n## Same-node socket path: sk_msg / sockhash bypass\n\n**Not implemented.** The mesh has no `sk_msg`/sockhash program: same-node traffic goes through the loopback (client → in-pod listener) and the veth/bridge (proxy → backend) like every other contender, so there is no with/without comparison to report.\n"
-        );
+        self.md_sk_msg(m);
         if let Some(p) = self.profile {
             let _ = writeln!(m, "## Profile of the mesh proxy\n\n`perf record -e cpu-clock -F 2999 -p <agent>` during 5 s of `wrk -c 32`; self time by symbol (≥ 0.7%):\n\n```\n{p}\n```\n");
         }

@@ -16,6 +16,7 @@ pub(crate) struct Report<'a> {
     pub(crate) idle: &'a IdleConnections,
     pub(crate) opts: &'a Opts,
     pub(crate) metrics: &'a MetricsCost,
+    pub(crate) sk_msg: &'a [crate::skmsg::SkMsgPair],
     pub(crate) loadavg: String,
     pub(crate) tools: &'a Tools,
     pub(crate) cells: &'a [Cell],
@@ -112,6 +113,7 @@ impl Report<'_> {
         self.memory_targets(&mut t);
         self.peer_targets(&mut t);
         self.metrics_target(&mut t);
+        self.sk_msg_targets(&mut t);
         self.redirect_target(&mut t);
         t
     }

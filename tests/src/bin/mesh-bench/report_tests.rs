@@ -121,6 +121,7 @@ impl Fixture {
             idle: &self.idle,
             opts: &self.opts,
             metrics: &self.metrics,
+            sk_msg: &[],
             loadavg: "1 2 3".into(),
             tools: &self.tools,
             cells: &self.cells,

@@ -6,11 +6,20 @@
 //!                                server does: its pod name, the path and every request header it
 //!                                received (`pod=NAME`, `path=P`, then `header=Name: value` lines)
 //! e2e-backend banner NAME ADDR   server-first TCP: sends `BANNER NAME\n`, then echoes lines
+//! e2e-backend echo-bytes NAME ADDR
+//!                                server-first TCP: sends `BANNER NAME\n`, then echoes every byte
+//!                                unchanged (reads of 1..=65536 bytes) until EOF, then shuts down
 //! e2e-backend tcp-client ADDR MSG  connects, prints the banner line, sends MSG, prints the echo
 //! e2e-backend tcp-stream ADDR SECONDS INTERVAL_MS
 //!                                one long TCP stream to a banner server: a numbered line every
 //!                                INTERVAL_MS, each echo checked in order; prints `lines=N intact`
 //!                                or fails with the first line that broke
+//! e2e-backend stream-check ADDR BYTES CONNS SEED
+//!                                CONNS parallel connections to an echo-bytes server, each sending
+//!                                BYTES of a pattern seeded by SEED (writes of 1..=262144 bytes,
+//!                                reads of 1..=131072) and checking every echoed byte; prints
+//!                                `stream-check ok conns= bytes_each= total_mb= secs= mb_per_s=`
+//!                                (MiB one way) or fails at the first wrong, missing or extra byte
 //! e2e-backend load HOST:PORT RATE SECONDS keepalive|close
 //!                                fixed-rate HTTP/1.1 GETs, prints `ok=N failed=M ... p50_ms= p99_ms=
 //!                                max_ms=` (latency of each request, a stale-connection retry included)
@@ -35,17 +44,21 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod stream;
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let result = match args.get(1).map(String::as_str) {
         Some("http") if args.len() == 4 => serve(&args[3], &args[2], handle_http),
         Some("echo") if args.len() == 4 => serve(&args[3], &args[2], handle_echo),
         Some("banner") if args.len() == 4 => serve(&args[3], &args[2], handle_banner),
+        Some("echo-bytes") if args.len() == 4 => serve(&args[3], &args[2], stream::handle_echo_bytes),
+        Some("stream-check") if args.len() == 6 => stream::stream_check(&args[2], &args[3], &args[4], &args[5]),
         Some("tcp-client") if args.len() == 4 => tcp_client(&args[2], &args[3]),
         Some("tcp-stream") if args.len() == 5 => tcp_stream(&args[2], &args[3], &args[4]),
         Some("load") if args.len() == 6 => load(&args[2], &args[3], &args[4], &args[5]),
         Some("abuse") if args.len() >= 5 => abuse(&args[2], &args[3], &args[4..]),
-        _ => Err("usage: e2e-backend http|echo|banner NAME ADDR | tcp-client ADDR MSG | tcp-stream ADDR SECONDS INTERVAL_MS | load HOST:PORT RATE SECONDS keepalive|close | abuse MODE HOST:PORT N [ARGS]"
+        _ => Err("usage: e2e-backend http|echo|banner|echo-bytes NAME ADDR | tcp-client ADDR MSG | tcp-stream ADDR SECONDS INTERVAL_MS | stream-check ADDR BYTES CONNS SEED | load HOST:PORT RATE SECONDS keepalive|close | abuse MODE HOST:PORT N [ARGS]"
             .to_string()),
     };
     if let Err(e) = result {
