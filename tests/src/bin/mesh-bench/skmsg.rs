@@ -144,7 +144,9 @@ impl Report<'_> {
                 let peer_clean = self.samples(p.cell, peer).is_some_and(|v| v.iter().all(Sample::clean));
                 if theirs.is_empty() || !p.clean() || !peer_clean {
                     met = None;
-                    nums.push(format!("{}: n/a (no clean runs)", p.cell));
+                    let why =
+                        if theirs.is_empty() { format!("no {peer} run in this cell") } else { "not clean".into() };
+                    nums.push(format!("{}: n/a ({why})", p.cell));
                     continue;
                 }
                 let ours = median(&p.on.iter().map(Sample::rps).collect::<Vec<_>>());
