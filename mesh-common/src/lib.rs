@@ -33,6 +33,14 @@ pub const MAP_SOCKS: &str = "MESH_SOCKS";
 /// Map name: [`SockKey`] → `u8`, the sockhash sockets whose data once went through TCP and must
 /// keep doing so (see [`PROG_SK_MSG`]).
 pub const MAP_SK_TCP: &str = "MESH_SK_TCP";
+/// Map name: socket cookie (`u64`) → `u8`, the proxy's upstream sockets to pods on this node,
+/// written by the agent before `connect()`: when one is established, sock_ops puts it in
+/// [`MAP_SOCKS`] and expects its peer in [`MAP_SK_PEERS`].
+pub const MAP_SK_UPSTREAM: &str = "MESH_SK_UPSTREAM";
+/// Map name: [`SockKey`] → `u8`, the pods' ends of announced upstream connections, written by
+/// sock_ops when the proxy's end is established, consumed when the pod's end is (it then joins
+/// [`MAP_SOCKS`]).
+pub const MAP_SK_PEERS: &str = "MESH_SK_PEERS";
 
 /// Program name: the `cgroup/connect4` redirect.
 pub const PROG_CONNECT4: &str = "mesh_connect4";
@@ -137,6 +145,18 @@ pub struct SockKey {
     pub _pad: u32,
 }
 
+/// The network namespace cookie a [`SockKey`] carries: the pod ↔ in-pod listener leg is on
+/// loopback, where every pod has the same addresses, so its keys need the namespace; the proxy ↔
+/// pod leg crosses namespaces (each end sees its own) with addresses unique on the node, so its
+/// keys carry 0.
+pub const fn key_netns(local_ip4: u32, remote_ip4: u32, netns_cookie: u64) -> u64 {
+    if local_ip4 == LOOPBACK_V4_BE || remote_ip4 == LOOPBACK_V4_BE {
+        netns_cookie
+    } else {
+        0
+    }
+}
+
 impl SockKey {
     /// The key the other end of the same connection has.
     pub const fn peer(&self) -> SockKey {
@@ -166,8 +186,11 @@ pub mod stats {
     /// sk_msg let a sendmsg's data go through TCP (the peer was not in the sockhash yet, or this
     /// socket's data had gone through TCP before).
     pub const SK_MSG_TCP: u32 = 5;
+    /// sock_ops put a pod's end of one of the proxy's upstream connections in the sockhash (also
+    /// counted in [`SOCKETS_BYPASSED`]).
+    pub const UPSTREAM_PEERS_BYPASSED: u32 = 6;
     /// Number of counters (the map's size).
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 7;
 }
 
 /// Indexes of the per-CPU counters in the event stats array map: one beside each kernel log

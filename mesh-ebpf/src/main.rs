@@ -12,7 +12,10 @@
 //!   straight on the peer socket, skipping TCP/IP and the loopback device. The first data of a
 //!   connection can be sent before the proxy's end is established (and in the sockhash); it goes
 //!   through TCP, and so does all later data of that socket, because the reader takes the peer
-//!   queue before the TCP one and would otherwise read later bytes first.
+//!   queue before the TCP one and would otherwise read later bytes first. The proxy's upstream
+//!   connections to pods on this node join too: the agent announces each socket by cookie before
+//!   connecting (`MESH_SK_UPSTREAM`); sock_ops puts it in the sockhash when it is established
+//!   and the pod's end when that one is (`MESH_SK_PEERS` carries the expectation between them).
 //!
 //! Why not a `cgroup/getsockopt` SO_ORIGINAL_DST emulation: the proxy is ours, so it can read the
 //! map directly; one program less in the kernel and no per-getsockopt hook on every process of the node.
@@ -38,7 +41,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use mesh_common::{
-    config, events, log_level, stats, Enrollment, OriginalDst, ServiceKey, ServiceValue, SockKey, TupleKey,
+    config, events, key_netns, log_level, stats, Enrollment, OriginalDst, ServiceKey, ServiceValue, SockKey, TupleKey,
     LOOPBACK_V4_BE, MAX_CONNECTIONS, MAX_SERVICES, MAX_WORKLOADS, PROXY_OUTBOUND_PORT,
 };
 
@@ -80,6 +83,16 @@ static MESH_SOCKS: SockHash<SockKey> = SockHash::with_max_entries(MAX_CONNECTION
 /// removes it on close), and a later connection with the same key clears it when established.
 #[map(name = "MESH_SK_TCP")]
 static MESH_SK_TCP: LruHashMap<SockKey, u8> = LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
+
+/// The agent's upstream sockets to pods on this node, by cookie, announced before `connect()`.
+/// LRU: an announced connect that fails leaves its entry behind.
+#[map(name = "MESH_SK_UPSTREAM")]
+static MESH_SK_UPSTREAM: LruHashMap<u64, u8> = LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
+
+/// The pods' ends of announced upstream connections, from the proxy's end being established to
+/// the pod's (which sock_ops sees after: the proxy's final ACK establishes it).
+#[map(name = "MESH_SK_PEERS")]
+static MESH_SK_PEERS: LruHashMap<SockKey, u8> = LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
 
 #[inline(always)]
 fn bump(map: &PerCpuArray<u64>, idx: u32) {
@@ -338,11 +351,25 @@ fn record_original(ctx: &SockAddrContext, orig: &OriginalDst, cgroup_id: u64) ->
 fn mesh_sock_ops(ctx: SockOpsContext) -> u32 {
     let op = ctx.op();
     if op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
-        let _ = try_established(&ctx);
+        if !upstream_established(&ctx) {
+            let _ = try_established(&ctx);
+        }
     } else if op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
-        // The proxy's end of a pod's connection to its in-pod listener.
-        if ctx.local_ip4() == LOOPBACK_V4_BE && ctx.local_port() == PROXY_OUTBOUND_PORT as u32 {
-            bypass(&ctx);
+        // The proxy's end of a pod's connection to its in-pod listener, or a pod's end of an
+        // upstream connection the agent announced.
+        if ctx.local_ip4() == LOOPBACK_V4_BE {
+            if ctx.local_port() == PROXY_OUTBOUND_PORT as u32 {
+                bypass(&ctx);
+            }
+        } else {
+            let key = sock_key(&ctx);
+            // SAFETY: the value is only tested for presence; RCU keeps it valid for the run.
+            if unsafe { MESH_SK_PEERS.get(key) }.is_some() {
+                let _ = MESH_SK_PEERS.remove(key);
+                if bypass(&ctx) {
+                    count(stats::UPSTREAM_PEERS_BYPASSED);
+                }
+            }
         }
     }
     0
@@ -356,23 +383,49 @@ fn remote_port(raw: u32) -> u16 {
     u16::from_be(be as u16)
 }
 
-/// Puts an established socket in the sockhash when the bypass is on. Failing leaves the
-/// connection to TCP, which is always correct.
+/// An established socket's sockhash key.
 #[inline(always)]
-fn bypass(ctx: &SockOpsContext) {
-    if !MESH_CONFIG.get(config::SK_MSG_BYPASS).is_some_and(|on| *on != 0) {
-        return;
-    }
+fn sock_key(ctx: &SockOpsContext) -> SockKey {
     // SAFETY: ctx.ops is the program's valid context pointer, which this helper takes.
     let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.ops as *mut _) };
-    let key = SockKey {
-        netns_cookie,
+    SockKey {
+        netns_cookie: key_netns(ctx.local_ip4(), ctx.remote_ip4(), netns_cookie),
         local_ip4: ctx.local_ip4(),
         remote_ip4: ctx.remote_ip4(),
         local_port: ctx.local_port() as u16,
         remote_port: remote_port(ctx.remote_port()),
         _pad: 0,
-    };
+    }
+}
+
+/// The proxy's end of an upstream connection the agent announced: into the sockhash, and its
+/// peer expected. Returns whether the socket was one (then it is not a pod's redirected connect).
+#[inline(always)]
+fn upstream_established(ctx: &SockOpsContext) -> bool {
+    // SAFETY: ctx.ops is the program's valid context pointer, which this helper takes.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops as *mut _) };
+    // SAFETY: the value is only tested for presence; RCU keeps it valid for the run.
+    if unsafe { MESH_SK_UPSTREAM.get(cookie) }.is_none() {
+        return false;
+    }
+    let _ = MESH_SK_UPSTREAM.remove(cookie);
+    // Expected before this end joins: the pod's end is established by the ACK this end sends
+    // after this program returns.
+    if MESH_SK_PEERS.insert(sock_key(ctx).peer(), 1, 0).is_err() {
+        event(events::MAP_INSERT_FAILED);
+    }
+    bypass(ctx);
+    true
+}
+
+/// Puts an established socket in the sockhash when the bypass is on; whether it did. Failing
+/// leaves the connection to TCP, which is always correct.
+#[inline(always)]
+fn bypass(ctx: &SockOpsContext) -> bool {
+    if !MESH_CONFIG.get(config::SK_MSG_BYPASS).is_some_and(|on| *on != 0) {
+        return false;
+    }
+    let key = sock_key(ctx);
     // A connection that reuses a closed one's addresses starts on the bypass again.
     let _ = MESH_SK_TCP.remove(key);
     // SAFETY: ctx.ops points at the kernel's bpf_sock_ops for this run, valid and not aliased
@@ -380,8 +433,10 @@ fn bypass(ctx: &SockOpsContext) {
     let ops = unsafe { &mut *ctx.ops };
     if MESH_SOCKS.update(key, ops, BPF_ANY as u64).is_ok() {
         count(stats::SOCKETS_BYPASSED);
+        true
     } else {
         event(events::PROGRAM_ERROR);
+        false
     }
 }
 
@@ -395,7 +450,7 @@ fn mesh_sk_msg(ctx: SkMsgContext) -> u32 {
     // SAFETY: ctx.msg is the program's valid context pointer, which this helper takes.
     let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.msg as *mut _) };
     let me = SockKey {
-        netns_cookie,
+        netns_cookie: key_netns(md.local_ip4, md.remote_ip4, netns_cookie),
         local_ip4: md.local_ip4,
         remote_ip4: md.remote_ip4,
         local_port: md.local_port as u16,

@@ -117,6 +117,7 @@ fn metrics(state: &ProxyState, bpf: &dyn KernelCounters) -> String {
             ("mesh_kernel_sockets_bypassed_total", k.sockets_bypassed),
             ("mesh_kernel_sk_msg_redirected_total", k.sk_msg_redirected),
             ("mesh_kernel_sk_msg_tcp_total", k.sk_msg_tcp),
+            ("mesh_kernel_upstream_sockets_bypassed_total", k.upstream_sockets_bypassed),
         ],
         &gauges,
     )

@@ -28,8 +28,8 @@ use aya::{
 use aya_log::EbpfLogger;
 use mesh_common::{
     Enrollment, OriginalDst, ServiceKey, ServiceValue, TupleKey, MAP_CONFIG, MAP_ENROLLED, MAP_EVENT_STATS,
-    MAP_LOG_LEVEL, MAP_ORIG_BY_COOKIE, MAP_ORIG_BY_TUPLE, MAP_SERVICES, MAP_SK_TCP, MAP_SOCKS, MAP_STATS,
-    PROG_CONNECT4, PROG_CONNECT6, PROG_SOCK_OPS,
+    MAP_LOG_LEVEL, MAP_ORIG_BY_COOKIE, MAP_ORIG_BY_TUPLE, MAP_SERVICES, MAP_SK_PEERS, MAP_SK_TCP, MAP_SK_UPSTREAM,
+    MAP_SOCKS, MAP_STATS, PROG_CONNECT4, PROG_CONNECT6, PROG_SOCK_OPS,
 };
 
 use crate::ebpf_log::{Forwarder, PodNames};
@@ -46,7 +46,7 @@ use load::{attach_sk_msg, check_shared, held_map_fd, load_programs, load_sharing
 /// predecessor's maps and links only when this matches; bump it whenever a map changes.
 /// 2: `MESH_CONFIG` (fail mode) added, `MESH_EVENT_STATS` grew the fail-open/closed counters.
 /// 3: `MESH_ORIG_BY_COOKIE` handed over and pinned too, so a successor's programs can share it.
-/// 4: the sk_msg bypass: `MESH_SOCKS` and `MESH_SK_TCP` added (handed over and pinned: a socket's
+/// 4: the sk_msg bypass: `MESH_SOCKS`, `MESH_SK_TCP`, `MESH_SK_UPSTREAM` and `MESH_SK_PEERS` added (handed over and pinned: a socket's
 /// queued bytes would go with a sockhash that is freed), `MESH_CONFIG` and `MESH_STATS` grew.
 /// A successor migrates the maps of the layouts [`crate::ebpf_upgrade`] has a converter for.
 pub const MAP_LAYOUT: u32 = 4;
@@ -55,17 +55,26 @@ pub const MAP_LAYOUT: u32 = 4;
 pub const LINKED_PROGRAMS: [&str; 3] = [PROG_CONNECT4, PROG_CONNECT6, PROG_SOCK_OPS];
 
 /// The maps the agent reads and writes (the programs hold the others).
-pub const USER_MAPS: [&str; 7] =
-    [MAP_ENROLLED, MAP_SERVICES, MAP_ORIG_BY_TUPLE, MAP_STATS, MAP_EVENT_STATS, MAP_LOG_LEVEL, MAP_CONFIG];
+pub const USER_MAPS: [&str; 8] = [
+    MAP_ENROLLED,
+    MAP_SERVICES,
+    MAP_ORIG_BY_TUPLE,
+    MAP_STATS,
+    MAP_EVENT_STATS,
+    MAP_LOG_LEVEL,
+    MAP_CONFIG,
+    MAP_SK_UPSTREAM,
+];
 
 /// The maps only the programs use, which a successor must share all the same: connect4 writes
 /// the cookie map and sock_ops reads it (either may be the old program or the new one while the
-/// links are swapped); the sockhash holds sockets whose queued bytes are freed with it.
-pub const PROGRAM_MAPS: [&str; 3] = [MAP_ORIG_BY_COOKIE, MAP_SOCKS, MAP_SK_TCP];
+/// links are swapped); the sockhash holds sockets whose queued bytes are freed with it; the
+/// bypass's bookkeeping.
+pub const PROGRAM_MAPS: [&str; 4] = [MAP_ORIG_BY_COOKIE, MAP_SOCKS, MAP_SK_TCP, MAP_SK_PEERS];
 
 /// Every map a successor's programs must share with the predecessor's: the user-space maps plus
 /// [`PROGRAM_MAPS`].
-pub const SHARED_MAPS: [&str; 10] = [
+pub const SHARED_MAPS: [&str; 12] = [
     MAP_ENROLLED,
     MAP_SERVICES,
     MAP_ORIG_BY_TUPLE,
@@ -76,6 +85,8 @@ pub const SHARED_MAPS: [&str; 10] = [
     MAP_ORIG_BY_COOKIE,
     MAP_SOCKS,
     MAP_SK_TCP,
+    MAP_SK_UPSTREAM,
+    MAP_SK_PEERS,
 ];
 
 /// Where to find the compiled eBPF object: explicit path, `MESH_EBPF_OBJECT`, next to the
@@ -134,6 +145,8 @@ pub struct KernelStats {
     /// sendmsg calls on a bypassed socket whose data went through TCP (the peer was not in the
     /// sockhash yet, or the socket's data had gone through TCP before).
     pub sk_msg_tcp: u64,
+    /// Pods' ends of the proxy's upstream connections put in the sockhash.
+    pub upstream_sockets_bypassed: u64,
 }
 
 /// What the programs do with an enrolled pod's connect to a service VIP when nothing listens at
@@ -178,6 +191,8 @@ pub struct MeshEbpf {
     event_stats: PerCpuArray<MapData, u64>,
     log_level: Mutex<Array<MapData, u32>>,
     config: Mutex<Array<MapData, u32>>,
+    /// Upstream sockets announced to sock_ops by cookie (see `mesh_common::MAP_SK_UPSTREAM`).
+    sk_upstream: Mutex<BpfHashMap<MapData, u64, u8>>,
     /// Taken by [`MeshEbpf::forward_kernel_logs`].
     logger: Mutex<Option<EbpfLogger<Forwarder>>>,
     /// Why this agent's sk_msg program is not attached to the sockhash (the kernel lacks
@@ -344,7 +359,7 @@ impl MeshEbpf {
             let fd = maps.remove(name).ok_or(EbpfError::AdoptMissing(name))?;
             let data = MapData::from_fd(fd).map_err(|source| EbpfError::Adopt { name, source: source.into() })?;
             let map = match name {
-                MAP_ORIG_BY_TUPLE => Map::LruHashMap(data),
+                MAP_ORIG_BY_TUPLE | MAP_SK_UPSTREAM => Map::LruHashMap(data),
                 MAP_STATS | MAP_EVENT_STATS => Map::PerCpuArray(data),
                 MAP_LOG_LEVEL | MAP_CONFIG => Map::Array(data),
                 _ => Map::HashMap(data),
@@ -385,6 +400,7 @@ impl MeshEbpf {
             .map_err(|source| EbpfError::Map { name: MAP_LOG_LEVEL, source: source.into() })?;
         let config = Array::try_from(take(MAP_CONFIG)?)
             .map_err(|source| EbpfError::Map { name: MAP_CONFIG, source: source.into() })?;
+        let sk_upstream = hash(MAP_SK_UPSTREAM, take(MAP_SK_UPSTREAM)?)?;
         Ok(MeshEbpf {
             bpf: Mutex::new(None),
             links,
@@ -396,6 +412,7 @@ impl MeshEbpf {
             event_stats,
             log_level: Mutex::new(log_level),
             config: Mutex::new(config),
+            sk_upstream: Mutex::new(sk_upstream),
             logger: Mutex::new(logger),
             sk_msg_unavailable: Mutex::new(None),
             names,
@@ -465,6 +482,20 @@ impl MeshEbpf {
         lock(&self.config)
             .set(mesh_common::config::SK_MSG_BYPASS, u32::from(on), 0)
             .map_err(|source| EbpfError::Map { name: MAP_CONFIG, source: source.into() })
+    }
+
+    /// Announces the proxy's upstream socket `cookie` (`SO_COOKIE`), about to connect to a pod
+    /// on this node: sock_ops puts both ends of the connection in the sockhash as they are
+    /// established.
+    pub fn expect_upstream(&self, cookie: u64) -> Result<(), EbpfError> {
+        lock(&self.sk_upstream)
+            .insert(cookie, 1, 0)
+            .map_err(|source| EbpfError::Map { name: MAP_SK_UPSTREAM, source: source.into() })
+    }
+
+    /// Whether this agent's sk_msg program is attached (or a predecessor's adopted one is).
+    pub fn sk_msg_available(&self) -> bool {
+        lock(&self.sk_msg_unavailable).is_none()
     }
 
     fn set_sk_msg_unavailable(&self, why: Option<EbpfError>) {
@@ -576,6 +607,7 @@ impl MeshEbpf {
             sockets_bypassed: sum(&self.stats, stats::SOCKETS_BYPASSED),
             sk_msg_redirected: sum(&self.stats, stats::SK_MSG_REDIRECTED),
             sk_msg_tcp: sum(&self.stats, stats::SK_MSG_TCP),
+            upstream_sockets_bypassed: sum(&self.stats, stats::UPSTREAM_PEERS_BYPASSED),
         }
     }
 

@@ -247,7 +247,7 @@ fn pinned_state_outlives_a_killed_agent_and_is_readopted() -> anyhow::Result<()>
     let pinned: std::collections::BTreeSet<String> =
         std::fs::read_dir(&layout)?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(pinned.iter().filter(|p| p.starts_with("link-")).count(), 3, "{pinned:?}");
-    assert_eq!(pinned.iter().filter(|p| p.starts_with("map-")).count(), 10, "{pinned:?}");
+    assert_eq!(pinned.iter().filter(|p| p.starts_with("map-")).count(), 12, "{pinned:?}");
     let links = links_of(&ours)?;
     assert_eq!(links.len(), 3, "one link per program: {links:?}");
     let enrolled_map = map_of(&ours, "MESH_ENROLLED")?;

@@ -147,17 +147,20 @@ fn sk_msg_bypass_keeps_every_byte_in_order_under_load() -> anyhow::Result<()> {
         })
     })
     .map_err(|e| anyhow::anyhow!("{e}\nmetrics:\n{}", metrics().unwrap_or_default()))?;
-    // The bytes took the bypass: spliced sendmsg calls, and both ends of every stream connection
-    // (the client's socket and the in-pod listener's) in the sockhash.
+    // The bytes took the bypass on both legs: spliced sendmsg calls, the four sockets of every
+    // stream connection in the sockhash (the client's and the in-pod listener's, the proxy's
+    // upstream socket and the echo server's), the echo server's among the upstream peers.
     let m = metrics()?;
     let redirected = metric(&m, "mesh_kernel_sk_msg_redirected_total", &[]);
     let bypassed = metric(&m, "mesh_kernel_sockets_bypassed_total", &[]);
+    let upstream = metric(&m, "mesh_kernel_upstream_sockets_bypassed_total", &[]);
     println!(
-        "sk_msg: redirected={redirected} tcp={} sockets_bypassed={bypassed}",
+        "sk_msg: redirected={redirected} tcp={} sockets_bypassed={bypassed} upstream={upstream}",
         metric(&m, "mesh_kernel_sk_msg_tcp_total", &[])
     );
     assert!(redirected > 0, "no sendmsg was redirected by sk_msg:\n{m}");
-    assert!(bypassed >= 2 * STREAM_CONNS, "fewer than {} sockets bypassed:\n{m}", 2 * STREAM_CONNS);
+    assert!(bypassed >= 4 * STREAM_CONNS, "fewer than {} sockets bypassed:\n{m}", 4 * STREAM_CONNS);
+    assert!(upstream >= STREAM_CONNS, "the proxy ↔ pod leg was not bypassed:\n{m}");
 
     let status = node.stop("agent")?;
     assert!(status.success(), "agent exited with {status}:\n{}", node.log("agent"));

@@ -137,8 +137,9 @@ pub struct AgentArgs {
     /// such connect; the last agent started on the node decides.
     #[arg(long, value_enum, default_value_t = ebpf::FailMode::Open)]
     pub fail_mode: ebpf::FailMode,
-    /// Carry the bytes between a pod and its in-pod proxy listener socket to socket (an sk_msg
-    /// program on a sockhash) instead of through TCP/IP on loopback. Off by default: the kernel
+    /// Carry the bytes between a pod and its in-pod proxy listener, and between the proxy and a
+    /// backend pod on this node, socket to socket (an sk_msg program on a sockhash) instead of
+    /// through TCP/IP. Off by default: the kernel
     /// queues redirected bytes on the reading socket without the TCP window's limit, so a peer
     /// that stops reading lets the writer queue up to the node's TCP memory (see the README).
     /// Left off, with a warning, when the kernel cannot attach the program.

@@ -87,6 +87,10 @@ fn start_proxy(args: &AgentArgs, settings: &Settings, bpf: &Arc<MeshEbpf>) -> Ar
         settings.limits.clone(),
     );
     state.request_metrics.store(args.request_metrics == Switch::On, Ordering::Relaxed);
+    // kernel::start wrote the switch; the upstream leg joins only if that worked.
+    if args.sk_msg_bypass && bpf.sk_msg_available() {
+        state.sk_msg.enable(bpf.clone());
+    }
     let origin = &settings.memory_budget_origin;
     tracing::info!(budget = settings.limits.memory_budget, ?origin, "memory budget");
     tokio::spawn(proxy::overload::run(state.clone()));

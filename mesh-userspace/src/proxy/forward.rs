@@ -12,7 +12,6 @@ use http::{
 };
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use rand::Rng;
 // tokio's clock, as the timers it is compared with: a paused test clock then drives both.
 use tokio::time::Instant;
@@ -238,7 +237,7 @@ struct Tries<'a> {
     /// The retry slot held while a retry is outstanding (connectionPool.http.maxRetries).
     retry_slot: Option<Admitted>,
     protocol: UpstreamProtocol,
-    client: Client<HttpConnector, ProxyBody>,
+    client: super::upstream::UpstreamClient,
     fresh_retry_done: bool,
 }
 

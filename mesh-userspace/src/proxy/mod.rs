@@ -49,6 +49,7 @@ macro_rules! forward_async_write {
 
 mod accept;
 pub mod access_log;
+pub mod connect;
 mod dispatch;
 pub mod fair;
 mod forward;
@@ -79,12 +80,8 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
 
-use self::{
-    http::ProxyBody,
-    upstream::{upstream_client, UpstreamKey},
-};
+use self::upstream::{upstream_client, UpstreamClient, UpstreamKey};
 use crate::{
     metrics::Metrics,
     registry::{Registry, Workload},
@@ -142,11 +139,13 @@ pub struct ProxyState {
     pub routes: ArcSwap<RouteTable>,
     /// Services and workloads; replaced by the agent when discovery publishes a new registry.
     pub registry: ArcSwap<Registry>,
-    client: Client<HttpConnector, ProxyBody>,
-    client_h2: Client<HttpConnector, ProxyBody>,
+    client: UpstreamClient,
+    client_h2: UpstreamClient,
     /// Upstream clients for clusters whose DestinationRule sets `connectionPool.http.idleTimeout`
     /// or `tcp.connectTimeout`.
-    pool_clients: std::sync::Mutex<std::collections::HashMap<UpstreamKey, Client<HttpConnector, ProxyBody>>>,
+    pool_clients: std::sync::Mutex<std::collections::HashMap<UpstreamKey, UpstreamClient>>,
+    /// The sk_msg bypass's part in upstream connects (off until the agent enables it).
+    pub sk_msg: Arc<connect::SkMsgUpstream>,
     /// Hands each table's clusters their load-balancer and circuit-breaker state, kept across
     /// reloads.
     pub lb: lb::LoadBalancer,
@@ -188,12 +187,14 @@ impl ProxyState {
     ) -> Arc<Self> {
         let lb = lb::LoadBalancer::default();
         lb.adopt(&routes);
+        let sk_msg = Arc::new(connect::SkMsgUpstream::default());
         Arc::new(ProxyState {
             routes: ArcSwap::from_pointee(routes),
             registry: ArcSwap::from_pointee(registry),
-            client: upstream_client(UpstreamKey::default_for(UpstreamProtocol::Http1)),
-            client_h2: upstream_client(UpstreamKey::default_for(UpstreamProtocol::Http2)),
+            client: upstream_client(UpstreamKey::default_for(UpstreamProtocol::Http1), &sk_msg),
+            client_h2: upstream_client(UpstreamKey::default_for(UpstreamProtocol::Http2), &sk_msg),
             pool_clients: Default::default(),
+            sk_msg,
             lb,
             metrics: Metrics::default(),
             request_metrics: std::sync::atomic::AtomicBool::new(true),

@@ -38,7 +38,7 @@ pub(super) async fn serve_tcp(
         return;
     };
     record.set_endpoint(&cluster, picked.endpoint.addr);
-    let mut upstream = match TcpStream::connect(picked.endpoint.addr).await {
+    let mut upstream = match state.sk_msg.connect(picked.endpoint.addr).await {
         Ok(s) => s,
         Err(e) => {
             state.lb.report(&cluster, &picked, None);

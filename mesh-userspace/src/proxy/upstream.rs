@@ -1,13 +1,14 @@
 //! The upstream clients: one hyper client (and pool) per idle timeout, connect timeout and
 //! protocol, and which one a request to a cluster uses.
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
-use hyper_util::{
-    client::legacy::{connect::HttpConnector, Client},
-    rt::TokioExecutor,
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+
+use super::{
+    connect::{MeshConnector, SkMsgUpstream},
+    http::ProxyBody,
+    ProxyState,
 };
-
-use super::{http::ProxyBody, ProxyState};
 use crate::routing::UpstreamProtocol;
 
 impl ProxyState {
@@ -17,33 +18,25 @@ impl ProxyState {
         &self,
         cluster: &crate::routing::Cluster,
         client_version: ::http::Version,
-    ) -> (UpstreamProtocol, Client<HttpConnector, ProxyBody>) {
+    ) -> (UpstreamProtocol, UpstreamClient) {
         let protocol = cluster.upstream_protocol(client_version == ::http::Version::HTTP_2);
         (protocol, self.client_for(&cluster.connection_pool, protocol))
     }
 
     /// A client for `cluster` that never reuses a connection: for the one retry after a pooled
     /// connection closed under a request (see `forward::forward`).
-    pub fn fresh_upstream(
-        &self,
-        cluster: &crate::routing::Cluster,
-        protocol: UpstreamProtocol,
-    ) -> Client<HttpConnector, ProxyBody> {
+    pub fn fresh_upstream(&self, cluster: &crate::routing::Cluster, protocol: UpstreamProtocol) -> UpstreamClient {
         let key = UpstreamKey {
             idle_timeout: Duration::ZERO,
             connect_timeout: cluster.connection_pool.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
             protocol,
         };
         let mut clients = self.pool_clients.lock().unwrap_or_else(|e| e.into_inner());
-        clients.entry(key).or_insert_with(|| upstream_client(key)).clone()
+        clients.entry(key).or_insert_with(|| upstream_client(key, &self.sk_msg)).clone()
     }
 
     /// The upstream client for a cluster's connection pool settings and upstream protocol.
-    fn client_for(
-        &self,
-        pool: &crate::routing::ConnectionPool,
-        protocol: UpstreamProtocol,
-    ) -> Client<HttpConnector, ProxyBody> {
+    fn client_for(&self, pool: &crate::routing::ConnectionPool, protocol: UpstreamProtocol) -> UpstreamClient {
         if pool.idle_timeout.is_none() && pool.connect_timeout.is_none() {
             return match protocol {
                 UpstreamProtocol::Http1 => self.client.clone(),
@@ -56,9 +49,12 @@ impl ProxyState {
             protocol,
         };
         let mut clients = self.pool_clients.lock().unwrap_or_else(|e| e.into_inner());
-        clients.entry(key).or_insert_with(|| upstream_client(key)).clone()
+        clients.entry(key).or_insert_with(|| upstream_client(key, &self.sk_msg)).clone()
     }
 }
+
+/// A hyper client (and its pool) of upstream connections.
+pub type UpstreamClient = Client<MeshConnector, ProxyBody>;
 
 /// Upstream connections idle this long are closed rather than reused. Below the shortest common
 /// server keep-alive (gunicorn's 2 s, as Bookinfo's productpage runs; Node.js and Apache use 5 s),
@@ -84,10 +80,8 @@ impl UpstreamKey {
     }
 }
 
-pub(super) fn upstream_client(key: UpstreamKey) -> Client<HttpConnector, ProxyBody> {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(key.connect_timeout));
+pub(super) fn upstream_client(key: UpstreamKey, bypass: &Arc<SkMsgUpstream>) -> UpstreamClient {
+    let connector = MeshConnector::new(bypass.clone(), key.connect_timeout);
     let mut builder = Client::builder(TokioExecutor::new());
     // A zero idle timeout means no pool at all: every request gets its own connection.
     let max_idle = if key.idle_timeout.is_zero() { 0 } else { crate::settings::FIXED.upstream_max_idle_per_host };
