@@ -85,7 +85,7 @@ impl Report<'_> {
     pub(crate) fn md_sk_msg(&self, m: &mut String) {
         let _ = writeln!(
             m,
-            "\n## Same-node socket path: sk_msg / sockhash bypass\n\n`mesh agent --sk-msg-bypass` (off by default, see the README) carries the pod ↔ in-pod listener leg socket to socket; the proxy ↔ backend leg still goes through TCP. Each run below starts a fresh agent (the switch applies to new connections), off and on interleaved, HTTP/1.1 keep-alive, {} s per run. Medians over repeats (min–max); CPU is the agent's, split into user space and kernel.\n",
+            "\n## Same-node socket path: sk_msg / sockhash bypass\n\n`mesh agent --sk-msg-bypass` (off by default, see the README) carries both legs of a request between pods of this node (client pod ↔ in-pod listener, proxy ↔ backend pod) socket to socket instead of through TCP/IP. Each run below starts a fresh agent (the switch applies to new connections), off and on interleaved, HTTP/1.1 keep-alive, {} s per run. Medians over repeats (min–max); CPU is the agent's, split into user space and kernel.\n",
             self.opts.duration
         );
         let _ = writeln!(
@@ -119,7 +119,7 @@ impl Report<'_> {
         for p in self.sk_msg {
             let _ = writeln!(
                 m,
-                "\n{}: on ÷ off req/s {}, kernel CPU per request {}",
+                "\n{}: on ÷ off req/s {}, kernel CPU per request {}\n",
                 p.cell,
                 fmt_ratio(&p.ratios(|s| Some(s.rps()))),
                 fmt_ratio(&p.ratios(|s| us_per_req(s, true)))
