@@ -74,20 +74,17 @@ pub const PROGRAM_MAPS: [&str; 4] = [MAP_ORIG_BY_COOKIE, MAP_SOCKS, MAP_SK_TCP, 
 
 /// Every map a successor's programs must share with the predecessor's: the user-space maps plus
 /// [`PROGRAM_MAPS`].
-pub const SHARED_MAPS: [&str; 12] = [
-    MAP_ENROLLED,
-    MAP_SERVICES,
-    MAP_ORIG_BY_TUPLE,
-    MAP_STATS,
-    MAP_EVENT_STATS,
-    MAP_LOG_LEVEL,
-    MAP_CONFIG,
-    MAP_ORIG_BY_COOKIE,
-    MAP_SOCKS,
-    MAP_SK_TCP,
-    MAP_SK_UPSTREAM,
-    MAP_SK_PEERS,
-];
+pub const SHARED_MAPS: [&str; USER_MAPS.len() + PROGRAM_MAPS.len()] = shared_maps();
+
+const fn shared_maps() -> [&'static str; USER_MAPS.len() + PROGRAM_MAPS.len()] {
+    let mut out = [""; USER_MAPS.len() + PROGRAM_MAPS.len()];
+    let mut i = 0;
+    while i < out.len() {
+        out[i] = if i < USER_MAPS.len() { USER_MAPS[i] } else { PROGRAM_MAPS[i - USER_MAPS.len()] };
+        i += 1;
+    }
+    out
+}
 
 /// Where to find the compiled eBPF object: explicit path, `MESH_EBPF_OBJECT`, next to the
 /// binary, then the workspace build output.

@@ -63,19 +63,24 @@ impl SkMsgUpstream {
     /// Connects to `addr`, announced to the kernel first when it is a pod on this node and the
     /// bypass is on; TCP_NODELAY set either way, as the hyper connector sets it.
     pub async fn connect(&self, addr: SocketAddr) -> io::Result<TcpStream> {
-        let Some(kernel) = self.announce_to(addr) else {
-            let stream = TcpStream::connect(addr).await?;
-            stream.set_nodelay(true)?;
-            return Ok(stream);
+        let stream = match self.announce_to(addr) {
+            Some(kernel) => connect_announced(kernel.as_ref(), addr).await?,
+            None => TcpStream::connect(addr).await?,
         };
-        let socket = TcpSocket::new_v4()?;
-        if let Some(cookie) = socket_cookie(&socket) {
-            kernel.expect(cookie);
-        }
-        let stream = socket.connect(addr).await?;
         stream.set_nodelay(true)?;
         Ok(stream)
     }
+}
+
+/// Connects a new IPv4 socket to `addr` after announcing its cookie to `kernel`: the cookie is
+/// the socket's identity in the kernel programs from creation on, so sock_ops recognises the
+/// socket when its connection is established, before `connect()` returns here.
+async fn connect_announced(kernel: &dyn UpstreamBypass, addr: SocketAddr) -> io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    if let Some(cookie) = socket_cookie(&socket) {
+        kernel.expect(cookie);
+    }
+    socket.connect(addr).await
 }
 
 /// `SO_COOKIE`: the id `bpf_get_socket_cookie` returns for this socket in the kernel.
@@ -179,9 +184,14 @@ mod tests {
         let stream = bypass.connect(target).await.expect("connect");
         assert!(stream.nodelay().expect("nodelay"));
         assert!(recorder.0.lock().expect("lock").is_empty(), "a loopback connect was announced");
-        // A socket's cookie is what the kernel programs see: non-zero and distinct per socket.
-        let (a, b) = (TcpSocket::new_v4().expect("socket"), TcpSocket::new_v4().expect("socket"));
-        let (a, b) = (socket_cookie(&a).expect("cookie"), socket_cookie(&b).expect("cookie"));
-        assert!(a != 0 && a != b);
+
+        // What is announced is the cookie the connected socket keeps (the kernel's key for it),
+        // one per connect.
+        let announced = connect_announced(recorder.as_ref(), target).await.expect("connect");
+        let again = connect_announced(recorder.as_ref(), target).await.expect("connect");
+        let cookies = recorder.0.lock().expect("lock").clone();
+        let expected = [socket_cookie(&announced).expect("cookie"), socket_cookie(&again).expect("cookie")];
+        assert_eq!(cookies, expected);
+        assert!(expected[0] != 0 && expected[0] != expected[1]);
     }
 }
