@@ -632,16 +632,28 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// `SO_NETNS_COOKIE`: the same cookie `bpf_get_netns_cookie` returns in the kernel.
 pub fn netns_cookie_of(fd: &impl AsRawFd) -> std::io::Result<u64> {
     const SO_NETNS_COOKIE: libc::c_int = 71;
-    let mut cookie: u64 = 0;
+    socket_option_u64(fd, SO_NETNS_COOKIE)
+}
+
+/// `SO_COOKIE`: the id `bpf_get_socket_cookie` returns for this socket in the kernel (assigned
+/// when the socket is created, so it is known before `connect()`).
+pub fn socket_cookie_of(fd: &impl AsRawFd) -> std::io::Result<u64> {
+    const SO_COOKIE: libc::c_int = 57;
+    socket_option_u64(fd, SO_COOKIE)
+}
+
+/// A `SOL_SOCKET` option whose value is a `u64`.
+fn socket_option_u64(fd: &impl AsRawFd, option: libc::c_int) -> std::io::Result<u64> {
+    let mut value: u64 = 0;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
     // SAFETY: valid fd, pointer and length for an 8-byte option.
     let rc = unsafe {
-        libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, SO_NETNS_COOKIE, (&mut cookie as *mut u64).cast(), &mut len)
+        libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, option, (&mut value as *mut u64).cast(), &mut len)
     };
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(cookie)
+    Ok(value)
 }
 
 #[cfg(test)]

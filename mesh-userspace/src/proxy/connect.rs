@@ -7,7 +7,6 @@ use std::{
     future::Future,
     io,
     net::{Ipv4Addr, SocketAddr},
-    os::fd::AsRawFd,
     pin::Pin,
     sync::{Arc, OnceLock},
     task::{Context, Poll},
@@ -77,26 +76,15 @@ impl SkMsgUpstream {
 /// socket when its connection is established, before `connect()` returns here.
 async fn connect_announced(kernel: &dyn UpstreamBypass, addr: SocketAddr) -> io::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
-    if let Some(cookie) = socket_cookie(&socket) {
+    if let Ok(cookie) = crate::ebpf::socket_cookie_of(&socket) {
         kernel.expect(cookie);
     }
     socket.connect(addr).await
 }
 
-/// `SO_COOKIE`: the id `bpf_get_socket_cookie` returns for this socket in the kernel.
-fn socket_cookie(socket: &impl AsRawFd) -> Option<u64> {
-    const SO_COOKIE: libc::c_int = 57;
-    let mut cookie: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: valid fd, pointer and length for an 8-byte option.
-    let rc = unsafe {
-        libc::getsockopt(socket.as_raw_fd(), libc::SOL_SOCKET, SO_COOKIE, (&mut cookie as *mut u64).cast(), &mut len)
-    };
-    (rc == 0).then_some(cookie)
-}
-
-/// The upstream clients' connector: hyper-util's `HttpConnector` for what it resolves and how
-/// long a connect may take, [`SkMsgUpstream::connect`] for the socket.
+/// The upstream clients' connector (in place of hyper-util's `HttpConnector`: the proxy dials
+/// endpoint IPs only, so nothing is resolved): [`SkMsgUpstream::connect`] within the connect
+/// timeout.
 #[derive(Clone)]
 pub struct MeshConnector {
     bypass: Arc<SkMsgUpstream>,
@@ -190,7 +178,8 @@ mod tests {
         let announced = connect_announced(recorder.as_ref(), target).await.expect("connect");
         let again = connect_announced(recorder.as_ref(), target).await.expect("connect");
         let cookies = recorder.0.lock().expect("lock").clone();
-        let expected = [socket_cookie(&announced).expect("cookie"), socket_cookie(&again).expect("cookie")];
+        let cookie = |s: &TcpStream| crate::ebpf::socket_cookie_of(s).expect("cookie");
+        let expected = [cookie(&announced), cookie(&again)];
         assert_eq!(cookies, expected);
         assert!(expected[0] != 0 && expected[0] != expected[1]);
     }
