@@ -383,19 +383,26 @@ fn remote_port(raw: u32) -> u16 {
     u16::from_be(be as u16)
 }
 
+/// A socket's sockhash key from a sock_ops or sk_msg context's fields (the same layout in both):
+/// one function, so sock_ops inserts under exactly the key sk_msg looks up.
+#[inline(always)]
+fn key_of(netns_cookie: u64, local_ip4: u32, remote_ip4: u32, local_port: u32, raw_remote_port: u32) -> SockKey {
+    SockKey {
+        netns_cookie: key_netns(local_ip4, remote_ip4, netns_cookie),
+        local_ip4,
+        remote_ip4,
+        local_port: local_port as u16,
+        remote_port: remote_port(raw_remote_port),
+        _pad: 0,
+    }
+}
+
 /// An established socket's sockhash key.
 #[inline(always)]
 fn sock_key(ctx: &SockOpsContext) -> SockKey {
     // SAFETY: ctx.ops is the program's valid context pointer, which this helper takes.
     let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.ops as *mut _) };
-    SockKey {
-        netns_cookie: key_netns(ctx.local_ip4(), ctx.remote_ip4(), netns_cookie),
-        local_ip4: ctx.local_ip4(),
-        remote_ip4: ctx.remote_ip4(),
-        local_port: ctx.local_port() as u16,
-        remote_port: remote_port(ctx.remote_port()),
-        _pad: 0,
-    }
+    key_of(netns_cookie, ctx.local_ip4(), ctx.remote_ip4(), ctx.local_port(), ctx.remote_port())
 }
 
 /// The proxy's end of an upstream connection the agent announced: into the sockhash, and its
@@ -449,14 +456,7 @@ fn mesh_sk_msg(ctx: SkMsgContext) -> u32 {
     let md = unsafe { &*ctx.msg };
     // SAFETY: ctx.msg is the program's valid context pointer, which this helper takes.
     let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.msg as *mut _) };
-    let me = SockKey {
-        netns_cookie: key_netns(md.local_ip4, md.remote_ip4, netns_cookie),
-        local_ip4: md.local_ip4,
-        remote_ip4: md.remote_ip4,
-        local_port: md.local_port as u16,
-        remote_port: remote_port(md.remote_port),
-        _pad: 0,
-    };
+    let me = key_of(netns_cookie, md.local_ip4, md.remote_ip4, md.local_port, md.remote_port);
     // SAFETY: the value is only tested for presence; RCU keeps it valid for the run.
     if unsafe { MESH_SK_TCP.get(me) }.is_some() {
         count(stats::SK_MSG_TCP);
@@ -529,9 +529,7 @@ fn try_established(ctx: &SockOpsContext) -> Result<(), ()> {
 /// (evicted from the LRU map before the handshake completed).
 #[inline(always)]
 fn orig_missing(ctx: &SockOpsContext) {
-    // remote_port holds the port in network order in its upper 16 bits (the kernel loads the
-    // 16-bit dport and shifts it on little-endian hosts); remote_ip4 is network order.
-    let remote_port = u16::from_be((ctx.remote_port() >> 16) as u16);
+    let remote_port = remote_port(ctx.remote_port());
     if ctx.remote_ip4() != LOOPBACK_V4_BE || remote_port != PROXY_OUTBOUND_PORT {
         return;
     }
