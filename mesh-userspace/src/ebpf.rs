@@ -497,7 +497,8 @@ impl MeshEbpf {
 
     fn set_sk_msg_unavailable(&self, why: Option<EbpfError>) {
         if let Some(e) = &why {
-            tracing::warn!(error = %e, "the sk_msg bypass is unavailable on this node: pod ↔ proxy bytes go through TCP");
+            // A warning only matters with --sk-msg-bypass on: the agent warns then (kernel.rs).
+            tracing::debug!(error = %e, "the sk_msg bypass is unavailable on this node");
         }
         *lock(&self.sk_msg_unavailable) = why.map(|e| e.to_string());
     }

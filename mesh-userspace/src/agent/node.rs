@@ -155,11 +155,14 @@ impl NodeReconciler {
             tracing::error!(error = %e, "cannot update the service VIP map");
         }
         self.reconcile_enrollment();
-        // Pods on this node: those enrolled, and those whose network namespace the registry
-        // names (the local node's directory); on Kubernetes an un-enrolled pod is not known as local.
-        let enrolled: Vec<_> = self.pods.views().filter_map(|p| p.workload.load().ip).collect();
-        let named = registry.workloads.iter().filter(|w| w.netns.is_some()).filter_map(|w| w.ip);
-        self.state.sk_msg.set_local_pods(enrolled.into_iter().chain(named).collect());
+        if self.state.sk_msg.enabled() {
+            // Pods on this node: those enrolled, and those whose network namespace the registry
+            // names (the local node's directory); on Kubernetes an un-enrolled pod is not known
+            // as local. Only the bypass asks (it is enabled before the first registry).
+            let enrolled: Vec<_> = self.pods.views().filter_map(|p| p.workload.load().ip).collect();
+            let named = registry.workloads.iter().filter(|w| w.netns.is_some()).filter_map(|w| w.ip);
+            self.state.sk_msg.set_local_pods(enrolled.into_iter().chain(named).collect());
+        }
         if std::mem::take(&mut self.prune_enrollments) {
             match self.bpf.prune_enrolled(&self.pods.cgroup_ids()) {
                 Ok(n) => tracing::info!(removed = n, "pruned pinned enrollments of pods no longer on the node"),

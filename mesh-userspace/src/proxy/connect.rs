@@ -44,6 +44,11 @@ impl SkMsgUpstream {
         let _ = self.kernel.set(kernel);
     }
 
+    /// Whether upstream connects are announced (the bypass is on).
+    pub fn enabled(&self) -> bool {
+        self.kernel.get().is_some()
+    }
+
     /// The addresses of the pods on this node (the bypass's sockhash can only join sockets of
     /// one kernel).
     pub fn set_local_pods(&self, pods: HashSet<Ipv4Addr>) {
@@ -96,6 +101,14 @@ impl MeshConnector {
     pub fn new(bypass: Arc<SkMsgUpstream>, connect_timeout: Duration) -> Self {
         MeshConnector { bypass, connect_timeout }
     }
+
+    /// A connection to `addr` within the connect timeout.
+    pub async fn connect(&self, addr: SocketAddr) -> io::Result<TcpStream> {
+        match tokio::time::timeout(self.connect_timeout, self.bypass.connect(addr)).await {
+            Ok(stream) => stream,
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("connect to {addr} timed out"))),
+        }
+    }
 }
 
 type Connecting = Pin<Box<dyn Future<Output = io::Result<TokioIo<TcpStream>>> + Send>>;
@@ -110,20 +123,17 @@ impl tower_service::Service<::http::Uri> for MeshConnector {
     }
 
     fn call(&mut self, uri: ::http::Uri) -> Connecting {
-        let (bypass, timeout) = (self.bypass.clone(), self.connect_timeout);
+        let this = self.clone();
         Box::pin(async move {
             // The proxy always dials an endpoint's IP address (the load balancer picked it).
             let addr = endpoint_addr(&uri)?;
-            match tokio::time::timeout(timeout, bypass.connect(addr)).await {
-                Ok(stream) => Ok(TokioIo::new(stream?)),
-                Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("connect to {addr} timed out"))),
-            }
+            Ok(TokioIo::new(this.connect(addr).await?))
         })
     }
 }
 
 /// The socket address of an upstream URI (`http://ip:port/...`; the port defaults to 80).
-fn endpoint_addr(uri: &::http::Uri) -> io::Result<SocketAddr> {
+pub(super) fn endpoint_addr(uri: &::http::Uri) -> io::Result<SocketAddr> {
     let bad = || io::Error::new(io::ErrorKind::InvalidInput, format!("upstream URI {uri} has no IP address"));
     let host = uri.host().ok_or_else(bad)?;
     let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);

@@ -23,6 +23,7 @@ use super::{
     },
     lb::{Admitted, Picked},
     limits::{BodyBudget, StreamActivity},
+    pool::{UpstreamBody, UpstreamError},
     telemetry::RequestRecord,
     ProxyState, Source,
 };
@@ -347,18 +348,20 @@ impl<'a> Tries<'a> {
     }
 
     /// Sends one try, under the per-try timeout or what is left of the route's, whichever ends first.
-    async fn send(&self, up: Request<ProxyBody>, now: Instant) -> Result<Response<Incoming>, Failure> {
+    async fn send(&self, up: Request<ProxyBody>, now: Instant) -> Result<Response<UpstreamBody>, Failure> {
         let remaining = self.deadline.map(|d| d.saturating_duration_since(now));
         let try_timeout = match (self.fwd.retries.per_try_timeout, remaining) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        // One request future for both ways to await it (two would each take its size here).
+        let mut request = std::pin::pin!(self.client.request(up));
         match try_timeout {
-            Some(t) => match tokio::time::timeout(t, self.client.request(up)).await {
+            Some(t) => match tokio::time::timeout(t, request.as_mut()).await {
                 Ok(r) => r.map_err(Failure::from_client),
                 Err(_) => Err(Failure::Timeout),
             },
-            None => self.client.request(up).await.map_err(Failure::from_client),
+            None => request.await.map_err(Failure::from_client),
         }
     }
 
@@ -374,7 +377,7 @@ impl<'a> Tries<'a> {
         &mut self,
         rec: &mut RequestRecord,
         picked: &Picked,
-        resp: Response<Incoming>,
+        resp: Response<UpstreamBody>,
         last: bool,
         deadline_passed: bool,
         sent: Instant,
@@ -507,8 +510,8 @@ impl Failure {
         }
     }
 
-    fn from_client(e: hyper_util::client::legacy::Error) -> Self {
-        if e.is_connect() {
+    fn from_client(e: UpstreamError) -> Self {
+        if let UpstreamError::Connect(e) = e {
             Failure::Connect(format!("{e:?}"))
         } else {
             let mut closed = false;

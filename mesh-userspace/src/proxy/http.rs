@@ -252,14 +252,18 @@ async fn forward_unless_shed(
     shed: Option<Arc<super::limits::Ticket>>,
     http1: bool,
 ) -> Response<ProxyBody> {
-    let forwarded = super::forward::forward(state, source, fwd, req, rec, shed.clone());
-    let Some(t) = &shed else {
-        return forwarded.await;
-    };
-    let done = tokio::select! {
-        biased;
-        _ = t.shed_signal() => None,
-        r = forwarded => Some(r),
+    // Pinned where it is made: the forward future is the bulk of the request's state, and
+    // moving it into the select (and again into this future's await slot) copied it each time.
+    let done = {
+        let mut forwarded = std::pin::pin!(super::forward::forward(state, source, fwd, req, rec, shed.clone()));
+        let Some(t) = &shed else {
+            return forwarded.await;
+        };
+        tokio::select! {
+            biased;
+            _ = t.shed_signal() => None,
+            r = forwarded.as_mut() => Some(r),
+        }
     };
     match done {
         Some(r) => r,

@@ -60,6 +60,7 @@ pub mod lb;
 pub mod limits;
 pub mod overload;
 mod pod_listener;
+mod pool;
 mod tcp;
 pub mod telemetry;
 pub mod tls;

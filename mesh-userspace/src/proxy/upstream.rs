@@ -1,12 +1,15 @@
-//! The upstream clients: one hyper client (and pool) per idle timeout, connect timeout and
-//! protocol, and which one a request to a cluster uses.
+//! The upstream clients: one pool per idle timeout, connect timeout and protocol, and which one
+//! a request to a cluster uses. HTTP/1 goes through the proxy's own pool (`pool.rs`); HTTP/2
+//! through hyper-util's client, which keeps one multiplexed connection per endpoint.
 use std::{sync::Arc, time::Duration};
 
+use http::{Request, Response};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 
 use super::{
     connect::{MeshConnector, SkMsgUpstream},
     http::ProxyBody,
+    pool::{Http1Pool, UpstreamBody, UpstreamError},
     ProxyState,
 };
 use crate::routing::UpstreamProtocol;
@@ -53,8 +56,27 @@ impl ProxyState {
     }
 }
 
-/// A hyper client (and its pool) of upstream connections.
-pub type UpstreamClient = Client<MeshConnector, ProxyBody>;
+/// A pool of upstream connections of one protocol.
+#[derive(Clone)]
+pub enum UpstreamClient {
+    Http1(Http1Pool),
+    /// Behind an `Arc`: a request clones its client, and hyper-util's is a few hundred bytes.
+    Http2(Arc<Client<MeshConnector, ProxyBody>>),
+}
+
+impl UpstreamClient {
+    /// Sends `req` (URI `http://ip:port/...`, the endpoint the load balancer picked).
+    pub async fn request(&self, req: Request<ProxyBody>) -> Result<Response<UpstreamBody>, UpstreamError> {
+        match self {
+            UpstreamClient::Http1(pool) => pool.request(req).await,
+            UpstreamClient::Http2(client) => match client.request(req).await {
+                Ok(resp) => Ok(resp.map(UpstreamBody::shared)),
+                Err(e) if e.is_connect() => Err(UpstreamError::Connect(Box::new(e))),
+                Err(e) => Err(UpstreamError::Request(Box::new(e))),
+            },
+        }
+    }
+}
 
 /// Upstream connections idle this long are closed rather than reused. Below the shortest common
 /// server keep-alive (gunicorn's 2 s, as Bookinfo's productpage runs; Node.js and Apache use 5 s),
@@ -82,16 +104,17 @@ impl UpstreamKey {
 
 pub(super) fn upstream_client(key: UpstreamKey, bypass: &Arc<SkMsgUpstream>) -> UpstreamClient {
     let connector = MeshConnector::new(bypass.clone(), key.connect_timeout);
-    let mut builder = Client::builder(TokioExecutor::new());
     // A zero idle timeout means no pool at all: every request gets its own connection.
     let max_idle = if key.idle_timeout.is_zero() { 0 } else { crate::settings::FIXED.upstream_max_idle_per_host };
+    if key.protocol == UpstreamProtocol::Http1 {
+        return UpstreamClient::Http1(Http1Pool::new(connector, key.idle_timeout, max_idle));
+    }
+    let mut builder = Client::builder(TokioExecutor::new());
     builder
         .pool_idle_timeout(key.idle_timeout)
         .pool_max_idle_per_host(max_idle)
         .pool_timer(hyper_util::rt::TokioTimer::new());
-    if key.protocol == UpstreamProtocol::Http2 {
-        // One multiplexed connection per endpoint, as Envoy keeps for HTTP/2 clusters.
-        builder.http2_only(true).timer(hyper_util::rt::TokioTimer::new());
-    }
-    builder.build(connector)
+    // One multiplexed connection per endpoint, as Envoy keeps for HTTP/2 clusters.
+    builder.http2_only(true).timer(hyper_util::rt::TokioTimer::new());
+    UpstreamClient::Http2(Arc::new(builder.build(connector)))
 }
