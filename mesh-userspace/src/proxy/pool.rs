@@ -2,8 +2,9 @@
 //! proxy rather than by hyper-util's generic client. The generic client paid, per request, for a
 //! pool key of scheme and authority strings hashed with SipHash, a boxed future of several KB,
 //! and a task spawned to put the connection back once its response body ended. Here a
-//! connection goes back the moment its response body's last byte is read, and a request takes
-//! the endpoint's most recently used idle connection.
+//! connection goes back the moment its response body's last byte is read (a task waits only
+//! for one still sending its request body), and a request takes the endpoint's most recently
+//! used idle connection.
 //!
 //! A connection is never reused once idle for the pool's idle timeout (the server may be closing
 //! it at that instant), nor after its server closed it; a request that a pooled connection never
@@ -139,6 +140,29 @@ impl Inner {
         None
     }
 
+    /// Keeps `sender` for the next request to `addr` once its connection can take one: at once
+    /// as a rule (the response's end left it idle), else when it becomes ready — a connection
+    /// whose request body is still being sent (the server answered early) is lent to no other
+    /// request until then, which would wait behind it.
+    fn put_back_when_ready(self: &Arc<Self>, addr: SocketAddr, mut sender: http1::SendRequest<ProxyBody>) {
+        if sender.is_ready() {
+            self.put_back(addr, sender);
+            return;
+        }
+        if self.idle_timeout.is_zero() || self.max_idle_per_endpoint == 0 {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let pool = Arc::downgrade(self);
+        runtime.spawn(async move {
+            if sender.ready().await.is_ok() {
+                if let Some(pool) = pool.upgrade() {
+                    pool.put_back(addr, sender);
+                }
+            }
+        });
+    }
+
     /// Keeps `sender` for the next request to `addr`, unless the pool keeps none or is full for
     /// it (the oldest goes first).
     fn put_back(self: &Arc<Self>, addr: SocketAddr, sender: http1::SendRequest<ProxyBody>) {
@@ -152,8 +176,10 @@ impl Inner {
         }
         conns.push(IdleConn { sender, since: Instant::now() });
         if !idle.reaping {
-            idle.reaping = true;
-            tokio::spawn(reap(Arc::downgrade(self), self.idle_timeout));
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                idle.reaping = true;
+                runtime.spawn(reap(Arc::downgrade(self), self.idle_timeout));
+            }
         }
     }
 
@@ -231,7 +257,7 @@ impl UpstreamBody {
         if ended || self.body.is_end_stream() {
             if let Some(ReturnTo { pool, addr, sender }) = self.back.take() {
                 if let Some(pool) = pool.upgrade() {
-                    pool.put_back(addr, sender);
+                    pool.put_back_when_ready(addr, sender);
                 }
             }
         }

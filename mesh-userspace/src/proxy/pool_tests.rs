@@ -133,3 +133,23 @@ async fn a_refused_connect_is_a_connect_error() {
     let err = pool(Duration::from_secs(1)).request(get(addr, "/")).await.err().expect("refused");
     assert!(matches!(err, UpstreamError::Connect(_)), "{err:?}");
 }
+
+#[tokio::test]
+async fn a_connection_still_sending_its_request_body_is_not_lent_to_another_request() {
+    // The backend answers on reading the head; the request's body never comes. The response
+    // ends first, but the connection is busy until the body is sent: another request must
+    // get another connection, not wait behind it.
+    let (addr, conns, _) = backend(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+    let pool = pool(Duration::from_secs(60));
+    let stalled = futures_util::stream::pending::<Result<Frame<Bytes>, crate::proxy::http::BodyError>>();
+    let mut post = Request::new(http_body_util::StreamBody::new(stalled).boxed());
+    *post.method_mut() = http::Method::POST;
+    *post.uri_mut() = format!("http://{addr}/upload").parse().expect("uri");
+    post.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
+    assert_eq!(body_of(pool.request(post).await.expect("early response")).await, "ok");
+    let next = tokio::time::timeout(Duration::from_secs(5), pool.request(get(addr, "/")))
+        .await
+        .expect("the next request waited for the busy connection");
+    assert_eq!(body_of(next.expect("response")).await, "ok");
+    assert_eq!(conns.load(Ordering::SeqCst), 2);
+}
