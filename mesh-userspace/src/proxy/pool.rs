@@ -67,6 +67,14 @@ struct IdleConn {
     since: Instant,
 }
 
+impl IdleConn {
+    /// Still open and idle for less than `timeout` at `now`: the one test for reuse and for
+    /// keeping it at all.
+    fn usable(&self, now: Instant, timeout: Duration) -> bool {
+        now.saturating_duration_since(self.since) < timeout && !self.sender.is_closed()
+    }
+}
+
 impl Http1Pool {
     /// A pool dialling through `connector`, keeping up to `max_idle_per_endpoint` connections
     /// per endpoint for `idle_timeout` (zero: none).
@@ -132,7 +140,7 @@ impl Inner {
         let conns = idle.by_endpoint.get_mut(&addr)?;
         let now = Instant::now();
         while let Some(conn) = conns.pop() {
-            if now.saturating_duration_since(conn.since) < self.idle_timeout && !conn.sender.is_closed() {
+            if conn.usable(now, self.idle_timeout) {
                 return Some(conn.sender);
             }
         }
@@ -145,11 +153,11 @@ impl Inner {
     /// whose request body is still being sent (the server answered early) is lent to no other
     /// request until then, which would wait behind it.
     fn put_back_when_ready(self: &Arc<Self>, addr: SocketAddr, mut sender: http1::SendRequest<ProxyBody>) {
+        if self.idle_timeout.is_zero() || self.max_idle_per_endpoint == 0 {
+            return; // the pool keeps none
+        }
         if sender.is_ready() {
             self.put_back(addr, sender);
-            return;
-        }
-        if self.idle_timeout.is_zero() || self.max_idle_per_endpoint == 0 {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
@@ -163,10 +171,10 @@ impl Inner {
         });
     }
 
-    /// Keeps `sender` for the next request to `addr`, unless the pool keeps none or is full for
-    /// it (the oldest goes first).
+    /// Keeps `sender` (of a pool that keeps connections) for the next request to `addr`; the
+    /// endpoint's oldest goes when it is full.
     fn put_back(self: &Arc<Self>, addr: SocketAddr, sender: http1::SendRequest<ProxyBody>) {
-        if self.idle_timeout.is_zero() || self.max_idle_per_endpoint == 0 || sender.is_closed() {
+        if sender.is_closed() {
             return;
         }
         let mut idle = self.lock();
@@ -206,7 +214,7 @@ async fn reap(pool: Weak<Inner>, timeout: Duration) {
         let mut idle = pool.lock();
         let now = Instant::now();
         idle.by_endpoint.retain(|_, conns| {
-            conns.retain(|c| now.saturating_duration_since(c.since) < timeout && !c.sender.is_closed());
+            conns.retain(|c| c.usable(now, timeout));
             !conns.is_empty()
         });
         if idle.by_endpoint.is_empty() {
